@@ -1,0 +1,118 @@
+//! The allocation thread: creates and warms the next commit-log file before the writer
+//! needs it, so rolling to a new file never waits on fallocate or page faults.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::thread::JoinHandle;
+
+use crossbeam_channel::{Receiver, Sender};
+
+use crate::config::Warmup;
+use crate::error::{Error, Result};
+use crate::io_hook::IoHook;
+use crate::mapped_file::MappedFile;
+
+/// Hands out new files; owned by the append state, so only the writer talks to it.
+pub(crate) struct Allocator {
+    dir: PathBuf,
+    file_size: usize,
+    hook: Option<Arc<dyn IoHook>>,
+    worker: Option<Worker>,
+    /// Offset of the file the worker is preparing, if any.
+    pending: Option<u64>,
+}
+
+struct Worker {
+    requests: Sender<u64>,
+    ready: Receiver<Result<MappedFile>>,
+    thread: JoinHandle<()>,
+}
+
+impl Allocator {
+    /// With `background`, a thread prepares files ahead with `warmup`; without, files are
+    /// created on demand with no warm-up.
+    pub(crate) fn new(
+        dir: PathBuf,
+        file_size: usize,
+        hook: Option<Arc<dyn IoHook>>,
+        background: bool,
+        warmup: Warmup,
+    ) -> Result<Self> {
+        let worker = if background {
+            let (requests, request_rx) = crossbeam_channel::unbounded::<u64>();
+            let (ready_tx, ready) = crossbeam_channel::bounded(1);
+            let (d, h) = (dir.clone(), hook.clone());
+            let thread = std::thread::Builder::new()
+                .name("rocketstore-allocate".into())
+                .spawn(move || {
+                    for offset in request_rx {
+                        let file = MappedFile::create(&d, offset, file_size, h.clone())
+                            .and_then(|mut f| f.warm(warmup).map(|()| f));
+                        if ready_tx.send(file).is_err() {
+                            break;
+                        }
+                    }
+                })
+                .map_err(|e| Error::io("spawn allocation thread", &dir, e))?;
+            Some(Worker {
+                requests,
+                ready,
+                thread,
+            })
+        } else {
+            None
+        };
+        Ok(Allocator {
+            dir,
+            file_size,
+            hook,
+            worker,
+            pending: None,
+        })
+    }
+
+    /// Starts preparing the file at `offset` in the background (no-op without a thread or
+    /// when a file is already being prepared).
+    pub(crate) fn prepare(&mut self, offset: u64) {
+        if let (Some(w), None) = (&self.worker, self.pending) {
+            if w.requests.send(offset).is_ok() {
+                self.pending = Some(offset);
+            }
+        }
+    }
+
+    /// The file at `offset`: the prepared one if it is the one asked for (waiting for it to
+    /// finish if need be), else created now.
+    pub(crate) fn take(&mut self, offset: u64) -> Result<MappedFile> {
+        if let (Some(w), Some(pending)) = (&self.worker, self.pending.take()) {
+            match w.ready.recv() {
+                Ok(Ok(file)) if pending == offset => return Ok(file),
+                Ok(Ok(other)) => {
+                    // Not the file we need (cannot happen while the writer only asks for the
+                    // next file); remove it so it never looks like data.
+                    let _ = std::fs::remove_file(other.path());
+                }
+                Ok(Err(e)) => return Err(e),
+                Err(_) => {}
+            }
+        }
+        MappedFile::create(&self.dir, offset, self.file_size, self.hook.clone())
+    }
+
+    /// Stops the thread. A file it prepared but nobody used stays on disk, empty; opening
+    /// the store removes it.
+    pub(crate) fn shutdown(&mut self) {
+        if let Some(w) = self.worker.take() {
+            drop(w.requests);
+            drop(w.ready);
+            let _ = w.thread.join();
+        }
+        self.pending = None;
+    }
+}
+
+impl Drop for Allocator {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}

@@ -1,0 +1,251 @@
+//! Every knob of the store, in one place, each with its default and unit.
+
+use std::fmt;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::error::{Error, Result};
+use crate::io_hook::IoHook;
+
+/// When a put counts as acknowledged, and how dirty pages reach the disk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FlushMode {
+    /// Group commit: a put returns only after the bytes it wrote are durable
+    /// (fdatasync'ed). Producers waiting at the same moment share one flush.
+    Sync {
+        /// How long a put waits for its flush before returning
+        /// [`PutStatus::FlushDiskTimeout`](crate::PutStatus::FlushDiskTimeout). Default: 5 s.
+        timeout: Duration,
+    },
+    /// A put returns after the copy into the page cache; a background thread flushes.
+    Async {
+        /// How often the flush thread wakes. Default: 500 ms.
+        interval: Duration,
+        /// Flush only when at least this many 4 KiB pages are dirty. Default: 4.
+        least_pages: u32,
+        /// Flush everything, however little, at least this often. Default: 10 s.
+        thorough_interval: Duration,
+    },
+}
+
+impl FlushMode {
+    /// Sync flush with RocketMQ's default 5 s timeout.
+    pub fn sync() -> Self {
+        FlushMode::Sync {
+            timeout: Duration::from_secs(5),
+        }
+    }
+
+    /// Async flush with RocketMQ's defaults: every 500 ms when 4 pages are dirty, everything every 10 s.
+    pub fn async_default() -> Self {
+        FlushMode::Async {
+            interval: Duration::from_millis(500),
+            least_pages: 4,
+            thorough_interval: Duration::from_secs(10),
+        }
+    }
+
+    /// Whether this is [`FlushMode::Sync`].
+    pub fn is_sync(&self) -> bool {
+        matches!(self, FlushMode::Sync { .. })
+    }
+}
+
+impl Default for FlushMode {
+    /// Async, as in RocketMQ.
+    fn default() -> Self {
+        FlushMode::async_default()
+    }
+}
+
+/// How a newly created commit-log file is prepared before the writer reaches it.
+///
+/// All three run on the allocation thread, off the put path. See `docs/BENCHMARKS.md`
+/// for the measurements behind the defaults.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Warmup {
+    /// Only allocate the file; the writer takes the page faults.
+    None,
+    /// Touch one byte of every page so the writer finds them mapped and writable.
+    Touch,
+    /// Write zeros over the whole file and flush them, so every block is already written
+    /// once: later fdatasyncs only overwrite data and skip extent conversion.
+    ZeroAndFlush,
+}
+
+/// Configuration of a [`MessageStore`](crate::MessageStore).
+///
+/// ```
+/// use std::time::Duration;
+/// use rocketstore::{FlushMode, StoreConfig};
+///
+/// let config = StoreConfig::new("/tmp/store")
+///     .commit_log_file_size(64 << 20)
+///     .flush_mode(FlushMode::Sync { timeout: Duration::from_secs(5) });
+/// assert_eq!(config.max_message_size, 4 << 20);
+/// ```
+#[derive(Clone)]
+#[non_exhaustive]
+pub struct StoreConfig {
+    /// Root directory; the commit log lives in `{root}/commitlog/`. No default.
+    pub root_dir: PathBuf,
+    /// Size of each commit-log file in bytes; a multiple of 4096, at least 64 KiB.
+    /// Default: 1 GiB.
+    pub commit_log_file_size: u64,
+    /// Largest body accepted, in bytes; also the largest encoded batch. Default: 4 MiB.
+    pub max_message_size: usize,
+    /// Sync or async flush. Default: [`FlushMode::Async`] with RocketMQ's settings.
+    pub flush_mode: FlushMode,
+    /// The store's address, written into every record and message id.
+    /// Default: `127.0.0.1:10911`.
+    pub store_host: SocketAddr,
+    /// When the append lock has been held this long, new puts fail at once with
+    /// [`Error::PageCacheBusy`] instead of queueing. Default: 1 s.
+    pub busy_limit: Duration,
+    /// A put that spent longer than this inside the append path is logged (warn) with its
+    /// time. Default: 500 ms.
+    pub slow_put_threshold: Duration,
+    /// Create the next commit-log file in the background before it is needed.
+    /// Default: true.
+    pub preallocate: bool,
+    /// How new files are prepared; `None` picks the measured best for the flush mode:
+    /// [`Warmup::ZeroAndFlush`] for sync, [`Warmup::Touch`] for async. Default: `None`.
+    pub warmup: Option<Warmup>,
+    /// Hooks called around file operations; for fault-injection tests. Default: none.
+    pub io_hook: Option<Arc<dyn IoHook>>,
+}
+
+impl fmt::Debug for StoreConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("StoreConfig")
+            .field("root_dir", &self.root_dir)
+            .field("commit_log_file_size", &self.commit_log_file_size)
+            .field("max_message_size", &self.max_message_size)
+            .field("flush_mode", &self.flush_mode)
+            .field("store_host", &self.store_host)
+            .field("busy_limit", &self.busy_limit)
+            .field("slow_put_threshold", &self.slow_put_threshold)
+            .field("preallocate", &self.preallocate)
+            .field("warmup", &self.warmup)
+            .field("io_hook", &self.io_hook.is_some())
+            .finish()
+    }
+}
+
+/// Smallest commit-log file accepted.
+pub const MIN_FILE_SIZE: u64 = 64 * 1024;
+const PAGE: u64 = 4096;
+
+impl StoreConfig {
+    /// Defaults for a store rooted at `root_dir`.
+    pub fn new(root_dir: impl Into<PathBuf>) -> Self {
+        StoreConfig {
+            root_dir: root_dir.into(),
+            commit_log_file_size: 1 << 30,
+            max_message_size: 4 << 20,
+            flush_mode: FlushMode::default(),
+            store_host: SocketAddr::from((Ipv4Addr::LOCALHOST, 10911)),
+            busy_limit: Duration::from_secs(1),
+            slow_put_threshold: Duration::from_millis(500),
+            preallocate: true,
+            warmup: None,
+            io_hook: None,
+        }
+    }
+
+    /// Sets [`StoreConfig::commit_log_file_size`].
+    pub fn commit_log_file_size(mut self, bytes: u64) -> Self {
+        self.commit_log_file_size = bytes;
+        self
+    }
+
+    /// Sets [`StoreConfig::max_message_size`].
+    pub fn max_message_size(mut self, bytes: usize) -> Self {
+        self.max_message_size = bytes;
+        self
+    }
+
+    /// Sets [`StoreConfig::flush_mode`].
+    pub fn flush_mode(mut self, mode: FlushMode) -> Self {
+        self.flush_mode = mode;
+        self
+    }
+
+    /// Sets [`StoreConfig::store_host`].
+    pub fn store_host(mut self, host: SocketAddr) -> Self {
+        self.store_host = host;
+        self
+    }
+
+    /// Sets [`StoreConfig::busy_limit`].
+    pub fn busy_limit(mut self, limit: Duration) -> Self {
+        self.busy_limit = limit;
+        self
+    }
+
+    /// Sets [`StoreConfig::slow_put_threshold`].
+    pub fn slow_put_threshold(mut self, threshold: Duration) -> Self {
+        self.slow_put_threshold = threshold;
+        self
+    }
+
+    /// Sets [`StoreConfig::preallocate`].
+    pub fn preallocate(mut self, on: bool) -> Self {
+        self.preallocate = on;
+        self
+    }
+
+    /// Sets [`StoreConfig::warmup`].
+    pub fn warmup(mut self, warmup: Warmup) -> Self {
+        self.warmup = Some(warmup);
+        self
+    }
+
+    /// Sets [`StoreConfig::io_hook`].
+    pub fn io_hook(mut self, hook: Arc<dyn IoHook>) -> Self {
+        self.io_hook = Some(hook);
+        self
+    }
+
+    /// The commit-log directory.
+    pub fn commit_log_dir(&self) -> PathBuf {
+        self.root_dir.join("commitlog")
+    }
+
+    /// The warm-up actually used: the configured one or the flush mode's default.
+    pub fn effective_warmup(&self) -> Warmup {
+        self.warmup.unwrap_or(if self.flush_mode.is_sync() {
+            Warmup::ZeroAndFlush
+        } else {
+            Warmup::Touch
+        })
+    }
+
+    pub(crate) fn validate(&self) -> Result<()> {
+        let bad = |reason: String| Err(Error::InvalidConfig { reason });
+        let size = self.commit_log_file_size;
+        if size < MIN_FILE_SIZE || size % PAGE != 0 || size > i32::MAX as u64 {
+            return bad(format!(
+                "commit_log_file_size {size} must be a multiple of {PAGE} between {MIN_FILE_SIZE} and {}",
+                i32::MAX
+            ));
+        }
+        if self.max_message_size == 0 || self.max_message_size > i32::MAX as usize {
+            return bad(format!(
+                "max_message_size {} must be between 1 and {}",
+                self.max_message_size,
+                i32::MAX
+            ));
+        }
+        if self.root_dir.as_os_str().is_empty() {
+            return bad("root_dir is empty".into());
+        }
+        Ok(())
+    }
+
+    pub(crate) fn root(&self) -> &Path {
+        &self.root_dir
+    }
+}

@@ -1,0 +1,140 @@
+//! The one error type of the crate.
+
+use std::path::PathBuf;
+
+/// Everything that can go wrong in the store, named for what the caller did or met.
+///
+/// Validation errors (`InvalidTopic`, `MessageTooLarge`, …) reject one call and leave the
+/// store fully usable. [`Error::Poisoned`] is different: after a failed flush the store
+/// refuses every later write until it is reopened.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// The topic is empty, too long (over 255 bytes) or has a character outside
+    /// RocketMQ's allowed set `[%|a-zA-Z0-9_-]`.
+    #[error("invalid topic {topic:?}: {reason}")]
+    InvalidTopic {
+        /// The topic as given.
+        topic: String,
+        /// Why it was refused.
+        reason: &'static str,
+    },
+    /// The body is larger than the configured maximum message size.
+    #[error("message body of {size} bytes exceeds the maximum of {max} bytes")]
+    MessageTooLarge {
+        /// Body size in bytes.
+        size: usize,
+        /// The limit in bytes.
+        max: usize,
+    },
+    /// The encoded record does not fit in one commit-log file.
+    #[error("record of {size} bytes does not fit in a commit-log file (at most {max} bytes)")]
+    RecordTooLarge {
+        /// Encoded record size in bytes.
+        size: usize,
+        /// The largest record a file can hold.
+        max: usize,
+    },
+    /// The encoded properties are longer than the record format allows (32767 bytes).
+    #[error("properties of {size} bytes exceed the maximum of {max} bytes")]
+    PropertiesTooLarge {
+        /// Encoded size of the properties in bytes.
+        size: usize,
+        /// The limit in bytes.
+        max: usize,
+    },
+    /// A property name or value holds one of the separator bytes `0x01`/`0x02`, or a name is empty.
+    #[error("invalid property {name:?}: {reason}")]
+    InvalidProperty {
+        /// The property name.
+        name: String,
+        /// Why it was refused.
+        reason: &'static str,
+    },
+    /// A batch is empty or mixes topics or queues.
+    #[error("invalid batch: {reason}")]
+    InvalidBatch {
+        /// Why it was refused.
+        reason: String,
+    },
+    /// The encoded batch is larger than the maximum message size.
+    #[error("batch of {size} bytes exceeds the maximum of {max} bytes")]
+    BatchTooLarge {
+        /// Encoded batch size in bytes.
+        size: usize,
+        /// The limit in bytes.
+        max: usize,
+    },
+    /// The append lock has been held longer than the configured busy limit: the page cache
+    /// (or the disk behind it) is not keeping up, so the put is refused at once.
+    #[error("page cache busy: the append lock has been held for {held_ms} ms (limit {limit_ms} ms)")]
+    PageCacheBusy {
+        /// How long the current holder has held the lock, in ms.
+        held_ms: u64,
+        /// The configured limit, in ms.
+        limit_ms: u64,
+    },
+    /// An earlier flush failed; the store refuses writes because a retried fsync can falsely
+    /// report success. Reopen the store to recover.
+    #[error("store is poisoned by an earlier flush failure ({cause}); reopen it")]
+    Poisoned {
+        /// The I/O error that poisoned the store.
+        cause: String,
+    },
+    /// The store has been shut down.
+    #[error("store is shut down")]
+    ShutDown,
+    /// The configuration is inconsistent.
+    #[error("invalid configuration: {reason}")]
+    InvalidConfig {
+        /// What is wrong.
+        reason: String,
+    },
+    /// A file in the store directory has the wrong name or size, or the files do not line up.
+    #[error("bad store file {path}: {reason}")]
+    BadStoreFile {
+        /// The offending file.
+        path: PathBuf,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// Bytes that should hold a record do not.
+    #[error("corrupted record at offset {offset}: {reason}")]
+    Corrupted {
+        /// Offset of the record (in the commit log, or in the buffer being decoded).
+        offset: u64,
+        /// What is wrong.
+        reason: String,
+    },
+    /// An I/O operation failed.
+    #[error("I/O error during {op} on {path}: {source}")]
+    Io {
+        /// What the store was doing.
+        op: &'static str,
+        /// The file involved.
+        path: PathBuf,
+        /// The underlying error.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// The crate's result type.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+impl Error {
+    pub(crate) fn io(op: &'static str, path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+        Error::Io {
+            op,
+            path: path.into(),
+            source,
+        }
+    }
+
+    pub(crate) fn corrupted(offset: u64, reason: impl Into<String>) -> Self {
+        Error::Corrupted {
+            offset,
+            reason: reason.into(),
+        }
+    }
+}

@@ -1,0 +1,362 @@
+//! The flush thread: group commit for sync flush, a timer for async flush, and the
+//! acknowledgements producers wait on.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll, Waker};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use parking_lot::{Condvar, Mutex};
+
+use crate::commit_log::CommitLog;
+use crate::config::FlushMode;
+use crate::error::{Error, Result};
+use crate::mapped_file::PAGE_SIZE;
+use crate::message::{PutResult, PutStatus};
+
+/// Starts and stops the flush thread and lets producers wait for durability.
+pub(crate) struct Flusher {
+    log: Arc<CommitLog>,
+    shared: Arc<Shared>,
+    thread: Mutex<Option<JoinHandle<()>>>,
+    timeout: Duration,
+}
+
+struct Shared {
+    state: Mutex<State>,
+    /// Wakes the flush thread: new work or shutdown.
+    work: Condvar,
+    /// Wakes blocked producers after each flush.
+    done: Condvar,
+}
+
+#[derive(Default)]
+struct State {
+    /// Highest commit-log offset a producer is waiting for.
+    requested: u64,
+    shutdown: bool,
+    /// The thread has exited; nothing will be flushed any more.
+    stopped: bool,
+    /// Futures waiting for their bytes to be durable.
+    futures: Vec<PendingAck>,
+}
+
+struct PendingAck {
+    target: u64,
+    deadline: Instant,
+    slot: Arc<AckSlot>,
+}
+
+/// Where the flush thread leaves the outcome for a [`PutFuture`].
+#[derive(Default)]
+struct AckSlot {
+    inner: Mutex<AckInner>,
+}
+
+#[derive(Default)]
+struct AckInner {
+    outcome: Option<Result<PutStatus>>,
+    waker: Option<Waker>,
+}
+
+impl AckSlot {
+    fn complete(&self, outcome: Result<PutStatus>) {
+        let waker = {
+            let mut inner = self.inner.lock();
+            inner.outcome = Some(outcome);
+            inner.waker.take()
+        };
+        if let Some(w) = waker {
+            w.wake();
+        }
+    }
+}
+
+impl Flusher {
+    pub(crate) fn start(log: Arc<CommitLog>, mode: FlushMode) -> Result<Flusher> {
+        let shared = Arc::new(Shared {
+            state: Mutex::new(State::default()),
+            work: Condvar::new(),
+            done: Condvar::new(),
+        });
+        let (l, s) = (Arc::clone(&log), Arc::clone(&shared));
+        let (name, timeout) = match mode {
+            FlushMode::Sync { timeout } => ("rocketstore-group-commit", timeout),
+            FlushMode::Async { .. } => ("rocketstore-flush", Duration::ZERO),
+        };
+        let thread = std::thread::Builder::new()
+            .name(name.into())
+            .spawn(move || {
+                match mode {
+                    FlushMode::Sync { .. } => group_commit_loop(&l, &s),
+                    FlushMode::Async {
+                        interval,
+                        least_pages,
+                        thorough_interval,
+                    } => interval_loop(&l, &s, interval, least_pages, thorough_interval),
+                }
+                finish(&l, &s);
+            })
+            .map_err(|e| Error::io("spawn flush thread", "", e))?;
+        Ok(Flusher {
+            log,
+            shared,
+            thread: Mutex::new(Some(thread)),
+            timeout,
+        })
+    }
+
+    /// Blocks until `target` is durable (sync flush): `Ok` when it is, `FlushDiskTimeout`
+    /// when the timeout passes first, an error when the store is poisoned or stopped.
+    pub(crate) fn wait_durable(&self, target: u64) -> Result<PutStatus> {
+        if self.log.flushed_offset() >= target {
+            return Ok(PutStatus::Ok);
+        }
+        let deadline = Instant::now() + self.timeout;
+        let mut st = self.shared.state.lock();
+        if st.requested < target {
+            st.requested = target;
+            self.shared.work.notify_one();
+        }
+        loop {
+            if self.log.flushed_offset() >= target {
+                return Ok(PutStatus::Ok);
+            }
+            if let Some(e) = self.failure(&st) {
+                return Err(e);
+            }
+            if self.shared.done.wait_until(&mut st, deadline).timed_out() {
+                return Ok(if self.log.flushed_offset() >= target {
+                    PutStatus::Ok
+                } else {
+                    PutStatus::FlushDiskTimeout
+                });
+            }
+        }
+    }
+
+    fn failure(&self, st: &State) -> Option<Error> {
+        if self.log.is_poisoned() {
+            Some(self.log.poison_error())
+        } else if st.stopped {
+            Some(Error::ShutDown)
+        } else {
+            None
+        }
+    }
+
+    /// A future resolving once `target` is durable, carrying `result` with its status.
+    pub(crate) fn ack_future(&self, result: PutResult) -> PutFuture {
+        let target = result.end_offset();
+        if self.log.flushed_offset() >= target {
+            return PutFuture::ready(Ok(result));
+        }
+        let slot = Arc::new(AckSlot::default());
+        let mut st = self.shared.state.lock();
+        if let Some(e) = self.failure(&st) {
+            return PutFuture::ready(Err(e));
+        }
+        st.futures.push(PendingAck {
+            target,
+            deadline: Instant::now() + self.timeout,
+            slot: Arc::clone(&slot),
+        });
+        st.requested = st.requested.max(target);
+        self.shared.work.notify_one();
+        PutFuture {
+            state: FutureState::Waiting { result, slot },
+        }
+    }
+
+    /// Stops the thread after a last flush of everything appended.
+    pub(crate) fn shutdown(&self) {
+        self.shared.state.lock().shutdown = true;
+        self.shared.work.notify_all();
+        if let Some(t) = self.thread.lock().take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// Sync flush: sleep until a producer asks for an offset not yet durable, then flush
+/// everything appended so far, covering every producer that arrived meanwhile.
+fn group_commit_loop(log: &CommitLog, shared: &Shared) {
+    loop {
+        {
+            let mut st = shared.state.lock();
+            loop {
+                if st.shutdown {
+                    return;
+                }
+                if log.is_poisoned() {
+                    fail_futures(&mut st, log);
+                    shared.work.wait(&mut st);
+                    continue;
+                }
+                if st.requested > log.flushed_offset() {
+                    break;
+                }
+                match st.futures.iter().map(|p| p.deadline).min() {
+                    Some(d) => {
+                        shared.work.wait_until(&mut st, d);
+                    }
+                    None => shared.work.wait(&mut st),
+                }
+                expire_futures(&mut st);
+            }
+        }
+        let _ = log.flush();
+        let mut st = shared.state.lock();
+        settle_futures(&mut st, log);
+        shared.done.notify_all();
+    }
+}
+
+/// Async flush: every `interval`, flush when at least `least_pages` pages are dirty, and
+/// everything at least every `thorough`.
+fn interval_loop(
+    log: &CommitLog,
+    shared: &Shared,
+    interval: Duration,
+    least_pages: u32,
+    thorough: Duration,
+) {
+    let mut last_thorough = Instant::now();
+    loop {
+        {
+            let mut st = shared.state.lock();
+            if !st.shutdown {
+                shared.work.wait_for(&mut st, interval);
+            }
+            if st.shutdown {
+                return;
+            }
+        }
+        if log.is_poisoned() {
+            continue;
+        }
+        let dirty_pages = log.write_offset() / PAGE_SIZE as u64
+            - log.flushed_offset() / PAGE_SIZE as u64;
+        let thorough_due = last_thorough.elapsed() >= thorough;
+        if thorough_due || dirty_pages >= u64::from(least_pages) {
+            let _ = log.flush();
+            if thorough_due {
+                last_thorough = Instant::now();
+            }
+        }
+    }
+}
+
+/// Last flush on the way out; wakes everyone still waiting.
+fn finish(log: &CommitLog, shared: &Shared) {
+    let _ = log.flush();
+    let mut st = shared.state.lock();
+    settle_futures(&mut st, log);
+    let left = std::mem::take(&mut st.futures);
+    for p in left {
+        p.slot.complete(Err(Error::ShutDown));
+    }
+    st.stopped = true;
+    shared.done.notify_all();
+}
+
+/// Completes the futures whose bytes are durable (or fails all of them on poison).
+fn settle_futures(st: &mut State, log: &CommitLog) {
+    if log.is_poisoned() {
+        fail_futures(st, log);
+        return;
+    }
+    let flushed = log.flushed_offset();
+    st.futures.retain(|p| {
+        if p.target <= flushed {
+            p.slot.complete(Ok(PutStatus::Ok));
+            false
+        } else {
+            true
+        }
+    });
+    expire_futures(st);
+}
+
+fn fail_futures(st: &mut State, log: &CommitLog) {
+    for p in st.futures.drain(..) {
+        p.slot.complete(Err(log.poison_error()));
+    }
+}
+
+fn expire_futures(st: &mut State) {
+    let now = Instant::now();
+    st.futures.retain(|p| {
+        if p.deadline <= now {
+            p.slot.complete(Ok(PutStatus::FlushDiskTimeout));
+            false
+        } else {
+            true
+        }
+    });
+}
+
+/// The acknowledgement of [`MessageStore::put_message_async`](crate::MessageStore::put_message_async).
+///
+/// Resolves to the [`PutResult`] once the put is acknowledged under the flush mode: at once
+/// for async flush, after the group commit (or its timeout) for sync flush. It needs no
+/// particular runtime: the flush thread wakes it. Polling it again after it resolved panics,
+/// as the `Future` contract allows.
+#[must_use = "the put is stored either way; await the future to learn whether it is durable"]
+pub struct PutFuture {
+    state: FutureState,
+}
+
+enum FutureState {
+    Ready(Option<Result<PutResult>>),
+    Waiting {
+        result: PutResult,
+        slot: Arc<AckSlot>,
+    },
+    Done,
+}
+
+impl PutFuture {
+    pub(crate) fn ready(result: Result<PutResult>) -> PutFuture {
+        PutFuture {
+            state: FutureState::Ready(Some(result)),
+        }
+    }
+}
+
+impl std::fmt::Debug for PutFuture {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let state = match &self.state {
+            FutureState::Ready(_) => "ready",
+            FutureState::Waiting { .. } => "waiting",
+            FutureState::Done => "done",
+        };
+        f.debug_struct("PutFuture").field("state", &state).finish()
+    }
+}
+
+impl Future for PutFuture {
+    type Output = Result<PutResult>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.get_mut();
+        let out = match &mut this.state {
+            FutureState::Ready(r) => r.take().expect("PutFuture polled after completion"),
+            FutureState::Waiting { result, slot } => {
+                let mut inner = slot.inner.lock();
+                match inner.outcome.take() {
+                    Some(outcome) => outcome.map(|status| PutResult { status, ..*result }),
+                    None => {
+                        inner.waker = Some(cx.waker().clone());
+                        return Poll::Pending;
+                    }
+                }
+            }
+            FutureState::Done => panic!("PutFuture polled after completion"),
+        };
+        this.state = FutureState::Done;
+        Poll::Ready(out)
+    }
+}

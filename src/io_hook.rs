@@ -1,0 +1,37 @@
+//! A seam around the file operations that can fail or stall, so tests can inject faults.
+
+use std::io;
+use std::path::Path;
+
+/// Called by the store just before each file operation that touches the disk. Returning an
+/// error makes the operation fail with that error; blocking stalls it.
+///
+/// Production code leaves [`StoreConfig::io_hook`](crate::StoreConfig::io_hook) unset.
+/// Tests use it to prove what happens on a slow disk, a full disk or a failed fsync.
+///
+/// ```
+/// use std::{io, path::Path, sync::Arc};
+/// use rocketstore::{IoHook, StoreConfig};
+///
+/// struct FailingSync;
+/// impl IoHook for FailingSync {
+///     fn before_sync(&self, _path: &Path) -> io::Result<()> {
+///         Err(io::Error::other("injected"))
+///     }
+/// }
+/// let config = StoreConfig::new("/tmp/store").io_hook(Arc::new(FailingSync));
+/// # let _ = config;
+/// ```
+pub trait IoHook: Send + Sync + 'static {
+    /// Before a commit-log file is created and allocated.
+    fn before_create(&self, path: &Path) -> io::Result<()> {
+        let _ = path;
+        Ok(())
+    }
+
+    /// Before dirty bytes of a file are synced to disk (msync/fdatasync).
+    fn before_sync(&self, path: &Path) -> io::Result<()> {
+        let _ = path;
+        Ok(())
+    }
+}

@@ -1,0 +1,440 @@
+//! One fixed-size, fully allocated file mapped into memory: the only module with `unsafe`.
+//!
+//! Concurrency contract, enforced by types:
+//! - at most one [`FileWriter`] exists per file, and it only writes at or past the published
+//!   write position;
+//! - readers only build slices below the published write position, and those bytes never
+//!   change again;
+//! - every slice owns an `Arc<MappedFile>`, so the mapping outlives every reader.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+
+use bytes::Bytes;
+use memmap2::{MmapOptions, MmapRaw};
+
+use crate::config::Warmup;
+use crate::error::{Error, Result};
+use crate::io_hook::IoHook;
+
+/// Page size used for warm-up and dirty-page accounting.
+pub(crate) const PAGE_SIZE: usize = 4096;
+
+/// The 20-digit zero-padded name of the file starting at `offset`.
+pub(crate) fn file_name(offset: u64) -> String {
+    format!("{offset:020}")
+}
+
+pub(crate) struct MappedFile {
+    path: PathBuf,
+    map: MmapRaw,
+    // Kept open so syncs and the mapping share one descriptor for the file's life.
+    _file: File,
+    start_offset: u64,
+    size: usize,
+    /// Bytes below this are written and immutable; published with Release.
+    write_pos: AtomicUsize,
+    /// Bytes below this are durable.
+    flushed_pos: AtomicUsize,
+    writer_taken: AtomicBool,
+    hook: Option<Arc<dyn IoHook>>,
+}
+
+impl std::fmt::Debug for MappedFile {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MappedFile")
+            .field("path", &self.path)
+            .field("write_pos", &self.write_pos())
+            .field("flushed_pos", &self.flushed_pos())
+            .finish()
+    }
+}
+
+impl MappedFile {
+    /// Creates `{dir}/{offset:020}` of `size` bytes, allocated on disk before it is mapped,
+    /// so a full disk fails here and never as SIGBUS on a later write. The file is built
+    /// under a `.tmp` name and renamed, so a crash never leaves a short file with a real name.
+    pub(crate) fn create(
+        dir: &Path,
+        start_offset: u64,
+        size: usize,
+        hook: Option<Arc<dyn IoHook>>,
+    ) -> Result<MappedFile> {
+        let path = dir.join(file_name(start_offset));
+        let tmp = dir.join(format!("{}.tmp", file_name(start_offset)));
+        if let Some(h) = &hook {
+            h.before_create(&path).map_err(|e| Error::io("create", &path, e))?;
+        }
+        let result = (|| {
+            let file = OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .open(&tmp)
+                .map_err(|e| Error::io("create", &tmp, e))?;
+            allocate(&file, size as u64).map_err(|e| Error::io("allocate", &tmp, e))?;
+            file.sync_all().map_err(|e| Error::io("sync", &tmp, e))?;
+            fs::rename(&tmp, &path).map_err(|e| Error::io("rename", &path, e))?;
+            sync_dir(dir)?;
+            Ok(file)
+        })();
+        let file = match result {
+            Ok(file) => file,
+            Err(e) => {
+                let _ = fs::remove_file(&tmp);
+                return Err(e);
+            }
+        };
+        Self::map(path, file, start_offset, size, 0, hook)
+    }
+
+    /// Opens an existing file, which must be exactly `size` bytes. Everything in it is
+    /// visible to readers until [`FileWriter::new`] sets the real write position.
+    pub(crate) fn open(
+        path: &Path,
+        start_offset: u64,
+        size: usize,
+        hook: Option<Arc<dyn IoHook>>,
+    ) -> Result<MappedFile> {
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(path)
+            .map_err(|e| Error::io("open", path, e))?;
+        let len = file
+            .metadata()
+            .map_err(|e| Error::io("stat", path, e))?
+            .len();
+        if len != size as u64 {
+            return Err(Error::BadStoreFile {
+                path: path.to_owned(),
+                reason: format!("size is {len} bytes, the configured file size is {size}"),
+            });
+        }
+        Self::map(path.to_owned(), file, start_offset, size, size, hook)
+    }
+
+    fn map(
+        path: PathBuf,
+        file: File,
+        start_offset: u64,
+        size: usize,
+        visible: usize,
+        hook: Option<Arc<dyn IoHook>>,
+    ) -> Result<MappedFile> {
+        let map = MmapOptions::new()
+            .len(size)
+            .map_raw(&file)
+            .map_err(|e| Error::io("mmap", &path, e))?;
+        Ok(MappedFile {
+            path,
+            map,
+            _file: file,
+            start_offset,
+            size,
+            write_pos: AtomicUsize::new(visible),
+            flushed_pos: AtomicUsize::new(visible),
+            writer_taken: AtomicBool::new(false),
+            hook,
+        })
+    }
+
+    /// Prepares the pages of a new file; `&mut self` proves nobody else sees it yet.
+    pub(crate) fn warm(&mut self, warmup: Warmup) -> Result<()> {
+        let base = self.map.as_mut_ptr();
+        match warmup {
+            Warmup::None => {}
+            Warmup::Touch => {
+                for page in (0..self.size).step_by(PAGE_SIZE) {
+                    // SAFETY: `page < size`, so the pointer is inside the live mapping; we hold
+                    // `&mut self`, so no writer or reader can exist; the file is fallocated
+                    // zeros, so writing 0 changes nothing a reader could ever observe.
+                    unsafe { base.add(page).write_volatile(0) };
+                }
+            }
+            Warmup::ZeroAndFlush => {
+                // SAFETY: the range `0..size` is exactly the mapping; `&mut self` excludes
+                // every other access while we write.
+                unsafe { std::ptr::write_bytes(base, 0, self.size) };
+                self.map
+                    .flush()
+                    .map_err(|e| Error::io("warm-up flush", &self.path, e))?;
+            }
+        }
+        Ok(())
+    }
+
+    pub(crate) fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Commit-log offset of the first byte of this file.
+    pub(crate) fn start_offset(&self) -> u64 {
+        self.start_offset
+    }
+
+    /// End of the bytes readers may see.
+    pub(crate) fn write_pos(&self) -> usize {
+        self.write_pos.load(Ordering::Acquire)
+    }
+
+    pub(crate) fn flushed_pos(&self) -> usize {
+        self.flushed_pos.load(Ordering::Acquire)
+    }
+
+    /// A zero-copy view of `len` bytes at `pos`, or `None` when any of it lies at or past
+    /// the published write position. The view keeps the mapping alive.
+    pub(crate) fn slice(self: &Arc<Self>, pos: usize, len: usize) -> Option<Bytes> {
+        let end = pos.checked_add(len)?;
+        if end > self.write_pos() {
+            return None;
+        }
+        Some(Bytes::from_owner(MappedSlice {
+            file: Arc::clone(self),
+            pos,
+            len,
+        }))
+    }
+
+    /// Everything visible from `pos` to the write position.
+    pub(crate) fn visible_from(self: &Arc<Self>, pos: usize) -> Option<Bytes> {
+        let len = self.write_pos().checked_sub(pos)?;
+        self.slice(pos, len)
+    }
+
+    /// Makes every written byte durable (msync of the dirty range, which on Linux is an
+    /// fdatasync of that range) and returns the new flushed position. Callers serialise
+    /// flushes of one file (the commit log's flush lock).
+    pub(crate) fn flush(&self) -> Result<usize> {
+        let write = self.write_pos();
+        let flushed = self.flushed_pos();
+        if write > flushed {
+            if let Some(h) = &self.hook {
+                h.before_sync(&self.path)
+                    .map_err(|e| Error::io("sync", &self.path, e))?;
+            }
+            self.map
+                .flush_range(flushed, write - flushed)
+                .map_err(|e| Error::io("sync", &self.path, e))?;
+            self.flushed_pos.store(write, Ordering::Release);
+        }
+        Ok(write.max(flushed))
+    }
+}
+
+/// Allocates `len` bytes of real disk blocks; falls back to writing zeros where the
+/// filesystem has no fallocate.
+fn allocate(file: &File, len: u64) -> io::Result<()> {
+    match rustix::fs::fallocate(file, rustix::fs::FallocateFlags::empty(), 0, len) {
+        Ok(()) => Ok(()),
+        Err(e) if e == rustix::io::Errno::OPNOTSUPP || e == rustix::io::Errno::NOSYS => {
+            let zeros = vec![0u8; 1 << 20];
+            let mut left = len;
+            let mut w = io::BufWriter::new(file);
+            while left > 0 {
+                let n = left.min(zeros.len() as u64) as usize;
+                w.write_all(&zeros[..n])?;
+                left -= n as u64;
+            }
+            w.flush()
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Makes a directory's entries (a created or renamed file) durable.
+pub(crate) fn sync_dir(dir: &Path) -> Result<()> {
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| Error::io("sync directory", dir, e))
+}
+
+/// The owner behind a reader's `Bytes`: a range of a file, and the `Arc` keeping it mapped.
+struct MappedSlice {
+    file: Arc<MappedFile>,
+    pos: usize,
+    len: usize,
+}
+
+impl AsRef<[u8]> for MappedSlice {
+    fn as_ref(&self) -> &[u8] {
+        // SAFETY: `slice` only builds a MappedSlice when `pos + len <= write_pos`, loaded with
+        // Acquire after the writer's Release store, so the bytes are initialised and visible.
+        // Bytes below the write position are never written again (FileWriter only writes at
+        // or past it, and FileWriter::new refuses to lower it while any slice exists), and
+        // `self.file` keeps the mapping alive for as long as this slice lives.
+        unsafe { std::slice::from_raw_parts(self.file.map.as_ptr().add(self.pos), self.len) }
+    }
+}
+
+/// The single writer of one file. Owning it is the right to write past the write position.
+pub(crate) struct FileWriter {
+    file: Arc<MappedFile>,
+    pos: usize,
+}
+
+impl FileWriter {
+    /// Takes the writer of `file`, setting its write position (and flushed position, since
+    /// the bytes come from disk or are new) to `pos`. Refused (`None`) when a writer was
+    /// taken before or when anyone else holds the file (a reader's slice, the file queue):
+    /// lowering the position under a live reader would let the writer change its bytes.
+    pub(crate) fn new(mut file: Arc<MappedFile>, pos: usize) -> Option<FileWriter> {
+        let f = Arc::get_mut(&mut file)?;
+        if *f.writer_taken.get_mut() || pos > f.size {
+            return None;
+        }
+        *f.writer_taken.get_mut() = true;
+        *f.write_pos.get_mut() = pos;
+        *f.flushed_pos.get_mut() = pos;
+        Some(FileWriter { file, pos })
+    }
+
+    pub(crate) fn file(&self) -> &Arc<MappedFile> {
+        &self.file
+    }
+
+    /// Bytes left in the file.
+    pub(crate) fn remaining(&self) -> usize {
+        self.file.size - self.pos
+    }
+
+    /// Commit-log offset of the next byte to write.
+    pub(crate) fn offset(&self) -> u64 {
+        self.file.start_offset + self.pos as u64
+    }
+
+    /// Copies `bytes` at the write position without publishing them.
+    /// Panics if they do not fit: callers check [`FileWriter::remaining`] first.
+    pub(crate) fn write(&mut self, bytes: &[u8]) {
+        assert!(bytes.len() <= self.remaining(), "write past the end of a mapped file");
+        // SAFETY: `pos + len <= size` (checked above), so the range is inside the mapping,
+        // which `self.file` keeps alive. Only this writer exists for the file, and readers
+        // never look at or past the published write position, which is <= `self.pos`, so
+        // nobody reads or writes these bytes concurrently.
+        unsafe {
+            std::ptr::copy_nonoverlapping(
+                bytes.as_ptr(),
+                self.file.map.as_mut_ptr().add(self.pos),
+                bytes.len(),
+            )
+        };
+        self.pos += bytes.len();
+    }
+
+    /// Marks the rest of the file as used (after a blank end record).
+    pub(crate) fn fill(&mut self) {
+        self.pos = self.file.size;
+    }
+
+    /// Zeroes whatever non-zero bytes lie past the write position (the torn tail of a
+    /// crashed writer) and syncs them, so no stale bytes can later pass for records.
+    pub(crate) fn zero_tail(&mut self) -> Result<()> {
+        const CHUNK: usize = 64 * 1024;
+        let base = self.file.map.as_mut_ptr();
+        let mut dirty: Option<(usize, usize)> = None;
+        let mut at = self.pos;
+        while at < self.file.size {
+            let len = CHUNK.min(self.file.size - at);
+            // SAFETY: `at + len <= size`, inside the mapping kept alive by `self.file`. The
+            // bytes lie at or past the write position, which only this writer may touch, so
+            // no reader slice covers them and nobody writes them concurrently.
+            let chunk = unsafe { std::slice::from_raw_parts_mut(base.add(at), len) };
+            if chunk.iter().any(|&b| b != 0) {
+                chunk.fill(0);
+                dirty = Some((dirty.map_or(at, |d| d.0), at + len));
+            }
+            at += len;
+        }
+        if let Some((from, to)) = dirty {
+            log::warn!(
+                "zeroed {} bytes of stale tail in {}",
+                to - from,
+                self.file.path.display()
+            );
+            self.file
+                .map
+                .flush_range(from, to - from)
+                .map_err(|e| Error::io("sync", &self.file.path, e))?;
+        }
+        Ok(())
+    }
+
+    /// Makes everything written so far visible to readers.
+    pub(crate) fn publish(&self) {
+        self.file.write_pos.store(self.pos, Ordering::Release);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn create_allocates_and_names_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = MappedFile::create(dir.path(), 65536, 65536, None).unwrap();
+        assert_eq!(f.path(), dir.path().join("00000000000000065536"));
+        let meta = fs::metadata(f.path()).unwrap();
+        assert_eq!(meta.len(), 65536);
+        // Fully allocated: the blocks exist, it is not a sparse file.
+        use std::os::unix::fs::MetadataExt;
+        assert!(meta.blocks() * 512 >= 65536, "file is sparse");
+        assert!(!dir.path().join("00000000000000065536.tmp").exists());
+    }
+
+    #[test]
+    fn readers_see_only_published_bytes_and_keep_the_mapping() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = Arc::new(MappedFile::create(dir.path(), 0, 65536, None).unwrap());
+        let mut w = FileWriter::new(file, 0).unwrap();
+        w.write(b"hello");
+        let file = Arc::clone(w.file());
+        assert!(file.slice(0, 5).is_none(), "unpublished bytes are visible");
+        w.publish();
+        let s = file.slice(0, 5).unwrap();
+        assert!(file.slice(0, 6).is_none());
+        drop(w);
+        drop(file);
+        assert_eq!(&s[..], b"hello", "slice outlived its file handles");
+    }
+
+    #[test]
+    fn writer_is_unique_and_refused_while_readers_hold_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = Arc::new(MappedFile::create(dir.path(), 0, 65536, None).unwrap());
+        let reader = Arc::clone(&file);
+        assert!(FileWriter::new(file, 0).is_none());
+        let w = FileWriter::new(reader, 0).unwrap();
+        let again = Arc::clone(w.file());
+        drop(w);
+        assert!(FileWriter::new(again, 0).is_none(), "second writer taken");
+    }
+
+    #[test]
+    fn open_refuses_wrong_size() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(file_name(0));
+        fs::write(&path, vec![0u8; 1000]).unwrap();
+        let err = MappedFile::open(&path, 0, 65536, None).unwrap_err();
+        assert!(matches!(err, Error::BadStoreFile { .. }), "{err}");
+    }
+
+    #[test]
+    fn flush_advances_flushed_position() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut f = MappedFile::create(dir.path(), 0, 65536, None).unwrap();
+        f.warm(Warmup::Touch).unwrap();
+        let mut w = FileWriter::new(Arc::new(f), 0).unwrap();
+        w.write(&[7u8; 5000]);
+        w.publish();
+        assert_eq!(w.file().flushed_pos(), 0);
+        assert_eq!(w.file().flush().unwrap(), 5000);
+        assert_eq!(w.file().flushed_pos(), 5000);
+        let on_disk = fs::read(w.file().path()).unwrap();
+        assert_eq!(&on_disk[..5000], &[7u8; 5000][..]);
+    }
+}

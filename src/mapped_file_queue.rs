@@ -1,0 +1,176 @@
+//! The ordered files of one log, each named by the offset of its first byte.
+
+use std::fs;
+use std::path::Path;
+use std::sync::Arc;
+
+use parking_lot::RwLock;
+
+use crate::error::{Error, Result};
+use crate::io_hook::IoHook;
+use crate::mapped_file::{MappedFile, file_name};
+
+/// The files of one log, contiguous: file `i` starts at `first + i * file_size`, so the
+/// file holding an offset is found by one division.
+pub(crate) struct MappedFileQueue {
+    file_size: u64,
+    files: RwLock<Vec<Arc<MappedFile>>>,
+}
+
+impl MappedFileQueue {
+    pub(crate) fn new(file_size: u64) -> Self {
+        MappedFileQueue {
+            file_size,
+            files: RwLock::new(Vec::new()),
+        }
+    }
+
+    pub(crate) fn file_size(&self) -> u64 {
+        self.file_size
+    }
+
+    /// The file holding `offset`, if it exists.
+    pub(crate) fn find(&self, offset: u64) -> Option<Arc<MappedFile>> {
+        let files = self.files.read();
+        let first = files.first()?.start_offset();
+        let index = offset.checked_sub(first)? / self.file_size;
+        files.get(usize::try_from(index).ok()?).cloned()
+    }
+
+    /// Files from the one holding `from` up to the last, in order.
+    pub(crate) fn files_from(&self, from: u64) -> Vec<Arc<MappedFile>> {
+        let files = self.files.read();
+        let Some(first) = files.first().map(|f| f.start_offset()) else {
+            return Vec::new();
+        };
+        let skip = (from.saturating_sub(first) / self.file_size) as usize;
+        files.iter().skip(skip).cloned().collect()
+    }
+
+    /// Offset of the first byte still stored.
+    pub(crate) fn min_offset(&self) -> Option<u64> {
+        self.files.read().first().map(|f| f.start_offset())
+    }
+
+    /// Appends the next file; it must start where the last one ends.
+    pub(crate) fn push(&self, file: Arc<MappedFile>) {
+        let mut files = self.files.write();
+        if let Some(last) = files.last() {
+            assert_eq!(
+                last.start_offset() + self.file_size,
+                file.start_offset(),
+                "mapped files must be contiguous"
+            );
+        }
+        files.push(file);
+    }
+
+    /// Opens every file in the directory, in offset order. Leftover `.tmp` files of an
+    /// interrupted allocation are removed; any other stray name, a file of the wrong size,
+    /// a misaligned name or a gap between files is refused with [`Error::BadStoreFile`].
+    pub(crate) fn load_files(
+        dir: &Path,
+        file_size: u64,
+        hook: Option<Arc<dyn IoHook>>,
+    ) -> Result<Vec<MappedFile>> {
+        let mut offsets = Vec::new();
+        let entries = fs::read_dir(dir).map_err(|e| Error::io("list", dir, e))?;
+        for entry in entries {
+            let entry = entry.map_err(|e| Error::io("list", dir, e))?;
+            let path = entry.path();
+            let name = entry.file_name();
+            let name = name.to_string_lossy();
+            if name.ends_with(".tmp") {
+                log::info!("removing unfinished allocation {}", path.display());
+                fs::remove_file(&path).map_err(|e| Error::io("remove", &path, e))?;
+                continue;
+            }
+            let bad = |reason: String| Error::BadStoreFile {
+                path: path.clone(),
+                reason,
+            };
+            if name.len() != 20 || !name.bytes().all(|b| b.is_ascii_digit()) {
+                return Err(bad("not a commit-log file name (20 decimal digits)".into()));
+            }
+            let offset: u64 = name
+                .parse()
+                .map_err(|_| bad("file name out of range".into()))?;
+            if offset % file_size != 0 {
+                return Err(bad(format!(
+                    "offset {offset} is not a multiple of the file size {file_size}"
+                )));
+            }
+            offsets.push(offset);
+        }
+        offsets.sort_unstable();
+        for pair in offsets.windows(2) {
+            if pair[1] != pair[0] + file_size {
+                return Err(Error::BadStoreFile {
+                    path: dir.join(file_name(pair[1])),
+                    reason: format!("gap in the log: the previous file starts at {}", pair[0]),
+                });
+            }
+        }
+        offsets
+            .into_iter()
+            .map(|offset| {
+                MappedFile::open(
+                    &dir.join(file_name(offset)),
+                    offset,
+                    file_size as usize,
+                    hook.clone(),
+                )
+            })
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn find_is_by_division() {
+        let dir = tempfile::tempdir().unwrap();
+        let q = MappedFileQueue::new(65536);
+        for i in 0..3u64 {
+            let f = MappedFile::create(dir.path(), (i + 2) * 65536, 65536, None).unwrap();
+            q.push(Arc::new(f));
+        }
+        assert!(q.find(65536).is_none());
+        assert_eq!(q.find(2 * 65536).unwrap().start_offset(), 2 * 65536);
+        assert_eq!(q.find(3 * 65536 + 17).unwrap().start_offset(), 3 * 65536);
+        assert_eq!(q.find(5 * 65536 - 1).unwrap().start_offset(), 4 * 65536);
+        assert!(q.find(5 * 65536).is_none());
+        assert_eq!(q.files_from(3 * 65536 + 5).len(), 2);
+    }
+
+    #[test]
+    fn load_refuses_stray_names_and_gaps() {
+        let dir = tempfile::tempdir().unwrap();
+        MappedFile::create(dir.path(), 0, 65536, None).unwrap();
+        MappedFile::create(dir.path(), 2 * 65536, 65536, None).unwrap();
+        let err = MappedFileQueue::load_files(dir.path(), 65536, None).unwrap_err();
+        assert!(err.to_string().contains("gap"), "{err}");
+
+        let dir = tempfile::tempdir().unwrap();
+        fs::write(dir.path().join("notes.txt"), b"x").unwrap();
+        let err = MappedFileQueue::load_files(dir.path(), 65536, None).unwrap_err();
+        assert!(matches!(err, Error::BadStoreFile { .. }), "{err}");
+
+        let dir = tempfile::tempdir().unwrap();
+        fs::write(dir.path().join(file_name(100)), b"x").unwrap();
+        let err = MappedFileQueue::load_files(dir.path(), 65536, None).unwrap_err();
+        assert!(err.to_string().contains("multiple"), "{err}");
+    }
+
+    #[test]
+    fn load_removes_unfinished_allocations() {
+        let dir = tempfile::tempdir().unwrap();
+        MappedFile::create(dir.path(), 0, 65536, None).unwrap();
+        fs::write(dir.path().join("00000000000000065536.tmp"), b"x").unwrap();
+        let files = MappedFileQueue::load_files(dir.path(), 65536, None).unwrap();
+        assert_eq!(files.len(), 1);
+        assert!(!dir.path().join("00000000000000065536.tmp").exists());
+    }
+}

@@ -1,0 +1,238 @@
+//! `MessageStore`: the facade a broker embeds.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use crate::commit_log::{Appended, CommitLog};
+use crate::config::{FlushMode, StoreConfig};
+use crate::error::{Error, Result};
+use crate::flush::{Flusher, PutFuture};
+use crate::format::{self, EncodedRecord};
+use crate::message::{Message, MessageId, PutResult, PutStatus, StoredMessage};
+
+/// An embedded RocketMQ-style message store: one commit log of fixed-size mapped files,
+/// made durable by a sync (group-commit) or async flush thread.
+///
+/// `MessageStore` is `Send + Sync`: share it (for example in an `Arc`) and put from many
+/// threads at once. Dropping it shuts it down cleanly.
+///
+/// ```
+/// use bytes::Bytes;
+/// use rocketstore::{FlushMode, Message, MessageStore, PutStatus, StoreConfig};
+///
+/// # fn main() -> rocketstore::Result<()> {
+/// let dir = tempfile::tempdir().unwrap();
+/// let store = MessageStore::open(
+///     StoreConfig::new(dir.path())
+///         .commit_log_file_size(1 << 20)
+///         .flush_mode(FlushMode::sync()),
+/// )?;
+/// let msg = Message::new("TopicA", 0u32, Bytes::from_static(b"hello")).with_tags("TagA");
+/// let put = store.put_message(&msg)?;
+/// assert_eq!(put.status, PutStatus::Ok);
+/// assert_eq!(put.queue_offset, 0);
+///
+/// let stored = store.lookup_message(put.physical_offset)?.expect("just stored");
+/// assert_eq!(&stored.body[..], b"hello");
+/// assert_eq!(stored.tags(), Some("TagA"));
+/// store.shutdown()?;
+/// # Ok(())
+/// # }
+/// ```
+pub struct MessageStore {
+    config: StoreConfig,
+    log: Arc<CommitLog>,
+    flusher: Flusher,
+    shut_down: AtomicBool,
+}
+
+impl std::fmt::Debug for MessageStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MessageStore")
+            .field("root_dir", &self.config.root_dir)
+            .field("write_offset", &self.log.write_offset())
+            .field("flushed_offset", &self.log.flushed_offset())
+            .finish()
+    }
+}
+
+impl MessageStore {
+    /// Creates the store under `config.root_dir`, or reopens it and continues after the
+    /// last record. Fails on an invalid config or a damaged store directory.
+    pub fn open(config: StoreConfig) -> Result<MessageStore> {
+        config.validate()?;
+        std::fs::create_dir_all(config.root())
+            .map_err(|e| Error::io("create directory", config.root(), e))?;
+        let log = Arc::new(CommitLog::open(&config)?);
+        let flusher = Flusher::start(Arc::clone(&log), config.flush_mode)?;
+        Ok(MessageStore {
+            config,
+            log,
+            flusher,
+            shut_down: AtomicBool::new(false),
+        })
+    }
+
+    /// The configuration the store was opened with.
+    pub fn config(&self) -> &StoreConfig {
+        &self.config
+    }
+
+    fn encode(&self, msg: &Message) -> Result<EncodedRecord> {
+        format::encode(msg, &self.config.store_host, self.config.max_message_size)
+    }
+
+    fn result(&self, a: Appended, status: PutStatus) -> PutResult {
+        PutResult {
+            status,
+            physical_offset: a.physical_offset,
+            queue_offset: a.queue_offset,
+            wrote_bytes: a.wrote_bytes,
+            store_timestamp: a.store_timestamp,
+            msg_id: MessageId {
+                store_host: self.config.store_host,
+                physical_offset: a.physical_offset,
+            },
+            message_count: a.count,
+        }
+    }
+
+    /// Appends one message and, under sync flush, waits until it is durable.
+    ///
+    /// Returns [`PutStatus::FlushDiskTimeout`] when the message is stored but the flush did
+    /// not confirm it in time. Invalid messages are refused with a typed error and change
+    /// nothing.
+    pub fn put_message(&self, msg: &Message) -> Result<PutResult> {
+        let mut record = [self.encode(msg)?];
+        let appended = self.log.append(&mut record, &msg.topic, msg.queue_id)?;
+        self.acknowledge(appended)
+    }
+
+    /// Appends a batch of messages of one topic and queue, with consecutive queue offsets,
+    /// contiguously in one file. The result describes the first message; `wrote_bytes` and
+    /// `message_count` cover the batch. The encoded batch may be at most
+    /// [`StoreConfig::max_message_size`] bytes.
+    pub fn put_messages(&self, msgs: &[Message]) -> Result<PutResult> {
+        let first = msgs.first().ok_or_else(|| Error::InvalidBatch {
+            reason: "empty batch".into(),
+        })?;
+        if let Some(other) = msgs
+            .iter()
+            .find(|m| m.topic != first.topic || m.queue_id != first.queue_id)
+        {
+            return Err(Error::InvalidBatch {
+                reason: format!(
+                    "mixes {}/{} with {}/{}",
+                    first.topic, first.queue_id, other.topic, other.queue_id
+                ),
+            });
+        }
+        let mut records = msgs
+            .iter()
+            .map(|m| self.encode(m))
+            .collect::<Result<Vec<_>>>()?;
+        let size: usize = records.iter().map(EncodedRecord::len).sum();
+        if size > self.config.max_message_size {
+            return Err(Error::BatchTooLarge {
+                size,
+                max: self.config.max_message_size,
+            });
+        }
+        let appended = self
+            .log
+            .append(&mut records, &first.topic, first.queue_id)?;
+        self.acknowledge(appended)
+    }
+
+    fn acknowledge(&self, appended: Appended) -> Result<PutResult> {
+        let status = match self.config.flush_mode {
+            FlushMode::Sync { .. } => self
+                .flusher
+                .wait_durable(appended.physical_offset + u64::from(appended.wrote_bytes))?,
+            FlushMode::Async { .. } => PutStatus::Ok,
+        };
+        Ok(self.result(appended, status))
+    }
+
+    /// Appends `msg` now, on the calling thread (a copy under the append lock), and returns
+    /// a future that resolves when the put is acknowledged under the flush mode, without
+    /// blocking: many puts can be in flight while the group commit makes them durable.
+    /// Works under any executor (or none: the flush thread wakes the future).
+    pub fn put_message_async(&self, msg: Message) -> PutFuture {
+        let appended = match self
+            .encode(&msg)
+            .and_then(|r| self.log.append(&mut [r], &msg.topic, msg.queue_id))
+        {
+            Ok(a) => a,
+            Err(e) => return PutFuture::ready(Err(e)),
+        };
+        let result = self.result(appended, PutStatus::Ok);
+        match self.config.flush_mode {
+            FlushMode::Sync { .. } => self.flusher.ack_future(result),
+            FlushMode::Async { .. } => PutFuture::ready(Ok(result)),
+        }
+    }
+
+    /// End of what readers may see: the flushed offset under sync flush (nothing a crash
+    /// could take back is ever served), the written offset under async flush.
+    fn readable_offset(&self) -> u64 {
+        if self.config.flush_mode.is_sync() {
+            self.log.flushed_offset()
+        } else {
+            self.log.write_offset()
+        }
+    }
+
+    /// The message whose record starts at `physical_offset`, or `None` when nothing
+    /// readable is there. An offset inside a record is refused with [`Error::Corrupted`].
+    pub fn lookup_message(&self, physical_offset: u64) -> Result<Option<StoredMessage>> {
+        self.log.read(physical_offset, self.readable_offset())
+    }
+
+    /// Flushes everything appended so far and returns the flushed offset. A failure
+    /// poisons the store.
+    pub fn flush(&self) -> Result<u64> {
+        self.log.flush()
+    }
+
+    /// End of the commit log: the offset the next record will get (or the start of the
+    /// next file when this one is full).
+    pub fn max_physical_offset(&self) -> u64 {
+        self.log.write_offset()
+    }
+
+    /// First commit-log offset still stored.
+    pub fn min_physical_offset(&self) -> u64 {
+        self.log.min_offset()
+    }
+
+    /// End of the durable part of the commit log.
+    pub fn flushed_physical_offset(&self) -> u64 {
+        self.log.flushed_offset()
+    }
+
+    /// Refuses further puts, stops the threads and flushes everything. Idempotent; also
+    /// run on drop. Fails when the store is poisoned (the last flush could not complete).
+    pub fn shutdown(&self) -> Result<()> {
+        if !self.shut_down.swap(true, Ordering::AcqRel) {
+            self.log.close();
+            self.flusher.shutdown();
+            log::info!(
+                "store shut down at offset {}",
+                self.log.flushed_offset()
+            );
+        }
+        if self.log.is_poisoned() {
+            return Err(self.log.poison_error());
+        }
+        Ok(())
+    }
+}
+
+impl Drop for MessageStore {
+    fn drop(&mut self) {
+        if let Err(e) = self.shutdown() {
+            log::error!("shutdown on drop: {e}");
+        }
+    }
+}
