@@ -74,10 +74,10 @@ impl Allocator {
     /// Starts preparing the file at `offset` in the background (no-op without a thread or
     /// when a file is already being prepared).
     pub(crate) fn prepare(&mut self, offset: u64) {
-        if let (Some(w), None) = (&self.worker, self.pending) {
-            if w.requests.send(offset).is_ok() {
-                self.pending = Some(offset);
-            }
+        if let (Some(w), None) = (&self.worker, self.pending)
+            && w.requests.send(offset).is_ok()
+        {
+            self.pending = Some(offset);
         }
     }
 

@@ -173,8 +173,18 @@ impl CommitLog {
         self.poisoned.store(true, Ordering::Release);
     }
 
-    fn elapsed_ns(&self) -> u64 {
-        self.epoch.elapsed().as_nanos() as u64 + 1
+    /// How long the current holder has held the put lock, if it is held.
+    pub(crate) fn lock_held_for(&self) -> Option<Duration> {
+        let taken = self.lock_taken_at.load(Ordering::Acquire);
+        (taken != 0).then(|| {
+            let now = self.epoch.elapsed().as_nanos() as u64 + 1;
+            Duration::from_nanos(now.saturating_sub(taken))
+        })
+    }
+
+    /// RocketMQ's "OS page cache busy": the put lock has been held past the busy limit.
+    pub(crate) fn is_busy(&self) -> bool {
+        self.lock_held_for().is_some_and(|h| h > self.busy_limit)
     }
 
     /// Appends already-encoded records of one topic/queue, all in one file, assigning
@@ -186,15 +196,11 @@ impl CommitLog {
         queue_id: u32,
     ) -> Result<Appended> {
         self.check_poisoned()?;
-        let taken = self.lock_taken_at.load(Ordering::Acquire);
-        if taken != 0 {
-            let held = Duration::from_nanos(self.elapsed_ns().saturating_sub(taken));
-            if held > self.busy_limit {
-                return Err(Error::PageCacheBusy {
-                    held_ms: held.as_millis() as u64,
-                    limit_ms: self.busy_limit.as_millis() as u64,
-                });
-            }
+        if let Some(held) = self.lock_held_for().filter(|h| *h > self.busy_limit) {
+            return Err(Error::PageCacheBusy {
+                held_ms: held.as_millis() as u64,
+                limit_ms: self.busy_limit.as_millis() as u64,
+            });
         }
         let total: usize = records.iter().map(EncodedRecord::len).sum();
         let max = self.file_size() as usize - BLANK_RECORD_LEN;
@@ -366,7 +372,9 @@ impl Scan {
     /// earlier files it is an error.
     fn file(&mut self, file: &Arc<MappedFile>, last: bool) -> Result<usize> {
         let start = file.start_offset();
-        let bytes = file.visible_from(0).expect("an opened file is fully visible");
+        let bytes = file
+            .visible_from(0)
+            .expect("an opened file is fully visible");
         let mut pos = 0usize;
         while pos < bytes.len() {
             let offset = start + pos as u64;
@@ -421,7 +429,9 @@ fn drop_unused_tail(files: &mut Vec<Arc<MappedFile>>) -> Result<()> {
     let mut removed = false;
     while files.len() > 1 {
         let last = files.last().expect("len > 1");
-        let head = last.slice(0, BLANK_RECORD_LEN).expect("opened files are visible");
+        let head = last
+            .slice(0, BLANK_RECORD_LEN)
+            .expect("opened files are visible");
         if head.iter().any(|&b| b != 0) {
             break;
         }

@@ -226,7 +226,7 @@ impl StoreConfig {
     pub(crate) fn validate(&self) -> Result<()> {
         let bad = |reason: String| Err(Error::InvalidConfig { reason });
         let size = self.commit_log_file_size;
-        if size < MIN_FILE_SIZE || size % PAGE != 0 || size > i32::MAX as u64 {
+        if size < MIN_FILE_SIZE || !size.is_multiple_of(PAGE) || size > i32::MAX as u64 {
             return bad(format!(
                 "commit_log_file_size {size} must be a multiple of {PAGE} between {MIN_FILE_SIZE} and {}",
                 i32::MAX

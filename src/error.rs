@@ -67,7 +67,9 @@ pub enum Error {
     },
     /// The append lock has been held longer than the configured busy limit: the page cache
     /// (or the disk behind it) is not keeping up, so the put is refused at once.
-    #[error("page cache busy: the append lock has been held for {held_ms} ms (limit {limit_ms} ms)")]
+    #[error(
+        "page cache busy: the append lock has been held for {held_ms} ms (limit {limit_ms} ms)"
+    )]
     PageCacheBusy {
         /// How long the current holder has held the lock, in ms.
         held_ms: u64,

@@ -20,7 +20,7 @@ use crate::message::{PutResult, PutStatus};
 pub(crate) struct Flusher {
     log: Arc<CommitLog>,
     shared: Arc<Shared>,
-    thread: Mutex<Option<JoinHandle<()>>>,
+    threads: Mutex<Vec<JoinHandle<()>>>,
     timeout: Duration,
 }
 
@@ -30,6 +30,8 @@ struct Shared {
     work: Condvar,
     /// Wakes blocked producers after each flush.
     done: Condvar,
+    /// Wakes the timeout thread: a new future to time, or the end.
+    timer: Condvar,
 }
 
 #[derive(Default)]
@@ -39,7 +41,7 @@ struct State {
     shutdown: bool,
     /// The thread has exited; nothing will be flushed any more.
     stopped: bool,
-    /// Futures waiting for their bytes to be durable.
+    /// Futures waiting for their bytes to be durable, in deadline order.
     futures: Vec<PendingAck>,
 }
 
@@ -80,6 +82,7 @@ impl Flusher {
             state: Mutex::new(State::default()),
             work: Condvar::new(),
             done: Condvar::new(),
+            timer: Condvar::new(),
         });
         let (l, s) = (Arc::clone(&log), Arc::clone(&shared));
         let (name, timeout) = match mode {
@@ -100,10 +103,21 @@ impl Flusher {
                 finish(&l, &s);
             })
             .map_err(|e| Error::io("spawn flush thread", "", e))?;
+        let mut threads = vec![thread];
+        if mode.is_sync() {
+            // Futures must time out even while a flush is stuck in the kernel, so their
+            // deadlines are watched by a thread of their own.
+            let s = Arc::clone(&shared);
+            let timer = std::thread::Builder::new()
+                .name("rocketstore-ack-timeout".into())
+                .spawn(move || timeout_loop(&s))
+                .map_err(|e| Error::io("spawn timeout thread", "", e))?;
+            threads.push(timer);
+        }
         Ok(Flusher {
             log,
             shared,
-            thread: Mutex::new(Some(thread)),
+            threads: Mutex::new(threads),
             timeout,
         })
     }
@@ -163,6 +177,9 @@ impl Flusher {
             deadline: Instant::now() + self.timeout,
             slot: Arc::clone(&slot),
         });
+        if st.futures.len() == 1 {
+            self.shared.timer.notify_one();
+        }
         st.requested = st.requested.max(target);
         self.shared.work.notify_one();
         PutFuture {
@@ -174,7 +191,7 @@ impl Flusher {
     pub(crate) fn shutdown(&self) {
         self.shared.state.lock().shutdown = true;
         self.shared.work.notify_all();
-        if let Some(t) = self.thread.lock().take() {
+        for t in self.threads.lock().drain(..) {
             let _ = t.join();
         }
     }
@@ -198,13 +215,7 @@ fn group_commit_loop(log: &CommitLog, shared: &Shared) {
                 if st.requested > log.flushed_offset() {
                     break;
                 }
-                match st.futures.iter().map(|p| p.deadline).min() {
-                    Some(d) => {
-                        shared.work.wait_until(&mut st, d);
-                    }
-                    None => shared.work.wait(&mut st),
-                }
-                expire_futures(&mut st);
+                shared.work.wait(&mut st);
             }
         }
         let _ = log.flush();
@@ -237,14 +248,29 @@ fn interval_loop(
         if log.is_poisoned() {
             continue;
         }
-        let dirty_pages = log.write_offset() / PAGE_SIZE as u64
-            - log.flushed_offset() / PAGE_SIZE as u64;
+        let dirty_pages =
+            log.write_offset() / PAGE_SIZE as u64 - log.flushed_offset() / PAGE_SIZE as u64;
         let thorough_due = last_thorough.elapsed() >= thorough;
         if thorough_due || dirty_pages >= u64::from(least_pages) {
             let _ = log.flush();
             if thorough_due {
                 last_thorough = Instant::now();
             }
+        }
+    }
+}
+
+/// Completes futures whose deadline passed with `FlushDiskTimeout`, until the flush
+/// thread has stopped. Deadlines are pushed in order, so the first is the nearest.
+fn timeout_loop(shared: &Shared) {
+    let mut st = shared.state.lock();
+    while !st.stopped {
+        expire_futures(&mut st);
+        match st.futures.first().map(|p| p.deadline) {
+            Some(deadline) => {
+                shared.timer.wait_until(&mut st, deadline);
+            }
+            None => shared.timer.wait(&mut st),
         }
     }
 }
@@ -260,6 +286,7 @@ fn finish(log: &CommitLog, shared: &Shared) {
     }
     st.stopped = true;
     shared.done.notify_all();
+    shared.timer.notify_all();
 }
 
 /// Completes the futures whose bytes are durable (or fails all of them on poison).
@@ -277,7 +304,6 @@ fn settle_futures(st: &mut State, log: &CommitLog) {
             true
         }
     });
-    expire_futures(st);
 }
 
 fn fail_futures(st: &mut State, log: &CommitLog) {

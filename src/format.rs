@@ -186,7 +186,15 @@ pub fn encode(msg: &Message, store_host: &SocketAddr, max_body: usize) -> Result
     let topic_len_field = if v2 { 2 } else { 1 };
     let born_len = host_len(&msg.born_host);
     let store_len = host_len(store_host);
-    let total = 4 + 4 + 4 + 4 + 4 + 8 + 8 + 4 + 8
+    let total = 4
+        + 4
+        + 4
+        + 4
+        + 4
+        + 8
+        + 8
+        + 4
+        + 8
         + born_len
         + 8
         + store_len
@@ -275,7 +283,10 @@ pub fn peek(buf: &[u8], offset: u64) -> Result<Peek> {
         if buf.iter().all(|&b| b == 0) {
             return Ok(Peek::Empty);
         }
-        return Err(Error::corrupted(offset, "fewer than 8 bytes left in the file"));
+        return Err(Error::corrupted(
+            offset,
+            "fewer than 8 bytes left in the file",
+        ));
     }
     let size = i32::from_be_bytes(buf[..4].try_into().expect("4 bytes"));
     let magic = u32::from_be_bytes(buf[4..8].try_into().expect("4 bytes"));
@@ -406,7 +417,11 @@ impl<'a> Cursor<'a> {
 /// Parses the record at the start of `buf`. `offset` (the record's position, for errors)
 /// is reported in every error. Never panics, whatever the bytes.
 pub fn parse(buf: &[u8], offset: u64) -> Result<RecordView<'_>> {
-    let mut c = Cursor { buf, pos: 0, offset };
+    let mut c = Cursor {
+        buf,
+        pos: 0,
+        offset,
+    };
     let total_size = c.i32("TOTALSIZE")?;
     if total_size < MIN_RECORD_LEN as i32 || total_size as usize > buf.len() {
         return Err(Error::corrupted(
@@ -459,10 +474,7 @@ pub fn parse(buf: &[u8], offset: u64) -> Result<RecordView<'_>> {
     if c.pos != total_size as usize {
         return Err(Error::corrupted(
             offset,
-            format!(
-                "fields end at byte {} but TOTALSIZE is {total_size}",
-                c.pos
-            ),
+            format!("fields end at byte {} but TOTALSIZE is {total_size}", c.pos),
         ));
     }
     Ok(RecordView {

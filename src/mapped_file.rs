@@ -66,7 +66,8 @@ impl MappedFile {
         let path = dir.join(file_name(start_offset));
         let tmp = dir.join(format!("{}.tmp", file_name(start_offset)));
         if let Some(h) = &hook {
-            h.before_create(&path).map_err(|e| Error::io("create", &path, e))?;
+            h.before_create(&path)
+                .map_err(|e| Error::io("create", &path, e))?;
         }
         let result = (|| {
             let file = OpenOptions::new()
@@ -310,7 +311,10 @@ impl FileWriter {
     /// Copies `bytes` at the write position without publishing them.
     /// Panics if they do not fit: callers check [`FileWriter::remaining`] first.
     pub(crate) fn write(&mut self, bytes: &[u8]) {
-        assert!(bytes.len() <= self.remaining(), "write past the end of a mapped file");
+        assert!(
+            bytes.len() <= self.remaining(),
+            "write past the end of a mapped file"
+        );
         // SAFETY: `pos + len <= size` (checked above), so the range is inside the mapping,
         // which `self.file` keeps alive. Only this writer exists for the file, and readers
         // never look at or past the published write position, which is <= `self.pos`, so

@@ -95,7 +95,7 @@ impl MappedFileQueue {
             let offset: u64 = name
                 .parse()
                 .map_err(|_| bad("file name out of range".into()))?;
-            if offset % file_size != 0 {
+            if !offset.is_multiple_of(file_size) {
                 return Err(bad(format!(
                     "offset {offset} is not a multiple of the file size {file_size}"
                 )));

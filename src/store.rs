@@ -189,6 +189,12 @@ impl MessageStore {
         self.log.read(physical_offset, self.readable_offset())
     }
 
+    /// Whether puts are being refused with [`Error::PageCacheBusy`] right now: the append
+    /// lock has been held longer than [`StoreConfig::busy_limit`].
+    pub fn is_page_cache_busy(&self) -> bool {
+        self.log.is_busy()
+    }
+
     /// Flushes everything appended so far and returns the flushed offset. A failure
     /// poisons the store.
     pub fn flush(&self) -> Result<u64> {
@@ -217,10 +223,7 @@ impl MessageStore {
         if !self.shut_down.swap(true, Ordering::AcqRel) {
             self.log.close();
             self.flusher.shutdown();
-            log::info!(
-                "store shut down at offset {}",
-                self.log.flushed_offset()
-            );
+            log::info!("store shut down at offset {}", self.log.flushed_offset());
         }
         if self.log.is_poisoned() {
             return Err(self.log.poison_error());

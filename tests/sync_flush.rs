@@ -1,0 +1,216 @@
+//! Sync flush: acknowledged bytes are flushed, a stalled flush times out, a failed flush
+//! poisons the store; `put_message_async` under several executors.
+
+mod common;
+
+use std::io;
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use common::*;
+use crossbeam_channel::{Receiver, Sender};
+use rocketstore::{Error, FlushMode, IoHook, MessageStore, PutStatus};
+
+#[test]
+fn an_acknowledged_put_is_within_the_flushed_offset() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(open(dir.path(), sync_mode()));
+    let threads: Vec<_> = (0..4)
+        .map(|t| {
+            let store = Arc::clone(&store);
+            std::thread::spawn(move || {
+                for i in 0..300 {
+                    let put = store.put_message(&message("S", t, "s", i)).unwrap();
+                    assert_eq!(put.status, PutStatus::Ok);
+                    assert!(put.end_offset() <= store.flushed_physical_offset());
+                }
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().unwrap();
+    }
+    assert_eq!(store.flushed_physical_offset(), store.max_physical_offset());
+}
+
+/// Blocks every sync until the test lets it go.
+struct StallSync {
+    stalled: Sender<()>,
+    release: Receiver<()>,
+    armed: AtomicBool,
+}
+
+impl IoHook for StallSync {
+    fn before_sync(&self, _path: &Path) -> io::Result<()> {
+        if self.armed.load(Ordering::SeqCst) {
+            let _ = self.stalled.send(());
+            let _ = self.release.recv();
+        }
+        Ok(())
+    }
+}
+
+#[test]
+fn a_stalled_flush_gives_flush_disk_timeout_then_recovers() {
+    let dir = tempfile::tempdir().unwrap();
+    let (stalled_tx, stalled_rx) = crossbeam_channel::unbounded();
+    let (release_tx, release_rx) = crossbeam_channel::unbounded();
+    let hook = Arc::new(StallSync {
+        stalled: stalled_tx,
+        release: release_rx,
+        armed: AtomicBool::new(true),
+    });
+    let store = MessageStore::open(
+        config(
+            dir.path(),
+            FlushMode::Sync {
+                timeout: Duration::from_millis(50),
+            },
+        )
+        .io_hook(hook.clone()),
+    )
+    .unwrap();
+    let put = store.put_message(&message("T", 0, "t", 0)).unwrap();
+    assert_eq!(put.status, PutStatus::FlushDiskTimeout);
+    stalled_rx.recv().unwrap(); // the flush really was stuck in sync
+    assert!(store.flushed_physical_offset() < put.end_offset());
+
+    hook.armed.store(false, Ordering::SeqCst);
+    release_tx.send(()).unwrap();
+    let next = store.put_message(&message("T", 0, "t", 1)).unwrap();
+    assert_eq!(next.status, PutStatus::Ok);
+    assert_eq!(next.queue_offset, 1);
+    assert!(store.flushed_physical_offset() >= next.end_offset());
+    let first = store.lookup_message(put.physical_offset).unwrap().unwrap();
+    assert_eq!(first.body, body("t", 0));
+}
+
+struct FailSync(AtomicBool);
+
+impl IoHook for FailSync {
+    fn before_sync(&self, _path: &Path) -> io::Result<()> {
+        if self.0.load(Ordering::SeqCst) {
+            Err(io::Error::other("injected fsync failure"))
+        } else {
+            Ok(())
+        }
+    }
+}
+
+#[test]
+fn a_failed_flush_poisons_the_store() {
+    for mode in [sync_mode(), async_mode()] {
+        let dir = tempfile::tempdir().unwrap();
+        let hook = Arc::new(FailSync(AtomicBool::new(false)));
+        let store = MessageStore::open(config(dir.path(), mode).io_hook(hook.clone())).unwrap();
+        let good = store.put_message(&message("P", 0, "p", 0)).unwrap();
+        store.flush().unwrap();
+        hook.0.store(true, Ordering::SeqCst);
+
+        let failed = store
+            .put_message(&message("P", 0, "p", 1))
+            .and_then(|_| store.flush());
+        assert!(
+            failed.is_err(),
+            "the flush after the injected failure succeeded"
+        );
+        for i in 2..5 {
+            let err = store.put_message(&message("P", 0, "p", i)).unwrap_err();
+            assert!(matches!(err, Error::Poisoned { .. }), "{err}");
+            assert!(err.to_string().contains("injected fsync failure"), "{err}");
+        }
+        // Even with the disk healthy again the store stays poisoned until reopened.
+        hook.0.store(false, Ordering::SeqCst);
+        assert!(matches!(
+            store.put_message(&message("P", 0, "p", 9)),
+            Err(Error::Poisoned { .. })
+        ));
+        // Reads keep working.
+        let m = store.lookup_message(good.physical_offset).unwrap().unwrap();
+        assert_eq!(m.body, body("p", 0));
+        assert!(store.shutdown().is_err());
+        drop(store);
+
+        let store = MessageStore::open(config(dir.path(), mode)).unwrap();
+        let m = store.lookup_message(good.physical_offset).unwrap().unwrap();
+        assert_eq!(m.body, body("p", 0));
+        store.put_message(&message("P", 0, "p", 10)).unwrap();
+    }
+}
+
+#[test]
+fn put_message_async_under_tokio() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(open(dir.path(), sync_mode()));
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .build()
+        .unwrap();
+    let results = rt.block_on(async {
+        let futures: Vec<_> = (0..200)
+            .map(|i| store.put_message_async(message("A", (i % 2) as u32, "a", i)))
+            .collect();
+        let mut out = Vec::new();
+        for f in futures {
+            out.push(f.await.unwrap());
+        }
+        out
+    });
+    for (i, r) in results.iter().enumerate() {
+        assert_eq!(r.status, PutStatus::Ok);
+        assert_eq!(r.queue_offset, i as u64 / 2);
+        assert!(r.end_offset() <= store.flushed_physical_offset());
+        let m = store.lookup_message(r.physical_offset).unwrap().unwrap();
+        assert_eq!(m.body, body("a", i as u64));
+    }
+}
+
+#[test]
+fn put_message_async_under_a_minimal_executor() {
+    for mode in [sync_mode(), async_mode()] {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(dir.path(), mode);
+        let futures: Vec<_> = (0..100)
+            .map(|i| store.put_message_async(message("B", 0, "b", i)))
+            .collect();
+        for (i, f) in futures.into_iter().enumerate() {
+            let r = pollster::block_on(f).unwrap();
+            assert_eq!(r.queue_offset, i as u64);
+            assert_eq!(r.status, PutStatus::Ok);
+        }
+        // Errors arrive through the future too.
+        let bad = pollster::block_on(store.put_message_async(message("bad topic", 0, "b", 0)));
+        assert!(matches!(bad, Err(Error::InvalidTopic { .. })));
+    }
+}
+
+#[test]
+fn put_message_async_times_out_like_put_message() {
+    let dir = tempfile::tempdir().unwrap();
+    let (stalled_tx, stalled_rx) = crossbeam_channel::unbounded();
+    let (release_tx, release_rx) = crossbeam_channel::unbounded();
+    let hook = Arc::new(StallSync {
+        stalled: stalled_tx,
+        release: release_rx,
+        armed: AtomicBool::new(true),
+    });
+    let store = MessageStore::open(
+        config(
+            dir.path(),
+            FlushMode::Sync {
+                timeout: Duration::from_millis(50),
+            },
+        )
+        .io_hook(hook.clone()),
+    )
+    .unwrap();
+    let r = pollster::block_on(store.put_message_async(message("T", 0, "t", 0))).unwrap();
+    assert_eq!(r.status, PutStatus::FlushDiskTimeout);
+    stalled_rx.recv().unwrap();
+    hook.armed.store(false, Ordering::SeqCst);
+    release_tx.send(()).unwrap();
+    let r = pollster::block_on(store.put_message_async(message("T", 0, "t", 1))).unwrap();
+    assert_eq!(r.status, PutStatus::Ok);
+}
