@@ -3,6 +3,7 @@
 
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::JoinHandle;
 
 use crossbeam_channel::{Receiver, Sender};
@@ -20,6 +21,10 @@ pub(crate) struct Allocator {
     worker: Option<Worker>,
     /// Offset of the file the worker is preparing, if any.
     pending: Option<u64>,
+    /// A file already prepared (left unused by the last run), handed out before any other.
+    spare: Option<MappedFile>,
+    /// Tells the worker to cut a warm-up short: shutdown should not wait for it.
+    stop: Arc<AtomicBool>,
 }
 
 struct Worker {
@@ -38,16 +43,17 @@ impl Allocator {
         background: bool,
         warmup: Warmup,
     ) -> Result<Self> {
+        let stop = Arc::new(AtomicBool::new(false));
         let worker = if background {
             let (requests, request_rx) = crossbeam_channel::unbounded::<u64>();
             let (ready_tx, ready) = crossbeam_channel::bounded(1);
-            let (d, h) = (dir.clone(), hook.clone());
+            let (d, h, stop) = (dir.clone(), hook.clone(), Arc::clone(&stop));
             let thread = std::thread::Builder::new()
                 .name("rocketstore-allocate".into())
                 .spawn(move || {
                     for offset in request_rx {
                         let file = MappedFile::create(&d, offset, file_size, h.clone())
-                            .and_then(|mut f| f.warm(warmup).map(|()| f));
+                            .and_then(|mut f| f.warm(warmup, &stop).map(|()| f));
                         if ready_tx.send(file).is_err() {
                             break;
                         }
@@ -68,12 +74,26 @@ impl Allocator {
             hook,
             worker,
             pending: None,
+            spare: None,
+            stop,
         })
+    }
+
+    /// Offers a file prepared earlier (found unused at open) as the next file.
+    pub(crate) fn adopt(&mut self, file: MappedFile) {
+        self.spare = Some(file);
     }
 
     /// Starts preparing the file at `offset` in the background (no-op without a thread or
     /// when a file is already being prepared).
     pub(crate) fn prepare(&mut self, offset: u64) {
+        if self
+            .spare
+            .as_ref()
+            .is_some_and(|f| f.start_offset() == offset)
+        {
+            return;
+        }
         if let (Some(w), None) = (&self.worker, self.pending)
             && w.requests.send(offset).is_ok()
         {
@@ -84,6 +104,12 @@ impl Allocator {
     /// The file at `offset`: the prepared one if it is the one asked for (waiting for it to
     /// finish if need be), else created now.
     pub(crate) fn take(&mut self, offset: u64) -> Result<MappedFile> {
+        if let Some(spare) = self.spare.take() {
+            if spare.start_offset() == offset {
+                return Ok(spare);
+            }
+            let _ = std::fs::remove_file(spare.path());
+        }
         if let (Some(w), Some(pending)) = (&self.worker, self.pending.take()) {
             match w.ready.recv() {
                 Ok(Ok(file)) if pending == offset => return Ok(file),
@@ -102,6 +128,7 @@ impl Allocator {
     /// Stops the thread. A file it prepared but nobody used stays on disk, empty; opening
     /// the store removes it.
     pub(crate) fn shutdown(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
         if let Some(w) = self.worker.take() {
             drop(w.requests);
             drop(w.ready);

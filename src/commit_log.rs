@@ -58,7 +58,9 @@ pub(crate) struct CommitLog {
 
 impl CommitLog {
     /// Opens `{root}/commitlog/`, creating it when missing, and finds where to continue.
-    pub(crate) fn open(config: &StoreConfig) -> Result<CommitLog> {
+    /// After an unclean exit (`clean == false`) the stale tail past the last valid record
+    /// is zeroed.
+    pub(crate) fn open(config: &StoreConfig, clean: bool) -> Result<CommitLog> {
         let dir = config.commit_log_dir();
         std::fs::create_dir_all(&dir).map_err(|e| Error::io("create directory", &dir, e))?;
         let file_size = config.commit_log_file_size;
@@ -66,8 +68,6 @@ impl CommitLog {
             .into_iter()
             .map(Arc::new)
             .collect::<Vec<_>>();
-        drop_unused_tail(&mut loaded)?;
-
         let mut allocator = Allocator::new(
             dir.clone(),
             file_size as usize,
@@ -75,13 +75,15 @@ impl CommitLog {
             config.preallocate,
             config.effective_warmup(),
         )?;
+        if let Some(spare) = split_unused_tail(&mut loaded, clean)? {
+            allocator.adopt(spare);
+        }
+
         let mut scan = Scan::default();
         let writer = match loaded.pop() {
-            None => {
-                let mut first = allocator.take(0)?;
-                first.warm(config.effective_warmup())?;
-                FileWriter::new(Arc::new(first), 0).expect("a new file has no other owner")
-            }
+            // A new store: the first file is not warmed, so that opening stays instant.
+            None => FileWriter::new(Arc::new(allocator.take(0)?), 0)
+                .expect("a new file has no other owner"),
             Some(last) => {
                 for file in &loaded {
                     scan.file(file, false)?;
@@ -91,7 +93,9 @@ impl CommitLog {
                     path: dir.clone(),
                     reason: "last file still in use".into(),
                 })?;
-                writer.zero_tail()?;
+                if !clean {
+                    writer.zero_tail()?;
+                }
                 writer
             }
         };
@@ -423,25 +427,26 @@ impl Scan {
     }
 }
 
-/// Removes trailing files that hold nothing (prepared by the allocation thread, never
-/// written), keeping at least one file.
-fn drop_unused_tail(files: &mut Vec<Arc<MappedFile>>) -> Result<()> {
-    let mut removed = false;
-    while files.len() > 1 {
-        let last = files.last().expect("len > 1");
-        let head = last
-            .slice(0, BLANK_RECORD_LEN)
-            .expect("opened files are visible");
-        if head.iter().any(|&b| b != 0) {
-            break;
-        }
-        let file = files.pop().expect("len > 1");
+/// Takes the trailing files that hold nothing (prepared by the allocation thread, never
+/// written) off `files`, keeping at least one file. After a clean exit the first of them is
+/// returned for reuse; every other one is deleted.
+fn split_unused_tail(files: &mut Vec<Arc<MappedFile>>, clean: bool) -> Result<Option<MappedFile>> {
+    let mut unused = Vec::new();
+    while files.len() > 1 && files.last().is_some_and(MappedFile::is_unused) {
+        unused.push(files.pop().expect("len > 1"));
+    }
+    // `unused` runs from the last file back to the one right after the last used file.
+    let spare = if clean {
+        unused.pop().and_then(|f| Arc::try_unwrap(f).ok())
+    } else {
+        None
+    };
+    let removed = !unused.is_empty();
+    for file in unused {
         std::fs::remove_file(file.path()).map_err(|e| Error::io("remove", file.path(), e))?;
-        removed = true;
     }
     if removed && let Some(last) = files.last() {
-        let dir = last.path().parent().expect("files live in a directory");
-        sync_dir(dir)?;
+        sync_dir(last.path().parent().expect("files live in a directory"))?;
     }
-    Ok(())
+    Ok(spare)
 }

@@ -86,6 +86,12 @@ pub enum Error {
     /// The store has been shut down.
     #[error("store is shut down")]
     ShutDown,
+    /// Another open store (in this process or another) holds the store's lock file.
+    #[error("store is already open: {path} is locked by another process or handle")]
+    StoreLocked {
+        /// The lock file.
+        path: PathBuf,
+    },
     /// The configuration is inconsistent.
     #[error("invalid configuration: {reason}")]
     InvalidConfig {

@@ -42,6 +42,7 @@ mod error;
 mod flush;
 pub mod format;
 mod io_hook;
+mod lock;
 mod mapped_file;
 mod mapped_file_queue;
 mod message;

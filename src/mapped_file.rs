@@ -145,28 +145,41 @@ impl MappedFile {
     }
 
     /// Prepares the pages of a new file; `&mut self` proves nobody else sees it yet.
-    pub(crate) fn warm(&mut self, warmup: Warmup) -> Result<()> {
+    /// Gives up early (leaving a valid, partly warmed file) once `stop` is set.
+    pub(crate) fn warm(&mut self, warmup: Warmup, stop: &AtomicBool) -> Result<()> {
+        const CHUNK: usize = 4 << 20;
         let base = self.map.as_mut_ptr();
-        match warmup {
-            Warmup::None => {}
-            Warmup::Touch => {
-                for page in (0..self.size).step_by(PAGE_SIZE) {
-                    // SAFETY: `page < size`, so the pointer is inside the live mapping; we hold
-                    // `&mut self`, so no writer or reader can exist; the file is fallocated
-                    // zeros, so writing 0 changes nothing a reader could ever observe.
-                    unsafe { base.add(page).write_volatile(0) };
-                }
+        for start in (0..self.size).step_by(CHUNK) {
+            if stop.load(Ordering::Relaxed) {
+                break;
             }
-            Warmup::ZeroAndFlush => {
-                // SAFETY: the range `0..size` is exactly the mapping; `&mut self` excludes
-                // every other access while we write.
-                unsafe { std::ptr::write_bytes(base, 0, self.size) };
-                self.map
-                    .flush()
-                    .map_err(|e| Error::io("warm-up flush", &self.path, e))?;
+            let len = CHUNK.min(self.size - start);
+            match warmup {
+                Warmup::None => return Ok(()),
+                Warmup::Touch => {
+                    for page in (start..start + len).step_by(PAGE_SIZE) {
+                        // SAFETY: `page < size`, so the pointer is inside the live mapping;
+                        // `&mut self` means no writer or reader exists; the file is allocated
+                        // zeros, so writing 0 changes nothing anyone could observe.
+                        unsafe { base.add(page).write_volatile(0) };
+                    }
+                }
+                Warmup::ZeroAndFlush => {
+                    // SAFETY: `start + len <= size`, inside the mapping; `&mut self` excludes
+                    // every other access while we write.
+                    unsafe { std::ptr::write_bytes(base.add(start), 0, len) };
+                    self.map
+                        .flush_range(start, len)
+                        .map_err(|e| Error::io("warm-up flush", &self.path, e))?;
+                }
             }
         }
         Ok(())
+    }
+
+    /// Whether nothing was ever written at the start of the file.
+    pub(crate) fn is_unused(self: &Arc<Self>) -> bool {
+        self.slice(0, 8).is_some_and(|b| b.iter().all(|&x| x == 0))
     }
 
     pub(crate) fn path(&self) -> &Path {
@@ -431,7 +444,7 @@ mod tests {
     fn flush_advances_flushed_position() {
         let dir = tempfile::tempdir().unwrap();
         let mut f = MappedFile::create(dir.path(), 0, 65536, None).unwrap();
-        f.warm(Warmup::Touch).unwrap();
+        f.warm(Warmup::Touch, &AtomicBool::new(false)).unwrap();
         let mut w = FileWriter::new(Arc::new(f), 0).unwrap();
         w.write(&[7u8; 5000]);
         w.publish();

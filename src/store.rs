@@ -8,6 +8,7 @@ use crate::config::{FlushMode, StoreConfig};
 use crate::error::{Error, Result};
 use crate::flush::{Flusher, PutFuture};
 use crate::format::{self, EncodedRecord};
+use crate::lock::StoreLock;
 use crate::message::{Message, MessageId, PutResult, PutStatus, StoredMessage};
 
 /// An embedded RocketMQ-style message store: one commit log of fixed-size mapped files,
@@ -43,6 +44,7 @@ pub struct MessageStore {
     config: StoreConfig,
     log: Arc<CommitLog>,
     flusher: Flusher,
+    lock: StoreLock,
     shut_down: AtomicBool,
 }
 
@@ -58,17 +60,26 @@ impl std::fmt::Debug for MessageStore {
 
 impl MessageStore {
     /// Creates the store under `config.root_dir`, or reopens it and continues after the
-    /// last record. Fails on an invalid config or a damaged store directory.
+    /// last record. Fails on an invalid config, a damaged store directory, or when the
+    /// store is already open ([`Error::StoreLocked`]).
     pub fn open(config: StoreConfig) -> Result<MessageStore> {
         config.validate()?;
         std::fs::create_dir_all(config.root())
             .map_err(|e| Error::io("create directory", config.root(), e))?;
-        let log = Arc::new(CommitLog::open(&config)?);
+        let lock = StoreLock::acquire(config.root())?;
+        if !lock.last_exit_clean() {
+            log::warn!(
+                "{} was not shut down cleanly; checking the log tail",
+                config.root().display()
+            );
+        }
+        let log = Arc::new(CommitLog::open(&config, lock.last_exit_clean())?);
         let flusher = Flusher::start(Arc::clone(&log), config.flush_mode)?;
         Ok(MessageStore {
             config,
             log,
             flusher,
+            lock,
             shut_down: AtomicBool::new(false),
         })
     }
@@ -217,13 +228,20 @@ impl MessageStore {
         self.log.flushed_offset()
     }
 
-    /// Refuses further puts, stops the threads and flushes everything. Idempotent; also
-    /// run on drop. Fails when the store is poisoned (the last flush could not complete).
+    /// Refuses further puts, stops the threads, flushes everything and releases the
+    /// store's lock, so it can be opened again. Idempotent; also run on drop. Fails when
+    /// the store is poisoned (the last flush could not complete; the next open then checks
+    /// the log tail as after a crash). Reads keep working until the handle is dropped.
     pub fn shutdown(&self) -> Result<()> {
         if !self.shut_down.swap(true, Ordering::AcqRel) {
             self.log.close();
             self.flusher.shutdown();
-            log::info!("store shut down at offset {}", self.log.flushed_offset());
+            // Only a store whose every byte reached the disk is marked clean.
+            let clean = !self.log.is_poisoned();
+            self.lock.release(clean)?;
+            if clean {
+                log::info!("store shut down at offset {}", self.log.flushed_offset());
+            }
         }
         if self.log.is_poisoned() {
             return Err(self.log.poison_error());

@@ -1,0 +1,156 @@
+//! Reopening: the lock keeps a store single-opened, a clean reopen continues exactly after
+//! the last record, and an unclean one drops and zeroes a damaged tail.
+
+mod common;
+
+use std::fs::{self, OpenOptions};
+use std::os::unix::fs::FileExt;
+
+use common::*;
+use rocketstore::format;
+use rocketstore::{Error, MessageStore, PutResult};
+
+#[test]
+fn a_second_open_fails_until_the_first_shuts_down() {
+    let dir = tempfile::tempdir().unwrap();
+    let first = open(dir.path(), sync_mode());
+    let err = MessageStore::open(config(dir.path(), sync_mode())).unwrap_err();
+    assert!(matches!(err, Error::StoreLocked { .. }), "{err}");
+    assert!(dir.path().join("abort").exists());
+    let put = first.put_message(&message("L", 0, "l", 0)).unwrap();
+    first.shutdown().unwrap();
+    assert!(
+        !dir.path().join("abort").exists(),
+        "clean shutdown leaves no abort marker"
+    );
+    // Shut down, the first handle no longer holds the lock, but still reads.
+    let second = open(dir.path(), sync_mode());
+    assert!(matches!(
+        first.put_message(&message("L", 0, "l", 1)),
+        Err(Error::ShutDown)
+    ));
+    assert_eq!(
+        first
+            .lookup_message(put.physical_offset)
+            .unwrap()
+            .unwrap()
+            .queue_offset,
+        0
+    );
+    assert_eq!(
+        second
+            .put_message(&message("L", 0, "l", 1))
+            .unwrap()
+            .queue_offset,
+        1
+    );
+}
+
+fn fill(store: &MessageStore, n: u64) -> Vec<PutResult> {
+    (0..n)
+        .map(|i| store.put_message(&message("R", 0, "r", i)).unwrap())
+        .collect()
+}
+
+fn commit_log_file(dir: &std::path::Path, offset: u64) -> std::path::PathBuf {
+    dir.join("commitlog")
+        .join(format!("{:020}", offset / SMALL_FILE * SMALL_FILE))
+}
+
+#[test]
+fn an_unclean_exit_drops_a_damaged_tail_and_zeroes_it() {
+    // Each case writes something past the last record, as a crash could leave it.
+    let cases: Vec<(&str, Box<dyn Fn(&PutResult) -> Vec<u8>>)> = vec![
+        ("garbage", Box::new(|_| vec![0xAB; 300])),
+        (
+            "half a record",
+            Box::new(|last| {
+                let store = last.msg_id.store_host;
+                let mut r = format::encode(&message("R", 0, "r", 999), &store, 1 << 20).unwrap();
+                r.assign(last.queue_offset + 1, last.end_offset(), 0);
+                r.as_bytes()[..r.len() / 2].to_vec()
+            }),
+        ),
+        (
+            "a record with a bad CRC",
+            Box::new(|last| {
+                let store = last.msg_id.store_host;
+                let mut r = format::encode(&message("R", 0, "r", 999), &store, 1 << 20).unwrap();
+                r.assign(last.queue_offset + 1, last.end_offset(), 0);
+                let mut b = r.as_bytes().to_vec();
+                let n = b.len();
+                b[n - 20] ^= 0x55; // inside the body
+                b
+            }),
+        ),
+    ];
+    for (name, damage) in cases {
+        let dir = tempfile::tempdir().unwrap();
+        let puts = {
+            let store = open(dir.path(), sync_mode());
+            fill(&store, 700)
+        };
+        let last = *puts.last().unwrap();
+        let path = commit_log_file(dir.path(), last.end_offset());
+        let bytes = damage(&last);
+        let at = last.end_offset() % SMALL_FILE;
+        let file = OpenOptions::new().write(true).open(&path).unwrap();
+        file.write_all_at(&bytes, at).unwrap();
+        drop(file);
+        fs::write(dir.path().join("abort"), b"").unwrap();
+
+        let store = open(dir.path(), sync_mode());
+        assert_eq!(store.max_physical_offset(), last.end_offset(), "{name}");
+        let on_disk = fs::read(&path).unwrap();
+        assert!(
+            on_disk[at as usize..].iter().all(|&b| b == 0),
+            "{name}: stale tail not zeroed"
+        );
+        for p in &puts {
+            let m = store.lookup_message(p.physical_offset).unwrap().unwrap();
+            assert_eq!(m.queue_offset, p.queue_offset, "{name}");
+        }
+        let next = store.put_message(&message("R", 0, "r", 700)).unwrap();
+        assert_eq!(next.physical_offset, last.end_offset(), "{name}");
+        assert_eq!(next.queue_offset, 700, "{name}");
+    }
+}
+
+#[test]
+fn a_clean_reopen_reuses_the_prepared_file() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let store = open(dir.path(), async_mode());
+        fill(&store, 10);
+        store.shutdown().unwrap();
+    }
+    let names = |d: &std::path::Path| {
+        let mut v: Vec<_> = fs::read_dir(d.join("commitlog"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        v.sort();
+        v
+    };
+    let before = names(dir.path());
+    assert_eq!(
+        before.len(),
+        2,
+        "the next file is prepared ahead: {before:?}"
+    );
+    let store = open(dir.path(), async_mode());
+    // Roll into the prepared file and check it was the one on disk, not a new one.
+    let mut puts = fill(&store, 400);
+    let rolled = puts.pop().unwrap();
+    assert!(rolled.physical_offset >= SMALL_FILE);
+    let after = names(dir.path());
+    assert_eq!(&after[..2], &before[..]);
+    assert_eq!(
+        store
+            .lookup_message(rolled.physical_offset)
+            .unwrap()
+            .unwrap()
+            .queue_offset,
+        409
+    );
+}
