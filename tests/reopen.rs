@@ -60,7 +60,8 @@ fn commit_log_file(dir: &std::path::Path, offset: u64) -> std::path::PathBuf {
 #[test]
 fn an_unclean_exit_drops_a_damaged_tail_and_zeroes_it() {
     // Each case writes something past the last record, as a crash could leave it.
-    let cases: Vec<(&str, Box<dyn Fn(&PutResult) -> Vec<u8>>)> = vec![
+    type Damage = Box<dyn Fn(&PutResult) -> Vec<u8>>;
+    let cases: Vec<(&str, Damage)> = vec![
         ("garbage", Box::new(|_| vec![0xAB; 300])),
         (
             "half a record",
