@@ -57,3 +57,8 @@ pub use message::{
     StoredMessage,
 };
 pub use store::MessageStore;
+
+/// The README's examples, compiled as doc tests so the README stays true to the code.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;
