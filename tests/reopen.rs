@@ -155,3 +155,85 @@ fn a_clean_reopen_reuses_the_prepared_file() {
         409
     );
 }
+
+#[test]
+fn after_a_clean_exit_a_damaged_record_refuses_the_open_instead_of_dropping_data() {
+    let dir = tempfile::tempdir().unwrap();
+    let puts = {
+        let store = open(dir.path(), sync_mode());
+        fill(&store, 50)
+    };
+    let victim = puts[20];
+    let path = commit_log_file(dir.path(), victim.physical_offset);
+    let file = OpenOptions::new().write(true).open(&path).unwrap();
+    // Flip a byte inside the body: the CRC no longer matches.
+    let at = victim.physical_offset % SMALL_FILE + u64::from(victim.wrote_bytes) - 30;
+    file.write_all_at(&[0xEE], at).unwrap();
+    drop(file);
+
+    let err = MessageStore::open(config(dir.path(), sync_mode())).unwrap_err();
+    match err {
+        Error::Corrupted { offset, .. } => assert_eq!(offset, victim.physical_offset),
+        other => panic!("unexpected {other}"),
+    }
+    // The documented way to accept the loss: mark the exit unclean and reopen.
+    fs::write(dir.path().join("abort"), b"").unwrap();
+    let store = open(dir.path(), sync_mode());
+    assert_eq!(store.max_physical_offset(), victim.physical_offset);
+    assert_eq!(
+        store
+            .put_message(&message("R", 0, "r", 0))
+            .unwrap()
+            .queue_offset,
+        20
+    );
+}
+
+#[test]
+fn after_an_unclean_exit_a_missing_blank_record_ends_the_log_there() {
+    let dir = tempfile::tempdir().unwrap();
+    let puts = {
+        let store = open(dir.path(), sync_mode());
+        fill(&store, 400)
+    };
+    let first_in_second = puts
+        .iter()
+        .position(|p| p.physical_offset >= SMALL_FILE)
+        .expect("the puts span two files");
+    let end_of_first = puts[first_in_second - 1].end_offset();
+    // Lose the blank record at the end of the first file, as a crash could.
+    let file = OpenOptions::new()
+        .write(true)
+        .open(commit_log_file(dir.path(), 0))
+        .unwrap();
+    file.write_all_at(&[0u8; 8], end_of_first).unwrap();
+    drop(file);
+
+    // After a clean exit that is an error...
+    let err = MessageStore::open(config(dir.path(), sync_mode())).unwrap_err();
+    assert!(matches!(err, Error::Corrupted { .. }), "{err}");
+    // ...after a crash, the log ends there and the later file goes.
+    fs::write(dir.path().join("abort"), b"").unwrap();
+    let store = open(dir.path(), sync_mode());
+    assert_eq!(store.max_physical_offset(), end_of_first);
+    assert!(
+        !commit_log_file(dir.path(), SMALL_FILE).exists() || {
+            // The file may be back as the freshly prepared next file, but empty.
+            fs::read(commit_log_file(dir.path(), SMALL_FILE))
+                .unwrap()
+                .iter()
+                .all(|&b| b == 0)
+        }
+    );
+    for p in &puts[..first_in_second] {
+        assert!(store.lookup_message(p.physical_offset).unwrap().is_some());
+    }
+    assert!(
+        store
+            .lookup_message(puts[first_in_second].physical_offset)
+            .unwrap()
+            .is_none()
+    );
+    let next = store.put_message(&message("R", 0, "r", 0)).unwrap();
+    assert_eq!(next.queue_offset, first_in_second as u64);
+}

@@ -13,13 +13,16 @@ use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
 
+mod reopen;
+
 use crate::allocate::Allocator;
 use crate::config::StoreConfig;
 use crate::error::{Error, Result};
 use crate::format::{self, BLANK_RECORD_LEN, EncodedRecord, Peek};
-use crate::mapped_file::{FileWriter, MappedFile, sync_dir};
+use crate::mapped_file::FileWriter;
 use crate::mapped_file_queue::MappedFileQueue;
 use crate::message::{StoredMessage, now_ms};
+use reopen::Scan;
 
 /// Where a put (of one record or a batch) landed.
 #[derive(Debug, Clone, Copy)]
@@ -75,35 +78,24 @@ impl CommitLog {
             config.preallocate,
             config.effective_warmup(),
         )?;
-        if let Some(spare) = split_unused_tail(&mut loaded, clean)? {
+        if let Some(spare) = reopen::split_unused_tail(&mut loaded, clean)? {
             allocator.adopt(spare);
         }
 
-        let mut scan = Scan::default();
-        let writer = match loaded.pop() {
+        let (writer, scan) = match loaded.is_empty() {
             // A new store: the first file is not warmed, so that opening stays instant.
-            None => FileWriter::new(Arc::new(allocator.take(0)?), 0)
-                .expect("a new file has no other owner"),
-            Some(last) => {
-                for file in &loaded {
-                    scan.file(file, false)?;
-                }
-                let end = scan.file(&last, true)?;
-                let mut writer = FileWriter::new(last, end).ok_or_else(|| Error::BadStoreFile {
-                    path: dir.clone(),
-                    reason: "last file still in use".into(),
-                })?;
-                if !clean {
-                    writer.zero_tail()?;
-                }
-                writer
+            true => {
+                let writer = FileWriter::new(Arc::new(allocator.take(0)?), 0)
+                    .expect("a new file has no other owner");
+                loaded.push(Arc::clone(writer.file()));
+                (writer, Scan::default())
             }
+            false => reopen::scan_and_truncate(&mut loaded, clean)?,
         };
         let files = MappedFileQueue::new(file_size);
         for file in loaded {
             files.push(file);
         }
-        files.push(Arc::clone(writer.file()));
         let write_offset = writer.offset();
         log::info!(
             "commit log opened: {} files, write offset {write_offset}, {} topic queues",
@@ -256,7 +248,8 @@ impl CommitLog {
         self.write_offset.store(at, Ordering::Release);
         state.last_store_timestamp = store_timestamp;
         let count = records.len() as u32;
-        *queue_slot(&mut state.queue_offsets, topic, queue_id) = queue_offset + u64::from(count);
+        *reopen::queue_slot(&mut state.queue_offsets, topic, queue_id) =
+            queue_offset + u64::from(count);
         Ok(Appended {
             physical_offset,
             queue_offset,
@@ -345,108 +338,4 @@ impl CommitLog {
         state.closed = true;
         state.allocator.shutdown();
     }
-}
-
-/// The next-queue-offset slot of a topic/queue, created at 0.
-fn queue_slot<'a>(
-    table: &'a mut HashMap<String, HashMap<u32, u64>>,
-    topic: &str,
-    queue_id: u32,
-) -> &'a mut u64 {
-    if !table.contains_key(topic) {
-        table.insert(topic.to_owned(), HashMap::new());
-    }
-    table
-        .get_mut(topic)
-        .expect("inserted above")
-        .entry(queue_id)
-        .or_default()
-}
-
-/// What a scan of existing files learns.
-#[derive(Default)]
-struct Scan {
-    queue_offsets: HashMap<String, HashMap<u32, u64>>,
-    last_store_timestamp: i64,
-}
-
-impl Scan {
-    /// Walks the records of `file` and returns where they end. In the last file the first
-    /// invalid record ends the log (it was never acknowledged: see docs/DESIGN.md); in
-    /// earlier files it is an error.
-    fn file(&mut self, file: &Arc<MappedFile>, last: bool) -> Result<usize> {
-        let start = file.start_offset();
-        let bytes = file
-            .visible_from(0)
-            .expect("an opened file is fully visible");
-        let mut pos = 0usize;
-        while pos < bytes.len() {
-            let offset = start + pos as u64;
-            let rest = &bytes[pos..];
-            let outcome = format::peek(rest, offset).and_then(|peek| match peek {
-                Peek::Record { size } => {
-                    let view = format::parse(&rest[..size], offset)?;
-                    if !view.crc_ok() {
-                        return Err(Error::corrupted(offset, "body CRC mismatch"));
-                    }
-                    if view.physical_offset != offset {
-                        return Err(Error::corrupted(
-                            offset,
-                            format!("record says it is at {}", view.physical_offset),
-                        ));
-                    }
-                    Ok(Some(view))
-                }
-                Peek::Blank | Peek::Empty => Ok(None),
-            });
-            match outcome {
-                Ok(Some(view)) => {
-                    let next = queue_slot(&mut self.queue_offsets, view.topic, view.queue_id);
-                    *next = (*next).max(view.queue_offset + 1);
-                    self.last_store_timestamp = self.last_store_timestamp.max(view.store_timestamp);
-                    pos += view.total_size as usize;
-                }
-                Ok(None) if matches!(format::peek(rest, offset), Ok(Peek::Blank)) => {
-                    return Ok(bytes.len());
-                }
-                Ok(None) if last => return Ok(pos),
-                Ok(None) => {
-                    return Err(Error::corrupted(
-                        offset,
-                        "empty space before the end of a file that is not the last",
-                    ));
-                }
-                Err(e) if last => {
-                    log::warn!("log ends at {offset}: dropping the invalid tail ({e})");
-                    return Ok(pos);
-                }
-                Err(e) => return Err(e),
-            }
-        }
-        Ok(pos)
-    }
-}
-
-/// Takes the trailing files that hold nothing (prepared by the allocation thread, never
-/// written) off `files`, keeping at least one file. After a clean exit the first of them is
-/// returned for reuse; every other one is deleted.
-fn split_unused_tail(files: &mut Vec<Arc<MappedFile>>, clean: bool) -> Result<Option<MappedFile>> {
-    let mut unused = Vec::new();
-    while files.len() > 1 && files.last().is_some_and(MappedFile::is_unused) {
-        unused.push(files.pop().expect("len > 1"));
-    }
-    // `unused` runs from the last file back to the one right after the last used file.
-    let spare = if clean {
-        unused.pop().and_then(|f| Arc::try_unwrap(f).ok())
-    } else {
-        None
-    };
-    let removed = !unused.is_empty();
-    for file in unused {
-        std::fs::remove_file(file.path()).map_err(|e| Error::io("remove", file.path(), e))?;
-    }
-    if removed && let Some(last) = files.last() {
-        sync_dir(last.path().parent().expect("files live in a directory"))?;
-    }
-    Ok(spare)
 }
