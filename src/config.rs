@@ -113,6 +113,13 @@ pub struct StoreConfig {
     /// How new files are prepared; `None` picks the measured best for the flush mode:
     /// [`Warmup::ZeroAndFlush`] for sync, [`Warmup::Touch`] for async. Default: `None`.
     pub warmup: Option<Warmup>,
+    /// Entries per consume-queue file (20 bytes each). Default: 300,000 (6,000,000 bytes).
+    pub consume_queue_entries_per_file: u32,
+    /// How often consume queues and the checkpoint are flushed. Default: 1 s.
+    pub consume_queue_flush_interval: Duration,
+    /// Most message bytes one `get_message` call returns (at least one message is always
+    /// returned), like RocketMQ's max transfer size. Default: 256 KiB.
+    pub max_transfer_bytes: usize,
     /// Hooks called around file operations; for fault-injection tests. Default: none.
     pub io_hook: Option<Arc<dyn IoHook>>,
 }
@@ -129,6 +136,15 @@ impl fmt::Debug for StoreConfig {
             .field("slow_put_threshold", &self.slow_put_threshold)
             .field("preallocate", &self.preallocate)
             .field("warmup", &self.warmup)
+            .field(
+                "consume_queue_entries_per_file",
+                &self.consume_queue_entries_per_file,
+            )
+            .field(
+                "consume_queue_flush_interval",
+                &self.consume_queue_flush_interval,
+            )
+            .field("max_transfer_bytes", &self.max_transfer_bytes)
             .field("io_hook", &self.io_hook.is_some())
             .finish()
     }
@@ -151,6 +167,9 @@ impl StoreConfig {
             slow_put_threshold: Duration::from_millis(500),
             preallocate: true,
             warmup: None,
+            consume_queue_entries_per_file: 300_000,
+            consume_queue_flush_interval: Duration::from_secs(1),
+            max_transfer_bytes: 256 * 1024,
             io_hook: None,
         }
     }
@@ -203,6 +222,24 @@ impl StoreConfig {
         self
     }
 
+    /// Sets [`StoreConfig::consume_queue_entries_per_file`].
+    pub fn consume_queue_entries_per_file(mut self, entries: u32) -> Self {
+        self.consume_queue_entries_per_file = entries;
+        self
+    }
+
+    /// Sets [`StoreConfig::consume_queue_flush_interval`].
+    pub fn consume_queue_flush_interval(mut self, interval: Duration) -> Self {
+        self.consume_queue_flush_interval = interval;
+        self
+    }
+
+    /// Sets [`StoreConfig::max_transfer_bytes`].
+    pub fn max_transfer_bytes(mut self, bytes: usize) -> Self {
+        self.max_transfer_bytes = bytes;
+        self
+    }
+
     /// Sets [`StoreConfig::io_hook`].
     pub fn io_hook(mut self, hook: Arc<dyn IoHook>) -> Self {
         self.io_hook = Some(hook);
@@ -237,6 +274,13 @@ impl StoreConfig {
                 "max_message_size {} must be between 1 and {}",
                 self.max_message_size,
                 i32::MAX
+            ));
+        }
+        let entries = u64::from(self.consume_queue_entries_per_file);
+        if entries == 0 || entries * 20 > i32::MAX as u64 {
+            return bad(format!(
+                "consume_queue_entries_per_file {entries} must be between 1 and {}",
+                i32::MAX / 20
             ));
         }
         if self.root_dir.as_os_str().is_empty() {

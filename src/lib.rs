@@ -36,21 +36,29 @@
 #![deny(unsafe_op_in_unsafe_fn)]
 
 mod allocate;
+mod checkpoint;
 mod commit_log;
 mod config;
+mod consume_queue;
+mod consume_queues;
+mod dispatch;
 mod error;
 mod flush;
 pub mod format;
+mod get;
 mod io_hook;
 mod lock;
 mod mapped_file;
 mod mapped_file_queue;
 mod message;
+mod recovery;
 mod store;
 
+pub use checkpoint::CheckpointTimes;
 pub use config::{FlushMode, MIN_FILE_SIZE, StoreConfig, Warmup};
 pub use error::{Error, Result};
 pub use flush::PutFuture;
+pub use get::{GetResult, GetStatus, TagFilter};
 pub use io_hook::IoHook;
 pub use message::{
     KEY_SEPARATOR, Message, MessageId, PROPERTY_KEYS, PROPERTY_TAGS, PutResult, PutStatus,

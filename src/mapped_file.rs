@@ -240,6 +240,20 @@ impl MappedFile {
     }
 }
 
+impl MappedFile {
+    /// Syncs every dirty page of the file, whoever wrote it (used by recovery, for pages a
+    /// crashed process left in the page cache).
+    pub(crate) fn sync_all(&self) -> Result<()> {
+        if let Some(h) = &self.hook {
+            h.before_sync(&self.path)
+                .map_err(|e| Error::io("sync", &self.path, e))?;
+        }
+        self.map
+            .flush()
+            .map_err(|e| Error::io("sync", &self.path, e))
+    }
+}
+
 /// Allocates `len` bytes of real disk blocks; falls back to writing zeros where the
 /// filesystem has no fallocate.
 fn allocate(file: &File, len: u64) -> io::Result<()> {

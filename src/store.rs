@@ -3,13 +3,19 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
+use std::time::Duration;
+
 use crate::commit_log::{Appended, CommitLog};
 use crate::config::{FlushMode, StoreConfig};
+use crate::consume_queues::ConsumeQueues;
+use crate::dispatch::Dispatcher;
 use crate::error::{Error, Result};
 use crate::flush::{Flusher, PutFuture};
 use crate::format::{self, EncodedRecord};
+use crate::get::{self, GetResult, TagFilter};
 use crate::lock::StoreLock;
 use crate::message::{Message, MessageId, PutResult, PutStatus, StoredMessage};
+use crate::recovery::recover;
 
 /// An embedded RocketMQ-style message store: one commit log of fixed-size mapped files,
 /// made durable by a sync (group-commit) or async flush thread.
@@ -43,7 +49,9 @@ use crate::message::{Message, MessageId, PutResult, PutStatus, StoredMessage};
 pub struct MessageStore {
     config: StoreConfig,
     log: Arc<CommitLog>,
+    queues: Arc<ConsumeQueues>,
     flusher: Flusher,
+    dispatcher: Dispatcher,
     lock: StoreLock,
     shut_down: AtomicBool,
 }
@@ -73,12 +81,23 @@ impl MessageStore {
                 config.root().display()
             );
         }
-        let log = Arc::new(CommitLog::open(&config, lock.last_exit_clean())?);
+        let recovered = recover(&config, lock.last_exit_clean())?;
+        let log = Arc::new(recovered.log);
+        let queues = Arc::new(recovered.queues);
         let flusher = Flusher::start(Arc::clone(&log), config.flush_mode)?;
+        let dispatcher = Dispatcher::start(
+            Arc::clone(&log),
+            Arc::clone(&queues),
+            recovered.checkpoint,
+            config.flush_mode.is_sync(),
+            config.consume_queue_flush_interval,
+        )?;
         Ok(MessageStore {
             config,
             log,
+            queues,
             flusher,
+            dispatcher,
             lock,
             shut_down: AtomicBool::new(false),
         })
@@ -200,6 +219,89 @@ impl MessageStore {
         self.log.read(physical_offset, self.readable_offset())
     }
 
+    /// Up to `max_count` messages of `topic`/`queue_id` from queue offset `offset`, capped
+    /// at [`StoreConfig::max_transfer_bytes`] (one message always fits). Only indexed
+    /// messages are returned: under sync flush that means durable ones.
+    ///
+    /// ```
+    /// use bytes::Bytes;
+    /// use std::time::Duration;
+    /// use rocketstore::{GetStatus, Message, MessageStore, StoreConfig};
+    ///
+    /// # fn main() -> rocketstore::Result<()> {
+    /// let dir = tempfile::tempdir().unwrap();
+    /// let store = MessageStore::open(StoreConfig::new(dir.path()).commit_log_file_size(1 << 20))?;
+    /// let put = store.put_message(&Message::new("TopicA", 0u32, Bytes::from_static(b"m0")))?;
+    /// assert!(store.wait_dispatched(put.physical_offset, Duration::from_secs(10)));
+    /// let got = store.get_message("TopicA", 0, 0, 32)?;
+    /// assert_eq!(got.status, GetStatus::Found);
+    /// assert_eq!(&got.messages[0].body[..], b"m0");
+    /// assert_eq!(got.next_offset, 1);
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn get_message(
+        &self,
+        topic: &str,
+        queue_id: u32,
+        offset: u64,
+        max_count: usize,
+    ) -> Result<GetResult> {
+        self.get_message_filtered(topic, queue_id, offset, max_count, None)
+    }
+
+    /// [`get_message`](Self::get_message) keeping only messages whose tag passes `filter`
+    /// (tag hash first, then the exact tag). Skipped messages still advance `next_offset`.
+    pub fn get_message_filtered(
+        &self,
+        topic: &str,
+        queue_id: u32,
+        offset: u64,
+        max_count: usize,
+        filter: Option<&TagFilter>,
+    ) -> Result<GetResult> {
+        let request = get::Request {
+            topic,
+            queue_id,
+            offset,
+            max_count,
+            max_bytes: self.config.max_transfer_bytes,
+            filter,
+        };
+        get::get_message(&self.log, &self.queues, &request)
+    }
+
+    /// First queue offset of `topic`/`queue_id` still stored (0 for an unknown queue).
+    pub fn min_offset_in_queue(&self, topic: &str, queue_id: u32) -> u64 {
+        self.queues
+            .get(topic, queue_id)
+            .map_or(0, |q| q.min_offset())
+    }
+
+    /// One past the last indexed queue offset of `topic`/`queue_id` (0 for an unknown queue).
+    pub fn max_offset_in_queue(&self, topic: &str, queue_id: u32) -> u64 {
+        self.queues
+            .get(topic, queue_id)
+            .map_or(0, |q| q.max_offset())
+    }
+
+    /// The first queue offset whose message was stored at or after `timestamp_ms`, by
+    /// binary search on store time; the max offset when every message is older.
+    pub fn offset_by_time(&self, topic: &str, queue_id: u32, timestamp_ms: i64) -> Result<u64> {
+        get::offset_by_time(&self.log, &self.queues, topic, queue_id, timestamp_ms)
+    }
+
+    /// Commit-log offset up to which every record is indexed in its consume queue.
+    pub fn dispatched_physical_offset(&self) -> u64 {
+        self.dispatcher.dispatched_offset()
+    }
+
+    /// Waits until the record at `physical_offset` is indexed and so readable through
+    /// [`get_message`](Self::get_message). Returns false when `timeout` passes first.
+    pub fn wait_dispatched(&self, physical_offset: u64, timeout: Duration) -> bool {
+        self.dispatcher.wait_dispatched(physical_offset, timeout)
+    }
+
     /// Whether puts are being refused with [`Error::PageCacheBusy`] right now: the append
     /// lock has been held longer than [`StoreConfig::busy_limit`].
     pub fn is_page_cache_busy(&self) -> bool {
@@ -236,8 +338,13 @@ impl MessageStore {
         if !self.shut_down.swap(true, Ordering::AcqRel) {
             self.log.close();
             self.flusher.shutdown();
-            // Only a store whose every byte reached the disk is marked clean.
-            let clean = !self.log.is_poisoned();
+            let indexed = self.dispatcher.shutdown();
+            if let Err(e) = &indexed {
+                log::error!("consume queues were not completed: {e}");
+            }
+            // Only a store whose every byte and index entry reached the disk is marked
+            // clean; otherwise the next open recovers as after a crash.
+            let clean = !self.log.is_poisoned() && indexed.is_ok();
             self.lock.release(clean)?;
             if clean {
                 log::info!("store shut down at offset {}", self.log.flushed_offset());

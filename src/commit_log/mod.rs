@@ -17,12 +17,13 @@ mod reopen;
 
 use crate::allocate::Allocator;
 use crate::config::StoreConfig;
+use crate::dispatch::Wakeup;
 use crate::error::{Error, Result};
 use crate::format::{self, BLANK_RECORD_LEN, EncodedRecord, Peek};
 use crate::mapped_file::FileWriter;
 use crate::mapped_file_queue::MappedFileQueue;
 use crate::message::{StoredMessage, now_ms};
-use reopen::Scan;
+pub(crate) use reopen::RecoverySink;
 
 /// Where a put (of one record or a batch) landed.
 #[derive(Debug, Clone, Copy)]
@@ -57,13 +58,18 @@ pub(crate) struct CommitLog {
     flush_lock: Mutex<()>,
     poisoned: AtomicBool,
     poison_cause: Mutex<Option<String>>,
+    wakeup: Arc<Wakeup>,
 }
 
 impl CommitLog {
-    /// Opens `{root}/commitlog/`, creating it when missing, and finds where to continue.
-    /// After an unclean exit (`clean == false`) the stale tail past the last valid record
-    /// is zeroed.
-    pub(crate) fn open(config: &StoreConfig, clean: bool) -> Result<CommitLog> {
+    /// Opens `{root}/commitlog/`, creating it when missing, and finds where to continue
+    /// (see [`reopen::scan_and_truncate`]); `sink` sees every record scanned.
+    pub(crate) fn open(
+        config: &StoreConfig,
+        clean: bool,
+        recovery_point: Option<i64>,
+        sink: &mut dyn RecoverySink,
+    ) -> Result<CommitLog> {
         let dir = config.commit_log_dir();
         std::fs::create_dir_all(&dir).map_err(|e| Error::io("create directory", &dir, e))?;
         let file_size = config.commit_log_file_size;
@@ -82,15 +88,16 @@ impl CommitLog {
             allocator.adopt(spare);
         }
 
-        let (writer, scan) = match loaded.is_empty() {
+        let (writer, last_store_timestamp) = match loaded.is_empty() {
             // A new store: the first file is not warmed, so that opening stays instant.
             true => {
                 let writer = FileWriter::new(Arc::new(allocator.take(0)?), 0)
                     .expect("a new file has no other owner");
                 loaded.push(Arc::clone(writer.file()));
-                (writer, Scan::default())
+                sink.begin(0)?;
+                (writer, 0)
             }
-            false => reopen::scan_and_truncate(&mut loaded, clean)?,
+            false => reopen::scan_and_truncate(&mut loaded, clean, recovery_point, sink)?,
         };
         let files = MappedFileQueue::new(file_size);
         for file in loaded {
@@ -98,9 +105,8 @@ impl CommitLog {
         }
         let write_offset = writer.offset();
         log::info!(
-            "commit log opened: {} files, write offset {write_offset}, {} topic queues",
+            "commit log opened: {} files, write offset {write_offset}",
             files.files_from(0).len(),
-            scan.queue_offsets.values().map(HashMap::len).sum::<usize>()
         );
         allocator.prepare(writer.file().start_offset() + file_size);
         Ok(CommitLog {
@@ -108,8 +114,8 @@ impl CommitLog {
             state: Mutex::new(AppendState {
                 writer,
                 allocator,
-                queue_offsets: scan.queue_offsets,
-                last_store_timestamp: scan.last_store_timestamp,
+                queue_offsets: HashMap::new(),
+                last_store_timestamp,
                 closed: false,
             }),
             lock_taken_at: AtomicU64::new(0),
@@ -121,7 +127,23 @@ impl CommitLog {
             flush_lock: Mutex::new(()),
             poisoned: AtomicBool::new(false),
             poison_cause: Mutex::new(None),
+            wakeup: Arc::new(Wakeup::default()),
         })
+    }
+
+    /// Starts each rebuilt queue at its next offset; called once, before the first put.
+    pub(crate) fn restore_queue_offsets(&self, table: HashMap<String, HashMap<u32, u64>>) {
+        self.state.lock().queue_offsets = table;
+    }
+
+    /// Latest store time in the log.
+    pub(crate) fn last_store_timestamp(&self) -> i64 {
+        self.state.lock().last_store_timestamp
+    }
+
+    /// Rung whenever new bytes are written or flushed.
+    pub(crate) fn wakeup(&self) -> &Arc<Wakeup> {
+        &self.wakeup
     }
 
     pub(crate) fn file_size(&self) -> u64 {
@@ -211,6 +233,7 @@ impl CommitLog {
         let result = self.append_locked(&mut state, records, topic, queue_id, total);
         self.lock_taken_at.store(0, Ordering::Release);
         drop(state);
+        self.wakeup.wake();
         let took = start.elapsed();
         if took > self.slow_put_threshold {
             log::warn!("put to {topic}/{queue_id} spent {took:?} in the append path");
@@ -248,8 +271,7 @@ impl CommitLog {
         self.write_offset.store(at, Ordering::Release);
         state.last_store_timestamp = store_timestamp;
         let count = records.len() as u32;
-        *reopen::queue_slot(&mut state.queue_offsets, topic, queue_id) =
-            queue_offset + u64::from(count);
+        *queue_slot(&mut state.queue_offsets, topic, queue_id) = queue_offset + u64::from(count);
         Ok(Appended {
             physical_offset,
             queue_offset,
@@ -302,6 +324,7 @@ impl CommitLog {
             }
         }
         self.flushed_offset.fetch_max(flushed, Ordering::AcqRel);
+        self.wakeup.wake();
         Ok(self.flushed_offset())
     }
 
@@ -332,10 +355,35 @@ impl CommitLog {
         Ok(Some(msg))
     }
 
+    /// The readable bytes from `offset` to the end of its file or to `limit`, whichever
+    /// comes first, without a copy.
+    pub(crate) fn bytes_at(&self, offset: u64, limit: u64) -> Option<bytes::Bytes> {
+        let file = self.files.find(offset)?;
+        let pos = (offset - file.start_offset()) as usize;
+        let visible = (limit.saturating_sub(file.start_offset()) as usize).min(file.write_pos());
+        file.slice(pos, visible.checked_sub(pos)?)
+    }
+
     /// Refuses further puts and stops the allocation thread; the caller then flushes.
     pub(crate) fn close(&self) {
         let mut state = self.state.lock();
         state.closed = true;
         state.allocator.shutdown();
     }
+}
+
+/// The next-queue-offset slot of a topic/queue, created at 0.
+fn queue_slot<'a>(
+    table: &'a mut HashMap<String, HashMap<u32, u64>>,
+    topic: &str,
+    queue_id: u32,
+) -> &'a mut u64 {
+    if !table.contains_key(topic) {
+        table.insert(topic.to_owned(), HashMap::new());
+    }
+    table
+        .get_mut(topic)
+        .expect("inserted above")
+        .entry(queue_id)
+        .or_default()
 }

@@ -1,34 +1,20 @@
 //! Finding where the log ends when a store is opened again: scan every record, rebuild the
 //! queue offsets, and after an unclean exit cut the log at the first invalid record.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 
 use crate::error::{Error, Result};
-use crate::format::{self, Peek};
+use crate::format::{self, Peek, RecordView};
 use crate::mapped_file::{FileWriter, MappedFile, sync_dir};
 
-/// The next-queue-offset slot of a topic/queue, created at 0.
-pub(super) fn queue_slot<'a>(
-    table: &'a mut HashMap<String, HashMap<u32, u64>>,
-    topic: &str,
-    queue_id: u32,
-) -> &'a mut u64 {
-    if !table.contains_key(topic) {
-        table.insert(topic.to_owned(), HashMap::new());
-    }
-    table
-        .get_mut(topic)
-        .expect("inserted above")
-        .entry(queue_id)
-        .or_default()
-}
-
-/// What a scan of existing files learns.
-#[derive(Default)]
-pub(super) struct Scan {
-    pub queue_offsets: HashMap<String, HashMap<u32, u64>>,
-    pub last_store_timestamp: i64,
+/// Told about the records a reopen scans, so consume queues can be checked or rebuilt.
+pub(crate) trait RecoverySink {
+    /// Called once, before any record, with the commit-log offset the scan starts at.
+    fn begin(&mut self, start_offset: u64) -> Result<()>;
+    /// Called for every valid record from the start offset on, in log order.
+    fn record(&mut self, view: &RecordView<'_>) -> Result<()>;
+    /// Called after the records of each file, with the last store time seen so far.
+    fn file_done(&mut self, last_store_timestamp: i64) -> Result<()>;
 }
 
 /// Why the records of a file stopped.
@@ -41,67 +27,108 @@ enum Stop {
     Invalid(Error),
 }
 
-impl Scan {
-    /// Walks the valid records of `file` from its start; returns where they end and why.
-    fn file(&mut self, file: &Arc<MappedFile>) -> (usize, Stop) {
-        let start = file.start_offset();
-        let bytes = file
-            .visible_from(0)
-            .expect("an opened file is fully visible");
-        let mut pos = 0usize;
-        while pos < bytes.len() {
-            let offset = start + pos as u64;
-            let rest = &bytes[pos..];
-            let size = match format::peek(rest, offset) {
-                Ok(Peek::Record { size }) => size,
-                Ok(Peek::Blank) => return (bytes.len(), Stop::FileEnd),
-                Ok(Peek::Empty) => return (pos, Stop::Empty),
-                Err(e) => return (pos, Stop::Invalid(e)),
-            };
-            let view = match format::parse(&rest[..size], offset) {
-                Ok(v) => v,
-                Err(e) => return (pos, Stop::Invalid(e)),
-            };
-            if !view.crc_ok() {
-                return (
-                    pos,
-                    Stop::Invalid(Error::corrupted(offset, "body CRC mismatch")),
-                );
-            }
-            if view.physical_offset != offset {
-                let reason = format!("record says it is at {}", view.physical_offset);
-                return (pos, Stop::Invalid(Error::corrupted(offset, reason)));
-            }
-            let next = queue_slot(&mut self.queue_offsets, view.topic, view.queue_id);
-            *next = (*next).max(view.queue_offset + 1);
-            self.last_store_timestamp = self.last_store_timestamp.max(view.store_timestamp);
-            pos += size;
+/// Walks the valid records of `file` from its start, handing each to `sink`; returns where
+/// they end and why. An error of the sink ends the whole reopen.
+fn scan_file(
+    file: &Arc<MappedFile>,
+    sink: &mut dyn RecoverySink,
+    last_ts: &mut i64,
+) -> Result<(usize, Stop)> {
+    let start = file.start_offset();
+    let bytes = file
+        .visible_from(0)
+        .expect("an opened file is fully visible");
+    let mut pos = 0usize;
+    while pos < bytes.len() {
+        let offset = start + pos as u64;
+        let rest = &bytes[pos..];
+        let size = match format::peek(rest, offset) {
+            Ok(Peek::Record { size }) => size,
+            Ok(Peek::Blank) => return Ok((bytes.len(), Stop::FileEnd)),
+            Ok(Peek::Empty) => return Ok((pos, Stop::Empty)),
+            Err(e) => return Ok((pos, Stop::Invalid(e))),
+        };
+        let view = match format::parse(&rest[..size], offset) {
+            Ok(v) => v,
+            Err(e) => return Ok((pos, Stop::Invalid(e))),
+        };
+        if !view.crc_ok() {
+            return Ok((
+                pos,
+                Stop::Invalid(Error::corrupted(offset, "body CRC mismatch")),
+            ));
         }
-        (pos, Stop::FileEnd)
+        if view.physical_offset != offset {
+            let reason = format!("record says it is at {}", view.physical_offset);
+            return Ok((pos, Stop::Invalid(Error::corrupted(offset, reason))));
+        }
+        sink.record(&view)?;
+        *last_ts = (*last_ts).max(view.store_timestamp);
+        pos += size;
+    }
+    Ok((pos, Stop::FileEnd))
+}
+
+/// Store time of the first record of `file`, if it has a readable one.
+fn first_timestamp(file: &Arc<MappedFile>) -> Option<i64> {
+    let bytes = file.visible_from(0)?;
+    match format::peek(&bytes, file.start_offset()).ok()? {
+        Peek::Record { size } => format::parse(&bytes[..size], file.start_offset())
+            .ok()
+            .map(|v| v.store_timestamp),
+        _ => None,
     }
 }
 
+/// How far before the checkpoint time recovery starts, as RocketMQ does, so records
+/// stamped in the same instant are never skipped.
+const RECOVERY_SLACK_MS: i64 = 3_000;
+
 /// Scans `files` (non-empty, in order) and returns the writer positioned at the end of the
-/// log, with what the scan learned. `files` keeps every file of the log, the writer's last.
+/// log, with the latest store time seen. `files` keeps every file of the log, the
+/// writer's last.
 ///
-/// After a clean exit the log must be whole: an invalid record, or zeros before the end of
-/// a file that is not the last, is refused with [`Error::Corrupted`] rather than silently
-/// dropping what follows. After an unclean exit the first invalid record (or gap) ends the
-/// log: under sync flush nothing after it was ever acknowledged, because a put is
-/// acknowledged only once every byte before its end is durable. The files after that point
-/// are removed and the tail of the last one is zeroed, so stale bytes cannot later pass
-/// for records.
+/// After a clean exit only the last file is scanned, and it must be whole: an invalid
+/// record is refused with [`Error::Corrupted`] rather than silently dropping what follows.
+/// After an unclean exit the scan starts at the last file whose first record is older than
+/// `recovery_point` (the checkpoint; the first file without one), and the first invalid
+/// record (or a gap) ends the log: under sync flush nothing after it was ever
+/// acknowledged, because a put is acknowledged only once every byte before its end is
+/// durable. The files after that point are removed and the tail of the last one is zeroed,
+/// so stale bytes cannot later pass for records.
 pub(super) fn scan_and_truncate(
     files: &mut Vec<Arc<MappedFile>>,
     clean: bool,
-) -> Result<(FileWriter, Scan)> {
-    let mut scan = Scan::default();
+    recovery_point: Option<i64>,
+    sink: &mut dyn RecoverySink,
+) -> Result<(FileWriter, i64)> {
+    let first = if clean {
+        files.len() - 1
+    } else {
+        match recovery_point {
+            Some(point) => files
+                .iter()
+                .rposition(|f| first_timestamp(f).is_some_and(|ts| ts <= point - RECOVERY_SLACK_MS))
+                .unwrap_or(0),
+            None => 0,
+        }
+    };
+    sink.begin(files[first].start_offset())?;
+    let mut last_ts = 0i64;
     let mut end = None;
-    for (i, file) in files.iter().enumerate() {
+    for (i, file) in files.iter().enumerate().skip(first) {
         let last = i + 1 == files.len();
-        let (pos, stop) = scan.file(file);
+        let (pos, stop) = scan_file(file, sink, &mut last_ts)?;
+        if !clean {
+            // What a crashed process left in the page cache becomes durable before the
+            // checkpoint or any reader relies on it.
+            file.sync_all()?;
+        }
         match stop {
-            Stop::FileEnd if !last => continue,
+            Stop::FileEnd if !last => {
+                sink.file_done(last_ts)?;
+                continue;
+            }
             Stop::FileEnd => {}
             Stop::Empty if last || !clean => {}
             Stop::Empty => {
@@ -119,6 +146,7 @@ pub(super) fn scan_and_truncate(
         break;
     }
     let (index, pos) = end.expect("the loop ends at the last file at the latest");
+    sink.file_done(last_ts)?;
     let dropped = files.split_off(index + 1);
     for file in &dropped {
         log::warn!(
@@ -143,7 +171,7 @@ pub(super) fn scan_and_truncate(
         writer.zero_tail()?;
     }
     files.push(Arc::clone(writer.file()));
-    Ok((writer, scan))
+    Ok((writer, last_ts))
 }
 
 /// Takes the trailing files that hold nothing (prepared by the allocation thread, never

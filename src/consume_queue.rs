@@ -1,0 +1,243 @@
+//! One consume queue: the index of a topic/queue, 20-byte entries pointing into the commit
+//! log, in files of a fixed number of entries under `{root}/consumequeue/{topic}/{queue}/`.
+//!
+//! The dispatch thread is the only writer (recovery writes before the store is shared);
+//! readers see entries below the published `max_offset`.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use parking_lot::Mutex;
+
+use crate::error::{Error, Result};
+use crate::format::{CQ_ENTRY_LEN, CqEntry};
+use crate::io_hook::IoHook;
+use crate::mapped_file::{FileWriter, MappedFile};
+use crate::mapped_file_queue::MappedFileQueue;
+
+/// What putting an entry did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Indexed {
+    /// Appended at the end.
+    Appended,
+    /// The same entry was already there: nothing written.
+    AlreadyIndexed,
+}
+
+pub(crate) struct ConsumeQueue {
+    dir: PathBuf,
+    file_size: u64,
+    hook: Option<Arc<dyn IoHook>>,
+    files: MappedFileQueue,
+    writer: Mutex<Option<FileWriter>>,
+    /// Queue offset of the first entry still stored.
+    min_offset: u64,
+    /// Next queue offset: entries below it are written and visible.
+    max_offset: AtomicU64,
+    /// Byte position (in the queue's logical file space) flushed so far.
+    flushed: AtomicU64,
+}
+
+impl std::fmt::Debug for ConsumeQueue {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ConsumeQueue")
+            .field("dir", &self.dir)
+            .field("max_offset", &self.max_offset())
+            .finish()
+    }
+}
+
+fn entry_at(file: &Arc<MappedFile>, pos: usize) -> Option<CqEntry> {
+    let bytes = file.slice(pos, CQ_ENTRY_LEN)?;
+    CqEntry::decode(bytes[..].try_into().expect("20 bytes"))
+}
+
+impl ConsumeQueue {
+    /// An empty queue whose directory is created with its first entry.
+    pub(crate) fn new(dir: PathBuf, file_size: u64, hook: Option<Arc<dyn IoHook>>) -> Self {
+        ConsumeQueue {
+            dir,
+            file_size,
+            hook,
+            files: MappedFileQueue::new(file_size),
+            writer: Mutex::new(None),
+            min_offset: 0,
+            max_offset: AtomicU64::new(0),
+            flushed: AtomicU64::new(0),
+        }
+    }
+
+    /// Opens the queue in `dir`. Its end is the first unwritten entry of the last file,
+    /// found by binary search (entries are written in order). With `keep_below`, entries
+    /// pointing at or past that commit-log offset are dropped and zeroed.
+    pub(crate) fn load(
+        dir: PathBuf,
+        file_size: u64,
+        hook: Option<Arc<dyn IoHook>>,
+        keep_below: Option<u64>,
+    ) -> Result<Self> {
+        let mut files: Vec<Arc<MappedFile>> =
+            MappedFileQueue::load_files(&dir, file_size, hook.clone())?
+                .into_iter()
+                .map(Arc::new)
+                .collect();
+        let mut q = ConsumeQueue::new(dir, file_size, hook);
+        let Some(last) = files.last() else {
+            return Ok(q);
+        };
+        let entries_per_file = file_size / CQ_ENTRY_LEN as u64;
+        let first = files[0].start_offset() / CQ_ENTRY_LEN as u64;
+        // First unwritten entry in the last file.
+        let (mut lo, mut hi) = (0u64, entries_per_file);
+        while lo < hi {
+            let mid = (lo + hi) / 2;
+            match entry_at(last, (mid as usize) * CQ_ENTRY_LEN) {
+                Some(_) => lo = mid + 1,
+                None => hi = mid,
+            }
+        }
+        let mut end = last.start_offset() / CQ_ENTRY_LEN as u64 + lo;
+        if let Some(limit) = keep_below {
+            // First entry pointing at or past `limit` (offsets grow with queue offsets).
+            let (mut lo, mut hi) = (first, end);
+            while lo < hi {
+                let mid = (lo + hi) / 2;
+                let file = &files[((mid - first) / entries_per_file) as usize];
+                let pos = ((mid % entries_per_file) as usize) * CQ_ENTRY_LEN;
+                match entry_at(file, pos) {
+                    Some(e) if e.physical_offset < limit => lo = mid + 1,
+                    _ => hi = mid,
+                }
+            }
+            end = lo;
+        }
+        // Files wholly past the end go; the end's file takes the writer.
+        let keep = (((end - first) / entries_per_file) as usize + 1).min(files.len());
+        for file in files.split_off(keep) {
+            std::fs::remove_file(file.path()).map_err(|e| Error::io("remove", file.path(), e))?;
+        }
+        let last = files.pop().expect("keep >= 1");
+        let pos = ((end - last.start_offset() / CQ_ENTRY_LEN as u64) as usize) * CQ_ENTRY_LEN;
+        let mut writer = FileWriter::new(last, pos).ok_or_else(|| Error::BadStoreFile {
+            path: q.dir.clone(),
+            reason: "consume queue file still in use".into(),
+        })?;
+        if keep_below.is_some() {
+            writer.zero_tail()?;
+        }
+        for file in files {
+            q.files.push(file);
+        }
+        q.files.push(Arc::clone(writer.file()));
+        *q.writer.get_mut() = Some(writer);
+        q.min_offset = first;
+        *q.max_offset.get_mut() = end;
+        *q.flushed.get_mut() = end * CQ_ENTRY_LEN as u64;
+        Ok(q)
+    }
+
+    /// Next queue offset (one past the last entry).
+    pub(crate) fn max_offset(&self) -> u64 {
+        self.max_offset.load(Ordering::Acquire)
+    }
+
+    /// First queue offset still stored.
+    pub(crate) fn min_offset(&self) -> u64 {
+        self.min_offset
+    }
+
+    /// The entry at `queue_offset`, if written.
+    pub(crate) fn entry(&self, queue_offset: u64) -> Option<CqEntry> {
+        if queue_offset >= self.max_offset() {
+            return None;
+        }
+        let byte = queue_offset * CQ_ENTRY_LEN as u64;
+        let file = self.files.find(byte)?;
+        entry_at(&file, (byte - file.start_offset()) as usize)
+    }
+
+    /// Up to `max` entries from `queue_offset`, stopping at the end of a file.
+    pub(crate) fn entries(&self, queue_offset: u64, max: usize) -> Vec<CqEntry> {
+        let end = self
+            .max_offset()
+            .min(queue_offset.saturating_add(max as u64));
+        if queue_offset >= end {
+            return Vec::new();
+        }
+        let byte = queue_offset * CQ_ENTRY_LEN as u64;
+        let Some(file) = self.files.find(byte) else {
+            return Vec::new();
+        };
+        let pos = (byte - file.start_offset()) as usize;
+        let in_file = (file.write_pos().saturating_sub(pos) / CQ_ENTRY_LEN) as u64;
+        let n = (end - queue_offset).min(in_file) as usize;
+        let Some(bytes) = file.slice(pos, n * CQ_ENTRY_LEN) else {
+            return Vec::new();
+        };
+        bytes
+            .chunks_exact(CQ_ENTRY_LEN)
+            .map_while(|c| CqEntry::decode(c.try_into().expect("20 bytes")))
+            .collect()
+    }
+
+    /// Indexes `entry` at `queue_offset`. Idempotent: the same entry at an indexed offset
+    /// writes nothing. A different entry there, or an offset past the end, is an error.
+    pub(crate) fn put(&self, queue_offset: u64, entry: CqEntry) -> Result<Indexed> {
+        let mut writer = self.writer.lock();
+        let next = self.max_offset();
+        if queue_offset < next {
+            return match self.entry(queue_offset) {
+                Some(e) if e == entry => Ok(Indexed::AlreadyIndexed),
+                _ => Err(Error::corrupted(
+                    entry.physical_offset,
+                    format!(
+                        "consume queue {} already holds a different entry at {queue_offset}",
+                        self.dir.display()
+                    ),
+                )),
+            };
+        }
+        if queue_offset > next {
+            return Err(Error::corrupted(
+                entry.physical_offset,
+                format!(
+                    "consume queue {} would skip from {next} to {queue_offset}",
+                    self.dir.display()
+                ),
+            ));
+        }
+        if writer.as_ref().is_none_or(|w| w.remaining() < CQ_ENTRY_LEN) {
+            std::fs::create_dir_all(&self.dir)
+                .map_err(|e| Error::io("create directory", &self.dir, e))?;
+            let start = next * CQ_ENTRY_LEN as u64;
+            let file =
+                MappedFile::create(&self.dir, start, self.file_size as usize, self.hook.clone())?;
+            let w = FileWriter::new(Arc::new(file), 0).expect("a new file has no other owner");
+            self.files.push(Arc::clone(w.file()));
+            *writer = Some(w);
+        }
+        let w = writer.as_mut().expect("set above");
+        w.write(&entry.encode());
+        w.publish();
+        self.max_offset.store(next + 1, Ordering::Release);
+        Ok(Indexed::Appended)
+    }
+
+    /// Flushes entries written since the last flush.
+    pub(crate) fn flush(&self) -> Result<()> {
+        let target = self.max_offset() * CQ_ENTRY_LEN as u64;
+        let from = self.flushed.load(Ordering::Acquire);
+        if target <= from {
+            return Ok(());
+        }
+        for file in self.files.files_from(from) {
+            if file.start_offset() >= target {
+                break;
+            }
+            file.flush()?;
+        }
+        self.flushed.fetch_max(target, Ordering::AcqRel);
+        Ok(())
+    }
+}

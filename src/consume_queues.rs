@@ -1,0 +1,133 @@
+//! Every consume queue of the store, by topic and queue id, loaded at open.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use parking_lot::RwLock;
+
+use crate::consume_queue::ConsumeQueue;
+use crate::error::{Error, Result};
+use crate::format::{CQ_ENTRY_LEN, validate_topic};
+use crate::io_hook::IoHook;
+
+type Table = HashMap<String, HashMap<u32, Arc<ConsumeQueue>>>;
+
+pub(crate) struct ConsumeQueues {
+    root: PathBuf,
+    file_size: u64,
+    hook: Option<Arc<dyn IoHook>>,
+    table: RwLock<Table>,
+}
+
+impl ConsumeQueues {
+    /// Loads every queue under `{root}/consumequeue/`. A topic directory with an invalid
+    /// name or a queue directory that is not a number is refused with a clear error. With
+    /// `keep_below`, entries at or past that commit-log offset are dropped (recovery).
+    pub(crate) fn load(
+        root: PathBuf,
+        entries_per_file: u32,
+        hook: Option<Arc<dyn IoHook>>,
+        keep_below: Option<u64>,
+    ) -> Result<Self> {
+        let file_size = u64::from(entries_per_file) * CQ_ENTRY_LEN as u64;
+        std::fs::create_dir_all(&root).map_err(|e| Error::io("create directory", &root, e))?;
+        let mut table = Table::new();
+        for topic_dir in list_dirs(&root)? {
+            let topic = file_name(&topic_dir);
+            validate_topic(&topic).map_err(|e| Error::BadStoreFile {
+                path: topic_dir.clone(),
+                reason: e.to_string(),
+            })?;
+            let queues = table.entry(topic).or_default();
+            for queue_dir in list_dirs(&topic_dir)? {
+                let queue_id: u32 =
+                    file_name(&queue_dir)
+                        .parse()
+                        .map_err(|_| Error::BadStoreFile {
+                            path: queue_dir.clone(),
+                            reason: "a queue directory must be named by its queue id".into(),
+                        })?;
+                let q = ConsumeQueue::load(queue_dir, file_size, hook.clone(), keep_below)?;
+                queues.insert(queue_id, Arc::new(q));
+            }
+        }
+        Ok(ConsumeQueues {
+            root,
+            file_size,
+            hook,
+            table: RwLock::new(table),
+        })
+    }
+
+    pub(crate) fn get(&self, topic: &str, queue_id: u32) -> Option<Arc<ConsumeQueue>> {
+        self.table.read().get(topic)?.get(&queue_id).cloned()
+    }
+
+    pub(crate) fn get_or_create(&self, topic: &str, queue_id: u32) -> Arc<ConsumeQueue> {
+        if let Some(q) = self.get(topic, queue_id) {
+            return q;
+        }
+        let mut table = self.table.write();
+        let queues = table.entry(topic.to_owned()).or_default();
+        Arc::clone(queues.entry(queue_id).or_insert_with(|| {
+            let dir = self.root.join(topic).join(queue_id.to_string());
+            Arc::new(ConsumeQueue::new(dir, self.file_size, self.hook.clone()))
+        }))
+    }
+
+    /// Every queue, for flushing and for rebuilding the next queue offsets.
+    pub(crate) fn all(&self) -> Vec<(String, u32, Arc<ConsumeQueue>)> {
+        let table = self.table.read();
+        table
+            .iter()
+            .flat_map(|(t, qs)| {
+                qs.iter()
+                    .map(move |(id, q)| (t.clone(), *id, Arc::clone(q)))
+            })
+            .collect()
+    }
+
+    /// Next queue offset of every queue.
+    pub(crate) fn next_offsets(&self) -> HashMap<String, HashMap<u32, u64>> {
+        let table = self.table.read();
+        table
+            .iter()
+            .map(|(t, qs)| {
+                (
+                    t.clone(),
+                    qs.iter().map(|(id, q)| (*id, q.max_offset())).collect(),
+                )
+            })
+            .collect()
+    }
+
+    pub(crate) fn flush(&self) -> Result<()> {
+        for (_, _, q) in self.all() {
+            q.flush()?;
+        }
+        Ok(())
+    }
+}
+
+fn file_name(path: &Path) -> String {
+    path.file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default()
+}
+
+fn list_dirs(dir: &Path) -> Result<Vec<PathBuf>> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir).map_err(|e| Error::io("list", dir, e))? {
+        let path = entry.map_err(|e| Error::io("list", dir, e))?.path();
+        if !path.is_dir() {
+            return Err(Error::BadStoreFile {
+                path,
+                reason: "expected a directory in the consume-queue tree".into(),
+            });
+        }
+        out.push(path);
+    }
+    out.sort();
+    Ok(out)
+}

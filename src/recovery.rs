@@ -1,0 +1,149 @@
+//! Opening the store's data: the commit log, the consume queues and the checkpoint, and
+//! bringing the queues in line with the log after a clean or an unclean exit.
+
+use crate::checkpoint::{Checkpoint, CheckpointTimes};
+use crate::commit_log::{CommitLog, RecoverySink};
+use crate::config::StoreConfig;
+use crate::consume_queues::ConsumeQueues;
+use crate::dispatch::index_record;
+use crate::error::{Error, Result};
+use crate::format::{self, CqEntry, RecordView};
+
+/// Name of the checkpoint file under the root.
+pub(crate) const CHECKPOINT_FILE: &str = "checkpoint";
+
+/// The recovered store data.
+pub(crate) struct Recovered {
+    pub log: CommitLog,
+    pub queues: ConsumeQueues,
+    pub checkpoint: Checkpoint,
+}
+
+/// Opens the log and the queues. After a clean exit only the last commit-log file is read,
+/// and its records must be indexed; after an unclean one the log is scanned from the
+/// checkpoint, cut at its first invalid record, and every record from there is indexed
+/// again. Whenever the queues do not line up with the log they are rebuilt from scratch.
+pub(crate) fn recover(config: &StoreConfig, clean: bool) -> Result<Recovered> {
+    let started = std::time::Instant::now();
+    let path = config.root_dir.join(CHECKPOINT_FILE);
+    let times = CheckpointTimes::read(&path)?;
+    let checkpoint = Checkpoint::open(path, times.unwrap_or_default())?;
+    let point = times.map(|t| t.recovery_point());
+
+    let mut sink = QueueRebuild::new(config, clean, checkpoint);
+    let mut log = CommitLog::open(config, clean, point, &mut sink)?;
+    if sink.mismatch {
+        log::warn!("consume queues do not match the commit log: rebuilding them from the log");
+        drop(log);
+        sink = QueueRebuild::new(config, false, sink.checkpoint);
+        log = CommitLog::open(config, false, None, &mut sink)?;
+        if sink.mismatch {
+            return Err(Error::corrupted(
+                0,
+                "consume queues cannot be rebuilt from the commit log",
+            ));
+        }
+    }
+    let queues = sink.queues.expect("begin() is always called");
+    log.restore_queue_offsets(queues.next_offsets());
+    log::info!(
+        "{} recovery took {:?}: scanned {} bytes from offset {}, {} records, log ends at {}",
+        if clean { "normal" } else { "abnormal" },
+        started.elapsed(),
+        sink.scanned_bytes,
+        sink.start_offset,
+        sink.records,
+        log.write_offset(),
+    );
+    Ok(Recovered {
+        log,
+        queues,
+        checkpoint: sink.checkpoint,
+    })
+}
+
+/// Checks (clean exit) or re-indexes (unclean exit) each record the reopen scan meets.
+struct QueueRebuild<'a> {
+    config: &'a StoreConfig,
+    clean: bool,
+    queues: Option<ConsumeQueues>,
+    checkpoint: Checkpoint,
+    mismatch: bool,
+    start_offset: u64,
+    records: u64,
+    scanned_bytes: u64,
+}
+
+impl<'a> QueueRebuild<'a> {
+    fn new(config: &'a StoreConfig, clean: bool, checkpoint: Checkpoint) -> Self {
+        QueueRebuild {
+            config,
+            clean,
+            queues: None,
+            checkpoint,
+            mismatch: false,
+            start_offset: 0,
+            records: 0,
+            scanned_bytes: 0,
+        }
+    }
+}
+
+impl RecoverySink for QueueRebuild<'_> {
+    fn begin(&mut self, start_offset: u64) -> Result<()> {
+        self.start_offset = start_offset;
+        // After an unclean exit, entries from the scan's start on are indexed again.
+        let keep_below = (!self.clean).then_some(start_offset);
+        self.queues = Some(ConsumeQueues::load(
+            self.config.root_dir.join("consumequeue"),
+            self.config.consume_queue_entries_per_file,
+            self.config.io_hook.clone(),
+            keep_below,
+        )?);
+        Ok(())
+    }
+
+    fn record(&mut self, view: &RecordView<'_>) -> Result<()> {
+        self.records += 1;
+        self.scanned_bytes += u64::from(view.total_size);
+        if self.mismatch {
+            return Ok(());
+        }
+        let queues = self.queues.as_ref().expect("begin() comes first");
+        if self.clean {
+            let expected = CqEntry {
+                physical_offset: view.physical_offset,
+                size: view.total_size,
+                tag_hash: format::tag_hash(format::find_tags(view.properties)),
+            };
+            let indexed = queues
+                .get(view.topic, view.queue_id)
+                .and_then(|q| q.entry(view.queue_offset));
+            self.mismatch = indexed != Some(expected);
+            return Ok(());
+        }
+        match index_record(queues, view) {
+            Ok(_) => Ok(()),
+            // A gap or a different entry: the queues are behind the checkpoint's promise.
+            Err(Error::Corrupted { .. }) => {
+                self.mismatch = true;
+                Ok(())
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    fn file_done(&mut self, last_store_timestamp: i64) -> Result<()> {
+        if self.clean || self.mismatch {
+            return Ok(());
+        }
+        // Progress survives a crash during recovery: the next one starts here.
+        self.queues.as_ref().expect("begin() comes first").flush()?;
+        let index = self.checkpoint.times().index;
+        self.checkpoint.store(CheckpointTimes {
+            physic: last_store_timestamp,
+            logics: last_store_timestamp,
+            index,
+        })
+    }
+}
