@@ -1,0 +1,264 @@
+//! Reading by topic, queue and offset through the consume queues.
+
+mod common;
+
+use std::io;
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use bytes::Bytes;
+use common::*;
+use crossbeam_channel::{Receiver, Sender};
+use rocketstore::{
+    FlushMode, GetStatus, IoHook, Message, MessageStore, PutResult, StoreConfig, TagFilter,
+};
+
+const WAIT: Duration = Duration::from_secs(30);
+
+fn put_all(store: &MessageStore, topic: &str, queues: u32, n: u64) -> Vec<(u32, u64, PutResult)> {
+    let puts: Vec<_> = (0..n)
+        .map(|i| {
+            let q = (i % u64::from(queues)) as u32;
+            let tag = if i % 2 == 0 { "even" } else { "odd" };
+            let m = message(topic, q, "g", i).with_tags(tag);
+            (q, i, store.put_message(&m).unwrap())
+        })
+        .collect();
+    let last = puts.last().unwrap().2;
+    assert!(store.wait_dispatched(last.physical_offset, WAIT));
+    puts
+}
+
+#[test]
+fn every_message_reads_back_through_its_queue_in_order() {
+    for mode in [sync_mode(), async_mode()] {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(dir.path(), mode);
+        let puts = put_all(&store, "Get", 3, 900);
+        for q in 0..3u32 {
+            let expected: Vec<_> = puts.iter().filter(|p| p.0 == q).collect();
+            assert_eq!(store.max_offset_in_queue("Get", q), expected.len() as u64);
+            assert_eq!(store.min_offset_in_queue("Get", q), 0);
+            let mut offset = 0;
+            let mut seen = 0;
+            loop {
+                let r = store.get_message("Get", q, offset, 32).unwrap();
+                if r.status == GetStatus::OffsetOverflowOne {
+                    break;
+                }
+                assert_eq!(r.status, GetStatus::Found);
+                assert!(r.messages.len() <= 32);
+                for m in &r.messages {
+                    let (_, i, put) = expected[seen];
+                    assert_eq!(m.queue_offset, seen as u64);
+                    assert_eq!(m.physical_offset, put.physical_offset);
+                    assert_eq!(m.body, body("g", *i));
+                    seen += 1;
+                }
+                assert_eq!(r.next_offset, offset + r.messages.len() as u64);
+                offset = r.next_offset;
+            }
+            assert_eq!(seen, expected.len());
+        }
+    }
+}
+
+#[test]
+fn statuses_follow_rocketmq() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path(), async_mode());
+    let r = store.get_message("Nope", 0, 0, 32).unwrap();
+    assert_eq!(r.status, GetStatus::NoMatchedLogicQueue);
+    put_all(&store, "S", 1, 10);
+    assert_eq!(
+        store.get_message("S", 0, 10, 32).unwrap().status,
+        GetStatus::OffsetOverflowOne
+    );
+    let bad = store.get_message("S", 0, 50, 32).unwrap();
+    assert_eq!(bad.status, GetStatus::OffsetOverflowBadly);
+    assert_eq!(bad.next_offset, 10);
+    assert_eq!(
+        store.get_message("S", 1, 0, 32).unwrap().status,
+        GetStatus::NoMatchedLogicQueue
+    );
+    let found = store.get_message("S", 0, 4, 3).unwrap();
+    assert_eq!(found.status, GetStatus::Found);
+    assert_eq!(found.messages.len(), 3);
+    assert_eq!((found.min_offset, found.max_offset), (0, 10));
+}
+
+#[test]
+fn tag_filter_and_byte_budget() {
+    let dir = tempfile::tempdir().unwrap();
+    let store =
+        MessageStore::open(config(dir.path(), async_mode()).max_transfer_bytes(1000)).unwrap();
+    put_all(&store, "F", 1, 100);
+    let odd = TagFilter::parse("odd");
+    let r = store
+        .get_message_filtered("F", 0, 0, 10, Some(&odd))
+        .unwrap();
+    assert_eq!(r.status, GetStatus::Found);
+    assert!(r.messages.iter().all(|m| m.tags() == Some("odd")));
+    assert!(r.messages.iter().all(|m| m.queue_offset % 2 == 1));
+    let none = TagFilter::parse("missing");
+    let r = store
+        .get_message_filtered("F", 0, 0, 10, Some(&none))
+        .unwrap();
+    assert_eq!(r.status, GetStatus::NoMatchedMessage);
+    assert_eq!(
+        r.next_offset, 100,
+        "skipped entries still advance the offset"
+    );
+    // The byte budget caps a batch, but one message always comes back.
+    let r = store.get_message("F", 0, 0, 32).unwrap();
+    let total: u32 = r.messages.iter().map(|m| m.total_size).sum();
+    assert!(total <= 1000 && r.messages.len() < 32, "{total} bytes");
+    let tiny = MessageStore::open(
+        config(tempfile::tempdir().unwrap().path(), async_mode()).max_transfer_bytes(1),
+    )
+    .unwrap();
+    let p = tiny.put_message(&message("T", 0, "t", 0)).unwrap();
+    assert!(tiny.wait_dispatched(p.physical_offset, WAIT));
+    assert_eq!(tiny.get_message("T", 0, 0, 32).unwrap().messages.len(), 1);
+}
+
+#[test]
+fn offset_by_time_finds_the_first_message_at_or_after_a_time() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path(), async_mode());
+    let puts = put_all(&store, "Time", 1, 300);
+    for probe in [0usize, 1, 150, 299] {
+        let ts = puts[probe].2.store_timestamp;
+        let offset = store.offset_by_time("Time", 0, ts).unwrap();
+        let first_at_ts = puts.iter().position(|p| p.2.store_timestamp >= ts).unwrap();
+        assert_eq!(offset, first_at_ts as u64);
+    }
+    assert_eq!(store.offset_by_time("Time", 0, i64::MAX).unwrap(), 300);
+    assert_eq!(store.offset_by_time("Time", 0, 0).unwrap(), 0);
+    assert_eq!(store.offset_by_time("Nope", 0, 0).unwrap(), 0);
+}
+
+#[test]
+fn consume_queues_roll_and_survive_a_clean_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = || config(dir.path(), sync_mode()).consume_queue_entries_per_file(64);
+    let puts = {
+        let store = MessageStore::open(cfg()).unwrap();
+        put_all(&store, "Roll", 2, 500)
+    };
+    let files = std::fs::read_dir(dir.path().join("consumequeue/Roll/0"))
+        .unwrap()
+        .count();
+    assert!(files >= 4, "250 entries in files of 64: {files} files");
+    let store = MessageStore::open(cfg()).unwrap();
+    for q in 0..2 {
+        assert_eq!(store.max_offset_in_queue("Roll", q), 250);
+    }
+    let r = store.get_message("Roll", 1, 100, 32).unwrap();
+    let expected: Vec<_> = puts
+        .iter()
+        .filter(|p| p.0 == 1)
+        .skip(100)
+        .take(32)
+        .collect();
+    assert_eq!(r.messages.len(), 32);
+    for (m, p) in r.messages.iter().zip(expected) {
+        assert_eq!(m.physical_offset, p.2.physical_offset);
+    }
+    let next = store.put_message(&message("Roll", 1, "g", 9)).unwrap();
+    assert_eq!(next.queue_offset, 250);
+}
+
+#[test]
+fn consume_queue_entries_have_rocketmq_layout() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = {
+        let store = open(dir.path(), sync_mode());
+        let m = Message::new("Layout", 7u32, Bytes::from_static(b"x")).with_tags("TagA");
+        let p = store.put_message(&m).unwrap();
+        store
+            .put_message(&Message::new("Layout", 7u32, Bytes::from_static(b"y")))
+            .unwrap();
+        p
+    };
+    let file = dir
+        .path()
+        .join("consumequeue/Layout/7/00000000000000000000");
+    let bytes = std::fs::read(file).unwrap();
+    assert_eq!(bytes.len(), 300_000 * 20);
+    let mut expected = Vec::new();
+    expected.extend_from_slice(&(p.physical_offset as i64).to_be_bytes());
+    expected.extend_from_slice(&(p.wrote_bytes as i32).to_be_bytes());
+    expected.extend_from_slice(&2_598_919i64.to_be_bytes()); // "TagA".hashCode()
+    assert_eq!(&bytes[..20], &expected[..]);
+    // No tags: hash 0.
+    assert_eq!(&bytes[32..40], &[0u8; 8]);
+    assert_eq!(&bytes[40..60], &[0u8; 20]);
+}
+
+/// Blocks syncs while armed, reporting each.
+struct StallSync {
+    armed: AtomicBool,
+    stalled: Sender<()>,
+    release: Receiver<()>,
+}
+
+impl IoHook for StallSync {
+    fn before_sync(&self, _path: &Path) -> io::Result<()> {
+        if self.armed.load(Ordering::SeqCst) {
+            let _ = self.stalled.send(());
+            let _ = self.release.recv();
+        }
+        Ok(())
+    }
+}
+
+#[test]
+fn under_sync_flush_readers_never_see_unflushed_messages() {
+    let dir = tempfile::tempdir().unwrap();
+    let (stalled_tx, stalled_rx) = crossbeam_channel::unbounded();
+    let (release_tx, release_rx) = crossbeam_channel::unbounded();
+    let hook = Arc::new(StallSync {
+        armed: AtomicBool::new(false),
+        stalled: stalled_tx,
+        release: release_rx,
+    });
+    let store = MessageStore::open(
+        StoreConfig::new(dir.path())
+            .commit_log_file_size(SMALL_FILE)
+            .flush_mode(FlushMode::Sync {
+                timeout: Duration::from_millis(20),
+            })
+            .io_hook(hook.clone()),
+    )
+    .unwrap();
+    let first = store.put_message(&message("U", 0, "u", 0)).unwrap();
+    assert!(first.is_ok());
+    assert!(store.wait_dispatched(first.physical_offset, WAIT));
+    hook.armed.store(true, Ordering::SeqCst);
+    let second = store.put_message(&message("U", 0, "u", 1)).unwrap();
+    assert_eq!(second.status, rocketstore::PutStatus::FlushDiskTimeout);
+    stalled_rx.recv().unwrap();
+    // Written but not durable: neither indexed nor readable.
+    assert!(!store.wait_dispatched(second.physical_offset, Duration::from_millis(50)));
+    assert_eq!(store.max_offset_in_queue("U", 0), 1);
+    assert!(
+        store
+            .lookup_message(second.physical_offset)
+            .unwrap()
+            .is_none()
+    );
+    assert_eq!(
+        store.get_message("U", 0, 1, 32).unwrap().status,
+        GetStatus::OffsetOverflowOne
+    );
+    hook.armed.store(false, Ordering::SeqCst);
+    release_tx.send(()).unwrap();
+    assert!(store.wait_dispatched(second.physical_offset, WAIT));
+    assert_eq!(
+        store.get_message("U", 0, 1, 32).unwrap().messages[0].body,
+        body("u", 1)
+    );
+}
