@@ -78,7 +78,7 @@ impl ConsumeQueue {
         keep_below: Option<u64>,
     ) -> Result<Self> {
         let mut files: Vec<Arc<MappedFile>> =
-            MappedFileQueue::load_files(&dir, file_size, hook.clone())?
+            MappedFileQueue::load_files(&dir, file_size, hook.clone(), keep_below.is_some())?
                 .into_iter()
                 .map(Arc::new)
                 .collect();

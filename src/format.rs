@@ -511,6 +511,15 @@ impl RecordView<'_> {
     }
 }
 
+/// Whether raw properties are well-formed (UTF-8, every pair with a separator), without
+/// allocating.
+pub fn properties_well_formed(raw: &[u8]) -> bool {
+    str::from_utf8(raw).is_ok()
+        && raw
+            .split(|&b| b == PROPERTY_SEPARATOR)
+            .all(|pair| pair.is_empty() || pair.contains(&NAME_VALUE_SEPARATOR))
+}
+
 /// Splits RocketMQ's `name\x01value\x02…` properties.
 pub fn parse_properties(raw: &[u8], offset: u64) -> Result<Vec<(String, String)>> {
     let text =

@@ -30,9 +30,9 @@ pub(crate) fn file_name(offset: u64) -> String {
 
 pub(crate) struct MappedFile {
     path: PathBuf,
+    /// The mapping outlives the descriptor it was made from, so no descriptor is held per
+    /// file: a store with thousands of files does not run out of them.
     map: MmapRaw,
-    // Kept open so syncs and the mapping share one descriptor for the file's life.
-    _file: File,
     start_offset: u64,
     size: usize,
     /// Bytes below this are written and immutable; published with Release.
@@ -131,10 +131,10 @@ impl MappedFile {
             .len(size)
             .map_raw(&file)
             .map_err(|e| Error::io("mmap", &path, e))?;
+        drop(file);
         Ok(MappedFile {
             path,
             map,
-            _file: file,
             start_offset,
             size,
             write_pos: AtomicUsize::new(visible),
@@ -272,6 +272,23 @@ fn allocate(file: &File, len: u64) -> io::Result<()> {
         }
         Err(e) => Err(e.into()),
     }
+}
+
+/// Extends a file to `len` bytes of allocated zeros and syncs it.
+pub(crate) fn extend_file(path: &Path, len: u64) -> Result<()> {
+    let file = OpenOptions::new()
+        .write(true)
+        .open(path)
+        .map_err(|e| Error::io("open", path, e))?;
+    let have = file
+        .metadata()
+        .map_err(|e| Error::io("stat", path, e))?
+        .len();
+    if have < len {
+        rustix::fs::fallocate(&file, rustix::fs::FallocateFlags::empty(), have, len - have)
+            .map_err(|e| Error::io("allocate", path, e.into()))?;
+    }
+    file.sync_all().map_err(|e| Error::io("sync", path, e))
 }
 
 /// Makes a directory's entries (a created or renamed file) durable.

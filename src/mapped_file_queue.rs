@@ -8,7 +8,7 @@ use parking_lot::RwLock;
 
 use crate::error::{Error, Result};
 use crate::io_hook::IoHook;
-use crate::mapped_file::{MappedFile, file_name};
+use crate::mapped_file::{MappedFile, extend_file, file_name};
 
 /// The files of one log, contiguous: file `i` starts at `first + i * file_size`, so the
 /// file holding an offset is found by one division.
@@ -68,10 +68,13 @@ impl MappedFileQueue {
     /// Opens every file in the directory, in offset order. Leftover `.tmp` files of an
     /// interrupted allocation are removed; any other stray name, a file of the wrong size,
     /// a misaligned name or a gap between files is refused with [`Error::BadStoreFile`].
+    /// With `repair_short_last` (recovery after a crash), a last file shorter than
+    /// `file_size` is extended with zeros: its missing tail counts as never written.
     pub(crate) fn load_files(
         dir: &Path,
         file_size: u64,
         hook: Option<Arc<dyn IoHook>>,
+        repair_short_last: bool,
     ) -> Result<Vec<MappedFile>> {
         let mut offsets = Vec::new();
         let entries = fs::read_dir(dir).map_err(|e| Error::io("list", dir, e))?;
@@ -109,6 +112,19 @@ impl MappedFileQueue {
                     path: dir.join(file_name(pair[1])),
                     reason: format!("gap in the log: the previous file starts at {}", pair[0]),
                 });
+            }
+        }
+        if let (true, Some(&last)) = (repair_short_last, offsets.last()) {
+            let path = dir.join(file_name(last));
+            let len = fs::metadata(&path)
+                .map_err(|e| Error::io("stat", &path, e))?
+                .len();
+            if len < file_size {
+                log::warn!(
+                    "{} is {len} bytes, short of {file_size}: extending it with zeros",
+                    path.display()
+                );
+                extend_file(&path, file_size)?;
             }
         }
         offsets
@@ -150,17 +166,17 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         MappedFile::create(dir.path(), 0, 65536, None).unwrap();
         MappedFile::create(dir.path(), 2 * 65536, 65536, None).unwrap();
-        let err = MappedFileQueue::load_files(dir.path(), 65536, None).unwrap_err();
+        let err = MappedFileQueue::load_files(dir.path(), 65536, None, false).unwrap_err();
         assert!(err.to_string().contains("gap"), "{err}");
 
         let dir = tempfile::tempdir().unwrap();
         fs::write(dir.path().join("notes.txt"), b"x").unwrap();
-        let err = MappedFileQueue::load_files(dir.path(), 65536, None).unwrap_err();
+        let err = MappedFileQueue::load_files(dir.path(), 65536, None, false).unwrap_err();
         assert!(matches!(err, Error::BadStoreFile { .. }), "{err}");
 
         let dir = tempfile::tempdir().unwrap();
         fs::write(dir.path().join(file_name(100)), b"x").unwrap();
-        let err = MappedFileQueue::load_files(dir.path(), 65536, None).unwrap_err();
+        let err = MappedFileQueue::load_files(dir.path(), 65536, None, false).unwrap_err();
         assert!(err.to_string().contains("multiple"), "{err}");
     }
 
@@ -169,7 +185,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         MappedFile::create(dir.path(), 0, 65536, None).unwrap();
         fs::write(dir.path().join("00000000000000065536.tmp"), b"x").unwrap();
-        let files = MappedFileQueue::load_files(dir.path(), 65536, None).unwrap();
+        let files = MappedFileQueue::load_files(dir.path(), 65536, None, false).unwrap();
         assert_eq!(files.len(), 1);
         assert!(!dir.path().join("00000000000000065536.tmp").exists());
     }

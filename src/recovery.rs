@@ -30,19 +30,18 @@ pub(crate) fn recover(config: &StoreConfig, clean: bool) -> Result<Recovered> {
     let checkpoint = Checkpoint::open(path, times.unwrap_or_default())?;
     let point = times.map(|t| t.recovery_point());
 
-    let mut sink = QueueRebuild::new(config, clean, checkpoint);
+    let mode = if clean {
+        Mode::Verify
+    } else {
+        Mode::FromCheckpoint
+    };
+    let mut sink = QueueRebuild::new(config, mode, checkpoint);
     let mut log = CommitLog::open(config, clean, point, &mut sink)?;
     if sink.mismatch {
         log::warn!("consume queues do not match the commit log: rebuilding them from the log");
         drop(log);
-        sink = QueueRebuild::new(config, false, sink.checkpoint);
+        sink = QueueRebuild::new(config, Mode::Rebuild, sink.checkpoint);
         log = CommitLog::open(config, false, None, &mut sink)?;
-        if sink.mismatch {
-            return Err(Error::corrupted(
-                0,
-                "consume queues cannot be rebuilt from the commit log",
-            ));
-        }
     }
     let queues = sink.queues.expect("begin() is always called");
     log.restore_queue_offsets(queues.next_offsets());
@@ -62,10 +61,22 @@ pub(crate) fn recover(config: &StoreConfig, clean: bool) -> Result<Recovered> {
     })
 }
 
-/// Checks (clean exit) or re-indexes (unclean exit) each record the reopen scan meets.
+/// What the reopen scan does with each record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    /// Clean exit: check the last file's records are indexed.
+    Verify,
+    /// Unclean exit: index again every record from the checkpoint on.
+    FromCheckpoint,
+    /// The queues did not line up: index every record of the log into empty queues. A
+    /// record whose queue offset does not continue its queue ends the log.
+    Rebuild,
+}
+
+/// Checks or re-indexes each record the reopen scan meets.
 struct QueueRebuild<'a> {
     config: &'a StoreConfig,
-    clean: bool,
+    mode: Mode,
     queues: Option<ConsumeQueues>,
     checkpoint: Checkpoint,
     mismatch: bool,
@@ -75,10 +86,10 @@ struct QueueRebuild<'a> {
 }
 
 impl<'a> QueueRebuild<'a> {
-    fn new(config: &'a StoreConfig, clean: bool, checkpoint: Checkpoint) -> Self {
+    fn new(config: &'a StoreConfig, mode: Mode, checkpoint: Checkpoint) -> Self {
         QueueRebuild {
             config,
-            clean,
+            mode,
             queues: None,
             checkpoint,
             mismatch: false,
@@ -93,7 +104,7 @@ impl RecoverySink for QueueRebuild<'_> {
     fn begin(&mut self, start_offset: u64) -> Result<()> {
         self.start_offset = start_offset;
         // After an unclean exit, entries from the scan's start on are indexed again.
-        let keep_below = (!self.clean).then_some(start_offset);
+        let keep_below = (self.mode != Mode::Verify).then_some(start_offset);
         self.queues = Some(ConsumeQueues::load(
             self.config.root_dir.join("consumequeue"),
             self.config.consume_queue_entries_per_file,
@@ -103,14 +114,14 @@ impl RecoverySink for QueueRebuild<'_> {
         Ok(())
     }
 
-    fn record(&mut self, view: &RecordView<'_>) -> Result<()> {
+    fn record(&mut self, view: &RecordView<'_>) -> Result<bool> {
         self.records += 1;
         self.scanned_bytes += u64::from(view.total_size);
         if self.mismatch {
-            return Ok(());
+            return Ok(true);
         }
         let queues = self.queues.as_ref().expect("begin() comes first");
-        if self.clean {
+        if self.mode == Mode::Verify {
             let expected = CqEntry {
                 physical_offset: view.physical_offset,
                 size: view.total_size,
@@ -120,21 +131,24 @@ impl RecoverySink for QueueRebuild<'_> {
                 .get(view.topic, view.queue_id)
                 .and_then(|q| q.entry(view.queue_offset));
             self.mismatch = indexed != Some(expected);
-            return Ok(());
+            return Ok(true);
         }
         match index_record(queues, view) {
-            Ok(_) => Ok(()),
-            // A gap or a different entry: the queues are behind the checkpoint's promise.
+            Ok(_) => Ok(true),
+            // Rebuilding from empty queues, a queue offset that does not continue its queue
+            // can only be a damaged record.
+            Err(Error::Corrupted { .. }) if self.mode == Mode::Rebuild => Ok(false),
+            // From the checkpoint, the queues are behind what it promised: rebuild.
             Err(Error::Corrupted { .. }) => {
                 self.mismatch = true;
-                Ok(())
+                Ok(true)
             }
             Err(e) => Err(e),
         }
     }
 
     fn file_done(&mut self, last_store_timestamp: i64) -> Result<()> {
-        if self.clean || self.mismatch {
+        if self.mode == Mode::Verify || self.mismatch {
             return Ok(());
         }
         // Progress survives a crash during recovery: the next one starts here.

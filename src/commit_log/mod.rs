@@ -73,10 +73,11 @@ impl CommitLog {
         let dir = config.commit_log_dir();
         std::fs::create_dir_all(&dir).map_err(|e| Error::io("create directory", &dir, e))?;
         let file_size = config.commit_log_file_size;
-        let mut loaded = MappedFileQueue::load_files(&dir, file_size, config.io_hook.clone())?
-            .into_iter()
-            .map(Arc::new)
-            .collect::<Vec<_>>();
+        let mut loaded =
+            MappedFileQueue::load_files(&dir, file_size, config.io_hook.clone(), !clean)?
+                .into_iter()
+                .map(Arc::new)
+                .collect::<Vec<_>>();
         let mut allocator = Allocator::new(
             dir.clone(),
             file_size as usize,

@@ -11,8 +11,9 @@ use crate::mapped_file::{FileWriter, MappedFile, sync_dir};
 pub(crate) trait RecoverySink {
     /// Called once, before any record, with the commit-log offset the scan starts at.
     fn begin(&mut self, start_offset: u64) -> Result<()>;
-    /// Called for every valid record from the start offset on, in log order.
-    fn record(&mut self, view: &RecordView<'_>) -> Result<()>;
+    /// Called for every valid record from the start offset on, in log order. Returning
+    /// false rejects the record: the log ends before it, as at an invalid record.
+    fn record(&mut self, view: &RecordView<'_>) -> Result<bool>;
     /// Called after the records of each file, with the last store time seen so far.
     fn file_done(&mut self, last_store_timestamp: i64) -> Result<()>;
 }
@@ -62,7 +63,19 @@ fn scan_file(
             let reason = format!("record says it is at {}", view.physical_offset);
             return Ok((pos, Stop::Invalid(Error::corrupted(offset, reason))));
         }
-        sink.record(&view)?;
+        if let Err(e) = format::validate_topic(view.topic) {
+            return Ok((pos, Stop::Invalid(Error::corrupted(offset, e.to_string()))));
+        }
+        if !format::properties_well_formed(view.properties) {
+            return Ok((
+                pos,
+                Stop::Invalid(Error::corrupted(offset, "malformed properties")),
+            ));
+        }
+        if !sink.record(&view)? {
+            let reason = "queue offset out of sequence for its queue";
+            return Ok((pos, Stop::Invalid(Error::corrupted(offset, reason))));
+        }
         *last_ts = (*last_ts).max(view.store_timestamp);
         pos += size;
     }
