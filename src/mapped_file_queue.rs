@@ -68,13 +68,14 @@ impl MappedFileQueue {
     /// Opens every file in the directory, in offset order. Leftover `.tmp` files of an
     /// interrupted allocation are removed; any other stray name, a file of the wrong size,
     /// a misaligned name or a gap between files is refused with [`Error::BadStoreFile`].
-    /// With `repair_short_last` (recovery after a crash), a last file shorter than
-    /// `file_size` is extended with zeros: its missing tail counts as never written.
+    /// With `repair_short` (recovery after a crash), a file shorter than `file_size` is
+    /// extended with zeros: its missing tail counts as never written, and recovery ends the
+    /// log at the first record it lacks.
     pub(crate) fn load_files(
         dir: &Path,
         file_size: u64,
         hook: Option<Arc<dyn IoHook>>,
-        repair_short_last: bool,
+        repair_short: bool,
     ) -> Result<Vec<MappedFile>> {
         let mut offsets = Vec::new();
         let entries = fs::read_dir(dir).map_err(|e| Error::io("list", dir, e))?;
@@ -114,8 +115,8 @@ impl MappedFileQueue {
                 });
             }
         }
-        if let (true, Some(&last)) = (repair_short_last, offsets.last()) {
-            let path = dir.join(file_name(last));
+        for &offset in offsets.iter().filter(|_| repair_short) {
+            let path = dir.join(file_name(offset));
             let len = fs::metadata(&path)
                 .map_err(|e| Error::io("stat", &path, e))?
                 .len();

@@ -215,7 +215,7 @@ fn verify(dir: &Path, mode: FlushMode, acks: &HashMap<u64, Ack>) {
         .put_message(&Message::new("Crash", 0u32, Bytes::from_static(b"after")))
         .unwrap();
     assert_eq!(next.queue_offset, before);
-    assert!(next.physical_offset == end || next.physical_offset % FILE_SIZE == 0);
+    assert!(next.physical_offset == end || next.physical_offset.is_multiple_of(FILE_SIZE));
     assert!(store.wait_dispatched(next.physical_offset, Duration::from_secs(30)));
     store.shutdown().unwrap();
 }
