@@ -136,20 +136,18 @@ fn damaged_tails_recover_to_the_last_valid_record() {
                 false
             }
             Damage::HalfRecord => {
-                // The first part of a valid record, written at a record boundary.
-                let victim = in_last[rng.below(in_last.len() as u64) as usize];
-                let boundary = in_last
+                // A torn write: the first part of the record at a boundary, the rest zeros.
+                let victim = in_last
                     .iter()
-                    .map(|p| p.physical_offset)
-                    .filter(|&o| o >= from)
-                    .min()
-                    .unwrap_or(log_end);
+                    .find(|p| p.physical_offset >= from)
+                    .copied()
+                    .unwrap_or(in_last[in_last.len() - 1]);
+                let boundary = victim.physical_offset;
                 let mut bytes = vec![0u8; victim.wrote_bytes as usize];
                 fs::File::open(&path)
                     .unwrap()
                     .read_exact_at(&mut bytes, victim.physical_offset - last_file_start)
                     .unwrap();
-                bytes[28..36].copy_from_slice(&boundary.to_be_bytes());
                 let keep = 8 + rng.below(bytes.len() as u64 - 9) as usize;
                 file.set_len(boundary - last_file_start).unwrap();
                 file.set_len(SMALL_FILE).unwrap();
