@@ -9,7 +9,7 @@ use std::str;
 use bytes::Bytes;
 
 use crate::error::{Error, Result};
-use crate::message::{Message, StoredMessage};
+use crate::message::{Message, Properties, StoredMessage};
 
 /// Magic code of a version-1 record (topic length in one byte).
 pub const MAGIC_V1: u32 = 0xDAA3_20A7;
@@ -520,27 +520,12 @@ pub fn properties_well_formed(raw: &[u8]) -> bool {
             .all(|pair| pair.is_empty() || pair.contains(&NAME_VALUE_SEPARATOR))
 }
 
-/// Splits RocketMQ's `name\x01value\x02…` properties.
-pub fn parse_properties(raw: &[u8], offset: u64) -> Result<Vec<(String, String)>> {
-    let text =
-        str::from_utf8(raw).map_err(|_| Error::corrupted(offset, "properties are not UTF-8"))?;
-    let mut out = Vec::new();
-    for pair in text.split(PROPERTY_SEPARATOR as char) {
-        if pair.is_empty() {
-            continue;
-        }
-        let (name, value) = pair
-            .split_once(NAME_VALUE_SEPARATOR as char)
-            .ok_or_else(|| Error::corrupted(offset, "property without a name/value separator"))?;
-        out.push((name.to_owned(), value.to_owned()));
-    }
-    Ok(out)
-}
-
 /// Decodes the record at the start of `record` into a [`StoredMessage`] whose body shares
 /// `record`'s memory. With `verify_crc`, a body whose CRC does not match is an error.
 pub fn decode(record: &Bytes, offset: u64, verify_crc: bool) -> Result<StoredMessage> {
     let v = parse(record, offset)?;
+    // PROPERTIES is the last field of a record.
+    let props_start = v.total_size as usize - v.properties.len();
     if verify_crc && !v.crc_ok() {
         return Err(Error::corrupted(offset, "body CRC mismatch"));
     }
@@ -561,7 +546,8 @@ pub fn decode(record: &Bytes, offset: u64, verify_crc: bool) -> Result<StoredMes
         prepared_transaction_offset: v.prepared_transaction_offset,
         body: record.slice(v.body.0..v.body.1),
         topic: v.topic.to_owned(),
-        properties: parse_properties(v.properties, offset)?,
+        properties: Properties::from_raw(record.slice(props_start..v.total_size as usize))
+            .ok_or_else(|| Error::corrupted(offset, "malformed properties"))?,
     })
 }
 

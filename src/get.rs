@@ -1,6 +1,6 @@
 //! The read path: messages by topic, queue and queue offset, through the consume queues.
 
-use crate::commit_log::CommitLog;
+use crate::commit_log::{CommitLog, ReadCursor};
 use crate::consume_queues::ConsumeQueues;
 use crate::error::Result;
 use crate::format;
@@ -163,6 +163,7 @@ pub(crate) fn get_message(
         max_count
     };
     let limit = log.write_offset();
+    let mut cursor = ReadCursor::default();
     let mut messages = Vec::with_capacity(max_count.min(64));
     let mut bytes = 0usize;
     let mut next = offset;
@@ -182,7 +183,7 @@ pub(crate) fn get_message(
             if filter.is_some_and(|f| !f.matches_hash(entry.tag_hash)) {
                 continue;
             }
-            let Some(msg) = log.read(entry.physical_offset, limit)? else {
+            let Some(msg) = log.read_with(&mut cursor, entry.physical_offset, limit)? else {
                 continue; // no longer in the log
             };
             if filter.is_some_and(|f| !f.matches(msg.tags())) {

@@ -61,8 +61,8 @@ pub use flush::PutFuture;
 pub use get::{GetResult, GetStatus, TagFilter};
 pub use io_hook::IoHook;
 pub use message::{
-    KEY_SEPARATOR, Message, MessageId, PROPERTY_KEYS, PROPERTY_TAGS, PutResult, PutStatus,
-    StoredMessage,
+    KEY_SEPARATOR, Message, MessageId, PROPERTY_KEYS, PROPERTY_TAGS, Properties, PutResult,
+    PutStatus, StoredMessage,
 };
 pub use store::MessageStore;
 

@@ -187,14 +187,57 @@ pub struct StoredMessage {
     pub body: Bytes,
     /// Topic name.
     pub topic: String,
-    /// Properties in stored order.
-    pub properties: Vec<(String, String)>,
+    /// Properties in stored order, read in place.
+    pub properties: Properties,
+}
+
+/// The properties of a stored record, read in place from the record's bytes (no copy, no
+/// allocation). Always well-formed: decoding refuses records whose properties are not.
+#[derive(Clone, PartialEq, Eq, Default)]
+pub struct Properties {
+    raw: Bytes,
+}
+
+impl Properties {
+    /// Wraps raw `name\x01value\x02…` bytes, checking they are well-formed.
+    pub fn from_raw(raw: Bytes) -> Option<Properties> {
+        format::properties_well_formed(&raw).then_some(Properties { raw })
+    }
+
+    /// The raw stored bytes.
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.raw
+    }
+
+    /// `(name, value)` pairs in stored order.
+    pub fn iter(&self) -> impl Iterator<Item = (&str, &str)> {
+        std::str::from_utf8(&self.raw)
+            .unwrap_or_default()
+            .split(format::PROPERTY_SEPARATOR as char)
+            .filter_map(|pair| pair.split_once(format::NAME_VALUE_SEPARATOR as char))
+    }
+
+    /// The value of a property.
+    pub fn get(&self, name: &str) -> Option<&str> {
+        self.iter().find(|(n, _)| *n == name).map(|(_, v)| v)
+    }
+
+    /// Whether there are no properties.
+    pub fn is_empty(&self) -> bool {
+        self.raw.is_empty()
+    }
+}
+
+impl fmt::Debug for Properties {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_map().entries(self.iter()).finish()
+    }
 }
 
 impl StoredMessage {
     /// The value of a property.
     pub fn property(&self, name: &str) -> Option<&str> {
-        find_property(&self.properties, name)
+        self.properties.get(name)
     }
 
     /// The tags, if any.

@@ -172,7 +172,8 @@ fn invalid_configs_and_offsets_are_refused() {
     assert!(store.lookup_message(u64::MAX).unwrap().is_none());
 }
 
-/// Stalls file creation until released, so a roll holds the put lock.
+/// Stalls the creation of the next commit-log file until released, so a roll holds the
+/// put lock.
 struct StallCreate {
     armed: AtomicBool,
     stalled: Sender<()>,
@@ -180,8 +181,9 @@ struct StallCreate {
 }
 
 impl IoHook for StallCreate {
-    fn before_create(&self, _path: &Path) -> io::Result<()> {
-        if self.armed.swap(false, Ordering::SeqCst) {
+    fn before_create(&self, path: &Path) -> io::Result<()> {
+        let commit_log = path.parent().is_some_and(|p| p.ends_with("commitlog"));
+        if commit_log && self.armed.swap(false, Ordering::SeqCst) {
             let _ = self.stalled.send(());
             let _ = self.release.recv();
         }

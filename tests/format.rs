@@ -231,7 +231,9 @@ proptest! {
         prop_assert_eq!(&d.topic, &msg.topic);
         prop_assert_eq!(d.queue_id, msg.queue_id);
         prop_assert_eq!(&d.body, &msg.body);
-        prop_assert_eq!(&d.properties, &msg.properties);
+        let props: Vec<(String, String)> =
+            d.properties.iter().map(|(k, v)| (k.to_owned(), v.to_owned())).collect();
+        prop_assert_eq!(&props, &msg.properties);
         prop_assert_eq!(d.born_host, msg.born_host);
         prop_assert_eq!(d.store_host, store);
         prop_assert_eq!(d.flag, msg.flag);

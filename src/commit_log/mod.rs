@@ -35,6 +35,13 @@ pub(crate) struct Appended {
     pub count: u32,
 }
 
+/// A reader's view of one file, kept between reads.
+#[derive(Default)]
+pub(crate) struct ReadCursor {
+    view: Option<(u64, bytes::Bytes)>,
+    limit: u64,
+}
+
 /// What only the holder of the put lock may touch.
 struct AppendState {
     writer: FileWriter,
@@ -331,25 +338,43 @@ impl CommitLog {
 
     /// The record at `offset`, if one starts there below `limit`.
     pub(crate) fn read(&self, offset: u64, limit: u64) -> Result<Option<StoredMessage>> {
+        self.read_with(&mut ReadCursor::default(), offset, limit)
+    }
+
+    /// [`CommitLog::read`] reusing the file view held by `cursor`, so reading many records
+    /// of one file costs one file lookup.
+    pub(crate) fn read_with(
+        &self,
+        cursor: &mut ReadCursor,
+        offset: u64,
+        limit: u64,
+    ) -> Result<Option<StoredMessage>> {
         if offset >= limit || offset < self.min_offset() {
             return Ok(None);
         }
-        let Some(file) = self.files.find(offset) else {
-            return Ok(None);
+        let covers = |c: &ReadCursor| {
+            c.view.as_ref().is_some_and(|(start, bytes)| {
+                offset >= *start && offset < *start + bytes.len() as u64
+            }) && c.limit == limit
         };
-        let pos = (offset - file.start_offset()) as usize;
-        let visible = (limit - file.start_offset()).min(file.write_pos() as u64) as usize;
-        let Some(rest) = visible
-            .checked_sub(pos)
-            .and_then(|len| file.slice(pos, len))
-        else {
-            return Ok(None);
-        };
-        let size = match format::peek(&rest, offset)? {
+        if !covers(cursor) {
+            let Some(file) = self.files.find(offset) else {
+                return Ok(None);
+            };
+            let visible = (limit - file.start_offset()).min(file.write_pos() as u64) as usize;
+            cursor.view = file.slice(0, visible).map(|b| (file.start_offset(), b));
+            cursor.limit = limit;
+            if !covers(cursor) {
+                return Ok(None);
+            }
+        }
+        let (start, bytes) = cursor.view.as_ref().expect("covers() checked it");
+        let pos = (offset - start) as usize;
+        let size = match format::peek(&bytes[pos..], offset)? {
             Peek::Record { size } => size,
             Peek::Blank | Peek::Empty => return Ok(None),
         };
-        let msg = format::decode(&rest.slice(..size), offset, false)?;
+        let msg = format::decode(&bytes.slice(pos..pos + size), offset, false)?;
         if msg.physical_offset != offset {
             return Err(Error::corrupted(offset, "no record starts here"));
         }
