@@ -171,7 +171,9 @@ fn after_a_clean_exit_a_damaged_record_refuses_the_open_instead_of_dropping_data
     file.write_all_at(&[0xEE], at).unwrap();
     drop(file);
 
-    let err = MessageStore::open(config(dir.path(), sync_mode())).unwrap_err();
+    // Without the CRC check a clean reopen trusts bodies; with it, it refuses the open.
+    let err = MessageStore::open(config(dir.path(), sync_mode()).verify_crc_on_clean_open(true))
+        .unwrap_err();
     match err {
         Error::Corrupted { offset, .. } => assert_eq!(offset, victim.physical_offset),
         other => panic!("unexpected {other}"),

@@ -105,7 +105,13 @@ impl CommitLog {
                 sink.begin(0)?;
                 (writer, 0)
             }
-            false => reopen::scan_and_truncate(&mut loaded, clean, recovery_point, sink)?,
+            false => reopen::scan_and_truncate(
+                &mut loaded,
+                clean,
+                recovery_point,
+                config.verify_crc_on_clean_open,
+                sink,
+            )?,
         };
         let files = MappedFileQueue::new(file_size);
         for file in loaded {

@@ -34,6 +34,7 @@ fn scan_file(
     file: &Arc<MappedFile>,
     sink: &mut dyn RecoverySink,
     last_ts: &mut i64,
+    check_crc: bool,
 ) -> Result<(usize, Stop)> {
     let start = file.start_offset();
     let bytes = file
@@ -53,7 +54,7 @@ fn scan_file(
             Ok(v) => v,
             Err(e) => return Ok((pos, Stop::Invalid(e))),
         };
-        if !view.crc_ok() {
+        if check_crc && !view.crc_ok() {
             return Ok((
                 pos,
                 Stop::Invalid(Error::corrupted(offset, "body CRC mismatch")),
@@ -113,6 +114,7 @@ pub(super) fn scan_and_truncate(
     files: &mut Vec<Arc<MappedFile>>,
     clean: bool,
     recovery_point: Option<i64>,
+    check_crc: bool,
     sink: &mut dyn RecoverySink,
 ) -> Result<(FileWriter, i64)> {
     let first = if clean {
@@ -131,7 +133,7 @@ pub(super) fn scan_and_truncate(
     let mut end = None;
     for (i, file) in files.iter().enumerate().skip(first) {
         let last = i + 1 == files.len();
-        let (pos, stop) = scan_file(file, sink, &mut last_ts)?;
+        let (pos, stop) = scan_file(file, sink, &mut last_ts, check_crc || !clean)?;
         if !clean {
             // What a crashed process left in the page cache becomes durable before the
             // checkpoint or any reader relies on it.
