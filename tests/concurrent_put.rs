@@ -75,3 +75,20 @@ fn concurrent_puts_get_dense_offsets_and_ordered_store_times() {
         }
     }
 }
+
+#[test]
+fn the_store_and_its_results_cross_threads() {
+    fn send_sync<T: Send + Sync>() {}
+    fn send<T: Send>() {}
+    send_sync::<rocketstore::MessageStore>();
+    send_sync::<rocketstore::StoredMessage>();
+    send::<rocketstore::PutFuture>();
+    // A message read on one thread can be held on another after the store is gone.
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path(), async_mode());
+    let put = store.put_message(&message("X", 0, "x", 0)).unwrap();
+    let msg = store.lookup_message(put.physical_offset).unwrap().unwrap();
+    drop(store);
+    let held = std::thread::spawn(move || msg.body.clone()).join().unwrap();
+    assert_eq!(held, common::body("x", 0));
+}
