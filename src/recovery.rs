@@ -83,6 +83,8 @@ struct QueueRebuild<'a> {
     start_offset: u64,
     records: u64,
     scanned_bytes: u64,
+    /// Verify mode: the last record seen (topic, queue id, queue offset, its entry).
+    last: (String, u32, u64, Option<CqEntry>),
 }
 
 impl<'a> QueueRebuild<'a> {
@@ -96,6 +98,7 @@ impl<'a> QueueRebuild<'a> {
             start_offset: 0,
             records: 0,
             scanned_bytes: 0,
+            last: (String::new(), 0, 0, None),
         }
     }
 }
@@ -122,15 +125,18 @@ impl RecoverySink for QueueRebuild<'_> {
         }
         let queues = self.queues.as_ref().expect("begin() comes first");
         if self.mode == Mode::Verify {
-            let expected = CqEntry {
+            // Records are indexed in log order and a clean exit drains the dispatch, so
+            // checking the last record's entry (in `file_done`) proves them all.
+            let last = &mut self.last;
+            last.0.clear();
+            last.0.push_str(view.topic);
+            last.1 = view.queue_id;
+            last.2 = view.queue_offset;
+            last.3 = Some(CqEntry {
                 physical_offset: view.physical_offset,
                 size: view.total_size,
                 tag_hash: format::tag_hash(format::find_tags(view.properties)),
-            };
-            let indexed = queues
-                .get(view.topic, view.queue_id)
-                .and_then(|q| q.entry(view.queue_offset));
-            self.mismatch = indexed != Some(expected);
+            });
             return Ok(true);
         }
         match index_record(queues, view) {
@@ -148,7 +154,18 @@ impl RecoverySink for QueueRebuild<'_> {
     }
 
     fn file_done(&mut self, last_store_timestamp: i64) -> Result<()> {
-        if self.mode == Mode::Verify || self.mismatch {
+        if self.mode == Mode::Verify {
+            let (topic, queue_id, queue_offset, expected) = &self.last;
+            if let Some(expected) = expected {
+                let queue = self.queues.as_ref().expect("begin() comes first");
+                let queue = queue.get(topic, *queue_id);
+                let indexed = queue.as_ref().and_then(|q| q.entry(*queue_offset));
+                let at_end = queue.is_some_and(|q| q.max_offset() == queue_offset + 1);
+                self.mismatch = indexed.as_ref() != Some(expected) || !at_end;
+            }
+            return Ok(());
+        }
+        if self.mismatch {
             return Ok(());
         }
         // Progress survives a crash during recovery: the next one starts here.

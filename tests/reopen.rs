@@ -236,3 +236,27 @@ fn after_an_unclean_exit_a_missing_blank_record_ends_the_log_there() {
     let next = store.put_message(&message("R", 0, "r", 0)).unwrap();
     assert_eq!(next.queue_offset, first_in_second as u64);
 }
+
+#[test]
+fn lost_consume_queues_are_rebuilt_from_the_log() {
+    let dir = tempfile::tempdir().unwrap();
+    let puts = {
+        let store = open(dir.path(), sync_mode());
+        fill(&store, 300)
+    };
+    fs::remove_dir_all(dir.path().join("consumequeue")).unwrap();
+    let store = open(dir.path(), sync_mode());
+    assert_eq!(store.max_offset_in_queue("R", 0), 300);
+    let g = store.get_message("R", 0, 0, 300).unwrap();
+    assert_eq!(g.messages.len(), 300);
+    for (m, p) in g.messages.iter().zip(&puts) {
+        assert_eq!(m.physical_offset, p.physical_offset);
+    }
+    assert_eq!(
+        store
+            .put_message(&message("R", 0, "r", 300))
+            .unwrap()
+            .queue_offset,
+        300
+    );
+}
