@@ -153,6 +153,9 @@ impl Dispatcher {
     }
 }
 
+/// Longest the dispatch thread sleeps while appends may be arriving unannounced.
+const POLL: Duration = Duration::from_millis(1);
+
 fn run(s: &Shared) {
     let mut last_flush = Instant::now();
     loop {
@@ -176,13 +179,14 @@ fn run(s: &Shared) {
                 return;
             }
         }
-        // Nothing new: sleep until a put or flush wakes us, or the next flush is due.
+        // Nothing new: sleep until a flush or a waiting reader wakes us, or for at most
+        // POLL (appends under async flush are picked up by polling).
         s.wakeup.sleeping.store(true, Ordering::Release);
         if readable_end(s) <= s.dispatched.load(Ordering::Acquire)
             && !s.stop.load(Ordering::Acquire)
         {
             let wait = s.flush_interval.saturating_sub(last_flush.elapsed());
-            std::thread::park_timeout(wait.max(Duration::from_millis(1)));
+            std::thread::park_timeout(wait.clamp(Duration::from_micros(50), POLL));
         }
         s.wakeup.sleeping.store(false, Ordering::Release);
     }
