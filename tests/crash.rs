@@ -37,20 +37,6 @@ fn mode_named(name: &str) -> FlushMode {
     }
 }
 
-/// A small deterministic generator (xorshift64*), seeded per round.
-struct Rng(u64);
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n.max(1)
-    }
-}
-
 fn child_body(seed: u64, producer: u64, i: u64) -> Bytes {
     let mut rng = Rng(seed ^ (producer << 32) ^ i ^ 0x9E37_79B9_7F4A_7C15);
     let len = 16 + rng.below(2000) as usize;

@@ -2,18 +2,11 @@
 
 mod common;
 
-use std::io;
-use std::path::Path;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
 use common::*;
-use crossbeam_channel::{Receiver, Sender};
-use rocketstore::{
-    FlushMode, GetStatus, IoHook, Message, MessageStore, PutResult, StoreConfig, TagFilter,
-};
+use rocketstore::{FlushMode, GetStatus, Message, MessageStore, PutResult, StoreConfig, TagFilter};
 
 const WAIT: Duration = Duration::from_secs(30);
 
@@ -198,33 +191,10 @@ fn consume_queue_entries_have_rocketmq_layout() {
     assert_eq!(&bytes[40..60], &[0u8; 20]);
 }
 
-/// Blocks syncs while armed, reporting each.
-struct StallSync {
-    armed: AtomicBool,
-    stalled: Sender<()>,
-    release: Receiver<()>,
-}
-
-impl IoHook for StallSync {
-    fn before_sync(&self, _path: &Path) -> io::Result<()> {
-        if self.armed.load(Ordering::SeqCst) {
-            let _ = self.stalled.send(());
-            let _ = self.release.recv();
-        }
-        Ok(())
-    }
-}
-
 #[test]
 fn under_sync_flush_readers_never_see_unflushed_messages() {
     let dir = tempfile::tempdir().unwrap();
-    let (stalled_tx, stalled_rx) = crossbeam_channel::unbounded();
-    let (release_tx, release_rx) = crossbeam_channel::unbounded();
-    let hook = Arc::new(StallSync {
-        armed: AtomicBool::new(false),
-        stalled: stalled_tx,
-        release: release_rx,
-    });
+    let hook = StallSync::new(false);
     let store = MessageStore::open(
         StoreConfig::new(dir.path())
             .commit_log_file_size(SMALL_FILE)
@@ -237,10 +207,10 @@ fn under_sync_flush_readers_never_see_unflushed_messages() {
     let first = store.put_message(&message("U", 0, "u", 0)).unwrap();
     assert!(first.is_ok());
     assert!(store.wait_dispatched(first.physical_offset, WAIT));
-    hook.armed.store(true, Ordering::SeqCst);
+    hook.arm();
     let second = store.put_message(&message("U", 0, "u", 1)).unwrap();
     assert_eq!(second.status, rocketstore::PutStatus::FlushDiskTimeout);
-    stalled_rx.recv().unwrap();
+    hook.wait_stalled();
     // Written but not durable: neither indexed nor readable.
     assert!(!store.wait_dispatched(second.physical_offset, Duration::from_millis(50)));
     assert_eq!(store.max_offset_in_queue("U", 0), 1);
@@ -254,8 +224,7 @@ fn under_sync_flush_readers_never_see_unflushed_messages() {
         store.get_message("U", 0, 1, 32).unwrap().status,
         GetStatus::OffsetOverflowOne
     );
-    hook.armed.store(false, Ordering::SeqCst);
-    release_tx.send(()).unwrap();
+    hook.release();
     assert!(store.wait_dispatched(second.physical_offset, WAIT));
     assert_eq!(
         store.get_message("U", 0, 1, 32).unwrap().messages[0].body,

@@ -10,7 +10,6 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use common::*;
-use crossbeam_channel::{Receiver, Sender};
 use rocketstore::{Error, FlushMode, IoHook, MessageStore, PutStatus};
 
 #[test]
@@ -35,50 +34,25 @@ fn an_acknowledged_put_is_within_the_flushed_offset() {
     assert_eq!(store.flushed_physical_offset(), store.max_physical_offset());
 }
 
-/// Blocks every sync until the test lets it go.
-struct StallSync {
-    stalled: Sender<()>,
-    release: Receiver<()>,
-    armed: AtomicBool,
-}
-
-impl IoHook for StallSync {
-    fn before_sync(&self, _path: &Path) -> io::Result<()> {
-        if self.armed.load(Ordering::SeqCst) {
-            let _ = self.stalled.send(());
-            let _ = self.release.recv();
-        }
-        Ok(())
-    }
+/// A sync store whose flushes stall in `hook` (armed) and time out after 50 ms.
+fn open_stalled(dir: &Path) -> (MessageStore, Arc<StallSync>) {
+    let hook = StallSync::new(true);
+    let mode = FlushMode::Sync {
+        timeout: Duration::from_millis(50),
+    };
+    let store = MessageStore::open(config(dir, mode).io_hook(hook.clone())).unwrap();
+    (store, hook)
 }
 
 #[test]
 fn a_stalled_flush_gives_flush_disk_timeout_then_recovers() {
     let dir = tempfile::tempdir().unwrap();
-    let (stalled_tx, stalled_rx) = crossbeam_channel::unbounded();
-    let (release_tx, release_rx) = crossbeam_channel::unbounded();
-    let hook = Arc::new(StallSync {
-        stalled: stalled_tx,
-        release: release_rx,
-        armed: AtomicBool::new(true),
-    });
-    let store = MessageStore::open(
-        config(
-            dir.path(),
-            FlushMode::Sync {
-                timeout: Duration::from_millis(50),
-            },
-        )
-        .io_hook(hook.clone()),
-    )
-    .unwrap();
+    let (store, hook) = open_stalled(dir.path());
     let put = store.put_message(&message("T", 0, "t", 0)).unwrap();
     assert_eq!(put.status, PutStatus::FlushDiskTimeout);
-    stalled_rx.recv().unwrap(); // the flush really was stuck in sync
+    hook.wait_stalled(); // the flush really was stuck in sync
     assert!(store.flushed_physical_offset() < put.end_offset());
-
-    hook.armed.store(false, Ordering::SeqCst);
-    release_tx.send(()).unwrap();
+    hook.release();
     let next = store.put_message(&message("T", 0, "t", 1)).unwrap();
     assert_eq!(next.status, PutStatus::Ok);
     assert_eq!(next.queue_offset, 1);
@@ -189,28 +163,11 @@ fn put_message_async_under_a_minimal_executor() {
 #[test]
 fn put_message_async_times_out_like_put_message() {
     let dir = tempfile::tempdir().unwrap();
-    let (stalled_tx, stalled_rx) = crossbeam_channel::unbounded();
-    let (release_tx, release_rx) = crossbeam_channel::unbounded();
-    let hook = Arc::new(StallSync {
-        stalled: stalled_tx,
-        release: release_rx,
-        armed: AtomicBool::new(true),
-    });
-    let store = MessageStore::open(
-        config(
-            dir.path(),
-            FlushMode::Sync {
-                timeout: Duration::from_millis(50),
-            },
-        )
-        .io_hook(hook.clone()),
-    )
-    .unwrap();
+    let (store, hook) = open_stalled(dir.path());
     let r = pollster::block_on(store.put_message_async(message("T", 0, "t", 0))).unwrap();
     assert_eq!(r.status, PutStatus::FlushDiskTimeout);
-    stalled_rx.recv().unwrap();
-    hook.armed.store(false, Ordering::SeqCst);
-    release_tx.send(()).unwrap();
+    hook.wait_stalled();
+    hook.release();
     let r = pollster::block_on(store.put_message_async(message("T", 0, "t", 1))).unwrap();
     assert_eq!(r.status, PutStatus::Ok);
 }

@@ -45,3 +45,67 @@ pub fn body(tag: &str, i: u64) -> Bytes {
 pub fn message(topic: &str, queue: u32, tag: &str, i: u64) -> Message {
     Message::new(topic, queue, body(tag, i)).with_keys([format!("k{i}")])
 }
+
+/// Blocks every commit-log or consume-queue sync while armed, until released.
+pub struct StallSync {
+    armed: std::sync::atomic::AtomicBool,
+    stalled: (
+        crossbeam_channel::Sender<()>,
+        crossbeam_channel::Receiver<()>,
+    ),
+    release: (
+        crossbeam_channel::Sender<()>,
+        crossbeam_channel::Receiver<()>,
+    ),
+}
+
+impl StallSync {
+    pub fn new(armed: bool) -> std::sync::Arc<Self> {
+        std::sync::Arc::new(StallSync {
+            armed: std::sync::atomic::AtomicBool::new(armed),
+            stalled: crossbeam_channel::unbounded(),
+            release: crossbeam_channel::unbounded(),
+        })
+    }
+
+    pub fn arm(&self) {
+        self.armed.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// Waits until a sync is stuck in the hook.
+    pub fn wait_stalled(&self) {
+        self.stalled.1.recv().unwrap();
+    }
+
+    /// Disarms the hook and lets the stuck sync go on.
+    pub fn release(&self) {
+        self.armed.store(false, std::sync::atomic::Ordering::SeqCst);
+        self.release.0.send(()).unwrap();
+    }
+}
+
+impl rocketstore::IoHook for StallSync {
+    fn before_sync(&self, _path: &Path) -> std::io::Result<()> {
+        if self.armed.load(std::sync::atomic::Ordering::SeqCst) {
+            let _ = self.stalled.0.send(());
+            let _ = self.release.1.recv();
+        }
+        Ok(())
+    }
+}
+
+/// A small deterministic generator (xorshift64*) for randomised tests with a printed seed.
+pub struct Rng(pub u64);
+
+impl Rng {
+    pub fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.next() % n.max(1)
+    }
+}
