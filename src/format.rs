@@ -5,6 +5,7 @@
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
 use std::str;
+use std::sync::Arc;
 
 use bytes::Bytes;
 
@@ -523,12 +524,31 @@ pub fn properties_well_formed(raw: &[u8]) -> bool {
 /// Decodes the record at the start of `record` into a [`StoredMessage`] whose body shares
 /// `record`'s memory. With `verify_crc`, a body whose CRC does not match is an error.
 pub fn decode(record: &Bytes, offset: u64, verify_crc: bool) -> Result<StoredMessage> {
-    let v = parse(record, offset)?;
-    // PROPERTIES is the last field of a record.
-    let props_start = v.total_size as usize - v.properties.len();
+    decode_at(record, 0, offset, verify_crc, None)
+}
+
+/// Decodes the record at `pos` in `buf` (a view of a file, say) without copying: body and
+/// properties are slices of `buf`. When the record's topic equals `topic_hint`, the
+/// message shares that `Arc` instead of allocating its own.
+pub fn decode_at(
+    buf: &Bytes,
+    pos: usize,
+    offset: u64,
+    verify_crc: bool,
+    topic_hint: Option<&Arc<str>>,
+) -> Result<StoredMessage> {
+    let v = parse(buf.get(pos..).unwrap_or_default(), offset)?;
     if verify_crc && !v.crc_ok() {
         return Err(Error::corrupted(offset, "body CRC mismatch"));
     }
+    // PROPERTIES is the last field of a record.
+    let end = pos + v.total_size as usize;
+    let properties = Properties::from_raw(buf.slice(end - v.properties.len()..end))
+        .ok_or_else(|| Error::corrupted(offset, "malformed properties"))?;
+    let topic = match topic_hint {
+        Some(t) if **t == *v.topic => Arc::clone(t),
+        _ => Arc::from(v.topic),
+    };
     Ok(StoredMessage {
         total_size: v.total_size,
         version: v.version,
@@ -544,10 +564,9 @@ pub fn decode(record: &Bytes, offset: u64, verify_crc: bool) -> Result<StoredMes
         store_host: v.store_host,
         reconsume_times: v.reconsume_times,
         prepared_transaction_offset: v.prepared_transaction_offset,
-        body: record.slice(v.body.0..v.body.1),
-        topic: v.topic.to_owned(),
-        properties: Properties::from_raw(record.slice(props_start..v.total_size as usize))
-            .ok_or_else(|| Error::corrupted(offset, "malformed properties"))?,
+        body: buf.slice(pos + v.body.0..pos + v.body.1),
+        topic,
+        properties,
     })
 }
 

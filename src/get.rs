@@ -164,6 +164,7 @@ pub(crate) fn get_message(
     };
     let limit = log.write_offset();
     let mut cursor = ReadCursor::default();
+    let topic_arc: std::sync::Arc<str> = std::sync::Arc::from(topic);
     let mut messages = Vec::with_capacity(max_count.min(64));
     let mut bytes = 0usize;
     let mut next = offset;
@@ -183,7 +184,9 @@ pub(crate) fn get_message(
             if filter.is_some_and(|f| !f.matches_hash(entry.tag_hash)) {
                 continue;
             }
-            let Some(msg) = log.read_with(&mut cursor, entry.physical_offset, limit)? else {
+            let Some(msg) =
+                log.read_with(&mut cursor, entry.physical_offset, limit, Some(&topic_arc))?
+            else {
                 continue; // no longer in the log
             };
             if filter.is_some_and(|f| !f.matches(msg.tags())) {

@@ -185,8 +185,8 @@ pub struct StoredMessage {
     pub prepared_transaction_offset: i64,
     /// The body, without a copy.
     pub body: Bytes,
-    /// Topic name.
-    pub topic: String,
+    /// Topic name (shared by the messages of one `get_message` call).
+    pub topic: std::sync::Arc<str>,
     /// Properties in stored order, read in place.
     pub properties: Properties,
 }

@@ -64,7 +64,7 @@ fn golden_v1_ipv4() {
 
     let decoded = format::decode(&Bytes::from(expected), 4096, true).unwrap();
     assert_eq!(decoded.version, 1);
-    assert_eq!(decoded.topic, "TopicA");
+    assert_eq!(&*decoded.topic, "TopicA");
     assert_eq!(decoded.queue_offset, 42);
     assert_eq!(decoded.born_host, born);
     assert_eq!(decoded.store_host, store);
@@ -151,7 +151,7 @@ fn golden_v2_long_topic() {
     assert_eq!(rec.as_bytes(), &expected[..]);
     let decoded = format::decode(&Bytes::from(expected), 2, true).unwrap();
     assert_eq!(decoded.version, 2);
-    assert_eq!(decoded.topic, topic);
+    assert_eq!(&*decoded.topic, topic.as_str());
     assert_eq!(u32::from_be_bytes([0xDA, 0xA3, 0x20, 0xAB]), MAGIC_V2);
     assert_ne!(MAGIC_V1, MAGIC_V2);
 }
@@ -228,7 +228,7 @@ proptest! {
         let d = format::decode(&Bytes::copy_from_slice(rec.as_bytes()), 0, true).unwrap();
         prop_assert_eq!(d.total_size as usize, rec.len());
         prop_assert_eq!(d.version, if msg.topic.len() > 127 { 2 } else { 1 });
-        prop_assert_eq!(&d.topic, &msg.topic);
+        prop_assert_eq!(&*d.topic, msg.topic.as_str());
         prop_assert_eq!(d.queue_id, msg.queue_id);
         prop_assert_eq!(&d.body, &msg.body);
         let props: Vec<(String, String)> =

@@ -351,7 +351,7 @@ impl CommitLog {
 
     /// The record at `offset`, if one starts there below `limit`.
     pub(crate) fn read(&self, offset: u64, limit: u64) -> Result<Option<StoredMessage>> {
-        self.read_with(&mut ReadCursor::default(), offset, limit)
+        self.read_with(&mut ReadCursor::default(), offset, limit, None)
     }
 
     /// [`CommitLog::read`] reusing the file view held by `cursor`, so reading many records
@@ -361,6 +361,7 @@ impl CommitLog {
         cursor: &mut ReadCursor,
         offset: u64,
         limit: u64,
+        topic_hint: Option<&Arc<str>>,
     ) -> Result<Option<StoredMessage>> {
         if offset >= limit || offset < self.min_offset() {
             return Ok(None);
@@ -383,11 +384,12 @@ impl CommitLog {
         }
         let (start, bytes) = cursor.view.as_ref().expect("covers() checked it");
         let pos = (offset - start) as usize;
-        let size = match format::peek(&bytes[pos..], offset)? {
-            Peek::Record { size } => size,
+        // The peek checks the record's size fits in the view before decoding it.
+        match format::peek(&bytes[pos..], offset)? {
+            Peek::Record { .. } => {}
             Peek::Blank | Peek::Empty => return Ok(None),
-        };
-        let msg = format::decode(&bytes.slice(pos..pos + size), offset, false)?;
+        }
+        let msg = format::decode_at(bytes, pos, offset, false, topic_hint)?;
         if msg.physical_offset != offset {
             return Err(Error::corrupted(offset, "no record starts here"));
         }
