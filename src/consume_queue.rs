@@ -241,3 +241,46 @@ impl ConsumeQueue {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(i: u64) -> CqEntry {
+        CqEntry {
+            physical_offset: i * 100,
+            size: 100,
+            tag_hash: i as i64,
+        }
+    }
+
+    #[test]
+    fn put_is_idempotent_and_refuses_gaps_and_conflicts() {
+        let dir = tempfile::tempdir().unwrap();
+        let q = ConsumeQueue::new(dir.path().join("T/0"), 5 * CQ_ENTRY_LEN as u64, None);
+        for i in 0..12 {
+            assert_eq!(q.put(i, entry(i)).unwrap(), Indexed::Appended);
+        }
+        // Re-dispatching indexed records writes nothing.
+        assert_eq!(q.put(3, entry(3)).unwrap(), Indexed::AlreadyIndexed);
+        assert_eq!(q.max_offset(), 12);
+        assert!(
+            q.put(3, entry(4)).is_err(),
+            "a different entry at an indexed offset"
+        );
+        assert!(q.put(14, entry(14)).is_err(), "a gap");
+        assert_eq!(q.entries(4, 10), (4..5).map(entry).collect::<Vec<_>>());
+        assert_eq!(q.entry(11), Some(entry(11)));
+        q.flush().unwrap();
+        drop(q);
+
+        // Reopened: the end is found again; with keep_below, later entries are dropped.
+        let q = ConsumeQueue::load(dir.path().join("T/0"), 100, None, None).unwrap();
+        assert_eq!(q.max_offset(), 12);
+        drop(q);
+        let q = ConsumeQueue::load(dir.path().join("T/0"), 100, None, Some(700)).unwrap();
+        assert_eq!(q.max_offset(), 7);
+        assert_eq!(q.entry(7), None);
+        assert_eq!(q.put(7, entry(7)).unwrap(), Indexed::Appended);
+    }
+}
