@@ -136,7 +136,8 @@ impl Dispatcher {
         true
     }
 
-    /// Indexes what is left, flushes the queues and the checkpoint, stops the thread.
+    /// Indexes what is left, flushes the queues and the checkpoint, stops the thread. Fails
+    /// when that last round failed (the next open then recovers as after a crash).
     pub(crate) fn shutdown(&self) -> Result<()> {
         self.shared.stop.store(true, Ordering::Release);
         if let Some(t) = self.shared.wakeup.thread.get() {
@@ -152,6 +153,9 @@ impl Dispatcher {
         }
     }
 }
+
+/// Pause before retrying after a failed dispatch or queue flush.
+const RETRY: Duration = Duration::from_millis(100);
 
 /// Longest the dispatch thread sleeps while appends may be arriving unannounced.
 const POLL: Duration = Duration::from_millis(1);
@@ -169,14 +173,31 @@ fn run(s: &Shared) {
             Ok(progressed)
         });
         match result {
-            Ok(_) if stopping => return,
-            Ok(true) => continue,
-            Ok(false) => {}
-            Err(e) => {
-                log::error!("dispatch stopped: {e}");
-                *s.failure.lock() = Some(e.to_string());
-                s.progressed.notify_all();
+            Ok(_) if stopping => {
+                *s.failure.lock() = None;
                 return;
+            }
+            Ok(progressed) => {
+                *s.failure.lock() = None;
+                if progressed {
+                    continue;
+                }
+            }
+            Err(e) => {
+                // A full disk or a failed sync may pass: retry after a pause. Indexing is
+                // idempotent, so records indexed before the failure are simply found again.
+                let mut failure = s.failure.lock();
+                if failure.is_none() {
+                    log::error!("dispatch failed, retrying every {RETRY:?}: {e}");
+                }
+                *failure = Some(e.to_string());
+                drop(failure);
+                s.progressed.notify_all();
+                if stopping {
+                    return;
+                }
+                std::thread::park_timeout(RETRY);
+                continue;
             }
         }
         // Nothing new: sleep until a flush or a waiting reader wakes us, or for at most

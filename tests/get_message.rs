@@ -231,3 +231,37 @@ fn under_sync_flush_readers_never_see_unflushed_messages() {
         body("u", 1)
     );
 }
+
+/// Fails the creation of consume-queue files while armed.
+struct FailQueueCreate(std::sync::atomic::AtomicBool);
+
+impl rocketstore::IoHook for FailQueueCreate {
+    fn before_create(&self, path: &std::path::Path) -> std::io::Result<()> {
+        let queue_file = path.components().any(|c| c.as_os_str() == "consumequeue");
+        if queue_file && self.0.load(std::sync::atomic::Ordering::SeqCst) {
+            return Err(std::io::Error::other("injected: no space for a queue file"));
+        }
+        Ok(())
+    }
+}
+
+#[test]
+fn dispatch_retries_after_a_failure_and_loses_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let hook = std::sync::Arc::new(FailQueueCreate(true.into()));
+    let store = MessageStore::open(config(dir.path(), async_mode()).io_hook(hook.clone())).unwrap();
+    let puts: Vec<_> = (0..50)
+        .map(|i| store.put_message(&message("Retry", 0, "r", i)).unwrap())
+        .collect();
+    // The commit log took every put; the queue cannot be created yet.
+    assert!(!store.wait_dispatched(puts[0].physical_offset, Duration::from_millis(300)));
+    assert_eq!(store.max_offset_in_queue("Retry", 0), 0);
+    hook.0.store(false, std::sync::atomic::Ordering::SeqCst);
+    assert!(store.wait_dispatched(puts[49].physical_offset, WAIT));
+    let g = store.get_message("Retry", 0, 0, 64).unwrap();
+    assert_eq!(g.messages.len(), 50);
+    for (m, p) in g.messages.iter().zip(&puts) {
+        assert_eq!(m.physical_offset, p.physical_offset);
+    }
+    store.shutdown().unwrap();
+}
