@@ -81,7 +81,15 @@ impl MessageStore {
                 config.root().display()
             );
         }
-        let recovered = recover(&config, lock.last_exit_clean())?;
+        let recovered = match recover(&config, lock.last_exit_clean()) {
+            Ok(r) => r,
+            Err(e) => {
+                // A refused open must not turn a clean store into a crashed one: the next
+                // attempt would then recover by cutting the log instead of refusing again.
+                let _ = lock.release(lock.last_exit_clean());
+                return Err(e);
+            }
+        };
         let log = Arc::new(recovered.log);
         let queues = Arc::new(recovered.queues);
         let flusher = Flusher::start(Arc::clone(&log), config.flush_mode)?;

@@ -178,6 +178,11 @@ fn after_a_clean_exit_a_damaged_record_refuses_the_open_instead_of_dropping_data
         Error::Corrupted { offset, .. } => assert_eq!(offset, victim.physical_offset),
         other => panic!("unexpected {other}"),
     }
+    // Refusing again and again: a failed open leaves the store as clean as it found it.
+    assert!(!dir.path().join("abort").exists());
+    assert!(
+        MessageStore::open(config(dir.path(), sync_mode()).verify_crc_on_clean_open(true)).is_err()
+    );
     // The documented way to accept the loss: mark the exit unclean and reopen.
     fs::write(dir.path().join("abort"), b"").unwrap();
     let store = open(dir.path(), sync_mode());
