@@ -1,5 +1,6 @@
-//! The dumper example against a real store: listing, JSON, summary, verify, damage.
-//! `cargo test` builds the examples; run alone, this test skips when the dumper is absent.
+//! The operator examples against real stores: the dumper (listing, JSON, summary, verify,
+//! damage) and the load generator (every mode ends verified). `cargo test` builds the
+//! examples; run alone, these tests skip when the examples are absent.
 
 mod common;
 
@@ -11,10 +12,45 @@ use std::process::Command;
 use common::*;
 use rocketstore::MessageStore;
 
-fn dumper() -> Option<PathBuf> {
+fn example(name: &str) -> Option<PathBuf> {
     let exe = std::env::current_exe().ok()?;
-    let path = exe.parent()?.parent()?.join("examples").join("dump");
+    let path = exe.parent()?.parent()?.join("examples").join(name);
     path.exists().then_some(path)
+}
+
+fn dumper() -> Option<PathBuf> {
+    example("dump")
+}
+
+#[test]
+fn load_generator_verifies_what_it_wrote_in_every_mode() {
+    let Some(load) = example("load") else {
+        println!("skipped: the load example is not built (run the whole `cargo test`)");
+        return;
+    };
+    for extra in [
+        &["--flush", "async"][..],
+        &["--flush", "sync", "--inflight", "16"],
+        &["--flush", "async", "--batch", "8"],
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        let out = Command::new(&load)
+            .args(["--dir", dir.path().to_str().unwrap(), "--count", "3000"])
+            .args(["--producers", "3", "--queues", "3", "--size", "300"])
+            .args(extra)
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8(out.stdout).unwrap();
+        assert!(out.status.success(), "{extra:?}: {stdout}");
+        assert!(stdout.contains("\"messages\":3000,"), "{extra:?}: {stdout}");
+        assert!(
+            stdout.trim_end().ends_with("\"verified\":true}"),
+            "{stdout}"
+        );
+        // The store is left for the dumper, and it verifies clean.
+        let (code, report) = run(&[dir.path().to_str().unwrap(), "--verify"]);
+        assert_eq!(code, 0, "{report}");
+    }
 }
 
 fn run(args: &[&str]) -> (i32, String) {

@@ -1,0 +1,259 @@
+//! Load generator, like RocketMQ's benchmark producer: puts from many threads, reports
+//! progress every second, ends with one JSON line, then reads everything back through the
+//! consume queues and verifies every body. Exits non-zero if any check fails.
+//!
+//! `cargo run --release --example load -- --seconds 10 --producers 4 --flush async`
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use clap::{Parser, ValueEnum};
+use rocketstore::{FlushMode, GetStatus, Message, MessageStore, PutStatus, StoreConfig};
+
+#[derive(Parser, Debug)]
+#[command(about = "Put load on a rocketstore and verify it reads back")]
+struct Args {
+    /// Store directory, left in place for the dumper (a temporary one when omitted).
+    #[arg(long)]
+    dir: Option<PathBuf>,
+    /// Body size in bytes.
+    #[arg(long, default_value_t = 1024)]
+    size: usize,
+    /// Messages to put in all (ignored with --seconds).
+    #[arg(long, default_value_t = 200_000)]
+    count: u64,
+    /// Put for this many seconds instead of a count.
+    #[arg(long)]
+    seconds: Option<u64>,
+    /// Producer threads.
+    #[arg(long, default_value_t = 4)]
+    producers: u32,
+    /// Queues of the topic; producers spread over them.
+    #[arg(long, default_value_t = 8)]
+    queues: u32,
+    /// Flush mode.
+    #[arg(long, value_enum, default_value_t = Flush::Async)]
+    flush: Flush,
+    /// Outstanding `put_message_async` futures per producer (0: blocking puts).
+    #[arg(long, default_value_t = 0)]
+    inflight: usize,
+    /// Messages per `put_messages` batch (1: single puts).
+    #[arg(long, default_value_t = 1)]
+    batch: usize,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum Flush {
+    Sync,
+    Async,
+}
+
+/// The body of message `n` of producer `p`: its identity, then filler.
+fn body(p: u32, n: u64, size: usize) -> Bytes {
+    let mut b = format!("{p}:{n}:").into_bytes();
+    b.resize(size.max(b.len()), b'a' + (n % 26) as u8);
+    Bytes::from(b)
+}
+
+fn main() {
+    let args = Args::parse();
+    match run(&args) {
+        Ok(true) => {}
+        Ok(false) => std::process::exit(1),
+        Err(e) => {
+            eprintln!("load: {e}");
+            std::process::exit(2);
+        }
+    }
+}
+
+fn run(args: &Args) -> Result<bool, Box<dyn std::error::Error>> {
+    let temp = tempfile::tempdir()?;
+    let dir = args.dir.clone().unwrap_or_else(|| temp.path().to_owned());
+    let mode = match args.flush {
+        Flush::Sync => FlushMode::sync(),
+        Flush::Async => FlushMode::default(),
+    };
+    let store = Arc::new(MessageStore::open(StoreConfig::new(&dir).flush_mode(mode))?);
+    let before: Vec<u64> = (0..args.queues)
+        .map(|q| store.max_offset_in_queue("Load", q))
+        .collect();
+    let done = Arc::new(AtomicU64::new(0));
+    let failed = Arc::new(AtomicBool::new(false));
+    let deadline = args
+        .seconds
+        .map(|s| Instant::now() + Duration::from_secs(s));
+    let per_producer = args.count.div_ceil(u64::from(args.producers));
+    let started = Instant::now();
+
+    let producers: Vec<_> = (0..args.producers)
+        .map(|p| {
+            let (store, done, failed) =
+                (Arc::clone(&store), Arc::clone(&done), Arc::clone(&failed));
+            let (size, queues, inflight, batch) =
+                (args.size, args.queues, args.inflight, args.batch.max(1));
+            std::thread::spawn(move || -> Vec<Duration> {
+                let mut latencies = Vec::new();
+                let mut pending = std::collections::VecDeque::new();
+                let mut n = 0u64;
+                let more = |n: u64| match deadline {
+                    Some(d) => Instant::now() < d,
+                    None => n < per_producer,
+                };
+                while more(n) && !failed.load(Ordering::Relaxed) {
+                    let queue = p % queues;
+                    let begin = Instant::now();
+                    let result = if inflight > 0 {
+                        pending.push_back((
+                            begin,
+                            store.put_message_async(Message::new("Load", queue, body(p, n, size))),
+                        ));
+                        n += 1;
+                        if pending.len() < inflight {
+                            continue;
+                        }
+                        let (begin, fut) = pending.pop_front().expect("non-empty");
+                        let r = pollster::block_on(fut);
+                        latencies.push(begin.elapsed());
+                        r.map(|r| (r.status, 1))
+                    } else if batch > 1 {
+                        let msgs: Vec<_> = (0..batch as u64)
+                            .map(|k| Message::new("Load", queue, body(p, n + k, size)))
+                            .collect();
+                        n += batch as u64;
+                        let r = store.put_messages(&msgs);
+                        latencies.push(begin.elapsed());
+                        r.map(|r| (r.status, batch as u64))
+                    } else {
+                        let r = store.put_message(&Message::new("Load", queue, body(p, n, size)));
+                        n += 1;
+                        latencies.push(begin.elapsed());
+                        r.map(|r| (r.status, 1))
+                    };
+                    match result {
+                        Ok((PutStatus::Ok, k)) => {
+                            done.fetch_add(k, Ordering::Relaxed);
+                        }
+                        Ok((status, _)) => {
+                            eprintln!("producer {p}: put not confirmed: {status:?}");
+                            failed.store(true, Ordering::Relaxed);
+                        }
+                        Err(e) => {
+                            eprintln!("producer {p}: {e}");
+                            failed.store(true, Ordering::Relaxed);
+                        }
+                    }
+                }
+                for (begin, fut) in pending {
+                    match pollster::block_on(fut) {
+                        Ok(r) if r.status == PutStatus::Ok => {
+                            done.fetch_add(1, Ordering::Relaxed);
+                        }
+                        other => {
+                            eprintln!("producer {p}: {other:?}");
+                            failed.store(true, Ordering::Relaxed);
+                        }
+                    }
+                    latencies.push(begin.elapsed());
+                }
+                latencies
+            })
+        })
+        .collect();
+
+    let mut last = 0;
+    while producers.iter().any(|h| !h.is_finished()) {
+        std::thread::sleep(Duration::from_millis(100));
+        if started.elapsed().as_secs() > last {
+            last = started.elapsed().as_secs();
+            let n = done.load(Ordering::Relaxed);
+            let rate = n as f64 / started.elapsed().as_secs_f64();
+            eprintln!(
+                "{last:>4}s {n:>10} msgs  {rate:>10.0} msg/s  {:>8.1} MB/s",
+                rate * args.size as f64 / 1e6
+            );
+        }
+    }
+    let mut latencies: Vec<Duration> = Vec::new();
+    for h in producers {
+        latencies.extend(h.join().map_err(|_| "a producer panicked")?);
+    }
+    let took = started.elapsed();
+    let total = done.load(Ordering::Relaxed);
+    latencies.sort();
+    let pct = |p: f64| {
+        latencies
+            .get(((latencies.len().max(1) - 1) as f64 * p) as usize)
+            .copied()
+            .unwrap_or_default()
+    };
+
+    // Read everything back through the consume queues and check every body.
+    let last_offset = store.max_physical_offset();
+    let mut ok = !failed.load(Ordering::Relaxed);
+    // Everything below the end of the log must become readable by queue.
+    if last_offset > 0 && !store.wait_dispatched(last_offset - 1, Duration::from_secs(60)) {
+        eprintln!("the log was not fully indexed within 60 s");
+        ok = false;
+    }
+    let read_started = Instant::now();
+    let mut read = 0u64;
+    for q in 0..args.queues {
+        let mut offset = before[q as usize];
+        loop {
+            let g = store.get_message("Load", q, offset, 32)?;
+            match g.status {
+                GetStatus::Found => {}
+                GetStatus::OffsetOverflowOne
+                | GetStatus::NoMatchedLogicQueue
+                | GetStatus::NoMessageInQueue => break,
+                other => {
+                    eprintln!("queue {q} at {offset}: {other:?}");
+                    ok = false;
+                    break;
+                }
+            }
+            for m in &g.messages {
+                let id = m
+                    .body
+                    .split(|&b| b == b':')
+                    .take(2)
+                    .map(|s| std::str::from_utf8(s).unwrap_or("?"))
+                    .collect::<Vec<_>>();
+                let good = id.len() == 2
+                    && m.crc_ok()
+                    && match (id[0].parse::<u32>(), id[1].parse::<u64>()) {
+                        (Ok(p), Ok(n)) => m.body == body(p, n, args.size),
+                        _ => false,
+                    };
+                if !good {
+                    eprintln!("queue {q} offset {}: body does not match", m.queue_offset);
+                    ok = false;
+                }
+                read += 1;
+            }
+            offset = g.next_offset;
+        }
+    }
+    let read_took = read_started.elapsed();
+    if read != total {
+        eprintln!("read back {read} messages, {total} were acknowledged");
+        ok = false;
+    }
+    println!(
+        "{{\"messages\":{total},\"seconds\":{:.3},\"msgs_per_s\":{:.0},\"mb_per_s\":{:.1},\"p50_us\":{:.1},\"p99_us\":{:.1},\"p999_us\":{:.1},\"max_us\":{:.1},\"read_msgs_per_s\":{:.0},\"verified\":{ok}}}",
+        took.as_secs_f64(),
+        total as f64 / took.as_secs_f64(),
+        total as f64 * args.size as f64 / took.as_secs_f64() / 1e6,
+        pct(0.50).as_secs_f64() * 1e6,
+        pct(0.99).as_secs_f64() * 1e6,
+        pct(0.999).as_secs_f64() * 1e6,
+        latencies.last().copied().unwrap_or_default().as_secs_f64() * 1e6,
+        read as f64 / read_took.as_secs_f64(),
+    );
+    store.shutdown()?;
+    Ok(ok)
+}
