@@ -1,5 +1,6 @@
 //! Put throughput: 100 B / 1 KiB / 4 KiB bodies, async and sync flush, 1 and 4 threads,
-//! and batches. `cargo bench --bench put`
+//! batches, `put_message_async` with many in flight, and file rolls.
+//! `cargo bench --bench put`
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -85,5 +86,66 @@ fn bench_batch(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, bench_put, bench_batch);
+/// `put_message_async` under sync flush with 64 futures outstanding from one thread: the
+/// group commit covers many puts per fdatasync.
+fn bench_async_inflight(c: &mut Criterion) {
+    let mut g = c.benchmark_group("put_async/sync");
+    g.sample_size(10).measurement_time(Duration::from_secs(5));
+    g.throughput(Throughput::Elements(1));
+    let body = Bytes::from(vec![b'x'; 1024]);
+    g.bench_function("1KiB_inflight64", |b| {
+        b.iter_custom(|iters| {
+            let (_dir, store) = store(FlushMode::sync());
+            let started = Instant::now();
+            let mut pending = std::collections::VecDeque::new();
+            for _ in 0..iters {
+                pending.push_back(store.put_message_async(Message::new(
+                    "Bench",
+                    0u32,
+                    body.clone(),
+                )));
+                if pending.len() >= 64 {
+                    pollster::block_on(pending.pop_front().unwrap()).unwrap();
+                }
+            }
+            for f in pending {
+                pollster::block_on(f).unwrap();
+            }
+            started.elapsed()
+        })
+    });
+    g.finish();
+}
+
+/// Puts into 64 KiB files, so a file roll every ~60 messages: what a roll costs when the
+/// next file is prepared in the background.
+fn bench_roll(c: &mut Criterion) {
+    let mut g = c.benchmark_group("roll/async");
+    g.sample_size(10).measurement_time(Duration::from_secs(5));
+    g.throughput(Throughput::Elements(1));
+    let body = Bytes::from(vec![b'x'; 1024]);
+    g.bench_function("1KiB_into_64KiB_files", |b| {
+        b.iter_custom(|iters| {
+            let dir = tempfile::tempdir().unwrap();
+            let store =
+                MessageStore::open(StoreConfig::new(dir.path()).commit_log_file_size(64 << 10))
+                    .unwrap();
+            let msg = Message::new("Bench", 0u32, body.clone());
+            let started = Instant::now();
+            for _ in 0..iters {
+                store.put_message(&msg).unwrap();
+            }
+            started.elapsed()
+        })
+    });
+    g.finish();
+}
+
+criterion_group!(
+    benches,
+    bench_put,
+    bench_batch,
+    bench_async_inflight,
+    bench_roll
+);
 criterion_main!(benches);
