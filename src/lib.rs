@@ -66,6 +66,10 @@ pub use message::{
 };
 pub use store::MessageStore;
 
+/// Measurement hooks for the benches; not part of the supported API.
+#[doc(hidden)]
+pub use mapped_file::probe;
+
 /// The README's examples, compiled as doc tests so the README stays true to the code.
 #[cfg(doctest)]
 #[doc = include_str!("../README.md")]

@@ -486,3 +486,37 @@ mod tests {
         assert_eq!(&on_disk[..5000], &[7u8; 5000][..]);
     }
 }
+
+/// Support for `benches/limits.rs`: the machine's copy bandwidth into a fresh or a
+/// pre-touched file mapping, measured through this layer's own create, warm and write.
+#[doc(hidden)]
+pub mod probe {
+    use std::path::Path;
+    use std::sync::Arc;
+    use std::sync::atomic::AtomicBool;
+    use std::time::{Duration, Instant};
+
+    use super::{FileWriter, MappedFile};
+    use crate::config::Warmup;
+    use crate::error::Result;
+
+    /// Creates a `size`-byte mapped file in `dir` (touching its pages first when `touched`)
+    /// and returns how long copying `chunk` repeatedly over the whole file took.
+    pub fn copy_into_mapping(
+        dir: &Path,
+        size: usize,
+        touched: bool,
+        chunk: &[u8],
+    ) -> Result<Duration> {
+        let mut file = MappedFile::create(dir, 0, size, None)?;
+        if touched {
+            file.warm(Warmup::Touch, &AtomicBool::new(false))?;
+        }
+        let mut writer = FileWriter::new(Arc::new(file), 0).expect("a new file has no other owner");
+        let started = Instant::now();
+        while writer.remaining() >= chunk.len() {
+            writer.write(chunk);
+        }
+        Ok(started.elapsed())
+    }
+}
