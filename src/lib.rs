@@ -4,15 +4,19 @@
 //!
 //! Messages are appended to one **commit log** made of fixed-size memory-mapped files, in
 //! RocketMQ's byte format. A **sync (group-commit)** or **async** flush thread, chosen in
-//! [`StoreConfig`], makes them durable.
+//! [`StoreConfig`], makes them durable. A dispatch thread indexes them in per-queue
+//! **consume queues**, through which [`MessageStore::get_message`] reads; after a crash,
+//! recovery from the checkpoint brings the log and the queues back in line.
 //!
 //! A message travels: [`MessageStore`] (facade) → `format` (encode, outside any lock) →
 //! `commit_log` (the put lock: offsets, store time, copy) → `mapped_file` → `flush`
-//! (group commit or timer) → the caller's acknowledgement.
+//! (group commit or timer) → the caller's acknowledgement; then `dispatch` →
+//! `consume_queue` → `get` (the reader).
 //!
 //! ```
+//! use std::time::Duration;
 //! use bytes::Bytes;
-//! use rocketstore::{FlushMode, Message, MessageStore, StoreConfig};
+//! use rocketstore::{FlushMode, GetStatus, Message, MessageStore, StoreConfig};
 //!
 //! # fn main() -> rocketstore::Result<()> {
 //! let dir = tempfile::tempdir().unwrap();
@@ -21,10 +25,18 @@
 //!         .commit_log_file_size(1 << 20)
 //!         .flush_mode(FlushMode::sync()),
 //! )?;
+//! // Put: durable when it returns (sync flush).
 //! let put = store.put_message(&Message::new("TopicA", 0u32, Bytes::from_static(b"hi")))?;
+//! // Get by physical offset...
 //! let got = store.lookup_message(put.physical_offset)?.unwrap();
 //! assert_eq!(&got.body[..], b"hi");
 //! assert!(got.crc_ok());
+//! // ...or by topic, queue and queue offset, once the consume queue has indexed it.
+//! assert!(store.wait_dispatched(put.physical_offset, Duration::from_secs(10)));
+//! let batch = store.get_message("TopicA", 0, 0, 32)?;
+//! assert_eq!(batch.status, GetStatus::Found);
+//! assert_eq!(&batch.messages[0].body[..], b"hi");
+//! store.shutdown()?;
 //! # Ok(())
 //! # }
 //! ```
