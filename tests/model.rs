@@ -1,0 +1,200 @@
+//! Model-based property test: random sequences of put, batch put, get, flush, clean reopen
+//! and simulated crash (the log cut at the durable end, then garbage), checked against a
+//! simple in-memory model: everything acknowledged as durable is always there and
+//! identical, and queue offsets stay dense. `PROPTEST_CASES=1000` for a longer run.
+
+mod common;
+
+use std::fs::OpenOptions;
+use std::os::unix::fs::FileExt;
+use std::path::Path;
+
+use bytes::Bytes;
+use common::*;
+use proptest::prelude::*;
+use rocketstore::{FlushMode, GetStatus, Message, MessageStore, StoreConfig};
+
+const QUEUES: u32 = 2;
+
+#[derive(Debug, Clone)]
+enum Op {
+    Put { queue: u32, len: usize },
+    Batch { queue: u32, n: usize, len: usize },
+    Get { queue: u32 },
+    Flush,
+    Reopen,
+    Crash { garbage: Vec<u8> },
+}
+
+fn op() -> impl Strategy<Value = Op> {
+    prop_oneof![
+        6 => (0..QUEUES, 0usize..3000).prop_map(|(queue, len)| Op::Put { queue, len }),
+        2 => (0..QUEUES, 1usize..8, 0usize..500).prop_map(|(queue, n, len)| Op::Batch { queue, n, len }),
+        2 => (0..QUEUES).prop_map(|queue| Op::Get { queue }),
+        1 => Just(Op::Flush),
+        1 => Just(Op::Reopen),
+        1 => proptest::collection::vec(any::<u8>(), 0..300).prop_map(|garbage| Op::Crash { garbage }),
+    ]
+}
+
+/// What the model knows of one stored message.
+#[derive(Debug, Clone)]
+struct Stored {
+    body: Bytes,
+    physical_offset: u64,
+    end: u64,
+}
+
+fn cfg(dir: &Path, mode: FlushMode) -> StoreConfig {
+    config(dir, mode).consume_queue_entries_per_file(64)
+}
+
+fn check(store: &MessageStore, model: &[Vec<Stored>]) {
+    for (q, msgs) in model.iter().enumerate() {
+        let q = q as u32;
+        assert_eq!(
+            store.max_offset_in_queue("Model", q),
+            msgs.len() as u64,
+            "queue {q}"
+        );
+        if msgs.is_empty() {
+            continue;
+        }
+        let got = store.get_message("Model", q, 0, msgs.len()).unwrap();
+        let mut all = got.messages;
+        let mut next = got.next_offset;
+        while (all.len()) < msgs.len() {
+            let more = store.get_message("Model", q, next, msgs.len()).unwrap();
+            assert_eq!(more.status, GetStatus::Found, "queue {q} at {next}");
+            next = more.next_offset;
+            all.extend(more.messages);
+        }
+        for (i, (m, want)) in all.iter().zip(msgs).enumerate() {
+            assert_eq!(m.queue_offset, i as u64, "queue {q} not dense");
+            assert_eq!(m.physical_offset, want.physical_offset);
+            assert_eq!(m.body, want.body, "queue {q} offset {i} changed");
+        }
+    }
+}
+
+fn run(ops: Vec<Op>, sync: bool) {
+    let mode = if sync { sync_mode() } else { async_mode() };
+    let dir = tempfile::tempdir().unwrap();
+    let mut store = MessageStore::open(cfg(dir.path(), mode)).unwrap();
+    let mut model: Vec<Vec<Stored>> = vec![Vec::new(); QUEUES as usize];
+    let mut counter = 0u64;
+    let mut body = |len: usize| {
+        counter += 1;
+        let mut b = format!("m{counter}-").into_bytes();
+        b.resize(b.len() + len, (counter % 251) as u8);
+        Bytes::from(b)
+    };
+    for op in ops {
+        match op {
+            Op::Put { queue, len } => {
+                let b = body(len);
+                let r = store
+                    .put_message(&Message::new("Model", queue, b.clone()))
+                    .unwrap();
+                assert_eq!(r.queue_offset, model[queue as usize].len() as u64);
+                model[queue as usize].push(Stored {
+                    body: b,
+                    physical_offset: r.physical_offset,
+                    end: r.end_offset(),
+                });
+            }
+            Op::Batch { queue, n, len } => {
+                let bodies: Vec<Bytes> = (0..n).map(|_| body(len)).collect();
+                let msgs: Vec<Message> = bodies
+                    .iter()
+                    .map(|b| Message::new("Model", queue, b.clone()))
+                    .collect();
+                let r = store.put_messages(&msgs).unwrap();
+                assert_eq!(r.queue_offset, model[queue as usize].len() as u64);
+                let mut at = r.physical_offset;
+                for b in bodies {
+                    let m = store.lookup_message(at).unwrap().expect("batch record");
+                    let end = at + u64::from(m.total_size);
+                    model[queue as usize].push(Stored {
+                        body: b,
+                        physical_offset: at,
+                        end,
+                    });
+                    at = end;
+                }
+            }
+            Op::Get { queue } => {
+                if let Some(last) = model.iter().flatten().map(|s| s.physical_offset).max() {
+                    assert!(store.wait_dispatched(last, std::time::Duration::from_secs(30)));
+                }
+                let want = &model[queue as usize];
+                let g = store.get_message("Model", queue, 0, 4).unwrap();
+                for (m, w) in g.messages.iter().zip(want) {
+                    assert_eq!(m.body, w.body);
+                }
+            }
+            Op::Flush => {
+                store.flush().unwrap();
+            }
+            Op::Reopen => {
+                store.shutdown().unwrap();
+                drop(store);
+                store = MessageStore::open(cfg(dir.path(), mode)).unwrap();
+                check(&store, &model);
+            }
+            Op::Crash { garbage } => {
+                // Durable at the moment of the crash: everything below the flushed offset.
+                let durable = store.flushed_physical_offset();
+                store.shutdown().unwrap();
+                drop(store);
+                for msgs in &mut model {
+                    msgs.retain(|s| s.end <= durable);
+                }
+                // The crash leaves the log cut at the durable end, then garbage.
+                let file_start = durable / SMALL_FILE * SMALL_FILE;
+                let log = dir.path().join("commitlog");
+                for entry in std::fs::read_dir(&log).unwrap() {
+                    let path = entry.unwrap().path();
+                    let start: u64 = path.file_name().unwrap().to_str().unwrap().parse().unwrap();
+                    if start > file_start {
+                        std::fs::remove_file(&path).unwrap();
+                    }
+                }
+                let path = log.join(format!("{file_start:020}"));
+                if path.exists() {
+                    let f = OpenOptions::new().write(true).open(&path).unwrap();
+                    let pos = durable - file_start;
+                    f.write_all_at(&vec![0u8; (SMALL_FILE - pos) as usize], pos)
+                        .unwrap();
+                    let room = (SMALL_FILE - pos) as usize;
+                    f.write_all_at(&garbage[..garbage.len().min(room)], pos)
+                        .unwrap();
+                }
+                std::fs::write(dir.path().join("abort"), b"").unwrap();
+                store = MessageStore::open(cfg(dir.path(), mode)).unwrap();
+                check(&store, &model);
+            }
+        }
+    }
+    if let Some(last) = model.iter().flatten().map(|s| s.physical_offset).max() {
+        assert!(store.wait_dispatched(last, std::time::Duration::from_secs(30)));
+    }
+    check(&store, &model);
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig {
+        cases: std::env::var("PROPTEST_CASES").ok().and_then(|c| c.parse().ok()).unwrap_or(48),
+        ..ProptestConfig::default()
+    })]
+
+    #[test]
+    fn sync_store_matches_the_model(ops in proptest::collection::vec(op(), 1..40)) {
+        run(ops, true);
+    }
+
+    #[test]
+    fn async_store_matches_the_model(ops in proptest::collection::vec(op(), 1..40)) {
+        run(ops, false);
+    }
+}
