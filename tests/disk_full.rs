@@ -1,0 +1,111 @@
+//! A full disk: on a real, size-limited filesystem (a tmpfs this test mounts, which needs
+//! root, as CI runs; otherwise it skips with the reason), puts fail with a clear I/O error
+//! once no new file can be allocated, nothing acknowledged is affected, reads keep working,
+//! and puts work again as soon as space is freed, without a restart.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use common::*;
+use rocketstore::{Error, GetStatus, MessageStore};
+
+/// A tmpfs of `size` mounted for the life of the value.
+struct SmallFs {
+    dir: tempfile::TempDir,
+}
+
+impl SmallFs {
+    fn mount(size: &str) -> Result<SmallFs, String> {
+        let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
+        let out = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(dir.path())
+            .output()
+            .map_err(|e| format!("cannot run mount: {e}"))?;
+        if !out.status.success() {
+            return Err(format!(
+                "cannot mount a tmpfs (needs root): {}",
+                String::from_utf8_lossy(&out.stderr).trim()
+            ));
+        }
+        Ok(SmallFs { dir })
+    }
+
+    fn path(&self) -> &Path {
+        self.dir.path()
+    }
+}
+
+impl Drop for SmallFs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(self.dir.path()).status();
+    }
+}
+
+fn is_no_space(e: &Error) -> bool {
+    matches!(e, Error::Io { source, .. } if source.raw_os_error() == Some(28))
+}
+
+#[test]
+fn a_full_disk_refuses_puts_keeps_reads_and_recovers_when_space_is_freed() {
+    let fs = match SmallFs::mount("1m") {
+        Ok(fs) => fs,
+        Err(why) => {
+            println!("skipped: {why}");
+            return;
+        }
+    };
+    // Ballast to free later.
+    let ballast: PathBuf = fs.path().join("ballast");
+    std::fs::write(&ballast, vec![1u8; 256 * 1024]).unwrap();
+    let root = fs.path().join("store");
+    let store =
+        MessageStore::open(config(&root, sync_mode()).consume_queue_entries_per_file(256)).unwrap();
+
+    let mut acked = Vec::new();
+    let err = loop {
+        let i = acked.len() as u64;
+        match store.put_message(&message("Full", (i % 2) as u32, "f", i)) {
+            Ok(r) => acked.push((i, r)),
+            Err(e) => break e,
+        }
+        assert!(acked.len() < 100_000, "the filesystem never filled");
+    };
+    assert!(is_no_space(&err), "expected ENOSPC, got: {err}");
+    assert!(acked.len() > 100, "only {} puts fitted", acked.len());
+    // Refused again while the disk stays full, each time with a clear error.
+    for _ in 0..3 {
+        let e = store.put_message(&message("Full", 0, "f", 0)).unwrap_err();
+        assert!(is_no_space(&e), "{e}");
+    }
+    // Nothing acknowledged is affected, and reads keep working.
+    for (i, r) in &acked {
+        let m = store.lookup_message(r.physical_offset).unwrap().unwrap();
+        assert_eq!(m.body, body("f", *i));
+    }
+    let last = acked.last().unwrap().1;
+    assert!(store.wait_dispatched(last.physical_offset, Duration::from_secs(30)));
+    let g = store.get_message("Full", 0, 0, 8).unwrap();
+    assert_eq!(g.status, GetStatus::Found);
+
+    // Free space: puts resume without a restart, continuing the queue offsets.
+    std::fs::remove_file(&ballast).unwrap();
+    let next = store
+        .put_message(&message("Full", 0, "f", 0))
+        .expect("puts work again once space is freed");
+    let expected = acked.iter().filter(|(i, _)| i % 2 == 0).count() as u64;
+    assert_eq!(next.queue_offset, expected);
+    assert!(store.wait_dispatched(next.physical_offset, Duration::from_secs(30)));
+    store.shutdown().unwrap();
+    drop(store);
+
+    // And the store reopens cleanly with everything in it.
+    let store =
+        MessageStore::open(config(&root, sync_mode()).consume_queue_entries_per_file(256)).unwrap();
+    assert_eq!(store.max_offset_in_queue("Full", 0), expected + 1);
+    drop(store);
+    drop(fs);
+}
