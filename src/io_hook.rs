@@ -29,6 +29,19 @@ pub trait IoHook: Send + Sync + 'static {
         Ok(())
     }
 
+    /// Before the blocks of a new file are allocated (fallocate); `path` is the file's final
+    /// name.
+    fn before_allocate(&self, path: &Path) -> io::Result<()> {
+        let _ = path;
+        Ok(())
+    }
+
+    /// Before a new, fully allocated file is renamed into place under `path`.
+    fn before_rename(&self, path: &Path) -> io::Result<()> {
+        let _ = path;
+        Ok(())
+    }
+
     /// Before dirty bytes of a file are synced to disk (msync/fdatasync).
     fn before_sync(&self, path: &Path) -> io::Result<()> {
         let _ = path;

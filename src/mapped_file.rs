@@ -77,8 +77,16 @@ impl MappedFile {
                 .truncate(true)
                 .open(&tmp)
                 .map_err(|e| Error::io("create", &tmp, e))?;
+            if let Some(h) = &hook {
+                h.before_allocate(&path)
+                    .map_err(|e| Error::io("allocate", &tmp, e))?;
+            }
             allocate(&file, size as u64).map_err(|e| Error::io("allocate", &tmp, e))?;
             file.sync_all().map_err(|e| Error::io("sync", &tmp, e))?;
+            if let Some(h) = &hook {
+                h.before_rename(&path)
+                    .map_err(|e| Error::io("rename", &path, e))?;
+            }
             fs::rename(&tmp, &path).map_err(|e| Error::io("rename", &path, e))?;
             sync_dir(dir)?;
             Ok(file)

@@ -1,0 +1,142 @@
+//! Injected faults in file creation, allocation and rename, and damaged stores at open:
+//! each gives a clear error, nothing acknowledged is affected, and the store goes on.
+
+mod common;
+
+use std::fs;
+use std::io;
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU8, Ordering};
+
+use common::*;
+use rocketstore::{Error, IoHook, MessageStore};
+
+/// Fails the named step of commit-log file creation while `armed` holds that step.
+#[derive(Default)]
+struct FailStep {
+    armed: AtomicU8,
+}
+
+const CREATE: u8 = 1;
+const ALLOCATE: u8 = 2;
+const RENAME: u8 = 3;
+
+impl FailStep {
+    fn fail(&self, step: u8, path: &Path) -> io::Result<()> {
+        let commit_log = path.parent().is_some_and(|p| p.ends_with("commitlog"));
+        if commit_log && self.armed.load(Ordering::SeqCst) == step {
+            return Err(io::Error::other(format!("injected failure of step {step}")));
+        }
+        Ok(())
+    }
+}
+
+impl IoHook for FailStep {
+    fn before_create(&self, path: &Path) -> io::Result<()> {
+        self.fail(CREATE, path)
+    }
+    fn before_allocate(&self, path: &Path) -> io::Result<()> {
+        self.fail(ALLOCATE, path)
+    }
+    fn before_rename(&self, path: &Path) -> io::Result<()> {
+        self.fail(RENAME, path)
+    }
+}
+
+#[test]
+fn a_failed_create_allocate_or_rename_fails_the_roll_and_the_store_goes_on() {
+    for (step, op) in [
+        (CREATE, "create"),
+        (ALLOCATE, "allocate"),
+        (RENAME, "rename"),
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        let hook = Arc::new(FailStep::default());
+        let store = MessageStore::open(
+            config(dir.path(), sync_mode())
+                .preallocate(false)
+                .io_hook(hook.clone()),
+        )
+        .unwrap();
+        hook.armed.store(step, Ordering::SeqCst);
+        let mut acked = Vec::new();
+        let err = loop {
+            let i = acked.len() as u64;
+            match store.put_message(&message("F", 0, "f", i)) {
+                Ok(r) => acked.push(r),
+                Err(e) => break e,
+            }
+        };
+        match &err {
+            Error::Io { op: got, .. } => assert_eq!(*got, op, "{err}"),
+            other => panic!("{op}: unexpected {other}"),
+        }
+        assert!(err.to_string().contains("injected"), "{err}");
+        // No half-made file is left under a real name.
+        let names: Vec<_> = fs::read_dir(dir.path().join("commitlog"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        assert_eq!(names, ["00000000000000000000"], "{op}: {names:?}");
+        for (i, r) in acked.iter().enumerate() {
+            let m = store.lookup_message(r.physical_offset).unwrap().unwrap();
+            assert_eq!(m.body, body("f", i as u64));
+        }
+        hook.armed.store(0, Ordering::SeqCst);
+        let next = store.put_message(&message("F", 0, "f", 0)).unwrap();
+        assert_eq!(next.queue_offset, acked.len() as u64);
+        assert_eq!(next.physical_offset, SMALL_FILE);
+    }
+}
+
+#[test]
+fn damaged_stores_give_clear_errors_or_documented_repairs() {
+    let dir = tempfile::tempdir().unwrap();
+    let puts: Vec<_> = {
+        let store = open(dir.path(), sync_mode());
+        (0..300)
+            .map(|i| store.put_message(&message("D", 0, "d", i)).unwrap())
+            .collect()
+    };
+    let log = dir.path().join("commitlog");
+
+    // A stray file name in commitlog/: refused, naming the file.
+    fs::write(log.join("notes.txt"), b"x").unwrap();
+    let err = MessageStore::open(config(dir.path(), sync_mode())).unwrap_err();
+    assert!(matches!(err, Error::BadStoreFile { .. }) && err.to_string().contains("notes.txt"));
+    fs::remove_file(log.join("notes.txt")).unwrap();
+
+    // A commit-log file of the wrong size after a clean exit: refused.
+    let first = log.join(format!("{:020}", 0));
+    let saved = fs::read(&first).unwrap();
+    fs::write(&first, &saved[..1000]).unwrap();
+    let err = MessageStore::open(config(dir.path(), sync_mode())).unwrap_err();
+    assert!(err.to_string().contains("size"), "{err}");
+    fs::write(&first, &saved).unwrap();
+
+    // A truncated checkpoint: recovery after a crash scans the whole log instead.
+    fs::write(dir.path().join("checkpoint"), b"\x00\x01").unwrap();
+    fs::write(dir.path().join("abort"), b"").unwrap();
+    let store = open(dir.path(), sync_mode());
+    for p in &puts {
+        assert!(store.lookup_message(p.physical_offset).unwrap().is_some());
+    }
+    assert_eq!(store.max_offset_in_queue("D", 0), 300);
+    drop(store);
+
+    // A missing consume-queue directory: rebuilt from the log.
+    fs::remove_dir_all(dir.path().join("consumequeue/D")).unwrap();
+    let store = open(dir.path(), sync_mode());
+    assert_eq!(store.max_offset_in_queue("D", 0), 300);
+    assert_eq!(
+        store.get_message("D", 0, 299, 1).unwrap().messages[0].physical_offset,
+        puts[299].physical_offset
+    );
+
+    // A stray directory in the consume-queue tree: refused, naming it.
+    drop(store);
+    fs::create_dir_all(dir.path().join("consumequeue/bad name")).unwrap();
+    let err = MessageStore::open(config(dir.path(), sync_mode())).unwrap_err();
+    assert!(matches!(err, Error::BadStoreFile { .. }), "{err}");
+}
