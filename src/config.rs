@@ -120,6 +120,11 @@ pub struct StoreConfig {
     /// Most message bytes one `get_message` call returns (at least one message is always
     /// returned), like RocketMQ's max transfer size. Default: 256 KiB.
     pub max_transfer_bytes: usize,
+    /// Above this used fraction of the store's filesystem, puts are refused with
+    /// [`Error::DiskFull`] until space is freed. Default: 0.90.
+    pub disk_full_ratio: f64,
+    /// How often disk usage is sampled. Default: 1 s.
+    pub disk_check_interval: Duration,
     /// Check the body CRC of the last file's records when reopening after a clean exit.
     /// Structure and consume-queue agreement are always checked, and CRCs always after a
     /// crash; this adds bit-rot detection at the price of reading every body of the last
@@ -151,6 +156,8 @@ impl fmt::Debug for StoreConfig {
             )
             .field("max_transfer_bytes", &self.max_transfer_bytes)
             .field("verify_crc_on_clean_open", &self.verify_crc_on_clean_open)
+            .field("disk_full_ratio", &self.disk_full_ratio)
+            .field("disk_check_interval", &self.disk_check_interval)
             .field("io_hook", &self.io_hook.is_some())
             .finish()
     }
@@ -177,6 +184,8 @@ impl StoreConfig {
             consume_queue_flush_interval: Duration::from_secs(1),
             max_transfer_bytes: 256 * 1024,
             verify_crc_on_clean_open: false,
+            disk_full_ratio: 0.90,
+            disk_check_interval: Duration::from_secs(1),
             io_hook: None,
         }
     }
@@ -247,6 +256,18 @@ impl StoreConfig {
         self
     }
 
+    /// Sets [`StoreConfig::disk_full_ratio`].
+    pub fn disk_full_ratio(mut self, ratio: f64) -> Self {
+        self.disk_full_ratio = ratio;
+        self
+    }
+
+    /// Sets [`StoreConfig::disk_check_interval`].
+    pub fn disk_check_interval(mut self, interval: Duration) -> Self {
+        self.disk_check_interval = interval;
+        self
+    }
+
     /// Sets [`StoreConfig::verify_crc_on_clean_open`].
     pub fn verify_crc_on_clean_open(mut self, on: bool) -> Self {
         self.verify_crc_on_clean_open = on;
@@ -294,6 +315,12 @@ impl StoreConfig {
             return bad(format!(
                 "consume_queue_entries_per_file {entries} must be between 1 and {}",
                 i32::MAX / 20
+            ));
+        }
+        if !(self.disk_full_ratio > 0.0 && self.disk_full_ratio <= 1.0) {
+            return bad(format!(
+                "disk_full_ratio {} must be in (0, 1]",
+                self.disk_full_ratio
             ));
         }
         if self.root_dir.as_os_str().is_empty() {

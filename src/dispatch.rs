@@ -163,6 +163,8 @@ const POLL: Duration = Duration::from_millis(1);
 fn run(s: &Shared) {
     let mut last_flush = Instant::now();
     loop {
+        // This thread also samples disk usage for the put path's disk-full refusal.
+        s.log.disk().maybe_sample();
         let stopping = s.stop.load(Ordering::Acquire);
         let result = dispatch_available(s).and_then(|progressed| {
             let due = last_flush.elapsed() >= s.flush_interval;

@@ -76,6 +76,15 @@ pub enum Error {
         /// The configured limit, in ms.
         limit_ms: u64,
     },
+    /// The disk holding the store is fuller than the configured limit; puts are refused
+    /// until space is freed (reads go on).
+    #[error("disk {:.1}% full, over the {:.1}% limit: put refused until space is freed", used_ratio * 100.0, limit * 100.0)]
+    DiskFull {
+        /// Used fraction of the filesystem at the last sample.
+        used_ratio: f64,
+        /// The configured limit.
+        limit: f64,
+    },
     /// An earlier flush failed; the store refuses writes because a retried fsync can falsely
     /// report success. Reopen the store to recover.
     #[error("store is poisoned by an earlier flush failure ({cause}); reopen it")]

@@ -53,6 +53,7 @@ mod commit_log;
 mod config;
 mod consume_queue;
 mod consume_queues;
+mod disk;
 mod dispatch;
 mod error;
 mod flush;

@@ -316,6 +316,12 @@ impl MessageStore {
         self.log.is_busy()
     }
 
+    /// Whether puts are being refused with [`Error::DiskFull`]: the store's filesystem was
+    /// fuller than [`StoreConfig::disk_full_ratio`] at the last sample.
+    pub fn is_disk_full(&self) -> bool {
+        self.log.disk().is_full()
+    }
+
     /// Flushes everything appended so far and returns the flushed offset. A failure
     /// poisons the store.
     pub fn flush(&self) -> Result<u64> {

@@ -109,3 +109,57 @@ fn a_full_disk_refuses_puts_keeps_reads_and_recovers_when_space_is_freed() {
     drop(store);
     drop(fs);
 }
+
+#[test]
+fn above_the_disk_full_ratio_puts_are_refused_until_space_is_freed() {
+    let fs = match SmallFs::mount("4m") {
+        Ok(fs) => fs,
+        Err(why) => {
+            println!("skipped: {why}");
+            return;
+        }
+    };
+    let root = fs.path().join("store");
+    let cfg = || {
+        config(&root, sync_mode())
+            .consume_queue_entries_per_file(256)
+            .disk_full_ratio(0.6)
+            .disk_check_interval(Duration::from_millis(5))
+    };
+    let store = MessageStore::open(cfg()).unwrap();
+    let first = store.put_message(&message("Ratio", 0, "r", 0)).unwrap();
+    assert!(!store.is_disk_full());
+
+    // Push usage over 60% with ballast: the store notices and refuses, distinctly.
+    let ballast = fs.path().join("ballast");
+    std::fs::write(&ballast, vec![1u8; 3 << 20]).unwrap();
+    let started = std::time::Instant::now();
+    while !store.is_disk_full() {
+        assert!(started.elapsed() < Duration::from_secs(30), "never noticed");
+        std::thread::yield_now();
+    }
+    let err = store.put_message(&message("Ratio", 0, "r", 1)).unwrap_err();
+    assert!(
+        matches!(err, Error::DiskFull { limit, .. } if limit == 0.6),
+        "{err}"
+    );
+    assert!(
+        store
+            .lookup_message(first.physical_offset)
+            .unwrap()
+            .is_some()
+    );
+
+    // Free it: puts resume by themselves.
+    std::fs::remove_file(&ballast).unwrap();
+    let started = std::time::Instant::now();
+    while store.is_disk_full() {
+        assert!(started.elapsed() < Duration::from_secs(30), "never resumed");
+        std::thread::yield_now();
+    }
+    let next = store.put_message(&message("Ratio", 0, "r", 1)).unwrap();
+    assert_eq!(next.queue_offset, 1);
+    store.shutdown().unwrap();
+    drop(store);
+    drop(fs);
+}

@@ -17,6 +17,7 @@ mod reopen;
 
 use crate::allocate::Allocator;
 use crate::config::{StoreConfig, Warmup};
+use crate::disk::DiskWatch;
 use crate::dispatch::Wakeup;
 use crate::error::{Error, Result};
 use crate::format::{self, BLANK_RECORD_LEN, EncodedRecord, Peek};
@@ -66,6 +67,7 @@ pub(crate) struct CommitLog {
     poisoned: AtomicBool,
     poison_cause: Mutex<Option<String>>,
     wakeup: Arc<Wakeup>,
+    disk: DiskWatch,
 }
 
 impl CommitLog {
@@ -124,6 +126,12 @@ impl CommitLog {
             files.push(file);
         }
         let write_offset = writer.offset();
+        let disk = DiskWatch::new(
+            config.commit_log_dir(),
+            config.disk_full_ratio,
+            config.disk_check_interval,
+        );
+        disk.maybe_sample();
         log::info!(
             "commit log opened: {} files, write offset {write_offset}",
             files.files_from(0).len(),
@@ -148,6 +156,7 @@ impl CommitLog {
             poisoned: AtomicBool::new(false),
             poison_cause: Mutex::new(None),
             wakeup: Arc::new(Wakeup::default()),
+            disk,
         })
     }
 
@@ -159,6 +168,11 @@ impl CommitLog {
     /// Latest store time in the log.
     pub(crate) fn last_store_timestamp(&self) -> i64 {
         self.state.lock().last_store_timestamp
+    }
+
+    /// The disk-usage watch that may refuse puts.
+    pub(crate) fn disk(&self) -> &DiskWatch {
+        &self.disk
     }
 
     /// Rung whenever bytes are flushed. Appends do not ring it: waking a sleeping thread per
@@ -236,6 +250,7 @@ impl CommitLog {
         queue_id: u32,
     ) -> Result<Appended> {
         self.check_poisoned()?;
+        self.disk.check()?;
         if let Some(held) = self.lock_held_for().filter(|h| *h > self.busy_limit) {
             return Err(Error::PageCacheBusy {
                 held_ms: held.as_millis() as u64,
