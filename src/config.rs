@@ -120,6 +120,17 @@ pub struct StoreConfig {
     /// Most message bytes one `get_message` call returns (at least one message is always
     /// returned), like RocketMQ's max transfer size. Default: 256 KiB.
     pub max_transfer_bytes: usize,
+    /// Commit-log files older than this (by modification time) are deleted by retention.
+    /// Default: 72 h.
+    pub file_reserved_time: Duration,
+    /// Hour of the day (UTC, 0–23) at which expired files are deleted. Default: 4.
+    pub delete_hour_utc: u8,
+    /// Above this used fraction of the filesystem, expired files are deleted at once
+    /// instead of waiting for the hour. Default: 0.75.
+    pub disk_clean_ratio: f64,
+    /// Above this used fraction, the oldest files are deleted whatever their age, one per
+    /// disk sample. Default: 0.85.
+    pub disk_force_clean_ratio: f64,
     /// Above this used fraction of the store's filesystem, puts are refused with
     /// [`Error::DiskFull`] until space is freed. Default: 0.90.
     pub disk_full_ratio: f64,
@@ -156,6 +167,10 @@ impl fmt::Debug for StoreConfig {
             )
             .field("max_transfer_bytes", &self.max_transfer_bytes)
             .field("verify_crc_on_clean_open", &self.verify_crc_on_clean_open)
+            .field("file_reserved_time", &self.file_reserved_time)
+            .field("delete_hour_utc", &self.delete_hour_utc)
+            .field("disk_clean_ratio", &self.disk_clean_ratio)
+            .field("disk_force_clean_ratio", &self.disk_force_clean_ratio)
             .field("disk_full_ratio", &self.disk_full_ratio)
             .field("disk_check_interval", &self.disk_check_interval)
             .field("io_hook", &self.io_hook.is_some())
@@ -184,6 +199,10 @@ impl StoreConfig {
             consume_queue_flush_interval: Duration::from_secs(1),
             max_transfer_bytes: 256 * 1024,
             verify_crc_on_clean_open: false,
+            file_reserved_time: Duration::from_secs(72 * 3600),
+            delete_hour_utc: 4,
+            disk_clean_ratio: 0.75,
+            disk_force_clean_ratio: 0.85,
             disk_full_ratio: 0.90,
             disk_check_interval: Duration::from_secs(1),
             io_hook: None,
@@ -256,6 +275,25 @@ impl StoreConfig {
         self
     }
 
+    /// Sets [`StoreConfig::file_reserved_time`].
+    pub fn file_reserved_time(mut self, time: Duration) -> Self {
+        self.file_reserved_time = time;
+        self
+    }
+
+    /// Sets [`StoreConfig::delete_hour_utc`].
+    pub fn delete_hour_utc(mut self, hour: u8) -> Self {
+        self.delete_hour_utc = hour;
+        self
+    }
+
+    /// Sets [`StoreConfig::disk_clean_ratio`] and [`StoreConfig::disk_force_clean_ratio`].
+    pub fn disk_clean_ratios(mut self, clean: f64, force: f64) -> Self {
+        self.disk_clean_ratio = clean;
+        self.disk_force_clean_ratio = force;
+        self
+    }
+
     /// Sets [`StoreConfig::disk_full_ratio`].
     pub fn disk_full_ratio(mut self, ratio: f64) -> Self {
         self.disk_full_ratio = ratio;
@@ -315,6 +353,12 @@ impl StoreConfig {
             return bad(format!(
                 "consume_queue_entries_per_file {entries} must be between 1 and {}",
                 i32::MAX / 20
+            ));
+        }
+        if self.delete_hour_utc > 23 {
+            return bad(format!(
+                "delete_hour_utc {} must be 0..=23",
+                self.delete_hour_utc
             ));
         }
         if !(self.disk_full_ratio > 0.0 && self.disk_full_ratio <= 1.0) {

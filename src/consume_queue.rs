@@ -32,7 +32,7 @@ pub(crate) struct ConsumeQueue {
     files: MappedFileQueue,
     writer: Mutex<Option<FileWriter>>,
     /// Queue offset of the first entry still stored.
-    min_offset: u64,
+    min_offset: AtomicU64,
     /// Next queue offset: entries below it are written and visible.
     max_offset: AtomicU64,
     /// Byte position (in the queue's logical file space) flushed so far.
@@ -62,7 +62,7 @@ impl ConsumeQueue {
             hook,
             files: MappedFileQueue::new(file_size),
             writer: Mutex::new(None),
-            min_offset: 0,
+            min_offset: AtomicU64::new(0),
             max_offset: AtomicU64::new(0),
             flushed: AtomicU64::new(0),
         }
@@ -98,9 +98,33 @@ impl ConsumeQueue {
             }
         }
         let mut end = last.start_offset() / CQ_ENTRY_LEN as u64 + lo;
+        // A queue may begin inside its first file (rebuilt from a log whose start was
+        // deleted): its first written entry is its minimum.
+        let first_written = if entry_at(&files[0], 0).is_some() {
+            first
+        } else {
+            let n = (files[0].size() / CQ_ENTRY_LEN) as u64;
+            let skip = (0..n)
+                .find(|&i| entry_at(&files[0], i as usize * CQ_ENTRY_LEN).is_some())
+                .unwrap_or(n);
+            first + skip
+        };
+        if files.len() == 1 && lo <= first_written - first {
+            // The binary search assumes entries from the file's start; redo it from the
+            // first written entry.
+            let (mut a, mut b) = (first_written - first, entries_per_file);
+            while a < b {
+                let mid = (a + b) / 2;
+                match entry_at(last, (mid as usize) * CQ_ENTRY_LEN) {
+                    Some(_) => a = mid + 1,
+                    None => b = mid,
+                }
+            }
+            end = first + a;
+        }
         if let Some(limit) = keep_below {
             // First entry pointing at or past `limit` (offsets grow with queue offsets).
-            let (mut lo, mut hi) = (first, end);
+            let (mut lo, mut hi) = (first_written.min(end), end);
             while lo < hi {
                 let mid = (lo + hi) / 2;
                 let file = &files[((mid - first) / entries_per_file) as usize];
@@ -111,6 +135,14 @@ impl ConsumeQueue {
                 }
             }
             end = lo;
+        }
+        if keep_below.is_some() && end <= first_written {
+            // Nothing kept: an empty queue, which may start again at any offset.
+            for file in files {
+                std::fs::remove_file(file.path())
+                    .map_err(|e| Error::io("remove", file.path(), e))?;
+            }
+            return Ok(q);
         }
         // Files wholly past the end go; the end's file takes the writer.
         let keep = (((end - first) / entries_per_file) as usize + 1).min(files.len());
@@ -131,7 +163,7 @@ impl ConsumeQueue {
         }
         q.files.push(Arc::clone(writer.file()));
         *q.writer.get_mut() = Some(writer);
-        q.min_offset = first;
+        *q.min_offset.get_mut() = first_written.max(first).min(end);
         *q.max_offset.get_mut() = end;
         *q.flushed.get_mut() = end * CQ_ENTRY_LEN as u64;
         Ok(q)
@@ -144,7 +176,35 @@ impl ConsumeQueue {
 
     /// First queue offset still stored.
     pub(crate) fn min_offset(&self) -> u64 {
-        self.min_offset
+        self.min_offset.load(Ordering::Acquire)
+    }
+
+    /// Deletes the files whose entries all point below `min_physical` (the commit log's new
+    /// start), keeping the file being written, and moves the minimum offset to the first
+    /// entry still pointing into the log. Returns how many files went.
+    pub(crate) fn delete_below(&self, min_physical: u64) -> Result<usize> {
+        let _writer = self.writer.lock();
+        let removed = self.files.remove_front_while(1, |file| {
+            let last = file.size() - CQ_ENTRY_LEN;
+            entry_at(file, last).is_some_and(|e| e.physical_offset < min_physical)
+        })?;
+        let max = self.max_offset();
+        let (mut lo, mut hi) = (
+            self.files
+                .min_offset()
+                .map_or(max, |o| o / CQ_ENTRY_LEN as u64)
+                .max(self.min_offset()),
+            max,
+        );
+        while lo < hi {
+            let mid = lo + (hi - lo) / 2;
+            match self.entry(mid) {
+                Some(e) if e.physical_offset >= min_physical => hi = mid,
+                _ => lo = mid + 1,
+            }
+        }
+        self.min_offset.store(lo, Ordering::Release);
+        Ok(removed.len())
     }
 
     /// The entry at `queue_offset`, if written.
@@ -185,7 +245,7 @@ impl ConsumeQueue {
     /// writes nothing. A different entry there, or an offset past the end, is an error.
     pub(crate) fn put(&self, queue_offset: u64, entry: CqEntry) -> Result<Indexed> {
         let mut writer = self.writer.lock();
-        let next = self.max_offset();
+        let mut next = self.max_offset();
         if queue_offset < next {
             return match self.entry(queue_offset) {
                 Some(e) if e == entry => Ok(Indexed::AlreadyIndexed),
@@ -197,6 +257,23 @@ impl ConsumeQueue {
                     ),
                 )),
             };
+        }
+        if queue_offset > next && next == self.min_offset() && writer.is_none() {
+            // An empty queue starts where its first message is (the log's start may have
+            // been deleted by retention): begin inside the file that holds that offset.
+            std::fs::create_dir_all(&self.dir)
+                .map_err(|e| Error::io("create directory", &self.dir, e))?;
+            let byte = queue_offset * CQ_ENTRY_LEN as u64;
+            let start = byte / self.file_size * self.file_size;
+            let file =
+                MappedFile::create(&self.dir, start, self.file_size as usize, self.hook.clone())?;
+            let w = FileWriter::new(Arc::new(file), (byte - start) as usize)
+                .expect("a new file has no other owner");
+            self.files.push(Arc::clone(w.file()));
+            *writer = Some(w);
+            self.min_offset.store(queue_offset, Ordering::Release);
+            self.max_offset.store(queue_offset, Ordering::Release);
+            next = queue_offset;
         }
         if queue_offset > next {
             return Err(Error::corrupted(

@@ -30,20 +30,19 @@ impl DiskWatch {
         }
     }
 
-    /// Samples the filesystem when the interval has passed.
-    pub(crate) fn maybe_sample(&self) {
+    /// Samples the filesystem when the interval has passed; returns the used fraction when
+    /// it did.
+    pub(crate) fn maybe_sample(&self) -> Option<f64> {
         {
             let mut last = self.last.lock();
             if last.is_some_and(|t| t.elapsed() < self.interval) {
-                return;
+                return None;
             }
             *last = Some(Instant::now());
         }
-        let Ok(st) = rustix::fs::statvfs(&self.dir) else {
-            return;
-        };
+        let st = rustix::fs::statvfs(&self.dir).ok()?;
         if st.f_blocks == 0 {
-            return;
+            return None;
         }
         let used = 1.0 - st.f_bavail as f64 / st.f_blocks as f64;
         self.used.store(used.to_bits(), Ordering::Relaxed);
@@ -59,6 +58,7 @@ impl DiskWatch {
                 log::info!("disk {:.1}% used: accepting puts again", used * 100.0);
             }
         }
+        Some(used)
     }
 
     /// The refusal for a put, if the disk is over the limit.

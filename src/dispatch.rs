@@ -18,6 +18,7 @@ use crate::consume_queue::Indexed;
 use crate::consume_queues::ConsumeQueues;
 use crate::error::{Error, Result};
 use crate::format::{self, CqEntry, Peek, RecordView};
+use crate::retention::Retention;
 
 /// Indexes one record in its consume queue.
 pub(crate) fn index_record(queues: &ConsumeQueues, view: &RecordView<'_>) -> Result<Indexed> {
@@ -52,6 +53,7 @@ impl Wakeup {
 struct Shared {
     log: Arc<CommitLog>,
     queues: Arc<ConsumeQueues>,
+    retention: Arc<Retention>,
     wakeup: Arc<Wakeup>,
     sync_flush: bool,
     flush_interval: Duration,
@@ -77,6 +79,7 @@ impl Dispatcher {
     pub(crate) fn start(
         log: Arc<CommitLog>,
         queues: Arc<ConsumeQueues>,
+        retention: Arc<Retention>,
         checkpoint: Checkpoint,
         sync_flush: bool,
         flush_interval: Duration,
@@ -87,6 +90,7 @@ impl Dispatcher {
         let shared = Arc::new(Shared {
             log,
             queues,
+            retention,
             wakeup,
             sync_flush,
             flush_interval,
@@ -163,8 +167,13 @@ const POLL: Duration = Duration::from_millis(1);
 fn run(s: &Shared) {
     let mut last_flush = Instant::now();
     loop {
-        // This thread also samples disk usage for the put path's disk-full refusal.
-        s.log.disk().maybe_sample();
+        // This thread also samples disk usage (for the put path's disk-full refusal) and
+        // applies retention after each sample.
+        if let Some(used) = s.log.disk().maybe_sample()
+            && let Err(e) = s.retention.maybe_clean(&s.log, &s.queues, used)
+        {
+            log::error!("retention failed: {e}");
+        }
         let stopping = s.stop.load(Ordering::Acquire);
         let result = dispatch_available(s).and_then(|progressed| {
             let due = last_flush.elapsed() >= s.flush_interval;

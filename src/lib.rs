@@ -65,6 +65,7 @@ mod mapped_file;
 mod mapped_file_queue;
 mod message;
 mod recovery;
+mod retention;
 mod store;
 
 pub use checkpoint::CheckpointTimes;

@@ -199,6 +199,11 @@ impl MappedFile {
         self.start_offset
     }
 
+    /// File size in bytes.
+    pub(crate) fn size(&self) -> usize {
+        self.size
+    }
+
     /// End of the bytes readers may see.
     pub(crate) fn write_pos(&self) -> usize {
         self.write_pos.load(Ordering::Acquire)

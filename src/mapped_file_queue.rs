@@ -52,6 +52,29 @@ impl MappedFileQueue {
         self.files.read().first().map(|f| f.start_offset())
     }
 
+    /// Removes files from the front while `expired` says so, always keeping the last
+    /// `keep` files, and unlinks them. Readers holding slices of a removed file keep its
+    /// mapping until they drop them. Returns the removed files.
+    pub(crate) fn remove_front_while(
+        &self,
+        keep: usize,
+        mut expired: impl FnMut(&Arc<MappedFile>) -> bool,
+    ) -> Result<Vec<Arc<MappedFile>>> {
+        let mut files = self.files.write();
+        let removable = files.len().saturating_sub(keep);
+        let n = files[..removable].iter().take_while(|f| expired(f)).count();
+        let removed: Vec<_> = files.drain(..n).collect();
+        drop(files);
+        for file in &removed {
+            match fs::remove_file(file.path()) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(Error::io("remove", file.path(), e)),
+            }
+        }
+        Ok(removed)
+    }
+
     /// Appends the next file; it must start where the last one ends.
     pub(crate) fn push(&self, file: Arc<MappedFile>) {
         let mut files = self.files.write();

@@ -16,6 +16,7 @@ use crate::get::{self, GetResult, TagFilter};
 use crate::lock::StoreLock;
 use crate::message::{Message, MessageId, PutResult, PutStatus, StoredMessage};
 use crate::recovery::recover;
+use crate::retention::Retention;
 
 /// An embedded RocketMQ-style message store: one commit log of fixed-size mapped files,
 /// made durable by a sync (group-commit) or async flush thread.
@@ -50,6 +51,7 @@ pub struct MessageStore {
     config: StoreConfig,
     log: Arc<CommitLog>,
     queues: Arc<ConsumeQueues>,
+    retention: Arc<Retention>,
     flusher: Flusher,
     dispatcher: Dispatcher,
     lock: StoreLock,
@@ -93,9 +95,11 @@ impl MessageStore {
         let log = Arc::new(recovered.log);
         let queues = Arc::new(recovered.queues);
         let flusher = Flusher::start(Arc::clone(&log), config.flush_mode)?;
+        let retention = Arc::new(Retention::new(&config));
         let dispatcher = Dispatcher::start(
             Arc::clone(&log),
             Arc::clone(&queues),
+            Arc::clone(&retention),
             recovered.checkpoint,
             config.flush_mode.is_sync(),
             config.consume_queue_flush_interval,
@@ -104,6 +108,7 @@ impl MessageStore {
             config,
             log,
             queues,
+            retention,
             flusher,
             dispatcher,
             lock,
@@ -314,6 +319,14 @@ impl MessageStore {
     /// lock has been held longer than [`StoreConfig::busy_limit`].
     pub fn is_page_cache_busy(&self) -> bool {
         self.log.is_busy()
+    }
+
+    /// Deletes now every commit-log file older than [`StoreConfig::file_reserved_time`]
+    /// (never the one being written) and the consume-queue files wholly below the log's new
+    /// start; returns how many commit-log files went. Readers holding messages from a
+    /// deleted file keep them valid until they drop them.
+    pub fn delete_expired_files(&self) -> Result<usize> {
+        self.retention.delete_expired(&self.log, &self.queues)
     }
 
     /// Whether puts are being refused with [`Error::DiskFull`]: the store's filesystem was

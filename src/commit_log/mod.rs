@@ -170,6 +170,18 @@ impl CommitLog {
         self.state.lock().last_store_timestamp
     }
 
+    /// Removes commit-log files from the front while `expired(path)` holds, never the file
+    /// being written. Returns how many went.
+    pub(crate) fn delete_front_files(
+        &self,
+        mut expired: impl FnMut(&std::path::Path) -> bool,
+    ) -> Result<usize> {
+        let removed = self
+            .files
+            .remove_front_while(1, |file| expired(file.path()))?;
+        Ok(removed.len())
+    }
+
     /// The disk-usage watch that may refuse puts.
     pub(crate) fn disk(&self) -> &DiskWatch {
         &self.disk

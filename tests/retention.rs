@@ -1,0 +1,137 @@
+//! Retention: expired commit-log files and the consume-queue files below the log's new
+//! start are deleted, never the file being written; readers holding messages keep them;
+//! offsets below the new minimum report `OffsetTooSmall`; reopening and rebuilding after
+//! deletion keep the queues' offsets.
+
+mod common;
+
+use std::fs;
+use std::path::Path;
+use std::time::Duration;
+
+use common::*;
+use rocketstore::{GetStatus, MessageStore, StoreConfig};
+
+fn cfg(dir: &Path) -> StoreConfig {
+    config(dir, sync_mode())
+        .consume_queue_entries_per_file(64)
+        .file_reserved_time(Duration::ZERO)
+}
+
+fn count(dir: &Path) -> usize {
+    fs::read_dir(dir).map(|d| d.count()).unwrap_or(0)
+}
+
+#[test]
+fn expired_files_go_and_everything_after_them_stays_readable() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = MessageStore::open(cfg(dir.path())).unwrap();
+    let puts: Vec<_> = (0..1500u64)
+        .map(|i| {
+            store
+                .put_message(&message("Ret", (i % 2) as u32, "r", i))
+                .unwrap()
+        })
+        .collect();
+    let last = puts.last().unwrap();
+    assert!(store.wait_dispatched(last.physical_offset, Duration::from_secs(30)));
+    let held = store
+        .lookup_message(puts[0].physical_offset)
+        .unwrap()
+        .unwrap();
+    let cq_files_before = count(&dir.path().join("consumequeue/Ret/0"));
+
+    let removed = store.delete_expired_files().unwrap();
+    assert!(removed >= 5, "removed {removed}");
+    let min = store.min_physical_offset();
+    assert_eq!(
+        min,
+        last.physical_offset / SMALL_FILE * SMALL_FILE,
+        "all but the writer's file"
+    );
+    // Only the writer's file (and the next one, prepared ahead) are left.
+    for entry in fs::read_dir(dir.path().join("commitlog")).unwrap() {
+        let name = entry.unwrap().file_name().into_string().unwrap();
+        assert!(name.parse::<u64>().unwrap() >= min, "{name} survived");
+    }
+    // A reader holding a message from a deleted file still has it.
+    assert_eq!(held.body, body("r", 0));
+    assert!(
+        store
+            .lookup_message(puts[0].physical_offset)
+            .unwrap()
+            .is_none()
+    );
+    assert!(count(&dir.path().join("consumequeue/Ret/0")) < cq_files_before);
+
+    for q in 0..2u32 {
+        let qmin = store.min_offset_in_queue("Ret", q);
+        assert!(qmin > 0);
+        let g = store.get_message("Ret", q, 0, 8).unwrap();
+        assert_eq!(g.status, GetStatus::OffsetTooSmall);
+        assert_eq!(g.next_offset, qmin);
+        let g = store.get_message("Ret", q, qmin, 8).unwrap();
+        assert_eq!(g.status, GetStatus::Found);
+        assert!(g.messages[0].physical_offset >= min);
+        let expected: Vec<_> = puts
+            .iter()
+            .enumerate()
+            .filter(|(i, p)| (*i as u32) % 2 == q && p.physical_offset >= min)
+            .collect();
+        assert_eq!(g.messages[0].physical_offset, expected[0].1.physical_offset);
+        assert_eq!(qmin, expected[0].1.queue_offset);
+    }
+    let next = store.put_message(&message("Ret", 0, "r", 0)).unwrap();
+    assert_eq!(next.queue_offset, 750);
+    drop(store);
+
+    // A clean reopen keeps the minimums.
+    let store = MessageStore::open(cfg(dir.path())).unwrap();
+    assert_eq!(store.min_physical_offset(), min);
+    let qmin0 = store.min_offset_in_queue("Ret", 0);
+    assert!(qmin0 > 0);
+    assert_eq!(store.max_offset_in_queue("Ret", 0), 751);
+    drop(store);
+
+    // Lost queues after a crash are rebuilt from what is left of the log, at the same
+    // queue offsets.
+    fs::remove_dir_all(dir.path().join("consumequeue")).unwrap();
+    fs::write(dir.path().join("abort"), b"").unwrap();
+    let store = MessageStore::open(cfg(dir.path())).unwrap();
+    assert_eq!(store.max_offset_in_queue("Ret", 0), 751);
+    let qmin = store.min_offset_in_queue("Ret", 0);
+    let g = store.get_message("Ret", 0, qmin, 4).unwrap();
+    assert_eq!(g.status, GetStatus::Found);
+    assert_eq!(g.messages[0].queue_offset, qmin);
+    assert!(g.messages[0].physical_offset >= min);
+    assert_eq!(
+        store
+            .put_message(&message("Ret", 0, "r", 1))
+            .unwrap()
+            .queue_offset,
+        751
+    );
+    drop(store);
+    // And that rebuilt queue reopens cleanly.
+    let store = MessageStore::open(cfg(dir.path())).unwrap();
+    assert_eq!(store.max_offset_in_queue("Ret", 0), 752);
+    assert_eq!(store.min_offset_in_queue("Ret", 0), qmin);
+}
+
+#[test]
+fn fresh_files_are_kept() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = MessageStore::open(
+        config(dir.path(), sync_mode()).file_reserved_time(Duration::from_secs(3600)),
+    )
+    .unwrap();
+    for i in 0..800 {
+        store.put_message(&message("Keep", 0, "k", i)).unwrap();
+    }
+    assert_eq!(store.delete_expired_files().unwrap(), 0);
+    assert_eq!(store.min_physical_offset(), 0);
+    assert_eq!(
+        store.get_message("Keep", 0, 0, 1).unwrap().status,
+        GetStatus::Found
+    );
+}
