@@ -123,8 +123,8 @@ pub struct StoreConfig {
     /// Commit-log files older than this (by modification time) are deleted by retention.
     /// Default: 72 h.
     pub file_reserved_time: Duration,
-    /// Hour of the day (UTC, 0–23) at which expired files are deleted. Default: 4.
-    pub delete_hour_utc: u8,
+    /// Hour of the day (local time, 0–23) at which expired files are deleted. Default: 4.
+    pub delete_hour: u8,
     /// Above this used fraction of the filesystem, expired files are deleted at once
     /// instead of waiting for the hour. Default: 0.75.
     pub disk_clean_ratio: f64,
@@ -168,7 +168,7 @@ impl fmt::Debug for StoreConfig {
             .field("max_transfer_bytes", &self.max_transfer_bytes)
             .field("verify_crc_on_clean_open", &self.verify_crc_on_clean_open)
             .field("file_reserved_time", &self.file_reserved_time)
-            .field("delete_hour_utc", &self.delete_hour_utc)
+            .field("delete_hour", &self.delete_hour)
             .field("disk_clean_ratio", &self.disk_clean_ratio)
             .field("disk_force_clean_ratio", &self.disk_force_clean_ratio)
             .field("disk_full_ratio", &self.disk_full_ratio)
@@ -200,7 +200,7 @@ impl StoreConfig {
             max_transfer_bytes: 256 * 1024,
             verify_crc_on_clean_open: false,
             file_reserved_time: Duration::from_secs(72 * 3600),
-            delete_hour_utc: 4,
+            delete_hour: 4,
             disk_clean_ratio: 0.75,
             disk_force_clean_ratio: 0.85,
             disk_full_ratio: 0.90,
@@ -281,9 +281,9 @@ impl StoreConfig {
         self
     }
 
-    /// Sets [`StoreConfig::delete_hour_utc`].
-    pub fn delete_hour_utc(mut self, hour: u8) -> Self {
-        self.delete_hour_utc = hour;
+    /// Sets [`StoreConfig::delete_hour`].
+    pub fn delete_hour(mut self, hour: u8) -> Self {
+        self.delete_hour = hour;
         self
     }
 
@@ -355,11 +355,8 @@ impl StoreConfig {
                 i32::MAX / 20
             ));
         }
-        if self.delete_hour_utc > 23 {
-            return bad(format!(
-                "delete_hour_utc {} must be 0..=23",
-                self.delete_hour_utc
-            ));
+        if self.delete_hour > 23 {
+            return bad(format!("delete_hour {} must be 0..=23", self.delete_hour));
         }
         if !(self.disk_full_ratio > 0.0 && self.disk_full_ratio <= 1.0) {
             return bad(format!(

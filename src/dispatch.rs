@@ -170,7 +170,12 @@ fn run(s: &Shared) {
         // This thread also samples disk usage (for the put path's disk-full refusal) and
         // applies retention after each sample.
         if let Some(used) = s.log.disk().maybe_sample()
-            && let Err(e) = s.retention.maybe_clean(&s.log, &s.queues, used)
+            && let Err(e) = s.retention.maybe_clean(
+                &s.log,
+                &s.queues,
+                used,
+                s.dispatched.load(Ordering::Acquire),
+            )
         {
             log::error!("retention failed: {e}");
         }

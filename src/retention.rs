@@ -6,7 +6,9 @@
 //! Deleting never races a reader: a removed file is unlinked, and its mapping lives on
 //! until the last reader's slice of it is dropped.
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
+
+use chrono::{Datelike, Timelike};
 
 use parking_lot::Mutex;
 
@@ -17,7 +19,7 @@ use crate::error::Result;
 
 pub(crate) struct Retention {
     reserved: Duration,
-    hour_utc: u8,
+    hour: u8,
     clean_ratio: f64,
     force_ratio: f64,
     /// The day (since the epoch) of the last run at the configured hour.
@@ -28,7 +30,7 @@ impl Retention {
     pub(crate) fn new(config: &StoreConfig) -> Self {
         Retention {
             reserved: config.file_reserved_time,
-            hour_utc: config.delete_hour_utc,
+            hour: config.delete_hour,
             clean_ratio: config.disk_clean_ratio,
             force_ratio: config.disk_force_clean_ratio,
             last_daily_run: Mutex::new(None),
@@ -36,18 +38,21 @@ impl Retention {
     }
 
     /// Applies the rules after a disk sample (`used`: used fraction of the filesystem).
+    /// Only files wholly below `dispatched` may go: the dispatch thread still reads the rest.
     pub(crate) fn maybe_clean(
         &self,
         log: &CommitLog,
         queues: &ConsumeQueues,
         used: f64,
+        dispatched: u64,
     ) -> Result<usize> {
-        let now = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .unwrap_or_default()
-            .as_secs();
-        let (day, hour) = (now / 86_400, (now % 86_400 / 3600) as u8);
-        let daily = hour == self.hour_utc && {
+        // The configured hour is local time, as RocketMQ's `deleteWhen`.
+        let local = chrono::Local::now();
+        let (day, hour) = (
+            local.date_naive().num_days_from_ce() as u64,
+            local.hour() as u8,
+        );
+        let daily = hour == self.hour && {
             let mut last = self.last_daily_run.lock();
             let due = *last != Some(day);
             *last = Some(day);
@@ -55,17 +60,23 @@ impl Retention {
         };
         let mut removed = 0;
         if daily || used > self.clean_ratio {
-            removed += delete_files(log, queues, Some(self.reserved))?;
+            removed += delete_files(log, queues, Some(self.reserved), dispatched)?;
         }
         if used > self.force_ratio {
-            removed += delete_files(log, queues, None)?;
+            removed += delete_files(log, queues, None, dispatched)?;
         }
         Ok(removed)
     }
 
-    /// Deletes now every file older than the reserved time (the operator's call).
-    pub(crate) fn delete_expired(&self, log: &CommitLog, queues: &ConsumeQueues) -> Result<usize> {
-        delete_files(log, queues, Some(self.reserved))
+    /// Deletes now every file older than the reserved time and wholly below `dispatched`
+    /// (the operator's call).
+    pub(crate) fn delete_expired(
+        &self,
+        log: &CommitLog,
+        queues: &ConsumeQueues,
+        dispatched: u64,
+    ) -> Result<usize> {
+        delete_files(log, queues, Some(self.reserved), dispatched)
     }
 }
 
@@ -76,10 +87,11 @@ fn delete_files(
     log: &CommitLog,
     queues: &ConsumeQueues,
     older_than: Option<Duration>,
+    dispatched: u64,
 ) -> Result<usize> {
     let mut budget = if older_than.is_some() { usize::MAX } else { 1 };
-    let removed = log.delete_front_files(|path| {
-        if budget == 0 {
+    let removed = log.delete_front_files(|path, end| {
+        if budget == 0 || end > dispatched {
             return false;
         }
         let old = match older_than {

@@ -322,11 +322,13 @@ impl MessageStore {
     }
 
     /// Deletes now every commit-log file older than [`StoreConfig::file_reserved_time`]
-    /// (never the one being written) and the consume-queue files wholly below the log's new
-    /// start; returns how many commit-log files went. Readers holding messages from a
+    /// (never the one being written, nor one the dispatch thread has not finished indexing)
+    /// and the consume-queue files wholly below the log's new start; returns how many commit-log files went. Readers holding messages from a
     /// deleted file keep them valid until they drop them.
     pub fn delete_expired_files(&self) -> Result<usize> {
-        self.retention.delete_expired(&self.log, &self.queues)
+        let dispatched = self.dispatcher.dispatched_offset();
+        self.retention
+            .delete_expired(&self.log, &self.queues, dispatched)
     }
 
     /// Whether puts are being refused with [`Error::DiskFull`]: the store's filesystem was

@@ -135,3 +135,37 @@ fn fresh_files_are_kept() {
         GetStatus::Found
     );
 }
+
+#[test]
+fn above_the_clean_ratio_expired_files_go_without_waiting_for_the_hour() {
+    let dir = tempfile::tempdir().unwrap();
+    // Any real filesystem is more than 0.1% used, so every disk sample cleans.
+    let store = MessageStore::open(
+        cfg(dir.path())
+            .disk_clean_ratios(0.001, 1.0)
+            .disk_check_interval(Duration::from_millis(5)),
+    )
+    .unwrap();
+    let mut last = 0;
+    for i in 0..800u64 {
+        last = store
+            .put_message(&message("Auto", 0, "a", i))
+            .unwrap()
+            .physical_offset;
+    }
+    let started = std::time::Instant::now();
+    while store.min_physical_offset() < last / SMALL_FILE * SMALL_FILE {
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "retention never ran"
+        );
+        std::thread::yield_now();
+    }
+    assert!(store.wait_dispatched(last, Duration::from_secs(30)));
+    let qmin = store.min_offset_in_queue("Auto", 0);
+    assert!(qmin > 0);
+    assert_eq!(
+        store.get_message("Auto", 0, qmin, 1).unwrap().status,
+        GetStatus::Found
+    );
+}

@@ -170,15 +170,16 @@ impl CommitLog {
         self.state.lock().last_store_timestamp
     }
 
-    /// Removes commit-log files from the front while `expired(path)` holds, never the file
-    /// being written. Returns how many went.
+    /// Removes commit-log files from the front while `expired(path, end offset)` holds,
+    /// never the file being written. Returns how many went.
     pub(crate) fn delete_front_files(
         &self,
-        mut expired: impl FnMut(&std::path::Path) -> bool,
+        mut expired: impl FnMut(&std::path::Path, u64) -> bool,
     ) -> Result<usize> {
+        let size = self.file_size();
         let removed = self
             .files
-            .remove_front_while(1, |file| expired(file.path()))?;
+            .remove_front_while(1, |file| expired(file.path(), file.start_offset() + size))?;
         Ok(removed.len())
     }
 
