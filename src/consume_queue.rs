@@ -261,16 +261,7 @@ impl ConsumeQueue {
         if queue_offset > next && next == self.min_offset() && writer.is_none() {
             // An empty queue starts where its first message is (the log's start may have
             // been deleted by retention): begin inside the file that holds that offset.
-            std::fs::create_dir_all(&self.dir)
-                .map_err(|e| Error::io("create directory", &self.dir, e))?;
-            let byte = queue_offset * CQ_ENTRY_LEN as u64;
-            let start = byte / self.file_size * self.file_size;
-            let file =
-                MappedFile::create(&self.dir, start, self.file_size as usize, self.hook.clone())?;
-            let w = FileWriter::new(Arc::new(file), (byte - start) as usize)
-                .expect("a new file has no other owner");
-            self.files.push(Arc::clone(w.file()));
-            *writer = Some(w);
+            *writer = Some(self.new_file(queue_offset)?);
             self.min_offset.store(queue_offset, Ordering::Release);
             self.max_offset.store(queue_offset, Ordering::Release);
             next = queue_offset;
@@ -285,20 +276,27 @@ impl ConsumeQueue {
             ));
         }
         if writer.as_ref().is_none_or(|w| w.remaining() < CQ_ENTRY_LEN) {
-            std::fs::create_dir_all(&self.dir)
-                .map_err(|e| Error::io("create directory", &self.dir, e))?;
-            let start = next * CQ_ENTRY_LEN as u64;
-            let file =
-                MappedFile::create(&self.dir, start, self.file_size as usize, self.hook.clone())?;
-            let w = FileWriter::new(Arc::new(file), 0).expect("a new file has no other owner");
-            self.files.push(Arc::clone(w.file()));
-            *writer = Some(w);
+            *writer = Some(self.new_file(next)?);
         }
         let w = writer.as_mut().expect("set above");
         w.write(&entry.encode());
         w.publish();
         self.max_offset.store(next + 1, Ordering::Release);
         Ok(Indexed::Appended)
+    }
+
+    /// Creates the file holding `queue_offset` and a writer positioned at its entry.
+    fn new_file(&self, queue_offset: u64) -> Result<FileWriter> {
+        std::fs::create_dir_all(&self.dir)
+            .map_err(|e| Error::io("create directory", &self.dir, e))?;
+        let byte = queue_offset * CQ_ENTRY_LEN as u64;
+        let start = byte / self.file_size * self.file_size;
+        let file =
+            MappedFile::create(&self.dir, start, self.file_size as usize, self.hook.clone())?;
+        let w = FileWriter::new(Arc::new(file), (byte - start) as usize)
+            .expect("a new file has no other owner");
+        self.files.push(Arc::clone(w.file()));
+        Ok(w)
     }
 
     /// Flushes entries written since the last flush.
