@@ -304,10 +304,8 @@ impl CommitLog {
         if total + BLANK_RECORD_LEN > state.writer.remaining() {
             self.roll(state)?;
         }
-        let queue_offset = match state.queue_offsets.get(topic) {
-            Some(queues) => queues.get(&queue_id).copied().unwrap_or(0),
-            None => 0,
-        };
+        let next_queue_offset = queue_slot(&mut state.queue_offsets, topic, queue_id);
+        let queue_offset = *next_queue_offset;
         let store_timestamp = now_ms().max(state.last_store_timestamp);
         let physical_offset = state.writer.offset();
         let mut at = physical_offset;
@@ -320,7 +318,7 @@ impl CommitLog {
         self.write_offset.store(at, Ordering::Release);
         state.last_store_timestamp = store_timestamp;
         let count = records.len() as u32;
-        *queue_slot(&mut state.queue_offsets, topic, queue_id) = queue_offset + u64::from(count);
+        *next_queue_offset = queue_offset + u64::from(count);
         Ok(Appended {
             physical_offset,
             queue_offset,
@@ -391,7 +389,8 @@ impl CommitLog {
         limit: u64,
         topic_hint: Option<&Arc<str>>,
     ) -> Result<Option<StoredMessage>> {
-        if offset >= limit || offset < self.min_offset() {
+        // Offsets below the first file are not found by the file lookup.
+        if offset >= limit {
             return Ok(None);
         }
         let covers = |c: &ReadCursor| {
