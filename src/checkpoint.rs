@@ -16,6 +16,10 @@ pub const POS_PHYSIC_TIMESTAMP: usize = 0;
 pub const POS_LOGICS_TIMESTAMP: usize = 8;
 /// Offset of the index message timestamp (kept for compatibility; no index yet).
 pub const POS_INDEX_TIMESTAMP: usize = 16;
+/// Offset of the durable commit-log offset (ours; RocketMQ keeps fields of its own at 24
+/// and 32, so ours sits clear of them). Zero in a checkpoint written by RocketMQ or by
+/// rocketstore 0.1: nothing is vouched for by offset, only by the timestamps.
+pub const POS_PHYSIC_OFFSET: usize = 64;
 
 /// The three timestamps, ms since the Unix epoch.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -27,6 +31,11 @@ pub struct CheckpointTimes {
     pub logics: i64,
     /// Store time up to which the key index is durable (unused: there is no index yet).
     pub index: i64,
+    /// Commit-log offset below which every byte is durable and was valid when written: the
+    /// end of the record whose store time is `physic`. Recovery after a crash may cut the
+    /// log only at or past it; an invalid record below it is damage, and the open is
+    /// refused.
+    pub physic_offset: u64,
 }
 
 impl CheckpointTimes {
@@ -51,7 +60,34 @@ impl CheckpointTimes {
             physic: at(POS_PHYSIC_TIMESTAMP),
             logics: at(POS_LOGICS_TIMESTAMP),
             index: at(POS_INDEX_TIMESTAMP),
+            physic_offset: if bytes.len() >= POS_PHYSIC_OFFSET + 8 {
+                at(POS_PHYSIC_OFFSET) as u64
+            } else {
+                0
+            },
         }))
+    }
+
+    /// The bytes at the start of the file (the rest of its 4 KiB is zeros). Bytes 24..64
+    /// are RocketMQ's other fields; ours are not meaningful there, so they stay zero.
+    fn encode(&self) -> [u8; POS_PHYSIC_OFFSET + 8] {
+        let mut b = [0u8; POS_PHYSIC_OFFSET + 8];
+        b[POS_PHYSIC_TIMESTAMP..8].copy_from_slice(&self.physic.to_be_bytes());
+        b[POS_LOGICS_TIMESTAMP..16].copy_from_slice(&self.logics.to_be_bytes());
+        b[POS_INDEX_TIMESTAMP..24].copy_from_slice(&self.index.to_be_bytes());
+        b[POS_PHYSIC_OFFSET..].copy_from_slice(&self.physic_offset.to_be_bytes());
+        b
+    }
+
+    /// Writes a whole checkpoint file and syncs it: for tools and tests that prepare a
+    /// store (say, a copy that should be recovered from an earlier point). Never call it on
+    /// the checkpoint of an open store.
+    pub fn write(&self, path: &Path) -> Result<()> {
+        let mut b = vec![0u8; CHECKPOINT_LEN];
+        b[..POS_PHYSIC_OFFSET + 8].copy_from_slice(&self.encode());
+        std::fs::write(path, &b)
+            .and_then(|()| std::fs::File::open(path)?.sync_all())
+            .map_err(|e| Error::io("write checkpoint", path, e))
     }
 
     /// The time recovery may start from: the older of the commit-log and consume-queue times.
@@ -90,10 +126,7 @@ impl Checkpoint {
         if times == self.times {
             return Ok(());
         }
-        let mut b = [0u8; 24];
-        b[POS_PHYSIC_TIMESTAMP..8].copy_from_slice(&times.physic.to_be_bytes());
-        b[POS_LOGICS_TIMESTAMP..16].copy_from_slice(&times.logics.to_be_bytes());
-        b[POS_INDEX_TIMESTAMP..24].copy_from_slice(&times.index.to_be_bytes());
+        let b = times.encode();
         self.file
             .write_all_at(&b, 0)
             .and_then(|()| self.file.sync_data())

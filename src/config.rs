@@ -141,6 +141,16 @@ pub struct StoreConfig {
     /// crash; this adds bit-rot detection at the price of reading every body of the last
     /// file (about 200 ms per GiB here). Default: false.
     pub verify_crc_on_clean_open: bool,
+    /// The operator's override for a damaged log: when recovery meets an invalid record the
+    /// store had made durable (below the checkpoint's durable offset, or anywhere after a
+    /// clean exit), cut the log there, losing every record after it, instead of refusing
+    /// the open with [`Error::Corrupted`](crate::Error::Corrupted). Set it only after
+    /// deciding that the loss is acceptable (save a copy of the store first). Default: false.
+    pub truncate_damaged_log: bool,
+    /// Pause between two commit-log file deletions by retention, so deleting many files
+    /// does not become one burst of I/O. Default: 100 ms (RocketMQ's
+    /// `deleteCommitLogFilesInterval`).
+    pub file_delete_interval: Duration,
     /// Hooks called around file operations; for fault-injection tests. Default: none.
     pub io_hook: Option<Arc<dyn IoHook>>,
 }
@@ -167,6 +177,8 @@ impl fmt::Debug for StoreConfig {
             )
             .field("max_transfer_bytes", &self.max_transfer_bytes)
             .field("verify_crc_on_clean_open", &self.verify_crc_on_clean_open)
+            .field("truncate_damaged_log", &self.truncate_damaged_log)
+            .field("file_delete_interval", &self.file_delete_interval)
             .field("file_reserved_time", &self.file_reserved_time)
             .field("delete_hour", &self.delete_hour)
             .field("disk_clean_ratio", &self.disk_clean_ratio)
@@ -199,6 +211,8 @@ impl StoreConfig {
             consume_queue_flush_interval: Duration::from_secs(1),
             max_transfer_bytes: 256 * 1024,
             verify_crc_on_clean_open: false,
+            truncate_damaged_log: false,
+            file_delete_interval: Duration::from_millis(100),
             file_reserved_time: Duration::from_secs(72 * 3600),
             delete_hour: 4,
             disk_clean_ratio: 0.75,
@@ -309,6 +323,18 @@ impl StoreConfig {
     /// Sets [`StoreConfig::verify_crc_on_clean_open`].
     pub fn verify_crc_on_clean_open(mut self, on: bool) -> Self {
         self.verify_crc_on_clean_open = on;
+        self
+    }
+
+    /// Sets [`StoreConfig::truncate_damaged_log`].
+    pub fn truncate_damaged_log(mut self, on: bool) -> Self {
+        self.truncate_damaged_log = on;
+        self
+    }
+
+    /// Sets [`StoreConfig::file_delete_interval`].
+    pub fn file_delete_interval(mut self, interval: Duration) -> Self {
+        self.file_delete_interval = interval;
         self
     }
 

@@ -13,7 +13,7 @@ use parking_lot::Mutex;
 use crate::error::{Error, Result};
 use crate::format::{CQ_ENTRY_LEN, CqEntry};
 use crate::io_hook::IoHook;
-use crate::mapped_file::{FileWriter, MappedFile};
+use crate::mapped_file::{FileWriter, MappedFile, create_dir_durable};
 use crate::mapped_file_queue::MappedFileQueue;
 
 /// What putting an entry did.
@@ -37,6 +37,9 @@ pub(crate) struct ConsumeQueue {
     max_offset: AtomicU64,
     /// Byte position (in the queue's logical file space) flushed so far.
     flushed: AtomicU64,
+    /// Why the entries found at load cannot be trusted (a zeroed entry below the end, or
+    /// entries out of order): recovery then rebuilds the queues from the log.
+    damage: Option<String>,
 }
 
 impl std::fmt::Debug for ConsumeQueue {
@@ -46,6 +49,40 @@ impl std::fmt::Debug for ConsumeQueue {
             .field("max_offset", &self.max_offset())
             .finish()
     }
+}
+
+/// Checks that the entries from queue offset `from` to `end` are all written, with commit-
+/// log offsets that grow: a zeroed entry below the end would stop every reader at it.
+/// Costs one pass over the written entries (20 bytes per message).
+fn check_entries(
+    files: &[Arc<MappedFile>],
+    from: u64,
+    end: u64,
+    entries_per_file: u64,
+) -> Option<String> {
+    let first = files.first()?.start_offset() / CQ_ENTRY_LEN as u64;
+    let mut prev: Option<u64> = None;
+    let mut at = from;
+    while at < end {
+        let index = ((at - first) / entries_per_file) as usize;
+        let file = files.get(index)?;
+        let in_file = at % entries_per_file;
+        let n = (entries_per_file - in_file).min(end - at);
+        let bytes = file.slice(in_file as usize * CQ_ENTRY_LEN, n as usize * CQ_ENTRY_LEN)?;
+        for (i, chunk) in bytes.chunks_exact(CQ_ENTRY_LEN).enumerate() {
+            let offset = at + i as u64;
+            let entry = CqEntry::decode(chunk.try_into().expect("20 bytes"));
+            match entry {
+                None => return Some(format!("entry {offset} is not written")),
+                Some(e) if prev.is_some_and(|p| e.physical_offset <= p) => {
+                    return Some(format!("entry {offset} points before the previous one"));
+                }
+                Some(e) => prev = Some(e.physical_offset),
+            }
+        }
+        at += n;
+    }
+    None
 }
 
 fn entry_at(file: &Arc<MappedFile>, pos: usize) -> Option<CqEntry> {
@@ -65,7 +102,13 @@ impl ConsumeQueue {
             min_offset: AtomicU64::new(0),
             max_offset: AtomicU64::new(0),
             flushed: AtomicU64::new(0),
+            damage: None,
         }
+    }
+
+    /// Why this queue's entries could not be trusted when it was loaded, if so.
+    pub(crate) fn damage(&self) -> Option<&str> {
+        self.damage.as_deref()
     }
 
     /// Opens the queue in `dir`. Its end is the first unwritten entry of the last file,
@@ -136,18 +179,23 @@ impl ConsumeQueue {
             }
             end = lo;
         }
+        q.damage = check_entries(&files, first_written.min(end), end, entries_per_file);
         if keep_below.is_some() && end <= first_written {
             // Nothing kept: an empty queue, which may start again at any offset.
-            for file in files {
-                std::fs::remove_file(file.path())
-                    .map_err(|e| Error::io("remove", file.path(), e))?;
+            for file in &files {
+                file.remove()?;
             }
+            files[0].sync_parent()?;
             return Ok(q);
         }
         // Files wholly past the end go; the end's file takes the writer.
         let keep = (((end - first) / entries_per_file) as usize + 1).min(files.len());
-        for file in files.split_off(keep) {
-            std::fs::remove_file(file.path()).map_err(|e| Error::io("remove", file.path(), e))?;
+        let past_end = files.split_off(keep);
+        for file in &past_end {
+            file.remove()?;
+        }
+        if let Some(file) = past_end.first() {
+            file.sync_parent()?;
         }
         let last = files.pop().expect("keep >= 1");
         let pos = ((end - last.start_offset() / CQ_ENTRY_LEN as u64) as usize) * CQ_ENTRY_LEN;
@@ -287,8 +335,7 @@ impl ConsumeQueue {
 
     /// Creates the file holding `queue_offset` and a writer positioned at its entry.
     fn new_file(&self, queue_offset: u64) -> Result<FileWriter> {
-        std::fs::create_dir_all(&self.dir)
-            .map_err(|e| Error::io("create directory", &self.dir, e))?;
+        create_dir_durable(&self.dir, self.hook.as_ref())?;
         let byte = queue_offset * CQ_ENTRY_LEN as u64;
         let start = byte / self.file_size * self.file_size;
         let file =

@@ -31,7 +31,7 @@ impl ConsumeQueues {
         keep_below: Option<u64>,
     ) -> Result<Self> {
         let file_size = u64::from(entries_per_file) * CQ_ENTRY_LEN as u64;
-        std::fs::create_dir_all(&root).map_err(|e| Error::io("create directory", &root, e))?;
+        crate::mapped_file::create_dir_durable(&root, hook.as_ref())?;
         let mut table = Table::new();
         for topic_dir in list_dirs(&root)? {
             let topic = file_name(&topic_dir);
@@ -108,7 +108,82 @@ impl ConsumeQueues {
         }
         Ok(())
     }
+
+    /// The first queue whose entries could not be trusted at load, and why.
+    pub(crate) fn damaged(&self) -> Option<String> {
+        self.all().into_iter().find_map(|(t, id, q)| {
+            q.damage()
+                .map(|why| format!("consume queue {t}/{id}: {why}"))
+        })
+    }
+
+    /// Writes the queue table: every queue and its next offset, so that the next clean
+    /// open can tell a queue that went missing or short from one that never existed.
+    /// Written whole under a temporary name, synced and renamed into place.
+    pub(crate) fn write_table(&self, path: &Path) -> Result<()> {
+        let mut rows: Vec<_> = self
+            .all()
+            .into_iter()
+            .map(|(t, id, q)| (t, id, q.max_offset()))
+            .collect();
+        rows.sort();
+        let mut text = format!("{TABLE_HEADER} {}\n", rows.len());
+        for (t, id, max) in &rows {
+            text.push_str(&format!("{t} {id} {max}\n"));
+        }
+        let tmp = path.with_extension("tmp");
+        let write = || -> std::io::Result<()> {
+            use std::io::Write;
+            let mut f = std::fs::File::create(&tmp)?;
+            f.write_all(text.as_bytes())?;
+            f.sync_all()
+        };
+        write().map_err(|e| Error::io("write", &tmp, e))?;
+        std::fs::rename(&tmp, path).map_err(|e| Error::io("rename", path, e))?;
+        crate::mapped_file::sync_dir(path.parent().expect("the table lives under the root"))
+    }
+
+    /// Reads the queue table a clean shutdown wrote; `None` when there is none (a store of
+    /// an earlier version). A table that does not parse is refused: it is written whole.
+    pub(crate) fn read_table(path: &Path) -> Result<Option<Vec<(String, u32, u64)>>> {
+        let text = match std::fs::read_to_string(path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(Error::io("read", path, e)),
+        };
+        let bad = |reason: &str| Error::BadStoreFile {
+            path: path.to_owned(),
+            reason: reason.to_owned(),
+        };
+        let mut lines = text.lines();
+        let count: usize = lines
+            .next()
+            .and_then(|h| h.strip_prefix(TABLE_HEADER))
+            .and_then(|n| n.trim().parse().ok())
+            .ok_or_else(|| bad("no queue-table header"))?;
+        let rows = lines
+            .map(|line| {
+                let mut f = line.split(' ');
+                let row = (
+                    f.next().map(str::to_owned),
+                    f.next().and_then(|x| x.parse().ok()),
+                    f.next().and_then(|x| x.parse().ok()),
+                );
+                match row {
+                    (Some(t), Some(id), Some(max)) if f.next().is_none() => Ok((t, id, max)),
+                    _ => Err(bad("a malformed queue-table row")),
+                }
+            })
+            .collect::<Result<Vec<_>>>()?;
+        if rows.len() != count {
+            return Err(bad("the queue table is incomplete"));
+        }
+        Ok(Some(rows))
+    }
 }
+
+/// First line of `{root}/queue_table`, followed by the number of rows.
+const TABLE_HEADER: &str = "rocketstore-queue-table-v1";
 
 fn file_name(path: &Path) -> String {
     path.file_name()

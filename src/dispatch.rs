@@ -4,6 +4,7 @@
 //! Under sync flush it reads only flushed bytes, so nothing a crash could take back is
 //! ever indexed or served (RocketMQ issue #8239).
 
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::sync::OnceLock;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -18,15 +19,10 @@ use crate::consume_queue::Indexed;
 use crate::consume_queues::ConsumeQueues;
 use crate::error::{Error, Result};
 use crate::format::{self, CqEntry, Peek, RecordView};
-use crate::retention::Retention;
 
 /// Indexes one record in its consume queue.
 pub(crate) fn index_record(queues: &ConsumeQueues, view: &RecordView<'_>) -> Result<Indexed> {
-    let entry = CqEntry {
-        physical_offset: view.physical_offset,
-        size: view.total_size,
-        tag_hash: format::tag_hash(format::find_tags(view.properties)),
-    };
+    let entry = CqEntry::of(view);
     queues
         .get_or_create(view.topic, view.queue_id)
         .put(view.queue_offset, entry)
@@ -53,20 +49,26 @@ impl Wakeup {
 struct Shared {
     log: Arc<CommitLog>,
     queues: Arc<ConsumeQueues>,
-    retention: Arc<Retention>,
     wakeup: Arc<Wakeup>,
     sync_flush: bool,
     flush_interval: Duration,
     /// Commit-log offset up to which every record is indexed.
-    dispatched: AtomicU64,
+    dispatched: Arc<AtomicU64>,
     /// Store time of the last record indexed.
     dispatched_timestamp: AtomicU64,
     stop: AtomicBool,
+    /// The thread has ended (normally or by a panic): nothing more will be indexed.
+    exited: AtomicBool,
     /// Wakes callers of `wait_dispatched`.
     progress: Mutex<()>,
     progressed: Condvar,
     checkpoint: Mutex<Checkpoint>,
+    /// The last round's error, while it lasts.
     failure: Mutex<Option<String>>,
+    /// A consume-queue sync failed. A retried sync may report success for pages the kernel
+    /// already dropped, so the checkpoint never advances again in this run, and shutdown
+    /// leaves the store to be recovered as after a crash.
+    queue_sync_failed: Mutex<Option<String>>,
 }
 
 pub(crate) struct Dispatcher {
@@ -79,7 +81,6 @@ impl Dispatcher {
     pub(crate) fn start(
         log: Arc<CommitLog>,
         queues: Arc<ConsumeQueues>,
-        retention: Arc<Retention>,
         checkpoint: Checkpoint,
         sync_flush: bool,
         flush_interval: Duration,
@@ -90,22 +91,26 @@ impl Dispatcher {
         let shared = Arc::new(Shared {
             log,
             queues,
-            retention,
             wakeup,
             sync_flush,
             flush_interval,
-            dispatched: AtomicU64::new(from),
+            dispatched: Arc::new(AtomicU64::new(from)),
             dispatched_timestamp: AtomicU64::new(from_timestamp as u64),
             stop: AtomicBool::new(false),
+            exited: AtomicBool::new(false),
             progress: Mutex::new(()),
             progressed: Condvar::new(),
             checkpoint: Mutex::new(checkpoint),
             failure: Mutex::new(None),
+            queue_sync_failed: Mutex::new(None),
         });
         let s = Arc::clone(&shared);
         let thread = std::thread::Builder::new()
             .name("rocketstore-dispatch".into())
-            .spawn(move || run(&s))
+            .spawn(move || {
+                let _exit = ExitGuard(&s);
+                run(&s);
+            })
             .map_err(|e| Error::io("spawn dispatch thread", "", e))?;
         let _ = shared.wakeup.thread.set(thread.thread().clone());
         Ok(Dispatcher {
@@ -119,42 +124,81 @@ impl Dispatcher {
         self.shared.dispatched.load(Ordering::Acquire)
     }
 
-    /// Waits until the record at `physical_offset` is indexed; false on timeout.
+    /// The dispatched offset, shared with the retention thread.
+    pub(crate) fn dispatched_handle(&self) -> Arc<AtomicU64> {
+        Arc::clone(&self.shared.dispatched)
+    }
+
+    /// Waits until the record at `physical_offset` is indexed; false on timeout or once
+    /// the thread has ended. A timeout too large to add to now means no deadline.
     pub(crate) fn wait_dispatched(&self, physical_offset: u64, timeout: Duration) -> bool {
-        let deadline = Instant::now() + timeout;
+        let deadline = Instant::now().checked_add(timeout);
         let mut guard = self.shared.progress.lock();
         while self.dispatched_offset() <= physical_offset {
-            if self.shared.stop.load(Ordering::Acquire) && self.thread.lock().is_none() {
+            // Only atomics are read under `progress`: the thread needs `progress` to
+            // publish, so waiting here on any other lock could deadlock with it.
+            if self.shared.exited.load(Ordering::Acquire) {
                 return false;
             }
             self.shared.wakeup.wake();
-            if self
-                .shared
-                .progressed
-                .wait_until(&mut guard, deadline)
-                .timed_out()
-            {
-                return self.dispatched_offset() > physical_offset;
+            match deadline {
+                Some(deadline) => {
+                    if self
+                        .shared
+                        .progressed
+                        .wait_until(&mut guard, deadline)
+                        .timed_out()
+                    {
+                        return self.dispatched_offset() > physical_offset;
+                    }
+                }
+                None => self.shared.progressed.wait(&mut guard),
             }
         }
         true
     }
 
     /// Indexes what is left, flushes the queues and the checkpoint, stops the thread. Fails
-    /// when that last round failed (the next open then recovers as after a crash).
+    /// when that last round failed, when a queue sync failed earlier, or when the thread
+    /// panicked (the next open then recovers as after a crash).
     pub(crate) fn shutdown(&self) -> Result<()> {
         self.shared.stop.store(true, Ordering::Release);
         if let Some(t) = self.shared.wakeup.thread.get() {
             t.unpark();
         }
-        if let Some(t) = self.thread.lock().take() {
-            let _ = t.join();
+        // The handle is taken out first: no lock is held while joining.
+        let handle = self.thread.lock().take();
+        if let Some(t) = handle
+            && t.join().is_err()
+        {
+            // The exit guard has recorded the panic and poisoned the log.
+            log::error!("the dispatch thread panicked");
         }
-        self.shared.progressed.notify_all();
-        match self.shared.failure.lock().clone() {
-            Some(cause) => Err(Error::Poisoned { cause }),
-            None => Ok(()),
+        if let Some(cause) = self.shared.failure.lock().clone() {
+            return Err(Error::Poisoned { cause });
         }
+        if let Some(cause) = self.shared.queue_sync_failed.lock().clone() {
+            return Err(Error::Poisoned { cause });
+        }
+        Ok(())
+    }
+}
+
+/// Marks the thread as ended however it ends, waking every waiter. A panic poisons the
+/// store: nothing would index new records any more, and readers would wait forever.
+struct ExitGuard<'a>(&'a Shared);
+
+impl Drop for ExitGuard<'_> {
+    fn drop(&mut self) {
+        let s = self.0;
+        if std::thread::panicking() {
+            let cause = "the dispatch thread panicked".to_owned();
+            *s.failure.lock() = Some(cause.clone());
+            s.log.poison_with(cause);
+        }
+        let _guard = s.progress.lock();
+        s.exited.store(true, Ordering::Release);
+        s.progressed.notify_all();
     }
 }
 
@@ -164,26 +208,23 @@ const RETRY: Duration = Duration::from_millis(100);
 /// Longest the dispatch thread sleeps while appends may be arriving unannounced.
 const POLL: Duration = Duration::from_millis(1);
 
+/// Most dispatch marks kept while the flush lags behind dispatch; older ones are dropped
+/// (the checkpoint then advances a little less far, never too far).
+const MAX_MARKS: usize = 1 << 16;
+
+/// Where dispatch rounds ended, `(commit-log offset, store time of the last record
+/// before it)`, oldest first: the checkpoint picks the last one already flushed.
+type Marks = VecDeque<(u64, i64)>;
+
 fn run(s: &Shared) {
     let mut last_flush = Instant::now();
+    let mut marks = Marks::new();
     loop {
-        // This thread also samples disk usage (for the put path's disk-full refusal) and
-        // applies retention after each sample.
-        if let Some(used) = s.log.disk().maybe_sample()
-            && let Err(e) = s.retention.maybe_clean(
-                &s.log,
-                &s.queues,
-                used,
-                s.dispatched.load(Ordering::Acquire),
-            )
-        {
-            log::error!("retention failed: {e}");
-        }
         let stopping = s.stop.load(Ordering::Acquire);
-        let result = dispatch_available(s).and_then(|progressed| {
+        let result = dispatch_available(s, &mut marks).and_then(|progressed| {
             let due = last_flush.elapsed() >= s.flush_interval;
             if due || stopping {
-                flush_and_checkpoint(s)?;
+                flush_and_checkpoint(s, &mut marks)?;
                 last_flush = Instant::now();
             }
             Ok(progressed)
@@ -200,15 +241,19 @@ fn run(s: &Shared) {
                 }
             }
             Err(e) => {
-                // A full disk or a failed sync may pass: retry after a pause. Indexing is
-                // idempotent, so records indexed before the failure are simply found again.
+                // A full disk or a failed file creation may pass: retry after a pause.
+                // Indexing is idempotent, so records indexed before the failure are simply
+                // found again.
                 let mut failure = s.failure.lock();
                 if failure.is_none() {
                     log::error!("dispatch failed, retrying every {RETRY:?}: {e}");
                 }
                 *failure = Some(e.to_string());
                 drop(failure);
-                s.progressed.notify_all();
+                {
+                    let _guard = s.progress.lock();
+                    s.progressed.notify_all();
+                }
                 if stopping {
                     return;
                 }
@@ -238,7 +283,7 @@ fn readable_end(s: &Shared) -> u64 {
 }
 
 /// Indexes every readable record not yet indexed. Returns whether anything was.
-fn dispatch_available(s: &Shared) -> Result<bool> {
+fn dispatch_available(s: &Shared, marks: &mut Marks) -> Result<bool> {
     let end = readable_end(s);
     let start = s.dispatched.load(Ordering::Acquire);
     let mut at = start;
@@ -274,6 +319,11 @@ fn dispatch_available(s: &Shared) -> Result<bool> {
         if let Some(ts) = last_ts {
             s.dispatched_timestamp.store(ts as u64, Ordering::Release);
         }
+        let ts = s.dispatched_timestamp.load(Ordering::Acquire) as i64;
+        if marks.len() == MAX_MARKS {
+            marks.pop_front();
+        }
+        marks.push_back((at, ts));
         s.dispatched.store(at, Ordering::Release);
         let _guard = s.progress.lock();
         s.progressed.notify_all();
@@ -281,18 +331,43 @@ fn dispatch_available(s: &Shared) -> Result<bool> {
     Ok(at > start)
 }
 
-/// Flushes the consume queues and records how far everything is durable.
-fn flush_and_checkpoint(s: &Shared) -> Result<()> {
-    s.queues.flush()?;
+/// Flushes the consume queues and records how far everything is durable: the queues up to
+/// what is dispatched, the log up to the last dispatch mark that is also flushed (under
+/// async flush the flush thread rarely catches up with dispatch exactly, so waiting for
+/// that would leave the checkpoint behind for as long as puts keep coming).
+fn flush_and_checkpoint(s: &Shared, marks: &mut Marks) -> Result<()> {
+    if s.queue_sync_failed.lock().is_some() {
+        return Ok(());
+    }
+    // This thread is the only one that indexes: the queues hold exactly what is dispatched.
     let ts = s.dispatched_timestamp.load(Ordering::Acquire) as i64;
+    if let Err(e) = s.queues.flush() {
+        log::error!(
+            "a consume-queue sync failed; the checkpoint stays where it is until the store \
+             is reopened, which re-indexes from it: {e}"
+        );
+        *s.queue_sync_failed.lock() = Some(format!("a consume-queue sync failed: {e}"));
+        return Ok(());
+    }
+    let flushed = s.log.flushed_offset();
     let mut cp = s.checkpoint.lock();
     let old = cp.times();
-    // Under sync flush everything dispatched is flushed; under async only when the
-    // flush thread has caught up with dispatch.
-    let flushed = s.sync_flush || s.log.flushed_offset() >= s.dispatched.load(Ordering::Acquire);
+    let mut durable = None;
+    while let Some(&(end, mark_ts)) = marks.front() {
+        if end > flushed {
+            break;
+        }
+        durable = Some((end, mark_ts));
+        marks.pop_front();
+    }
+    let (physic_offset, physic) = match durable {
+        Some((end, mark_ts)) if end > old.physic_offset => (end, mark_ts),
+        _ => (old.physic_offset, old.physic),
+    };
     cp.store(CheckpointTimes {
-        physic: if flushed { ts } else { old.physic },
+        physic,
         logics: ts,
         index: old.index,
+        physic_offset,
     })
 }

@@ -47,7 +47,8 @@ struct State {
 
 struct PendingAck {
     target: u64,
-    deadline: Instant,
+    /// `None`: the timeout is too large to be a point in time; no deadline.
+    deadline: Option<Instant>,
     slot: Arc<AckSlot>,
 }
 
@@ -92,6 +93,10 @@ impl Flusher {
         let thread = std::thread::Builder::new()
             .name(name.into())
             .spawn(move || {
+                let _exit = ExitGuard {
+                    log: &l,
+                    shared: &s,
+                };
                 match mode {
                     FlushMode::Sync { .. } => group_commit_loop(&l, &s),
                     FlushMode::Async {
@@ -128,7 +133,7 @@ impl Flusher {
         if self.log.flushed_offset() >= target {
             return Ok(PutStatus::Ok);
         }
-        let deadline = Instant::now() + self.timeout;
+        let deadline = Instant::now().checked_add(self.timeout);
         let mut st = self.shared.state.lock();
         if st.requested < target {
             st.requested = target;
@@ -141,6 +146,10 @@ impl Flusher {
             if let Some(e) = self.failure(&st) {
                 return Err(e);
             }
+            let Some(deadline) = deadline else {
+                self.shared.done.wait(&mut st);
+                continue;
+            };
             if self.shared.done.wait_until(&mut st, deadline).timed_out() {
                 return Ok(if self.log.flushed_offset() >= target {
                     PutStatus::Ok
@@ -169,12 +178,17 @@ impl Flusher {
         }
         let slot = Arc::new(AckSlot::default());
         let mut st = self.shared.state.lock();
+        // Checked again under the lock: the last flush of a shutdown may have made it
+        // durable since, and it must not then be reported as shut down.
+        if self.log.flushed_offset() >= target {
+            return PutFuture::ready(Ok(result));
+        }
         if let Some(e) = self.failure(&st) {
             return PutFuture::ready(Err(e));
         }
         st.futures.push(PendingAck {
             target,
-            deadline: Instant::now() + self.timeout,
+            deadline: Instant::now().checked_add(self.timeout),
             slot: Arc::clone(&slot),
         });
         if st.futures.len() == 1 {
@@ -191,9 +205,35 @@ impl Flusher {
     pub(crate) fn shutdown(&self) {
         self.shared.state.lock().shutdown = true;
         self.shared.work.notify_all();
-        for t in self.threads.lock().drain(..) {
-            let _ = t.join();
+        let threads: Vec<_> = self.threads.lock().drain(..).collect();
+        for t in threads {
+            if t.join().is_err() {
+                // The exit guard has poisoned the log and woken every waiter.
+                log::error!("a flush thread panicked");
+            }
         }
+    }
+}
+
+/// Ends the flush thread's service however the thread ends: a panic poisons the log (no
+/// flush will happen any more, so nothing more can be acknowledged), and every waiter is
+/// woken to see it.
+struct ExitGuard<'a> {
+    log: &'a CommitLog,
+    shared: &'a Shared,
+}
+
+impl Drop for ExitGuard<'_> {
+    fn drop(&mut self) {
+        if !std::thread::panicking() {
+            return;
+        }
+        self.log.poison_with("the flush thread panicked".to_owned());
+        let mut st = self.shared.state.lock();
+        fail_futures(&mut st, self.log);
+        st.stopped = true;
+        self.shared.done.notify_all();
+        self.shared.timer.notify_all();
     }
 }
 
@@ -248,8 +288,10 @@ fn interval_loop(
         if log.is_poisoned() {
             continue;
         }
-        let dirty_pages =
-            log.write_offset() / PAGE_SIZE as u64 - log.flushed_offset() / PAGE_SIZE as u64;
+        // Flushed first: a concurrent `flush()` can move it past a write offset read
+        // earlier, never past one read later.
+        let flushed = log.flushed_offset() / PAGE_SIZE as u64;
+        let dirty_pages = (log.write_offset() / PAGE_SIZE as u64).saturating_sub(flushed);
         let thorough_due = last_thorough.elapsed() >= thorough;
         if thorough_due || dirty_pages >= u64::from(least_pages) {
             let _ = log.flush();
@@ -266,7 +308,7 @@ fn timeout_loop(shared: &Shared) {
     let mut st = shared.state.lock();
     while !st.stopped {
         expire_futures(&mut st);
-        match st.futures.first().map(|p| p.deadline) {
+        match st.futures.first().and_then(|p| p.deadline) {
             Some(deadline) => {
                 shared.timer.wait_until(&mut st, deadline);
             }
@@ -315,7 +357,7 @@ fn fail_futures(st: &mut State, log: &CommitLog) {
 fn expire_futures(st: &mut State) {
     let now = Instant::now();
     st.futures.retain(|p| {
-        if p.deadline <= now {
+        if p.deadline.is_some_and(|d| d <= now) {
             p.slot.complete(Ok(PutStatus::FlushDiskTimeout));
             false
         } else {

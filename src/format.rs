@@ -585,6 +585,15 @@ pub struct CqEntry {
 }
 
 impl CqEntry {
+    /// The entry that indexes `view`.
+    pub fn of(view: &RecordView<'_>) -> CqEntry {
+        CqEntry {
+            physical_offset: view.physical_offset,
+            size: view.total_size,
+            tag_hash: tag_hash(find_tags(view.properties)),
+        }
+    }
+
     /// The 20 stored bytes.
     pub fn encode(&self) -> [u8; CQ_ENTRY_LEN] {
         let mut b = [0u8; CQ_ENTRY_LEN];

@@ -47,4 +47,17 @@ pub trait IoHook: Send + Sync + 'static {
         let _ = path;
         Ok(())
     }
+
+    /// Before a directory is synced, making the names created or removed in it durable.
+    fn before_sync_dir(&self, dir: &Path) -> io::Result<()> {
+        let _ = dir;
+        Ok(())
+    }
+
+    /// Before a commit-log or consume-queue file is removed (retention, or recovery cutting
+    /// files past the end of the log).
+    fn before_remove(&self, path: &Path) -> io::Result<()> {
+        let _ = path;
+        Ok(())
+    }
 }

@@ -88,7 +88,7 @@ impl MappedFile {
                     .map_err(|e| Error::io("rename", &path, e))?;
             }
             fs::rename(&tmp, &path).map_err(|e| Error::io("rename", &path, e))?;
-            sync_dir(dir)?;
+            sync_dir_with(dir, hook.as_ref())?;
             Ok(file)
         })();
         let file = match result {
@@ -192,6 +192,17 @@ impl MappedFile {
 
     pub(crate) fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// Removes the file from its directory (readers keep the mapping), through the hook.
+    pub(crate) fn remove(&self) -> Result<()> {
+        remove_file_with(&self.path, self.hook.as_ref())
+    }
+
+    /// Syncs the directory holding the file, through the hook.
+    pub(crate) fn sync_parent(&self) -> Result<()> {
+        let dir = self.path.parent().expect("files live in a directory");
+        sync_dir_with(dir, self.hook.as_ref())
     }
 
     /// Commit-log offset of the first byte of this file.
@@ -306,9 +317,53 @@ pub(crate) fn extend_file(path: &Path, len: u64) -> Result<()> {
 
 /// Makes a directory's entries (a created or renamed file) durable.
 pub(crate) fn sync_dir(dir: &Path) -> Result<()> {
+    sync_dir_with(dir, None)
+}
+
+/// [`sync_dir`], through the fault-injection hook.
+pub(crate) fn sync_dir_with(dir: &Path, hook: Option<&Arc<dyn IoHook>>) -> Result<()> {
+    if let Some(h) = hook {
+        h.before_sync_dir(dir)
+            .map_err(|e| Error::io("sync directory", dir, e))?;
+    }
     File::open(dir)
         .and_then(|d| d.sync_all())
         .map_err(|e| Error::io("sync directory", dir, e))
+}
+
+/// Creates `dir` and any missing parents, syncing the parent of each directory created, so
+/// that a crash cannot lose the path to files made durable inside it.
+pub(crate) fn create_dir_durable(dir: &Path, hook: Option<&Arc<dyn IoHook>>) -> Result<()> {
+    if dir.is_dir() {
+        return Ok(());
+    }
+    let mut missing = Vec::new();
+    let mut at = Some(dir);
+    while let Some(d) = at.filter(|d| !d.as_os_str().is_empty() && !d.exists()) {
+        missing.push(d);
+        at = d.parent();
+    }
+    fs::create_dir_all(dir).map_err(|e| Error::io("create directory", dir, e))?;
+    // Outermost first: each new name is durable before anything is created below it.
+    for created in missing.iter().rev() {
+        if let Some(parent) = created.parent().filter(|p| !p.as_os_str().is_empty()) {
+            sync_dir_with(parent, hook)?;
+        }
+    }
+    Ok(())
+}
+
+/// Removes a store file, through the fault-injection hook.
+pub(crate) fn remove_file_with(path: &Path, hook: Option<&Arc<dyn IoHook>>) -> Result<()> {
+    if let Some(h) = hook {
+        h.before_remove(path)
+            .map_err(|e| Error::io("remove", path, e))?;
+    }
+    match fs::remove_file(path) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(Error::io("remove", path, e)),
+    }
 }
 
 /// The owner behind a reader's `Bytes`: a range of a file, and the `Arc` keeping it mapped.

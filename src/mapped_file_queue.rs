@@ -66,11 +66,10 @@ impl MappedFileQueue {
         let removed: Vec<_> = files.drain(..n).collect();
         drop(files);
         for file in &removed {
-            match fs::remove_file(file.path()) {
-                Ok(()) => {}
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                Err(e) => return Err(Error::io("remove", file.path(), e)),
-            }
+            file.remove()?;
+        }
+        if let Some(file) = removed.first() {
+            file.sync_parent()?;
         }
         Ok(removed)
     }

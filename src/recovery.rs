@@ -1,16 +1,34 @@
 //! Opening the store's data: the commit log, the consume queues and the checkpoint, and
 //! bringing the queues in line with the log after a clean or an unclean exit.
 
+use std::collections::HashMap;
+
 use crate::checkpoint::{Checkpoint, CheckpointTimes};
-use crate::commit_log::{CommitLog, RecoverySink};
+use crate::commit_log::{CommitLog, RecoverySink, ScanFrom, ScanPlan};
 use crate::config::StoreConfig;
 use crate::consume_queues::ConsumeQueues;
-use crate::dispatch::index_record;
 use crate::error::{Error, Result};
-use crate::format::{self, CqEntry, RecordView};
+use crate::format::{CqEntry, RecordView};
+
+/// A value per topic and queue id.
+type QueueOffsets = HashMap<String, HashMap<u32, u64>>;
+
+/// The slot of a topic/queue, created at 0, allocating only for a new topic.
+fn offset_slot<'a>(table: &'a mut QueueOffsets, topic: &str, queue_id: u32) -> &'a mut u64 {
+    if !table.contains_key(topic) {
+        table.insert(topic.to_owned(), HashMap::new());
+    }
+    table
+        .get_mut(topic)
+        .expect("inserted above")
+        .entry(queue_id)
+        .or_default()
+}
 
 /// Name of the checkpoint file under the root.
 pub(crate) const CHECKPOINT_FILE: &str = "checkpoint";
+/// Name of the queue table a clean shutdown leaves under the root.
+pub(crate) const QUEUE_TABLE_FILE: &str = "queue_table";
 
 /// The recovered store data.
 pub(crate) struct Recovered {
@@ -19,32 +37,109 @@ pub(crate) struct Recovered {
     pub checkpoint: Checkpoint,
 }
 
-/// Opens the log and the queues. After a clean exit only the last commit-log file is read,
-/// and its records must be indexed; after an unclean one the log is scanned from the
-/// checkpoint, cut at its first invalid record, and every record from there is indexed
-/// again. Whenever the queues do not line up with the log they are rebuilt from scratch.
+/// Opens the log and the queues.
+///
+/// - After a clean exit only the last commit-log file is read; each of its records must be
+///   indexed, and every queue of the queue table the shutdown wrote must be there, whole.
+/// - After an unclean exit the log is scanned from the checkpoint, a torn tail (invalid
+///   records at or past the checkpoint's durable offset) is cut, and every record from the
+///   scan's start is indexed again.
+/// - An invalid record below the durable point refuses the open ([`Error::Corrupted`]).
+/// - Whenever the queues do not line up with the log they are rebuilt from the whole log,
+///   which is read but never changed.
 pub(crate) fn recover(config: &StoreConfig, clean: bool) -> Result<Recovered> {
     let started = std::time::Instant::now();
     let path = config.root_dir.join(CHECKPOINT_FILE);
     let times = CheckpointTimes::read(&path)?;
     let checkpoint = Checkpoint::open(path, times.unwrap_or_default())?;
-    let point = times.map(|t| t.recovery_point());
+    let vouched = times.map_or(0, |t| t.physic_offset);
+    let table_path = config.root_dir.join(QUEUE_TABLE_FILE);
+    let table = if clean {
+        ConsumeQueues::read_table(&table_path)?
+    } else {
+        None
+    };
 
+    let plan = if clean {
+        ScanPlan {
+            from: ScanFrom::LastFile,
+            durable: u64::MAX,
+            check_crc: config.verify_crc_on_clean_open,
+            repair: false,
+            truncate_damage: config.truncate_damaged_log,
+            written_below: vouched,
+        }
+    } else {
+        ScanPlan {
+            from: times.map_or(ScanFrom::Start, |t| {
+                ScanFrom::Checkpoint(t.recovery_point())
+            }),
+            durable: vouched,
+            check_crc: true,
+            repair: true,
+            truncate_damage: config.truncate_damaged_log,
+            written_below: vouched,
+        }
+    };
     let mode = if clean {
         Mode::Verify
     } else {
         Mode::FromCheckpoint
     };
     let mut sink = QueueRebuild::new(config, mode, checkpoint);
-    let mut log = CommitLog::open(config, clean, point, &mut sink)?;
-    if sink.mismatch {
-        log::warn!("consume queues do not match the commit log: rebuilding them from the log");
+    let mut log = CommitLog::open(config, plan, &mut sink)?;
+    let queues = sink.queues.as_ref().expect("begin() is always called");
+    let mismatch = if let Some(why) = sink.mismatch.take() {
+        Some(why)
+    } else if let Some(why) = queues.damaged() {
+        Some(why)
+    } else {
+        table.and_then(|rows| {
+            rows.into_iter().find_map(|(topic, id, max)| {
+                let have = queues.get(&topic, id).map_or(0, |q| q.max_offset());
+                (have != max).then(|| {
+                    format!("consume queue {topic}/{id} holds {have} entries, the last shutdown left {max}")
+                })
+            })
+        })
+    };
+    if let Some(why) = mismatch {
+        log::warn!("{why}: rebuilding every consume queue from the commit log");
         drop(log);
         sink = QueueRebuild::new(config, Mode::Rebuild, sink.checkpoint);
-        log = CommitLog::open(config, false, None, &mut sink)?;
+        // The same rule as the first pass: after a clean exit every invalid record is
+        // damage and the log is only read; after a crash a torn tail may still be cut. A
+        // record whose queue offset does not continue its (now empty, rebuilt) queue is
+        // invalid: only damage to its header can cause that.
+        let rebuild = ScanPlan {
+            from: ScanFrom::Start,
+            check_crc: true,
+            ..plan
+        };
+        log = CommitLog::open(config, rebuild, &mut sink)?;
     }
     let queues = sink.queues.expect("begin() is always called");
+    // Queues reopened after retention start at their first entry still in the log.
+    let log_start = log.min_offset();
+    for (_, _, q) in queues.all() {
+        q.delete_below(log_start)?;
+    }
     log.restore_queue_offsets(queues.next_offsets());
+    let mut checkpoint = sink.checkpoint;
+    let cp = checkpoint.times();
+    if cp.physic_offset > log.write_offset() {
+        // Only the operator's override cuts below the durable point.
+        checkpoint.store(CheckpointTimes {
+            physic_offset: log.write_offset(),
+            ..cp
+        })?;
+    }
+    // The table describes one clean shutdown; the next one writes it again.
+    match std::fs::remove_file(&table_path) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(Error::io("remove", &table_path, e)),
+    }
     log::info!(
         "{} recovery took {:?}: scanned {} bytes from offset {}, {} records, log ends at {}",
         if clean { "normal" } else { "abnormal" },
@@ -57,7 +152,7 @@ pub(crate) fn recover(config: &StoreConfig, clean: bool) -> Result<Recovered> {
     Ok(Recovered {
         log,
         queues,
-        checkpoint: sink.checkpoint,
+        checkpoint,
     })
 }
 
@@ -79,12 +174,14 @@ struct QueueRebuild<'a> {
     mode: Mode,
     queues: Option<ConsumeQueues>,
     checkpoint: Checkpoint,
-    mismatch: bool,
+    /// Why the queues do not line up with the log, once found.
+    mismatch: Option<String>,
     start_offset: u64,
+    log_start: u64,
     records: u64,
     scanned_bytes: u64,
-    /// Verify mode: the last record seen (topic, queue id, queue offset, its entry).
-    last: (String, u32, u64, Option<CqEntry>),
+    /// Verify mode: the last queue offset seen in the scanned file, per queue.
+    seen: QueueOffsets,
 }
 
 impl<'a> QueueRebuild<'a> {
@@ -94,18 +191,20 @@ impl<'a> QueueRebuild<'a> {
             mode,
             queues: None,
             checkpoint,
-            mismatch: false,
+            mismatch: None,
             start_offset: 0,
+            log_start: 0,
             records: 0,
             scanned_bytes: 0,
-            last: (String::new(), 0, 0, None),
+            seen: QueueOffsets::new(),
         }
     }
 }
 
 impl RecoverySink for QueueRebuild<'_> {
-    fn begin(&mut self, start_offset: u64) -> Result<()> {
+    fn begin(&mut self, start_offset: u64, log_start: u64) -> Result<()> {
         self.start_offset = start_offset;
+        self.log_start = log_start;
         // After an unclean exit, entries from the scan's start on are indexed again.
         let keep_below = (self.mode != Mode::Verify).then_some(start_offset);
         self.queues = Some(ConsumeQueues::load(
@@ -120,61 +219,81 @@ impl RecoverySink for QueueRebuild<'_> {
     fn record(&mut self, view: &RecordView<'_>) -> Result<bool> {
         self.records += 1;
         self.scanned_bytes += u64::from(view.total_size);
-        if self.mismatch {
+        if self.mismatch.is_some() {
             return Ok(true);
         }
         let queues = self.queues.as_ref().expect("begin() comes first");
+        let entry = CqEntry::of(view);
         if self.mode == Mode::Verify {
-            // Records are indexed in log order and a clean exit drains the dispatch, so
-            // checking the last record's entry (in `file_done`) proves them all.
-            let last = &mut self.last;
-            last.0.clear();
-            last.0.push_str(view.topic);
-            last.1 = view.queue_id;
-            last.2 = view.queue_offset;
-            last.3 = Some(CqEntry {
-                physical_offset: view.physical_offset,
-                size: view.total_size,
-                tag_hash: format::tag_hash(format::find_tags(view.properties)),
-            });
+            // A clean exit drained the dispatch: every record must be indexed as it is.
+            let indexed = queues
+                .get(view.topic, view.queue_id)
+                .and_then(|q| q.entry(view.queue_offset));
+            if indexed != Some(entry) {
+                self.mismatch = Some(format!(
+                    "the record at {} is not indexed in {}/{} at {}",
+                    view.physical_offset, view.topic, view.queue_id, view.queue_offset
+                ));
+            }
+            *offset_slot(&mut self.seen, view.topic, view.queue_id) = view.queue_offset;
             return Ok(true);
         }
-        match index_record(queues, view) {
+        if self.mode == Mode::FromCheckpoint
+            && view.queue_offset > 0
+            && self.start_offset > self.log_start
+            && queues.get(view.topic, view.queue_id).is_none()
+        {
+            // The queue's earlier entries lie before the scan: only a rebuild finds them.
+            self.mismatch = Some(format!(
+                "consume queue {}/{} is missing",
+                view.topic, view.queue_id
+            ));
+            return Ok(true);
+        }
+        match queues
+            .get_or_create(view.topic, view.queue_id)
+            .put(view.queue_offset, entry)
+        {
             Ok(_) => Ok(true),
             // Rebuilding from empty queues, a queue offset that does not continue its queue
             // can only be a damaged record.
             Err(Error::Corrupted { .. }) if self.mode == Mode::Rebuild => Ok(false),
             // From the checkpoint, the queues are behind what it promised: rebuild.
-            Err(Error::Corrupted { .. }) => {
-                self.mismatch = true;
+            Err(Error::Corrupted { reason, .. }) => {
+                self.mismatch = Some(reason);
                 Ok(true)
             }
             Err(e) => Err(e),
         }
     }
 
-    fn file_done(&mut self, last_store_timestamp: i64) -> Result<()> {
+    fn file_done(&mut self, last_store_timestamp: i64, end: u64) -> Result<()> {
         if self.mode == Mode::Verify {
-            let (topic, queue_id, queue_offset, expected) = &self.last;
-            if let Some(expected) = expected {
-                let queue = self.queues.as_ref().expect("begin() comes first");
-                let queue = queue.get(topic, *queue_id);
-                let indexed = queue.as_ref().and_then(|q| q.entry(*queue_offset));
-                let at_end = queue.is_some_and(|q| q.max_offset() == queue_offset + 1);
-                self.mismatch = indexed.as_ref() != Some(expected) || !at_end;
+            // Nothing may be indexed past the last record of each queue.
+            let queues = self.queues.as_ref().expect("begin() comes first");
+            for (topic, ids) in &self.seen {
+                for (id, last) in ids {
+                    let max = queues.get(topic, *id).map_or(0, |q| q.max_offset());
+                    if self.mismatch.is_none() && max != last + 1 {
+                        self.mismatch = Some(format!(
+                            "consume queue {topic}/{id} ends at {max}, its last record is {last}"
+                        ));
+                    }
+                }
             }
             return Ok(());
         }
-        if self.mismatch {
+        if self.mismatch.is_some() {
             return Ok(());
         }
         // Progress survives a crash during recovery: the next one starts here.
         self.queues.as_ref().expect("begin() comes first").flush()?;
-        let index = self.checkpoint.times().index;
+        let old = self.checkpoint.times();
         self.checkpoint.store(CheckpointTimes {
             physic: last_store_timestamp,
             logics: last_store_timestamp,
-            index,
+            index: old.index,
+            physic_offset: old.physic_offset.max(end),
         })
     }
 }

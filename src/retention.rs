@@ -5,7 +5,16 @@
 //!
 //! Deleting never races a reader: a removed file is unlinked, and its mapping lives on
 //! until the last reader's slice of it is dropped.
+//!
+//! The rules run on a thread of their own (`rocketstore-retention`), which also samples
+//! disk usage for the put path's disk-full refusal: unlinking a large file can take long
+//! enough to stall whatever thread does it, and it must not be the dispatch thread. It
+//! deletes one file at a time, `file_delete_interval` apart, so deleting many files never
+//! becomes one burst of I/O.
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::thread::JoinHandle;
 use std::time::Duration;
 
 use chrono::{Datelike, Timelike};
@@ -19,6 +28,8 @@ use crate::error::Result;
 
 pub(crate) struct Retention {
     reserved: Duration,
+    delete_interval: Duration,
+    disk_check_interval: Duration,
     hour: u8,
     clean_ratio: f64,
     force_ratio: f64,
@@ -30,6 +41,8 @@ impl Retention {
     pub(crate) fn new(config: &StoreConfig) -> Self {
         Retention {
             reserved: config.file_reserved_time,
+            delete_interval: config.file_delete_interval,
+            disk_check_interval: config.disk_check_interval,
             hour: config.delete_hour,
             clean_ratio: config.disk_clean_ratio,
             force_ratio: config.disk_force_clean_ratio,
@@ -37,14 +50,16 @@ impl Retention {
         }
     }
 
-    /// Applies the rules after a disk sample (`used`: used fraction of the filesystem).
-    /// Only files wholly below `dispatched` may go: the dispatch thread still reads the rest.
+    /// Applies the rules after a disk sample (`used`: used fraction of the filesystem),
+    /// one file at a time, pausing `pace` after each deletion. Only files wholly below
+    /// `dispatched` may go: the dispatch thread still reads the rest.
     pub(crate) fn maybe_clean(
         &self,
         log: &CommitLog,
         queues: &ConsumeQueues,
         used: f64,
         dispatched: u64,
+        pace: &mut dyn FnMut() -> bool,
     ) -> Result<usize> {
         // The configured hour is local time, as RocketMQ's `deleteWhen`.
         let local = chrono::Local::now();
@@ -60,10 +75,17 @@ impl Retention {
         };
         let mut removed = 0;
         if daily || used > self.clean_ratio {
-            removed += delete_files(log, queues, Some(self.reserved), dispatched)?;
+            // One expired file per step, paced, until none is left (or we are stopped).
+            loop {
+                let n = delete_files(log, queues, Some(self.reserved), dispatched, 1)?;
+                removed += n;
+                if n == 0 || !pace() {
+                    break;
+                }
+            }
         }
         if used > self.force_ratio {
-            removed += delete_files(log, queues, None, dispatched)?;
+            removed += delete_files(log, queues, None, dispatched, 1)?;
         }
         Ok(removed)
     }
@@ -76,20 +98,82 @@ impl Retention {
         queues: &ConsumeQueues,
         dispatched: u64,
     ) -> Result<usize> {
-        delete_files(log, queues, Some(self.reserved), dispatched)
+        delete_files(log, queues, Some(self.reserved), dispatched, usize::MAX)
     }
 }
 
-/// Deletes commit-log files older than `older_than` (or, with `None`, the single oldest
-/// file), never the one being written, then the consume-queue files wholly below the log's
+/// The retention thread: samples the disk every `disk_check_interval` and applies the
+/// rules after each sample.
+pub(crate) struct RetentionThread {
+    stop: Arc<(parking_lot::Mutex<bool>, parking_lot::Condvar)>,
+    thread: parking_lot::Mutex<Option<JoinHandle<()>>>,
+}
+
+impl RetentionThread {
+    pub(crate) fn start(
+        retention: Arc<Retention>,
+        log: Arc<CommitLog>,
+        queues: Arc<ConsumeQueues>,
+        dispatched: Arc<AtomicU64>,
+    ) -> crate::Result<RetentionThread> {
+        let stop = Arc::new((parking_lot::Mutex::new(false), parking_lot::Condvar::new()));
+        let st = Arc::clone(&stop);
+        let thread = std::thread::Builder::new()
+            .name("rocketstore-retention".into())
+            .spawn(move || {
+                // Waits `d` unless stopped first; true when not stopped.
+                let pause = |d: Duration| {
+                    let mut stopped = st.0.lock();
+                    if !*stopped {
+                        st.1.wait_for(&mut stopped, d);
+                    }
+                    !*stopped
+                };
+                loop {
+                    if let Some(used) = log.disk().maybe_sample() {
+                        let mut pace = || pause(retention.delete_interval);
+                        let dispatched = dispatched.load(Ordering::Acquire);
+                        if let Err(e) =
+                            retention.maybe_clean(&log, &queues, used, dispatched, &mut pace)
+                        {
+                            log::error!("retention failed: {e}");
+                        }
+                    }
+                    if !pause(retention.disk_check_interval) {
+                        return;
+                    }
+                }
+            })
+            .map_err(|e| crate::Error::io("spawn retention thread", "", e))?;
+        Ok(RetentionThread {
+            stop,
+            thread: parking_lot::Mutex::new(Some(thread)),
+        })
+    }
+
+    /// Stops the thread, cutting a paced series of deletions short.
+    pub(crate) fn shutdown(&self) {
+        *self.stop.0.lock() = true;
+        self.stop.1.notify_all();
+        let handle = self.thread.lock().take();
+        if let Some(t) = handle
+            && t.join().is_err()
+        {
+            log::error!("the retention thread panicked");
+        }
+    }
+}
+
+/// Deletes up to `budget` commit-log files older than `older_than` (any age with `None`),
+/// oldest first, never the one being written, then the consume-queue files wholly below the log's
 /// new start. Returns how many commit-log files went.
 fn delete_files(
     log: &CommitLog,
     queues: &ConsumeQueues,
     older_than: Option<Duration>,
     dispatched: u64,
+    mut budget: usize,
 ) -> Result<usize> {
-    let mut budget = if older_than.is_some() { usize::MAX } else { 1 };
     let removed = log.delete_front_files(|path, end| {
         if budget == 0 || end > dispatched {
             return false;

@@ -1,7 +1,6 @@
 //! `MessageStore`: the facade a broker embeds.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 
 use std::time::Duration;
 
@@ -15,8 +14,8 @@ use crate::format::{self, EncodedRecord};
 use crate::get::{self, GetResult, TagFilter};
 use crate::lock::StoreLock;
 use crate::message::{Message, MessageId, PutResult, PutStatus, StoredMessage};
-use crate::recovery::recover;
-use crate::retention::Retention;
+use crate::recovery::{QUEUE_TABLE_FILE, recover};
+use crate::retention::{Retention, RetentionThread};
 
 /// An embedded RocketMQ-style message store: one commit log of fixed-size mapped files,
 /// made durable by a sync (group-commit) or async flush thread.
@@ -52,10 +51,22 @@ pub struct MessageStore {
     log: Arc<CommitLog>,
     queues: Arc<ConsumeQueues>,
     retention: Arc<Retention>,
+    retention_thread: RetentionThread,
     flusher: Flusher,
     dispatcher: Dispatcher,
     lock: StoreLock,
-    shut_down: AtomicBool,
+    /// Held for the whole of a shutdown, so a second caller waits for the first and gets
+    /// its outcome; `Some` once it is done.
+    shutdown_outcome: parking_lot::Mutex<Option<Outcome>>,
+}
+
+/// How a shutdown ended.
+#[derive(Debug, Clone)]
+enum Outcome {
+    /// Everything flushed and indexed; the store is marked clean.
+    Clean,
+    /// Not marked clean (the next open recovers as after a crash), for this reason.
+    Unclean(String),
 }
 
 impl std::fmt::Debug for MessageStore {
@@ -99,20 +110,26 @@ impl MessageStore {
         let dispatcher = Dispatcher::start(
             Arc::clone(&log),
             Arc::clone(&queues),
-            Arc::clone(&retention),
             recovered.checkpoint,
             config.flush_mode.is_sync(),
             config.consume_queue_flush_interval,
+        )?;
+        let retention_thread = RetentionThread::start(
+            Arc::clone(&retention),
+            Arc::clone(&log),
+            Arc::clone(&queues),
+            dispatcher.dispatched_handle(),
         )?;
         Ok(MessageStore {
             config,
             log,
             queues,
             retention,
+            retention_thread,
             flusher,
             dispatcher,
             lock,
-            shut_down: AtomicBool::new(false),
+            shutdown_outcome: parking_lot::Mutex::new(None),
         })
     }
 
@@ -360,29 +377,59 @@ impl MessageStore {
     }
 
     /// Refuses further puts, stops the threads, flushes everything and releases the
-    /// store's lock, so it can be opened again. Idempotent; also run on drop. Fails when
-    /// the store is poisoned (the last flush could not complete; the next open then checks
-    /// the log tail as after a crash). Reads keep working until the handle is dropped.
+    /// store's lock, so it can be opened again. Reads keep working until the handle is
+    /// dropped. Also run on drop.
+    ///
+    /// Idempotent: a second call, even a concurrent one, waits until the first is done and
+    /// returns the same outcome. Fails when the store could not be marked clean: the store
+    /// is poisoned (a flush failed, or a background thread panicked), or the consume queues
+    /// could not be made durable. The next open then recovers as after a crash.
     pub fn shutdown(&self) -> Result<()> {
-        if !self.shut_down.swap(true, Ordering::AcqRel) {
-            self.log.close();
-            self.flusher.shutdown();
-            let indexed = self.dispatcher.shutdown();
-            if let Err(e) = &indexed {
-                log::error!("consume queues were not completed: {e}");
-            }
-            // Only a store whose every byte and index entry reached the disk is marked
-            // clean; otherwise the next open recovers as after a crash.
-            let clean = !self.log.is_poisoned() && indexed.is_ok();
-            self.lock.release(clean)?;
-            if clean {
+        let mut outcome = self.shutdown_outcome.lock();
+        if outcome.is_none() {
+            *outcome = Some(self.shut_down_now());
+        }
+        match outcome.as_ref().expect("set above") {
+            Outcome::Clean => Ok(()),
+            Outcome::Unclean(_) if self.log.is_poisoned() => Err(self.log.poison_error()),
+            Outcome::Unclean(cause) => Err(Error::Poisoned {
+                cause: cause.clone(),
+            }),
+        }
+    }
+
+    fn shut_down_now(&self) -> Outcome {
+        self.log.close();
+        self.flusher.shutdown();
+        let indexed = self.dispatcher.shutdown();
+        self.retention_thread.shutdown();
+        // Only a store whose every byte and index entry reached the disk is marked clean;
+        // the queue table lets the next open check that no queue went missing.
+        let unclean = if self.log.is_poisoned() {
+            Some(self.log.poison_error().to_string())
+        } else if let Err(e) = indexed {
+            log::error!("consume queues were not completed: {e}");
+            Some(e.to_string())
+        } else if let Err(e) = self
+            .queues
+            .write_table(&self.config.root().join(QUEUE_TABLE_FILE))
+        {
+            log::error!("the queue table could not be written: {e}");
+            Some(e.to_string())
+        } else {
+            None
+        };
+        if let Err(e) = self.lock.release(unclean.is_none()) {
+            log::error!("releasing the store lock: {e}");
+            return Outcome::Unclean(e.to_string());
+        }
+        match unclean {
+            None => {
                 log::info!("store shut down at offset {}", self.log.flushed_offset());
+                Outcome::Clean
             }
+            Some(cause) => Outcome::Unclean(cause),
         }
-        if self.log.is_poisoned() {
-            return Err(self.log.poison_error());
-        }
-        Ok(())
     }
 }
 

@@ -140,3 +140,49 @@ fn damaged_stores_give_clear_errors_or_documented_repairs() {
     let err = MessageStore::open(config(dir.path(), sync_mode())).unwrap_err();
     assert!(matches!(err, Error::BadStoreFile { .. }), "{err}");
 }
+
+/// Records every directory sync.
+#[derive(Default)]
+struct RecordDirSyncs {
+    dirs: std::sync::Mutex<Vec<std::path::PathBuf>>,
+}
+
+impl IoHook for RecordDirSyncs {
+    fn before_sync_dir(&self, dir: &Path) -> io::Result<()> {
+        self.dirs.lock().unwrap().push(dir.to_owned());
+        Ok(())
+    }
+}
+
+#[test]
+fn new_queue_directories_and_removed_queue_files_are_made_durable() {
+    let dir = tempfile::tempdir().unwrap();
+    let hook = Arc::new(RecordDirSyncs::default());
+    let cfg = || {
+        config(dir.path(), sync_mode())
+            .consume_queue_entries_per_file(4)
+            .io_hook(hook.clone())
+    };
+    let store = MessageStore::open(cfg()).unwrap();
+    let put = store.put_message(&message("NewTopic", 7, "n", 0)).unwrap();
+    assert!(store.wait_dispatched(put.physical_offset, std::time::Duration::from_secs(30)));
+    let cq = dir.path().join("consumequeue");
+    let synced = hook.dirs.lock().unwrap().clone();
+    // The queue directory's name lives in the topic directory, whose name lives in
+    // consumequeue/: both must be synced, or a crash can lose the path to the entries.
+    assert!(synced.contains(&cq.join("NewTopic")), "{synced:?}");
+    assert!(synced.contains(&cq), "{synced:?}");
+    assert!(synced.contains(&cq.join("NewTopic/7")), "{synced:?}");
+    for i in 1..10 {
+        store.put_message(&message("NewTopic", 7, "n", i)).unwrap();
+    }
+    drop(store);
+
+    // A crash: recovery drops and re-creates queue files; their removal is synced too.
+    fs::write(dir.path().join("abort"), b"").unwrap();
+    hook.dirs.lock().unwrap().clear();
+    let store = MessageStore::open(cfg()).unwrap();
+    assert_eq!(store.max_offset_in_queue("NewTopic", 7), 10);
+    let synced = hook.dirs.lock().unwrap().clone();
+    assert!(synced.contains(&cq.join("NewTopic/7")), "{synced:?}");
+}

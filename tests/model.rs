@@ -171,6 +171,8 @@ fn run(ops: Vec<Op>, sync: bool) {
                         .unwrap();
                 }
                 std::fs::write(dir.path().join("abort"), b"").unwrap();
+                // The checkpoint of a real crash vouches for nothing past the durable end.
+                checkpoint_vouches_below(dir.path(), durable);
                 store = MessageStore::open(cfg(dir.path(), mode)).unwrap();
                 check(&store, &model);
             }

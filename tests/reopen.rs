@@ -183,9 +183,13 @@ fn after_a_clean_exit_a_damaged_record_refuses_the_open_instead_of_dropping_data
     assert!(
         MessageStore::open(config(dir.path(), sync_mode()).verify_crc_on_clean_open(true)).is_err()
     );
-    // The documented way to accept the loss: mark the exit unclean and reopen.
+    // Marking the exit unclean does not make the store cut durable records either.
     fs::write(dir.path().join("abort"), b"").unwrap();
-    let store = open(dir.path(), sync_mode());
+    let err = MessageStore::open(config(dir.path(), sync_mode())).unwrap_err();
+    assert!(matches!(err, Error::Corrupted { offset, .. } if offset == victim.physical_offset));
+    // The documented way to accept the loss: the operator's override.
+    let store =
+        MessageStore::open(config(dir.path(), sync_mode()).truncate_damaged_log(true)).unwrap();
     assert_eq!(store.max_physical_offset(), victim.physical_offset);
     assert_eq!(
         store
@@ -216,8 +220,10 @@ fn after_an_unclean_exit_a_missing_blank_record_ends_the_log_there() {
     file.write_all_at(&[0u8; 8], end_of_first).unwrap();
     drop(file);
 
-    // After a crash, the log ends there and the later file goes.
+    // After a crash that came before the checkpoint covered it, the log ends there and
+    // the later file goes.
     fs::write(dir.path().join("abort"), b"").unwrap();
+    checkpoint_vouches_below(dir.path(), end_of_first);
     let store = open(dir.path(), sync_mode());
     assert_eq!(store.max_physical_offset(), end_of_first);
     assert!(

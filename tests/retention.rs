@@ -169,3 +169,123 @@ fn above_the_clean_ratio_expired_files_go_without_waiting_for_the_hour() {
         GetStatus::Found
     );
 }
+
+/// Stalls the removal of commit-log files until released; counts them.
+struct StallRemove {
+    removed: std::sync::atomic::AtomicUsize,
+    block: bool,
+    reached: (
+        crossbeam_channel::Sender<()>,
+        crossbeam_channel::Receiver<()>,
+    ),
+    release: (
+        crossbeam_channel::Sender<()>,
+        crossbeam_channel::Receiver<()>,
+    ),
+}
+
+impl StallRemove {
+    fn new(block: bool) -> std::sync::Arc<Self> {
+        std::sync::Arc::new(StallRemove {
+            removed: Default::default(),
+            block,
+            reached: crossbeam_channel::unbounded(),
+            release: crossbeam_channel::unbounded(),
+        })
+    }
+}
+
+impl rocketstore::IoHook for StallRemove {
+    fn before_remove(&self, path: &Path) -> std::io::Result<()> {
+        if path.parent().is_some_and(|p| p.ends_with("commitlog")) {
+            self.removed
+                .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            let _ = self.reached.0.send(());
+            if self.block {
+                let _ = self.release.1.recv();
+            }
+        }
+        Ok(())
+    }
+}
+
+fn fill_files(store: &MessageStore, n: u64) -> Vec<rocketstore::PutResult> {
+    let puts: Vec<_> = (0..n)
+        .map(|i| store.put_message(&message("Ret", 0, "r", i)).unwrap())
+        .collect();
+    let last = puts.last().unwrap();
+    assert!(store.wait_dispatched(last.physical_offset, Duration::from_secs(30)));
+    puts
+}
+
+#[test]
+fn a_slow_deletion_does_not_stall_dispatch() {
+    let dir = tempfile::tempdir().unwrap();
+    let hook = StallRemove::new(true);
+    let store = MessageStore::open(
+        cfg(dir.path())
+            .disk_clean_ratios(0.0, 1.0)
+            .disk_check_interval(Duration::from_millis(5))
+            .io_hook(hook.clone()),
+    )
+    .unwrap();
+    fill_files(&store, 1500);
+    hook.reached.1.recv().unwrap(); // retention is stuck unlinking a file
+    // Indexing and reading go on meanwhile.
+    let put = store.put_message(&message("Other", 0, "o", 0)).unwrap();
+    let indexed = store.wait_dispatched(put.physical_offset, Duration::from_secs(10));
+    for _ in 0..64 {
+        let _ = hook.release.0.send(());
+    }
+    assert!(indexed, "dispatch waited for the deletion");
+    assert_eq!(
+        store.get_message("Other", 0, 0, 1).unwrap().messages.len(),
+        1
+    );
+}
+
+#[test]
+fn retention_deletes_one_file_per_interval_and_shutdown_cuts_the_series_short() {
+    let dir = tempfile::tempdir().unwrap();
+    let hook = StallRemove::new(false);
+    let store = MessageStore::open(
+        cfg(dir.path())
+            .disk_clean_ratios(0.0, 1.0)
+            .disk_check_interval(Duration::from_millis(5))
+            .file_delete_interval(Duration::from_secs(3600))
+            .io_hook(hook.clone()),
+    )
+    .unwrap();
+    fill_files(&store, 1500);
+    hook.reached.1.recv().unwrap(); // the first deletion
+    // Shutdown does not wait out the interval, and nothing else was deleted meanwhile.
+    store.shutdown().unwrap();
+    assert_eq!(
+        hook.removed.load(std::sync::atomic::Ordering::SeqCst),
+        1,
+        "deletions were not spaced out"
+    );
+}
+
+#[test]
+fn a_reopened_queue_starts_at_its_first_entry_still_in_the_log() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = MessageStore::open(cfg(dir.path())).unwrap();
+    let puts = fill_files(&store, 1500);
+    assert!(store.delete_expired_files().unwrap() > 0);
+    let min = store.min_offset_in_queue("Ret", 0);
+    let min_physical = store.min_physical_offset();
+    assert!(puts[min as usize].physical_offset >= min_physical);
+    assert!(puts[min as usize - 1].physical_offset < min_physical);
+    store.shutdown().unwrap();
+    drop(store);
+
+    let store = MessageStore::open(cfg(dir.path())).unwrap();
+    assert_eq!(store.min_offset_in_queue("Ret", 0), min);
+    let got = store.get_message("Ret", 0, min, 4).unwrap();
+    assert_eq!(got.status, GetStatus::Found);
+    assert_eq!(
+        got.messages[0].physical_offset,
+        puts[min as usize].physical_offset
+    );
+}

@@ -24,7 +24,7 @@ use crate::format::{self, BLANK_RECORD_LEN, EncodedRecord, Peek};
 use crate::mapped_file::FileWriter;
 use crate::mapped_file_queue::MappedFileQueue;
 use crate::message::{StoredMessage, now_ms};
-pub(crate) use reopen::RecoverySink;
+pub(crate) use reopen::{RecoverySink, ScanFrom, ScanPlan};
 
 /// Where a put (of one record or a batch) landed.
 #[derive(Debug, Clone, Copy)]
@@ -75,12 +75,12 @@ impl CommitLog {
     /// (see [`reopen::scan_and_truncate`]); `sink` sees every record scanned.
     pub(crate) fn open(
         config: &StoreConfig,
-        clean: bool,
-        recovery_point: Option<i64>,
+        plan: ScanPlan,
         sink: &mut dyn RecoverySink,
     ) -> Result<CommitLog> {
+        let clean = !plan.repair;
         let dir = config.commit_log_dir();
-        std::fs::create_dir_all(&dir).map_err(|e| Error::io("create directory", &dir, e))?;
+        crate::mapped_file::create_dir_durable(&dir, config.io_hook.as_ref())?;
         let file_size = config.commit_log_file_size;
         let mut loaded =
             MappedFileQueue::load_files(&dir, file_size, config.io_hook.clone(), !clean)?
@@ -94,9 +94,7 @@ impl CommitLog {
             config.preallocate,
             config.effective_warmup(),
         )?;
-        if let Some(spare) = reopen::split_unused_tail(&mut loaded, clean)? {
-            allocator.adopt(spare);
-        }
+        let (spare, unused) = reopen::split_unused_tail(&mut loaded, clean, plan.written_below);
 
         let (writer, last_store_timestamp) = match loaded.is_empty() {
             // A new store. Its first file is touched (about 130 ms per GiB) when that is the
@@ -110,17 +108,16 @@ impl CommitLog {
                 let writer =
                     FileWriter::new(Arc::new(first), 0).expect("a new file has no other owner");
                 loaded.push(Arc::clone(writer.file()));
-                sink.begin(0)?;
+                sink.begin(0, 0)?;
                 (writer, 0)
             }
-            false => reopen::scan_and_truncate(
-                &mut loaded,
-                clean,
-                recovery_point,
-                config.verify_crc_on_clean_open,
-                sink,
-            )?,
+            false => reopen::scan_and_truncate(&mut loaded, plan, sink)?,
         };
+        // The scan accepted the log: the unused files past it go, or one is reused.
+        reopen::remove_files(unused)?;
+        if let Some(spare) = spare {
+            allocator.adopt(spare);
+        }
         let files = MappedFileQueue::new(file_size);
         for file in loaded {
             files.push(file);
@@ -232,10 +229,15 @@ impl CommitLog {
     }
 
     fn poison(&self, cause: &Error) {
+        self.poison_with(format!("flush failed: {cause}"));
+    }
+
+    /// Refuses every later write and flush, for `cause` (the first cause is kept).
+    pub(crate) fn poison_with(&self, cause: String) {
         let mut slot = self.poison_cause.lock();
         if slot.is_none() {
-            log::error!("flush failed, refusing further writes: {cause}");
-            *slot = Some(cause.to_string());
+            log::error!("refusing further writes: {cause}");
+            *slot = Some(cause);
         }
         self.poisoned.store(true, Ordering::Release);
     }
@@ -352,6 +354,9 @@ impl CommitLog {
     pub(crate) fn flush(&self) -> Result<u64> {
         self.check_poisoned()?;
         let _guard = self.flush_lock.lock();
+        // Checked again under the lock: a flush that failed while we waited for it may
+        // have lost dirty pages, and syncing the same range again would "succeed".
+        self.check_poisoned()?;
         let target = self.write_offset();
         let from = self.flushed_offset();
         if target <= from {

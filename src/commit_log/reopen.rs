@@ -5,17 +5,19 @@ use std::sync::Arc;
 
 use crate::error::{Error, Result};
 use crate::format::{self, Peek, RecordView};
-use crate::mapped_file::{FileWriter, MappedFile, sync_dir};
+use crate::mapped_file::{FileWriter, MappedFile};
 
 /// Told about the records a reopen scans, so consume queues can be checked or rebuilt.
 pub(crate) trait RecoverySink {
-    /// Called once, before any record, with the commit-log offset the scan starts at.
-    fn begin(&mut self, start_offset: u64) -> Result<()>;
+    /// Called once, before any record, with the commit-log offset the scan starts at and
+    /// the offset the log starts at.
+    fn begin(&mut self, start_offset: u64, log_start: u64) -> Result<()>;
     /// Called for every valid record from the start offset on, in log order. Returning
     /// false rejects the record: the log ends before it, as at an invalid record.
     fn record(&mut self, view: &RecordView<'_>) -> Result<bool>;
-    /// Called after the records of each file, with the last store time seen so far.
-    fn file_done(&mut self, last_store_timestamp: i64) -> Result<()>;
+    /// Called after the records of each file, with the last store time seen so far and the
+    /// offset the valid records reach.
+    fn file_done(&mut self, last_store_timestamp: i64, end: u64) -> Result<()>;
 }
 
 /// Why the records of a file stopped.
@@ -98,83 +100,117 @@ fn first_timestamp(file: &Arc<MappedFile>) -> Option<i64> {
 /// stamped in the same instant are never skipped.
 const RECOVERY_SLACK_MS: i64 = 3_000;
 
-/// Scans `files` (non-empty, in order) and returns the writer positioned at the end of the
-/// log, with the latest store time seen. `files` keeps every file of the log, the
-/// writer's last.
+/// Where the reopen scan starts and what it may do with an invalid record.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct ScanPlan {
+    /// Which file the scan starts at.
+    pub from: ScanFrom,
+    /// Offset below which every byte was durable and valid (the checkpoint's durable
+    /// offset; everything after a clean exit). An invalid record below it is damage.
+    pub durable: u64,
+    /// Check each body's CRC.
+    pub check_crc: bool,
+    /// After an unclean exit: sync what the scan read, and cut a torn tail (invalid
+    /// records at or past `durable`), zeroing what follows.
+    pub repair: bool,
+    /// The operator's override: cut the log at damage too, instead of refusing the open.
+    pub truncate_damage: bool,
+    /// Offset below which the checkpoint says records were written: a file starting below
+    /// it is never taken for an unused, prepared file, even when its first bytes are zeros.
+    pub written_below: u64,
+}
+
+/// The first file a reopen scan reads.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum ScanFrom {
+    /// The last file (a clean exit: everything before it is known indexed).
+    LastFile,
+    /// The last file whose first record is older than this store time (the checkpoint),
+    /// minus a slack; the first file when none is.
+    Checkpoint(i64),
+    /// The first file (rebuilding the consume queues from the whole log).
+    Start,
+}
+
+/// Scans `files` (non-empty, in order) as `plan` says and returns the writer positioned at
+/// the end of the log, with the latest store time seen. `files` keeps every file of the
+/// log, the writer's last.
 ///
-/// After a clean exit only the last file is scanned, and it must be whole: an invalid
-/// record is refused with [`Error::Corrupted`] rather than silently dropping what follows.
-/// After an unclean exit the scan starts at the last file whose first record is older than
-/// `recovery_point` (the checkpoint; the first file without one), and the first invalid
-/// record (or a gap) ends the log: under sync flush nothing after it was ever
-/// acknowledged, because a put is acknowledged only once every byte before its end is
-/// durable. The files after that point are removed and the tail of the last one is zeroed,
-/// so stale bytes cannot later pass for records.
+/// The log may be cut only at a torn tail: the first invalid record (or a file that ends
+/// without its blank record) at or past `plan.durable`, after an unclean exit. Under sync
+/// flush nothing past it was acknowledged, because a put is acknowledged only once every
+/// byte before its end is durable. The files after that point are removed and the tail of
+/// the last one is zeroed, so stale bytes cannot later pass for records. An invalid record
+/// below `plan.durable` is damage to data that was durable: the open is refused with
+/// [`Error::Corrupted`], naming the file and the offset, and nothing is changed (unless
+/// the operator's override asks to cut there).
 pub(super) fn scan_and_truncate(
     files: &mut Vec<Arc<MappedFile>>,
-    clean: bool,
-    recovery_point: Option<i64>,
-    check_crc: bool,
+    plan: ScanPlan,
     sink: &mut dyn RecoverySink,
 ) -> Result<(FileWriter, i64)> {
-    let first = if clean {
-        files.len() - 1
-    } else {
-        match recovery_point {
-            Some(point) => files
-                .iter()
-                .rposition(|f| first_timestamp(f).is_some_and(|ts| ts <= point - RECOVERY_SLACK_MS))
-                .unwrap_or(0),
-            None => 0,
-        }
+    let first = match plan.from {
+        ScanFrom::LastFile => files.len() - 1,
+        ScanFrom::Start => 0,
+        ScanFrom::Checkpoint(point) => files
+            .iter()
+            .rposition(|f| first_timestamp(f).is_some_and(|ts| ts <= point - RECOVERY_SLACK_MS))
+            .unwrap_or(0),
     };
-    sink.begin(files[first].start_offset())?;
+    sink.begin(files[first].start_offset(), files[0].start_offset())?;
     let mut last_ts = 0i64;
     let mut end = None;
+    let mut cut = false;
     for (i, file) in files.iter().enumerate().skip(first) {
         let last = i + 1 == files.len();
-        let (pos, stop) = scan_file(file, sink, &mut last_ts, check_crc || !clean)?;
-        if !clean {
+        let (pos, stop) = scan_file(file, sink, &mut last_ts, plan.check_crc)?;
+        if plan.repair {
             // What a crashed process left in the page cache becomes durable before the
             // checkpoint or any reader relies on it.
             file.sync_all()?;
         }
-        match stop {
+        let at = file.start_offset() + pos as u64;
+        let invalid = match stop {
             Stop::FileEnd if !last => {
-                sink.file_done(last_ts)?;
+                sink.file_done(last_ts, file.start_offset() + file.size() as u64)?;
                 continue;
             }
-            Stop::FileEnd => {}
-            Stop::Empty if last || !clean => {}
-            Stop::Empty => {
-                return Err(Error::corrupted(
-                    file.start_offset() + pos as u64,
-                    "a file that is not the last ends without a blank record",
-                ));
+            Stop::FileEnd | Stop::Empty if last => None,
+            Stop::FileEnd => unreachable!("handled above"),
+            Stop::Empty => Some(Error::corrupted(
+                at,
+                "a file that is not the last ends without a blank record",
+            )),
+            Stop::Invalid(e) => Some(e),
+        };
+        if let Some(e) = invalid {
+            let e = in_file(e, file);
+            if at < plan.durable && !plan.truncate_damage {
+                return Err(e);
             }
-            Stop::Invalid(e) if !clean => {
-                log::warn!("log ends at {}: {e}", file.start_offset() + pos as u64);
+            if at < plan.durable {
+                log::error!("operator override: cutting the log at damage, {at}: {e}");
+            } else if plan.repair {
+                log::warn!("torn tail: the log ends at {at}: {e}");
+            } else {
+                return Err(e);
             }
-            Stop::Invalid(e) => return Err(e),
+            cut = true;
         }
         end = Some((i, pos));
         break;
     }
     let (index, pos) = end.expect("the loop ends at the last file at the latest");
-    sink.file_done(last_ts)?;
+    sink.file_done(last_ts, files[index].start_offset() + pos as u64)?;
     let dropped = files.split_off(index + 1);
     for file in &dropped {
         log::warn!(
             "removing {}: it lies past the end of the log",
             file.path().display()
         );
-        std::fs::remove_file(file.path()).map_err(|e| Error::io("remove", file.path(), e))?;
     }
+    remove_files(dropped)?;
     let last = files.pop().expect("index < len");
-    if !dropped.is_empty() {
-        sync_dir(last.path().parent().expect("files live in a directory"))?;
-    }
-    drop(dropped);
     let mut writer = FileWriter::new(last, pos).ok_or_else(|| Error::BadStoreFile {
         path: files
             .first()
@@ -182,22 +218,39 @@ pub(super) fn scan_and_truncate(
             .unwrap_or_default(),
         reason: "last file still in use".into(),
     })?;
-    if !clean {
+    if plan.repair || cut {
         writer.zero_tail()?;
     }
     files.push(Arc::clone(writer.file()));
     Ok((writer, last_ts))
 }
 
+/// Names the file a corruption was found in.
+fn in_file(e: Error, file: &MappedFile) -> Error {
+    match e {
+        Error::Corrupted { offset, reason } => Error::Corrupted {
+            offset,
+            reason: format!("{reason} (in {})", file.path().display()),
+        },
+        other => other,
+    }
+}
+
 /// Takes the trailing files that hold nothing (prepared by the allocation thread, never
 /// written) off `files`, keeping at least one file. After a clean exit the first of them is
-/// returned for reuse; every other one is deleted.
+/// returned for reuse; every other one is returned for removal once the scan has accepted
+/// the log (a refused open deletes nothing).
 pub(super) fn split_unused_tail(
     files: &mut Vec<Arc<MappedFile>>,
     clean: bool,
-) -> Result<Option<MappedFile>> {
+    written_below: u64,
+) -> (Option<MappedFile>, Vec<Arc<MappedFile>>) {
     let mut unused = Vec::new();
-    while files.len() > 1 && files.last().is_some_and(MappedFile::is_unused) {
+    while files.len() > 1
+        && files
+            .last()
+            .is_some_and(|f| f.start_offset() >= written_below && MappedFile::is_unused(f))
+    {
         unused.push(files.pop().expect("len > 1"));
     }
     // `unused` runs from the last file back to the one right after the last used file.
@@ -206,12 +259,16 @@ pub(super) fn split_unused_tail(
     } else {
         None
     };
-    let removed = !unused.is_empty();
-    for file in unused {
-        std::fs::remove_file(file.path()).map_err(|e| Error::io("remove", file.path(), e))?;
+    (spare, unused)
+}
+
+/// Removes files that lie past the end of the log, then syncs their directory.
+pub(super) fn remove_files(files: Vec<Arc<MappedFile>>) -> Result<()> {
+    for file in &files {
+        file.remove()?;
     }
-    if removed && let Some(last) = files.last() {
-        sync_dir(last.path().parent().expect("files live in a directory"))?;
+    match files.first() {
+        Some(file) => file.sync_parent(),
+        None => Ok(()),
     }
-    Ok(spare)
 }

@@ -109,3 +109,18 @@ impl Rng {
         self.next() % n.max(1)
     }
 }
+
+/// Rewrites the checkpoint of a closed store so that it vouches for nothing at or past
+/// `offset`, as the checkpoint of a crash that happened before it covered those bytes.
+pub fn checkpoint_vouches_below(dir: &Path, offset: u64) {
+    let path = dir.join("checkpoint");
+    let cp = rocketstore::CheckpointTimes::read(&path)
+        .unwrap()
+        .unwrap_or_default();
+    rocketstore::CheckpointTimes {
+        physic_offset: cp.physic_offset.min(offset),
+        ..cp
+    }
+    .write(&path)
+    .unwrap();
+}

@@ -1,0 +1,186 @@
+//! Failed syncs and odd timeouts: a flush racing a failed fsync never reports the lost bytes
+//! as durable, a failed consume-queue sync never lets the checkpoint vouch for entries, the
+//! checkpoint keeps up under steady async load, and a timeout of `Duration::MAX` means no
+//! deadline rather than a panic.
+
+mod common;
+
+use std::io;
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use common::*;
+use crossbeam_channel::{Receiver, Sender, unbounded};
+use rocketstore::{
+    CheckpointTimes, Error, FlushMode, IoHook, MessageStore, PutStatus, StoreConfig,
+};
+
+/// Fails the first sync of a file whose path contains `part`, after signalling it and
+/// (when `block`) waiting to be released; later syncs succeed, as a retried fsync does on
+/// Linux after the kernel dropped the dirty pages.
+struct FailFirstSync {
+    part: &'static str,
+    block: bool,
+    calls: AtomicUsize,
+    reached: (Sender<()>, Receiver<()>),
+    release: (Sender<()>, Receiver<()>),
+}
+
+impl FailFirstSync {
+    fn new(part: &'static str, block: bool) -> Arc<Self> {
+        Arc::new(FailFirstSync {
+            part,
+            block,
+            calls: AtomicUsize::new(0),
+            reached: unbounded(),
+            release: unbounded(),
+        })
+    }
+}
+
+impl IoHook for FailFirstSync {
+    fn before_sync(&self, path: &Path) -> io::Result<()> {
+        if !path.to_string_lossy().contains(self.part) {
+            return Ok(());
+        }
+        if self.calls.fetch_add(1, Ordering::SeqCst) == 0 {
+            let _ = self.reached.0.send(());
+            if self.block {
+                let _ = self.release.1.recv();
+            }
+            return Err(io::Error::other("injected sync failure"));
+        }
+        Ok(())
+    }
+}
+
+fn never_flushes() -> FlushMode {
+    FlushMode::Async {
+        interval: Duration::from_secs(3600),
+        least_pages: 1 << 20,
+        thorough_interval: Duration::from_secs(3600),
+    }
+}
+
+#[test]
+fn a_flush_waiting_behind_a_failed_fsync_does_not_report_success() {
+    let dir = tempfile::tempdir().unwrap();
+    let hook = FailFirstSync::new("commitlog", true);
+    let store = Arc::new(
+        MessageStore::open(config(dir.path(), never_flushes()).io_hook(hook.clone())).unwrap(),
+    );
+    store.put_message(&message("F", 0, "f", 0)).unwrap();
+    let s = Arc::clone(&store);
+    let first = std::thread::spawn(move || s.flush());
+    hook.reached.1.recv().unwrap(); // the first flush is inside its fsync
+
+    let (tx, rx) = unbounded();
+    let s = Arc::clone(&store);
+    let second = std::thread::spawn(move || {
+        let r = s.flush();
+        tx.send(()).unwrap();
+        r
+    });
+    // Give the second flush the chance to queue behind the first (a probe, not a
+    // condition of success), then let the first fail.
+    let _ = rx.recv_timeout(Duration::from_millis(200));
+    hook.release.0.send(()).unwrap();
+    assert!(first.join().unwrap().is_err());
+    let second = second.join().unwrap();
+    assert!(
+        matches!(second, Err(Error::Poisoned { .. })),
+        "the lost bytes were reported durable: {second:?}"
+    );
+    assert_eq!(store.flushed_physical_offset(), 0);
+    assert!(store.put_message(&message("F", 0, "f", 1)).is_err());
+}
+
+#[test]
+fn duration_max_means_no_deadline() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = MessageStore::open(config(
+        dir.path(),
+        FlushMode::Sync {
+            timeout: Duration::MAX,
+        },
+    ))
+    .unwrap();
+    let put = store.put_message(&message("M", 0, "m", 0)).unwrap();
+    assert_eq!(put.status, PutStatus::Ok);
+    let fut = pollster::block_on(store.put_message_async(message("M", 0, "m", 1))).unwrap();
+    assert_eq!(fut.status, PutStatus::Ok);
+    assert!(store.wait_dispatched(fut.physical_offset, Duration::MAX));
+    assert_eq!(store.max_offset_in_queue("M", 0), 2);
+}
+
+fn checkpoint(dir: &Path) -> CheckpointTimes {
+    CheckpointTimes::read(&dir.join("checkpoint"))
+        .unwrap()
+        .unwrap_or_default()
+}
+
+#[test]
+fn a_failed_queue_sync_never_lets_the_checkpoint_advance() {
+    let dir = tempfile::tempdir().unwrap();
+    let hook = FailFirstSync::new("consumequeue", false);
+    let cfg = |d: &Path| -> StoreConfig {
+        config(d, sync_mode()).consume_queue_flush_interval(Duration::from_millis(10))
+    };
+    let store = MessageStore::open(cfg(dir.path()).io_hook(hook.clone())).unwrap();
+    let before = checkpoint(dir.path());
+    let puts: Vec<_> = (0..20)
+        .map(|i| store.put_message(&message("Q", 0, "q", i)).unwrap())
+        .collect();
+    hook.reached.1.recv().unwrap(); // the first queue sync has failed
+    for i in 20..40 {
+        store.put_message(&message("Q", 0, "q", i)).unwrap();
+    }
+    // The shutdown's queue sync "succeeds", but cannot vouch for what the failed one lost.
+    assert!(store.shutdown().is_err());
+    assert!(dir.path().join("abort").exists(), "marked clean");
+    let after = checkpoint(dir.path());
+    assert_eq!(after.logics, before.logics, "checkpoint advanced");
+    drop(store);
+
+    let store = MessageStore::open(cfg(dir.path())).unwrap();
+    assert_eq!(store.max_offset_in_queue("Q", 0), 40);
+    let got = store.get_message("Q", 0, 0, 40).unwrap();
+    assert_eq!(got.messages[0].physical_offset, puts[0].physical_offset);
+    assert_eq!(got.messages.len(), 40);
+}
+
+#[test]
+fn the_checkpoint_advances_while_dispatch_runs_ahead_of_the_flush() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = MessageStore::open(
+        config(dir.path(), never_flushes()).consume_queue_flush_interval(Duration::from_millis(5)),
+    )
+    .unwrap();
+    let first: Vec<_> = (0..50)
+        .map(|i| store.put_message(&message("C", 0, "c", i)).unwrap())
+        .collect();
+    store.flush().unwrap();
+    let first_last = first.last().unwrap().physical_offset;
+    assert!(store.wait_dispatched(first_last, Duration::from_secs(30)));
+    let second: Vec<_> = (50..100)
+        .map(|i| store.put_message(&message("C", 0, "c", i)).unwrap())
+        .collect();
+    let last = second.last().unwrap();
+    assert!(store.wait_dispatched(last.physical_offset, Duration::from_secs(30)));
+    assert!(store.flushed_physical_offset() < last.end_offset());
+    // Observe the dispatch thread's next checkpoints until it covers the second batch.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let cp = loop {
+        let cp = checkpoint(dir.path());
+        if cp.logics >= last.store_timestamp || Instant::now() > deadline {
+            break cp;
+        }
+        std::thread::yield_now();
+    };
+    assert!(cp.logics >= last.store_timestamp, "{cp:?}");
+    let flushed_end = first.last().unwrap();
+    assert_eq!(cp.physic_offset, flushed_end.end_offset(), "{cp:?}");
+    assert_eq!(cp.physic, flushed_end.store_timestamp, "{cp:?}");
+}

@@ -1,0 +1,235 @@
+//! The recovery rule: only a torn tail (invalid records past the last point known durable)
+//! may be cut. Damage below that point refuses the open and deletes nothing; rebuilding
+//! consume queues never changes the commit log; a missing, short or holed queue is rebuilt
+//! from the log, never restarted at 0.
+
+mod common;
+
+use std::fs::{self, OpenOptions};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use bytes::Bytes;
+use common::*;
+use rocketstore::{CheckpointTimes, Error, GetStatus, Message, MessageStore, PutResult};
+
+fn kib_body(topic: &str, i: u64) -> Bytes {
+    let mut v = format!("{topic}-{i}-").into_bytes();
+    v.resize(1024, b'a' + (i % 26) as u8);
+    Bytes::from(v)
+}
+
+/// 300 puts of 1 KiB over two topics, clean shutdown.
+fn two_topic_store(dir: &Path) -> Vec<(String, PutResult)> {
+    let store = open(dir, sync_mode());
+    let puts = (0..300u64)
+        .map(|i| {
+            let topic = if i % 2 == 0 { "TopicA" } else { "TopicB" };
+            let r = store
+                .put_message(&Message::new(topic, 0u32, kib_body(topic, i)))
+                .unwrap();
+            (topic.to_owned(), r)
+        })
+        .collect();
+    store.shutdown().unwrap();
+    puts
+}
+
+fn log_files(dir: &Path) -> Vec<(PathBuf, Vec<u8>)> {
+    let mut v: Vec<_> = fs::read_dir(dir.join("commitlog"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    v.sort();
+    v.into_iter()
+        .map(|p| {
+            let b = fs::read(&p).unwrap();
+            (p, b)
+        })
+        .collect()
+}
+
+/// Flips one byte in the body of the record at `offset` (inside file 0).
+fn flip_body_byte(dir: &Path, offset: u64, body: &[u8]) {
+    let path = dir.join("commitlog").join(format!("{:020}", 0));
+    let bytes = fs::read(&path).unwrap();
+    let from = offset as usize;
+    let pos = from
+        + bytes[from..]
+            .windows(body.len())
+            .position(|w| w == body)
+            .expect("body in the record");
+    let file = OpenOptions::new().write(true).open(&path).unwrap();
+    file.write_all_at(&[bytes[pos + 100] ^ 0x40], (pos + 100) as u64)
+        .unwrap();
+}
+
+#[test]
+fn a_damaged_record_with_lost_queues_refuses_the_open_and_deletes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let puts = two_topic_store(dir.path());
+    flip_body_byte(dir.path(), 0, &kib_body("TopicA", 0));
+    fs::remove_dir_all(dir.path().join("consumequeue")).unwrap();
+    let before = log_files(dir.path());
+    assert!(before.len() >= 5);
+
+    for round in 0..2 {
+        let err = MessageStore::open(config(dir.path(), sync_mode())).unwrap_err();
+        match &err {
+            Error::Corrupted { offset, reason } => {
+                assert_eq!(*offset, 0, "round {round}: {err}");
+                assert!(reason.contains("00000000000000000000"), "{err}");
+            }
+            other => panic!("round {round}: expected Corrupted, got {other}"),
+        }
+        // The commit log is untouched, file for file, byte for byte.
+        assert!(
+            log_files(dir.path()) == before,
+            "round {round}: log changed"
+        );
+    }
+
+    // The operator's override cuts the log at the damage, knowingly.
+    let store =
+        MessageStore::open(config(dir.path(), sync_mode()).truncate_damaged_log(true)).unwrap();
+    assert_eq!(store.max_physical_offset(), 0);
+    assert_eq!(store.max_offset_in_queue("TopicA", 0), 0);
+    drop(puts);
+}
+
+#[test]
+fn damage_below_the_checkpoint_after_a_crash_is_refused_not_cut() {
+    let dir = tempfile::tempdir().unwrap();
+    let puts = two_topic_store(dir.path());
+    // A record in the second file, well below what the checkpoint vouches for.
+    let (topic, victim) = puts
+        .iter()
+        .find(|(_, p)| p.physical_offset >= SMALL_FILE + 4096)
+        .unwrap()
+        .clone();
+    let path = dir
+        .path()
+        .join("commitlog")
+        .join(format!("{:020}", SMALL_FILE));
+    let file = OpenOptions::new().write(true).open(&path).unwrap();
+    let at = victim.physical_offset - SMALL_FILE + u64::from(victim.wrote_bytes) - 200;
+    file.write_all_at(&[0xEE], at).unwrap();
+    drop(file);
+    let before = log_files(dir.path());
+    fs::write(dir.path().join("abort"), b"").unwrap();
+
+    let err = MessageStore::open(config(dir.path(), sync_mode())).unwrap_err();
+    match &err {
+        Error::Corrupted { offset, .. } => assert_eq!(*offset, victim.physical_offset, "{err}"),
+        other => panic!("expected Corrupted, got {other}"),
+    }
+    assert!(log_files(dir.path()) == before, "log changed");
+    let _ = topic;
+}
+
+#[test]
+fn a_lost_queue_of_another_topic_is_rebuilt_after_a_clean_exit() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let store = open(dir.path(), sync_mode());
+        for i in 0..50 {
+            store.put_message(&message("Early", 0, "e", i)).unwrap();
+        }
+        // Enough of another topic that the last file holds none of `Early`.
+        for i in 0..600 {
+            store.put_message(&message("Late", 0, "l", i)).unwrap();
+        }
+        store.shutdown().unwrap();
+    }
+    fs::remove_dir_all(dir.path().join("consumequeue/Early")).unwrap();
+    let store = open(dir.path(), sync_mode());
+    assert_eq!(store.max_offset_in_queue("Early", 0), 50);
+    let next = store.put_message(&message("Early", 0, "e", 50)).unwrap();
+    assert_eq!(next.queue_offset, 50, "queue restarted instead of rebuilt");
+    assert!(store.wait_dispatched(next.physical_offset, Duration::from_secs(30)));
+    let got = store.get_message("Early", 0, 0, 100).unwrap();
+    assert_eq!(got.messages.len(), 51);
+    for (i, m) in got.messages.iter().enumerate() {
+        assert_eq!(m.queue_offset, i as u64);
+    }
+}
+
+#[test]
+fn a_lost_or_short_queue_is_rebuilt_after_a_crash() {
+    for short in [false, true] {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let store = MessageStore::open(
+                config(dir.path(), sync_mode()).consume_queue_entries_per_file(16),
+            )
+            .unwrap();
+            for i in 0..50 {
+                store.put_message(&message("Early", 0, "e", i)).unwrap();
+            }
+            for i in 0..600 {
+                store.put_message(&message("Late", 0, "l", i)).unwrap();
+            }
+            store.shutdown().unwrap();
+        }
+        let q = dir.path().join("consumequeue/Early/0");
+        if short {
+            // Lose the last file of the queue: entries 48 and 49.
+            fs::remove_file(q.join(format!("{:020}", 48 * 20))).unwrap();
+        } else {
+            fs::remove_dir_all(&q).unwrap();
+        }
+        fs::write(dir.path().join("abort"), b"").unwrap();
+        let store =
+            MessageStore::open(config(dir.path(), sync_mode()).consume_queue_entries_per_file(16))
+                .unwrap();
+        assert_eq!(store.max_offset_in_queue("Early", 0), 50, "short={short}");
+        assert_eq!(store.max_offset_in_queue("Late", 0), 600, "short={short}");
+        let next = store.put_message(&message("Early", 0, "e", 50)).unwrap();
+        assert_eq!(next.queue_offset, 50, "short={short}");
+    }
+}
+
+#[test]
+fn a_zeroed_entry_inside_a_queue_is_detected_and_the_queue_rebuilt() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = || config(dir.path(), sync_mode()).consume_queue_entries_per_file(4);
+    let puts: Vec<_> = {
+        let store = MessageStore::open(cfg()).unwrap();
+        (0..12)
+            .map(|i| store.put_message(&message("Z", 0, "z", i)).unwrap())
+            .collect()
+    };
+    let first = dir
+        .path()
+        .join("consumequeue/Z/0")
+        .join(format!("{:020}", 0));
+    let file = OpenOptions::new().write(true).open(&first).unwrap();
+    file.write_all_at(&[0u8; 20], 20).unwrap();
+    drop(file);
+
+    let store = MessageStore::open(cfg()).unwrap();
+    let mut offset = 0;
+    let mut seen = Vec::new();
+    while offset < 12 {
+        let got = store.get_message("Z", 0, offset, 3).unwrap();
+        assert_eq!(got.status, GetStatus::Found, "stuck at {offset}");
+        assert!(got.next_offset > offset, "stuck at {offset}");
+        seen.extend(got.messages.iter().map(|m| m.physical_offset));
+        offset = got.next_offset;
+    }
+    let want: Vec<_> = puts.iter().map(|p| p.physical_offset).collect();
+    assert_eq!(seen, want);
+}
+
+#[test]
+fn the_checkpoint_records_a_durable_offset_and_a_refused_open_keeps_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let puts = two_topic_store(dir.path());
+    let cp = CheckpointTimes::read(&dir.path().join("checkpoint"))
+        .unwrap()
+        .unwrap();
+    let end = puts.last().unwrap().1.end_offset();
+    assert_eq!(cp.physic_offset, end, "{cp:?}");
+    assert_eq!(cp.physic, puts.last().unwrap().1.store_timestamp);
+}

@@ -1,0 +1,201 @@
+//! Shutdown and background-thread failures: shutdown never deadlocks with readers waiting
+//! for dispatch, concurrent shutdowns share one outcome, and a panicked flush or dispatch
+//! thread poisons the store, surfaces on the next call and leaves the store not clean.
+//!
+//! A `recv_timeout` here only ever probes "has it returned yet?" or bounds a hang; no test
+//! relies on a delay for its result when the store behaves.
+
+mod common;
+
+use std::io;
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use common::*;
+use crossbeam_channel::{Receiver, Sender, unbounded};
+use rocketstore::{Error, IoHook, MessageStore};
+
+/// Stalls the creation of consume-queue files of one topic until released.
+struct StallQueueCreate {
+    topic: &'static str,
+    stalled: (Sender<()>, Receiver<()>),
+    release: (Sender<()>, Receiver<()>),
+}
+
+impl IoHook for StallQueueCreate {
+    fn before_create(&self, path: &Path) -> io::Result<()> {
+        if path
+            .to_string_lossy()
+            .contains(&format!("consumequeue/{}/", self.topic))
+        {
+            let _ = self.stalled.0.send(());
+            let _ = self.release.1.recv();
+        }
+        Ok(())
+    }
+}
+
+#[test]
+fn shutdown_does_not_deadlock_with_a_reader_waiting_for_dispatch() {
+    let dir = tempfile::tempdir().unwrap();
+    let hook = Arc::new(StallQueueCreate {
+        topic: "Stalled",
+        stalled: unbounded(),
+        release: unbounded(),
+    });
+    let store = Arc::new(
+        MessageStore::open(config(dir.path(), async_mode()).io_hook(hook.clone())).unwrap(),
+    );
+    let put = store.put_message(&message("Stalled", 0, "s", 0)).unwrap();
+    hook.stalled.1.recv().unwrap();
+
+    let (done_tx, done_rx) = unbounded();
+    let s = Arc::clone(&store);
+    let shutter = std::thread::spawn(move || {
+        let r = s.shutdown();
+        done_tx.send(()).unwrap();
+        r
+    });
+    // A reader keeps waiting for the stalled record, round after round, while shutdown runs.
+    let stop = Arc::new(AtomicBool::new(false));
+    let (s, st) = (Arc::clone(&store), Arc::clone(&stop));
+    let (round_tx, round_rx) = unbounded();
+    let reader = std::thread::spawn(move || {
+        while !st.load(Ordering::SeqCst) {
+            s.wait_dispatched(put.physical_offset, Duration::from_millis(1));
+            let _ = round_tx.send(());
+        }
+    });
+    // Let the reader run some rounds while shutdown is under way, then release the stall.
+    for _ in 0..20 {
+        if round_rx.recv_timeout(Duration::from_millis(200)).is_err() {
+            break;
+        }
+    }
+    hook.release.0.send(()).unwrap();
+    let finished = done_rx.recv_timeout(Duration::from_secs(30));
+    stop.store(true, Ordering::SeqCst);
+    assert!(finished.is_ok(), "shutdown deadlocked");
+    shutter.join().unwrap().unwrap();
+    reader.join().unwrap();
+    assert!(!dir.path().join("abort").exists());
+}
+
+#[test]
+fn a_second_concurrent_shutdown_waits_for_the_first_and_shares_its_outcome() {
+    let dir = tempfile::tempdir().unwrap();
+    let stall = StallSync::new(false);
+    let store = Arc::new(
+        MessageStore::open(
+            config(dir.path(), async_mode_slow()).io_hook(stall.clone() as Arc<dyn IoHook>),
+        )
+        .unwrap(),
+    );
+    store.put_message(&message("S", 0, "s", 0)).unwrap();
+    stall.arm();
+    let s = Arc::clone(&store);
+    let first = std::thread::spawn(move || s.shutdown());
+    stall.wait_stalled(); // the first shutdown's last flush is stuck in the disk
+
+    let (tx, rx) = unbounded();
+    let (s, abort) = (Arc::clone(&store), dir.path().join("abort"));
+    let second = std::thread::spawn(move || {
+        let r = s.shutdown();
+        tx.send(abort.exists()).unwrap();
+        r
+    });
+    // The second must not return while the first is still flushing.
+    if let Ok(abort_still_there) = rx.recv_timeout(Duration::from_millis(300)) {
+        panic!("second shutdown returned before the first finished (abort: {abort_still_there})");
+    }
+    stall.release();
+    let abort_after = rx.recv_timeout(Duration::from_secs(30)).unwrap();
+    assert!(!abort_after, "returned before the store was marked clean");
+    first.join().unwrap().unwrap();
+    second.join().unwrap().unwrap();
+}
+
+fn async_mode_slow() -> rocketstore::FlushMode {
+    rocketstore::FlushMode::Async {
+        interval: Duration::from_secs(3600),
+        least_pages: 1 << 20,
+        thorough_interval: Duration::from_secs(3600),
+    }
+}
+
+/// Panics in the first sync of a file whose path contains `part`.
+struct PanicOn {
+    part: &'static str,
+    op: &'static str,
+    fired: AtomicBool,
+}
+
+impl PanicOn {
+    fn new(op: &'static str, part: &'static str) -> Arc<Self> {
+        Arc::new(PanicOn {
+            part,
+            op,
+            fired: AtomicBool::new(false),
+        })
+    }
+
+    fn maybe(&self, op: &str, path: &Path) {
+        if op == self.op
+            && path.to_string_lossy().contains(self.part)
+            && !self.fired.swap(true, Ordering::SeqCst)
+        {
+            panic!("injected panic in {op} of {}", path.display());
+        }
+    }
+}
+
+impl IoHook for PanicOn {
+    fn before_sync(&self, path: &Path) -> io::Result<()> {
+        self.maybe("sync", path);
+        Ok(())
+    }
+    fn before_create(&self, path: &Path) -> io::Result<()> {
+        self.maybe("create", path);
+        Ok(())
+    }
+}
+
+#[test]
+fn a_panicked_group_commit_thread_poisons_the_store() {
+    let dir = tempfile::tempdir().unwrap();
+    let hook = PanicOn::new("sync", "commitlog");
+    let store = MessageStore::open(config(dir.path(), sync_mode()).io_hook(hook)).unwrap();
+    // Without the fix this put waits for its whole 30 s timeout and then reports a timeout.
+    let err = store.put_message(&message("P", 0, "p", 0)).unwrap_err();
+    assert!(matches!(err, Error::Poisoned { .. }), "{err}");
+    assert!(err.to_string().contains("panicked"), "{err}");
+    let err = store.put_message(&message("P", 0, "p", 1)).unwrap_err();
+    assert!(matches!(err, Error::Poisoned { .. }), "{err}");
+    let fut = pollster::block_on(store.put_message_async(message("P", 0, "p", 2)));
+    assert!(fut.is_err());
+    assert!(store.shutdown().is_err());
+    assert!(dir.path().join("abort").exists(), "marked clean");
+}
+
+#[test]
+fn a_panicked_dispatch_thread_poisons_the_store() {
+    let dir = tempfile::tempdir().unwrap();
+    let hook = PanicOn::new("create", "consumequeue");
+    let store = MessageStore::open(config(dir.path(), sync_mode()).io_hook(hook)).unwrap();
+    let put = store.put_message(&message("P", 0, "p", 0)).unwrap();
+    // The reader learns at once that nothing will be indexed any more.
+    assert!(!store.wait_dispatched(put.physical_offset, Duration::from_secs(30)));
+    let err = store.put_message(&message("P", 0, "p", 1)).unwrap_err();
+    assert!(matches!(err, Error::Poisoned { .. }), "{err}");
+    let err = store.shutdown().unwrap_err();
+    assert!(err.to_string().contains("dispatch"), "{err}");
+    assert!(dir.path().join("abort").exists(), "marked clean");
+    drop(store);
+    // The next open recovers as after a crash: the acknowledged message is indexed.
+    let store = open(dir.path(), sync_mode());
+    let got = store.get_message("P", 0, 0, 10).unwrap();
+    assert_eq!(got.messages.len(), 1);
+    assert_eq!(got.messages[0].physical_offset, put.physical_offset);
+}
