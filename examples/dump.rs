@@ -298,6 +298,18 @@ impl<W: Write> Dumper<'_, W> {
                 writeln!(self.out, "{name:<7} {} ({ms} ms)", iso(ms))?;
             }
         }
+        let durable = times.physic_offset;
+        if self.args.json {
+            writeln!(
+                self.out,
+                "{{\"field\":\"physic_offset\",\"offset\":{durable}}}"
+            )?;
+        } else {
+            writeln!(
+                self.out,
+                "durable offset {durable} (the log may be cut only past it)"
+            )?;
+        }
         Ok(())
     }
 

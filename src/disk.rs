@@ -1,6 +1,6 @@
 //! Disk-usage watch: above a configured ratio the store refuses puts with
 //! [`Error::DiskFull`](crate::Error::DiskFull) until space is freed, instead of running the
-//! disk to the last block. Sampled by the dispatch thread.
+//! disk to the last block. Sampled by the retention thread.
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
