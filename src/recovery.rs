@@ -64,6 +64,7 @@ pub(crate) fn recover(config: &StoreConfig, clean: bool) -> Result<Recovered> {
         ScanPlan {
             from: ScanFrom::LastFile,
             durable: u64::MAX,
+            expected_end: vouched,
             check_crc: config.verify_crc_on_clean_open,
             repair: false,
             truncate_damage: config.truncate_damaged_log,
@@ -75,6 +76,7 @@ pub(crate) fn recover(config: &StoreConfig, clean: bool) -> Result<Recovered> {
                 ScanFrom::Checkpoint(t.recovery_point())
             }),
             durable: vouched,
+            expected_end: vouched,
             check_crc: true,
             repair: true,
             truncate_damage: config.truncate_damaged_log,

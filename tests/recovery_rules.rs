@@ -233,3 +233,53 @@ fn the_checkpoint_records_a_durable_offset_and_a_refused_open_keeps_it() {
     assert_eq!(cp.physic_offset, end, "{cp:?}");
     assert_eq!(cp.physic, puts.last().unwrap().1.store_timestamp);
 }
+
+#[test]
+fn a_log_shorter_than_the_checkpoint_vouches_for_is_refused() {
+    // The last file deleted, every file deleted, or zeros over the middle of the last one:
+    // each would silently drop acknowledged messages if taken for the end of the log.
+    for (case, unclean) in [
+        ("last file gone", false),
+        ("all files gone", false),
+        ("zeros in the last file", false),
+        ("zeros in the last file", true),
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        let puts = two_topic_store(dir.path());
+        let last = &puts.last().unwrap().1;
+        let last_file = last.physical_offset / SMALL_FILE * SMALL_FILE;
+        let log = dir.path().join("commitlog");
+        match case {
+            "last file gone" => {
+                // The last written file and the one prepared after it.
+                for e in fs::read_dir(&log).unwrap() {
+                    let p = e.unwrap().path();
+                    let start: u64 = p.file_name().unwrap().to_str().unwrap().parse().unwrap();
+                    if start >= last_file {
+                        fs::remove_file(p).unwrap();
+                    }
+                }
+            }
+            "all files gone" => {
+                for e in fs::read_dir(&log).unwrap() {
+                    fs::remove_file(e.unwrap().path()).unwrap();
+                }
+            }
+            _ => {
+                let f = OpenOptions::new()
+                    .write(true)
+                    .open(log.join(format!("{last_file:020}")))
+                    .unwrap();
+                let len = (last.end_offset() - last_file) as usize;
+                f.write_all_at(&vec![0u8; len], 0).unwrap();
+            }
+        }
+        if unclean {
+            fs::write(dir.path().join("abort"), b"").unwrap();
+        }
+        let before = log_files(dir.path());
+        let err = MessageStore::open(config(dir.path(), sync_mode())).unwrap_err();
+        assert!(matches!(err, Error::Corrupted { .. }), "{case}: {err}");
+        assert!(log_files(dir.path()) == before, "{case}: log changed");
+    }
+}

@@ -96,6 +96,16 @@ impl CommitLog {
         )?;
         let (spare, unused) = reopen::split_unused_tail(&mut loaded, clean, plan.written_below);
 
+        if loaded.is_empty() && plan.expected_end > 0 && !plan.truncate_damage {
+            return Err(Error::corrupted(
+                0,
+                format!(
+                    "{} holds no file, but the checkpoint vouches for records up to {}",
+                    dir.display(),
+                    plan.expected_end
+                ),
+            ));
+        }
         let (writer, last_store_timestamp) = match loaded.is_empty() {
             // A new store. Its first file is touched (about 130 ms per GiB) when that is the
             // warm-up, since unwarmed pages made async puts 4× slower; zeroing and flushing

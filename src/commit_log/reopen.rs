@@ -108,6 +108,9 @@ pub(crate) struct ScanPlan {
     /// Offset below which every byte was durable and valid (the checkpoint's durable
     /// offset; everything after a clean exit). An invalid record below it is damage.
     pub durable: u64,
+    /// Offset the log must reach (the checkpoint's durable offset): a log that ends
+    /// before it lost a file or the end of one, which is damage too.
+    pub expected_end: u64,
     /// Check each body's CRC.
     pub check_crc: bool,
     /// After an unclean exit: sync what the scan read, and cut a torn tail (invalid
@@ -195,6 +198,25 @@ pub(super) fn scan_and_truncate(
             } else {
                 return Err(e);
             }
+            cut = true;
+        }
+        if !cut && at < plan.expected_end {
+            // Valid records up to here, then nothing: but the checkpoint vouched for more.
+            let e = in_file(
+                Error::corrupted(
+                    at,
+                    format!(
+                        "the log ends here, but the checkpoint vouches for records up to {}: \
+                         a file is missing or was cut short",
+                        plan.expected_end
+                    ),
+                ),
+                file,
+            );
+            if !plan.truncate_damage {
+                return Err(e);
+            }
+            log::error!("operator override: accepting a log cut short at {at}: {e}");
             cut = true;
         }
         end = Some((i, pos));
