@@ -132,7 +132,10 @@ impl Allocator {
         if let Some(w) = self.worker.take() {
             drop(w.requests);
             drop(w.ready);
-            let _ = w.thread.join();
+            if w.thread.join().is_err() {
+                // Harmless to the data: `take` creates files itself once the thread is gone.
+                log::error!("the allocation thread panicked");
+            }
         }
         self.pending = None;
     }

@@ -159,19 +159,22 @@ fn a_lost_queue_of_another_topic_is_rebuilt_after_a_clean_exit() {
 fn a_lost_or_short_queue_is_rebuilt_after_a_crash() {
     for short in [false, true] {
         let dir = tempfile::tempdir().unwrap();
-        {
-            let store = MessageStore::open(
-                config(dir.path(), sync_mode()).consume_queue_entries_per_file(16),
-            )
-            .unwrap();
-            for i in 0..50 {
-                store.put_message(&message("Early", 0, "e", i)).unwrap();
-            }
+        let cfg = || config(dir.path(), sync_mode()).consume_queue_entries_per_file(16);
+        let early: Vec<_> = {
+            let store = MessageStore::open(cfg()).unwrap();
+            let mut early = Vec::new();
             for i in 0..600 {
                 store.put_message(&message("Late", 0, "l", i)).unwrap();
+                if i % 12 == 0 {
+                    early.push(store.put_message(&message("Early", 0, "e", i)).unwrap());
+                }
             }
             store.shutdown().unwrap();
-        }
+            early
+        };
+        let last = early.last().unwrap();
+        let last_file = last.physical_offset / SMALL_FILE * SMALL_FILE;
+        assert!(early[0].physical_offset < last_file, "Early spans the log");
         let q = dir.path().join("consumequeue/Early/0");
         if short {
             // Lose the last file of the queue: entries 48 and 49.
@@ -179,14 +182,37 @@ fn a_lost_or_short_queue_is_rebuilt_after_a_crash() {
         } else {
             fs::remove_dir_all(&q).unwrap();
         }
+        // A crash whose checkpoint lets recovery start at the last file: the queue's
+        // earlier entries lie before the scan.
         fs::write(dir.path().join("abort"), b"").unwrap();
-        let store =
-            MessageStore::open(config(dir.path(), sync_mode()).consume_queue_entries_per_file(16))
-                .unwrap();
-        assert_eq!(store.max_offset_in_queue("Early", 0), 50, "short={short}");
-        assert_eq!(store.max_offset_in_queue("Late", 0), 600, "short={short}");
+        let path = dir.path().join("checkpoint");
+        let cp = CheckpointTimes::read(&path).unwrap().unwrap();
+        CheckpointTimes {
+            physic: i64::MAX / 2,
+            logics: i64::MAX / 2,
+            physic_offset: last_file,
+            ..cp
+        }
+        .write(&path)
+        .unwrap();
+
+        let store = MessageStore::open(cfg()).unwrap();
+        let ctx = format!("short={short}");
+        assert_eq!(store.min_offset_in_queue("Early", 0), 0, "{ctx}");
+        assert_eq!(store.max_offset_in_queue("Early", 0), 50, "{ctx}");
+        assert_eq!(store.max_offset_in_queue("Late", 0), 600, "{ctx}");
+        let mut got = Vec::new();
+        let mut offset = 0;
+        while offset < 50 {
+            let g = store.get_message("Early", 0, offset, 16).unwrap();
+            assert_eq!(g.status, GetStatus::Found, "{ctx} at {offset}");
+            got.extend(g.messages.iter().map(|m| m.physical_offset));
+            offset = g.next_offset;
+        }
+        let want: Vec<_> = early.iter().map(|p| p.physical_offset).collect();
+        assert_eq!(got, want, "{ctx}");
         let next = store.put_message(&message("Early", 0, "e", 50)).unwrap();
-        assert_eq!(next.queue_offset, 50, "short={short}");
+        assert_eq!(next.queue_offset, 50, "{ctx}");
     }
 }
 
