@@ -236,6 +236,14 @@ impl ConsumeQueue {
             let last = file.size() - CQ_ENTRY_LEN;
             entry_at(file, last).is_some_and(|e| e.physical_offset < min_physical)
         })?;
+        self.raise_min(min_physical);
+        Ok(removed.len())
+    }
+
+    /// Moves the minimum offset to the first entry pointing at or past `min_physical`:
+    /// done before the commit-log files below it go, so that a reader never starts at an
+    /// entry whose record is gone.
+    pub(crate) fn raise_min(&self, min_physical: u64) {
         let max = self.max_offset();
         let (mut lo, mut hi) = (
             self.files
@@ -251,8 +259,7 @@ impl ConsumeQueue {
                 _ => lo = mid + 1,
             }
         }
-        self.min_offset.store(lo, Ordering::Release);
-        Ok(removed.len())
+        self.min_offset.fetch_max(lo, Ordering::AcqRel);
     }
 
     /// The entry at `queue_offset`, if written.

@@ -243,7 +243,13 @@ fn run(s: &Shared) {
             Err(e) => {
                 // A full disk or a failed file creation may pass: retry after a pause.
                 // Indexing is idempotent, so records indexed before the failure are simply
-                // found again.
+                // found again. The checkpoint still follows the log's flushes meanwhile.
+                if last_flush.elapsed() >= s.flush_interval {
+                    if let Err(e) = flush_and_checkpoint(s, &mut marks) {
+                        log::error!("checkpoint failed: {e}");
+                    }
+                    last_flush = Instant::now();
+                }
                 let mut failure = s.failure.lock();
                 if failure.is_none() {
                     log::error!("dispatch failed, retrying every {RETRY:?}: {e}");
@@ -331,43 +337,42 @@ fn dispatch_available(s: &Shared, marks: &mut Marks) -> Result<bool> {
     Ok(at > start)
 }
 
-/// Flushes the consume queues and records how far everything is durable: the queues up to
-/// what is dispatched, the log up to the last dispatch mark that is also flushed (under
-/// async flush the flush thread rarely catches up with dispatch exactly, so waiting for
-/// that would leave the checkpoint behind for as long as puts keep coming).
+/// Flushes the consume queues and records how far everything is durable.
+///
+/// - The log's durable offset is its flushed offset (always a record boundary), whatever
+///   the queues do, so that a crash can cut only what was never flushed. Its time is that of
+///   the last dispatch round the flush covers (under async flush the flush thread rarely
+///   catches up with dispatch exactly, so waiting for that would leave the checkpoint
+///   behind for as long as puts keep coming).
+/// - The queues' time advances to what is dispatched, but never again after a failed queue
+///   sync: recovery then starts from the last time that was true and re-indexes.
 fn flush_and_checkpoint(s: &Shared, marks: &mut Marks) -> Result<()> {
-    if s.queue_sync_failed.lock().is_some() {
-        return Ok(());
-    }
-    // This thread is the only one that indexes: the queues hold exactly what is dispatched.
+    // This thread is the only one that indexes: the queues hold what is dispatched.
     let ts = s.dispatched_timestamp.load(Ordering::Acquire) as i64;
-    if let Err(e) = s.queues.flush() {
+    let mut queues_durable = s.queue_sync_failed.lock().is_none();
+    if queues_durable && let Err(e) = s.queues.flush() {
         log::error!(
-            "a consume-queue sync failed; the checkpoint stays where it is until the store \
-             is reopened, which re-indexes from it: {e}"
+            "a consume-queue sync failed; the checkpoint's queue time stays where it is until \
+             the store is reopened, which re-indexes from it: {e}"
         );
         *s.queue_sync_failed.lock() = Some(format!("a consume-queue sync failed: {e}"));
-        return Ok(());
+        queues_durable = false;
     }
     let flushed = s.log.flushed_offset();
     let mut cp = s.checkpoint.lock();
     let old = cp.times();
-    let mut durable = None;
+    let mut physic = old.physic;
     while let Some(&(end, mark_ts)) = marks.front() {
         if end > flushed {
             break;
         }
-        durable = Some((end, mark_ts));
+        physic = physic.max(mark_ts);
         marks.pop_front();
     }
-    let (physic_offset, physic) = match durable {
-        Some((end, mark_ts)) if end > old.physic_offset => (end, mark_ts),
-        _ => (old.physic_offset, old.physic),
-    };
     cp.store(CheckpointTimes {
         physic,
-        logics: ts,
+        logics: if queues_durable { ts } else { old.logics },
         index: old.index,
-        physic_offset,
+        physic_offset: old.physic_offset.max(flushed),
     })
 }

@@ -248,7 +248,10 @@ fn group_commit_loop(log: &CommitLog, shared: &Shared) {
                     return;
                 }
                 if log.is_poisoned() {
+                    // Poisoned elsewhere (a panicked dispatch thread): fail the futures and
+                    // wake the producers blocked in `wait_durable`, who then see it.
                     fail_futures(&mut st, log);
+                    shared.done.notify_all();
                     shared.work.wait(&mut st);
                     continue;
                 }

@@ -9,6 +9,7 @@
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -265,6 +266,34 @@ impl MappedFile {
 }
 
 impl MappedFile {
+    /// Writes bytes `from..to` of the file back over themselves through the file (not the
+    /// mapping), so their pages are dirty again and the next sync really writes them.
+    ///
+    /// Recovery does this for what lies past the checkpoint's durable offset: if an fsync
+    /// failed earlier in this boot, the kernel may have marked those pages clean without
+    /// writing them, and a sync would then "succeed" for bytes that are not on the disk.
+    pub(crate) fn rewrite(self: &Arc<Self>, from: usize, to: usize) -> Result<()> {
+        const CHUNK: usize = 1 << 20;
+        if from >= to {
+            return Ok(());
+        }
+        let file = OpenOptions::new()
+            .write(true)
+            .open(&self.path)
+            .map_err(|e| Error::io("open", &self.path, e))?;
+        let mut at = from;
+        while at < to {
+            let len = CHUNK.min(to - at);
+            let bytes = self
+                .slice(at, len)
+                .expect("recovery rewrites only visible bytes");
+            file.write_all_at(&bytes, at as u64)
+                .map_err(|e| Error::io("rewrite", &self.path, e))?;
+            at += len;
+        }
+        Ok(())
+    }
+
     /// Syncs every dirty page of the file, whoever wrote it (used by recovery, for pages a
     /// crashed process left in the page cache).
     pub(crate) fn sync_all(&self) -> Result<()> {

@@ -47,6 +47,12 @@ impl MappedFileQueue {
         files.iter().skip(skip).cloned().collect()
     }
 
+    /// The first file, unless it is the only one (the one being written).
+    pub(crate) fn first_of_several(&self) -> Option<Arc<MappedFile>> {
+        let files = self.files.read();
+        (files.len() > 1).then(|| Arc::clone(&files[0]))
+    }
+
     /// Offset of the first byte still stored.
     pub(crate) fn min_offset(&self) -> Option<u64> {
         self.files.read().first().map(|f| f.start_offset())

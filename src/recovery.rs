@@ -54,10 +54,17 @@ pub(crate) fn recover(config: &StoreConfig, clean: bool) -> Result<Recovered> {
     let checkpoint = Checkpoint::open(path, times.unwrap_or_default())?;
     let vouched = times.map_or(0, |t| t.physic_offset);
     let table_path = config.root_dir.join(QUEUE_TABLE_FILE);
-    let table = if clean {
-        ConsumeQueues::read_table(&table_path)?
-    } else {
-        None
+    // Every queue and its next offset when the store was last opened or cleanly shut
+    // down: exact after a clean exit, a lower bound after a crash (queues only grow, and
+    // a crash cuts only what came after the last open).
+    let table = ConsumeQueues::read_table(&table_path)?.unwrap_or_default();
+    let short_queue = |queues: &ConsumeQueues| {
+        table.iter().find_map(|(topic, id, want)| {
+            let have = queues.get(topic, *id).map_or(0, |q| q.max_offset());
+            let short = if clean { have != *want } else { have < *want };
+            short
+                .then(|| format!("consume queue {topic}/{id} holds {have} entries, it held {want}"))
+        })
     };
 
     let plan = if clean {
@@ -96,14 +103,7 @@ pub(crate) fn recover(config: &StoreConfig, clean: bool) -> Result<Recovered> {
     } else if let Some(why) = queues.damaged() {
         Some(why)
     } else {
-        table.and_then(|rows| {
-            rows.into_iter().find_map(|(topic, id, max)| {
-                let have = queues.get(&topic, id).map_or(0, |q| q.max_offset());
-                (have != max).then(|| {
-                    format!("consume queue {topic}/{id} holds {have} entries, the last shutdown left {max}")
-                })
-            })
-        })
+        short_queue(queues)
     };
     if let Some(why) = mismatch {
         log::warn!("{why}: rebuilding every consume queue from the commit log");
@@ -119,6 +119,16 @@ pub(crate) fn recover(config: &StoreConfig, clean: bool) -> Result<Recovered> {
             ..plan
         };
         log = CommitLog::open(config, rebuild, &mut sink)?;
+        let queues = sink.queues.as_ref().expect("begin() is always called");
+        if let Some(why) = short_queue(queues)
+            && !config.truncate_damaged_log
+        {
+            // Rebuilt from the whole log and still short: the log lacks records it had.
+            return Err(Error::corrupted(
+                log.write_offset(),
+                format!("{why}, and the commit log holds no more of its records"),
+            ));
+        }
     }
     let queues = sink.queues.expect("begin() is always called");
     // Queues reopened after retention start at their first entry still in the log.
@@ -136,12 +146,8 @@ pub(crate) fn recover(config: &StoreConfig, clean: bool) -> Result<Recovered> {
             ..cp
         })?;
     }
-    // The table describes one clean shutdown; the next one writes it again.
-    match std::fs::remove_file(&table_path) {
-        Ok(()) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(e) => return Err(Error::io("remove", &table_path, e)),
-    }
+    // The lower bound for the next open, whatever happens to this run.
+    queues.write_table(&table_path)?;
     log::info!(
         "{} recovery took {:?}: scanned {} bytes from offset {}, {} records, log ends at {}",
         if clean { "normal" } else { "abnormal" },
@@ -207,8 +213,24 @@ impl RecoverySink for QueueRebuild<'_> {
     fn begin(&mut self, start_offset: u64, log_start: u64) -> Result<()> {
         self.start_offset = start_offset;
         self.log_start = log_start;
-        // After an unclean exit, entries from the scan's start on are indexed again.
-        let keep_below = (self.mode != Mode::Verify).then_some(start_offset);
+        // After an unclean exit, entries from the scan's start on are indexed again; a
+        // rebuild starts from empty queues (entries below the log's start point at deleted
+        // records and are not kept).
+        let keep_below = match self.mode {
+            Mode::Verify => None,
+            Mode::FromCheckpoint => Some(start_offset),
+            Mode::Rebuild => Some(0),
+        };
+        if self.mode == Mode::Rebuild {
+            // The rebuild is about to empty every queue: until it is done, the checkpoint
+            // must not let a later open start past the log's start and trust them.
+            let cp = self.checkpoint.times();
+            self.checkpoint.store(CheckpointTimes {
+                physic: 0,
+                logics: 0,
+                ..cp
+            })?;
+        }
         self.queues = Some(ConsumeQueues::load(
             self.config.root_dir.join("consumequeue"),
             self.config.consume_queue_entries_per_file,
@@ -243,11 +265,13 @@ impl RecoverySink for QueueRebuild<'_> {
         if self.mode == Mode::FromCheckpoint
             && view.queue_offset > 0
             && self.start_offset > self.log_start
-            && queues.get(view.topic, view.queue_id).is_none()
+            && queues
+                .get(view.topic, view.queue_id)
+                .is_none_or(|q| q.max_offset() == q.min_offset())
         {
             // The queue's earlier entries lie before the scan: only a rebuild finds them.
             self.mismatch = Some(format!(
-                "consume queue {}/{} is missing",
+                "consume queue {}/{} is missing or empty",
                 view.topic, view.queue_id
             ));
             return Ok(true);

@@ -165,32 +165,40 @@ impl RetentionThread {
 }
 
 /// Deletes up to `budget` commit-log files older than `older_than` (any age with `None`),
-/// oldest first, never the one being written, then the consume-queue files wholly below the log's
-/// new start. Returns how many commit-log files went.
+/// oldest first, never the one being written nor one not wholly below `dispatched`. Before
+/// each goes, every consume queue's minimum moves past its records; after, the consume-queue
+/// files wholly below the log's new start go too. Returns how many commit-log files went.
 fn delete_files(
     log: &CommitLog,
     queues: &ConsumeQueues,
     older_than: Option<Duration>,
     dispatched: u64,
-    mut budget: usize,
+    budget: usize,
 ) -> Result<usize> {
-    let removed = log.delete_front_files(|path, end| {
-        if budget == 0 || end > dispatched {
-            return false;
-        }
+    let mut removed = 0;
+    while removed < budget {
+        let Some((path, end)) = log.oldest_file() else {
+            break;
+        };
         let old = match older_than {
             None => true,
-            Some(age) => std::fs::metadata(path)
+            Some(age) => std::fs::metadata(&path)
                 .and_then(|m| m.modified())
                 .ok()
                 .and_then(|t| t.elapsed().ok())
                 .is_some_and(|e| e >= age),
         };
-        if old {
-            budget -= 1;
+        if end > dispatched || !old {
+            break;
         }
-        old
-    })?;
+        for (_, _, q) in queues.all() {
+            q.raise_min(end);
+        }
+        if !log.remove_oldest_file(end)? {
+            break;
+        }
+        removed += 1;
+    }
     if removed > 0 {
         let min = log.min_offset();
         log::info!("retention removed {removed} commit-log file(s); the log now starts at {min}");

@@ -309,3 +309,193 @@ fn a_log_shorter_than_the_checkpoint_vouches_for_is_refused() {
         assert!(log_files(dir.path()) == before, "{case}: log changed");
     }
 }
+
+/// Fails, while armed, the creation of a queue's first consume-queue file, or the sync of
+/// any; signals each failure.
+struct QueueFaults {
+    fail_create: std::sync::atomic::AtomicBool,
+    fail_sync: std::sync::atomic::AtomicBool,
+    failed: (
+        crossbeam_channel::Sender<()>,
+        crossbeam_channel::Receiver<()>,
+    ),
+}
+
+impl QueueFaults {
+    fn new() -> std::sync::Arc<Self> {
+        std::sync::Arc::new(QueueFaults {
+            fail_create: Default::default(),
+            fail_sync: Default::default(),
+            failed: crossbeam_channel::unbounded(),
+        })
+    }
+
+    fn signal(&self) -> std::io::Result<()> {
+        let _ = self.failed.0.send(());
+        Err(std::io::Error::other("injected queue-file failure"))
+    }
+}
+
+impl rocketstore::IoHook for QueueFaults {
+    fn before_create(&self, path: &Path) -> std::io::Result<()> {
+        if self.fail_create.load(std::sync::atomic::Ordering::SeqCst)
+            && path.to_string_lossy().contains("consumequeue")
+            && path.ends_with(format!("{:020}", 0))
+        {
+            return self.signal();
+        }
+        Ok(())
+    }
+    fn before_sync(&self, path: &Path) -> std::io::Result<()> {
+        if self.fail_sync.load(std::sync::atomic::Ordering::SeqCst)
+            && path.to_string_lossy().contains("consumequeue")
+        {
+            return self.signal();
+        }
+        Ok(())
+    }
+}
+
+#[test]
+fn a_rebuild_that_fails_halfway_is_done_again_by_the_next_open() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = || config(dir.path(), sync_mode()).consume_queue_entries_per_file(16);
+    let puts: Vec<_> = {
+        let store = MessageStore::open(cfg()).unwrap();
+        let mut puts = Vec::new();
+        for i in 0..300 {
+            if i == 200 {
+                // Not synchronisation: store times more than recovery's 3 s slack apart,
+                // so that a recovery from the checkpoint starts past the first files.
+                std::thread::sleep(Duration::from_millis(3500));
+            }
+            let msg = Message::new("A", 0u32, kib_body("A", i));
+            puts.push(store.put_message(&msg).unwrap());
+        }
+        puts
+    };
+    assert!(puts[199].physical_offset / SMALL_FILE > 1);
+    // A hole in the queue forces a rebuild; the rebuild fails once it has emptied the queues.
+    let first = dir
+        .path()
+        .join("consumequeue/A/0")
+        .join(format!("{:020}", 0));
+    OpenOptions::new()
+        .write(true)
+        .open(&first)
+        .unwrap()
+        .write_all_at(&[0u8; 20], 20)
+        .unwrap();
+    fs::write(dir.path().join("abort"), b"").unwrap();
+    let hook = QueueFaults::new();
+    hook.fail_create
+        .store(true, std::sync::atomic::Ordering::SeqCst);
+    assert!(MessageStore::open(cfg().io_hook(hook.clone())).is_err());
+    assert!(hook.failed.1.try_recv().is_ok(), "the rebuild did not run");
+
+    let store = MessageStore::open(cfg()).unwrap();
+    assert_eq!(store.min_offset_in_queue("A", 0), 0);
+    assert_eq!(store.max_offset_in_queue("A", 0), 300);
+    let got = store.get_message("A", 0, 0, 16).unwrap();
+    assert_eq!(got.status, GetStatus::Found);
+    assert_eq!(got.messages[0].physical_offset, puts[0].physical_offset);
+}
+
+#[test]
+fn after_a_failed_queue_sync_the_durable_offset_still_follows_the_log() {
+    let dir = tempfile::tempdir().unwrap();
+    let hook = QueueFaults::new();
+    hook.fail_sync
+        .store(true, std::sync::atomic::Ordering::SeqCst);
+    let store = MessageStore::open(
+        config(dir.path(), sync_mode())
+            .consume_queue_flush_interval(Duration::from_millis(5))
+            .io_hook(hook.clone()),
+    )
+    .unwrap();
+    let puts: Vec<_> = (0..300)
+        .map(|i| store.put_message(&message("A", 0, "a", i)).unwrap())
+        .collect();
+    hook.failed.1.recv().unwrap();
+    assert!(store.shutdown().is_err(), "the queues were not durable");
+    let cp = CheckpointTimes::read(&dir.path().join("checkpoint"))
+        .unwrap()
+        .unwrap();
+    // The queues' time is frozen, the log's durable offset is not: damage in records
+    // acknowledged after the failure is refused, never cut as a torn tail.
+    assert_eq!(cp.logics, 0, "{cp:?}");
+    assert_eq!(
+        cp.physic_offset,
+        puts.last().unwrap().end_offset(),
+        "{cp:?}"
+    );
+}
+
+#[test]
+fn a_rebuild_after_retention_and_lost_queue_entries_never_cuts_the_log() {
+    let dir = tempfile::tempdir().unwrap();
+    let hook = QueueFaults::new();
+    let cfg = || {
+        config(dir.path(), sync_mode())
+            .consume_queue_entries_per_file(64)
+            .consume_queue_flush_interval(Duration::from_millis(5))
+            .file_reserved_time(Duration::ZERO)
+    };
+    let store = MessageStore::open(cfg().io_hook(hook.clone())).unwrap();
+    let put = |i: u64| {
+        store
+            .put_message(&Message::new("A", 0u32, kib_body("A", i)))
+            .unwrap()
+    };
+    let mut puts: Vec<_> = (0..270).map(put).collect();
+    // Wait until a checkpoint covers the first 270 entries.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while CheckpointTimes::read(&dir.path().join("checkpoint"))
+        .unwrap()
+        .unwrap_or_default()
+        .logics
+        < puts.last().unwrap().store_timestamp
+    {
+        assert!(std::time::Instant::now() < deadline, "no checkpoint");
+        std::thread::yield_now();
+    }
+    hook.fail_sync
+        .store(true, std::sync::atomic::Ordering::SeqCst);
+    puts.extend((270..300).map(put));
+    hook.failed.1.recv().unwrap(); // a queue sync failed: those entries may be lost
+    assert!(store.delete_expired_files().unwrap() > 0);
+    // The log now starts after entry 270: the lost entries lie below its start.
+    assert!(store.min_physical_offset() > puts[270].physical_offset);
+    assert!(store.shutdown().is_err());
+    drop(store);
+    // A power cut loses the entries written since the last good queue sync.
+    for e in fs::read_dir(dir.path().join("consumequeue/A/0")).unwrap() {
+        let p = e.unwrap().path();
+        let first = p
+            .file_name()
+            .unwrap()
+            .to_str()
+            .unwrap()
+            .parse::<u64>()
+            .unwrap()
+            / 20;
+        let f = OpenOptions::new().write(true).open(&p).unwrap();
+        for q in first.max(270)..first + 64 {
+            f.write_all_at(&[0u8; 20], (q - first) * 20).unwrap();
+        }
+    }
+    let store = MessageStore::open(cfg()).unwrap();
+    let end = puts.last().unwrap().end_offset();
+    assert_eq!(
+        store.max_physical_offset(),
+        end,
+        "acknowledged records were cut"
+    );
+    assert_eq!(store.max_offset_in_queue("A", 0), 300);
+    let min = store.min_offset_in_queue("A", 0);
+    let got = store.get_message("A", 0, min, 1).unwrap();
+    assert_eq!(
+        got.messages[0].physical_offset,
+        puts[min as usize].physical_offset
+    );
+}

@@ -177,17 +177,23 @@ impl CommitLog {
         self.state.lock().last_store_timestamp
     }
 
-    /// Removes commit-log files from the front while `expired(path, end offset)` holds,
-    /// never the file being written. Returns how many went.
-    pub(crate) fn delete_front_files(
-        &self,
-        mut expired: impl FnMut(&std::path::Path, u64) -> bool,
-    ) -> Result<usize> {
+    /// The oldest file and the offset it ends at, unless it is the file being written.
+    pub(crate) fn oldest_file(&self) -> Option<(std::path::PathBuf, u64)> {
+        let file = self.files.first_of_several()?;
+        Some((
+            file.path().to_owned(),
+            file.start_offset() + self.file_size(),
+        ))
+    }
+
+    /// Removes the oldest file if it still ends at `end` and is not the file being written.
+    pub(crate) fn remove_oldest_file(&self, end: u64) -> Result<bool> {
         let size = self.file_size();
-        let removed = self
-            .files
-            .remove_front_while(1, |file| expired(file.path(), file.start_offset() + size))?;
-        Ok(removed.len())
+        let mut first = true;
+        let removed = self.files.remove_front_while(1, |file| {
+            std::mem::take(&mut first) && file.start_offset() + size == end
+        })?;
+        Ok(!removed.is_empty())
     }
 
     /// The disk-usage watch that may refuse puts.

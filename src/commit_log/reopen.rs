@@ -169,7 +169,15 @@ pub(super) fn scan_and_truncate(
         let (pos, stop) = scan_file(file, sink, &mut last_ts, plan.check_crc)?;
         if plan.repair {
             // What a crashed process left in the page cache becomes durable before the
-            // checkpoint or any reader relies on it.
+            // checkpoint or any reader relies on it. What the checkpoint does not vouch for
+            // is written again first: after a failed fsync in this boot, its pages may be
+            // marked clean without being on the disk.
+            let valid_end = match stop {
+                Stop::FileEnd => file.size(),
+                _ => pos,
+            };
+            let from = plan.durable.saturating_sub(file.start_offset());
+            file.rewrite(from.min(valid_end as u64) as usize, valid_end)?;
             file.sync_all()?;
         }
         let at = file.start_offset() + pos as u64;

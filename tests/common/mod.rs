@@ -112,7 +112,10 @@ impl Rng {
 
 /// Rewrites the checkpoint of a closed store so that it vouches for nothing at or past
 /// `offset`, as the checkpoint of a crash that happened before it covered those bytes.
+/// The queue table the clean shutdown wrote goes too: a crashed run leaves only the one
+/// written when it was opened, which holds less.
 pub fn checkpoint_vouches_below(dir: &Path, offset: u64) {
+    let _ = std::fs::remove_file(dir.join("queue_table"));
     let path = dir.join("checkpoint");
     let cp = rocketstore::CheckpointTimes::read(&path)
         .unwrap()
