@@ -15,11 +15,24 @@ pub(crate) const LOCK_FILE: &str = "lock";
 /// Name of the abort marker under the root.
 pub(crate) const ABORT_FILE: &str = "abort";
 
+const POISON_PREFIX: &str = "poisoned at flushed offset ";
+
+/// Records in the abort marker that the store was poisoned with `flushed` as its last good
+/// flushed offset, so that the next open writes everything past it again before trusting a
+/// sync: after a failed fsync the kernel may mark dirty pages clean without writing them,
+/// and a reopen in the same boot would read them back from the page cache.
+pub(crate) fn record_poison(abort: &Path, flushed: u64) -> Result<()> {
+    std::fs::write(abort, format!("{POISON_PREFIX}{flushed}\n"))
+        .and_then(|()| File::open(abort)?.sync_all())
+        .map_err(|e| Error::io("write", abort, e))
+}
+
 pub(crate) struct StoreLock {
     /// The OS lock lives as long as this descriptor; `None` once released.
     file: Mutex<Option<File>>,
     root: PathBuf,
     last_exit_clean: bool,
+    poisoned_at: Option<u64>,
 }
 
 impl StoreLock {
@@ -43,7 +56,16 @@ impl StoreLock {
         }
         let abort = root.join(ABORT_FILE);
         let last_exit_clean = !abort.exists();
-        File::create(&abort)
+        let poisoned_at = std::fs::read_to_string(&abort)
+            .ok()
+            .and_then(|text| text.trim().strip_prefix(POISON_PREFIX)?.parse().ok());
+        // Kept as it is when present: a poisoning it records is cleared only once an open
+        // has acted on it.
+        OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&abort)
             .and_then(|f| f.sync_all())
             .map_err(|e| Error::io("create", &abort, e))?;
         sync_dir(root)?;
@@ -51,12 +73,30 @@ impl StoreLock {
             file: Mutex::new(Some(file)),
             root: root.to_owned(),
             last_exit_clean,
+            poisoned_at,
         })
     }
 
     /// Whether the previous run shut down cleanly (no abort marker was found).
     pub(crate) fn last_exit_clean(&self) -> bool {
         self.last_exit_clean
+    }
+
+    /// Forgets a recorded poisoning: recovery has written and synced what lay past it.
+    pub(crate) fn clear_poison(&self) -> Result<()> {
+        if self.poisoned_at.is_none() {
+            return Ok(());
+        }
+        let abort = self.root.join(ABORT_FILE);
+        File::create(&abort)
+            .and_then(|f| f.sync_all())
+            .map_err(|e| Error::io("write", &abort, e))
+    }
+
+    /// The flushed offset at which the previous run was poisoned by a failed flush, if it
+    /// was (and could record it): bytes past it may be in the page cache but not on disk.
+    pub(crate) fn poisoned_at(&self) -> Option<u64> {
+        self.poisoned_at
     }
 
     /// Releases the lock, first removing the abort marker when `clean` (everything is

@@ -10,11 +10,15 @@ use crate::consume_queues::ConsumeQueues;
 use crate::error::{Error, Result};
 use crate::format::{CqEntry, RecordView};
 
-/// A value per topic and queue id.
-type QueueOffsets = HashMap<String, HashMap<u32, u64>>;
+/// The last record seen of each topic and queue id: its queue offset and entry.
+type QueueOffsets = HashMap<String, HashMap<u32, (u64, CqEntry)>>;
 
-/// The slot of a topic/queue, created at 0, allocating only for a new topic.
-fn offset_slot<'a>(table: &'a mut QueueOffsets, topic: &str, queue_id: u32) -> &'a mut u64 {
+/// The slot of a topic/queue, allocating only for a new topic.
+fn offset_slot<'a>(
+    table: &'a mut QueueOffsets,
+    topic: &str,
+    queue_id: u32,
+) -> &'a mut (u64, CqEntry) {
     if !table.contains_key(topic) {
         table.insert(topic.to_owned(), HashMap::new());
     }
@@ -22,7 +26,14 @@ fn offset_slot<'a>(table: &'a mut QueueOffsets, topic: &str, queue_id: u32) -> &
         .get_mut(topic)
         .expect("inserted above")
         .entry(queue_id)
-        .or_default()
+        .or_insert((
+            0,
+            CqEntry {
+                physical_offset: 0,
+                size: 0,
+                tag_hash: 0,
+            },
+        ))
 }
 
 /// Name of the checkpoint file under the root.
@@ -47,7 +58,11 @@ pub(crate) struct Recovered {
 /// - An invalid record below the durable point refuses the open ([`Error::Corrupted`]).
 /// - Whenever the queues do not line up with the log they are rebuilt from the whole log,
 ///   which is read but never changed.
-pub(crate) fn recover(config: &StoreConfig, clean: bool) -> Result<Recovered> {
+pub(crate) fn recover(
+    config: &StoreConfig,
+    clean: bool,
+    poisoned_at: Option<u64>,
+) -> Result<Recovered> {
     let started = std::time::Instant::now();
     let path = config.root_dir.join(CHECKPOINT_FILE);
     let times = CheckpointTimes::read(&path)?;
@@ -76,6 +91,7 @@ pub(crate) fn recover(config: &StoreConfig, clean: bool) -> Result<Recovered> {
             repair: false,
             truncate_damage: config.truncate_damaged_log,
             written_below: vouched,
+            rewrite_from: poisoned_at,
         }
     } else {
         ScanPlan {
@@ -88,6 +104,7 @@ pub(crate) fn recover(config: &StoreConfig, clean: bool) -> Result<Recovered> {
             repair: true,
             truncate_damage: config.truncate_damaged_log,
             written_below: vouched,
+            rewrite_from: poisoned_at,
         }
     };
     let mode = if clean {
@@ -246,22 +263,14 @@ impl RecoverySink for QueueRebuild<'_> {
         if self.mismatch.is_some() {
             return Ok(true);
         }
-        let queues = self.queues.as_ref().expect("begin() comes first");
         let entry = CqEntry::of(view);
         if self.mode == Mode::Verify {
-            // A clean exit drained the dispatch: every record must be indexed as it is.
-            let indexed = queues
-                .get(view.topic, view.queue_id)
-                .and_then(|q| q.entry(view.queue_offset));
-            if indexed != Some(entry) {
-                self.mismatch = Some(format!(
-                    "the record at {} is not indexed in {}/{} at {}",
-                    view.physical_offset, view.topic, view.queue_id, view.queue_offset
-                ));
-            }
-            *offset_slot(&mut self.seen, view.topic, view.queue_id) = view.queue_offset;
+            // A clean exit drained the dispatch, and queues are written in log order: the
+            // last record of each queue in this file is checked in `file_done`.
+            *offset_slot(&mut self.seen, view.topic, view.queue_id) = (view.queue_offset, entry);
             return Ok(true);
         }
+        let queues = self.queues.as_ref().expect("begin() comes first");
         if self.mode == Mode::FromCheckpoint
             && view.queue_offset > 0
             && self.start_offset > self.log_start
@@ -298,11 +307,15 @@ impl RecoverySink for QueueRebuild<'_> {
             // Nothing may be indexed past the last record of each queue.
             let queues = self.queues.as_ref().expect("begin() comes first");
             for (topic, ids) in &self.seen {
-                for (id, last) in ids {
-                    let max = queues.get(topic, *id).map_or(0, |q| q.max_offset());
-                    if self.mismatch.is_none() && max != last + 1 {
+                for (id, (last, entry)) in ids {
+                    let queue = queues.get(topic, *id);
+                    let max = queue.as_ref().map_or(0, |q| q.max_offset());
+                    let indexed = queue.and_then(|q| q.entry(*last));
+                    if self.mismatch.is_none() && (max != last + 1 || indexed != Some(*entry)) {
                         self.mismatch = Some(format!(
-                            "consume queue {topic}/{id} ends at {max}, its last record is {last}"
+                            "consume queue {topic}/{id} ends at {max}, its last record is {last} \
+                             at {}",
+                            entry.physical_offset
                         ));
                     }
                 }

@@ -94,7 +94,7 @@ impl MessageStore {
                 config.root().display()
             );
         }
-        let recovered = match recover(&config, lock.last_exit_clean()) {
+        let recovered = match recover(&config, lock.last_exit_clean(), lock.poisoned_at()) {
             Ok(r) => r,
             Err(e) => {
                 // A refused open must not turn a clean store into a crashed one: the next
@@ -103,6 +103,7 @@ impl MessageStore {
                 return Err(e);
             }
         };
+        lock.clear_poison()?;
         let log = Arc::new(recovered.log);
         let queues = Arc::new(recovered.queues);
         let flusher = Flusher::start(Arc::clone(&log), config.flush_mode)?;

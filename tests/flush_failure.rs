@@ -184,3 +184,27 @@ fn the_checkpoint_advances_while_dispatch_runs_ahead_of_the_flush() {
     assert_eq!(cp.physic_offset, flushed_end.end_offset(), "{cp:?}");
     assert_eq!(cp.physic, flushed_end.store_timestamp, "{cp:?}");
 }
+
+#[test]
+fn a_poisoning_is_recorded_for_the_next_open_which_writes_the_tail_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let hook = FailFirstSync::new("commitlog", false);
+    let store = MessageStore::open(config(dir.path(), never_flushes()).io_hook(hook)).unwrap();
+    let first = store.put_message(&message("F", 0, "f", 0)).unwrap();
+    assert!(store.flush().is_err());
+    let abort = dir.path().join("abort");
+    let recorded = std::fs::read_to_string(&abort).unwrap();
+    assert_eq!(recorded.trim(), "poisoned at flushed offset 0");
+    assert!(store.shutdown().is_err());
+    drop(store);
+
+    // The next open (same boot: the page cache still holds the record) writes the bytes
+    // past that offset again before syncing them, then forgets the record.
+    let store = open(dir.path(), sync_mode());
+    assert_eq!(std::fs::read_to_string(&abort).unwrap(), "");
+    let m = store
+        .lookup_message(first.physical_offset)
+        .unwrap()
+        .unwrap();
+    assert_eq!(m.body, body("f", 0));
+}

@@ -66,6 +66,8 @@ pub(crate) struct CommitLog {
     flush_lock: Mutex<()>,
     poisoned: AtomicBool,
     poison_cause: Mutex<Option<String>>,
+    /// The abort marker, where a poisoning is recorded for the next open.
+    abort_path: std::path::PathBuf,
     wakeup: Arc<Wakeup>,
     disk: DiskWatch,
 }
@@ -162,6 +164,7 @@ impl CommitLog {
             flush_lock: Mutex::new(()),
             poisoned: AtomicBool::new(false),
             poison_cause: Mutex::new(None),
+            abort_path: config.root().join(crate::lock::ABORT_FILE),
             wakeup: Arc::new(Wakeup::default()),
             disk,
         })
@@ -254,6 +257,9 @@ impl CommitLog {
         if slot.is_none() {
             log::error!("refusing further writes: {cause}");
             *slot = Some(cause);
+            if let Err(e) = crate::lock::record_poison(&self.abort_path, self.flushed_offset()) {
+                log::error!("could not record the poisoning for the next open: {e}");
+            }
         }
         self.poisoned.store(true, Ordering::Release);
     }

@@ -121,6 +121,9 @@ pub(crate) struct ScanPlan {
     /// Offset below which the checkpoint says records were written: a file starting below
     /// it is never taken for an unused, prepared file, even when its first bytes are zeros.
     pub written_below: u64,
+    /// The last run was poisoned by a failed flush with this flushed offset: what lies
+    /// past it is written again before it is synced.
+    pub rewrite_from: Option<u64>,
 }
 
 /// The first file a reopen scan reads.
@@ -169,15 +172,17 @@ pub(super) fn scan_and_truncate(
         let (pos, stop) = scan_file(file, sink, &mut last_ts, plan.check_crc)?;
         if plan.repair {
             // What a crashed process left in the page cache becomes durable before the
-            // checkpoint or any reader relies on it. What the checkpoint does not vouch for
-            // is written again first: after a failed fsync in this boot, its pages may be
-            // marked clean without being on the disk.
-            let valid_end = match stop {
-                Stop::FileEnd => file.size(),
-                _ => pos,
-            };
-            let from = plan.durable.saturating_sub(file.start_offset());
-            file.rewrite(from.min(valid_end as u64) as usize, valid_end)?;
+            // checkpoint or any reader relies on it. After a poisoned run, what was not
+            // flushed is written again first: a failed fsync may have left its pages marked
+            // clean without being on the disk.
+            if let Some(flushed) = plan.rewrite_from {
+                let valid_end = match stop {
+                    Stop::FileEnd => file.size(),
+                    _ => pos,
+                };
+                let from = flushed.saturating_sub(file.start_offset());
+                file.rewrite(from.min(valid_end as u64) as usize, valid_end)?;
+            }
             file.sync_all()?;
         }
         let at = file.start_offset() + pos as u64;
