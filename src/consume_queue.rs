@@ -6,7 +6,7 @@
 
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use parking_lot::Mutex;
 
@@ -15,6 +15,20 @@ use crate::format::{CQ_ENTRY_LEN, CqEntry};
 use crate::io_hook::IoHook;
 use crate::mapped_file::{FileWriter, MappedFile, create_dir_durable};
 use crate::mapped_file_queue::MappedFileQueue;
+
+/// How a queue's files are taken at load.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Load {
+    /// As found (after a clean exit).
+    Keep,
+    /// Entries pointing at or past this commit-log offset are dropped: recovery after a
+    /// crash indexes those records again.
+    DropFrom(u64),
+    /// The queues are rebuilt from the log, which starts at `log_start`: the queue is
+    /// emptied, unless every entry points below the log's start (its records were all
+    /// deleted by retention, so nothing could rebuild it; it is kept as it is).
+    Rebuild { log_start: u64 },
+}
 
 /// What putting an entry did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -40,6 +54,14 @@ pub(crate) struct ConsumeQueue {
     /// Why the entries found at load cannot be trusted (a zeroed entry below the end, or
     /// entries out of order): recovery then rebuilds the queues from the log.
     damage: Option<String>,
+    /// An empty queue with no history: its first entry may come at any queue offset (the
+    /// log's start may have been deleted by retention). A queue emptied by recovery is
+    /// instead positioned where its next entry must go.
+    free_start: AtomicBool,
+    /// Kept by a rebuild because every entry pointed below the log's start: if a record of
+    /// the queue turns up after all (entries of it were lost), the dead entries go and the
+    /// queue starts again at that record.
+    restartable: AtomicBool,
 }
 
 impl std::fmt::Debug for ConsumeQueue {
@@ -103,7 +125,22 @@ impl ConsumeQueue {
             max_offset: AtomicU64::new(0),
             flushed: AtomicU64::new(0),
             damage: None,
+            free_start: AtomicBool::new(true),
+            restartable: AtomicBool::new(false),
         }
+    }
+
+    /// A queue whose files could not be loaded, to be rebuilt: holds nothing, and says why.
+    pub(crate) fn damaged(
+        dir: PathBuf,
+        file_size: u64,
+        hook: Option<Arc<dyn IoHook>>,
+        why: String,
+    ) -> Self {
+        let mut q = ConsumeQueue::new(dir, file_size, hook);
+        q.damage = Some(why);
+        *q.free_start.get_mut() = false;
+        q
     }
 
     /// Why this queue's entries could not be trusted when it was loaded, if so.
@@ -112,16 +149,20 @@ impl ConsumeQueue {
     }
 
     /// Opens the queue in `dir`. Its end is the first unwritten entry of the last file,
-    /// found by binary search (entries are written in order). With `keep_below`, entries
-    /// pointing at or past that commit-log offset are dropped and zeroed.
+    /// found by binary search (entries are written in order); `how` says what is kept.
     pub(crate) fn load(
         dir: PathBuf,
         file_size: u64,
         hook: Option<Arc<dyn IoHook>>,
-        keep_below: Option<u64>,
+        how: Load,
     ) -> Result<Self> {
+        let keep_below = match how {
+            Load::Keep => None,
+            Load::DropFrom(offset) => Some(offset),
+            Load::Rebuild { .. } => Some(0),
+        };
         let mut files: Vec<Arc<MappedFile>> =
-            MappedFileQueue::load_files(&dir, file_size, hook.clone(), keep_below.is_some())?
+            MappedFileQueue::load_files(&dir, file_size, hook.clone(), how != Load::Keep)?
                 .into_iter()
                 .map(Arc::new)
                 .collect();
@@ -165,6 +206,17 @@ impl ConsumeQueue {
             }
             end = first + a;
         }
+        let last_entry = (end > first_written)
+            .then(|| {
+                let at = end - 1;
+                entry_at(
+                    &files[((at - first) / entries_per_file) as usize],
+                    ((at % entries_per_file) as usize) * CQ_ENTRY_LEN,
+                )
+            })
+            .flatten();
+        let expired = matches!(how, Load::Rebuild { log_start } if last_entry.is_some_and(|e| e.physical_offset < log_start));
+        let keep_below = if expired { None } else { keep_below };
         if let Some(limit) = keep_below {
             // First entry pointing at or past `limit` (offsets grow with queue offsets).
             let (mut lo, mut hi) = (first_written.min(end), end);
@@ -179,13 +231,23 @@ impl ConsumeQueue {
             }
             end = lo;
         }
-        q.damage = check_entries(&files, first_written.min(end), end, entries_per_file);
+        // An expired queue is never read (its minimum moves to its end), so damage in it
+        // needs no rebuild, and a rebuild could not repair it anyway.
+        if !expired {
+            q.damage = check_entries(&files, first_written.min(end), end, entries_per_file);
+        }
         if keep_below.is_some() && end <= first_written {
-            // Nothing kept: an empty queue, which may start again at any offset.
+            // Nothing kept. Rebuilding, the queue starts again at its first record in the
+            // log; otherwise its next entry must be the first one dropped.
             for file in &files {
                 file.remove()?;
             }
             files[0].sync_parent()?;
+            if !matches!(how, Load::Rebuild { .. }) {
+                *q.min_offset.get_mut() = first_written;
+                *q.max_offset.get_mut() = first_written;
+                *q.free_start.get_mut() = false;
+            }
             return Ok(q);
         }
         // Files wholly past the end go; the end's file takes the writer.
@@ -214,7 +276,25 @@ impl ConsumeQueue {
         *q.min_offset.get_mut() = first_written.max(first).min(end);
         *q.max_offset.get_mut() = end;
         *q.flushed.get_mut() = end * CQ_ENTRY_LEN as u64;
+        *q.free_start.get_mut() = false;
+        *q.restartable.get_mut() = expired;
         Ok(q)
+    }
+
+    /// Whether the queue holds nothing and has no history: its first entry may come at
+    /// any queue offset.
+    pub(crate) fn is_fresh(&self) -> bool {
+        self.free_start.load(Ordering::Acquire)
+    }
+
+    /// Makes a fresh queue continue at `next`: its earlier messages are gone from the log.
+    pub(crate) fn position(&self, next: u64) {
+        let _writer = self.writer.lock();
+        if self.is_fresh() {
+            self.min_offset.store(next, Ordering::Release);
+            self.max_offset.store(next, Ordering::Release);
+            self.free_start.store(false, Ordering::Release);
+        }
     }
 
     /// Next queue offset (one past the last entry).
@@ -313,8 +393,14 @@ impl ConsumeQueue {
                 )),
             };
         }
-        if queue_offset > next && next == self.min_offset() && writer.is_none() {
-            // An empty queue starts where its first message is (the log's start may have
+        if queue_offset > next && self.restartable.swap(false, Ordering::AcqRel) {
+            // Every entry held points at a deleted record: drop them all.
+            *writer = None;
+            self.files.remove_front_while(0, |_| true)?;
+            self.free_start.store(true, Ordering::Release);
+        }
+        if queue_offset > next && self.is_fresh() {
+            // A fresh queue starts where its first message is (the log's start may have
             // been deleted by retention): begin inside the file that holds that offset.
             *writer = Some(self.new_file(queue_offset)?);
             self.min_offset.store(queue_offset, Ordering::Release);
@@ -337,6 +423,8 @@ impl ConsumeQueue {
         w.write(&entry.encode());
         w.publish();
         self.max_offset.store(next + 1, Ordering::Release);
+        self.free_start.store(false, Ordering::Release);
+        self.restartable.store(false, Ordering::Release);
         Ok(Indexed::Appended)
     }
 
@@ -404,10 +492,10 @@ mod tests {
         drop(q);
 
         // Reopened: the end is found again; with keep_below, later entries are dropped.
-        let q = ConsumeQueue::load(dir.path().join("T/0"), 100, None, None).unwrap();
+        let q = ConsumeQueue::load(dir.path().join("T/0"), 100, None, Load::Keep).unwrap();
         assert_eq!(q.max_offset(), 12);
         drop(q);
-        let q = ConsumeQueue::load(dir.path().join("T/0"), 100, None, Some(700)).unwrap();
+        let q = ConsumeQueue::load(dir.path().join("T/0"), 100, None, Load::DropFrom(700)).unwrap();
         assert_eq!(q.max_offset(), 7);
         assert_eq!(q.entry(7), None);
         assert_eq!(q.put(7, entry(7)).unwrap(), Indexed::Appended);

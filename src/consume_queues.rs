@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use parking_lot::RwLock;
 
-use crate::consume_queue::ConsumeQueue;
+use crate::consume_queue::{ConsumeQueue, Load};
 use crate::error::{Error, Result};
 use crate::format::{CQ_ENTRY_LEN, validate_topic};
 use crate::io_hook::IoHook;
@@ -21,14 +21,16 @@ pub(crate) struct ConsumeQueues {
 }
 
 impl ConsumeQueues {
-    /// Loads every queue under `{root}/consumequeue/`. A topic directory with an invalid
-    /// name or a queue directory that is not a number is refused with a clear error. With
-    /// `keep_below`, entries at or past that commit-log offset are dropped (recovery).
+    /// Loads every queue under `{root}/consumequeue/`, as `how` says. A topic directory
+    /// with an invalid name or a queue directory that is not a number is refused with a
+    /// clear error. A queue whose files cannot be loaded (a gap, a stray or short file) is
+    /// derived data: it is loaded empty and marked damaged, so recovery rebuilds it; when
+    /// rebuilding, its directory is cleared.
     pub(crate) fn load(
         root: PathBuf,
         entries_per_file: u32,
         hook: Option<Arc<dyn IoHook>>,
-        keep_below: Option<u64>,
+        how: Load,
     ) -> Result<Self> {
         let file_size = u64::from(entries_per_file) * CQ_ENTRY_LEN as u64;
         crate::mapped_file::create_dir_durable(&root, hook.as_ref())?;
@@ -48,7 +50,22 @@ impl ConsumeQueues {
                             path: queue_dir.clone(),
                             reason: "a queue directory must be named by its queue id".into(),
                         })?;
-                let q = ConsumeQueue::load(queue_dir, file_size, hook.clone(), keep_below)?;
+                let q = match ConsumeQueue::load(queue_dir.clone(), file_size, hook.clone(), how) {
+                    Ok(q) => q,
+                    Err(Error::BadStoreFile { path, reason }) => {
+                        let why = format!("{}: {reason}", path.display());
+                        if matches!(how, Load::Rebuild { .. }) {
+                            log::warn!("clearing consume queue {}: {why}", queue_dir.display());
+                            std::fs::remove_dir_all(&queue_dir)
+                                .map_err(|e| Error::io("remove", &queue_dir, e))?;
+                            crate::mapped_file::sync_dir(&topic_dir)?;
+                            ConsumeQueue::new(queue_dir, file_size, hook.clone())
+                        } else {
+                            ConsumeQueue::damaged(queue_dir, file_size, hook.clone(), why)
+                        }
+                    }
+                    Err(e) => return Err(e),
+                };
                 queues.insert(queue_id, Arc::new(q));
             }
         }
@@ -62,6 +79,21 @@ impl ConsumeQueues {
 
     pub(crate) fn get(&self, topic: &str, queue_id: u32) -> Option<Arc<ConsumeQueue>> {
         self.table.read().get(topic)?.get(&queue_id).cloned()
+    }
+
+    /// Positions every queue of `rows` that holds nothing here but whose records all lay
+    /// below `log_start` (deleted by retention) at the next offset it had, so that its next
+    /// message continues its offsets instead of starting again at 0.
+    pub(crate) fn position_expired(&self, rows: &[TableRow], log_start: u64) {
+        for row in rows {
+            let fresh = self
+                .get(&row.topic, row.queue_id)
+                .is_none_or(|q| q.is_fresh());
+            if fresh && row.next > 0 && row.last_physical < log_start {
+                self.get_or_create(&row.topic, row.queue_id)
+                    .position(row.next);
+            }
+        }
     }
 
     pub(crate) fn get_or_create(&self, topic: &str, queue_id: u32) -> Arc<ConsumeQueue> {
@@ -124,12 +156,19 @@ impl ConsumeQueues {
         let mut rows: Vec<_> = self
             .all()
             .into_iter()
-            .map(|(t, id, q)| (t, id, q.max_offset()))
+            .map(|(t, id, q)| {
+                let max = q.max_offset();
+                let last = max
+                    .checked_sub(1)
+                    .and_then(|at| q.entry(at))
+                    .map_or(0, |e| e.physical_offset);
+                (t, id, max, last)
+            })
             .collect();
         rows.sort();
         let mut text = format!("{TABLE_HEADER} {}\n", rows.len());
-        for (t, id, max) in &rows {
-            text.push_str(&format!("{t} {id} {max}\n"));
+        for (t, id, max, last) in &rows {
+            text.push_str(&format!("{t} {id} {max} {last}\n"));
         }
         let tmp = path.with_extension("tmp");
         let write = || -> std::io::Result<()> {
@@ -145,7 +184,7 @@ impl ConsumeQueues {
 
     /// Reads the queue table a clean shutdown wrote; `None` when there is none (a store of
     /// an earlier version). A table that does not parse is refused: it is written whole.
-    pub(crate) fn read_table(path: &Path) -> Result<Option<Vec<(String, u32, u64)>>> {
+    pub(crate) fn read_table(path: &Path) -> Result<Option<Vec<TableRow>>> {
         let text = match std::fs::read_to_string(path) {
             Ok(t) => t,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
@@ -168,9 +207,19 @@ impl ConsumeQueues {
                     f.next().map(str::to_owned),
                     f.next().and_then(|x| x.parse().ok()),
                     f.next().and_then(|x| x.parse().ok()),
+                    f.next().and_then(|x| x.parse().ok()),
                 );
                 match row {
-                    (Some(t), Some(id), Some(max)) if f.next().is_none() => Ok((t, id, max)),
+                    (Some(topic), Some(queue_id), Some(next), Some(last_physical))
+                        if f.next().is_none() =>
+                    {
+                        Ok(TableRow {
+                            topic,
+                            queue_id,
+                            next,
+                            last_physical,
+                        })
+                    }
                     _ => Err(bad("a malformed queue-table row")),
                 }
             })
@@ -184,6 +233,17 @@ impl ConsumeQueues {
 
 /// First line of `{root}/queue_table`, followed by the number of rows.
 const TABLE_HEADER: &str = "rocketstore-queue-table-v1";
+
+/// One queue of the queue table.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct TableRow {
+    pub topic: String,
+    pub queue_id: u32,
+    /// The queue's next offset.
+    pub next: u64,
+    /// Commit-log offset of its last entry's record (0 when it had none).
+    pub last_physical: u64,
+}
 
 fn file_name(path: &Path) -> String {
     path.file_name()

@@ -69,10 +69,19 @@ impl MappedFileQueue {
         let mut files = self.files.write();
         let removable = files.len().saturating_sub(keep);
         let n = files[..removable].iter().take_while(|f| expired(f)).count();
-        let removed: Vec<_> = files.drain(..n).collect();
+        let mut removed: Vec<_> = files.drain(..n).collect();
         drop(files);
-        for file in &removed {
-            file.remove()?;
+        for i in 0..removed.len() {
+            if let Err(e) = removed[i].remove() {
+                // The file is still on disk: it and the ones after it go back to the front
+                // of the list, or a later deletion would leave a gap in the files.
+                let back = removed.split_off(i);
+                self.files.write().splice(0..0, back);
+                if let Some(file) = removed.first() {
+                    file.sync_parent()?;
+                }
+                return Err(e);
+            }
         }
         if let Some(file) = removed.first() {
             file.sync_parent()?;

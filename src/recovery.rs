@@ -6,7 +6,8 @@ use std::collections::HashMap;
 use crate::checkpoint::{Checkpoint, CheckpointTimes};
 use crate::commit_log::{CommitLog, RecoverySink, ScanFrom, ScanPlan};
 use crate::config::StoreConfig;
-use crate::consume_queues::ConsumeQueues;
+use crate::consume_queue::Load;
+use crate::consume_queues::{ConsumeQueues, TableRow};
 use crate::error::{Error, Result};
 use crate::format::{CqEntry, RecordView};
 
@@ -73,12 +74,21 @@ pub(crate) fn recover(
     // down: exact after a clean exit, a lower bound after a crash (queues only grow, and
     // a crash cuts only what came after the last open).
     let table = ConsumeQueues::read_table(&table_path)?.unwrap_or_default();
+    let have = |queues: &ConsumeQueues, row: &TableRow| {
+        queues
+            .get(&row.topic, row.queue_id)
+            .map_or(0, |q| q.max_offset())
+    };
     let short_queue = |queues: &ConsumeQueues| {
-        table.iter().find_map(|(topic, id, want)| {
-            let have = queues.get(topic, *id).map_or(0, |q| q.max_offset());
-            let short = if clean { have != *want } else { have < *want };
-            short
-                .then(|| format!("consume queue {topic}/{id} holds {have} entries, it held {want}"))
+        table.iter().find_map(|row| {
+            let (have, want) = (have(queues, row), row.next);
+            let short = if clean { have != want } else { have < want };
+            short.then(|| {
+                format!(
+                    "consume queue {}/{} holds {have} entries, it held {want}",
+                    row.topic, row.queue_id
+                )
+            })
         })
     };
 
@@ -112,7 +122,7 @@ pub(crate) fn recover(
     } else {
         Mode::FromCheckpoint
     };
-    let mut sink = QueueRebuild::new(config, mode, checkpoint);
+    let mut sink = QueueRebuild::new(config, mode, checkpoint, &table);
     let mut log = CommitLog::open(config, plan, &mut sink)?;
     let queues = sink.queues.as_ref().expect("begin() is always called");
     let mismatch = if let Some(why) = sink.mismatch.take() {
@@ -125,7 +135,7 @@ pub(crate) fn recover(
     if let Some(why) = mismatch {
         log::warn!("{why}: rebuilding every consume queue from the commit log");
         drop(log);
-        sink = QueueRebuild::new(config, Mode::Rebuild, sink.checkpoint);
+        sink = QueueRebuild::new(config, Mode::Rebuild, sink.checkpoint, &table);
         // The same rule as the first pass: after a clean exit every invalid record is
         // damage and the log is only read; after a crash a torn tail may still be cut. A
         // record whose queue offset does not continue its (now empty, rebuilt) queue is
@@ -163,8 +173,18 @@ pub(crate) fn recover(
             ..cp
         })?;
     }
-    // The lower bound for the next open, whatever happens to this run.
-    queues.write_table(&table_path)?;
+    // The lower bound for the next open, whatever happens to this run: needed when the
+    // queues differ from the table. On a full disk the old table is kept while it is still
+    // a lower bound; removing it needs no space.
+    let changed =
+        table.len() != queues.all().len() || table.iter().any(|row| have(&queues, row) != row.next);
+    if changed && let Err(e) = queues.write_table(&table_path) {
+        let shrank = table.iter().any(|row| have(&queues, row) < row.next);
+        log::warn!("the queue table could not be written: {e}");
+        if shrank {
+            std::fs::remove_file(&table_path).map_err(|e| Error::io("remove", &table_path, e))?;
+        }
+    }
     log::info!(
         "{} recovery took {:?}: scanned {} bytes from offset {}, {} records, log ends at {}",
         if clean { "normal" } else { "abnormal" },
@@ -196,6 +216,8 @@ enum Mode {
 /// Checks or re-indexes each record the reopen scan meets.
 struct QueueRebuild<'a> {
     config: &'a StoreConfig,
+    /// The queue table: queues whose records all expired are positioned from it.
+    table: &'a [TableRow],
     mode: Mode,
     queues: Option<ConsumeQueues>,
     checkpoint: Checkpoint,
@@ -210,9 +232,15 @@ struct QueueRebuild<'a> {
 }
 
 impl<'a> QueueRebuild<'a> {
-    fn new(config: &'a StoreConfig, mode: Mode, checkpoint: Checkpoint) -> Self {
+    fn new(
+        config: &'a StoreConfig,
+        mode: Mode,
+        checkpoint: Checkpoint,
+        table: &'a [TableRow],
+    ) -> Self {
         QueueRebuild {
             config,
+            table,
             mode,
             queues: None,
             checkpoint,
@@ -233,10 +261,10 @@ impl RecoverySink for QueueRebuild<'_> {
         // After an unclean exit, entries from the scan's start on are indexed again; a
         // rebuild starts from empty queues (entries below the log's start point at deleted
         // records and are not kept).
-        let keep_below = match self.mode {
-            Mode::Verify => None,
-            Mode::FromCheckpoint => Some(start_offset),
-            Mode::Rebuild => Some(0),
+        let how = match self.mode {
+            Mode::Verify => Load::Keep,
+            Mode::FromCheckpoint => Load::DropFrom(start_offset),
+            Mode::Rebuild => Load::Rebuild { log_start },
         };
         if self.mode == Mode::Rebuild {
             // The rebuild is about to empty every queue: until it is done, the checkpoint
@@ -252,8 +280,16 @@ impl RecoverySink for QueueRebuild<'_> {
             self.config.root_dir.join("consumequeue"),
             self.config.consume_queue_entries_per_file,
             self.config.io_hook.clone(),
-            keep_below,
+            how,
         )?);
+        let queues = self.queues.as_ref().expect("loaded above");
+        queues.position_expired(self.table, log_start);
+        if self.mode != Mode::Rebuild
+            && let Some(why) = self.queues.as_ref().and_then(ConsumeQueues::damaged)
+        {
+            // Nothing is indexed into queues that will be rebuilt anyway.
+            self.mismatch = Some(why);
+        }
         Ok(())
     }
 
@@ -276,7 +312,7 @@ impl RecoverySink for QueueRebuild<'_> {
             && self.start_offset > self.log_start
             && queues
                 .get(view.topic, view.queue_id)
-                .is_none_or(|q| q.max_offset() == q.min_offset())
+                .is_none_or(|q| q.is_fresh())
         {
             // The queue's earlier entries lie before the scan: only a rebuild finds them.
             self.mismatch = Some(format!(

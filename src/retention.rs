@@ -35,6 +35,9 @@ pub(crate) struct Retention {
     force_ratio: f64,
     /// The day (since the epoch) of the last run at the configured hour.
     last_daily_run: Mutex<Option<u64>>,
+    /// Held while files are deleted: the retention thread and an operator's call never
+    /// delete at once, so files always go strictly from the front.
+    deleting: Mutex<()>,
 }
 
 impl Retention {
@@ -47,6 +50,7 @@ impl Retention {
             clean_ratio: config.disk_clean_ratio,
             force_ratio: config.disk_force_clean_ratio,
             last_daily_run: Mutex::new(None),
+            deleting: Mutex::new(()),
         }
     }
 
@@ -77,7 +81,7 @@ impl Retention {
         if daily || used > self.clean_ratio {
             // One expired file per step, paced, until none is left (or we are stopped).
             loop {
-                let n = delete_files(log, queues, Some(self.reserved), dispatched, 1)?;
+                let n = self.delete_files(log, queues, Some(self.reserved), dispatched, 1)?;
                 removed += n;
                 if n == 0 || !pace() {
                     break;
@@ -85,7 +89,7 @@ impl Retention {
             }
         }
         if used > self.force_ratio {
-            removed += delete_files(log, queues, None, dispatched, 1)?;
+            removed += self.delete_files(log, queues, None, dispatched, 1)?;
         }
         Ok(removed)
     }
@@ -98,7 +102,58 @@ impl Retention {
         queues: &ConsumeQueues,
         dispatched: u64,
     ) -> Result<usize> {
-        delete_files(log, queues, Some(self.reserved), dispatched, usize::MAX)
+        self.delete_files(log, queues, Some(self.reserved), dispatched, usize::MAX)
+    }
+}
+
+impl Retention {
+    /// Deletes up to `budget` commit-log files older than `older_than` (any age with `None`),
+    /// oldest first, never the one being written nor one not wholly below `dispatched`. Before
+    /// each goes, every consume queue's minimum moves past its records; after, the consume-queue
+    /// files wholly below the log's new start go too. Returns how many commit-log files went.
+    fn delete_files(
+        &self,
+        log: &CommitLog,
+        queues: &ConsumeQueues,
+        older_than: Option<Duration>,
+        dispatched: u64,
+        budget: usize,
+    ) -> Result<usize> {
+        let _deleting = self.deleting.lock();
+        let mut removed = 0;
+        while removed < budget {
+            let Some((path, end)) = log.oldest_file() else {
+                break;
+            };
+            let old = match older_than {
+                None => true,
+                Some(age) => std::fs::metadata(&path)
+                    .and_then(|m| m.modified())
+                    .ok()
+                    .and_then(|t| t.elapsed().ok())
+                    .is_some_and(|e| e >= age),
+            };
+            if end > dispatched || !old {
+                break;
+            }
+            for (_, _, q) in queues.all() {
+                q.raise_min(end);
+            }
+            if !log.remove_oldest_file(end)? {
+                break;
+            }
+            removed += 1;
+        }
+        if removed > 0 {
+            let min = log.min_offset();
+            log::info!(
+                "retention removed {removed} commit-log file(s); the log now starts at {min}"
+            );
+            for (_, _, q) in queues.all() {
+                q.delete_below(min)?;
+            }
+        }
+        Ok(removed)
     }
 }
 
@@ -162,49 +217,4 @@ impl RetentionThread {
             log::error!("the retention thread panicked");
         }
     }
-}
-
-/// Deletes up to `budget` commit-log files older than `older_than` (any age with `None`),
-/// oldest first, never the one being written nor one not wholly below `dispatched`. Before
-/// each goes, every consume queue's minimum moves past its records; after, the consume-queue
-/// files wholly below the log's new start go too. Returns how many commit-log files went.
-fn delete_files(
-    log: &CommitLog,
-    queues: &ConsumeQueues,
-    older_than: Option<Duration>,
-    dispatched: u64,
-    budget: usize,
-) -> Result<usize> {
-    let mut removed = 0;
-    while removed < budget {
-        let Some((path, end)) = log.oldest_file() else {
-            break;
-        };
-        let old = match older_than {
-            None => true,
-            Some(age) => std::fs::metadata(&path)
-                .and_then(|m| m.modified())
-                .ok()
-                .and_then(|t| t.elapsed().ok())
-                .is_some_and(|e| e >= age),
-        };
-        if end > dispatched || !old {
-            break;
-        }
-        for (_, _, q) in queues.all() {
-            q.raise_min(end);
-        }
-        if !log.remove_oldest_file(end)? {
-            break;
-        }
-        removed += 1;
-    }
-    if removed > 0 {
-        let min = log.min_offset();
-        log::info!("retention removed {removed} commit-log file(s); the log now starts at {min}");
-        for (_, _, q) in queues.all() {
-            q.delete_below(min)?;
-        }
-    }
-    Ok(removed)
 }

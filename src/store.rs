@@ -58,6 +58,9 @@ pub struct MessageStore {
     /// Held for the whole of a shutdown, so a second caller waits for the first and gets
     /// its outcome; `Some` once it is done.
     shutdown_outcome: parking_lot::Mutex<Option<Outcome>>,
+    /// False once shutdown begins. Operations that change files hold it shared, so none
+    /// runs after the store's lock is released (another process may own the files then).
+    open: parking_lot::RwLock<bool>,
 }
 
 /// How a shutdown ended.
@@ -131,6 +134,7 @@ impl MessageStore {
             dispatcher,
             lock,
             shutdown_outcome: parking_lot::Mutex::new(None),
+            open: parking_lot::RwLock::new(true),
         })
     }
 
@@ -344,6 +348,10 @@ impl MessageStore {
     /// and the consume-queue files wholly below the log's new start; returns how many commit-log files went. Readers holding messages from a
     /// deleted file keep them valid until they drop them.
     pub fn delete_expired_files(&self) -> Result<usize> {
+        let open = self.open.read();
+        if !*open {
+            return Err(Error::ShutDown);
+        }
         let dispatched = self.dispatcher.dispatched_offset();
         self.retention
             .delete_expired(&self.log, &self.queues, dispatched)
@@ -400,6 +408,7 @@ impl MessageStore {
     }
 
     fn shut_down_now(&self) -> Outcome {
+        *self.open.write() = false;
         self.log.close();
         self.flusher.shutdown();
         let indexed = self.dispatcher.shutdown();
@@ -415,8 +424,15 @@ impl MessageStore {
             .queues
             .write_table(&self.config.root().join(QUEUE_TABLE_FILE))
         {
-            log::error!("the queue table could not be written: {e}");
-            Some(e.to_string())
+            // A full disk must not turn a clean shutdown into a crash: without the table
+            // the next open only skips the check it allows. A stale one would be wrong.
+            log::warn!("the queue table could not be written, removing it: {e}");
+            let table = self.config.root().join(QUEUE_TABLE_FILE);
+            match std::fs::remove_file(&table) {
+                Ok(()) => None,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+                Err(e) => Some(format!("removing {}: {e}", table.display())),
+            }
         } else {
             None
         };

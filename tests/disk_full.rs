@@ -90,6 +90,8 @@ fn a_full_disk_refuses_puts_keeps_reads_and_recovers_when_space_is_freed() {
     assert!(store.wait_dispatched(last.physical_offset, Duration::from_secs(30)));
     let g = store.get_message("Full", 0, 0, 8).unwrap();
     assert_eq!(g.status, GetStatus::Found);
+    // Messages keep their file mapped: let go of them, or the filesystem stays busy.
+    drop(g);
 
     // Free space: puts resume without a restart, continuing the queue offsets.
     std::fs::remove_file(&ballast).unwrap();
@@ -162,4 +164,51 @@ fn above_the_disk_full_ratio_puts_are_refused_until_space_is_freed() {
     store.shutdown().unwrap();
     drop(store);
     drop(fs);
+}
+
+#[test]
+fn a_clean_store_opens_and_shuts_down_cleanly_on_a_full_disk() {
+    let fs = match SmallFs::mount("4m") {
+        Ok(fs) => fs,
+        Err(why) => {
+            println!("skipped: {why}");
+            return;
+        }
+    };
+    let root = fs.path().join("store");
+    let cfg = || {
+        config(&root, sync_mode())
+            .consume_queue_entries_per_file(64)
+            .disk_full_ratio(1.0)
+            .disk_clean_ratios(1.0, 1.0)
+    };
+    let puts: Vec<_> = {
+        let store = MessageStore::open(cfg()).unwrap();
+        (0..40u64)
+            .map(|i| {
+                store
+                    .put_message(&message("T", (i % 4) as u32, "t", i))
+                    .unwrap()
+            })
+            .collect()
+    };
+    // Another writer fills the filesystem.
+    {
+        use std::io::Write;
+        let mut filler = std::fs::File::create(fs.path().join("filler")).unwrap();
+        let block = vec![1u8; 4096];
+        while filler.write_all(&block).is_ok() {}
+    }
+    for round in 0..2 {
+        let store = MessageStore::open(cfg()).unwrap_or_else(|e| panic!("round {round}: {e}"));
+        for p in &puts {
+            assert!(store.lookup_message(p.physical_offset).unwrap().is_some());
+        }
+        store.shutdown().unwrap();
+        assert!(
+            !root.join("abort").exists(),
+            "round {round}: not marked clean"
+        );
+    }
+    std::fs::remove_file(fs.path().join("filler")).unwrap();
 }

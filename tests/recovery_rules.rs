@@ -499,3 +499,140 @@ fn a_rebuild_after_retention_and_lost_queue_entries_never_cuts_the_log() {
         puts[min as usize].physical_offset
     );
 }
+
+#[test]
+fn a_queue_whose_records_all_expired_survives_a_rebuild_and_keeps_its_offsets() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = || {
+        config(dir.path(), sync_mode())
+            .consume_queue_entries_per_file(64)
+            .file_reserved_time(Duration::ZERO)
+    };
+    {
+        let store = MessageStore::open(cfg()).unwrap();
+        for i in 0..5 {
+            store
+                .put_message(&Message::new("Old", 0u32, kib_body("Old", i)))
+                .unwrap();
+        }
+        let mut last = None;
+        for i in 0..300 {
+            last = Some(
+                store
+                    .put_message(&Message::new("New", 0u32, kib_body("New", i)))
+                    .unwrap(),
+            );
+        }
+        assert!(store.wait_dispatched(last.unwrap().physical_offset, Duration::from_secs(30)));
+        assert!(store.delete_expired_files().unwrap() > 0);
+        assert_eq!(store.min_offset_in_queue("Old", 0), 5, "Old wholly expired");
+    }
+    // Damage to another queue's entries forces a full rebuild.
+    let q = dir.path().join("consumequeue/New/0");
+    let mut files: Vec<_> = fs::read_dir(&q)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    files.sort();
+    OpenOptions::new()
+        .write(true)
+        .open(files.last().unwrap())
+        .unwrap()
+        .write_all_at(&[0u8; 20], 2 * 20)
+        .unwrap();
+    for round in 0..2 {
+        // Twice: the second open must not need the rebuild again.
+        let store = MessageStore::open(cfg()).unwrap();
+        assert_eq!(store.max_offset_in_queue("New", 0), 300, "round {round}");
+        assert_eq!(store.max_offset_in_queue("Old", 0), 5, "round {round}");
+    }
+    let store = MessageStore::open(cfg()).unwrap();
+    let next = store
+        .put_message(&Message::new("Old", 0u32, kib_body("Old", 5)))
+        .unwrap();
+    assert_eq!(
+        next.queue_offset, 5,
+        "an expired queue restarted its offsets"
+    );
+}
+
+#[test]
+fn a_missing_consume_queue_file_is_rebuilt_not_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = || config(dir.path(), sync_mode()).consume_queue_entries_per_file(16);
+    let puts: Vec<_> = {
+        let store = MessageStore::open(cfg()).unwrap();
+        (0..60)
+            .map(|i| store.put_message(&message("Q", 0, "q", i)).unwrap())
+            .collect()
+    };
+    let gap = dir
+        .path()
+        .join("consumequeue/Q/0")
+        .join(format!("{:020}", 16 * 20));
+    fs::remove_file(gap).unwrap();
+    let store = MessageStore::open(cfg()).unwrap();
+    assert_eq!(store.max_offset_in_queue("Q", 0), 60);
+    let got = store.get_message("Q", 0, 16, 1).unwrap();
+    assert_eq!(got.messages[0].physical_offset, puts[16].physical_offset);
+}
+
+#[test]
+fn a_crash_after_retention_reopens_without_a_needless_rebuild_or_refusal() {
+    const FILE: u64 = SMALL_FILE;
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = || {
+        config(dir.path(), sync_mode())
+            .consume_queue_entries_per_file(64)
+            .file_reserved_time(Duration::from_secs(3600))
+    };
+    let put = |s: &MessageStore, topic: &str, i: u64| {
+        s.put_message(&Message::new(topic, 0u32, kib_body(topic, i)))
+            .unwrap()
+    };
+    let fill_to_next_file = |s: &MessageStore| {
+        let start = s.max_physical_offset() / FILE;
+        let mut i = 0;
+        while s.max_physical_offset() / FILE == start
+            || s.max_physical_offset().is_multiple_of(FILE)
+        {
+            put(s, "New", i);
+            i += 1;
+        }
+    };
+    {
+        let store = MessageStore::open(cfg()).unwrap();
+        for i in 0..5 {
+            put(&store, "Old", i);
+        }
+        // Q's first 64 entries (one consume-queue file) lie in files that will expire.
+        for i in 0..64 {
+            put(&store, "Q", i);
+        }
+        fill_to_next_file(&store);
+        let kept_from = store.max_physical_offset() / FILE * FILE;
+        fill_to_next_file(&store);
+        // Not synchronisation: store times more than recovery's 3 s slack apart, so that
+        // recovery from the checkpoint starts past Q's first file.
+        std::thread::sleep(Duration::from_millis(3500));
+        let q64 = put(&store, "Q", 64);
+        assert!(store.wait_dispatched(q64.physical_offset, Duration::from_secs(30)));
+        let hours_ago = std::time::SystemTime::now() - Duration::from_secs(7200);
+        for e in fs::read_dir(dir.path().join("commitlog")).unwrap() {
+            let p = e.unwrap().path();
+            let start: u64 = p.file_name().unwrap().to_str().unwrap().parse().unwrap();
+            if start < kept_from {
+                let f = fs::File::options().write(true).open(&p).unwrap();
+                f.set_modified(hours_ago).unwrap();
+            }
+        }
+        assert!(store.delete_expired_files().unwrap() > 0);
+        assert_eq!(store.min_physical_offset(), kept_from);
+        assert_eq!(store.min_offset_in_queue("Q", 0), 64);
+    }
+    fs::write(dir.path().join("abort"), b"").unwrap(); // as after a crash
+    let store = MessageStore::open(cfg()).unwrap();
+    assert_eq!(store.max_offset_in_queue("Q", 0), 65);
+    assert_eq!(store.min_offset_in_queue("Q", 0), 64);
+    assert_eq!(store.max_offset_in_queue("Old", 0), 5);
+}

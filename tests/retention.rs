@@ -289,3 +289,46 @@ fn a_reopened_queue_starts_at_its_first_entry_still_in_the_log() {
         puts[min as usize].physical_offset
     );
 }
+
+/// Fails the first removal of a commit-log file.
+struct FailOneUnlink(std::sync::atomic::AtomicBool);
+
+impl rocketstore::IoHook for FailOneUnlink {
+    fn before_remove(&self, path: &Path) -> std::io::Result<()> {
+        if path.parent().is_some_and(|p| p.ends_with("commitlog"))
+            && self.0.swap(false, std::sync::atomic::Ordering::SeqCst)
+        {
+            return Err(std::io::Error::other("injected unlink failure"));
+        }
+        Ok(())
+    }
+}
+
+#[test]
+fn a_failed_unlink_leaves_no_gap_in_the_log() {
+    let dir = tempfile::tempdir().unwrap();
+    let hook = std::sync::Arc::new(FailOneUnlink(std::sync::atomic::AtomicBool::new(true)));
+    {
+        let store = MessageStore::open(cfg(dir.path()).io_hook(hook.clone())).unwrap();
+        fill_files(&store, 1500);
+        // The first deletion fails on the first file; it stays, and so does everything after.
+        assert!(store.delete_expired_files().is_err());
+        assert_eq!(store.min_physical_offset(), 0);
+        // The next call deletes from the front again.
+        assert!(store.delete_expired_files().unwrap() > 0);
+        store.shutdown().unwrap();
+        assert!(
+            matches!(
+                store.delete_expired_files(),
+                Err(rocketstore::Error::ShutDown)
+            ),
+            "a shut-down handle must not delete files another opener may own"
+        );
+    }
+    let store = MessageStore::open(cfg(dir.path())).unwrap();
+    let min = store.min_offset_in_queue("Ret", 0);
+    assert_eq!(
+        store.get_message("Ret", 0, min, 1).unwrap().status,
+        GetStatus::Found
+    );
+}
