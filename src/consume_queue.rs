@@ -54,14 +54,11 @@ pub(crate) struct ConsumeQueue {
     /// Why the entries found at load cannot be trusted (a zeroed entry below the end, or
     /// entries out of order): recovery then rebuilds the queues from the log.
     damage: Option<String>,
-    /// An empty queue with no history: its first entry may come at any queue offset (the
-    /// log's start may have been deleted by retention). A queue emptied by recovery is
-    /// instead positioned where its next entry must go.
+    /// The queue holds nothing and its next entry may come at any queue offset at or past
+    /// `max_offset`: a new queue (the log's start may have been deleted by retention), or
+    /// one a rebuild emptied because all its records were deleted. A queue emptied by crash
+    /// recovery is instead positioned exactly where its next entry must go.
     free_start: AtomicBool,
-    /// Kept by a rebuild because every entry pointed below the log's start: if a record of
-    /// the queue turns up after all (entries of it were lost), the dead entries go and the
-    /// queue starts again at that record.
-    restartable: AtomicBool,
 }
 
 impl std::fmt::Debug for ConsumeQueue {
@@ -126,7 +123,6 @@ impl ConsumeQueue {
             flushed: AtomicU64::new(0),
             damage: None,
             free_start: AtomicBool::new(true),
-            restartable: AtomicBool::new(false),
         }
     }
 
@@ -231,11 +227,19 @@ impl ConsumeQueue {
             }
             end = lo;
         }
-        // An expired queue is never read (its minimum moves to its end), so damage in it
-        // needs no rebuild, and a rebuild could not repair it anyway.
-        if !expired {
-            q.damage = check_entries(&files, first_written.min(end), end, entries_per_file);
+        if expired {
+            // Every entry points at a deleted record: nothing to rebuild it from, nothing
+            // any reader may get. The queue is emptied and continues from its end (or from
+            // a later record of it, should entries of it have been lost).
+            for file in &files {
+                file.remove()?;
+            }
+            files[0].sync_parent()?;
+            *q.min_offset.get_mut() = end;
+            *q.max_offset.get_mut() = end;
+            return Ok(q);
         }
+        q.damage = check_entries(&files, first_written.min(end), end, entries_per_file);
         if keep_below.is_some() && end <= first_written {
             // Nothing kept. Rebuilding, the queue starts again at its first record in the
             // log; otherwise its next entry must be the first one dropped.
@@ -277,7 +281,6 @@ impl ConsumeQueue {
         *q.max_offset.get_mut() = end;
         *q.flushed.get_mut() = end * CQ_ENTRY_LEN as u64;
         *q.free_start.get_mut() = false;
-        *q.restartable.get_mut() = expired;
         Ok(q)
     }
 
@@ -287,10 +290,12 @@ impl ConsumeQueue {
         self.free_start.load(Ordering::Acquire)
     }
 
-    /// Makes a fresh queue continue at `next`: its earlier messages are gone from the log.
+    /// Makes a queue that holds nothing continue exactly at `next` (or its own end, if
+    /// later): its earlier messages are gone from the log.
     pub(crate) fn position(&self, next: u64) {
         let _writer = self.writer.lock();
         if self.is_fresh() {
+            let next = next.max(self.max_offset());
             self.min_offset.store(next, Ordering::Release);
             self.max_offset.store(next, Ordering::Release);
             self.free_start.store(false, Ordering::Release);
@@ -393,12 +398,6 @@ impl ConsumeQueue {
                 )),
             };
         }
-        if queue_offset > next && self.restartable.swap(false, Ordering::AcqRel) {
-            // Every entry held points at a deleted record: drop them all.
-            *writer = None;
-            self.files.remove_front_while(0, |_| true)?;
-            self.free_start.store(true, Ordering::Release);
-        }
         if queue_offset > next && self.is_fresh() {
             // A fresh queue starts where its first message is (the log's start may have
             // been deleted by retention): begin inside the file that holds that offset.
@@ -424,7 +423,6 @@ impl ConsumeQueue {
         w.publish();
         self.max_offset.store(next + 1, Ordering::Release);
         self.free_start.store(false, Ordering::Release);
-        self.restartable.store(false, Ordering::Release);
         Ok(Indexed::Appended)
     }
 

@@ -81,9 +81,11 @@ impl ConsumeQueues {
         self.table.read().get(topic)?.get(&queue_id).cloned()
     }
 
-    /// Positions every queue of `rows` that holds nothing here but whose records all lay
-    /// below `log_start` (deleted by retention) at the next offset it had, so that its next
-    /// message continues its offsets instead of starting again at 0.
+    /// After a scan of the log: positions every queue of `rows` that still holds nothing
+    /// but whose records all lay below `log_start` (deleted by retention) at the next
+    /// offset it had, so that its next message continues its offsets instead of starting
+    /// again at 0. A queue that got records from the scan is left alone, however old its
+    /// row: only the log says where a queue goes on.
     pub(crate) fn position_expired(&self, rows: &[TableRow], log_start: u64) {
         for row in rows {
             let fresh = self
@@ -182,9 +184,20 @@ impl ConsumeQueues {
         crate::mapped_file::sync_dir(path.parent().expect("the table lives under the root"))
     }
 
-    /// Reads the queue table a clean shutdown wrote; `None` when there is none (a store of
-    /// an earlier version). A table that does not parse is refused: it is written whole.
+    /// Reads the queue table; `None` when there is none (a store of an earlier version).
+    /// It is written whole, so a table that does not parse is damage; it is derived data,
+    /// so that is logged and the table ignored rather than refusing the open.
     pub(crate) fn read_table(path: &Path) -> Result<Option<Vec<TableRow>>> {
+        match Self::parse_table(path) {
+            Err(Error::BadStoreFile { reason, .. }) => {
+                log::warn!("ignoring {}: {reason}", path.display());
+                Ok(None)
+            }
+            other => other,
+        }
+    }
+
+    fn parse_table(path: &Path) -> Result<Option<Vec<TableRow>>> {
         let text = match std::fs::read_to_string(path) {
             Ok(t) => t,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
@@ -232,7 +245,7 @@ impl ConsumeQueues {
 }
 
 /// First line of `{root}/queue_table`, followed by the number of rows.
-const TABLE_HEADER: &str = "rocketstore-queue-table-v1";
+const TABLE_HEADER: &str = "rocketstore-queue-table-v2";
 
 /// One queue of the queue table.
 #[derive(Debug, Clone, PartialEq, Eq)]

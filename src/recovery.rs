@@ -82,8 +82,10 @@ pub(crate) fn recover(
     let short_queue = |queues: &ConsumeQueues| {
         table.iter().find_map(|row| {
             let (have, want) = (have(queues, row), row.next);
-            let short = if clean { have != want } else { have < want };
-            short.then(|| {
+            // Queues only grow while the store runs, so the table is a lower bound; after a
+            // clean exit it is usually exact, but may be the one of the last open (when a
+            // full disk kept the shutdown from writing it).
+            (have < want).then(|| {
                 format!(
                     "consume queue {}/{} holds {have} entries, it held {want}",
                     row.topic, row.queue_id
@@ -122,9 +124,10 @@ pub(crate) fn recover(
     } else {
         Mode::FromCheckpoint
     };
-    let mut sink = QueueRebuild::new(config, mode, checkpoint, &table);
+    let mut sink = QueueRebuild::new(config, mode, checkpoint);
     let mut log = CommitLog::open(config, plan, &mut sink)?;
     let queues = sink.queues.as_ref().expect("begin() is always called");
+    queues.position_expired(&table, log.min_offset());
     let mismatch = if let Some(why) = sink.mismatch.take() {
         Some(why)
     } else if let Some(why) = queues.damaged() {
@@ -135,7 +138,7 @@ pub(crate) fn recover(
     if let Some(why) = mismatch {
         log::warn!("{why}: rebuilding every consume queue from the commit log");
         drop(log);
-        sink = QueueRebuild::new(config, Mode::Rebuild, sink.checkpoint, &table);
+        sink = QueueRebuild::new(config, Mode::Rebuild, sink.checkpoint);
         // The same rule as the first pass: after a clean exit every invalid record is
         // damage and the log is only read; after a crash a torn tail may still be cut. A
         // record whose queue offset does not continue its (now empty, rebuilt) queue is
@@ -147,6 +150,7 @@ pub(crate) fn recover(
         };
         log = CommitLog::open(config, rebuild, &mut sink)?;
         let queues = sink.queues.as_ref().expect("begin() is always called");
+        queues.position_expired(&table, log.min_offset());
         if let Some(why) = short_queue(queues)
             && !config.truncate_damaged_log
         {
@@ -178,7 +182,9 @@ pub(crate) fn recover(
     // a lower bound; removing it needs no space.
     let changed =
         table.len() != queues.all().len() || table.iter().any(|row| have(&queues, row) != row.next);
-    if changed && let Err(e) = queues.write_table(&table_path) {
+    if (changed || !table_path.exists())
+        && let Err(e) = queues.write_table(&table_path)
+    {
         let shrank = table.iter().any(|row| have(&queues, row) < row.next);
         log::warn!("the queue table could not be written: {e}");
         if shrank {
@@ -216,8 +222,6 @@ enum Mode {
 /// Checks or re-indexes each record the reopen scan meets.
 struct QueueRebuild<'a> {
     config: &'a StoreConfig,
-    /// The queue table: queues whose records all expired are positioned from it.
-    table: &'a [TableRow],
     mode: Mode,
     queues: Option<ConsumeQueues>,
     checkpoint: Checkpoint,
@@ -232,15 +236,9 @@ struct QueueRebuild<'a> {
 }
 
 impl<'a> QueueRebuild<'a> {
-    fn new(
-        config: &'a StoreConfig,
-        mode: Mode,
-        checkpoint: Checkpoint,
-        table: &'a [TableRow],
-    ) -> Self {
+    fn new(config: &'a StoreConfig, mode: Mode, checkpoint: Checkpoint) -> Self {
         QueueRebuild {
             config,
-            table,
             mode,
             queues: None,
             checkpoint,
@@ -282,8 +280,6 @@ impl RecoverySink for QueueRebuild<'_> {
             self.config.io_hook.clone(),
             how,
         )?);
-        let queues = self.queues.as_ref().expect("loaded above");
-        queues.position_expired(self.table, log_start);
         if self.mode != Mode::Rebuild
             && let Some(why) = self.queues.as_ref().and_then(ConsumeQueues::damaged)
         {

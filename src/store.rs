@@ -424,15 +424,10 @@ impl MessageStore {
             .queues
             .write_table(&self.config.root().join(QUEUE_TABLE_FILE))
         {
-            // A full disk must not turn a clean shutdown into a crash: without the table
-            // the next open only skips the check it allows. A stale one would be wrong.
-            log::warn!("the queue table could not be written, removing it: {e}");
-            let table = self.config.root().join(QUEUE_TABLE_FILE);
-            match std::fs::remove_file(&table) {
-                Ok(()) => None,
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
-                Err(e) => Some(format!("removing {}: {e}", table.display())),
-            }
+            // A full disk must not turn a clean shutdown into a crash: the table of the last
+            // open stays, and is still a lower bound (queues only grow while the store runs).
+            log::warn!("the queue table could not be written, keeping the last one: {e}");
+            None
         } else {
             None
         };

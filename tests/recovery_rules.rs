@@ -636,3 +636,118 @@ fn a_crash_after_retention_reopens_without_a_needless_rebuild_or_refusal() {
     assert_eq!(store.min_offset_in_queue("Q", 0), 64);
     assert_eq!(store.max_offset_in_queue("Old", 0), 5);
 }
+
+/// Run 1 leaves a queue table saying T/0 holds 5; run 2 puts T/0 5..10, retention deletes
+/// every file holding T/0 0..10, T/0 10..13 follow, and the run crashes: its table is the
+/// one of its open (run 1's). Returns the config to reopen with.
+fn store_with_a_stale_table_row(dir: &Path) -> rocketstore::StoreConfig {
+    let cfg = || {
+        config(dir, sync_mode())
+            .consume_queue_entries_per_file(64)
+            .file_reserved_time(Duration::ZERO)
+    };
+    let put = |s: &MessageStore, t: &str, i: u64| {
+        s.put_message(&Message::new(t, 0u32, kib_body(t, i)))
+            .unwrap()
+    };
+    {
+        let store = MessageStore::open(cfg()).unwrap();
+        for i in 0..5 {
+            put(&store, "T", i);
+        }
+    }
+    let table = fs::read(dir.join("queue_table")).unwrap();
+    {
+        let store = MessageStore::open(cfg()).unwrap();
+        for i in 5..10 {
+            put(&store, "T", i);
+        }
+        let mut last = None;
+        for i in 0..150 {
+            last = Some(put(&store, "F", i));
+        }
+        assert!(store.wait_dispatched(last.unwrap().physical_offset, Duration::from_secs(30)));
+        assert!(store.delete_expired_files().unwrap() > 0);
+        assert_eq!(store.min_offset_in_queue("T", 0), 10, "T 0..10 all expired");
+        for i in 10..13 {
+            put(&store, "T", i);
+        }
+    }
+    fs::write(dir.join("queue_table"), &table).unwrap();
+    fs::write(dir.join("abort"), b"").unwrap();
+    cfg()
+}
+
+#[test]
+fn a_stale_table_row_never_positions_a_queue_that_has_records_in_the_log() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = store_with_a_stale_table_row(dir.path());
+    // Damage to the queue's own files forces its rebuild.
+    fs::write(dir.path().join("consumequeue/T/0/junk"), b"x").unwrap();
+    let store = MessageStore::open(cfg).unwrap();
+    assert_eq!(store.max_offset_in_queue("T", 0), 13);
+    assert_eq!(store.min_offset_in_queue("T", 0), 10);
+    let got = store.get_message("T", 0, 10, 3).unwrap();
+    assert_eq!(got.messages.len(), 3);
+}
+
+#[test]
+fn an_expired_queue_with_a_damaged_tail_keeps_its_offsets() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = || {
+        config(dir.path(), sync_mode())
+            .consume_queue_entries_per_file(64)
+            .file_reserved_time(Duration::ZERO)
+    };
+    {
+        let store = MessageStore::open(cfg()).unwrap();
+        for i in 0..5 {
+            store
+                .put_message(&Message::new("Old", 0u32, kib_body("Old", i)))
+                .unwrap();
+        }
+        let mut last = None;
+        for i in 0..150 {
+            last = Some(
+                store
+                    .put_message(&Message::new("New", 0u32, kib_body("New", i)))
+                    .unwrap(),
+            );
+        }
+        assert!(store.wait_dispatched(last.unwrap().physical_offset, Duration::from_secs(30)));
+        assert!(store.delete_expired_files().unwrap() > 0);
+    }
+    // Old's last entry zeroed: derived data, of messages already deleted.
+    let q = dir
+        .path()
+        .join("consumequeue/Old/0")
+        .join(format!("{:020}", 0));
+    OpenOptions::new()
+        .write(true)
+        .open(q)
+        .unwrap()
+        .write_all_at(&[0u8; 20], 4 * 20)
+        .unwrap();
+    let store = MessageStore::open(cfg()).unwrap();
+    assert_eq!(store.max_offset_in_queue("New", 0), 150);
+    let next = store
+        .put_message(&Message::new("Old", 0u32, kib_body("Old", 5)))
+        .unwrap();
+    assert_eq!(next.queue_offset, 5);
+}
+
+#[test]
+fn a_queue_table_that_does_not_parse_is_ignored() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let store = open(dir.path(), sync_mode());
+        store.put_message(&message("T", 0, "t", 0)).unwrap();
+    }
+    fs::write(
+        dir.path().join("queue_table"),
+        "rocketstore-queue-table-v1 1\nT 0 1\n",
+    )
+    .unwrap();
+    let store = open(dir.path(), sync_mode());
+    assert_eq!(store.max_offset_in_queue("T", 0), 1);
+}
