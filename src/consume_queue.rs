@@ -24,10 +24,9 @@ pub(crate) enum Load {
     /// Entries pointing at or past this commit-log offset are dropped: recovery after a
     /// crash indexes those records again.
     DropFrom(u64),
-    /// The queues are rebuilt from the log, which starts at `log_start`: the queue is
-    /// emptied, unless every entry points below the log's start (its records were all
-    /// deleted by retention, so nothing could rebuild it; it is kept as it is).
-    Rebuild { log_start: u64 },
+    /// The queues are rebuilt from the log: the queue is emptied, unless it is expired
+    /// (kept as it is: nothing could rebuild it, and its files hold its position).
+    Rebuild,
 }
 
 /// What putting an entry did.
@@ -54,11 +53,14 @@ pub(crate) struct ConsumeQueue {
     /// Why the entries found at load cannot be trusted (a zeroed entry below the end, or
     /// entries out of order): recovery then rebuilds the queues from the log.
     damage: Option<String>,
-    /// The queue holds nothing and its next entry may come at any queue offset at or past
-    /// `max_offset`: a new queue (the log's start may have been deleted by retention), or
-    /// one a rebuild emptied because all its records were deleted. A queue emptied by crash
+    /// The queue holds nothing and its next entry may come at any queue offset: a new
+    /// queue (the log's start may have been deleted by retention). A queue emptied by crash
     /// recovery is instead positioned exactly where its next entry must go.
     free_start: AtomicBool,
+    /// Expired (every entry points below the log's start) and kept by a rebuild: the first
+    /// record of it the rebuild meets, if any, wins over the dead entries (they go, and the
+    /// queue starts again at that record), unless it simply continues them.
+    restartable: AtomicBool,
 }
 
 impl std::fmt::Debug for ConsumeQueue {
@@ -123,6 +125,7 @@ impl ConsumeQueue {
             flushed: AtomicU64::new(0),
             damage: None,
             free_start: AtomicBool::new(true),
+            restartable: AtomicBool::new(false),
         }
     }
 
@@ -146,16 +149,19 @@ impl ConsumeQueue {
 
     /// Opens the queue in `dir`. Its end is the first unwritten entry of the last file,
     /// found by binary search (entries are written in order); `how` says what is kept.
+    /// A queue whose last entry points below `log_start` (the commit log's start) is
+    /// expired: no reader can get its entries, so they are neither checked nor rebuilt.
     pub(crate) fn load(
         dir: PathBuf,
         file_size: u64,
         hook: Option<Arc<dyn IoHook>>,
         how: Load,
+        log_start: u64,
     ) -> Result<Self> {
         let keep_below = match how {
             Load::Keep => None,
             Load::DropFrom(offset) => Some(offset),
-            Load::Rebuild { .. } => Some(0),
+            Load::Rebuild => Some(0),
         };
         let mut files: Vec<Arc<MappedFile>> =
             MappedFileQueue::load_files(&dir, file_size, hook.clone(), how != Load::Keep)?
@@ -211,7 +217,7 @@ impl ConsumeQueue {
                 )
             })
             .flatten();
-        let expired = matches!(how, Load::Rebuild { log_start } if last_entry.is_some_and(|e| e.physical_offset < log_start));
+        let expired = last_entry.is_some_and(|e| e.physical_offset < log_start);
         let keep_below = if expired { None } else { keep_below };
         if let Some(limit) = keep_below {
             // First entry pointing at or past `limit` (offsets grow with queue offsets).
@@ -227,19 +233,9 @@ impl ConsumeQueue {
             }
             end = lo;
         }
-        if expired {
-            // Every entry points at a deleted record: nothing to rebuild it from, nothing
-            // any reader may get. The queue is emptied and continues from its end (or from
-            // a later record of it, should entries of it have been lost).
-            for file in &files {
-                file.remove()?;
-            }
-            files[0].sync_parent()?;
-            *q.min_offset.get_mut() = end;
-            *q.max_offset.get_mut() = end;
-            return Ok(q);
+        if !expired {
+            q.damage = check_entries(&files, first_written.min(end), end, entries_per_file);
         }
-        q.damage = check_entries(&files, first_written.min(end), end, entries_per_file);
         if keep_below.is_some() && end <= first_written {
             // Nothing kept. Rebuilding, the queue starts again at its first record in the
             // log; otherwise its next entry must be the first one dropped.
@@ -247,7 +243,7 @@ impl ConsumeQueue {
                 file.remove()?;
             }
             files[0].sync_parent()?;
-            if !matches!(how, Load::Rebuild { .. }) {
+            if how != Load::Rebuild {
                 *q.min_offset.get_mut() = first_written;
                 *q.max_offset.get_mut() = first_written;
                 *q.free_start.get_mut() = false;
@@ -281,6 +277,7 @@ impl ConsumeQueue {
         *q.max_offset.get_mut() = end;
         *q.flushed.get_mut() = end * CQ_ENTRY_LEN as u64;
         *q.free_start.get_mut() = false;
+        *q.restartable.get_mut() = expired && how == Load::Rebuild;
         Ok(q)
     }
 
@@ -290,16 +287,24 @@ impl ConsumeQueue {
         self.free_start.load(Ordering::Acquire)
     }
 
-    /// Makes a queue that holds nothing continue exactly at `next` (or its own end, if
-    /// later): its earlier messages are gone from the log.
-    pub(crate) fn position(&self, next: u64) {
-        let _writer = self.writer.lock();
+    /// Makes a queue that holds nothing, or only entries of deleted records and fewer than
+    /// `next`, continue exactly at `next`: its earlier messages are gone from the log.
+    pub(crate) fn position(&self, next: u64) -> Result<()> {
+        let mut writer = self.writer.lock();
+        let dead_and_short = self.restartable.load(Ordering::Acquire) && self.max_offset() < next;
+        if dead_and_short {
+            *writer = None;
+            self.files.remove_front_while(0, |_| true)?;
+            self.restartable.store(false, Ordering::Release);
+            self.free_start.store(true, Ordering::Release);
+        }
         if self.is_fresh() {
             let next = next.max(self.max_offset());
             self.min_offset.store(next, Ordering::Release);
             self.max_offset.store(next, Ordering::Release);
             self.free_start.store(false, Ordering::Release);
         }
+        Ok(())
     }
 
     /// Next queue offset (one past the last entry).
@@ -385,6 +390,15 @@ impl ConsumeQueue {
     /// writes nothing. A different entry there, or an offset past the end, is an error.
     pub(crate) fn put(&self, queue_offset: u64, entry: CqEntry) -> Result<Indexed> {
         let mut writer = self.writer.lock();
+        if self.restartable.swap(false, Ordering::AcqRel) {
+            // A rebuild kept this queue as expired, yet the log holds a record of it: the
+            // log wins. The entries go, and the queue is rebuilt from this record on.
+            *writer = None;
+            self.files.remove_front_while(0, |_| true)?;
+            self.min_offset.store(0, Ordering::Release);
+            self.max_offset.store(0, Ordering::Release);
+            self.free_start.store(true, Ordering::Release);
+        }
         let mut next = self.max_offset();
         if queue_offset < next {
             return match self.entry(queue_offset) {
@@ -423,6 +437,7 @@ impl ConsumeQueue {
         w.publish();
         self.max_offset.store(next + 1, Ordering::Release);
         self.free_start.store(false, Ordering::Release);
+        self.restartable.store(false, Ordering::Release);
         Ok(Indexed::Appended)
     }
 
@@ -490,10 +505,11 @@ mod tests {
         drop(q);
 
         // Reopened: the end is found again; with keep_below, later entries are dropped.
-        let q = ConsumeQueue::load(dir.path().join("T/0"), 100, None, Load::Keep).unwrap();
+        let q = ConsumeQueue::load(dir.path().join("T/0"), 100, None, Load::Keep, 0).unwrap();
         assert_eq!(q.max_offset(), 12);
         drop(q);
-        let q = ConsumeQueue::load(dir.path().join("T/0"), 100, None, Load::DropFrom(700)).unwrap();
+        let q =
+            ConsumeQueue::load(dir.path().join("T/0"), 100, None, Load::DropFrom(700), 0).unwrap();
         assert_eq!(q.max_offset(), 7);
         assert_eq!(q.entry(7), None);
         assert_eq!(q.put(7, entry(7)).unwrap(), Indexed::Appended);

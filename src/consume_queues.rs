@@ -31,6 +31,7 @@ impl ConsumeQueues {
         entries_per_file: u32,
         hook: Option<Arc<dyn IoHook>>,
         how: Load,
+        log_start: u64,
     ) -> Result<Self> {
         let file_size = u64::from(entries_per_file) * CQ_ENTRY_LEN as u64;
         crate::mapped_file::create_dir_durable(&root, hook.as_ref())?;
@@ -50,11 +51,13 @@ impl ConsumeQueues {
                             path: queue_dir.clone(),
                             reason: "a queue directory must be named by its queue id".into(),
                         })?;
-                let q = match ConsumeQueue::load(queue_dir.clone(), file_size, hook.clone(), how) {
+                let loaded =
+                    ConsumeQueue::load(queue_dir.clone(), file_size, hook.clone(), how, log_start);
+                let q = match loaded {
                     Ok(q) => q,
                     Err(Error::BadStoreFile { path, reason }) => {
                         let why = format!("{}: {reason}", path.display());
-                        if matches!(how, Load::Rebuild { .. }) {
+                        if how == Load::Rebuild {
                             log::warn!("clearing consume queue {}: {why}", queue_dir.display());
                             std::fs::remove_dir_all(&queue_dir)
                                 .map_err(|e| Error::io("remove", &queue_dir, e))?;
@@ -86,16 +89,14 @@ impl ConsumeQueues {
     /// offset it had, so that its next message continues its offsets instead of starting
     /// again at 0. A queue that got records from the scan is left alone, however old its
     /// row: only the log says where a queue goes on.
-    pub(crate) fn position_expired(&self, rows: &[TableRow], log_start: u64) {
+    pub(crate) fn position_expired(&self, rows: &[TableRow], log_start: u64) -> Result<()> {
         for row in rows {
-            let fresh = self
-                .get(&row.topic, row.queue_id)
-                .is_none_or(|q| q.is_fresh());
-            if fresh && row.next > 0 && row.last_physical < log_start {
+            if row.next > 0 && row.last_physical < log_start {
                 self.get_or_create(&row.topic, row.queue_id)
-                    .position(row.next);
+                    .position(row.next)?;
             }
         }
+        Ok(())
     }
 
     pub(crate) fn get_or_create(&self, topic: &str, queue_id: u32) -> Arc<ConsumeQueue> {

@@ -127,7 +127,7 @@ pub(crate) fn recover(
     let mut sink = QueueRebuild::new(config, mode, checkpoint);
     let mut log = CommitLog::open(config, plan, &mut sink)?;
     let queues = sink.queues.as_ref().expect("begin() is always called");
-    queues.position_expired(&table, log.min_offset());
+    queues.position_expired(&table, log.min_offset())?;
     let mismatch = if let Some(why) = sink.mismatch.take() {
         Some(why)
     } else if let Some(why) = queues.damaged() {
@@ -150,7 +150,7 @@ pub(crate) fn recover(
         };
         log = CommitLog::open(config, rebuild, &mut sink)?;
         let queues = sink.queues.as_ref().expect("begin() is always called");
-        queues.position_expired(&table, log.min_offset());
+        queues.position_expired(&table, log.min_offset())?;
         if let Some(why) = short_queue(queues)
             && !config.truncate_damaged_log
         {
@@ -262,7 +262,7 @@ impl RecoverySink for QueueRebuild<'_> {
         let how = match self.mode {
             Mode::Verify => Load::Keep,
             Mode::FromCheckpoint => Load::DropFrom(start_offset),
-            Mode::Rebuild => Load::Rebuild { log_start },
+            Mode::Rebuild => Load::Rebuild,
         };
         if self.mode == Mode::Rebuild {
             // The rebuild is about to empty every queue: until it is done, the checkpoint
@@ -279,6 +279,7 @@ impl RecoverySink for QueueRebuild<'_> {
             self.config.consume_queue_entries_per_file,
             self.config.io_hook.clone(),
             how,
+            log_start,
         )?);
         if self.mode != Mode::Rebuild
             && let Some(why) = self.queues.as_ref().and_then(ConsumeQueues::damaged)

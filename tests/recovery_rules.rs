@@ -751,3 +751,58 @@ fn a_queue_table_that_does_not_parse_is_ignored() {
     let store = open(dir.path(), sync_mode());
     assert_eq!(store.max_offset_in_queue("T", 0), 1);
 }
+
+#[test]
+fn a_damaged_entry_that_makes_a_live_queue_look_expired_is_rebuilt_from_the_log() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = || {
+        config(dir.path(), sync_mode())
+            .consume_queue_entries_per_file(64)
+            .file_reserved_time(Duration::ZERO)
+    };
+    let (last, log_start) = {
+        let store = MessageStore::open(cfg()).unwrap();
+        let mut last = None;
+        for i in 0..200 {
+            last = Some(
+                store
+                    .put_message(&Message::new("A", 0u32, kib_body("A", i)))
+                    .unwrap(),
+            );
+        }
+        let last = last.unwrap();
+        assert!(store.wait_dispatched(last.physical_offset, Duration::from_secs(30)));
+        assert!(store.delete_expired_files().unwrap() > 0);
+        (last, store.min_physical_offset())
+    };
+    // One byte of the last entry: its record now seems to lie below the log's start.
+    let mut files: Vec<_> = fs::read_dir(dir.path().join("consumequeue/A/0"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    files.sort();
+    let path = files.last().unwrap();
+    let bytes = fs::read(path).unwrap();
+    let n = bytes
+        .chunks_exact(20)
+        .take_while(|c| c[8..12] != [0, 0, 0, 0])
+        .count();
+    let pos = (n - 1) * 20;
+    let stored = u64::from_be_bytes(bytes[pos..pos + 8].try_into().unwrap());
+    assert_eq!(stored, last.physical_offset);
+    OpenOptions::new()
+        .write(true)
+        .open(path)
+        .unwrap()
+        .write_all_at(&[0], (pos + 5) as u64)
+        .unwrap();
+    assert!(stored & !0xff_0000 < log_start);
+    // A rebuild is needed: the table says A ends at 200, and the damaged entry differs.
+    fs::remove_file(dir.path().join("queue_table")).unwrap();
+    fs::write(dir.path().join("abort"), b"").unwrap();
+    let store = MessageStore::open(cfg()).unwrap();
+    assert_eq!(store.max_offset_in_queue("A", 0), 200);
+    let got = store.get_message("A", 0, 199, 1).unwrap();
+    assert_eq!(got.messages[0].physical_offset, last.physical_offset);
+    assert_eq!(store.max_physical_offset(), last.end_offset());
+}
