@@ -1,8 +1,6 @@
 //! Opening the store's data: the commit log, the consume queues and the checkpoint, and
 //! bringing the queues in line with the log after a clean or an unclean exit.
 
-use std::collections::HashMap;
-
 use crate::checkpoint::{Checkpoint, CheckpointTimes};
 use crate::commit_log::{CommitLog, RecoverySink, ScanFrom, ScanPlan};
 use crate::config::StoreConfig;
@@ -10,32 +8,6 @@ use crate::consume_queue::Load;
 use crate::consume_queues::{ConsumeQueues, TableRow};
 use crate::error::{Error, Result};
 use crate::format::{CqEntry, RecordView};
-
-/// The last record seen of each topic and queue id: its queue offset and entry.
-type QueueOffsets = HashMap<String, HashMap<u32, (u64, CqEntry)>>;
-
-/// The slot of a topic/queue, allocating only for a new topic.
-fn offset_slot<'a>(
-    table: &'a mut QueueOffsets,
-    topic: &str,
-    queue_id: u32,
-) -> &'a mut (u64, CqEntry) {
-    if !table.contains_key(topic) {
-        table.insert(topic.to_owned(), HashMap::new());
-    }
-    table
-        .get_mut(topic)
-        .expect("inserted above")
-        .entry(queue_id)
-        .or_insert((
-            0,
-            CqEntry {
-                physical_offset: 0,
-                size: 0,
-                tag_hash: 0,
-            },
-        ))
-}
 
 /// Name of the checkpoint file under the root.
 pub(crate) const CHECKPOINT_FILE: &str = "checkpoint";
@@ -231,8 +203,9 @@ struct QueueRebuild<'a> {
     log_start: u64,
     records: u64,
     scanned_bytes: u64,
-    /// Verify mode: the last queue offset seen in the scanned file, per queue.
-    seen: QueueOffsets,
+    /// Verify mode: the last record of the scanned file (topic, queue id, queue offset,
+    /// its entry), the buffer reused from record to record.
+    last: (String, u32, u64, Option<CqEntry>),
 }
 
 impl<'a> QueueRebuild<'a> {
@@ -247,7 +220,7 @@ impl<'a> QueueRebuild<'a> {
             log_start: 0,
             records: 0,
             scanned_bytes: 0,
-            seen: QueueOffsets::new(),
+            last: (String::new(), 0, 0, None),
         }
     }
 }
@@ -298,9 +271,13 @@ impl RecoverySink for QueueRebuild<'_> {
         }
         let entry = CqEntry::of(view);
         if self.mode == Mode::Verify {
-            // A clean exit drained the dispatch, and queues are written in log order: the
-            // last record of each queue in this file is checked in `file_done`.
-            *offset_slot(&mut self.seen, view.topic, view.queue_id) = (view.queue_offset, entry);
+            // A clean exit drained the dispatch, and records are indexed in log order: the
+            // file's last record is checked in `file_done` (and every queue's length against
+            // the queue table). A lookup per record measured a third of a clean open.
+            let last = &mut self.last;
+            last.0.clear();
+            last.0.push_str(view.topic);
+            (last.1, last.2, last.3) = (view.queue_id, view.queue_offset, Some(entry));
             return Ok(true);
         }
         let queues = self.queues.as_ref().expect("begin() comes first");
@@ -337,20 +314,18 @@ impl RecoverySink for QueueRebuild<'_> {
 
     fn file_done(&mut self, last_store_timestamp: i64, end: u64) -> Result<()> {
         if self.mode == Mode::Verify {
-            // Nothing may be indexed past the last record of each queue.
+            // The last record is its queue's last entry, and nothing is indexed past it.
             let queues = self.queues.as_ref().expect("begin() comes first");
-            for (topic, ids) in &self.seen {
-                for (id, (last, entry)) in ids {
-                    let queue = queues.get(topic, *id);
-                    let max = queue.as_ref().map_or(0, |q| q.max_offset());
-                    let indexed = queue.and_then(|q| q.entry(*last));
-                    if self.mismatch.is_none() && (max != last + 1 || indexed != Some(*entry)) {
-                        self.mismatch = Some(format!(
-                            "consume queue {topic}/{id} ends at {max}, its last record is {last} \
-                             at {}",
-                            entry.physical_offset
-                        ));
-                    }
+            let (topic, id, last, entry) = &self.last;
+            if let Some(entry) = entry {
+                let queue = queues.get(topic, *id);
+                let max = queue.as_ref().map_or(0, |q| q.max_offset());
+                let indexed = queue.and_then(|q| q.entry(*last));
+                if self.mismatch.is_none() && (max != last + 1 || indexed != Some(*entry)) {
+                    self.mismatch = Some(format!(
+                        "consume queue {topic}/{id} ends at {max}, its last record is {last} at {}",
+                        entry.physical_offset
+                    ));
                 }
             }
             return Ok(());
