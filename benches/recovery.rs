@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+use rocketstore::layout;
 use rocketstore::{Message, MessageStore, StoreConfig};
 
 fn gib() -> f64 {
@@ -47,8 +48,8 @@ fn bench(c: &mut Criterion) {
             let mut total = Duration::ZERO;
             for _ in 0..iters {
                 // A crash: the abort marker is there and the checkpoint promises nothing.
-                std::fs::write(dir.path().join("abort"), b"").unwrap();
-                std::fs::write(dir.path().join("checkpoint"), [0u8; 4096]).unwrap();
+                std::fs::write(layout::abort_file(dir.path()), b"").unwrap();
+                std::fs::write(layout::checkpoint_file(dir.path()), [0u8; 4096]).unwrap();
                 let started = Instant::now();
                 let store = MessageStore::open(StoreConfig::new(dir.path())).unwrap();
                 total += started.elapsed();

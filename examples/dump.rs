@@ -14,6 +14,7 @@ use std::process::ExitCode;
 use clap::{Parser, ValueEnum};
 use rocketstore::CheckpointTimes;
 use rocketstore::format::{self, CQ_ENTRY_LEN, CqEntry, Peek, RecordView};
+use rocketstore::layout;
 
 #[derive(Parser, Debug)]
 #[command(about = "Print and verify rocketstore / RocketMQ store files (read-only)")]
@@ -97,9 +98,9 @@ fn run(args: &Args) -> io::Result<u64> {
         Target::CommitLog(files) => d.commit_log(&files)?,
         Target::Queue { root, files } => d.queue(root.as_deref(), &files)?,
         Target::Root(root) => {
-            d.commit_log(&sorted_files(&root.join("commitlog"))?)?;
+            d.commit_log(&sorted_files(&layout::commit_log_dir(&root))?)?;
             if args.verify {
-                for dir in queue_dirs(&root.join("consumequeue"))? {
+                for dir in queue_dirs(&layout::consume_queue_dir(&root))? {
                     d.queue(Some(&root), &sorted_files(&dir)?)?;
                 }
             }
@@ -132,13 +133,13 @@ fn detect(path: &Path) -> io::Result<Target> {
             .any(|a| a.file_name().is_some_and(|n| n == dir))
     };
     if meta.is_dir() {
-        if path.join("commitlog").is_dir() {
+        if layout::commit_log_dir(path).is_dir() {
             return Ok(Target::Root(path.to_owned()));
         }
-        if name == "commitlog" {
+        if name == layout::COMMIT_LOG_DIR {
             return Ok(Target::CommitLog(sorted_files(path)?));
         }
-        if under("consumequeue") && name.parse::<u32>().is_ok() {
+        if under(layout::CONSUME_QUEUE_DIR) && name.parse::<u32>().is_ok() {
             let root = path.ancestors().nth(3).map(Path::to_owned);
             return Ok(Target::Queue {
                 root,
@@ -150,17 +151,17 @@ fn detect(path: &Path) -> io::Result<Target> {
             "not a store root, commitlog/ or a consume-queue directory",
         ));
     }
-    if name == "checkpoint" {
+    if name == layout::CHECKPOINT_FILE {
         return Ok(Target::Checkpoint(path.to_owned()));
     }
-    if under("consumequeue") {
+    if under(layout::CONSUME_QUEUE_DIR) {
         let root = path.ancestors().nth(4).map(Path::to_owned);
         return Ok(Target::Queue {
             root,
             files: vec![path.to_owned()],
         });
     }
-    if name.len() == 20 && name.bytes().all(|b| b.is_ascii_digit()) {
+    if layout::parse_file_name(name).is_some() {
         return Ok(Target::CommitLog(vec![path.to_owned()]));
     }
     Err(bad_path(
@@ -202,7 +203,7 @@ fn queue_dirs(root: &Path) -> io::Result<Vec<PathBuf>> {
 fn file_offset(path: &Path) -> u64 {
     path.file_name()
         .and_then(|n| n.to_str())
-        .and_then(|n| n.parse().ok())
+        .and_then(layout::parse_file_name)
         .unwrap_or(0)
 }
 
@@ -522,7 +523,7 @@ impl<W: Write> Dumper<'_, W> {
     /// One consume queue: its entries, and with `--verify` each checked against the log.
     fn queue(&mut self, root: Option<&Path>, files: &[PathBuf]) -> io::Result<()> {
         let log_files = match root {
-            Some(r) if self.args.verify => sorted_files(&r.join("commitlog"))?,
+            Some(r) if self.args.verify => sorted_files(&layout::commit_log_dir(r))?,
             _ => Vec::new(),
         };
         if self.args.verify && log_files.is_empty() {

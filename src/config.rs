@@ -192,7 +192,7 @@ impl fmt::Debug for StoreConfig {
 
 /// Smallest commit-log file accepted.
 pub const MIN_FILE_SIZE: u64 = 64 * 1024;
-const PAGE: u64 = 4096;
+const PAGE: u64 = crate::mapped_file::PAGE_SIZE as u64;
 
 impl StoreConfig {
     /// Defaults for a store rooted at `root_dir`.
@@ -346,7 +346,7 @@ impl StoreConfig {
 
     /// The commit-log directory.
     pub fn commit_log_dir(&self) -> PathBuf {
-        self.root_dir.join("commitlog")
+        crate::layout::commit_log_dir(&self.root_dir)
     }
 
     /// The warm-up actually used: the configured one or the flush mode's default.

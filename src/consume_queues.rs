@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use parking_lot::RwLock;
 
+use crate::commit_log::QueueOffsets;
 use crate::consume_queue::{ConsumeQueue, Load};
 use crate::error::{Error, Result};
 use crate::format::{CQ_ENTRY_LEN, validate_topic};
@@ -124,7 +125,7 @@ impl ConsumeQueues {
     }
 
     /// Next queue offset of every queue.
-    pub(crate) fn next_offsets(&self) -> HashMap<String, HashMap<u32, u64>> {
+    pub(crate) fn next_offsets(&self) -> QueueOffsets {
         let table = self.table.read();
         table
             .iter()

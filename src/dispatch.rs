@@ -6,15 +6,14 @@
 
 use std::collections::VecDeque;
 use std::sync::Arc;
-use std::sync::OnceLock;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::thread::{JoinHandle, Thread};
+use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use parking_lot::{Condvar, Mutex};
 
 use crate::checkpoint::{Checkpoint, CheckpointTimes};
-use crate::commit_log::CommitLog;
+use crate::commit_log::{CommitLog, Wakeup};
 use crate::consume_queue::Indexed;
 use crate::consume_queues::ConsumeQueues;
 use crate::error::{Error, Result};
@@ -26,24 +25,6 @@ pub(crate) fn index_record(queues: &ConsumeQueues, view: &RecordView<'_>) -> Res
     queues
         .get_or_create(view.topic, view.queue_id)
         .put(view.queue_offset, entry)
-}
-
-/// Wakes the dispatch thread when new bytes become readable; costs one atomic load when
-/// the thread is already awake.
-#[derive(Default)]
-pub(crate) struct Wakeup {
-    sleeping: AtomicBool,
-    thread: OnceLock<Thread>,
-}
-
-impl Wakeup {
-    pub(crate) fn wake(&self) {
-        if self.sleeping.load(Ordering::Acquire)
-            && let Some(t) = self.thread.get()
-        {
-            t.unpark();
-        }
-    }
 }
 
 struct Shared {

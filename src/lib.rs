@@ -46,6 +46,8 @@
 
 #![warn(missing_docs)]
 #![deny(unsafe_op_in_unsafe_fn)]
+// `unsafe` compiles in the mapped-file layer only.
+#![deny(unsafe_code)]
 
 mod allocate;
 mod checkpoint;
@@ -60,7 +62,9 @@ mod flush;
 pub mod format;
 mod get;
 mod io_hook;
+pub mod layout;
 mod lock;
+#[allow(unsafe_code)]
 mod mapped_file;
 mod mapped_file_queue;
 mod message;

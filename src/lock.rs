@@ -8,12 +8,8 @@ use std::path::{Path, PathBuf};
 use parking_lot::Mutex;
 
 use crate::error::{Error, Result};
+use crate::layout;
 use crate::mapped_file::sync_dir;
-
-/// Name of the lock file under the root.
-pub(crate) const LOCK_FILE: &str = "lock";
-/// Name of the abort marker under the root.
-pub(crate) const ABORT_FILE: &str = "abort";
 
 const POISON_PREFIX: &str = "poisoned at flushed offset ";
 
@@ -39,7 +35,7 @@ impl StoreLock {
     /// Takes the exclusive lock (failing at once if another open store holds it, in this
     /// process or another) and raises the abort marker.
     pub(crate) fn acquire(root: &Path) -> Result<StoreLock> {
-        let path = root.join(LOCK_FILE);
+        let path = layout::lock_file(root);
         let file = OpenOptions::new()
             .read(true)
             .write(true)
@@ -54,7 +50,7 @@ impl StoreLock {
             }
             Err(e) => return Err(Error::io("lock", &path, e.into())),
         }
-        let abort = root.join(ABORT_FILE);
+        let abort = layout::abort_file(root);
         let last_exit_clean = !abort.exists();
         let poisoned_at = std::fs::read_to_string(&abort)
             .ok()
@@ -87,7 +83,7 @@ impl StoreLock {
         if self.poisoned_at.is_none() {
             return Ok(());
         }
-        let abort = self.root.join(ABORT_FILE);
+        let abort = layout::abort_file(&self.root);
         File::create(&abort)
             .and_then(|f| f.sync_all())
             .map_err(|e| Error::io("write", &abort, e))
@@ -107,7 +103,7 @@ impl StoreLock {
             return Ok(());
         }
         if clean {
-            let abort = self.root.join(ABORT_FILE);
+            let abort = layout::abort_file(&self.root);
             fs::remove_file(&abort).map_err(|e| Error::io("remove", &abort, e))?;
             sync_dir(&self.root)?;
         }

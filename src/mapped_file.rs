@@ -20,14 +20,10 @@ use memmap2::{MmapOptions, MmapRaw};
 use crate::config::Warmup;
 use crate::error::{Error, Result};
 use crate::io_hook::IoHook;
+use crate::layout;
 
 /// Page size used for warm-up and dirty-page accounting.
 pub(crate) const PAGE_SIZE: usize = 4096;
-
-/// The 20-digit zero-padded name of the file starting at `offset`.
-pub(crate) fn file_name(offset: u64) -> String {
-    format!("{offset:020}")
-}
 
 pub(crate) struct MappedFile {
     path: PathBuf,
@@ -64,8 +60,8 @@ impl MappedFile {
         size: usize,
         hook: Option<Arc<dyn IoHook>>,
     ) -> Result<MappedFile> {
-        let path = dir.join(file_name(start_offset));
-        let tmp = dir.join(format!("{}.tmp", file_name(start_offset)));
+        let path = dir.join(layout::file_name(start_offset));
+        let tmp = dir.join(layout::tmp_file_name(start_offset));
         if let Some(h) = &hook {
             h.before_create(&path)
                 .map_err(|e| Error::io("create", &path, e))?;
@@ -528,7 +524,7 @@ mod tests {
         // Fully allocated: the blocks exist, it is not a sparse file.
         use std::os::unix::fs::MetadataExt;
         assert!(meta.blocks() * 512 >= 65536, "file is sparse");
-        assert!(!dir.path().join("00000000000000065536.tmp").exists());
+        assert!(!dir.path().join(layout::tmp_file_name(65536)).exists());
     }
 
     #[test]
@@ -562,7 +558,7 @@ mod tests {
     #[test]
     fn open_refuses_wrong_size() {
         let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join(file_name(0));
+        let path = dir.path().join(layout::file_name(0));
         fs::write(&path, vec![0u8; 1000]).unwrap();
         let err = MappedFile::open(&path, 0, 65536, None).unwrap_err();
         assert!(matches!(err, Error::BadStoreFile { .. }), "{err}");

@@ -8,7 +8,8 @@ use parking_lot::RwLock;
 
 use crate::error::{Error, Result};
 use crate::io_hook::IoHook;
-use crate::mapped_file::{MappedFile, extend_file, file_name};
+use crate::layout;
+use crate::mapped_file::{MappedFile, extend_file};
 
 /// The files of one log, contiguous: file `i` starts at `first + i * file_size`, so the
 /// file holding an offset is found by one division.
@@ -121,7 +122,7 @@ impl MappedFileQueue {
             let path = entry.path();
             let name = entry.file_name();
             let name = name.to_string_lossy();
-            if name.ends_with(".tmp") {
+            if layout::is_tmp_file_name(&name) {
                 log::info!("removing unfinished allocation {}", path.display());
                 fs::remove_file(&path).map_err(|e| Error::io("remove", &path, e))?;
                 continue;
@@ -130,12 +131,8 @@ impl MappedFileQueue {
                 path: path.clone(),
                 reason,
             };
-            if name.len() != 20 || !name.bytes().all(|b| b.is_ascii_digit()) {
-                return Err(bad("not a commit-log file name (20 decimal digits)".into()));
-            }
-            let offset: u64 = name
-                .parse()
-                .map_err(|_| bad("file name out of range".into()))?;
+            let offset = layout::parse_file_name(&name)
+                .ok_or_else(|| bad("not a data file name (20 decimal digits)".into()))?;
             if !offset.is_multiple_of(file_size) {
                 return Err(bad(format!(
                     "offset {offset} is not a multiple of the file size {file_size}"
@@ -147,13 +144,13 @@ impl MappedFileQueue {
         for pair in offsets.windows(2) {
             if pair[1] != pair[0] + file_size {
                 return Err(Error::BadStoreFile {
-                    path: dir.join(file_name(pair[1])),
+                    path: dir.join(layout::file_name(pair[1])),
                     reason: format!("gap in the log: the previous file starts at {}", pair[0]),
                 });
             }
         }
         for &offset in offsets.iter().filter(|_| repair_short) {
-            let path = dir.join(file_name(offset));
+            let path = dir.join(layout::file_name(offset));
             let len = fs::metadata(&path)
                 .map_err(|e| Error::io("stat", &path, e))?
                 .len();
@@ -169,7 +166,7 @@ impl MappedFileQueue {
             .into_iter()
             .map(|offset| {
                 MappedFile::open(
-                    &dir.join(file_name(offset)),
+                    &dir.join(layout::file_name(offset)),
                     offset,
                     file_size as usize,
                     hook.clone(),
@@ -213,7 +210,7 @@ mod tests {
         assert!(matches!(err, Error::BadStoreFile { .. }), "{err}");
 
         let dir = tempfile::tempdir().unwrap();
-        fs::write(dir.path().join(file_name(100)), b"x").unwrap();
+        fs::write(dir.path().join(layout::file_name(100)), b"x").unwrap();
         let err = MappedFileQueue::load_files(dir.path(), 65536, None, false).unwrap_err();
         assert!(err.to_string().contains("multiple"), "{err}");
     }
@@ -222,9 +219,9 @@ mod tests {
     fn load_removes_unfinished_allocations() {
         let dir = tempfile::tempdir().unwrap();
         MappedFile::create(dir.path(), 0, 65536, None).unwrap();
-        fs::write(dir.path().join("00000000000000065536.tmp"), b"x").unwrap();
+        fs::write(dir.path().join(layout::tmp_file_name(65536)), b"x").unwrap();
         let files = MappedFileQueue::load_files(dir.path(), 65536, None, false).unwrap();
         assert_eq!(files.len(), 1);
-        assert!(!dir.path().join("00000000000000065536.tmp").exists());
+        assert!(!dir.path().join(layout::tmp_file_name(65536)).exists());
     }
 }

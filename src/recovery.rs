@@ -8,11 +8,7 @@ use crate::consume_queue::Load;
 use crate::consume_queues::{ConsumeQueues, TableRow};
 use crate::error::{Error, Result};
 use crate::format::{CqEntry, RecordView};
-
-/// Name of the checkpoint file under the root.
-pub(crate) const CHECKPOINT_FILE: &str = "checkpoint";
-/// Name of the queue table a clean shutdown leaves under the root.
-pub(crate) const QUEUE_TABLE_FILE: &str = "queue_table";
+use crate::layout;
 
 /// The recovered store data.
 pub(crate) struct Recovered {
@@ -37,11 +33,11 @@ pub(crate) fn recover(
     poisoned_at: Option<u64>,
 ) -> Result<Recovered> {
     let started = std::time::Instant::now();
-    let path = config.root_dir.join(CHECKPOINT_FILE);
+    let path = layout::checkpoint_file(&config.root_dir);
     let times = CheckpointTimes::read(&path)?;
     let checkpoint = Checkpoint::open(path, times.unwrap_or_default())?;
     let vouched = times.map_or(0, |t| t.physic_offset);
-    let table_path = config.root_dir.join(QUEUE_TABLE_FILE);
+    let table_path = layout::queue_table_file(&config.root_dir);
     // Every queue and its next offset when the store was last opened or cleanly shut
     // down: exact after a clean exit, a lower bound after a crash (queues only grow, and
     // a crash cuts only what came after the last open).
@@ -248,7 +244,7 @@ impl RecoverySink for QueueRebuild<'_> {
             })?;
         }
         self.queues = Some(ConsumeQueues::load(
-            self.config.root_dir.join("consumequeue"),
+            layout::consume_queue_dir(&self.config.root_dir),
             self.config.consume_queue_entries_per_file,
             self.config.io_hook.clone(),
             how,

@@ -12,9 +12,10 @@ use crate::error::{Error, Result};
 use crate::flush::{Flusher, PutFuture};
 use crate::format::{self, EncodedRecord};
 use crate::get::{self, GetResult, TagFilter};
+use crate::layout;
 use crate::lock::StoreLock;
 use crate::message::{Message, MessageId, PutResult, PutStatus, StoredMessage};
-use crate::recovery::{QUEUE_TABLE_FILE, recover};
+use crate::recovery::recover;
 use crate::retention::{Retention, RetentionThread};
 
 /// An embedded RocketMQ-style message store: one commit log of fixed-size mapped files,
@@ -422,7 +423,7 @@ impl MessageStore {
             Some(e.to_string())
         } else if let Err(e) = self
             .queues
-            .write_table(&self.config.root().join(QUEUE_TABLE_FILE))
+            .write_table(&layout::queue_table_file(self.config.root()))
         {
             // A full disk must not turn a clean shutdown into a crash: the table of the last
             // open stays, and is still a lower bound (queues only grow while the store runs).

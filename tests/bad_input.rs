@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use common::*;
 use crossbeam_channel::{Receiver, Sender};
+use rocketstore::layout;
 use rocketstore::{Error, IoHook, Message, MessageStore, PutStatus, StoreConfig};
 
 fn assert_still_works(store: &MessageStore, expected_queue_offset: u64) {
@@ -182,7 +183,9 @@ struct StallCreate {
 
 impl IoHook for StallCreate {
     fn before_create(&self, path: &Path) -> io::Result<()> {
-        let commit_log = path.parent().is_some_and(|p| p.ends_with("commitlog"));
+        let commit_log = path
+            .parent()
+            .is_some_and(|p| p.ends_with(layout::COMMIT_LOG_DIR));
         if commit_log && self.armed.swap(false, Ordering::SeqCst) {
             let _ = self.stalled.send(());
             let _ = self.release.recv();

@@ -10,6 +10,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use common::*;
+use rocketstore::layout;
 use rocketstore::{Error, GetStatus, MessageStore};
 
 /// A tmpfs of `size` mounted for the life of the value.
@@ -206,7 +207,7 @@ fn a_clean_store_opens_and_shuts_down_cleanly_on_a_full_disk() {
         }
         store.shutdown().unwrap();
         assert!(
-            !root.join("abort").exists(),
+            !layout::abort_file(&root).exists(),
             "round {round}: not marked clean"
         );
     }

@@ -11,6 +11,7 @@ use std::process::Command;
 
 use common::*;
 use rocketstore::MessageStore;
+use rocketstore::layout;
 
 fn example(name: &str) -> Option<PathBuf> {
     let exe = std::env::current_exe().ok()?;
@@ -110,7 +111,7 @@ fn dumper_lists_summarises_and_verifies_a_store() {
     let victim = puts[10];
     let file = OpenOptions::new()
         .write(true)
-        .open(dir.path().join("commitlog").join(format!("{:020}", 0)))
+        .open(layout::commit_log_file(dir.path(), 0))
         .unwrap();
     file.write_all_at(b"\xEE", victim.physical_offset + 100)
         .unwrap();

@@ -10,6 +10,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU8, Ordering};
 
 use common::*;
+use rocketstore::layout;
 use rocketstore::{Error, IoHook, MessageStore};
 
 /// Fails the named step of commit-log file creation while `armed` holds that step.
@@ -24,7 +25,9 @@ const RENAME: u8 = 3;
 
 impl FailStep {
     fn fail(&self, step: u8, path: &Path) -> io::Result<()> {
-        let commit_log = path.parent().is_some_and(|p| p.ends_with("commitlog"));
+        let commit_log = path
+            .parent()
+            .is_some_and(|p| p.ends_with(layout::COMMIT_LOG_DIR));
         if commit_log && self.armed.load(Ordering::SeqCst) == step {
             return Err(io::Error::other(format!("injected failure of step {step}")));
         }
@@ -74,7 +77,7 @@ fn a_failed_create_allocate_or_rename_fails_the_roll_and_the_store_goes_on() {
         }
         assert!(err.to_string().contains("injected"), "{err}");
         // No half-made file is left under a real name.
-        let names: Vec<_> = fs::read_dir(dir.path().join("commitlog"))
+        let names: Vec<_> = fs::read_dir(layout::commit_log_dir(dir.path()))
             .unwrap()
             .map(|e| e.unwrap().file_name().into_string().unwrap())
             .collect();
@@ -99,7 +102,7 @@ fn damaged_stores_give_clear_errors_or_documented_repairs() {
             .map(|i| store.put_message(&message("D", 0, "d", i)).unwrap())
             .collect()
     };
-    let log = dir.path().join("commitlog");
+    let log = layout::commit_log_dir(dir.path());
 
     // A stray file name in commitlog/: refused, naming the file.
     fs::write(log.join("notes.txt"), b"x").unwrap();
@@ -108,7 +111,7 @@ fn damaged_stores_give_clear_errors_or_documented_repairs() {
     fs::remove_file(log.join("notes.txt")).unwrap();
 
     // A commit-log file of the wrong size after a clean exit: refused.
-    let first = log.join(format!("{:020}", 0));
+    let first = log.join(layout::file_name(0));
     let saved = fs::read(&first).unwrap();
     fs::write(&first, &saved[..1000]).unwrap();
     let err = MessageStore::open(config(dir.path(), sync_mode())).unwrap_err();
@@ -116,8 +119,8 @@ fn damaged_stores_give_clear_errors_or_documented_repairs() {
     fs::write(&first, &saved).unwrap();
 
     // A truncated checkpoint: recovery after a crash scans the whole log instead.
-    fs::write(dir.path().join("checkpoint"), b"\x00\x01").unwrap();
-    fs::write(dir.path().join("abort"), b"").unwrap();
+    fs::write(layout::checkpoint_file(dir.path()), b"\x00\x01").unwrap();
+    fs::write(layout::abort_file(dir.path()), b"").unwrap();
     let store = open(dir.path(), sync_mode());
     for p in &puts {
         assert!(store.lookup_message(p.physical_offset).unwrap().is_some());
@@ -126,7 +129,7 @@ fn damaged_stores_give_clear_errors_or_documented_repairs() {
     drop(store);
 
     // A missing consume-queue directory: rebuilt from the log.
-    fs::remove_dir_all(dir.path().join("consumequeue/D")).unwrap();
+    fs::remove_dir_all(layout::consume_queue_dir(dir.path()).join("D")).unwrap();
     let store = open(dir.path(), sync_mode());
     assert_eq!(store.max_offset_in_queue("D", 0), 300);
     assert_eq!(
@@ -136,7 +139,7 @@ fn damaged_stores_give_clear_errors_or_documented_repairs() {
 
     // A stray directory in the consume-queue tree: refused, naming it.
     drop(store);
-    fs::create_dir_all(dir.path().join("consumequeue/bad name")).unwrap();
+    fs::create_dir_all(layout::consume_queue_dir(dir.path()).join("bad name")).unwrap();
     let err = MessageStore::open(config(dir.path(), sync_mode())).unwrap_err();
     assert!(matches!(err, Error::BadStoreFile { .. }), "{err}");
 }
@@ -166,7 +169,7 @@ fn new_queue_directories_and_removed_queue_files_are_made_durable() {
     let store = MessageStore::open(cfg()).unwrap();
     let put = store.put_message(&message("NewTopic", 7, "n", 0)).unwrap();
     assert!(store.wait_dispatched(put.physical_offset, std::time::Duration::from_secs(30)));
-    let cq = dir.path().join("consumequeue");
+    let cq = layout::consume_queue_dir(dir.path());
     let synced = hook.dirs.lock().unwrap().clone();
     // The queue directory's name lives in the topic directory, whose name lives in
     // consumequeue/: both must be synced, or a crash can lose the path to the entries.
@@ -179,7 +182,7 @@ fn new_queue_directories_and_removed_queue_files_are_made_durable() {
     drop(store);
 
     // A crash: recovery drops and re-creates queue files; their removal is synced too.
-    fs::write(dir.path().join("abort"), b"").unwrap();
+    fs::write(layout::abort_file(dir.path()), b"").unwrap();
     hook.dirs.lock().unwrap().clear();
     let store = MessageStore::open(cfg()).unwrap();
     assert_eq!(store.max_offset_in_queue("NewTopic", 7), 10);

@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 
 use common::*;
 use crossbeam_channel::{Receiver, Sender, unbounded};
+use rocketstore::layout;
 use rocketstore::{
     CheckpointTimes, Error, FlushMode, IoHook, MessageStore, PutStatus, StoreConfig,
 };
@@ -67,7 +68,7 @@ fn never_flushes() -> FlushMode {
 #[test]
 fn a_flush_waiting_behind_a_failed_fsync_does_not_report_success() {
     let dir = tempfile::tempdir().unwrap();
-    let hook = FailFirstSync::new("commitlog", true);
+    let hook = FailFirstSync::new(layout::COMMIT_LOG_DIR, true);
     let store = Arc::new(
         MessageStore::open(config(dir.path(), never_flushes()).io_hook(hook.clone())).unwrap(),
     );
@@ -116,7 +117,7 @@ fn duration_max_means_no_deadline() {
 }
 
 fn checkpoint(dir: &Path) -> CheckpointTimes {
-    CheckpointTimes::read(&dir.join("checkpoint"))
+    CheckpointTimes::read(&layout::checkpoint_file(dir))
         .unwrap()
         .unwrap_or_default()
 }
@@ -124,7 +125,7 @@ fn checkpoint(dir: &Path) -> CheckpointTimes {
 #[test]
 fn a_failed_queue_sync_never_lets_the_checkpoint_advance() {
     let dir = tempfile::tempdir().unwrap();
-    let hook = FailFirstSync::new("consumequeue", false);
+    let hook = FailFirstSync::new(layout::CONSUME_QUEUE_DIR, false);
     let cfg = |d: &Path| -> StoreConfig {
         config(d, sync_mode()).consume_queue_flush_interval(Duration::from_millis(10))
     };
@@ -139,7 +140,7 @@ fn a_failed_queue_sync_never_lets_the_checkpoint_advance() {
     }
     // The shutdown's queue sync "succeeds", but cannot vouch for what the failed one lost.
     assert!(store.shutdown().is_err());
-    assert!(dir.path().join("abort").exists(), "marked clean");
+    assert!(layout::abort_file(dir.path()).exists(), "marked clean");
     let after = checkpoint(dir.path());
     assert_eq!(after.logics, before.logics, "checkpoint advanced");
     drop(store);
@@ -188,11 +189,11 @@ fn the_checkpoint_advances_while_dispatch_runs_ahead_of_the_flush() {
 #[test]
 fn a_poisoning_is_recorded_for_the_next_open_which_writes_the_tail_again() {
     let dir = tempfile::tempdir().unwrap();
-    let hook = FailFirstSync::new("commitlog", false);
+    let hook = FailFirstSync::new(layout::COMMIT_LOG_DIR, false);
     let store = MessageStore::open(config(dir.path(), never_flushes()).io_hook(hook)).unwrap();
     let first = store.put_message(&message("F", 0, "f", 0)).unwrap();
     assert!(store.flush().is_err());
-    let abort = dir.path().join("abort");
+    let abort = layout::abort_file(dir.path());
     let recorded = std::fs::read_to_string(&abort).unwrap();
     assert_eq!(recorded.trim(), "poisoned at flushed offset 0");
     assert!(store.shutdown().is_err());

@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use common::*;
+use rocketstore::layout;
 use rocketstore::{FlushMode, GetStatus, Message, MessageStore, PutResult, StoreConfig, TagFilter};
 
 const WAIT: Duration = Duration::from_secs(30);
@@ -141,7 +142,7 @@ fn consume_queues_roll_and_survive_a_clean_reopen() {
         let store = MessageStore::open(cfg()).unwrap();
         put_all(&store, "Roll", 2, 500)
     };
-    let files = std::fs::read_dir(dir.path().join("consumequeue/Roll/0"))
+    let files = std::fs::read_dir(layout::queue_dir(dir.path(), "Roll", 0))
         .unwrap()
         .count();
     assert!(files >= 4, "250 entries in files of 64: {files} files");
@@ -176,9 +177,7 @@ fn consume_queue_entries_have_rocketmq_layout() {
             .unwrap();
         p
     };
-    let file = dir
-        .path()
-        .join("consumequeue/Layout/7/00000000000000000000");
+    let file = layout::queue_dir(dir.path(), "Layout", 7).join(layout::file_name(0));
     let bytes = std::fs::read(file).unwrap();
     assert_eq!(bytes.len(), 300_000 * 20);
     let mut expected = Vec::new();
@@ -237,7 +236,9 @@ struct FailQueueCreate(std::sync::atomic::AtomicBool);
 
 impl rocketstore::IoHook for FailQueueCreate {
     fn before_create(&self, path: &std::path::Path) -> std::io::Result<()> {
-        let queue_file = path.components().any(|c| c.as_os_str() == "consumequeue");
+        let queue_file = path
+            .components()
+            .any(|c| c.as_os_str() == layout::CONSUME_QUEUE_DIR);
         if queue_file && self.0.load(std::sync::atomic::Ordering::SeqCst) {
             return Err(std::io::Error::other("injected: no space for a queue file"));
         }

@@ -12,6 +12,7 @@ use std::path::Path;
 use bytes::Bytes;
 use common::*;
 use proptest::prelude::*;
+use rocketstore::layout;
 use rocketstore::{FlushMode, GetStatus, Message, MessageStore, StoreConfig};
 
 const QUEUES: u32 = 2;
@@ -152,7 +153,7 @@ fn run(ops: Vec<Op>, sync: bool) {
                 }
                 // The crash leaves the log cut at the durable end, then garbage.
                 let file_start = durable / SMALL_FILE * SMALL_FILE;
-                let log = dir.path().join("commitlog");
+                let log = layout::commit_log_dir(dir.path());
                 for entry in std::fs::read_dir(&log).unwrap() {
                     let path = entry.unwrap().path();
                     let start: u64 = path.file_name().unwrap().to_str().unwrap().parse().unwrap();
@@ -160,7 +161,7 @@ fn run(ops: Vec<Op>, sync: bool) {
                         std::fs::remove_file(&path).unwrap();
                     }
                 }
-                let path = log.join(format!("{file_start:020}"));
+                let path = log.join(layout::file_name(file_start));
                 if path.exists() {
                     let f = OpenOptions::new().write(true).open(&path).unwrap();
                     let pos = durable - file_start;
@@ -170,7 +171,7 @@ fn run(ops: Vec<Op>, sync: bool) {
                     f.write_all_at(&garbage[..garbage.len().min(room)], pos)
                         .unwrap();
                 }
-                std::fs::write(dir.path().join("abort"), b"").unwrap();
+                std::fs::write(layout::abort_file(dir.path()), b"").unwrap();
                 // The checkpoint of a real crash vouches for nothing past the durable end.
                 checkpoint_vouches_below(dir.path(), durable);
                 store = MessageStore::open(cfg(dir.path(), mode)).unwrap();

@@ -12,6 +12,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use common::*;
+use rocketstore::layout;
 use rocketstore::{CheckpointTimes, Error, GetStatus, Message, MessageStore, PutResult};
 
 fn kib_body(topic: &str, i: u64) -> Bytes {
@@ -37,7 +38,7 @@ fn two_topic_store(dir: &Path) -> Vec<(String, PutResult)> {
 }
 
 fn log_files(dir: &Path) -> Vec<(PathBuf, Vec<u8>)> {
-    let mut v: Vec<_> = fs::read_dir(dir.join("commitlog"))
+    let mut v: Vec<_> = fs::read_dir(layout::commit_log_dir(dir))
         .unwrap()
         .map(|e| e.unwrap().path())
         .collect();
@@ -52,7 +53,7 @@ fn log_files(dir: &Path) -> Vec<(PathBuf, Vec<u8>)> {
 
 /// Flips one byte in the body of the record at `offset` (inside file 0).
 fn flip_body_byte(dir: &Path, offset: u64, body: &[u8]) {
-    let path = dir.join("commitlog").join(format!("{:020}", 0));
+    let path = layout::commit_log_file(dir, 0);
     let bytes = fs::read(&path).unwrap();
     let from = offset as usize;
     let pos = from
@@ -70,7 +71,7 @@ fn a_damaged_record_with_lost_queues_refuses_the_open_and_deletes_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let puts = two_topic_store(dir.path());
     flip_body_byte(dir.path(), 0, &kib_body("TopicA", 0));
-    fs::remove_dir_all(dir.path().join("consumequeue")).unwrap();
+    fs::remove_dir_all(layout::consume_queue_dir(dir.path())).unwrap();
     let before = log_files(dir.path());
     assert!(before.len() >= 5);
 
@@ -108,16 +109,13 @@ fn damage_below_the_checkpoint_after_a_crash_is_refused_not_cut() {
         .find(|(_, p)| p.physical_offset >= SMALL_FILE + 4096)
         .unwrap()
         .clone();
-    let path = dir
-        .path()
-        .join("commitlog")
-        .join(format!("{:020}", SMALL_FILE));
+    let path = layout::commit_log_file(dir.path(), SMALL_FILE);
     let file = OpenOptions::new().write(true).open(&path).unwrap();
     let at = victim.physical_offset - SMALL_FILE + u64::from(victim.wrote_bytes) - 200;
     file.write_all_at(&[0xEE], at).unwrap();
     drop(file);
     let before = log_files(dir.path());
-    fs::write(dir.path().join("abort"), b"").unwrap();
+    fs::write(layout::abort_file(dir.path()), b"").unwrap();
 
     let err = MessageStore::open(config(dir.path(), sync_mode())).unwrap_err();
     match &err {
@@ -142,7 +140,7 @@ fn a_lost_queue_of_another_topic_is_rebuilt_after_a_clean_exit() {
         }
         store.shutdown().unwrap();
     }
-    fs::remove_dir_all(dir.path().join("consumequeue/Early")).unwrap();
+    fs::remove_dir_all(layout::consume_queue_dir(dir.path()).join("Early")).unwrap();
     let store = open(dir.path(), sync_mode());
     assert_eq!(store.max_offset_in_queue("Early", 0), 50);
     let next = store.put_message(&message("Early", 0, "e", 50)).unwrap();
@@ -175,17 +173,17 @@ fn a_lost_or_short_queue_is_rebuilt_after_a_crash() {
         let last = early.last().unwrap();
         let last_file = last.physical_offset / SMALL_FILE * SMALL_FILE;
         assert!(early[0].physical_offset < last_file, "Early spans the log");
-        let q = dir.path().join("consumequeue/Early/0");
+        let q = layout::queue_dir(dir.path(), "Early", 0);
         if short {
             // Lose the last file of the queue: entries 48 and 49.
-            fs::remove_file(q.join(format!("{:020}", 48 * 20))).unwrap();
+            fs::remove_file(q.join(layout::file_name(48 * 20))).unwrap();
         } else {
             fs::remove_dir_all(&q).unwrap();
         }
         // A crash whose checkpoint lets recovery start at the last file: the queue's
         // earlier entries lie before the scan.
-        fs::write(dir.path().join("abort"), b"").unwrap();
-        let path = dir.path().join("checkpoint");
+        fs::write(layout::abort_file(dir.path()), b"").unwrap();
+        let path = layout::checkpoint_file(dir.path());
         let cp = CheckpointTimes::read(&path).unwrap().unwrap();
         CheckpointTimes {
             physic: i64::MAX / 2,
@@ -226,10 +224,7 @@ fn a_zeroed_entry_inside_a_queue_is_detected_and_the_queue_rebuilt() {
             .map(|i| store.put_message(&message("Z", 0, "z", i)).unwrap())
             .collect()
     };
-    let first = dir
-        .path()
-        .join("consumequeue/Z/0")
-        .join(format!("{:020}", 0));
+    let first = layout::queue_dir(dir.path(), "Z", 0).join(layout::file_name(0));
     let file = OpenOptions::new().write(true).open(&first).unwrap();
     file.write_all_at(&[0u8; 20], 20).unwrap();
     drop(file);
@@ -252,7 +247,7 @@ fn a_zeroed_entry_inside_a_queue_is_detected_and_the_queue_rebuilt() {
 fn the_checkpoint_records_a_durable_offset_and_a_refused_open_keeps_it() {
     let dir = tempfile::tempdir().unwrap();
     let puts = two_topic_store(dir.path());
-    let cp = CheckpointTimes::read(&dir.path().join("checkpoint"))
+    let cp = CheckpointTimes::read(&layout::checkpoint_file(dir.path()))
         .unwrap()
         .unwrap();
     let end = puts.last().unwrap().1.end_offset();
@@ -274,7 +269,7 @@ fn a_log_shorter_than_the_checkpoint_vouches_for_is_refused() {
         let puts = two_topic_store(dir.path());
         let last = &puts.last().unwrap().1;
         let last_file = last.physical_offset / SMALL_FILE * SMALL_FILE;
-        let log = dir.path().join("commitlog");
+        let log = layout::commit_log_dir(dir.path());
         match case {
             "last file gone" => {
                 // The last written file and the one prepared after it.
@@ -294,14 +289,14 @@ fn a_log_shorter_than_the_checkpoint_vouches_for_is_refused() {
             _ => {
                 let f = OpenOptions::new()
                     .write(true)
-                    .open(log.join(format!("{last_file:020}")))
+                    .open(log.join(layout::file_name(last_file)))
                     .unwrap();
                 let len = (last.end_offset() - last_file) as usize;
                 f.write_all_at(&vec![0u8; len], 0).unwrap();
             }
         }
         if unclean {
-            fs::write(dir.path().join("abort"), b"").unwrap();
+            fs::write(layout::abort_file(dir.path()), b"").unwrap();
         }
         let before = log_files(dir.path());
         let err = MessageStore::open(config(dir.path(), sync_mode())).unwrap_err();
@@ -339,8 +334,8 @@ impl QueueFaults {
 impl rocketstore::IoHook for QueueFaults {
     fn before_create(&self, path: &Path) -> std::io::Result<()> {
         if self.fail_create.load(std::sync::atomic::Ordering::SeqCst)
-            && path.to_string_lossy().contains("consumequeue")
-            && path.ends_with(format!("{:020}", 0))
+            && path.to_string_lossy().contains(layout::CONSUME_QUEUE_DIR)
+            && path.ends_with(layout::file_name(0))
         {
             return self.signal();
         }
@@ -348,7 +343,7 @@ impl rocketstore::IoHook for QueueFaults {
     }
     fn before_sync(&self, path: &Path) -> std::io::Result<()> {
         if self.fail_sync.load(std::sync::atomic::Ordering::SeqCst)
-            && path.to_string_lossy().contains("consumequeue")
+            && path.to_string_lossy().contains(layout::CONSUME_QUEUE_DIR)
         {
             return self.signal();
         }
@@ -376,17 +371,14 @@ fn a_rebuild_that_fails_halfway_is_done_again_by_the_next_open() {
     };
     assert!(puts[199].physical_offset / SMALL_FILE > 1);
     // A hole in the queue forces a rebuild; the rebuild fails once it has emptied the queues.
-    let first = dir
-        .path()
-        .join("consumequeue/A/0")
-        .join(format!("{:020}", 0));
+    let first = layout::queue_dir(dir.path(), "A", 0).join(layout::file_name(0));
     OpenOptions::new()
         .write(true)
         .open(&first)
         .unwrap()
         .write_all_at(&[0u8; 20], 20)
         .unwrap();
-    fs::write(dir.path().join("abort"), b"").unwrap();
+    fs::write(layout::abort_file(dir.path()), b"").unwrap();
     let hook = QueueFaults::new();
     hook.fail_create
         .store(true, std::sync::atomic::Ordering::SeqCst);
@@ -418,7 +410,7 @@ fn after_a_failed_queue_sync_the_durable_offset_still_follows_the_log() {
         .collect();
     hook.failed.1.recv().unwrap();
     assert!(store.shutdown().is_err(), "the queues were not durable");
-    let cp = CheckpointTimes::read(&dir.path().join("checkpoint"))
+    let cp = CheckpointTimes::read(&layout::checkpoint_file(dir.path()))
         .unwrap()
         .unwrap();
     // The queues' time is frozen, the log's durable offset is not: damage in records
@@ -450,7 +442,7 @@ fn a_rebuild_after_retention_and_lost_queue_entries_never_cuts_the_log() {
     let mut puts: Vec<_> = (0..270).map(put).collect();
     // Wait until a checkpoint covers the first 270 entries.
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    while CheckpointTimes::read(&dir.path().join("checkpoint"))
+    while CheckpointTimes::read(&layout::checkpoint_file(dir.path()))
         .unwrap()
         .unwrap_or_default()
         .logics
@@ -469,7 +461,7 @@ fn a_rebuild_after_retention_and_lost_queue_entries_never_cuts_the_log() {
     assert!(store.shutdown().is_err());
     drop(store);
     // A power cut loses the entries written since the last good queue sync.
-    for e in fs::read_dir(dir.path().join("consumequeue/A/0")).unwrap() {
+    for e in fs::read_dir(layout::queue_dir(dir.path(), "A", 0)).unwrap() {
         let p = e.unwrap().path();
         let first = p
             .file_name()
@@ -528,7 +520,7 @@ fn a_queue_whose_records_all_expired_survives_a_rebuild_and_keeps_its_offsets() 
         assert_eq!(store.min_offset_in_queue("Old", 0), 5, "Old wholly expired");
     }
     // Damage to another queue's entries forces a full rebuild.
-    let q = dir.path().join("consumequeue/New/0");
+    let q = layout::queue_dir(dir.path(), "New", 0);
     let mut files: Vec<_> = fs::read_dir(&q)
         .unwrap()
         .map(|e| e.unwrap().path())
@@ -566,10 +558,7 @@ fn a_missing_consume_queue_file_is_rebuilt_not_refused() {
             .map(|i| store.put_message(&message("Q", 0, "q", i)).unwrap())
             .collect()
     };
-    let gap = dir
-        .path()
-        .join("consumequeue/Q/0")
-        .join(format!("{:020}", 16 * 20));
+    let gap = layout::queue_dir(dir.path(), "Q", 0).join(layout::file_name(16 * 20));
     fs::remove_file(gap).unwrap();
     let store = MessageStore::open(cfg()).unwrap();
     assert_eq!(store.max_offset_in_queue("Q", 0), 60);
@@ -618,7 +607,7 @@ fn a_crash_after_retention_reopens_without_a_needless_rebuild_or_refusal() {
         let q64 = put(&store, "Q", 64);
         assert!(store.wait_dispatched(q64.physical_offset, Duration::from_secs(30)));
         let hours_ago = std::time::SystemTime::now() - Duration::from_secs(7200);
-        for e in fs::read_dir(dir.path().join("commitlog")).unwrap() {
+        for e in fs::read_dir(layout::commit_log_dir(dir.path())).unwrap() {
             let p = e.unwrap().path();
             let start: u64 = p.file_name().unwrap().to_str().unwrap().parse().unwrap();
             if start < kept_from {
@@ -630,7 +619,7 @@ fn a_crash_after_retention_reopens_without_a_needless_rebuild_or_refusal() {
         assert_eq!(store.min_physical_offset(), kept_from);
         assert_eq!(store.min_offset_in_queue("Q", 0), 64);
     }
-    fs::write(dir.path().join("abort"), b"").unwrap(); // as after a crash
+    fs::write(layout::abort_file(dir.path()), b"").unwrap(); // as after a crash
     let store = MessageStore::open(cfg()).unwrap();
     assert_eq!(store.max_offset_in_queue("Q", 0), 65);
     assert_eq!(store.min_offset_in_queue("Q", 0), 64);
@@ -656,7 +645,7 @@ fn store_with_a_stale_table_row(dir: &Path) -> rocketstore::StoreConfig {
             put(&store, "T", i);
         }
     }
-    let table = fs::read(dir.join("queue_table")).unwrap();
+    let table = fs::read(layout::queue_table_file(dir)).unwrap();
     {
         let store = MessageStore::open(cfg()).unwrap();
         for i in 5..10 {
@@ -673,8 +662,8 @@ fn store_with_a_stale_table_row(dir: &Path) -> rocketstore::StoreConfig {
             put(&store, "T", i);
         }
     }
-    fs::write(dir.join("queue_table"), &table).unwrap();
-    fs::write(dir.join("abort"), b"").unwrap();
+    fs::write(layout::queue_table_file(dir), &table).unwrap();
+    fs::write(layout::abort_file(dir), b"").unwrap();
     cfg()
 }
 
@@ -683,7 +672,7 @@ fn a_stale_table_row_never_positions_a_queue_that_has_records_in_the_log() {
     let dir = tempfile::tempdir().unwrap();
     let cfg = store_with_a_stale_table_row(dir.path());
     // Damage to the queue's own files forces its rebuild.
-    fs::write(dir.path().join("consumequeue/T/0/junk"), b"x").unwrap();
+    fs::write(layout::queue_dir(dir.path(), "T", 0).join("junk"), b"x").unwrap();
     let store = MessageStore::open(cfg).unwrap();
     assert_eq!(store.max_offset_in_queue("T", 0), 13);
     assert_eq!(store.min_offset_in_queue("T", 0), 10);
@@ -718,10 +707,7 @@ fn an_expired_queue_with_a_damaged_tail_keeps_its_offsets() {
         assert!(store.delete_expired_files().unwrap() > 0);
     }
     // Old's last entry zeroed: derived data, of messages already deleted.
-    let q = dir
-        .path()
-        .join("consumequeue/Old/0")
-        .join(format!("{:020}", 0));
+    let q = layout::queue_dir(dir.path(), "Old", 0).join(layout::file_name(0));
     OpenOptions::new()
         .write(true)
         .open(q)
@@ -744,7 +730,7 @@ fn a_queue_table_that_does_not_parse_is_ignored() {
         store.put_message(&message("T", 0, "t", 0)).unwrap();
     }
     fs::write(
-        dir.path().join("queue_table"),
+        layout::queue_table_file(dir.path()),
         "rocketstore-queue-table-v1 1\nT 0 1\n",
     )
     .unwrap();
@@ -776,7 +762,7 @@ fn a_damaged_entry_that_makes_a_live_queue_look_expired_is_rebuilt_from_the_log(
         (last, store.min_physical_offset())
     };
     // One byte of the last entry: its record now seems to lie below the log's start.
-    let mut files: Vec<_> = fs::read_dir(dir.path().join("consumequeue/A/0"))
+    let mut files: Vec<_> = fs::read_dir(layout::queue_dir(dir.path(), "A", 0))
         .unwrap()
         .map(|e| e.unwrap().path())
         .collect();
@@ -798,8 +784,8 @@ fn a_damaged_entry_that_makes_a_live_queue_look_expired_is_rebuilt_from_the_log(
         .unwrap();
     assert!(stored & !0xff_0000 < log_start);
     // A rebuild is needed: the table says A ends at 200, and the damaged entry differs.
-    fs::remove_file(dir.path().join("queue_table")).unwrap();
-    fs::write(dir.path().join("abort"), b"").unwrap();
+    fs::remove_file(layout::queue_table_file(dir.path())).unwrap();
+    fs::write(layout::abort_file(dir.path()), b"").unwrap();
     let store = MessageStore::open(cfg()).unwrap();
     assert_eq!(store.max_offset_in_queue("A", 0), 200);
     let got = store.get_message("A", 0, 199, 1).unwrap();

@@ -8,6 +8,7 @@ use std::os::unix::fs::FileExt;
 
 use common::*;
 use rocketstore::format;
+use rocketstore::layout;
 use rocketstore::{Error, MessageStore, PutResult};
 
 #[test]
@@ -16,11 +17,11 @@ fn a_second_open_fails_until_the_first_shuts_down() {
     let first = open(dir.path(), sync_mode());
     let err = MessageStore::open(config(dir.path(), sync_mode())).unwrap_err();
     assert!(matches!(err, Error::StoreLocked { .. }), "{err}");
-    assert!(dir.path().join("abort").exists());
+    assert!(layout::abort_file(dir.path()).exists());
     let put = first.put_message(&message("L", 0, "l", 0)).unwrap();
     first.shutdown().unwrap();
     assert!(
-        !dir.path().join("abort").exists(),
+        !layout::abort_file(dir.path()).exists(),
         "clean shutdown leaves no abort marker"
     );
     // Shut down, the first handle no longer holds the lock, but still reads.
@@ -53,8 +54,7 @@ fn fill(store: &MessageStore, n: u64) -> Vec<PutResult> {
 }
 
 fn commit_log_file(dir: &std::path::Path, offset: u64) -> std::path::PathBuf {
-    dir.join("commitlog")
-        .join(format!("{:020}", offset / SMALL_FILE * SMALL_FILE))
+    layout::commit_log_file(dir, offset / SMALL_FILE * SMALL_FILE)
 }
 
 #[test]
@@ -98,7 +98,7 @@ fn an_unclean_exit_drops_a_damaged_tail_and_zeroes_it() {
         let file = OpenOptions::new().write(true).open(&path).unwrap();
         file.write_all_at(&bytes, at).unwrap();
         drop(file);
-        fs::write(dir.path().join("abort"), b"").unwrap();
+        fs::write(layout::abort_file(dir.path()), b"").unwrap();
 
         let store = open(dir.path(), sync_mode());
         assert_eq!(store.max_physical_offset(), last.end_offset(), "{name}");
@@ -126,7 +126,7 @@ fn a_clean_reopen_reuses_the_prepared_file() {
         store.shutdown().unwrap();
     }
     let names = |d: &std::path::Path| {
-        let mut v: Vec<_> = fs::read_dir(d.join("commitlog"))
+        let mut v: Vec<_> = fs::read_dir(layout::commit_log_dir(d))
             .unwrap()
             .map(|e| e.unwrap().file_name().into_string().unwrap())
             .collect();
@@ -179,12 +179,12 @@ fn after_a_clean_exit_a_damaged_record_refuses_the_open_instead_of_dropping_data
         other => panic!("unexpected {other}"),
     }
     // Refusing again and again: a failed open leaves the store as clean as it found it.
-    assert!(!dir.path().join("abort").exists());
+    assert!(!layout::abort_file(dir.path()).exists());
     assert!(
         MessageStore::open(config(dir.path(), sync_mode()).verify_crc_on_clean_open(true)).is_err()
     );
     // Marking the exit unclean does not make the store cut durable records either.
-    fs::write(dir.path().join("abort"), b"").unwrap();
+    fs::write(layout::abort_file(dir.path()), b"").unwrap();
     let err = MessageStore::open(config(dir.path(), sync_mode())).unwrap_err();
     assert!(matches!(err, Error::Corrupted { offset, .. } if offset == victim.physical_offset));
     // The documented way to accept the loss: the operator's override.
@@ -222,7 +222,7 @@ fn after_an_unclean_exit_a_missing_blank_record_ends_the_log_there() {
 
     // After a crash that came before the checkpoint covered it, the log ends there and
     // the later file goes.
-    fs::write(dir.path().join("abort"), b"").unwrap();
+    fs::write(layout::abort_file(dir.path()), b"").unwrap();
     checkpoint_vouches_below(dir.path(), end_of_first);
     let store = open(dir.path(), sync_mode());
     assert_eq!(store.max_physical_offset(), end_of_first);
@@ -255,7 +255,7 @@ fn lost_consume_queues_are_rebuilt_from_the_log() {
         let store = open(dir.path(), sync_mode());
         fill(&store, 300)
     };
-    fs::remove_dir_all(dir.path().join("consumequeue")).unwrap();
+    fs::remove_dir_all(layout::consume_queue_dir(dir.path())).unwrap();
     let store = open(dir.path(), sync_mode());
     assert_eq!(store.max_offset_in_queue("R", 0), 300);
     let g = store.get_message("R", 0, 0, 300).unwrap();

@@ -10,6 +10,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use common::*;
+use rocketstore::layout;
 use rocketstore::{GetStatus, MessageStore, StoreConfig};
 
 fn cfg(dir: &Path) -> StoreConfig {
@@ -39,7 +40,7 @@ fn expired_files_go_and_everything_after_them_stays_readable() {
         .lookup_message(puts[0].physical_offset)
         .unwrap()
         .unwrap();
-    let cq_files_before = count(&dir.path().join("consumequeue/Ret/0"));
+    let cq_files_before = count(&layout::queue_dir(dir.path(), "Ret", 0));
 
     let removed = store.delete_expired_files().unwrap();
     assert!(removed >= 5, "removed {removed}");
@@ -50,7 +51,7 @@ fn expired_files_go_and_everything_after_them_stays_readable() {
         "all but the writer's file"
     );
     // Only the writer's file (and the next one, prepared ahead) are left.
-    for entry in fs::read_dir(dir.path().join("commitlog")).unwrap() {
+    for entry in fs::read_dir(layout::commit_log_dir(dir.path())).unwrap() {
         let name = entry.unwrap().file_name().into_string().unwrap();
         assert!(name.parse::<u64>().unwrap() >= min, "{name} survived");
     }
@@ -62,7 +63,7 @@ fn expired_files_go_and_everything_after_them_stays_readable() {
             .unwrap()
             .is_none()
     );
-    assert!(count(&dir.path().join("consumequeue/Ret/0")) < cq_files_before);
+    assert!(count(&layout::queue_dir(dir.path(), "Ret", 0)) < cq_files_before);
 
     for q in 0..2u32 {
         let qmin = store.min_offset_in_queue("Ret", q);
@@ -95,8 +96,8 @@ fn expired_files_go_and_everything_after_them_stays_readable() {
 
     // Lost queues after a crash are rebuilt from what is left of the log, at the same
     // queue offsets.
-    fs::remove_dir_all(dir.path().join("consumequeue")).unwrap();
-    fs::write(dir.path().join("abort"), b"").unwrap();
+    fs::remove_dir_all(layout::consume_queue_dir(dir.path())).unwrap();
+    fs::write(layout::abort_file(dir.path()), b"").unwrap();
     let store = MessageStore::open(cfg(dir.path())).unwrap();
     assert_eq!(store.max_offset_in_queue("Ret", 0), 751);
     let qmin = store.min_offset_in_queue("Ret", 0);
@@ -197,7 +198,10 @@ impl StallRemove {
 
 impl rocketstore::IoHook for StallRemove {
     fn before_remove(&self, path: &Path) -> std::io::Result<()> {
-        if path.parent().is_some_and(|p| p.ends_with("commitlog")) {
+        if path
+            .parent()
+            .is_some_and(|p| p.ends_with(layout::COMMIT_LOG_DIR))
+        {
             self.removed
                 .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
             let _ = self.reached.0.send(());
@@ -295,7 +299,9 @@ struct FailOneUnlink(std::sync::atomic::AtomicBool);
 
 impl rocketstore::IoHook for FailOneUnlink {
     fn before_remove(&self, path: &Path) -> std::io::Result<()> {
-        if path.parent().is_some_and(|p| p.ends_with("commitlog"))
+        if path
+            .parent()
+            .is_some_and(|p| p.ends_with(layout::COMMIT_LOG_DIR))
             && self.0.swap(false, std::sync::atomic::Ordering::SeqCst)
         {
             return Err(std::io::Error::other("injected unlink failure"));

@@ -8,12 +8,13 @@ use std::path::Path;
 
 use common::*;
 use rocketstore::format::{self, Peek};
+use rocketstore::layout;
 use rocketstore::{MessageStore, PutResult};
 
 /// Walks the commit-log files on disk and returns the offset of every record, checking
 /// that every file but the last ends with a blank record.
 fn walk_files(root: &Path) -> (Vec<u64>, usize) {
-    let mut names: Vec<_> = fs::read_dir(root.join("commitlog"))
+    let mut names: Vec<_> = fs::read_dir(layout::commit_log_dir(root))
         .unwrap()
         .map(|e| e.unwrap().file_name().into_string().unwrap())
         .collect();
@@ -22,7 +23,7 @@ fn walk_files(root: &Path) -> (Vec<u64>, usize) {
     let mut blanks = 0;
     for (i, name) in names.iter().enumerate() {
         let start: u64 = name.parse().unwrap();
-        let bytes = fs::read(root.join("commitlog").join(name)).unwrap();
+        let bytes = fs::read(layout::commit_log_dir(root).join(name)).unwrap();
         assert_eq!(bytes.len() as u64, SMALL_FILE);
         let mut pos = 0;
         loop {

@@ -15,6 +15,7 @@ use std::time::Duration;
 
 use common::*;
 use crossbeam_channel::{Receiver, Sender, unbounded};
+use rocketstore::layout;
 use rocketstore::{Error, IoHook, MessageStore};
 
 /// Stalls the creation of consume-queue files of one topic until released.
@@ -26,10 +27,11 @@ struct StallQueueCreate {
 
 impl IoHook for StallQueueCreate {
     fn before_create(&self, path: &Path) -> io::Result<()> {
-        if path
-            .to_string_lossy()
-            .contains(&format!("consumequeue/{}/", self.topic))
-        {
+        if path.to_string_lossy().contains(&format!(
+            "{}/{}/",
+            layout::CONSUME_QUEUE_DIR,
+            self.topic
+        )) {
             let _ = self.stalled.0.send(());
             let _ = self.release.1.recv();
         }
@@ -80,7 +82,7 @@ fn shutdown_does_not_deadlock_with_a_reader_waiting_for_dispatch() {
     assert!(finished.is_ok(), "shutdown deadlocked");
     shutter.join().unwrap().unwrap();
     reader.join().unwrap();
-    assert!(!dir.path().join("abort").exists());
+    assert!(!layout::abort_file(dir.path()).exists());
 }
 
 #[test]
@@ -100,7 +102,7 @@ fn a_second_concurrent_shutdown_waits_for_the_first_and_shares_its_outcome() {
     stall.wait_stalled(); // the first shutdown's last flush is stuck in the disk
 
     let (tx, rx) = unbounded();
-    let (s, abort) = (Arc::clone(&store), dir.path().join("abort"));
+    let (s, abort) = (Arc::clone(&store), layout::abort_file(dir.path()));
     let second = std::thread::spawn(move || {
         let r = s.shutdown();
         tx.send(abort.exists()).unwrap();
@@ -165,7 +167,7 @@ impl IoHook for PanicOn {
 #[test]
 fn a_panicked_group_commit_thread_poisons_the_store() {
     let dir = tempfile::tempdir().unwrap();
-    let hook = PanicOn::new("sync", "commitlog");
+    let hook = PanicOn::new("sync", layout::COMMIT_LOG_DIR);
     let store = MessageStore::open(config(dir.path(), sync_mode()).io_hook(hook)).unwrap();
     // Without the fix this put waits for its whole 30 s timeout and then reports a timeout.
     let err = store.put_message(&message("P", 0, "p", 0)).unwrap_err();
@@ -176,13 +178,13 @@ fn a_panicked_group_commit_thread_poisons_the_store() {
     let fut = pollster::block_on(store.put_message_async(message("P", 0, "p", 2)));
     assert!(fut.is_err());
     assert!(store.shutdown().is_err());
-    assert!(dir.path().join("abort").exists(), "marked clean");
+    assert!(layout::abort_file(dir.path()).exists(), "marked clean");
 }
 
 #[test]
 fn a_panicked_dispatch_thread_poisons_the_store() {
     let dir = tempfile::tempdir().unwrap();
-    let hook = PanicOn::new("create", "consumequeue");
+    let hook = PanicOn::new("create", layout::CONSUME_QUEUE_DIR);
     let store = MessageStore::open(config(dir.path(), sync_mode()).io_hook(hook)).unwrap();
     let put = store.put_message(&message("P", 0, "p", 0)).unwrap();
     // The reader learns at once that nothing will be indexed any more.
@@ -191,7 +193,7 @@ fn a_panicked_dispatch_thread_poisons_the_store() {
     assert!(matches!(err, Error::Poisoned { .. }), "{err}");
     let err = store.shutdown().unwrap_err();
     assert!(err.to_string().contains("dispatch"), "{err}");
-    assert!(dir.path().join("abort").exists(), "marked clean");
+    assert!(layout::abort_file(dir.path()).exists(), "marked clean");
     drop(store);
     // The next open recovers as after a crash: the acknowledged message is indexed.
     let store = open(dir.path(), sync_mode());

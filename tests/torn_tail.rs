@@ -11,6 +11,7 @@ use std::path::Path;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use common::*;
+use rocketstore::layout;
 use rocketstore::{GetStatus, MessageStore, PutResult, StoreConfig};
 
 const QUEUES: u32 = 3;
@@ -62,10 +63,7 @@ fn damaged_tails_recover_to_the_last_valid_record() {
     };
     let log_end = puts.last().unwrap().2.end_offset();
     let last_file_start = log_end / SMALL_FILE * SMALL_FILE;
-    let last_file = base
-        .path()
-        .join("commitlog")
-        .join(format!("{last_file_start:020}"));
+    let last_file = layout::commit_log_file(base.path(), last_file_start);
     let in_last: Vec<&PutResult> = puts
         .iter()
         .map(|p| &p.2)
@@ -90,13 +88,10 @@ fn damaged_tails_recover_to_the_last_valid_record() {
         let kind = kinds[case % kinds.len()];
         let dir = tempfile::tempdir().unwrap();
         copy_dir(base.path(), dir.path());
-        fs::write(dir.path().join("abort"), b"").unwrap();
+        fs::write(layout::abort_file(dir.path()), b"").unwrap();
         // The crash came before the checkpoint covered the last file.
         checkpoint_vouches_below(dir.path(), last_file_start);
-        let path = dir
-            .path()
-            .join("commitlog")
-            .join(last_file.file_name().unwrap());
+        let path = layout::commit_log_dir(dir.path()).join(last_file.file_name().unwrap());
         let file = OpenOptions::new().write(true).open(&path).unwrap();
         // Damage starts somewhere in the last file's records (a crash's torn tail).
         let from = last_file_start + rng.below(log_end - last_file_start);

@@ -6,6 +6,7 @@
 use bytes::Bytes;
 use libfuzzer_sys::fuzz_target;
 use rocketstore::{Message, MessageStore, StoreConfig};
+use rocketstore::layout;
 
 fn config(dir: &std::path::Path) -> StoreConfig {
     StoreConfig::new(dir)
@@ -23,13 +24,13 @@ fuzz_target!(|data: &[u8]| {
             store.put_message(&Message::new("Q", 0u32, Bytes::from(vec![i; 30]))).unwrap();
         }
     }
-    let path = dir.path().join("consumequeue/Q/0").join(format!("{:020}", 0));
+    let path = layout::queue_dir(dir.path(), "Q", 0).join(layout::file_name(0));
     let mut file = std::fs::read(&path).unwrap();
     let n = data.len().min(file.len());
     file[..n].copy_from_slice(&data[..n]);
     std::fs::write(&path, &file).unwrap();
     if crashed & 1 == 1 {
-        std::fs::write(dir.path().join("abort"), b"").unwrap();
+        std::fs::write(layout::abort_file(dir.path()), b"").unwrap();
     }
     let Ok(store) = MessageStore::open(config(dir.path())) else { return };
     let max = store.max_offset_in_queue("Q", 0);

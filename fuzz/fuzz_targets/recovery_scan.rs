@@ -5,6 +5,7 @@
 use bytes::Bytes;
 use libfuzzer_sys::fuzz_target;
 use rocketstore::{FlushMode, Message, MessageStore, StoreConfig};
+use rocketstore::layout;
 
 const FILE: u64 = 64 * 1024;
 
@@ -26,13 +27,13 @@ fuzz_target!(|data: &[u8]| {
         }
         store.max_physical_offset()
     };
-    let path = dir.path().join("commitlog").join(format!("{:020}", 0));
+    let path = layout::commit_log_file(dir.path(), 0);
     let mut file = std::fs::read(&path).unwrap();
     let room = file.len() - end as usize;
     let n = data.len().min(room);
     file[end as usize..end as usize + n].copy_from_slice(&data[..n]);
     std::fs::write(&path, &file).unwrap();
-    std::fs::write(dir.path().join("abort"), b"").unwrap();
+    std::fs::write(layout::abort_file(dir.path()), b"").unwrap();
 
     let store = MessageStore::open(config(dir.path())).expect("recovery must succeed");
     assert!(store.max_physical_offset() >= end);

@@ -7,8 +7,9 @@
 //!   flush lock).
 
 use std::collections::HashMap;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::thread::Thread;
 use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
@@ -18,13 +19,34 @@ mod reopen;
 use crate::allocate::Allocator;
 use crate::config::{StoreConfig, Warmup};
 use crate::disk::DiskWatch;
-use crate::dispatch::Wakeup;
 use crate::error::{Error, Result};
 use crate::format::{self, BLANK_RECORD_LEN, EncodedRecord, Peek};
 use crate::mapped_file::FileWriter;
 use crate::mapped_file_queue::MappedFileQueue;
 use crate::message::{StoredMessage, now_ms};
 pub(crate) use reopen::{RecoverySink, ScanFrom, ScanPlan};
+
+/// Wakes the log's reader thread (dispatch) when new bytes become readable; costs one
+/// atomic load when the thread is already awake. The log rings it; the thread registers
+/// itself and says when it sleeps.
+#[derive(Default)]
+pub(crate) struct Wakeup {
+    pub(crate) sleeping: AtomicBool,
+    pub(crate) thread: OnceLock<Thread>,
+}
+
+impl Wakeup {
+    pub(crate) fn wake(&self) {
+        if self.sleeping.load(Ordering::Acquire)
+            && let Some(t) = self.thread.get()
+        {
+            t.unpark();
+        }
+    }
+}
+
+/// The next queue offset of every topic/queue.
+pub(crate) type QueueOffsets = HashMap<String, HashMap<u32, u64>>;
 
 /// Where a put (of one record or a batch) landed.
 #[derive(Debug, Clone, Copy)]
@@ -48,7 +70,7 @@ struct AppendState {
     writer: FileWriter,
     allocator: Allocator,
     /// Next queue offset of each topic/queue.
-    queue_offsets: HashMap<String, HashMap<u32, u64>>,
+    queue_offsets: QueueOffsets,
     last_store_timestamp: i64,
     closed: bool,
 }
@@ -164,14 +186,14 @@ impl CommitLog {
             flush_lock: Mutex::new(()),
             poisoned: AtomicBool::new(false),
             poison_cause: Mutex::new(None),
-            abort_path: config.root().join(crate::lock::ABORT_FILE),
+            abort_path: crate::layout::abort_file(config.root()),
             wakeup: Arc::new(Wakeup::default()),
             disk,
         })
     }
 
     /// Starts each rebuilt queue at its next offset; called once, before the first put.
-    pub(crate) fn restore_queue_offsets(&self, table: HashMap<String, HashMap<u32, u64>>) {
+    pub(crate) fn restore_queue_offsets(&self, table: QueueOffsets) {
         self.state.lock().queue_offsets = table;
     }
 
@@ -468,11 +490,7 @@ impl CommitLog {
 }
 
 /// The next-queue-offset slot of a topic/queue, created at 0.
-fn queue_slot<'a>(
-    table: &'a mut HashMap<String, HashMap<u32, u64>>,
-    topic: &str,
-    queue_id: u32,
-) -> &'a mut u64 {
+fn queue_slot<'a>(table: &'a mut QueueOffsets, topic: &str, queue_id: u32) -> &'a mut u64 {
     if !table.contains_key(topic) {
         table.insert(topic.to_owned(), HashMap::new());
     }

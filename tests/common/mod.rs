@@ -5,6 +5,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use bytes::Bytes;
+use rocketstore::layout;
 use rocketstore::{FlushMode, Message, MessageStore, StoreConfig};
 
 pub const SMALL_FILE: u64 = 64 * 1024;
@@ -115,8 +116,8 @@ impl Rng {
 /// The queue table the clean shutdown wrote goes too: a crashed run leaves only the one
 /// written when it was opened, which holds less.
 pub fn checkpoint_vouches_below(dir: &Path, offset: u64) {
-    let _ = std::fs::remove_file(dir.join("queue_table"));
-    let path = dir.join("checkpoint");
+    let _ = std::fs::remove_file(layout::queue_table_file(dir));
+    let path = layout::checkpoint_file(dir);
     let cp = rocketstore::CheckpointTimes::read(&path)
         .unwrap()
         .unwrap_or_default();
