@@ -217,7 +217,23 @@ impl ConsumeQueue {
                 )
             })
             .flatten();
-        let expired = last_entry.is_some_and(|e| e.physical_offset < log_start);
+        // Checked in every mode: a damaged last entry can look like an expired one.
+        let damage = check_entries(&files, first_written.min(end), end, entries_per_file);
+        let expired =
+            how == Load::Rebuild && last_entry.is_some_and(|e| e.physical_offset < log_start);
+        if expired && damage.is_some() {
+            // Dead entries, damaged: nothing to keep them for. The queue continues from its
+            // end (the table may move it further), unless the log has a record of it.
+            for file in &files {
+                file.remove()?;
+            }
+            files[0].sync_parent()?;
+            *q.min_offset.get_mut() = end;
+            *q.max_offset.get_mut() = end;
+            *q.free_start.get_mut() = false;
+            *q.restartable.get_mut() = true;
+            return Ok(q);
+        }
         let keep_below = if expired { None } else { keep_below };
         if let Some(limit) = keep_below {
             // First entry pointing at or past `limit` (offsets grow with queue offsets).
@@ -233,8 +249,8 @@ impl ConsumeQueue {
             }
             end = lo;
         }
-        if !expired {
-            q.damage = check_entries(&files, first_written.min(end), end, entries_per_file);
+        if how != Load::Rebuild {
+            q.damage = damage;
         }
         if keep_below.is_some() && end <= first_written {
             // Nothing kept. Rebuilding, the queue starts again at its first record in the
@@ -390,14 +406,17 @@ impl ConsumeQueue {
     /// writes nothing. A different entry there, or an offset past the end, is an error.
     pub(crate) fn put(&self, queue_offset: u64, entry: CqEntry) -> Result<Indexed> {
         let mut writer = self.writer.lock();
-        if self.restartable.swap(false, Ordering::AcqRel) {
-            // A rebuild kept this queue as expired, yet the log holds a record of it: the
-            // log wins. The entries go, and the queue is rebuilt from this record on.
+        if self.restartable.load(Ordering::Acquire) {
+            // A rebuild kept this queue as expired, yet the log holds a record of it (or, at
+            // run time, its next message arrives): the log wins. The dead entries go and
+            // the queue goes on from this record. Each step can be retried after a failure;
+            // readers meanwhile see the queue as it was (its entries are all dead).
             *writer = None;
             self.files.remove_front_while(0, |_| true)?;
-            self.min_offset.store(0, Ordering::Release);
-            self.max_offset.store(0, Ordering::Release);
-            self.free_start.store(true, Ordering::Release);
+            *writer = Some(self.new_file(queue_offset)?);
+            self.min_offset.store(queue_offset, Ordering::Release);
+            self.max_offset.store(queue_offset, Ordering::Release);
+            self.free_start.store(false, Ordering::Release);
         }
         let mut next = self.max_offset();
         if queue_offset < next {

@@ -7,7 +7,7 @@ use crate::config::StoreConfig;
 use crate::consume_queue::Load;
 use crate::consume_queues::{ConsumeQueues, TableRow};
 use crate::error::{Error, Result};
-use crate::format::{CqEntry, RecordView};
+use crate::format::{self, CqEntry, RecordView};
 use crate::layout;
 
 /// The recovered store data.
@@ -100,8 +100,10 @@ pub(crate) fn recover(
         Some(why)
     } else if let Some(why) = queues.damaged() {
         Some(why)
+    } else if let Some(why) = short_queue(queues) {
+        Some(why)
     } else {
-        short_queue(queues)
+        last_entries_mismatch(&log, queues)
     };
     if let Some(why) = mismatch {
         log::warn!("{why}: rebuilding every consume queue from the commit log");
@@ -339,4 +341,37 @@ impl RecoverySink for QueueRebuild<'_> {
             physic_offset: old.physic_offset.max(end),
         })
     }
+}
+
+/// Why some queue's last entry does not point at its own record: that record, at that
+/// queue offset, of that size and tag hash (entries of records retention deleted are not
+/// checked). One record read per queue; catches a wrong entry that the load-time check
+/// (written, rising) and the queue table (lengths) cannot.
+fn last_entries_mismatch(log: &CommitLog, queues: &ConsumeQueues) -> Option<String> {
+    let (start, limit) = (log.min_offset(), log.write_offset());
+    queues.all().into_iter().find_map(|(topic, id, q)| {
+        let at = q
+            .max_offset()
+            .checked_sub(1)
+            .filter(|at| *at >= q.min_offset())?;
+        let why = |what: &str| Some(format!("consume queue {topic}/{id}: entry {at} {what}"));
+        let Some(e) = q.entry(at) else {
+            return why("is not written");
+        };
+        if e.physical_offset < start {
+            return None;
+        }
+        match log.read(e.physical_offset, limit) {
+            Ok(Some(m))
+                if *m.topic == *topic
+                    && m.queue_id == id
+                    && m.queue_offset == at
+                    && m.total_size == e.size
+                    && format::tag_hash(m.tags()) == e.tag_hash =>
+            {
+                None
+            }
+            _ => why("does not point at its record"),
+        }
+    })
 }

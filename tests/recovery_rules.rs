@@ -792,3 +792,96 @@ fn a_damaged_entry_that_makes_a_live_queue_look_expired_is_rebuilt_from_the_log(
     assert_eq!(got.messages[0].physical_offset, last.physical_offset);
     assert_eq!(store.max_physical_offset(), last.end_offset());
 }
+
+/// Overwrites fields of the consume-queue entry `queue_offset` of `topic`/`queue_id`.
+fn patch_entry(
+    dir: &Path,
+    topic: &str,
+    queue_id: u32,
+    queue_offset: u64,
+    physical: u64,
+    size: u32,
+) {
+    let byte = queue_offset * 20;
+    let file = layout::queue_dir(dir, topic, queue_id).join(layout::file_name(0));
+    let mut b = [0u8; 12];
+    b[..8].copy_from_slice(&physical.to_be_bytes());
+    b[8..].copy_from_slice(&size.to_be_bytes());
+    OpenOptions::new()
+        .write(true)
+        .open(file)
+        .unwrap()
+        .write_all_at(&b, byte)
+        .unwrap();
+}
+
+#[test]
+fn a_queue_whose_last_entry_points_at_another_record_is_rebuilt() {
+    for crashed in [false, true] {
+        let dir = tempfile::tempdir().unwrap();
+        let (a, b): (Vec<_>, Vec<_>) = {
+            let store = open(dir.path(), sync_mode());
+            (0..5)
+                .map(|i| {
+                    (
+                        store.put_message(&message("T", 0, "a", i)).unwrap(),
+                        store.put_message(&message("T", 1, "b", i)).unwrap(),
+                    )
+                })
+                .unzip()
+        };
+        // A's last entry points at B's last record: entries still rise, lengths agree.
+        patch_entry(
+            dir.path(),
+            "T",
+            0,
+            4,
+            b[4].physical_offset,
+            b[4].wrote_bytes,
+        );
+        if crashed {
+            fs::write(layout::abort_file(dir.path()), b"").unwrap();
+        }
+        let store = open(dir.path(), sync_mode());
+        let got = store.get_message("T", 0, 4, 1).unwrap();
+        assert_eq!(
+            got.messages[0].physical_offset, a[4].physical_offset,
+            "crashed={crashed}: a reader of T/0 got another queue's message"
+        );
+    }
+}
+
+#[test]
+fn a_live_queue_whose_last_entry_looks_expired_is_checked_and_rebuilt() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = || {
+        config(dir.path(), sync_mode())
+            .consume_queue_entries_per_file(64)
+            .file_reserved_time(Duration::ZERO)
+    };
+    let puts: Vec<_> = {
+        let store = MessageStore::open(cfg()).unwrap();
+        let mut last = None;
+        for i in 0..150 {
+            last = Some(
+                store
+                    .put_message(&Message::new("F", 0u32, kib_body("F", i)))
+                    .unwrap(),
+            );
+        }
+        assert!(store.wait_dispatched(last.unwrap().physical_offset, Duration::from_secs(30)));
+        assert!(store.delete_expired_files().unwrap() > 0);
+        let puts = (0..10)
+            .map(|i| store.put_message(&message("T", 0, "t", i)).unwrap())
+            .collect();
+        // The log's last record belongs to another queue.
+        store.put_message(&message("G", 0, "g", 0)).unwrap();
+        puts
+    };
+    // T/0's last entry now points below the log's start, as an expired queue's would.
+    patch_entry(dir.path(), "T", 0, 9, 0, puts[9].wrote_bytes);
+    let store = MessageStore::open(cfg()).unwrap();
+    let got = store.get_message("T", 0, 0, 10).unwrap();
+    assert_eq!(got.messages.len(), 10);
+    assert_eq!(got.messages[9].physical_offset, puts[9].physical_offset);
+}
