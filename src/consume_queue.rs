@@ -149,8 +149,10 @@ impl ConsumeQueue {
 
     /// Opens the queue in `dir`. Its end is the first unwritten entry of the last file,
     /// found by binary search (entries are written in order); `how` says what is kept.
-    /// A queue whose last entry points below `log_start` (the commit log's start) is
-    /// expired: no reader can get its entries, so they are neither checked nor rebuilt.
+    /// Its written entries are checked (none zero, offsets rising). Rebuilding, a queue
+    /// whose last entry points below `log_start` (the commit log's start) is expired: no
+    /// record could rebuild it, so its files are kept, and they give way to the log if a
+    /// record of it turns up after all.
     pub(crate) fn load(
         dir: PathBuf,
         file_size: u64,
@@ -293,7 +295,7 @@ impl ConsumeQueue {
         *q.max_offset.get_mut() = end;
         *q.flushed.get_mut() = end * CQ_ENTRY_LEN as u64;
         *q.free_start.get_mut() = false;
-        *q.restartable.get_mut() = expired && how == Load::Rebuild;
+        *q.restartable.get_mut() = expired;
         Ok(q)
     }
 
