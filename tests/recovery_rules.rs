@@ -495,28 +495,9 @@ fn a_rebuild_after_retention_and_lost_queue_entries_never_cuts_the_log() {
 #[test]
 fn a_queue_whose_records_all_expired_survives_a_rebuild_and_keeps_its_offsets() {
     let dir = tempfile::tempdir().unwrap();
-    let cfg = || {
-        config(dir.path(), sync_mode())
-            .consume_queue_entries_per_file(64)
-            .file_reserved_time(Duration::ZERO)
-    };
+    let cfg = || retention_config(dir.path());
     {
-        let store = MessageStore::open(cfg()).unwrap();
-        for i in 0..5 {
-            store
-                .put_message(&Message::new("Old", 0u32, kib_body("Old", i)))
-                .unwrap();
-        }
-        let mut last = None;
-        for i in 0..300 {
-            last = Some(
-                store
-                    .put_message(&Message::new("New", 0u32, kib_body("New", i)))
-                    .unwrap(),
-            );
-        }
-        assert!(store.wait_dispatched(last.unwrap().physical_offset, Duration::from_secs(30)));
-        assert!(store.delete_expired_files().unwrap() > 0);
+        let store = store_with_an_expired_queue(dir.path(), 300);
         assert_eq!(store.min_offset_in_queue("Old", 0), 5, "Old wholly expired");
     }
     // Damage to another queue's entries forces a full rebuild.
@@ -683,29 +664,8 @@ fn a_stale_table_row_never_positions_a_queue_that_has_records_in_the_log() {
 #[test]
 fn an_expired_queue_with_a_damaged_tail_keeps_its_offsets() {
     let dir = tempfile::tempdir().unwrap();
-    let cfg = || {
-        config(dir.path(), sync_mode())
-            .consume_queue_entries_per_file(64)
-            .file_reserved_time(Duration::ZERO)
-    };
-    {
-        let store = MessageStore::open(cfg()).unwrap();
-        for i in 0..5 {
-            store
-                .put_message(&Message::new("Old", 0u32, kib_body("Old", i)))
-                .unwrap();
-        }
-        let mut last = None;
-        for i in 0..150 {
-            last = Some(
-                store
-                    .put_message(&Message::new("New", 0u32, kib_body("New", i)))
-                    .unwrap(),
-            );
-        }
-        assert!(store.wait_dispatched(last.unwrap().physical_offset, Duration::from_secs(30)));
-        assert!(store.delete_expired_files().unwrap() > 0);
-    }
+    let cfg = || retention_config(dir.path());
+    drop(store_with_an_expired_queue(dir.path(), 150));
     // Old's last entry zeroed: derived data, of messages already deleted.
     let q = layout::queue_dir(dir.path(), "Old", 0).join(layout::file_name(0));
     OpenOptions::new()
@@ -741,11 +701,7 @@ fn a_queue_table_that_does_not_parse_is_ignored() {
 #[test]
 fn a_damaged_entry_that_makes_a_live_queue_look_expired_is_rebuilt_from_the_log() {
     let dir = tempfile::tempdir().unwrap();
-    let cfg = || {
-        config(dir.path(), sync_mode())
-            .consume_queue_entries_per_file(64)
-            .file_reserved_time(Duration::ZERO)
-    };
+    let cfg = || retention_config(dir.path());
     let (last, log_start) = {
         let store = MessageStore::open(cfg()).unwrap();
         let mut last = None;
@@ -854,11 +810,7 @@ fn a_queue_whose_last_entry_points_at_another_record_is_rebuilt() {
 #[test]
 fn a_live_queue_whose_last_entry_looks_expired_is_checked_and_rebuilt() {
     let dir = tempfile::tempdir().unwrap();
-    let cfg = || {
-        config(dir.path(), sync_mode())
-            .consume_queue_entries_per_file(64)
-            .file_reserved_time(Duration::ZERO)
-    };
+    let cfg = || retention_config(dir.path());
     let puts: Vec<_> = {
         let store = MessageStore::open(cfg()).unwrap();
         let mut last = None;
@@ -884,4 +836,33 @@ fn a_live_queue_whose_last_entry_looks_expired_is_checked_and_rebuilt() {
     let got = store.get_message("T", 0, 0, 10).unwrap();
     assert_eq!(got.messages.len(), 10);
     assert_eq!(got.messages[9].physical_offset, puts[9].physical_offset);
+}
+
+/// Sizes consume-queue files at 64 entries and expires commit-log files at once.
+fn retention_config(dir: &Path) -> rocketstore::StoreConfig {
+    config(dir, sync_mode())
+        .consume_queue_entries_per_file(64)
+        .file_reserved_time(Duration::ZERO)
+}
+
+/// Queue Old/0 gets 5 messages, New/0 `new` more; retention then deletes every file but
+/// the last, so every record of Old/0 is gone from the log.
+fn store_with_an_expired_queue(dir: &Path, new: u64) -> MessageStore {
+    let store = MessageStore::open(retention_config(dir)).unwrap();
+    for i in 0..5 {
+        store
+            .put_message(&Message::new("Old", 0u32, kib_body("Old", i)))
+            .unwrap();
+    }
+    let mut last = None;
+    for i in 0..new {
+        last = Some(
+            store
+                .put_message(&Message::new("New", 0u32, kib_body("New", i)))
+                .unwrap(),
+        );
+    }
+    assert!(store.wait_dispatched(last.unwrap().physical_offset, Duration::from_secs(30)));
+    assert!(store.delete_expired_files().unwrap() > 0);
+    store
 }
