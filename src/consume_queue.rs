@@ -15,6 +15,7 @@ use crate::format::{CQ_ENTRY_LEN, CqEntry};
 use crate::io_hook::IoHook;
 use crate::mapped_file::{FileWriter, MappedFile, create_dir_durable};
 use crate::mapped_file_queue::MappedFileQueue;
+use crate::search::partition_point;
 
 /// How a queue's files are taken at load.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -177,15 +178,12 @@ impl ConsumeQueue {
         let entries_per_file = file_size / CQ_ENTRY_LEN as u64;
         let first = files[0].start_offset() / CQ_ENTRY_LEN as u64;
         // First unwritten entry in the last file.
-        let (mut lo, mut hi) = (0u64, entries_per_file);
-        while lo < hi {
-            let mid = (lo + hi) / 2;
-            match entry_at(last, (mid as usize) * CQ_ENTRY_LEN) {
-                Some(_) => lo = mid + 1,
-                None => hi = mid,
-            }
-        }
-        let mut end = last.start_offset() / CQ_ENTRY_LEN as u64 + lo;
+        let written = |from: u64| {
+            partition_point(from..entries_per_file, |at| {
+                entry_at(last, at as usize * CQ_ENTRY_LEN).is_some()
+            })
+        };
+        let mut end = last.start_offset() / CQ_ENTRY_LEN as u64 + written(0);
         // A queue may begin inside its first file (rebuilt from a log whose start was
         // deleted): its first written entry is its minimum.
         let first_written = if entry_at(&files[0], 0).is_some() {
@@ -197,18 +195,10 @@ impl ConsumeQueue {
                 .unwrap_or(n);
             first + skip
         };
-        if files.len() == 1 && lo <= first_written - first {
+        if files.len() == 1 && end <= first_written {
             // The binary search assumes entries from the file's start; redo it from the
             // first written entry.
-            let (mut a, mut b) = (first_written - first, entries_per_file);
-            while a < b {
-                let mid = (a + b) / 2;
-                match entry_at(last, (mid as usize) * CQ_ENTRY_LEN) {
-                    Some(_) => a = mid + 1,
-                    None => b = mid,
-                }
-            }
-            end = first + a;
+            end = first + written(first_written - first);
         }
         let last_entry = (end > first_written)
             .then(|| {
@@ -239,17 +229,11 @@ impl ConsumeQueue {
         let keep_below = if expired { None } else { keep_below };
         if let Some(limit) = keep_below {
             // First entry pointing at or past `limit` (offsets grow with queue offsets).
-            let (mut lo, mut hi) = (first_written.min(end), end);
-            while lo < hi {
-                let mid = (lo + hi) / 2;
-                let file = &files[((mid - first) / entries_per_file) as usize];
-                let pos = ((mid % entries_per_file) as usize) * CQ_ENTRY_LEN;
-                match entry_at(file, pos) {
-                    Some(e) if e.physical_offset < limit => lo = mid + 1,
-                    _ => hi = mid,
-                }
-            }
-            end = lo;
+            end = partition_point(first_written.min(end)..end, |at| {
+                let file = &files[((at - first) / entries_per_file) as usize];
+                let pos = ((at % entries_per_file) as usize) * CQ_ENTRY_LEN;
+                entry_at(file, pos).is_some_and(|e| e.physical_offset < limit)
+            });
         }
         if how != Load::Rebuild {
             q.damage = damage;
@@ -353,21 +337,16 @@ impl ConsumeQueue {
     /// entry whose record is gone.
     pub(crate) fn raise_min(&self, min_physical: u64) {
         let max = self.max_offset();
-        let (mut lo, mut hi) = (
-            self.files
-                .min_offset()
-                .map_or(max, |o| o / CQ_ENTRY_LEN as u64)
-                .max(self.min_offset()),
-            max,
-        );
-        while lo < hi {
-            let mid = lo + (hi - lo) / 2;
-            match self.entry(mid) {
-                Some(e) if e.physical_offset >= min_physical => hi = mid,
-                _ => lo = mid + 1,
-            }
-        }
-        self.min_offset.fetch_max(lo, Ordering::AcqRel);
+        let from = self
+            .files
+            .min_offset()
+            .map_or(max, |o| o / CQ_ENTRY_LEN as u64)
+            .max(self.min_offset());
+        let first_live = partition_point(from..max, |at| {
+            self.entry(at)
+                .is_none_or(|e| e.physical_offset < min_physical)
+        });
+        self.min_offset.fetch_max(first_live, Ordering::AcqRel);
     }
 
     /// The entry at `queue_offset`, if written.

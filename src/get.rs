@@ -5,6 +5,7 @@ use crate::consume_queues::ConsumeQueues;
 use crate::error::Result;
 use crate::format;
 use crate::message::StoredMessage;
+use crate::search::try_partition_point;
 
 /// What a [`get_message`](crate::MessageStore::get_message) call found, with RocketMQ's
 /// meanings.
@@ -223,19 +224,13 @@ pub(crate) fn offset_by_time(
         return Ok(0);
     };
     let limit = log.write_offset();
-    let (mut lo, mut hi) = (queue.min_offset(), queue.max_offset());
-    while lo < hi {
-        let mid = lo + (hi - lo) / 2;
-        let stored = match queue.entry(mid) {
+    try_partition_point(queue.min_offset()..queue.max_offset(), |at| {
+        let stored = match queue.entry(at) {
             Some(e) => log
                 .read(e.physical_offset, limit)?
                 .map(|m| m.store_timestamp),
             None => None,
         };
-        match stored {
-            Some(ts) if ts < timestamp_ms => lo = mid + 1,
-            _ => hi = mid,
-        }
-    }
-    Ok(lo)
+        Ok(stored.is_some_and(|ts| ts < timestamp_ms))
+    })
 }

@@ -70,6 +70,7 @@ mod mapped_file_queue;
 mod message;
 mod recovery;
 mod retention;
+mod search;
 mod store;
 
 pub use checkpoint::CheckpointTimes;
