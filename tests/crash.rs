@@ -37,12 +37,6 @@ fn mode_named(name: &str) -> FlushMode {
     }
 }
 
-fn child_body(seed: u64, producer: u64, i: u64) -> Bytes {
-    let mut rng = Rng(seed ^ (producer << 32) ^ i ^ 0x9E37_79B9_7F4A_7C15);
-    let len = 16 + rng.below(2000) as usize;
-    Bytes::from((0..len).map(|_| rng.next() as u8).collect::<Vec<u8>>())
-}
-
 /// The child: puts from several threads until killed, printing
 /// `ACK queue queue_offset physical_offset crc len` for each acknowledged put.
 #[test]

@@ -57,8 +57,7 @@ use std::sync::mpsc::{self, RecvTimeoutError};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use bytes::Bytes;
-use common::Rng;
+use common::{Rng, child_body};
 use rocketstore::{FlushMode, GetStatus, Message, MessageStore, StoreConfig};
 
 const TOPIC: &str = "Powercut";
@@ -121,12 +120,6 @@ fn store_config(dir: &Path, flush: Flush) -> StoreConfig {
         .consume_queue_entries_per_file(CQ_ENTRIES)
         .consume_queue_flush_interval(Duration::from_millis(50))
         .flush_mode(flush.mode())
-}
-
-fn child_body(seed: u64, producer: u64, i: u64) -> Bytes {
-    let mut rng = Rng(seed ^ (producer << 32) ^ i ^ 0x9E37_79B9_7F4A_7C15);
-    let len = 16 + rng.below(2000) as usize;
-    Bytes::from((0..len).map(|_| rng.next() as u8).collect::<Vec<u8>>())
 }
 
 /// The writer: puts from several threads until killed, printing

@@ -95,6 +95,14 @@ impl rocketstore::IoHook for StallSync {
     }
 }
 
+/// A random body of 16..2016 bytes, the same for the same seed, producer and index: a
+/// crash-test child and its checking parent agree on it without sending it.
+pub fn child_body(seed: u64, producer: u64, i: u64) -> Bytes {
+    let mut rng = Rng(seed ^ (producer << 32) ^ i ^ 0x9E37_79B9_7F4A_7C15);
+    let len = 16 + rng.below(2000) as usize;
+    Bytes::from((0..len).map(|_| rng.next() as u8).collect::<Vec<u8>>())
+}
+
 /// A small deterministic generator (xorshift64*) for randomised tests with a printed seed.
 pub struct Rng(pub u64);
 
