@@ -7,7 +7,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::error::{Error, Result};
-use crate::io_hook::IoHook;
+use crate::fs::io_hook::IoHook;
+pub use crate::fs::mapped_file::Warmup;
 
 /// When a put counts as acknowledged, and how dirty pages reach the disk.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -58,21 +59,6 @@ impl Default for FlushMode {
     fn default() -> Self {
         FlushMode::async_default()
     }
-}
-
-/// How a newly created commit-log file is prepared before the writer reaches it.
-///
-/// All three run on the allocation thread, off the put path. See `docs/BENCHMARKS.md`
-/// for the measurements behind the defaults.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Warmup {
-    /// Only allocate the file; the writer takes the page faults.
-    None,
-    /// Touch one byte of every page so the writer finds them mapped and writable.
-    Touch,
-    /// Write zeros over the whole file and flush them, so every block is already written
-    /// once: later fdatasyncs only overwrite data and skip extent conversion.
-    ZeroAndFlush,
 }
 
 /// Configuration of a [`MessageStore`](crate::MessageStore).
@@ -192,7 +178,7 @@ impl fmt::Debug for StoreConfig {
 
 /// Smallest commit-log file accepted.
 pub const MIN_FILE_SIZE: u64 = 64 * 1024;
-const PAGE: u64 = crate::mapped_file::PAGE_SIZE as u64;
+const PAGE: u64 = crate::fs::mapped_file::PAGE_SIZE as u64;
 
 impl StoreConfig {
     /// Defaults for a store rooted at `root_dir`.

@@ -49,45 +49,34 @@
 // `unsafe` compiles in the mapped-file layer only.
 #![deny(unsafe_code)]
 
-mod allocate;
 mod checkpoint;
 mod commit_log;
 mod config;
-mod consume_queue;
-mod consume_queues;
-mod disk;
-mod dispatch;
 mod error;
-mod flush;
 pub mod format;
-mod get;
-mod io_hook;
+mod fs;
 pub mod layout;
-mod lock;
-#[allow(unsafe_code)]
-mod mapped_file;
-mod mapped_file_queue;
 mod message;
-mod recovery;
-mod retention;
+mod queue;
 mod search;
 mod store;
 
 pub use checkpoint::CheckpointTimes;
-pub use config::{FlushMode, MIN_FILE_SIZE, StoreConfig, Warmup};
+pub use commit_log::flush::PutFuture;
+pub use config::{FlushMode, MIN_FILE_SIZE, StoreConfig};
 pub use error::{Error, Result};
-pub use flush::PutFuture;
-pub use get::{GetResult, GetStatus, TagFilter};
-pub use io_hook::IoHook;
+pub use fs::io_hook::IoHook;
+pub use fs::mapped_file::Warmup;
 pub use message::{
     KEY_SEPARATOR, Message, MessageId, PROPERTY_KEYS, PROPERTY_TAGS, Properties, PutResult,
     PutStatus, StoredMessage,
 };
+pub use queue::read::{GetResult, GetStatus, TagFilter};
 pub use store::MessageStore;
 
 /// Measurement hooks for the benches; not part of the supported API.
 #[doc(hidden)]
-pub use mapped_file::probe;
+pub use fs::mapped_file::probe;
 
 /// The README's examples, compiled as doc tests so the README stays true to the code.
 #[cfg(doctest)]

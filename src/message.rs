@@ -1,12 +1,11 @@
 //! What callers hand to the store and what they get back.
 
 use std::fmt;
-use std::net::{Ipv4Addr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::str;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
-
-use crate::format;
 
 /// Property holding the message tags (RocketMQ `TAGS`).
 pub const PROPERTY_TAGS: &str = "TAGS";
@@ -14,6 +13,53 @@ pub const PROPERTY_TAGS: &str = "TAGS";
 pub const PROPERTY_KEYS: &str = "KEYS";
 /// Separator between keys in the `KEYS` property.
 pub const KEY_SEPARATOR: char = ' ';
+
+/// Separates a property name from its value.
+pub const NAME_VALUE_SEPARATOR: u8 = 0x01;
+/// Ends each property.
+pub const PROPERTY_SEPARATOR: u8 = 0x02;
+
+pub(crate) const IPV4_HOST_LEN: usize = 8;
+pub(crate) const IPV6_HOST_LEN: usize = 20;
+
+/// RocketMQ's body CRC: CRC-32 (IEEE) masked to 31 bits.
+pub fn body_crc(body: &[u8]) -> u32 {
+    crc32fast::hash(body) & 0x7FFF_FFFF
+}
+
+pub(crate) fn host_len(addr: &SocketAddr) -> usize {
+    match addr {
+        SocketAddr::V4(_) => IPV4_HOST_LEN,
+        SocketAddr::V6(_) => IPV6_HOST_LEN,
+    }
+}
+
+/// Writes the stored form of a host (address bytes, then the port as i32) into `buf` and
+/// returns the used part.
+pub fn host_bytes<'a>(addr: &SocketAddr, buf: &'a mut [u8; 20]) -> &'a [u8] {
+    let port = i32::from(addr.port()).to_be_bytes();
+    match addr.ip() {
+        IpAddr::V4(ip) => {
+            buf[..4].copy_from_slice(&ip.octets());
+            buf[4..8].copy_from_slice(&port);
+            &buf[..IPV4_HOST_LEN]
+        }
+        IpAddr::V6(ip) => {
+            buf[..16].copy_from_slice(&ip.octets());
+            buf[16..20].copy_from_slice(&port);
+            &buf[..IPV6_HOST_LEN]
+        }
+    }
+}
+
+/// Whether raw properties are well-formed (UTF-8, every pair with a separator), without
+/// allocating.
+pub fn properties_well_formed(raw: &[u8]) -> bool {
+    str::from_utf8(raw).is_ok()
+        && raw
+            .split(|&b| b == PROPERTY_SEPARATOR)
+            .all(|pair| pair.is_empty() || pair.contains(&NAME_VALUE_SEPARATOR))
+}
 
 /// Milliseconds since the Unix epoch, as RocketMQ stores time.
 pub(crate) fn now_ms() -> i64 {
@@ -201,7 +247,7 @@ pub struct Properties {
 impl Properties {
     /// Wraps raw `name\x01value\x02…` bytes, checking they are well-formed.
     pub fn from_raw(raw: Bytes) -> Option<Properties> {
-        format::properties_well_formed(&raw).then_some(Properties { raw })
+        properties_well_formed(&raw).then_some(Properties { raw })
     }
 
     /// The raw stored bytes.
@@ -213,8 +259,8 @@ impl Properties {
     pub fn iter(&self) -> impl Iterator<Item = (&str, &str)> {
         std::str::from_utf8(&self.raw)
             .unwrap_or_default()
-            .split(format::PROPERTY_SEPARATOR as char)
-            .filter_map(|pair| pair.split_once(format::NAME_VALUE_SEPARATOR as char))
+            .split(PROPERTY_SEPARATOR as char)
+            .filter_map(|pair| pair.split_once(NAME_VALUE_SEPARATOR as char))
     }
 
     /// The value of a property.
@@ -255,7 +301,7 @@ impl StoredMessage {
 
     /// Whether the stored body CRC matches the body.
     pub fn crc_ok(&self) -> bool {
-        format::body_crc(&self.body) == self.body_crc
+        body_crc(&self.body) == self.body_crc
     }
 
     /// RocketMQ's "offset message id" of this record.
@@ -281,7 +327,7 @@ pub struct MessageId {
 impl fmt::Display for MessageId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let mut buf = [0u8; 20];
-        let host = format::host_bytes(&self.store_host, &mut buf);
+        let host = host_bytes(&self.store_host, &mut buf);
         for b in host {
             write!(f, "{b:02X}")?;
         }

@@ -14,15 +14,17 @@ use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
 
+pub(crate) mod flush;
+pub(crate) mod record;
 mod reopen;
 
-use crate::allocate::Allocator;
+use crate::commit_log::record::{BLANK_RECORD_LEN, EncodedRecord, Peek};
 use crate::config::{StoreConfig, Warmup};
-use crate::disk::DiskWatch;
 use crate::error::{Error, Result};
-use crate::format::{self, BLANK_RECORD_LEN, EncodedRecord, Peek};
-use crate::mapped_file::FileWriter;
-use crate::mapped_file_queue::MappedFileQueue;
+use crate::fs::allocate::Allocator;
+use crate::fs::disk::DiskWatch;
+use crate::fs::file_queue::MappedFileQueue;
+use crate::fs::mapped_file::FileWriter;
 use crate::message::{StoredMessage, now_ms};
 pub(crate) use reopen::{RecoverySink, ScanFrom, ScanPlan};
 
@@ -104,7 +106,7 @@ impl CommitLog {
     ) -> Result<CommitLog> {
         let clean = !plan.repair;
         let dir = config.commit_log_dir();
-        crate::mapped_file::create_dir_durable(&dir, config.io_hook.as_ref())?;
+        crate::fs::ops::create_dir_durable(&dir, config.io_hook.as_ref())?;
         let file_size = config.commit_log_file_size;
         let mut loaded =
             MappedFileQueue::load_files(&dir, file_size, config.io_hook.clone(), !clean)?
@@ -279,7 +281,8 @@ impl CommitLog {
         if slot.is_none() {
             log::error!("refusing further writes: {cause}");
             *slot = Some(cause);
-            if let Err(e) = crate::lock::record_poison(&self.abort_path, self.flushed_offset()) {
+            if let Err(e) = crate::fs::lock::record_poison(&self.abort_path, self.flushed_offset())
+            {
                 log::error!("could not record the poisoning for the next open: {e}");
             }
         }
@@ -378,7 +381,7 @@ impl CommitLog {
     fn roll(&self, state: &mut AppendState) -> Result<()> {
         let left = state.writer.remaining();
         if left > 0 {
-            state.writer.write(&format::blank_record(left));
+            state.writer.write(&record::blank_record(left));
             state.writer.fill();
             state.writer.publish();
             self.write_offset
@@ -461,11 +464,11 @@ impl CommitLog {
         let (start, bytes) = cursor.view.as_ref().expect("covers() checked it");
         let pos = (offset - start) as usize;
         // The peek checks the record's size fits in the view before decoding it.
-        match format::peek(&bytes[pos..], offset)? {
+        match record::peek(&bytes[pos..], offset)? {
             Peek::Record { .. } => {}
             Peek::Blank | Peek::Empty => return Ok(None),
         }
-        let msg = format::decode_at(bytes, pos, offset, false, topic_hint)?;
+        let msg = record::decode_at(bytes, pos, offset, false, topic_hint)?;
         if msg.physical_offset != offset {
             return Err(Error::corrupted(offset, "no record starts here"));
         }

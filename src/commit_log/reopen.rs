@@ -3,9 +3,9 @@
 
 use std::sync::Arc;
 
+use crate::commit_log::record::{self, Peek, RecordView};
 use crate::error::{Error, Result};
-use crate::format::{self, Peek, RecordView};
-use crate::mapped_file::{FileWriter, MappedFile};
+use crate::fs::mapped_file::{FileWriter, MappedFile};
 
 /// Told about the records a reopen scans, so consume queues can be checked or rebuilt.
 pub(crate) trait RecoverySink {
@@ -46,13 +46,13 @@ fn scan_file(
     while pos < bytes.len() {
         let offset = start + pos as u64;
         let rest = &bytes[pos..];
-        let size = match format::peek(rest, offset) {
+        let size = match record::peek(rest, offset) {
             Ok(Peek::Record { size }) => size,
             Ok(Peek::Blank) => return Ok((bytes.len(), Stop::FileEnd)),
             Ok(Peek::Empty) => return Ok((pos, Stop::Empty)),
             Err(e) => return Ok((pos, Stop::Invalid(e))),
         };
-        let view = match format::parse(&rest[..size], offset) {
+        let view = match record::parse(&rest[..size], offset) {
             Ok(v) => v,
             Err(e) => return Ok((pos, Stop::Invalid(e))),
         };
@@ -66,10 +66,10 @@ fn scan_file(
             let reason = format!("record says it is at {}", view.physical_offset);
             return Ok((pos, Stop::Invalid(Error::corrupted(offset, reason))));
         }
-        if let Err(e) = format::validate_topic(view.topic) {
+        if let Err(e) = record::validate_topic(view.topic) {
             return Ok((pos, Stop::Invalid(Error::corrupted(offset, e.to_string()))));
         }
-        if !format::properties_well_formed(view.properties) {
+        if !record::properties_well_formed(view.properties) {
             return Ok((
                 pos,
                 Stop::Invalid(Error::corrupted(offset, "malformed properties")),
@@ -88,8 +88,8 @@ fn scan_file(
 /// Store time of the first record of `file`, if it has a readable one.
 fn first_timestamp(file: &Arc<MappedFile>) -> Option<i64> {
     let bytes = file.visible_from(0)?;
-    match format::peek(&bytes, file.start_offset()).ok()? {
-        Peek::Record { size } => format::parse(&bytes[..size], file.start_offset())
+    match record::peek(&bytes, file.start_offset()).ok()? {
+        Peek::Record { size } => record::parse(&bytes[..size], file.start_offset())
             .ok()
             .map(|v| v.store_timestamp),
         _ => None,

@@ -23,8 +23,8 @@ use parking_lot::Mutex;
 
 use crate::commit_log::CommitLog;
 use crate::config::StoreConfig;
-use crate::consume_queues::ConsumeQueues;
 use crate::error::Result;
+use crate::queue::queues::ConsumeQueues;
 
 pub(crate) struct Retention {
     reserved: Duration,

@@ -1,10 +1,10 @@
 //! The read path: messages by topic, queue and queue offset, through the consume queues.
 
 use crate::commit_log::{CommitLog, ReadCursor};
-use crate::consume_queues::ConsumeQueues;
 use crate::error::Result;
-use crate::format;
 use crate::message::StoredMessage;
+use crate::queue::entry;
+use crate::queue::queues::ConsumeQueues;
 use crate::search::try_partition_point;
 
 /// What a [`get_message`](crate::MessageStore::get_message) call found, with RocketMQ's
@@ -70,7 +70,7 @@ impl TagFilter {
     {
         let tags: Vec<String> = tags.into_iter().map(Into::into).collect();
         let all = tags.iter().any(|t| t == "*");
-        let hashes = tags.iter().map(|t| format::tag_hash(Some(t))).collect();
+        let hashes = tags.iter().map(|t| entry::tag_hash(Some(t))).collect();
         TagFilter { tags, hashes, all }
     }
 

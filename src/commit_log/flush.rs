@@ -13,7 +13,7 @@ use parking_lot::{Condvar, Mutex};
 use crate::commit_log::CommitLog;
 use crate::config::FlushMode;
 use crate::error::{Error, Result};
-use crate::mapped_file::PAGE_SIZE;
+use crate::fs::mapped_file::PAGE_SIZE;
 use crate::message::{PutResult, PutStatus};
 
 /// Starts and stops the flush thread and lets producers wait for durability.

@@ -4,19 +4,22 @@ use std::sync::Arc;
 
 use std::time::Duration;
 
+use crate::commit_log::flush::{Flusher, PutFuture};
+use crate::commit_log::record::{self, EncodedRecord};
 use crate::commit_log::{Appended, CommitLog};
 use crate::config::{FlushMode, StoreConfig};
-use crate::consume_queues::ConsumeQueues;
-use crate::dispatch::Dispatcher;
 use crate::error::{Error, Result};
-use crate::flush::{Flusher, PutFuture};
-use crate::format::{self, EncodedRecord};
-use crate::get::{self, GetResult, TagFilter};
+use crate::fs::lock::StoreLock;
 use crate::layout;
-use crate::lock::StoreLock;
 use crate::message::{Message, MessageId, PutResult, PutStatus, StoredMessage};
-use crate::recovery::recover;
-use crate::retention::{Retention, RetentionThread};
+use crate::queue::dispatch::Dispatcher;
+use crate::queue::queues::ConsumeQueues;
+use crate::queue::read::{self, GetResult, TagFilter};
+mod recovery;
+mod retention;
+
+use recovery::recover;
+use retention::{Retention, RetentionThread};
 
 /// An embedded RocketMQ-style message store: one commit log of fixed-size mapped files,
 /// made durable by a sync (group-commit) or async flush thread.
@@ -145,7 +148,7 @@ impl MessageStore {
     }
 
     fn encode(&self, msg: &Message) -> Result<EncodedRecord> {
-        format::encode(msg, &self.config.store_host, self.config.max_message_size)
+        record::encode(msg, &self.config.store_host, self.config.max_message_size)
     }
 
     fn result(&self, a: Appended, status: PutStatus) -> PutResult {
@@ -296,7 +299,7 @@ impl MessageStore {
         max_count: usize,
         filter: Option<&TagFilter>,
     ) -> Result<GetResult> {
-        let request = get::Request {
+        let request = read::Request {
             topic,
             queue_id,
             offset,
@@ -304,7 +307,7 @@ impl MessageStore {
             max_bytes: self.config.max_transfer_bytes,
             filter,
         };
-        get::get_message(&self.log, &self.queues, &request)
+        read::get_message(&self.log, &self.queues, &request)
     }
 
     /// First queue offset of `topic`/`queue_id` still stored (0 for an unknown queue).
@@ -324,7 +327,7 @@ impl MessageStore {
     /// The first queue offset whose message was stored at or after `timestamp_ms`, by
     /// binary search on store time; the max offset when every message is older.
     pub fn offset_by_time(&self, topic: &str, queue_id: u32, timestamp_ms: i64) -> Result<u64> {
-        get::offset_by_time(&self.log, &self.queues, topic, queue_id, timestamp_ms)
+        read::offset_by_time(&self.log, &self.queues, topic, queue_id, timestamp_ms)
     }
 
     /// Commit-log offset up to which every record is indexed in its consume queue.

@@ -1,4 +1,5 @@
-//! The ordered files of one log, each named by the offset of its first byte.
+//! The ordered, fixed-size files behind the commit log or one consume queue, each named by
+//! the offset of its first byte. It knows files and offsets, not records.
 
 use std::fs;
 use std::path::Path;
@@ -7,9 +8,10 @@ use std::sync::Arc;
 use parking_lot::RwLock;
 
 use crate::error::{Error, Result};
-use crate::io_hook::IoHook;
+use crate::fs::io_hook::IoHook;
+use crate::fs::mapped_file::{MappedFile, extend_file};
+use crate::fs::ops;
 use crate::layout;
-use crate::mapped_file::{MappedFile, extend_file};
 
 /// The files of one log, contiguous: file `i` starts at `first + i * file_size`, so the
 /// file holding an offset is found by one division.
@@ -124,7 +126,7 @@ impl MappedFileQueue {
             let name = name.to_string_lossy();
             if layout::is_tmp_file_name(&name) {
                 log::info!("removing unfinished allocation {}", path.display());
-                fs::remove_file(&path).map_err(|e| Error::io("remove", &path, e))?;
+                ops::remove_file_with(&path, hook.as_ref())?;
                 continue;
             }
             let bad = |reason: String| Error::BadStoreFile {
@@ -145,7 +147,7 @@ impl MappedFileQueue {
             if pair[1] != pair[0] + file_size {
                 return Err(Error::BadStoreFile {
                     path: dir.join(layout::file_name(pair[1])),
-                    reason: format!("gap in the log: the previous file starts at {}", pair[0]),
+                    reason: format!("gap in the files: the previous file starts at {}", pair[0]),
                 });
             }
         }

@@ -7,10 +7,12 @@ use std::sync::Arc;
 use parking_lot::RwLock;
 
 use crate::commit_log::QueueOffsets;
-use crate::consume_queue::{ConsumeQueue, Load};
+use crate::commit_log::record::validate_topic;
 use crate::error::{Error, Result};
-use crate::format::{CQ_ENTRY_LEN, validate_topic};
-use crate::io_hook::IoHook;
+use crate::fs::io_hook::IoHook;
+use crate::fs::ops;
+use crate::queue::consume_queue::{ConsumeQueue, Load};
+use crate::queue::entry::CQ_ENTRY_LEN;
 
 type Table = HashMap<String, HashMap<u32, Arc<ConsumeQueue>>>;
 
@@ -35,7 +37,7 @@ impl ConsumeQueues {
         log_start: u64,
     ) -> Result<Self> {
         let file_size = u64::from(entries_per_file) * CQ_ENTRY_LEN as u64;
-        crate::mapped_file::create_dir_durable(&root, hook.as_ref())?;
+        ops::create_dir_durable(&root, hook.as_ref())?;
         let mut table = Table::new();
         for topic_dir in list_dirs(&root)? {
             let topic = file_name(&topic_dir);
@@ -60,9 +62,8 @@ impl ConsumeQueues {
                         let why = format!("{}: {reason}", path.display());
                         if how == Load::Rebuild {
                             log::warn!("clearing consume queue {}: {why}", queue_dir.display());
-                            std::fs::remove_dir_all(&queue_dir)
-                                .map_err(|e| Error::io("remove", &queue_dir, e))?;
-                            crate::mapped_file::sync_dir(&topic_dir)?;
+                            ops::remove_dir_all(&queue_dir, hook.as_ref())?;
+                            ops::sync_dir_with(&topic_dir, hook.as_ref())?;
                             ConsumeQueue::new(queue_dir, file_size, hook.clone())
                         } else {
                             ConsumeQueue::damaged(queue_dir, file_size, hook.clone(), why)
@@ -174,16 +175,7 @@ impl ConsumeQueues {
         for (t, id, max, last) in &rows {
             text.push_str(&format!("{t} {id} {max} {last}\n"));
         }
-        let tmp = path.with_extension("tmp");
-        let write = || -> std::io::Result<()> {
-            use std::io::Write;
-            let mut f = std::fs::File::create(&tmp)?;
-            f.write_all(text.as_bytes())?;
-            f.sync_all()
-        };
-        write().map_err(|e| Error::io("write", &tmp, e))?;
-        std::fs::rename(&tmp, path).map_err(|e| Error::io("rename", path, e))?;
-        crate::mapped_file::sync_dir(path.parent().expect("the table lives under the root"))
+        ops::replace_file(path, text.as_bytes(), None)
     }
 
     /// Reads the queue table; `None` when there is none (a store of an earlier version).

@@ -8,10 +8,11 @@ use std::thread::JoinHandle;
 
 use crossbeam_channel::{Receiver, Sender};
 
-use crate::config::Warmup;
 use crate::error::{Error, Result};
-use crate::io_hook::IoHook;
-use crate::mapped_file::MappedFile;
+use crate::fs::io_hook::IoHook;
+use crate::fs::mapped_file::MappedFile;
+use crate::fs::mapped_file::Warmup;
+use crate::fs::ops;
 
 /// Hands out new files; owned by the append state, so only the writer talks to it.
 pub(crate) struct Allocator {
@@ -108,7 +109,7 @@ impl Allocator {
             if spare.start_offset() == offset {
                 return Ok(spare);
             }
-            let _ = std::fs::remove_file(spare.path());
+            let _ = ops::remove_file_with(spare.path(), self.hook.as_ref());
         }
         if let (Some(w), Some(pending)) = (&self.worker, self.pending.take()) {
             match w.ready.recv() {
@@ -116,7 +117,7 @@ impl Allocator {
                 Ok(Ok(other)) => {
                     // Not the file we need (cannot happen while the writer only asks for the
                     // next file); remove it so it never looks like data.
-                    let _ = std::fs::remove_file(other.path());
+                    let _ = ops::remove_file_with(other.path(), self.hook.as_ref());
                 }
                 Ok(Err(e)) => return Err(e),
                 Err(_) => {}

@@ -13,11 +13,12 @@ use std::time::{Duration, Instant};
 use parking_lot::{Condvar, Mutex};
 
 use crate::checkpoint::{Checkpoint, CheckpointTimes};
+use crate::commit_log::record::{self, Peek, RecordView};
 use crate::commit_log::{CommitLog, Wakeup};
-use crate::consume_queue::Indexed;
-use crate::consume_queues::ConsumeQueues;
 use crate::error::{Error, Result};
-use crate::format::{self, CqEntry, Peek, RecordView};
+use crate::queue::consume_queue::Indexed;
+use crate::queue::entry::CqEntry;
+use crate::queue::queues::ConsumeQueues;
 
 /// Indexes one record in its consume queue.
 pub(crate) fn index_record(queues: &ConsumeQueues, view: &RecordView<'_>) -> Result<Indexed> {
@@ -285,9 +286,9 @@ fn dispatch_available(s: &Shared, marks: &mut Marks) -> Result<bool> {
         let mut last_ts = None;
         while pos < bytes.len() {
             let offset = at + pos as u64;
-            match format::peek(&bytes[pos..], offset)? {
+            match record::peek(&bytes[pos..], offset)? {
                 Peek::Record { size } => {
-                    let view = format::parse(&bytes[pos..pos + size], offset)?;
+                    let view = record::parse(&bytes[pos..pos + size], offset)?;
                     index_record(&s.queues, &view)?;
                     last_ts = Some(view.store_timestamp);
                     pos += size;

@@ -2,13 +2,14 @@
 //! bringing the queues in line with the log after a clean or an unclean exit.
 
 use crate::checkpoint::{Checkpoint, CheckpointTimes};
+use crate::commit_log::record::RecordView;
 use crate::commit_log::{CommitLog, RecoverySink, ScanFrom, ScanPlan};
 use crate::config::StoreConfig;
-use crate::consume_queue::Load;
-use crate::consume_queues::{ConsumeQueues, TableRow};
 use crate::error::{Error, Result};
-use crate::format::{self, CqEntry, RecordView};
 use crate::layout;
+use crate::queue::consume_queue::Load;
+use crate::queue::entry::{self, CqEntry};
+use crate::queue::queues::{ConsumeQueues, TableRow};
 
 /// The recovered store data.
 pub(crate) struct Recovered {
@@ -158,7 +159,7 @@ pub(crate) fn recover(
         let shrank = table.iter().any(|row| have(&queues, row) < row.next);
         log::warn!("the queue table could not be written: {e}");
         if shrank {
-            std::fs::remove_file(&table_path).map_err(|e| Error::io("remove", &table_path, e))?;
+            crate::fs::ops::remove_file_with(&table_path, None)?;
         }
     }
     log::info!(
@@ -367,7 +368,7 @@ fn last_entries_mismatch(log: &CommitLog, queues: &ConsumeQueues) -> Option<Stri
                     && m.queue_id == id
                     && m.queue_offset == at
                     && m.total_size == e.size
-                    && format::tag_hash(m.tags()) == e.tag_hash =>
+                    && entry::tag_hash(m.tags()) == e.tag_hash =>
             {
                 None
             }

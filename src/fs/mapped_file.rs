@@ -17,10 +17,25 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use bytes::Bytes;
 use memmap2::{MmapOptions, MmapRaw};
 
-use crate::config::Warmup;
 use crate::error::{Error, Result};
-use crate::io_hook::IoHook;
+use crate::fs::io_hook::IoHook;
+use crate::fs::ops::{remove_file_with, sync_dir_with};
 use crate::layout;
+
+/// How a newly created commit-log file is prepared before the writer reaches it.
+///
+/// All three run on the allocation thread, off the put path. See `docs/BENCHMARKS.md`
+/// for the measurements behind the defaults.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Warmup {
+    /// Only allocate the file; the writer takes the page faults.
+    None,
+    /// Touch one byte of every page so the writer finds them mapped and writable.
+    Touch,
+    /// Write zeros over the whole file and flush them, so every block is already written
+    /// once: later fdatasyncs only overwrite data and skip extent conversion.
+    ZeroAndFlush,
+}
 
 /// Page size used for warm-up and dirty-page accounting.
 pub(crate) const PAGE_SIZE: usize = 4096;
@@ -340,57 +355,6 @@ pub(crate) fn extend_file(path: &Path, len: u64) -> Result<()> {
     file.sync_all().map_err(|e| Error::io("sync", path, e))
 }
 
-/// Makes a directory's entries (a created or renamed file) durable.
-pub(crate) fn sync_dir(dir: &Path) -> Result<()> {
-    sync_dir_with(dir, None)
-}
-
-/// [`sync_dir`], through the fault-injection hook.
-pub(crate) fn sync_dir_with(dir: &Path, hook: Option<&Arc<dyn IoHook>>) -> Result<()> {
-    if let Some(h) = hook {
-        h.before_sync_dir(dir)
-            .map_err(|e| Error::io("sync directory", dir, e))?;
-    }
-    File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(|e| Error::io("sync directory", dir, e))
-}
-
-/// Creates `dir` and any missing parents, syncing the parent of each directory created, so
-/// that a crash cannot lose the path to files made durable inside it.
-pub(crate) fn create_dir_durable(dir: &Path, hook: Option<&Arc<dyn IoHook>>) -> Result<()> {
-    if dir.is_dir() {
-        return Ok(());
-    }
-    let mut missing = Vec::new();
-    let mut at = Some(dir);
-    while let Some(d) = at.filter(|d| !d.as_os_str().is_empty() && !d.exists()) {
-        missing.push(d);
-        at = d.parent();
-    }
-    fs::create_dir_all(dir).map_err(|e| Error::io("create directory", dir, e))?;
-    // Outermost first: each new name is durable before anything is created below it.
-    for created in missing.iter().rev() {
-        if let Some(parent) = created.parent().filter(|p| !p.as_os_str().is_empty()) {
-            sync_dir_with(parent, hook)?;
-        }
-    }
-    Ok(())
-}
-
-/// Removes a store file, through the fault-injection hook.
-pub(crate) fn remove_file_with(path: &Path, hook: Option<&Arc<dyn IoHook>>) -> Result<()> {
-    if let Some(h) = hook {
-        h.before_remove(path)
-            .map_err(|e| Error::io("remove", path, e))?;
-    }
-    match fs::remove_file(path) {
-        Ok(()) => Ok(()),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
-        Err(e) => Err(Error::io("remove", path, e)),
-    }
-}
-
 /// The owner behind a reader's `Bytes`: a range of a file, and the `Arc` keeping it mapped.
 struct MappedSlice {
     file: Arc<MappedFile>,
@@ -589,8 +553,8 @@ pub mod probe {
     use std::sync::atomic::AtomicBool;
     use std::time::{Duration, Instant};
 
+    use super::Warmup;
     use super::{FileWriter, MappedFile};
-    use crate::config::Warmup;
     use crate::error::Result;
 
     /// Creates a `size`-byte mapped file in `dir` (touching its pages first when `touched`)

@@ -11,10 +11,11 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use parking_lot::Mutex;
 
 use crate::error::{Error, Result};
-use crate::format::{CQ_ENTRY_LEN, CqEntry};
-use crate::io_hook::IoHook;
-use crate::mapped_file::{FileWriter, MappedFile, create_dir_durable};
-use crate::mapped_file_queue::MappedFileQueue;
+use crate::fs::file_queue::MappedFileQueue;
+use crate::fs::io_hook::IoHook;
+use crate::fs::mapped_file::{FileWriter, MappedFile};
+use crate::fs::ops::create_dir_durable;
+use crate::queue::entry::{CQ_ENTRY_LEN, CqEntry};
 use crate::search::partition_point;
 
 /// How a queue's files are taken at load.

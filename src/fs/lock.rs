@@ -2,14 +2,14 @@
 //! OS lock for the life of the store, and `{root}/abort`, present while it runs. Finding
 //! `abort` at open means the last run did not shut down cleanly.
 
-use std::fs::{self, File, OpenOptions};
+use std::fs::{File, OpenOptions};
 use std::path::{Path, PathBuf};
 
 use parking_lot::Mutex;
 
 use crate::error::{Error, Result};
+use crate::fs::ops::{self, sync_dir};
 use crate::layout;
-use crate::mapped_file::sync_dir;
 
 const POISON_PREFIX: &str = "poisoned at flushed offset ";
 
@@ -104,7 +104,7 @@ impl StoreLock {
         }
         if clean {
             let abort = layout::abort_file(&self.root);
-            fs::remove_file(&abort).map_err(|e| Error::io("remove", &abort, e))?;
+            ops::remove_file_with(&abort, None)?;
             sync_dir(&self.root)?;
         }
         *file = None;

@@ -1,0 +1,566 @@
+//! The on-disk record format: the one place that knows where every byte of a commit-log
+//! record goes. Byte-compatible with Apache RocketMQ's message versions 1 and 2.
+//!
+//! See `docs/FORMAT.md` for the layout table. All integers are big-endian.
+
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
+use std::str;
+use std::sync::Arc;
+
+use bytes::Bytes;
+
+use crate::error::{Error, Result};
+use crate::message::{IPV4_HOST_LEN, IPV6_HOST_LEN, Message, Properties, StoredMessage, host_len};
+pub use crate::message::{
+    NAME_VALUE_SEPARATOR, PROPERTY_SEPARATOR, body_crc, host_bytes, properties_well_formed,
+};
+
+/// Magic code of a version-1 record (topic length in one byte).
+pub const MAGIC_V1: u32 = 0xDAA3_20A7;
+/// Magic code of a version-2 record (topic length in two bytes).
+pub const MAGIC_V2: u32 = 0xDAA3_20AB;
+/// Magic code of the blank record that fills the end of a commit-log file.
+pub const BLANK_MAGIC: u32 = 0xCBD4_3194;
+/// Size of the blank end-of-file record: `[i32 bytes left][i32 BLANK_MAGIC]`.
+pub const BLANK_RECORD_LEN: usize = 8;
+/// Longest topic a version-1 record can hold; longer topics use version 2.
+pub const MAX_TOPIC_LEN_V1: usize = 127;
+/// Longest topic the store accepts (RocketMQ's hard limit).
+pub const MAX_TOPIC_LEN: usize = 255;
+/// Longest encoded properties field.
+pub const MAX_PROPERTIES_LEN: usize = 32767;
+/// SYSFLAG bit: the born host is IPv6.
+pub const SYSFLAG_BORN_HOST_V6: i32 = 0x10;
+/// SYSFLAG bit: the store host is IPv6.
+pub const SYSFLAG_STORE_HOST_V6: i32 = 0x20;
+
+// Field offsets, each derived from the one before and its size (the table in
+// `docs/FORMAT.md`), so no offset is a free-standing number.
+const I32: usize = 4;
+const I64: usize = 8;
+
+/// Offset of TOTALSIZE.
+pub const POS_TOTAL_SIZE: usize = 0;
+/// Offset of MAGICCODE.
+pub const POS_MAGIC: usize = POS_TOTAL_SIZE + I32;
+/// Offset of BODYCRC.
+pub const POS_BODY_CRC: usize = POS_MAGIC + I32;
+const POS_QUEUE_ID: usize = POS_BODY_CRC + I32;
+const POS_FLAG: usize = POS_QUEUE_ID + I32;
+/// Offset of QUEUEOFFSET.
+pub const POS_QUEUE_OFFSET: usize = POS_FLAG + I32;
+/// Offset of PHYSICALOFFSET.
+pub const POS_PHYSICAL_OFFSET: usize = POS_QUEUE_OFFSET + I64;
+/// Offset of SYSFLAG.
+pub const POS_SYS_FLAG: usize = POS_PHYSICAL_OFFSET + I64;
+const POS_BORN_TIMESTAMP: usize = POS_SYS_FLAG + I32;
+/// Offset of BORNHOST; STORETIMESTAMP follows it.
+pub const POS_BORN_HOST: usize = POS_BORN_TIMESTAMP + I64;
+
+/// Smallest possible record: version 1, IPv4 hosts, empty body, empty topic and properties.
+pub const MIN_RECORD_LEN: usize = POS_BORN_HOST
+    + IPV4_HOST_LEN // born host
+    + I64 // store timestamp
+    + IPV4_HOST_LEN // store host
+    + I32 // reconsume times
+    + I64 // prepared transaction offset
+    + I32 // body length
+    + 1 // topic length (v1)
+    + 2; // properties length
+
+const _: () = assert!(POS_BORN_HOST == 48 && MIN_RECORD_LEN == 91);
+
+/// Checks a topic name: 1 to 255 bytes of `[%|a-zA-Z0-9_-]` (RocketMQ's rule; it also keeps
+/// topic names safe as directory names).
+pub fn validate_topic(topic: &str) -> Result<()> {
+    let reason = if topic.is_empty() {
+        "empty"
+    } else if topic.len() > MAX_TOPIC_LEN {
+        "longer than 255 bytes"
+    } else if !topic
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'%' | b'|' | b'_' | b'-'))
+    {
+        "only [%|a-zA-Z0-9_-] are allowed"
+    } else {
+        return Ok(());
+    };
+    Err(Error::InvalidTopic {
+        topic: topic.to_owned(),
+        reason,
+    })
+}
+
+fn properties_len(props: &[(String, String)]) -> Result<usize> {
+    let mut len = 0usize;
+    for (name, value) in props {
+        let bad_sep = |s: &str| {
+            s.bytes()
+                .any(|b| b == NAME_VALUE_SEPARATOR || b == PROPERTY_SEPARATOR)
+        };
+        let reason = if name.is_empty() {
+            Some("empty name")
+        } else if bad_sep(name) || bad_sep(value) {
+            Some("contains a separator byte 0x01 or 0x02")
+        } else {
+            None
+        };
+        if let Some(reason) = reason {
+            return Err(Error::InvalidProperty {
+                name: name.clone(),
+                reason,
+            });
+        }
+        len += name.len() + value.len() + 2;
+    }
+    if len > MAX_PROPERTIES_LEN {
+        return Err(Error::PropertiesTooLarge {
+            size: len,
+            max: MAX_PROPERTIES_LEN,
+        });
+    }
+    Ok(len)
+}
+
+/// An encoded record waiting for the three fields only the append lock may assign.
+#[derive(Debug, Clone)]
+pub struct EncodedRecord {
+    bytes: Vec<u8>,
+    store_timestamp_pos: usize,
+}
+
+impl EncodedRecord {
+    /// Record length in bytes.
+    pub fn len(&self) -> usize {
+        self.bytes.len()
+    }
+
+    /// Always false: a record is at least [`MIN_RECORD_LEN`] bytes.
+    pub fn is_empty(&self) -> bool {
+        self.bytes.is_empty()
+    }
+
+    /// Fills in the queue offset, physical offset and store time assigned under the lock.
+    pub fn assign(&mut self, queue_offset: u64, physical_offset: u64, store_timestamp: i64) {
+        let b = &mut self.bytes;
+        b[POS_QUEUE_OFFSET..POS_QUEUE_OFFSET + 8].copy_from_slice(&queue_offset.to_be_bytes());
+        b[POS_PHYSICAL_OFFSET..POS_PHYSICAL_OFFSET + 8]
+            .copy_from_slice(&physical_offset.to_be_bytes());
+        let p = self.store_timestamp_pos;
+        b[p..p + 8].copy_from_slice(&store_timestamp.to_be_bytes());
+    }
+
+    /// The record bytes.
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.bytes
+    }
+}
+
+/// Encodes `msg` as a commit-log record, leaving queue offset, physical offset and store
+/// time at zero for [`EncodedRecord::assign`]. Validates topic, body size and properties.
+pub fn encode(msg: &Message, store_host: &SocketAddr, max_body: usize) -> Result<EncodedRecord> {
+    validate_topic(&msg.topic)?;
+    if msg.body.len() > max_body {
+        return Err(Error::MessageTooLarge {
+            size: msg.body.len(),
+            max: max_body,
+        });
+    }
+    let props_len = properties_len(&msg.properties)?;
+    let v2 = msg.topic.len() > MAX_TOPIC_LEN_V1;
+    let topic_len_field = if v2 { 2 } else { 1 };
+    let born_len = host_len(&msg.born_host);
+    let store_len = host_len(store_host);
+    let total = 4
+        + 4
+        + 4
+        + 4
+        + 4
+        + 8
+        + 8
+        + 4
+        + 8
+        + born_len
+        + 8
+        + store_len
+        + 4
+        + 8
+        + 4
+        + msg.body.len()
+        + topic_len_field
+        + msg.topic.len()
+        + 2
+        + props_len;
+
+    let mut sys_flag = msg.sys_flag & !(SYSFLAG_BORN_HOST_V6 | SYSFLAG_STORE_HOST_V6);
+    if born_len == IPV6_HOST_LEN {
+        sys_flag |= SYSFLAG_BORN_HOST_V6;
+    }
+    if store_len == IPV6_HOST_LEN {
+        sys_flag |= SYSFLAG_STORE_HOST_V6;
+    }
+
+    let mut b = Vec::with_capacity(total);
+    let mut host = [0u8; 20];
+    b.extend_from_slice(&(total as i32).to_be_bytes());
+    b.extend_from_slice(&(if v2 { MAGIC_V2 } else { MAGIC_V1 }).to_be_bytes());
+    b.extend_from_slice(&body_crc(&msg.body).to_be_bytes());
+    b.extend_from_slice(&msg.queue_id.to_be_bytes());
+    b.extend_from_slice(&msg.flag.to_be_bytes());
+    b.extend_from_slice(&0u64.to_be_bytes()); // queue offset, assigned under the lock
+    b.extend_from_slice(&0u64.to_be_bytes()); // physical offset, assigned under the lock
+    b.extend_from_slice(&sys_flag.to_be_bytes());
+    b.extend_from_slice(&msg.born_timestamp.to_be_bytes());
+    b.extend_from_slice(host_bytes(&msg.born_host, &mut host));
+    let store_timestamp_pos = b.len();
+    b.extend_from_slice(&0i64.to_be_bytes()); // store time, assigned under the lock
+    b.extend_from_slice(host_bytes(store_host, &mut host));
+    b.extend_from_slice(&msg.reconsume_times.to_be_bytes());
+    b.extend_from_slice(&msg.prepared_transaction_offset.to_be_bytes());
+    b.extend_from_slice(&(msg.body.len() as i32).to_be_bytes());
+    b.extend_from_slice(&msg.body);
+    if v2 {
+        b.extend_from_slice(&(msg.topic.len() as u16).to_be_bytes());
+    } else {
+        b.push(msg.topic.len() as u8);
+    }
+    b.extend_from_slice(msg.topic.as_bytes());
+    b.extend_from_slice(&(props_len as u16).to_be_bytes());
+    for (name, value) in &msg.properties {
+        b.extend_from_slice(name.as_bytes());
+        b.push(NAME_VALUE_SEPARATOR);
+        b.extend_from_slice(value.as_bytes());
+        b.push(PROPERTY_SEPARATOR);
+    }
+    debug_assert_eq!(b.len(), total);
+    Ok(EncodedRecord {
+        bytes: b,
+        store_timestamp_pos,
+    })
+}
+
+/// The blank record that fills `bytes_left` bytes at the end of a file.
+pub fn blank_record(bytes_left: usize) -> [u8; BLANK_RECORD_LEN] {
+    let mut b = [0u8; BLANK_RECORD_LEN];
+    b[..4].copy_from_slice(&(bytes_left as i32).to_be_bytes());
+    b[4..].copy_from_slice(&BLANK_MAGIC.to_be_bytes());
+    b
+}
+
+/// What the first eight bytes at a position say is there.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Peek {
+    /// A message record of this many bytes (not yet validated beyond size and magic).
+    Record {
+        /// TOTALSIZE.
+        size: usize,
+    },
+    /// A blank end-of-file record: the rest of the file is unused.
+    Blank,
+    /// Nothing written here: zero size and magic.
+    Empty,
+}
+
+/// Reads the size and magic at the start of `buf` (which ends where the file ends).
+/// `offset` is only used in errors.
+pub fn peek(buf: &[u8], offset: u64) -> Result<Peek> {
+    if buf.len() < BLANK_RECORD_LEN {
+        if buf.iter().all(|&b| b == 0) {
+            return Ok(Peek::Empty);
+        }
+        return Err(Error::corrupted(
+            offset,
+            "fewer than 8 bytes left in the file",
+        ));
+    }
+    let size = i32::from_be_bytes(buf[..4].try_into().expect("4 bytes"));
+    let magic = u32::from_be_bytes(buf[4..8].try_into().expect("4 bytes"));
+    match magic {
+        MAGIC_V1 | MAGIC_V2 => {
+            if size < MIN_RECORD_LEN as i32 || size as usize > buf.len() {
+                Err(Error::corrupted(
+                    offset,
+                    format!("record size {size} outside 91..={}", buf.len()),
+                ))
+            } else {
+                Ok(Peek::Record {
+                    size: size as usize,
+                })
+            }
+        }
+        BLANK_MAGIC => Ok(Peek::Blank),
+        0 if size == 0 => Ok(Peek::Empty),
+        _ => Err(Error::corrupted(
+            offset,
+            format!("unknown magic code {magic:#010X}"),
+        )),
+    }
+}
+
+/// A record parsed in place, borrowing the buffer. Every length is checked against the
+/// buffer and against TOTALSIZE.
+#[derive(Debug, Clone, Copy)]
+pub struct RecordView<'a> {
+    /// TOTALSIZE.
+    pub total_size: u32,
+    /// 1 or 2.
+    pub version: u8,
+    /// BODYCRC as stored.
+    pub body_crc: u32,
+    /// QUEUEID.
+    pub queue_id: u32,
+    /// FLAG.
+    pub flag: i32,
+    /// QUEUEOFFSET.
+    pub queue_offset: u64,
+    /// PHYSICALOFFSET.
+    pub physical_offset: u64,
+    /// SYSFLAG.
+    pub sys_flag: i32,
+    /// BORNTIMESTAMP.
+    pub born_timestamp: i64,
+    /// BORNHOST.
+    pub born_host: SocketAddr,
+    /// STORETIMESTAMP.
+    pub store_timestamp: i64,
+    /// STOREHOST.
+    pub store_host: SocketAddr,
+    /// RECONSUMETIMES.
+    pub reconsume_times: i32,
+    /// PREPARED TRANSACTION OFFSET.
+    pub prepared_transaction_offset: i64,
+    /// Byte range of the body within the record.
+    pub body: (usize, usize),
+    /// TOPIC.
+    pub topic: &'a str,
+    /// PROPERTIES, raw `name\x01value\x02` bytes.
+    pub properties: &'a [u8],
+    /// The record bytes.
+    pub bytes: &'a [u8],
+}
+
+struct Cursor<'a> {
+    buf: &'a [u8],
+    pos: usize,
+    offset: u64,
+}
+
+impl<'a> Cursor<'a> {
+    fn take(&mut self, n: usize, field: &'static str) -> Result<&'a [u8]> {
+        let end = self.pos.checked_add(n).filter(|&e| e <= self.buf.len());
+        match end {
+            Some(end) => {
+                let s = &self.buf[self.pos..end];
+                self.pos = end;
+                Ok(s)
+            }
+            None => Err(Error::corrupted(
+                self.offset,
+                format!("{field} runs past the end of the record"),
+            )),
+        }
+    }
+    fn array<const N: usize>(&mut self, field: &'static str) -> Result<[u8; N]> {
+        Ok(self.take(N, field)?.try_into().expect("length checked"))
+    }
+    fn u8(&mut self, field: &'static str) -> Result<u8> {
+        Ok(self.array::<1>(field)?[0])
+    }
+    fn u16(&mut self, field: &'static str) -> Result<u16> {
+        Ok(u16::from_be_bytes(self.array(field)?))
+    }
+    fn u32(&mut self, field: &'static str) -> Result<u32> {
+        Ok(u32::from_be_bytes(self.array(field)?))
+    }
+    fn i32(&mut self, field: &'static str) -> Result<i32> {
+        Ok(i32::from_be_bytes(self.array(field)?))
+    }
+    fn i64(&mut self, field: &'static str) -> Result<i64> {
+        Ok(i64::from_be_bytes(self.array(field)?))
+    }
+    fn host(&mut self, v6: bool, field: &'static str) -> Result<SocketAddr> {
+        if v6 {
+            let ip: [u8; 16] = self.array(field)?;
+            let port = self.i32(field)?;
+            Ok(SocketAddr::V6(SocketAddrV6::new(
+                Ipv6Addr::from(ip),
+                port as u16,
+                0,
+                0,
+            )))
+        } else {
+            let ip: [u8; 4] = self.array(field)?;
+            let port = self.i32(field)?;
+            Ok(SocketAddr::V4(SocketAddrV4::new(
+                Ipv4Addr::from(ip),
+                port as u16,
+            )))
+        }
+    }
+}
+
+/// Parses the record at the start of `buf`. `offset` (the record's position, for errors)
+/// is reported in every error. Never panics, whatever the bytes.
+pub fn parse(buf: &[u8], offset: u64) -> Result<RecordView<'_>> {
+    let mut c = Cursor {
+        buf,
+        pos: 0,
+        offset,
+    };
+    let total_size = c.i32("TOTALSIZE")?;
+    if total_size < MIN_RECORD_LEN as i32 || total_size as usize > buf.len() {
+        return Err(Error::corrupted(
+            offset,
+            format!(
+                "record size {total_size} outside {MIN_RECORD_LEN}..={}",
+                buf.len()
+            ),
+        ));
+    }
+    c.buf = &buf[..total_size as usize];
+    let version = match c.u32("MAGICCODE")? {
+        MAGIC_V1 => 1,
+        MAGIC_V2 => 2,
+        other => {
+            return Err(Error::corrupted(
+                offset,
+                format!("unknown magic code {other:#010X}"),
+            ));
+        }
+    };
+    let body_crc = c.u32("BODYCRC")?;
+    let queue_id = c.u32("QUEUEID")?;
+    let flag = c.i32("FLAG")?;
+    let queue_offset = c.i64("QUEUEOFFSET")? as u64;
+    let physical_offset = c.i64("PHYSICALOFFSET")? as u64;
+    let sys_flag = c.i32("SYSFLAG")?;
+    let born_timestamp = c.i64("BORNTIMESTAMP")?;
+    let born_host = c.host(sys_flag & SYSFLAG_BORN_HOST_V6 != 0, "BORNHOST")?;
+    let store_timestamp = c.i64("STORETIMESTAMP")?;
+    let store_host = c.host(sys_flag & SYSFLAG_STORE_HOST_V6 != 0, "STOREHOST")?;
+    let reconsume_times = c.i32("RECONSUMETIMES")?;
+    let prepared_transaction_offset = c.i64("PREPAREDTRANSACTIONOFFSET")?;
+    let body_len = c.i32("BODYLENGTH")?;
+    if body_len < 0 {
+        return Err(Error::corrupted(offset, "negative body length"));
+    }
+    let body_start = c.pos;
+    c.take(body_len as usize, "BODY")?;
+    let body = (body_start, c.pos);
+    let topic_len = if version == 2 {
+        usize::from(c.u16("TOPICLENGTH")?)
+    } else {
+        usize::from(c.u8("TOPICLENGTH")?)
+    };
+    let topic = str::from_utf8(c.take(topic_len, "TOPIC")?)
+        .map_err(|_| Error::corrupted(offset, "topic is not UTF-8"))?;
+    let props_len = usize::from(c.u16("PROPERTIESLENGTH")?);
+    let properties = c.take(props_len, "PROPERTIES")?;
+    if c.pos != total_size as usize {
+        return Err(Error::corrupted(
+            offset,
+            format!("fields end at byte {} but TOTALSIZE is {total_size}", c.pos),
+        ));
+    }
+    Ok(RecordView {
+        total_size: total_size as u32,
+        version,
+        body_crc,
+        queue_id,
+        flag,
+        queue_offset,
+        physical_offset,
+        sys_flag,
+        born_timestamp,
+        born_host,
+        store_timestamp,
+        store_host,
+        reconsume_times,
+        prepared_transaction_offset,
+        body,
+        topic,
+        properties,
+        bytes: c.buf,
+    })
+}
+
+impl RecordView<'_> {
+    /// The body bytes.
+    pub fn body_bytes(&self) -> &[u8] {
+        &self.bytes[self.body.0..self.body.1]
+    }
+
+    /// Whether the stored CRC matches the body.
+    pub fn crc_ok(&self) -> bool {
+        body_crc(self.body_bytes()) == self.body_crc
+    }
+}
+
+/// Decodes the record at the start of `record` into a [`StoredMessage`] whose body shares
+/// `record`'s memory. With `verify_crc`, a body whose CRC does not match is an error.
+pub fn decode(record: &Bytes, offset: u64, verify_crc: bool) -> Result<StoredMessage> {
+    decode_at(record, 0, offset, verify_crc, None)
+}
+
+/// Decodes the record at `pos` in `buf` (a view of a file, say) without copying: body and
+/// properties are slices of `buf`. When the record's topic equals `topic_hint`, the
+/// message shares that `Arc` instead of allocating its own.
+pub fn decode_at(
+    buf: &Bytes,
+    pos: usize,
+    offset: u64,
+    verify_crc: bool,
+    topic_hint: Option<&Arc<str>>,
+) -> Result<StoredMessage> {
+    let v = parse(buf.get(pos..).unwrap_or_default(), offset)?;
+    if verify_crc && !v.crc_ok() {
+        return Err(Error::corrupted(offset, "body CRC mismatch"));
+    }
+    // PROPERTIES is the last field of a record.
+    let end = pos + v.total_size as usize;
+    let properties = Properties::from_raw(buf.slice(end - v.properties.len()..end))
+        .ok_or_else(|| Error::corrupted(offset, "malformed properties"))?;
+    let topic = match topic_hint {
+        Some(t) if **t == *v.topic => Arc::clone(t),
+        _ => Arc::from(v.topic),
+    };
+    Ok(StoredMessage {
+        total_size: v.total_size,
+        version: v.version,
+        body_crc: v.body_crc,
+        queue_id: v.queue_id,
+        flag: v.flag,
+        queue_offset: v.queue_offset,
+        physical_offset: v.physical_offset,
+        sys_flag: v.sys_flag,
+        born_timestamp: v.born_timestamp,
+        born_host: v.born_host,
+        store_timestamp: v.store_timestamp,
+        store_host: v.store_host,
+        reconsume_times: v.reconsume_times,
+        prepared_transaction_offset: v.prepared_transaction_offset,
+        body: buf.slice(pos + v.body.0..pos + v.body.1),
+        topic,
+        properties,
+    })
+}
+
+/// The TAGS property inside raw `name\x01value\x02` properties, without parsing the rest.
+pub fn find_tags(raw_properties: &[u8]) -> Option<&str> {
+    raw_properties
+        .split(|&b| b == PROPERTY_SEPARATOR)
+        .find_map(|pair| pair.strip_prefix(b"TAGS\x01"))
+        .and_then(|v| str::from_utf8(v).ok())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn find_tags_in_raw_properties() {
+        assert_eq!(find_tags(b"KEYS\x01k\x02TAGS\x01TagA\x02"), Some("TagA"));
+        assert_eq!(find_tags(b"XTAGS\x01no\x02"), None);
+        assert_eq!(find_tags(b""), None);
+    }
+}

@@ -1,0 +1,12 @@
+//! Files on disk: memory-mapped files and the queue of them, their allocation and warm-up,
+//! the store lock and abort marker, free-space checks, and the `IoHook` fault seam every
+//! durable step consults. Nothing here knows what a record or a queue is.
+
+pub(crate) mod allocate;
+pub(crate) mod disk;
+pub(crate) mod file_queue;
+pub(crate) mod io_hook;
+pub(crate) mod lock;
+#[allow(unsafe_code)]
+pub(crate) mod mapped_file;
+pub(crate) mod ops;

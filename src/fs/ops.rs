@@ -1,0 +1,108 @@
+//! Every file-system call that changes what is on disk outside a mapping: create, rename,
+//! remove and sync of files and directories. Each consults the [`IoHook`] first, so a test
+//! can fail or stall any of them.
+//!
+//! The hook covers the data files (commit log, consume queues) and their directories. The
+//! control files (the lock, the abort marker, the checkpoint and the queue table) pass
+//! `None`: a test that stalls every sync of the data must still be able to open a store.
+
+use std::fs::{self, File};
+use std::io::{self, Write};
+use std::path::Path;
+use std::sync::Arc;
+
+use crate::error::{Error, Result};
+use crate::fs::io_hook::IoHook;
+
+/// The hook as the store threads it through.
+pub(crate) type Hook<'a> = Option<&'a Arc<dyn IoHook>>;
+
+/// Makes a directory's entries (a created or renamed file) durable.
+pub(crate) fn sync_dir(dir: &Path) -> Result<()> {
+    sync_dir_with(dir, None)
+}
+
+/// [`sync_dir`], through the fault-injection hook.
+pub(crate) fn sync_dir_with(dir: &Path, hook: Hook<'_>) -> Result<()> {
+    if let Some(h) = hook {
+        h.before_sync_dir(dir)
+            .map_err(|e| Error::io("sync directory", dir, e))?;
+    }
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| Error::io("sync directory", dir, e))
+}
+
+/// Creates `dir` and any missing parents, syncing the parent of each directory created, so
+/// that a crash cannot lose the path to files made durable inside it.
+pub(crate) fn create_dir_durable(dir: &Path, hook: Hook<'_>) -> Result<()> {
+    if dir.is_dir() {
+        return Ok(());
+    }
+    let mut missing = Vec::new();
+    let mut at = Some(dir);
+    while let Some(d) = at.filter(|d| !d.as_os_str().is_empty() && !d.exists()) {
+        missing.push(d);
+        at = d.parent();
+    }
+    fs::create_dir_all(dir).map_err(|e| Error::io("create directory", dir, e))?;
+    // Outermost first: each new name is durable before anything is created below it.
+    for created in missing.iter().rev() {
+        if let Some(parent) = created.parent().filter(|p| !p.as_os_str().is_empty()) {
+            sync_dir_with(parent, hook)?;
+        }
+    }
+    Ok(())
+}
+
+/// Removes a store file, through the fault-injection hook.
+pub(crate) fn remove_file_with(path: &Path, hook: Hook<'_>) -> Result<()> {
+    if let Some(h) = hook {
+        h.before_remove(path)
+            .map_err(|e| Error::io("remove", path, e))?;
+    }
+    match fs::remove_file(path) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(Error::io("remove", path, e)),
+    }
+}
+
+/// Removes a directory and everything in it, through the hook; a missing one is fine.
+pub(crate) fn remove_dir_all(dir: &Path, hook: Hook<'_>) -> Result<()> {
+    if let Some(h) = hook {
+        h.before_remove(dir)
+            .map_err(|e| Error::io("remove", dir, e))?;
+    }
+    match fs::remove_dir_all(dir) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(Error::io("remove", dir, e)),
+    }
+}
+
+/// Replaces `path` with `bytes` atomically and durably: a synced `.tmp` sibling renamed over
+/// it, then the directory synced. A crash leaves the old file or the new one, never a mix.
+pub(crate) fn replace_file(path: &Path, bytes: &[u8], hook: Hook<'_>) -> Result<()> {
+    let tmp = path.with_extension("tmp");
+    if let Some(h) = hook {
+        h.before_create(&tmp)
+            .map_err(|e| Error::io("create", &tmp, e))?;
+    }
+    let write = || -> io::Result<()> {
+        let mut f = File::create(&tmp)?;
+        f.write_all(bytes)?;
+        if let Some(h) = hook {
+            h.before_sync(&tmp)?;
+        }
+        f.sync_all()
+    };
+    write().map_err(|e| Error::io("write", &tmp, e))?;
+    if let Some(h) = hook {
+        h.before_rename(path)
+            .map_err(|e| Error::io("rename", path, e))?;
+    }
+    fs::rename(&tmp, path).map_err(|e| Error::io("rename", path, e))?;
+    let dir = path.parent().filter(|d| !d.as_os_str().is_empty());
+    sync_dir_with(dir.unwrap_or(Path::new(".")), hook)
+}

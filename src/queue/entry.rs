@@ -1,0 +1,91 @@
+//! One consume-queue entry: where a message of a topic/queue lies in the commit log, in
+//! RocketMQ's 20 bytes (`docs/FORMAT.md`).
+
+use crate::commit_log::record::{RecordView, find_tags};
+
+/// Size of one consume-queue entry: commit-log offset i64, record size i32, tag hash i64.
+pub const CQ_ENTRY_LEN: usize = 20;
+
+/// One consume-queue entry: where a message of a topic/queue is in the commit log.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CqEntry {
+    /// Commit-log offset of the record.
+    pub physical_offset: u64,
+    /// Record size in bytes.
+    pub size: u32,
+    /// Java `String.hashCode` of the TAGS property, 0 without tags.
+    pub tag_hash: i64,
+}
+
+impl CqEntry {
+    /// The entry that indexes `view`.
+    pub fn of(view: &RecordView<'_>) -> CqEntry {
+        CqEntry {
+            physical_offset: view.physical_offset,
+            size: view.total_size,
+            tag_hash: tag_hash(find_tags(view.properties)),
+        }
+    }
+
+    /// The 20 stored bytes.
+    pub fn encode(&self) -> [u8; CQ_ENTRY_LEN] {
+        let mut b = [0u8; CQ_ENTRY_LEN];
+        b[..8].copy_from_slice(&(self.physical_offset as i64).to_be_bytes());
+        b[8..12].copy_from_slice(&(self.size as i32).to_be_bytes());
+        b[12..].copy_from_slice(&self.tag_hash.to_be_bytes());
+        b
+    }
+
+    /// Reads an entry; `None` for an unwritten (all-zero size) or negative entry.
+    pub fn decode(b: &[u8; CQ_ENTRY_LEN]) -> Option<CqEntry> {
+        let physical_offset = i64::from_be_bytes(b[..8].try_into().expect("8 bytes"));
+        let size = i32::from_be_bytes(b[8..12].try_into().expect("4 bytes"));
+        let tag_hash = i64::from_be_bytes(b[12..].try_into().expect("8 bytes"));
+        if size <= 0 || physical_offset < 0 {
+            return None;
+        }
+        Some(CqEntry {
+            physical_offset: physical_offset as u64,
+            size: size as u32,
+            tag_hash,
+        })
+    }
+}
+
+/// RocketMQ's tag hash: Java's `String.hashCode` (over UTF-16 code units, wrapping i32),
+/// widened to i64. 0 when there are no tags.
+pub fn tag_hash(tags: Option<&str>) -> i64 {
+    let Some(tags) = tags else { return 0 };
+    let mut h: i32 = 0;
+    for unit in tags.encode_utf16() {
+        h = h.wrapping_mul(31).wrapping_add(i32::from(unit));
+    }
+    i64::from(h)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tag_hash_matches_java_string_hash_code() {
+        // Values of "TagA".hashCode() etc. as Java computes them.
+        assert_eq!(tag_hash(Some("TagA")), 2_598_919);
+        assert_eq!(tag_hash(Some("")), 0);
+        assert_eq!(tag_hash(None), 0);
+        assert_eq!(tag_hash(Some("hello world, a longer tag")), -1_130_731_654);
+        // Outside the BMP Java hashes the two UTF-16 surrogates.
+        assert_eq!(tag_hash(Some("\u{1F600}")), 0xD83D * 31 + 0xDE00);
+    }
+
+    #[test]
+    fn cq_entry_round_trip() {
+        let e = CqEntry {
+            physical_offset: 1 << 40,
+            size: 1234,
+            tag_hash: -5,
+        };
+        assert_eq!(CqEntry::decode(&e.encode()), Some(e));
+        assert_eq!(CqEntry::decode(&[0u8; CQ_ENTRY_LEN]), None);
+    }
+}
