@@ -66,6 +66,25 @@ pub fn is_tmp_file_name(name: &str) -> bool {
     name.ends_with(TMP_SUFFIX)
 }
 
+/// The data files (commit-log or consume-queue files) of `dir`, with the offset each one's
+/// name stands for, in offset order. Other names, such as unfinished `.tmp` files, are
+/// left out.
+pub fn data_files(dir: &Path) -> std::io::Result<Vec<(u64, PathBuf)>> {
+    let mut files = Vec::new();
+    for entry in std::fs::read_dir(dir)? {
+        let path = entry?.path();
+        if let Some(offset) = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .and_then(parse_file_name)
+        {
+            files.push((offset, path));
+        }
+    }
+    files.sort();
+    Ok(files)
+}
+
 /// `{root}/commitlog`.
 pub fn commit_log_dir(root: &Path) -> PathBuf {
     root.join(COMMIT_LOG_DIR)
@@ -106,4 +125,54 @@ pub fn checkpoint_file(root: &Path) -> PathBuf {
 /// `{root}/queue_table`.
 pub fn queue_table_file(root: &Path) -> PathBuf {
     root.join(QUEUE_TABLE_FILE)
+}
+
+/// What a path inside `consumequeue/` names, parsed back: the store root, topic and queue
+/// id of a queue directory (`{root}/consumequeue/{topic}/{queue id}`) or of a file in one.
+/// `None` for any other path.
+///
+/// ```
+/// use std::path::Path;
+/// use rocketstore::layout;
+///
+/// let root = Path::new("/store");
+/// let file = layout::queue_dir(root, "TopicA", 3).join(layout::file_name(0));
+/// assert_eq!(layout::parse_queue_path(&file), Some((root.to_owned(), "TopicA".into(), 3)));
+/// assert_eq!(layout::parse_queue_path(&layout::commit_log_file(root, 0)), None);
+/// ```
+pub fn parse_queue_path(path: &Path) -> Option<(PathBuf, String, u32)> {
+    let dir = match path.file_name()?.to_str().and_then(parse_file_name) {
+        Some(_) => path.parent()?,
+        None => path,
+    };
+    let queue_id = dir.file_name()?.to_str()?.parse().ok()?;
+    let topic_dir = dir.parent()?;
+    let queues = topic_dir.parent()?;
+    if queues.file_name()? != CONSUME_QUEUE_DIR {
+        return None;
+    }
+    let topic = topic_dir.file_name()?.to_str()?.to_owned();
+    Some((queues.parent()?.to_owned(), topic, queue_id))
+}
+
+/// Every queue directory under `{root}/consumequeue/`, sorted; none when it is missing.
+pub fn queue_dirs(root: &Path) -> std::io::Result<Vec<PathBuf>> {
+    let mut dirs = Vec::new();
+    let queues = consume_queue_dir(root);
+    if !queues.is_dir() {
+        return Ok(dirs);
+    }
+    for topic in std::fs::read_dir(queues)? {
+        let topic = topic?.path();
+        if topic.is_dir() {
+            for queue in std::fs::read_dir(&topic)? {
+                let queue = queue?.path();
+                if queue.is_dir() {
+                    dirs.push(queue);
+                }
+            }
+        }
+    }
+    dirs.sort();
+    Ok(dirs)
 }

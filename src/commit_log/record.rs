@@ -496,6 +496,137 @@ impl RecordView<'_> {
     }
 }
 
+/// One step of a walk over the records of a file ([`Records`]).
+#[derive(Debug, Clone, Copy)]
+pub enum Step<'a> {
+    /// A record, parsed (and checked, for a [`Records::verified`] walk).
+    Record(RecordView<'a>),
+    /// The blank record that ends a file: the log goes on at the start of the next one.
+    Blank,
+    /// Zeros: nothing was written from here on.
+    Empty,
+}
+
+/// The one walk over the records of a commit-log file: reopen, dispatch and the dumper
+/// all read records through it.
+///
+/// `bytes` are a file's bytes from some record boundary, ending where the file (or what
+/// may be read of it) ends; `start_offset` is the commit-log offset of `bytes[0]`. The walk
+/// yields each record in order and stops after the first [`Step::Blank`], [`Step::Empty`]
+/// or error; [`Records::offset`] then says where it stopped.
+///
+/// ```
+/// use std::net::SocketAddr;
+/// use rocketstore::Message;
+/// use rocketstore::format::{self, Records, Step};
+///
+/// let host: SocketAddr = "127.0.0.1:10911".parse().unwrap();
+/// let mut file = Vec::new();
+/// for i in 0..3u64 {
+///     let mut rec = format::encode(&Message::new("T", 0u32, &b"hi"[..]), &host, 1 << 20)?;
+///     rec.assign(i, file.len() as u64, 0);
+///     file.extend_from_slice(rec.as_bytes());
+/// }
+/// file.resize(file.len() + 64, 0); // the unwritten rest of the file
+///
+/// let mut records = Records::new(&file, 0).verified(true);
+/// let offsets: Vec<u64> = records
+///     .by_ref()
+///     .map_while(|step| match step {
+///         Ok(Step::Record(view)) => Some(view.queue_offset),
+///         _ => None,
+///     })
+///     .collect();
+/// assert_eq!(offsets, [0, 1, 2]);
+/// assert_eq!(records.offset() as usize, file.len() - 64);
+/// # Ok::<(), rocketstore::Error>(())
+/// ```
+#[derive(Debug, Clone)]
+pub struct Records<'a> {
+    bytes: &'a [u8],
+    start: u64,
+    pos: usize,
+    verify: bool,
+    check_crc: bool,
+    done: bool,
+}
+
+impl<'a> Records<'a> {
+    /// Walks `bytes`, whose first byte is at commit-log offset `start_offset`. Records are
+    /// parsed (every length checked) but not otherwise verified.
+    pub fn new(bytes: &'a [u8], start_offset: u64) -> Records<'a> {
+        Records {
+            bytes,
+            start: start_offset,
+            pos: 0,
+            verify: false,
+            check_crc: false,
+            done: false,
+        }
+    }
+
+    /// Also checks each record as recovery must before trusting it: its PHYSICALOFFSET is
+    /// where it lies, its topic is valid and its properties well-formed; with `check_crc`,
+    /// its body CRC too. A record that fails is an error step.
+    pub fn verified(mut self, check_crc: bool) -> Records<'a> {
+        self.verify = true;
+        self.check_crc = check_crc;
+        self
+    }
+
+    /// Commit-log offset of the next record: after the walk stopped, where it stopped
+    /// (the blank record, the zeros, or the record that failed).
+    pub fn offset(&self) -> u64 {
+        self.start + self.pos as u64
+    }
+
+    /// Byte position of [`Records::offset`] within `bytes`.
+    pub fn position(&self) -> usize {
+        self.pos
+    }
+
+    fn step(&mut self) -> Result<Step<'a>> {
+        let offset = self.offset();
+        let rest = &self.bytes[self.pos..];
+        let size = match peek(rest, offset)? {
+            Peek::Record { size } => size,
+            Peek::Blank => return Ok(Step::Blank),
+            Peek::Empty => return Ok(Step::Empty),
+        };
+        let view = parse(&rest[..size], offset)?;
+        if self.verify {
+            if self.check_crc && !view.crc_ok() {
+                return Err(Error::corrupted(offset, "body CRC mismatch"));
+            }
+            if view.physical_offset != offset {
+                let reason = format!("record says it is at {}", view.physical_offset);
+                return Err(Error::corrupted(offset, reason));
+            }
+            if let Err(e) = validate_topic(view.topic) {
+                return Err(Error::corrupted(offset, e.to_string()));
+            }
+            if !properties_well_formed(view.properties) {
+                return Err(Error::corrupted(offset, "malformed properties"));
+            }
+        }
+        self.pos += size;
+        Ok(Step::Record(view))
+    }
+}
+
+impl<'a> Iterator for Records<'a> {
+    type Item = Result<Step<'a>>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.done || self.pos >= self.bytes.len() {
+            return None;
+        }
+        let step = self.step();
+        self.done = !matches!(step, Ok(Step::Record(_)));
+        Some(step)
+    }
+}
+
 /// Decodes the record at the start of `record` into a [`StoredMessage`] whose body shares
 /// `record`'s memory. With `verify_crc`, a body whose CRC does not match is an error.
 pub fn decode(record: &Bytes, offset: u64, verify_crc: bool) -> Result<StoredMessage> {

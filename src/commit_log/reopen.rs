@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use crate::commit_log::record::{self, Peek, RecordView};
+use crate::commit_log::record::{RecordView, Records, Step};
 use crate::error::{Error, Result};
 use crate::fs::mapped_file::{FileWriter, MappedFile};
 
@@ -38,60 +38,33 @@ fn scan_file(
     last_ts: &mut i64,
     check_crc: bool,
 ) -> Result<(usize, Stop)> {
-    let start = file.start_offset();
     let bytes = file
         .visible_from(0)
         .expect("an opened file is fully visible");
-    let mut pos = 0usize;
-    while pos < bytes.len() {
-        let offset = start + pos as u64;
-        let rest = &bytes[pos..];
-        let size = match record::peek(rest, offset) {
-            Ok(Peek::Record { size }) => size,
-            Ok(Peek::Blank) => return Ok((bytes.len(), Stop::FileEnd)),
-            Ok(Peek::Empty) => return Ok((pos, Stop::Empty)),
-            Err(e) => return Ok((pos, Stop::Invalid(e))),
+    let mut records = Records::new(&bytes, file.start_offset()).verified(check_crc);
+    while let Some(step) = records.next() {
+        let view = match step {
+            Ok(Step::Record(view)) => view,
+            Ok(Step::Blank) => return Ok((bytes.len(), Stop::FileEnd)),
+            Ok(Step::Empty) => return Ok((records.position(), Stop::Empty)),
+            Err(e) => return Ok((records.position(), Stop::Invalid(e))),
         };
-        let view = match record::parse(&rest[..size], offset) {
-            Ok(v) => v,
-            Err(e) => return Ok((pos, Stop::Invalid(e))),
-        };
-        if check_crc && !view.crc_ok() {
-            return Ok((
-                pos,
-                Stop::Invalid(Error::corrupted(offset, "body CRC mismatch")),
-            ));
-        }
-        if view.physical_offset != offset {
-            let reason = format!("record says it is at {}", view.physical_offset);
-            return Ok((pos, Stop::Invalid(Error::corrupted(offset, reason))));
-        }
-        if let Err(e) = record::validate_topic(view.topic) {
-            return Ok((pos, Stop::Invalid(Error::corrupted(offset, e.to_string()))));
-        }
-        if !record::properties_well_formed(view.properties) {
-            return Ok((
-                pos,
-                Stop::Invalid(Error::corrupted(offset, "malformed properties")),
-            ));
-        }
         if !sink.record(&view)? {
+            let pos = records.position() - view.total_size as usize;
             let reason = "queue offset out of sequence for its queue";
-            return Ok((pos, Stop::Invalid(Error::corrupted(offset, reason))));
+            let e = Error::corrupted(view.physical_offset, reason);
+            return Ok((pos, Stop::Invalid(e)));
         }
         *last_ts = (*last_ts).max(view.store_timestamp);
-        pos += size;
     }
-    Ok((pos, Stop::FileEnd))
+    Ok((records.position(), Stop::FileEnd))
 }
 
 /// Store time of the first record of `file`, if it has a readable one.
 fn first_timestamp(file: &Arc<MappedFile>) -> Option<i64> {
     let bytes = file.visible_from(0)?;
-    match record::peek(&bytes, file.start_offset()).ok()? {
-        Peek::Record { size } => record::parse(&bytes[..size], file.start_offset())
-            .ok()
-            .map(|v| v.store_timestamp),
+    match Records::new(&bytes, file.start_offset()).next()? {
+        Ok(Step::Record(view)) => Some(view.store_timestamp),
         _ => None,
     }
 }

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use parking_lot::{Condvar, Mutex};
 
 use crate::checkpoint::{Checkpoint, CheckpointTimes};
-use crate::commit_log::record::{self, Peek, RecordView};
+use crate::commit_log::record::{RecordView, Records, Step};
 use crate::commit_log::{CommitLog, Wakeup};
 use crate::error::{Error, Result};
 use crate::queue::consume_queue::Indexed;
@@ -281,28 +281,26 @@ fn dispatch_available(s: &Shared, marks: &mut Marks) -> Result<bool> {
             Some(b) if !b.is_empty() => b,
             _ => break,
         };
-        let mut pos = 0usize;
+        let mut records = Records::new(&bytes, at);
         let mut next_file = None;
         let mut last_ts = None;
-        while pos < bytes.len() {
-            let offset = at + pos as u64;
-            match record::peek(&bytes[pos..], offset)? {
-                Peek::Record { size } => {
-                    let view = record::parse(&bytes[pos..pos + size], offset)?;
+        for step in records.by_ref() {
+            match step? {
+                Step::Record(view) => {
                     index_record(&s.queues, &view)?;
                     last_ts = Some(view.store_timestamp);
-                    pos += size;
                 }
-                Peek::Blank => {
+                Step::Blank => {
                     let file_size = s.log.file_size();
-                    next_file = Some((offset / file_size + 1) * file_size);
-                    break;
+                    next_file = Some((at / file_size + 1) * file_size);
                 }
-                Peek::Empty => {
-                    return Err(Error::corrupted(offset, "no record below the readable end"));
+                Step::Empty => {
+                    let reason = "no record below the readable end";
+                    return Err(Error::corrupted(records.offset(), reason));
                 }
             }
         }
+        let pos = records.position();
         at = next_file.unwrap_or(at + pos as u64);
         if let Some(ts) = last_ts {
             s.dispatched_timestamp.store(ts as u64, Ordering::Release);
