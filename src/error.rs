@@ -1,6 +1,8 @@
 //! The one error type of the crate.
 
+use std::io;
 use std::path::PathBuf;
+use std::sync::Arc;
 
 /// Everything that can go wrong in the store, named for what the caller did or met.
 ///
@@ -87,10 +89,13 @@ pub enum Error {
     },
     /// An earlier flush failed; the store refuses writes because a retried fsync can falsely
     /// report success. Reopen the store to recover.
-    #[error("store is poisoned by an earlier flush failure ({cause}); reopen it")]
+    #[error("store is poisoned by an earlier failure ({cause}); reopen it")]
     Poisoned {
-        /// The I/O error that poisoned the store.
-        cause: String,
+        /// What poisoned the store: the failed I/O (its kind kept, its text naming the
+        /// operation and file), or a background thread's panic. Shared by every call the
+        /// store refuses.
+        #[source]
+        cause: Arc<io::Error>,
     },
     /// The store has been shut down.
     #[error("store is shut down")]
@@ -146,6 +151,24 @@ impl Error {
             path: path.into(),
             source,
         }
+    }
+
+    /// The error a caller meets once the store is poisoned by `cause`.
+    pub(crate) fn poisoned(cause: &Arc<io::Error>) -> Self {
+        Error::Poisoned {
+            cause: cause.clone(),
+        }
+    }
+
+    /// This error as an `io::Error` of the same kind (`Other` when it is not an I/O
+    /// failure), whose text is this error's: what a poisoning keeps of its cause.
+    pub(crate) fn to_io(&self, context: &str) -> Arc<io::Error> {
+        let kind = match self {
+            Error::Io { source, .. } => source.kind(),
+            Error::Poisoned { cause } => cause.kind(),
+            _ => io::ErrorKind::Other,
+        };
+        Arc::new(io::Error::new(kind, format!("{context}: {self}")))
     }
 
     pub(crate) fn corrupted(offset: u64, reason: impl Into<String>) -> Self {

@@ -48,6 +48,8 @@
 #![deny(unsafe_op_in_unsafe_fn)]
 // `unsafe` compiles in the mapped-file layer only.
 #![deny(unsafe_code)]
+// Panics are spelled `expect("why it cannot fail")`; tests may unwrap.
+#![cfg_attr(not(test), deny(clippy::unwrap_used))]
 
 mod checkpoint;
 mod commit_log;
@@ -74,7 +76,9 @@ pub use message::{
 pub use queue::read::{GetResult, GetStatus, TagFilter};
 pub use store::MessageStore;
 
-/// Measurement hooks for the benches; not part of the supported API.
+/// Measurement hooks for `benches/limits.rs`, behind the `bench-internals` feature; not
+/// part of the supported API.
+#[cfg(feature = "bench-internals")]
 #[doc(hidden)]
 pub use fs::mapped_file::probe;
 

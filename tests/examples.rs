@@ -102,8 +102,9 @@ fn dumper_lists_summarises_and_verifies_a_store() {
         "{out}"
     );
 
-    let cp = format!("{root}/checkpoint");
-    let (code, out) = run(&[&cp]);
+    let cp = layout::checkpoint_file(dir.path());
+    let cp = cp.to_str().unwrap();
+    let (code, out) = run(&[cp]);
     assert_eq!(code, 0);
     assert!(out.starts_with("physic"), "{out}");
 

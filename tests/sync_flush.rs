@@ -171,3 +171,35 @@ fn put_message_async_times_out_like_put_message() {
     let r = pollster::block_on(store.put_message_async(message("T", 0, "t", 1))).unwrap();
     assert_eq!(r.status, PutStatus::Ok);
 }
+
+struct FullDiskSync(AtomicBool);
+
+impl IoHook for FullDiskSync {
+    fn before_sync(&self, _path: &Path) -> io::Result<()> {
+        if self.0.load(Ordering::SeqCst) {
+            return Err(io::Error::new(
+                io::ErrorKind::StorageFull,
+                "injected ENOSPC",
+            ));
+        }
+        Ok(())
+    }
+}
+
+#[test]
+fn a_poisoned_store_keeps_the_io_error_as_the_source() {
+    let dir = tempfile::tempdir().unwrap();
+    let hook = Arc::new(FullDiskSync(AtomicBool::new(false)));
+    let store = MessageStore::open(config(dir.path(), sync_mode()).io_hook(hook.clone())).unwrap();
+    hook.0.store(true, Ordering::SeqCst);
+    let _ = store.put_message(&message("P", 0, "p", 0));
+    let err = store.put_message(&message("P", 0, "p", 1)).unwrap_err();
+    assert!(matches!(err, Error::Poisoned { .. }), "{err}");
+    let source = std::error::Error::source(&err).expect("the cause is the source");
+    let io = source
+        .downcast_ref::<Arc<io::Error>>()
+        .expect("the shared io::Error");
+    assert_eq!(io.kind(), io::ErrorKind::StorageFull);
+    assert!(io.to_string().contains("injected ENOSPC"), "{io}");
+    assert!(store.shutdown().is_err());
+}

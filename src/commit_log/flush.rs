@@ -228,7 +228,8 @@ impl Drop for ExitGuard<'_> {
         if !std::thread::panicking() {
             return;
         }
-        self.log.poison_with("the flush thread panicked".to_owned());
+        let cause = std::io::Error::other("the flush thread panicked");
+        self.log.poison_with(std::sync::Arc::new(cause));
         let mut st = self.shared.state.lock();
         fail_futures(&mut st, self.log);
         st.stopped = true;

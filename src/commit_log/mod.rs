@@ -89,7 +89,7 @@ pub(crate) struct CommitLog {
     flushed_offset: AtomicU64,
     flush_lock: Mutex<()>,
     poisoned: AtomicBool,
-    poison_cause: Mutex<Option<String>>,
+    poison_cause: Mutex<Option<Arc<std::io::Error>>>,
     /// The abort marker, where a poisoning is recorded for the next open.
     abort_path: std::path::PathBuf,
     wakeup: Arc<Wakeup>,
@@ -263,8 +263,9 @@ impl CommitLog {
 
     /// The error every write gets once the log is poisoned.
     pub(crate) fn poison_error(&self) -> Error {
-        let cause = self.poison_cause.lock().clone().unwrap_or_default();
-        Error::Poisoned { cause }
+        let cause = self.poison_cause.lock().clone();
+        let cause = cause.unwrap_or_else(|| Arc::new(std::io::Error::other("poisoned")));
+        Error::poisoned(&cause)
     }
 
     pub(crate) fn is_poisoned(&self) -> bool {
@@ -272,11 +273,11 @@ impl CommitLog {
     }
 
     fn poison(&self, cause: &Error) {
-        self.poison_with(format!("flush failed: {cause}"));
+        self.poison_with(cause.to_io("flush failed"));
     }
 
     /// Refuses every later write and flush, for `cause` (the first cause is kept).
-    pub(crate) fn poison_with(&self, cause: String) {
+    pub(crate) fn poison_with(&self, cause: Arc<std::io::Error>) {
         let mut slot = self.poison_cause.lock();
         if slot.is_none() {
             log::error!("refusing further writes: {cause}");

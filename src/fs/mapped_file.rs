@@ -546,6 +546,7 @@ mod tests {
 
 /// Support for `benches/limits.rs`: the machine's copy bandwidth into a fresh or a
 /// pre-touched file mapping, measured through this layer's own create, warm and write.
+#[cfg(feature = "bench-internals")]
 #[doc(hidden)]
 pub mod probe {
     use std::path::Path;

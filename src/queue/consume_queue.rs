@@ -32,12 +32,16 @@ pub(crate) enum Load {
 }
 
 /// What putting an entry did.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum Indexed {
     /// Appended at the end.
     Appended,
     /// The same entry was already there: nothing written.
-    AlreadyIndexed,
+    Already,
+    /// A different entry is already at that queue offset: nothing written.
+    Conflict(String),
+    /// The queue offset is past the queue's end: writing it would leave a hole.
+    Gap(String),
 }
 
 pub(crate) struct ConsumeQueue {
@@ -385,7 +389,8 @@ impl ConsumeQueue {
     }
 
     /// Indexes `entry` at `queue_offset`. Idempotent: the same entry at an indexed offset
-    /// writes nothing. A different entry there, or an offset past the end, is an error.
+    /// writes nothing. A different entry there, or an offset past the end, writes nothing
+    /// and says so; an error is an I/O failure.
     pub(crate) fn put(&self, queue_offset: u64, entry: CqEntry) -> Result<Indexed> {
         let mut writer = self.writer.lock();
         if self.restartable.load(Ordering::Acquire) {
@@ -403,14 +408,11 @@ impl ConsumeQueue {
         let mut next = self.max_offset();
         if queue_offset < next {
             return match self.entry(queue_offset) {
-                Some(e) if e == entry => Ok(Indexed::AlreadyIndexed),
-                _ => Err(Error::corrupted(
-                    entry.physical_offset,
-                    format!(
-                        "consume queue {} already holds a different entry at {queue_offset}",
-                        self.dir.display()
-                    ),
-                )),
+                Some(e) if e == entry => Ok(Indexed::Already),
+                _ => Ok(Indexed::Conflict(format!(
+                    "consume queue {} already holds a different entry at {queue_offset}",
+                    self.dir.display()
+                ))),
             };
         }
         if queue_offset > next && self.is_fresh() {
@@ -422,13 +424,10 @@ impl ConsumeQueue {
             next = queue_offset;
         }
         if queue_offset > next {
-            return Err(Error::corrupted(
-                entry.physical_offset,
-                format!(
-                    "consume queue {} would skip from {next} to {queue_offset}",
-                    self.dir.display()
-                ),
-            ));
+            return Ok(Indexed::Gap(format!(
+                "consume queue {} would skip from {next} to {queue_offset}",
+                self.dir.display()
+            )));
         }
         if writer.as_ref().is_none_or(|w| w.remaining() < CQ_ENTRY_LEN) {
             *writer = Some(self.new_file(next)?);
@@ -493,13 +492,14 @@ mod tests {
             assert_eq!(q.put(i, entry(i)).unwrap(), Indexed::Appended);
         }
         // Re-dispatching indexed records writes nothing.
-        assert_eq!(q.put(3, entry(3)).unwrap(), Indexed::AlreadyIndexed);
+        assert_eq!(q.put(3, entry(3)).unwrap(), Indexed::Already);
         assert_eq!(q.max_offset(), 12);
         assert!(
-            q.put(3, entry(4)).is_err(),
+            matches!(q.put(3, entry(4)).unwrap(), Indexed::Conflict(_)),
             "a different entry at an indexed offset"
         );
-        assert!(q.put(14, entry(14)).is_err(), "a gap");
+        assert!(matches!(q.put(14, entry(14)).unwrap(), Indexed::Gap(_)));
+        assert_eq!(q.max_offset(), 12, "neither wrote anything");
         assert_eq!(q.entries(4, 10), (4..5).map(entry).collect::<Vec<_>>());
         assert_eq!(q.entry(11), Some(entry(11)));
         q.flush().unwrap();

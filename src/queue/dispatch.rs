@@ -20,12 +20,20 @@ use crate::queue::consume_queue::Indexed;
 use crate::queue::entry::CqEntry;
 use crate::queue::queues::ConsumeQueues;
 
-/// Indexes one record in its consume queue.
-pub(crate) fn index_record(queues: &ConsumeQueues, view: &RecordView<'_>) -> Result<Indexed> {
+/// Indexes one record in its consume queue. At run time a record its queue cannot take
+/// (another entry at its queue offset, or a hole before it) means the log and the queue
+/// disagree: corruption.
+fn index_record(queues: &ConsumeQueues, view: &RecordView<'_>) -> Result<()> {
     let entry = CqEntry::of(view);
-    queues
+    match queues
         .get_or_create(view.topic, view.queue_id)
-        .put(view.queue_offset, entry)
+        .put(view.queue_offset, entry)?
+    {
+        Indexed::Appended | Indexed::Already => Ok(()),
+        Indexed::Conflict(reason) | Indexed::Gap(reason) => {
+            Err(Error::corrupted(view.physical_offset, reason))
+        }
+    }
 }
 
 struct Shared {
@@ -46,11 +54,11 @@ struct Shared {
     progressed: Condvar,
     checkpoint: Mutex<Checkpoint>,
     /// The last round's error, while it lasts.
-    failure: Mutex<Option<String>>,
+    failure: Mutex<Option<Arc<std::io::Error>>>,
     /// A consume-queue sync failed. A retried sync may report success for pages the kernel
     /// already dropped, so the checkpoint never advances again in this run, and shutdown
     /// leaves the store to be recovered as after a crash.
-    queue_sync_failed: Mutex<Option<String>>,
+    queue_sync_failed: Mutex<Option<Arc<std::io::Error>>>,
 }
 
 pub(crate) struct Dispatcher {
@@ -157,10 +165,10 @@ impl Dispatcher {
             log::error!("the dispatch thread panicked");
         }
         if let Some(cause) = self.shared.failure.lock().clone() {
-            return Err(Error::Poisoned { cause });
+            return Err(Error::poisoned(&cause));
         }
         if let Some(cause) = self.shared.queue_sync_failed.lock().clone() {
-            return Err(Error::Poisoned { cause });
+            return Err(Error::poisoned(&cause));
         }
         Ok(())
     }
@@ -174,7 +182,7 @@ impl Drop for ExitGuard<'_> {
     fn drop(&mut self) {
         let s = self.0;
         if std::thread::panicking() {
-            let cause = "the dispatch thread panicked".to_owned();
+            let cause = Arc::new(std::io::Error::other("the dispatch thread panicked"));
             *s.failure.lock() = Some(cause.clone());
             s.log.poison_with(cause);
         }
@@ -236,7 +244,7 @@ fn run(s: &Shared) {
                 if failure.is_none() {
                     log::error!("dispatch failed, retrying every {RETRY:?}: {e}");
                 }
-                *failure = Some(e.to_string());
+                *failure = Some(e.to_io("dispatch failed"));
                 drop(failure);
                 {
                     let _guard = s.progress.lock();
@@ -335,7 +343,7 @@ fn flush_and_checkpoint(s: &Shared, marks: &mut Marks) -> Result<()> {
             "a consume-queue sync failed; the checkpoint's queue time stays where it is until \
              the store is reopened, which re-indexes from it: {e}"
         );
-        *s.queue_sync_failed.lock() = Some(format!("a consume-queue sync failed: {e}"));
+        *s.queue_sync_failed.lock() = Some(e.to_io("a consume-queue sync failed"));
         queues_durable = false;
     }
     let flushed = s.log.flushed_offset();

@@ -73,7 +73,7 @@ enum Outcome {
     /// Everything flushed and indexed; the store is marked clean.
     Clean,
     /// Not marked clean (the next open recovers as after a crash), for this reason.
-    Unclean(String),
+    Unclean(Arc<std::io::Error>),
 }
 
 impl std::fmt::Debug for MessageStore {
@@ -405,9 +405,7 @@ impl MessageStore {
         match outcome.as_ref().expect("set above") {
             Outcome::Clean => Ok(()),
             Outcome::Unclean(_) if self.log.is_poisoned() => Err(self.log.poison_error()),
-            Outcome::Unclean(cause) => Err(Error::Poisoned {
-                cause: cause.clone(),
-            }),
+            Outcome::Unclean(cause) => Err(Error::poisoned(cause)),
         }
     }
 
@@ -420,10 +418,10 @@ impl MessageStore {
         // Only a store whose every byte and index entry reached the disk is marked clean;
         // the queue table lets the next open check that no queue went missing.
         let unclean = if self.log.is_poisoned() {
-            Some(self.log.poison_error().to_string())
+            Some(self.log.poison_error().to_io("shutdown"))
         } else if let Err(e) = indexed {
             log::error!("consume queues were not completed: {e}");
-            Some(e.to_string())
+            Some(e.to_io("shutdown"))
         } else if let Err(e) = self
             .queues
             .write_table(&layout::queue_table_file(self.config.root()))
@@ -437,7 +435,7 @@ impl MessageStore {
         };
         if let Err(e) = self.lock.release(unclean.is_none()) {
             log::error!("releasing the store lock: {e}");
-            return Outcome::Unclean(e.to_string());
+            return Outcome::Unclean(e.to_io("releasing the store lock"));
         }
         match unclean {
             None => {

@@ -7,7 +7,7 @@ use crate::commit_log::{CommitLog, RecoverySink, ScanFrom, ScanPlan};
 use crate::config::StoreConfig;
 use crate::error::{Error, Result};
 use crate::layout;
-use crate::queue::consume_queue::Load;
+use crate::queue::consume_queue::{Indexed, Load};
 use crate::queue::entry::{self, CqEntry};
 use crate::queue::queues::{ConsumeQueues, TableRow};
 
@@ -296,18 +296,17 @@ impl RecoverySink for QueueRebuild<'_> {
         }
         match queues
             .get_or_create(view.topic, view.queue_id)
-            .put(view.queue_offset, entry)
+            .put(view.queue_offset, entry)?
         {
-            Ok(_) => Ok(true),
+            Indexed::Appended | Indexed::Already => Ok(true),
             // Rebuilding from empty queues, a queue offset that does not continue its queue
             // can only be a damaged record.
-            Err(Error::Corrupted { .. }) if self.mode == Mode::Rebuild => Ok(false),
+            Indexed::Conflict(_) | Indexed::Gap(_) if self.mode == Mode::Rebuild => Ok(false),
             // From the checkpoint, the queues are behind what it promised: rebuild.
-            Err(Error::Corrupted { reason, .. }) => {
+            Indexed::Conflict(reason) | Indexed::Gap(reason) => {
                 self.mismatch = Some(reason);
                 Ok(true)
             }
-            Err(e) => Err(e),
         }
     }
 
