@@ -87,6 +87,8 @@ pub(crate) struct CommitLog {
     slow_put_threshold: Duration,
     write_offset: AtomicU64,
     flushed_offset: AtomicU64,
+    /// Readers see only flushed bytes (sync flush), else written ones.
+    readers_wait_for_flush: bool,
     flush_lock: Mutex<()>,
     poisoned: AtomicBool,
     poison_cause: Mutex<Option<Arc<std::io::Error>>>,
@@ -171,6 +173,7 @@ impl CommitLog {
         );
         allocator.prepare(writer.file().start_offset() + file_size);
         Ok(CommitLog {
+            readers_wait_for_flush: config.flush_mode.is_sync(),
             files,
             state: Mutex::new(AppendState {
                 writer,
@@ -247,6 +250,17 @@ impl CommitLog {
     /// End of the durable records.
     pub(crate) fn flushed_offset(&self) -> u64 {
         self.flushed_offset.load(Ordering::Acquire)
+    }
+
+    /// End of what readers (get, lookup, dispatch) may see: the flushed offset under sync
+    /// flush, so nothing a crash could take back is ever served; the written offset under
+    /// async flush.
+    pub(crate) fn readable_offset(&self) -> u64 {
+        if self.readers_wait_for_flush {
+            self.flushed_offset()
+        } else {
+            self.write_offset()
+        }
     }
 
     /// First offset still stored.

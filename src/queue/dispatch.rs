@@ -40,7 +40,6 @@ struct Shared {
     log: Arc<CommitLog>,
     queues: Arc<ConsumeQueues>,
     wakeup: Arc<Wakeup>,
-    sync_flush: bool,
     flush_interval: Duration,
     /// Commit-log offset up to which every record is indexed.
     dispatched: Arc<AtomicU64>,
@@ -72,7 +71,6 @@ impl Dispatcher {
         log: Arc<CommitLog>,
         queues: Arc<ConsumeQueues>,
         checkpoint: Checkpoint,
-        sync_flush: bool,
         flush_interval: Duration,
     ) -> Result<Dispatcher> {
         let wakeup = Arc::clone(log.wakeup());
@@ -82,7 +80,6 @@ impl Dispatcher {
             log,
             queues,
             wakeup,
-            sync_flush,
             flush_interval,
             dispatched: Arc::new(AtomicU64::new(from)),
             dispatched_timestamp: AtomicU64::new(from_timestamp as u64),
@@ -260,7 +257,7 @@ fn run(s: &Shared) {
         // Nothing new: sleep until a flush or a waiting reader wakes us, or for at most
         // POLL (appends under async flush are picked up by polling).
         s.wakeup.sleeping.store(true, Ordering::Release);
-        if readable_end(s) <= s.dispatched.load(Ordering::Acquire)
+        if s.log.readable_offset() <= s.dispatched.load(Ordering::Acquire)
             && !s.stop.load(Ordering::Acquire)
         {
             let wait = s.flush_interval.saturating_sub(last_flush.elapsed());
@@ -270,17 +267,9 @@ fn run(s: &Shared) {
     }
 }
 
-fn readable_end(s: &Shared) -> u64 {
-    if s.sync_flush {
-        s.log.flushed_offset()
-    } else {
-        s.log.write_offset()
-    }
-}
-
 /// Indexes every readable record not yet indexed. Returns whether anything was.
 fn dispatch_available(s: &Shared, marks: &mut Marks) -> Result<bool> {
-    let end = readable_end(s);
+    let end = s.log.readable_offset();
     let start = s.dispatched.load(Ordering::Acquire);
     let mut at = start;
     while at < end {

@@ -119,7 +119,6 @@ impl MessageStore {
             Arc::clone(&log),
             Arc::clone(&queues),
             recovered.checkpoint,
-            config.flush_mode.is_sync(),
             config.consume_queue_flush_interval,
         )?;
         let retention_thread = RetentionThread::start(
@@ -242,20 +241,10 @@ impl MessageStore {
         }
     }
 
-    /// End of what readers may see: the flushed offset under sync flush (nothing a crash
-    /// could take back is ever served), the written offset under async flush.
-    fn readable_offset(&self) -> u64 {
-        if self.config.flush_mode.is_sync() {
-            self.log.flushed_offset()
-        } else {
-            self.log.write_offset()
-        }
-    }
-
     /// The message whose record starts at `physical_offset`, or `None` when nothing
     /// readable is there. An offset inside a record is refused with [`Error::Corrupted`].
     pub fn lookup_message(&self, physical_offset: u64) -> Result<Option<StoredMessage>> {
-        self.log.read(physical_offset, self.readable_offset())
+        self.log.read(physical_offset, self.log.readable_offset())
     }
 
     /// Up to `max_count` messages of `topic`/`queue_id` from queue offset `offset`, capped
