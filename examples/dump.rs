@@ -102,6 +102,22 @@ fn bad_path(path: &Path, why: impl std::fmt::Display) -> io::Error {
     io::Error::new(io::ErrorKind::InvalidInput, text)
 }
 
+/// Commit-log files are read this much at a time.
+const WINDOW: usize = 64 << 20;
+
+/// Whether the bytes at a stop (`rest` of a window, `file_left` of the file) are a record
+/// that the end of the window cut off, rather than damage.
+fn runs_past(rest: &[u8], file_left: usize) -> bool {
+    match rest.get(..4) {
+        None => true,
+        Some(size) => {
+            let size = i32::from_be_bytes(size.try_into().expect("4 bytes"));
+            (format::MIN_RECORD_LEN as i32..=file_left as i32).contains(&size)
+                && size as usize > rest.len()
+        }
+    }
+}
+
 fn files_of(dir: &Path) -> io::Result<Vec<(u64, PathBuf)>> {
     layout::data_files(dir).map_err(|e| bad_path(dir, e))
 }
@@ -222,65 +238,17 @@ impl<W: Write> Dumper<'_, W> {
             if self.args.to.is_some_and(|to| *start >= to) || self.full() {
                 break;
             }
-            let bytes = std::fs::read(path)?;
-            let mut records = Records::new(&bytes, *start);
-            let mut used = bytes.len();
-            while let Some(step) = records.next() {
-                let v = match step {
-                    _ if self.full() => break,
-                    Ok(Step::Record(v)) => v,
-                    Ok(Step::Blank) => {
-                        let (offset, left) = (records.offset(), bytes.len() - records.position());
-                        used = records.position() + format::BLANK_RECORD_LEN;
-                        let a = self.args;
-                        if !a.summary
-                            && a.topic.is_none()
-                            && a.queue.is_none()
-                            && self.in_range(offset)
-                        {
-                            let text =
-                                format!("{offset:>14} BLANK end of file, {left} bytes unused");
-                            self.show(Row { text, json: json!({"kind": "blank", "offset": offset, "bytes_left": left}) })?;
-                        }
-                        break;
-                    }
-                    Ok(Step::Empty) => {
-                        used = records.position();
-                        break;
-                    }
-                    Err(e) => {
-                        let offset = records.offset();
-                        self.problem("record", offset, &format!("{e}; skipping to the next file"))?;
-                        break;
-                    }
-                };
-                let crc_ok = v.crc_ok();
-                if !crc_ok && self.args.verify {
-                    self.problem("record", v.physical_offset, "body CRC mismatch")?;
-                }
-                let a = self.args;
-                if !self.in_range(v.physical_offset)
-                    || a.topic.as_deref().is_some_and(|t| t != v.topic)
-                    || a.queue.is_some_and(|q| q != v.queue_id)
-                {
-                    continue;
-                }
-                if a.summary {
-                    let (qo, ts) = (v.queue_offset, v.store_timestamp);
-                    let t = totals
-                        .entry((v.topic.into(), v.queue_id))
-                        .or_insert((0, 0, [qo; 2], [ts; 2]));
-                    (t.0, t.1) = (t.0 + 1, t.1 + u64::from(v.total_size));
-                    t.2 = [t.2[0].min(qo), t.2[1].max(qo)];
-                    t.3 = [t.3[0].min(ts), t.3[1].max(ts)];
-                } else if a.verify {
-                    self.checked += 1;
-                } else {
-                    self.show(record_row(&v, crc_ok, a.body))?;
-                }
+            let len = std::fs::metadata(path)?.len() as usize;
+            if self
+                .args
+                .from
+                .is_some_and(|from| start + len as u64 <= from)
+            {
+                continue;
             }
+            let used = self.walk(path, *start, len, &mut totals)?;
             if self.args.summary {
-                let (path, len) = (path.display().to_string(), bytes.len());
+                let path = path.display().to_string();
                 let pct = used as f64 * 100.0 / len.max(1) as f64;
                 let text = format!("file {path} used {used} of {len} bytes ({pct:.1}%)");
                 self.emit(Row {
@@ -302,6 +270,112 @@ impl<W: Write> Dumper<'_, W> {
         Ok(())
     }
 
+    /// Walks one commit-log file of `len` bytes in windows of at most 64 MiB (more when a
+    /// record is larger); returns how far its records reach.
+    fn walk(
+        &mut self,
+        path: &Path,
+        start: u64,
+        len: usize,
+        totals: &mut BTreeMap<(String, u32), Totals>,
+    ) -> io::Result<usize> {
+        let file = std::fs::File::open(path)?;
+        let mut base = 0usize;
+        let mut want = WINDOW;
+        loop {
+            let mut buf = vec![0u8; want.min(len - base)];
+            file.read_exact_at(&mut buf, base as u64)?;
+            let last_window = base + buf.len() == len;
+            let mut records = Records::new(&buf, start + base as u64);
+            while let Some(step) = records.next() {
+                let at = base + records.position();
+                let v = match step {
+                    _ if self.full() => return Ok(at),
+                    Ok(Step::Record(v)) => v,
+                    Ok(Step::Blank) => {
+                        let a = self.args;
+                        let (offset, left) = (start + at as u64, len - at);
+                        if !a.summary
+                            && a.topic.is_none()
+                            && a.queue.is_none()
+                            && self.in_range(offset)
+                        {
+                            let text =
+                                format!("{offset:>14} BLANK end of file, {left} bytes unused");
+                            self.show(Row { text, json: json!({"kind": "blank", "offset": offset, "bytes_left": left}) })?;
+                        }
+                        return Ok(at + format::BLANK_RECORD_LEN);
+                    }
+                    Ok(Step::Empty) => return Ok(at),
+                    Err(_) if !last_window && runs_past(&buf[records.position()..], len - at) => {
+                        break;
+                    }
+                    Err(e) => {
+                        self.problem(
+                            "record",
+                            start + at as u64,
+                            &format!("{e}; skipping to the next file"),
+                        )?;
+                        return Ok(at);
+                    }
+                };
+                // Where the record lies, not what its PHYSICALOFFSET field says.
+                let offset = start + (at - v.total_size as usize) as u64;
+                self.record(offset, &v, totals)?;
+            }
+            let pos = records.position();
+            if last_window && pos == buf.len() {
+                return Ok(len);
+            }
+            // The window ends inside a record: read again from its start, whole.
+            let size = buf[pos..]
+                .get(..4)
+                .map_or(0, |b| i32::from_be_bytes(b.try_into().expect("4 bytes")));
+            want = WINDOW.max(size.max(0) as usize);
+            base += pos;
+        }
+    }
+
+    fn record(
+        &mut self,
+        offset: u64,
+        v: &RecordView<'_>,
+        totals: &mut BTreeMap<(String, u32), Totals>,
+    ) -> io::Result<()> {
+        let crc_ok = v.crc_ok();
+        let a = self.args;
+        if a.verify && !crc_ok {
+            self.problem("record", offset, "body CRC mismatch")?;
+        }
+        if a.verify && v.physical_offset != offset {
+            self.problem(
+                "record",
+                offset,
+                &format!("record says it is at {}", v.physical_offset),
+            )?;
+        }
+        if !self.in_range(offset)
+            || a.topic.as_deref().is_some_and(|t| t != v.topic)
+            || a.queue.is_some_and(|q| q != v.queue_id)
+        {
+            return Ok(());
+        }
+        if a.summary {
+            let (qo, ts) = (v.queue_offset, v.store_timestamp);
+            let t = totals
+                .entry((v.topic.into(), v.queue_id))
+                .or_insert((0, 0, [qo; 2], [ts; 2]));
+            (t.0, t.1) = (t.0 + 1, t.1 + u64::from(v.total_size));
+            t.2 = [t.2[0].min(qo), t.2[1].max(qo)];
+            t.3 = [t.3[0].min(ts), t.3[1].max(ts)];
+        } else if a.verify {
+            self.checked += 1;
+        } else {
+            self.show(record_row(offset, v, crc_ok, a.body))?;
+        }
+        Ok(())
+    }
+
     /// One consume queue: its entries, and with `--verify` each checked against the log.
     fn queue(
         &mut self,
@@ -314,6 +388,12 @@ impl<W: Write> Dumper<'_, W> {
         } else {
             Vec::new()
         };
+        if self.args.verify && log.is_empty() {
+            return Err(bad_path(
+                root,
+                "--verify of a consume queue needs the store's commitlog/",
+            ));
+        }
         for (start, path) in files {
             let bytes = std::fs::read(path)?;
             let entries = bytes
@@ -343,11 +423,12 @@ impl<W: Write> Dumper<'_, W> {
     }
 }
 
-fn record_row(v: &RecordView<'_>, crc_ok: bool, body: Option<BodyFormat>) -> Row {
-    let props: BTreeMap<&str, &str> = std::str::from_utf8(v.properties)
-        .unwrap_or("")
+fn record_row(offset: u64, v: &RecordView<'_>, crc_ok: bool, body: Option<BodyFormat>) -> Row {
+    // In stored order, as text even when not UTF-8.
+    let props: Vec<(String, String)> = String::from_utf8_lossy(v.properties)
         .split(char::from(format::PROPERTY_SEPARATOR))
         .filter_map(|p| p.split_once(char::from(format::NAME_VALUE_SEPARATOR)))
+        .map(|(k, val)| (k.to_owned(), val.to_owned()))
         .collect();
     let preview = &v.body_bytes()[..v.body_bytes().len().min(64)];
     let body = body.map(|f| match f {
@@ -356,7 +437,7 @@ fn record_row(v: &RecordView<'_>, crc_ok: bool, body: Option<BodyFormat>) -> Row
     });
     let text = format!(
         "{:>14} size={} v{} {}/{} qo={} stored={} ({}) born_host={} store_host={} body={} flag={} sysflag={:#x} crc={} [{}]{}",
-        v.physical_offset,
+        offset,
         v.total_size,
         v.version,
         v.topic,
@@ -379,14 +460,18 @@ fn record_row(v: &RecordView<'_>, crc_ok: bool, body: Option<BodyFormat>) -> Row
             .map(|b| format!(" body: {b}"))
             .unwrap_or_default(),
     );
-    let json = json!({
-        "kind": "record", "offset": v.physical_offset, "size": v.total_size, "version": v.version,
+    let mut json = json!({
+        "kind": "record", "offset": offset, "size": v.total_size, "version": v.version,
         "topic": v.topic, "queue": v.queue_id, "queue_offset": v.queue_offset,
         "store_time": iso(v.store_timestamp), "store_ms": v.store_timestamp,
         "born_time": iso(v.born_timestamp), "born_host": v.born_host.to_string(),
         "store_host": v.store_host.to_string(), "body_size": v.body_bytes().len(),
-        "flag": v.flag, "sys_flag": v.sys_flag, "crc_ok": crc_ok, "properties": props, "body": body,
+        "flag": v.flag, "sys_flag": v.sys_flag, "crc_ok": crc_ok,
+        "properties": props.iter().map(|(k, val)| (k.clone(), Value::from(val.as_str()))).collect::<serde_json::Map<_, _>>(),
     });
+    if let Some(b) = body {
+        json["body"] = Value::from(b);
+    }
     Row { text, json }
 }
 

@@ -21,7 +21,8 @@ fn rust_files(dir: &Path, out: &mut Vec<PathBuf>) {
 /// The code of a file without comments and without its `#[cfg(test)]` module.
 fn code(path: &Path) -> String {
     let text = std::fs::read_to_string(path).unwrap();
-    let text = text.split("#[cfg(test)]").next().unwrap();
+    // Unit tests come last in a file (the lint-free `probe` module sits before them).
+    let text = text.split("#[cfg(test)]\nmod tests").next().unwrap();
     text.lines()
         .map(|l| l.split("//").next().unwrap())
         .collect::<Vec<_>>()
@@ -41,7 +42,8 @@ fn module_of(src: &Path, file: &Path) -> String {
     parts.join("::")
 }
 
-/// Every path after `prefix` in `code`, as its `::`-separated words.
+/// Every path after `prefix` in `code`, as its `::`-separated words; groups such as
+/// `crate::{a::X, b::{c, d}}` give one path per leaf.
 fn paths_after(code: &str, prefix: &str) -> Vec<Vec<String>> {
     let mut found = Vec::new();
     let mut rest = code;
@@ -51,19 +53,47 @@ fn paths_after(code: &str, prefix: &str) -> Vec<Vec<String>> {
         if before.is_some_and(|c| c.is_alphanumeric() || c == '_') {
             continue;
         }
-        let words = rest
-            .split(|c: char| !(c.is_alphanumeric() || c == '_' || c == ':'))
-            .next()
-            .unwrap();
-        found.push(
-            words
-                .split("::")
-                .filter(|w| !w.is_empty())
-                .map(str::to_owned)
-                .collect(),
-        );
+        expand(rest, Vec::new(), &mut found);
     }
     found
+}
+
+/// The paths of the use tree at the start of `text`, each prefixed with `base`.
+fn expand(text: &str, base: Vec<String>, out: &mut Vec<Vec<String>>) {
+    let head: String = text
+        .chars()
+        .take_while(|c| c.is_alphanumeric() || *c == '_' || *c == ':')
+        .collect();
+    let mut path = base;
+    path.extend(
+        head.split("::")
+            .filter(|w| !w.is_empty())
+            .map(str::to_owned),
+    );
+    let rest = &text[head.len()..];
+    if !head.is_empty() && !head.ends_with("::") || !rest.starts_with('{') {
+        out.push(path);
+        return;
+    }
+    // A group: split its body at the top-level commas.
+    let (mut depth, mut start) = (0, 1);
+    for (i, c) in rest.char_indices() {
+        match c {
+            '{' => depth += 1,
+            '}' | ',' if depth == 1 => {
+                let item = rest[start..i].trim_start();
+                if !item.is_empty() {
+                    expand(item, path.clone(), out);
+                }
+                start = i + 1;
+                if c == '}' {
+                    return;
+                }
+            }
+            '}' => depth -= 1,
+            _ => {}
+        }
+    }
 }
 
 fn import_graph() -> BTreeMap<String, BTreeSet<String>> {
@@ -141,6 +171,16 @@ fn no_module_imports_from_a_module_that_imports_it_back() {
             panic!("import cycle: {}", cycle.join(" -> "));
         }
     }
+}
+
+#[test]
+fn grouped_imports_are_expanded() {
+    let code = "use crate::{a::X, b::{c::Y, d}};\nuse crate::e::f;";
+    let paths: Vec<String> = paths_after(code, "crate::")
+        .iter()
+        .map(|p| p.join("::"))
+        .collect();
+    assert_eq!(paths, ["a::X", "b::c::Y", "b::d", "e::f"]);
 }
 
 #[test]

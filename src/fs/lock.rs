@@ -104,7 +104,7 @@ impl StoreLock {
         }
         if clean {
             let abort = layout::abort_file(&self.root);
-            ops::remove_file_with(&abort, None)?;
+            ops::remove_existing(&abort, None)?;
             sync_dir(&self.root)?;
         }
         *file = None;

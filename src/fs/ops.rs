@@ -68,6 +68,15 @@ pub(crate) fn remove_file_with(path: &Path, hook: Hook<'_>) -> Result<()> {
     }
 }
 
+/// Removes a file that must exist (a missing one is an error), through the hook.
+pub(crate) fn remove_existing(path: &Path, hook: Hook<'_>) -> Result<()> {
+    if let Some(h) = hook {
+        h.before_remove(path)
+            .map_err(|e| Error::io("remove", path, e))?;
+    }
+    fs::remove_file(path).map_err(|e| Error::io("remove", path, e))
+}
+
 /// Removes a directory and everything in it, through the hook; a missing one is fine.
 pub(crate) fn remove_dir_all(dir: &Path, hook: Hook<'_>) -> Result<()> {
     if let Some(h) = hook {
