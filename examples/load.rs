@@ -31,9 +31,16 @@ struct Args {
     /// Producer threads.
     #[arg(long, default_value_t = 4)]
     producers: u32,
-    /// Queues of the topic; producers spread over them.
+    /// Queues of the topic; every producer spreads its messages over all of them.
     #[arg(long, default_value_t = 8)]
     queues: u32,
+    /// Commit-log file size in bytes (default: the store's default, 1 GiB).
+    #[arg(long)]
+    file_size: Option<u64>,
+    /// After each acknowledged sync put, check that the store's flushed offset covers it;
+    /// report the group-commit group sizes.
+    #[arg(long)]
+    check_durable: bool,
     /// Flush mode.
     #[arg(long, value_enum, default_value_t = Flush::Async)]
     flush: Flush,
@@ -77,7 +84,12 @@ fn run(args: &Args) -> Result<bool, Box<dyn std::error::Error>> {
         Flush::Sync => FlushMode::sync(),
         Flush::Async => FlushMode::default(),
     };
-    let store = Arc::new(MessageStore::open(StoreConfig::new(&dir).flush_mode(mode))?);
+    let mut config = StoreConfig::new(&dir).flush_mode(mode);
+    if let Some(size) = args.file_size {
+        config = config.commit_log_file_size(size);
+    }
+    let store = Arc::new(MessageStore::open(config)?);
+    let not_durable = Arc::new(AtomicU64::new(0));
     let before: Vec<u64> = (0..args.queues)
         .map(|q| store.max_offset_in_queue("Load", q))
         .collect();
@@ -93,6 +105,9 @@ fn run(args: &Args) -> Result<bool, Box<dyn std::error::Error>> {
         .map(|p| {
             let (store, done, failed) =
                 (Arc::clone(&store), Arc::clone(&done), Arc::clone(&failed));
+            let not_durable = Arc::clone(&not_durable);
+            let check_durable = args.check_durable && matches!(args.flush, Flush::Sync);
+            let producers = u64::from(args.producers);
             let (size, queues, inflight, batch) =
                 (args.size, args.queues, args.inflight, args.batch.max(1));
             std::thread::spawn(move || -> Vec<Duration> {
@@ -104,7 +119,9 @@ fn run(args: &Args) -> Result<bool, Box<dyn std::error::Error>> {
                     None => n < per_producer,
                 };
                 while more(n) && !failed.load(Ordering::Relaxed) {
-                    let queue = p % queues;
+                    // Message n of producer p goes to queue (p + n * producers) mod queues, so
+                    // even one producer writes every queue (a batch goes to one queue).
+                    let queue = ((u64::from(p) + n * producers) % u64::from(queues)) as u32;
                     let begin = Instant::now();
                     let result = if inflight > 0 {
                         pending.push_back((
@@ -131,6 +148,13 @@ fn run(args: &Args) -> Result<bool, Box<dyn std::error::Error>> {
                         let r = store.put_message(&Message::new("Load", queue, body(p, n, size)));
                         n += 1;
                         latencies.push(begin.elapsed());
+                        if check_durable
+                            && let Ok(r) = &r
+                            && r.status == PutStatus::Ok
+                            && store.flushed_physical_offset() < r.end_offset()
+                        {
+                            not_durable.fetch_add(1, Ordering::Relaxed);
+                        }
                         r.map(|r| (r.status, 1))
                     };
                     match result {
@@ -239,12 +263,32 @@ fn run(args: &Args) -> Result<bool, Box<dyn std::error::Error>> {
         }
     }
     let read_took = read_started.elapsed();
+    let lost = not_durable.load(Ordering::Relaxed);
+    if lost > 0 {
+        eprintln!("{lost} acknowledged sync puts were past the flushed offset");
+        ok = false;
+    }
+    let stats = store.stats();
+    // Latency histogram: power-of-two microsecond buckets that hold anything.
+    let mut hist = vec![0u64; 40];
+    for l in &latencies {
+        let us = l.as_micros() as u64;
+        hist[((u64::BITS - us.leading_zeros()) as usize).min(39)] += 1;
+    }
+    let hist: Vec<String> = hist
+        .iter()
+        .enumerate()
+        .filter(|(_, c)| **c > 0)
+        .map(|(i, c)| format!("\"<{}us\":{c}", 1u64 << i))
+        .collect();
+    let group = |q: f64| stats.messages_per_flush.quantile(q).unwrap_or(0);
+    let flush_us = |q: f64| stats.flush_latency_us.quantile(q).unwrap_or(0);
     if read != total {
         eprintln!("read back {read} messages, {total} were acknowledged");
         ok = false;
     }
     println!(
-        "{{\"messages\":{total},\"seconds\":{:.3},\"msgs_per_s\":{:.0},\"mb_per_s\":{:.1},\"p50_us\":{:.1},\"p99_us\":{:.1},\"p999_us\":{:.1},\"max_us\":{:.1},\"read_msgs_per_s\":{:.0},\"verified\":{ok}}}",
+        "{{\"messages\":{total},\"seconds\":{:.3},\"msgs_per_s\":{:.0},\"mb_per_s\":{:.1},\"p50_us\":{:.1},\"p99_us\":{:.1},\"p999_us\":{:.1},\"max_us\":{:.1},\"read_msgs_per_s\":{:.0},\"flushes\":{},\"msgs_per_flush_mean\":{:.1},\"msgs_per_flush_p50\":{},\"msgs_per_flush_p99\":{},\"flush_us_p50\":{},\"flush_us_p99\":{},\"roll_waits\":{},\"roll_wait_ms\":{:.1},\"latency_hist\":{{{}}},\"verified\":{ok}}}",
         took.as_secs_f64(),
         total as f64 / took.as_secs_f64(),
         total as f64 * args.size as f64 / took.as_secs_f64() / 1e6,
@@ -253,6 +297,15 @@ fn run(args: &Args) -> Result<bool, Box<dyn std::error::Error>> {
         pct(0.999).as_secs_f64() * 1e6,
         latencies.last().copied().unwrap_or_default().as_secs_f64() * 1e6,
         read as f64 / read_took.as_secs_f64(),
+        stats.flushes,
+        stats.flushed_messages as f64 / stats.flushes.max(1) as f64,
+        group(0.5),
+        group(0.99),
+        flush_us(0.5),
+        flush_us(0.99),
+        stats.roll_waits,
+        stats.roll_wait.as_secs_f64() * 1e3,
+        hist.join(","),
     );
     store.shutdown()?;
     Ok(ok)

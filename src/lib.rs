@@ -61,6 +61,7 @@ pub mod layout;
 mod message;
 mod queue;
 mod search;
+mod stats;
 mod store;
 
 pub use checkpoint::CheckpointTimes;
@@ -74,6 +75,7 @@ pub use message::{
     PutStatus, StoredMessage,
 };
 pub use queue::read::{GetResult, GetStatus, TagFilter};
+pub use stats::{Histogram, ROCKETMQ_PUT_BUCKETS_MS, StoreStats};
 pub use store::MessageStore;
 
 /// Measurement hooks for `benches/limits.rs`, behind the `bench-internals` feature; not

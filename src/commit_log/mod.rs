@@ -26,6 +26,7 @@ use crate::fs::disk::DiskWatch;
 use crate::fs::file_queue::MappedFileQueue;
 use crate::fs::mapped_file::FileWriter;
 use crate::message::{StoredMessage, now_ms};
+use crate::stats::Counters;
 pub(crate) use reopen::{RecoverySink, ScanFrom, ScanPlan};
 
 /// Wakes the log's reader thread (dispatch) when new bytes become readable; costs one
@@ -87,6 +88,11 @@ pub(crate) struct CommitLog {
     slow_put_threshold: Duration,
     write_offset: AtomicU64,
     flushed_offset: AtomicU64,
+    /// Messages appended, counted with the write offset.
+    appended: AtomicU64,
+    /// Messages appended when the last flush started (under the flush lock).
+    flushed_messages: AtomicU64,
+    counters: Arc<Counters>,
     /// Readers see only flushed bytes (sync flush), else written ones.
     readers_wait_for_flush: bool,
     flush_lock: Mutex<()>,
@@ -115,12 +121,14 @@ impl CommitLog {
                 .into_iter()
                 .map(Arc::new)
                 .collect::<Vec<_>>();
+        let counters = Arc::new(Counters::default());
         let mut allocator = Allocator::new(
             dir.clone(),
             file_size as usize,
             config.io_hook.clone(),
             config.preallocate,
             config.effective_warmup(),
+            Arc::clone(&counters),
         )?;
         let (spare, unused) = reopen::split_unused_tail(&mut loaded, clean, plan.written_below);
 
@@ -172,7 +180,15 @@ impl CommitLog {
             files.files_from(0).len(),
         );
         allocator.prepare(writer.file().start_offset() + file_size);
+        allocator.activate(writer.file());
+        let mut writer = writer;
+        if config.flush_mode.is_sync() {
+            writer.write_through_file()?;
+        }
         Ok(CommitLog {
+            appended: AtomicU64::new(0),
+            flushed_messages: AtomicU64::new(0),
+            counters,
             readers_wait_for_flush: config.flush_mode.is_sync(),
             files,
             state: Mutex::new(AppendState {
@@ -252,7 +268,8 @@ impl CommitLog {
         self.flushed_offset.load(Ordering::Acquire)
     }
 
-    /// End of what readers (get, lookup, dispatch) may see: the flushed offset under sync
+    /// End of what readers may see (`lookup_message`, and dispatch, through which
+    /// `get_message` sees the rest): the flushed offset under sync
     /// flush, so nothing a crash could take back is ever served; the written offset under
     /// async flush.
     pub(crate) fn readable_offset(&self) -> u64 {
@@ -261,6 +278,11 @@ impl CommitLog {
         } else {
             self.write_offset()
         }
+    }
+
+    /// The counters this log and the rest of the store keep.
+    pub(crate) fn counters(&self) -> &Arc<Counters> {
+        &self.counters
     }
 
     /// First offset still stored.
@@ -329,6 +351,7 @@ impl CommitLog {
         self.check_poisoned()?;
         self.disk.check()?;
         if let Some(held) = self.lock_held_for().filter(|h| *h > self.busy_limit) {
+            self.counters.page_cache_busy();
             return Err(Error::PageCacheBusy {
                 held_ms: held.as_millis() as u64,
                 limit_ms: self.busy_limit.as_millis() as u64,
@@ -375,13 +398,16 @@ impl CommitLog {
         let mut at = physical_offset;
         for (i, record) in records.iter_mut().enumerate() {
             record.assign(queue_offset + i as u64, at, store_timestamp);
-            state.writer.write(record.as_bytes());
+            if let Err(e) = state.writer.write(record.as_bytes()) {
+                return Err(self.write_failed(state, e));
+            }
             at += record.len() as u64;
         }
         state.writer.publish();
+        let count = records.len() as u32;
+        self.appended.fetch_add(u64::from(count), Ordering::Relaxed);
         self.write_offset.store(at, Ordering::Release);
         state.last_store_timestamp = store_timestamp;
-        let count = records.len() as u32;
         *next_queue_offset = queue_offset + u64::from(count);
         Ok(Appended {
             physical_offset,
@@ -392,11 +418,22 @@ impl CommitLog {
         })
     }
 
+    /// A write into the page cache failed (through the file, under sync flush): nothing of
+    /// the append is published, and the log refuses further writes, as after a failed
+    /// flush, since the kernel's view of the file can no longer be trusted.
+    fn write_failed(&self, state: &mut AppendState, e: Error) -> Error {
+        state.writer.rewind();
+        self.poison_with(e.to_io("write failed"));
+        e
+    }
+
     /// Ends the current file with a blank record and continues in the next one.
     fn roll(&self, state: &mut AppendState) -> Result<()> {
         let left = state.writer.remaining();
         if left > 0 {
-            state.writer.write(&record::blank_record(left));
+            if let Err(e) = state.writer.write(&record::blank_record(left)) {
+                return Err(self.write_failed(state, e));
+            }
             state.writer.fill();
             state.writer.publish();
             self.write_offset
@@ -404,8 +441,12 @@ impl CommitLog {
         }
         let next = state.writer.offset();
         let file = state.allocator.take(next)?;
-        let writer = FileWriter::new(Arc::new(file), 0).expect("a new file has no other owner");
+        let mut writer = FileWriter::new(Arc::new(file), 0).expect("a new file has no other owner");
+        if self.readers_wait_for_flush {
+            writer.write_through_file()?;
+        }
         self.files.push(Arc::clone(writer.file()));
+        state.allocator.activate(writer.file());
         state.writer = writer;
         state.allocator.prepare(next + self.file_size());
         Ok(())
@@ -420,10 +461,12 @@ impl CommitLog {
         // have lost dirty pages, and syncing the same range again would "succeed".
         self.check_poisoned()?;
         let target = self.write_offset();
+        let messages = self.appended.load(Ordering::Relaxed);
         let from = self.flushed_offset();
         if target <= from {
             return Ok(from);
         }
+        let started = Instant::now();
         let mut flushed = from;
         for file in self.files.files_from(from) {
             if file.start_offset() >= target {
@@ -439,6 +482,10 @@ impl CommitLog {
         }
         self.flushed_offset.fetch_max(flushed, Ordering::AcqRel);
         self.wakeup.wake();
+        let before = self.flushed_messages.swap(messages, Ordering::Relaxed);
+        let covered = messages.saturating_sub(before);
+        self.counters
+            .flushed(flushed - from, covered, started.elapsed());
         Ok(self.flushed_offset())
     }
 

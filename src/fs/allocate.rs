@@ -1,10 +1,15 @@
 //! The allocation thread: creates and warms the next commit-log file before the writer
-//! needs it, so rolling to a new file never waits on fallocate or page faults.
+//! needs it, so rolling to a new file never waits on fallocate or page faults; and, with
+//! `Warmup::ZeroAndFlush`, zeroes the file being written just ahead of the writer.
+//!
+//! A writer never waits on a warm-up: when it needs the next file before the warm-up is
+//! done, the thread stops at the next 1 MiB and hands the file over as it is.
 
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::JoinHandle;
+use std::time::Duration;
 
 use crossbeam_channel::{Receiver, Sender};
 
@@ -13,6 +18,7 @@ use crate::fs::io_hook::IoHook;
 use crate::fs::mapped_file::MappedFile;
 use crate::fs::mapped_file::Warmup;
 use crate::fs::ops;
+use crate::stats::Counters;
 
 /// Hands out new files; owned by the append state, so only the writer talks to it.
 pub(crate) struct Allocator {
@@ -26,10 +32,29 @@ pub(crate) struct Allocator {
     spare: Option<MappedFile>,
     /// Tells the worker to cut a warm-up short: shutdown should not wait for it.
     stop: Arc<AtomicBool>,
+    /// Tells the worker to cut a warm-up short: the writer is waiting for the file.
+    hurry: Arc<AtomicBool>,
+    warmup: Warmup,
+    /// Where waits for the next file are counted.
+    counters: Arc<Counters>,
+}
+
+/// Zero-ahead keeps this much of the file being written zeroed past the writer...
+const ZERO_AHEAD: usize = 32 << 20;
+/// ...in chunks of this size, each written and synced on its own.
+const ZERO_CHUNK: usize = 4 << 20;
+/// ...and, when nothing is to be zeroed, looks again this often.
+const ZERO_POLL: Duration = Duration::from_millis(5);
+
+enum Request {
+    /// Create (and warm) the file at this offset.
+    Prepare(u64),
+    /// The writer moved to this file: zero ahead of it.
+    Active(Arc<MappedFile>),
 }
 
 struct Worker {
-    requests: Sender<u64>,
+    requests: Sender<Request>,
     ready: Receiver<Result<MappedFile>>,
     thread: JoinHandle<()>,
 }
@@ -43,21 +68,69 @@ impl Allocator {
         hook: Option<Arc<dyn IoHook>>,
         background: bool,
         warmup: Warmup,
+        counters: Arc<Counters>,
     ) -> Result<Self> {
         let stop = Arc::new(AtomicBool::new(false));
+        let hurry = Arc::new(AtomicBool::new(false));
         let worker = if background {
-            let (requests, request_rx) = crossbeam_channel::unbounded::<u64>();
+            let (requests, request_rx) = crossbeam_channel::unbounded::<Request>();
             let (ready_tx, ready) = crossbeam_channel::bounded(1);
-            let (d, h, stop) = (dir.clone(), hook.clone(), Arc::clone(&stop));
+            let (d, h) = (dir.clone(), hook.clone());
+            let (stop, hurry) = (Arc::clone(&stop), Arc::clone(&hurry));
             let thread = std::thread::Builder::new()
                 .name("rocketstore-allocate".into())
                 .spawn(move || {
-                    for offset in request_rx {
-                        let file = MappedFile::create(&d, offset, file_size, h.clone())
-                            .and_then(|mut f| f.warm(warmup, &stop).map(|()| f));
-                        if ready_tx.send(file).is_err() {
+                    let give_up = || stop.load(Ordering::Relaxed) || hurry.load(Ordering::Relaxed);
+                    // With zero-ahead, a new file gets its first chunks zeroed; the rest is
+                    // zeroed while it is written.
+                    let upto = match warmup {
+                        Warmup::ZeroAndFlush => ZERO_CHUNK,
+                        _ => file_size,
+                    };
+                    let mut active: Option<Arc<MappedFile>> = None;
+                    let mut busy = false;
+                    loop {
+                        let request = match (&active, busy) {
+                            (Some(_), true) => request_rx.try_recv().ok(),
+                            (Some(_), false) => match request_rx.recv_timeout(ZERO_POLL) {
+                                Ok(r) => Some(r),
+                                Err(crossbeam_channel::RecvTimeoutError::Timeout) => None,
+                                Err(_) => break,
+                            },
+                            (None, _) => match request_rx.recv() {
+                                Ok(r) => Some(r),
+                                Err(_) => break,
+                            },
+                        };
+                        match request {
+                            Some(Request::Prepare(offset)) => {
+                                let file = MappedFile::create(&d, offset, file_size, h.clone())
+                                    .and_then(|mut f| {
+                                        f.warm_until(warmup, upto, &give_up).map(|()| f)
+                                    });
+                                if ready_tx.send(file).is_err() {
+                                    break;
+                                }
+                            }
+                            Some(Request::Active(file)) => active = Some(file),
+                            None => {}
+                        }
+                        if stop.load(Ordering::Relaxed) {
                             break;
                         }
+                        busy = match active
+                            .as_ref()
+                            .map(|f| f.zero_ahead(ZERO_CHUNK, ZERO_AHEAD))
+                        {
+                            Some(Ok(zeroed)) => zeroed,
+                            Some(Err(e)) => {
+                                // The next flush of the file fails on it and poisons the log.
+                                log::error!("zero-ahead stopped: {e}");
+                                active = None;
+                                false
+                            }
+                            None => false,
+                        };
                     }
                 })
                 .map_err(|e| Error::io("spawn allocation thread", &dir, e))?;
@@ -77,6 +150,9 @@ impl Allocator {
             pending: None,
             spare: None,
             stop,
+            hurry,
+            warmup,
+            counters,
         })
     }
 
@@ -96,7 +172,7 @@ impl Allocator {
             return;
         }
         if let (Some(w), None) = (&self.worker, self.pending)
-            && w.requests.send(offset).is_ok()
+            && w.requests.send(Request::Prepare(offset)).is_ok()
         {
             self.pending = Some(offset);
         }
@@ -112,7 +188,18 @@ impl Allocator {
             let _ = ops::remove_file_with(spare.path(), self.hook.as_ref());
         }
         if let (Some(w), Some(pending)) = (&self.worker, self.pending.take()) {
-            match w.ready.recv() {
+            let ready = match w.ready.try_recv() {
+                Ok(ready) => Ok(ready),
+                Err(_) => {
+                    let started = std::time::Instant::now();
+                    self.hurry.store(true, Ordering::Relaxed);
+                    let ready = w.ready.recv();
+                    self.hurry.store(false, Ordering::Relaxed);
+                    self.counters.roll_waited(started.elapsed());
+                    ready
+                }
+            };
+            match ready {
                 Ok(Ok(file)) if pending == offset => return Ok(file),
                 Ok(Ok(other)) => {
                     // Not the file we need (cannot happen while the writer only asks for the
@@ -124,6 +211,15 @@ impl Allocator {
             }
         }
         MappedFile::create(&self.dir, offset, self.file_size, self.hook.clone())
+    }
+
+    /// The writer now writes `file`: with zero-ahead, the thread zeroes just ahead of it.
+    pub(crate) fn activate(&mut self, file: &Arc<MappedFile>) {
+        if self.warmup == Warmup::ZeroAndFlush
+            && let Some(w) = &self.worker
+        {
+            let _ = w.requests.send(Request::Active(Arc::clone(file)));
+        }
     }
 
     /// Stops the thread. A file it prepared but nobody used stays on disk, empty; opening

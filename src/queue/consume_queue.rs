@@ -433,7 +433,7 @@ impl ConsumeQueue {
             *writer = Some(self.new_file(next)?);
         }
         let w = writer.as_mut().expect("set above");
-        w.write(&entry.encode());
+        w.write(&entry.encode())?;
         w.publish();
         self.max_offset.store(next + 1, Ordering::Release);
         self.free_start.store(false, Ordering::Release);

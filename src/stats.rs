@@ -1,0 +1,269 @@
+//! What the store counts as it runs, and the snapshot [`MessageStore::stats`] returns.
+//!
+//! Counting costs a few relaxed atomic adds per put and per flush; nothing here takes a
+//! lock.
+//!
+//! [`MessageStore::stats`]: crate::MessageStore::stats
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+/// Upper bounds, in milliseconds, of RocketMQ's put-latency buckets
+/// (`[<=0ms] [0~10ms] [10~50ms] [50~100ms] [100~200ms] [200~500ms] [500ms~1s] [1~2s] [2~3s]
+/// [3~4s] [4~5s] [5~10s] [10s~]`); the last bucket has no bound.
+pub const ROCKETMQ_PUT_BUCKETS_MS: [u64; 12] = [
+    0, 10, 50, 100, 200, 500, 1_000, 2_000, 3_000, 4_000, 5_000, 10_000,
+];
+
+/// Buckets of a power-of-two histogram: bucket `i` counts values below `2^i` (and at least
+/// `2^(i-1)`); the last counts everything larger.
+const POW2_BUCKETS: usize = 32;
+
+/// A histogram: `counts[i]` values were at most `upper_bounds[i]` (and above the bound
+/// before it); the last count, one more than there are bounds, is everything larger.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Histogram {
+    /// Inclusive upper bound of each bucket but the last.
+    pub upper_bounds: Vec<u64>,
+    /// Values per bucket; `upper_bounds.len() + 1` of them.
+    pub counts: Vec<u64>,
+}
+
+impl Histogram {
+    /// Values counted.
+    pub fn total(&self) -> u64 {
+        self.counts.iter().sum()
+    }
+
+    /// The upper bound of the bucket holding the `q` quantile (`0.0..=1.0`): a value at
+    /// least as large as that fraction of the values. `None` when nothing was counted or
+    /// the quantile lies in the unbounded last bucket.
+    pub fn quantile(&self, q: f64) -> Option<u64> {
+        let total = self.total();
+        if total == 0 {
+            return None;
+        }
+        let rank = ((total as f64 * q.clamp(0.0, 1.0)).ceil() as u64).max(1);
+        let mut seen = 0;
+        for (i, c) in self.counts.iter().enumerate() {
+            seen += c;
+            if seen >= rank {
+                return self.upper_bounds.get(i).copied();
+            }
+        }
+        None
+    }
+}
+
+/// A snapshot of the store's counters, from [`MessageStore::stats`]. Counts run from the
+/// open; lags are as of the call.
+///
+/// [`MessageStore::stats`]: crate::MessageStore::stats
+#[derive(Debug, Clone, Default)]
+#[non_exhaustive]
+pub struct StoreStats {
+    /// Messages stored (a batch counts each of its messages).
+    pub puts: u64,
+    /// Bytes of the records stored.
+    pub put_bytes: u64,
+    /// Latency of blocking puts (`put_message`, `put_messages`), until they returned
+    /// (acknowledged), in microseconds, power-of-two buckets.
+    pub put_latency_us: Histogram,
+    /// The same latencies in RocketMQ's buckets, in milliseconds
+    /// ([`ROCKETMQ_PUT_BUCKETS_MS`]).
+    pub put_latency_rocketmq_ms: Histogram,
+    /// Flushes of the commit log that wrote something.
+    pub flushes: u64,
+    /// Bytes those flushes made durable.
+    pub flushed_bytes: u64,
+    /// Messages those flushes made durable.
+    pub flushed_messages: u64,
+    /// Messages made durable per flush (the group-commit group size), power-of-two buckets.
+    pub messages_per_flush: Histogram,
+    /// Time each flush took, in microseconds, power-of-two buckets.
+    pub flush_latency_us: Histogram,
+    /// Bytes written to the log but not yet durable.
+    pub flush_lag_bytes: u64,
+    /// Bytes readable in the log but not yet in the consume queues.
+    pub dispatch_lag_bytes: u64,
+    /// Puts refused with `PutStatus::OsPageCacheBusy`.
+    pub page_cache_busy: u64,
+    /// Rolls to a new commit-log file that had to wait for the allocation thread.
+    pub roll_waits: u64,
+    /// Time those rolls waited.
+    pub roll_wait: Duration,
+    /// `get_message` calls that found messages.
+    pub get_hits: u64,
+    /// `get_message` calls that found none.
+    pub get_misses: u64,
+}
+
+/// Power-of-two histogram of atomics.
+struct Pow2([AtomicU64; POW2_BUCKETS]);
+
+impl Pow2 {
+    fn new() -> Pow2 {
+        Pow2(std::array::from_fn(|_| AtomicU64::new(0)))
+    }
+
+    fn record(&self, value: u64) {
+        let bucket = (u64::BITS - value.leading_zeros()) as usize;
+        self.0[bucket.min(POW2_BUCKETS - 1)].fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn snapshot(&self) -> Histogram {
+        Histogram {
+            // Bucket i holds values below 2^i, so at most 2^i - 1 (bucket 0: only 0).
+            upper_bounds: (0..POW2_BUCKETS as u32 - 1)
+                .map(|i| (1u64 << i) - 1)
+                .collect(),
+            counts: self.0.iter().map(|c| c.load(Ordering::Relaxed)).collect(),
+        }
+    }
+}
+
+/// The live counters, shared by the parts of the store that count.
+pub(crate) struct Counters {
+    puts: AtomicU64,
+    put_bytes: AtomicU64,
+    put_latency_us: Pow2,
+    put_latency_rocketmq: [AtomicU64; ROCKETMQ_PUT_BUCKETS_MS.len() + 1],
+    flushes: AtomicU64,
+    flushed_bytes: AtomicU64,
+    flushed_messages: AtomicU64,
+    messages_per_flush: Pow2,
+    flush_latency_us: Pow2,
+    page_cache_busy: AtomicU64,
+    roll_waits: AtomicU64,
+    roll_wait_ns: AtomicU64,
+    get_hits: AtomicU64,
+    get_misses: AtomicU64,
+}
+
+impl Default for Counters {
+    fn default() -> Self {
+        Counters {
+            puts: AtomicU64::new(0),
+            put_bytes: AtomicU64::new(0),
+            put_latency_us: Pow2::new(),
+            put_latency_rocketmq: std::array::from_fn(|_| AtomicU64::new(0)),
+            flushes: AtomicU64::new(0),
+            flushed_bytes: AtomicU64::new(0),
+            flushed_messages: AtomicU64::new(0),
+            messages_per_flush: Pow2::new(),
+            flush_latency_us: Pow2::new(),
+            page_cache_busy: AtomicU64::new(0),
+            roll_waits: AtomicU64::new(0),
+            roll_wait_ns: AtomicU64::new(0),
+            get_hits: AtomicU64::new(0),
+            get_misses: AtomicU64::new(0),
+        }
+    }
+}
+
+fn micros(d: Duration) -> u64 {
+    d.as_micros().min(u128::from(u64::MAX)) as u64
+}
+
+impl Counters {
+    pub(crate) fn stored(&self, messages: u64, bytes: u64) {
+        self.puts.fetch_add(messages, Ordering::Relaxed);
+        self.put_bytes.fetch_add(bytes, Ordering::Relaxed);
+    }
+
+    pub(crate) fn put_latency(&self, took: Duration) {
+        self.put_latency_us.record(micros(took));
+        let ms = took.as_millis();
+        // RocketMQ's "<=0ms" bucket is what rounds down to 0 ms.
+        let bucket = ROCKETMQ_PUT_BUCKETS_MS
+            .iter()
+            .position(|&bound| ms <= u128::from(bound) && (bound == 0 || ms < u128::from(bound)))
+            .unwrap_or(ROCKETMQ_PUT_BUCKETS_MS.len());
+        self.put_latency_rocketmq[bucket].fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub(crate) fn flushed(&self, bytes: u64, messages: u64, took: Duration) {
+        self.flushes.fetch_add(1, Ordering::Relaxed);
+        self.flushed_bytes.fetch_add(bytes, Ordering::Relaxed);
+        self.flushed_messages.fetch_add(messages, Ordering::Relaxed);
+        self.messages_per_flush.record(messages);
+        self.flush_latency_us.record(micros(took));
+    }
+
+    pub(crate) fn page_cache_busy(&self) {
+        self.page_cache_busy.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub(crate) fn roll_waited(&self, took: Duration) {
+        self.roll_waits.fetch_add(1, Ordering::Relaxed);
+        let ns = took.as_nanos().min(u128::from(u64::MAX)) as u64;
+        self.roll_wait_ns.fetch_add(ns, Ordering::Relaxed);
+    }
+
+    pub(crate) fn got(&self, found: bool) {
+        let c = if found {
+            &self.get_hits
+        } else {
+            &self.get_misses
+        };
+        c.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// The counters as they are now, with the lags the caller measured.
+    pub(crate) fn snapshot(&self, flush_lag_bytes: u64, dispatch_lag_bytes: u64) -> StoreStats {
+        let load = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        StoreStats {
+            puts: load(&self.puts),
+            put_bytes: load(&self.put_bytes),
+            put_latency_us: self.put_latency_us.snapshot(),
+            put_latency_rocketmq_ms: Histogram {
+                upper_bounds: ROCKETMQ_PUT_BUCKETS_MS.to_vec(),
+                counts: self.put_latency_rocketmq.iter().map(load).collect(),
+            },
+            flushes: load(&self.flushes),
+            flushed_bytes: load(&self.flushed_bytes),
+            flushed_messages: load(&self.flushed_messages),
+            messages_per_flush: self.messages_per_flush.snapshot(),
+            flush_latency_us: self.flush_latency_us.snapshot(),
+            flush_lag_bytes,
+            dispatch_lag_bytes,
+            page_cache_busy: load(&self.page_cache_busy),
+            roll_waits: load(&self.roll_waits),
+            roll_wait: Duration::from_nanos(load(&self.roll_wait_ns)),
+            get_hits: load(&self.get_hits),
+            get_misses: load(&self.get_misses),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rocketmq_buckets_put_each_latency_where_rocketmq_does() {
+        let c = Counters::default();
+        for ms in [0, 9, 10, 49, 50, 999, 1_000, 10_000, 60_000] {
+            c.put_latency(Duration::from_millis(ms));
+        }
+        c.put_latency(Duration::from_micros(300));
+        let h = c.snapshot(0, 0).put_latency_rocketmq_ms;
+        // <=0ms: 0 and 300 µs; 0~10: 9; 10~50: 10, 49; 50~100: 50; 500ms~1s: 999;
+        // 1~2s: 1000; 10s~: 10000 and 60000.
+        assert_eq!(h.counts, [2, 1, 2, 1, 0, 0, 1, 1, 0, 0, 0, 0, 2]);
+    }
+
+    #[test]
+    fn pow2_histogram_and_quantiles() {
+        let p = Pow2::new();
+        for v in [0, 1, 2, 3, 4, 100, 1000] {
+            p.record(v);
+        }
+        let h = p.snapshot();
+        assert_eq!(h.total(), 7);
+        assert_eq!(&h.counts[..4], [1, 1, 2, 1]);
+        assert_eq!(h.quantile(0.5), Some(3));
+        assert_eq!(h.quantile(1.0), Some(1023));
+        assert_eq!(Histogram::default().quantile(0.5), None);
+    }
+}
