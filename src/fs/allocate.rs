@@ -15,8 +15,8 @@ use crossbeam_channel::{Receiver, Sender};
 
 use crate::error::{Error, Result};
 use crate::fs::io_hook::IoHook;
-use crate::fs::mapped_file::MappedFile;
 use crate::fs::mapped_file::Warmup;
+use crate::fs::mapped_file::{MappedFile, ZeroAhead};
 use crate::fs::ops;
 use crate::stats::Counters;
 
@@ -87,7 +87,7 @@ impl Allocator {
                         Warmup::ZeroAndFlush => ZERO_CHUNK,
                         _ => file_size,
                     };
-                    let mut active: Option<Arc<MappedFile>> = None;
+                    let mut active: Option<(Arc<MappedFile>, std::fs::File)> = None;
                     let mut busy = false;
                     loop {
                         let request = match (&active, busy) {
@@ -112,24 +112,39 @@ impl Allocator {
                                     break;
                                 }
                             }
-                            Some(Request::Active(file)) => active = Some(file),
+                            Some(Request::Active(file)) => {
+                                // Its own descriptor: see `MappedFile::zero_ahead`.
+                                let fd = std::fs::OpenOptions::new().write(true).open(file.path());
+                                active = match fd {
+                                    Ok(fd) => Some((file, fd)),
+                                    Err(e) => {
+                                        let path = file.path().display();
+                                        log::warn!("no zero-ahead for {path}: {e}");
+                                        None
+                                    }
+                                };
+                            }
                             None => {}
                         }
                         if stop.load(Ordering::Relaxed) {
                             break;
                         }
-                        busy = match active
+                        let step = active
                             .as_ref()
-                            .map(|f| f.zero_ahead(ZERO_CHUNK, ZERO_AHEAD))
-                        {
-                            Some(Ok(zeroed)) => zeroed,
+                            .map(|(f, fd)| f.zero_ahead(fd, ZERO_CHUNK, ZERO_AHEAD));
+                        busy = match step {
+                            Some(Ok(ZeroAhead::Zeroed)) => true,
+                            Some(Ok(ZeroAhead::Idle)) | None => false,
+                            Some(Ok(ZeroAhead::Done)) => {
+                                active = None;
+                                false
+                            }
                             Some(Err(e)) => {
                                 // The next flush of the file fails on it and poisons the log.
                                 log::error!("zero-ahead stopped: {e}");
                                 active = None;
                                 false
                             }
-                            None => false,
                         };
                     }
                 })

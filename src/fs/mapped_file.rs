@@ -231,9 +231,9 @@ impl MappedFile {
         Ok(())
     }
 
-    /// Writes zeros over the next `chunk` bytes past what is zeroed already, while the file
-    /// is being written, and syncs them, unless the zeroed bytes already reach `ahead`
-    /// bytes past the writer. Returns whether it zeroed anything.
+    /// Writes zeros over the next bytes past what is zeroed already, while the file is
+    /// being written, and syncs them, unless the zeroed bytes already reach `ahead` bytes
+    /// past the writer. `file` is the zeroing thread's own descriptor of this file.
     ///
     /// Blocks a file was allocated with are *unwritten* extents: the first fdatasync after
     /// data lands in one must also commit the extent's conversion to the journal, which
@@ -242,42 +242,61 @@ impl MappedFile {
     /// a sync put's fdatasync is an overwrite and the disk is never busy zeroing a whole
     /// file the writer will not reach for minutes.
     ///
-    /// The writer never waits on the sync, and waits on the zeroing only if it catches up
-    /// with the chunk being zeroed (one memset of `chunk` bytes); a zeroer that finds the
-    /// writer already in its chunk skips past it.
-    pub(crate) fn zero_ahead(&self, chunk: usize, ahead: usize) -> Result<bool> {
-        let page = PAGE_SIZE;
+    /// The zeros go in with `pwrite` and are synced with `fdatasync`, both on the zeroing
+    /// thread's own descriptor: Linux reports a write-back error once per open file, so a
+    /// sync through the mapping's file here could take the report of a failed write-back
+    /// of records away from the flush that must see it. The writer never waits on the
+    /// sync, and waits on the zeroing only if it catches up with the chunk being zeroed
+    /// (chunks near the writer are small); a zeroer that finds the writer already in its
+    /// chunk skips past it.
+    pub(crate) fn zero_ahead(&self, file: &File, chunk: usize, ahead: usize) -> Result<ZeroAhead> {
+        /// Chunk size within this distance of the writer, to keep its possible wait short.
+        const NEAR: usize = 256 << 10;
+        static ZEROS: [u8; 256 << 10] = [0; 256 << 10];
         let reserved = self.reserved.load(Ordering::SeqCst);
         let from = self
             .zeroed_to
             .load(Ordering::Acquire)
-            .max(reserved.next_multiple_of(page));
-        if from >= self.size || from >= reserved.saturating_add(ahead) {
-            return Ok(false);
+            .max(reserved.next_multiple_of(PAGE_SIZE));
+        if from >= self.size {
+            return Ok(ZeroAhead::Done);
         }
-        let len = chunk.min(self.size - from);
+        if from >= reserved.saturating_add(ahead) {
+            return Ok(ZeroAhead::Idle);
+        }
+        let len = match from - reserved < 2 * NEAR {
+            true => NEAR,
+            false => chunk,
+        }
+        .min(self.size - from);
         self.zero_claim.store(from, Ordering::SeqCst);
         if self.reserved.load(Ordering::SeqCst) > from {
             // The writer got here first: start again past it.
             self.zero_claim.store(usize::MAX, Ordering::SeqCst);
-            return Ok(true);
+            return Ok(ZeroAhead::Zeroed);
         }
-        // SAFETY: `from + len <= size`, inside the live mapping. The writer reserves the
-        // bytes it is about to write before it copies and then checks the claim (both
-        // SeqCst); we published the claim and then saw its reservation end at or below
-        // `from`, so it waits for the claim to clear before writing past `from`. Readers
-        // never look past the write position, which is at most the reservation.
-        unsafe { std::ptr::write_bytes(self.map.as_mut_ptr().add(from), 0, len) };
+        // The writer reserves the bytes it is about to write before it copies and then
+        // checks the claim (both SeqCst); we published the claim and then saw its
+        // reservation end at or below `from`, so it waits for the claim to clear before
+        // writing past `from`. Readers never look past the write position.
+        let mut written = Ok(());
+        for at in (from..from + len).step_by(ZEROS.len()) {
+            let n = ZEROS.len().min(from + len - at);
+            written = file.write_all_at(&ZEROS[..n], at as u64);
+            if written.is_err() {
+                break;
+            }
+        }
         self.zero_claim.store(usize::MAX, Ordering::SeqCst);
         // Like the warm-up of a new file, this sync is not a fault seam of `IoHook`: tests
-        // stall and fail the syncs that make records durable. A real failure here still
-        // fails the file's next flush (below), and with it the store.
-        if let Err(e) = self.map.flush_range(from, len) {
+        // stall and fail the syncs that make records durable. A real failure here fails
+        // the file's next flush (below), and with it the store.
+        if let Err(e) = written.and_then(|()| file.sync_data()) {
             *self.zero_sync_failed.lock() = Some((e.kind(), e.to_string()));
-            return Err(Error::io("zero-ahead sync", &self.path, e));
+            return Err(Error::io("zero-ahead", &self.path, e));
         }
         self.zeroed_to.fetch_max(from + len, Ordering::AcqRel);
-        Ok(true)
+        Ok(ZeroAhead::Zeroed)
     }
 
     /// Whether nothing was ever written at the start of the file.
@@ -473,6 +492,17 @@ fn data_ranges(path: &Path, from: usize, to: usize) -> Result<Vec<(usize, usize)
         at = hole;
     }
     Ok(ranges)
+}
+
+/// What one [`MappedFile::zero_ahead`] step did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum ZeroAhead {
+    /// Zeroed a chunk (or stepped past the writer): call again.
+    Zeroed,
+    /// Far enough ahead of the writer for now.
+    Idle,
+    /// Zeroed to the end of the file.
+    Done,
 }
 
 /// The owner behind a reader's `Bytes`: a range of a file, and the `Arc` keeping it mapped.
@@ -732,9 +762,10 @@ mod tests {
         let zeroer = {
             let (file, done) = (Arc::clone(&file), Arc::clone(&done));
             std::thread::spawn(move || {
+                let fd = OpenOptions::new().write(true).open(file.path()).unwrap();
                 let mut chunks = 0;
                 while !done.load(Ordering::Acquire) {
-                    if file.zero_ahead(64 << 10, 256 << 10).unwrap() {
+                    if file.zero_ahead(&fd, 64 << 10, 256 << 10).unwrap() == ZeroAhead::Zeroed {
                         chunks += 1;
                     } else {
                         std::thread::yield_now();
@@ -753,7 +784,8 @@ mod tests {
         }
         let end = w.offset() as usize;
         // Let the zeroer catch up with the end of the file, then stop it.
-        while file.zero_ahead(64 << 10, usize::MAX).unwrap() {}
+        let fd = OpenOptions::new().write(true).open(file.path()).unwrap();
+        while file.zero_ahead(&fd, 64 << 10, usize::MAX).unwrap() != ZeroAhead::Done {}
         done.store(true, Ordering::Release);
         assert!(zeroer.join().unwrap() > 0, "the zeroer never ran");
         let bytes = file.slice(0, end).unwrap();
