@@ -23,6 +23,7 @@ pub(crate) const IPV4_HOST_LEN: usize = 8;
 pub(crate) const IPV6_HOST_LEN: usize = 20;
 
 /// RocketMQ's body CRC: CRC-32 (IEEE) masked to 31 bits.
+#[inline]
 pub fn body_crc(body: &[u8]) -> u32 {
     crc32fast::hash(body) & 0x7FFF_FFFF
 }
@@ -54,6 +55,7 @@ pub fn host_bytes<'a>(addr: &SocketAddr, buf: &'a mut [u8; 20]) -> &'a [u8] {
 
 /// Whether raw properties are well-formed (UTF-8, every pair with a separator), without
 /// allocating.
+#[inline]
 pub fn properties_well_formed(raw: &[u8]) -> bool {
     str::from_utf8(raw).is_ok()
         && raw

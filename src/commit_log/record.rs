@@ -72,6 +72,7 @@ const _: () = assert!(POS_BORN_HOST == 48 && MIN_RECORD_LEN == 91);
 
 /// Checks a topic name: 1 to 255 bytes of `[%|a-zA-Z0-9_-]` (RocketMQ's rule; it also keeps
 /// topic names safe as directory names).
+#[inline]
 pub fn validate_topic(topic: &str) -> Result<()> {
     let reason = if topic.is_empty() {
         "empty"
@@ -263,6 +264,7 @@ pub enum Peek {
 
 /// Reads the size and magic at the start of `buf` (which ends where the file ends).
 /// `offset` is only used in errors.
+#[inline]
 pub fn peek(buf: &[u8], offset: u64) -> Result<Peek> {
     if buf.len() < BLANK_RECORD_LEN {
         if buf.iter().all(|&b| b == 0) {
@@ -401,6 +403,7 @@ impl<'a> Cursor<'a> {
 
 /// Parses the record at the start of `buf`. `offset` (the record's position, for errors)
 /// is reported in every error. Never panics, whatever the bytes.
+#[inline]
 pub fn parse(buf: &[u8], offset: u64) -> Result<RecordView<'_>> {
     let mut c = Cursor {
         buf,
@@ -585,6 +588,7 @@ impl<'a> Records<'a> {
         self.pos
     }
 
+    #[inline]
     fn step(&mut self) -> Result<Step<'a>> {
         let offset = self.offset();
         let rest = &self.bytes[self.pos..];
@@ -617,6 +621,7 @@ impl<'a> Records<'a> {
 impl<'a> Iterator for Records<'a> {
     type Item = Result<Step<'a>>;
 
+    #[inline]
     fn next(&mut self) -> Option<Self::Item> {
         if self.done || self.pos >= self.bytes.len() {
             return None;
@@ -677,6 +682,7 @@ pub fn decode_at(
 }
 
 /// The TAGS property inside raw `name\x01value\x02` properties, without parsing the rest.
+#[inline]
 pub fn find_tags(raw_properties: &[u8]) -> Option<&str> {
     raw_properties
         .split(|&b| b == PROPERTY_SEPARATOR)

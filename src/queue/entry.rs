@@ -19,6 +19,7 @@ pub struct CqEntry {
 
 impl CqEntry {
     /// The entry that indexes `view`.
+    #[inline]
     pub fn of(view: &RecordView<'_>) -> CqEntry {
         CqEntry {
             physical_offset: view.physical_offset,
@@ -28,6 +29,7 @@ impl CqEntry {
     }
 
     /// The 20 stored bytes.
+    #[inline]
     pub fn encode(&self) -> [u8; CQ_ENTRY_LEN] {
         let mut b = [0u8; CQ_ENTRY_LEN];
         b[..8].copy_from_slice(&(self.physical_offset as i64).to_be_bytes());
@@ -54,6 +56,7 @@ impl CqEntry {
 
 /// RocketMQ's tag hash: Java's `String.hashCode` (over UTF-16 code units, wrapping i32),
 /// widened to i64. 0 when there are no tags.
+#[inline]
 pub fn tag_hash(tags: Option<&str>) -> i64 {
     let Some(tags) = tags else { return 0 };
     let mut h: i32 = 0;
