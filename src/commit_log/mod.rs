@@ -183,7 +183,7 @@ impl CommitLog {
         allocator.activate(writer.file());
         let mut writer = writer;
         if config.flush_mode.is_sync() {
-            writer.write_through_file()?;
+            through_file(&mut writer);
         }
         Ok(CommitLog {
             appended: AtomicU64::new(0),
@@ -443,7 +443,7 @@ impl CommitLog {
         let file = state.allocator.take(next)?;
         let mut writer = FileWriter::new(Arc::new(file), 0).expect("a new file has no other owner");
         if self.readers_wait_for_flush {
-            writer.write_through_file()?;
+            through_file(&mut writer);
         }
         self.files.push(Arc::clone(writer.file()));
         state.allocator.activate(writer.file());
@@ -551,6 +551,15 @@ impl CommitLog {
         let mut state = self.state.lock();
         state.closed = true;
         state.allocator.shutdown();
+    }
+}
+
+/// Has a sync writer write through the file (see `FileWriter::write_through_file`); if its
+/// descriptor cannot be opened, it goes on copying into the mapping, which is as safe,
+/// only slower, rather than failing a put or a roll halfway.
+fn through_file(writer: &mut FileWriter) {
+    if let Err(e) = writer.write_through_file() {
+        log::warn!("writing through the mapping instead: {e}");
     }
 }
 
