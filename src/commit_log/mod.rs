@@ -480,12 +480,14 @@ impl CommitLog {
                 }
             }
         }
-        self.flushed_offset.fetch_max(flushed, Ordering::AcqRel);
-        self.wakeup.wake();
+        // Counted before the flushed offset is published, so that whoever sees its bytes
+        // durable (Acquire) also sees them counted.
         let before = self.flushed_messages.swap(messages, Ordering::Relaxed);
         let covered = messages.saturating_sub(before);
         self.counters
             .flushed(flushed - from, covered, started.elapsed());
+        self.flushed_offset.fetch_max(flushed, Ordering::AcqRel);
+        self.wakeup.wake();
         Ok(self.flushed_offset())
     }
 
