@@ -179,8 +179,9 @@ impl CommitLog {
             "commit log opened: {} files, write offset {write_offset}",
             files.files_from(0).len(),
         );
-        allocator.prepare(writer.file().start_offset() + file_size);
-        allocator.activate(writer.file());
+        // The allocation thread starts preparing files only once the whole open has
+        // succeeded (`start_preparing`): an open refused later, say while rebuilding the
+        // consume queues, must leave the log directory as it found it.
         let mut writer = writer;
         if config.flush_mode.is_sync() {
             through_file(&mut writer);
@@ -278,6 +279,18 @@ impl CommitLog {
         } else {
             self.write_offset()
         }
+    }
+
+    /// Lets the allocation thread prepare the next file and zero ahead of the writer; the
+    /// store calls it once its open has succeeded.
+    pub(crate) fn start_preparing(&self) {
+        let mut state = self.state.lock();
+        let state = &mut *state;
+        let file = Arc::clone(state.writer.file());
+        state
+            .allocator
+            .prepare(file.start_offset() + self.file_size());
+        state.allocator.activate(&file);
     }
 
     /// The counters this log and the rest of the store keep.

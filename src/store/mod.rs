@@ -113,6 +113,7 @@ impl MessageStore {
         };
         lock.clear_poison()?;
         let log = Arc::new(recovered.log);
+        log.start_preparing();
         let queues = Arc::new(recovered.queues);
         let flusher = Flusher::start(Arc::clone(&log), config.flush_mode)?;
         let retention = Arc::new(Retention::new(&config));
