@@ -98,6 +98,57 @@ pub struct StoreStats {
     pub get_misses: u64,
 }
 
+#[cfg(feature = "metrics")]
+impl StoreStats {
+    /// Publishes this snapshot through the [`metrics`] facade, to whatever recorder the
+    /// broker installed (Prometheus, StatsD, ...): counts as counters (`absolute`), lags
+    /// as gauges, and each histogram bucket as a counter labelled with its upper bound
+    /// (`bucket`, `"+Inf"` for the last). Buckets are not cumulative. Call it on a timer:
+    ///
+    /// ```no_run
+    /// # let store: rocketstore::MessageStore = unimplemented!();
+    /// store.stats().export_metrics();
+    /// ```
+    pub fn export_metrics(&self) {
+        use metrics::{counter, gauge};
+        let counters = [
+            ("rocketstore_puts_total", self.puts),
+            ("rocketstore_put_bytes_total", self.put_bytes),
+            ("rocketstore_flushes_total", self.flushes),
+            ("rocketstore_flushed_bytes_total", self.flushed_bytes),
+            ("rocketstore_flushed_messages_total", self.flushed_messages),
+            ("rocketstore_page_cache_busy_total", self.page_cache_busy),
+            ("rocketstore_roll_waits_total", self.roll_waits),
+            ("rocketstore_get_hits_total", self.get_hits),
+            ("rocketstore_get_misses_total", self.get_misses),
+        ];
+        for (name, value) in counters {
+            counter!(name).absolute(value);
+        }
+        gauge!("rocketstore_flush_lag_bytes").set(self.flush_lag_bytes as f64);
+        gauge!("rocketstore_dispatch_lag_bytes").set(self.dispatch_lag_bytes as f64);
+        gauge!("rocketstore_roll_wait_seconds").set(self.roll_wait.as_secs_f64());
+        let histograms = [
+            ("rocketstore_put_latency_us", &self.put_latency_us),
+            (
+                "rocketstore_put_latency_rocketmq_ms",
+                &self.put_latency_rocketmq_ms,
+            ),
+            ("rocketstore_messages_per_flush", &self.messages_per_flush),
+            ("rocketstore_flush_latency_us", &self.flush_latency_us),
+        ];
+        for (name, h) in histograms {
+            for (i, count) in h.counts.iter().enumerate() {
+                let bucket = h
+                    .upper_bounds
+                    .get(i)
+                    .map_or_else(|| "+Inf".to_owned(), u64::to_string);
+                counter!(name, "bucket" => bucket).absolute(*count);
+            }
+        }
+    }
+}
+
 /// Power-of-two histogram of atomics.
 struct Pow2([AtomicU64; POW2_BUCKETS]);
 
