@@ -33,6 +33,24 @@ fn fill(dir: &Path, bytes: u64, queues: u32) -> u64 {
     store.max_physical_offset()
 }
 
+/// Times `iters` opens of the store in `dir`, whose log ends at `size`; with `crash`, each
+/// after a crash: the abort marker is there and the checkpoint promises nothing.
+fn reopen(dir: &Path, size: u64, iters: u64, crash: bool) -> Duration {
+    let mut total = Duration::ZERO;
+    for _ in 0..iters {
+        if crash {
+            std::fs::write(layout::abort_file(dir), b"").unwrap();
+            std::fs::write(layout::checkpoint_file(dir), [0u8; 4096]).unwrap();
+        }
+        let started = Instant::now();
+        let store = MessageStore::open(StoreConfig::new(dir)).unwrap();
+        total += started.elapsed();
+        assert_eq!(store.max_physical_offset(), size);
+        store.shutdown().unwrap();
+    }
+    total
+}
+
 fn bench(c: &mut Criterion) {
     let mut g = c.benchmark_group("recovery");
     g.sample_size(10).measurement_time(Duration::from_secs(20));
@@ -45,20 +63,7 @@ fn bench(c: &mut Criterion) {
     );
     g.throughput(Throughput::Bytes(size));
     g.bench_function("abnormal_1GiB", |b| {
-        b.iter_custom(|iters| {
-            let mut total = Duration::ZERO;
-            for _ in 0..iters {
-                // A crash: the abort marker is there and the checkpoint promises nothing.
-                std::fs::write(layout::abort_file(dir.path()), b"").unwrap();
-                std::fs::write(layout::checkpoint_file(dir.path()), [0u8; 4096]).unwrap();
-                let started = Instant::now();
-                let store = MessageStore::open(StoreConfig::new(dir.path())).unwrap();
-                total += started.elapsed();
-                assert_eq!(store.max_physical_offset(), size);
-                store.shutdown().unwrap();
-            }
-            total
-        })
+        b.iter_custom(|iters| reopen(dir.path(), size, iters, true))
     });
 
     // A crash early in a 1 GiB file: 128 MiB of records, and the rest of the file a tail
@@ -67,19 +72,7 @@ fn bench(c: &mut Criterion) {
     let size = fill(dir.path(), 128 << 20, 4);
     g.throughput(Throughput::Bytes(size));
     g.bench_function("abnormal_128MiB_in_1GiB_file", |b| {
-        b.iter_custom(|iters| {
-            let mut total = Duration::ZERO;
-            for _ in 0..iters {
-                std::fs::write(layout::abort_file(dir.path()), b"").unwrap();
-                std::fs::write(layout::checkpoint_file(dir.path()), [0u8; 4096]).unwrap();
-                let started = Instant::now();
-                let store = MessageStore::open(StoreConfig::new(dir.path())).unwrap();
-                total += started.elapsed();
-                assert_eq!(store.max_physical_offset(), size);
-                store.shutdown().unwrap();
-            }
-            total
-        })
+        b.iter_custom(|iters| reopen(dir.path(), size, iters, true))
     });
 
     let dir = tempfile::tempdir().unwrap();
@@ -90,17 +83,7 @@ fn bench(c: &mut Criterion) {
     );
     g.throughput(Throughput::Bytes(size));
     g.bench_function("normal_1000_queues_4GiB", |b| {
-        b.iter_custom(|iters| {
-            let mut total = Duration::ZERO;
-            for _ in 0..iters {
-                let started = Instant::now();
-                let store = MessageStore::open(StoreConfig::new(dir.path())).unwrap();
-                total += started.elapsed();
-                assert_eq!(store.max_physical_offset(), size);
-                store.shutdown().unwrap();
-            }
-            total
-        })
+        b.iter_custom(|iters| reopen(dir.path(), size, iters, false))
     });
     g.finish();
 }

@@ -149,6 +149,14 @@ impl StoreStats {
     }
 }
 
+/// What the commit log counts itself, for a snapshot.
+pub(crate) struct LogFigures {
+    pub(crate) puts: u64,
+    pub(crate) put_bytes: u64,
+    pub(crate) flush_lag_bytes: u64,
+    pub(crate) dispatch_lag_bytes: u64,
+}
+
 /// Power-of-two histogram of atomics.
 struct Pow2([AtomicU64; POW2_BUCKETS]);
 
@@ -175,8 +183,6 @@ impl Pow2 {
 
 /// The live counters, shared by the parts of the store that count.
 pub(crate) struct Counters {
-    puts: AtomicU64,
-    put_bytes: AtomicU64,
     put_latency_us: Pow2,
     put_latency_rocketmq: [AtomicU64; ROCKETMQ_PUT_BUCKETS_MS.len() + 1],
     flushes: AtomicU64,
@@ -194,8 +200,6 @@ pub(crate) struct Counters {
 impl Default for Counters {
     fn default() -> Self {
         Counters {
-            puts: AtomicU64::new(0),
-            put_bytes: AtomicU64::new(0),
             put_latency_us: Pow2::new(),
             put_latency_rocketmq: std::array::from_fn(|_| AtomicU64::new(0)),
             flushes: AtomicU64::new(0),
@@ -217,11 +221,6 @@ fn micros(d: Duration) -> u64 {
 }
 
 impl Counters {
-    pub(crate) fn stored(&self, messages: u64, bytes: u64) {
-        self.puts.fetch_add(messages, Ordering::Relaxed);
-        self.put_bytes.fetch_add(bytes, Ordering::Relaxed);
-    }
-
     pub(crate) fn put_latency(&self, took: Duration) {
         self.put_latency_us.record(micros(took));
         let ms = took.as_millis();
@@ -260,12 +259,19 @@ impl Counters {
         c.fetch_add(1, Ordering::Relaxed);
     }
 
-    /// The counters as they are now, with the lags the caller measured.
-    pub(crate) fn snapshot(&self, flush_lag_bytes: u64, dispatch_lag_bytes: u64) -> StoreStats {
+    /// The counters as they are now, with what the log knows itself: what it stored and
+    /// how far behind its flush and dispatch are.
+    pub(crate) fn snapshot(&self, log: LogFigures) -> StoreStats {
         let load = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        let LogFigures {
+            puts,
+            put_bytes,
+            flush_lag_bytes,
+            dispatch_lag_bytes,
+        } = log;
         StoreStats {
-            puts: load(&self.puts),
-            put_bytes: load(&self.put_bytes),
+            puts,
+            put_bytes,
             put_latency_us: self.put_latency_us.snapshot(),
             put_latency_rocketmq_ms: Histogram {
                 upper_bounds: ROCKETMQ_PUT_BUCKETS_MS.to_vec(),
@@ -291,6 +297,15 @@ impl Counters {
 mod tests {
     use super::*;
 
+    fn figures() -> LogFigures {
+        LogFigures {
+            puts: 0,
+            put_bytes: 0,
+            flush_lag_bytes: 0,
+            dispatch_lag_bytes: 0,
+        }
+    }
+
     #[test]
     fn rocketmq_buckets_put_each_latency_where_rocketmq_does() {
         let c = Counters::default();
@@ -298,7 +313,7 @@ mod tests {
             c.put_latency(Duration::from_millis(ms));
         }
         c.put_latency(Duration::from_micros(300));
-        let h = c.snapshot(0, 0).put_latency_rocketmq_ms;
+        let h = c.snapshot(figures()).put_latency_rocketmq_ms;
         // <=0ms: 0 and 300 µs; 0~10: 9; 10~50: 10, 49; 50~100: 50; 500ms~1s: 999;
         // 1~2s: 1000; 10s~: 10000 and 60000.
         assert_eq!(h.counts, [2, 1, 2, 1, 0, 0, 1, 1, 0, 0, 0, 0, 2]);

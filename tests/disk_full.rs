@@ -19,6 +19,13 @@ struct SmallFs {
 }
 
 impl SmallFs {
+    /// [`SmallFs::mount`], or `None` after saying why the test is skipped.
+    fn mount_or_skip(size: &str) -> Option<SmallFs> {
+        Self::mount(size)
+            .inspect_err(|why| println!("skipped: {why}"))
+            .ok()
+    }
+
     fn mount(size: &str) -> Result<SmallFs, String> {
         let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
         let out = Command::new("mount")
@@ -52,12 +59,8 @@ fn is_no_space(e: &Error) -> bool {
 
 #[test]
 fn a_full_disk_refuses_puts_keeps_reads_and_recovers_when_space_is_freed() {
-    let fs = match SmallFs::mount("1m") {
-        Ok(fs) => fs,
-        Err(why) => {
-            println!("skipped: {why}");
-            return;
-        }
+    let Some(fs) = SmallFs::mount_or_skip("1m") else {
+        return;
     };
     // Ballast to free later.
     let ballast: PathBuf = fs.path().join("ballast");
@@ -115,12 +118,8 @@ fn a_full_disk_refuses_puts_keeps_reads_and_recovers_when_space_is_freed() {
 
 #[test]
 fn above_the_disk_full_ratio_puts_are_refused_until_space_is_freed() {
-    let fs = match SmallFs::mount("4m") {
-        Ok(fs) => fs,
-        Err(why) => {
-            println!("skipped: {why}");
-            return;
-        }
+    let Some(fs) = SmallFs::mount_or_skip("4m") else {
+        return;
     };
     let root = fs.path().join("store");
     let cfg = || {
@@ -169,12 +168,8 @@ fn above_the_disk_full_ratio_puts_are_refused_until_space_is_freed() {
 
 #[test]
 fn a_clean_store_opens_and_shuts_down_cleanly_on_a_full_disk() {
-    let fs = match SmallFs::mount("4m") {
-        Ok(fs) => fs,
-        Err(why) => {
-            println!("skipped: {why}");
-            return;
-        }
+    let Some(fs) = SmallFs::mount_or_skip("4m") else {
+        return;
     };
     let root = fs.path().join("store");
     let cfg = || {

@@ -26,7 +26,7 @@ use crate::fs::disk::DiskWatch;
 use crate::fs::file_queue::MappedFileQueue;
 use crate::fs::mapped_file::FileWriter;
 use crate::message::{StoredMessage, now_ms};
-use crate::stats::Counters;
+use crate::stats::{Counters, LogFigures, StoreStats};
 pub(crate) use reopen::{RecoverySink, ScanFrom, ScanPlan};
 
 /// Wakes the log's reader thread (dispatch) when new bytes become readable; costs one
@@ -88,13 +88,14 @@ pub(crate) struct CommitLog {
     slow_put_threshold: Duration,
     write_offset: AtomicU64,
     flushed_offset: AtomicU64,
-    /// Messages appended, counted with the write offset.
+    /// Messages and record bytes appended since the open, counted with the write offset.
     appended: AtomicU64,
+    appended_bytes: AtomicU64,
     /// Messages appended when the last flush started (under the flush lock).
     flushed_messages: AtomicU64,
     counters: Arc<Counters>,
-    /// Readers see only flushed bytes (sync flush), else written ones.
-    readers_wait_for_flush: bool,
+    /// Sync flush: readers see only flushed bytes, and records go in through the file.
+    sync_flush: bool,
     flush_lock: Mutex<()>,
     poisoned: AtomicBool,
     poison_cause: Mutex<Option<Arc<std::io::Error>>>,
@@ -188,9 +189,10 @@ impl CommitLog {
         }
         Ok(CommitLog {
             appended: AtomicU64::new(0),
+            appended_bytes: AtomicU64::new(0),
             flushed_messages: AtomicU64::new(0),
             counters,
-            readers_wait_for_flush: config.flush_mode.is_sync(),
+            sync_flush: config.flush_mode.is_sync(),
             files,
             state: Mutex::new(AppendState {
                 writer,
@@ -274,7 +276,7 @@ impl CommitLog {
     /// flush, so nothing a crash could take back is ever served; the written offset under
     /// async flush.
     pub(crate) fn readable_offset(&self) -> u64 {
-        if self.readers_wait_for_flush {
+        if self.sync_flush {
             self.flushed_offset()
         } else {
             self.write_offset()
@@ -286,16 +288,26 @@ impl CommitLog {
     pub(crate) fn start_preparing(&self) {
         let mut state = self.state.lock();
         let state = &mut *state;
-        let file = Arc::clone(state.writer.file());
-        state
-            .allocator
-            .prepare(file.start_offset() + self.file_size());
-        state.allocator.activate(&file);
+        let next = state.writer.file().start_offset() + self.file_size();
+        state.allocator.prepare(next);
+        state.allocator.activate(&mut state.writer);
     }
 
     /// The counters this log and the rest of the store keep.
     pub(crate) fn counters(&self) -> &Arc<Counters> {
         &self.counters
+    }
+
+    /// The stats: the counters, with what the log knows itself (`dispatched`: how far
+    /// dispatch has indexed).
+    pub(crate) fn stats(&self, dispatched: u64) -> StoreStats {
+        let (flushed, written) = (self.flushed_offset(), self.write_offset());
+        self.counters.snapshot(LogFigures {
+            puts: self.appended.load(Ordering::Relaxed),
+            put_bytes: self.appended_bytes.load(Ordering::Relaxed),
+            flush_lag_bytes: written.saturating_sub(flushed),
+            dispatch_lag_bytes: self.readable_offset().saturating_sub(dispatched),
+        })
     }
 
     /// First offset still stored.
@@ -419,6 +431,8 @@ impl CommitLog {
         state.writer.publish();
         let count = records.len() as u32;
         self.appended.fetch_add(u64::from(count), Ordering::Relaxed);
+        self.appended_bytes
+            .fetch_add(total as u64, Ordering::Relaxed);
         self.write_offset.store(at, Ordering::Release);
         state.last_store_timestamp = store_timestamp;
         *next_queue_offset = queue_offset + u64::from(count);
@@ -455,11 +469,11 @@ impl CommitLog {
         let next = state.writer.offset();
         let file = state.allocator.take(next)?;
         let mut writer = FileWriter::new(Arc::new(file), 0).expect("a new file has no other owner");
-        if self.readers_wait_for_flush {
+        if self.sync_flush {
             through_file(&mut writer);
         }
         self.files.push(Arc::clone(writer.file()));
-        state.allocator.activate(writer.file());
+        state.allocator.activate(&mut writer);
         state.writer = writer;
         state.allocator.prepare(next + self.file_size());
         Ok(())

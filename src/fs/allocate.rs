@@ -16,7 +16,7 @@ use crossbeam_channel::{Receiver, Sender};
 use crate::error::{Error, Result};
 use crate::fs::io_hook::IoHook;
 use crate::fs::mapped_file::Warmup;
-use crate::fs::mapped_file::{MappedFile, ZeroAhead};
+use crate::fs::mapped_file::{FileWriter, MappedFile, ZeroAhead};
 use crate::fs::ops;
 use crate::stats::Counters;
 
@@ -228,12 +228,13 @@ impl Allocator {
         MappedFile::create(&self.dir, offset, self.file_size, self.hook.clone())
     }
 
-    /// The writer now writes `file`: with zero-ahead, the thread zeroes just ahead of it.
-    pub(crate) fn activate(&mut self, file: &Arc<MappedFile>) {
+    /// `writer` now writes its file: with zero-ahead, the thread zeroes just ahead of it.
+    pub(crate) fn activate(&mut self, writer: &mut FileWriter) {
         if self.warmup == Warmup::ZeroAndFlush
             && let Some(w) = &self.worker
         {
-            let _ = w.requests.send(Request::Active(Arc::clone(file)));
+            writer.allow_zero_ahead();
+            let _ = w.requests.send(Request::Active(Arc::clone(writer.file())));
         }
     }
 

@@ -67,6 +67,8 @@ pub(crate) struct MappedFile {
     zero_claim: AtomicUsize,
     /// Bytes from the writer's position up to here are written zeros, durable.
     zeroed_to: AtomicUsize,
+    /// The writer reserves its bytes before each write (`FileWriter::allow_zero_ahead`).
+    zero_ahead_allowed: AtomicBool,
     /// A zero-ahead sync of this file failed: the kernel may have reported (and so cleared)
     /// a write-back error of the records' pages with it, so the next flush must fail too.
     zero_sync_failed: Mutex<Option<(io::ErrorKind, String)>>,
@@ -181,6 +183,7 @@ impl MappedFile {
             reserved: AtomicUsize::new(visible),
             zero_claim: AtomicUsize::new(usize::MAX),
             zeroed_to: AtomicUsize::new(0),
+            zero_ahead_allowed: AtomicBool::new(false),
             zero_sync_failed: Mutex::new(None),
         })
     }
@@ -253,6 +256,9 @@ impl MappedFile {
         /// Chunk size within this distance of the writer, to keep its possible wait short.
         const NEAR: usize = 256 << 10;
         static ZEROS: [u8; 256 << 10] = [0; 256 << 10];
+        if !self.zero_ahead_allowed.load(Ordering::Acquire) {
+            return Ok(ZeroAhead::Done);
+        }
         let reserved = self.reserved.load(Ordering::SeqCst);
         let from = self
             .zeroed_to
@@ -530,6 +536,9 @@ pub(crate) struct FileWriter {
     /// When set, bytes go in with `pwrite` on this descriptor instead of a copy into the
     /// mapping (readers still read the mapping: it shows the same page cache).
     through: Option<File>,
+    /// A zeroing thread may write ahead of this writer (`allow_zero_ahead`): each write
+    /// then reserves its bytes first. Plain writers skip that.
+    zeroer: bool,
 }
 
 impl FileWriter {
@@ -552,6 +561,7 @@ impl FileWriter {
             file,
             pos,
             through: None,
+            zeroer: false,
         })
     }
 
@@ -587,6 +597,15 @@ impl FileWriter {
         Ok(())
     }
 
+    /// Lets a zeroing thread write ahead of this writer ([`MappedFile::zero_ahead`] does
+    /// nothing on a file whose writer did not allow it); from now on every write reserves
+    /// its bytes first. Call it before handing the file to that thread.
+    pub(crate) fn allow_zero_ahead(&mut self) {
+        self.zeroer = true;
+        self.file.reserved.store(self.pos, Ordering::SeqCst);
+        self.file.zero_ahead_allowed.store(true, Ordering::Release);
+    }
+
     /// Forgets bytes written since the last [`FileWriter::publish`]: after a failed
     /// write, the next one starts where readers' view ends.
     pub(crate) fn rewind(&mut self) {
@@ -602,10 +621,12 @@ impl FileWriter {
             "write past the end of a mapped file"
         );
         let end = self.pos + bytes.len();
-        self.file.reserved.store(end, Ordering::SeqCst);
-        while self.file.zero_claim.load(Ordering::SeqCst) < end {
-            // The zero-ahead thread is zeroing a chunk we reached: one memset.
-            std::thread::yield_now();
+        if self.zeroer {
+            self.file.reserved.store(end, Ordering::SeqCst);
+            while self.file.zero_claim.load(Ordering::SeqCst) < end {
+                // The zero-ahead thread is zeroing a chunk we reached: one short write.
+                std::thread::yield_now();
+            }
         }
         if let Some(file) = &self.through {
             file.write_all_at(bytes, self.pos as u64)
@@ -757,6 +778,7 @@ mod tests {
         let size = 4 << 20;
         let file = Arc::new(MappedFile::create(dir.path(), 0, size, None).unwrap());
         let mut w = FileWriter::new(file, 0).unwrap();
+        w.allow_zero_ahead();
         let file = Arc::clone(w.file());
         let done = Arc::new(AtomicBool::new(false));
         let zeroer = {

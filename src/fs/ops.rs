@@ -55,38 +55,36 @@ pub(crate) fn create_dir_durable(dir: &Path, hook: Hook<'_>) -> Result<()> {
     Ok(())
 }
 
-/// Removes a store file, through the fault-injection hook.
+/// Removes a store file, through the fault-injection hook; a missing one is fine.
 pub(crate) fn remove_file_with(path: &Path, hook: Hook<'_>) -> Result<()> {
-    if let Some(h) = hook {
-        h.before_remove(path)
-            .map_err(|e| Error::io("remove", path, e))?;
-    }
-    match fs::remove_file(path) {
-        Ok(()) => Ok(()),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
-        Err(e) => Err(Error::io("remove", path, e)),
-    }
+    remove(path, hook, true, |p| fs::remove_file(p))
 }
 
 /// Removes a file that must exist (a missing one is an error), through the hook.
 pub(crate) fn remove_existing(path: &Path, hook: Hook<'_>) -> Result<()> {
-    if let Some(h) = hook {
-        h.before_remove(path)
-            .map_err(|e| Error::io("remove", path, e))?;
-    }
-    fs::remove_file(path).map_err(|e| Error::io("remove", path, e))
+    remove(path, hook, false, |p| fs::remove_file(p))
 }
 
 /// Removes a directory and everything in it, through the hook; a missing one is fine.
 pub(crate) fn remove_dir_all(dir: &Path, hook: Hook<'_>) -> Result<()> {
+    remove(dir, hook, true, |p| fs::remove_dir_all(p))
+}
+
+fn remove(
+    path: &Path,
+    hook: Hook<'_>,
+    missing_ok: bool,
+    op: fn(&Path) -> io::Result<()>,
+) -> Result<()> {
     if let Some(h) = hook {
-        h.before_remove(dir)
-            .map_err(|e| Error::io("remove", dir, e))?;
+        h.before_remove(path)
+            .map_err(|e| Error::io("remove", path, e))?;
     }
-    match fs::remove_dir_all(dir) {
-        Ok(()) => Ok(()),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
-        Err(e) => Err(Error::io("remove", dir, e)),
+    match op(path) {
+        Err(e) if !(missing_ok && e.kind() == io::ErrorKind::NotFound) => {
+            Err(Error::io("remove", path, e))
+        }
+        _ => Ok(()),
     }
 }
 

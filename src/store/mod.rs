@@ -217,15 +217,13 @@ impl MessageStore {
     }
 
     fn acknowledge(&self, appended: Appended, started: Instant) -> Result<PutResult> {
-        let counters = self.log.counters();
-        counters.stored(u64::from(appended.count), u64::from(appended.wrote_bytes));
         let status = match self.config.flush_mode {
             FlushMode::Sync { .. } => self
                 .flusher
                 .wait_durable(appended.physical_offset + u64::from(appended.wrote_bytes))?,
             FlushMode::Async { .. } => PutStatus::Ok,
         };
-        counters.put_latency(started.elapsed());
+        self.log.counters().put_latency(started.elapsed());
         Ok(self.result(appended, status))
     }
 
@@ -241,8 +239,6 @@ impl MessageStore {
             Ok(a) => a,
             Err(e) => return PutFuture::ready(Err(e)),
         };
-        let counters = self.log.counters();
-        counters.stored(u64::from(appended.count), u64::from(appended.wrote_bytes));
         let result = self.result(appended, PutStatus::Ok);
         match self.config.flush_mode {
             FlushMode::Sync { .. } => self.flusher.ack_future(result),
@@ -325,13 +321,7 @@ impl MessageStore {
     /// assert_eq!(stats.put_latency_us.total(), 1);
     /// ```
     pub fn stats(&self) -> StoreStats {
-        let log = &self.log;
-        let (flushed, written) = (log.flushed_offset(), log.write_offset());
-        let dispatched = self.dispatcher.dispatched_offset();
-        log.counters().snapshot(
-            written.saturating_sub(flushed),
-            log.readable_offset().saturating_sub(dispatched),
-        )
+        self.log.stats(self.dispatcher.dispatched_offset())
     }
 
     /// First queue offset of `topic`/`queue_id` still stored (0 for an unknown queue).
