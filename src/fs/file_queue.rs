@@ -117,40 +117,7 @@ impl MappedFileQueue {
         hook: Option<Arc<dyn IoHook>>,
         repair_short: bool,
     ) -> Result<Vec<MappedFile>> {
-        let mut offsets = Vec::new();
-        let entries = fs::read_dir(dir).map_err(|e| Error::io("list", dir, e))?;
-        for entry in entries {
-            let entry = entry.map_err(|e| Error::io("list", dir, e))?;
-            let path = entry.path();
-            let name = entry.file_name();
-            let name = name.to_string_lossy();
-            if layout::is_tmp_file_name(&name) {
-                log::info!("removing unfinished allocation {}", path.display());
-                ops::remove_file_with(&path, hook.as_ref())?;
-                continue;
-            }
-            let bad = |reason: String| Error::BadStoreFile {
-                path: path.clone(),
-                reason,
-            };
-            let offset = layout::parse_file_name(&name)
-                .ok_or_else(|| bad("not a data file name (20 decimal digits)".into()))?;
-            if !offset.is_multiple_of(file_size) {
-                return Err(bad(format!(
-                    "offset {offset} is not a multiple of the file size {file_size}"
-                )));
-            }
-            offsets.push(offset);
-        }
-        offsets.sort_unstable();
-        for pair in offsets.windows(2) {
-            if pair[1] != pair[0] + file_size {
-                return Err(Error::BadStoreFile {
-                    path: dir.join(layout::file_name(pair[1])),
-                    reason: format!("gap in the files: the previous file starts at {}", pair[0]),
-                });
-            }
-        }
+        let offsets = list_files(dir, file_size, hook.as_ref())?;
         for &offset in offsets.iter().filter(|_| repair_short) {
             let path = dir.join(layout::file_name(offset));
             let len = fs::metadata(&path)
@@ -176,6 +143,51 @@ impl MappedFileQueue {
             })
             .collect()
     }
+}
+
+/// The start offsets of the data files in `dir`, in order. Leftover `.tmp` files of an
+/// interrupted allocation are removed; any other stray name, a misaligned name or a gap
+/// between files is refused with [`Error::BadStoreFile`].
+pub(crate) fn list_files(
+    dir: &Path,
+    file_size: u64,
+    hook: Option<&Arc<dyn IoHook>>,
+) -> Result<Vec<u64>> {
+    let mut offsets = Vec::new();
+    let entries = fs::read_dir(dir).map_err(|e| Error::io("list", dir, e))?;
+    for entry in entries {
+        let entry = entry.map_err(|e| Error::io("list", dir, e))?;
+        let path = entry.path();
+        let name = entry.file_name();
+        let name = name.to_string_lossy();
+        if layout::is_tmp_file_name(&name) {
+            log::info!("removing unfinished allocation {}", path.display());
+            ops::remove_file_with(&path, hook)?;
+            continue;
+        }
+        let bad = |reason: String| Error::BadStoreFile {
+            path: path.clone(),
+            reason,
+        };
+        let offset = layout::parse_file_name(&name)
+            .ok_or_else(|| bad("not a data file name (20 decimal digits)".into()))?;
+        if !offset.is_multiple_of(file_size) {
+            return Err(bad(format!(
+                "offset {offset} is not a multiple of the file size {file_size}"
+            )));
+        }
+        offsets.push(offset);
+    }
+    offsets.sort_unstable();
+    for pair in offsets.windows(2) {
+        if pair[1] != pair[0] + file_size {
+            return Err(Error::BadStoreFile {
+                path: dir.join(layout::file_name(pair[1])),
+                reason: format!("gap in the files: the previous file starts at {}", pair[0]),
+            });
+        }
+    }
+    Ok(offsets)
 }
 
 #[cfg(test)]

@@ -1,4 +1,5 @@
 //! Files on disk: memory-mapped files and the queue of them, their allocation and warm-up,
+//! sparse files written by position (the consume queues'),
 //! the store lock and abort marker, free-space checks, and the `IoHook` fault seam every
 //! durable step consults. Nothing here knows what a record or a queue is.
 
@@ -10,3 +11,4 @@ pub(crate) mod lock;
 #[allow(unsafe_code)]
 pub(crate) mod mapped_file;
 pub(crate) mod ops;
+pub(crate) mod sparse_file;

@@ -1,20 +1,27 @@
 //! One consume queue: the index of a topic/queue, 20-byte entries pointing into the commit
 //! log, in files of a fixed number of entries under `{root}/consumequeue/{topic}/{queue}/`.
 //!
-//! The dispatch thread is the only writer (recovery writes before the store is shared);
-//! readers see entries below the published `max_offset`.
+//! The dispatch thread is the only writer (recovery writes before the store is shared). It
+//! adds entries to a pending batch and [`ConsumeQueue::commit`]s it with one positional
+//! write; readers see entries below the published `max_offset`, read by position.
+//!
+//! Files are sparse (see `fs::sparse_file`): a new file costs no disk until entries fill
+//! it, and its creation is not synced on the spot; `ConsumeQueues::flush` makes the new
+//! names durable with the entries, before the checkpoint vouches for them.
 
-use std::path::PathBuf;
+use std::fs::File;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
-use parking_lot::Mutex;
+use parking_lot::{Mutex, RwLock};
 
 use crate::error::{Error, Result};
-use crate::fs::file_queue::MappedFileQueue;
+use crate::fs::file_queue::list_files;
 use crate::fs::io_hook::IoHook;
-use crate::fs::mapped_file::{FileWriter, MappedFile};
-use crate::fs::ops::create_dir_durable;
+use crate::fs::mapped_file::PAGE_SIZE;
+use crate::fs::ops;
+use crate::fs::sparse_file::{self, FileCache};
 use crate::queue::entry::{CQ_ENTRY_LEN, CqEntry};
 use crate::search::partition_point;
 
@@ -44,21 +51,65 @@ pub(crate) enum Indexed {
     Gap(String),
 }
 
+/// What every queue of a store shares: the file size, the fault hook and the descriptors.
+pub(crate) struct QueueFiles {
+    pub file_size: u64,
+    pub hook: Option<Arc<dyn IoHook>>,
+    pub cache: FileCache,
+    next_key: AtomicU64,
+}
+
+impl QueueFiles {
+    pub(crate) fn new(file_size: u64, hook: Option<Arc<dyn IoHook>>, open_files: usize) -> Self {
+        QueueFiles {
+            file_size,
+            hook,
+            cache: FileCache::new(open_files),
+            next_key: AtomicU64::new(0),
+        }
+    }
+}
+
+/// A batch is written out once it holds this many bytes, whoever commits it.
+const MAX_PENDING: usize = 64 * 1024;
+
+/// The writer's side of a queue.
+#[derive(Default)]
+struct Tail {
+    /// Encoded entries from `max_offset` on, not yet written.
+    pending: Vec<u8>,
+    /// `(file start, bytes allocated in it)` of the file last written: blocks up to there
+    /// are allocated.
+    allocated: (u64, u64),
+}
+
+/// A point a sync must reach: the bytes written, and the names created.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct SyncPoint {
+    written: u64,
+    names: u64,
+}
+
 pub(crate) struct ConsumeQueue {
     dir: PathBuf,
-    file_size: u64,
-    hook: Option<Arc<dyn IoHook>>,
-    files: MappedFileQueue,
-    writer: Mutex<Option<FileWriter>>,
+    io: Arc<QueueFiles>,
+    /// This queue's files in the descriptor cache.
+    key: u64,
+    /// Start of the first file and end of the last (file-space bytes), if any file exists.
+    span: RwLock<Option<(u64, u64)>>,
+    tail: Mutex<Tail>,
     /// Queue offset of the first entry still stored.
     min_offset: AtomicU64,
     /// Next queue offset: entries below it are written and visible.
     max_offset: AtomicU64,
-    /// Byte position (in the queue's logical file space) flushed so far.
+    /// Byte position (in the queue's logical file space) synced so far.
     flushed: AtomicU64,
+    /// Files and directories created so far, and how many of those are durably named.
+    names_created: AtomicU64,
+    names_synced: AtomicU64,
     /// Why the entries found at load cannot be trusted (a zeroed entry below the end, or
     /// entries out of order): recovery then rebuilds the queues from the log.
-    damage: Option<String>,
+    damage: Option<Box<str>>,
     /// The queue holds nothing and its next entry may come at any queue offset: a new
     /// queue (the log's start may have been deleted by retention). A queue emptied by crash
     /// recovery is instead positioned exactly where its next entry must go.
@@ -67,6 +118,8 @@ pub(crate) struct ConsumeQueue {
     /// record of it the rebuild meets, if any, wins over the dead entries (they go, and the
     /// queue starts again at that record), unless it simply continues them.
     restartable: AtomicBool,
+    /// Listed in `ConsumeQueues`' batch of queues with pending entries.
+    pub(crate) in_batch: AtomicBool,
 }
 
 impl std::fmt::Debug for ConsumeQueue {
@@ -78,72 +131,122 @@ impl std::fmt::Debug for ConsumeQueue {
     }
 }
 
-/// Checks that the entries from queue offset `from` to `end` are all written, with commit-
-/// log offsets that grow: a zeroed entry below the end would stop every reader at it.
-/// Costs one pass over the written entries (20 bytes per message).
-fn check_entries(
-    files: &[Arc<MappedFile>],
-    from: u64,
-    end: u64,
-    entries_per_file: u64,
-) -> Option<String> {
-    let first = files.first()?.start_offset() / CQ_ENTRY_LEN as u64;
-    let mut prev: Option<u64> = None;
-    let mut at = from;
-    while at < end {
-        let index = ((at - first) / entries_per_file) as usize;
-        let file = files.get(index)?;
-        let in_file = at % entries_per_file;
-        let n = (entries_per_file - in_file).min(end - at);
-        let bytes = file.slice(in_file as usize * CQ_ENTRY_LEN, n as usize * CQ_ENTRY_LEN)?;
-        for (i, chunk) in bytes.chunks_exact(CQ_ENTRY_LEN).enumerate() {
-            let offset = at + i as u64;
-            let entry = CqEntry::decode(chunk.try_into().expect("20 bytes"));
-            match entry {
-                None => return Some(format!("entry {offset} is not written")),
-                Some(e) if prev.is_some_and(|p| e.physical_offset <= p) => {
-                    return Some(format!("entry {offset} points before the previous one"));
-                }
-                Some(e) => prev = Some(e.physical_offset),
+impl Drop for ConsumeQueue {
+    fn drop(&mut self) {
+        if let Some((first, end)) = *self.span.get_mut() {
+            for start in (first..end).step_by(self.io.file_size as usize) {
+                self.io.cache.forget((self.key, start));
             }
         }
-        at += n;
     }
-    None
 }
 
-fn entry_at(file: &Arc<MappedFile>, pos: usize) -> Option<CqEntry> {
-    let bytes = file.slice(pos, CQ_ENTRY_LEN)?;
-    CqEntry::decode(bytes[..].try_into().expect("20 bytes"))
+/// The files of a queue being loaded, open, first to last.
+struct Loading<'a> {
+    dir: &'a Path,
+    files: Vec<(u64, File)>,
+    file_size: u64,
+}
+
+impl Loading<'_> {
+    fn entries_per_file(&self) -> u64 {
+        self.file_size / CQ_ENTRY_LEN as u64
+    }
+
+    /// Queue offset of the first file's first entry.
+    fn first(&self) -> u64 {
+        self.files[0].0 / CQ_ENTRY_LEN as u64
+    }
+
+    fn file_of(&self, at: u64) -> Option<&(u64, File)> {
+        let index = at.checked_sub(self.first())? / self.entries_per_file();
+        self.files.get(usize::try_from(index).ok()?)
+    }
+
+    /// Reads the entries `at..at + buf.len() / 20`, all in one file.
+    fn read(&self, at: u64, buf: &mut [u8]) -> Result<()> {
+        let Some((start, file)) = self.file_of(at) else {
+            buf.fill(0);
+            return Ok(());
+        };
+        let path = sparse_file::path_in(self.dir, *start);
+        let pos = at * CQ_ENTRY_LEN as u64 - start;
+        let n = sparse_file::read_at(file, &path, buf, pos)?;
+        buf[n..].fill(0);
+        Ok(())
+    }
+
+    fn entry(&self, at: u64) -> Result<Option<CqEntry>> {
+        let mut buf = [0u8; CQ_ENTRY_LEN];
+        self.read(at, &mut buf)?;
+        Ok(CqEntry::decode(&buf))
+    }
+
+    /// Checks that the entries from queue offset `from` to `end` are all written, with
+    /// commit-log offsets that grow: a zeroed entry below the end would stop every reader
+    /// at it. Costs one pass over the written entries (20 bytes per message).
+    fn check(&self, from: u64, end: u64) -> Result<Option<String>> {
+        const BATCH: u64 = 3276;
+        let mut prev: Option<u64> = None;
+        let mut buf = vec![0u8; BATCH as usize * CQ_ENTRY_LEN];
+        let mut at = from;
+        while at < end {
+            let in_file = self.entries_per_file() - at % self.entries_per_file();
+            let n = BATCH.min(end - at).min(in_file);
+            let bytes = &mut buf[..n as usize * CQ_ENTRY_LEN];
+            self.read(at, bytes)?;
+            for (i, chunk) in bytes.chunks_exact(CQ_ENTRY_LEN).enumerate() {
+                let offset = at + i as u64;
+                match CqEntry::decode(chunk.try_into().expect("20 bytes")) {
+                    None => return Ok(Some(format!("entry {offset} is not written"))),
+                    Some(e) if prev.is_some_and(|p| e.physical_offset <= p) => {
+                        return Ok(Some(format!(
+                            "entry {offset} points before the previous one"
+                        )));
+                    }
+                    Some(e) => prev = Some(e.physical_offset),
+                }
+            }
+            at += n;
+        }
+        Ok(None)
+    }
+
+    fn remove(&self, from: usize, hook: Option<&Arc<dyn IoHook>>) -> Result<()> {
+        for (start, _) in &self.files[from..] {
+            let path = sparse_file::path_in(self.dir, *start);
+            ops::remove_file_with(&path, hook)?;
+        }
+        ops::sync_dir_with(self.dir, hook)
+    }
 }
 
 impl ConsumeQueue {
     /// An empty queue whose directory is created with its first entry.
-    pub(crate) fn new(dir: PathBuf, file_size: u64, hook: Option<Arc<dyn IoHook>>) -> Self {
+    pub(crate) fn new(dir: PathBuf, io: Arc<QueueFiles>) -> Self {
+        let key = io.next_key.fetch_add(1, Ordering::Relaxed);
         ConsumeQueue {
             dir,
-            file_size,
-            hook,
-            files: MappedFileQueue::new(file_size),
-            writer: Mutex::new(None),
+            io,
+            key,
+            span: RwLock::new(None),
+            tail: Mutex::new(Tail::default()),
             min_offset: AtomicU64::new(0),
             max_offset: AtomicU64::new(0),
             flushed: AtomicU64::new(0),
+            names_created: AtomicU64::new(0),
+            names_synced: AtomicU64::new(0),
             damage: None,
             free_start: AtomicBool::new(true),
             restartable: AtomicBool::new(false),
+            in_batch: AtomicBool::new(false),
         }
     }
 
     /// A queue whose files could not be loaded, to be rebuilt: holds nothing, and says why.
-    pub(crate) fn damaged(
-        dir: PathBuf,
-        file_size: u64,
-        hook: Option<Arc<dyn IoHook>>,
-        why: String,
-    ) -> Self {
-        let mut q = ConsumeQueue::new(dir, file_size, hook);
-        q.damage = Some(why);
+    pub(crate) fn damaged(dir: PathBuf, io: Arc<QueueFiles>, why: String) -> Self {
+        let mut q = ConsumeQueue::new(dir, io);
+        q.damage = Some(why.into());
         *q.free_start.get_mut() = false;
         q
     }
@@ -153,16 +256,21 @@ impl ConsumeQueue {
         self.damage.as_deref()
     }
 
+    fn hook(&self) -> Option<&Arc<dyn IoHook>> {
+        self.io.hook.as_ref()
+    }
+
     /// Opens the queue in `dir`. Its end is the first unwritten entry of the last file,
-    /// found by binary search (entries are written in order); `how` says what is kept.
-    /// Its written entries are checked (none zero, offsets rising). Rebuilding, a queue
-    /// whose last entry points below `log_start` (the commit log's start) is expired: no
-    /// record could rebuild it, so its files are kept, and they give way to the log if a
-    /// record of it turns up after all.
+    /// found by binary search (entries are written in order) below the file's first hole;
+    /// `how` says what is kept. Its written entries are checked (none zero, offsets
+    /// rising). Rebuilding, a queue whose last entry points below `log_start` (the commit
+    /// log's start) is expired: no record could rebuild it, so its files are kept, and
+    /// they give way to the log if a record of it turns up after all.
+    ///
+    /// Needs no free space: a short file (after a crash) is extended as a hole.
     pub(crate) fn load(
         dir: PathBuf,
-        file_size: u64,
-        hook: Option<Arc<dyn IoHook>>,
+        io: Arc<QueueFiles>,
         how: Load,
         log_start: u64,
     ) -> Result<Self> {
@@ -171,60 +279,80 @@ impl ConsumeQueue {
             Load::DropFrom(offset) => Some(offset),
             Load::Rebuild => Some(0),
         };
-        let mut files: Vec<Arc<MappedFile>> =
-            MappedFileQueue::load_files(&dir, file_size, hook.clone(), how != Load::Keep)?
-                .into_iter()
-                .map(Arc::new)
-                .collect();
-        let mut q = ConsumeQueue::new(dir, file_size, hook);
-        let Some(last) = files.last() else {
-            return Ok(q);
-        };
-        let entries_per_file = file_size / CQ_ENTRY_LEN as u64;
-        let first = files[0].start_offset() / CQ_ENTRY_LEN as u64;
-        // First unwritten entry in the last file.
-        let written = |from: u64| {
-            partition_point(from..entries_per_file, |at| {
-                entry_at(last, at as usize * CQ_ENTRY_LEN).is_some()
+        let file_size = io.file_size;
+        let hook = io.hook.clone();
+        let starts = list_files(&dir, file_size, hook.as_ref())?;
+        let files = starts
+            .into_iter()
+            .map(|start| {
+                let path = sparse_file::path_in(&dir, start);
+                sparse_file::open(&path, file_size, how != Load::Keep).map(|f| (start, f))
             })
+            .collect::<Result<Vec<_>>>()?;
+        let mut q = ConsumeQueue::new(dir, io);
+        if files.is_empty() {
+            return Ok(q);
+        }
+        let l = Loading {
+            dir: &q.dir,
+            files,
+            file_size,
         };
-        let mut end = last.start_offset() / CQ_ENTRY_LEN as u64 + written(0);
+        let per_file = l.entries_per_file();
+        let first = l.first();
+        let (last_start, last) = l.files.last().expect("not empty");
+        let last_path = sparse_file::path_in(&q.dir, *last_start);
+        let last_first = last_start / CQ_ENTRY_LEN as u64;
+        // First unwritten entry of the last file, from `from` on: entries wholly past the
+        // file's first hole from there are unwritten.
+        let written = |from: u64| -> Result<u64> {
+            let hole = sparse_file::data_end(last, &last_path, from * CQ_ENTRY_LEN as u64)?;
+            let hi = hole.div_ceil(CQ_ENTRY_LEN as u64).clamp(from, per_file);
+            let mut failed = None;
+            let end = partition_point(from..hi, |at| match l.entry(last_first + at) {
+                Ok(e) => e.is_some(),
+                Err(e) => {
+                    failed.get_or_insert(e);
+                    false
+                }
+            });
+            failed.map_or(Ok(end), Err)
+        };
+        let mut end = last_first + written(0)?;
         // A queue may begin inside its first file (rebuilt from a log whose start was
         // deleted): its first written entry is its minimum.
-        let first_written = if entry_at(&files[0], 0).is_some() {
+        let first_written = if l.entry(first)?.is_some() {
             first
         } else {
-            let n = (files[0].size() / CQ_ENTRY_LEN) as u64;
-            let skip = (0..n)
-                .find(|&i| entry_at(&files[0], i as usize * CQ_ENTRY_LEN).is_some())
-                .unwrap_or(n);
-            first + skip
+            let (start0, file0) = &l.files[0];
+            let path0 = sparse_file::path_in(&q.dir, *start0);
+            let data = data_start(file0, &path0)? / CQ_ENTRY_LEN as u64;
+            let mut found = per_file;
+            for i in data.min(per_file)..per_file {
+                if l.entry(first + i)?.is_some() {
+                    found = i;
+                    break;
+                }
+            }
+            first + found
         };
-        if files.len() == 1 && end <= first_written {
+        if l.files.len() == 1 && end <= first_written {
             // The binary search assumes entries from the file's start; redo it from the
             // first written entry.
-            end = first + written(first_written - first);
+            end = first + written(first_written - first)?;
         }
-        let last_entry = (end > first_written)
-            .then(|| {
-                let at = end - 1;
-                entry_at(
-                    &files[((at - first) / entries_per_file) as usize],
-                    ((at % entries_per_file) as usize) * CQ_ENTRY_LEN,
-                )
-            })
-            .flatten();
+        let last_entry = match end.checked_sub(1).filter(|at| *at >= first_written) {
+            Some(at) => l.entry(at)?,
+            None => None,
+        };
         // Checked in every mode: a damaged last entry can look like an expired one.
-        let damage = check_entries(&files, first_written.min(end), end, entries_per_file);
+        let damage = l.check(first_written.min(end), end)?;
         let expired =
             how == Load::Rebuild && last_entry.is_some_and(|e| e.physical_offset < log_start);
         if expired && damage.is_some() {
             // Dead entries, damaged: nothing to keep them for. The queue continues from its
             // end (the table may move it further), unless the log has a record of it.
-            for file in &files {
-                file.remove()?;
-            }
-            files[0].sync_parent()?;
+            l.remove(0, hook.as_ref())?;
             *q.min_offset.get_mut() = end;
             *q.max_offset.get_mut() = end;
             *q.free_start.get_mut() = false;
@@ -234,22 +362,25 @@ impl ConsumeQueue {
         let keep_below = if expired { None } else { keep_below };
         if let Some(limit) = keep_below {
             // First entry pointing at or past `limit` (offsets grow with queue offsets).
-            end = partition_point(first_written.min(end)..end, |at| {
-                let file = &files[((at - first) / entries_per_file) as usize];
-                let pos = ((at % entries_per_file) as usize) * CQ_ENTRY_LEN;
-                entry_at(file, pos).is_some_and(|e| e.physical_offset < limit)
+            let mut failed = None;
+            end = partition_point(first_written.min(end)..end, |at| match l.entry(at) {
+                Ok(e) => e.is_some_and(|e| e.physical_offset < limit),
+                Err(e) => {
+                    failed.get_or_insert(e);
+                    false
+                }
             });
+            if let Some(e) = failed {
+                return Err(e);
+            }
         }
         if how != Load::Rebuild {
-            q.damage = damage;
+            q.damage = damage.map(Into::into);
         }
         if keep_below.is_some() && end <= first_written {
             // Nothing kept. Rebuilding, the queue starts again at its first record in the
             // log; otherwise its next entry must be the first one dropped.
-            for file in &files {
-                file.remove()?;
-            }
-            files[0].sync_parent()?;
+            l.remove(0, hook.as_ref())?;
             if how != Load::Rebuild {
                 *q.min_offset.get_mut() = first_written;
                 *q.max_offset.get_mut() = first_written;
@@ -257,29 +388,24 @@ impl ConsumeQueue {
             }
             return Ok(q);
         }
-        // Files wholly past the end go; the end's file takes the writer.
-        let keep = (((end - first) / entries_per_file) as usize + 1).min(files.len());
-        let past_end = files.split_off(keep);
-        for file in &past_end {
-            file.remove()?;
+        // Files wholly past the end go; the end's file is written next.
+        let keep = (((end - first) / per_file) as usize + 1).min(l.files.len());
+        if keep < l.files.len() {
+            l.remove(keep, hook.as_ref())?;
         }
-        if let Some(file) = past_end.first() {
-            file.sync_parent()?;
-        }
-        let last = files.pop().expect("keep >= 1");
-        let pos = ((end - last.start_offset() / CQ_ENTRY_LEN as u64) as usize) * CQ_ENTRY_LEN;
-        let mut writer = FileWriter::new(last, pos).ok_or_else(|| Error::BadStoreFile {
-            path: q.dir.clone(),
-            reason: "consume queue file still in use".into(),
-        })?;
+        let (end_start, end_file) = &l.files[keep - 1];
+        let pos = end * CQ_ENTRY_LEN as u64 - end_start;
         if keep_below.is_some() {
-            writer.zero_tail()?;
+            zero_tail(
+                end_file,
+                &sparse_file::path_in(&q.dir, *end_start),
+                pos,
+                hook.as_ref(),
+            )?;
         }
-        for file in files {
-            q.files.push(file);
-        }
-        q.files.push(Arc::clone(writer.file()));
-        *q.writer.get_mut() = Some(writer);
+        let span_end = end_start + file_size;
+        *q.span.get_mut() = Some((l.files[0].0, span_end));
+        q.tail.get_mut().allocated = (*end_start, pos / PAGE_SIZE as u64 * PAGE_SIZE as u64);
         *q.min_offset.get_mut() = first_written.max(first).min(end);
         *q.max_offset.get_mut() = end;
         *q.flushed.get_mut() = end * CQ_ENTRY_LEN as u64;
@@ -297,11 +423,10 @@ impl ConsumeQueue {
     /// Makes a queue that holds nothing, or only entries of deleted records and fewer than
     /// `next`, continue exactly at `next`: its earlier messages are gone from the log.
     pub(crate) fn position(&self, next: u64) -> Result<()> {
-        let mut writer = self.writer.lock();
+        let _tail = self.tail.lock();
         let dead_and_short = self.restartable.load(Ordering::Acquire) && self.max_offset() < next;
         if dead_and_short {
-            *writer = None;
-            self.files.remove_front_while(0, |_| true)?;
+            self.remove_all_files()?;
             self.restartable.store(false, Ordering::Release);
             self.free_start.store(true, Ordering::Release);
         }
@@ -324,17 +449,68 @@ impl ConsumeQueue {
         self.min_offset.load(Ordering::Acquire)
     }
 
+    fn file_size(&self) -> u64 {
+        self.io.file_size
+    }
+
+    /// Removes the first file (by retention; never the last one), forgetting its
+    /// descriptor first. Called with the tail locked.
+    fn remove_first_file(&self, start: u64) -> Result<()> {
+        self.io.cache.forget((self.key, start));
+        ops::remove_file_with(&sparse_file::path_in(&self.dir, start), self.hook())?;
+        let mut span = self.span.write();
+        *span = span
+            .map(|(first, end)| (first + self.file_size(), end))
+            .filter(|(first, end)| first < end);
+        Ok(())
+    }
+
+    /// Removes every file (the tail locked, nothing pending).
+    fn remove_all_files(&self) -> Result<()> {
+        let mut removed = false;
+        loop {
+            let span = *self.span.read();
+            let Some((first, _)) = span else { break };
+            self.remove_first_file(first)?;
+            removed = true;
+        }
+        if removed {
+            ops::sync_dir_with(&self.dir, self.hook())?;
+        }
+        Ok(())
+    }
+
     /// Deletes the files whose entries all point below `min_physical` (the commit log's new
     /// start), keeping the file being written, and moves the minimum offset to the first
     /// entry still pointing into the log. Returns how many files went.
     pub(crate) fn delete_below(&self, min_physical: u64) -> Result<usize> {
-        let _writer = self.writer.lock();
-        let removed = self.files.remove_front_while(1, |file| {
-            let last = file.size() - CQ_ENTRY_LEN;
-            entry_at(file, last).is_some_and(|e| e.physical_offset < min_physical)
-        })?;
+        let _tail = self.tail.lock();
+        let mut removed = 0;
+        let result = loop {
+            let Some((first, end)) = *self.span.read() else {
+                break Ok(());
+            };
+            if end - first <= self.file_size() {
+                break Ok(());
+            }
+            let last_entry = (first + self.file_size()) / CQ_ENTRY_LEN as u64 - 1;
+            if self
+                .entry(last_entry)
+                .is_none_or(|e| e.physical_offset >= min_physical)
+            {
+                break Ok(());
+            }
+            if let Err(e) = self.remove_first_file(first) {
+                break Err(e);
+            }
+            removed += 1;
+        };
+        if removed > 0 {
+            ops::sync_dir_with(&self.dir, self.hook())?;
+        }
+        result?;
         self.raise_min(min_physical);
-        Ok(removed.len())
+        Ok(removed)
     }
 
     /// Moves the minimum offset to the first entry pointing at or past `min_physical`:
@@ -343,9 +519,9 @@ impl ConsumeQueue {
     pub(crate) fn raise_min(&self, min_physical: u64) {
         let max = self.max_offset();
         let from = self
-            .files
-            .min_offset()
-            .map_or(max, |o| o / CQ_ENTRY_LEN as u64)
+            .span
+            .read()
+            .map_or(max, |(first, _)| first / CQ_ENTRY_LEN as u64)
             .max(self.min_offset());
         let first_live = partition_point(from..max, |at| {
             self.entry(at)
@@ -354,14 +530,37 @@ impl ConsumeQueue {
         self.min_offset.fetch_max(first_live, Ordering::AcqRel);
     }
 
+    /// Reads `buf.len()` bytes at file-space position `byte`, all in one file; `None` when
+    /// the file is gone (deleted by retention meanwhile) or cannot be read.
+    fn read(&self, byte: u64, buf: &mut [u8]) -> Option<()> {
+        let start = byte / self.file_size() * self.file_size();
+        let (first, end) = (*self.span.read())?;
+        if start < first || start >= end {
+            return None;
+        }
+        let path = sparse_file::path_in(&self.dir, start);
+        let file = match self.io.cache.get((self.key, start)) {
+            Some(f) => f,
+            None => Arc::new(File::open(&path).ok()?),
+        };
+        match sparse_file::read_at(&file, &path, buf, byte - start) {
+            Ok(n) if n == buf.len() => Some(()),
+            Ok(_) => None,
+            Err(e) => {
+                log::error!("reading consume queue {}: {e}", self.dir.display());
+                None
+            }
+        }
+    }
+
     /// The entry at `queue_offset`, if written.
     pub(crate) fn entry(&self, queue_offset: u64) -> Option<CqEntry> {
         if queue_offset >= self.max_offset() {
             return None;
         }
-        let byte = queue_offset * CQ_ENTRY_LEN as u64;
-        let file = self.files.find(byte)?;
-        entry_at(&file, (byte - file.start_offset()) as usize)
+        let mut buf = [0u8; CQ_ENTRY_LEN];
+        self.read(queue_offset * CQ_ENTRY_LEN as u64, &mut buf)?;
+        CqEntry::decode(&buf)
     }
 
     /// Up to `max` entries from `queue_offset`, stopping at the end of a file.
@@ -372,42 +571,51 @@ impl ConsumeQueue {
         if queue_offset >= end {
             return Vec::new();
         }
-        let byte = queue_offset * CQ_ENTRY_LEN as u64;
-        let Some(file) = self.files.find(byte) else {
+        let per_file = self.file_size() / CQ_ENTRY_LEN as u64;
+        let n = (end - queue_offset).min(per_file - queue_offset % per_file) as usize;
+        let mut buf = vec![0u8; n * CQ_ENTRY_LEN];
+        if self
+            .read(queue_offset * CQ_ENTRY_LEN as u64, &mut buf)
+            .is_none()
+        {
             return Vec::new();
-        };
-        let pos = (byte - file.start_offset()) as usize;
-        let in_file = (file.write_pos().saturating_sub(pos) / CQ_ENTRY_LEN) as u64;
-        let n = (end - queue_offset).min(in_file) as usize;
-        let Some(bytes) = file.slice(pos, n * CQ_ENTRY_LEN) else {
-            return Vec::new();
-        };
-        bytes
-            .chunks_exact(CQ_ENTRY_LEN)
+        }
+        buf.chunks_exact(CQ_ENTRY_LEN)
             .map_while(|c| CqEntry::decode(c.try_into().expect("20 bytes")))
             .collect()
     }
 
-    /// Indexes `entry` at `queue_offset`. Idempotent: the same entry at an indexed offset
-    /// writes nothing. A different entry there, or an offset past the end, writes nothing
-    /// and says so; an error is an I/O failure.
+    /// Indexes `entry` at `queue_offset`, in the pending batch ([`ConsumeQueue::commit`]
+    /// writes and publishes it). Idempotent: the same entry at an indexed or pending offset
+    /// adds nothing. A different entry there, or an offset past the end, adds nothing and
+    /// says so; an error is an I/O failure (writing out a full batch).
     pub(crate) fn put(&self, queue_offset: u64, entry: CqEntry) -> Result<Indexed> {
-        let mut writer = self.writer.lock();
+        let mut tail = self.tail.lock();
         if self.restartable.load(Ordering::Acquire) {
             // A rebuild kept this queue as expired, yet the log holds a record of it (or, at
             // run time, its next message arrives): the log wins. The dead entries go and
             // the queue goes on from this record. Each step can be retried after a failure;
             // readers meanwhile see the queue as it was (its entries are all dead).
-            *writer = None;
-            self.files.remove_front_while(0, |_| true)?;
-            *writer = Some(self.new_file(queue_offset)?);
+            self.remove_all_files()?;
             self.min_offset.store(queue_offset, Ordering::Release);
             self.max_offset.store(queue_offset, Ordering::Release);
             self.free_start.store(false, Ordering::Release);
+            self.restartable.store(false, Ordering::Release);
         }
-        let mut next = self.max_offset();
+        let max = self.max_offset();
+        let mut next = max + (tail.pending.len() / CQ_ENTRY_LEN) as u64;
         if queue_offset < next {
-            return match self.entry(queue_offset) {
+            let have = if queue_offset >= max {
+                let at = (queue_offset - max) as usize * CQ_ENTRY_LEN;
+                CqEntry::decode(
+                    tail.pending[at..at + CQ_ENTRY_LEN]
+                        .try_into()
+                        .expect("20 bytes"),
+                )
+            } else {
+                self.entry(queue_offset)
+            };
+            return match have {
                 Some(e) if e == entry => Ok(Indexed::Already),
                 _ => Ok(Indexed::Conflict(format!(
                     "consume queue {} already holds a different entry at {queue_offset}",
@@ -417,8 +625,7 @@ impl ConsumeQueue {
         }
         if queue_offset > next && self.is_fresh() {
             // A fresh queue starts where its first message is (the log's start may have
-            // been deleted by retention): begin inside the file that holds that offset.
-            *writer = Some(self.new_file(queue_offset)?);
+            // been deleted by retention): its first file is the one holding that offset.
             self.min_offset.store(queue_offset, Ordering::Release);
             self.max_offset.store(queue_offset, Ordering::Release);
             next = queue_offset;
@@ -429,47 +636,183 @@ impl ConsumeQueue {
                 self.dir.display()
             )));
         }
-        if writer.as_ref().is_none_or(|w| w.remaining() < CQ_ENTRY_LEN) {
-            *writer = Some(self.new_file(next)?);
-        }
-        let w = writer.as_mut().expect("set above");
-        w.write(&entry.encode())?;
-        w.publish();
-        self.max_offset.store(next + 1, Ordering::Release);
+        tail.pending.extend_from_slice(&entry.encode());
         self.free_start.store(false, Ordering::Release);
-        self.restartable.store(false, Ordering::Release);
+        if tail.pending.len() >= MAX_PENDING {
+            self.write_pending(&mut tail)?;
+        }
         Ok(Indexed::Appended)
     }
 
-    /// Creates the file holding `queue_offset` and a writer positioned at its entry.
-    fn new_file(&self, queue_offset: u64) -> Result<FileWriter> {
-        create_dir_durable(&self.dir, self.hook.as_ref())?;
-        let byte = queue_offset * CQ_ENTRY_LEN as u64;
-        let start = byte / self.file_size * self.file_size;
-        let file =
-            MappedFile::create(&self.dir, start, self.file_size as usize, self.hook.clone())?;
-        let w = FileWriter::new(Arc::new(file), (byte - start) as usize)
-            .expect("a new file has no other owner");
-        self.files.push(Arc::clone(w.file()));
-        Ok(w)
+    /// Writes the pending entries and makes them visible. On failure (a full disk) what
+    /// was written stays visible and the rest stays pending, to be committed again.
+    pub(crate) fn commit(&self) -> Result<()> {
+        let mut tail = self.tail.lock();
+        self.write_pending(&mut tail)
     }
 
-    /// Flushes entries written since the last flush.
-    pub(crate) fn flush(&self) -> Result<()> {
-        let target = self.max_offset() * CQ_ENTRY_LEN as u64;
-        let from = self.flushed.load(Ordering::Acquire);
-        if target <= from {
-            return Ok(());
-        }
-        for file in self.files.files_from(from) {
-            if file.start_offset() >= target {
-                break;
+    fn write_pending(&self, tail: &mut Tail) -> Result<()> {
+        let size = self.file_size();
+        while !tail.pending.is_empty() {
+            let at = self.max_offset();
+            let byte = at * CQ_ENTRY_LEN as u64;
+            let start = byte / size * size;
+            let pos = byte - start;
+            let n = (tail.pending.len() as u64).min(size - pos) as usize;
+            let file = self.writable(start)?;
+            let path = sparse_file::path_in(&self.dir, start);
+            let need = pos + n as u64;
+            let (alloc_file, allocated) = tail.allocated;
+            let allocated = if alloc_file == start {
+                allocated
+            } else {
+                pos / PAGE_SIZE as u64 * PAGE_SIZE as u64
+            };
+            if need > allocated {
+                let to = sparse_file::next_allocation(allocated, need, size);
+                sparse_file::allocate(&file, &path, allocated, to, self.hook())?;
+                tail.allocated = (start, to);
             }
-            file.flush()?;
+            sparse_file::write_at(&file, &path, &tail.pending[..n], pos)?;
+            tail.pending.drain(..n);
+            self.max_offset
+                .store(at + (n / CQ_ENTRY_LEN) as u64, Ordering::Release);
         }
-        self.flushed.fetch_max(target, Ordering::AcqRel);
+        if tail.pending.capacity() > MAX_PENDING {
+            tail.pending = Vec::new();
+        }
         Ok(())
     }
+
+    /// The open file starting at `start`, created (with its directory) when it is the next
+    /// one. Called by the writer only.
+    fn writable(&self, start: u64) -> Result<Arc<File>> {
+        let span = *self.span.read();
+        let path = sparse_file::path_in(&self.dir, start);
+        match span {
+            Some((first, end)) if first <= start && start < end => {
+                let size = self.file_size();
+                self.io
+                    .cache
+                    .get_or_open((self.key, start), || sparse_file::open(&path, size, false))
+            }
+            Some((_, end)) if end != start => Err(Error::BadStoreFile {
+                path,
+                reason: format!("the queue's files end at {end}, the next one would not follow"),
+            }),
+            _ => {
+                if span.is_none() {
+                    std::fs::create_dir_all(&self.dir)
+                        .map_err(|e| Error::io("create directory", &self.dir, e))?;
+                }
+                let file = Arc::new(sparse_file::create(&path, self.file_size(), self.hook())?);
+                self.io.cache.insert((self.key, start), Arc::clone(&file));
+                let mut span = self.span.write();
+                *span = Some((
+                    span.map_or(start, |(first, _)| first),
+                    start + self.file_size(),
+                ));
+                self.names_created.fetch_add(1, Ordering::AcqRel);
+                Ok(file)
+            }
+        }
+    }
+
+    /// What a sync must cover for everything written so far to be durable, or `None` when
+    /// it already is.
+    pub(crate) fn unsynced(&self) -> Option<SyncPoint> {
+        let point = SyncPoint {
+            written: self.max_offset() * CQ_ENTRY_LEN as u64,
+            names: self.names_created.load(Ordering::Acquire),
+        };
+        let done = point.written <= self.flushed.load(Ordering::Acquire)
+            && point.names <= self.names_synced.load(Ordering::Acquire);
+        (!done).then_some(point)
+    }
+
+    /// Syncs this queue's written files up to `point` and, when it created any, its
+    /// directory and the two above (topic, then `consumequeue/`), so that a crash cannot
+    /// lose the path to its entries.
+    pub(crate) fn sync(&self, point: SyncPoint) -> Result<()> {
+        let size = self.file_size();
+        let from = self.flushed.load(Ordering::Acquire);
+        let span = *self.span.read();
+        if let Some((first, end)) = span
+            && point.written > from
+        {
+            // Files below the first are gone (retention), or never existed (a queue that
+            // began inside a later file).
+            let mut start = (from / size * size).max(first);
+            while start < point.written.min(end) {
+                let path = sparse_file::path_in(&self.dir, start);
+                let file = self
+                    .io
+                    .cache
+                    .get_or_open((self.key, start), || sparse_file::open(&path, size, false))?;
+                sparse_file::sync_data(&file, &path, self.hook())?;
+                start += size;
+            }
+        }
+        if point.names > self.names_synced.load(Ordering::Acquire) {
+            let mut dir = Some(self.dir.as_path());
+            for _ in 0..3 {
+                let Some(d) = dir else { break };
+                ops::sync_dir_with(d, self.hook())?;
+                dir = d.parent();
+            }
+        }
+        self.synced(point);
+        Ok(())
+    }
+
+    /// Records that `point` is durable (synced by [`ConsumeQueue::sync`] or by a sync of
+    /// the whole filesystem).
+    pub(crate) fn synced(&self, point: SyncPoint) {
+        self.flushed.fetch_max(point.written, Ordering::AcqRel);
+        self.names_synced.fetch_max(point.names, Ordering::AcqRel);
+    }
+}
+
+/// Where the data of `file` starts (SEEK_DATA from 0): bytes before it read as zeros.
+fn data_start(file: &File, path: &Path) -> Result<u64> {
+    use rustix::fs::{SeekFrom, seek};
+    match seek(file, SeekFrom::Data(0)) {
+        Ok(at) => Ok(at),
+        Err(e) if e == rustix::io::Errno::NXIO => file
+            .metadata()
+            .map(|m| m.len())
+            .map_err(|e| Error::io("stat", path, e)),
+        Err(_) => Ok(0),
+    }
+}
+
+/// Zeroes what a crash left past position `pos` of the file being written (entries of
+/// records recovery cut or re-indexes), up to its first hole, and syncs that. Writes only
+/// where a byte is not zero, so a clean tail needs neither I/O nor space.
+fn zero_tail(file: &File, path: &Path, pos: u64, hook: Option<&Arc<dyn IoHook>>) -> Result<()> {
+    const CHUNK: usize = 64 * 1024;
+    let end = sparse_file::data_end(file, path, pos)?;
+    let mut buf = vec![0u8; CHUNK];
+    let mut dirty = false;
+    let mut at = pos;
+    while at < end {
+        let len = CHUNK.min((end - at) as usize);
+        let n = sparse_file::read_at(file, path, &mut buf[..len], at)?;
+        if buf[..n].iter().any(|&b| b != 0) {
+            buf[..n].fill(0);
+            sparse_file::write_at(file, path, &buf[..n], at)?;
+            dirty = true;
+        }
+        if n < len {
+            break;
+        }
+        at += len as u64;
+    }
+    if dirty {
+        log::warn!("zeroed a stale tail in {}", path.display());
+        sparse_file::sync_data(file, path, hook)?;
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -484,35 +827,101 @@ mod tests {
         }
     }
 
+    fn io(file_size: u64) -> Arc<QueueFiles> {
+        Arc::new(QueueFiles::new(file_size, None, 4))
+    }
+
+    fn commit_and_sync(q: &ConsumeQueue) {
+        q.commit().unwrap();
+        if let Some(point) = q.unsynced() {
+            q.sync(point).unwrap();
+        }
+        assert!(q.unsynced().is_none());
+    }
+
     #[test]
     fn put_is_idempotent_and_refuses_gaps_and_conflicts() {
         let dir = tempfile::tempdir().unwrap();
-        let q = ConsumeQueue::new(dir.path().join("T/0"), 5 * CQ_ENTRY_LEN as u64, None);
+        let q = ConsumeQueue::new(dir.path().join("T/0"), io(5 * CQ_ENTRY_LEN as u64));
         for i in 0..12 {
             assert_eq!(q.put(i, entry(i)).unwrap(), Indexed::Appended);
         }
+        // Pending entries are not visible, and a pending entry put again adds nothing.
+        assert_eq!(q.max_offset(), 0);
+        assert_eq!(q.put(11, entry(11)).unwrap(), Indexed::Already);
+        assert!(matches!(q.put(11, entry(3)).unwrap(), Indexed::Conflict(_)));
+        q.commit().unwrap();
+        assert_eq!(q.max_offset(), 12);
         // Re-dispatching indexed records writes nothing.
         assert_eq!(q.put(3, entry(3)).unwrap(), Indexed::Already);
-        assert_eq!(q.max_offset(), 12);
         assert!(
             matches!(q.put(3, entry(4)).unwrap(), Indexed::Conflict(_)),
             "a different entry at an indexed offset"
         );
         assert!(matches!(q.put(14, entry(14)).unwrap(), Indexed::Gap(_)));
+        q.commit().unwrap();
         assert_eq!(q.max_offset(), 12, "neither wrote anything");
         assert_eq!(q.entries(4, 10), (4..5).map(entry).collect::<Vec<_>>());
         assert_eq!(q.entry(11), Some(entry(11)));
-        q.flush().unwrap();
+        commit_and_sync(&q);
         drop(q);
 
         // Reopened: the end is found again; with keep_below, later entries are dropped.
-        let q = ConsumeQueue::load(dir.path().join("T/0"), 100, None, Load::Keep, 0).unwrap();
+        let q = ConsumeQueue::load(dir.path().join("T/0"), io(100), Load::Keep, 0).unwrap();
         assert_eq!(q.max_offset(), 12);
         drop(q);
         let q =
-            ConsumeQueue::load(dir.path().join("T/0"), 100, None, Load::DropFrom(700), 0).unwrap();
+            ConsumeQueue::load(dir.path().join("T/0"), io(100), Load::DropFrom(700), 0).unwrap();
         assert_eq!(q.max_offset(), 7);
         assert_eq!(q.entry(7), None);
         assert_eq!(q.put(7, entry(7)).unwrap(), Indexed::Appended);
+        commit_and_sync(&q);
+        drop(q);
+        let q = ConsumeQueue::load(dir.path().join("T/0"), io(100), Load::Keep, 0).unwrap();
+        assert_eq!(q.max_offset(), 8, "the dropped entries were zeroed");
+    }
+
+    #[test]
+    fn a_small_queue_takes_a_page_of_disk_and_finds_its_end_in_a_big_file() {
+        use std::os::unix::fs::MetadataExt;
+        let dir = tempfile::tempdir().unwrap();
+        let size = 300_000 * CQ_ENTRY_LEN as u64;
+        let q = ConsumeQueue::new(dir.path().join("T/0"), io(size));
+        for i in 0..3 {
+            q.put(i, entry(i + 1)).unwrap();
+        }
+        commit_and_sync(&q);
+        drop(q);
+        let file = dir.path().join("T/0").join(crate::layout::file_name(0));
+        let meta = std::fs::metadata(&file).unwrap();
+        assert_eq!(meta.len(), size, "RocketMQ's file size");
+        assert!(meta.blocks() * 512 <= 16 * 1024, "{} blocks", meta.blocks());
+        let q = ConsumeQueue::load(dir.path().join("T/0"), io(size), Load::Keep, 0).unwrap();
+        assert_eq!(q.max_offset(), 3);
+        assert_eq!(q.entries(0, 10), (1..4).map(entry).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn a_queue_grows_across_files_and_retention_removes_the_front() {
+        let dir = tempfile::tempdir().unwrap();
+        let io = io(4 * CQ_ENTRY_LEN as u64);
+        let q = ConsumeQueue::new(dir.path().join("T/1"), Arc::clone(&io));
+        for i in 0..10 {
+            q.put(i, entry(i + 1)).unwrap();
+            if i % 3 == 0 {
+                q.commit().unwrap();
+            }
+        }
+        commit_and_sync(&q);
+        assert_eq!(q.max_offset(), 10);
+        assert!(io.cache.len() <= 4);
+        // Files [0,4) and [4,8) point below 900; the last file is always kept.
+        assert_eq!(q.delete_below(900).unwrap(), 2);
+        assert_eq!(q.min_offset(), 8);
+        assert_eq!(q.entry(3), None);
+        assert_eq!(q.entry(9), Some(entry(10)));
+        drop(q);
+        let q = ConsumeQueue::load(dir.path().join("T/1"), io, Load::Keep, 0).unwrap();
+        assert_eq!((q.min_offset(), q.max_offset()), (8, 10));
     }
 }

@@ -20,15 +20,12 @@ use crate::queue::consume_queue::Indexed;
 use crate::queue::entry::CqEntry;
 use crate::queue::queues::ConsumeQueues;
 
-/// Indexes one record in its consume queue. At run time a record its queue cannot take
-/// (another entry at its queue offset, or a hole before it) means the log and the queue
-/// disagree: corruption.
+/// Indexes one record in its consume queue's pending batch. At run time a record its queue
+/// cannot take (another entry at its queue offset, or a hole before it) means the log and
+/// the queue disagree: corruption.
 fn index_record(queues: &ConsumeQueues, view: &RecordView<'_>) -> Result<()> {
     let entry = CqEntry::of(view);
-    match queues
-        .get_or_create(view.topic, view.queue_id)
-        .put(view.queue_offset, entry)?
-    {
+    match queues.index(view.topic, view.queue_id, view.queue_offset, entry)? {
         Indexed::Appended | Indexed::Already => Ok(()),
         Indexed::Conflict(reason) | Indexed::Gap(reason) => {
             Err(Error::corrupted(view.physical_offset, reason))
@@ -297,6 +294,8 @@ fn dispatch_available(s: &Shared, marks: &mut Marks) -> Result<bool> {
                 }
             }
         }
+        // The round's entries are written and visible before it counts as dispatched.
+        s.queues.commit()?;
         let pos = records.position();
         at = next_file.unwrap_or(at + pos as u64);
         if let Some(ts) = last_ts {

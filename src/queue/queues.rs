@@ -3,6 +3,7 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 
 use parking_lot::RwLock;
 
@@ -11,16 +12,29 @@ use crate::commit_log::record::validate_topic;
 use crate::error::{Error, Result};
 use crate::fs::io_hook::IoHook;
 use crate::fs::ops;
-use crate::queue::consume_queue::{ConsumeQueue, Load};
-use crate::queue::entry::CQ_ENTRY_LEN;
+use crate::fs::sparse_file;
+use crate::queue::consume_queue::{ConsumeQueue, Indexed, Load, QueueFiles};
+use crate::queue::entry::{CQ_ENTRY_LEN, CqEntry};
 
 type Table = HashMap<String, HashMap<u32, Arc<ConsumeQueue>>>;
 
+/// Most consume-queue files kept open at once.
+const OPEN_FILES: usize = 256;
+
+/// A flush syncs each dirty queue on its own up to this many queues; past it, one sync of
+/// the whole filesystem costs less than a sync per file (measured: 20,000 fdatasyncs of a
+/// page took 8.7 s here, one syncfs after the same writes 0.7 s).
+const SYNC_EACH_UP_TO: usize = 32;
+
 pub(crate) struct ConsumeQueues {
     root: PathBuf,
-    file_size: u64,
-    hook: Option<Arc<dyn IoHook>>,
+    /// `consumequeue/`, open since the store opened, for syncs of the whole filesystem:
+    /// a write-back error since then is reported through it.
+    root_dir: std::fs::File,
+    io: Arc<QueueFiles>,
     table: RwLock<Table>,
+    /// Queues with entries pending since the last commit.
+    batch: parking_lot::Mutex<Vec<Arc<ConsumeQueue>>>,
 }
 
 impl ConsumeQueues {
@@ -38,6 +52,8 @@ impl ConsumeQueues {
     ) -> Result<Self> {
         let file_size = u64::from(entries_per_file) * CQ_ENTRY_LEN as u64;
         ops::create_dir_durable(&root, hook.as_ref())?;
+        let root_dir = std::fs::File::open(&root).map_err(|e| Error::io("open", &root, e))?;
+        let io = Arc::new(QueueFiles::new(file_size, hook.clone(), OPEN_FILES));
         let mut table = Table::new();
         for topic_dir in list_dirs(&root)? {
             let topic = file_name(&topic_dir);
@@ -54,8 +70,7 @@ impl ConsumeQueues {
                             path: queue_dir.clone(),
                             reason: "a queue directory must be named by its queue id".into(),
                         })?;
-                let loaded =
-                    ConsumeQueue::load(queue_dir.clone(), file_size, hook.clone(), how, log_start);
+                let loaded = ConsumeQueue::load(queue_dir.clone(), Arc::clone(&io), how, log_start);
                 let q = match loaded {
                     Ok(q) => q,
                     Err(Error::BadStoreFile { path, reason }) => {
@@ -64,9 +79,9 @@ impl ConsumeQueues {
                             log::warn!("clearing consume queue {}: {why}", queue_dir.display());
                             ops::remove_dir_all(&queue_dir, hook.as_ref())?;
                             ops::sync_dir_with(&topic_dir, hook.as_ref())?;
-                            ConsumeQueue::new(queue_dir, file_size, hook.clone())
+                            ConsumeQueue::new(queue_dir, Arc::clone(&io))
                         } else {
-                            ConsumeQueue::damaged(queue_dir, file_size, hook.clone(), why)
+                            ConsumeQueue::damaged(queue_dir, Arc::clone(&io), why)
                         }
                     }
                     Err(e) => return Err(e),
@@ -76,9 +91,10 @@ impl ConsumeQueues {
         }
         Ok(ConsumeQueues {
             root,
-            file_size,
-            hook,
+            root_dir,
+            io,
             table: RwLock::new(table),
+            batch: parking_lot::Mutex::new(Vec::new()),
         })
     }
 
@@ -109,8 +125,39 @@ impl ConsumeQueues {
         let queues = table.entry(topic.to_owned()).or_default();
         Arc::clone(queues.entry(queue_id).or_insert_with(|| {
             let dir = self.root.join(topic).join(queue_id.to_string());
-            Arc::new(ConsumeQueue::new(dir, self.file_size, self.hook.clone()))
+            Arc::new(ConsumeQueue::new(dir, Arc::clone(&self.io)))
         }))
+    }
+
+    /// Indexes `entry` in its queue's pending batch (see [`ConsumeQueue::put`]);
+    /// [`ConsumeQueues::commit`] writes and publishes the batch.
+    pub(crate) fn index(
+        &self,
+        topic: &str,
+        queue_id: u32,
+        queue_offset: u64,
+        entry: CqEntry,
+    ) -> Result<Indexed> {
+        let q = self.get_or_create(topic, queue_id);
+        let indexed = q.put(queue_offset, entry)?;
+        if indexed == Indexed::Appended && !q.in_batch.swap(true, Ordering::AcqRel) {
+            self.batch.lock().push(q);
+        }
+        Ok(indexed)
+    }
+
+    /// Writes every pending entry and makes it visible. A queue that fails (a full disk)
+    /// stays in the batch, with the ones after it, for the next commit.
+    pub(crate) fn commit(&self) -> Result<()> {
+        let batch = std::mem::take(&mut *self.batch.lock());
+        for (i, q) in batch.iter().enumerate() {
+            if let Err(e) = q.commit() {
+                self.batch.lock().extend(batch[i..].iter().cloned());
+                return Err(e);
+            }
+            q.in_batch.store(false, Ordering::Release);
+        }
+        Ok(())
     }
 
     /// Every queue, for flushing and for rebuilding the next queue offsets.
@@ -139,9 +186,28 @@ impl ConsumeQueues {
             .collect()
     }
 
+    /// Commits the pending entries, then makes every written entry and every created
+    /// file and directory durable: queue by queue when few changed, else with one sync
+    /// of the filesystem.
     pub(crate) fn flush(&self) -> Result<()> {
-        for (_, _, q) in self.all() {
-            q.flush()?;
+        self.commit()?;
+        let dirty: Vec<_> = {
+            let table = self.table.read();
+            table
+                .values()
+                .flat_map(|qs| qs.values())
+                .filter_map(|q| q.unsynced().map(|point| (Arc::clone(q), point)))
+                .collect()
+        };
+        if dirty.len() <= SYNC_EACH_UP_TO {
+            for (q, point) in dirty {
+                q.sync(point)?;
+            }
+        } else {
+            sparse_file::sync_filesystem(&self.root_dir, &self.root, self.io.hook.as_ref())?;
+            for (q, point) in dirty {
+                q.synced(point);
+            }
         }
         Ok(())
     }

@@ -96,6 +96,7 @@ pub(crate) fn recover(
     let mut sink = QueueRebuild::new(config, mode, checkpoint);
     let mut log = CommitLog::open(config, plan, &mut sink)?;
     let queues = sink.queues.as_ref().expect("begin() is always called");
+    queues.commit()?;
     queues.position_expired(&table, log.min_offset())?;
     let mismatch = if let Some(why) = sink.mismatch.take() {
         Some(why)
@@ -121,6 +122,7 @@ pub(crate) fn recover(
         };
         log = CommitLog::open(config, rebuild, &mut sink)?;
         let queues = sink.queues.as_ref().expect("begin() is always called");
+        queues.commit()?;
         queues.position_expired(&table, log.min_offset())?;
         if let Some(why) = short_queue(queues)
             && !config.truncate_damaged_log
@@ -294,10 +296,7 @@ impl RecoverySink for QueueRebuild<'_> {
             ));
             return Ok(true);
         }
-        match queues
-            .get_or_create(view.topic, view.queue_id)
-            .put(view.queue_offset, entry)?
-        {
+        match queues.index(view.topic, view.queue_id, view.queue_offset, entry)? {
             Indexed::Appended | Indexed::Already => Ok(true),
             // Rebuilding from empty queues, a queue offset that does not continue its queue
             // can only be a damaged record.
