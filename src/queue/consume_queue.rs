@@ -88,6 +88,7 @@ struct Tail {
 pub(crate) struct SyncPoint {
     written: u64,
     names: u64,
+    rewritten: bool,
 }
 
 pub(crate) struct ConsumeQueue {
@@ -107,6 +108,10 @@ pub(crate) struct ConsumeQueue {
     /// Files and directories created so far, and how many of those are durably named.
     names_created: AtomicU64,
     names_synced: AtomicU64,
+    /// Loaded after a crash: entries past the end may remain, until `clear_stale_tail`.
+    stale_tail: AtomicBool,
+    /// `clear_stale_tail` zeroed bytes that the next sync must make durable.
+    tail_rewritten: AtomicBool,
     /// Why the entries found at load cannot be trusted (a zeroed entry below the end, or
     /// entries out of order): recovery then rebuilds the queues from the log.
     damage: Option<Box<str>>,
@@ -212,12 +217,15 @@ impl Loading<'_> {
         Ok(None)
     }
 
+    /// Removes the files from index `from` on. The directory is synced by the queue's
+    /// next sync (the removal counts as a name change), before the checkpoint moves: until
+    /// then a crash may bring the files back, and the next recovery drops them again.
     fn remove(&self, from: usize, hook: Option<&Arc<dyn IoHook>>) -> Result<()> {
         for (start, _) in &self.files[from..] {
             let path = sparse_file::path_in(self.dir, *start);
             ops::remove_file_with(&path, hook)?;
         }
-        ops::sync_dir_with(self.dir, hook)
+        Ok(())
     }
 }
 
@@ -236,6 +244,8 @@ impl ConsumeQueue {
             flushed: AtomicU64::new(0),
             names_created: AtomicU64::new(0),
             names_synced: AtomicU64::new(0),
+            stale_tail: AtomicBool::new(false),
+            tail_rewritten: AtomicBool::new(false),
             damage: None,
             free_start: AtomicBool::new(true),
             restartable: AtomicBool::new(false),
@@ -353,6 +363,7 @@ impl ConsumeQueue {
             // Dead entries, damaged: nothing to keep them for. The queue continues from its
             // end (the table may move it further), unless the log has a record of it.
             l.remove(0, hook.as_ref())?;
+            *q.names_created.get_mut() += 1;
             *q.min_offset.get_mut() = end;
             *q.max_offset.get_mut() = end;
             *q.free_start.get_mut() = false;
@@ -377,35 +388,26 @@ impl ConsumeQueue {
         if how != Load::Rebuild {
             q.damage = damage.map(Into::into);
         }
-        if keep_below.is_some() && end <= first_written {
-            // Nothing kept. Rebuilding, the queue starts again at its first record in the
-            // log; otherwise its next entry must be the first one dropped.
+        if how == Load::Rebuild && end <= first_written {
+            // Nothing kept: the queue starts again at its first record in the log.
             l.remove(0, hook.as_ref())?;
-            if how != Load::Rebuild {
-                *q.min_offset.get_mut() = first_written;
-                *q.max_offset.get_mut() = first_written;
-                *q.free_start.get_mut() = false;
-            }
+            *q.names_created.get_mut() += 1;
             return Ok(q);
         }
-        // Files wholly past the end go; the end's file is written next.
+        // Files wholly past the end go; the end's file is written next. Dropping entries
+        // after a crash, the dropped ones stay in place: indexing the same records again
+        // writes the same bytes over them, and `clear_stale_tail` zeroes what is left.
         let keep = (((end - first) / per_file) as usize + 1).min(l.files.len());
         if keep < l.files.len() {
             l.remove(keep, hook.as_ref())?;
+            *q.names_created.get_mut() += 1;
         }
-        let (end_start, end_file) = &l.files[keep - 1];
+        let end_start = l.files[keep - 1].0;
         let pos = end * CQ_ENTRY_LEN as u64 - end_start;
-        if keep_below.is_some() {
-            zero_tail(
-                end_file,
-                &sparse_file::path_in(&q.dir, *end_start),
-                pos,
-                hook.as_ref(),
-            )?;
-        }
+        *q.stale_tail.get_mut() = keep_below.is_some();
         let span_end = end_start + file_size;
         *q.span.get_mut() = Some((l.files[0].0, span_end));
-        q.tail.get_mut().allocated = (*end_start, pos / PAGE_SIZE as u64 * PAGE_SIZE as u64);
+        q.tail.get_mut().allocated = (end_start, pos / PAGE_SIZE as u64 * PAGE_SIZE as u64);
         *q.min_offset.get_mut() = first_written.max(first).min(end);
         *q.max_offset.get_mut() = end;
         *q.flushed.get_mut() = end * CQ_ENTRY_LEN as u64;
@@ -426,7 +428,7 @@ impl ConsumeQueue {
         let _tail = self.tail.lock();
         let dead_and_short = self.restartable.load(Ordering::Acquire) && self.max_offset() < next;
         if dead_and_short {
-            self.remove_all_files()?;
+            self.remove_all_files(true)?;
             self.restartable.store(false, Ordering::Release);
             self.free_start.store(true, Ordering::Release);
         }
@@ -465,8 +467,9 @@ impl ConsumeQueue {
         Ok(())
     }
 
-    /// Removes every file (the tail locked, nothing pending).
-    fn remove_all_files(&self) -> Result<()> {
+    /// Removes every file (the tail locked, nothing pending), syncing the directory now or,
+    /// without `sync_now`, at the queue's next sync.
+    fn remove_all_files(&self, sync_now: bool) -> Result<()> {
         let mut removed = false;
         loop {
             let span = *self.span.read();
@@ -474,8 +477,10 @@ impl ConsumeQueue {
             self.remove_first_file(first)?;
             removed = true;
         }
-        if removed {
+        if removed && sync_now {
             ops::sync_dir_with(&self.dir, self.hook())?;
+        } else if removed {
+            self.names_created.fetch_add(1, Ordering::AcqRel);
         }
         Ok(())
     }
@@ -596,7 +601,7 @@ impl ConsumeQueue {
             // run time, its next message arrives): the log wins. The dead entries go and
             // the queue goes on from this record. Each step can be retried after a failure;
             // readers meanwhile see the queue as it was (its entries are all dead).
-            self.remove_all_files()?;
+            self.remove_all_files(true)?;
             self.min_offset.store(queue_offset, Ordering::Release);
             self.max_offset.store(queue_offset, Ordering::Release);
             self.free_start.store(false, Ordering::Release);
@@ -724,9 +729,11 @@ impl ConsumeQueue {
         let point = SyncPoint {
             written: self.max_offset() * CQ_ENTRY_LEN as u64,
             names: self.names_created.load(Ordering::Acquire),
+            rewritten: self.tail_rewritten.load(Ordering::Acquire),
         };
         let done = point.written <= self.flushed.load(Ordering::Acquire)
-            && point.names <= self.names_synced.load(Ordering::Acquire);
+            && point.names <= self.names_synced.load(Ordering::Acquire)
+            && !point.rewritten;
         (!done).then_some(point)
     }
 
@@ -737,6 +744,12 @@ impl ConsumeQueue {
         let size = self.file_size();
         let from = self.flushed.load(Ordering::Acquire);
         let span = *self.span.read();
+        // The zeroed tail lies in the file holding the end.
+        let from = if point.rewritten {
+            from.min(point.written.saturating_sub(1))
+        } else {
+            from
+        };
         if let Some((first, end)) = span
             && point.written > from
         {
@@ -770,6 +783,42 @@ impl ConsumeQueue {
     pub(crate) fn synced(&self, point: SyncPoint) {
         self.flushed.fetch_max(point.written, Ordering::AcqRel);
         self.names_synced.fetch_max(point.names, Ordering::AcqRel);
+        if point.rewritten {
+            self.tail_rewritten.store(false, Ordering::Release);
+        }
+    }
+
+    /// After recovery re-indexed what a crash left: zeroes the entries still past the end
+    /// (of records the recovery cut), which would otherwise read as written at the next
+    /// load. Writes only where a byte is not zero; the next sync makes it durable, before
+    /// the checkpoint vouches for any entry after it.
+    pub(crate) fn clear_stale_tail(&self) -> Result<()> {
+        let _tail = self.tail.lock();
+        if !self.stale_tail.swap(false, Ordering::AcqRel) {
+            return Ok(());
+        }
+        if self.min_offset() == self.max_offset() {
+            // Nothing kept and nothing indexed again: the files go, or the next load would
+            // read a file of zeros as a queue positioned at its end. The queue table keeps
+            // the position.
+            return self.remove_all_files(false);
+        }
+        let size = self.file_size();
+        let byte = self.max_offset() * CQ_ENTRY_LEN as u64;
+        let start = byte / size * size;
+        let span = *self.span.read();
+        if !span.is_some_and(|(first, end)| first <= start && start < end) {
+            return Ok(());
+        }
+        let path = sparse_file::path_in(&self.dir, start);
+        let file = self
+            .io
+            .cache
+            .get_or_open((self.key, start), || sparse_file::open(&path, size, false))?;
+        if zero_tail(&file, &path, byte - start)? {
+            self.tail_rewritten.store(true, Ordering::Release);
+        }
+        Ok(())
     }
 }
 
@@ -786,10 +835,10 @@ fn data_start(file: &File, path: &Path) -> Result<u64> {
     }
 }
 
-/// Zeroes what a crash left past position `pos` of the file being written (entries of
-/// records recovery cut or re-indexes), up to its first hole, and syncs that. Writes only
-/// where a byte is not zero, so a clean tail needs neither I/O nor space.
-fn zero_tail(file: &File, path: &Path, pos: u64, hook: Option<&Arc<dyn IoHook>>) -> Result<()> {
+/// Zeroes what a crash left past position `pos` of the file being written, up to its first
+/// hole; returns whether it wrote anything. Writes only where a byte is not zero, so a
+/// clean tail needs neither I/O nor space.
+fn zero_tail(file: &File, path: &Path, pos: u64) -> Result<bool> {
     const CHUNK: usize = 64 * 1024;
     let end = sparse_file::data_end(file, path, pos)?;
     let mut buf = vec![0u8; CHUNK];
@@ -810,9 +859,8 @@ fn zero_tail(file: &File, path: &Path, pos: u64, hook: Option<&Arc<dyn IoHook>>)
     }
     if dirty {
         log::warn!("zeroed a stale tail in {}", path.display());
-        sparse_file::sync_data(file, path, hook)?;
     }
-    Ok(())
+    Ok(dirty)
 }
 
 #[cfg(test)]
@@ -875,6 +923,10 @@ mod tests {
         assert_eq!(q.max_offset(), 7);
         assert_eq!(q.entry(7), None);
         assert_eq!(q.put(7, entry(7)).unwrap(), Indexed::Appended);
+        q.commit().unwrap();
+        // Recovery zeroes what was dropped and not written again.
+        q.clear_stale_tail().unwrap();
+        assert!(q.unsynced().is_some(), "the zeroed tail must be synced");
         commit_and_sync(&q);
         drop(q);
         let q = ConsumeQueue::load(dir.path().join("T/0"), io(100), Load::Keep, 0).unwrap();

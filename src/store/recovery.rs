@@ -135,10 +135,12 @@ pub(crate) fn recover(
         }
     }
     let queues = sink.queues.expect("begin() is always called");
-    // Queues reopened after retention start at their first entry still in the log.
+    // Queues reopened after retention start at their first entry still in the log; entries
+    // a crash left past a queue's end go.
     let log_start = log.min_offset();
     for (_, _, q) in queues.all() {
         q.delete_below(log_start)?;
+        q.clear_stale_tail()?;
     }
     log.restore_queue_offsets(queues.next_offsets());
     let mut checkpoint = sink.checkpoint;
