@@ -7,8 +7,7 @@
 //! raising SIGBUS, and the chunked allocation ahead of the writer keeps a small queue's cost
 //! at a page of disk.
 //!
-//! Descriptors are kept in a bounded [`FileCache`]: the writer's files stay open, readers of
-//! other files open them for the read.
+//! Descriptors are kept in a bounded [`FileCache`].
 
 use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
@@ -183,8 +182,9 @@ pub(crate) type FileKey = (u64, u64);
 /// Open descriptors of sparse files, at most `capacity` of them; when full, an arbitrary one
 /// is closed to make room.
 ///
-/// Only a file's writer opens files into the cache, and it forgets a file before removing
-/// it, so the cache never holds a descriptor of a removed file that a writer could use.
+/// Its users open a file into the cache only while no removal of that file can run, and
+/// forget a file before removing it, so the cache never holds a descriptor of a removed
+/// file (which a writer would write to in vain).
 pub(crate) struct FileCache {
     capacity: usize,
     files: Mutex<HashMap<FileKey, Arc<File>>>,

@@ -500,7 +500,7 @@ impl ConsumeQueue {
             }
             let last_entry = (first + self.file_size()) / CQ_ENTRY_LEN as u64 - 1;
             if self
-                .entry(last_entry)
+                .entry_in(last_entry, true)
                 .is_none_or(|e| e.physical_offset >= min_physical)
             {
                 break Ok(());
@@ -514,7 +514,7 @@ impl ConsumeQueue {
             ops::sync_dir_with(&self.dir, self.hook())?;
         }
         result?;
-        self.raise_min(min_physical);
+        self.raise_min_in(min_physical, true);
         Ok(removed)
     }
 
@@ -522,6 +522,10 @@ impl ConsumeQueue {
     /// done before the commit-log files below it go, so that a reader never starts at an
     /// entry whose record is gone.
     pub(crate) fn raise_min(&self, min_physical: u64) {
+        self.raise_min_in(min_physical, false);
+    }
+
+    fn raise_min_in(&self, min_physical: u64, tail_held: bool) {
         let max = self.max_offset();
         let from = self
             .span
@@ -529,24 +533,34 @@ impl ConsumeQueue {
             .map_or(max, |(first, _)| first / CQ_ENTRY_LEN as u64)
             .max(self.min_offset());
         let first_live = partition_point(from..max, |at| {
-            self.entry(at)
+            self.entry_in(at, tail_held)
                 .is_none_or(|e| e.physical_offset < min_physical)
         });
         self.min_offset.fetch_max(first_live, Ordering::AcqRel);
     }
 
     /// Reads `buf.len()` bytes at file-space position `byte`, all in one file; `None` when
-    /// the file is gone (deleted by retention meanwhile) or cannot be read.
-    fn read(&self, byte: u64, buf: &mut [u8]) -> Option<()> {
+    /// the file is gone (deleted by retention meanwhile) or cannot be read. `tail_held`:
+    /// the caller holds the tail lock.
+    fn read(&self, byte: u64, buf: &mut [u8], tail_held: bool) -> Option<()> {
         let start = byte / self.file_size() * self.file_size();
-        let (first, end) = (*self.span.read())?;
-        if start < first || start >= end {
-            return None;
-        }
         let path = sparse_file::path_in(&self.dir, start);
         let file = match self.io.cache.get((self.key, start)) {
             Some(f) => f,
-            None => Arc::new(File::open(&path).ok()?),
+            None => {
+                // Opened under the tail lock, which every removal holds: the descriptor
+                // cached is never one of a removed file.
+                let _tail = (!tail_held).then(|| self.tail.lock());
+                let (first, end) = (*self.span.read())?;
+                if start < first || start >= end {
+                    return None;
+                }
+                let size = self.file_size();
+                self.io
+                    .cache
+                    .get_or_open((self.key, start), || sparse_file::open(&path, size, false))
+                    .ok()?
+            }
         };
         match sparse_file::read_at(&file, &path, buf, byte - start) {
             Ok(n) if n == buf.len() => Some(()),
@@ -560,11 +574,15 @@ impl ConsumeQueue {
 
     /// The entry at `queue_offset`, if written.
     pub(crate) fn entry(&self, queue_offset: u64) -> Option<CqEntry> {
+        self.entry_in(queue_offset, false)
+    }
+
+    fn entry_in(&self, queue_offset: u64, tail_held: bool) -> Option<CqEntry> {
         if queue_offset >= self.max_offset() {
             return None;
         }
         let mut buf = [0u8; CQ_ENTRY_LEN];
-        self.read(queue_offset * CQ_ENTRY_LEN as u64, &mut buf)?;
+        self.read(queue_offset * CQ_ENTRY_LEN as u64, &mut buf, tail_held)?;
         CqEntry::decode(&buf)
     }
 
@@ -580,7 +598,7 @@ impl ConsumeQueue {
         let n = (end - queue_offset).min(per_file - queue_offset % per_file) as usize;
         let mut buf = vec![0u8; n * CQ_ENTRY_LEN];
         if self
-            .read(queue_offset * CQ_ENTRY_LEN as u64, &mut buf)
+            .read(queue_offset * CQ_ENTRY_LEN as u64, &mut buf, false)
             .is_none()
         {
             return Vec::new();
@@ -618,7 +636,7 @@ impl ConsumeQueue {
                         .expect("20 bytes"),
                 )
             } else {
-                self.entry(queue_offset)
+                self.entry_in(queue_offset, true)
             };
             return match have {
                 Some(e) if e == entry => Ok(Indexed::Already),
