@@ -87,6 +87,14 @@ pub enum Error {
         /// The configured limit.
         limit: f64,
     },
+    /// Dispatch cannot write the consume queues for lack of disk space, so the put is
+    /// refused rather than stored unindexed. Dispatch retries by itself and puts are
+    /// accepted again as soon as it succeeds (free some space).
+    #[error("put refused: the consume queues cannot be written ({reason}); free disk space")]
+    DispatchStalled {
+        /// The failure dispatch met.
+        reason: String,
+    },
     /// An earlier flush failed; the store refuses writes because a retried fsync can falsely
     /// report success. Reopen the store to recover.
     #[error("store is poisoned by an earlier failure ({cause}); reopen it")]
@@ -169,6 +177,13 @@ impl Error {
             _ => io::ErrorKind::Other,
         };
         Arc::new(io::Error::new(kind, format!("{context}: {self}")))
+    }
+
+    /// Whether this is a failure for lack of disk space (`ENOSPC`, or a quota).
+    pub(crate) fn is_no_space(&self) -> bool {
+        matches!(self, Error::Io { source, .. }
+            if source.kind() == io::ErrorKind::StorageFull
+                || source.kind() == io::ErrorKind::QuotaExceeded)
     }
 
     pub(crate) fn corrupted(offset: u64, reason: impl Into<String>) -> Self {

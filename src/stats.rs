@@ -96,6 +96,12 @@ pub struct StoreStats {
     pub get_hits: u64,
     /// `get_message` calls that found none.
     pub get_misses: u64,
+    /// Dispatch rounds that failed (each is retried): a full disk, a failed queue write.
+    pub dispatch_failures: u64,
+    /// Why dispatch is failing, while it is: the consume queues (and `get_message`) lag
+    /// behind the log until it succeeds again. A failure for lack of space also refuses
+    /// puts ([`Error::DispatchStalled`](crate::Error::DispatchStalled)).
+    pub dispatch_error: Option<String>,
 }
 
 #[cfg(feature = "metrics")]
@@ -121,6 +127,10 @@ impl StoreStats {
             ("rocketstore_roll_waits_total", self.roll_waits),
             ("rocketstore_get_hits_total", self.get_hits),
             ("rocketstore_get_misses_total", self.get_misses),
+            (
+                "rocketstore_dispatch_failures_total",
+                self.dispatch_failures,
+            ),
         ];
         for (name, value) in counters {
             counter!(name).absolute(value);
@@ -195,6 +205,7 @@ pub(crate) struct Counters {
     roll_wait_ns: AtomicU64,
     get_hits: AtomicU64,
     get_misses: AtomicU64,
+    dispatch_failures: AtomicU64,
 }
 
 impl Default for Counters {
@@ -212,6 +223,7 @@ impl Default for Counters {
             roll_wait_ns: AtomicU64::new(0),
             get_hits: AtomicU64::new(0),
             get_misses: AtomicU64::new(0),
+            dispatch_failures: AtomicU64::new(0),
         }
     }
 }
@@ -248,6 +260,10 @@ impl Counters {
         self.roll_waits.fetch_add(1, Ordering::Relaxed);
         let ns = took.as_nanos().min(u128::from(u64::MAX)) as u64;
         self.roll_wait_ns.fetch_add(ns, Ordering::Relaxed);
+    }
+
+    pub(crate) fn dispatch_failed(&self) {
+        self.dispatch_failures.fetch_add(1, Ordering::Relaxed);
     }
 
     pub(crate) fn got(&self, found: bool) {
@@ -289,6 +305,8 @@ impl Counters {
             roll_wait: Duration::from_nanos(load(&self.roll_wait_ns)),
             get_hits: load(&self.get_hits),
             get_misses: load(&self.get_misses),
+            dispatch_failures: load(&self.dispatch_failures),
+            dispatch_error: None,
         }
     }
 }

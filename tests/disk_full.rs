@@ -208,3 +208,105 @@ fn a_clean_store_opens_and_shuts_down_cleanly_on_a_full_disk() {
     }
     std::fs::remove_file(fs.path().join("filler")).unwrap();
 }
+
+#[test]
+fn a_disk_filled_by_queue_creation_leaves_a_store_that_opens_and_serves_every_acknowledged_message()
+{
+    let Some(fs) = SmallFs::mount_or_skip("6m") else {
+        return;
+    };
+    // Ballast, freed at the end to let dispatch finish.
+    let ballast = fs.path().join("ballast");
+    std::fs::write(&ballast, vec![1u8; 256 * 1024]).unwrap();
+    let root = fs.path().join("store");
+    let cfg = || {
+        config(&root, async_mode())
+            .commit_log_file_size(1 << 20)
+            // No next file prepared ahead: opening would free its space.
+            .preallocate(false)
+            .disk_full_ratio(1.0)
+            .consume_queue_flush_interval(Duration::from_millis(10))
+    };
+    let store = MessageStore::open(cfg()).unwrap();
+    // One message to each new queue, each indexed before the next: every queue costs a
+    // directory and a page of disk, until there is none.
+    let mut acked = Vec::new();
+    let stalled = loop {
+        let q = acked.len() as u32;
+        assert!(q < 10_000, "the filesystem never filled");
+        let r = store
+            .put_message(&message("Many", q, "m", u64::from(q)))
+            .unwrap();
+        acked.push((u64::from(q), r));
+        let indexed = loop {
+            if store.wait_dispatched(r.physical_offset, Duration::from_millis(20)) {
+                break true;
+            }
+            if store.stats().dispatch_error.is_some() {
+                break false;
+            }
+        };
+        if !indexed {
+            break q;
+        }
+    };
+    assert!(stalled > 50, "only {stalled} queues fitted");
+    // Visible in the stats, and new puts are refused with a clear error.
+    let stats = store.stats();
+    assert!(stats.dispatch_failures > 0);
+    assert!(stats.dispatch_error.unwrap().contains("No space"));
+    let refused = store.put_message(&message("Many", 0, "x", 0)).unwrap_err();
+    assert!(
+        matches!(refused, Error::DispatchStalled { .. }),
+        "{refused}"
+    );
+    // Everything acknowledged is readable by offset; the queues indexed serve by queue.
+    let check = |store: &MessageStore, indexed_below: u32| {
+        for (i, r) in &acked {
+            let m = store.lookup_message(r.physical_offset).unwrap().unwrap();
+            assert_eq!(m.body, body("m", *i));
+            if (*i as u32) < indexed_below {
+                let g = store.get_message("Many", *i as u32, 0, 4).unwrap();
+                assert_eq!(g.status, GetStatus::Found, "queue {i}");
+                assert_eq!(g.messages[0].body, body("m", *i));
+            }
+        }
+    };
+    check(&store, stalled);
+    // The shutdown cannot index the last message: the store is left to recover.
+    assert!(store.shutdown().is_err());
+    drop(store);
+
+    // Whatever space is left another writer takes.
+    let filler = fs.path().join("filler");
+    {
+        use std::io::Write;
+        let mut f = std::fs::File::create(&filler).unwrap();
+        while f.write_all(&[1u8; 4096]).is_ok() {}
+    }
+    // Opening needs no space, on the still-full filesystem, and serves the same.
+    let store = MessageStore::open(cfg()).expect("a full disk must not keep the store closed");
+    check(&store, stalled);
+    let unindexed = store.get_message("Many", stalled, 0, 4).unwrap();
+    assert!(unindexed.messages.is_empty(), "no space to index it yet");
+    println!(
+        "{stalled} queues fitted; {:?}",
+        store.stats().dispatch_error
+    );
+    // Space freed: dispatch finishes by itself, every queue serves its message, puts are
+    // accepted again.
+    std::fs::remove_file(&ballast).unwrap();
+    std::fs::remove_file(&filler).unwrap();
+    let (_, last) = acked.last().unwrap();
+    assert!(store.wait_dispatched(last.physical_offset, Duration::from_secs(30)));
+    check(&store, u32::MAX);
+    assert!(store.stats().dispatch_error.is_none());
+    let next = store.put_message(&message("Many", 0, "m", 0)).unwrap();
+    assert_eq!(next.queue_offset, 1);
+    store.shutdown().unwrap();
+    drop(store);
+    let store = MessageStore::open(cfg()).unwrap();
+    check(&store, u32::MAX);
+    drop(store);
+    drop(fs);
+}

@@ -300,6 +300,12 @@ impl CommitLog {
 
     /// The stats: the counters, with what the log knows itself (`dispatched`: how far
     /// dispatch has indexed).
+    /// Dispatch is failing for lack of space (`Some(why)`): puts are refused until it is
+    /// not (`None`).
+    pub(crate) fn set_dispatch_stalled(&self, why: Option<String>) {
+        self.disk.set_dispatch_stalled(why);
+    }
+
     pub(crate) fn stats(&self, dispatched: u64) -> StoreStats {
         let (flushed, written) = (self.flushed_offset(), self.write_offset());
         self.counters.snapshot(LogFigures {

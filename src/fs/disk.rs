@@ -13,6 +13,9 @@ pub(crate) struct DiskWatch {
     limit: f64,
     interval: Duration,
     full: AtomicBool,
+    /// Dispatch cannot write the consume queues for lack of space: why.
+    stalled: Mutex<Option<String>>,
+    is_stalled: AtomicBool,
     /// Last sampled used ratio, as f64 bits.
     used: AtomicU64,
     last: Mutex<Option<Instant>>,
@@ -25,6 +28,8 @@ impl DiskWatch {
             limit,
             interval,
             full: AtomicBool::new(false),
+            stalled: Mutex::new(None),
+            is_stalled: AtomicBool::new(false),
             used: AtomicU64::new(0f64.to_bits()),
             last: Mutex::new(None),
         }
@@ -61,8 +66,25 @@ impl DiskWatch {
         Some(used)
     }
 
-    /// The refusal for a put, if the disk is over the limit.
+    /// Records that dispatch is failing for lack of space (`Some(why)`), or is not.
+    pub(crate) fn set_dispatch_stalled(&self, why: Option<String>) {
+        let mut stalled = self.stalled.lock();
+        if stalled.is_none() && why.is_some() {
+            log::warn!("dispatch is out of disk space: refusing puts until it succeeds");
+        } else if stalled.is_some() && why.is_none() {
+            log::info!("dispatch succeeded again: accepting puts");
+        }
+        self.is_stalled.store(why.is_some(), Ordering::Release);
+        *stalled = why;
+    }
+
+    /// The refusal for a put, if the disk is over the limit or dispatch is out of space.
     pub(crate) fn check(&self) -> crate::Result<()> {
+        if self.is_stalled.load(Ordering::Acquire)
+            && let Some(reason) = self.stalled.lock().clone()
+        {
+            return Err(crate::Error::DispatchStalled { reason });
+        }
         if self.full.load(Ordering::Acquire) {
             return Err(crate::Error::DiskFull {
                 used_ratio: f64::from_bits(self.used.load(Ordering::Relaxed)),

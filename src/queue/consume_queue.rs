@@ -446,6 +446,12 @@ impl ConsumeQueue {
         self.max_offset.load(Ordering::Acquire)
     }
 
+    /// Next queue offset, counting the entries pending (not yet committed).
+    pub(crate) fn next_offset(&self) -> u64 {
+        let tail = self.tail.lock();
+        self.max_offset() + (tail.pending.len() / CQ_ENTRY_LEN) as u64
+    }
+
     /// First queue offset still stored.
     pub(crate) fn min_offset(&self) -> u64 {
         self.min_offset.load(Ordering::Acquire)

@@ -63,16 +63,19 @@ pub(crate) struct Dispatcher {
 }
 
 impl Dispatcher {
-    /// Starts dispatching at the end of `log`: recovery has indexed everything before it.
+    /// Starts dispatching at the end of `log` (recovery has indexed everything before it)
+    /// or, when recovery could not index everything for lack of space, at `resume`:
+    /// `(offset of the first record not indexed, store time before it)`.
     pub(crate) fn start(
         log: Arc<CommitLog>,
         queues: Arc<ConsumeQueues>,
         checkpoint: Checkpoint,
         flush_interval: Duration,
+        resume: Option<(u64, i64)>,
     ) -> Result<Dispatcher> {
         let wakeup = Arc::clone(log.wakeup());
-        let from = log.write_offset();
-        let from_timestamp = log.last_store_timestamp();
+        let (from, from_timestamp) =
+            resume.unwrap_or_else(|| (log.write_offset(), log.last_store_timestamp()));
         let shared = Arc::new(Shared {
             log,
             queues,
@@ -101,6 +104,11 @@ impl Dispatcher {
             shared,
             thread: Mutex::new(Some(thread)),
         })
+    }
+
+    /// Why dispatch is failing, while it is.
+    pub(crate) fn failure(&self) -> Option<String> {
+        self.shared.failure.lock().as_ref().map(|e| e.to_string())
     }
 
     /// Commit-log offset up to which every record is indexed and readable by queue.
@@ -168,6 +176,16 @@ impl Dispatcher {
     }
 }
 
+impl Shared {
+    /// A round succeeded: any failure is over.
+    fn recovered(&self) {
+        if self.failure.lock().take().is_some() {
+            log::info!("dispatch succeeded again");
+            self.log.set_dispatch_stalled(None);
+        }
+    }
+}
+
 /// Marks the thread as ended however it ends, waking every waiter. A panic poisons the
 /// store: nothing would index new records any more, and readers would wait forever.
 struct ExitGuard<'a>(&'a Shared);
@@ -215,11 +233,11 @@ fn run(s: &Shared) {
         });
         match result {
             Ok(_) if stopping => {
-                *s.failure.lock() = None;
+                s.recovered();
                 return;
             }
             Ok(progressed) => {
-                *s.failure.lock() = None;
+                s.recovered();
                 if progressed {
                     continue;
                 }
@@ -233,6 +251,10 @@ fn run(s: &Shared) {
                         log::error!("checkpoint failed: {e}");
                     }
                     last_flush = Instant::now();
+                }
+                s.log.counters().dispatch_failed();
+                if e.is_no_space() {
+                    s.log.set_dispatch_stalled(Some(e.to_string()));
                 }
                 let mut failure = s.failure.lock();
                 if failure.is_none() {

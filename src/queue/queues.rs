@@ -172,7 +172,7 @@ impl ConsumeQueues {
             .collect()
     }
 
-    /// Next queue offset of every queue.
+    /// Next queue offset of every queue, counting entries still pending.
     pub(crate) fn next_offsets(&self) -> QueueOffsets {
         let table = self.table.read();
         table
@@ -180,17 +180,16 @@ impl ConsumeQueues {
             .map(|(t, qs)| {
                 (
                     t.clone(),
-                    qs.iter().map(|(id, q)| (*id, q.max_offset())).collect(),
+                    qs.iter().map(|(id, q)| (*id, q.next_offset())).collect(),
                 )
             })
             .collect()
     }
 
-    /// Commits the pending entries, then makes every written entry and every created
-    /// file and directory durable: queue by queue when few changed, else with one sync
-    /// of the filesystem.
+    /// Makes every committed entry and every created or removed file and directory
+    /// durable: queue by queue when few changed, else with one sync of the filesystem.
+    /// Needs no space (committing does: see [`ConsumeQueues::commit`]).
     pub(crate) fn flush(&self) -> Result<()> {
-        self.commit()?;
         let dirty: Vec<_> = {
             let table = self.table.read();
             table

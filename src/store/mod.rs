@@ -122,6 +122,7 @@ impl MessageStore {
             Arc::clone(&queues),
             recovered.checkpoint,
             config.consume_queue_flush_interval,
+            recovered.resume_dispatch,
         )?;
         let retention_thread = RetentionThread::start(
             Arc::clone(&retention),
@@ -321,7 +322,9 @@ impl MessageStore {
     /// assert_eq!(stats.put_latency_us.total(), 1);
     /// ```
     pub fn stats(&self) -> StoreStats {
-        self.log.stats(self.dispatcher.dispatched_offset())
+        let mut stats = self.log.stats(self.dispatcher.dispatched_offset());
+        stats.dispatch_error = self.dispatcher.failure();
+        stats
     }
 
     /// First queue offset of `topic`/`queue_id` still stored (0 for an unknown queue).

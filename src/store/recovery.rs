@@ -16,6 +16,10 @@ pub(crate) struct Recovered {
     pub log: CommitLog,
     pub queues: ConsumeQueues,
     pub checkpoint: Checkpoint,
+    /// Indexing stopped for lack of disk space: the offset dispatch resumes at, and the
+    /// store time before it. Opening never needs new space; dispatch retries until it
+    /// finds some.
+    pub resume_dispatch: Option<(u64, i64)>,
 }
 
 /// Opens the log and the queues.
@@ -95,11 +99,14 @@ pub(crate) fn recover(
     };
     let mut sink = QueueRebuild::new(config, mode, checkpoint);
     let mut log = CommitLog::open(config, plan, &mut sink)?;
+    sink.commit()?;
     let queues = sink.queues.as_ref().expect("begin() is always called");
-    queues.commit()?;
     queues.position_expired(&table, log.min_offset())?;
     let mismatch = if let Some(why) = sink.mismatch.take() {
         Some(why)
+    } else if sink.stalled.is_some() {
+        // The queues are short by design: dispatch finishes them once space is found.
+        None
     } else if let Some(why) = queues.damaged() {
         Some(why)
     } else if let Some(why) = short_queue(queues) {
@@ -121,11 +128,12 @@ pub(crate) fn recover(
             ..plan
         };
         log = CommitLog::open(config, rebuild, &mut sink)?;
+        sink.commit()?;
         let queues = sink.queues.as_ref().expect("begin() is always called");
-        queues.commit()?;
         queues.position_expired(&table, log.min_offset())?;
         if let Some(why) = short_queue(queues)
             && !config.truncate_damaged_log
+            && sink.stalled.is_none()
         {
             // Rebuilt from the whole log and still short: the log lacks records it had.
             return Err(Error::corrupted(
@@ -142,7 +150,12 @@ pub(crate) fn recover(
         q.delete_below(log_start)?;
         q.clear_stale_tail()?;
     }
-    log.restore_queue_offsets(queues.next_offsets());
+    let mut next = queues.next_offsets();
+    for ((topic, queue_id), offset) in sink.stalled_next.drain() {
+        let at = next.entry(topic).or_default().entry(queue_id).or_default();
+        *at = (*at).max(offset);
+    }
+    log.restore_queue_offsets(next);
     let mut checkpoint = sink.checkpoint;
     let cp = checkpoint.times();
     if cp.physic_offset > log.write_offset() {
@@ -175,10 +188,17 @@ pub(crate) fn recover(
         sink.records,
         log.write_offset(),
     );
+    if let Some((at, _)) = sink.stalled {
+        log::warn!(
+            "out of disk space while indexing: the consume queues lag the log from offset \
+             {at}; dispatch catches up once space is freed, and puts are refused until then"
+        );
+    }
     Ok(Recovered {
         log,
         queues,
         checkpoint,
+        resume_dispatch: sink.stalled,
     })
 }
 
@@ -209,6 +229,14 @@ struct QueueRebuild<'a> {
     /// Verify mode: the last record of the scanned file (topic, queue id, queue offset,
     /// its entry), the buffer reused from record to record.
     last: (String, u32, u64, Option<CqEntry>),
+    /// Everything indexed below this offset is written (a commit succeeded), and the
+    /// store time before it.
+    committed: (u64, i64),
+    /// Indexing stopped for lack of space: where dispatch must resume (see `committed`).
+    stalled: Option<(u64, i64)>,
+    /// After a stall, the next queue offset of each queue met, so that the log continues
+    /// them.
+    stalled_next: std::collections::HashMap<(String, u32), u64>,
 }
 
 impl<'a> QueueRebuild<'a> {
@@ -224,7 +252,42 @@ impl<'a> QueueRebuild<'a> {
             records: 0,
             scanned_bytes: 0,
             last: (String::new(), 0, 0, None),
+            committed: (0, 0),
+            stalled: None,
+            stalled_next: std::collections::HashMap::new(),
         }
+    }
+
+    /// Indexing failed with `e`: for lack of space, indexing stops here (the scan goes on,
+    /// to find the log's end) and dispatch resumes at the last commit; else it fails.
+    fn stall(&mut self, e: Error) -> Result<()> {
+        if !e.is_no_space() {
+            return Err(e);
+        }
+        if self.stalled.is_none() {
+            log::warn!("recovery stops indexing: {e}");
+            self.stalled = Some(self.committed);
+        }
+        Ok(())
+    }
+
+    /// Writes the pending entries, or stalls for lack of space.
+    fn commit(&mut self) -> Result<()> {
+        if self.stalled.is_some() {
+            return Ok(());
+        }
+        match self.queues.as_ref().map(ConsumeQueues::commit) {
+            Some(Err(e)) => self.stall(e),
+            _ => Ok(()),
+        }
+    }
+
+    fn track_next(&mut self, view: &RecordView<'_>) {
+        let next = self
+            .stalled_next
+            .entry((view.topic.to_owned(), view.queue_id))
+            .or_default();
+        *next = (*next).max(view.queue_offset + 1);
     }
 }
 
@@ -232,6 +295,7 @@ impl RecoverySink for QueueRebuild<'_> {
     fn begin(&mut self, start_offset: u64, log_start: u64) -> Result<()> {
         self.start_offset = start_offset;
         self.log_start = log_start;
+        self.committed = (start_offset, self.checkpoint.times().logics);
         // After an unclean exit, entries from the scan's start on are indexed again; a
         // rebuild starts from empty queues (entries below the log's start point at deleted
         // records and are not kept).
@@ -272,6 +336,10 @@ impl RecoverySink for QueueRebuild<'_> {
         if self.mismatch.is_some() {
             return Ok(true);
         }
+        if self.stalled.is_some() {
+            self.track_next(view);
+            return Ok(true);
+        }
         let entry = CqEntry::of(view);
         if self.mode == Mode::Verify {
             // A clean exit drained the dispatch, and records are indexed in log order: the
@@ -298,7 +366,15 @@ impl RecoverySink for QueueRebuild<'_> {
             ));
             return Ok(true);
         }
-        match queues.index(view.topic, view.queue_id, view.queue_offset, entry)? {
+        let indexed = match queues.index(view.topic, view.queue_id, view.queue_offset, entry) {
+            Ok(indexed) => indexed,
+            Err(e) => {
+                self.stall(e)?;
+                self.track_next(view);
+                return Ok(true);
+            }
+        };
+        match indexed {
             Indexed::Appended | Indexed::Already => Ok(true),
             // Rebuilding from empty queues, a queue offset that does not continue its queue
             // can only be a damaged record.
@@ -332,8 +408,13 @@ impl RecoverySink for QueueRebuild<'_> {
         if self.mismatch.is_some() {
             return Ok(());
         }
+        self.commit()?;
+        if self.stalled.is_some() {
+            return Ok(());
+        }
         // Progress survives a crash during recovery: the next one starts here.
         self.queues.as_ref().expect("begin() comes first").flush()?;
+        self.committed = (end, last_store_timestamp);
         let old = self.checkpoint.times();
         self.checkpoint.store(CheckpointTimes {
             physic: last_store_timestamp,
