@@ -70,6 +70,9 @@ impl QueueFiles {
     }
 }
 
+/// Entries a load reads at once when it searches a file's end.
+const WINDOW: u64 = 4096;
+
 /// A batch is written out once it holds this many bytes, whoever commits it.
 const MAX_PENDING: usize = 64 * 1024;
 
@@ -318,6 +321,17 @@ impl ConsumeQueue {
         let written = |from: u64| -> Result<u64> {
             let hole = sparse_file::data_end(last, &last_path, from * CQ_ENTRY_LEN as u64)?;
             let hi = hole.div_ceil(CQ_ENTRY_LEN as u64).clamp(from, per_file);
+            if hi - from <= WINDOW {
+                // A small queue: one read, searched in memory.
+                let mut buf = vec![0u8; ((hi - from) as usize) * CQ_ENTRY_LEN];
+                l.read(last_first + from, &mut buf)?;
+                return Ok(from
+                    + partition_point(0..hi - from, |i| {
+                        let at = i as usize * CQ_ENTRY_LEN;
+                        CqEntry::decode(buf[at..at + CQ_ENTRY_LEN].try_into().expect("20 bytes"))
+                            .is_some()
+                    }));
+            }
             let mut failed = None;
             let end = partition_point(from..hi, |at| match l.entry(last_first + at) {
                 Ok(e) => e.is_some(),
@@ -538,6 +552,15 @@ impl ConsumeQueue {
             .read()
             .map_or(max, |(first, _)| first / CQ_ENTRY_LEN as u64)
             .max(self.min_offset());
+        let live = |at| {
+            self.entry_in(at, tail_held)
+                .is_some_and(|e| e.physical_offset >= min_physical)
+        };
+        if from >= max || live(from) {
+            // The usual case, checked with one read: no entry to skip.
+            self.min_offset.fetch_max(from, Ordering::AcqRel);
+            return;
+        }
         let first_live = partition_point(from..max, |at| {
             self.entry_in(at, tail_held)
                 .is_none_or(|e| e.physical_offset < min_physical)

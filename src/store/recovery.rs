@@ -147,7 +147,9 @@ pub(crate) fn recover(
     // a crash left past a queue's end go.
     let log_start = log.min_offset();
     for (_, _, q) in queues.all() {
-        q.delete_below(log_start)?;
+        if log_start > 0 {
+            q.delete_below(log_start)?;
+        }
         q.clear_stale_tail()?;
     }
     let mut next = queues.next_offsets();
