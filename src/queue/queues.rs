@@ -18,6 +18,9 @@ use crate::queue::entry::{CQ_ENTRY_LEN, CqEntry};
 
 type Table = HashMap<String, HashMap<u32, Arc<ConsumeQueue>>>;
 
+/// With this many queues, loading them takes two threads.
+const PARALLEL_LOAD: usize = 1024;
+
 /// Most consume-queue files kept open at once.
 const OPEN_FILES: usize = 256;
 
@@ -55,13 +58,14 @@ impl ConsumeQueues {
         let root_dir = std::fs::File::open(&root).map_err(|e| Error::io("open", &root, e))?;
         let io = Arc::new(QueueFiles::new(file_size, hook.clone(), OPEN_FILES));
         let mut table = Table::new();
+        let mut found = Vec::new();
         for topic_dir in list_dirs(&root)? {
             let topic = file_name(&topic_dir);
             validate_topic(&topic).map_err(|e| Error::BadStoreFile {
                 path: topic_dir.clone(),
                 reason: e.to_string(),
             })?;
-            let queues = table.entry(topic).or_default();
+            table.entry(topic.clone()).or_default();
             for queue_dir in list_dirs(&topic_dir)? {
                 let queue_id: u32 =
                     file_name(&queue_dir)
@@ -70,24 +74,48 @@ impl ConsumeQueues {
                             path: queue_dir.clone(),
                             reason: "a queue directory must be named by its queue id".into(),
                         })?;
-                let loaded = ConsumeQueue::load(queue_dir.clone(), Arc::clone(&io), how, log_start);
-                let q = match loaded {
-                    Ok(q) => q,
-                    Err(Error::BadStoreFile { path, reason }) => {
-                        let why = format!("{}: {reason}", path.display());
-                        if how == Load::Rebuild {
-                            log::warn!("clearing consume queue {}: {why}", queue_dir.display());
-                            ops::remove_dir_all(&queue_dir, hook.as_ref())?;
-                            ops::sync_dir_with(&topic_dir, hook.as_ref())?;
-                            ConsumeQueue::new(queue_dir, Arc::clone(&io))
-                        } else {
-                            ConsumeQueue::damaged(queue_dir, Arc::clone(&io), why)
-                        }
-                    }
-                    Err(e) => return Err(e),
-                };
-                queues.insert(queue_id, Arc::new(q));
+                found.push((topic.clone(), queue_id, queue_dir));
             }
+        }
+        // Loading is mostly system calls on cached metadata: with many queues, both cores.
+        let load_all = |part: &[(String, u32, PathBuf)]| -> Vec<Result<ConsumeQueue>> {
+            part.iter()
+                .map(|(_, _, dir)| ConsumeQueue::load(dir.clone(), Arc::clone(&io), how, log_start))
+                .collect()
+        };
+        let loaded: Vec<Result<ConsumeQueue>> = if found.len() >= PARALLEL_LOAD {
+            let (a, b) = found.split_at(found.len() / 2);
+            std::thread::scope(|scope| {
+                let second = scope.spawn(|| load_all(b));
+                let mut all = load_all(a);
+                match second.join() {
+                    Ok(rest) => all.extend(rest),
+                    Err(panic) => std::panic::resume_unwind(panic),
+                }
+                all
+            })
+        } else {
+            load_all(&found)
+        };
+        for ((topic, queue_id, queue_dir), loaded) in found.into_iter().zip(loaded) {
+            let topic_dir = root.join(&topic);
+            let queues = table.entry(topic).or_default();
+            let q = match loaded {
+                Ok(q) => q,
+                Err(Error::BadStoreFile { path, reason }) => {
+                    let why = format!("{}: {reason}", path.display());
+                    if how == Load::Rebuild {
+                        log::warn!("clearing consume queue {}: {why}", queue_dir.display());
+                        ops::remove_dir_all(&queue_dir, hook.as_ref())?;
+                        ops::sync_dir_with(&topic_dir, hook.as_ref())?;
+                        ConsumeQueue::new(queue_dir, Arc::clone(&io))
+                    } else {
+                        ConsumeQueue::damaged(queue_dir, Arc::clone(&io), why)
+                    }
+                }
+                Err(e) => return Err(e),
+            };
+            queues.insert(queue_id, Arc::new(q));
         }
         Ok(ConsumeQueues {
             root,
@@ -326,8 +354,14 @@ fn file_name(path: &Path) -> String {
 fn list_dirs(dir: &Path) -> Result<Vec<PathBuf>> {
     let mut out = Vec::new();
     for entry in std::fs::read_dir(dir).map_err(|e| Error::io("list", dir, e))? {
-        let path = entry.map_err(|e| Error::io("list", dir, e))?.path();
-        if !path.is_dir() {
+        let entry = entry.map_err(|e| Error::io("list", dir, e))?;
+        let path = entry.path();
+        // The type comes with the listing on most filesystems: no stat per queue.
+        let is_dir = entry
+            .file_type()
+            .map(|t| t.is_dir() || (t.is_symlink() && path.is_dir()))
+            .unwrap_or(false);
+        if !is_dir {
             return Err(Error::BadStoreFile {
                 path,
                 reason: "expected a directory in the consume-queue tree".into(),
