@@ -175,6 +175,18 @@ pub(crate) fn data_end(file: &File, path: &Path, from: u64) -> Result<u64> {
     }
 }
 
+/// Where the next data of the file starts at or after `from` (SEEK_DATA): bytes before it
+/// read as zeros. `None` when only a hole follows; `Some(from)` when the filesystem
+/// cannot tell.
+pub(crate) fn data_start(file: &File, from: u64) -> Result<Option<u64>> {
+    use rustix::fs::{SeekFrom, seek};
+    match seek(file, SeekFrom::Data(from)) {
+        Ok(at) => Ok(Some(at)),
+        Err(e) if e == rustix::io::Errno::NXIO => Ok(None),
+        Err(_) => Ok(Some(from)),
+    }
+}
+
 /// A file's key in the [`FileCache`]: its owner (a number unique in the store) and its
 /// start offset.
 pub(crate) type FileKey = (u64, u64);

@@ -73,6 +73,9 @@ impl QueueFiles {
 /// Entries a load reads at once when it searches a file's end.
 const WINDOW: u64 = 4096;
 
+/// No file (in `tail_rewritten`).
+const NONE: u64 = u64::MAX;
+
 /// A batch is written out once it holds this many bytes, whoever commits it.
 const MAX_PENDING: usize = 64 * 1024;
 
@@ -91,7 +94,8 @@ struct Tail {
 pub(crate) struct SyncPoint {
     written: u64,
     names: u64,
-    rewritten: bool,
+    /// Start of the file whose stale tail was zeroed, if any.
+    rewritten: Option<u64>,
 }
 
 pub(crate) struct ConsumeQueue {
@@ -113,8 +117,9 @@ pub(crate) struct ConsumeQueue {
     names_synced: AtomicU64,
     /// Loaded after a crash: entries past the end may remain, until `clear_stale_tail`.
     stale_tail: AtomicBool,
-    /// `clear_stale_tail` zeroed bytes that the next sync must make durable.
-    tail_rewritten: AtomicBool,
+    /// `clear_stale_tail` zeroed bytes of the file starting here (`NONE` when not), which
+    /// the next sync must make durable.
+    tail_rewritten: AtomicU64,
     /// Why the entries found at load cannot be trusted (a zeroed entry below the end, or
     /// entries out of order): recovery then rebuilds the queues from the log.
     damage: Option<Box<str>>,
@@ -248,7 +253,7 @@ impl ConsumeQueue {
             names_created: AtomicU64::new(0),
             names_synced: AtomicU64::new(0),
             stale_tail: AtomicBool::new(false),
-            tail_rewritten: AtomicBool::new(false),
+            tail_rewritten: AtomicU64::new(NONE),
             damage: None,
             free_start: AtomicBool::new(true),
             restartable: AtomicBool::new(false),
@@ -348,9 +353,10 @@ impl ConsumeQueue {
         let first_written = if l.entry(first)?.is_some() {
             first
         } else {
-            let (start0, file0) = &l.files[0];
-            let path0 = sparse_file::path_in(&q.dir, *start0);
-            let data = data_start(file0, &path0)? / CQ_ENTRY_LEN as u64;
+            let file0 = &l.files[0].1;
+            let data = sparse_file::data_start(file0, 0)?
+                .map_or(per_file * CQ_ENTRY_LEN as u64, |at| at)
+                / CQ_ENTRY_LEN as u64;
             let mut found = per_file;
             for i in data.min(per_file)..per_file {
                 if l.entry(first + i)?.is_some() {
@@ -364,6 +370,14 @@ impl ConsumeQueue {
             // The binary search assumes entries from the file's start; redo it from the
             // first written entry.
             end = first + written(first_written - first)?;
+        }
+        if l.files.len() == 1 && first_written == first + per_file {
+            // Its only file holds no entry (created, then a crash or a full disk before the
+            // first write reached it): the queue holds nothing, like a new one. Read as a
+            // queue positioned at the file's end, it would skip offsets.
+            l.remove(0, hook.as_ref())?;
+            *q.names_created.get_mut() += 1;
+            return Ok(q);
         }
         let last_entry = match end.checked_sub(1).filter(|at| *at >= first_written) {
             Some(at) => l.entry(at)?,
@@ -552,26 +566,52 @@ impl ConsumeQueue {
             .read()
             .map_or(max, |(first, _)| first / CQ_ENTRY_LEN as u64)
             .max(self.min_offset());
-        let live = |at| {
-            self.entry_in(at, tail_held)
-                .is_some_and(|e| e.physical_offset >= min_physical)
+        // An entry that cannot be read counts as live: a failed read must never move the
+        // minimum past messages still stored.
+        let failed = std::cell::Cell::new(false);
+        let dead = |at: u64| {
+            if at >= max {
+                return false;
+            }
+            let mut buf = [0u8; CQ_ENTRY_LEN];
+            match self.read_checked(at * CQ_ENTRY_LEN as u64, &mut buf, tail_held) {
+                Ok(true) => CqEntry::decode(&buf).is_none_or(|e| e.physical_offset < min_physical),
+                // Its file is gone: retention removed it.
+                Ok(false) => true,
+                Err(e) => {
+                    log::error!("reading consume queue {}: {e}", self.dir.display());
+                    failed.set(true);
+                    false
+                }
+            }
         };
-        if from >= max || live(from) {
+        if from >= max || !dead(from) {
             // The usual case, checked with one read: no entry to skip.
             self.min_offset.fetch_max(from, Ordering::AcqRel);
             return;
         }
-        let first_live = partition_point(from..max, |at| {
-            self.entry_in(at, tail_held)
-                .is_none_or(|e| e.physical_offset < min_physical)
-        });
-        self.min_offset.fetch_max(first_live, Ordering::AcqRel);
+        let first_live = partition_point(from..max, dead);
+        if !failed.get() {
+            self.min_offset.fetch_max(first_live, Ordering::AcqRel);
+        }
     }
 
     /// Reads `buf.len()` bytes at file-space position `byte`, all in one file; `None` when
     /// the file is gone (deleted by retention meanwhile) or cannot be read. `tail_held`:
     /// the caller holds the tail lock.
     fn read(&self, byte: u64, buf: &mut [u8], tail_held: bool) -> Option<()> {
+        match self.read_checked(byte, buf, tail_held) {
+            Ok(found) => found.then_some(()),
+            Err(e) => {
+                log::error!("reading consume queue {}: {e}", self.dir.display());
+                None
+            }
+        }
+    }
+
+    /// [`ConsumeQueue::read`] that tells a file that is not there (`Ok(false)`: deleted by
+    /// retention, or not created yet) from a failure to read one.
+    fn read_checked(&self, byte: u64, buf: &mut [u8], tail_held: bool) -> Result<bool> {
         let start = byte / self.file_size() * self.file_size();
         let path = sparse_file::path_in(&self.dir, start);
         let file = match self.io.cache.get((self.key, start)) {
@@ -580,25 +620,25 @@ impl ConsumeQueue {
                 // Opened under the tail lock, which every removal holds: the descriptor
                 // cached is never one of a removed file.
                 let _tail = (!tail_held).then(|| self.tail.lock());
-                let (first, end) = (*self.span.read())?;
+                let span = *self.span.read();
+                let Some((first, end)) = span else {
+                    return Ok(false);
+                };
                 if start < first || start >= end {
-                    return None;
+                    return Ok(false);
                 }
                 let size = self.file_size();
                 self.io
                     .cache
-                    .get_or_open((self.key, start), || sparse_file::open(&path, size, false))
-                    .ok()?
+                    .get_or_open((self.key, start), || sparse_file::open(&path, size, false))?
             }
         };
-        match sparse_file::read_at(&file, &path, buf, byte - start) {
-            Ok(n) if n == buf.len() => Some(()),
-            Ok(_) => None,
-            Err(e) => {
-                log::error!("reading consume queue {}: {e}", self.dir.display());
-                None
-            }
+        let n = sparse_file::read_at(&file, &path, buf, byte - start)?;
+        if n < buf.len() {
+            let e = std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "short file");
+            return Err(Error::io("read", &path, e));
         }
+        Ok(true)
     }
 
     /// The entry at `queue_offset`, if written.
@@ -649,6 +689,8 @@ impl ConsumeQueue {
             // the queue goes on from this record. Each step can be retried after a failure;
             // readers meanwhile see the queue as it was (its entries are all dead).
             self.remove_all_files(true)?;
+            self.flushed
+                .store(queue_offset * CQ_ENTRY_LEN as u64, Ordering::Release);
             self.min_offset.store(queue_offset, Ordering::Release);
             self.max_offset.store(queue_offset, Ordering::Release);
             self.free_start.store(false, Ordering::Release);
@@ -721,9 +763,16 @@ impl ConsumeQueue {
                 pos / PAGE_SIZE as u64 * PAGE_SIZE as u64
             };
             if need > allocated {
-                let to = sparse_file::next_allocation(allocated, need, size);
-                sparse_file::allocate(&file, &path, allocated, to, self.hook())?;
-                tail.allocated = (start, to);
+                let mut to = sparse_file::next_allocation(allocated, need, size);
+                if let Err(e) = sparse_file::allocate(&file, &path, allocated, to, self.hook()) {
+                    if !e.is_no_space() {
+                        return Err(e);
+                    }
+                    // Nearly full: what this write needs may still fit.
+                    to = need.div_ceil(PAGE_SIZE as u64) * PAGE_SIZE as u64;
+                    sparse_file::allocate(&file, &path, allocated, to.min(size), self.hook())?;
+                }
+                tail.allocated = (start, to.min(size));
             }
             sparse_file::write_at(&file, &path, &tail.pending[..n], pos)?;
             tail.pending.drain(..n);
@@ -776,11 +825,11 @@ impl ConsumeQueue {
         let point = SyncPoint {
             written: self.max_offset() * CQ_ENTRY_LEN as u64,
             names: self.names_created.load(Ordering::Acquire),
-            rewritten: self.tail_rewritten.load(Ordering::Acquire),
+            rewritten: Some(self.tail_rewritten.load(Ordering::Acquire)).filter(|&s| s != NONE),
         };
         let done = point.written <= self.flushed.load(Ordering::Acquire)
             && point.names <= self.names_synced.load(Ordering::Acquire)
-            && !point.rewritten;
+            && point.rewritten.is_none();
         (!done).then_some(point)
     }
 
@@ -790,27 +839,34 @@ impl ConsumeQueue {
     pub(crate) fn sync(&self, point: SyncPoint) -> Result<()> {
         let size = self.file_size();
         let from = self.flushed.load(Ordering::Acquire);
+        // Held so that retention removes no file meanwhile.
+        let _tail = self.tail.lock();
         let span = *self.span.read();
-        // The zeroed tail lies in the file holding the end.
-        let from = if point.rewritten {
-            from.min(point.written.saturating_sub(1))
-        } else {
-            from
-        };
-        if let Some((first, end)) = span
-            && point.written > from
-        {
+        if let Some((first, end)) = span {
             // Files below the first are gone (retention), or never existed (a queue that
             // began inside a later file).
-            let mut start = (from / size * size).max(first);
-            while start < point.written.min(end) {
+            let mut starts: Vec<u64> = Vec::new();
+            if point.written > from {
+                let mut start = (from / size * size).max(first);
+                while start < point.written.min(end) {
+                    starts.push(start);
+                    start += size;
+                }
+            }
+            if let Some(start) = point.rewritten
+                && !starts.contains(&start)
+                && first <= start
+                && start < end
+            {
+                starts.push(start);
+            }
+            for start in starts {
                 let path = sparse_file::path_in(&self.dir, start);
                 let file = self
                     .io
                     .cache
                     .get_or_open((self.key, start), || sparse_file::open(&path, size, false))?;
                 sparse_file::sync_data(&file, &path, self.hook())?;
-                start += size;
             }
         }
         if point.names > self.names_synced.load(Ordering::Acquire) {
@@ -830,8 +886,13 @@ impl ConsumeQueue {
     pub(crate) fn synced(&self, point: SyncPoint) {
         self.flushed.fetch_max(point.written, Ordering::AcqRel);
         self.names_synced.fetch_max(point.names, Ordering::AcqRel);
-        if point.rewritten {
-            self.tail_rewritten.store(false, Ordering::Release);
+        if let Some(start) = point.rewritten {
+            let _ = self.tail_rewritten.compare_exchange(
+                start,
+                NONE,
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            );
         }
     }
 
@@ -862,47 +923,43 @@ impl ConsumeQueue {
             .io
             .cache
             .get_or_open((self.key, start), || sparse_file::open(&path, size, false))?;
-        if zero_tail(&file, &path, byte - start)? {
-            self.tail_rewritten.store(true, Ordering::Release);
+        if zero_tail(&file, &path, byte - start, size)? {
+            self.tail_rewritten.store(start, Ordering::Release);
         }
         Ok(())
-    }
-}
-
-/// Where the data of `file` starts (SEEK_DATA from 0): bytes before it read as zeros.
-fn data_start(file: &File, path: &Path) -> Result<u64> {
-    use rustix::fs::{SeekFrom, seek};
-    match seek(file, SeekFrom::Data(0)) {
-        Ok(at) => Ok(at),
-        Err(e) if e == rustix::io::Errno::NXIO => file
-            .metadata()
-            .map(|m| m.len())
-            .map_err(|e| Error::io("stat", path, e)),
-        Err(_) => Ok(0),
     }
 }
 
 /// Zeroes what a crash left past position `pos` of the file being written, up to its first
 /// hole; returns whether it wrote anything. Writes only where a byte is not zero, so a
 /// clean tail needs neither I/O nor space.
-fn zero_tail(file: &File, path: &Path, pos: u64) -> Result<bool> {
+fn zero_tail(file: &File, path: &Path, pos: u64, size: u64) -> Result<bool> {
     const CHUNK: usize = 64 * 1024;
-    let end = sparse_file::data_end(file, path, pos)?;
     let mut buf = vec![0u8; CHUNK];
     let mut dirty = false;
-    let mut at = pos;
-    while at < end {
-        let len = CHUNK.min((end - at) as usize);
-        let n = sparse_file::read_at(file, path, &mut buf[..len], at)?;
-        if buf[..n].iter().any(|&b| b != 0) {
-            buf[..n].fill(0);
-            sparse_file::write_at(file, path, &buf[..n], at)?;
-            dirty = true;
-        }
-        if n < len {
+    // Every data range to the end of the file: write-back may have kept a later page and
+    // not an earlier one.
+    let mut from = pos;
+    while from < size {
+        let Some(start) = sparse_file::data_start(file, from)? else {
             break;
+        };
+        let end = sparse_file::data_end(file, path, start)?.min(size);
+        let mut at = start;
+        while at < end {
+            let len = CHUNK.min((end - at) as usize);
+            let n = sparse_file::read_at(file, path, &mut buf[..len], at)?;
+            if buf[..n].iter().any(|&b| b != 0) {
+                buf[..n].fill(0);
+                sparse_file::write_at(file, path, &buf[..n], at)?;
+                dirty = true;
+            }
+            if n < len {
+                break;
+            }
+            at += len as u64;
         }
-        at += len as u64;
+        from = end.max(start + 1);
     }
     if dirty {
         log::warn!("zeroed a stale tail in {}", path.display());
@@ -1022,5 +1079,42 @@ mod tests {
         drop(q);
         let q = ConsumeQueue::load(dir.path().join("T/1"), io, Load::Keep, 0).unwrap();
         assert_eq!((q.min_offset(), q.max_offset()), (8, 10));
+    }
+
+    #[derive(Default)]
+    struct RecordSyncs(parking_lot::Mutex<Vec<PathBuf>>);
+
+    impl IoHook for RecordSyncs {
+        fn before_sync(&self, path: &Path) -> std::io::Result<()> {
+            self.0.lock().push(path.to_owned());
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn a_stale_tail_zeroed_at_a_file_boundary_is_synced_before_it_counts_as_durable() {
+        let dir = tempfile::tempdir().unwrap();
+        let size = 4 * CQ_ENTRY_LEN as u64;
+        let q = ConsumeQueue::new(dir.path().join("T/2"), io(size));
+        for i in 0..8 {
+            q.put(i, entry(i + 1)).unwrap();
+        }
+        commit_and_sync(&q);
+        drop(q);
+        // A crash cut the records of entries 4.. (at 500 and past): the end falls on the
+        // second file's first byte.
+        let hook = Arc::new(RecordSyncs::default());
+        let hooked = Arc::new(QueueFiles::new(size, Some(hook.clone()), 4));
+        let q = ConsumeQueue::load(dir.path().join("T/2"), hooked, Load::DropFrom(500), 0).unwrap();
+        assert_eq!(q.max_offset(), 4);
+        q.clear_stale_tail().unwrap();
+        let point = q.unsynced().expect("zeroed bytes to sync");
+        q.sync(point).unwrap();
+        let second = dir.path().join("T/2").join(crate::layout::file_name(size));
+        assert!(hook.0.lock().contains(&second), "{:?}", hook.0.lock());
+        assert!(q.unsynced().is_none());
+        drop(q);
+        let q = ConsumeQueue::load(dir.path().join("T/2"), io(size), Load::Keep, 0).unwrap();
+        assert_eq!(q.max_offset(), 4, "the dropped entries are gone");
     }
 }

@@ -170,9 +170,11 @@ pub(crate) fn recover(
     // The lower bound for the next open, whatever happens to this run: needed when the
     // queues differ from the table. On a full disk the old table is kept while it is still
     // a lower bound; removing it needs no space.
+    // While indexing is stalled the queues are short by design: the old table stays.
     let changed =
         table.len() != queues.all().len() || table.iter().any(|row| have(&queues, row) != row.next);
     if (changed || !table_path.exists())
+        && sink.stalled.is_none()
         && let Err(e) = queues.write_table(&table_path)
     {
         let shrank = table.iter().any(|row| have(&queues, row) < row.next);
@@ -297,7 +299,6 @@ impl RecoverySink for QueueRebuild<'_> {
     fn begin(&mut self, start_offset: u64, log_start: u64) -> Result<()> {
         self.start_offset = start_offset;
         self.log_start = log_start;
-        self.committed = (start_offset, self.checkpoint.times().logics);
         // After an unclean exit, entries from the scan's start on are indexed again; a
         // rebuild starts from empty queues (entries below the log's start point at deleted
         // records and are not kept).
@@ -316,6 +317,7 @@ impl RecoverySink for QueueRebuild<'_> {
                 ..cp
             })?;
         }
+        self.committed = (start_offset, self.checkpoint.times().logics);
         self.queues = Some(ConsumeQueues::load(
             layout::consume_queue_dir(&self.config.root_dir),
             self.config.consume_queue_entries_per_file,
