@@ -19,7 +19,7 @@ use parking_lot::{Mutex, RwLock};
 use crate::error::{Error, Result};
 use crate::fs::file_queue::list_files;
 use crate::fs::io_hook::IoHook;
-use crate::fs::mapped_file::PAGE_SIZE;
+use crate::fs::mapped_file::{PAGE_SIZE, is_zero};
 use crate::fs::ops;
 use crate::fs::sparse_file::{self, FileCache};
 use crate::queue::entry::{CQ_ENTRY_LEN, CqEntry};
@@ -949,7 +949,7 @@ fn zero_tail(file: &File, path: &Path, pos: u64, size: u64) -> Result<bool> {
         while at < end {
             let len = CHUNK.min((end - at) as usize);
             let n = sparse_file::read_at(file, path, &mut buf[..len], at)?;
-            if buf[..n].iter().any(|&b| b != 0) {
+            if !is_zero(&buf[..n]) {
                 buf[..n].fill(0);
                 sparse_file::write_at(file, path, &buf[..n], at)?;
                 dirty = true;
