@@ -36,6 +36,9 @@ struct Args {
     /// Body size in bytes.
     #[arg(long, default_value_t = 100)]
     size: usize,
+    /// Commit-log file size in bytes (default: the store's default, 1 GiB).
+    #[arg(long)]
+    file_size: Option<u64>,
     /// Internal: run one phase in --dir.
     #[arg(long, hide = true)]
     phase: Option<String>,
@@ -43,13 +46,17 @@ struct Args {
 
 const TOPIC: &str = "ManyQueues";
 
-fn config(dir: &Path) -> StoreConfig {
+fn config(dir: &Path, args: &Args) -> StoreConfig {
     // The defaults, but async flush (1 GiB commit-log files, 300,000 entries per queue
     // file) and no disk-usage guard (a shared machine's disk may look fuller than ours).
-    StoreConfig::new(dir)
+    let config = StoreConfig::new(dir)
         .flush_mode(FlushMode::async_default())
         .disk_full_ratio(1.0)
-        .disk_clean_ratios(1.0, 1.0)
+        .disk_clean_ratios(1.0, 1.0);
+    match args.file_size {
+        Some(size) => config.commit_log_file_size(size),
+        None => config,
+    }
 }
 
 fn body(queue: u32, n: u32, size: usize) -> Bytes {
@@ -108,7 +115,7 @@ type Outcome = Result<bool, Box<dyn std::error::Error>>;
 /// The child: puts, waits for dispatch, reports, exits with the store still open.
 fn write_and_crash(args: &Args) -> Outcome {
     let dir = args.dir.as_ref().ok_or("--phase needs --dir")?;
-    let store = MessageStore::open(config(dir))?;
+    let store = MessageStore::open(config(dir, args))?;
     let total = u64::from(args.queues) * u64::from(args.per_queue);
     let started = Instant::now();
     let mut last = 0;
@@ -159,7 +166,7 @@ fn read_all(store: &MessageStore, args: &Args) -> Result<(u64, f64), rocketstore
 fn reopen(args: &Args, phase: &str) -> Outcome {
     let dir = args.dir.as_ref().ok_or("--phase needs --dir")?;
     let started = Instant::now();
-    let store = MessageStore::open(config(dir))?;
+    let store = MessageStore::open(config(dir, args))?;
     let open_secs = started.elapsed().as_secs_f64();
     let rss_open = rss_anon();
     let (bad, read_secs) = read_all(&store, args)?;
@@ -189,7 +196,11 @@ fn run(args: &Args) -> Outcome {
         }
     };
     let phase = |name: &str| -> Result<bool, Box<dyn std::error::Error>> {
-        let status = Command::new(std::env::current_exe()?)
+        let mut child = Command::new(std::env::current_exe()?);
+        if let Some(size) = args.file_size {
+            child.args(["--file-size", &size.to_string()]);
+        }
+        let status = child
             .args(["--phase", name])
             .arg("--dir")
             .arg(&dir)

@@ -1,5 +1,5 @@
 //! The operator examples against real stores: the dumper (listing, JSON, summary, verify,
-//! damage) and the load generator (every mode ends verified). `cargo test` builds the
+//! damage), the load generator (every mode ends verified) and the many-queues run. `cargo test` builds the
 //! examples; run alone, these tests skip when the examples are absent.
 
 mod common;
@@ -52,6 +52,38 @@ fn load_generator_verifies_what_it_wrote_in_every_mode() {
         let (code, report) = run(&[dir.path().to_str().unwrap(), "--verify"]);
         assert_eq!(code, 0, "{report}");
     }
+}
+
+#[test]
+fn many_queues_reads_every_queue_back_after_a_crash_and_a_clean_reopen() {
+    let Some(many) = example("many_queues") else {
+        println!("skipped: the many_queues example is not built (run the whole `cargo test`)");
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let out = Command::new(&many)
+        .args([
+            "--dir",
+            dir.path().to_str().unwrap(),
+            "--file-size",
+            "1048576",
+        ])
+        .args(["--queues", "300", "--per-queue", "2"])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    assert!(out.status.success(), "{stdout}");
+    for phase in ["write", "disk", "crash_reopen", "clean_reopen"] {
+        assert!(
+            stdout.contains(&format!("\"phase\":\"{phase}\"")),
+            "{stdout}"
+        );
+    }
+    assert_eq!(
+        stdout.matches("\"queues_missing_messages\":0,").count(),
+        2,
+        "{stdout}"
+    );
 }
 
 fn run(args: &[&str]) -> (i32, String) {
