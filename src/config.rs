@@ -127,6 +127,13 @@ pub struct StoreConfig {
     /// crash; this adds bit-rot detection at the price of reading every body of the last
     /// file (about 200 ms per GiB here). Default: false.
     pub verify_crc_on_clean_open: bool,
+    /// After a clean exit, when the queue table lists at least this many queues, each
+    /// queue's files are read at its first use instead of at open: opening 100,000 queues
+    /// then reads none of them. A queue is checked against its table row when it is read;
+    /// one that does not match is logged, served no further than it is intact, and
+    /// rebuilt by the next open (the store is not marked clean). Below it, every queue is
+    /// read and checked at open, and repaired before the open returns. Default: 10,000.
+    pub lazy_queue_load_threshold: usize,
     /// The operator's override for a damaged log: when recovery meets an invalid record the
     /// store had made durable (below the checkpoint's durable offset, or anywhere after a
     /// clean exit), cut the log there, losing every record after it, instead of refusing
@@ -163,6 +170,7 @@ impl fmt::Debug for StoreConfig {
             )
             .field("max_transfer_bytes", &self.max_transfer_bytes)
             .field("verify_crc_on_clean_open", &self.verify_crc_on_clean_open)
+            .field("lazy_queue_load_threshold", &self.lazy_queue_load_threshold)
             .field("truncate_damaged_log", &self.truncate_damaged_log)
             .field("file_delete_interval", &self.file_delete_interval)
             .field("file_reserved_time", &self.file_reserved_time)
@@ -197,6 +205,7 @@ impl StoreConfig {
             consume_queue_flush_interval: Duration::from_secs(1),
             max_transfer_bytes: 256 * 1024,
             verify_crc_on_clean_open: false,
+            lazy_queue_load_threshold: 10_000,
             truncate_damaged_log: false,
             file_delete_interval: Duration::from_millis(100),
             file_reserved_time: Duration::from_secs(72 * 3600),
@@ -309,6 +318,12 @@ impl StoreConfig {
     /// Sets [`StoreConfig::verify_crc_on_clean_open`].
     pub fn verify_crc_on_clean_open(mut self, on: bool) -> Self {
         self.verify_crc_on_clean_open = on;
+        self
+    }
+
+    /// Sets [`StoreConfig::lazy_queue_load_threshold`].
+    pub fn lazy_queue_load_threshold(mut self, queues: usize) -> Self {
+        self.lazy_queue_load_threshold = queues;
         self
     }
 

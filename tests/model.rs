@@ -46,8 +46,17 @@ struct Stored {
     end: u64,
 }
 
+/// The sync variant reads queues at first use after a clean exit (as a store with many
+/// queues does), the async variant at open.
 fn cfg(dir: &Path, mode: FlushMode) -> StoreConfig {
-    config(dir, mode).consume_queue_entries_per_file(64)
+    let lazy = if matches!(mode, FlushMode::Sync { .. }) {
+        0
+    } else {
+        usize::MAX
+    };
+    config(dir, mode)
+        .consume_queue_entries_per_file(64)
+        .lazy_queue_load_threshold(lazy)
 }
 
 fn check(store: &MessageStore, model: &[Vec<Stored>]) {

@@ -866,3 +866,92 @@ fn store_with_an_expired_queue(dir: &Path, new: u64) -> MessageStore {
     assert!(store.delete_expired_files().unwrap() > 0);
     store
 }
+
+/// Queues read at first use (`lazy_queue_load_threshold(0)`), as a store with many queues
+/// opens after a clean exit.
+fn lazy(dir: &Path) -> rocketstore::StoreConfig {
+    config(dir, sync_mode()).lazy_queue_load_threshold(0)
+}
+
+#[test]
+fn a_queue_read_at_first_use_never_serves_another_queues_message_and_is_rebuilt_next_open() {
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b): (Vec<_>, Vec<_>) = {
+        let store = MessageStore::open(lazy(dir.path())).unwrap();
+        (0..5)
+            .map(|i| {
+                (
+                    store.put_message(&message("T", 0, "a", i)).unwrap(),
+                    store.put_message(&message("T", 1, "b", i)).unwrap(),
+                )
+            })
+            .unzip()
+    };
+    patch_entry(
+        dir.path(),
+        "T",
+        0,
+        4,
+        b[4].physical_offset,
+        b[4].wrote_bytes,
+    );
+    {
+        let store = MessageStore::open(lazy(dir.path())).unwrap();
+        // The damage is found when the queue is first read, and never served.
+        let err = store.get_message("T", 0, 4, 1).unwrap_err();
+        assert!(matches!(err, Error::Corrupted { .. }), "{err}");
+        let intact = store.get_message("T", 0, 0, 4).unwrap();
+        assert_eq!(intact.messages.len(), 4);
+        let other = store.get_message("T", 1, 4, 1).unwrap();
+        assert_eq!(other.messages[0].physical_offset, b[4].physical_offset);
+        // Not marked clean: the next open checks and rebuilds.
+        assert!(store.shutdown().is_err());
+    }
+    let store = MessageStore::open(lazy(dir.path())).unwrap();
+    let got = store.get_message("T", 0, 4, 1).unwrap();
+    assert_eq!(got.messages[0].physical_offset, a[4].physical_offset);
+}
+
+#[test]
+fn a_queue_read_at_first_use_and_found_short_goes_on_at_its_offsets() {
+    let dir = tempfile::tempdir().unwrap();
+    let puts: Vec<_> = {
+        let store = MessageStore::open(lazy(dir.path())).unwrap();
+        let puts = (0..5)
+            .map(|i| store.put_message(&message("S", 0, "s", i)).unwrap())
+            .collect();
+        // The log's last record is another queue's: the clean open reads that one.
+        store.put_message(&message("S", 1, "s", 0)).unwrap();
+        puts
+    };
+    // The last two entries lost on disk.
+    let file = layout::queue_dir(dir.path(), "S", 0).join(layout::file_name(0));
+    OpenOptions::new()
+        .write(true)
+        .open(file)
+        .unwrap()
+        .write_all_at(&[0u8; 40], 3 * 20)
+        .unwrap();
+    {
+        let store = MessageStore::open(lazy(dir.path())).unwrap();
+        assert_eq!(store.max_offset_in_queue("S", 0), 5, "the table's end");
+        let got = store.get_message("S", 0, 0, 8).unwrap();
+        assert_eq!(got.messages.len(), 3, "served no further than intact");
+        // Dispatch goes on at the queue's offsets: no gap, no conflict.
+        let next = store.put_message(&message("S", 0, "s", 5)).unwrap();
+        assert_eq!(next.queue_offset, 5);
+        assert!(store.wait_dispatched(next.physical_offset, Duration::from_secs(30)));
+        let got = store.get_message("S", 0, 5, 1).unwrap();
+        assert_eq!(got.messages[0].physical_offset, next.physical_offset);
+        assert!(
+            store.shutdown().is_err(),
+            "left for the next open to rebuild"
+        );
+    }
+    let store = MessageStore::open(lazy(dir.path())).unwrap();
+    let got = store.get_message("S", 0, 0, 8).unwrap();
+    assert_eq!(got.messages.len(), 6, "rebuilt from the log");
+    for (m, p) in got.messages.iter().zip(&puts) {
+        assert_eq!(m.physical_offset, p.physical_offset);
+    }
+}

@@ -57,6 +57,12 @@ pub(crate) struct QueueFiles {
     pub hook: Option<Arc<dyn IoHook>>,
     pub cache: FileCache,
     next_key: AtomicU64,
+    /// The commit log's first offset, for queues loaded after the open: their minimum
+    /// moves past entries of deleted records.
+    pub log_start: AtomicU64,
+    /// A queue loaded after the open did not match the queue table: the store must not be
+    /// marked clean, so that the next open checks and rebuilds the queues.
+    pub suspect: AtomicBool,
 }
 
 impl QueueFiles {
@@ -66,6 +72,8 @@ impl QueueFiles {
             hook,
             cache: FileCache::new(open_files),
             next_key: AtomicU64::new(0),
+            log_start: AtomicU64::new(0),
+            suspect: AtomicBool::new(false),
         }
     }
 }
@@ -133,6 +141,19 @@ pub(crate) struct ConsumeQueue {
     restartable: AtomicBool,
     /// Listed in `ConsumeQueues`' batch of queues with pending entries.
     pub(crate) in_batch: AtomicBool,
+    /// Not loaded yet (opened after a clean exit): what the queue table says it holds. Its
+    /// files are read at first use ([`ConsumeQueue::ensure_loaded`]).
+    unloaded: Mutex<Option<TableEnd>>,
+    is_unloaded: AtomicBool,
+}
+
+/// A queue's end as the queue table records it.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct TableEnd {
+    /// The next queue offset.
+    pub next: u64,
+    /// Commit-log offset of the last entry's record (0 when none).
+    pub last_physical: u64,
 }
 
 impl std::fmt::Debug for ConsumeQueue {
@@ -258,7 +279,116 @@ impl ConsumeQueue {
             free_start: AtomicBool::new(true),
             restartable: AtomicBool::new(false),
             in_batch: AtomicBool::new(false),
+            unloaded: Mutex::new(None),
+            is_unloaded: AtomicBool::new(false),
         }
+    }
+
+    /// A queue left clean by the last run, its files read at first use: until then it is
+    /// what the queue table says (`end`). Opening a hundred thousand queues this way costs
+    /// no file access.
+    pub(crate) fn unloaded(dir: PathBuf, io: Arc<QueueFiles>, end: TableEnd) -> Self {
+        let mut q = ConsumeQueue::new(dir, io);
+        *q.unloaded.get_mut() = Some(end);
+        *q.is_unloaded.get_mut() = true;
+        *q.max_offset.get_mut() = end.next;
+        *q.min_offset.get_mut() = end.next;
+        *q.free_start.get_mut() = false;
+        q
+    }
+
+    /// Whether the queue's files were read.
+    pub(crate) fn is_loaded(&self) -> bool {
+        !self.is_unloaded.load(Ordering::Acquire)
+    }
+
+    /// The queue's end for the queue table: `(next offset, commit-log offset of the last
+    /// entry's record)`, without reading its files when they were not read.
+    pub(crate) fn table_end(&self) -> (u64, u64) {
+        if let Some(end) = *self.unloaded.lock() {
+            return (end.next, end.last_physical);
+        }
+        let max = self.max_offset();
+        let last = max
+            .checked_sub(1)
+            .and_then(|at| self.entry(at))
+            .map_or(0, |e| e.physical_offset);
+        (max, last)
+    }
+
+    /// Reads the files of a queue opened unloaded, and checks them against the queue
+    /// table: the same end, entries that pass the load check, the same last record. A
+    /// queue that does not match is logged, keeps the table's end (so that dispatch
+    /// continues its offsets and never meets a gap; the missing entries read as absent),
+    /// and makes the store's next open check and rebuild the queues. Never called with
+    /// the tail locked.
+    fn ensure_loaded(&self) {
+        if !self.is_unloaded.load(Ordering::Acquire) {
+            return;
+        }
+        let mut unloaded = self.unloaded.lock();
+        let Some(end) = *unloaded else {
+            return;
+        };
+        let loaded = ConsumeQueue::load(self.dir.clone(), Arc::clone(&self.io), Load::Keep, 0);
+        let mut tail = self.tail.lock();
+        let why = match &loaded {
+            Ok(q) if q.damage().is_some() => q.damage().map(str::to_owned),
+            Ok(q) if q.max_offset() != end.next => Some(format!(
+                "holds entries up to {}, the queue table says {}",
+                q.max_offset(),
+                end.next
+            )),
+            Ok(q) => {
+                let last = end.next.checked_sub(1).and_then(|at| {
+                    let mut buf = [0u8; CQ_ENTRY_LEN];
+                    q.read_checked(at * CQ_ENTRY_LEN as u64, &mut buf, false)
+                        .ok()
+                        .filter(|found| *found)
+                        .and_then(|_| CqEntry::decode(&buf))
+                });
+                match last {
+                    Some(e) if e.physical_offset != end.last_physical => Some(format!(
+                        "its last entry points at {}, the queue table says {}",
+                        e.physical_offset, end.last_physical
+                    )),
+                    _ => None,
+                }
+            }
+            Err(e) => Some(e.to_string()),
+        };
+        if let Ok(q) = &loaded {
+            // Adopt what was read (its descriptors were not cached: nothing to move).
+            *self.span.write() = *q.span.read();
+            tail.allocated = q.tail.lock().allocated;
+            self.min_offset.store(q.min_offset(), Ordering::Release);
+            self.max_offset.store(q.max_offset(), Ordering::Release);
+            self.flushed
+                .store(q.flushed.load(Ordering::Acquire), Ordering::Release);
+            self.free_start.store(q.is_fresh(), Ordering::Release);
+        }
+        if let Some(why) = why {
+            log::error!(
+                "consume queue {} does not match the queue table ({why}); it goes on at {}, \
+                 and the next open rebuilds the queues",
+                self.dir.display(),
+                end.next
+            );
+            self.io.suspect.store(true, Ordering::Release);
+            if self.max_offset() != end.next || loaded.is_err() {
+                let min = self.min_offset.load(Ordering::Acquire).min(end.next);
+                self.min_offset.store(min, Ordering::Release);
+                self.max_offset.store(end.next, Ordering::Release);
+                self.free_start.store(false, Ordering::Release);
+            }
+        }
+        drop(tail);
+        *unloaded = None;
+        // SeqCst with retention's store of the log's start (see `raise_min`): one of the
+        // two sees the other.
+        self.is_unloaded.store(false, Ordering::SeqCst);
+        drop(unloaded);
+        self.raise_min_in(self.io.log_start.load(Ordering::SeqCst), false);
     }
 
     /// A queue whose files could not be loaded, to be rebuilt: holds nothing, and says why.
@@ -453,6 +583,7 @@ impl ConsumeQueue {
     /// Makes a queue that holds nothing, or only entries of deleted records and fewer than
     /// `next`, continue exactly at `next`: its earlier messages are gone from the log.
     pub(crate) fn position(&self, next: u64) -> Result<()> {
+        self.ensure_loaded();
         let _tail = self.tail.lock();
         let dead_and_short = self.restartable.load(Ordering::Acquire) && self.max_offset() < next;
         if dead_and_short {
@@ -482,6 +613,7 @@ impl ConsumeQueue {
 
     /// First queue offset still stored.
     pub(crate) fn min_offset(&self) -> u64 {
+        self.ensure_loaded();
         self.min_offset.load(Ordering::Acquire)
     }
 
@@ -523,6 +655,10 @@ impl ConsumeQueue {
     /// start), keeping the file being written, and moves the minimum offset to the first
     /// entry still pointing into the log. Returns how many files went.
     pub(crate) fn delete_below(&self, min_physical: u64) -> Result<usize> {
+        if !self.is_loaded() {
+            // Its minimum follows the log's start when it is loaded; its files go then.
+            return Ok(0);
+        }
         let _tail = self.tail.lock();
         let mut removed = 0;
         let result = loop {
@@ -556,6 +692,11 @@ impl ConsumeQueue {
     /// done before the commit-log files below it go, so that a reader never starts at an
     /// entry whose record is gone.
     pub(crate) fn raise_min(&self, min_physical: u64) {
+        // A queue not loaded yet applies the log's start when it loads (the caller stored
+        // it in `QueueFiles::log_start` first, SeqCst, as the load reads it).
+        if self.is_unloaded.load(Ordering::SeqCst) {
+            return;
+        }
         self.raise_min_in(min_physical, false);
     }
 
@@ -565,7 +706,7 @@ impl ConsumeQueue {
             .span
             .read()
             .map_or(max, |(first, _)| first / CQ_ENTRY_LEN as u64)
-            .max(self.min_offset());
+            .max(self.min_offset.load(Ordering::Acquire));
         // An entry that cannot be read counts as live: a failed read must never move the
         // minimum past messages still stored.
         let failed = std::cell::Cell::new(false);
@@ -643,6 +784,7 @@ impl ConsumeQueue {
 
     /// The entry at `queue_offset`, if written.
     pub(crate) fn entry(&self, queue_offset: u64) -> Option<CqEntry> {
+        self.ensure_loaded();
         self.entry_in(queue_offset, false)
     }
 
@@ -657,6 +799,7 @@ impl ConsumeQueue {
 
     /// Up to `max` entries from `queue_offset`, stopping at the end of a file.
     pub(crate) fn entries(&self, queue_offset: u64, max: usize) -> Vec<CqEntry> {
+        self.ensure_loaded();
         let end = self
             .max_offset()
             .min(queue_offset.saturating_add(max as u64));
@@ -682,6 +825,7 @@ impl ConsumeQueue {
     /// adds nothing. A different entry there, or an offset past the end, adds nothing and
     /// says so; an error is an I/O failure (writing out a full batch).
     pub(crate) fn put(&self, queue_offset: u64, entry: CqEntry) -> Result<Indexed> {
+        self.ensure_loaded();
         let mut tail = self.tail.lock();
         if self.restartable.load(Ordering::Acquire) {
             // A rebuild kept this queue as expired, yet the log holds a record of it (or, at
@@ -822,6 +966,9 @@ impl ConsumeQueue {
     /// What a sync must cover for everything written so far to be durable, or `None` when
     /// it already is.
     pub(crate) fn unsynced(&self) -> Option<SyncPoint> {
+        if !self.is_loaded() {
+            return None;
+        }
         let point = SyncPoint {
             written: self.max_offset() * CQ_ENTRY_LEN as u64,
             names: self.names_created.load(Ordering::Acquire),
@@ -905,7 +1052,7 @@ impl ConsumeQueue {
         if !self.stale_tail.swap(false, Ordering::AcqRel) {
             return Ok(());
         }
-        if self.min_offset() == self.max_offset() {
+        if self.min_offset.load(Ordering::Acquire) == self.max_offset() {
             // Nothing kept and nothing indexed again: the files go, or the next load would
             // read a file of zeros as a queue positioned at its end. The queue table keeps
             // the position.

@@ -13,7 +13,7 @@ use crate::error::{Error, Result};
 use crate::fs::io_hook::IoHook;
 use crate::fs::ops;
 use crate::fs::sparse_file;
-use crate::queue::consume_queue::{ConsumeQueue, Indexed, Load, QueueFiles};
+use crate::queue::consume_queue::{ConsumeQueue, Indexed, Load, QueueFiles, TableEnd};
 use crate::queue::entry::{CQ_ENTRY_LEN, CqEntry};
 
 type Table = HashMap<String, HashMap<u32, Arc<ConsumeQueue>>>;
@@ -46,17 +46,36 @@ impl ConsumeQueues {
     /// clear error. A queue whose files cannot be loaded (a gap, a stray or short file) is
     /// derived data: it is loaded empty and marked damaged, so recovery rebuilds it; when
     /// rebuilding, its directory is cleared.
+    ///
+    /// After a clean exit (`Load::Keep`), a queue the queue table (`rows`) lists is not read
+    /// now: it opens as the table says, and its files are read and checked against its row
+    /// at first use.
     pub(crate) fn load(
         root: PathBuf,
         entries_per_file: u32,
         hook: Option<Arc<dyn IoHook>>,
         how: Load,
         log_start: u64,
+        rows: &[TableRow],
     ) -> Result<Self> {
         let file_size = u64::from(entries_per_file) * CQ_ENTRY_LEN as u64;
         ops::create_dir_durable(&root, hook.as_ref())?;
         let root_dir = std::fs::File::open(&root).map_err(|e| Error::io("open", &root, e))?;
         let io = Arc::new(QueueFiles::new(file_size, hook.clone(), OPEN_FILES));
+        io.log_start.store(log_start, Ordering::SeqCst);
+        let listed: HashMap<(&str, u32), TableEnd> = if how == Load::Keep {
+            rows.iter()
+                .map(|r| {
+                    let end = TableEnd {
+                        next: r.next,
+                        last_physical: r.last_physical,
+                    };
+                    ((r.topic.as_str(), r.queue_id), end)
+                })
+                .collect()
+        } else {
+            HashMap::new()
+        };
         let mut table = Table::new();
         let mut found = Vec::new();
         for topic_dir in list_dirs(&root)? {
@@ -74,7 +93,13 @@ impl ConsumeQueues {
                             path: queue_dir.clone(),
                             reason: "a queue directory must be named by its queue id".into(),
                         })?;
-                found.push((topic.clone(), queue_id, queue_dir));
+                if let Some(end) = listed.get(&(topic.as_str(), queue_id)) {
+                    let q = ConsumeQueue::unloaded(queue_dir, Arc::clone(&io), *end);
+                    let queues = table.entry(topic.clone()).or_default();
+                    queues.insert(queue_id, Arc::new(q));
+                } else {
+                    found.push((topic.clone(), queue_id, queue_dir));
+                }
             }
         }
         // Loading is mostly system calls on cached metadata: with many queues, both cores.
@@ -124,6 +149,25 @@ impl ConsumeQueues {
             table: RwLock::new(table),
             batch: parking_lot::Mutex::new(Vec::new()),
         })
+    }
+
+    /// The commit log's first offset, before retention raises the queues' minimums: a
+    /// queue loaded later starts past it too.
+    pub(crate) fn set_log_start(&self, offset: u64) {
+        self.io.log_start.fetch_max(offset, Ordering::SeqCst);
+    }
+
+    /// Whether a queue loaded after the open did not match the queue table: the store must
+    /// then be left for the next open to check (not marked clean).
+    pub(crate) fn suspect(&self) -> bool {
+        self.io.suspect.load(Ordering::Acquire)
+    }
+
+    /// A queue was found damaged at run time: see [`ConsumeQueues::suspect`].
+    pub(crate) fn mark_suspect(&self) {
+        if !self.io.suspect.swap(true, Ordering::AcqRel) {
+            log::error!("a consume queue is damaged: the next open checks and rebuilds them");
+        }
     }
 
     pub(crate) fn get(&self, topic: &str, queue_id: u32) -> Option<Arc<ConsumeQueue>> {
@@ -255,11 +299,7 @@ impl ConsumeQueues {
             .all()
             .into_iter()
             .map(|(t, id, q)| {
-                let max = q.max_offset();
-                let last = max
-                    .checked_sub(1)
-                    .and_then(|at| q.entry(at))
-                    .map_or(0, |e| e.physical_offset);
+                let (max, last) = q.table_end();
                 (t, id, max, last)
             })
             .collect();

@@ -1,7 +1,7 @@
 //! The read path: messages by topic, queue and queue offset, through the consume queues.
 
 use crate::commit_log::{CommitLog, ReadCursor};
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::message::StoredMessage;
 use crate::queue::entry;
 use crate::queue::queues::ConsumeQueues;
@@ -190,6 +190,22 @@ pub(crate) fn get_message(
             else {
                 continue; // no longer in the log
             };
+            if msg.queue_id != queue_id || msg.queue_offset != next - 1 || *msg.topic != *topic {
+                // A damaged entry: never serve another queue's message. The next open
+                // rebuilds the queues.
+                queues.mark_suspect();
+                return Err(Error::corrupted(
+                    entry.physical_offset,
+                    format!(
+                        "consume queue {topic}/{queue_id} entry {} points at the record of \
+                         {}/{} entry {}",
+                        next - 1,
+                        msg.topic,
+                        msg.queue_id,
+                        msg.queue_offset
+                    ),
+                ));
+            }
             if filter.is_some_and(|f| !f.matches(msg.tags())) {
                 continue;
             }

@@ -439,6 +439,10 @@ impl MessageStore {
         } else if let Err(e) = indexed {
             log::error!("consume queues were not completed: {e}");
             Some(e.to_io("shutdown"))
+        } else if self.queues.suspect() {
+            let why = "a consume queue did not match the queue table when it was loaded";
+            log::error!("{why}: leaving the store for the next open to check and rebuild");
+            Some(std::sync::Arc::new(std::io::Error::other(why)))
         } else if let Err(e) = self
             .queues
             .write_table(&layout::queue_table_file(self.config.root()))

@@ -97,7 +97,7 @@ pub(crate) fn recover(
     } else {
         Mode::FromCheckpoint
     };
-    let mut sink = QueueRebuild::new(config, mode, checkpoint);
+    let mut sink = QueueRebuild::new(config, mode, checkpoint, &table);
     let mut log = CommitLog::open(config, plan, &mut sink)?;
     sink.commit()?;
     let queues = sink.queues.as_ref().expect("begin() is always called");
@@ -117,7 +117,7 @@ pub(crate) fn recover(
     if let Some(why) = mismatch {
         log::warn!("{why}: rebuilding every consume queue from the commit log");
         drop(log);
-        sink = QueueRebuild::new(config, Mode::Rebuild, sink.checkpoint);
+        sink = QueueRebuild::new(config, Mode::Rebuild, sink.checkpoint, &table);
         // The same rule as the first pass: after a clean exit every invalid record is
         // damage and the log is only read; after a crash a torn tail may still be cut. A
         // record whose queue offset does not continue its (now empty, rebuilt) queue is
@@ -146,6 +146,7 @@ pub(crate) fn recover(
     // Queues reopened after retention start at their first entry still in the log; entries
     // a crash left past a queue's end go.
     let log_start = log.min_offset();
+    queues.set_log_start(log_start);
     for (_, _, q) in queues.all() {
         if log_start > 0 {
             q.delete_below(log_start)?;
@@ -221,6 +222,8 @@ enum Mode {
 /// Checks or re-indexes each record the reopen scan meets.
 struct QueueRebuild<'a> {
     config: &'a StoreConfig,
+    /// The queue table: after a clean exit, the queues it lists are read at first use.
+    table: &'a [TableRow],
     mode: Mode,
     queues: Option<ConsumeQueues>,
     checkpoint: Checkpoint,
@@ -244,9 +247,15 @@ struct QueueRebuild<'a> {
 }
 
 impl<'a> QueueRebuild<'a> {
-    fn new(config: &'a StoreConfig, mode: Mode, checkpoint: Checkpoint) -> Self {
+    fn new(
+        config: &'a StoreConfig,
+        mode: Mode,
+        checkpoint: Checkpoint,
+        table: &'a [TableRow],
+    ) -> Self {
         QueueRebuild {
             config,
+            table,
             mode,
             queues: None,
             checkpoint,
@@ -324,6 +333,11 @@ impl RecoverySink for QueueRebuild<'_> {
             self.config.io_hook.clone(),
             how,
             log_start,
+            if self.table.len() >= self.config.lazy_queue_load_threshold {
+                self.table
+            } else {
+                &[]
+            },
         )?);
         if self.mode != Mode::Rebuild
             && let Some(why) = self.queues.as_ref().and_then(ConsumeQueues::damaged)
@@ -436,6 +450,10 @@ impl RecoverySink for QueueRebuild<'_> {
 fn last_entries_mismatch(log: &CommitLog, queues: &ConsumeQueues) -> Option<String> {
     let (start, limit) = (log.min_offset(), log.write_offset());
     queues.all().into_iter().find_map(|(topic, id, q)| {
+        if !q.is_loaded() {
+            // Checked against its table row when it is loaded.
+            return None;
+        }
         let at = q
             .max_offset()
             .checked_sub(1)

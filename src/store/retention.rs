@@ -136,6 +136,7 @@ impl Retention {
             if end > dispatched || !old {
                 break;
             }
+            queues.set_log_start(end);
             for (_, _, q) in queues.all() {
                 q.raise_min(end);
             }
