@@ -955,3 +955,42 @@ fn a_queue_read_at_first_use_and_found_short_goes_on_at_its_offsets() {
         assert_eq!(m.physical_offset, p.physical_offset);
     }
 }
+
+#[test]
+fn a_stale_or_damaged_queue_table_never_opens_queues_at_its_word() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let store = MessageStore::open(lazy(dir.path())).unwrap();
+        for i in 0..3 {
+            store.put_message(&message("Q", 0, "q", i)).unwrap();
+        }
+    }
+    let table = layout::queue_table_file(dir.path());
+    let old = fs::read(&table).unwrap();
+    {
+        let store = MessageStore::open(lazy(dir.path())).unwrap();
+        for i in 3..6 {
+            store.put_message(&message("Q", 0, "q", i)).unwrap();
+        }
+        store.put_message(&message("Q", 1, "q", 0)).unwrap();
+    }
+    // The table of the earlier run, as if this run's shutdown could not replace it: a
+    // lower bound, not the queues' end.
+    fs::write(&table, &old).unwrap();
+    {
+        let store = MessageStore::open(lazy(dir.path())).unwrap();
+        assert_eq!(store.max_offset_in_queue("Q", 0), 6);
+        let next = store.put_message(&message("Q", 0, "q", 6)).unwrap();
+        assert_eq!(next.queue_offset, 6, "offsets 3..6 are taken");
+    }
+    // A damaged table (one digit of a row changed) is ignored, not believed.
+    let text = fs::read_to_string(&table).unwrap();
+    assert!(text.contains("Q 0 7 "), "{text}");
+    fs::write(&table, text.replace("Q 0 7 ", "Q 0 9 ")).unwrap();
+    let store = MessageStore::open(lazy(dir.path())).unwrap();
+    assert_eq!(store.max_offset_in_queue("Q", 0), 7);
+    let next = store.put_message(&message("Q", 0, "q", 7)).unwrap();
+    assert_eq!(next.queue_offset, 7);
+    let got = store.get_message("Q", 0, 0, 16).unwrap();
+    assert_eq!(got.messages.len(), 7, "{:?}", got.status);
+}

@@ -292,7 +292,8 @@ impl ConsumeQueue {
         *q.unloaded.get_mut() = Some(end);
         *q.is_unloaded.get_mut() = true;
         *q.max_offset.get_mut() = end.next;
-        *q.min_offset.get_mut() = end.next;
+        // Seen only while its files cannot be read: no reader is sent past an entry.
+        *q.min_offset.get_mut() = 0;
         *q.free_start.get_mut() = false;
         q
     }
@@ -323,14 +324,26 @@ impl ConsumeQueue {
     /// and makes the store's next open check and rebuild the queues. Never called with
     /// the tail locked.
     fn ensure_loaded(&self) {
+        if let Err(e) = self.try_load() {
+            log::error!("reading consume queue {}: {e}", self.dir.display());
+        }
+    }
+
+    /// [`ConsumeQueue::ensure_loaded`], failing on an I/O error, which leaves the queue
+    /// unread (nothing served from it, nothing appended to it) for the next use to retry.
+    fn try_load(&self) -> Result<()> {
         if !self.is_unloaded.load(Ordering::Acquire) {
-            return;
+            return Ok(());
         }
         let mut unloaded = self.unloaded.lock();
         let Some(end) = *unloaded else {
-            return;
+            return Ok(());
         };
-        let loaded = ConsumeQueue::load(self.dir.clone(), Arc::clone(&self.io), Load::Keep, 0);
+        let loaded = match ConsumeQueue::load(self.dir.clone(), Arc::clone(&self.io), Load::Keep, 0)
+        {
+            Err(e @ Error::Io { .. }) => return Err(e),
+            other => other,
+        };
         let mut tail = self.tail.lock();
         let why = match &loaded {
             Ok(q) if q.damage().is_some() => q.damage().map(str::to_owned),
@@ -379,16 +392,22 @@ impl ConsumeQueue {
                 let min = self.min_offset.load(Ordering::Acquire).min(end.next);
                 self.min_offset.store(min, Ordering::Release);
                 self.max_offset.store(end.next, Ordering::Release);
+                self.flushed
+                    .fetch_min(end.next * CQ_ENTRY_LEN as u64, Ordering::AcqRel);
                 self.free_start.store(false, Ordering::Release);
             }
         }
         drop(tail);
-        *unloaded = None;
-        // SeqCst with retention's store of the log's start (see `raise_min`): one of the
-        // two sees the other.
-        self.is_unloaded.store(false, Ordering::SeqCst);
-        drop(unloaded);
+        // The minimum follows the log's start before anyone sees the queue loaded;
+        // retention stores the start (SeqCst) before it skips unloaded queues, and the
+        // start is read again after the SeqCst store below, so one of the two sees the
+        // other.
         self.raise_min_in(self.io.log_start.load(Ordering::SeqCst), false);
+        *unloaded = None;
+        self.is_unloaded.store(false, Ordering::SeqCst);
+        self.raise_min_in(self.io.log_start.load(Ordering::SeqCst), false);
+        drop(unloaded);
+        Ok(())
     }
 
     /// A queue whose files could not be loaded, to be rebuilt: holds nothing, and says why.
@@ -825,7 +844,7 @@ impl ConsumeQueue {
     /// adds nothing. A different entry there, or an offset past the end, adds nothing and
     /// says so; an error is an I/O failure (writing out a full batch).
     pub(crate) fn put(&self, queue_offset: u64, entry: CqEntry) -> Result<Indexed> {
-        self.ensure_loaded();
+        self.try_load()?;
         let mut tail = self.tail.lock();
         if self.restartable.load(Ordering::Acquire) {
             // A rebuild kept this queue as expired, yet the log holds a record of it (or, at

@@ -106,6 +106,14 @@ impl Dispatcher {
         })
     }
 
+    /// Stores a queue time of 0 in the checkpoint (see `queue_time`), after the thread
+    /// has stopped: for a queue found damaged during the shutdown.
+    pub(crate) fn forget_queue_time(&self) -> Result<()> {
+        let mut cp = self.shared.checkpoint.lock();
+        let times = cp.times();
+        cp.store(CheckpointTimes { logics: 0, ..times })
+    }
+
     /// Why dispatch is failing, while it is.
     pub(crate) fn failure(&self) -> Option<String> {
         self.shared.failure.lock().as_ref().map(|e| e.to_string())
@@ -369,8 +377,15 @@ fn flush_and_checkpoint(s: &Shared, marks: &mut Marks) -> Result<()> {
     }
     cp.store(CheckpointTimes {
         physic,
-        logics: if queues_durable { ts } else { old.logics },
+        logics: queue_time(s, if queues_durable { ts } else { old.logics }),
         index: old.index,
         physic_offset: old.physic_offset.max(flushed),
     })
+}
+
+/// The checkpoint's queue time: `ts`, unless a consume queue was found damaged at run time.
+/// Then 0, durably: the next open (after a crash, or the unclean shutdown that follows)
+/// scans the whole log and indexes every record again, which rebuilds every queue.
+fn queue_time(s: &Shared, ts: i64) -> i64 {
+    if s.queues.suspect() { 0 } else { ts }
 }

@@ -294,7 +294,11 @@ impl ConsumeQueues {
     /// Writes the queue table: every queue and its next offset, so that the next clean
     /// open can tell a queue that went missing or short from one that never existed.
     /// Written whole under a temporary name, synced and renamed into place.
-    pub(crate) fn write_table(&self, path: &Path) -> Result<()> {
+    ///
+    /// The header records `log_end`, the commit log's end when it was written: a table is
+    /// known exact for a store whose log still ends there (see [`QueueTable::exact_at`]).
+    /// The last line is a CRC of everything before it.
+    pub(crate) fn write_table(&self, path: &Path, log_end: u64) -> Result<()> {
         let mut rows: Vec<_> = self
             .all()
             .into_iter()
@@ -304,17 +308,19 @@ impl ConsumeQueues {
             })
             .collect();
         rows.sort();
-        let mut text = format!("{TABLE_HEADER} {}\n", rows.len());
+        let mut text = format!("{TABLE_HEADER} {} {log_end}\n", rows.len());
         for (t, id, max, last) in &rows {
             text.push_str(&format!("{t} {id} {max} {last}\n"));
         }
+        let crc = crc32fast::hash(text.as_bytes());
+        text.push_str(&format!("crc {crc}\n"));
         ops::replace_file(path, text.as_bytes(), None)
     }
 
     /// Reads the queue table; `None` when there is none (a store of an earlier version).
     /// It is written whole, so a table that does not parse is damage; it is derived data,
     /// so that is logged and the table ignored rather than refusing the open.
-    pub(crate) fn read_table(path: &Path) -> Result<Option<Vec<TableRow>>> {
+    pub(crate) fn read_table(path: &Path) -> Result<Option<QueueTable>> {
         match Self::parse_table(path) {
             Err(Error::BadStoreFile { reason, .. }) => {
                 log::warn!("ignoring {}: {reason}", path.display());
@@ -324,7 +330,7 @@ impl ConsumeQueues {
         }
     }
 
-    fn parse_table(path: &Path) -> Result<Option<Vec<TableRow>>> {
+    fn parse_table(path: &Path) -> Result<Option<QueueTable>> {
         let text = match std::fs::read_to_string(path) {
             Ok(t) => t,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
@@ -334,11 +340,36 @@ impl ConsumeQueues {
             path: path.to_owned(),
             reason: reason.to_owned(),
         };
-        let mut lines = text.lines();
+        // Version 3 ends with a CRC line and names the log's end; version 2 has neither.
+        let (body, log_end) = if text.starts_with(TABLE_HEADER) {
+            let crc_at = text.trim_end_matches('\n').rfind('\n').map_or(0, |i| i + 1);
+            let crc = text[crc_at..]
+                .trim_end()
+                .strip_prefix("crc ")
+                .and_then(|c| c.parse::<u32>().ok())
+                .ok_or_else(|| bad("no CRC line"))?;
+            if crc32fast::hash(&text.as_bytes()[..crc_at]) != crc {
+                return Err(bad("the queue table's CRC does not match"));
+            }
+            let end = text
+                .lines()
+                .next()
+                .and_then(|h| h.split(' ').nth(2))
+                .and_then(|e| e.parse::<u64>().ok())
+                .ok_or_else(|| bad("no log end in the queue-table header"))?;
+            (&text[..crc_at], Some(end))
+        } else {
+            (&text[..], None)
+        };
+        let mut lines = body.lines();
         let count: usize = lines
             .next()
-            .and_then(|h| h.strip_prefix(TABLE_HEADER))
-            .and_then(|n| n.trim().parse().ok())
+            .and_then(|h| {
+                h.strip_prefix(TABLE_HEADER)
+                    .or_else(|| h.strip_prefix(TABLE_HEADER_V2))
+            })
+            .and_then(|n| n.split_whitespace().next())
+            .and_then(|n| n.parse().ok())
             .ok_or_else(|| bad("no queue-table header"))?;
         let rows = lines
             .map(|line| {
@@ -367,12 +398,32 @@ impl ConsumeQueues {
         if rows.len() != count {
             return Err(bad("the queue table is incomplete"));
         }
-        Ok(Some(rows))
+        Ok(Some(QueueTable { rows, log_end }))
     }
 }
 
-/// First line of `{root}/queue_table`, followed by the number of rows.
-const TABLE_HEADER: &str = "rocketstore-queue-table-v2";
+/// First line of `{root}/queue_table`, followed by the number of rows and the log's end.
+const TABLE_HEADER: &str = "rocketstore-queue-table-v3";
+/// The header of tables written before the log's end and the CRC were added.
+const TABLE_HEADER_V2: &str = "rocketstore-queue-table-v2";
+
+/// The queue table as read.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct QueueTable {
+    pub rows: Vec<TableRow>,
+    /// The commit log's end when the table was written (unknown in version 2).
+    pub log_end: Option<u64>,
+}
+
+impl QueueTable {
+    /// Whether the table describes the queues of a log ending at `log_end` exactly: it was
+    /// written when the log ended there, and a clean exit leaves queues that hold exactly
+    /// what was dispatched. A table kept from an earlier open (its rewrite failed) is only
+    /// a lower bound.
+    pub(crate) fn exact_at(&self, log_end: u64) -> bool {
+        self.log_end == Some(log_end)
+    }
+}
 
 /// One queue of the queue table.
 #[derive(Debug, Clone, PartialEq, Eq)]

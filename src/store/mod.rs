@@ -439,20 +439,28 @@ impl MessageStore {
         } else if let Err(e) = indexed {
             log::error!("consume queues were not completed: {e}");
             Some(e.to_io("shutdown"))
-        } else if self.queues.suspect() {
-            let why = "a consume queue did not match the queue table when it was loaded";
-            log::error!("{why}: leaving the store for the next open to check and rebuild");
-            Some(std::sync::Arc::new(std::io::Error::other(why)))
-        } else if let Err(e) = self
-            .queues
-            .write_table(&layout::queue_table_file(self.config.root()))
-        {
+        } else if let Err(e) = self.queues.write_table(
+            &layout::queue_table_file(self.config.root()),
+            self.log.write_offset(),
+        ) {
             // A full disk must not turn a clean shutdown into a crash: the table of the last
             // open stays, and is still a lower bound (queues only grow while the store runs).
             log::warn!("the queue table could not be written, keeping the last one: {e}");
             None
         } else {
             None
+        };
+        // Checked last: a reader may find a damaged queue until the very end.
+        let unclean = match unclean {
+            None if self.queues.suspect() => {
+                let why = "a consume queue was found damaged";
+                log::error!("{why}: leaving the store for the next open to rebuild the queues");
+                if let Err(e) = self.dispatcher.forget_queue_time() {
+                    log::error!("resetting the checkpoint's queue time: {e}");
+                }
+                Some(std::sync::Arc::new(std::io::Error::other(why)))
+            }
+            other => other,
         };
         if let Err(e) = self.lock.release(unclean.is_none()) {
             log::error!("releasing the store lock: {e}");

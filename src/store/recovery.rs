@@ -46,7 +46,16 @@ pub(crate) fn recover(
     // Every queue and its next offset when the store was last opened or cleanly shut
     // down: exact after a clean exit, a lower bound after a crash (queues only grow, and
     // a crash cuts only what came after the last open).
-    let table = ConsumeQueues::read_table(&table_path)?.unwrap_or_default();
+    let read = ConsumeQueues::read_table(&table_path)?.unwrap_or_default();
+    // After a clean exit, a table written when the log ended where it ends now is exact:
+    // with enough queues, they are read at first use instead of at open.
+    let lazy_rows =
+        if clean && read.exact_at(vouched) && read.rows.len() >= config.lazy_queue_load_threshold {
+            &read.rows[..]
+        } else {
+            &[]
+        };
+    let table = &read.rows;
     let have = |queues: &ConsumeQueues, row: &TableRow| {
         queues
             .get(&row.topic, row.queue_id)
@@ -97,11 +106,11 @@ pub(crate) fn recover(
     } else {
         Mode::FromCheckpoint
     };
-    let mut sink = QueueRebuild::new(config, mode, checkpoint, &table);
+    let mut sink = QueueRebuild::new(config, mode, checkpoint, lazy_rows);
     let mut log = CommitLog::open(config, plan, &mut sink)?;
     sink.commit()?;
     let queues = sink.queues.as_ref().expect("begin() is always called");
-    queues.position_expired(&table, log.min_offset())?;
+    queues.position_expired(table, log.min_offset())?;
     let mismatch = if let Some(why) = sink.mismatch.take() {
         Some(why)
     } else if sink.stalled.is_some() {
@@ -117,7 +126,7 @@ pub(crate) fn recover(
     if let Some(why) = mismatch {
         log::warn!("{why}: rebuilding every consume queue from the commit log");
         drop(log);
-        sink = QueueRebuild::new(config, Mode::Rebuild, sink.checkpoint, &table);
+        sink = QueueRebuild::new(config, Mode::Rebuild, sink.checkpoint, &[]);
         // The same rule as the first pass: after a clean exit every invalid record is
         // damage and the log is only read; after a crash a torn tail may still be cut. A
         // record whose queue offset does not continue its (now empty, rebuilt) queue is
@@ -130,7 +139,7 @@ pub(crate) fn recover(
         log = CommitLog::open(config, rebuild, &mut sink)?;
         sink.commit()?;
         let queues = sink.queues.as_ref().expect("begin() is always called");
-        queues.position_expired(&table, log.min_offset())?;
+        queues.position_expired(table, log.min_offset())?;
         if let Some(why) = short_queue(queues)
             && !config.truncate_damaged_log
             && sink.stalled.is_none()
@@ -176,7 +185,7 @@ pub(crate) fn recover(
         table.len() != queues.all().len() || table.iter().any(|row| have(&queues, row) != row.next);
     if (changed || !table_path.exists())
         && sink.stalled.is_none()
-        && let Err(e) = queues.write_table(&table_path)
+        && let Err(e) = queues.write_table(&table_path, log.write_offset())
     {
         let shrank = table.iter().any(|row| have(&queues, row) < row.next);
         log::warn!("the queue table could not be written: {e}");
@@ -222,7 +231,7 @@ enum Mode {
 /// Checks or re-indexes each record the reopen scan meets.
 struct QueueRebuild<'a> {
     config: &'a StoreConfig,
-    /// The queue table: after a clean exit, the queues it lists are read at first use.
+    /// The queues read at first use (after a clean exit, from an exact queue table).
     table: &'a [TableRow],
     mode: Mode,
     queues: Option<ConsumeQueues>,
@@ -333,11 +342,7 @@ impl RecoverySink for QueueRebuild<'_> {
             self.config.io_hook.clone(),
             how,
             log_start,
-            if self.table.len() >= self.config.lazy_queue_load_threshold {
-                self.table
-            } else {
-                &[]
-            },
+            self.table,
         )?);
         if self.mode != Mode::Rebuild
             && let Some(why) = self.queues.as_ref().and_then(ConsumeQueues::damaged)
