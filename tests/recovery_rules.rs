@@ -771,30 +771,33 @@ fn patch_entry(
         .unwrap();
 }
 
+/// Five messages each in T/0 and T/1, then T/0's last entry pointed at T/1's last record
+/// (entries still rise, lengths agree). Returns the puts of each queue.
+fn last_entry_pointing_at_another_queue(
+    dir: &Path,
+    cfg: rocketstore::StoreConfig,
+) -> (Vec<PutResult>, Vec<PutResult>) {
+    let (a, b): (Vec<_>, Vec<_>) = {
+        let store = MessageStore::open(cfg).unwrap();
+        (0..5)
+            .map(|i| {
+                (
+                    store.put_message(&message("T", 0, "a", i)).unwrap(),
+                    store.put_message(&message("T", 1, "b", i)).unwrap(),
+                )
+            })
+            .unzip()
+    };
+    patch_entry(dir, "T", 0, 4, b[4].physical_offset, b[4].wrote_bytes);
+    (a, b)
+}
+
 #[test]
 fn a_queue_whose_last_entry_points_at_another_record_is_rebuilt() {
     for crashed in [false, true] {
         let dir = tempfile::tempdir().unwrap();
-        let (a, b): (Vec<_>, Vec<_>) = {
-            let store = open(dir.path(), sync_mode());
-            (0..5)
-                .map(|i| {
-                    (
-                        store.put_message(&message("T", 0, "a", i)).unwrap(),
-                        store.put_message(&message("T", 1, "b", i)).unwrap(),
-                    )
-                })
-                .unzip()
-        };
-        // A's last entry points at B's last record: entries still rise, lengths agree.
-        patch_entry(
-            dir.path(),
-            "T",
-            0,
-            4,
-            b[4].physical_offset,
-            b[4].wrote_bytes,
-        );
+        let (a, _) =
+            last_entry_pointing_at_another_queue(dir.path(), config(dir.path(), sync_mode()));
         if crashed {
             fs::write(layout::abort_file(dir.path()), b"").unwrap();
         }
@@ -876,25 +879,7 @@ fn lazy(dir: &Path) -> rocketstore::StoreConfig {
 #[test]
 fn a_queue_read_at_first_use_never_serves_another_queues_message_and_is_rebuilt_next_open() {
     let dir = tempfile::tempdir().unwrap();
-    let (a, b): (Vec<_>, Vec<_>) = {
-        let store = MessageStore::open(lazy(dir.path())).unwrap();
-        (0..5)
-            .map(|i| {
-                (
-                    store.put_message(&message("T", 0, "a", i)).unwrap(),
-                    store.put_message(&message("T", 1, "b", i)).unwrap(),
-                )
-            })
-            .unzip()
-    };
-    patch_entry(
-        dir.path(),
-        "T",
-        0,
-        4,
-        b[4].physical_offset,
-        b[4].wrote_bytes,
-    );
+    let (a, b) = last_entry_pointing_at_another_queue(dir.path(), lazy(dir.path()));
     {
         let store = MessageStore::open(lazy(dir.path())).unwrap();
         // The damage is found when the queue is first read, and never served.

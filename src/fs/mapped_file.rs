@@ -140,15 +140,7 @@ impl MappedFile {
         size: usize,
         hook: Option<Arc<dyn IoHook>>,
     ) -> Result<MappedFile> {
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .open(path)
-            .map_err(|e| Error::io("open", path, e))?;
-        let len = file
-            .metadata()
-            .map_err(|e| Error::io("stat", path, e))?
-            .len();
+        let (file, len) = crate::fs::ops::open_existing(path)?;
         if len != size as u64 {
             return Err(Error::BadStoreFile {
                 path: path.to_owned(),

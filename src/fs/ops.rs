@@ -55,6 +55,20 @@ pub(crate) fn create_dir_durable(dir: &Path, hook: Hook<'_>) -> Result<()> {
     Ok(())
 }
 
+/// Opens an existing store file for reading and writing, with its length.
+pub(crate) fn open_existing(path: &Path) -> Result<(File, u64)> {
+    let file = fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(path)
+        .map_err(|e| Error::io("open", path, e))?;
+    let len = file
+        .metadata()
+        .map_err(|e| Error::io("stat", path, e))?
+        .len();
+    Ok((file, len))
+}
+
 /// Removes a store file, through the fault-injection hook; a missing one is fine.
 pub(crate) fn remove_file_with(path: &Path, hook: Hook<'_>) -> Result<()> {
     remove(path, hook, true, |p| fs::remove_file(p))

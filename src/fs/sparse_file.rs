@@ -53,15 +53,7 @@ pub(crate) fn create(path: &Path, size: u64, hook: Option<&Arc<dyn IoHook>>) -> 
 /// which can leave a new file's length unwritten): its missing tail is then added as a
 /// hole, which needs no free space and reads as zeros (never-written entries).
 pub(crate) fn open(path: &Path, size: u64, extend_short: bool) -> Result<File> {
-    let file = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open(path)
-        .map_err(|e| Error::io("open", path, e))?;
-    let len = file
-        .metadata()
-        .map_err(|e| Error::io("stat", path, e))?
-        .len();
+    let (file, len) = crate::fs::ops::open_existing(path)?;
     if len > size || (len < size && !extend_short) {
         return Err(Error::BadStoreFile {
             path: path.to_owned(),

@@ -345,7 +345,13 @@ impl ConsumeQueue {
             other => other,
         };
         let mut tail = self.tail.lock();
+        let log_start = self.io.log_start.load(Ordering::SeqCst);
+        // A queue kept only as a position (its files removed, its row naming no live
+        // record): nothing to read, and it goes on at the row's offset.
+        let position_only = matches!(&loaded, Ok(q) if q.span.read().is_none())
+            && (end.last_physical == 0 || end.last_physical < log_start);
         let why = match &loaded {
+            _ if position_only => None,
             Ok(q) if q.damage().is_some() => q.damage().map(str::to_owned),
             Ok(q) if q.max_offset() != end.next => Some(format!(
                 "holds entries up to {}, the queue table says {}",
@@ -380,7 +386,12 @@ impl ConsumeQueue {
                 .store(q.flushed.load(Ordering::Acquire), Ordering::Release);
             self.free_start.store(q.is_fresh(), Ordering::Release);
         }
-        if let Some(why) = why {
+        if position_only {
+            self.min_offset.store(end.next, Ordering::Release);
+            self.max_offset.store(end.next, Ordering::Release);
+            self.free_start.store(false, Ordering::Release);
+        }
+        if let Some(why) = &why {
             log::error!(
                 "consume queue {} does not match the queue table ({why}); it goes on at {}, \
                  and the next open rebuilds the queues",
@@ -398,14 +409,20 @@ impl ConsumeQueue {
             }
         }
         drop(tail);
+        let damaged = why.is_some();
         // The minimum follows the log's start before anyone sees the queue loaded;
         // retention stores the start (SeqCst) before it skips unloaded queues, and the
         // start is read again after the SeqCst store below, so one of the two sees the
-        // other.
-        self.raise_min_in(self.io.log_start.load(Ordering::SeqCst), false);
+        // other. Not for a damaged queue: its files may not say where its entries begin,
+        // and a reader must never be sent past messages the log still holds.
+        if !damaged {
+            self.raise_min_in(log_start, false);
+        }
         *unloaded = None;
         self.is_unloaded.store(false, Ordering::SeqCst);
-        self.raise_min_in(self.io.log_start.load(Ordering::SeqCst), false);
+        if !damaged {
+            self.raise_min_in(self.io.log_start.load(Ordering::SeqCst), false);
+        }
         drop(unloaded);
         Ok(())
     }

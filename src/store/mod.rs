@@ -451,16 +451,15 @@ impl MessageStore {
             None
         };
         // Checked last: a reader may find a damaged queue until the very end.
-        let unclean = match unclean {
-            None if self.queues.suspect() => {
-                let why = "a consume queue was found damaged";
-                log::error!("{why}: leaving the store for the next open to rebuild the queues");
-                if let Err(e) = self.dispatcher.forget_queue_time() {
-                    log::error!("resetting the checkpoint's queue time: {e}");
-                }
-                Some(std::sync::Arc::new(std::io::Error::other(why)))
+        let unclean = if self.queues.suspect() {
+            let why = "a consume queue was found damaged";
+            log::error!("{why}: leaving the store for the next open to rebuild the queues");
+            if let Err(e) = self.dispatcher.forget_queue_time() {
+                log::error!("resetting the checkpoint's queue time: {e}");
             }
-            other => other,
+            unclean.or_else(|| Some(std::sync::Arc::new(std::io::Error::other(why))))
+        } else {
+            unclean
         };
         if let Err(e) = self.lock.release(unclean.is_none()) {
             log::error!("releasing the store lock: {e}");
