@@ -31,6 +31,15 @@ pub fn config(dir: &Path, mode: FlushMode) -> StoreConfig {
         // Retention by disk usage would depend on the machine's disk (this one reports
         // over 70% used, most of it reserved): tests about it set their own ratios.
         .disk_clean_ratios(1.0, 1.0)
+        // Nor may the daily deletion hour fall during a test: tests that expire files
+        // delete them when they choose.
+        .delete_hour(hour_far_from_now())
+}
+
+/// An hour of the day twelve hours from now (local time).
+pub fn hour_far_from_now() -> u8 {
+    use chrono::Timelike;
+    ((chrono::Local::now().hour() + 12) % 24) as u8
 }
 
 pub fn open(dir: &Path, mode: FlushMode) -> MessageStore {
