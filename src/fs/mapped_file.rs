@@ -456,14 +456,7 @@ fn allocate(file: &File, len: u64) -> io::Result<()> {
 
 /// Extends a file to `len` bytes of allocated zeros and syncs it.
 pub(crate) fn extend_file(path: &Path, len: u64) -> Result<()> {
-    let file = OpenOptions::new()
-        .write(true)
-        .open(path)
-        .map_err(|e| Error::io("open", path, e))?;
-    let have = file
-        .metadata()
-        .map_err(|e| Error::io("stat", path, e))?
-        .len();
+    let (file, have) = crate::fs::ops::open_existing(path)?;
     if have < len {
         rustix::fs::fallocate(&file, rustix::fs::FallocateFlags::empty(), have, len - have)
             .map_err(|e| Error::io("allocate", path, e.into()))?;

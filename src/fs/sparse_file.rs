@@ -116,13 +116,18 @@ pub(crate) fn write_at(file: &File, path: &Path, bytes: &[u8], pos: u64) -> Resu
 
 /// Reads `buf.len()` bytes at `pos`; fewer only at the end of the file.
 pub(crate) fn read_at(file: &File, path: &Path, buf: &mut [u8], pos: u64) -> Result<usize> {
+    read_fully(file, buf, pos).map_err(|e| Error::io("read", path, e))
+}
+
+/// [`read_at`] without a path to name: the read path builds one only for an error.
+pub(crate) fn read_fully(file: &File, buf: &mut [u8], pos: u64) -> io::Result<usize> {
     let mut done = 0;
     while done < buf.len() {
         match file.read_at(&mut buf[done..], pos + done as u64) {
             Ok(0) => break,
             Ok(n) => done += n,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(Error::io("read", path, e)),
+            Err(e) => return Err(e),
         }
     }
     Ok(done)

@@ -212,7 +212,11 @@ impl ConsumeQueues {
     ) -> Result<Indexed> {
         let q = self.get_or_create(topic, queue_id);
         let indexed = q.put(queue_offset, entry)?;
-        if indexed == Indexed::Appended && !q.in_batch.swap(true, Ordering::AcqRel) {
+        // Read first: a queue already in the batch (the usual case) costs no atomic write.
+        if indexed == Indexed::Appended
+            && !q.in_batch.load(Ordering::Acquire)
+            && !q.in_batch.swap(true, Ordering::AcqRel)
+        {
             self.batch.lock().push(q);
         }
         Ok(indexed)

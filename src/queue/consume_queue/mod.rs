@@ -399,7 +399,9 @@ impl ConsumeQueue {
     /// retention, or not created yet) from a failure to read one.
     fn read_checked(&self, byte: u64, buf: &mut [u8], tail_held: bool) -> Result<bool> {
         let start = byte / self.file_size() * self.file_size();
-        let path = sparse_file::path_in(&self.dir, start);
+        // The path is built only to open the file or to name it in an error: a cached
+        // descriptor makes a read one hash lookup and one pread.
+        let path = || sparse_file::path_in(&self.dir, start);
         let file = match self.io.cache.get((self.key, start)) {
             Some(f) => f,
             None => {
@@ -414,17 +416,19 @@ impl ConsumeQueue {
                     return Ok(false);
                 }
                 let size = self.file_size();
-                self.io
-                    .cache
-                    .get_or_open((self.key, start), || sparse_file::open(&path, size, false))?
+                self.io.cache.get_or_open((self.key, start), || {
+                    sparse_file::open(&path(), size, false)
+                })?
             }
         };
-        let n = sparse_file::read_at(&file, &path, buf, byte - start)?;
-        if n < buf.len() {
-            let e = std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "short file");
-            return Err(Error::io("read", &path, e));
+        match sparse_file::read_fully(&file, buf, byte - start) {
+            Ok(n) if n == buf.len() => Ok(true),
+            Ok(_) => {
+                let e = std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "short file");
+                Err(Error::io("read", path(), e))
+            }
+            Err(e) => Err(Error::io("read", path(), e)),
         }
-        Ok(true)
     }
 
     /// The entry at `queue_offset`, if written.
