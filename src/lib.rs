@@ -72,8 +72,10 @@ pub use fs::io_hook::IoHook;
 pub use fs::mapped_file::Warmup;
 pub use message::{
     KEY_SEPARATOR, Message, MessageId, PROPERTY_KEYS, PROPERTY_TAGS, Properties, PutResult,
-    PutStatus, StoredMessage,
+    PutStatus, StoredMessage, TRANSACTION_COMMIT, TRANSACTION_MASK, TRANSACTION_PREPARED,
+    TRANSACTION_ROLLBACK, is_transaction_hidden,
 };
+pub use queue::arrival::MessageArrival;
 pub use queue::read::{GetResult, GetStatus, TagFilter};
 pub use stats::{Histogram, ROCKETMQ_PUT_BUCKETS_MS, StoreStats};
 pub use store::MessageStore;

@@ -14,6 +14,27 @@ pub const PROPERTY_KEYS: &str = "KEYS";
 /// Separator between keys in the `KEYS` property.
 pub const KEY_SEPARATOR: char = ' ';
 
+/// Transaction bits of the system flag (`sys_flag & TRANSACTION_MASK`).
+pub const TRANSACTION_MASK: i32 = 0xC;
+/// A transaction's half message: stored, never consumed until committed.
+pub const TRANSACTION_PREPARED: i32 = 0x4;
+/// A transaction's commit: dispatched like any message.
+pub const TRANSACTION_COMMIT: i32 = 0x8;
+/// A transaction's rollback: stored, never consumed.
+pub const TRANSACTION_ROLLBACK: i32 = 0xC;
+
+/// Whether a record with this system flag is hidden from consumers: a transaction's
+/// PREPARED (half) or ROLLBACK record. Such records get queue offset 0, do not advance
+/// their queue, and get no consume-queue or key-index entry (RocketMQ's rule); they stay
+/// readable by physical offset, for a broker's transaction check.
+#[inline]
+pub fn is_transaction_hidden(sys_flag: i32) -> bool {
+    matches!(
+        sys_flag & TRANSACTION_MASK,
+        TRANSACTION_PREPARED | TRANSACTION_ROLLBACK
+    )
+}
+
 /// Separates a property name from its value.
 pub const NAME_VALUE_SEPARATOR: u8 = 0x01;
 /// Ends each property.

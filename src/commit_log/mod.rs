@@ -427,8 +427,13 @@ impl CommitLog {
         let store_timestamp = now_ms().max(state.last_store_timestamp);
         let physical_offset = state.writer.offset();
         let mut at = physical_offset;
-        for (i, record) in records.iter_mut().enumerate() {
-            record.assign(queue_offset + i as u64, at, store_timestamp);
+        let mut next = queue_offset;
+        for record in records.iter_mut() {
+            // A transaction's half or rollback record takes queue offset 0 and leaves its
+            // queue where it is: it never reaches a consume queue.
+            let offset = if record.is_hidden() { 0 } else { next };
+            next += u64::from(!record.is_hidden());
+            record.assign(offset, at, store_timestamp);
             if let Err(e) = state.writer.write(record.as_bytes()) {
                 return Err(self.write_failed(state, e));
             }
@@ -441,10 +446,14 @@ impl CommitLog {
             .fetch_add(total as u64, Ordering::Relaxed);
         self.write_offset.store(at, Ordering::Release);
         state.last_store_timestamp = store_timestamp;
-        *next_queue_offset = queue_offset + u64::from(count);
+        *next_queue_offset = next;
         Ok(Appended {
             physical_offset,
-            queue_offset,
+            queue_offset: if records[0].is_hidden() {
+                0
+            } else {
+                queue_offset
+            },
             wrote_bytes: total as u32,
             store_timestamp,
             count,

@@ -10,7 +10,10 @@ use std::sync::Arc;
 use bytes::Bytes;
 
 use crate::error::{Error, Result};
-use crate::message::{IPV4_HOST_LEN, IPV6_HOST_LEN, Message, Properties, StoredMessage, host_len};
+use crate::message::{
+    IPV4_HOST_LEN, IPV6_HOST_LEN, Message, Properties, StoredMessage, host_len,
+    is_transaction_hidden,
+};
 pub use crate::message::{
     NAME_VALUE_SEPARATOR, PROPERTY_SEPARATOR, body_crc, host_bytes, properties_well_formed,
 };
@@ -128,6 +131,8 @@ fn properties_len(props: &[(String, String)]) -> Result<usize> {
 pub struct EncodedRecord {
     bytes: Vec<u8>,
     store_timestamp_pos: usize,
+    /// A transaction's PREPARED or ROLLBACK record: queue offset 0, its queue not advanced.
+    hidden: bool,
 }
 
 impl EncodedRecord {
@@ -139,6 +144,12 @@ impl EncodedRecord {
     /// Always false: a record is at least [`MIN_RECORD_LEN`] bytes.
     pub fn is_empty(&self) -> bool {
         self.bytes.is_empty()
+    }
+
+    /// Whether the record is hidden from consumers (see [`is_transaction_hidden`]): it
+    /// takes queue offset 0 and does not advance its queue.
+    pub fn is_hidden(&self) -> bool {
+        self.hidden
     }
 
     /// Fills in the queue offset, physical offset and store time assigned under the lock.
@@ -237,6 +248,7 @@ pub fn encode(msg: &Message, store_host: &SocketAddr, max_body: usize) -> Result
     Ok(EncodedRecord {
         bytes: b,
         store_timestamp_pos,
+        hidden: is_transaction_hidden(sys_flag),
     })
 }
 
@@ -496,6 +508,13 @@ impl RecordView<'_> {
     /// Whether the stored CRC matches the body.
     pub fn crc_ok(&self) -> bool {
         body_crc(self.body_bytes()) == self.body_crc
+    }
+
+    /// Whether consumers must never see this record: a transaction's PREPARED or ROLLBACK
+    /// record. It holds no queue offset of its own and gets no consume-queue or key-index
+    /// entry.
+    pub fn is_hidden(&self) -> bool {
+        is_transaction_hidden(self.sys_flag)
     }
 }
 

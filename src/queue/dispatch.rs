@@ -20,10 +20,14 @@ use crate::queue::consume_queue::Indexed;
 use crate::queue::entry::CqEntry;
 use crate::queue::queues::ConsumeQueues;
 
-/// Indexes one record in its consume queue's pending batch. At run time a record its queue
+/// Indexes one record in its consume queue's pending batch (a transaction's half or
+/// rollback record gets no entry). At run time a record its queue
 /// cannot take (another entry at its queue offset, or a hole before it) means the log and
 /// the queue disagree: corruption.
 fn index_record(queues: &ConsumeQueues, view: &RecordView<'_>) -> Result<()> {
+    if view.is_hidden() {
+        return Ok(());
+    }
     let entry = CqEntry::of(view);
     match queues.index(view.topic, view.queue_id, view.queue_offset, entry)? {
         Indexed::Appended | Indexed::Already => Ok(()),
@@ -132,9 +136,19 @@ impl Dispatcher {
     /// Waits until the record at `physical_offset` is indexed; false on timeout or once
     /// the thread has ended. A timeout too large to add to now means no deadline.
     pub(crate) fn wait_dispatched(&self, physical_offset: u64, timeout: Duration) -> bool {
+        self.wait_until(timeout, |dispatched| dispatched > physical_offset)
+    }
+
+    /// Waits until every record starting below `end` is indexed (`end` is any offset: a
+    /// record's start, or the log's end as `max_physical_offset` gives it).
+    pub(crate) fn wait_dispatched_to(&self, end: u64, timeout: Duration) -> bool {
+        self.wait_until(timeout, |dispatched| dispatched >= end)
+    }
+
+    fn wait_until(&self, timeout: Duration, done: impl Fn(u64) -> bool) -> bool {
         let deadline = Instant::now().checked_add(timeout);
         let mut guard = self.shared.progress.lock();
-        while self.dispatched_offset() <= physical_offset {
+        while !done(self.dispatched_offset()) {
             // Only atomics are read under `progress`: the thread needs `progress` to
             // publish, so waiting here on any other lock could deadlock with it.
             if self.shared.exited.load(Ordering::Acquire) {
@@ -149,7 +163,7 @@ impl Dispatcher {
                         .wait_until(&mut guard, deadline)
                         .timed_out()
                     {
-                        return self.dispatched_offset() > physical_offset;
+                        return done(self.dispatched_offset());
                     }
                 }
                 None => self.shared.progressed.wait(&mut guard),
@@ -209,6 +223,8 @@ impl Drop for ExitGuard<'_> {
         let _guard = s.progress.lock();
         s.exited.store(true, Ordering::Release);
         s.progressed.notify_all();
+        // Nothing will arrive any more: long polls end.
+        s.queues.arrivals().close();
     }
 }
 

@@ -13,6 +13,7 @@ use crate::error::{Error, Result};
 use crate::fs::io_hook::IoHook;
 use crate::fs::ops;
 use crate::fs::sparse_file;
+use crate::queue::arrival::Arrivals;
 use crate::queue::consume_queue::{ConsumeQueue, Indexed, Load, QueueFiles, TableEnd};
 use crate::queue::entry::{CQ_ENTRY_LEN, CqEntry};
 
@@ -38,6 +39,8 @@ pub(crate) struct ConsumeQueues {
     table: RwLock<Table>,
     /// Queues with entries pending since the last commit.
     batch: parking_lot::Mutex<Vec<Arc<ConsumeQueue>>>,
+    /// Consumers waiting for entries.
+    arrivals: Arrivals,
 }
 
 impl ConsumeQueues {
@@ -148,6 +151,7 @@ impl ConsumeQueues {
             io,
             table: RwLock::new(table),
             batch: parking_lot::Mutex::new(Vec::new()),
+            arrivals: Arrivals::default(),
         })
     }
 
@@ -174,6 +178,16 @@ impl ConsumeQueues {
         self.table.read().get(topic)?.get(&queue_id).cloned()
     }
 
+    /// One past the last visible entry of `topic`/`queue_id` (0 for an unknown queue).
+    pub(crate) fn max_offset(&self, topic: &str, queue_id: u32) -> u64 {
+        self.get(topic, queue_id).map_or(0, |q| q.max_offset())
+    }
+
+    /// Who waits for entries (long polling).
+    pub(crate) fn arrivals(&self) -> &Arrivals {
+        &self.arrivals
+    }
+
     /// After a scan of the log: positions every queue of `rows` that still holds nothing
     /// but whose records all lay below `log_start` (deleted by retention) at the next
     /// offset it had, so that its next message continues its offsets instead of starting
@@ -195,10 +209,18 @@ impl ConsumeQueues {
         }
         let mut table = self.table.write();
         let queues = table.entry(topic.to_owned()).or_default();
-        Arc::clone(queues.entry(queue_id).or_insert_with(|| {
+        let mut created = false;
+        let q = Arc::clone(queues.entry(queue_id).or_insert_with(|| {
+            created = true;
             let dir = self.root.join(topic).join(queue_id.to_string());
             Arc::new(ConsumeQueue::new(dir, Arc::clone(&self.io)))
-        }))
+        }));
+        drop(table);
+        if created {
+            // After publishing the queue (see `queue::arrival`).
+            self.arrivals.created(topic, queue_id, &q);
+        }
+        q
     }
 
     /// Indexes `entry` in its queue's pending batch (see [`ConsumeQueue::put`]);
@@ -233,6 +255,7 @@ impl ConsumeQueues {
             }
             q.in_batch.store(false, Ordering::Release);
         }
+        self.arrivals.committed(&batch);
         Ok(())
     }
 

@@ -12,6 +12,7 @@ use crate::error::{Error, Result};
 use crate::fs::lock::StoreLock;
 use crate::layout;
 use crate::message::{Message, MessageId, PutResult, PutStatus, StoredMessage};
+use crate::queue::arrival::MessageArrival;
 use crate::queue::dispatch::Dispatcher;
 use crate::queue::queues::ConsumeQueues;
 use crate::queue::read::{self, GetResult, GetStatus, TagFilter};
@@ -352,10 +353,71 @@ impl MessageStore {
         self.dispatcher.dispatched_offset()
     }
 
-    /// Waits until the record at `physical_offset` is indexed and so readable through
-    /// [`get_message`](Self::get_message). Returns false when `timeout` passes first.
+    /// Waits until the record that starts at `physical_offset` is indexed and so readable
+    /// through [`get_message`](Self::get_message). Returns false when `timeout` passes
+    /// first, or when the dispatch thread has ended.
+    ///
+    /// `physical_offset` must be where a record starts (a [`PutResult::physical_offset`]).
+    /// To wait for everything written so far, pass the log's end to
+    /// [`wait_dispatched_to`](Self::wait_dispatched_to) instead: no record starts there,
+    /// so this method would wait for the next put.
     pub fn wait_dispatched(&self, physical_offset: u64, timeout: Duration) -> bool {
         self.dispatcher.wait_dispatched(physical_offset, timeout)
+    }
+
+    /// Waits until every record that starts below `end` is indexed. Any offset is
+    /// accepted; `wait_dispatched_to(store.max_physical_offset(), t)` waits for everything
+    /// written so far (under sync flush, once it is durable). Returns false when `timeout`
+    /// passes first, or when the dispatch thread has ended.
+    ///
+    /// ```
+    /// # use std::time::Duration;
+    /// # use rocketstore::{Message, MessageStore, StoreConfig};
+    /// # let dir = tempfile::tempdir().unwrap();
+    /// # let store = MessageStore::open(StoreConfig::new(dir.path()).commit_log_file_size(1 << 20)).unwrap();
+    /// for i in 0..10u32 {
+    ///     store.put_message(&Message::new("T", i % 2, &b"x"[..])).unwrap();
+    /// }
+    /// assert!(store.wait_dispatched_to(store.max_physical_offset(), Duration::from_secs(10)));
+    /// assert_eq!(store.max_offset_in_queue("T", 1), 5);
+    /// ```
+    pub fn wait_dispatched_to(&self, end: u64, timeout: Duration) -> bool {
+        self.dispatcher.wait_dispatched_to(end, timeout)
+    }
+
+    /// Blocks until `topic`/`queue_id` holds a message at queue offset `offset` (its max
+    /// offset has passed `offset`), for a long-polling consumer. Returns true at once when
+    /// it already does; false when `timeout` passes first or the store shuts down. Woken by
+    /// dispatch when it indexes the message, never by polling. The queue need not exist
+    /// yet.
+    ///
+    /// ```
+    /// # use std::{sync::Arc, time::Duration};
+    /// # use rocketstore::{Message, MessageStore, StoreConfig};
+    /// # let dir = tempfile::tempdir().unwrap();
+    /// # let store = Arc::new(MessageStore::open(StoreConfig::new(dir.path()).commit_log_file_size(1 << 20)).unwrap());
+    /// let producer = Arc::clone(&store);
+    /// let t = std::thread::spawn(move || producer.put_message(&Message::new("T", 3u32, &b"x"[..])));
+    /// assert!(store.wait_for_message("T", 3, 0, Duration::from_secs(10)));
+    /// assert_eq!(store.get_message("T", 3, 0, 1).unwrap().messages.len(), 1);
+    /// # t.join().unwrap().unwrap();
+    /// ```
+    pub fn wait_for_message(
+        &self,
+        topic: &str,
+        queue_id: u32,
+        offset: u64,
+        timeout: Duration,
+    ) -> bool {
+        self.message_arrival(topic, queue_id, offset).wait(timeout)
+    }
+
+    /// A future that resolves to true once `topic`/`queue_id` holds a message at queue
+    /// offset `offset`, or to false if the store shuts down first: the runtime-agnostic
+    /// form of [`wait_for_message`](Self::wait_for_message). It has no timeout; race it
+    /// against your runtime's timer, and drop it to cancel the wait.
+    pub fn message_arrival(&self, topic: &str, queue_id: u32, offset: u64) -> MessageArrival {
+        MessageArrival::new(Arc::clone(&self.queues), topic, queue_id, offset)
     }
 
     /// Whether puts are being refused with [`Error::PageCacheBusy`] right now: the append

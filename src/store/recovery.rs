@@ -359,6 +359,10 @@ impl RecoverySink for QueueRebuild<'_> {
         if self.mismatch.is_some() {
             return Ok(true);
         }
+        if view.is_hidden() {
+            // A transaction's half or rollback record: no queue offset, no entry.
+            return Ok(true);
+        }
         if self.stalled.is_some() {
             self.track_next(view);
             return Ok(true);

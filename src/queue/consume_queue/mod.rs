@@ -142,6 +142,8 @@ pub(crate) struct ConsumeQueue {
     restartable: AtomicBool,
     /// Listed in `ConsumeQueues`' batch of queues with pending entries.
     pub(crate) in_batch: AtomicBool,
+    /// Someone waits for this queue's next entries (see `queue::arrival`).
+    pub(crate) watched: AtomicBool,
     /// Not loaded yet (opened after a clean exit): what the queue table says it holds. Its
     /// files are read at first use ([`ConsumeQueue::ensure_loaded`]).
     unloaded: Mutex<Option<TableEnd>>,
@@ -197,6 +199,7 @@ impl ConsumeQueue {
             free_start: AtomicBool::new(true),
             restartable: AtomicBool::new(false),
             in_batch: AtomicBool::new(false),
+            watched: AtomicBool::new(false),
             unloaded: Mutex::new(None),
             is_unloaded: AtomicBool::new(false),
         }
@@ -246,6 +249,11 @@ impl ConsumeQueue {
     }
 
     /// Next queue offset (one past the last entry).
+    /// Identifies this queue for as long as the store is open.
+    pub(crate) fn key(&self) -> u64 {
+        self.key
+    }
+
     pub(crate) fn max_offset(&self) -> u64 {
         self.max_offset.load(Ordering::Acquire)
     }

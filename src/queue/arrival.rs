@@ -1,0 +1,316 @@
+//! Arrival notification for long polling: a consumer waits until its queue holds an
+//! entry at some offset, and dispatch wakes it when it commits that entry (RocketMQ's
+//! `MessageArrivingListener`), never by polling.
+//!
+//! Waiters are kept per queue, and a queue with waiters is flagged `watched`, so a dispatch
+//! round looks at the registry only for queues someone waits on. A waiter on a queue that
+//! does not exist yet is kept by name until dispatch creates the queue.
+//!
+//! No wake-up is lost: a waiter flags its queue and then reads the queue's end; dispatch
+//! publishes the end and then reads the flag; a `SeqCst` fence on each side means at least
+//! one of them sees the other.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering, fence};
+use std::task::{Context, Poll, Wake, Waker};
+use std::time::{Duration, Instant};
+
+use parking_lot::Mutex;
+
+use crate::queue::consume_queue::ConsumeQueue;
+use crate::queue::queues::ConsumeQueues;
+
+struct Waiter {
+    id: u64,
+    offset: u64,
+    waker: Waker,
+}
+
+enum Place {
+    Queue(u64),
+    Unborn(String, u32),
+}
+
+#[derive(Default)]
+struct Registry {
+    /// By queue (its key), for queues that exist.
+    by_queue: HashMap<u64, (Arc<ConsumeQueue>, Vec<Waiter>)>,
+    /// By name, for queues not created yet.
+    unborn: HashMap<(String, u32), Vec<Waiter>>,
+    /// Where each registered waiter is.
+    places: HashMap<u64, Place>,
+    /// The store shut down (or dispatch ended): every wait ends, unsatisfied.
+    closed: bool,
+}
+
+/// Who waits for which queue.
+#[derive(Default)]
+pub(crate) struct Arrivals {
+    registry: Mutex<Registry>,
+    next_id: AtomicU64,
+}
+
+/// What one registration found.
+enum Registered {
+    Arrived,
+    Closed,
+    Waiting,
+}
+
+impl Arrivals {
+    /// Registers (or re-registers) waiter `id` for `topic`/`queue_id` passing `offset`,
+    /// unless it has passed already.
+    fn register(
+        &self,
+        queues: &ConsumeQueues,
+        id: u64,
+        (topic, queue_id, offset): (&str, u32, u64),
+        waker: &Waker,
+    ) -> Registered {
+        let mut reg = self.registry.lock();
+        if reg.closed {
+            return Registered::Closed;
+        }
+        remove(&mut reg, id);
+        let waiter = Waiter {
+            id,
+            offset,
+            waker: waker.clone(),
+        };
+        // A queue created from now on finds the waiter among the unborn (creation looks
+        // after publishing the queue); one created before is found here.
+        let Some(q) = queues.get(topic, queue_id) else {
+            reg.unborn
+                .entry((topic.to_owned(), queue_id))
+                .or_default()
+                .push(waiter);
+            reg.places
+                .insert(id, Place::Unborn(topic.to_owned(), queue_id));
+            return Registered::Waiting;
+        };
+        if q.max_offset() > offset {
+            return Registered::Arrived;
+        }
+        let key = q.key();
+        reg.by_queue
+            .entry(key)
+            .or_insert_with(|| (Arc::clone(&q), Vec::new()))
+            .1
+            .push(waiter);
+        reg.places.insert(id, Place::Queue(key));
+        q.watched.store(true, Ordering::SeqCst);
+        fence(Ordering::SeqCst);
+        if q.max_offset() > offset {
+            remove(&mut reg, id);
+            return Registered::Arrived;
+        }
+        Registered::Waiting
+    }
+
+    fn deregister(&self, id: u64) {
+        remove(&mut self.registry.lock(), id);
+    }
+
+    /// A queue was just created: waiters that came before it now watch it.
+    pub(crate) fn created(&self, topic: &str, queue_id: u32, q: &Arc<ConsumeQueue>) {
+        let mut reg = self.registry.lock();
+        if reg.unborn.is_empty() {
+            return;
+        }
+        if let Some(waiters) = reg.unborn.remove(&(topic.to_owned(), queue_id)) {
+            for w in &waiters {
+                reg.places.insert(w.id, Place::Queue(q.key()));
+            }
+            reg.by_queue
+                .entry(q.key())
+                .or_insert_with(|| (Arc::clone(q), Vec::new()))
+                .1
+                .extend(waiters);
+            q.watched.store(true, Ordering::SeqCst);
+        }
+    }
+
+    /// Dispatch committed entries to `batch`: wakes every waiter whose offset its queue
+    /// has now passed.
+    pub(crate) fn committed(&self, batch: &[Arc<ConsumeQueue>]) {
+        fence(Ordering::SeqCst);
+        for q in batch {
+            if !q.watched.load(Ordering::SeqCst) {
+                continue;
+            }
+            let mut reg = self.registry.lock();
+            let key = q.key();
+            let Some((_, waiters)) = reg.by_queue.get_mut(&key) else {
+                continue;
+            };
+            let end = q.max_offset();
+            let mut woken = Vec::new();
+            waiters.retain(|w| {
+                let arrived = end > w.offset;
+                if arrived {
+                    w.waker.wake_by_ref();
+                    woken.push(w.id);
+                }
+                !arrived
+            });
+            let empty = waiters.is_empty();
+            for id in woken {
+                reg.places.remove(&id);
+            }
+            if empty {
+                reg.by_queue.remove(&key);
+                q.watched.store(false, Ordering::SeqCst);
+            }
+        }
+    }
+
+    /// Ends every wait: the store is shutting down, or nothing will be dispatched any more.
+    pub(crate) fn close(&self) {
+        let mut reg = self.registry.lock();
+        reg.closed = true;
+        reg.places.clear();
+        for (q, waiters) in reg.by_queue.drain().map(|(_, v)| v) {
+            q.watched.store(false, Ordering::SeqCst);
+            waiters.iter().for_each(|w| w.waker.wake_by_ref());
+        }
+        for w in reg.unborn.drain().flat_map(|(_, v)| v) {
+            w.waker.wake_by_ref();
+        }
+    }
+}
+
+fn remove(reg: &mut Registry, id: u64) {
+    match reg.places.remove(&id) {
+        Some(Place::Queue(key)) => {
+            if let Some((q, waiters)) = reg.by_queue.get_mut(&key) {
+                waiters.retain(|w| w.id != id);
+                if waiters.is_empty() {
+                    q.watched.store(false, Ordering::SeqCst);
+                    reg.by_queue.remove(&key);
+                }
+            }
+        }
+        Some(Place::Unborn(topic, queue_id)) => {
+            let name = (topic, queue_id);
+            if let Some(waiters) = reg.unborn.get_mut(&name) {
+                waiters.retain(|w| w.id != id);
+                if waiters.is_empty() {
+                    reg.unborn.remove(&name);
+                }
+            }
+        }
+        None => {}
+    }
+}
+
+/// Resolves when a queue holds an entry at a given offset ([`true`]), or when the store
+/// shuts down first ([`false`]). Returned by
+/// [`MessageStore::message_arrival`](crate::MessageStore::message_arrival).
+///
+/// Runtime-agnostic: dispatch wakes it through its [`Waker`], so it works under any
+/// executor. It has no timeout of its own; race it against your runtime's timer. Dropping
+/// it cancels the wait.
+#[must_use = "a future does nothing unless polled"]
+pub struct MessageArrival {
+    queues: Arc<ConsumeQueues>,
+    topic: String,
+    queue_id: u32,
+    offset: u64,
+    id: u64,
+    registered: bool,
+}
+
+impl std::fmt::Debug for MessageArrival {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MessageArrival")
+            .field("topic", &self.topic)
+            .field("queue_id", &self.queue_id)
+            .field("offset", &self.offset)
+            .finish()
+    }
+}
+
+impl MessageArrival {
+    pub(crate) fn new(
+        queues: Arc<ConsumeQueues>,
+        topic: &str,
+        queue_id: u32,
+        offset: u64,
+    ) -> MessageArrival {
+        let id = queues.arrivals().next_id.fetch_add(1, Ordering::Relaxed);
+        MessageArrival {
+            queues,
+            topic: topic.to_owned(),
+            queue_id,
+            offset,
+            id,
+            registered: false,
+        }
+    }
+
+    /// Blocks the calling thread until the future resolves or `timeout` passes (false).
+    pub(crate) fn wait(mut self, timeout: Duration) -> bool {
+        let deadline = Instant::now().checked_add(timeout);
+        let waker = Waker::from(Arc::new(ThreadWaker(std::thread::current())));
+        let mut cx = Context::from_waker(&waker);
+        loop {
+            if let Poll::Ready(arrived) = Pin::new(&mut self).poll(&mut cx) {
+                return arrived;
+            }
+            match deadline {
+                Some(deadline) => {
+                    let now = Instant::now();
+                    if now >= deadline {
+                        // One last look: the entry may have come as the time ran out.
+                        return self.queues.max_offset(&self.topic, self.queue_id) > self.offset;
+                    }
+                    std::thread::park_timeout(deadline - now);
+                }
+                None => std::thread::park(),
+            }
+        }
+    }
+}
+
+impl Future for MessageArrival {
+    type Output = bool;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<bool> {
+        let this = &mut *self;
+        let at = (this.topic.as_str(), this.queue_id, this.offset);
+        let registered = this
+            .queues
+            .arrivals()
+            .register(&this.queues, this.id, at, cx.waker());
+        this.registered = matches!(registered, Registered::Waiting);
+        match registered {
+            Registered::Arrived => Poll::Ready(true),
+            Registered::Closed => Poll::Ready(false),
+            Registered::Waiting => Poll::Pending,
+        }
+    }
+}
+
+impl Drop for MessageArrival {
+    fn drop(&mut self) {
+        if self.registered {
+            self.queues.arrivals().deregister(self.id);
+        }
+    }
+}
+
+/// Wakes a thread blocked in [`MessageArrival::wait`].
+struct ThreadWaker(std::thread::Thread);
+
+impl Wake for ThreadWaker {
+    fn wake(self: Arc<Self>) {
+        self.0.unpark();
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        self.0.unpark();
+    }
+}

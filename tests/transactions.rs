@@ -1,0 +1,143 @@
+//! Transaction records (RocketMQ's sys-flag bits 2–3): half (PREPARED) and ROLLBACK records
+//! are stored but never consumed; COMMIT records are consumed like any message.
+
+mod common;
+
+use std::fs;
+use std::time::Duration;
+
+use rocketstore::layout;
+use rocketstore::{
+    GetStatus, Message, MessageStore, TRANSACTION_COMMIT, TRANSACTION_PREPARED,
+    TRANSACTION_ROLLBACK,
+};
+
+use common::{config, message, sync_mode};
+
+fn flagged(i: u64, sys_flag: i32) -> Message {
+    let mut m = message("Tx", 0, "tx", i);
+    m.sys_flag = sys_flag;
+    m
+}
+
+/// Puts a mix and returns the bodies consumers must see, in queue order.
+fn put_mix(store: &MessageStore) -> Vec<bytes::Bytes> {
+    let mut visible = Vec::new();
+    let mut prepared_at = 0;
+    for i in 0..40u64 {
+        let flag = match i % 5 {
+            0 => 0,
+            1 => TRANSACTION_PREPARED,
+            2 => TRANSACTION_COMMIT,
+            3 => TRANSACTION_ROLLBACK,
+            _ => TRANSACTION_PREPARED | 0x1, // other bits do not change the transaction type
+        };
+        let mut m = flagged(i, flag);
+        if flag == TRANSACTION_COMMIT || flag == TRANSACTION_ROLLBACK {
+            m.prepared_transaction_offset = prepared_at;
+        }
+        let put = store.put_message(&m).unwrap();
+        let hidden = flag & 0xC == TRANSACTION_PREPARED || flag & 0xC == TRANSACTION_ROLLBACK;
+        if hidden {
+            assert_eq!(put.queue_offset, 0, "a hidden record takes queue offset 0");
+            if flag & 0xC == TRANSACTION_PREPARED {
+                prepared_at = put.physical_offset as i64;
+            }
+            // Still readable by physical offset, for the broker's transaction check.
+            let got = store.lookup_message(put.physical_offset).unwrap().unwrap();
+            assert_eq!(got.body, m.body);
+            assert_eq!(got.sys_flag & 0xC, flag & 0xC);
+        } else {
+            assert_eq!(
+                put.queue_offset,
+                visible.len() as u64,
+                "visible offsets continue"
+            );
+            visible.push(m.body.clone());
+        }
+    }
+    visible
+}
+
+fn assert_consumers_see(store: &MessageStore, visible: &[bytes::Bytes]) {
+    assert!(store.wait_dispatched_to(store.max_physical_offset(), Duration::from_secs(30)));
+    assert_eq!(store.max_offset_in_queue("Tx", 0), visible.len() as u64);
+    let got = store.get_message("Tx", 0, 0, 1000).unwrap();
+    assert_eq!(got.status, GetStatus::Found);
+    let bodies: Vec<_> = got.messages.iter().map(|m| m.body.clone()).collect();
+    assert_eq!(bodies, visible);
+    assert!(
+        got.messages
+            .iter()
+            .all(|m| m.sys_flag & 0xC == 0 || m.sys_flag & 0xC == TRANSACTION_COMMIT)
+    );
+}
+
+#[test]
+fn half_and_rollback_records_are_never_consumed() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = MessageStore::open(config(dir.path(), sync_mode())).unwrap();
+    let visible = put_mix(&store);
+    assert_eq!(visible.len(), 16);
+    assert_consumers_see(&store, &visible);
+    store.shutdown().unwrap();
+    drop(store);
+
+    // Clean reopen: the queue continues after the last visible message.
+    let store = MessageStore::open(config(dir.path(), sync_mode())).unwrap();
+    assert_consumers_see(&store, &visible);
+    let put = store.put_message(&flagged(100, 0)).unwrap();
+    assert_eq!(put.queue_offset, visible.len() as u64);
+    store.shutdown().unwrap();
+}
+
+#[test]
+fn recovery_and_rebuild_skip_hidden_records() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = MessageStore::open(config(dir.path(), sync_mode())).unwrap();
+    let visible = put_mix(&store);
+    store.shutdown().unwrap();
+    drop(store);
+
+    // As after a crash: recovery re-indexes from the checkpoint.
+    fs::write(layout::abort_file(dir.path()), b"").unwrap();
+    let store = MessageStore::open(config(dir.path(), sync_mode())).unwrap();
+    assert_consumers_see(&store, &visible);
+    store.shutdown().unwrap();
+    drop(store);
+
+    // With the queues gone, they are rebuilt from the whole log.
+    fs::remove_dir_all(layout::consume_queue_dir(dir.path())).unwrap();
+    fs::write(layout::abort_file(dir.path()), b"").unwrap();
+    let store = MessageStore::open(config(dir.path(), sync_mode())).unwrap();
+    assert_consumers_see(&store, &visible);
+    let put = store
+        .put_message(&flagged(100, TRANSACTION_COMMIT))
+        .unwrap();
+    assert_eq!(put.queue_offset, visible.len() as u64);
+    store.shutdown().unwrap();
+}
+
+#[test]
+fn a_batch_may_mix_hidden_and_visible_records() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = MessageStore::open(config(dir.path(), sync_mode())).unwrap();
+    let batch = [
+        flagged(0, TRANSACTION_PREPARED),
+        flagged(1, 0),
+        flagged(2, TRANSACTION_ROLLBACK),
+        flagged(3, 0),
+    ];
+    let put = store.put_messages(&batch).unwrap();
+    assert_eq!(put.queue_offset, 0);
+    let put = store.put_message(&flagged(4, 0)).unwrap();
+    assert_eq!(put.queue_offset, 2);
+    assert_consumers_see(
+        &store,
+        &[
+            batch[1].body.clone(),
+            batch[3].body.clone(),
+            flagged(4, 0).body,
+        ],
+    );
+}
