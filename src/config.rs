@@ -146,6 +146,20 @@ pub struct StoreConfig {
     pub file_delete_interval: Duration,
     /// Hooks called around file operations; for fault-injection tests. Default: none.
     pub io_hook: Option<Arc<dyn IoHook>>,
+    /// Build the key index (`{root}/index/`) that
+    /// [`MessageStore::query_message`](crate::MessageStore::query_message) reads. Default:
+    /// true (RocketMQ's `messageIndexEnable`).
+    pub index_enabled: bool,
+    /// Hash slots per index file. Default: 5,000,000 (RocketMQ's `maxHashSlotNum`).
+    pub index_hash_slots: u32,
+    /// Entries per index file, entry 0 (never used) included. Default: 20,000,000
+    /// (RocketMQ's `maxIndexNum`): with the default slots, a file of 420,000,040 bytes.
+    pub index_entries: u32,
+    /// Most index files kept: starting one more removes the oldest, whose keys can then no
+    /// longer be queried (their messages stay readable otherwise). 0: no cap. Index files
+    /// also go with the commit-log files they point into. Default: 64 (about 27 GB at the
+    /// default file size).
+    pub index_max_files: usize,
 }
 
 impl fmt::Debug for StoreConfig {
@@ -180,6 +194,10 @@ impl fmt::Debug for StoreConfig {
             .field("disk_full_ratio", &self.disk_full_ratio)
             .field("disk_check_interval", &self.disk_check_interval)
             .field("io_hook", &self.io_hook.is_some())
+            .field("index_enabled", &self.index_enabled)
+            .field("index_hash_slots", &self.index_hash_slots)
+            .field("index_entries", &self.index_entries)
+            .field("index_max_files", &self.index_max_files)
             .finish()
     }
 }
@@ -215,7 +233,32 @@ impl StoreConfig {
             disk_full_ratio: 0.90,
             disk_check_interval: Duration::from_secs(1),
             io_hook: None,
+            index_enabled: true,
+            index_hash_slots: 5_000_000,
+            index_entries: 20_000_000,
+            index_max_files: 64,
         }
+    }
+
+    /// Sets [`StoreConfig::index_enabled`].
+    pub fn index_enabled(mut self, on: bool) -> Self {
+        self.index_enabled = on;
+        self
+    }
+
+    /// Sets the size of index files: [`StoreConfig::index_hash_slots`] and
+    /// [`StoreConfig::index_entries`]. Files written with other sizes must go before the
+    /// store opens with new ones.
+    pub fn index_file_shape(mut self, hash_slots: u32, entries: u32) -> Self {
+        self.index_hash_slots = hash_slots;
+        self.index_entries = entries;
+        self
+    }
+
+    /// Sets [`StoreConfig::index_max_files`].
+    pub fn index_max_files(mut self, files: usize) -> Self {
+        self.index_max_files = files;
+        self
     }
 
     /// Sets [`StoreConfig::commit_log_file_size`].
@@ -359,6 +402,14 @@ impl StoreConfig {
         })
     }
 
+    pub(crate) fn index_shape(&self) -> IndexShape {
+        IndexShape {
+            slots: self.index_hash_slots,
+            entries: self.index_entries,
+            max_files: self.index_max_files,
+        }
+    }
+
     pub(crate) fn validate(&self) -> Result<()> {
         let bad = |reason: String| Err(Error::InvalidConfig { reason });
         let size = self.commit_log_file_size;
@@ -382,6 +433,7 @@ impl StoreConfig {
                 i32::MAX / 20
             ));
         }
+        validate_index_shape(&self.index_shape())?;
         if self.delete_hour > 23 {
             return bad(format!("delete_hour {} must be 0..=23", self.delete_hour));
         }
@@ -400,4 +452,32 @@ impl StoreConfig {
     pub(crate) fn root(&self) -> &Path {
         &self.root_dir
     }
+}
+
+/// The key index's geometry and bounds, from the store config.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct IndexShape {
+    pub slots: u32,
+    pub entries: u32,
+    pub max_files: usize,
+}
+
+/// Checks the configured geometry of index files.
+fn validate_index_shape(shape: &IndexShape) -> Result<()> {
+    let bad = |reason: String| Err(Error::InvalidConfig { reason });
+    if shape.slots == 0 || shape.slots > i32::MAX as u32 {
+        return bad(format!(
+            "index_hash_slots must be within 1..={}, not {}",
+            i32::MAX,
+            shape.slots
+        ));
+    }
+    if shape.entries < 2 || shape.entries > i32::MAX as u32 {
+        return bad(format!(
+            "index_entries must be within 2..={} (entry 0 is never used), not {}",
+            i32::MAX,
+            shape.entries
+        ));
+    }
+    Ok(())
 }

@@ -136,6 +136,15 @@ pub enum Error {
         /// What is wrong.
         reason: String,
     },
+    /// A dispatcher registered by the broker (see [`Dispatch`](crate::Dispatch)) failed.
+    #[error("dispatcher {name} failed: {source}")]
+    Dispatcher {
+        /// The dispatcher's name.
+        name: String,
+        /// What it returned.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
     /// An I/O operation failed.
     #[error("I/O error during {op} on {path}: {source}")]
     Io {

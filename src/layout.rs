@@ -36,6 +36,10 @@ pub const ABORT_FILE: &str = "abort";
 pub const CHECKPOINT_FILE: &str = "checkpoint";
 /// The queue table: every queue's next offset, at the last open or clean shutdown.
 pub const QUEUE_TABLE_FILE: &str = "queue_table";
+/// Directory of the key index's files.
+pub const INDEX_DIR: &str = "index";
+/// Directory of the dispatchers' progress files.
+pub const DISPATCH_DIR: &str = "dispatch";
 /// Suffix of a file being built before it is renamed into place.
 pub const TMP_SUFFIX: &str = ".tmp";
 
@@ -125,6 +129,18 @@ pub fn checkpoint_file(root: &Path) -> PathBuf {
 /// `{root}/queue_table`.
 pub fn queue_table_file(root: &Path) -> PathBuf {
     root.join(QUEUE_TABLE_FILE)
+}
+
+/// `{root}/index/`: the key index's files, each named by its creation time
+/// (`yyyyMMddHHmmssSSS`, local time).
+pub fn index_dir(root: &Path) -> PathBuf {
+    root.join(INDEX_DIR)
+}
+
+/// `{root}/dispatch/{name}`: the durable progress of the dispatcher `name` (`index` for
+/// the key index).
+pub fn dispatch_progress_file(root: &Path, name: &str) -> PathBuf {
+    root.join(DISPATCH_DIR).join(name)
 }
 
 /// What a path inside `consumequeue/` names, parsed back: the store root, topic and queue

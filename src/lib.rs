@@ -54,9 +54,11 @@
 mod checkpoint;
 mod commit_log;
 mod config;
+mod dispatch;
 mod error;
 pub mod format;
 mod fs;
+mod index;
 pub mod layout;
 mod message;
 mod queue;
@@ -67,15 +69,17 @@ mod store;
 pub use checkpoint::CheckpointTimes;
 pub use commit_log::flush::PutFuture;
 pub use config::{FlushMode, MIN_FILE_SIZE, StoreConfig};
+pub use dispatch::{Dispatch, DispatchError, DispatcherStats};
 pub use error::{Error, Result};
 pub use fs::io_hook::IoHook;
 pub use fs::mapped_file::Warmup;
+pub use index::QueryResult;
 pub use message::{
-    KEY_SEPARATOR, Message, MessageId, PROPERTY_KEYS, PROPERTY_TAGS, Properties, PutResult,
-    PutStatus, StoredMessage, TRANSACTION_COMMIT, TRANSACTION_MASK, TRANSACTION_PREPARED,
-    TRANSACTION_ROLLBACK, is_transaction_hidden,
+    KEY_SEPARATOR, Message, MessageId, PROPERTY_KEYS, PROPERTY_TAGS, PROPERTY_UNIQ_KEY, Properties,
+    PutResult, PutStatus, StoredMessage, TRANSACTION_COMMIT, TRANSACTION_MASK,
+    TRANSACTION_PREPARED, TRANSACTION_ROLLBACK, is_transaction_hidden,
 };
-pub use queue::arrival::MessageArrival;
+pub use queue::long_poll::MessageArrival;
 pub use queue::read::{GetResult, GetStatus, TagFilter};
 pub use stats::{Histogram, ROCKETMQ_PUT_BUCKETS_MS, StoreStats};
 pub use store::MessageStore;

@@ -11,6 +11,9 @@ use bytes::Bytes;
 pub const PROPERTY_TAGS: &str = "TAGS";
 /// Property holding the message keys, separated by spaces (RocketMQ `KEYS`).
 pub const PROPERTY_KEYS: &str = "KEYS";
+/// Property holding the unique id a producer gives each message (RocketMQ `UNIQ_KEY`),
+/// indexed by the key index like a key.
+pub const PROPERTY_UNIQ_KEY: &str = "UNIQ_KEY";
 /// Separator between keys in the `KEYS` property.
 pub const KEY_SEPARATOR: char = ' ';
 

@@ -102,6 +102,9 @@ pub struct StoreStats {
     /// behind the log until it succeeds again. A failure for lack of space also refuses
     /// puts ([`Error::DispatchStalled`](crate::Error::DispatchStalled)).
     pub dispatch_error: Option<String>,
+    /// Each dispatcher besides the consume queues (the key index's first, named
+    /// `index`, then the broker's): how far it got, its lag and its failures.
+    pub dispatchers: Vec<crate::dispatch::DispatcherStats>,
 }
 
 #[cfg(feature = "metrics")]
@@ -307,6 +310,7 @@ impl Counters {
             get_misses: load(&self.get_misses),
             dispatch_failures: load(&self.dispatch_failures),
             dispatch_error: None,
+            dispatchers: Vec::new(),
         }
     }
 }

@@ -28,6 +28,7 @@ fn store_config(dir: &Path, mode: FlushMode) -> StoreConfig {
         .consume_queue_entries_per_file(CQ_ENTRIES)
         .consume_queue_flush_interval(Duration::from_millis(20))
         .flush_mode(mode)
+        .index_file_shape(256, 2048)
 }
 
 fn mode_named(name: &str) -> FlushMode {

@@ -120,6 +120,7 @@ fn store_config(dir: &Path, flush: Flush) -> StoreConfig {
         .consume_queue_entries_per_file(CQ_ENTRIES)
         .consume_queue_flush_interval(Duration::from_millis(50))
         .flush_mode(flush.mode())
+        .index_file_shape(256, 2048)
 }
 
 /// The writer: puts from several threads until killed, printing

@@ -1,5 +1,6 @@
 //! Files on disk: memory-mapped files and the queue of them, their allocation and warm-up,
-//! sparse files written by position (the consume queues'),
+//! sparse files written by position (the consume queues'), files mapped as shared atomic
+//! words (the key index's),
 //! the store lock and abort marker, free-space checks, and the `IoHook` fault seam every
 //! durable step consults. Nothing here knows what a record or a queue is.
 
@@ -10,5 +11,7 @@ pub(crate) mod io_hook;
 pub(crate) mod lock;
 #[allow(unsafe_code)]
 pub(crate) mod mapped_file;
+#[allow(unsafe_code)]
+pub(crate) mod mapped_words;
 pub(crate) mod ops;
 pub(crate) mod sparse_file;

@@ -1,4 +1,4 @@
-//! Arrival notification for long polling: a consumer waits until its queue holds an
+//! Arrival notification for long polling (the registry; `long_poll` has the future): a consumer waits until its queue holds an
 //! entry at some offset, and dispatch wakes it when it commits that entry (RocketMQ's
 //! `MessageArrivingListener`), never by polling.
 //!
@@ -11,17 +11,13 @@
 //! one of them sees the other.
 
 use std::collections::HashMap;
-use std::future::Future;
-use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering, fence};
-use std::task::{Context, Poll, Wake, Waker};
-use std::time::{Duration, Instant};
+use std::task::Waker;
 
 use parking_lot::Mutex;
 
 use crate::queue::consume_queue::ConsumeQueue;
-use crate::queue::queues::ConsumeQueues;
 
 struct Waiter {
     id: u64,
@@ -54,7 +50,7 @@ pub(crate) struct Arrivals {
 }
 
 /// What one registration found.
-enum Registered {
+pub(crate) enum Registered {
     Arrived,
     Closed,
     Waiting,
@@ -63,9 +59,9 @@ enum Registered {
 impl Arrivals {
     /// Registers (or re-registers) waiter `id` for `topic`/`queue_id` passing `offset`,
     /// unless it has passed already.
-    fn register(
+    pub(crate) fn register(
         &self,
-        queues: &ConsumeQueues,
+        lookup: &dyn Fn() -> Option<Arc<ConsumeQueue>>,
         id: u64,
         (topic, queue_id, offset): (&str, u32, u64),
         waker: &Waker,
@@ -82,7 +78,7 @@ impl Arrivals {
         };
         // A queue created from now on finds the waiter among the unborn (creation looks
         // after publishing the queue); one created before is found here.
-        let Some(q) = queues.get(topic, queue_id) else {
+        let Some(q) = lookup() else {
             reg.unborn
                 .entry((topic.to_owned(), queue_id))
                 .or_default()
@@ -110,7 +106,11 @@ impl Arrivals {
         Registered::Waiting
     }
 
-    fn deregister(&self, id: u64) {
+    pub(crate) fn new_id(&self) -> u64 {
+        self.next_id.fetch_add(1, Ordering::Relaxed)
+    }
+
+    pub(crate) fn deregister(&self, id: u64) {
         remove(&mut self.registry.lock(), id);
     }
 
@@ -203,114 +203,5 @@ fn remove(reg: &mut Registry, id: u64) {
             }
         }
         None => {}
-    }
-}
-
-/// Resolves when a queue holds an entry at a given offset ([`true`]), or when the store
-/// shuts down first ([`false`]). Returned by
-/// [`MessageStore::message_arrival`](crate::MessageStore::message_arrival).
-///
-/// Runtime-agnostic: dispatch wakes it through its [`Waker`], so it works under any
-/// executor. It has no timeout of its own; race it against your runtime's timer. Dropping
-/// it cancels the wait.
-#[must_use = "a future does nothing unless polled"]
-pub struct MessageArrival {
-    queues: Arc<ConsumeQueues>,
-    topic: String,
-    queue_id: u32,
-    offset: u64,
-    id: u64,
-    registered: bool,
-}
-
-impl std::fmt::Debug for MessageArrival {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("MessageArrival")
-            .field("topic", &self.topic)
-            .field("queue_id", &self.queue_id)
-            .field("offset", &self.offset)
-            .finish()
-    }
-}
-
-impl MessageArrival {
-    pub(crate) fn new(
-        queues: Arc<ConsumeQueues>,
-        topic: &str,
-        queue_id: u32,
-        offset: u64,
-    ) -> MessageArrival {
-        let id = queues.arrivals().next_id.fetch_add(1, Ordering::Relaxed);
-        MessageArrival {
-            queues,
-            topic: topic.to_owned(),
-            queue_id,
-            offset,
-            id,
-            registered: false,
-        }
-    }
-
-    /// Blocks the calling thread until the future resolves or `timeout` passes (false).
-    pub(crate) fn wait(mut self, timeout: Duration) -> bool {
-        let deadline = Instant::now().checked_add(timeout);
-        let waker = Waker::from(Arc::new(ThreadWaker(std::thread::current())));
-        let mut cx = Context::from_waker(&waker);
-        loop {
-            if let Poll::Ready(arrived) = Pin::new(&mut self).poll(&mut cx) {
-                return arrived;
-            }
-            match deadline {
-                Some(deadline) => {
-                    let now = Instant::now();
-                    if now >= deadline {
-                        // One last look: the entry may have come as the time ran out.
-                        return self.queues.max_offset(&self.topic, self.queue_id) > self.offset;
-                    }
-                    std::thread::park_timeout(deadline - now);
-                }
-                None => std::thread::park(),
-            }
-        }
-    }
-}
-
-impl Future for MessageArrival {
-    type Output = bool;
-
-    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<bool> {
-        let this = &mut *self;
-        let at = (this.topic.as_str(), this.queue_id, this.offset);
-        let registered = this
-            .queues
-            .arrivals()
-            .register(&this.queues, this.id, at, cx.waker());
-        this.registered = matches!(registered, Registered::Waiting);
-        match registered {
-            Registered::Arrived => Poll::Ready(true),
-            Registered::Closed => Poll::Ready(false),
-            Registered::Waiting => Poll::Pending,
-        }
-    }
-}
-
-impl Drop for MessageArrival {
-    fn drop(&mut self) {
-        if self.registered {
-            self.queues.arrivals().deregister(self.id);
-        }
-    }
-}
-
-/// Wakes a thread blocked in [`MessageArrival::wait`].
-struct ThreadWaker(std::thread::Thread);
-
-impl Wake for ThreadWaker {
-    fn wake(self: Arc<Self>) {
-        self.0.unpark();
-    }
-
-    fn wake_by_ref(self: &Arc<Self>) {
-        self.0.unpark();
     }
 }

@@ -6,7 +6,7 @@
 
 use std::collections::VecDeque;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -53,6 +53,9 @@ struct Shared {
     progress: Mutex<()>,
     progressed: Condvar,
     checkpoint: Mutex<Checkpoint>,
+    /// Store time up to which the key index is durable, for the checkpoint's index field
+    /// (set by the index's dispatcher).
+    index_time: Arc<AtomicI64>,
     /// The last round's error, while it lasts.
     failure: Mutex<Option<Arc<std::io::Error>>>,
     /// A consume-queue sync failed. A retried sync may report success for pages the kernel
@@ -80,7 +83,9 @@ impl Dispatcher {
         let wakeup = Arc::clone(log.wakeup());
         let (from, from_timestamp) =
             resume.unwrap_or_else(|| (log.write_offset(), log.last_store_timestamp()));
+        let index_time = Arc::new(AtomicI64::new(checkpoint.times().index));
         let shared = Arc::new(Shared {
+            index_time,
             log,
             queues,
             wakeup,
@@ -126,6 +131,12 @@ impl Dispatcher {
     /// Commit-log offset up to which every record is indexed and readable by queue.
     pub(crate) fn dispatched_offset(&self) -> u64 {
         self.shared.dispatched.load(Ordering::Acquire)
+    }
+
+    /// Where the key index's dispatcher reports the store time up to which the index is
+    /// durable, for the checkpoint.
+    pub(crate) fn index_time_handle(&self) -> Arc<AtomicI64> {
+        Arc::clone(&self.shared.index_time)
     }
 
     /// The dispatched offset, shared with the retention thread.
@@ -394,7 +405,7 @@ fn flush_and_checkpoint(s: &Shared, marks: &mut Marks) -> Result<()> {
     cp.store(CheckpointTimes {
         physic,
         logics: queue_time(s, if queues_durable { ts } else { old.logics }),
-        index: old.index,
+        index: s.index_time.load(Ordering::Acquire),
         physic_offset: old.physic_offset.max(flushed),
     })
 }

@@ -8,17 +8,23 @@ use crate::commit_log::flush::{Flusher, PutFuture};
 use crate::commit_log::record::{self, EncodedRecord};
 use crate::commit_log::{Appended, CommitLog};
 use crate::config::{FlushMode, StoreConfig};
+use crate::dispatch::thread::DispatcherThread;
+use crate::dispatch::{Dispatch, INDEX_NAME};
 use crate::error::{Error, Result};
 use crate::fs::lock::StoreLock;
+use crate::index::{KeyIndex, QueryResult};
 use crate::layout;
 use crate::message::{Message, MessageId, PutResult, PutStatus, StoredMessage};
-use crate::queue::arrival::MessageArrival;
 use crate::queue::dispatch::Dispatcher;
+use crate::queue::long_poll::MessageArrival;
 use crate::queue::queues::ConsumeQueues;
 use crate::queue::read::{self, GetResult, GetStatus, TagFilter};
 use crate::stats::StoreStats;
+mod dispatchers;
 mod recovery;
 mod retention;
+
+use dispatchers::start_dispatchers;
 
 use recovery::recover;
 use retention::{Retention, RetentionThread};
@@ -60,6 +66,10 @@ pub struct MessageStore {
     retention_thread: RetentionThread,
     flusher: Flusher,
     dispatcher: Dispatcher,
+    /// The key index, when enabled.
+    index: Option<Arc<KeyIndex>>,
+    /// Dispatchers besides the consume queues: the key index's first, then the broker's.
+    side: Vec<DispatcherThread>,
     lock: StoreLock,
     /// Held for the whole of a shutdown, so a second caller waits for the first and gets
     /// its outcome; `Some` once it is done.
@@ -93,7 +103,26 @@ impl MessageStore {
     /// last record. Fails on an invalid config, a damaged store directory, or when the
     /// store is already open ([`Error::StoreLocked`]).
     pub fn open(config: StoreConfig) -> Result<MessageStore> {
+        Self::open_with(config, Vec::new())
+    }
+
+    /// [`open`](Self::open), with the broker's own dispatchers: each sees every record in
+    /// log order on a thread of its own, from its own durable progress (see [`Dispatch`]).
+    /// Names must be unique, and `index` is the key index's.
+    pub fn open_with(
+        config: StoreConfig,
+        dispatchers: Vec<Box<dyn Dispatch>>,
+    ) -> Result<MessageStore> {
         config.validate()?;
+        let mut names = std::collections::HashSet::from([INDEX_NAME.to_owned()]);
+        for d in &dispatchers {
+            crate::dispatch::validate_name(d.name())?;
+            if !names.insert(d.name().to_owned()) {
+                return Err(Error::InvalidConfig {
+                    reason: format!("two dispatchers are named {:?}", d.name()),
+                });
+            }
+        }
         std::fs::create_dir_all(config.root())
             .map_err(|e| Error::io("create directory", config.root(), e))?;
         let lock = StoreLock::acquire(config.root())?;
@@ -131,7 +160,16 @@ impl MessageStore {
             Arc::clone(&queues),
             dispatcher.dispatched_handle(),
         )?;
+        let (index, side) = start_dispatchers(
+            &config,
+            &log,
+            &lock,
+            dispatcher.index_time_handle(),
+            dispatchers,
+        )?;
         Ok(MessageStore {
+            index,
+            side,
             config,
             log,
             queues,
@@ -325,6 +363,7 @@ impl MessageStore {
     pub fn stats(&self) -> StoreStats {
         let mut stats = self.log.stats(self.dispatcher.dispatched_offset());
         stats.dispatch_error = self.dispatcher.failure();
+        stats.dispatchers = self.side.iter().map(DispatcherThread::stats).collect();
         stats
     }
 
@@ -420,6 +459,51 @@ impl MessageStore {
         MessageArrival::new(Arc::clone(&self.queues), topic, queue_id, offset)
     }
 
+    /// Up to `max` messages of `topic` whose key is `key` (a word of the `KEYS` property,
+    /// or the `UNIQ_KEY` property), stored within `begin_ms..=end_ms`, newest first, by the
+    /// key index. Every candidate the index gives is read back and checked, so a hash
+    /// collision never returns another key's or another topic's message. A message is
+    /// found once the index has dispatched it (see
+    /// [`wait_dispatcher`](Self::wait_dispatcher) with `"index"`). Fails with
+    /// [`Error::InvalidConfig`] when the index is disabled.
+    ///
+    /// ```
+    /// # use std::time::Duration;
+    /// # use rocketstore::{Message, MessageStore, StoreConfig};
+    /// # let dir = tempfile::tempdir().unwrap();
+    /// # let store = MessageStore::open(StoreConfig::new(dir.path()).commit_log_file_size(1 << 20).index_file_shape(1024, 4096)).unwrap();
+    /// let msg = Message::new("TopicA", 0u32, &b"paid"[..]).with_keys(["order-42"]);
+    /// store.put_message(&msg).unwrap();
+    /// assert!(store.wait_dispatcher("index", store.max_physical_offset(), Duration::from_secs(10)));
+    /// let r = store.query_message("TopicA", "order-42", 32, 0, i64::MAX).unwrap();
+    /// assert_eq!(r.messages.len(), 1);
+    /// assert_eq!(&r.messages[0].body[..], b"paid");
+    /// assert!(store.query_message("TopicB", "order-42", 32, 0, i64::MAX).unwrap().messages.is_empty());
+    /// ```
+    pub fn query_message(
+        &self,
+        topic: &str,
+        key: &str,
+        max: usize,
+        begin_ms: i64,
+        end_ms: i64,
+    ) -> Result<QueryResult> {
+        let index = self.index.as_ref().ok_or_else(|| Error::InvalidConfig {
+            reason: "the key index is disabled (StoreConfig::index_enabled)".into(),
+        })?;
+        index.query(&self.log, (topic, key), max, (begin_ms, end_ms))
+    }
+
+    /// Waits until the dispatcher `name` (`"index"` for the key index, or a broker's
+    /// [`Dispatch`]) has dispatched every record below `end`. False when `timeout` passes
+    /// first, when its thread has ended, or when no dispatcher has that name.
+    pub fn wait_dispatcher(&self, name: &str, end: u64, timeout: Duration) -> bool {
+        self.side
+            .iter()
+            .find(|d| d.name() == name)
+            .is_some_and(|d| d.wait_to(end, timeout))
+    }
+
     /// Whether puts are being refused with [`Error::PageCacheBusy`] right now: the append
     /// lock has been held longer than [`StoreConfig::busy_limit`].
     pub fn is_page_cache_busy(&self) -> bool {
@@ -493,6 +577,22 @@ impl MessageStore {
         self.log.close();
         self.flusher.shutdown();
         let indexed = self.dispatcher.shutdown();
+        // The key index's last flush must succeed for the next open to trust its files
+        // as they are; a broker's dispatcher only replays from its last progress.
+        let indexed = self
+            .side
+            .iter()
+            .fold(indexed, |result, d| match d.shutdown() {
+                Err(e) if d.name() == INDEX_NAME => {
+                    log::error!("the key index was not completed: {e}");
+                    result.and(Err(e))
+                }
+                Err(e) => {
+                    log::error!("{e}");
+                    result
+                }
+                Ok(()) => result,
+            });
         self.retention_thread.shutdown();
         // Only a store whose every byte and index entry reached the disk is marked clean;
         // the queue table lets the next open check that no queue went missing.

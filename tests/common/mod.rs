@@ -34,7 +34,12 @@ pub fn config(dir: &Path, mode: FlushMode) -> StoreConfig {
         // Nor may the daily deletion hour fall during a test: tests that expire files
         // delete them when they choose.
         .delete_hour(hour_far_from_now())
+        // Small index files: tests fill them and roll over, and a small filesystem has room.
+        .index_file_shape(SMALL_INDEX_SLOTS, SMALL_INDEX_ENTRIES)
 }
+
+pub const SMALL_INDEX_SLOTS: u32 = 512;
+pub const SMALL_INDEX_ENTRIES: u32 = 4096;
 
 /// An hour of the day twelve hours from now (local time).
 pub fn hour_far_from_now() -> u8 {

@@ -1,0 +1,256 @@
+//! The thread of one dispatcher: reads the readable part of the commit log from its own
+//! position, feeds each record to its sink, ends each round with a commit, and on its own
+//! schedule flushes and records its durable progress. Failures are counted and retried.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use parking_lot::{Condvar, Mutex};
+
+use crate::commit_log::CommitLog;
+use crate::commit_log::record::{Records, Step};
+use crate::dispatch::{DispatcherStats, Sink};
+use crate::error::{Error, Result};
+
+/// Pause before retrying a failed round.
+const RETRY: Duration = Duration::from_millis(100);
+/// Longest sleep while nothing is new (appends are found by polling).
+const POLL: Duration = Duration::from_millis(1);
+
+struct Shared {
+    name: String,
+    log: Arc<CommitLog>,
+    flush_interval: Duration,
+    dispatched: AtomicU64,
+    durable: AtomicU64,
+    failures: AtomicU64,
+    error: Mutex<Option<String>>,
+    stop: AtomicBool,
+    exited: AtomicBool,
+    progress: Mutex<()>,
+    progressed: Condvar,
+}
+
+pub(crate) struct DispatcherThread {
+    shared: Arc<Shared>,
+    thread: Mutex<Option<JoinHandle<()>>>,
+}
+
+impl DispatcherThread {
+    /// Starts `sink` at commit-log offset `from` (a record boundary; `timestamp` is the
+    /// store time of the record before it). `Sink::start` runs here, so its failure fails
+    /// the open.
+    pub(crate) fn start(
+        log: Arc<CommitLog>,
+        mut sink: Box<dyn Sink>,
+        from: u64,
+        timestamp: i64,
+        flush_interval: Duration,
+    ) -> Result<DispatcherThread> {
+        sink.start(from)?;
+        let shared = Arc::new(Shared {
+            name: sink.name().to_owned(),
+            log,
+            flush_interval,
+            dispatched: AtomicU64::new(from),
+            durable: AtomicU64::new(from),
+            failures: AtomicU64::new(0),
+            error: Mutex::new(None),
+            stop: AtomicBool::new(false),
+            exited: AtomicBool::new(false),
+            progress: Mutex::new(()),
+            progressed: Condvar::new(),
+        });
+        let s = Arc::clone(&shared);
+        let thread = std::thread::Builder::new()
+            .name(format!("rocketstore-{}", shared.name))
+            .spawn(move || {
+                let _exit = ExitGuard(&s);
+                run(&s, sink.as_mut(), from, timestamp);
+            })
+            .map_err(|e| Error::io("spawn dispatcher thread", "", e))?;
+        Ok(DispatcherThread {
+            shared,
+            thread: Mutex::new(Some(thread)),
+        })
+    }
+
+    pub(crate) fn name(&self) -> &str {
+        &self.shared.name
+    }
+
+    pub(crate) fn stats(&self) -> DispatcherStats {
+        let s = &self.shared;
+        let dispatched = s.dispatched.load(Ordering::Acquire);
+        DispatcherStats {
+            name: s.name.clone(),
+            dispatched_offset: dispatched,
+            durable_offset: s.durable.load(Ordering::Acquire),
+            lag_bytes: s.log.readable_offset().saturating_sub(dispatched),
+            failures: s.failures.load(Ordering::Relaxed),
+            error: s.error.lock().clone(),
+        }
+    }
+
+    /// Waits until every record below `end` is dispatched; false on timeout, or once the
+    /// thread has ended.
+    pub(crate) fn wait_to(&self, end: u64, timeout: Duration) -> bool {
+        let s = &self.shared;
+        let deadline = Instant::now().checked_add(timeout);
+        let mut guard = s.progress.lock();
+        while s.dispatched.load(Ordering::Acquire) < end {
+            if s.exited.load(Ordering::Acquire) {
+                return false;
+            }
+            match deadline {
+                Some(d) => {
+                    if s.progressed.wait_until(&mut guard, d).timed_out() {
+                        return s.dispatched.load(Ordering::Acquire) >= end;
+                    }
+                }
+                None => s.progressed.wait(&mut guard),
+            }
+        }
+        true
+    }
+
+    /// Dispatches what is readable, flushes, and stops the thread. Fails when that last
+    /// round or flush failed.
+    pub(crate) fn shutdown(&self) -> Result<()> {
+        self.shared.stop.store(true, Ordering::Release);
+        let handle = self.thread.lock().take();
+        if let Some(t) = handle {
+            t.thread().unpark();
+            if t.join().is_err() {
+                log::error!("the {} dispatcher thread panicked", self.shared.name);
+                return Err(Error::Dispatcher {
+                    name: self.shared.name.clone(),
+                    source: "its thread panicked".into(),
+                });
+            }
+        }
+        match self.shared.error.lock().clone() {
+            Some(e) => Err(Error::Dispatcher {
+                name: self.shared.name.clone(),
+                source: e.into(),
+            }),
+            None => Ok(()),
+        }
+    }
+}
+
+struct ExitGuard<'a>(&'a Shared);
+
+impl Drop for ExitGuard<'_> {
+    fn drop(&mut self) {
+        let s = self.0;
+        if std::thread::panicking() {
+            *s.error.lock() = Some("the dispatcher thread panicked".into());
+        }
+        let _guard = s.progress.lock();
+        s.exited.store(true, Ordering::Release);
+        s.progressed.notify_all();
+    }
+}
+
+fn run(s: &Shared, sink: &mut dyn Sink, from: u64, timestamp: i64) {
+    let mut at = from;
+    let mut ts = timestamp;
+    let mut flushed = from;
+    let mut last_flush = Instant::now();
+    loop {
+        let stopping = s.stop.load(Ordering::Acquire);
+        let result = round(s, sink, &mut at, &mut ts).and_then(|progressed| {
+            if (stopping || last_flush.elapsed() >= s.flush_interval) && at != flushed {
+                sink.flush(at, ts)?;
+                flushed = at;
+                s.durable.store(at, Ordering::Release);
+                sink.maintain(s.log.min_offset());
+                last_flush = Instant::now();
+            }
+            Ok(progressed)
+        });
+        match result {
+            Ok(progressed) => {
+                if s.error.lock().take().is_some() {
+                    log::info!("the {} dispatcher succeeded again", s.name);
+                }
+                if stopping {
+                    return;
+                }
+                if progressed {
+                    continue;
+                }
+                std::thread::park_timeout(POLL);
+            }
+            Err(e) => {
+                s.failures.fetch_add(1, Ordering::Relaxed);
+                let mut error = s.error.lock();
+                if error.is_none() {
+                    log::error!(
+                        "the {} dispatcher failed, retrying every {RETRY:?}: {e}",
+                        s.name
+                    );
+                }
+                *error = Some(e.to_string());
+                drop(error);
+                if stopping {
+                    return;
+                }
+                std::thread::park_timeout(RETRY);
+            }
+        }
+    }
+}
+
+/// Dispatches every readable record from `at`, a round per file; returns whether any was.
+fn round(s: &Shared, sink: &mut dyn Sink, at: &mut u64, ts: &mut i64) -> Result<bool> {
+    let start = *at;
+    let log_start = s.log.min_offset();
+    if *at < log_start {
+        log::warn!(
+            "the {} dispatcher fell behind retention: records {}..{log_start} were deleted \
+             before it saw them",
+            s.name,
+            *at
+        );
+        *at = log_start;
+    }
+    let end = s.log.readable_offset();
+    while *at < end {
+        let bytes = match s.log.bytes_at(*at, end) {
+            Some(b) if !b.is_empty() => b,
+            _ => break,
+        };
+        let mut records = Records::new(&bytes, *at);
+        let mut next_file = None;
+        let mut last_ts = None;
+        for step in records.by_ref() {
+            match step? {
+                Step::Record(view) => {
+                    sink.dispatch(&view)?;
+                    last_ts = Some(view.store_timestamp);
+                }
+                Step::Blank => {
+                    let file_size = s.log.file_size();
+                    next_file = Some((*at / file_size + 1) * file_size);
+                }
+                Step::Empty => {
+                    let reason = "no record below the readable end";
+                    return Err(Error::corrupted(records.offset(), reason));
+                }
+            }
+        }
+        sink.commit()?;
+        *at = next_file.unwrap_or(*at + records.position() as u64);
+        if let Some(t) = last_ts {
+            *ts = t;
+        }
+        s.dispatched.store(*at, Ordering::Release);
+        let _guard = s.progress.lock();
+        s.progressed.notify_all();
+    }
+    Ok(*at != start)
+}

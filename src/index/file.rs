@@ -1,0 +1,484 @@
+//! One key-index file in RocketMQ's byte format (`docs/FORMAT.md`, "Key index"):
+//!
+//! ```text
+//! header (40 B): begin store time i64 | end store time i64 | begin offset i64 |
+//!                end offset i64 | used slots i32 | entry count i32 (starts at 1)
+//! slots:         i32 per slot: number of the newest entry whose key hashes there (0: none)
+//! entries:       key hash i32 | commit-log offset i64 | seconds since begin i32 |
+//!                previous entry in the slot's chain i32 (0: end)
+//! ```
+//!
+//! One thread writes (the index dispatcher); queries walk the chains at the same time.
+//! An entry is stored before the slot that points at it, with `Release`, so a query that
+//! loads the slot sees the whole entry. A chain is followed only while entry numbers
+//! decrease, so a damaged file can make a query miss, never loop.
+
+use std::fs::OpenOptions;
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use crate::error::{Error, Result};
+use crate::fs::mapped_words::MappedWords;
+use crate::fs::sparse_file::next_allocation;
+
+/// Size of the header.
+pub const HEADER_LEN: u64 = 40;
+/// Size of one hash slot.
+pub const SLOT_LEN: u64 = 4;
+/// Size of one entry.
+pub const ENTRY_LEN: u64 = 20;
+
+const HEADER_WORDS: usize = (HEADER_LEN / 4) as usize;
+const ENTRY_WORDS: usize = (ENTRY_LEN / 4) as usize;
+const W_BEGIN_TS: usize = 0;
+const W_END_TS: usize = 2;
+const W_BEGIN_OFFSET: usize = 4;
+const W_END_OFFSET: usize = 6;
+const W_SLOTS_USED: usize = 8;
+const W_COUNT: usize = 9;
+
+/// Bytes of a file of `slots` slots and `entries` entries (entry 0 included, never used).
+pub fn index_file_len(slots: u32, entries: u32) -> u64 {
+    HEADER_LEN + SLOT_LEN * u64::from(slots) + ENTRY_LEN * u64::from(entries)
+}
+
+/// RocketMQ's key hash: Java's `String.hashCode` of `key` (over UTF-16 code units), made
+/// non-negative (`i32::MIN` becomes 0).
+pub fn key_hash(key: &str) -> u32 {
+    let mut h: i32 = 0;
+    for unit in key.encode_utf16() {
+        h = h.wrapping_mul(31).wrapping_add(i32::from(unit));
+    }
+    h.checked_abs().unwrap_or(0) as u32
+}
+
+/// The header's fields.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct IndexHeader {
+    /// Store time of the first entry's message, ms.
+    pub begin_timestamp: i64,
+    /// Store time of the last entry's message, ms.
+    pub end_timestamp: i64,
+    /// Commit-log offset of the first entry's message.
+    pub begin_offset: u64,
+    /// Commit-log offset of the last entry's message.
+    pub end_offset: u64,
+    /// Slots holding a chain.
+    pub slots_used: u32,
+    /// Next entry number (entries `1..count` are written).
+    pub count: u32,
+}
+
+impl IndexHeader {
+    /// Reads a header from the first [`HEADER_LEN`] bytes of a file.
+    pub fn decode(b: &[u8; HEADER_LEN as usize]) -> IndexHeader {
+        let i64_at = |at: usize| i64::from_be_bytes(b[at..at + 8].try_into().expect("8 bytes"));
+        let u32_at = |at: usize| u32::from_be_bytes(b[at..at + 4].try_into().expect("4 bytes"));
+        IndexHeader {
+            begin_timestamp: i64_at(0),
+            end_timestamp: i64_at(8),
+            begin_offset: i64_at(16) as u64,
+            end_offset: i64_at(24) as u64,
+            slots_used: u32_at(32),
+            count: u32_at(36),
+        }
+    }
+}
+
+/// One entry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct IndexEntry {
+    /// The key's hash.
+    pub hash: u32,
+    /// Commit-log offset of the message.
+    pub offset: u64,
+    /// Seconds from the header's begin time to the message's store time.
+    pub time_diff: i32,
+    /// Previous entry of the same slot (0: none).
+    pub prev: u32,
+}
+
+impl IndexEntry {
+    /// Reads an entry from its [`ENTRY_LEN`] bytes.
+    pub fn decode(b: &[u8; ENTRY_LEN as usize]) -> IndexEntry {
+        let u32_at = |at: usize| u32::from_be_bytes(b[at..at + 4].try_into().expect("4 bytes"));
+        IndexEntry {
+            hash: u32_at(0),
+            offset: u64::from_be_bytes(b[4..12].try_into().expect("8 bytes")),
+            time_diff: u32_at(12) as i32,
+            prev: u32_at(16),
+        }
+    }
+}
+
+pub(crate) struct IndexFile {
+    words: MappedWords,
+    slots: u32,
+    entries: u32,
+    /// Bytes allocated on disk from the start of the file (the writer's).
+    allocated: AtomicU64,
+}
+
+impl std::fmt::Debug for IndexFile {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("IndexFile")
+            .field("path", &self.path())
+            .field("header", &self.header())
+            .finish()
+    }
+}
+
+impl IndexFile {
+    /// Creates `path`, sized for `slots` and `entries`, with its header and slots
+    /// allocated on disk. The caller syncs the directory.
+    pub(crate) fn create(path: &Path, slots: u32, entries: u32) -> Result<IndexFile> {
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .open(path)
+            .map_err(|e| Error::io("create", path, e))?;
+        let len = index_file_len(slots, entries);
+        let result = (|| {
+            file.set_len(len)
+                .map_err(|e| Error::io("create", path, e))?;
+            let words = MappedWords::map(file, path.to_owned())?;
+            let f = IndexFile {
+                words,
+                slots,
+                entries,
+                allocated: AtomicU64::new(0),
+            };
+            f.ensure_allocated(f.entry_end(1))?;
+            f.words.store(W_COUNT, 1);
+            Ok(f)
+        })();
+        if result.is_err() {
+            let _ = std::fs::remove_file(path);
+        }
+        result
+    }
+
+    /// Opens an existing file, which must have the configured size.
+    pub(crate) fn open(path: &Path, slots: u32, entries: u32) -> Result<IndexFile> {
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(path)
+            .map_err(|e| Error::io("open", path, e))?;
+        let len = file
+            .metadata()
+            .map_err(|e| Error::io("stat", path, e))?
+            .len();
+        if len != index_file_len(slots, entries) {
+            return Err(Error::BadStoreFile {
+                path: path.to_owned(),
+                reason: format!(
+                    "{len} bytes: an index file of {slots} slots and {entries} entries has {} \
+                     (was the index configured differently when it was written?)",
+                    index_file_len(slots, entries)
+                ),
+            });
+        }
+        let words = MappedWords::map(file, path.to_owned())?;
+        let f = IndexFile {
+            words,
+            slots,
+            entries,
+            allocated: AtomicU64::new(0),
+        };
+        // After a crash an allocation may not have survived: the writer allocates again
+        // (a cheap no-op where blocks exist) before it stores anywhere.
+        Ok(f)
+    }
+
+    pub(crate) fn path(&self) -> &Path {
+        self.words.path()
+    }
+
+    pub(crate) fn header(&self) -> IndexHeader {
+        let w = &self.words;
+        IndexHeader {
+            begin_timestamp: w.load_u64(W_BEGIN_TS) as i64,
+            end_timestamp: w.load_u64(W_END_TS) as i64,
+            begin_offset: w.load_u64(W_BEGIN_OFFSET),
+            end_offset: w.load_u64(W_END_OFFSET),
+            slots_used: w.load(W_SLOTS_USED),
+            count: w.load(W_COUNT),
+        }
+    }
+
+    fn slot_word(&self, slot: u32) -> usize {
+        HEADER_WORDS + slot as usize
+    }
+
+    fn entry_word(&self, n: u32) -> usize {
+        HEADER_WORDS + self.slots as usize + ENTRY_WORDS * n as usize
+    }
+
+    /// Byte position just past entry `n`.
+    fn entry_end(&self, n: u32) -> u64 {
+        HEADER_LEN + SLOT_LEN * u64::from(self.slots) + ENTRY_LEN * (u64::from(n) + 1)
+    }
+
+    fn ensure_allocated(&self, need: u64) -> Result<()> {
+        let have = self.allocated.load(Ordering::Relaxed);
+        if need <= have {
+            return Ok(());
+        }
+        let size = index_file_len(self.slots, self.entries);
+        let to = next_allocation(have, need, size);
+        match self.words.allocate(have, to) {
+            Ok(()) => {}
+            // A doubled step may not fit where the exact need still does.
+            Err(e) if e.is_no_space() && to > need => self.words.allocate(have, need)?,
+            Err(e) => return Err(e),
+        }
+        self.allocated.store(to.max(need), Ordering::Relaxed);
+        Ok(())
+    }
+
+    pub(crate) fn entry(&self, n: u32) -> IndexEntry {
+        let at = self.entry_word(n);
+        let w = &self.words;
+        IndexEntry {
+            hash: w.load(at),
+            offset: w.load_u64(at + 1),
+            time_diff: w.load(at + 3) as i32,
+            prev: w.load(at + 4),
+        }
+    }
+
+    pub(crate) fn slot(&self, slot: u32) -> u32 {
+        self.words.load(self.slot_word(slot))
+    }
+
+    /// Whether no entry fits any more.
+    pub(crate) fn is_full(&self) -> bool {
+        self.header().count >= self.entries
+    }
+
+    /// Adds an entry for `hash` (see [`key_hash`]) of the message at `offset`, stored at
+    /// `timestamp`. Returns false, writing nothing, when the file is full. Only the
+    /// index's writer calls this.
+    pub(crate) fn put(&self, hash: u32, offset: u64, timestamp: i64) -> Result<bool> {
+        let h = self.header();
+        let n = h.count.max(1);
+        if n >= self.entries {
+            return Ok(false);
+        }
+        self.ensure_allocated(self.entry_end(n))?;
+        let w = &self.words;
+        let begin = if n == 1 {
+            w.store_u64(W_BEGIN_TS, timestamp as u64);
+            w.store_u64(W_BEGIN_OFFSET, offset);
+            timestamp
+        } else {
+            h.begin_timestamp
+        };
+        let diff = if begin <= 0 {
+            0
+        } else {
+            ((timestamp - begin) / 1000).clamp(0, i64::from(i32::MAX)) as i32
+        };
+        let slot = hash % self.slots;
+        let prev = self.slot(slot);
+        let prev = if prev >= n { 0 } else { prev };
+        let at = self.entry_word(n);
+        w.store(at, hash);
+        w.store_u64(at + 1, offset);
+        w.store(at + 3, diff as u32);
+        w.store(at + 4, prev);
+        // Published: a query that loads the slot sees the entry.
+        w.store(self.slot_word(slot), n);
+        if prev == 0 {
+            w.store(W_SLOTS_USED, h.slots_used + 1);
+        }
+        w.store_u64(W_END_TS, timestamp as u64);
+        w.store_u64(W_END_OFFSET, offset);
+        w.store(W_COUNT, n + 1);
+        Ok(true)
+    }
+
+    /// Walks the chain of `hash`'s slot, newest entry first, calling `visit` with each
+    /// entry of that hash whose store time (to the second) may lie in `begin_ms..=end_ms`.
+    /// Stops when `visit` returns false, or once entries are older than `begin_ms`.
+    pub(crate) fn walk(
+        &self,
+        hash: u32,
+        begin_ms: i64,
+        end_ms: i64,
+        mut visit: impl FnMut(u64) -> bool,
+    ) {
+        let begin_ts = self.header().begin_timestamp;
+        let mut n = self.slot(hash % self.slots);
+        while n > 0 && n < self.entries {
+            let e = self.entry(n);
+            // Entry times are whole seconds after the file's begin time.
+            let from = begin_ts + i64::from(e.time_diff) * 1000;
+            if from + 999 < begin_ms {
+                break;
+            }
+            if e.hash == hash && from <= end_ms && !visit(e.offset) {
+                return;
+            }
+            if e.prev >= n {
+                break;
+            }
+            n = e.prev;
+        }
+    }
+
+    /// After a crash: keeps entries `1..=keep` (the ones synced when the index last
+    /// recorded its progress) and forgets the rest: slots that point past them are pointed
+    /// back at the newest kept entry of their chain, the header is rewritten, and whatever
+    /// lies past the kept entries is zeroed, so the file reads as if the writer had stopped
+    /// there. The file is synced. Returns the number of entries kept.
+    pub(crate) fn cut(&self, keep: u32) -> Result<u32> {
+        let count = keep.saturating_add(1).min(self.entries);
+        // Slots that point at a forgotten entry: the newest kept entry of each.
+        let mut broken = std::collections::HashMap::new();
+        let mut used = 0u32;
+        for s in 0..self.slots {
+            let v = self.slot(s);
+            if v >= count {
+                broken.insert(s, 0u32);
+            } else if v > 0 {
+                used += 1;
+            }
+        }
+        if !broken.is_empty() {
+            for n in 1..count {
+                if let Some(newest) = broken.get_mut(&(self.entry(n).hash % self.slots)) {
+                    *newest = n;
+                }
+            }
+            self.ensure_allocated(self.entry_end(0))?;
+            for (s, n) in &broken {
+                self.words.store(self.slot_word(*s), *n);
+                used += u32::from(*n > 0);
+            }
+        }
+        let w = &self.words;
+        w.store(W_SLOTS_USED, used);
+        w.store(W_COUNT, count);
+        if count > 1 {
+            let last = self.entry(count - 1);
+            let begin = w.load_u64(W_BEGIN_TS) as i64;
+            let end = begin + i64::from(last.time_diff) * 1000 + 999;
+            w.store_u64(W_END_TS, end as u64);
+            w.store_u64(W_END_OFFSET, last.offset);
+        } else {
+            for word in W_BEGIN_TS..W_SLOTS_USED {
+                w.store(word, 0);
+            }
+        }
+        // Whatever the crashed run wrote past the cut goes, so that past the last entry
+        // there are only zeros (or entries of this run) whenever the next cut looks.
+        self.words.zero_from(self.entry_end(count - 1))?;
+        self.words.sync()?;
+        Ok(count - 1)
+    }
+
+    /// Makes every entry and slot written so far durable.
+    pub(crate) fn sync(&self) -> Result<()> {
+        self.words.sync()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn key_hash_matches_java() {
+        // "TopicA#order-42".hashCode() in Java is -1,004,823,955... made non-negative.
+        let java = |s: &str| {
+            let mut h: i32 = 0;
+            for u in s.encode_utf16() {
+                h = h.wrapping_mul(31).wrapping_add(i32::from(u));
+            }
+            h
+        };
+        assert_eq!(key_hash("abc"), 96354);
+        assert_eq!(
+            key_hash("TopicA#order-42"),
+            java("TopicA#order-42").unsigned_abs()
+        );
+        // A string whose Java hash is i32::MIN hashes to 0, as RocketMQ's does.
+        assert_eq!(java("polygenelubricants"), i32::MIN);
+        assert_eq!(key_hash("polygenelubricants"), 0);
+    }
+
+    fn file(dir: &Path, slots: u32, entries: u32) -> IndexFile {
+        IndexFile::create(&dir.join("idx"), slots, entries).unwrap()
+    }
+
+    fn found(f: &IndexFile, hash: u32) -> Vec<u64> {
+        let mut out = Vec::new();
+        f.walk(hash, 0, i64::MAX, |o| {
+            out.push(o);
+            true
+        });
+        out
+    }
+
+    #[test]
+    fn chains_hold_every_entry_of_a_slot_newest_first() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = file(dir.path(), 4, 10);
+        for (i, hash) in [1u32, 5, 2, 1, 9].into_iter().enumerate() {
+            assert!(
+                f.put(hash, 100 * i as u64, 1_000_000 + i as i64 * 1500)
+                    .unwrap()
+            );
+        }
+        // Slot 1 holds hashes 1, 5, 9; only equal hashes are visited.
+        assert_eq!(found(&f, 1), vec![300, 0]);
+        assert_eq!(found(&f, 5), vec![100]);
+        assert_eq!(found(&f, 9), vec![400]);
+        assert_eq!(found(&f, 3), Vec::<u64>::new());
+        let h = f.header();
+        assert_eq!((h.count, h.slots_used), (6, 2));
+        assert_eq!((h.begin_offset, h.end_offset), (0, 400));
+        assert_eq!((h.begin_timestamp, h.end_timestamp), (1_000_000, 1_006_000));
+        assert_eq!(f.entry(5).time_diff, 6);
+        // Full at entry 9 (entry 0 is never used).
+        for i in 5..9 {
+            assert!(f.put(7, 1000 + i, 1_000_000).unwrap());
+        }
+        assert!(f.is_full());
+        assert!(!f.put(7, 2000, 1_000_000).unwrap());
+    }
+
+    #[test]
+    fn a_cut_forgets_entries_past_the_durable_point_and_repairs_slots() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = file(dir.path(), 4, 20);
+        for i in 0..10u64 {
+            f.put((i % 3) as u32, i * 10, 1_000_000).unwrap();
+        }
+        // Entries 1..=5 were synced when progress was recorded.
+        assert_eq!(f.cut(5).unwrap(), 5);
+        assert_eq!(found(&f, 0), vec![30, 0]);
+        assert_eq!(found(&f, 1), vec![40, 10]);
+        assert_eq!(found(&f, 2), vec![20]);
+        assert_eq!(f.header().count, 6);
+        assert_eq!(f.header().end_offset, 40);
+        // Writing goes on after the cut.
+        f.put(1, 50, 1_000_000).unwrap();
+        assert_eq!(found(&f, 1), vec![50, 40, 10]);
+        let reopened = IndexFile::open(f.path(), 4, 20).unwrap();
+        assert_eq!(found(&reopened, 1), vec![50, 40, 10]);
+    }
+
+    #[test]
+    fn a_file_of_another_geometry_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = file(dir.path(), 4, 20);
+        assert!(matches!(
+            IndexFile::open(f.path(), 8, 20),
+            Err(Error::BadStoreFile { .. })
+        ));
+    }
+}

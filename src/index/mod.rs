@@ -1,0 +1,293 @@
+//! The key index: `{root}/index/`, RocketMQ's index files, through which
+//! [`MessageStore::query_message`](crate::MessageStore::query_message) finds messages by
+//! key.
+//!
+//! - `file`: one index file (header, hash slots, chained entries).
+//! - `writer`: the dispatcher that adds an entry per key of each record, in log order, and
+//!   records its durable progress.
+//! - this module: the set of files, opened (and cut back after a crash), queried, and
+//!   deleted with the commit log or past the configured cap.
+//!
+//! Keys are `topic#key`, for each space-separated word of the `KEYS` property and for the
+//! `UNIQ_KEY` property. Several keys can share a hash: every candidate is read from the
+//! log and kept only when its topic and one of its keys match, so a query never returns
+//! another topic's or another key's message.
+
+pub(crate) mod file;
+pub(crate) mod writer;
+
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use parking_lot::RwLock;
+
+use crate::commit_log::CommitLog;
+use crate::config::IndexShape;
+use crate::dispatch::progress::Progress;
+use crate::error::{Error, Result};
+use crate::fs::ops;
+use crate::message::{PROPERTY_KEYS, PROPERTY_UNIQ_KEY, StoredMessage};
+use file::{IndexFile, key_hash};
+
+/// Length of an index file's name: its creation time, `yyyyMMddHHmmssSSS`.
+const NAME_LEN: usize = 17;
+
+/// What [`MessageStore::query_message`](crate::MessageStore::query_message) found.
+#[derive(Debug, Clone, Default)]
+#[non_exhaustive]
+pub struct QueryResult {
+    /// The messages with the key, newest first.
+    pub messages: Vec<StoredMessage>,
+    /// Store time of the last message indexed (RocketMQ's `indexLastUpdateTimestamp`).
+    pub index_last_update_timestamp: i64,
+    /// Commit-log offset of the last message indexed (`indexLastUpdatePhyoffset`).
+    pub index_last_update_offset: u64,
+}
+
+pub(crate) struct KeyIndex {
+    dir: PathBuf,
+    shape: IndexShape,
+    /// Oldest first; the last one is written.
+    files: RwLock<Vec<Arc<IndexFile>>>,
+}
+
+impl KeyIndex {
+    /// Opens `dir` for a writer that resumes at commit-log offset `from`, given the
+    /// progress the writer last recorded:
+    /// - files created after that record hold nothing durable, and go;
+    /// - the file written then keeps the entries counted in it (after a crash, or when its
+    ///   header disagrees; see [`IndexFile::cut`]);
+    /// - entries of messages at or past `from` go (the log was cut below the progress);
+    /// - without any progress, the files cannot be trusted: they go, and the writer
+    ///   indexes the log again from its start.
+    pub(crate) fn open(
+        dir: PathBuf,
+        shape: IndexShape,
+        progress: Option<Progress>,
+        from: u64,
+        clean: bool,
+    ) -> Result<KeyIndex> {
+        ops::create_dir_durable(&dir, None)?;
+        let mut names = list(&dir)?;
+        let mut files = Vec::new();
+        let (active, kept) = progress.map_or((0, 0), |p| (p.aux[0], p.aux[1]));
+        let mut removed = false;
+        names.retain(|(name, path)| {
+            let keep = progress.is_some() && *name <= active;
+            if !keep {
+                log::warn!(
+                    "{}: index file written after the index's last durable point; removing it",
+                    path.display()
+                );
+                let _ = std::fs::remove_file(path);
+                removed = true;
+            }
+            keep
+        });
+        for (name, path) in &names {
+            let f = IndexFile::open(path, shape.slots, shape.entries)?;
+            if *name == active {
+                let kept = u32::try_from(kept).unwrap_or(u32::MAX);
+                if !clean || f.header().count != kept.saturating_add(1) {
+                    f.cut(kept)?;
+                }
+            }
+            files.push(Arc::new(f));
+        }
+        // Entries of messages the log no longer holds at `from` and past.
+        let mut i = files.len();
+        while i > 0 {
+            i -= 1;
+            let f = &files[i];
+            let h = f.header();
+            if h.count <= 1 {
+                continue;
+            }
+            if h.end_offset < from {
+                break;
+            }
+            if h.begin_offset >= from {
+                let f = files.remove(i);
+                ops::remove_file_with(f.path(), None)?;
+                removed = true;
+                continue;
+            }
+            // Entries are in log order: keep those below `from`.
+            let (mut lo, mut hi) = (1, h.count);
+            while lo < hi {
+                let mid = lo + (hi - lo) / 2;
+                if f.entry(mid).offset < from {
+                    lo = mid + 1;
+                } else {
+                    hi = mid;
+                }
+            }
+            f.cut(lo - 1)?;
+            break;
+        }
+        if removed {
+            ops::sync_dir(&dir)?;
+        }
+        Ok(KeyIndex {
+            dir,
+            shape,
+            files: RwLock::new(files),
+        })
+    }
+
+    /// The file being written, if any.
+    pub(crate) fn active(&self) -> Option<Arc<IndexFile>> {
+        self.files.read().last().cloned()
+    }
+
+    /// Starts a new file (the last one is full, or there is none), named by the time now
+    /// and later than every other name. Past the configured cap, the oldest file goes.
+    pub(crate) fn roll(&self) -> Result<Arc<IndexFile>> {
+        let now: u64 = chrono::Local::now()
+            .format("%Y%m%d%H%M%S%3f")
+            .to_string()
+            .parse()
+            .expect("17 digits");
+        let last = self.files.read().last().map(|f| name_of(f.path()));
+        let name = last.flatten().map_or(now, |l| now.max(l + 1));
+        let path = self.dir.join(format!("{name:0NAME_LEN$}"));
+        let f = Arc::new(IndexFile::create(
+            &path,
+            self.shape.slots,
+            self.shape.entries,
+        )?);
+        ops::sync_dir(&self.dir)?;
+        let mut files = self.files.write();
+        files.push(Arc::clone(&f));
+        while self.shape.max_files > 0 && files.len() > self.shape.max_files {
+            let old = files.remove(0);
+            log::warn!(
+                "the key index holds {} files, its cap: removing the oldest, {}; keys of \
+                 messages before offset {} can no longer be queried",
+                self.shape.max_files + 1,
+                old.path().display(),
+                old.header().end_offset
+            );
+            if let Err(e) = std::fs::remove_file(old.path()) {
+                log::error!("removing {}: {e}", old.path().display());
+            }
+        }
+        Ok(f)
+    }
+
+    /// Removes every file but the active one whose messages all lie below `log_start`
+    /// (deleted by retention). Returns how many went.
+    pub(crate) fn delete_below(&self, log_start: u64) -> usize {
+        let mut files = self.files.write();
+        let mut gone = 0;
+        while files.len() > 1 {
+            let h = files[0].header();
+            if h.count > 1 && h.end_offset >= log_start {
+                break;
+            }
+            let old = files.remove(0);
+            match std::fs::remove_file(old.path()) {
+                Ok(()) => gone += 1,
+                Err(e) => log::error!("removing {}: {e}", old.path().display()),
+            }
+        }
+        gone
+    }
+
+    /// Files, newest first.
+    fn newest_first(&self) -> Vec<Arc<IndexFile>> {
+        self.files.read().iter().rev().cloned().collect()
+    }
+
+    /// Up to `max` messages of `topic` with `key` (a word of `KEYS`, or the `UNIQ_KEY`)
+    /// stored within `begin_ms..=end_ms`, newest first. Each candidate is read back from
+    /// the log and checked.
+    pub(crate) fn query(
+        &self,
+        log: &CommitLog,
+        (topic, key): (&str, &str),
+        max: usize,
+        (begin_ms, end_ms): (i64, i64),
+    ) -> Result<QueryResult> {
+        let full = format!("{topic}#{key}");
+        let hash = key_hash(&full);
+        let limit = log.readable_offset();
+        let mut out = QueryResult::default();
+        if let Some(f) = self.active() {
+            let h = f.header();
+            out.index_last_update_timestamp = h.end_timestamp;
+            out.index_last_update_offset = h.end_offset;
+        }
+        let mut seen = HashSet::new();
+        let mut failure = None;
+        for f in self.newest_first() {
+            if out.messages.len() >= max {
+                break;
+            }
+            let h = f.header();
+            if h.count <= 1 || h.end_timestamp < begin_ms || h.begin_timestamp > end_ms {
+                continue;
+            }
+            f.walk(hash, begin_ms, end_ms, |offset| {
+                if offset < log.min_offset() || !seen.insert(offset) {
+                    return true;
+                }
+                match log.read(offset, limit) {
+                    Ok(Some(m)) if matches(&m, topic, key, begin_ms, end_ms) => {
+                        out.messages.push(m);
+                    }
+                    Ok(_) => {}
+                    // A record deleted or damaged since: not an answer, and not a reason
+                    // to fail the query while others may be found.
+                    Err(e) => failure = Some(e),
+                }
+                out.messages.len() < max
+            });
+        }
+        if let Some(e) = failure.filter(|_| out.messages.is_empty()) {
+            log::warn!("query {full}: a candidate could not be read: {e}");
+        }
+        Ok(out)
+    }
+}
+
+/// Whether `m` is a message of `topic` with `key`, stored in the window, and visible.
+fn matches(m: &StoredMessage, topic: &str, key: &str, begin_ms: i64, end_ms: i64) -> bool {
+    *m.topic == *topic
+        && !crate::message::is_transaction_hidden(m.sys_flag)
+        && (begin_ms..=end_ms).contains(&m.store_timestamp)
+        && (m.property(PROPERTY_UNIQ_KEY) == Some(key)
+            || m.property(PROPERTY_KEYS)
+                .is_some_and(|keys| keys.split(crate::message::KEY_SEPARATOR).any(|k| k == key)))
+}
+
+/// The number an index file's name stands for.
+fn name_of(path: &Path) -> Option<u64> {
+    let name = path.file_name()?.to_str()?;
+    (name.len() == NAME_LEN && name.bytes().all(|b| b.is_ascii_digit()))
+        .then(|| name.parse().ok())
+        .flatten()
+}
+
+/// The index files in `dir`, oldest first. Any other file is refused: the directory is
+/// the store's.
+fn list(dir: &Path) -> Result<Vec<(u64, PathBuf)>> {
+    let mut out = Vec::new();
+    let read = std::fs::read_dir(dir).map_err(|e| Error::io("list", dir, e))?;
+    for entry in read {
+        let entry = entry.map_err(|e| Error::io("list", dir, e))?;
+        let path = entry.path();
+        match name_of(&path) {
+            Some(n) => out.push((n, path)),
+            None => {
+                return Err(Error::BadStoreFile {
+                    path,
+                    reason: "not an index file name (17 digits, its creation time)".into(),
+                });
+            }
+        }
+    }
+    out.sort();
+    Ok(out)
+}

@@ -1,0 +1,169 @@
+//! The key index's dispatcher: one entry per key of each record, in log order, into the
+//! active index file (a new one when it is full); at each flush the files written are
+//! synced, then the progress is recorded with the active file and its entry count, which
+//! is exactly what a crash lets the next open keep.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, Ordering};
+
+use crate::commit_log::record::{NAME_VALUE_SEPARATOR, PROPERTY_SEPARATOR, RecordView};
+use crate::dispatch::progress::{Progress, ProgressFile};
+use crate::dispatch::{INDEX_NAME, Sink};
+use crate::error::Result;
+use crate::index::KeyIndex;
+use crate::index::file::{IndexFile, key_hash};
+use crate::message::{KEY_SEPARATOR, PROPERTY_KEYS, PROPERTY_UNIQ_KEY};
+
+pub(crate) struct IndexWriter {
+    index: Arc<KeyIndex>,
+    progress: ProgressFile,
+    /// Files written since the last flush.
+    dirty: Vec<Arc<IndexFile>>,
+    /// The record being indexed and how many of its keys are in: a round retried after a
+    /// failure skips what it already added, so no entry is ever written twice.
+    done: (u64, usize),
+    /// `topic#key`, reused from key to key.
+    buf: String,
+    /// Store time up to which the index is durable, for the checkpoint's index field.
+    durable_time: Arc<AtomicI64>,
+}
+
+impl IndexWriter {
+    pub(crate) fn new(
+        index: Arc<KeyIndex>,
+        progress: ProgressFile,
+        durable_time: Arc<AtomicI64>,
+    ) -> IndexWriter {
+        IndexWriter {
+            index,
+            progress,
+            dirty: Vec::new(),
+            done: (0, 0),
+            buf: String::new(),
+            durable_time,
+        }
+    }
+
+    fn put(&mut self, hash: u32, offset: u64, timestamp: i64) -> Result<()> {
+        loop {
+            let file = match self.index.active() {
+                Some(f) if !f.is_full() => f,
+                _ => self.index.roll()?,
+            };
+            if !self.dirty.iter().any(|d| Arc::ptr_eq(d, &file)) {
+                self.dirty.push(Arc::clone(&file));
+            }
+            if file.put(hash, offset, timestamp)? {
+                return Ok(());
+            }
+        }
+    }
+}
+
+/// The keys of a record's raw properties: each word of `KEYS`, then `UNIQ_KEY`.
+pub(crate) fn keys_of(raw: &[u8]) -> impl Iterator<Item = &str> {
+    raw.split(|&b| b == PROPERTY_SEPARATOR).flat_map(|pair| {
+        let mut it = pair.splitn(2, |&b| b == NAME_VALUE_SEPARATOR);
+        let name = it.next().unwrap_or_default();
+        let value = std::str::from_utf8(it.next().unwrap_or_default()).unwrap_or("");
+        let words: Box<dyn Iterator<Item = &str>> = if name == PROPERTY_KEYS.as_bytes() {
+            Box::new(value.split(KEY_SEPARATOR).filter(|k| !k.is_empty()))
+        } else if name == PROPERTY_UNIQ_KEY.as_bytes() && !value.is_empty() {
+            Box::new(std::iter::once(value))
+        } else {
+            Box::new(std::iter::empty())
+        };
+        words
+    })
+}
+
+impl Sink for IndexWriter {
+    fn name(&self) -> &str {
+        INDEX_NAME
+    }
+
+    fn start(&mut self, _from: u64) -> Result<()> {
+        // `KeyIndex::open` has already cut the files back to `from`.
+        Ok(())
+    }
+
+    fn dispatch(&mut self, view: &RecordView<'_>) -> Result<()> {
+        if view.is_hidden() {
+            return Ok(());
+        }
+        let offset = view.physical_offset;
+        let (done_at, done_keys) = self.done;
+        if offset < done_at {
+            return Ok(());
+        }
+        let skip = if offset == done_at { done_keys } else { 0 };
+        self.done = (offset, 0);
+        let mut buf = std::mem::take(&mut self.buf);
+        let mut result = Ok(());
+        for (i, key) in keys_of(view.properties).enumerate() {
+            if i < skip {
+                self.done.1 = i + 1;
+                continue;
+            }
+            buf.clear();
+            buf.push_str(view.topic);
+            buf.push('#');
+            buf.push_str(key);
+            if let Err(e) = self.put(key_hash(&buf), offset, view.store_timestamp) {
+                result = Err(e);
+                break;
+            }
+            self.done.1 = i + 1;
+        }
+        self.buf = buf;
+        result
+    }
+
+    fn commit(&mut self) -> Result<()> {
+        Ok(())
+    }
+
+    fn flush(&mut self, offset: u64, timestamp: i64) -> Result<()> {
+        for f in &self.dirty {
+            f.sync()?;
+        }
+        let active = self.index.active();
+        let (name, count) = active.map_or((0, 0), |f| {
+            let name = f
+                .path()
+                .file_name()
+                .and_then(|n| n.to_str())
+                .and_then(|n| n.parse().ok())
+                .unwrap_or(0);
+            (name, u64::from(f.header().count.saturating_sub(1)))
+        });
+        self.progress.store(Progress {
+            offset,
+            timestamp,
+            aux: [name, count],
+        })?;
+        self.dirty.clear();
+        self.durable_time.store(timestamp, Ordering::Release);
+        Ok(())
+    }
+
+    fn maintain(&mut self, log_start: u64) {
+        let gone = self.index.delete_below(log_start);
+        if gone > 0 {
+            log::info!("removed {gone} index files of deleted commit-log files");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_are_the_words_of_keys_and_the_unique_key() {
+        let raw = b"KEYS\x01a  b\x02TAGS\x01t\x02UNIQ_KEY\x01u1\x02XKEYS\x01no\x02";
+        assert_eq!(keys_of(raw).collect::<Vec<_>>(), ["a", "b", "u1"]);
+        assert_eq!(keys_of(b"").count(), 0);
+        assert_eq!(keys_of(b"UNIQ_KEY\x01\x02").count(), 0);
+    }
+}
