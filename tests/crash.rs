@@ -74,10 +74,10 @@ fn crash_child() {
                     for k in 0..u64::from(r.message_count) {
                         writeln!(
                             o,
-                            "ACK {queue} {} {} {crc} {}",
+                            "ACK {queue} {} {} {crc} {} {p} {i}",
                             r.queue_offset + k,
                             r.physical_offset + k * u64::from(size),
-                            body.len()
+                            body.len(),
                         )
                         .unwrap();
                     }
@@ -98,6 +98,8 @@ struct Ack {
     physical_offset: u64,
     crc: u32,
     len: usize,
+    /// The message's key, `{producer}-{i}`, as the two numbers.
+    key: (u64, u64),
 }
 
 /// Runs the child until it has acknowledged `acks` puts (or at once when 0), kills it with
@@ -154,12 +156,29 @@ fn parse_ack(line: &str) -> Option<Ack> {
         physical_offset: f.next()?.parse().ok()?,
         crc: f.next()?.parse().ok()?,
         len: f.next()?.parse().ok()?,
+        key: (f.next()?.parse().ok()?, f.next()?.parse().ok()?),
     })
 }
 
 /// Reopens the store and checks every acknowledged message and the queues' density.
 fn verify(dir: &Path, mode: FlushMode, acks: &HashMap<u64, Ack>) {
     let store = MessageStore::open(store_config(dir, mode)).unwrap();
+    // Every acknowledged message is found by its key once the index has caught up.
+    let end = store.max_physical_offset();
+    assert!(store.wait_dispatcher("index", end, Duration::from_secs(30)));
+    for ack in acks.values() {
+        let key = format!("{}-{}", ack.key.0, ack.key.1);
+        let found = store
+            .query_message("Crash", &key, 100_000, 0, i64::MAX)
+            .unwrap();
+        assert!(
+            found
+                .messages
+                .iter()
+                .any(|m| m.physical_offset == ack.physical_offset),
+            "acknowledged message not found by its key {key}: {ack:?}"
+        );
+    }
     for ack in acks.values() {
         let m = store
             .lookup_message(ack.physical_offset)

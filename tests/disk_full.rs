@@ -60,7 +60,8 @@ fn is_no_space(e: &Error) -> bool {
 /// A put refused for lack of space: the log's own ENOSPC, or the refusal while dispatch
 /// cannot write the consume queues (whichever file the filesystem fills up on).
 fn is_full_refusal(e: &Error) -> bool {
-    is_no_space(e) || matches!(e, Error::DispatchStalled { reason } if reason.contains("os error 28"))
+    is_no_space(e)
+        || matches!(e, Error::DispatchStalled { reason } if reason.contains("os error 28"))
 }
 
 #[test]

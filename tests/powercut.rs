@@ -176,10 +176,10 @@ fn powercut_child() {
                     for k in 0..u64::from(r.message_count) {
                         writeln!(
                             o,
-                            "ACK {queue} {} {} {crc} {}",
+                            "ACK {queue} {} {} {crc} {} {p} {i}",
                             r.queue_offset + k,
                             r.physical_offset + k * size,
-                            body.len()
+                            body.len(),
                         )
                         .unwrap();
                     }
@@ -204,6 +204,8 @@ struct Ack {
     physical_offset: u64,
     crc: u32,
     len: usize,
+    /// The message's key, `{producer}-{i}`, as the two numbers.
+    key: (u64, u64),
 }
 
 fn parse_ack(line: &str) -> Option<Ack> {
@@ -214,6 +216,7 @@ fn parse_ack(line: &str) -> Option<Ack> {
         physical_offset: f.next()?.parse().ok()?,
         crc: f.next()?.parse().ok()?,
         len: f.next()?.parse().ok()?,
+        key: (f.next()?.parse().ok()?, f.next()?.parse().ok()?),
     })
 }
 
@@ -485,10 +488,30 @@ fn check_ack(store: &MessageStore, ack: &Ack) -> Option<String> {
     match store.get_message(TOPIC, ack.queue, ack.queue_offset, 1) {
         Ok(g) if g.status == GetStatus::Found => {
             let at = g.messages[0].physical_offset;
-            (at != ack.physical_offset).then(|| format!("queue entry points at {at}"))
+            if at != ack.physical_offset {
+                return Some(format!("queue entry points at {at}"));
+            }
         }
-        Ok(g) => Some(format!("not in its queue: {:?}", g.status)),
-        Err(e) => Some(format!("get failed: {e}")),
+        Ok(g) => return Some(format!("not in its queue: {:?}", g.status)),
+        Err(e) => return Some(format!("get failed: {e}")),
+    }
+    if !store.wait_dispatcher("index", ack.physical_offset + 1, Duration::from_secs(30)) {
+        return Some("never indexed by key".into());
+    }
+    let key = format!("{}-{}", ack.key.0, ack.key.1);
+    match store.query_message(TOPIC, &key, 100_000, 0, i64::MAX) {
+        Ok(r)
+            if r.messages
+                .iter()
+                .any(|m| m.physical_offset == ack.physical_offset) =>
+        {
+            None
+        }
+        Ok(r) => Some(format!(
+            "not found by its key {key}: {} others",
+            r.messages.len()
+        )),
+        Err(e) => Some(format!("query failed: {e}")),
     }
 }
 

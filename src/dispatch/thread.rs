@@ -141,6 +141,15 @@ impl DispatcherThread {
     }
 }
 
+impl Shared {
+    /// A round or flush succeeded: any failure is over (cleared before waiters are told).
+    fn succeeded(&self) {
+        if self.error.lock().take().is_some() {
+            log::info!("the {} dispatcher succeeded again", self.name);
+        }
+    }
+}
+
 struct ExitGuard<'a>(&'a Shared);
 
 impl Drop for ExitGuard<'_> {
@@ -174,9 +183,7 @@ fn run(s: &Shared, sink: &mut dyn Sink, from: u64, timestamp: i64) {
         });
         match result {
             Ok(progressed) => {
-                if s.error.lock().take().is_some() {
-                    log::info!("the {} dispatcher succeeded again", s.name);
-                }
+                s.succeeded();
                 if stopping {
                     return;
                 }
@@ -248,6 +255,7 @@ fn round(s: &Shared, sink: &mut dyn Sink, at: &mut u64, ts: &mut i64) -> Result<
         if let Some(t) = last_ts {
             *ts = t;
         }
+        s.succeeded();
         s.dispatched.store(*at, Ordering::Release);
         let _guard = s.progress.lock();
         s.progressed.notify_all();

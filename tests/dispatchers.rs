@@ -1,0 +1,206 @@
+//! A broker's own dispatchers: every record in log order, durable progress replayed from
+//! after a restart, a slow or failing one never holding up the consume queues.
+
+mod common;
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use crossbeam_channel::{Receiver, Sender, bounded};
+use rocketstore::format::RecordView;
+use rocketstore::{Dispatch, DispatchError, Error, MessageStore};
+
+use common::{config, message, sync_mode};
+
+const LONG: Duration = Duration::from_secs(30);
+
+#[derive(Default)]
+struct Seen {
+    starts: Vec<u64>,
+    offsets: Vec<u64>,
+    flushes: usize,
+}
+
+/// Records what it is given; optionally blocks on a gate before each record, or fails a
+/// number of times first.
+struct Recorder {
+    name: &'static str,
+    seen: Arc<Mutex<Seen>>,
+    gate: Option<(Sender<()>, Receiver<()>)>,
+    fail_first: usize,
+}
+
+impl Recorder {
+    fn new(name: &'static str) -> (Recorder, Arc<Mutex<Seen>>) {
+        let seen = Arc::new(Mutex::new(Seen::default()));
+        let r = Recorder {
+            name,
+            seen: Arc::clone(&seen),
+            gate: None,
+            fail_first: 0,
+        };
+        (r, seen)
+    }
+}
+
+impl Dispatch for Recorder {
+    fn name(&self) -> &str {
+        self.name
+    }
+
+    fn start(&mut self, from: u64) -> Result<(), DispatchError> {
+        self.seen.lock().unwrap().starts.push(from);
+        Ok(())
+    }
+
+    fn dispatch(&mut self, record: &RecordView<'_>) -> Result<(), DispatchError> {
+        if let Some((entered, go)) = &self.gate {
+            entered.send(()).unwrap();
+            go.recv().unwrap();
+        }
+        if self.fail_first > 0 {
+            self.fail_first -= 1;
+            return Err("not now".into());
+        }
+        let mut seen = self.seen.lock().unwrap();
+        // A retried round may hand a record again; keep each once, in order.
+        if seen
+            .offsets
+            .last()
+            .is_none_or(|&o| o < record.physical_offset)
+        {
+            seen.offsets.push(record.physical_offset);
+        }
+        Ok(())
+    }
+
+    fn flush(&mut self) -> Result<(), DispatchError> {
+        self.seen.lock().unwrap().flushes += 1;
+        Ok(())
+    }
+}
+
+#[test]
+fn a_dispatcher_sees_every_record_in_order_and_resumes_after_its_progress() {
+    let dir = tempfile::tempdir().unwrap();
+    let (rec, seen) = Recorder::new("audit");
+    let store =
+        MessageStore::open_with(config(dir.path(), sync_mode()), vec![Box::new(rec)]).unwrap();
+    let mut offsets = Vec::new();
+    for i in 0..200 {
+        offsets.push(
+            store
+                .put_message(&message("T", (i % 3) as u32, "d", i))
+                .unwrap()
+                .physical_offset,
+        );
+    }
+    let end = store.max_physical_offset();
+    assert!(store.wait_dispatcher("audit", end, LONG));
+    assert_eq!(seen.lock().unwrap().offsets, offsets);
+    store.shutdown().unwrap();
+    drop(store);
+    assert!(seen.lock().unwrap().flushes >= 1);
+    assert_eq!(seen.lock().unwrap().starts, [0]);
+
+    // Reopened: it resumes where its progress was recorded (the end, after a clean
+    // shutdown), and sees only what comes next.
+    let (rec, seen) = Recorder::new("audit");
+    let store =
+        MessageStore::open_with(config(dir.path(), sync_mode()), vec![Box::new(rec)]).unwrap();
+    assert_eq!(seen.lock().unwrap().starts, [end]);
+    let next = store.put_message(&message("T", 0, "d", 1000)).unwrap();
+    assert!(store.wait_dispatcher("audit", store.max_physical_offset(), LONG));
+    assert_eq!(seen.lock().unwrap().offsets, [next.physical_offset]);
+    let stats = store.stats();
+    let audit = stats
+        .dispatchers
+        .iter()
+        .find(|d| d.name == "audit")
+        .unwrap();
+    assert_eq!(audit.lag_bytes, 0);
+    assert_eq!(audit.dispatched_offset, store.max_physical_offset());
+}
+
+#[test]
+fn a_slow_dispatcher_does_not_hold_up_the_consume_queues() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut rec, seen) = Recorder::new("slow");
+    let (entered_tx, entered) = bounded(0);
+    let (go, go_rx) = bounded(0);
+    rec.gate = Some((entered_tx, go_rx));
+    let store =
+        MessageStore::open_with(config(dir.path(), sync_mode()), vec![Box::new(rec)]).unwrap();
+    let first = store.put_message(&message("T", 0, "s", 0)).unwrap();
+    entered.recv_timeout(LONG).unwrap(); // the dispatcher holds the first record
+    for i in 1..50 {
+        store.put_message(&message("T", 0, "s", i)).unwrap();
+    }
+    // The consume queues and the key index have everything; the slow one lags.
+    assert!(store.wait_dispatched_to(store.max_physical_offset(), LONG));
+    assert!(store.wait_dispatcher("index", store.max_physical_offset(), LONG));
+    assert_eq!(
+        store.get_message("T", 0, 0, 100).unwrap().messages.len(),
+        50
+    );
+    let slow = store
+        .stats()
+        .dispatchers
+        .into_iter()
+        .find(|d| d.name == "slow")
+        .unwrap();
+    assert!(slow.lag_bytes > 0);
+    assert!(seen.lock().unwrap().offsets.is_empty());
+    // Let it go: it catches up.
+    let releaser = std::thread::spawn(move || {
+        // It waits on the first record already; then each record announces itself.
+        while go.send(()).is_ok() && entered.recv().is_ok() {}
+    });
+    assert!(store.wait_dispatcher("slow", store.max_physical_offset(), LONG));
+    store.shutdown().unwrap();
+    drop(store);
+    releaser.join().unwrap();
+    assert_eq!(
+        seen.lock().unwrap().offsets.first(),
+        Some(&first.physical_offset)
+    );
+    assert_eq!(seen.lock().unwrap().offsets.len(), 50);
+}
+
+#[test]
+fn a_failing_dispatcher_is_counted_and_retried() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut rec, seen) = Recorder::new("flaky");
+    rec.fail_first = 3;
+    let store =
+        MessageStore::open_with(config(dir.path(), sync_mode()), vec![Box::new(rec)]).unwrap();
+    for i in 0..10 {
+        store.put_message(&message("T", 0, "f", i)).unwrap();
+    }
+    assert!(store.wait_dispatcher("flaky", store.max_physical_offset(), LONG));
+    assert_eq!(seen.lock().unwrap().offsets.len(), 10);
+    let flaky = store
+        .stats()
+        .dispatchers
+        .into_iter()
+        .find(|d| d.name == "flaky")
+        .unwrap();
+    assert_eq!(flaky.failures, 3);
+    assert_eq!(
+        flaky.error, None,
+        "the error is cleared once a round succeeds"
+    );
+}
+
+#[test]
+fn dispatcher_names_are_checked() {
+    let dir = tempfile::tempdir().unwrap();
+    for names in [vec!["index"], vec!["a", "a"], vec!["../x"], vec![""]] {
+        let ds: Vec<Box<dyn Dispatch>> = names
+            .iter()
+            .map(|n| Box::new(Recorder::new(n).0) as Box<dyn Dispatch>)
+            .collect();
+        let e = MessageStore::open_with(config(dir.path(), sync_mode()), ds);
+        assert!(matches!(e, Err(Error::InvalidConfig { .. })), "{names:?}");
+    }
+}

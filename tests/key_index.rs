@@ -1,0 +1,354 @@
+//! The key index and `query_message`: keys and unique keys found, newest first, within the
+//! time window; collisions never return foreign messages; files roll, are capped and go
+//! with the log; a crash keeps what the index had made durable.
+
+mod common;
+
+use std::collections::HashMap;
+use std::fs;
+use std::time::Duration;
+
+use bytes::Bytes;
+use rocketstore::format::{INDEX_ENTRY_LEN, INDEX_HEADER_LEN, INDEX_SLOT_LEN, IndexHeader};
+use rocketstore::layout;
+use rocketstore::{Message, MessageStore, PROPERTY_UNIQ_KEY, StoreConfig, TRANSACTION_PREPARED};
+
+use common::{Rng, config, sync_mode};
+
+const LONG: Duration = Duration::from_secs(30);
+
+fn indexed(store: &MessageStore) {
+    assert!(store.wait_dispatcher("index", store.max_physical_offset(), LONG));
+}
+
+fn bodies(store: &MessageStore, topic: &str, key: &str, max: usize) -> Vec<Bytes> {
+    store
+        .query_message(topic, key, max, 0, i64::MAX)
+        .unwrap()
+        .messages
+        .into_iter()
+        .map(|m| m.body)
+        .collect()
+}
+
+fn keyed(topic: &str, body: &str, keys: &[&str]) -> Message {
+    Message::new(topic, 0, Bytes::from(body.to_owned())).with_keys(keys.iter().copied())
+}
+
+#[test]
+fn keys_and_unique_keys_are_found_newest_first_in_their_topic_only() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = MessageStore::open(config(dir.path(), sync_mode())).unwrap();
+    store
+        .put_message(&keyed("A", "a1", &["order-1", "user-7"]))
+        .unwrap();
+    store.put_message(&keyed("B", "b1", &["order-1"])).unwrap();
+    store
+        .put_message(&keyed("A", "a2", &["order-1"]).with_property(PROPERTY_UNIQ_KEY, "U-42"))
+        .unwrap();
+    let mut half = keyed("A", "half", &["order-1"]);
+    half.sys_flag = TRANSACTION_PREPARED;
+    store.put_message(&half).unwrap();
+    indexed(&store);
+
+    assert_eq!(bodies(&store, "A", "order-1", 32), ["a2", "a1"]);
+    assert_eq!(bodies(&store, "A", "order-1", 1), ["a2"]);
+    assert_eq!(bodies(&store, "B", "order-1", 32), ["b1"]);
+    assert_eq!(bodies(&store, "A", "user-7", 32), ["a1"]);
+    assert_eq!(bodies(&store, "A", "U-42", 32), ["a2"]);
+    assert!(
+        bodies(&store, "A", "order", 32).is_empty(),
+        "whole keys only"
+    );
+    assert!(bodies(&store, "C", "order-1", 32).is_empty());
+
+    // The time window is the messages' store time.
+    let a1 = &store
+        .query_message("A", "user-7", 1, 0, i64::MAX)
+        .unwrap()
+        .messages[0];
+    let at = a1.store_timestamp;
+    assert_eq!(
+        store
+            .query_message("A", "user-7", 8, at, at)
+            .unwrap()
+            .messages
+            .len(),
+        1
+    );
+    assert!(
+        store
+            .query_message("A", "user-7", 8, at + 1, i64::MAX)
+            .unwrap()
+            .messages
+            .is_empty()
+    );
+    assert!(
+        store
+            .query_message("A", "user-7", 8, 0, at - 1)
+            .unwrap()
+            .messages
+            .is_empty()
+    );
+
+    let r = store
+        .query_message("A", "order-1", 32, 0, i64::MAX)
+        .unwrap();
+    assert!(r.index_last_update_offset >= r.messages[0].physical_offset);
+    assert!(r.index_last_update_timestamp >= r.messages[0].store_timestamp);
+    let stats = store.stats();
+    assert_eq!(stats.dispatchers[0].name, "index");
+    assert_eq!(stats.dispatchers[0].lag_bytes, 0);
+    assert_eq!(stats.dispatchers[0].failures, 0);
+}
+
+/// With one hash slot every key shares a chain; with a few, many keys collide. Every query
+/// must match an in-memory multimap of what was put, whatever collides, across rolled files.
+#[test]
+fn queries_match_a_multimap_whatever_collides() {
+    for (seed, slots, entries) in [(1u64, 1u32, 64u32), (2, 3, 50), (3, 7, 1000), (4, 64, 16)] {
+        let dir = tempfile::tempdir().unwrap();
+        let store = MessageStore::open(
+            config(dir.path(), sync_mode())
+                .index_file_shape(slots, entries)
+                .index_max_files(0),
+        )
+        .unwrap();
+        let mut rng = Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1);
+        let topics = ["T1", "T2", "T3"];
+        let mut model: HashMap<(String, String), Vec<Bytes>> = HashMap::new();
+        for i in 0..300u64 {
+            let topic = topics[rng.below(3) as usize];
+            let keys: Vec<String> = (0..rng.below(4))
+                .map(|_| format!("k{}", rng.below(20)))
+                .collect();
+            let body = Bytes::from(format!("{topic}-{i}"));
+            let mut m = Message::new(topic, rng.below(2) as u32, body.clone());
+            if !keys.is_empty() {
+                m = m.with_keys(keys.iter());
+            }
+            if rng.below(4) == 0 {
+                m = m.with_property(PROPERTY_UNIQ_KEY, format!("u{i}"));
+                model
+                    .entry((topic.into(), format!("u{i}")))
+                    .or_default()
+                    .push(body.clone());
+            }
+            let mut seen = std::collections::HashSet::new();
+            for k in &keys {
+                if seen.insert(k.clone()) {
+                    model
+                        .entry((topic.into(), k.clone()))
+                        .or_default()
+                        .push(body.clone());
+                }
+            }
+            store.put_message(&m).unwrap();
+        }
+        indexed(&store);
+        for topic in topics {
+            for k in (0..20)
+                .map(|k| format!("k{k}"))
+                .chain((0..300).map(|i| format!("u{i}")))
+            {
+                let mut want = model
+                    .get(&(topic.into(), k.clone()))
+                    .cloned()
+                    .unwrap_or_default();
+                want.reverse();
+                assert_eq!(
+                    bodies(&store, topic, &k, 1000),
+                    want,
+                    "seed {seed}, {slots} slots: {topic}#{k}"
+                );
+            }
+        }
+    }
+}
+
+fn index_files(root: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut files: Vec<_> = fs::read_dir(layout::index_dir(root))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    files.sort();
+    files
+}
+
+#[test]
+fn files_roll_over_and_the_cap_removes_the_oldest() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = MessageStore::open(
+        config(dir.path(), sync_mode())
+            .index_file_shape(16, 11)
+            .index_max_files(3),
+    )
+    .unwrap();
+    // Ten entries per file: 50 keys make five files, of which the newest three stay.
+    for i in 0..50 {
+        store
+            .put_message(&keyed("T", &format!("m{i}"), &[&format!("k{i}")]))
+            .unwrap();
+    }
+    indexed(&store);
+    assert_eq!(index_files(dir.path()).len(), 3);
+    assert!(bodies(&store, "T", "k19", 8).is_empty(), "capped away");
+    assert_eq!(bodies(&store, "T", "k20", 8), ["m20"]);
+    assert_eq!(bodies(&store, "T", "k49", 8), ["m49"]);
+
+    // An independent reader: each file's header and entries, in RocketMQ's layout.
+    for path in index_files(dir.path()) {
+        let bytes = fs::read(&path).unwrap();
+        let len = INDEX_HEADER_LEN + 16 * INDEX_SLOT_LEN + 11 * INDEX_ENTRY_LEN;
+        assert_eq!(bytes.len() as u64, len);
+        let h = IndexHeader::decode(bytes[..40].try_into().unwrap());
+        assert!(h.count > 1 && h.count <= 11, "{h:?}");
+        assert!(h.begin_offset <= h.end_offset && h.begin_timestamp <= h.end_timestamp);
+    }
+}
+
+#[test]
+fn index_files_go_with_the_commit_log_files_they_point_into() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(dir.path(), sync_mode())
+        .index_file_shape(16, 11)
+        .file_reserved_time(Duration::ZERO);
+    let store = MessageStore::open(cfg).unwrap();
+    let big = "x".repeat(6000);
+    for i in 0..60 {
+        store
+            .put_message(&keyed("T", &format!("{big}{i}"), &[&format!("k{i}")]))
+            .unwrap();
+    }
+    indexed(&store);
+    let before = index_files(dir.path()).len();
+    assert!(before >= 5);
+    assert!(store.delete_expired_files().unwrap() > 0);
+    let log_start = store.min_physical_offset();
+    // The index removes its files at its next flush: one more put makes one.
+    store.put_message(&keyed("T", "last", &["last"])).unwrap();
+    let deadline = std::time::Instant::now() + LONG;
+    while index_files(dir.path()).len() >= before {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "index files never removed"
+        );
+        std::thread::park_timeout(Duration::from_millis(10));
+    }
+    for path in index_files(dir.path()) {
+        let bytes = fs::read(&path).unwrap();
+        let h = IndexHeader::decode(bytes[..40].try_into().unwrap());
+        assert!(
+            h.count <= 1 || h.end_offset >= log_start,
+            "{path:?} points only below the log"
+        );
+    }
+    assert_eq!(bodies(&store, "T", "k59", 8).len(), 1);
+    assert_eq!(bodies(&store, "T", "last", 8), ["last"]);
+}
+
+#[test]
+fn after_a_crash_the_index_keeps_its_files_and_indexes_only_what_was_not_durable() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = || config(dir.path(), sync_mode()).index_file_shape(8, 400);
+    let store = MessageStore::open(cfg()).unwrap();
+    for i in 0..100 {
+        store
+            .put_message(&keyed("T", &format!("m{i}"), &[&format!("k{i}"), "all"]))
+            .unwrap();
+    }
+    indexed(&store);
+    store.shutdown().unwrap();
+    drop(store);
+    let files = index_files(dir.path());
+    assert_eq!(files.len(), 1);
+
+    // As after a crash in which writes past the index's recorded progress reached the
+    // disk in part: garbage entries past the last one, a slot and the header's count
+    // pointing at them.
+    let mut bytes = fs::read(&files[0]).unwrap();
+    let h = IndexHeader::decode(bytes[..40].try_into().unwrap());
+    let entries_at = (INDEX_HEADER_LEN + 8 * INDEX_SLOT_LEN) as usize;
+    let entry = |n: u32| entries_at + n as usize * INDEX_ENTRY_LEN as usize;
+    let mut rng = Rng(77);
+    for b in &mut bytes[entry(h.count)..entry(h.count + 6)] {
+        *b = rng.next() as u8;
+    }
+    for slot in [0usize, 3, 5] {
+        let at = INDEX_HEADER_LEN as usize + slot * 4;
+        bytes[at..at + 4].copy_from_slice(&(h.count + 2).to_be_bytes());
+    }
+    bytes[36..40].copy_from_slice(&(h.count + 6).to_be_bytes());
+    fs::write(&files[0], &bytes).unwrap();
+    fs::write(layout::abort_file(dir.path()), b"").unwrap();
+    let store = MessageStore::open(cfg()).unwrap();
+    indexed(&store);
+    assert_eq!(
+        index_files(dir.path()),
+        files,
+        "the file is kept, not rebuilt"
+    );
+    assert_eq!(bodies(&store, "T", "all", 1000).len(), 100);
+    for i in (0..100).step_by(7) {
+        assert_eq!(bodies(&store, "T", &format!("k{i}"), 8), [format!("m{i}")]);
+    }
+    // And it goes on, in the same file.
+    store
+        .put_message(&keyed("T", "m100", &["k100", "all"]))
+        .unwrap();
+    indexed(&store);
+    assert_eq!(bodies(&store, "T", "all", 1000).len(), 101);
+    assert_eq!(index_files(dir.path()), files);
+}
+
+#[test]
+fn without_its_progress_the_index_is_rebuilt_from_the_log() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = || config(dir.path(), sync_mode());
+    let store = MessageStore::open(cfg()).unwrap();
+    for i in 0..20 {
+        store
+            .put_message(&keyed("T", &format!("m{i}"), &[&format!("k{i}")]))
+            .unwrap();
+    }
+    indexed(&store);
+    drop(store);
+    fs::remove_file(layout::dispatch_progress_file(dir.path(), "index")).unwrap();
+    let store = MessageStore::open(cfg()).unwrap();
+    indexed(&store);
+    for i in 0..20 {
+        assert_eq!(
+            bodies(&store, "T", &format!("k{i}"), 8),
+            [format!("m{i}")],
+            "no duplicate"
+        );
+    }
+}
+
+#[test]
+fn a_disabled_index_refuses_queries_and_bad_shapes_are_refused_at_open() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = MessageStore::open(config(dir.path(), sync_mode()).index_enabled(false)).unwrap();
+    assert!(matches!(
+        store.query_message("T", "k", 1, 0, i64::MAX),
+        Err(rocketstore::Error::InvalidConfig { .. })
+    ));
+    drop(store);
+    for (slots, entries) in [(0, 100), (10, 1)] {
+        let e = MessageStore::open(StoreConfig::new(dir.path()).index_file_shape(slots, entries));
+        assert!(
+            matches!(e, Err(rocketstore::Error::InvalidConfig { .. })),
+            "{slots}/{entries}"
+        );
+    }
+    // Index files written with another shape are refused with a clear error.
+    let store = MessageStore::open(config(dir.path(), sync_mode())).unwrap();
+    store.put_message(&keyed("T", "m", &["k"])).unwrap();
+    indexed(&store);
+    drop(store);
+    let e = MessageStore::open(config(dir.path(), sync_mode()).index_file_shape(7, 100));
+    assert!(
+        matches!(e, Err(rocketstore::Error::BadStoreFile { .. })),
+        "{e:?}"
+    );
+}
