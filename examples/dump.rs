@@ -3,7 +3,8 @@
 //! record walk (`format::Records`), entry codec (`format::CqEntry`) and `layout`.
 //!
 //! `cargo run --release --example dump -- <path> [options]`, where `<path>` is a store root,
-//! `commitlog/` or one of its files, a consume-queue directory or file, or the checkpoint.
+//! `commitlog/` or one of its files, a consume-queue directory or file, `index/` or one of
+//! its files, or the checkpoint.
 //! Each commit-log file is read whole, one at a time.
 
 use std::collections::BTreeMap;
@@ -14,7 +15,10 @@ use std::process::ExitCode;
 
 use chrono::DateTime;
 use clap::{Parser, ValueEnum};
-use rocketstore::format::{self, CQ_ENTRY_LEN, CqEntry, RecordView, Records, Step};
+use rocketstore::format::{
+    self, CQ_ENTRY_LEN, CqEntry, INDEX_ENTRY_LEN, INDEX_HEADER_LEN, INDEX_SLOT_LEN, IndexEntry,
+    IndexHeader, RecordView, Records, Step, key_hash,
+};
 use rocketstore::{CheckpointTimes, layout};
 use serde_json::{Value, json};
 
@@ -48,10 +52,16 @@ struct Args {
     /// Per topic/queue and per file totals instead of one line per record.
     #[arg(long)]
     summary: bool,
-    /// Check every body CRC and every consume-queue entry against the commit log; print
-    /// each mismatch and exit non-zero if any.
+    /// Check every body CRC, and every consume-queue and key-index entry against the
+    /// commit log; print each mismatch and exit non-zero if any.
     #[arg(long)]
     verify: bool,
+    /// Hash slots per index file (the store's `index_hash_slots`).
+    #[arg(long, default_value_t = 5_000_000)]
+    index_slots: u32,
+    /// Entries per index file (the store's `index_entries`).
+    #[arg(long, default_value_t = 20_000_000)]
+    index_entries: u32,
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -152,8 +162,20 @@ impl<W: Write> Dumper<'_, W> {
             {
                 self.queue(&path, (&topic, id), &files_of(dir)?)?;
             }
+            if self.args.verify && layout::index_dir(&path).is_dir() {
+                self.index(&path, &index_files(&layout::index_dir(&path))?)?;
+            }
         } else if path.is_dir() && name == layout::COMMIT_LOG_DIR {
             self.commit_log(&files_of(&path)?)?;
+        } else if path.is_dir() && name == layout::INDEX_DIR {
+            let root = path.parent().unwrap_or(Path::new("."));
+            self.index(root, &index_files(&path)?)?;
+        } else if path.parent().and_then(Path::file_name) == Some(layout::INDEX_DIR.as_ref()) {
+            let root = path
+                .parent()
+                .and_then(Path::parent)
+                .unwrap_or(Path::new("."));
+            self.index(root, std::slice::from_ref(&path))?;
         } else if name == layout::CHECKPOINT_FILE {
             self.checkpoint(&path)?;
         } else if let Some((root, topic, id)) = layout::parse_queue_path(&path) {
@@ -166,13 +188,14 @@ impl<W: Write> Dumper<'_, W> {
         } else if path.is_file() && layout::parse_file_name(name).is_some() {
             self.commit_log(&one_file())?;
         } else {
-            let why = "not a store root, commit log, consume queue or checkpoint";
+            let why = "not a store root, commit log, consume queue, index or checkpoint";
             return Err(bad_path(&path, why));
         }
         if self.args.verify {
             let (checked, problems) = (self.checked, self.problems);
-            let text =
-                format!("verified {checked} records and queue entries: {problems} problem(s)");
+            let text = format!(
+                "verified {checked} records, queue and index entries: {problems} problem(s)"
+            );
             self.emit(Row {
                 text,
                 json: json!({"kind": "verified", "checked": checked, "problems": problems}),
@@ -423,6 +446,150 @@ impl<W: Write> Dumper<'_, W> {
     }
 }
 
+impl<W: Write> Dumper<'_, W> {
+    /// Key-index files: each header, then its entries (or with `--verify`, each entry and
+    /// slot checked: a slot points at a written entry, a chain only goes back, and each
+    /// entry points at a record that has a key hashing to it).
+    fn index(&mut self, root: &Path, files: &[PathBuf]) -> io::Result<()> {
+        let (slots, entries) = (self.args.index_slots, self.args.index_entries);
+        let expected = format::index_file_len(slots, entries);
+        let log = files_of(&layout::commit_log_dir(root)).unwrap_or_default();
+        if self.args.verify && log.is_empty() {
+            return Err(bad_path(
+                root,
+                "--verify of the index needs the store's commitlog/",
+            ));
+        }
+        for path in files {
+            let bytes = std::fs::read(path)?;
+            if bytes.len() as u64 != expected {
+                let why = format!(
+                    "{} bytes, not {expected}: pass the store's --index-slots and --index-entries",
+                    bytes.len()
+                );
+                return Err(bad_path(path, why));
+            }
+            let h = IndexHeader::decode(
+                bytes[..INDEX_HEADER_LEN as usize]
+                    .try_into()
+                    .expect("40 bytes"),
+            );
+            let shown = path.display().to_string();
+            let text = format!(
+                "index {shown}: {} entries, {} slots used, offsets {}..={}, stored {} .. {}",
+                h.count.saturating_sub(1),
+                h.slots_used,
+                h.begin_offset,
+                h.end_offset,
+                iso(h.begin_timestamp),
+                iso(h.end_timestamp)
+            );
+            let json = json!({"kind": "index", "path": shown, "entries": h.count.saturating_sub(1),
+                "slots_used": h.slots_used, "offsets": [h.begin_offset, h.end_offset],
+                "stored_ms": [h.begin_timestamp, h.end_timestamp]});
+            self.emit(Row { text, json })?;
+            let count = h.count.min(entries);
+            let entries_at = (INDEX_HEADER_LEN + INDEX_SLOT_LEN * u64::from(slots)) as usize;
+            let entry = |n: u32| {
+                let at = entries_at + n as usize * INDEX_ENTRY_LEN as usize;
+                IndexEntry::decode(
+                    bytes[at..at + INDEX_ENTRY_LEN as usize]
+                        .try_into()
+                        .expect("20 bytes"),
+                )
+            };
+            if self.args.verify {
+                for s in 0..slots {
+                    let at = INDEX_HEADER_LEN as usize + s as usize * 4;
+                    let v = u32::from_be_bytes(bytes[at..at + 4].try_into().expect("4 bytes"));
+                    if v >= count.max(1) {
+                        self.problem(
+                            "index slot",
+                            u64::from(s),
+                            &format!("points at entry {v} of {count}"),
+                        )?;
+                    }
+                }
+            }
+            for n in 1..count {
+                let e = entry(n);
+                if self.args.verify {
+                    self.checked += 1;
+                    let mut why = Vec::new();
+                    if e.prev >= n {
+                        why.push(format!("chain goes forward to entry {}", e.prev));
+                    }
+                    match read_record(&log, e.offset)? {
+                        Err(reason) => why.push(reason),
+                        Ok(rec) => match Records::new(&rec, e.offset).next() {
+                            Some(Ok(Step::Record(v))) => {
+                                if !v
+                                    .index_keys()
+                                    .any(|k| key_hash(&format!("{}#{k}", v.topic)) == e.hash)
+                                {
+                                    why.push(format!(
+                                        "no key of the {} record hashes to {}",
+                                        v.topic, e.hash
+                                    ));
+                                }
+                            }
+                            _ => why.push("no record here".into()),
+                        },
+                    }
+                    if !why.is_empty() {
+                        self.problem(
+                            &format!("index entry {n} of {shown}"),
+                            e.offset,
+                            &why.join("; "),
+                        )?;
+                    }
+                } else if self.full() {
+                    return Ok(());
+                } else if self.in_range(e.offset) {
+                    let text = format!(
+                        "{n:>10} hash={} offset={} seconds={} prev={}",
+                        e.hash, e.offset, e.time_diff, e.prev
+                    );
+                    let json = json!({"kind": "index_entry", "entry": n, "hash": e.hash,
+                        "offset": e.offset, "seconds": e.time_diff, "prev": e.prev});
+                    self.show(Row { text, json })?;
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The index files of `dir`, oldest first (their names are their creation times).
+fn index_files(dir: &Path) -> io::Result<Vec<PathBuf>> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)?
+        .map(|e| e.map(|e| e.path()))
+        .collect::<io::Result<_>>()?;
+    files.sort();
+    Ok(files)
+}
+
+/// The bytes of the record at commit-log `offset`, or why there is none.
+fn read_record(log: &[(u64, PathBuf)], offset: u64) -> io::Result<Result<Vec<u8>, String>> {
+    let Some((start, path)) = log.iter().rev().find(|(s, _)| *s <= offset) else {
+        return Ok(Err("no commit-log file holds this offset".into()));
+    };
+    let file = std::fs::File::open(path)?;
+    let mut size = [0u8; 4];
+    if file.read_exact_at(&mut size, offset - start).is_err() {
+        return Ok(Err("points past the end of its file".into()));
+    }
+    let size = i32::from_be_bytes(size);
+    if size < format::MIN_RECORD_LEN as i32 {
+        return Ok(Err(format!("no record here (size field {size})")));
+    }
+    let mut buf = vec![0u8; size as usize];
+    if file.read_exact_at(&mut buf, offset - start).is_err() {
+        return Ok(Err("the record runs past the end of its file".into()));
+    }
+    Ok(Ok(buf))
+}
+
 fn record_row(offset: u64, v: &RecordView<'_>, crc_ok: bool, body: Option<BodyFormat>) -> Row {
     // In stored order, as text even when not UTF-8.
     let props: Vec<(String, String)> = String::from_utf8_lossy(v.properties)
@@ -482,16 +649,10 @@ fn check_entry(
     e: &CqEntry,
     at: (&str, u32, u64),
 ) -> io::Result<Option<String>> {
-    let Some((start, path)) = log.iter().rev().find(|(s, _)| *s <= e.physical_offset) else {
-        return Ok(Some("no commit-log file holds this offset".into()));
+    let buf = match read_record(log, e.physical_offset)? {
+        Ok(buf) => buf,
+        Err(reason) => return Ok(Some(reason)),
     };
-    let mut buf = vec![0u8; e.size as usize];
-    if std::fs::File::open(path)?
-        .read_exact_at(&mut buf, e.physical_offset - start)
-        .is_err()
-    {
-        return Ok(Some("points past the end of its file".into()));
-    }
     let v = match Records::new(&buf, e.physical_offset).next() {
         Some(Ok(Step::Record(v))) => v,
         Some(Err(err)) => return Ok(Some(err.to_string())),

@@ -47,6 +47,9 @@ struct Args {
     /// Outstanding `put_message_async` futures per producer (0: blocking puts).
     #[arg(long, default_value_t = 0)]
     inflight: usize,
+    /// Keys per message (the `KEYS` property), for the key index to index.
+    #[arg(long, default_value_t = 0)]
+    keys: u32,
     /// Messages per `put_messages` batch (1: single puts).
     #[arg(long, default_value_t = 1)]
     batch: usize,
@@ -56,6 +59,15 @@ struct Args {
 enum Flush {
     Sync,
     Async,
+}
+
+/// Message `n` of producer `p` to `queue`, with `keys` keys.
+fn message(p: u32, n: u64, size: usize, queue: u32, keys: u32) -> Message {
+    let m = Message::new("Load", queue, body(p, n, size));
+    if keys == 0 {
+        return m;
+    }
+    m.with_keys((0..keys).map(|k| format!("{p}-{n}-{k}")))
 }
 
 /// The body of message `n` of producer `p`: its identity, then filler.
@@ -108,8 +120,13 @@ fn run(args: &Args) -> Result<bool, Box<dyn std::error::Error>> {
             let not_durable = Arc::clone(&not_durable);
             let check_durable = args.check_durable && matches!(args.flush, Flush::Sync);
             let producers = u64::from(args.producers);
-            let (size, queues, inflight, batch) =
-                (args.size, args.queues, args.inflight, args.batch.max(1));
+            let (size, queues, inflight, batch, keys) = (
+                args.size,
+                args.queues,
+                args.inflight,
+                args.batch.max(1),
+                args.keys,
+            );
             std::thread::spawn(move || -> Vec<Duration> {
                 let mut latencies = Vec::new();
                 let mut pending = std::collections::VecDeque::new();
@@ -126,7 +143,7 @@ fn run(args: &Args) -> Result<bool, Box<dyn std::error::Error>> {
                     let result = if inflight > 0 {
                         pending.push_back((
                             begin,
-                            store.put_message_async(Message::new("Load", queue, body(p, n, size))),
+                            store.put_message_async(message(p, n, size, queue, keys)),
                         ));
                         n += 1;
                         if pending.len() < inflight {
@@ -138,14 +155,14 @@ fn run(args: &Args) -> Result<bool, Box<dyn std::error::Error>> {
                         r.map(|r| (r.status, 1))
                     } else if batch > 1 {
                         let msgs: Vec<_> = (0..batch as u64)
-                            .map(|k| Message::new("Load", queue, body(p, n + k, size)))
+                            .map(|k| message(p, n + k, size, queue, keys))
                             .collect();
                         n += batch as u64;
                         let r = store.put_messages(&msgs);
                         latencies.push(begin.elapsed());
                         r.map(|r| (r.status, batch as u64))
                     } else {
-                        let r = store.put_message(&Message::new("Load", queue, body(p, n, size)));
+                        let r = store.put_message(&message(p, n, size, queue, keys));
                         n += 1;
                         latencies.push(begin.elapsed());
                         if check_durable
@@ -207,6 +224,11 @@ fn run(args: &Args) -> Result<bool, Box<dyn std::error::Error>> {
     }
     let took = started.elapsed();
     let total = done.load(Ordering::Relaxed);
+    // The key index's lag when the puts ended, and how long it then took to catch up.
+    let end = store.max_physical_offset();
+    let index_lag = store.stats().dispatchers.first().map_or(0, |d| d.lag_bytes);
+    let index_caught_up = store.wait_dispatcher("index", end, Duration::from_secs(120));
+    let index_took = started.elapsed();
     latencies.sort();
     let pct = |p: f64| {
         latencies
@@ -283,12 +305,16 @@ fn run(args: &Args) -> Result<bool, Box<dyn std::error::Error>> {
         .collect();
     let group = |q: f64| stats.messages_per_flush.quantile(q).unwrap_or(0);
     let flush_us = |q: f64| stats.flush_latency_us.quantile(q).unwrap_or(0);
+    if !index_caught_up {
+        eprintln!("the key index did not catch up within 120 s");
+        ok = false;
+    }
     if read != total {
         eprintln!("read back {read} messages, {total} were acknowledged");
         ok = false;
     }
     println!(
-        "{{\"messages\":{total},\"seconds\":{:.3},\"msgs_per_s\":{:.0},\"mb_per_s\":{:.1},\"p50_us\":{:.1},\"p99_us\":{:.1},\"p999_us\":{:.1},\"max_us\":{:.1},\"read_msgs_per_s\":{:.0},\"flushes\":{},\"msgs_per_flush_mean\":{:.1},\"msgs_per_flush_p50\":{},\"msgs_per_flush_p99\":{},\"flush_us_p50\":{},\"flush_us_p99\":{},\"roll_waits\":{},\"roll_wait_ms\":{:.1},\"latency_hist\":{{{}}},\"verified\":{ok}}}",
+        "{{\"messages\":{total},\"seconds\":{:.3},\"msgs_per_s\":{:.0},\"mb_per_s\":{:.1},\"p50_us\":{:.1},\"p99_us\":{:.1},\"p999_us\":{:.1},\"max_us\":{:.1},\"read_msgs_per_s\":{:.0},\"flushes\":{},\"msgs_per_flush_mean\":{:.1},\"msgs_per_flush_p50\":{},\"msgs_per_flush_p99\":{},\"flush_us_p50\":{},\"flush_us_p99\":{},\"roll_waits\":{},\"roll_wait_ms\":{:.1},\"index_lag_bytes_at_end\":{index_lag},\"index_msgs_per_s\":{:.0},\"latency_hist\":{{{}}},\"verified\":{ok}}}",
         took.as_secs_f64(),
         total as f64 / took.as_secs_f64(),
         total as f64 * args.size as f64 / took.as_secs_f64() / 1e6,
@@ -305,6 +331,7 @@ fn run(args: &Args) -> Result<bool, Box<dyn std::error::Error>> {
         flush_us(0.99),
         stats.roll_waits,
         stats.roll_wait.as_secs_f64() * 1e3,
+        total as f64 / index_took.as_secs_f64(),
         hist.join(","),
     );
     store.shutdown()?;

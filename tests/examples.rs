@@ -127,12 +127,41 @@ fn dumper_lists_summarises_and_verifies_a_store() {
     assert!(out.contains("queue Dump/0: 200 messages"), "{out}");
     assert!(out.contains("BLANK") || out.contains("file "), "{out}");
 
-    let (code, out) = run(&[root, "--verify"]);
+    let shape = ["--index-slots", "512", "--index-entries", "4096"];
+    let (code, out) = run(&[&[root, "--verify"][..], &shape].concat());
     assert_eq!(code, 0, "{out}");
     assert!(
-        out.contains("800 records and queue entries: 0 problem(s)"),
+        out.contains("1200 records, queue and index entries: 0 problem(s)"),
         "{out}"
     );
+
+    // The key index: its header and entries, in RocketMQ's layout.
+    let index = layout::index_dir(dir.path());
+    let (code, out) = run(&[&[index.to_str().unwrap(), "--limit", "3"][..], &shape].concat());
+    assert_eq!(code, 0, "{out}");
+    assert!(
+        out.starts_with("index ") && out.contains(": 400 entries"),
+        "{out}"
+    );
+    assert!(out.lines().nth(1).unwrap().contains("offset=0 "), "{out}");
+    // An entry whose hash matches no key of its record is found.
+    let file = std::fs::read_dir(&index)
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
+    let entry_5 = 40 + 512 * 4 + 5 * 20;
+    let f = OpenOptions::new().write(true).open(&file).unwrap();
+    f.write_all_at(&[0x7F, 1, 2, 3], entry_5).unwrap();
+    let (code, out) = run(&[&[root, "--verify"][..], &shape].concat());
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("BAD index entry 5 of "), "{out}");
+    f.write_all_at(
+        &rocketstore::format::key_hash("Dump#k4").to_be_bytes(),
+        entry_5,
+    )
+    .unwrap();
 
     let cp = layout::checkpoint_file(dir.path());
     let cp = cp.to_str().unwrap();
@@ -148,7 +177,7 @@ fn dumper_lists_summarises_and_verifies_a_store() {
         .unwrap();
     file.write_all_at(b"\xEE", victim.physical_offset + 100)
         .unwrap();
-    let (code, out) = run(&[root, "--verify"]);
+    let (code, out) = run(&[&[root, "--verify"][..], &shape].concat());
     assert_eq!(code, 1, "{out}");
     assert!(
         out.contains(&format!("BAD record at {}", victim.physical_offset)),

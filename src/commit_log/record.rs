@@ -11,8 +11,8 @@ use bytes::Bytes;
 
 use crate::error::{Error, Result};
 use crate::message::{
-    IPV4_HOST_LEN, IPV6_HOST_LEN, Message, Properties, StoredMessage, host_len,
-    is_transaction_hidden,
+    IPV4_HOST_LEN, IPV6_HOST_LEN, KEY_SEPARATOR, Message, PROPERTY_KEYS, PROPERTY_UNIQ_KEY,
+    Properties, StoredMessage, host_len, is_transaction_hidden,
 };
 pub use crate::message::{
     NAME_VALUE_SEPARATOR, PROPERTY_SEPARATOR, body_crc, host_bytes, properties_well_formed,
@@ -510,6 +510,28 @@ impl RecordView<'_> {
         body_crc(self.body_bytes()) == self.body_crc
     }
 
+    /// The value of property `name`, found in the raw properties without parsing them
+    /// all; `None` when absent or not UTF-8.
+    pub fn property(&self, name: &str) -> Option<&str> {
+        self.properties
+            .split(|&b| b == PROPERTY_SEPARATOR)
+            .find_map(|pair| {
+                pair.strip_prefix(name.as_bytes())?
+                    .strip_prefix(&[NAME_VALUE_SEPARATOR])
+            })
+            .and_then(|v| str::from_utf8(v).ok())
+    }
+
+    /// The keys the key index files this record under (each as `topic#key`): every
+    /// space-separated word of the `KEYS` property, then the `UNIQ_KEY` property.
+    pub fn index_keys(&self) -> impl Iterator<Item = &str> {
+        let keys = self.property(PROPERTY_KEYS).unwrap_or("");
+        let uniq = self.property(PROPERTY_UNIQ_KEY).filter(|u| !u.is_empty());
+        keys.split(KEY_SEPARATOR)
+            .filter(|k| !k.is_empty())
+            .chain(uniq)
+    }
+
     /// Whether consumers must never see this record: a transaction's PREPARED or ROLLBACK
     /// record. It holds no queue offset of its own and gets no consume-queue or key-index
     /// entry.
@@ -712,6 +734,21 @@ pub fn find_tags(raw_properties: &[u8]) -> Option<&str> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn index_keys_are_the_words_of_keys_then_the_unique_key() {
+        let msg = Message::new("T", 0, &b"b"[..])
+            .with_property("KEYS", "a  b")
+            .with_property("TAGS", "t")
+            .with_property("UNIQ_KEY", "u1")
+            .with_property("XKEYS", "no");
+        let host = "127.0.0.1:1".parse().unwrap();
+        let rec = encode(&msg, &host, 1 << 20).unwrap();
+        let view = parse(rec.as_bytes(), 0).unwrap();
+        assert_eq!(view.index_keys().collect::<Vec<_>>(), ["a", "b", "u1"]);
+        assert_eq!(view.property("TAGS"), Some("t"));
+        assert_eq!(view.property("TAG"), None);
+    }
 
     #[test]
     fn find_tags_in_raw_properties() {

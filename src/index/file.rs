@@ -45,9 +45,23 @@ pub fn index_file_len(slots: u32, entries: u32) -> u64 {
 /// RocketMQ's key hash: Java's `String.hashCode` of `key` (over UTF-16 code units), made
 /// non-negative (`i32::MIN` becomes 0).
 pub fn key_hash(key: &str) -> u32 {
+    index_hash(&[key])
+}
+
+/// [`key_hash`] of the concatenation of `parts` (`[topic, "#", key]`), without building it.
+pub(crate) fn index_hash(parts: &[&str]) -> u32 {
     let mut h: i32 = 0;
-    for unit in key.encode_utf16() {
-        h = h.wrapping_mul(31).wrapping_add(i32::from(unit));
+    for part in parts {
+        if part.is_ascii() {
+            // An ASCII byte is its own UTF-16 code unit.
+            for &b in part.as_bytes() {
+                h = h.wrapping_mul(31).wrapping_add(i32::from(b));
+            }
+        } else {
+            for unit in part.encode_utf16() {
+                h = h.wrapping_mul(31).wrapping_add(i32::from(unit));
+            }
+        }
     }
     h.checked_abs().unwrap_or(0) as u32
 }
@@ -262,19 +276,18 @@ impl IndexFile {
     /// `timestamp`. Returns false, writing nothing, when the file is full. Only the
     /// index's writer calls this.
     pub(crate) fn put(&self, hash: u32, offset: u64, timestamp: i64) -> Result<bool> {
-        let h = self.header();
-        let n = h.count.max(1);
+        let w = &self.words;
+        let n = w.load(W_COUNT).max(1);
         if n >= self.entries {
             return Ok(false);
         }
         self.ensure_allocated(self.entry_end(n))?;
-        let w = &self.words;
         let begin = if n == 1 {
             w.store_u64(W_BEGIN_TS, timestamp as u64);
             w.store_u64(W_BEGIN_OFFSET, offset);
             timestamp
         } else {
-            h.begin_timestamp
+            w.load_u64(W_BEGIN_TS) as i64
         };
         let diff = if begin <= 0 {
             0
@@ -292,7 +305,7 @@ impl IndexFile {
         // Published: a query that loads the slot sees the entry.
         w.store(self.slot_word(slot), n);
         if prev == 0 {
-            w.store(W_SLOTS_USED, h.slots_used + 1);
+            w.store(W_SLOTS_USED, w.load(W_SLOTS_USED) + 1);
         }
         w.store_u64(W_END_TS, timestamp as u64);
         w.store_u64(W_END_OFFSET, offset);
@@ -408,6 +421,15 @@ mod tests {
         // A string whose Java hash is i32::MIN hashes to 0, as RocketMQ's does.
         assert_eq!(java("polygenelubricants"), i32::MIN);
         assert_eq!(key_hash("polygenelubricants"), 0);
+        // In parts, and outside ASCII, as Java hashes UTF-16 code units.
+        assert_eq!(
+            index_hash(&["Topic", "#", "k\u{e9}y"]),
+            java("Topic#k\u{e9}y").unsigned_abs()
+        );
+        assert_eq!(
+            index_hash(&["T", "#", "\u{1F600}"]),
+            java("T#\u{1F600}").unsigned_abs()
+        );
     }
 
     fn file(dir: &Path, slots: u32, entries: u32) -> IndexFile {

@@ -6,13 +6,12 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, Ordering};
 
-use crate::commit_log::record::{NAME_VALUE_SEPARATOR, PROPERTY_SEPARATOR, RecordView};
+use crate::commit_log::record::RecordView;
 use crate::dispatch::progress::{Progress, ProgressFile};
 use crate::dispatch::{INDEX_NAME, Sink};
 use crate::error::Result;
 use crate::index::KeyIndex;
-use crate::index::file::{IndexFile, key_hash};
-use crate::message::{KEY_SEPARATOR, PROPERTY_KEYS, PROPERTY_UNIQ_KEY};
+use crate::index::file::{IndexFile, index_hash};
 
 pub(crate) struct IndexWriter {
     index: Arc<KeyIndex>,
@@ -22,8 +21,6 @@ pub(crate) struct IndexWriter {
     /// The record being indexed and how many of its keys are in: a round retried after a
     /// failure skips what it already added, so no entry is ever written twice.
     done: (u64, usize),
-    /// `topic#key`, reused from key to key.
-    buf: String,
     /// Store time up to which the index is durable, for the checkpoint's index field.
     durable_time: Arc<AtomicI64>,
 }
@@ -39,7 +36,6 @@ impl IndexWriter {
             progress,
             dirty: Vec::new(),
             done: (0, 0),
-            buf: String::new(),
             durable_time,
         }
     }
@@ -58,23 +54,6 @@ impl IndexWriter {
             }
         }
     }
-}
-
-/// The keys of a record's raw properties: each word of `KEYS`, then `UNIQ_KEY`.
-pub(crate) fn keys_of(raw: &[u8]) -> impl Iterator<Item = &str> {
-    raw.split(|&b| b == PROPERTY_SEPARATOR).flat_map(|pair| {
-        let mut it = pair.splitn(2, |&b| b == NAME_VALUE_SEPARATOR);
-        let name = it.next().unwrap_or_default();
-        let value = std::str::from_utf8(it.next().unwrap_or_default()).unwrap_or("");
-        let words: Box<dyn Iterator<Item = &str>> = if name == PROPERTY_KEYS.as_bytes() {
-            Box::new(value.split(KEY_SEPARATOR).filter(|k| !k.is_empty()))
-        } else if name == PROPERTY_UNIQ_KEY.as_bytes() && !value.is_empty() {
-            Box::new(std::iter::once(value))
-        } else {
-            Box::new(std::iter::empty())
-        };
-        words
-    })
 }
 
 impl Sink for IndexWriter {
@@ -97,26 +76,13 @@ impl Sink for IndexWriter {
             return Ok(());
         }
         let skip = if offset == done_at { done_keys } else { 0 };
-        self.done = (offset, 0);
-        let mut buf = std::mem::take(&mut self.buf);
-        let mut result = Ok(());
-        for (i, key) in keys_of(view.properties).enumerate() {
-            if i < skip {
-                self.done.1 = i + 1;
-                continue;
-            }
-            buf.clear();
-            buf.push_str(view.topic);
-            buf.push('#');
-            buf.push_str(key);
-            if let Err(e) = self.put(key_hash(&buf), offset, view.store_timestamp) {
-                result = Err(e);
-                break;
-            }
+        self.done = (offset, skip);
+        for (i, key) in view.index_keys().enumerate().skip(skip) {
+            let hash = index_hash(&[view.topic, "#", key]);
+            self.put(hash, offset, view.store_timestamp)?;
             self.done.1 = i + 1;
         }
-        self.buf = buf;
-        result
+        Ok(())
     }
 
     fn commit(&mut self) -> Result<()> {
@@ -152,18 +118,5 @@ impl Sink for IndexWriter {
         if gone > 0 {
             log::info!("removed {gone} index files of deleted commit-log files");
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn keys_are_the_words_of_keys_and_the_unique_key() {
-        let raw = b"KEYS\x01a  b\x02TAGS\x01t\x02UNIQ_KEY\x01u1\x02XKEYS\x01no\x02";
-        assert_eq!(keys_of(raw).collect::<Vec<_>>(), ["a", "b", "u1"]);
-        assert_eq!(keys_of(b"").count(), 0);
-        assert_eq!(keys_of(b"UNIQ_KEY\x01\x02").count(), 0);
     }
 }
