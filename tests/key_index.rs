@@ -351,4 +351,63 @@ fn a_disabled_index_refuses_queries_and_bad_shapes_are_refused_at_open() {
         matches!(e, Err(rocketstore::Error::BadStoreFile { .. })),
         "{e:?}"
     );
+    // The refused open left nothing running and the store unlocked and clean.
+    let store = MessageStore::open(config(dir.path(), sync_mode())).unwrap();
+    assert_eq!(bodies(&store, "T", "k", 8), ["m"]);
+}
+
+/// A crash cut the log below what the index had recorded (async flush: the index saw
+/// records the log then lost). The index forgets their entries, records its new point
+/// before anything else, and neither a second crash nor new records at the same offsets
+/// bring stale entries back.
+#[test]
+fn when_the_log_is_cut_below_the_index_the_index_follows_it_across_crashes() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = || config(dir.path(), sync_mode()).index_file_shape(8, 400);
+    let store = MessageStore::open(cfg()).unwrap();
+    let mut puts = Vec::new();
+    for i in 0..40 {
+        puts.push(
+            store
+                .put_message(&keyed("T", &format!("m{i}"), &[&format!("k{i}"), "all"]))
+                .unwrap(),
+        );
+    }
+    indexed(&store);
+    store.shutdown().unwrap();
+    drop(store);
+
+    // Records 30.. are torn: zeroed, and past what the checkpoint vouches for.
+    let cut = puts[30].physical_offset;
+    common::checkpoint_vouches_below(dir.path(), cut);
+    let log = std::fs::OpenOptions::new()
+        .write(true)
+        .open(layout::commit_log_file(dir.path(), 0))
+        .unwrap();
+    use std::os::unix::fs::FileExt;
+    log.write_all_at(&[0u8; 64], cut).unwrap();
+    fs::write(layout::abort_file(dir.path()), b"").unwrap();
+
+    let store = MessageStore::open(cfg()).unwrap();
+    assert_eq!(store.max_physical_offset(), cut);
+    indexed(&store);
+    assert_eq!(bodies(&store, "T", "all", 1000).len(), 30);
+    assert!(bodies(&store, "T", "k35", 8).is_empty());
+    // New records take the cut records' offsets, with other keys.
+    for i in 100..105 {
+        store
+            .put_message(&keyed("T", &format!("m{i}"), &[&format!("k{i}"), "all"]))
+            .unwrap();
+    }
+    indexed(&store);
+    drop(store);
+    // Crash again before anything: the reopened index still agrees with the log.
+    fs::write(layout::abort_file(dir.path()), b"").unwrap();
+    let store = MessageStore::open(cfg()).unwrap();
+    indexed(&store);
+    let all = bodies(&store, "T", "all", 1000);
+    assert_eq!(all.len(), 35, "each record once: {all:?}");
+    assert_eq!(bodies(&store, "T", "k102", 8), ["m102"]);
+    assert!(bodies(&store, "T", "k31", 8).is_empty());
+    assert_eq!(bodies(&store, "T", "k29", 8), ["m29"]);
 }

@@ -976,6 +976,7 @@ fn a_stale_or_damaged_queue_table_never_opens_queues_at_its_word() {
     assert_eq!(store.max_offset_in_queue("Q", 0), 7);
     let next = store.put_message(&message("Q", 0, "q", 7)).unwrap();
     assert_eq!(next.queue_offset, 7);
+    assert!(store.wait_dispatched(next.physical_offset, Duration::from_secs(30)));
     let got = store.get_message("Q", 0, 0, 16).unwrap();
-    assert_eq!(got.messages.len(), 7, "{:?}", got.status);
+    assert_eq!(got.messages.len(), 8, "{:?}", got.status);
 }

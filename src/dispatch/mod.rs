@@ -125,6 +125,12 @@ pub(crate) trait Sink: Send + 'static {
     /// Makes everything dispatched durable, then records that every record below `offset`
     /// (the last of them stored at `timestamp`) is.
     fn flush(&mut self, offset: u64, timestamp: i64) -> Result<()>;
+    /// The thread is stopping after a successful last flush, which covered every record
+    /// below `offset`: nothing more will be written.
+    fn close(&mut self, offset: u64, timestamp: i64) -> Result<()> {
+        let _ = (offset, timestamp);
+        Ok(())
+    }
     /// Housekeeping after a flush, given the log's first offset still stored.
     fn maintain(&mut self, log_start: u64) {
         let _ = log_start;
@@ -158,6 +164,15 @@ impl External {
         ))
     }
 
+    /// Records durably that dispatch resumes at `offset`.
+    pub(crate) fn record(&mut self, offset: u64, timestamp: i64) -> Result<()> {
+        self.progress.store(progress::Progress {
+            offset,
+            timestamp,
+            aux: [0; 2],
+        })
+    }
+
     fn wrap(&self, source: DispatchError) -> Error {
         Error::Dispatcher {
             name: self.name.clone(),
@@ -185,11 +200,7 @@ impl Sink for External {
 
     fn flush(&mut self, offset: u64, timestamp: i64) -> Result<()> {
         self.inner.flush().map_err(|e| self.wrap(e))?;
-        self.progress.store(progress::Progress {
-            offset,
-            timestamp,
-            aux: [0; 2],
-        })
+        self.record(offset, timestamp)
     }
 }
 

@@ -39,9 +39,8 @@ pub(crate) struct DispatcherThread {
 }
 
 impl DispatcherThread {
-    /// Starts `sink` at commit-log offset `from` (a record boundary; `timestamp` is the
-    /// store time of the record before it). `Sink::start` runs here, so its failure fails
-    /// the open.
+    /// Runs `sink` (already started, see `Sink::start`) from commit-log offset `from` (a
+    /// record boundary; `timestamp` is the store time of the record before it).
     pub(crate) fn start(
         log: Arc<CommitLog>,
         mut sink: Box<dyn Sink>,
@@ -49,7 +48,6 @@ impl DispatcherThread {
         timestamp: i64,
         flush_interval: Duration,
     ) -> Result<DispatcherThread> {
-        sink.start(from)?;
         let shared = Arc::new(Shared {
             name: sink.name().to_owned(),
             log,
@@ -185,6 +183,10 @@ fn run(s: &Shared, sink: &mut dyn Sink, from: u64, timestamp: i64) {
             Ok(progressed) => {
                 s.succeeded();
                 if stopping {
+                    if let Err(e) = sink.close(flushed, ts) {
+                        log::error!("closing the {} dispatcher: {e}", s.name);
+                        *s.error.lock() = Some(e.to_string());
+                    }
                     return;
                 }
                 if progressed {

@@ -13,7 +13,7 @@
 
 use std::fs::File;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 
 use memmap2::{MmapOptions, MmapRaw};
 
@@ -88,13 +88,41 @@ impl MappedWords {
         self.words()[at].store(value.to_be(), Ordering::Release);
     }
 
-    /// The big-endian 64-bit value in words `at` and `at + 1`.
+    /// The big-endian 64-bit value at 8-aligned word pair `at` (even), loaded whole: for
+    /// values rewritten while readers look (a file header).
+    #[inline]
+    pub(crate) fn load_u64_aligned(&self, at: usize) -> u64 {
+        u64::from_be(self.pair(at).load(Ordering::Acquire))
+    }
+
+    /// Stores a big-endian 64-bit value at word pair `at` (even) in one store. A pair
+    /// accessed this way must never be accessed as two words.
+    #[inline]
+    pub(crate) fn store_u64_aligned(&self, at: usize, value: u64) {
+        self.pair(at).store(value.to_be(), Ordering::Release);
+    }
+
+    fn pair(&self, at: usize) -> &AtomicU64 {
+        assert!(
+            at.is_multiple_of(2) && at + 1 < self.words,
+            "word pair {at} is not 8-aligned inside the file"
+        );
+        // SAFETY: bytes `4 * at .. 4 * at + 8` lie inside the mapping (checked above), at a
+        // multiple of 8 from its page-aligned start, so the pointer is valid and aligned
+        // for `AtomicU64` for as long as `self` (which the reference borrows) keeps the
+        // mapping. Callers access such a pair only through this 64-bit view, so no access
+        // of another size overlaps it.
+        unsafe { &*self.map.as_ptr().add(at * 4).cast::<AtomicU64>() }
+    }
+
+    /// The big-endian 64-bit value in words `at` and `at + 1`: two loads, for values that
+    /// do not change once published (an index entry).
     #[inline]
     pub(crate) fn load_u64(&self, at: usize) -> u64 {
         (u64::from(self.load(at)) << 32) | u64::from(self.load(at + 1))
     }
 
-    /// Stores a big-endian 64-bit value in words `at` and `at + 1`.
+    /// Stores a big-endian 64-bit value in words `at` and `at + 1`, before publishing it.
     #[inline]
     pub(crate) fn store_u64(&self, at: usize, value: u64) {
         self.store(at, (value >> 32) as u32);
@@ -102,7 +130,8 @@ impl MappedWords {
     }
 
     /// Allocates disk blocks for bytes `from..to`, so stores there cannot fault on a full
-    /// disk. Fails (typically `ENOSPC`) having changed nothing a reader can see.
+    /// disk. Fails (typically `ENOSPC`) having changed nothing a reader can see. Only the
+    /// file's one writer calls it.
     pub(crate) fn allocate(&self, from: u64, to: u64) -> Result<()> {
         if to <= from {
             return Ok(());
@@ -115,15 +144,20 @@ impl MappedWords {
         ) {
             Ok(()) => Ok(()),
             Err(e) if e == rustix::io::Errno::OPNOTSUPP || e == rustix::io::Errno::NOSYS => {
-                // Without fallocate, writing zeros through the file allocates the blocks,
-                // and fails cleanly when it cannot. The range holds no word yet.
+                // Without fallocate, writing the range's own bytes back through the file
+                // allocates its blocks (and fails cleanly when it cannot). The caller is
+                // the only writer, so the bytes written are the ones there: a reader sees
+                // no change.
                 use std::os::unix::fs::FileExt;
-                let zeros = vec![0u8; (to - from).min(1 << 20) as usize];
+                let mut buf = vec![0u8; (to - from).min(1 << 20) as usize];
                 let mut at = from;
                 while at < to {
-                    let n = (to - at).min(zeros.len() as u64) as usize;
+                    let n = (to - at).min(buf.len() as u64) as usize;
+                    let got = sparse_file::read_fully(&self.file, &mut buf[..n], at)
+                        .map_err(|e| Error::io("allocate", &self.path, e))?;
+                    buf[got..n].fill(0);
                     self.file
-                        .write_all_at(&zeros[..n], at)
+                        .write_all_at(&buf[..n], at)
                         .map_err(|e| Error::io("allocate", &self.path, e))?;
                     at += n as u64;
                 }
@@ -195,9 +229,15 @@ mod tests {
         w.store_u64(1, 0x0A0B_0C0D_0E0F_1011);
         assert_eq!(w.load(0), 0x0102_0304);
         assert_eq!(w.load_u64(1), 0x0A0B_0C0D_0E0F_1011);
+        w.store_u64_aligned(2, 0x1112_1314_1516_1718);
+        assert_eq!(w.load_u64_aligned(2), 0x1112_1314_1516_1718);
         w.sync().unwrap();
         let bytes = std::fs::read(&path).unwrap();
-        assert_eq!(&bytes[..12], &[1, 2, 3, 4, 10, 11, 12, 13, 14, 15, 16, 17]);
+        assert_eq!(&bytes[..8], &[1, 2, 3, 4, 10, 11, 12, 13]);
+        assert_eq!(
+            &bytes[8..16],
+            &[0x11, 0x12, 0x13, 0x14, 0x15, 0x16, 0x17, 0x18]
+        );
     }
 
     #[test]

@@ -213,10 +213,10 @@ impl IndexFile {
     pub(crate) fn header(&self) -> IndexHeader {
         let w = &self.words;
         IndexHeader {
-            begin_timestamp: w.load_u64(W_BEGIN_TS) as i64,
-            end_timestamp: w.load_u64(W_END_TS) as i64,
-            begin_offset: w.load_u64(W_BEGIN_OFFSET),
-            end_offset: w.load_u64(W_END_OFFSET),
+            begin_timestamp: w.load_u64_aligned(W_BEGIN_TS) as i64,
+            end_timestamp: w.load_u64_aligned(W_END_TS) as i64,
+            begin_offset: w.load_u64_aligned(W_BEGIN_OFFSET),
+            end_offset: w.load_u64_aligned(W_END_OFFSET),
             slots_used: w.load(W_SLOTS_USED),
             count: w.load(W_COUNT),
         }
@@ -242,13 +242,17 @@ impl IndexFile {
         }
         let size = index_file_len(self.slots, self.entries);
         let to = next_allocation(have, need, size);
-        match self.words.allocate(have, to) {
-            Ok(()) => {}
+        let end = match self.words.allocate(have, to) {
+            Ok(()) => to,
             // A doubled step may not fit where the exact need still does.
-            Err(e) if e.is_no_space() && to > need => self.words.allocate(have, need)?,
+            Err(e) if e.is_no_space() && to > need => {
+                self.words.allocate(have, need)?;
+                need
+            }
             Err(e) => return Err(e),
-        }
-        self.allocated.store(to.max(need), Ordering::Relaxed);
+        };
+        // Only what was allocated: a store past it must allocate first.
+        self.allocated.store(end, Ordering::Relaxed);
         Ok(())
     }
 
@@ -283,11 +287,11 @@ impl IndexFile {
         }
         self.ensure_allocated(self.entry_end(n))?;
         let begin = if n == 1 {
-            w.store_u64(W_BEGIN_TS, timestamp as u64);
-            w.store_u64(W_BEGIN_OFFSET, offset);
+            w.store_u64_aligned(W_BEGIN_TS, timestamp as u64);
+            w.store_u64_aligned(W_BEGIN_OFFSET, offset);
             timestamp
         } else {
-            w.load_u64(W_BEGIN_TS) as i64
+            w.load_u64_aligned(W_BEGIN_TS) as i64
         };
         let diff = if begin <= 0 {
             0
@@ -307,8 +311,8 @@ impl IndexFile {
         if prev == 0 {
             w.store(W_SLOTS_USED, w.load(W_SLOTS_USED) + 1);
         }
-        w.store_u64(W_END_TS, timestamp as u64);
-        w.store_u64(W_END_OFFSET, offset);
+        w.store_u64_aligned(W_END_TS, timestamp as u64);
+        w.store_u64_aligned(W_END_OFFSET, offset);
         w.store(W_COUNT, n + 1);
         Ok(true)
     }
@@ -360,13 +364,14 @@ impl IndexFile {
                 used += 1;
             }
         }
+        // Header and slots are stored into below: their blocks exist before any store.
+        self.ensure_allocated(self.entry_end(0))?;
         if !broken.is_empty() {
             for n in 1..count {
                 if let Some(newest) = broken.get_mut(&(self.entry(n).hash % self.slots)) {
                     *newest = n;
                 }
             }
-            self.ensure_allocated(self.entry_end(0))?;
             for (s, n) in &broken {
                 self.words.store(self.slot_word(*s), *n);
                 used += u32::from(*n > 0);
@@ -377,13 +382,13 @@ impl IndexFile {
         w.store(W_COUNT, count);
         if count > 1 {
             let last = self.entry(count - 1);
-            let begin = w.load_u64(W_BEGIN_TS) as i64;
+            let begin = w.load_u64_aligned(W_BEGIN_TS) as i64;
             let end = begin + i64::from(last.time_diff) * 1000 + 999;
-            w.store_u64(W_END_TS, end as u64);
-            w.store_u64(W_END_OFFSET, last.offset);
+            w.store_u64_aligned(W_END_TS, end as u64);
+            w.store_u64_aligned(W_END_OFFSET, last.offset);
         } else {
-            for word in W_BEGIN_TS..W_SLOTS_USED {
-                w.store(word, 0);
+            for word in [W_BEGIN_TS, W_END_TS, W_BEGIN_OFFSET, W_END_OFFSET] {
+                w.store_u64_aligned(word, 0);
             }
         }
         // Whatever the crashed run wrote past the cut goes, so that past the last entry

@@ -19,12 +19,13 @@ pub(crate) mod writer;
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use parking_lot::RwLock;
 
 use crate::commit_log::CommitLog;
 use crate::config::IndexShape;
-use crate::dispatch::progress::Progress;
+use crate::dispatch::progress::{Progress, ProgressFile};
 use crate::error::{Error, Result};
 use crate::fs::ops;
 use crate::message::{PROPERTY_KEYS, PROPERTY_UNIQ_KEY, StoredMessage};
@@ -50,89 +51,128 @@ pub(crate) struct KeyIndex {
     shape: IndexShape,
     /// Oldest first; the last one is written.
     files: RwLock<Vec<Arc<IndexFile>>>,
+    /// The highest file name ever seen or recorded: a new name is higher (the clock may
+    /// go back).
+    floor: AtomicU64,
 }
 
+/// Set in the second progress word when the writer closed cleanly: every entry counted
+/// and every slot was synced, and nothing was written after.
+pub(crate) const CLOSED_CLEANLY: u64 = 1 << 63;
+
 impl KeyIndex {
-    /// Opens `dir` for a writer that resumes at commit-log offset `from`, given the
-    /// progress the writer last recorded:
+    /// Opens `dir` for a writer that resumes at commit-log offset `from` (the store time
+    /// before it: `timestamp`), given the progress the writer last recorded in
+    /// `progress_file` (`progress`):
     /// - files created after that record hold nothing durable, and go;
-    /// - the file written then keeps the entries counted in it (after a crash, or when its
-    ///   header disagrees; see [`IndexFile::cut`]);
+    /// - the file written then keeps exactly the entries the record counts (see
+    ///   [`IndexFile::cut`]), unless the writer closed cleanly;
     /// - entries of messages at or past `from` go (the log was cut below the progress);
     /// - without any progress, the files cannot be trusted: they go, and the writer
     ///   indexes the log again from its start.
+    ///
+    /// What will be kept is recorded as the new progress before any file changes, so a
+    /// crash during the open leaves a record the next open can apply again.
     pub(crate) fn open(
         dir: PathBuf,
         shape: IndexShape,
+        progress_file: &mut ProgressFile,
         progress: Option<Progress>,
-        from: u64,
-        clean: bool,
+        (from, timestamp): (u64, i64),
     ) -> Result<KeyIndex> {
         ops::create_dir_durable(&dir, None)?;
-        let mut names = list(&dir)?;
-        let mut files = Vec::new();
-        let (active, kept) = progress.map_or((0, 0), |p| (p.aux[0], p.aux[1]));
-        let mut removed = false;
-        names.retain(|(name, path)| {
-            let keep = progress.is_some() && *name <= active;
-            if !keep {
+        let names = list(&dir)?;
+        let floor = names.iter().map(|(n, _)| *n).max().unwrap_or(0);
+        let (active, kept, clean) = progress.map_or((0, 0, false), |p| {
+            let kept = u32::try_from(p.aux[1] & !CLOSED_CLEANLY).unwrap_or(u32::MAX);
+            (p.aux[0], kept, p.aux[1] & CLOSED_CLEANLY != 0)
+        });
+        // The plan: the files kept, each with the entries it keeps.
+        let mut doomed = Vec::new();
+        let mut kept_files: Vec<(u64, IndexFile, u32)> = Vec::new();
+        for (name, path) in names {
+            if progress.is_none() || name > active {
                 log::warn!(
-                    "{}: index file written after the index's last durable point; removing it",
+                    "{}: index file not covered by the index's durable progress; removing it",
                     path.display()
                 );
-                let _ = std::fs::remove_file(path);
-                removed = true;
+                doomed.push(path);
+                continue;
             }
-            keep
-        });
-        for (name, path) in &names {
-            let f = IndexFile::open(path, shape.slots, shape.entries)?;
-            if *name == active {
-                let kept = u32::try_from(kept).unwrap_or(u32::MAX);
-                if !clean || f.header().count != kept.saturating_add(1) {
-                    f.cut(kept)?;
-                }
-            }
-            files.push(Arc::new(f));
+            let f = IndexFile::open(&path, shape.slots, shape.entries)?;
+            // The file written at the last record keeps what it counts; older ones were
+            // complete and synced before it was started.
+            let count = if name == active {
+                kept.min(shape.entries - 1)
+            } else {
+                f.header().count.clamp(1, shape.entries) - 1
+            };
+            kept_files.push((name, f, count));
         }
-        // Entries of messages the log no longer holds at `from` and past.
-        let mut i = files.len();
+        // Entries of messages the log no longer holds, at `from` and past: entries are in
+        // log order, and the kept ones are intact.
+        let mut i = kept_files.len();
         while i > 0 {
             i -= 1;
-            let f = &files[i];
-            let h = f.header();
-            if h.count <= 1 {
+            let (_, f, count) = &mut kept_files[i];
+            if *count == 0 {
                 continue;
             }
-            if h.end_offset < from {
-                break;
-            }
-            if h.begin_offset >= from {
-                let f = files.remove(i);
-                ops::remove_file_with(f.path(), None)?;
-                removed = true;
+            if f.entry(1).offset >= from {
+                let (_, f, _) = kept_files.remove(i);
+                doomed.push(f.path().to_owned());
                 continue;
             }
-            // Entries are in log order: keep those below `from`.
-            let (mut lo, mut hi) = (1, h.count);
-            while lo < hi {
-                let mid = lo + (hi - lo) / 2;
-                if f.entry(mid).offset < from {
-                    lo = mid + 1;
-                } else {
-                    hi = mid;
+            if f.entry(*count).offset >= from {
+                let (mut lo, mut hi) = (1, *count);
+                while lo < hi {
+                    let mid = lo + (hi - lo) / 2;
+                    if f.entry(mid).offset < from {
+                        lo = mid + 1;
+                    } else {
+                        hi = mid;
+                    }
                 }
+                *count = lo - 1;
             }
-            f.cut(lo - 1)?;
             break;
         }
-        if removed {
+        let (new_active, new_count) = kept_files.last().map_or((0, 0), |(n, _, c)| (*n, *c));
+        let unchanged = clean
+            && doomed.is_empty()
+            && progress.is_some_and(|p| p.offset == from && p.aux[0] == new_active)
+            && kept == new_count
+            && kept_files
+                .last()
+                .is_none_or(|(_, f, c)| f.header().count == c + 1);
+        // Recorded first; from here on the next open applies this same plan. The clean
+        // mark goes too: the writer is about to change the files.
+        progress_file.store(Progress {
+            offset: from,
+            timestamp,
+            aux: [new_active, u64::from(new_count)],
+        })?;
+        for path in &doomed {
+            ops::remove_file_with(path, None)?;
+        }
+        if !doomed.is_empty() {
             ops::sync_dir(&dir)?;
+        }
+        let mut files = Vec::new();
+        for (name, f, count) in kept_files {
+            if name == new_active && !unchanged {
+                f.cut(count)?;
+            } else if f.header().count != count + 1 {
+                // An older file the log's cut reaches into.
+                f.cut(count)?;
+            }
+            files.push(Arc::new(f));
         }
         Ok(KeyIndex {
             dir,
             shape,
             files: RwLock::new(files),
+            floor: AtomicU64::new(floor.max(active)),
         })
     }
 
@@ -149,15 +189,18 @@ impl KeyIndex {
             .to_string()
             .parse()
             .expect("17 digits");
-        let last = self.files.read().last().map(|f| name_of(f.path()));
-        let name = last.flatten().map_or(now, |l| now.max(l + 1));
+        let name = now.max(self.floor.load(Ordering::Relaxed) + 1);
         let path = self.dir.join(format!("{name:0NAME_LEN$}"));
         let f = Arc::new(IndexFile::create(
             &path,
             self.shape.slots,
             self.shape.entries,
         )?);
-        ops::sync_dir(&self.dir)?;
+        if let Err(e) = ops::sync_dir(&self.dir) {
+            let _ = std::fs::remove_file(&path);
+            return Err(e);
+        }
+        self.floor.store(name, Ordering::Relaxed);
         let mut files = self.files.write();
         files.push(Arc::clone(&f));
         while self.shape.max_files > 0 && files.len() > self.shape.max_files {

@@ -10,8 +10,8 @@ use crate::commit_log::record::RecordView;
 use crate::dispatch::progress::{Progress, ProgressFile};
 use crate::dispatch::{INDEX_NAME, Sink};
 use crate::error::Result;
-use crate::index::KeyIndex;
 use crate::index::file::{IndexFile, index_hash};
+use crate::index::{CLOSED_CLEANLY, KeyIndex};
 
 pub(crate) struct IndexWriter {
     index: Arc<KeyIndex>,
@@ -90,6 +90,26 @@ impl Sink for IndexWriter {
     }
 
     fn flush(&mut self, offset: u64, timestamp: i64) -> Result<()> {
+        self.record(offset, timestamp, 0)
+    }
+
+    fn close(&mut self, offset: u64, timestamp: i64) -> Result<()> {
+        self.record(offset, timestamp, CLOSED_CLEANLY)
+    }
+
+    fn maintain(&mut self, log_start: u64) {
+        let gone = self.index.delete_below(log_start);
+        if gone > 0 {
+            log::info!("removed {gone} index files of deleted commit-log files");
+        }
+    }
+}
+
+impl IndexWriter {
+    /// Syncs the files written since the last record, then records the progress: every
+    /// record below `offset` is indexed, in the active file's first entries up to its
+    /// count (with `mark`: whether the writer closed cleanly).
+    fn record(&mut self, offset: u64, timestamp: i64, mark: u64) -> Result<()> {
         for f in &self.dirty {
             f.sync()?;
         }
@@ -106,17 +126,10 @@ impl Sink for IndexWriter {
         self.progress.store(Progress {
             offset,
             timestamp,
-            aux: [name, count],
+            aux: [name, count | mark],
         })?;
         self.dirty.clear();
         self.durable_time.store(timestamp, Ordering::Release);
         Ok(())
-    }
-
-    fn maintain(&mut self, log_start: u64) {
-        let gone = self.index.delete_below(log_start);
-        if gone > 0 {
-            log::info!("removed {gone} index files of deleted commit-log files");
-        }
     }
 }

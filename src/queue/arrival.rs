@@ -135,8 +135,12 @@ impl Arrivals {
 
     /// Dispatch committed entries to `batch`: wakes every waiter whose offset its queue
     /// has now passed.
+    ///
+    /// Wakers run after the registry is unlocked: a waker that polls or drops its future
+    /// on the spot re-enters the registry.
     pub(crate) fn committed(&self, batch: &[Arc<ConsumeQueue>]) {
         fence(Ordering::SeqCst);
+        let mut woken = Vec::new();
         for q in batch {
             if !q.watched.load(Ordering::SeqCst) {
                 continue;
@@ -147,37 +151,36 @@ impl Arrivals {
                 continue;
             };
             let end = q.max_offset();
-            let mut woken = Vec::new();
-            waiters.retain(|w| {
-                let arrived = end > w.offset;
-                if arrived {
-                    w.waker.wake_by_ref();
-                    woken.push(w.id);
-                }
-                !arrived
-            });
-            let empty = waiters.is_empty();
-            for id in woken {
-                reg.places.remove(&id);
-            }
-            if empty {
+            let arrived: Vec<Waiter> = waiters.extract_if(.., |w| end > w.offset).collect();
+            if waiters.is_empty() {
                 reg.by_queue.remove(&key);
                 q.watched.store(false, Ordering::SeqCst);
             }
+            for w in &arrived {
+                reg.places.remove(&w.id);
+            }
+            woken.extend(arrived);
+        }
+        for w in woken {
+            w.waker.wake();
         }
     }
 
     /// Ends every wait: the store is shutting down, or nothing will be dispatched any more.
     pub(crate) fn close(&self) {
-        let mut reg = self.registry.lock();
-        reg.closed = true;
-        reg.places.clear();
-        for (q, waiters) in reg.by_queue.drain().map(|(_, v)| v) {
-            q.watched.store(false, Ordering::SeqCst);
-            waiters.iter().for_each(|w| w.waker.wake_by_ref());
+        let mut woken = Vec::new();
+        {
+            let mut reg = self.registry.lock();
+            reg.closed = true;
+            reg.places.clear();
+            for (q, waiters) in reg.by_queue.drain().map(|(_, v)| v) {
+                q.watched.store(false, Ordering::SeqCst);
+                woken.extend(waiters);
+            }
+            woken.extend(reg.unborn.drain().flat_map(|(_, v)| v));
         }
-        for w in reg.unborn.drain().flat_map(|(_, v)| v) {
-            w.waker.wake_by_ref();
+        for w in woken {
+            w.waker.wake();
         }
     }
 }

@@ -79,11 +79,11 @@ impl Dispatcher {
         checkpoint: Checkpoint,
         flush_interval: Duration,
         resume: Option<(u64, i64)>,
+        index_time: Arc<AtomicI64>,
     ) -> Result<Dispatcher> {
         let wakeup = Arc::clone(log.wakeup());
         let (from, from_timestamp) =
             resume.unwrap_or_else(|| (log.write_offset(), log.last_store_timestamp()));
-        let index_time = Arc::new(AtomicI64::new(checkpoint.times().index));
         let shared = Arc::new(Shared {
             index_time,
             log,
@@ -131,12 +131,6 @@ impl Dispatcher {
     /// Commit-log offset up to which every record is indexed and readable by queue.
     pub(crate) fn dispatched_offset(&self) -> u64 {
         self.shared.dispatched.load(Ordering::Acquire)
-    }
-
-    /// Where the key index's dispatcher reports the store time up to which the index is
-    /// durable, for the checkpoint.
-    pub(crate) fn index_time_handle(&self) -> Arc<AtomicI64> {
-        Arc::clone(&self.shared.index_time)
     }
 
     /// The dispatched offset, shared with the retention thread.

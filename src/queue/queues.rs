@@ -251,6 +251,9 @@ impl ConsumeQueues {
         for (i, q) in batch.iter().enumerate() {
             if let Err(e) = q.commit() {
                 self.batch.lock().extend(batch[i..].iter().cloned());
+                // The queues before it did publish, and a queue may publish part of its
+                // entries early: their waiters are told either way.
+                self.arrivals.committed(&batch);
                 return Err(e);
             }
             q.in_batch.store(false, Ordering::Release);

@@ -1,5 +1,9 @@
-//! Starting the dispatchers besides the consume queues at open: the key index, then the
-//! broker's own, each from its durable progress clamped to the log the recovery left.
+//! The dispatchers besides the consume queues, at open: the key index, then the broker's
+//! own, each resuming from its durable progress clamped to the log the recovery left.
+//!
+//! Two steps, so that a refused open leaves no thread behind: `prepare` opens the files
+//! and calls each dispatcher's `start` (no thread yet, and anything may fail); `Prepared::
+//! spawn` starts the threads once the rest of the store is up.
 
 use std::sync::Arc;
 use std::sync::atomic::AtomicI64;
@@ -10,7 +14,6 @@ use crate::dispatch::progress::{Progress, ProgressFile};
 use crate::dispatch::thread::DispatcherThread;
 use crate::dispatch::{Dispatch, External, INDEX_NAME, Sink};
 use crate::error::Result;
-use crate::fs::lock::StoreLock;
 use crate::index::KeyIndex;
 use crate::index::writer::IndexWriter;
 use crate::layout;
@@ -27,50 +30,71 @@ fn resume_point(log: &CommitLog, progress: Option<Progress>) -> (u64, i64) {
     }
 }
 
-/// Opens the key index (when enabled) and starts every dispatcher's thread.
-pub(super) fn start_dispatchers(
+/// The dispatchers, ready to run.
+pub(super) struct Prepared {
+    pub index: Option<Arc<KeyIndex>>,
+    sinks: Vec<(Box<dyn Sink>, u64, i64)>,
+}
+
+/// Opens the key index (when enabled) and each broker dispatcher's progress, records
+/// where each resumes, and calls their `start`. Starts no thread.
+pub(super) fn prepare(
     config: &StoreConfig,
-    log: &Arc<CommitLog>,
-    lock: &StoreLock,
+    log: &CommitLog,
     index_time: Arc<AtomicI64>,
     broker: Vec<Box<dyn Dispatch>>,
-) -> Result<(Option<Arc<KeyIndex>>, Vec<DispatcherThread>)> {
+) -> Result<Prepared> {
     let root = config.root();
-    let interval = config.consume_queue_flush_interval;
-    let mut threads = Vec::new();
+    let mut sinks: Vec<(Box<dyn Sink>, u64, i64)> = Vec::new();
     let mut index = None;
     if config.index_enabled {
-        let (progress_file, progress) =
+        let (mut progress_file, progress) =
             ProgressFile::open(layout::dispatch_progress_file(root, INDEX_NAME))?;
         let (from, timestamp) = resume_point(log, progress);
         let key_index = Arc::new(KeyIndex::open(
             layout::index_dir(root),
             config.index_shape(),
+            &mut progress_file,
             progress,
-            from,
-            lock.last_exit_clean(),
+            (from, timestamp),
         )?);
         let writer = IndexWriter::new(Arc::clone(&key_index), progress_file, index_time);
-        let sink: Box<dyn Sink> = Box::new(writer);
-        threads.push(DispatcherThread::start(
-            Arc::clone(log),
-            sink,
-            from,
-            timestamp,
-            interval,
-        )?);
+        sinks.push((Box::new(writer), from, timestamp));
         index = Some(key_index);
     }
     for d in broker {
-        let (external, progress) = External::new(d, root)?;
+        let (mut external, progress) = External::new(d, root)?;
         let (from, timestamp) = resume_point(log, progress);
-        threads.push(DispatcherThread::start(
-            Arc::clone(log),
-            Box::new(external),
-            from,
-            timestamp,
-            interval,
-        )?);
+        if progress.is_some_and(|p| p.offset != from) {
+            // Recorded before `start` is told: a crash now must not bring the old point
+            // back, past records the dispatcher was told to forget.
+            external.record(from, timestamp)?;
+        }
+        sinks.push((Box::new(external), from, timestamp));
     }
-    Ok((index, threads))
+    for (sink, from, _) in &mut sinks {
+        sink.start(*from)?;
+    }
+    Ok(Prepared { index, sinks })
+}
+
+impl Prepared {
+    /// Starts every dispatcher's thread.
+    pub(super) fn spawn(
+        self,
+        log: &Arc<CommitLog>,
+        config: &StoreConfig,
+    ) -> Result<(Option<Arc<KeyIndex>>, Vec<DispatcherThread>)> {
+        let mut threads = Vec::new();
+        for (sink, from, timestamp) in self.sinks {
+            threads.push(DispatcherThread::start(
+                Arc::clone(log),
+                sink,
+                from,
+                timestamp,
+                config.consume_queue_flush_interval,
+            )?);
+        }
+        Ok((self.index, threads))
+    }
 }

@@ -24,8 +24,6 @@ mod dispatchers;
 mod recovery;
 mod retention;
 
-use dispatchers::start_dispatchers;
-
 use recovery::recover;
 use retention::{Retention, RetentionThread};
 
@@ -141,6 +139,23 @@ impl MessageStore {
                 return Err(e);
             }
         };
+        // The other dispatchers are prepared before any thread starts: a refusal (a bad
+        // index file, a broker dispatcher's `start`) leaves nothing running.
+        let index_time = Arc::new(std::sync::atomic::AtomicI64::new(
+            recovered.checkpoint.times().index,
+        ));
+        let prepared = match dispatchers::prepare(
+            &config,
+            &recovered.log,
+            Arc::clone(&index_time),
+            dispatchers,
+        ) {
+            Ok(p) => p,
+            Err(e) => {
+                let _ = lock.release(lock.last_exit_clean());
+                return Err(e);
+            }
+        };
         lock.clear_poison()?;
         let log = Arc::new(recovered.log);
         log.start_preparing();
@@ -153,6 +168,7 @@ impl MessageStore {
             recovered.checkpoint,
             config.consume_queue_flush_interval,
             recovered.resume_dispatch,
+            index_time,
         )?;
         let retention_thread = RetentionThread::start(
             Arc::clone(&retention),
@@ -160,13 +176,7 @@ impl MessageStore {
             Arc::clone(&queues),
             dispatcher.dispatched_handle(),
         )?;
-        let (index, side) = start_dispatchers(
-            &config,
-            &log,
-            &lock,
-            dispatcher.index_time_handle(),
-            dispatchers,
-        )?;
+        let (index, side) = prepared.spawn(&log, &config)?;
         Ok(MessageStore {
             index,
             side,
