@@ -7,7 +7,10 @@ use std::time::Duration;
 use bytes::Bytes;
 use common::*;
 use rocketstore::layout;
-use rocketstore::{FlushMode, GetStatus, Message, MessageStore, PutResult, StoreConfig, TagFilter};
+use rocketstore::{
+    FlushMode, GetRequest, GetStatus, Message, MessageStore, PutResult, StoreConfig, TagFilter,
+    format,
+};
 
 const WAIT: Duration = Duration::from_secs(30);
 
@@ -63,8 +66,10 @@ fn every_message_reads_back_through_its_queue_in_order() {
 fn statuses_follow_rocketmq() {
     let dir = tempfile::tempdir().unwrap();
     let store = open(dir.path(), async_mode());
+    // An unknown queue is an empty one, as in RocketMQ (queues are created on demand).
     let r = store.get_message("Nope", 0, 0, 32).unwrap();
-    assert_eq!(r.status, GetStatus::NoMatchedLogicQueue);
+    assert_eq!(r.status, GetStatus::NoMessageInQueue);
+    assert_eq!((r.next_offset, r.min_offset, r.max_offset), (0, 0, 0));
     put_all(&store, "S", 1, 10);
     assert_eq!(
         store.get_message("S", 0, 10, 32).unwrap().status,
@@ -75,7 +80,7 @@ fn statuses_follow_rocketmq() {
     assert_eq!(bad.next_offset, 10);
     assert_eq!(
         store.get_message("S", 1, 0, 32).unwrap().status,
-        GetStatus::NoMatchedLogicQueue
+        GetStatus::NoMessageInQueue
     );
     let found = store.get_message("S", 0, 4, 3).unwrap();
     assert_eq!(found.status, GetStatus::Found);
@@ -265,4 +270,83 @@ fn dispatch_retries_after_a_failure_and_loses_nothing() {
         assert_eq!(m.physical_offset, p.physical_offset);
     }
     store.shutdown().unwrap();
+}
+
+#[test]
+fn a_pull_takes_a_byte_limit_of_its_own_and_raw_records_as_stored() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path(), sync_mode());
+    let puts = put_all(&store, "B", 1, 20);
+    let size = |i: usize| puts[i].2.wrote_bytes as usize;
+    // Room for two records and a half: two come back.
+    let limit = size(0) + size(1) + size(2) / 2;
+    let got = store
+        .get(&GetRequest::new("B", 0, 0).max_count(32).max_bytes(limit))
+        .unwrap();
+    assert_eq!(got.messages.len(), 2);
+    assert_eq!(got.next_offset, 2);
+    // One message always fits.
+    let got = store.get(&GetRequest::new("B", 0, 5).max_bytes(1)).unwrap();
+    assert_eq!(got.messages.len(), 1);
+
+    // Raw: each record whole, as in the log, with the same limits and filter.
+    assert!(puts.last().unwrap().2.physical_offset < SMALL_FILE);
+    let log = std::fs::read(layout::commit_log_file(dir.path(), 0)).unwrap();
+    let odd = TagFilter::parse("odd");
+    let raw = store
+        .get_raw(&GetRequest::new("B", 0, 0).max_count(4).filter(&odd))
+        .unwrap();
+    assert_eq!(raw.status, GetStatus::Found);
+    assert_eq!(raw.records.len(), 4);
+    for (k, rec) in raw.records.iter().enumerate() {
+        let i = 2 * k + 1;
+        let at = puts[i].2.physical_offset;
+        let view = format::parse(rec, at).unwrap();
+        assert_eq!(view.physical_offset, at);
+        assert_eq!(rec.len(), size(i));
+        assert_eq!(view.body_bytes(), &body("g", i as u64)[..]);
+        assert_eq!(
+            rec[..],
+            store
+                .lookup_message(at)
+                .unwrap()
+                .map(|_| rec.clone())
+                .unwrap()[..]
+        );
+    }
+    assert_eq!(raw.next_offset, 8);
+}
+
+#[test]
+fn an_unreadable_entry_moves_the_consumer_to_the_next_queue_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let store =
+        MessageStore::open(config(dir.path(), sync_mode()).consume_queue_entries_per_file(10))
+            .unwrap();
+    put_all(&store, "D", 1, 25);
+    // Entry 3 of the first queue file damaged on disk while the store runs.
+    let file = layout::queue_dir(dir.path(), "D", 0).join(layout::file_name(0));
+    use std::os::unix::fs::FileExt;
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(file)
+        .unwrap()
+        .write_all_at(&[0u8; 20], 3 * 20)
+        .unwrap();
+    let got = store.get_message("D", 0, 0, 32).unwrap();
+    assert_eq!(got.status, GetStatus::Found);
+    assert_eq!(
+        (got.messages.len(), got.next_offset),
+        (3, 3),
+        "served up to the damage"
+    );
+    let got = store.get_message("D", 0, 3, 32).unwrap();
+    assert_eq!(got.status, GetStatus::OffsetFoundNull);
+    assert_eq!(
+        got.next_offset, 10,
+        "on to the next queue file, not the same offset again"
+    );
+    let got = store.get_message("D", 0, got.next_offset, 32).unwrap();
+    assert_eq!(got.status, GetStatus::Found);
+    assert_eq!(got.messages[0].queue_offset, 10);
 }

@@ -551,23 +551,10 @@ impl CommitLog {
         if offset >= limit {
             return Ok(None);
         }
-        let covers = |c: &ReadCursor| {
-            c.view.as_ref().is_some_and(|(start, bytes)| {
-                offset >= *start && offset < *start + bytes.len() as u64
-            }) && c.limit == limit
-        };
-        if !covers(cursor) {
-            let Some(file) = self.files.find(offset) else {
-                return Ok(None);
-            };
-            let visible = (limit - file.start_offset()).min(file.write_pos() as u64) as usize;
-            cursor.view = file.slice(0, visible).map(|b| (file.start_offset(), b));
-            cursor.limit = limit;
-            if !covers(cursor) {
-                return Ok(None);
-            }
+        if !self.cover(cursor, offset, limit) {
+            return Ok(None);
         }
-        let (start, bytes) = cursor.view.as_ref().expect("covers() checked it");
+        let (start, bytes) = cursor.view.as_ref().expect("cover() checked it");
         let pos = (offset - start) as usize;
         // The peek checks the record's size fits in the view before decoding it.
         match record::peek(&bytes[pos..], offset)? {
@@ -579,6 +566,48 @@ impl CommitLog {
             return Err(Error::corrupted(offset, "no record starts here"));
         }
         Ok(Some(msg))
+    }
+
+    /// Points `cursor` at the readable part (below `limit`) of the file holding `offset`;
+    /// false when no readable byte is there.
+    fn cover(&self, cursor: &mut ReadCursor, offset: u64, limit: u64) -> bool {
+        let covers = |c: &ReadCursor| {
+            c.view.as_ref().is_some_and(|(start, bytes)| {
+                offset >= *start && offset < *start + bytes.len() as u64
+            }) && c.limit == limit
+        };
+        if covers(cursor) {
+            return true;
+        }
+        let Some(file) = self.files.find(offset) else {
+            return false;
+        };
+        let visible = (limit - file.start_offset()).min(file.write_pos() as u64) as usize;
+        cursor.view = file.slice(0, visible).map(|b| (file.start_offset(), b));
+        cursor.limit = limit;
+        covers(cursor)
+    }
+
+    /// The bytes of the record at `offset`, if one starts there below `limit`: a slice of
+    /// the mapped file, without a copy. Its fields are not checked (see `record::parse`).
+    pub(crate) fn read_raw_with(
+        &self,
+        cursor: &mut ReadCursor,
+        offset: u64,
+        limit: u64,
+    ) -> Result<Option<bytes::Bytes>> {
+        if offset >= limit {
+            return Ok(None);
+        }
+        if !self.cover(cursor, offset, limit) {
+            return Ok(None);
+        }
+        let (start, bytes) = cursor.view.as_ref().expect("cover() checked it");
+        let pos = (offset - start) as usize;
+        match record::peek(&bytes[pos..], offset)? {
+            Peek::Record { size } => Ok(Some(bytes.slice(pos..pos + size))),
+            Peek::Blank | Peek::Empty => Ok(None),
+        }
     }
 
     /// The readable bytes from `offset` to the end of its file or to `limit`, whichever

@@ -1,9 +1,10 @@
 //! The read path: messages by topic, queue and queue offset, through the consume queues.
 
+use crate::commit_log::record::find_tags;
 use crate::commit_log::{CommitLog, ReadCursor};
 use crate::error::{Error, Result};
 use crate::message::StoredMessage;
-use crate::queue::entry;
+use crate::queue::entry::{self, CqEntry};
 use crate::queue::queues::ConsumeQueues;
 use crate::search::try_partition_point;
 
@@ -16,7 +17,8 @@ pub enum GetStatus {
     Found,
     /// Entries were read but none matched the tag filter; continue at `next_offset`.
     NoMatchedMessage,
-    /// The queue exists but holds no message.
+    /// The queue holds no message, or does not exist (yet): consume queues are created
+    /// by their first message, as in RocketMQ. Offsets are 0 for an unknown queue.
     NoMessageInQueue,
     /// The offset is below the queue's minimum; `next_offset` is the minimum.
     OffsetTooSmall,
@@ -24,12 +26,19 @@ pub enum GetStatus {
     OffsetOverflowOne,
     /// The offset is past the queue's maximum; `next_offset` is the maximum.
     OffsetOverflowBadly,
-    /// No such topic/queue.
+    /// The entries read point at records retention has deleted (below the log's start);
+    /// `next_offset` is past them.
+    MessageWasRemoving,
+    /// The entry at the offset could not be read (a damaged or missing consume-queue
+    /// file); `next_offset` is the start of the next queue file, so a consumer moves on.
+    OffsetFoundNull,
+    /// Not returned since 0.2: an unknown queue answers [`GetStatus::NoMessageInQueue`].
     NoMatchedLogicQueue,
 }
 
 /// The answer to a [`get_message`](crate::MessageStore::get_message) call.
 #[derive(Debug, Clone)]
+#[non_exhaustive]
 pub struct GetResult {
     /// What was found.
     pub status: GetStatus,
@@ -102,22 +111,108 @@ impl TagFilter {
 /// bytes of consume queue per call.
 const FILTER_SCAN_ENTRIES: usize = 800;
 
-/// One `get_message` call's arguments.
-pub(crate) struct Request<'a> {
+/// A read of one queue: where to start, how much to return, and which tags.
+///
+/// ```
+/// use rocketstore::{GetRequest, TagFilter};
+/// let filter = TagFilter::parse("TagA || TagB");
+/// let req = GetRequest::new("TopicA", 0, 100).max_count(32).max_bytes(64 * 1024).filter(&filter);
+/// assert_eq!(req.max_bytes, Some(64 * 1024));
+/// ```
+#[derive(Debug, Clone, Copy)]
+#[non_exhaustive]
+pub struct GetRequest<'a> {
+    /// The topic.
     pub topic: &'a str,
+    /// The queue.
     pub queue_id: u32,
+    /// The first queue offset wanted.
     pub offset: u64,
+    /// Most messages returned (at least 1). Default: 32.
     pub max_count: usize,
-    pub max_bytes: usize,
+    /// Most bytes of records returned (one message always fits). Default:
+    /// [`StoreConfig::max_transfer_bytes`](crate::StoreConfig::max_transfer_bytes).
+    pub max_bytes: Option<usize>,
+    /// Keep only messages whose tag passes. Default: every message.
     pub filter: Option<&'a TagFilter>,
 }
 
-pub(crate) fn get_message(
+impl<'a> GetRequest<'a> {
+    /// A read of `topic`/`queue_id` from queue offset `offset`, with the defaults.
+    pub fn new(topic: &'a str, queue_id: u32, offset: u64) -> Self {
+        GetRequest {
+            topic,
+            queue_id,
+            offset,
+            max_count: 32,
+            max_bytes: None,
+            filter: None,
+        }
+    }
+
+    /// Sets [`GetRequest::max_count`].
+    pub fn max_count(mut self, n: usize) -> Self {
+        self.max_count = n;
+        self
+    }
+
+    /// Sets [`GetRequest::max_bytes`].
+    pub fn max_bytes(mut self, bytes: usize) -> Self {
+        self.max_bytes = Some(bytes);
+        self
+    }
+
+    /// Sets [`GetRequest::filter`].
+    pub fn filter(mut self, filter: &'a TagFilter) -> Self {
+        self.filter = Some(filter);
+        self
+    }
+}
+
+/// The answer to a [`get_raw`](crate::MessageStore::get_raw) call: the records' bytes as
+/// stored (RocketMQ's format), for a pull response sent without re-encoding.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct RawGetResult {
+    /// What was found.
+    pub status: GetStatus,
+    /// Each record, whole, in queue order: slices of the mapped files, without a copy.
+    pub records: Vec<bytes::Bytes>,
+    /// The queue offset to ask for next.
+    pub next_offset: u64,
+    /// The queue's first offset.
+    pub min_offset: u64,
+    /// The queue's next offset (one past the last message).
+    pub max_offset: u64,
+}
+
+/// What reading one entry's record gave.
+enum Taken<T> {
+    /// The record, and whether it passes the filter.
+    Item(T, bool),
+    /// Nothing readable there.
+    Missing,
+}
+
+/// A read: status, items, next offset, min and max.
+struct Walked<T> {
+    status: GetStatus,
+    items: Vec<T>,
+    next: u64,
+    min: u64,
+    max: u64,
+}
+
+/// Walks the queue's entries from the request's offset, reading each record with `take`,
+/// within the request's limits.
+fn walk<T>(
     log: &CommitLog,
     queues: &ConsumeQueues,
-    req: &Request<'_>,
-) -> Result<GetResult> {
-    let Request {
+    req: &GetRequest<'_>,
+    default_max_bytes: usize,
+    mut take: impl FnMut(&mut ReadCursor, CqEntry, u64, u64) -> Result<Taken<T>>,
+) -> Result<Walked<T>> {
+    let GetRequest {
         topic,
         queue_id,
         offset,
@@ -125,23 +220,24 @@ pub(crate) fn get_message(
         max_bytes,
         filter,
     } = *req;
+    let max_bytes = max_bytes.unwrap_or(default_max_bytes);
     let Some(queue) = queues.get(topic, queue_id) else {
-        return Ok(GetResult {
-            status: GetStatus::NoMatchedLogicQueue,
-            messages: Vec::new(),
-            next_offset: 0,
-            min_offset: 0,
-            max_offset: 0,
+        return Ok(Walked {
+            status: GetStatus::NoMessageInQueue,
+            items: Vec::new(),
+            next: 0,
+            min: 0,
+            max: 0,
         });
     };
     let (min, max) = (queue.min_offset(), queue.max_offset());
-    let answer = |status, next_offset| {
-        Ok(GetResult {
+    let answer = |status, next| {
+        Ok(Walked {
             status,
-            messages: Vec::new(),
-            next_offset,
-            min_offset: min,
-            max_offset: max,
+            items: Vec::new(),
+            next,
+            min,
+            max,
         })
     };
     if max == 0 {
@@ -163,21 +259,27 @@ pub(crate) fn get_message(
     } else {
         max_count
     };
-    let limit = log.write_offset();
+    let (limit, log_start) = (log.write_offset(), log.min_offset());
     let mut cursor = ReadCursor::default();
-    let topic_arc: std::sync::Arc<str> = std::sync::Arc::from(topic);
-    let mut messages = Vec::with_capacity(max_count.min(64));
-    let mut bytes = 0usize;
+    let mut items = Vec::with_capacity(max_count.min(64));
+    let (mut bytes, mut removed) = (0usize, 0u64);
     let mut next = offset;
-    'outer: while next < max && messages.len() < max_count && next - offset < scan as u64 {
+    'outer: while next < max && items.len() < max_count && next - offset < scan as u64 {
         let want = (scan as u64 - (next - offset)) as usize;
         let entries = queue.entries(next, want);
         if entries.is_empty() {
+            if next == offset {
+                // Unreadable right where the consumer is: move it to the next file rather
+                // than have it ask again forever.
+                let per_file = queue.entries_per_file();
+                let skip_to = ((next / per_file + 1) * per_file).min(max);
+                return answer(GetStatus::OffsetFoundNull, skip_to);
+            }
             break;
         }
         for entry in entries {
-            if messages.len() >= max_count
-                || (!messages.is_empty() && bytes + entry.size as usize > max_bytes)
+            if items.len() >= max_count
+                || (!items.is_empty() && bytes + entry.size as usize > max_bytes)
             {
                 break 'outer;
             }
@@ -185,45 +287,119 @@ pub(crate) fn get_message(
             if filter.is_some_and(|f| !f.matches_hash(entry.tag_hash)) {
                 continue;
             }
-            let Some(msg) =
-                log.read_with(&mut cursor, entry.physical_offset, limit, Some(&topic_arc))?
-            else {
-                continue; // no longer in the log
-            };
-            if msg.queue_id != queue_id || msg.queue_offset != next - 1 || *msg.topic != *topic {
-                // A damaged entry: never serve another queue's message. The next open
-                // rebuilds the queues.
-                queues.mark_suspect();
-                return Err(Error::corrupted(
-                    entry.physical_offset,
-                    format!(
-                        "consume queue {topic}/{queue_id} entry {} points at the record of \
-                         {}/{} entry {}",
-                        next - 1,
-                        msg.topic,
-                        msg.queue_id,
-                        msg.queue_offset
-                    ),
-                ));
-            }
-            if filter.is_some_and(|f| !f.matches(msg.tags())) {
+            if entry.physical_offset < log_start {
+                removed += 1;
                 continue;
             }
-            bytes += entry.size as usize;
-            messages.push(msg);
+            match take(&mut cursor, entry, next - 1, limit)? {
+                Taken::Item(item, true) => {
+                    bytes += entry.size as usize;
+                    items.push(item);
+                }
+                Taken::Item(_, false) | Taken::Missing => {}
+            }
         }
     }
-    let status = if messages.is_empty() {
-        GetStatus::NoMatchedMessage
-    } else {
-        GetStatus::Found
+    let status = match (items.is_empty(), removed > 0) {
+        (false, _) => GetStatus::Found,
+        (true, true) => GetStatus::MessageWasRemoving,
+        (true, false) => GetStatus::NoMatchedMessage,
     };
-    Ok(GetResult {
+    Ok(Walked {
         status,
-        messages,
-        next_offset: next,
-        min_offset: min,
-        max_offset: max,
+        items,
+        next,
+        min,
+        max,
+    })
+}
+
+/// A damaged entry: never serve another queue's message. The next open rebuilds the
+/// queues.
+fn foreign(
+    queues: &ConsumeQueues,
+    (topic, queue_id, queue_offset): (&str, u32, u64),
+    entry: &CqEntry,
+    found: (&str, u32, u64),
+) -> Error {
+    queues.mark_suspect();
+    Error::corrupted(
+        entry.physical_offset,
+        format!(
+            "consume queue {topic}/{queue_id} entry {queue_offset} points at the record of \
+             {}/{} entry {}",
+            found.0, found.1, found.2
+        ),
+    )
+}
+
+pub(crate) fn get_message(
+    log: &CommitLog,
+    queues: &ConsumeQueues,
+    req: &GetRequest<'_>,
+    default_max_bytes: usize,
+) -> Result<GetResult> {
+    let topic_arc: std::sync::Arc<str> = std::sync::Arc::from(req.topic);
+    let (topic, queue_id, filter) = (req.topic, req.queue_id, req.filter);
+    let walked = walk(
+        log,
+        queues,
+        req,
+        default_max_bytes,
+        |cursor, entry, at, limit| {
+            let Some(msg) =
+                log.read_with(cursor, entry.physical_offset, limit, Some(&topic_arc))?
+            else {
+                return Ok(Taken::Missing);
+            };
+            if msg.queue_id != queue_id || msg.queue_offset != at || *msg.topic != *topic {
+                let found = (&*msg.topic, msg.queue_id, msg.queue_offset);
+                return Err(foreign(queues, (topic, queue_id, at), &entry, found));
+            }
+            let pass = filter.is_none_or(|f| f.matches(msg.tags()));
+            Ok(Taken::Item(msg, pass))
+        },
+    )?;
+    Ok(GetResult {
+        status: walked.status,
+        messages: walked.items,
+        next_offset: walked.next,
+        min_offset: walked.min,
+        max_offset: walked.max,
+    })
+}
+
+pub(crate) fn get_raw(
+    log: &CommitLog,
+    queues: &ConsumeQueues,
+    req: &GetRequest<'_>,
+    default_max_bytes: usize,
+) -> Result<RawGetResult> {
+    let (topic, queue_id, filter) = (req.topic, req.queue_id, req.filter);
+    let walked = walk(
+        log,
+        queues,
+        req,
+        default_max_bytes,
+        |cursor, entry, at, limit| {
+            let Some(bytes) = log.read_raw_with(cursor, entry.physical_offset, limit)? else {
+                return Ok(Taken::Missing);
+            };
+            let view = crate::commit_log::record::parse(&bytes, entry.physical_offset)?;
+            if view.queue_id != queue_id || view.queue_offset != at || view.topic != topic {
+                let found = (view.topic, view.queue_id, view.queue_offset);
+                return Err(foreign(queues, (topic, queue_id, at), &entry, found));
+            }
+            let pass = filter.is_none_or(|f| f.matches(find_tags(view.properties)));
+            Ok(Taken::Item(bytes, pass))
+        },
+    )?;
+    Ok(RawGetResult {
+        status: walked.status,
+        records: walked.items,
+        next_offset: walked.next,
+        min_offset: walked.min,
+        max_offset: walked.max,
     })
 }
 

@@ -18,7 +18,7 @@ use crate::message::{Message, MessageId, PutResult, PutStatus, StoredMessage};
 use crate::queue::dispatch::Dispatcher;
 use crate::queue::long_poll::MessageArrival;
 use crate::queue::queues::ConsumeQueues;
-use crate::queue::read::{self, GetResult, GetStatus, TagFilter};
+use crate::queue::read::{self, GetRequest, GetResult, GetStatus, RawGetResult, TagFilter};
 use crate::stats::StoreStats;
 mod dispatchers;
 mod recovery;
@@ -343,15 +343,42 @@ impl MessageStore {
         max_count: usize,
         filter: Option<&TagFilter>,
     ) -> Result<GetResult> {
-        let request = read::Request {
-            topic,
-            queue_id,
-            offset,
-            max_count,
-            max_bytes: self.config.max_transfer_bytes,
-            filter,
-        };
-        let got = read::get_message(&self.log, &self.queues, &request)?;
+        let mut req = GetRequest::new(topic, queue_id, offset).max_count(max_count);
+        req.filter = filter;
+        self.get(&req)
+    }
+
+    /// The messages `req` asks for, within its count and byte limits. The RocketMQ
+    /// statuses apply (see [`GetStatus`]); a consumer continues at `next_offset`, which
+    /// always moves on past entries it cannot use.
+    ///
+    /// RocketMQ also caps a pull at 256 KiB / 32 messages when the data is in memory and
+    /// 64 KiB / 8 when it is on disk; this store does not tell the two apart: the caller's
+    /// limits (or [`StoreConfig::max_transfer_bytes`]) hold either way.
+    pub fn get(&self, req: &GetRequest<'_>) -> Result<GetResult> {
+        let got = read::get_message(&self.log, &self.queues, req, self.config.max_transfer_bytes)?;
+        self.log.counters().got(got.status == GetStatus::Found);
+        Ok(got)
+    }
+
+    /// [`get`](Self::get), returning each record's bytes as stored: zero-copy slices of the
+    /// mapped files, for a pull response sent on without re-encoding. Records are checked
+    /// to belong to the queue, as by `get`.
+    ///
+    /// ```
+    /// # use std::time::Duration;
+    /// # use rocketstore::{format, GetRequest, GetStatus, Message, MessageStore, StoreConfig};
+    /// # let dir = tempfile::tempdir().unwrap();
+    /// # let store = MessageStore::open(StoreConfig::new(dir.path()).commit_log_file_size(1 << 20)).unwrap();
+    /// let put = store.put_message(&Message::new("T", 0u32, &b"raw"[..])).unwrap();
+    /// assert!(store.wait_dispatched(put.physical_offset, Duration::from_secs(10)));
+    /// let raw = store.get_raw(&GetRequest::new("T", 0, 0)).unwrap();
+    /// assert_eq!(raw.status, GetStatus::Found);
+    /// let view = format::parse(&raw.records[0], put.physical_offset).unwrap();
+    /// assert_eq!(view.body_bytes(), b"raw");
+    /// ```
+    pub fn get_raw(&self, req: &GetRequest<'_>) -> Result<RawGetResult> {
+        let got = read::get_raw(&self.log, &self.queues, req, self.config.max_transfer_bytes)?;
         self.log.counters().got(got.status == GetStatus::Found);
         Ok(got)
     }

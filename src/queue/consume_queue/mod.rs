@@ -454,6 +454,11 @@ impl ConsumeQueue {
         CqEntry::decode(&buf)
     }
 
+    /// Entries per file.
+    pub(crate) fn entries_per_file(&self) -> u64 {
+        self.file_size() / CQ_ENTRY_LEN as u64
+    }
+
     /// Up to `max` entries from `queue_offset`, stopping at the end of a file.
     pub(crate) fn entries(&self, queue_offset: u64, max: usize) -> Vec<CqEntry> {
         self.ensure_loaded();
