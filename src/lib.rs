@@ -80,7 +80,7 @@ pub use message::{
     TRANSACTION_PREPARED, TRANSACTION_ROLLBACK, is_transaction_hidden,
 };
 pub use queue::long_poll::MessageArrival;
-pub use queue::read::{GetRequest, GetResult, GetStatus, RawGetResult, TagFilter};
+pub use queue::read::{BoundaryType, GetRequest, GetResult, GetStatus, RawGetResult, TagFilter};
 pub use stats::{Histogram, ROCKETMQ_PUT_BUCKETS_MS, StoreStats};
 pub use store::MessageStore;
 

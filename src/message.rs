@@ -87,6 +87,21 @@ pub fn properties_well_formed(raw: &[u8]) -> bool {
             .all(|pair| pair.is_empty() || pair.contains(&NAME_VALUE_SEPARATOR))
 }
 
+/// The value of property `name` in raw `name\x01value\x02…` properties, read as RocketMQ
+/// reads them: a pair with an empty value counts as absent, and when a name repeats the
+/// last value wins. `None` also when the value is not UTF-8.
+#[inline]
+pub fn find_property<'a>(raw: &'a [u8], name: &str) -> Option<&'a str> {
+    raw.split(|&b| b == PROPERTY_SEPARATOR)
+        .filter_map(|pair| {
+            pair.strip_prefix(name.as_bytes())?
+                .strip_prefix(&[NAME_VALUE_SEPARATOR])
+        })
+        .filter(|v| !v.is_empty())
+        .next_back()
+        .and_then(|v| str::from_utf8(v).ok())
+}
+
 /// Milliseconds since the Unix epoch, as RocketMQ stores time.
 pub(crate) fn now_ms() -> i64 {
     SystemTime::now()
@@ -206,7 +221,7 @@ impl Message {
 
     /// The value of a property.
     pub fn property(&self, name: &str) -> Option<&str> {
-        find_property(&self.properties, name)
+        property_of(&self.properties, name)
     }
 
     /// The tags, if set.
@@ -215,7 +230,7 @@ impl Message {
     }
 }
 
-fn find_property<'a>(props: &'a [(String, String)], name: &str) -> Option<&'a str> {
+fn property_of<'a>(props: &'a [(String, String)], name: &str) -> Option<&'a str> {
     props
         .iter()
         .find(|(n, _)| n == name)
@@ -281,7 +296,8 @@ impl Properties {
         &self.raw
     }
 
-    /// `(name, value)` pairs in stored order.
+    /// `(name, value)` pairs in stored order, as stored (a repeated name or an empty
+    /// value included; [`Properties::get`] reads them as RocketMQ does).
     pub fn iter(&self) -> impl Iterator<Item = (&str, &str)> {
         std::str::from_utf8(&self.raw)
             .unwrap_or_default()
@@ -289,9 +305,10 @@ impl Properties {
             .filter_map(|pair| pair.split_once(NAME_VALUE_SEPARATOR as char))
     }
 
-    /// The value of a property.
+    /// The value of a property, as RocketMQ reads it: an empty value counts as absent,
+    /// and the last of repeated names wins.
     pub fn get(&self, name: &str) -> Option<&str> {
-        self.iter().find(|(n, _)| *n == name).map(|(_, v)| v)
+        find_property(&self.raw, name)
     }
 
     /// Whether there are no properties.

@@ -8,8 +8,8 @@ use bytes::Bytes;
 use common::*;
 use rocketstore::layout;
 use rocketstore::{
-    FlushMode, GetRequest, GetStatus, Message, MessageStore, PutResult, StoreConfig, TagFilter,
-    format,
+    BoundaryType, FlushMode, GetRequest, GetStatus, Message, MessageStore, PutResult, StoreConfig,
+    TagFilter, format,
 };
 
 const WAIT: Duration = Duration::from_secs(30);
@@ -137,6 +137,47 @@ fn offset_by_time_finds_the_first_message_at_or_after_a_time() {
     assert_eq!(store.offset_by_time("Time", 0, i64::MAX).unwrap(), 300);
     assert_eq!(store.offset_by_time("Time", 0, 0).unwrap(), 0);
     assert_eq!(store.offset_by_time("Nope", 0, 0).unwrap(), 0);
+
+    // The upper boundary: the last message stored at or before the time.
+    for probe in [0usize, 1, 150, 299] {
+        let ts = puts[probe].2.store_timestamp;
+        let offset = store
+            .offset_by_time_with("Time", 0, ts, BoundaryType::Upper)
+            .unwrap();
+        let last_at_ts = puts
+            .iter()
+            .rposition(|p| p.2.store_timestamp <= ts)
+            .unwrap();
+        assert_eq!(offset, last_at_ts as u64);
+    }
+    let upper = |ts| {
+        store
+            .offset_by_time_with("Time", 0, ts, BoundaryType::Upper)
+            .unwrap()
+    };
+    assert_eq!(upper(i64::MAX), 299);
+    assert_eq!(upper(0), 0, "every message is newer: the min offset");
+
+    // Where each message is, and when it was stored.
+    let first = puts[0].2;
+    assert_eq!(
+        store.earliest_message_time("Time", 0).unwrap(),
+        Some(first.store_timestamp)
+    );
+    assert_eq!(store.earliest_message_time("Nope", 0).unwrap(), None);
+    let p = puts[123].2;
+    assert_eq!(
+        store.message_store_time("Time", 0, 123).unwrap(),
+        Some(p.store_timestamp)
+    );
+    assert_eq!(
+        store.commit_log_offset_in_queue("Time", 0, 123).unwrap(),
+        Some(p.physical_offset)
+    );
+    assert_eq!(
+        store.commit_log_offset_in_queue("Time", 0, 300).unwrap(),
+        None
+    );
 }
 
 #[test]
@@ -347,4 +388,43 @@ fn an_unreadable_entry_moves_the_consumer_to_the_next_queue_file() {
     let got = store.get_message("D", 0, got.next_offset, 32).unwrap();
     assert_eq!(got.status, GetStatus::Found);
     assert_eq!(got.messages[0].queue_offset, 10);
+}
+
+#[test]
+fn a_tag_sharing_the_hash_of_the_filter_is_not_served() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path(), sync_mode());
+    // Java's "Aa".hashCode() == "BB".hashCode(): the consume queue cannot tell them apart.
+    assert_eq!(format::tag_hash(Some("Aa")), format::tag_hash(Some("BB")));
+    let mut last = None;
+    for (i, tag) in ["Aa", "BB", "Aa", "*"].into_iter().enumerate() {
+        last = Some(
+            store
+                .put_message(&message("H", 0, "h", i as u64).with_tags(tag))
+                .unwrap(),
+        );
+    }
+    assert!(store.wait_dispatched(last.unwrap().physical_offset, WAIT));
+    let aa = TagFilter::parse("Aa");
+    let got = store
+        .get_message_filtered("H", 0, 0, 32, Some(&aa))
+        .unwrap();
+    let tags: Vec<_> = got
+        .messages
+        .iter()
+        .map(|m| m.tags().unwrap().to_owned())
+        .collect();
+    assert_eq!(tags, ["Aa", "Aa"]);
+    assert_eq!(got.next_offset, 4);
+    // `*` inside an expression is a tag, not "everything".
+    let star = TagFilter::parse("BB || *");
+    let got = store
+        .get_message_filtered("H", 0, 0, 32, Some(&star))
+        .unwrap();
+    let tags: Vec<_> = got
+        .messages
+        .iter()
+        .map(|m| m.tags().unwrap().to_owned())
+        .collect();
+    assert_eq!(tags, ["BB", "*"]);
 }

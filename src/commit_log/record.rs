@@ -11,11 +11,12 @@ use bytes::Bytes;
 
 use crate::error::{Error, Result};
 use crate::message::{
-    IPV4_HOST_LEN, IPV6_HOST_LEN, KEY_SEPARATOR, Message, PROPERTY_KEYS, PROPERTY_UNIQ_KEY,
-    Properties, StoredMessage, host_len, is_transaction_hidden,
+    IPV4_HOST_LEN, IPV6_HOST_LEN, KEY_SEPARATOR, Message, PROPERTY_KEYS, PROPERTY_TAGS,
+    PROPERTY_UNIQ_KEY, Properties, StoredMessage, host_len, is_transaction_hidden,
 };
 pub use crate::message::{
-    NAME_VALUE_SEPARATOR, PROPERTY_SEPARATOR, body_crc, host_bytes, properties_well_formed,
+    NAME_VALUE_SEPARATOR, PROPERTY_SEPARATOR, body_crc, find_property, host_bytes,
+    properties_well_formed,
 };
 
 /// Magic code of a version-1 record (topic length in one byte).
@@ -510,16 +511,10 @@ impl RecordView<'_> {
         body_crc(self.body_bytes()) == self.body_crc
     }
 
-    /// The value of property `name`, found in the raw properties without parsing them
-    /// all; `None` when absent or not UTF-8.
+    /// The value of property `name`, read from the raw properties as RocketMQ reads it
+    /// (see [`find_property`]).
     pub fn property(&self, name: &str) -> Option<&str> {
-        self.properties
-            .split(|&b| b == PROPERTY_SEPARATOR)
-            .find_map(|pair| {
-                pair.strip_prefix(name.as_bytes())?
-                    .strip_prefix(&[NAME_VALUE_SEPARATOR])
-            })
-            .and_then(|v| str::from_utf8(v).ok())
+        find_property(self.properties, name)
     }
 
     /// The keys the key index files this record under (each as `topic#key`): every
@@ -725,10 +720,7 @@ pub fn decode_at(
 /// The TAGS property inside raw `name\x01value\x02` properties, without parsing the rest.
 #[inline]
 pub fn find_tags(raw_properties: &[u8]) -> Option<&str> {
-    raw_properties
-        .split(|&b| b == PROPERTY_SEPARATOR)
-        .find_map(|pair| pair.strip_prefix(b"TAGS\x01"))
-        .and_then(|v| str::from_utf8(v).ok())
+    find_property(raw_properties, PROPERTY_TAGS)
 }
 
 #[cfg(test)]
@@ -755,5 +747,9 @@ mod tests {
         assert_eq!(find_tags(b"KEYS\x01k\x02TAGS\x01TagA\x02"), Some("TagA"));
         assert_eq!(find_tags(b"XTAGS\x01no\x02"), None);
         assert_eq!(find_tags(b""), None);
+        // As RocketMQ reads properties: the last of repeated names, empty values absent.
+        assert_eq!(find_tags(b"TAGS\x01a\x02TAGS\x01b\x02"), Some("b"));
+        assert_eq!(find_tags(b"TAGS\x01a\x02TAGS\x01\x02"), Some("a"));
+        assert_eq!(find_tags(b"TAGS\x01\x02"), None);
     }
 }

@@ -55,6 +55,14 @@ pub struct GetResult {
 /// Selects messages by tag, as a RocketMQ subscription does: the stored tag hash is
 /// compared first, then the exact tag of the candidates.
 ///
+/// Two choices differ from RocketMQ's store, on purpose:
+/// - The exact tag is compared here. RocketMQ's store matches on the hash alone and leaves
+///   the comparison to the client, so it also returns a message whose different tag
+///   merely shares the hash ("Aa" and "BB" do). Such messages are skipped here (their
+///   offsets still advance `next_offset`): a consumer gets exactly what it subscribed to.
+/// - `*` means every message only when it is the whole expression, as in RocketMQ's
+///   subscription parsing; inside `TagA || *` it is a tag like any other.
+///
 /// ```
 /// use rocketstore::TagFilter;
 /// let f = TagFilter::parse("TagA || TagB");
@@ -62,6 +70,7 @@ pub struct GetResult {
 /// assert!(!f.matches(Some("TagC")));
 /// assert!(!f.matches(None));
 /// assert!(TagFilter::parse("*").matches(None));
+/// assert!(!TagFilter::parse("TagA || *").matches(Some("TagB")));
 /// ```
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TagFilter {
@@ -71,14 +80,14 @@ pub struct TagFilter {
 }
 
 impl TagFilter {
-    /// Matches messages whose tag is one of `tags`; `"*"` matches every message.
+    /// Matches messages whose tag is one of `tags`; `["*"]` alone matches every message.
     pub fn new<I, S>(tags: I) -> Self
     where
         I: IntoIterator<Item = S>,
         S: Into<String>,
     {
         let tags: Vec<String> = tags.into_iter().map(Into::into).collect();
-        let all = tags.iter().any(|t| t == "*");
+        let all = tags.len() == 1 && tags[0] == "*";
         let hashes = tags.iter().map(|t| entry::tag_hash(Some(t))).collect();
         TagFilter { tags, hashes, all }
     }
@@ -403,26 +412,73 @@ pub(crate) fn get_raw(
     })
 }
 
-/// The first queue offset whose message was stored at or after `timestamp_ms` (the
-/// queue's max offset when none was), by binary search on store time.
+/// Which side of a time [`offset_by_time_with`](crate::MessageStore::offset_by_time_with)
+/// looks for (RocketMQ's `BoundaryType`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum BoundaryType {
+    /// The first offset stored at or after the time (the queue's max offset when every
+    /// message is older).
+    #[default]
+    Lower,
+    /// The last offset stored at or before the time (the queue's min offset when every
+    /// message is newer).
+    Upper,
+}
+
+/// The queue offset of `topic`/`queue_id` on `boundary`'s side of `timestamp_ms`, by
+/// binary search on store time (store times rise in queue order).
 pub(crate) fn offset_by_time(
     log: &CommitLog,
     queues: &ConsumeQueues,
-    topic: &str,
-    queue_id: u32,
+    (topic, queue_id): (&str, u32),
     timestamp_ms: i64,
+    boundary: BoundaryType,
 ) -> Result<u64> {
     let Some(queue) = queues.get(topic, queue_id) else {
         return Ok(0);
     };
     let limit = log.write_offset();
-    try_partition_point(queue.min_offset()..queue.max_offset(), |at| {
-        let stored = match queue.entry(at) {
-            Some(e) => log
-                .read(e.physical_offset, limit)?
-                .map(|m| m.store_timestamp),
-            None => None,
-        };
-        Ok(stored.is_some_and(|ts| ts < timestamp_ms))
-    })
+    let (min, max) = (queue.min_offset(), queue.max_offset());
+    let first_at_or_after = |ts: i64| {
+        try_partition_point(min..max, |at| {
+            let stored = match queue.entry(at) {
+                Some(e) => log
+                    .read(e.physical_offset, limit)?
+                    .map(|m| m.store_timestamp),
+                None => None,
+            };
+            Ok(stored.is_some_and(|stored| stored < ts))
+        })
+    };
+    match boundary {
+        BoundaryType::Lower => first_at_or_after(timestamp_ms),
+        BoundaryType::Upper => {
+            let after = first_at_or_after(timestamp_ms.saturating_add(1))?;
+            Ok(after.saturating_sub(1).max(min))
+        }
+    }
+}
+
+/// The commit-log offset and store time of the message at `queue_offset`, if it is
+/// stored.
+pub(crate) fn locate(
+    log: &CommitLog,
+    queues: &ConsumeQueues,
+    (topic, queue_id): (&str, u32),
+    queue_offset: u64,
+) -> Result<Option<(u64, i64)>> {
+    let Some(queue) = queues.get(topic, queue_id) else {
+        return Ok(None);
+    };
+    if queue_offset < queue.min_offset() {
+        return Ok(None);
+    }
+    let Some(entry) = queue.entry(queue_offset) else {
+        return Ok(None);
+    };
+    if entry.physical_offset < log.min_offset() {
+        return Ok(None);
+    }
+    let stored = log.read(entry.physical_offset, log.write_offset())?;
+    Ok(stored.map(|m| (entry.physical_offset, m.store_timestamp)))
 }

@@ -18,7 +18,9 @@ use crate::message::{Message, MessageId, PutResult, PutStatus, StoredMessage};
 use crate::queue::dispatch::Dispatcher;
 use crate::queue::long_poll::MessageArrival;
 use crate::queue::queues::ConsumeQueues;
-use crate::queue::read::{self, GetRequest, GetResult, GetStatus, RawGetResult, TagFilter};
+use crate::queue::read::{
+    self, BoundaryType, GetRequest, GetResult, GetStatus, RawGetResult, TagFilter,
+};
 use crate::stats::StoreStats;
 mod dispatchers;
 mod recovery;
@@ -421,7 +423,54 @@ impl MessageStore {
     /// The first queue offset whose message was stored at or after `timestamp_ms`, by
     /// binary search on store time; the max offset when every message is older.
     pub fn offset_by_time(&self, topic: &str, queue_id: u32, timestamp_ms: i64) -> Result<u64> {
-        read::offset_by_time(&self.log, &self.queues, topic, queue_id, timestamp_ms)
+        self.offset_by_time_with(topic, queue_id, timestamp_ms, BoundaryType::Lower)
+    }
+
+    /// The queue offset on `boundary`'s side of `timestamp_ms`: the first stored at or
+    /// after it ([`BoundaryType::Lower`]), or the last stored at or before it
+    /// ([`BoundaryType::Upper`]). 0 for an unknown queue.
+    pub fn offset_by_time_with(
+        &self,
+        topic: &str,
+        queue_id: u32,
+        timestamp_ms: i64,
+        boundary: BoundaryType,
+    ) -> Result<u64> {
+        read::offset_by_time(
+            &self.log,
+            &self.queues,
+            (topic, queue_id),
+            timestamp_ms,
+            boundary,
+        )
+    }
+
+    /// Store time of the oldest message still stored in `topic`/`queue_id`; `None` for
+    /// an empty or unknown queue.
+    pub fn earliest_message_time(&self, topic: &str, queue_id: u32) -> Result<Option<i64>> {
+        let min = self.min_offset_in_queue(topic, queue_id);
+        Ok(read::locate(&self.log, &self.queues, (topic, queue_id), min)?.map(|(_, t)| t))
+    }
+
+    /// Store time of the message at `queue_offset` of `topic`/`queue_id`, if stored.
+    pub fn message_store_time(
+        &self,
+        topic: &str,
+        queue_id: u32,
+        queue_offset: u64,
+    ) -> Result<Option<i64>> {
+        Ok(read::locate(&self.log, &self.queues, (topic, queue_id), queue_offset)?.map(|(_, t)| t))
+    }
+
+    /// Commit-log offset of the message at `queue_offset` of `topic`/`queue_id`, if
+    /// stored (RocketMQ's `getCommitLogOffsetInQueue`).
+    pub fn commit_log_offset_in_queue(
+        &self,
+        topic: &str,
+        queue_id: u32,
+        queue_offset: u64,
+    ) -> Result<Option<u64>> {
+        Ok(read::locate(&self.log, &self.queues, (topic, queue_id), queue_offset)?.map(|(o, _)| o))
     }
 
     /// Commit-log offset up to which every record is indexed in its consume queue.
