@@ -146,6 +146,9 @@ pub struct StoreConfig {
     pub file_delete_interval: Duration,
     /// Hooks called around file operations; for fault-injection tests. Default: none.
     pub io_hook: Option<Arc<dyn IoHook>>,
+    /// Supplies consume-queue tag codes other than the tag hash (delayed messages).
+    /// Default: none.
+    pub tag_code: Option<Arc<dyn crate::queue::entry::TagCode>>,
     /// Build the key index (`{root}/index/`) that
     /// [`MessageStore::query_message`](crate::MessageStore::query_message) reads. Default:
     /// true (RocketMQ's `messageIndexEnable`).
@@ -194,6 +197,7 @@ impl fmt::Debug for StoreConfig {
             .field("disk_full_ratio", &self.disk_full_ratio)
             .field("disk_check_interval", &self.disk_check_interval)
             .field("io_hook", &self.io_hook.is_some())
+            .field("tag_code", &self.tag_code.is_some())
             .field("index_enabled", &self.index_enabled)
             .field("index_hash_slots", &self.index_hash_slots)
             .field("index_entries", &self.index_entries)
@@ -233,11 +237,18 @@ impl StoreConfig {
             disk_full_ratio: 0.90,
             disk_check_interval: Duration::from_secs(1),
             io_hook: None,
+            tag_code: None,
             index_enabled: true,
             index_hash_slots: 5_000_000,
             index_entries: 20_000_000,
             index_max_files: 64,
         }
+    }
+
+    /// Sets [`StoreConfig::tag_code`].
+    pub fn tag_code(mut self, code: Arc<dyn crate::queue::entry::TagCode>) -> Self {
+        self.tag_code = Some(code);
+        self
     }
 
     /// Sets [`StoreConfig::index_enabled`].

@@ -79,6 +79,7 @@ pub use message::{
     PutResult, PutStatus, StoredMessage, TRANSACTION_COMMIT, TRANSACTION_MASK,
     TRANSACTION_PREPARED, TRANSACTION_ROLLBACK, is_transaction_hidden,
 };
+pub use queue::entry::TagCode;
 pub use queue::long_poll::MessageArrival;
 pub use queue::read::{BoundaryType, GetRequest, GetResult, GetStatus, RawGetResult, TagFilter};
 pub use stats::{Histogram, ROCKETMQ_PUT_BUCKETS_MS, StoreStats};

@@ -428,3 +428,47 @@ fn a_tag_sharing_the_hash_of_the_filter_is_not_served() {
         .collect();
     assert_eq!(tags, ["BB", "*"]);
 }
+
+/// Delivery time instead of the tag hash, as RocketMQ's schedule service expects.
+struct DelayAt;
+
+impl rocketstore::TagCode for DelayAt {
+    fn tag_code(&self, record: &format::RecordView<'_>) -> Option<i64> {
+        (record.topic == "SCHEDULE_TOPIC_XXXX")
+            .then(|| record.property("DELAY_AT")?.parse().ok())
+            .flatten()
+    }
+}
+
+#[test]
+fn a_broker_supplies_the_tag_code_of_delayed_messages() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = || config(dir.path(), sync_mode()).tag_code(std::sync::Arc::new(DelayAt));
+    let entry_tag = |topic: &str, at: u64| {
+        let file = layout::queue_dir(dir.path(), topic, 0).join(layout::file_name(0));
+        let bytes = std::fs::read(file).unwrap();
+        let e: [u8; 20] = bytes[at as usize * 20..at as usize * 20 + 20]
+            .try_into()
+            .unwrap();
+        format::CqEntry::decode(&e).unwrap().tag_hash
+    };
+    let store = MessageStore::open(cfg()).unwrap();
+    let delayed = Message::new("SCHEDULE_TOPIC_XXXX", 0, Bytes::from_static(b"later"))
+        .with_tags("T")
+        .with_property("DELAY_AT", "1767225600000");
+    store.put_message(&delayed).unwrap();
+    let normal = store
+        .put_message(&message("Plain", 0, "p", 0).with_tags("T"))
+        .unwrap();
+    assert!(store.wait_dispatched(normal.physical_offset, WAIT));
+    store.shutdown().unwrap();
+    drop(store);
+    assert_eq!(entry_tag("SCHEDULE_TOPIC_XXXX", 0), 1_767_225_600_000);
+    assert_eq!(entry_tag("Plain", 0), format::tag_hash(Some("T")));
+    // Recovery computes the same codes again: after a crash the entries are the same.
+    std::fs::write(layout::abort_file(dir.path()), b"").unwrap();
+    let store = MessageStore::open(cfg()).unwrap();
+    store.shutdown().unwrap();
+    drop(store);
+    assert_eq!(entry_tag("SCHEDULE_TOPIC_XXXX", 0), 1_767_225_600_000);
+}

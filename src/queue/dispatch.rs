@@ -17,7 +17,6 @@ use crate::commit_log::record::{RecordView, Records, Step};
 use crate::commit_log::{CommitLog, Wakeup};
 use crate::error::{Error, Result};
 use crate::queue::consume_queue::Indexed;
-use crate::queue::entry::CqEntry;
 use crate::queue::queues::ConsumeQueues;
 
 /// Indexes one record in its consume queue's pending batch (a transaction's half or
@@ -28,7 +27,7 @@ fn index_record(queues: &ConsumeQueues, view: &RecordView<'_>) -> Result<()> {
     if view.is_hidden() {
         return Ok(());
     }
-    let entry = CqEntry::of(view);
+    let entry = queues.entry_of(view);
     match queues.index(view.topic, view.queue_id, view.queue_offset, entry)? {
         Indexed::Appended | Indexed::Already => Ok(()),
         Indexed::Conflict(reason) | Indexed::Gap(reason) => {

@@ -3,6 +3,35 @@
 
 use crate::commit_log::record::{RecordView, find_tags};
 
+/// Supplies the tag code a record's consume-queue entry stores instead of its tag hash:
+/// for RocketMQ's delayed messages (`SCHEDULE_TOPIC_XXXX`) a broker puts the delivery
+/// time there, which its schedule service reads back. Set with
+/// [`StoreConfig::tag_code`](crate::StoreConfig::tag_code).
+///
+/// ```
+/// use std::sync::Arc;
+/// use rocketstore::{StoreConfig, TagCode, format::RecordView};
+///
+/// /// Delayed messages: the delivery time from the `DELAY_AT` property.
+/// struct DeliveryTime;
+///
+/// impl TagCode for DeliveryTime {
+///     fn tag_code(&self, record: &RecordView<'_>) -> Option<i64> {
+///         if record.topic != "SCHEDULE_TOPIC_XXXX" {
+///             return None; // the tag hash, as usual
+///         }
+///         record.property("DELAY_AT")?.parse().ok()
+///     }
+/// }
+/// let config = StoreConfig::new("/tmp/store").tag_code(Arc::new(DeliveryTime));
+/// # let _ = config;
+/// ```
+pub trait TagCode: Send + Sync + 'static {
+    /// The code to store for `record`, or `None` for its tag hash. It must depend on the
+    /// record's bytes only: recovery computes it again and compares.
+    fn tag_code(&self, record: &RecordView<'_>) -> Option<i64>;
+}
+
 /// Size of one consume-queue entry: commit-log offset i64, record size i32, tag hash i64.
 pub const CQ_ENTRY_LEN: usize = 20;
 
@@ -26,6 +55,16 @@ impl CqEntry {
             size: view.total_size,
             tag_hash: tag_hash(find_tags(view.properties)),
         }
+    }
+
+    /// The entry that indexes `view`, its tag code supplied by `code` when it has one.
+    #[inline]
+    pub fn with_code(view: &RecordView<'_>, code: Option<&dyn TagCode>) -> CqEntry {
+        let mut e = CqEntry::of(view);
+        if let Some(c) = code.and_then(|c| c.tag_code(view)) {
+            e.tag_hash = c;
+        }
+        e
     }
 
     /// The 20 stored bytes.

@@ -8,6 +8,7 @@ use std::sync::atomic::Ordering;
 use parking_lot::RwLock;
 
 use crate::commit_log::QueueOffsets;
+use crate::commit_log::record::RecordView;
 use crate::commit_log::record::validate_topic;
 use crate::error::{Error, Result};
 use crate::fs::io_hook::IoHook;
@@ -15,7 +16,7 @@ use crate::fs::ops;
 use crate::fs::sparse_file;
 use crate::queue::arrival::Arrivals;
 use crate::queue::consume_queue::{ConsumeQueue, Indexed, Load, QueueFiles, TableEnd};
-use crate::queue::entry::{CQ_ENTRY_LEN, CqEntry};
+use crate::queue::entry::{CQ_ENTRY_LEN, CqEntry, TagCode};
 
 type Table = HashMap<String, HashMap<u32, Arc<ConsumeQueue>>>;
 
@@ -41,6 +42,8 @@ pub(crate) struct ConsumeQueues {
     batch: parking_lot::Mutex<Vec<Arc<ConsumeQueue>>>,
     /// Consumers waiting for entries.
     arrivals: Arrivals,
+    /// Tag codes other than the tag hash (the store config's).
+    pub(crate) tag_code: Option<Arc<dyn TagCode>>,
 }
 
 impl ConsumeQueues {
@@ -152,6 +155,7 @@ impl ConsumeQueues {
             table: RwLock::new(table),
             batch: parking_lot::Mutex::new(Vec::new()),
             arrivals: Arrivals::default(),
+            tag_code: None,
         })
     }
 
@@ -181,6 +185,11 @@ impl ConsumeQueues {
     /// One past the last visible entry of `topic`/`queue_id` (0 for an unknown queue).
     pub(crate) fn max_offset(&self, topic: &str, queue_id: u32) -> u64 {
         self.get(topic, queue_id).map_or(0, |q| q.max_offset())
+    }
+
+    /// The entry that indexes `view`.
+    pub(crate) fn entry_of(&self, view: &RecordView<'_>) -> CqEntry {
+        CqEntry::with_code(view, self.tag_code.as_deref())
     }
 
     /// Who waits for entries (long polling).

@@ -2,13 +2,13 @@
 //! bringing the queues in line with the log after a clean or an unclean exit.
 
 use crate::checkpoint::{Checkpoint, CheckpointTimes};
-use crate::commit_log::record::RecordView;
+use crate::commit_log::record::{self, RecordView};
 use crate::commit_log::{CommitLog, RecoverySink, ScanFrom, ScanPlan};
 use crate::config::StoreConfig;
 use crate::error::{Error, Result};
 use crate::layout;
 use crate::queue::consume_queue::{Indexed, Load};
-use crate::queue::entry::{self, CqEntry};
+use crate::queue::entry::CqEntry;
 use crate::queue::queues::{ConsumeQueues, TableRow};
 
 /// The recovered store data.
@@ -336,14 +336,16 @@ impl RecoverySink for QueueRebuild<'_> {
             })?;
         }
         self.committed = (start_offset, self.checkpoint.times().logics);
-        self.queues = Some(ConsumeQueues::load(
+        let mut queues = ConsumeQueues::load(
             layout::consume_queue_dir(&self.config.root_dir),
             self.config.consume_queue_entries_per_file,
             self.config.io_hook.clone(),
             how,
             log_start,
             self.table,
-        )?);
+        )?;
+        queues.tag_code = self.config.tag_code.clone();
+        self.queues = Some(queues);
         if self.mode != Mode::Rebuild
             && let Some(why) = self.queues.as_ref().and_then(ConsumeQueues::damaged)
         {
@@ -367,7 +369,11 @@ impl RecoverySink for QueueRebuild<'_> {
             self.track_next(view);
             return Ok(true);
         }
-        let entry = CqEntry::of(view);
+        let entry = self
+            .queues
+            .as_ref()
+            .expect("begin() comes first")
+            .entry_of(view);
         if self.mode == Mode::Verify {
             // A clean exit drained the dispatch, and records are indexed in log order: the
             // file's last record is checked in `file_done` (and every queue's length against
@@ -474,13 +480,19 @@ fn last_entries_mismatch(log: &CommitLog, queues: &ConsumeQueues) -> Option<Stri
         if e.physical_offset < start {
             return None;
         }
-        match log.read(e.physical_offset, limit) {
-            Ok(Some(m))
-                if *m.topic == *topic
-                    && m.queue_id == id
-                    && m.queue_offset == at
-                    && m.total_size == e.size
-                    && entry::tag_hash(m.tags()) == e.tag_hash =>
+        let mut cursor = crate::commit_log::ReadCursor::default();
+        let raw = log.read_raw_with(&mut cursor, e.physical_offset, limit);
+        let view = raw
+            .as_ref()
+            .ok()
+            .and_then(Option::as_ref)
+            .and_then(|b| record::parse(b, e.physical_offset).ok());
+        match view {
+            Some(v)
+                if v.topic == topic
+                    && v.queue_id == id
+                    && v.queue_offset == at
+                    && queues.entry_of(&v) == e =>
             {
                 None
             }
