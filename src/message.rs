@@ -97,8 +97,7 @@ pub fn find_property<'a>(raw: &'a [u8], name: &str) -> Option<&'a str> {
             pair.strip_prefix(name.as_bytes())?
                 .strip_prefix(&[NAME_VALUE_SEPARATOR])
         })
-        .filter(|v| !v.is_empty())
-        .next_back()
+        .rfind(|v| !v.is_empty())
         .and_then(|v| str::from_utf8(v).ok())
 }
 
