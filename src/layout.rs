@@ -36,6 +36,8 @@ pub const ABORT_FILE: &str = "abort";
 pub const CHECKPOINT_FILE: &str = "checkpoint";
 /// The queue table: every queue's next offset, at the last open or clean shutdown.
 pub const QUEUE_TABLE_FILE: &str = "queue_table";
+/// Topics deleted by `delete_topic`, with their cutoffs.
+pub const DELETED_TOPICS_FILE: &str = "deleted_topics";
 /// Directory of the key index's files.
 pub const INDEX_DIR: &str = "index";
 /// Directory of the dispatchers' progress files.
@@ -129,6 +131,11 @@ pub fn checkpoint_file(root: &Path) -> PathBuf {
 /// `{root}/queue_table`.
 pub fn queue_table_file(root: &Path) -> PathBuf {
     root.join(QUEUE_TABLE_FILE)
+}
+
+/// `{root}/deleted_topics`.
+pub fn deleted_topics_file(root: &Path) -> PathBuf {
+    root.join(DELETED_TOPICS_FILE)
 }
 
 /// `{root}/index/`: the key index's files, each named by its creation time

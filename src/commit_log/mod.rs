@@ -371,6 +371,26 @@ impl CommitLog {
         self.lock_held_for().is_some_and(|h| h > self.busy_limit)
     }
 
+    /// Starts `topic` again at queue offset 0, under the put lock: `before(cutoff)` runs
+    /// first with the offset the next record will get at the earliest (the caller makes
+    /// the deletion durable there), then the topic's next queue offsets are forgotten. No
+    /// record of the topic is appended between the two. Returns the cutoff.
+    pub(crate) fn reset_topic(
+        &self,
+        topic: &str,
+        before: impl FnOnce(u64) -> Result<()>,
+    ) -> Result<u64> {
+        self.check_poisoned()?;
+        let mut state = self.state.lock();
+        if state.closed {
+            return Err(Error::ShutDown);
+        }
+        let cutoff = state.writer.offset();
+        before(cutoff)?;
+        state.queue_offsets.remove(topic);
+        Ok(cutoff)
+    }
+
     /// Appends already-encoded records of one topic/queue, all in one file, assigning
     /// consecutive queue offsets. Only this runs under the put lock.
     pub(crate) fn append(

@@ -29,6 +29,7 @@ use crate::dispatch::progress::{Progress, ProgressFile};
 use crate::error::{Error, Result};
 use crate::fs::ops;
 use crate::message::{PROPERTY_KEYS, PROPERTY_UNIQ_KEY, StoredMessage};
+use crate::queue::deleted::DeletedTopics;
 use file::{IndexFile, key_hash};
 
 /// Length of an index file's name: its creation time, `yyyyMMddHHmmssSSS`.
@@ -249,6 +250,7 @@ impl KeyIndex {
     pub(crate) fn query(
         &self,
         log: &CommitLog,
+        deleted: &DeletedTopics,
         (topic, key): (&str, &str),
         max: usize,
         (begin_ms, end_ms): (i64, i64),
@@ -277,7 +279,10 @@ impl KeyIndex {
                     return true;
                 }
                 match log.read(offset, limit) {
-                    Ok(Some(m)) if matches(&m, topic, key, begin_ms, end_ms) => {
+                    Ok(Some(m))
+                        if matches(&m, topic, key, begin_ms, end_ms)
+                            && !deleted.hides(topic, offset) =>
+                    {
                         out.messages.push(m);
                     }
                     Ok(_) => {}

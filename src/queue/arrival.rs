@@ -166,6 +166,27 @@ impl Arrivals {
         }
     }
 
+    /// Queues were removed (their topic deleted): their waiters are woken, and find
+    /// the topic as it is now when they look again.
+    pub(crate) fn dropped<'a>(&self, queues: impl Iterator<Item = &'a Arc<ConsumeQueue>>) {
+        let mut woken = Vec::new();
+        {
+            let mut reg = self.registry.lock();
+            for q in queues {
+                if let Some((_, waiters)) = reg.by_queue.remove(&q.key()) {
+                    q.watched.store(false, Ordering::SeqCst);
+                    for w in &waiters {
+                        reg.places.remove(&w.id);
+                    }
+                    woken.extend(waiters);
+                }
+            }
+        }
+        for w in woken {
+            w.waker.wake();
+        }
+    }
+
     /// Ends every wait: the store is shutting down, or nothing will be dispatched any more.
     pub(crate) fn close(&self) {
         let mut woken = Vec::new();

@@ -17,14 +17,19 @@ use crate::commit_log::record::{RecordView, Records, Step};
 use crate::commit_log::{CommitLog, Wakeup};
 use crate::error::{Error, Result};
 use crate::queue::consume_queue::Indexed;
+use crate::queue::deleted::DeletedTopics;
 use crate::queue::queues::ConsumeQueues;
 
 /// Indexes one record in its consume queue's pending batch (a transaction's half or
-/// rollback record gets no entry). At run time a record its queue
+/// rollback record, or a record of a deleted topic, gets no entry). At run time a record its queue
 /// cannot take (another entry at its queue offset, or a hole before it) means the log and
 /// the queue disagree: corruption.
-fn index_record(queues: &ConsumeQueues, view: &RecordView<'_>) -> Result<()> {
-    if view.is_hidden() {
+fn index_record(
+    queues: &ConsumeQueues,
+    deleted: &DeletedTopics,
+    view: &RecordView<'_>,
+) -> Result<()> {
+    if view.is_hidden() || deleted.hides(view.topic, view.physical_offset) {
         return Ok(());
     }
     let entry = queues.entry_of(view);
@@ -39,6 +44,7 @@ fn index_record(queues: &ConsumeQueues, view: &RecordView<'_>) -> Result<()> {
 struct Shared {
     log: Arc<CommitLog>,
     queues: Arc<ConsumeQueues>,
+    deleted: Arc<DeletedTopics>,
     wakeup: Arc<Wakeup>,
     flush_interval: Duration,
     /// Commit-log offset up to which every record is indexed.
@@ -79,12 +85,14 @@ impl Dispatcher {
         flush_interval: Duration,
         resume: Option<(u64, i64)>,
         index_time: Arc<AtomicI64>,
+        deleted: Arc<DeletedTopics>,
     ) -> Result<Dispatcher> {
         let wakeup = Arc::clone(log.wakeup());
         let (from, from_timestamp) =
             resume.unwrap_or_else(|| (log.write_offset(), log.last_store_timestamp()));
         let shared = Arc::new(Shared {
             index_time,
+            deleted,
             log,
             queues,
             wakeup,
@@ -174,6 +182,12 @@ impl Dispatcher {
             }
         }
         true
+    }
+
+    /// Waits until `done()` holds, checked after each dispatch round; false on timeout or
+    /// once the thread has ended.
+    pub(crate) fn wait_for(&self, timeout: Duration, done: impl Fn() -> bool) -> bool {
+        self.wait_until(timeout, |_| done())
     }
 
     /// Indexes what is left, flushes the queues and the checkpoint, stops the thread. Fails
@@ -318,6 +332,7 @@ fn run(s: &Shared) {
 fn dispatch_available(s: &Shared, marks: &mut Marks) -> Result<bool> {
     let end = s.log.readable_offset();
     let start = s.dispatched.load(Ordering::Acquire);
+    drop_deleted(s, start)?;
     let mut at = start;
     while at < end {
         // The readable bytes from `at` to the end of its file (records never span files).
@@ -331,7 +346,13 @@ fn dispatch_available(s: &Shared, marks: &mut Marks) -> Result<bool> {
         for step in records.by_ref() {
             match step? {
                 Step::Record(view) => {
-                    index_record(&s.queues, &view)?;
+                    if view.physical_offset >= s.deleted.next_cutoff() {
+                        // The first record past a deletion: the topic's old queues go
+                        // before anything of the new topic is indexed.
+                        s.queues.commit()?;
+                        drop_deleted(s, view.physical_offset)?;
+                    }
+                    index_record(&s.queues, &s.deleted, &view)?;
                     last_ts = Some(view.store_timestamp);
                 }
                 Step::Blank => {
@@ -356,11 +377,28 @@ fn dispatch_available(s: &Shared, marks: &mut Marks) -> Result<bool> {
             marks.pop_front();
         }
         marks.push_back((at, ts));
+        drop_deleted(s, at)?;
         s.dispatched.store(at, Ordering::Release);
         let _guard = s.progress.lock();
         s.progressed.notify_all();
     }
     Ok(at > start)
+}
+
+/// Removes the old consume queues of every topic whose deletion's cutoff is at or below
+/// `offset` (every record before it is dispatched), and records each deletion as done.
+fn drop_deleted(s: &Shared, offset: u64) -> Result<()> {
+    if offset < s.deleted.next_cutoff() {
+        return Ok(());
+    }
+    for topic in s.deleted.due(offset) {
+        s.queues.drop_topic(&topic)?;
+        s.deleted.mark_done(&topic)?;
+        log::info!("topic {topic}: its consume queues are deleted");
+    }
+    let _guard = s.progress.lock();
+    s.progressed.notify_all();
+    Ok(())
 }
 
 /// Flushes the consume queues and records how far everything is durable.

@@ -5,6 +5,7 @@
 
 pub(crate) mod arrival;
 pub(crate) mod consume_queue;
+pub(crate) mod deleted;
 pub(crate) mod dispatch;
 pub(crate) mod entry;
 pub(crate) mod long_poll;

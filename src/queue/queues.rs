@@ -271,6 +271,20 @@ impl ConsumeQueues {
         Ok(())
     }
 
+    /// Removes every queue of `topic`: out of the table, then its directory, durably.
+    /// Waiters on its queues are woken (they find the topic empty, or its next queues).
+    /// Nothing may be pending for it (the caller committed).
+    pub(crate) fn drop_topic(&self, topic: &str) -> Result<()> {
+        let removed = self.table.write().remove(topic);
+        for q in removed.iter().flat_map(|qs| qs.values()) {
+            q.forget_cached();
+        }
+        if let Some(qs) = &removed {
+            self.arrivals.dropped(qs.values());
+        }
+        remove_topic_dir(&self.root, topic, self.io.hook.as_ref())
+    }
+
     /// Every queue, for flushing and for rebuilding the next queue offsets.
     pub(crate) fn all(&self) -> Vec<(String, u32, Arc<ConsumeQueue>)> {
         let table = self.table.read();
@@ -508,4 +522,18 @@ fn list_dirs(dir: &Path) -> Result<Vec<PathBuf>> {
     // By bytes: comparing paths component by component costs more than the listing.
     out.sort_unstable_by(|a, b| a.as_os_str().cmp(b.as_os_str()));
     Ok(out)
+}
+
+/// Removes `{root}/{topic}/` (a deleted topic's consume queues) and syncs `root`.
+pub(crate) fn remove_topic_dir(
+    root: &Path,
+    topic: &str,
+    hook: Option<&Arc<dyn IoHook>>,
+) -> Result<()> {
+    let dir = root.join(topic);
+    if !dir.exists() {
+        return Ok(());
+    }
+    ops::remove_dir_all(&dir, hook)?;
+    ops::sync_dir_with(root, hook)
 }

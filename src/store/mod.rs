@@ -15,6 +15,7 @@ use crate::fs::lock::StoreLock;
 use crate::index::{KeyIndex, QueryResult};
 use crate::layout;
 use crate::message::{Message, MessageId, PutResult, PutStatus, StoredMessage};
+use crate::queue::deleted::DeletedTopics;
 use crate::queue::dispatch::Dispatcher;
 use crate::queue::long_poll::MessageArrival;
 use crate::queue::queues::ConsumeQueues;
@@ -70,6 +71,8 @@ pub struct MessageStore {
     index: Option<Arc<KeyIndex>>,
     /// Dispatchers besides the consume queues: the key index's first, then the broker's.
     side: Vec<DispatcherThread>,
+    /// Deleted topics and their cutoffs.
+    deleted: Arc<DeletedTopics>,
     lock: StoreLock,
     /// Held for the whole of a shutdown, so a second caller waits for the first and gets
     /// its outcome; `Some` once it is done.
@@ -132,7 +135,19 @@ impl MessageStore {
                 config.root().display()
             );
         }
-        let recovered = match recover(&config, lock.last_exit_clean(), lock.poisoned_at()) {
+        let deleted = match DeletedTopics::open(layout::deleted_topics_file(config.root())) {
+            Ok(d) => Arc::new(d),
+            Err(e) => {
+                let _ = lock.release(lock.last_exit_clean());
+                return Err(e);
+            }
+        };
+        let recovered = match recover(
+            &config,
+            lock.last_exit_clean(),
+            lock.poisoned_at(),
+            &deleted,
+        ) {
             Ok(r) => r,
             Err(e) => {
                 // A refused open must not turn a clean store into a crashed one: the next
@@ -171,6 +186,7 @@ impl MessageStore {
             config.consume_queue_flush_interval,
             recovered.resume_dispatch,
             index_time,
+            Arc::clone(&deleted),
         )?;
         let retention_thread = RetentionThread::start(
             Arc::clone(&retention),
@@ -182,6 +198,7 @@ impl MessageStore {
         Ok(MessageStore {
             index,
             side,
+            deleted,
             config,
             log,
             queues,
@@ -577,7 +594,55 @@ impl MessageStore {
         let index = self.index.as_ref().ok_or_else(|| Error::InvalidConfig {
             reason: "the key index is disabled (StoreConfig::index_enabled)".into(),
         })?;
-        index.query(&self.log, (topic, key), max, (begin_ms, end_ms))
+        index.query(
+            &self.log,
+            &self.deleted,
+            (topic, key),
+            max,
+            (begin_ms, end_ms),
+        )
+    }
+
+    /// Deletes `topic`: its consume queues go, durably, and none of its messages stored so
+    /// far is returned again, by queue or by key (the records stay in the commit log until
+    /// retention deletes their files). Puts to the topic that follow start it again at
+    /// queue offset 0. Waits until dispatch has indexed everything put before the call (so
+    /// while dispatch is stalled on a full disk, it waits for space); the deletion itself
+    /// is durable before any later put to the topic is stored. Broker dispatchers still
+    /// see the records: what they keep of them is theirs to delete.
+    ///
+    /// ```
+    /// # use std::time::Duration;
+    /// # use rocketstore::{GetStatus, Message, MessageStore, StoreConfig};
+    /// # let dir = tempfile::tempdir().unwrap();
+    /// # let store = MessageStore::open(StoreConfig::new(dir.path()).commit_log_file_size(1 << 20)).unwrap();
+    /// store.put_message(&Message::new("Old", 0u32, &b"x"[..])).unwrap();
+    /// store.delete_topic("Old").unwrap();
+    /// assert_eq!(store.get_message("Old", 0, 0, 8).unwrap().status, GetStatus::NoMessageInQueue);
+    /// assert_eq!(store.put_message(&Message::new("Old", 0u32, &b"y"[..])).unwrap().queue_offset, 0);
+    /// ```
+    pub fn delete_topic(&self, topic: &str) -> Result<()> {
+        crate::commit_log::record::validate_topic(topic)?;
+        let open = self.open.read();
+        if !*open {
+            return Err(Error::ShutDown);
+        }
+        let deleted = &self.deleted;
+        self.log
+            .reset_topic(topic, |cutoff| deleted.record(topic, cutoff))?;
+        // Recorded: a shutdown may come now (it completes the deletion as it drains).
+        drop(open);
+        self.log.wakeup().wake();
+        if !self
+            .dispatcher
+            .wait_for(Duration::MAX, || deleted.is_done(topic))
+        {
+            return Err(self
+                .dispatcher
+                .failure()
+                .map_or(Error::ShutDown, |reason| Error::DispatchStalled { reason }));
+        }
+        Ok(())
     }
 
     /// Waits until the dispatcher `name` (`"index"` for the key index, or a broker's

@@ -8,8 +8,9 @@ use crate::config::StoreConfig;
 use crate::error::{Error, Result};
 use crate::layout;
 use crate::queue::consume_queue::{Indexed, Load};
+use crate::queue::deleted::DeletedTopics;
 use crate::queue::entry::CqEntry;
-use crate::queue::queues::{ConsumeQueues, TableRow};
+use crate::queue::queues::{ConsumeQueues, TableRow, remove_topic_dir};
 
 /// The recovered store data.
 pub(crate) struct Recovered {
@@ -36,8 +37,19 @@ pub(crate) fn recover(
     config: &StoreConfig,
     clean: bool,
     poisoned_at: Option<u64>,
+    deleted: &DeletedTopics,
 ) -> Result<Recovered> {
     let started = std::time::Instant::now();
+    // A deletion not done left the topic's old queues, and no entry of the new topic:
+    // they go, and the scan indexes the new topic's records (all past the checkpoint).
+    let not_done = deleted.not_done();
+    for topic in &not_done {
+        remove_topic_dir(
+            &layout::consume_queue_dir(&config.root_dir),
+            topic,
+            config.io_hook.as_ref(),
+        )?;
+    }
     let path = layout::checkpoint_file(&config.root_dir);
     let times = CheckpointTimes::read(&path)?;
     let checkpoint = Checkpoint::open(path, times.unwrap_or_default())?;
@@ -46,7 +58,9 @@ pub(crate) fn recover(
     // Every queue and its next offset when the store was last opened or cleanly shut
     // down: exact after a clean exit, a lower bound after a crash (queues only grow, and
     // a crash cuts only what came after the last open).
-    let read = ConsumeQueues::read_table(&table_path)?.unwrap_or_default();
+    let mut read = ConsumeQueues::read_table(&table_path)?.unwrap_or_default();
+    // A deleted topic's rows describe its old queues.
+    read.rows.retain(|row| !deleted.contains(&row.topic));
     // After a clean exit, a table written when the log ended where it ends now is exact:
     // with enough queues, they are read at first use instead of at open.
     let lazy_rows =
@@ -106,7 +120,7 @@ pub(crate) fn recover(
     } else {
         Mode::FromCheckpoint
     };
-    let mut sink = QueueRebuild::new(config, mode, checkpoint, lazy_rows);
+    let mut sink = QueueRebuild::new(config, mode, checkpoint, lazy_rows, deleted);
     let mut log = CommitLog::open(config, plan, &mut sink)?;
     sink.commit()?;
     let queues = sink.queues.as_ref().expect("begin() is always called");
@@ -126,7 +140,7 @@ pub(crate) fn recover(
     if let Some(why) = mismatch {
         log::warn!("{why}: rebuilding every consume queue from the commit log");
         drop(log);
-        sink = QueueRebuild::new(config, Mode::Rebuild, sink.checkpoint, &[]);
+        sink = QueueRebuild::new(config, Mode::Rebuild, sink.checkpoint, &[], deleted);
         // The same rule as the first pass: after a clean exit every invalid record is
         // damage and the log is only read; after a crash a torn tail may still be cut. A
         // record whose queue offset does not continue its (now empty, rebuilt) queue is
@@ -193,6 +207,10 @@ pub(crate) fn recover(
             crate::fs::ops::remove_file_with(&table_path, None)?;
         }
     }
+    for topic in &not_done {
+        deleted.mark_done(topic)?;
+    }
+    deleted.retire_below(log.min_offset())?;
     log::info!(
         "{} recovery took {:?}: scanned {} bytes from offset {}, {} records, log ends at {}",
         if clean { "normal" } else { "abnormal" },
@@ -231,6 +249,8 @@ enum Mode {
 /// Checks or re-indexes each record the reopen scan meets.
 struct QueueRebuild<'a> {
     config: &'a StoreConfig,
+    /// Records of deleted topics below their cutoffs are not indexed.
+    deleted: &'a DeletedTopics,
     /// The queues read at first use (after a clean exit, from an exact queue table).
     table: &'a [TableRow],
     mode: Mode,
@@ -261,9 +281,11 @@ impl<'a> QueueRebuild<'a> {
         mode: Mode,
         checkpoint: Checkpoint,
         table: &'a [TableRow],
+        deleted: &'a DeletedTopics,
     ) -> Self {
         QueueRebuild {
             config,
+            deleted,
             table,
             mode,
             queues: None,
@@ -361,8 +383,9 @@ impl RecoverySink for QueueRebuild<'_> {
         if self.mismatch.is_some() {
             return Ok(true);
         }
-        if view.is_hidden() {
-            // A transaction's half or rollback record: no queue offset, no entry.
+        if view.is_hidden() || self.deleted.hides(view.topic, view.physical_offset) {
+            // A transaction's half or rollback record (no queue offset), or a record of a
+            // deleted topic: no entry.
             return Ok(true);
         }
         if self.stalled.is_some() {

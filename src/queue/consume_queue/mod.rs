@@ -286,6 +286,18 @@ impl ConsumeQueue {
         Ok(())
     }
 
+    /// Forgets the descriptors of this queue's files (its directory is being removed).
+    pub(crate) fn forget_cached(&self) {
+        let _tail = self.tail.lock();
+        if let Some((first, end)) = *self.span.read() {
+            let mut start = first;
+            while start < end {
+                self.io.cache.forget((self.key, start));
+                start += self.file_size();
+            }
+        }
+    }
+
     /// Removes every file (the tail locked, nothing pending), syncing the directory now or,
     /// without `sync_now`, at the queue's next sync.
     fn remove_all_files(&self, sync_now: bool) -> Result<()> {

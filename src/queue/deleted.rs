@@ -1,0 +1,236 @@
+//! `{root}/deleted_topics`: topics deleted by `MessageStore::delete_topic`, each with its
+//! cutoff, the commit-log offset where the deletion happened. The log keeps the topic's
+//! records until retention; below the cutoff they belong to the deleted topic and nothing
+//! indexes or returns them again (dispatch, recovery, a rebuild, a key query). At and past
+//! it the topic starts again at queue offset 0.
+//!
+//! A deletion is `done` once dispatch has passed the cutoff and removed the topic's old
+//! consume queues. Until then the old queues may still be on disk, and no entry of the
+//! new topic is: an open that finds a deletion not done removes the old queues first.
+//!
+//! Text, replaced atomically: a header line, `{topic} {cutoff} {0|1 done}` per topic, and
+//! a `crc {CRC-32}` line over everything before it.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use parking_lot::RwLock;
+
+use crate::error::{Error, Result};
+use crate::fs::ops;
+
+const HEADER: &str = "rocketstore-deleted-topics-v1";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Tombstone {
+    pub cutoff: u64,
+    pub done: bool,
+}
+
+pub(crate) struct DeletedTopics {
+    path: PathBuf,
+    topics: RwLock<HashMap<String, Tombstone>>,
+    /// The lowest cutoff of a deletion not done yet (`u64::MAX` when none): dispatch checks
+    /// each record's offset against it, one load.
+    next_cutoff: AtomicU64,
+    /// Whether any topic is deleted: the per-record check is one load when none is.
+    any: std::sync::atomic::AtomicBool,
+}
+
+impl DeletedTopics {
+    /// Reads the file at `path` (none: nothing deleted). A damaged file refuses the open:
+    /// forgetting a deletion would bring the topic's old messages back.
+    pub(crate) fn open(path: PathBuf) -> Result<DeletedTopics> {
+        let topics = match std::fs::read_to_string(&path) {
+            Ok(text) => parse(&text).ok_or_else(|| Error::BadStoreFile {
+                path: path.clone(),
+                reason: "not a valid deleted-topics file (header, rows or CRC)".into(),
+            })?,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => HashMap::new(),
+            Err(e) => return Err(Error::io("read", &path, e)),
+        };
+        let d = DeletedTopics {
+            path,
+            topics: RwLock::new(topics),
+            next_cutoff: AtomicU64::new(u64::MAX),
+            any: std::sync::atomic::AtomicBool::new(false),
+        };
+        d.refresh();
+        Ok(d)
+    }
+
+    fn refresh(&self) {
+        let topics = self.topics.read();
+        let next = topics
+            .values()
+            .filter(|t| !t.done)
+            .map(|t| t.cutoff)
+            .min()
+            .unwrap_or(u64::MAX);
+        self.next_cutoff.store(next, Ordering::SeqCst);
+        self.any.store(!topics.is_empty(), Ordering::SeqCst);
+    }
+
+    fn persist(&self, topics: &HashMap<String, Tombstone>) -> Result<()> {
+        let mut rows: Vec<_> = topics.iter().collect();
+        rows.sort_by(|a, b| a.0.cmp(b.0));
+        let mut text = format!("{HEADER}\n");
+        for (topic, t) in rows {
+            text.push_str(&format!("{topic} {} {}\n", t.cutoff, u8::from(t.done)));
+        }
+        let crc = crc32fast::hash(text.as_bytes());
+        text.push_str(&format!("crc {crc}\n"));
+        ops::replace_file(&self.path, text.as_bytes(), None)
+    }
+
+    /// Records durably that `topic`'s records below `cutoff` are deleted (a deletion not
+    /// done yet). An earlier deletion of the topic is replaced: its records lie below the
+    /// new cutoff too.
+    pub(crate) fn record(&self, topic: &str, cutoff: u64) -> Result<()> {
+        let mut topics = self.topics.write();
+        let mut next = topics.clone();
+        next.insert(
+            topic.to_owned(),
+            Tombstone {
+                cutoff,
+                done: false,
+            },
+        );
+        self.persist(&next)?;
+        *topics = next;
+        drop(topics);
+        self.refresh();
+        Ok(())
+    }
+
+    /// Records durably that `topic`'s old consume queues are gone.
+    pub(crate) fn mark_done(&self, topic: &str) -> Result<()> {
+        let mut topics = self.topics.write();
+        let mut next = topics.clone();
+        if let Some(t) = next.get_mut(topic) {
+            t.done = true;
+        }
+        self.persist(&next)?;
+        *topics = next;
+        drop(topics);
+        self.refresh();
+        Ok(())
+    }
+
+    /// Forgets deletions that are done and whose records retention has deleted (all
+    /// below `log_start`).
+    pub(crate) fn retire_below(&self, log_start: u64) -> Result<()> {
+        let mut topics = self.topics.write();
+        if !topics.values().any(|t| t.done && t.cutoff <= log_start) {
+            return Ok(());
+        }
+        let mut next = topics.clone();
+        next.retain(|_, t| !(t.done && t.cutoff <= log_start));
+        self.persist(&next)?;
+        *topics = next;
+        drop(topics);
+        self.refresh();
+        Ok(())
+    }
+
+    /// Whether the record of `topic` at commit-log `offset` belongs to a deleted topic.
+    #[inline]
+    pub(crate) fn hides(&self, topic: &str, offset: u64) -> bool {
+        self.any.load(Ordering::Acquire)
+            && self
+                .topics
+                .read()
+                .get(topic)
+                .is_some_and(|t| offset < t.cutoff)
+    }
+
+    /// The lowest cutoff of a deletion not done yet, `u64::MAX` when none.
+    #[inline]
+    pub(crate) fn next_cutoff(&self) -> u64 {
+        self.next_cutoff.load(Ordering::SeqCst)
+    }
+
+    /// Deletions not done yet whose cutoff is at or below `offset`.
+    pub(crate) fn due(&self, offset: u64) -> Vec<String> {
+        self.topics
+            .read()
+            .iter()
+            .filter(|(_, t)| !t.done && t.cutoff <= offset)
+            .map(|(topic, _)| topic.clone())
+            .collect()
+    }
+
+    /// Every deletion not done yet.
+    pub(crate) fn not_done(&self) -> Vec<String> {
+        self.due(u64::MAX)
+    }
+
+    /// Whether `topic` was deleted (its records below some cutoff are gone).
+    pub(crate) fn contains(&self, topic: &str) -> bool {
+        self.any.load(Ordering::Acquire) && self.topics.read().contains_key(topic)
+    }
+
+    /// Whether the deletion of `topic` is done (or it is not deleted at all).
+    pub(crate) fn is_done(&self, topic: &str) -> bool {
+        self.topics.read().get(topic).is_none_or(|t| t.done)
+    }
+}
+
+fn parse(text: &str) -> Option<HashMap<String, Tombstone>> {
+    let body_end = text.rfind("crc ")?;
+    let (body, crc_line) = text.split_at(body_end);
+    let crc: u32 = crc_line.trim_end().strip_prefix("crc ")?.parse().ok()?;
+    if crc32fast::hash(body.as_bytes()) != crc {
+        return None;
+    }
+    let mut lines = body.lines();
+    if lines.next()? != HEADER {
+        return None;
+    }
+    let mut topics = HashMap::new();
+    for line in lines {
+        let mut f = line.split(' ');
+        let topic = f.next()?.to_owned();
+        let cutoff = f.next()?.parse().ok()?;
+        let done = match f.next()? {
+            "0" => false,
+            "1" => true,
+            _ => return None,
+        };
+        topics.insert(topic, Tombstone { cutoff, done });
+    }
+    Some(topics)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn deletions_persist_and_a_damaged_file_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("deleted_topics");
+        let d = DeletedTopics::open(path.clone()).unwrap();
+        assert!(!d.hides("T", 0));
+        d.record("T", 100).unwrap();
+        assert!(d.hides("T", 99) && !d.hides("T", 100) && !d.hides("U", 0));
+        assert_eq!(
+            (d.next_cutoff(), d.due(99).len(), d.due(100).len()),
+            (100, 0, 1)
+        );
+        d.mark_done("T").unwrap();
+        assert_eq!(d.next_cutoff(), u64::MAX);
+        let d = DeletedTopics::open(path.clone()).unwrap();
+        assert!(d.hides("T", 99) && d.is_done("T"));
+        d.retire_below(100).unwrap();
+        assert!(!d.hides("T", 99));
+        d.record("T", 7).unwrap();
+        let text = std::fs::read_to_string(&path).unwrap();
+        std::fs::write(&path, text.replace("T 7", "T 8")).unwrap();
+        assert!(matches!(
+            DeletedTopics::open(path),
+            Err(Error::BadStoreFile { .. })
+        ));
+    }
+}

@@ -1,0 +1,183 @@
+//! Deleting a topic: its consume queues go, its messages are never returned again (by
+//! queue or by key, after a clean reopen, a crash or a rebuild), and it starts again at
+//! queue offset 0.
+
+mod common;
+
+use std::fs;
+use std::time::Duration;
+
+use rocketstore::layout;
+use rocketstore::{GetStatus, MessageStore, StoreConfig};
+
+use common::{checkpoint_vouches_below, config, message, sync_mode};
+
+const LONG: Duration = Duration::from_secs(30);
+
+fn cfg(dir: &std::path::Path) -> StoreConfig {
+    config(dir, sync_mode())
+}
+
+/// Bodies of queue `q` of `topic`, in order, and what the key `key` finds.
+fn seen(store: &MessageStore, topic: &str, q: u32, key: &str) -> (Vec<String>, usize) {
+    assert!(store.wait_dispatched_to(store.max_physical_offset(), LONG));
+    assert!(store.wait_dispatcher("index", store.max_physical_offset(), LONG));
+    let got = store.get_message(topic, q, 0, 1000).unwrap();
+    let bodies = got
+        .messages
+        .iter()
+        .map(|m| String::from_utf8_lossy(&m.body[..8]).into_owned())
+        .collect();
+    let by_key = store.query_message(topic, key, 100, 0, i64::MAX).unwrap();
+    (bodies, by_key.messages.len())
+}
+
+fn setup(dir: &std::path::Path) -> MessageStore {
+    let store = MessageStore::open(cfg(dir)).unwrap();
+    for i in 0..30 {
+        store
+            .put_message(&message("Gone", (i % 3) as u32, "old", i))
+            .unwrap();
+        store.put_message(&message("Kept", 0, "kept", i)).unwrap();
+    }
+    store.delete_topic("Gone").unwrap();
+    assert!(
+        !layout::queue_dir(dir, "Gone", 0).exists(),
+        "its consume queues are removed"
+    );
+    for i in 0..5 {
+        let put = store
+            .put_message(&message("Gone", 0, "new", 100 + i))
+            .unwrap();
+        assert_eq!(put.queue_offset, i, "the topic starts again at 0");
+    }
+    store
+}
+
+fn check(store: &MessageStore) {
+    let (bodies, old_key) = seen(store, "Gone", 0, "k3");
+    assert_eq!(bodies.len(), 5);
+    assert!(bodies.iter().all(|b| b.starts_with("new-")), "{bodies:?}");
+    assert_eq!(old_key, 0, "the old message is not found by its key");
+    assert_eq!(seen(store, "Gone", 0, "k103").1, 1, "the new one is");
+    assert_eq!(
+        store.get_message("Gone", 1, 0, 8).unwrap().status,
+        GetStatus::NoMessageInQueue
+    );
+    let (kept, kept_key) = seen(store, "Kept", 0, "k3");
+    assert_eq!(
+        (kept.len(), kept_key),
+        (30, 1),
+        "other topics are untouched"
+    );
+}
+
+#[test]
+fn a_deleted_topic_stays_deleted_across_reopens_crashes_and_rebuilds() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = setup(dir.path());
+    check(&store);
+    store.shutdown().unwrap();
+    drop(store);
+
+    // Clean reopen.
+    let store = MessageStore::open(cfg(dir.path())).unwrap();
+    check(&store);
+    store.shutdown().unwrap();
+    drop(store);
+
+    // After a crash whose checkpoint vouched for nothing: the whole log is scanned again.
+    checkpoint_vouches_below(dir.path(), 0);
+    fs::write(layout::abort_file(dir.path()), b"").unwrap();
+    let store = MessageStore::open(cfg(dir.path())).unwrap();
+    check(&store);
+    store.shutdown().unwrap();
+    drop(store);
+
+    // With the consume queues gone: rebuilt from the log, without the deleted messages.
+    fs::remove_dir_all(layout::consume_queue_dir(dir.path())).unwrap();
+    fs::write(layout::abort_file(dir.path()), b"").unwrap();
+    let store = MessageStore::open(cfg(dir.path())).unwrap();
+    check(&store);
+    let next = store.put_message(&message("Gone", 0, "new", 105)).unwrap();
+    assert_eq!(next.queue_offset, 5);
+}
+
+#[test]
+fn a_deletion_cut_short_by_a_crash_is_completed_by_the_next_open() {
+    let dir = tempfile::tempdir().unwrap();
+    let end = {
+        let store = MessageStore::open(cfg(dir.path())).unwrap();
+        for i in 0..10 {
+            store.put_message(&message("Gone", 0, "old", i)).unwrap();
+        }
+        store.max_physical_offset()
+    };
+    assert!(layout::queue_dir(dir.path(), "Gone", 0).exists());
+    // The deletion recorded (FORMAT.md, "Deleted topics"), its queues not removed yet.
+    let mut text = format!("rocketstore-deleted-topics-v1\nGone {end} 0\n");
+    let crc = crc32fast::hash(text.as_bytes());
+    text.push_str(&format!("crc {crc}\n"));
+    fs::write(layout::deleted_topics_file(dir.path()), text).unwrap();
+    fs::write(layout::abort_file(dir.path()), b"").unwrap();
+
+    let store = MessageStore::open(cfg(dir.path())).unwrap();
+    assert!(!layout::queue_dir(dir.path(), "Gone", 0).exists());
+    assert_eq!(
+        store.get_message("Gone", 0, 0, 8).unwrap().status,
+        GetStatus::NoMessageInQueue
+    );
+    assert_eq!(
+        store
+            .put_message(&message("Gone", 0, "new", 0))
+            .unwrap()
+            .queue_offset,
+        0
+    );
+    let recorded = fs::read_to_string(layout::deleted_topics_file(dir.path())).unwrap();
+    assert!(recorded.contains(&format!("Gone {end} 1")), "{recorded}");
+}
+
+struct ChannelWaker(crossbeam_channel::Sender<()>);
+
+impl std::task::Wake for ChannelWaker {
+    fn wake(self: std::sync::Arc<Self>) {
+        let _ = self.0.send(());
+    }
+}
+
+#[test]
+fn a_long_poll_on_a_deleted_queue_is_woken_and_follows_the_new_topic() {
+    use std::future::Future;
+    use std::task::{Context, Poll};
+    let dir = tempfile::tempdir().unwrap();
+    let store = MessageStore::open(cfg(dir.path())).unwrap();
+    store.put_message(&message("Gone", 0, "old", 0)).unwrap();
+    assert!(store.wait_dispatched_to(store.max_physical_offset(), LONG));
+    let (tx, woken) = crossbeam_channel::unbounded();
+    let waker = std::task::Waker::from(std::sync::Arc::new(ChannelWaker(tx)));
+    let mut cx = Context::from_waker(&waker);
+    let mut arrival = store.message_arrival("Gone", 0, 1);
+    assert_eq!(
+        std::pin::Pin::new(&mut arrival).poll(&mut cx),
+        Poll::Pending
+    );
+    store.delete_topic("Gone").unwrap();
+    woken
+        .recv_timeout(LONG)
+        .expect("the deletion wakes waiters on its queues");
+    // It waits on for the topic as it is now: offset 1 of the new topic.
+    assert_eq!(
+        std::pin::Pin::new(&mut arrival).poll(&mut cx),
+        Poll::Pending
+    );
+    store.put_message(&message("Gone", 0, "new", 1)).unwrap();
+    store.put_message(&message("Gone", 0, "new", 2)).unwrap();
+    woken
+        .recv_timeout(LONG)
+        .expect("the new topic's message wakes it");
+    assert_eq!(
+        std::pin::Pin::new(&mut arrival).poll(&mut cx),
+        Poll::Ready(true)
+    );
+}
