@@ -85,6 +85,21 @@ fn check(store: &MessageStore, model: &[Vec<Stored>]) {
             assert_eq!(m.body, want.body, "queue {q} offset {i} changed");
         }
     }
+    // By key: each message is found by its own key (its body's first word), once.
+    let end = store.max_physical_offset();
+    assert!(store.wait_dispatcher("index", end, std::time::Duration::from_secs(30)));
+    for want in model.iter().flatten() {
+        let key = key_of(&want.body);
+        let found = store.query_message("Model", &key, 8, 0, i64::MAX).unwrap();
+        let offsets: Vec<u64> = found.messages.iter().map(|m| m.physical_offset).collect();
+        assert_eq!(offsets, [want.physical_offset], "key {key}");
+    }
+}
+
+/// A message's key: its body up to the first '-'.
+fn key_of(body: &[u8]) -> String {
+    let text = String::from_utf8_lossy(body);
+    text.split('-').next().unwrap().to_owned()
 }
 
 fn run(ops: Vec<Op>, sync: bool) {
@@ -104,7 +119,7 @@ fn run(ops: Vec<Op>, sync: bool) {
             Op::Put { queue, len } => {
                 let b = body(len);
                 let r = store
-                    .put_message(&Message::new("Model", queue, b.clone()))
+                    .put_message(&Message::new("Model", queue, b.clone()).with_keys([key_of(&b)]))
                     .unwrap();
                 assert_eq!(r.queue_offset, model[queue as usize].len() as u64);
                 model[queue as usize].push(Stored {
@@ -117,7 +132,7 @@ fn run(ops: Vec<Op>, sync: bool) {
                 let bodies: Vec<Bytes> = (0..n).map(|_| body(len)).collect();
                 let msgs: Vec<Message> = bodies
                     .iter()
-                    .map(|b| Message::new("Model", queue, b.clone()))
+                    .map(|b| Message::new("Model", queue, b.clone()).with_keys([key_of(b)]))
                     .collect();
                 let r = store.put_messages(&msgs).unwrap();
                 assert_eq!(r.queue_offset, model[queue as usize].len() as u64);

@@ -209,6 +209,33 @@ fn check_case(
         }
     }
     assert!(total >= intact.len(), "{ctx}");
+    // By key: the intact messages are found, the cut ones are not.
+    assert!(
+        store.wait_dispatcher("index", end, std::time::Duration::from_secs(30)),
+        "{ctx}"
+    );
+    let last_intact = intact.len().saturating_sub(3);
+    for (_, i, p) in intact
+        .iter()
+        .skip(last_intact)
+        .chain(intact.iter().step_by(97))
+    {
+        let found = store
+            .query_message("Torn", &format!("k{i}"), 8, 0, i64::MAX)
+            .unwrap();
+        let offsets: Vec<u64> = found.messages.iter().map(|m| m.physical_offset).collect();
+        assert_eq!(offsets, [p.physical_offset], "{ctx}: k{i}");
+    }
+    for (_, i, p) in puts.iter().filter(|p| p.2.physical_offset >= end).take(3) {
+        let found = store
+            .query_message("Torn", &format!("k{i}"), 8, 0, i64::MAX)
+            .unwrap();
+        assert!(
+            found.messages.is_empty(),
+            "{ctx}: k{i} at {} was cut",
+            p.physical_offset
+        );
+    }
     let before = store.max_offset_in_queue("Torn", 1);
     let next = store.put_message(&message("Torn", 1, "t", 0)).unwrap();
     assert_eq!(next.queue_offset, before, "{ctx}");
