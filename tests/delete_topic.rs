@@ -114,11 +114,8 @@ fn a_deletion_cut_short_by_a_crash_is_completed_by_the_next_open() {
         store.max_physical_offset()
     };
     assert!(layout::queue_dir(dir.path(), "Gone", 0).exists());
-    // The deletion recorded (FORMAT.md, "Deleted topics"), its queues not removed yet.
-    let mut text = format!("rocketstore-deleted-topics-v1\nGone {end} 0\n");
-    let crc = crc32fast::hash(text.as_bytes());
-    text.push_str(&format!("crc {crc}\n"));
-    fs::write(layout::deleted_topics_file(dir.path()), text).unwrap();
+    // The deletion recorded, its queues not removed yet.
+    write_deleted(dir.path(), &format!("Gone {end} 0\n"));
     fs::write(layout::abort_file(dir.path()), b"").unwrap();
 
     let store = MessageStore::open(cfg(dir.path())).unwrap();
@@ -147,7 +144,7 @@ impl std::task::Wake for ChannelWaker {
 }
 
 #[test]
-fn a_long_poll_on_a_deleted_queue_is_woken_and_follows_the_new_topic() {
+fn a_long_poll_on_a_deleted_queue_ends() {
     use std::future::Future;
     use std::task::{Context, Poll};
     let dir = tempfile::tempdir().unwrap();
@@ -166,18 +163,89 @@ fn a_long_poll_on_a_deleted_queue_is_woken_and_follows_the_new_topic() {
     woken
         .recv_timeout(LONG)
         .expect("the deletion wakes waiters on its queues");
-    // It waits on for the topic as it is now: offset 1 of the new topic.
-    assert_eq!(
-        std::pin::Pin::new(&mut arrival).poll(&mut cx),
-        Poll::Pending
-    );
-    store.put_message(&message("Gone", 0, "new", 1)).unwrap();
-    store.put_message(&message("Gone", 0, "new", 2)).unwrap();
-    woken
-        .recv_timeout(LONG)
-        .expect("the new topic's message wakes it");
+    // The wait ends: the consumer pulls again and finds the topic started over.
     assert_eq!(
         std::pin::Pin::new(&mut arrival).poll(&mut cx),
         Poll::Ready(true)
     );
+    let pulled = store.get_message("Gone", 0, 1, 8).unwrap();
+    assert_eq!(pulled.status, GetStatus::NoMessageInQueue);
+}
+
+/// The file `delete_topic` keeps, written by hand (FORMAT.md, "Deleted topics").
+fn write_deleted(dir: &std::path::Path, rows: &str) {
+    let mut text = format!("rocketstore-deleted-topics-v1\n{rows}");
+    let crc = crc32fast::hash(text.as_bytes());
+    text.push_str(&format!("crc {crc}\n"));
+    fs::write(layout::deleted_topics_file(dir), text).unwrap();
+}
+
+#[test]
+fn a_deletion_completed_by_an_open_is_not_repeated_by_the_next() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = MessageStore::open(cfg(dir.path())).unwrap();
+    for i in 0..10 {
+        store.put_message(&message("Gone", 0, "old", i)).unwrap();
+    }
+    let cutoff = store.max_physical_offset();
+    store.delete_topic("Gone").unwrap();
+    for i in 0..5 {
+        store
+            .put_message(&message("Gone", 0, "new", 100 + i))
+            .unwrap();
+    }
+    // Files after them, so that a scan moves the checkpoint past the new topic's records.
+    for i in 0..800 {
+        store.put_message(&message("Other", 0, "o", i)).unwrap();
+    }
+    assert!(store.max_physical_offset() > 3 * common::SMALL_FILE);
+    store.shutdown().unwrap();
+    drop(store);
+    // As if the deletion had not been marked done, and a crash came before the checkpoint
+    // covered the new topic's records.
+    write_deleted(dir.path(), &format!("Gone {cutoff} 0\n"));
+    checkpoint_vouches_below(dir.path(), 0);
+    fs::write(layout::abort_file(dir.path()), b"").unwrap();
+    let store = MessageStore::open(cfg(dir.path())).unwrap();
+    assert_eq!(seen(&store, "Gone", 0, "k3").0.len(), 5);
+    drop(store);
+    // A crash again: the new topic's queue, indexed by that open, stays.
+    fs::write(layout::abort_file(dir.path()), b"").unwrap();
+    let store = MessageStore::open(cfg(dir.path())).unwrap();
+    let (bodies, _) = seen(&store, "Gone", 0, "k3");
+    assert_eq!(bodies.len(), 5, "{bodies:?}");
+    assert!(bodies.iter().all(|b| b.starts_with("new-")));
+}
+
+#[test]
+fn a_crash_that_cuts_the_log_below_a_deletion_moves_its_cutoff_down() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = MessageStore::open(cfg(dir.path())).unwrap();
+    let mut puts = Vec::new();
+    for i in 0..10 {
+        puts.push(store.put_message(&message("Gone", 0, "old", i)).unwrap());
+    }
+    store.delete_topic("Gone").unwrap();
+    store.shutdown().unwrap();
+    drop(store);
+    // The tail, from message 6 on, torn by the crash (the deletion's cutoff lies past it).
+    let torn = puts[6].physical_offset;
+    checkpoint_vouches_below(dir.path(), torn);
+    use std::os::unix::fs::FileExt;
+    fs::OpenOptions::new()
+        .write(true)
+        .open(layout::commit_log_file(dir.path(), 0))
+        .unwrap()
+        .write_all_at(&[0u8; 64], torn)
+        .unwrap();
+    fs::write(layout::abort_file(dir.path()), b"").unwrap();
+    let store = MessageStore::open(cfg(dir.path())).unwrap();
+    assert_eq!(store.max_physical_offset(), torn);
+    // The topic's next message lands where the cut records were: it is the new topic's.
+    let next = store.put_message(&message("Gone", 0, "new", 100)).unwrap();
+    assert_eq!((next.physical_offset, next.queue_offset), (torn, 0));
+    let (bodies, _) = seen(&store, "Gone", 0, "k100");
+    assert_eq!(bodies.len(), 1, "the new message is served, not hidden");
+    assert_eq!(seen(&store, "Gone", 0, "k100").1, 1);
+    assert_eq!(seen(&store, "Gone", 0, "k3").1, 0, "old ones stay deleted");
 }

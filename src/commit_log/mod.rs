@@ -374,7 +374,8 @@ impl CommitLog {
     /// Starts `topic` again at queue offset 0, under the put lock: `before(cutoff)` runs
     /// first with the offset the next record will get at the earliest (the caller makes
     /// the deletion durable there), then the topic's next queue offsets are forgotten. No
-    /// record of the topic is appended between the two. Returns the cutoff.
+    /// record of the topic is appended between the two. Returns the cutoff. A failure of
+    /// `before` poisons the log.
     pub(crate) fn reset_topic(
         &self,
         topic: &str,
@@ -386,7 +387,14 @@ impl CommitLog {
             return Err(Error::ShutDown);
         }
         let cutoff = state.writer.offset();
-        before(cutoff)?;
+        if let Err(e) = before(cutoff) {
+            // Whether the deletion reached the disk is unknown (a failed directory sync
+            // after the rename): a put that continued the old offsets could then meet a
+            // deletion at the next open. The log refuses writes until it is reopened,
+            // which reads whichever state the disk holds.
+            self.poison_with(e.to_io("recording a topic deletion"));
+            return Err(e);
+        }
         state.queue_offsets.remove(topic);
         Ok(cutoff)
     }

@@ -38,6 +38,9 @@ struct Registry {
     unborn: HashMap<(String, u32), Vec<Waiter>>,
     /// Where each registered waiter is.
     places: HashMap<u64, Place>,
+    /// Waiters whose queue was deleted: their wait ends (the consumer pulls again and
+    /// finds the topic as it is now).
+    released: std::collections::HashSet<u64>,
     /// The store shut down (or dispatch ended): every wait ends, unsatisfied.
     closed: bool,
 }
@@ -69,6 +72,9 @@ impl Arrivals {
         let mut reg = self.registry.lock();
         if reg.closed {
             return Registered::Closed;
+        }
+        if reg.released.remove(&id) {
+            return Registered::Arrived;
         }
         remove(&mut reg, id);
         let waiter = Waiter {
@@ -111,7 +117,9 @@ impl Arrivals {
     }
 
     pub(crate) fn deregister(&self, id: u64) {
-        remove(&mut self.registry.lock(), id);
+        let mut reg = self.registry.lock();
+        reg.released.remove(&id);
+        remove(&mut reg, id);
     }
 
     /// A queue was just created: waiters that came before it now watch it.
@@ -166,8 +174,9 @@ impl Arrivals {
         }
     }
 
-    /// Queues were removed (their topic deleted): their waiters are woken, and find
-    /// the topic as it is now when they look again.
+    /// Queues were removed (their topic deleted): their waiters are woken and their waits
+    /// end, as if a message had come: the consumer pulls again and finds the topic as it
+    /// is now.
     pub(crate) fn dropped<'a>(&self, queues: impl Iterator<Item = &'a Arc<ConsumeQueue>>) {
         let mut woken = Vec::new();
         {
@@ -177,6 +186,7 @@ impl Arrivals {
                     q.watched.store(false, Ordering::SeqCst);
                     for w in &waiters {
                         reg.places.remove(&w.id);
+                        reg.released.insert(w.id);
                     }
                     woken.extend(waiters);
                 }

@@ -118,6 +118,30 @@ impl DeletedTopics {
         Ok(())
     }
 
+    /// After a crash cut the log to `log_end`: a cutoff past it moves down to it. The
+    /// topic's records between were cut with the log, and the next record of the topic,
+    /// at `log_end` or past it, belongs to the new topic.
+    pub(crate) fn clamp_to(&self, log_end: u64) -> Result<()> {
+        let mut topics = self.topics.write();
+        if !topics.values().any(|t| t.cutoff > log_end) {
+            return Ok(());
+        }
+        let mut next = topics.clone();
+        for t in next.values_mut() {
+            t.cutoff = t.cutoff.min(log_end);
+        }
+        self.persist(&next)?;
+        *topics = next;
+        drop(topics);
+        self.refresh();
+        Ok(())
+    }
+
+    /// The cutoff of `topic`'s deletion, if it was deleted.
+    pub(crate) fn cutoff(&self, topic: &str) -> Option<u64> {
+        self.topics.read().get(topic).map(|t| t.cutoff)
+    }
+
     /// Forgets deletions that are done and whose records retention has deleted (all
     /// below `log_start`).
     pub(crate) fn retire_below(&self, log_start: u64) -> Result<()> {
@@ -164,11 +188,6 @@ impl DeletedTopics {
     /// Every deletion not done yet.
     pub(crate) fn not_done(&self) -> Vec<String> {
         self.due(u64::MAX)
-    }
-
-    /// Whether `topic` was deleted (its records below some cutoff are gone).
-    pub(crate) fn contains(&self, topic: &str) -> bool {
-        self.any.load(Ordering::Acquire) && self.topics.read().contains_key(topic)
     }
 
     /// Whether the deletion of `topic` is done (or it is not deleted at all).

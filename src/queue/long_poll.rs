@@ -10,8 +10,8 @@ use std::time::{Duration, Instant};
 use crate::queue::arrival::Registered;
 use crate::queue::queues::ConsumeQueues;
 
-/// Resolves when a queue holds an entry at a given offset ([`true`]), or when the store
-/// shuts down first ([`false`]). Returned by
+/// Resolves when a queue holds an entry at a given offset, or its topic was deleted
+/// ([`true`]: pull again), or when the store shuts down first ([`false`]). Returned by
 /// [`MessageStore::message_arrival`](crate::MessageStore::message_arrival).
 ///
 /// Runtime-agnostic: dispatch wakes it through its [`Waker`], so it works under any

@@ -277,6 +277,7 @@ impl ConsumeQueues {
     pub(crate) fn drop_topic(&self, topic: &str) -> Result<()> {
         let removed = self.table.write().remove(topic);
         for q in removed.iter().flat_map(|qs| qs.values()) {
+            q.dropped.store(true, Ordering::Release);
             q.forget_cached();
         }
         if let Some(qs) = &removed {

@@ -275,7 +275,9 @@ fn walk<T>(
     let mut next = offset;
     'outer: while next < max && items.len() < max_count && next - offset < scan as u64 {
         let want = (scan as u64 - (next - offset)) as usize;
-        let entries = queue.entries(next, want);
+        // An I/O error is the caller's to retry; only an entry that is not there (a
+        // missing file, damage) moves the consumer on.
+        let entries = queue.entries(next, want)?;
         if entries.is_empty() {
             if next == offset {
                 // Unreadable right where the consumer is: move it to the next file rather

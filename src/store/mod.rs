@@ -529,7 +529,8 @@ impl MessageStore {
 
     /// Blocks until `topic`/`queue_id` holds a message at queue offset `offset` (its max
     /// offset has passed `offset`), for a long-polling consumer. Returns true at once when
-    /// it already does; false when `timeout` passes first or the store shuts down. Woken by
+    /// it already does, and also when the topic is deleted meanwhile (pull again to see);
+    /// false when `timeout` passes first or the store shuts down. Woken by
     /// dispatch when it indexes the message, never by polling. The queue need not exist
     /// yet.
     ///

@@ -42,13 +42,15 @@ pub(crate) fn recover(
     let started = std::time::Instant::now();
     // A deletion not done left the topic's old queues, and no entry of the new topic:
     // they go, and the scan indexes the new topic's records (all past the checkpoint).
-    let not_done = deleted.not_done();
-    for topic in &not_done {
+    // Recorded done at once: the scan may index the new topic's records (and checkpoint
+    // past them) before the open ends, and a later open must not remove them again.
+    for topic in deleted.not_done() {
         remove_topic_dir(
             &layout::consume_queue_dir(&config.root_dir),
-            topic,
+            &topic,
             config.io_hook.as_ref(),
         )?;
+        deleted.mark_done(&topic)?;
     }
     let path = layout::checkpoint_file(&config.root_dir);
     let times = CheckpointTimes::read(&path)?;
@@ -59,8 +61,14 @@ pub(crate) fn recover(
     // down: exact after a clean exit, a lower bound after a crash (queues only grow, and
     // a crash cuts only what came after the last open).
     let mut read = ConsumeQueues::read_table(&table_path)?.unwrap_or_default();
-    // A deleted topic's rows describe its old queues.
-    read.rows.retain(|row| !deleted.contains(&row.topic));
+    // A deleted topic's rows describe its old queues when the table was written before the
+    // deletion (its log end at or below the cutoff, or unknown).
+    let log_end = read.log_end;
+    read.rows.retain(|row| {
+        deleted
+            .cutoff(&row.topic)
+            .is_none_or(|cutoff| log_end.is_some_and(|end| end > cutoff))
+    });
     // After a clean exit, a table written when the log ended where it ends now is exact:
     // with enough queues, they are read at first use instead of at open.
     let lazy_rows =
@@ -207,10 +215,12 @@ pub(crate) fn recover(
             crate::fs::ops::remove_file_with(&table_path, None)?;
         }
     }
-    for topic in &not_done {
-        deleted.mark_done(topic)?;
+    // A crash may have cut the log below a deletion's cutoff: the next record of the
+    // topic, at the log's end, belongs to the new topic.
+    deleted.clamp_to(log.write_offset())?;
+    if let Err(e) = deleted.retire_below(log.min_offset()) {
+        log::warn!("old deletions are kept in the deleted-topics file: {e}");
     }
-    deleted.retire_below(log.min_offset())?;
     log::info!(
         "{} recovery took {:?}: scanned {} bytes from offset {}, {} records, log ends at {}",
         if clean { "normal" } else { "abnormal" },

@@ -186,7 +186,7 @@ impl ConsumeQueue {
     /// [`ConsumeQueue::ensure_loaded`], failing on an I/O error, which leaves the queue
     /// unread (nothing served from it, nothing appended to it) for the next use to retry.
     pub(super) fn try_load(&self) -> Result<()> {
-        if !self.is_unloaded.load(Ordering::Acquire) {
+        if !self.is_unloaded.load(Ordering::Acquire) || self.dropped.load(Ordering::Acquire) {
             return Ok(());
         }
         let mut unloaded = self.unloaded.lock();

@@ -144,6 +144,9 @@ pub(crate) struct ConsumeQueue {
     pub(crate) in_batch: AtomicBool,
     /// Someone waits for this queue's next entries (see `queue::arrival`).
     pub(crate) watched: AtomicBool,
+    /// Its topic was deleted and its files removed: a holder of an old reference reads
+    /// nothing from it and never loads or trims it.
+    pub(crate) dropped: AtomicBool,
     /// Not loaded yet (opened after a clean exit): what the queue table says it holds. Its
     /// files are read at first use ([`ConsumeQueue::ensure_loaded`]).
     unloaded: Mutex<Option<TableEnd>>,
@@ -200,6 +203,7 @@ impl ConsumeQueue {
             restartable: AtomicBool::new(false),
             in_batch: AtomicBool::new(false),
             watched: AtomicBool::new(false),
+            dropped: AtomicBool::new(false),
             unloaded: Mutex::new(None),
             is_unloaded: AtomicBool::new(false),
         }
@@ -320,7 +324,7 @@ impl ConsumeQueue {
     /// start), keeping the file being written, and moves the minimum offset to the first
     /// entry still pointing into the log. Returns how many files went.
     pub(crate) fn delete_below(&self, min_physical: u64) -> Result<usize> {
-        if !self.is_loaded() {
+        if !self.is_loaded() || self.dropped.load(Ordering::Acquire) {
             // Its minimum follows the log's start when it is loaded; its files go then.
             return Ok(0);
         }
@@ -471,27 +475,27 @@ impl ConsumeQueue {
         self.file_size() / CQ_ENTRY_LEN as u64
     }
 
-    /// Up to `max` entries from `queue_offset`, stopping at the end of a file.
-    pub(crate) fn entries(&self, queue_offset: u64, max: usize) -> Vec<CqEntry> {
-        self.ensure_loaded();
+    /// Up to `max` entries from `queue_offset`, stopping at the end of a file or at the
+    /// first entry that is not written. Empty when the file is not there; an error when it
+    /// could not be read (worth retrying).
+    pub(crate) fn entries(&self, queue_offset: u64, max: usize) -> Result<Vec<CqEntry>> {
+        self.try_load()?;
         let end = self
             .max_offset()
             .min(queue_offset.saturating_add(max as u64));
         if queue_offset >= end {
-            return Vec::new();
+            return Ok(Vec::new());
         }
         let per_file = self.file_size() / CQ_ENTRY_LEN as u64;
         let n = (end - queue_offset).min(per_file - queue_offset % per_file) as usize;
         let mut buf = vec![0u8; n * CQ_ENTRY_LEN];
-        if self
-            .read(queue_offset * CQ_ENTRY_LEN as u64, &mut buf, false)
-            .is_none()
-        {
-            return Vec::new();
+        if !self.read_checked(queue_offset * CQ_ENTRY_LEN as u64, &mut buf, false)? {
+            return Ok(Vec::new());
         }
-        buf.chunks_exact(CQ_ENTRY_LEN)
+        Ok(buf
+            .chunks_exact(CQ_ENTRY_LEN)
             .map_while(|c| CqEntry::decode(c.try_into().expect("20 bytes")))
-            .collect()
+            .collect())
     }
 
     /// Indexes `entry` at `queue_offset`, in the pending batch ([`ConsumeQueue::commit`]
@@ -765,7 +769,10 @@ mod tests {
         assert!(matches!(q.put(14, entry(14)).unwrap(), Indexed::Gap(_)));
         q.commit().unwrap();
         assert_eq!(q.max_offset(), 12, "neither wrote anything");
-        assert_eq!(q.entries(4, 10), (4..5).map(entry).collect::<Vec<_>>());
+        assert_eq!(
+            q.entries(4, 10).unwrap(),
+            (4..5).map(entry).collect::<Vec<_>>()
+        );
         assert_eq!(q.entry(11), Some(entry(11)));
         commit_and_sync(&q);
         drop(q);
@@ -806,7 +813,10 @@ mod tests {
         assert!(meta.blocks() * 512 <= 16 * 1024, "{} blocks", meta.blocks());
         let q = ConsumeQueue::load(dir.path().join("T/0"), io(size), Load::Keep, 0).unwrap();
         assert_eq!(q.max_offset(), 3);
-        assert_eq!(q.entries(0, 10), (1..4).map(entry).collect::<Vec<_>>());
+        assert_eq!(
+            q.entries(0, 10).unwrap(),
+            (1..4).map(entry).collect::<Vec<_>>()
+        );
     }
 
     #[test]
