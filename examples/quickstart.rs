@@ -1,5 +1,5 @@
-//! Opens a store in a temporary directory, puts messages and reads them back in both flush
-//! modes, and prints what it did and how fast.
+//! Opens a store in a temporary directory, puts messages and reads them back (by offset
+//! and by key) in both flush modes, and prints what it did and how fast.
 //!
 //! `cargo run --release --example quickstart`
 
@@ -77,6 +77,26 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             "read  {} msgs back by physical offset, all intact, in {took:.2?}: {:.0} msg/s",
             puts.len(),
             n / took.as_secs_f64()
+        );
+        // By key, through the key index (built by its own dispatcher thread).
+        let end = store.max_physical_offset();
+        let started = Instant::now();
+        if !store.wait_dispatcher("index", end, Duration::from_secs(60)) {
+            return Err("the key index did not catch up".into());
+        }
+        let caught_up = started.elapsed();
+        let started = Instant::now();
+        let probes = 1_000u64.min(per_thread);
+        for i in 0..probes {
+            let found = store.query_message("QuickStart", &format!("key-0-{i}"), 4, 0, i64::MAX)?;
+            if found.messages.len() != 1 || found.messages[0].queue_offset != i {
+                return Err(format!("key-0-{i} was not found once").into());
+            }
+        }
+        let took = started.elapsed();
+        println!(
+            "query {probes} keys, each found once, in {took:.2?}: {:.1?} per query (the index caught up {caught_up:.2?} after the last put)",
+            took / probes as u32
         );
         println!(
             "log   {} bytes written, {} flushed",
