@@ -226,7 +226,12 @@ fn run(args: &Args) -> Result<bool, Box<dyn std::error::Error>> {
     let total = done.load(Ordering::Relaxed);
     // The key index's lag when the puts ended, and how long it then took to catch up.
     let end = store.max_physical_offset();
-    let index_lag = store.stats().dispatchers.first().map_or(0, |d| d.lag_bytes);
+    let index_lag = store
+        .stats()
+        .dispatchers
+        .iter()
+        .find(|d| d.name == "index")
+        .map_or(0, |d| d.lag_bytes);
     let index_caught_up = store.wait_dispatcher("index", end, Duration::from_secs(120));
     let index_took = started.elapsed();
     latencies.sort();
@@ -253,9 +258,7 @@ fn run(args: &Args) -> Result<bool, Box<dyn std::error::Error>> {
             let g = store.get_message("Load", q, offset, 32)?;
             match g.status {
                 GetStatus::Found => {}
-                GetStatus::OffsetOverflowOne
-                | GetStatus::NoMatchedLogicQueue
-                | GetStatus::NoMessageInQueue => break,
+                GetStatus::OffsetOverflowOne | GetStatus::NoMessageInQueue => break,
                 other => {
                     eprintln!("queue {q} at {offset}: {other:?}");
                     ok = false;

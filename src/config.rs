@@ -101,10 +101,12 @@ pub struct StoreConfig {
     pub warmup: Option<Warmup>,
     /// Entries per consume-queue file (20 bytes each). Default: 300,000 (6,000,000 bytes).
     pub consume_queue_entries_per_file: u32,
-    /// How often consume queues and the checkpoint are flushed. Default: 1 s.
+    /// How often consume queues and the checkpoint are flushed, and how often the key
+    /// index and broker dispatchers flush and record their progress. Default: 1 s.
     pub consume_queue_flush_interval: Duration,
-    /// Most message bytes one `get_message` call returns (at least one message is always
-    /// returned), like RocketMQ's max transfer size. Default: 256 KiB.
+    /// Most message bytes one `get`/`get_raw`/`get_message` call returns when the request
+    /// sets no `max_bytes` of its own (at least one message is always returned), like
+    /// RocketMQ's max transfer size. Default: 256 KiB.
     pub max_transfer_bytes: usize,
     /// Commit-log files older than this (by modification time) are deleted by retention.
     /// Default: 72 h.

@@ -136,7 +136,8 @@ pub enum Error {
         /// What is wrong.
         reason: String,
     },
-    /// A dispatcher registered by the broker (see [`Dispatch`](crate::Dispatch)) failed.
+    /// A dispatcher failed: the key index (named `index`), or a broker's
+    /// [`Dispatch`](crate::Dispatch).
     #[error("dispatcher {name} failed: {source}")]
     Dispatcher {
         /// The dispatcher's name.

@@ -5,7 +5,7 @@
 //! commit log and the entry in the consume queue. What is here is the supported surface:
 //! encode a message into a record and place it ([`encode`], [`EncodedRecord::assign`]),
 //! read records back ([`peek`], [`parse`], [`decode`], [`Records`]), and build or read a
-//! consume-queue entry ([`CqEntry`]), and read a key-index file ([`IndexHeader`],
+//! consume-queue entry ([`CqEntry`]); read a key-index file ([`IndexHeader`],
 //! [`IndexEntry`], [`key_hash`]).
 
 pub use crate::commit_log::record::*;

@@ -8,6 +8,13 @@
 //! **consume queues**, through which [`MessageStore::get_message`] reads; after a crash,
 //! recovery from the checkpoint brings the log and the queues back in line.
 //!
+//! Other dispatchers read the same log on threads of their own: the **key index**
+//! (RocketMQ's index files, queried by [`MessageStore::query_message`]) and any
+//! [`Dispatch`] a broker registers with [`MessageStore::open_with`]. Transaction halves
+//! and rollbacks are stored but never consumed; long-polling consumers wait with
+//! [`MessageStore::wait_for_message`] or [`MessageStore::message_arrival`];
+//! [`MessageStore::delete_topic`] removes a topic for good.
+//!
 //! A message travels: [`MessageStore`] (facade) → `format` (encode, outside any lock) →
 //! `commit_log` (the put lock: offsets, store time, copy) → `mapped_file` → `flush`
 //! (group commit or timer) → the caller's acknowledgement; then `dispatch` →
@@ -46,7 +53,7 @@
 
 #![warn(missing_docs)]
 #![deny(unsafe_op_in_unsafe_fn)]
-// `unsafe` compiles in the mapped-file layer only.
+// `unsafe` compiles only in fs/mapped_file.rs and fs/mapped_words.rs.
 #![deny(unsafe_code)]
 // Panics are spelled `expect("why it cannot fail")`; tests may unwrap.
 #![cfg_attr(not(test), deny(clippy::unwrap_used))]

@@ -139,7 +139,9 @@ pub struct Message {
     /// The producer's address. Default: `0.0.0.0:0`.
     pub born_host: SocketAddr,
     /// RocketMQ system flag bits. The host bits (0x10, 0x20) are set by the store from
-    /// the address families; the others are recorded as given.
+    /// the address families; the others are recorded as given. The transaction bits
+    /// (`0xC`, see [`is_transaction_hidden`]) of a PREPARED or ROLLBACK record keep it from
+    /// consumers: it gets queue offset 0 and no consume-queue or key-index entry.
     pub sys_flag: i32,
     /// How many times this message has been redelivered.
     pub reconsume_times: i32,
@@ -229,10 +231,12 @@ impl Message {
     }
 }
 
+/// As the store reads a property back (see [`find_property`]): the last non-empty value.
 fn property_of<'a>(props: &'a [(String, String)], name: &str) -> Option<&'a str> {
     props
         .iter()
-        .find(|(n, _)| n == name)
+        .rev()
+        .find(|(n, v)| n == name && !v.is_empty())
         .map(|(_, v)| v.as_str())
 }
 
@@ -394,7 +398,8 @@ pub struct PutResult {
     pub status: PutStatus,
     /// Commit-log offset of the (first) record.
     pub physical_offset: u64,
-    /// Queue offset of the (first) message.
+    /// Queue offset of the (first) message; 0 when it is a transaction's PREPARED or
+    /// ROLLBACK record, which holds no queue offset of its own.
     pub queue_offset: u64,
     /// Bytes appended to the commit log (all records of a batch).
     pub wrote_bytes: u32,

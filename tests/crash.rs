@@ -39,7 +39,8 @@ fn mode_named(name: &str) -> FlushMode {
 }
 
 /// The child: puts from several threads until killed, printing
-/// `ACK queue queue_offset physical_offset crc len` for each acknowledged put.
+/// `ACK queue queue_offset physical_offset crc len producer i` for each acknowledged put
+/// (its key is `{producer}-{i}`).
 #[test]
 #[ignore = "run by the crash tests as a child process"]
 fn crash_child() {

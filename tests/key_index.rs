@@ -356,9 +356,10 @@ fn a_disabled_index_refuses_queries_and_bad_shapes_are_refused_at_open() {
     assert_eq!(bodies(&store, "T", "k", 8), ["m"]);
 }
 
-/// A crash cut the log below what the index had recorded (async flush: the index saw
-/// records the log then lost). The index forgets their entries, records its new point
-/// before anything else, and neither a second crash nor new records at the same offsets
+/// A crash cut the log below what the index had recorded (as under async flush, where the
+/// index sees records the log then loses; simulated here by tearing a synced tail). The
+/// index forgets their entries, records its new point before anything else, and neither a
+/// second crash nor new records at the same offsets
 /// bring stale entries back.
 #[test]
 fn when_the_log_is_cut_below_the_index_the_index_follows_it_across_crashes() {

@@ -124,7 +124,8 @@ fn store_config(dir: &Path, flush: Flush) -> StoreConfig {
 }
 
 /// The writer: puts from several threads until killed, printing
-/// `ACK queue queue_offset physical_offset crc len` for each acknowledged message. Past
+/// `ACK queue queue_offset physical_offset crc len producer i` for each acknowledged
+/// message (its key is `{producer}-{i}`). Past
 /// `ROUND_BUDGET` it stops putting and waits to be killed.
 #[test]
 #[ignore = "run by the power-cut tests as a child process"]

@@ -122,19 +122,27 @@ fn recovery_and_rebuild_skip_hidden_records() {
 fn a_batch_may_mix_hidden_and_visible_records() {
     let dir = tempfile::tempdir().unwrap();
     let store = MessageStore::open(config(dir.path(), sync_mode())).unwrap();
+    let first = store.put_message(&flagged(9, 0)).unwrap();
+    assert_eq!(first.queue_offset, 0);
     let batch = [
         flagged(0, TRANSACTION_PREPARED),
         flagged(1, 0),
         flagged(2, TRANSACTION_ROLLBACK),
         flagged(3, 0),
     ];
+    // The batch starts with a hidden record: its result says queue offset 0, though the
+    // queue is at 1.
     let put = store.put_messages(&batch).unwrap();
     assert_eq!(put.queue_offset, 0);
     let put = store.put_message(&flagged(4, 0)).unwrap();
-    assert_eq!(put.queue_offset, 2);
+    assert_eq!(
+        put.queue_offset, 3,
+        "the batch's two visible records took 1 and 2"
+    );
     assert_consumers_see(
         &store,
         &[
+            flagged(9, 0).body,
             batch[1].body.clone(),
             batch[3].body.clone(),
             flagged(4, 0).body,

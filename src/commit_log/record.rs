@@ -521,7 +521,7 @@ impl RecordView<'_> {
     /// space-separated word of the `KEYS` property, then the `UNIQ_KEY` property.
     pub fn index_keys(&self) -> impl Iterator<Item = &str> {
         let keys = self.property(PROPERTY_KEYS).unwrap_or("");
-        let uniq = self.property(PROPERTY_UNIQ_KEY).filter(|u| !u.is_empty());
+        let uniq = self.property(PROPERTY_UNIQ_KEY);
         keys.split(KEY_SEPARATOR)
             .filter(|k| !k.is_empty())
             .chain(uniq)

@@ -29,8 +29,8 @@ pub type DispatchError = Box<dyn std::error::Error + Send + Sync>;
 ///
 /// The contract:
 /// - [`start`](Dispatch::start) comes first, once, with the offset dispatch resumes at.
-/// - [`dispatch`](Dispatch::dispatch) sees every record from there, in log order, each
-///   once per run, including a transaction's half and rollback records (check
+/// - [`dispatch`](Dispatch::dispatch) sees every record from there, in log order (a
+///   round retried after a failure hands its records again), including a transaction's half and rollback records (check
 ///   [`RecordView::is_hidden`]). Under sync flush it sees only durable records.
 /// - [`commit`](Dispatch::commit) ends a round of records.
 /// - [`flush`](Dispatch::flush) makes everything seen so far durable. When it returns
@@ -78,8 +78,8 @@ pub trait Dispatch: Send + 'static {
     fn name(&self) -> &str;
 
     /// Dispatch resumes at commit-log offset `from`: every record below it was flushed by
-    /// this dispatcher in an earlier run (0 on the first run, or when the log's start was
-    /// deleted meanwhile). Anything kept of records at or past `from` is stale.
+    /// this dispatcher in an earlier run, or deleted by retention (on the first run, `from`
+    /// is the log's first offset). Anything kept of records at or past `from` is stale.
     fn start(&mut self, from: u64) -> Result<(), DispatchError> {
         let _ = from;
         Ok(())

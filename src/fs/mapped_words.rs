@@ -222,20 +222,21 @@ mod tests {
             .truncate(true)
             .open(&path)
             .unwrap();
-        file.set_len(16).unwrap();
+        file.set_len(24).unwrap();
         let w = MappedWords::map(file, path.clone()).unwrap();
-        w.allocate(0, 16).unwrap();
+        w.allocate(0, 24).unwrap();
         w.store(0, 0x0102_0304);
         w.store_u64(1, 0x0A0B_0C0D_0E0F_1011);
         assert_eq!(w.load(0), 0x0102_0304);
         assert_eq!(w.load_u64(1), 0x0A0B_0C0D_0E0F_1011);
-        w.store_u64_aligned(2, 0x1112_1314_1516_1718);
-        assert_eq!(w.load_u64_aligned(2), 0x1112_1314_1516_1718);
+        // A separate, 8-aligned pair, only ever accessed whole.
+        w.store_u64_aligned(4, 0x1112_1314_1516_1718);
+        assert_eq!(w.load_u64_aligned(4), 0x1112_1314_1516_1718);
         w.sync().unwrap();
         let bytes = std::fs::read(&path).unwrap();
-        assert_eq!(&bytes[..8], &[1, 2, 3, 4, 10, 11, 12, 13]);
+        assert_eq!(&bytes[..12], &[1, 2, 3, 4, 10, 11, 12, 13, 14, 15, 16, 17]);
         assert_eq!(
-            &bytes[8..16],
+            &bytes[16..24],
             &[0x11, 0x12, 0x13, 0x14, 0x15, 0x16, 0x17, 0x18]
         );
     }

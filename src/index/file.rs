@@ -410,31 +410,16 @@ mod tests {
 
     #[test]
     fn key_hash_matches_java() {
-        // "TopicA#order-42".hashCode() in Java is -1,004,823,955... made non-negative.
-        let java = |s: &str| {
-            let mut h: i32 = 0;
-            for u in s.encode_utf16() {
-                h = h.wrapping_mul(31).wrapping_add(i32::from(u));
-            }
-            h
-        };
+        // Values of Java's String.hashCode, computed over UTF-16 code units.
         assert_eq!(key_hash("abc"), 96354);
-        assert_eq!(
-            key_hash("TopicA#order-42"),
-            java("TopicA#order-42").unsigned_abs()
-        );
-        // A string whose Java hash is i32::MIN hashes to 0, as RocketMQ's does.
-        assert_eq!(java("polygenelubricants"), i32::MIN);
+        assert_eq!(key_hash("TopicA#order-42"), 375_142_830);
+        // Negative in Java: made non-negative, as RocketMQ's Math.abs does.
+        assert_eq!(key_hash("TopicA#order-123456"), 1_339_743_853);
+        // i32::MIN has no absolute value: RocketMQ then uses 0.
         assert_eq!(key_hash("polygenelubricants"), 0);
-        // In parts, and outside ASCII, as Java hashes UTF-16 code units.
-        assert_eq!(
-            index_hash(&["Topic", "#", "k\u{e9}y"]),
-            java("Topic#k\u{e9}y").unsigned_abs()
-        );
-        assert_eq!(
-            index_hash(&["T", "#", "\u{1F600}"]),
-            java("T#\u{1F600}").unsigned_abs()
-        );
+        // In parts, and outside ASCII (one unit for U+00E9, two surrogates for U+1F600).
+        assert_eq!(index_hash(&["Topic", "#", "k\u{e9}y"]), 1_904_061_209);
+        assert_eq!(index_hash(&["T", "#", "\u{1F600}"]), 4_308_978);
     }
 
     fn file(dir: &Path, slots: u32, entries: u32) -> IndexFile {

@@ -207,9 +207,10 @@ impl KeyIndex {
         while self.shape.max_files > 0 && files.len() > self.shape.max_files {
             let old = files.remove(0);
             log::warn!(
-                "the key index holds {} files, its cap: removing the oldest, {}; keys of \
-                 messages before offset {} can no longer be queried",
+                "the key index holds {} files, over its cap of {}: removing the oldest, {}; \
+                 keys of messages before offset {} can no longer be queried",
                 self.shape.max_files + 1,
+                self.shape.max_files,
                 old.path().display(),
                 old.header().end_offset
             );
@@ -287,7 +288,7 @@ impl KeyIndex {
                     }
                     Ok(_) => {}
                     // A record deleted or damaged since: not an answer, and not a reason
-                    // to fail the query while others may be found.
+                    // to fail the query (it is logged when nothing was found).
                     Err(e) => failure = Some(e),
                 }
                 out.messages.len() < max

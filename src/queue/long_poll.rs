@@ -11,7 +11,7 @@ use crate::queue::arrival::Registered;
 use crate::queue::queues::ConsumeQueues;
 
 /// Resolves when a queue holds an entry at a given offset, or its topic was deleted
-/// ([`true`]: pull again), or when the store shuts down first ([`false`]). Returned by
+/// (`true`: pull again), or when the store shuts down first (`false`). Returned by
 /// [`MessageStore::message_arrival`](crate::MessageStore::message_arrival).
 ///
 /// Runtime-agnostic: dispatch wakes it through its [`Waker`], so it works under any

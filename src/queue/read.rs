@@ -32,7 +32,7 @@ pub enum GetStatus {
     /// The entry at the offset could not be read (a damaged or missing consume-queue
     /// file); `next_offset` is the start of the next queue file, so a consumer moves on.
     OffsetFoundNull,
-    /// Not returned since 0.2: an unknown queue answers [`GetStatus::NoMessageInQueue`].
+    /// No longer returned: an unknown queue answers [`GetStatus::NoMessageInQueue`].
     NoMatchedLogicQueue,
 }
 

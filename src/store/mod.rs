@@ -556,7 +556,8 @@ impl MessageStore {
     }
 
     /// A future that resolves to true once `topic`/`queue_id` holds a message at queue
-    /// offset `offset`, or to false if the store shuts down first: the runtime-agnostic
+    /// offset `offset` (or the topic is deleted: pull again), or to false if the store
+    /// shuts down first: the runtime-agnostic
     /// form of [`wait_for_message`](Self::wait_for_message). It has no timeout; race it
     /// against your runtime's timer, and drop it to cancel the wait.
     pub fn message_arrival(&self, topic: &str, queue_id: u32, offset: u64) -> MessageArrival {

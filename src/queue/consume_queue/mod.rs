@@ -252,12 +252,12 @@ impl ConsumeQueue {
         Ok(())
     }
 
-    /// Next queue offset (one past the last entry).
     /// Identifies this queue for as long as the store is open.
     pub(crate) fn key(&self) -> u64 {
         self.key
     }
 
+    /// Next queue offset (one past the last entry).
     pub(crate) fn max_offset(&self) -> u64 {
         self.max_offset.load(Ordering::Acquire)
     }
@@ -486,7 +486,7 @@ impl ConsumeQueue {
         if queue_offset >= end {
             return Ok(Vec::new());
         }
-        let per_file = self.file_size() / CQ_ENTRY_LEN as u64;
+        let per_file = self.entries_per_file();
         let n = (end - queue_offset).min(per_file - queue_offset % per_file) as usize;
         let mut buf = vec![0u8; n * CQ_ENTRY_LEN];
         if !self.read_checked(queue_offset * CQ_ENTRY_LEN as u64, &mut buf, false)? {
