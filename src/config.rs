@@ -151,6 +151,12 @@ pub struct StoreConfig {
     /// Supplies consume-queue tag codes other than the tag hash (delayed messages).
     /// Default: none.
     pub tag_code: Option<Arc<dyn crate::queue::entry::TagCode>>,
+    /// Readers (consume queues, the key index, broker dispatchers, `lookup_message`) see
+    /// only records below the confirm offset (`MessageStore::set_confirm_offset`), for a
+    /// replicated store whose consumers must never read what a failover could take back.
+    /// The confirm offset starts at 0 at each open: the replication layer sets it. Default:
+    /// false.
+    pub read_confirmed_only: bool,
     /// Build the key index (`{root}/index/`) that
     /// [`MessageStore::query_message`](crate::MessageStore::query_message) reads. Default:
     /// true (RocketMQ's `messageIndexEnable`).
@@ -200,6 +206,7 @@ impl fmt::Debug for StoreConfig {
             .field("disk_check_interval", &self.disk_check_interval)
             .field("io_hook", &self.io_hook.is_some())
             .field("tag_code", &self.tag_code.is_some())
+            .field("read_confirmed_only", &self.read_confirmed_only)
             .field("index_enabled", &self.index_enabled)
             .field("index_hash_slots", &self.index_hash_slots)
             .field("index_entries", &self.index_entries)
@@ -240,6 +247,7 @@ impl StoreConfig {
             disk_check_interval: Duration::from_secs(1),
             io_hook: None,
             tag_code: None,
+            read_confirmed_only: false,
             index_enabled: true,
             index_hash_slots: 5_000_000,
             index_entries: 20_000_000,
@@ -250,6 +258,12 @@ impl StoreConfig {
     /// Sets [`StoreConfig::tag_code`].
     pub fn tag_code(mut self, code: Arc<dyn crate::queue::entry::TagCode>) -> Self {
         self.tag_code = Some(code);
+        self
+    }
+
+    /// Sets [`StoreConfig::read_confirmed_only`].
+    pub fn read_confirmed_only(mut self, on: bool) -> Self {
+        self.read_confirmed_only = on;
         self
     }
 

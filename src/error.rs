@@ -136,6 +136,24 @@ pub enum Error {
         /// What is wrong.
         reason: String,
     },
+    /// An offset outside the commit log as stored (below its first file, or past its end).
+    #[error("offset {offset} is outside the log ({start}..{end})")]
+    OutOfRange {
+        /// The offset asked for.
+        offset: u64,
+        /// The log's first offset still stored.
+        start: u64,
+        /// The log's end (as far as the call may read).
+        end: u64,
+    },
+    /// Bytes for a follower's log were offered at another offset than its end.
+    #[error("append at {at} refused: the log ends at {end}")]
+    LogMismatch {
+        /// Where the bytes were offered.
+        at: u64,
+        /// Where the log ends.
+        end: u64,
+    },
     /// A dispatcher failed: the key index (named `index`), or a broker's
     /// [`Dispatch`](crate::Dispatch).
     #[error("dispatcher {name} failed: {source}")]

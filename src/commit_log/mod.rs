@@ -17,6 +17,7 @@ use parking_lot::Mutex;
 pub(crate) mod flush;
 pub(crate) mod record;
 mod reopen;
+pub(crate) mod replicate;
 
 use crate::commit_log::record::{BLANK_RECORD_LEN, EncodedRecord, Peek};
 use crate::config::{StoreConfig, Warmup};
@@ -103,6 +104,8 @@ pub(crate) struct CommitLog {
     abort_path: std::path::PathBuf,
     wakeup: Arc<Wakeup>,
     disk: DiskWatch,
+    /// Replication: the offset below which records are replicated to enough replicas.
+    confirm: replicate::Confirm,
 }
 
 impl CommitLog {
@@ -213,6 +216,7 @@ impl CommitLog {
             abort_path: crate::layout::abort_file(config.root()),
             wakeup: Arc::new(Wakeup::default()),
             disk,
+            confirm: replicate::Confirm::new(config.read_confirmed_only),
         })
     }
 
@@ -276,6 +280,17 @@ impl CommitLog {
     /// flush, so nothing a crash could take back is ever served; the written offset under
     /// async flush.
     pub(crate) fn readable_offset(&self) -> u64 {
+        let shippable = self.shippable_offset();
+        if self.confirm.limits_readers() {
+            shippable.min(self.confirm_offset())
+        } else {
+            shippable
+        }
+    }
+
+    /// What a leader may ship to followers: the durable end under sync flush (so nothing
+    /// a crash could take back is replicated), else the written end.
+    pub(crate) fn shippable_offset(&self) -> u64 {
         if self.sync_flush {
             self.flushed_offset()
         } else {
@@ -648,10 +663,13 @@ impl CommitLog {
     }
 
     /// Refuses further puts and stops the allocation thread; the caller then flushes.
+    /// Waits for a confirm offset end (they resolve to `ShutDown`).
     pub(crate) fn close(&self) {
         let mut state = self.state.lock();
         state.closed = true;
         state.allocator.shutdown();
+        drop(state);
+        self.confirm.close();
     }
 }
 

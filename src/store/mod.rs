@@ -25,6 +25,7 @@ use crate::queue::read::{
 use crate::stats::StoreStats;
 mod dispatchers;
 mod recovery;
+mod replication;
 mod retention;
 
 use recovery::recover;

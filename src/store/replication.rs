@@ -1,0 +1,166 @@
+//! The raw-log primitives any replication scheme builds on (RocketMQ's HA, or a Raft log):
+//! ship whole records from a leader, append them on a follower, cut a follower's
+//! diverged tail, and a confirm offset that limits readers and acknowledgements.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+
+use super::MessageStore;
+use crate::commit_log::record::{Records, Step};
+use crate::commit_log::replicate::ReplicatedPut;
+use crate::config::{FlushMode, StoreConfig};
+use crate::error::{Error, Result};
+use crate::fs::lock::StoreLock;
+use crate::fs::ops;
+use crate::layout;
+use crate::message::Message;
+
+impl MessageStore {
+    /// Whole records of the commit log from `from` (where a record starts), raw, at most
+    /// `max_bytes` of them but always the first, never past the end of `from`'s file: the
+    /// bytes a leader ships to a follower's [`append_log`](Self::append_log). A file's
+    /// closing blank record is shipped too (alone at the end), so the follower moves to its
+    /// next file where the leader did. Under sync flush only durable bytes are shipped.
+    /// Empty at the log's end; [`Error::OutOfRange`] below its start.
+    ///
+    /// ```
+    /// # use rocketstore::{Message, MessageStore, StoreConfig};
+    /// # let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    /// # let cfg = |d: &std::path::Path| StoreConfig::new(d).commit_log_file_size(1 << 20);
+    /// let leader = MessageStore::open(cfg(a.path()))?;
+    /// let follower = MessageStore::open(cfg(b.path()))?;
+    /// leader.put_message(&Message::new("T", 0u32, &b"replicated"[..]))?;
+    /// let mut at = follower.max_physical_offset();
+    /// loop {
+    ///     let bytes = leader.read_log(at, 64 << 10)?;
+    ///     if bytes.is_empty() { break; }
+    ///     at = follower.append_log(at, &bytes)?;
+    /// }
+    /// assert_eq!(&follower.lookup_message(0)?.unwrap().body[..], b"replicated");
+    /// # Ok::<(), rocketstore::Error>(())
+    /// ```
+    pub fn read_log(&self, from: u64, max_bytes: usize) -> Result<Bytes> {
+        let limit = self.log.shippable_offset();
+        self.log.read_raw_range(from, max_bytes, limit)
+    }
+
+    /// Appends `bytes`, read from a leader with [`read_log`](Self::read_log) at `at`, to
+    /// this follower's log, whose end must be `at` ([`Error::LogMismatch`] otherwise).
+    /// Every record is checked before any is published: its format and body CRC, its
+    /// physical offset equal to its position, and queue offsets that continue each queue.
+    /// A damaged range, a gap or an overlap is refused ([`Error::Corrupted`],
+    /// [`Error::LogMismatch`]) with nothing written. The records keep the leader's store
+    /// times, so the follower's files are byte-identical to the leader's; dispatch then
+    /// builds its consume queues and key index. Under sync flush the bytes are durable when
+    /// this returns. Returns the log's new end.
+    pub fn append_log(&self, at: u64, bytes: &[u8]) -> Result<u64> {
+        let open = self.open.read();
+        if !*open {
+            return Err(Error::ShutDown);
+        }
+        let appended = self.log.append_raw(at, bytes)?;
+        if matches!(self.config.flush_mode, FlushMode::Sync { .. }) {
+            self.log.flush()?;
+        }
+        Ok(appended.end)
+    }
+
+    /// The offset below which records are replicated to enough replicas (0 at open).
+    pub fn confirm_offset(&self) -> u64 {
+        self.log.confirm_offset()
+    }
+
+    /// Sets the confirm offset (the replication layer's commit point; it may move back
+    /// after a truncation). With [`StoreConfig::read_confirmed_only`], readers see only
+    /// records below it; puts from
+    /// [`put_message_replicated`](Self::put_message_replicated) resolve once it passes them.
+    pub fn set_confirm_offset(&self, offset: u64) {
+        self.log.set_confirm_offset(offset);
+    }
+
+    /// [`put_message_async`](Self::put_message_async), resolving only once the message is
+    /// both acknowledged under the flush mode (durable, under sync flush) and below the
+    /// confirm offset: a producer acknowledged by it is acknowledged only after
+    /// replication. Resolves to [`Error::ShutDown`] if the store shuts down first.
+    pub fn put_message_replicated(&self, msg: Message) -> ReplicatedPut {
+        ReplicatedPut::new(self.put_message_async(msg), Arc::clone(&self.log))
+    }
+
+    /// Cuts the commit log of the closed store at `config.root_dir` back to `to`, which
+    /// must be where a record starts or the log's end: for a follower whose tail diverged
+    /// from a new leader. Everything from `to` on is removed durably; the next open then
+    /// recovers as after a crash, which cuts every consume queue, the key index and the
+    /// dispatchers' progress back to the log. Refused ([`Error::StoreLocked`]) while the
+    /// store is open, and ([`Error::Corrupted`]) at an offset inside a record.
+    pub fn truncate_log(config: &StoreConfig, to: u64) -> Result<()> {
+        config.validate()?;
+        let lock = StoreLock::acquire(config.root())?;
+        let result = truncate_files(config, to);
+        // Unclean whatever happened: the next open checks and cuts everything to the log.
+        let _ = lock.release(false);
+        result
+    }
+}
+
+fn truncate_files(config: &StoreConfig, to: u64) -> Result<()> {
+    let dir = layout::commit_log_dir(config.root());
+    let files = layout::data_files(&dir).map_err(|e| Error::io("list", &dir, e))?;
+    let size = config.commit_log_file_size;
+    let Some((start, path)) = files.iter().rev().find(|(s, _)| *s <= to).cloned() else {
+        return Err(Error::OutOfRange {
+            offset: to,
+            start: files.first().map_or(0, |f| f.0),
+            end: 0,
+        });
+    };
+    if to >= start + size {
+        return Err(Error::corrupted(to, "past the end of its file"));
+    }
+    // `to` must be a record boundary of its file.
+    let bytes = std::fs::read(&path).map_err(|e| Error::io("read", &path, e))?;
+    let mut records = Records::new(&bytes, start);
+    while records.offset() < to {
+        match records.next() {
+            Some(Ok(Step::Record(_))) => {}
+            _ => {
+                return Err(Error::corrupted(
+                    to,
+                    "not where a record starts or the log ends",
+                ));
+            }
+        }
+    }
+    if records.offset() != to {
+        return Err(Error::corrupted(to, "inside a record"));
+    }
+    // The checkpoint may vouch for nothing past the cut; the queue table describes
+    // queues that are about to shrink.
+    let cp_path = layout::checkpoint_file(config.root());
+    if let Some(times) = crate::checkpoint::CheckpointTimes::read(&cp_path)? {
+        crate::checkpoint::CheckpointTimes {
+            physic_offset: times.physic_offset.min(to),
+            ..times
+        }
+        .write(&cp_path)?;
+    }
+    ops::remove_file_with(&layout::queue_table_file(config.root()), None)?;
+    // Later files go, newest first; then the rest of `to`'s file is zeroed and synced.
+    for (s, p) in files.iter().rev().filter(|(s, _)| *s > start) {
+        let _ = s;
+        ops::remove_file_with(p, config.io_hook.as_ref())?;
+    }
+    ops::sync_dir(&dir)?;
+    let file = std::fs::OpenOptions::new()
+        .write(true)
+        .open(&path)
+        .map_err(|e| Error::io("open", &path, e))?;
+    let rel = (to - start) as usize;
+    if bytes[rel..].iter().any(|&b| b != 0) {
+        use std::os::unix::fs::FileExt;
+        let zeros = vec![0u8; bytes.len() - rel];
+        file.write_all_at(&zeros, rel as u64)
+            .map_err(|e| Error::io("write", &path, e))?;
+    }
+    file.sync_all().map_err(|e| Error::io("sync", &path, e))
+}

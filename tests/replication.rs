@@ -1,0 +1,299 @@
+//! The raw-log replication primitives: a leader ships whole records, a follower appends
+//! them (byte-identical files), bad input is refused with nothing published, a diverged
+//! tail is cut and appended again, and the confirm offset limits readers and acks.
+
+mod common;
+
+use std::fs;
+use std::path::Path;
+use std::time::Duration;
+
+use rocketstore::layout;
+use rocketstore::{Error, GetStatus, MessageStore, StoreConfig, TRANSACTION_PREPARED};
+
+use common::{config, message, sync_mode};
+
+const LONG: Duration = Duration::from_secs(30);
+
+fn cfg(dir: &Path) -> StoreConfig {
+    config(dir, sync_mode())
+}
+
+/// Ships everything the leader has to the follower, `max_bytes` at a time.
+fn ship(leader: &MessageStore, follower: &MessageStore, max_bytes: usize) -> u64 {
+    let mut at = follower.max_physical_offset();
+    loop {
+        let bytes = leader.read_log(at, max_bytes).unwrap();
+        if bytes.is_empty() {
+            return at;
+        }
+        at = follower.append_log(at, &bytes).unwrap();
+    }
+}
+
+fn fill(leader: &MessageStore, from: u64, n: u64) -> Vec<rocketstore::PutResult> {
+    let mut puts = Vec::new();
+    for i in from..from + n {
+        let q = (i % 3) as u32;
+        if i % 17 == 5 {
+            let batch = [message("R", q, "b", i), message("R", q, "b", i + 1000)];
+            puts.push(leader.put_messages(&batch).unwrap());
+        } else if i % 23 == 7 {
+            let mut half = message("R", q, "h", i);
+            half.sys_flag = TRANSACTION_PREPARED;
+            puts.push(leader.put_message(&half).unwrap());
+        } else {
+            puts.push(leader.put_message(&message("R", q, "m", i)).unwrap());
+        }
+    }
+    puts
+}
+
+/// The commit-log files holding offsets below `end` are identical in both stores.
+fn same_files(a: &Path, b: &Path, end: u64) {
+    let list = |d: &Path| {
+        let mut v: Vec<_> = fs::read_dir(layout::commit_log_dir(d))
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .filter(|n| {
+                let start: u64 = n.to_str().unwrap().parse().unwrap();
+                start < end
+            })
+            .collect();
+        v.sort();
+        v
+    };
+    let (la, lb) = (list(a), list(b));
+    assert_eq!(la, lb);
+    for name in &la {
+        assert!(lb.contains(name), "follower lacks {name:?}");
+        let fa = fs::read(layout::commit_log_dir(a).join(name)).unwrap();
+        let fb = fs::read(layout::commit_log_dir(b).join(name)).unwrap();
+        assert!(fa == fb, "{name:?} differs");
+    }
+}
+
+#[test]
+fn a_follower_fed_by_read_log_holds_byte_identical_files() {
+    let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let leader = MessageStore::open(cfg(a.path())).unwrap();
+    let follower = MessageStore::open(cfg(b.path())).unwrap();
+    fill(&leader, 0, 800);
+    // Ship in pieces of every size, across file ends.
+    for max in [1, 700, 4096, 1 << 20] {
+        fill(&leader, 1000 * max as u64, 100);
+        ship(&leader, &follower, max);
+    }
+    let end = leader.max_physical_offset();
+    assert!(end > 4 * common::SMALL_FILE, "several files");
+    assert_eq!(follower.max_physical_offset(), end);
+    // The follower's queues and index are built from the bytes.
+    assert!(follower.wait_dispatched_to(end, LONG));
+    assert!(follower.wait_dispatcher("index", end, LONG));
+    for q in 0..3 {
+        assert_eq!(
+            follower.max_offset_in_queue("R", q),
+            leader.max_offset_in_queue("R", q)
+        );
+        let (l, f) = (
+            leader.get_message("R", q, 10, 20).unwrap(),
+            follower.get_message("R", q, 10, 20).unwrap(),
+        );
+        let pick = |g: &rocketstore::GetResult| {
+            g.messages
+                .iter()
+                .map(|m| (m.physical_offset, m.store_timestamp, m.body.clone()))
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(pick(&l), pick(&f));
+    }
+    assert_eq!(
+        follower
+            .query_message("R", "k42", 8, 0, i64::MAX)
+            .unwrap()
+            .messages
+            .len(),
+        1
+    );
+    // New puts on the follower continue the queues where the leader's left them.
+    let next = follower.put_message(&message("R", 0, "f", 0)).unwrap();
+    assert_eq!(next.queue_offset, leader.max_offset_in_queue("R", 0));
+    drop(follower);
+    leader.shutdown().unwrap();
+    drop(leader);
+    // Files compared up to the leader's end: the follower's own put, after it, goes.
+    MessageStore::truncate_log(&cfg(b.path()), end).unwrap();
+    same_files(a.path(), b.path(), end);
+}
+
+#[test]
+fn bad_input_is_refused_with_nothing_published() {
+    let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let leader = MessageStore::open(cfg(a.path())).unwrap();
+    let follower = MessageStore::open(cfg(b.path())).unwrap();
+    let puts = fill(&leader, 0, 20);
+    ship(&leader, &follower, 1 << 20);
+    fill(&leader, 100, 20);
+    let at = follower.max_physical_offset();
+    let good = leader.read_log(at, 1 << 20).unwrap();
+    let unchanged = |follower: &MessageStore| {
+        assert_eq!(follower.max_physical_offset(), at, "nothing was published");
+    };
+
+    // A damaged byte in a body.
+    let mut bad = good.to_vec();
+    let last = bad.len() - 10;
+    bad[last] ^= 0xFF;
+    assert!(matches!(
+        follower.append_log(at, &bad),
+        Err(Error::Corrupted { .. })
+    ));
+    unchanged(&follower);
+    // A gap: offered past the end, or records from further on offered at the end.
+    assert!(matches!(
+        follower.append_log(at + 1, &good),
+        Err(Error::LogMismatch { .. })
+    ));
+    let later = leader.read_log(at + good.len() as u64 / 2, 1 << 20);
+    if let Ok(later) = later {
+        assert!(follower.append_log(at, &later).is_err());
+    }
+    let second = leader.read_log(puts[1].physical_offset, 1 << 20).unwrap();
+    assert!(matches!(
+        follower.append_log(at, &second),
+        Err(Error::Corrupted { .. })
+    ));
+    unchanged(&follower);
+    // An overlap: bytes the follower already has.
+    let old = leader.read_log(0, 1 << 20).unwrap();
+    assert!(matches!(
+        follower.append_log(0, &old),
+        Err(Error::LogMismatch { .. })
+    ));
+    // A record cut short.
+    assert!(follower.append_log(at, &good[..good.len() - 1]).is_err());
+    unchanged(&follower);
+    // Queue offsets that do not continue: a record of another store at the same offset.
+    let (c, _) = (tempfile::tempdir().unwrap(), ());
+    let other = MessageStore::open(cfg(c.path())).unwrap();
+    for i in 0..200 {
+        other.put_message(&message("R", 0, "x", i)).unwrap();
+        if other.max_physical_offset() >= at {
+            break;
+        }
+    }
+    if let Ok(foreign) = other.read_log(at, 1 << 20)
+        && !foreign.is_empty()
+    {
+        assert!(follower.append_log(at, &foreign).is_err());
+    }
+    unchanged(&follower);
+    // The good bytes still go in.
+    assert!(follower.append_log(at, &good).unwrap() > at);
+}
+
+#[test]
+fn a_diverged_tail_is_cut_and_appended_again() {
+    let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let leader = MessageStore::open(cfg(a.path())).unwrap();
+    let puts = fill(&leader, 0, 400);
+    let follower = MessageStore::open(cfg(b.path())).unwrap();
+    ship(&leader, &follower, 1 << 20);
+    // The follower diverges: its own records after the common part.
+    for i in 0..50 {
+        follower
+            .put_message(&message("R", 1, "diverged", 5000 + i))
+            .unwrap();
+    }
+    drop(follower);
+    let cut = puts[250].physical_offset;
+    assert!(
+        matches!(
+            MessageStore::truncate_log(&cfg(b.path()), cut + 1),
+            Err(Error::Corrupted { .. })
+        ),
+        "inside a record"
+    );
+    MessageStore::truncate_log(&cfg(b.path()), cut).unwrap();
+    let follower = MessageStore::open(cfg(b.path())).unwrap();
+    assert_eq!(follower.max_physical_offset(), cut);
+    assert!(follower.wait_dispatcher("index", cut, LONG));
+    assert!(
+        follower
+            .query_message("R", "k5001", 8, 0, i64::MAX)
+            .unwrap()
+            .messages
+            .is_empty()
+    );
+    // Appending again from the cut: the follower catches up, identical again.
+    let end = ship(&leader, &follower, 4096);
+    assert_eq!(end, leader.max_physical_offset());
+    assert!(follower.wait_dispatched_to(end, LONG));
+    for q in 0..3 {
+        assert_eq!(
+            follower.max_offset_in_queue("R", q),
+            leader.max_offset_in_queue("R", q)
+        );
+    }
+    drop(follower);
+    leader.shutdown().unwrap();
+    drop(leader);
+    same_files(a.path(), b.path(), end);
+    // Truncating an open store is refused.
+    let open = MessageStore::open(cfg(b.path())).unwrap();
+    assert!(matches!(
+        MessageStore::truncate_log(&cfg(b.path()), cut),
+        Err(Error::StoreLocked { .. })
+    ));
+    drop(open);
+}
+
+#[test]
+fn the_confirm_offset_limits_readers_and_acknowledgements() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = MessageStore::open(cfg(dir.path()).read_confirmed_only(true)).unwrap();
+    let put = store.put_message(&message("C", 0, "c", 0)).unwrap();
+    let end = put.physical_offset + u64::from(put.wrote_bytes);
+    // Durable but not confirmed: invisible to readers.
+    assert!(!store.wait_dispatched_to(end, Duration::from_millis(100)));
+    assert_eq!(
+        store.get_message("C", 0, 0, 8).unwrap().status,
+        GetStatus::NoMessageInQueue
+    );
+    assert!(store.lookup_message(put.physical_offset).unwrap().is_none());
+    // A replicated put resolves only once confirmed.
+    let mut pending = std::pin::pin!(store.put_message_replicated(message("C", 0, "c", 1)));
+    let (tx, rx) = crossbeam_channel::unbounded();
+    struct Tx(crossbeam_channel::Sender<()>);
+    impl std::task::Wake for Tx {
+        fn wake(self: std::sync::Arc<Self>) {
+            let _ = self.0.send(());
+        }
+    }
+    let waker = std::task::Waker::from(std::sync::Arc::new(Tx(tx)));
+    let mut cx = std::task::Context::from_waker(&waker);
+    use std::future::Future;
+    let mut polls = 0;
+    let r = loop {
+        polls += 1;
+        match pending.as_mut().poll(&mut cx) {
+            std::task::Poll::Ready(r) => break r.unwrap(),
+            std::task::Poll::Pending => {
+                if polls == 1 {
+                    // Pending on the confirm offset (or still on the flush): confirm both.
+                    store.set_confirm_offset(store.max_physical_offset());
+                }
+                rx.recv_timeout(LONG).expect("woken");
+            }
+        }
+    };
+    assert_eq!(r.queue_offset, 1);
+    assert!(store.confirm_offset() >= r.physical_offset + u64::from(r.wrote_bytes));
+    // Confirmed: readers see both.
+    assert!(store.wait_dispatched_to(store.confirm_offset(), LONG));
+    assert_eq!(store.get_message("C", 0, 0, 8).unwrap().messages.len(), 2);
+    // A replicated put never confirmed ends at shutdown.
+    let never = store.put_message_replicated(message("C", 0, "c", 2));
+    store.shutdown().unwrap();
+    assert!(matches!(pollster::block_on(never), Err(Error::ShutDown)));
+}
