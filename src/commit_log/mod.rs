@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
 
+pub(crate) mod confirm;
 pub(crate) mod flush;
 pub(crate) mod record;
 mod reopen;
@@ -105,7 +106,7 @@ pub(crate) struct CommitLog {
     wakeup: Arc<Wakeup>,
     disk: DiskWatch,
     /// Replication: the offset below which records are replicated to enough replicas.
-    confirm: replicate::Confirm,
+    confirm: confirm::Confirm,
 }
 
 impl CommitLog {
@@ -216,7 +217,7 @@ impl CommitLog {
             abort_path: crate::layout::abort_file(config.root()),
             wakeup: Arc::new(Wakeup::default()),
             disk,
-            confirm: replicate::Confirm::new(config.read_confirmed_only),
+            confirm: confirm::Confirm::new(config.read_confirmed_only),
         })
     }
 

@@ -7,10 +7,8 @@ use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::task::{Context, Poll, Waker};
-
-use parking_lot::Mutex;
+use std::sync::atomic::Ordering;
+use std::task::{Context, Poll};
 
 use bytes::Bytes;
 
@@ -198,55 +196,16 @@ impl CommitLog {
     }
 }
 
-/// The confirm offset and who waits for it.
-pub(crate) struct Confirm {
-    offset: AtomicU64,
-    limits_readers: bool,
-    closed: AtomicBool,
-    /// `(end, waiter id, waker)` of puts waiting for the confirm offset to reach `end`.
-    waiters: Mutex<Vec<(u64, u64, Waker)>>,
-    next_id: AtomicU64,
-}
-
-impl Confirm {
-    pub(crate) fn new(limits_readers: bool) -> Confirm {
-        Confirm {
-            offset: AtomicU64::new(0),
-            limits_readers,
-            closed: AtomicBool::new(false),
-            waiters: Mutex::new(Vec::new()),
-            next_id: AtomicU64::new(0),
-        }
-    }
-
-    pub(crate) fn limits_readers(&self) -> bool {
-        self.limits_readers
-    }
-
-    pub(crate) fn close(&self) {
-        self.closed.store(true, Ordering::SeqCst);
-        let woken: Vec<_> = std::mem::take(&mut *self.waiters.lock());
-        woken.into_iter().for_each(|(_, _, w)| w.wake());
-    }
-}
-
 impl CommitLog {
     /// Offset below which every record is replicated to enough replicas.
     pub(crate) fn confirm_offset(&self) -> u64 {
-        self.confirm.offset.load(Ordering::Acquire)
+        self.confirm.offset()
     }
 
     /// Sets the confirm offset (it may move back, after a truncation), wakes the readers
     /// it limits and the puts waiting for it.
     pub(crate) fn set_confirm_offset(&self, offset: u64) {
-        self.confirm.offset.store(offset, Ordering::SeqCst);
-        let woken: Vec<_> = {
-            let mut waiters = self.confirm.waiters.lock();
-            waiters
-                .extract_if(.., |(end, _, _)| *end <= offset)
-                .collect()
-        };
-        woken.into_iter().for_each(|(_, _, w)| w.wake());
+        self.confirm.set(offset);
         self.wakeup.wake();
     }
 }
@@ -273,7 +232,7 @@ impl std::fmt::Debug for ReplicatedPut {
 
 impl ReplicatedPut {
     pub(crate) fn new(durable: PutFuture, log: Arc<CommitLog>) -> ReplicatedPut {
-        let id = log.confirm.next_id.fetch_add(1, Ordering::Relaxed);
+        let id = log.confirm.new_id();
         ReplicatedPut {
             durable,
             result: None,
@@ -304,18 +263,12 @@ impl Future for ReplicatedPut {
         if this.log.confirm_offset() >= end {
             return Poll::Ready(Ok(result));
         }
-        {
-            let mut waiters = confirm.waiters.lock();
-            match waiters.iter_mut().find(|(_, id, _)| *id == this.id) {
-                Some(w) => w.2 = cx.waker().clone(),
-                None => waiters.push((end, this.id, cx.waker().clone())),
-            }
-        }
+        confirm.register(end, this.id, cx.waker());
         // Checked again after registering: a confirmation in between would not wake us.
         if this.log.confirm_offset() >= end {
             return Poll::Ready(Ok(result));
         }
-        if confirm.closed.load(Ordering::SeqCst) {
+        if confirm.is_closed() {
             return Poll::Ready(Err(Error::ShutDown));
         }
         Poll::Pending
@@ -324,7 +277,6 @@ impl Future for ReplicatedPut {
 
 impl Drop for ReplicatedPut {
     fn drop(&mut self) {
-        let id = self.id;
-        self.log.confirm.waiters.lock().retain(|(_, w, _)| *w != id);
+        self.log.confirm.deregister(self.id);
     }
 }
