@@ -297,3 +297,91 @@ fn the_confirm_offset_limits_readers_and_acknowledgements() {
     store.shutdown().unwrap();
     assert!(matches!(pollster::block_on(never), Err(Error::ShutDown)));
 }
+
+/// The follower process of the kill test: ships from the leader at `REPL_LEADER` to the
+/// follower at `REPL_FOLLOWER` in small pieces, printing the end after each append.
+#[test]
+#[ignore = "run by the kill test as a child process"]
+fn follower_child() {
+    use std::io::Write;
+    let (Ok(l), Ok(f)) = (std::env::var("REPL_LEADER"), std::env::var("REPL_FOLLOWER")) else {
+        return;
+    };
+    let leader = MessageStore::open(cfg(Path::new(&l))).unwrap();
+    let follower = MessageStore::open(cfg(Path::new(&f))).unwrap();
+    let mut out = std::io::stdout();
+    let mut at = follower.max_physical_offset();
+    loop {
+        let bytes = leader.read_log(at, 700).unwrap();
+        if bytes.is_empty() {
+            break;
+        }
+        at = follower.append_log(at, &bytes).unwrap();
+        writeln!(out, "APPENDED {at}").unwrap();
+        out.flush().unwrap();
+    }
+    writeln!(out, "DONE").unwrap();
+    loop {
+        std::thread::park();
+    }
+}
+
+#[test]
+fn a_follower_killed_during_append_log_recovers_and_catches_up() {
+    use std::io::BufRead;
+    let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let end = {
+        let leader = MessageStore::open(cfg(a.path())).unwrap();
+        fill(&leader, 0, 1500);
+        leader.max_physical_offset()
+    };
+    for round in 0..3 {
+        let mut child = std::process::Command::new(std::env::current_exe().unwrap())
+            .args(["--ignored", "--exact", "follower_child", "--nocapture"])
+            .env("REPL_LEADER", a.path())
+            .env("REPL_FOLLOWER", b.path())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let lines = std::io::BufReader::new(child.stdout.take().unwrap()).lines();
+        // Killed after some appends (under sync flush each was durable when printed).
+        let mut acked = 0;
+        for line in lines.map(Result::unwrap) {
+            if let Some(e) = line.strip_prefix("APPENDED ") {
+                acked = e.parse().unwrap();
+                if acked > end / 4 * (round + 1) {
+                    break;
+                }
+            }
+            if line.ends_with("DONE") {
+                break;
+            }
+        }
+        child.kill().unwrap();
+        child.wait().unwrap();
+        // The follower reopens with every acknowledged append, as a prefix of the leader.
+        let follower = MessageStore::open(cfg(b.path())).unwrap();
+        let got = follower.max_physical_offset();
+        assert!(
+            got >= acked,
+            "round {round}: appended up to {acked}, recovered {got}"
+        );
+        assert!(got <= end);
+        drop(follower);
+    }
+    // Then it catches up, byte-identical.
+    let leader = MessageStore::open(cfg(a.path())).unwrap();
+    let follower = MessageStore::open(cfg(b.path())).unwrap();
+    assert_eq!(ship(&leader, &follower, 1 << 20), end);
+    assert!(follower.wait_dispatched_to(end, LONG));
+    for q in 0..3 {
+        assert_eq!(
+            follower.max_offset_in_queue("R", q),
+            leader.max_offset_in_queue("R", q)
+        );
+    }
+    drop(follower);
+    drop(leader);
+    same_files(a.path(), b.path(), end);
+}
