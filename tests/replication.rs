@@ -281,7 +281,9 @@ fn the_confirm_offset_limits_readers_and_acknowledgements() {
             std::task::Poll::Pending => {
                 if polls == 1 {
                     // Pending on the confirm offset (or still on the flush): confirm both.
-                    store.set_confirm_offset(store.max_physical_offset());
+                    store
+                        .set_confirm_offset(store.max_physical_offset())
+                        .unwrap();
                 }
                 rx.recv_timeout(LONG).expect("woken");
             }
@@ -381,6 +383,69 @@ fn a_follower_killed_during_append_log_recovers_and_catches_up() {
             leader.max_offset_in_queue("R", q)
         );
     }
+    drop(follower);
+    drop(leader);
+    same_files(a.path(), b.path(), end);
+}
+
+#[test]
+fn confirm_offsets_readers_and_ends_are_checked() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg_c = || cfg(dir.path()).read_confirmed_only(true);
+    let store = MessageStore::open(cfg_c()).unwrap();
+    let a = store.put_message(&message("C", 0, "c", 0)).unwrap();
+    let b = store.put_message(&message("C", 0, "c", 1)).unwrap();
+    // Inside a record: refused.
+    assert!(matches!(
+        store.set_confirm_offset(a.physical_offset + 3),
+        Err(Error::Corrupted { .. })
+    ));
+    store.set_confirm_offset(b.physical_offset).unwrap();
+    assert!(store.wait_dispatched_to(b.physical_offset, LONG));
+    assert_eq!(store.get_message("C", 0, 0, 8).unwrap().messages.len(), 1);
+    // Past the end of this log: the asker's log diverged.
+    let end = store.max_physical_offset();
+    assert!(matches!(
+        store.read_log(end + 1, 100),
+        Err(Error::OutOfRange { .. })
+    ));
+    assert!(store.read_log(end, 100).unwrap().is_empty());
+    store.shutdown().unwrap();
+    drop(store);
+
+    // Reopened: the confirm offset starts at 0, and what recovery indexed is not served
+    // until it is confirmed again.
+    let store = MessageStore::open(cfg_c()).unwrap();
+    let got = store.get_message("C", 0, 0, 8).unwrap();
+    assert!(got.messages.is_empty(), "{:?}", got.status);
+    assert_eq!(got.status, GetStatus::OffsetOverflowOne);
+    assert!(store.lookup_message(a.physical_offset).unwrap().is_none());
+    store
+        .set_confirm_offset(store.max_physical_offset())
+        .unwrap();
+    assert_eq!(store.get_message("C", 0, 0, 8).unwrap().messages.len(), 2);
+}
+
+#[test]
+fn a_follower_that_stopped_at_a_file_end_goes_on_in_the_next_file() {
+    let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let leader = MessageStore::open(cfg(a.path())).unwrap();
+    fill(&leader, 0, 600);
+    let follower = MessageStore::open(cfg(b.path())).unwrap();
+    // Ship exactly the first file, its closing blank included.
+    let mut at = 0;
+    while at < common::SMALL_FILE {
+        let bytes = leader.read_log(at, 4096).unwrap();
+        at = follower.append_log(at, &bytes).unwrap();
+    }
+    assert_eq!(at, common::SMALL_FILE);
+    follower.shutdown().unwrap();
+    drop(follower);
+    // Reopened right at the file's end: the next append goes into the next file.
+    let follower = MessageStore::open(cfg(b.path())).unwrap();
+    assert_eq!(follower.max_physical_offset(), common::SMALL_FILE);
+    let end = ship(&leader, &follower, 4096);
+    assert_eq!(end, leader.max_physical_offset());
     drop(follower);
     drop(leader);
     same_files(a.path(), b.path(), end);

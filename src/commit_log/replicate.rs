@@ -34,6 +34,14 @@ impl CommitLog {
     /// counts as a record, so a follower that appends it moves to the next file where the
     /// leader did. Empty at `limit`.
     pub(crate) fn read_raw_range(&self, from: u64, max_bytes: usize, limit: u64) -> Result<Bytes> {
+        if from > self.write_offset() {
+            // Past this log's end: the caller's log has diverged from this one.
+            return Err(Error::OutOfRange {
+                offset: from,
+                start: self.min_offset(),
+                end: self.write_offset(),
+            });
+        }
         if from >= limit {
             return Ok(Bytes::new());
         }
@@ -88,6 +96,11 @@ impl CommitLog {
         let end = state.writer.offset();
         if at != end {
             return Err(Error::LogMismatch { at, end });
+        }
+        if state.writer.remaining() == 0 {
+            // The log ends exactly at a file's end (reopened there, or a roll failed after
+            // the last append): the next file first.
+            self.roll(&mut state)?;
         }
         let room = state.writer.remaining();
         if bytes.len() > room {
@@ -184,9 +197,12 @@ impl CommitLog {
         if let Some(ts) = last_ts {
             state.last_store_timestamp = state.last_store_timestamp.max(ts);
         }
-        if blank_at.is_some() {
-            // The same blank record the leader wrote, then the next file.
-            self.roll(&mut state)?;
+        if blank_at.is_some()
+            && let Err(e) = self.roll(&mut state)
+        {
+            // The same blank record the leader wrote is in and published; the next file
+            // could not be made: the next append retries it.
+            log::warn!("a follower's next commit-log file: {e}");
         }
         self.wakeup.wake();
         Ok(AppendedRaw {
@@ -204,9 +220,19 @@ impl CommitLog {
 
     /// Sets the confirm offset (it may move back, after a truncation), wakes the readers
     /// it limits and the puts waiting for it.
-    pub(crate) fn set_confirm_offset(&self, offset: u64) {
+    pub(crate) fn set_confirm_offset(&self, offset: u64) -> Result<()> {
+        let end = self.write_offset();
+        if offset < end && offset > self.min_offset() {
+            // Readers stop there: it must be where a record (or a file's blank) starts.
+            let bytes = self.bytes_at(offset, end).unwrap_or_default();
+            match peek(&bytes, offset) {
+                Ok(Peek::Record { .. } | Peek::Blank) => {}
+                _ => return Err(Error::corrupted(offset, "not where a record starts")),
+            }
+        }
         self.confirm.set(offset);
         self.wakeup.wake();
+        Ok(())
     }
 }
 

@@ -268,10 +268,12 @@ fn walk<T>(
     } else {
         max_count
     };
-    let (limit, log_start) = (log.write_offset(), log.min_offset());
+    // Readers see only the readable log (durable under sync flush, confirmed when the
+    // store reads only confirmed records): entries past it are not served yet.
+    let (limit, log_start) = (log.readable_offset(), log.min_offset());
     let mut cursor = ReadCursor::default();
     let mut items = Vec::with_capacity(max_count.min(64));
-    let (mut bytes, mut removed) = (0usize, 0u64);
+    let (mut bytes, mut removed, mut beyond) = (0usize, 0u64, false);
     let mut next = offset;
     'outer: while next < max && items.len() < max_count && next - offset < scan as u64 {
         let want = (scan as u64 - (next - offset)) as usize;
@@ -294,6 +296,10 @@ fn walk<T>(
             {
                 break 'outer;
             }
+            if entry.physical_offset >= limit {
+                beyond = true;
+                break 'outer;
+            }
             next += 1;
             if filter.is_some_and(|f| !f.matches_hash(entry.tag_hash)) {
                 continue;
@@ -314,6 +320,8 @@ fn walk<T>(
     let status = match (items.is_empty(), removed > 0) {
         (false, _) => GetStatus::Found,
         (true, true) => GetStatus::MessageWasRemoving,
+        // Indexed, but not readable yet (not confirmed): nothing new for the consumer.
+        (true, false) if beyond && next == offset => GetStatus::OffsetOverflowOne,
         (true, false) => GetStatus::NoMatchedMessage,
     };
     Ok(Walked {
@@ -439,7 +447,7 @@ pub(crate) fn offset_by_time(
     let Some(queue) = queues.get(topic, queue_id) else {
         return Ok(0);
     };
-    let limit = log.write_offset();
+    let limit = log.readable_offset();
     let (min, max) = (queue.min_offset(), queue.max_offset());
     let first_at_or_after = |ts: i64| {
         try_partition_point(min..max, |at| {
@@ -481,6 +489,6 @@ pub(crate) fn locate(
     if entry.physical_offset < log.min_offset() {
         return Ok(None);
     }
-    let stored = log.read(entry.physical_offset, log.write_offset())?;
+    let stored = log.read(entry.physical_offset, log.readable_offset())?;
     Ok(stored.map(|m| (entry.physical_offset, m.store_timestamp)))
 }

@@ -7,7 +7,9 @@ use std::sync::Arc;
 use bytes::Bytes;
 
 use super::MessageStore;
-use crate::commit_log::record::{Records, Step};
+use std::os::unix::fs::FileExt;
+
+use crate::commit_log::record::{BLANK_RECORD_LEN, Records, Step};
 use crate::commit_log::replicate::ReplicatedPut;
 use crate::config::{FlushMode, StoreConfig};
 use crate::error::{Error, Result};
@@ -72,11 +74,12 @@ impl MessageStore {
     }
 
     /// Sets the confirm offset (the replication layer's commit point; it may move back
-    /// after a truncation). With [`StoreConfig::read_confirmed_only`], readers see only
+    /// after a truncation). It must be where a record starts, or at or past the log's end
+    /// ([`Error::Corrupted`] otherwise). With [`StoreConfig::read_confirmed_only`], readers see only
     /// records below it; puts from
     /// [`put_message_replicated`](Self::put_message_replicated) resolve once it passes them.
-    pub fn set_confirm_offset(&self, offset: u64) {
-        self.log.set_confirm_offset(offset);
+    pub fn set_confirm_offset(&self, offset: u64) -> Result<()> {
+        self.log.set_confirm_offset(offset)
     }
 
     /// [`put_message_async`](Self::put_message_async), resolving only once the message is
@@ -117,8 +120,16 @@ fn truncate_files(config: &StoreConfig, to: u64) -> Result<()> {
     if to >= start + size {
         return Err(Error::corrupted(to, "past the end of its file"));
     }
-    // `to` must be a record boundary of its file.
-    let bytes = std::fs::read(&path).map_err(|e| Error::io("read", &path, e))?;
+    // `to` must be a record boundary of its file: read up to it, and the header there.
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(&path)
+        .map_err(|e| Error::io("open", &path, e))?;
+    let rel = (to - start) as usize;
+    let mut bytes = vec![0u8; rel];
+    file.read_exact_at(&mut bytes, 0)
+        .map_err(|e| Error::io("read", &path, e))?;
     let mut records = Records::new(&bytes, start);
     while records.offset() < to {
         match records.next() {
@@ -134,8 +145,8 @@ fn truncate_files(config: &StoreConfig, to: u64) -> Result<()> {
     if records.offset() != to {
         return Err(Error::corrupted(to, "inside a record"));
     }
-    // The checkpoint may vouch for nothing past the cut; the queue table describes
-    // queues that are about to shrink.
+    // First the checkpoint vouches for nothing past the cut, and the record at `to` goes
+    // (synced): from here a crash leaves a log the next open ends at `to` by itself.
     let cp_path = layout::checkpoint_file(config.root());
     if let Some(times) = crate::checkpoint::CheckpointTimes::read(&cp_path)? {
         crate::checkpoint::CheckpointTimes {
@@ -144,23 +155,31 @@ fn truncate_files(config: &StoreConfig, to: u64) -> Result<()> {
         }
         .write(&cp_path)?;
     }
+    let zeros = vec![0u8; 1 << 20];
+    let size = size as usize;
+    let head = (size - rel).min(BLANK_RECORD_LEN.max(8));
+    file.write_all_at(&zeros[..head], to - start)
+        .and_then(|()| file.sync_data())
+        .map_err(|e| Error::io("write", &path, e))?;
+    // The queue table describes queues about to shrink.
     ops::remove_file_with(&layout::queue_table_file(config.root()), None)?;
+    ops::sync_dir(config.root())?;
     // Later files go, newest first; then the rest of `to`'s file is zeroed and synced.
-    for (s, p) in files.iter().rev().filter(|(s, _)| *s > start) {
-        let _ = s;
+    for (_, p) in files.iter().rev().filter(|(s, _)| *s > start) {
         ops::remove_file_with(p, config.io_hook.as_ref())?;
     }
     ops::sync_dir(&dir)?;
-    let file = std::fs::OpenOptions::new()
-        .write(true)
-        .open(&path)
-        .map_err(|e| Error::io("open", &path, e))?;
-    let rel = (to - start) as usize;
-    if bytes[rel..].iter().any(|&b| b != 0) {
-        use std::os::unix::fs::FileExt;
-        let zeros = vec![0u8; bytes.len() - rel];
-        file.write_all_at(&zeros, rel as u64)
-            .map_err(|e| Error::io("write", &path, e))?;
+    let mut at = rel + head;
+    let mut buf = vec![0u8; zeros.len()];
+    while at < size {
+        let n = (size - at).min(zeros.len());
+        let got = crate::fs::sparse_file::read_fully(&file, &mut buf[..n], at as u64)
+            .map_err(|e| Error::io("read", &path, e))?;
+        if buf[..got].iter().any(|&b| b != 0) {
+            file.write_all_at(&zeros[..n], at as u64)
+                .map_err(|e| Error::io("write", &path, e))?;
+        }
+        at += n;
     }
     file.sync_all().map_err(|e| Error::io("sync", &path, e))
 }
