@@ -36,6 +36,8 @@ pub const ABORT_FILE: &str = "abort";
 pub const CHECKPOINT_FILE: &str = "checkpoint";
 /// The queue table: every queue's next offset, at the last open or clean shutdown.
 pub const QUEUE_TABLE_FILE: &str = "queue_table";
+/// The name of the `TagCode` a store was opened with, when it has one.
+pub const TAG_CODE_FILE: &str = "tag_code";
 /// Topics deleted by `delete_topic`, with their cutoffs.
 pub const DELETED_TOPICS_FILE: &str = "deleted_topics";
 /// Directory of the key index's files.
@@ -131,6 +133,11 @@ pub fn checkpoint_file(root: &Path) -> PathBuf {
 /// `{root}/queue_table`.
 pub fn queue_table_file(root: &Path) -> PathBuf {
     root.join(QUEUE_TABLE_FILE)
+}
+
+/// `{root}/tag_code`.
+pub fn tag_code_file(root: &Path) -> PathBuf {
+    root.join(TAG_CODE_FILE)
 }
 
 /// `{root}/deleted_topics`.

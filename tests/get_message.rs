@@ -471,4 +471,28 @@ fn a_broker_supplies_the_tag_code_of_delayed_messages() {
     store.shutdown().unwrap();
     drop(store);
     assert_eq!(entry_tag("SCHEDULE_TOPIC_XXXX", 0), 1_767_225_600_000);
+    // Opening without the rule, or with another, would rebuild the queues with other
+    // codes: refused.
+    let without = MessageStore::open(config(dir.path(), sync_mode()));
+    assert!(
+        matches!(without, Err(rocketstore::Error::InvalidConfig { .. })),
+        "{without:?}"
+    );
+    struct Other;
+    impl rocketstore::TagCode for Other {
+        fn tag_code(&self, _: &format::RecordView<'_>) -> Option<i64> {
+            None
+        }
+        fn name(&self) -> &str {
+            "other"
+        }
+    }
+    let other = config(dir.path(), sync_mode()).tag_code(std::sync::Arc::new(Other));
+    assert!(matches!(
+        MessageStore::open(other),
+        Err(rocketstore::Error::InvalidConfig { .. })
+    ));
+    let store = MessageStore::open(cfg()).unwrap();
+    store.shutdown().unwrap();
+    assert_eq!(entry_tag("SCHEDULE_TOPIC_XXXX", 0), 1_767_225_600_000);
 }

@@ -30,6 +30,14 @@ pub trait TagCode: Send + Sync + 'static {
     /// The code to store for `record`, or `None` for its tag hash. It must depend on the
     /// record's bytes only: recovery computes it again and compares.
     fn tag_code(&self, record: &RecordView<'_>) -> Option<i64>;
+
+    /// Names the rule, recorded in the store (`{root}/tag_code`) when it is first opened
+    /// with it: a later open without it, or with another name, is refused, since its
+    /// recovery would rebuild the consume queues with other codes (delayed messages
+    /// would fire at their tag hash). Change the name when the rule changes.
+    fn name(&self) -> &str {
+        "tag-code"
+    }
 }
 
 /// Size of one consume-queue entry: commit-log offset i64, record size i32, tag hash i64.

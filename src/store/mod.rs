@@ -136,6 +136,10 @@ impl MessageStore {
                 config.root().display()
             );
         }
+        if let Err(e) = check_tag_code(&config) {
+            let _ = lock.release(lock.last_exit_clean());
+            return Err(e);
+        }
         let deleted = match DeletedTopics::open(layout::deleted_topics_file(config.root())) {
             Ok(d) => Arc::new(d),
             Err(e) => {
@@ -796,5 +800,30 @@ impl Drop for MessageStore {
         if let Err(e) = self.shutdown() {
             log::error!("shutdown on drop: {e}");
         }
+    }
+}
+
+/// Refuses to open a store with another `TagCode` than the one it was written with (see
+/// [`TagCode::name`](crate::TagCode::name)); records the name when a store first gets one.
+fn check_tag_code(config: &StoreConfig) -> Result<()> {
+    let path = layout::tag_code_file(config.root());
+    let recorded = match std::fs::read_to_string(&path) {
+        Ok(name) => Some(name.trim_end().to_owned()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+        Err(e) => return Err(Error::io("read", &path, e)),
+    };
+    let wanted = config.tag_code.as_ref().map(|c| c.name().to_owned());
+    match (recorded, wanted) {
+        (None, None) => Ok(()),
+        (Some(r), Some(w)) if r == w => Ok(()),
+        (None, Some(w)) => crate::fs::ops::replace_file(&path, format!("{w}\n").as_bytes(), None),
+        (r, w) => Err(Error::InvalidConfig {
+            reason: format!(
+                "the store's consume queues were written with tag code {:?}, this open has {:?}; \
+                 opening would rebuild them with other codes",
+                r.unwrap_or_else(|| "none".into()),
+                w.unwrap_or_else(|| "none".into())
+            ),
+        }),
     }
 }
