@@ -195,14 +195,6 @@ pub struct RawGetResult {
     pub max_offset: u64,
 }
 
-/// What reading one entry's record gave.
-enum Taken<T> {
-    /// The record, and whether it passes the filter.
-    Item(T, bool),
-    /// Nothing readable there.
-    Missing,
-}
-
 /// A read: status, items, next offset, min and max.
 struct Walked<T> {
     status: GetStatus,
@@ -212,14 +204,15 @@ struct Walked<T> {
     max: u64,
 }
 
-/// Walks the queue's entries from the request's offset, reading each record with `take`,
-/// within the request's limits.
+/// Walks the queue's entries from the request's offset within the request's limits;
+/// `take` reads each entry's record and pushes it when it passes the filter (in place:
+/// a message is a few hundred bytes, not worth moving through a return value).
 fn walk<T>(
     log: &CommitLog,
     queues: &ConsumeQueues,
     req: &GetRequest<'_>,
     default_max_bytes: usize,
-    mut take: impl FnMut(&mut ReadCursor, CqEntry, u64, u64) -> Result<Taken<T>>,
+    mut take: impl FnMut(&mut ReadCursor, CqEntry, u64, u64, &mut Vec<T>) -> Result<()>,
 ) -> Result<Walked<T>> {
     let GetRequest {
         topic,
@@ -308,12 +301,10 @@ fn walk<T>(
                 removed += 1;
                 continue;
             }
-            match take(&mut cursor, entry, next - 1, limit)? {
-                Taken::Item(item, true) => {
-                    bytes += entry.size as usize;
-                    items.push(item);
-                }
-                Taken::Item(_, false) | Taken::Missing => {}
+            let before = items.len();
+            take(&mut cursor, entry, next - 1, limit, &mut items)?;
+            if items.len() > before {
+                bytes += entry.size as usize;
             }
         }
     }
@@ -365,18 +356,20 @@ pub(crate) fn get_message(
         queues,
         req,
         default_max_bytes,
-        |cursor, entry, at, limit| {
+        |cursor, entry, at, limit, out| {
             let Some(msg) =
                 log.read_with(cursor, entry.physical_offset, limit, Some(&topic_arc))?
             else {
-                return Ok(Taken::Missing);
+                return Ok(());
             };
             if msg.queue_id != queue_id || msg.queue_offset != at || *msg.topic != *topic {
                 let found = (&*msg.topic, msg.queue_id, msg.queue_offset);
                 return Err(foreign(queues, (topic, queue_id, at), &entry, found));
             }
-            let pass = filter.is_none_or(|f| f.matches(msg.tags()));
-            Ok(Taken::Item(msg, pass))
+            if filter.is_none_or(|f| f.matches(msg.tags())) {
+                out.push(msg);
+            }
+            Ok(())
         },
     )?;
     Ok(GetResult {
@@ -400,17 +393,19 @@ pub(crate) fn get_raw(
         queues,
         req,
         default_max_bytes,
-        |cursor, entry, at, limit| {
+        |cursor, entry, at, limit, out| {
             let Some(bytes) = log.read_raw_with(cursor, entry.physical_offset, limit)? else {
-                return Ok(Taken::Missing);
+                return Ok(());
             };
             let view = crate::commit_log::record::parse(&bytes, entry.physical_offset)?;
             if view.queue_id != queue_id || view.queue_offset != at || view.topic != topic {
                 let found = (view.topic, view.queue_id, view.queue_offset);
                 return Err(foreign(queues, (topic, queue_id, at), &entry, found));
             }
-            let pass = filter.is_none_or(|f| f.matches(find_tags(view.properties)));
-            Ok(Taken::Item(bytes, pass))
+            if filter.is_none_or(|f| f.matches(find_tags(view.properties))) {
+                out.push(bytes.clone());
+            }
+            Ok(())
         },
     )?;
     Ok(RawGetResult {
