@@ -212,7 +212,7 @@ fn walk<T>(
     queues: &ConsumeQueues,
     req: &GetRequest<'_>,
     default_max_bytes: usize,
-    mut take: impl FnMut(&mut ReadCursor, CqEntry, u64, u64, &mut Vec<T>) -> Result<()>,
+    take: &mut dyn FnMut(&mut ReadCursor, CqEntry, u64, u64, &mut Vec<T>) -> Result<()>,
 ) -> Result<Walked<T>> {
     let GetRequest {
         topic,
@@ -351,27 +351,26 @@ pub(crate) fn get_message(
 ) -> Result<GetResult> {
     let topic_arc: std::sync::Arc<str> = std::sync::Arc::from(req.topic);
     let (topic, queue_id, filter) = (req.topic, req.queue_id, req.filter);
-    let walked = walk(
-        log,
-        queues,
-        req,
-        default_max_bytes,
-        |cursor, entry, at, limit, out| {
-            let Some(msg) =
-                log.read_with(cursor, entry.physical_offset, limit, Some(&topic_arc))?
-            else {
-                return Ok(());
-            };
-            if msg.queue_id != queue_id || msg.queue_offset != at || *msg.topic != *topic {
-                let found = (&*msg.topic, msg.queue_id, msg.queue_offset);
-                return Err(foreign(queues, (topic, queue_id, at), &entry, found));
-            }
-            if filter.is_none_or(|f| f.matches(msg.tags())) {
-                out.push(msg);
-            }
-            Ok(())
-        },
-    )?;
+    let mut take = |cursor: &mut ReadCursor,
+                    entry: CqEntry,
+                    at: u64,
+                    limit: u64,
+                    out: &mut Vec<StoredMessage>|
+     -> Result<()> {
+        let Some(msg) = log.read_with(cursor, entry.physical_offset, limit, Some(&topic_arc))?
+        else {
+            return Ok(());
+        };
+        if msg.queue_id != queue_id || msg.queue_offset != at || *msg.topic != *topic {
+            let found = (&*msg.topic, msg.queue_id, msg.queue_offset);
+            return Err(foreign(queues, (topic, queue_id, at), &entry, found));
+        }
+        if filter.is_none_or(|f| f.matches(msg.tags())) {
+            out.push(msg);
+        }
+        Ok(())
+    };
+    let walked = walk(log, queues, req, default_max_bytes, &mut take)?;
     Ok(GetResult {
         status: walked.status,
         messages: walked.items,
@@ -393,7 +392,12 @@ pub(crate) fn get_raw(
         queues,
         req,
         default_max_bytes,
-        |cursor, entry, at, limit, out| {
+        &mut |cursor: &mut ReadCursor,
+              entry: CqEntry,
+              at: u64,
+              limit: u64,
+              out: &mut Vec<bytes::Bytes>|
+         -> Result<()> {
             let Some(bytes) = log.read_raw_with(cursor, entry.physical_offset, limit)? else {
                 return Ok(());
             };
