@@ -195,6 +195,10 @@ pub struct RawGetResult {
     pub max_offset: u64,
 }
 
+/// Reads one entry's record (cursor, entry, its queue offset, the readable limit) and
+/// pushes it when it passes the filter.
+type Take<'a, T> = dyn FnMut(&mut ReadCursor, CqEntry, u64, u64, &mut Vec<T>) -> Result<()> + 'a;
+
 /// A read: status, items, next offset, min and max.
 struct Walked<T> {
     status: GetStatus,
@@ -212,7 +216,7 @@ fn walk<T>(
     queues: &ConsumeQueues,
     req: &GetRequest<'_>,
     default_max_bytes: usize,
-    take: &mut dyn FnMut(&mut ReadCursor, CqEntry, u64, u64, &mut Vec<T>) -> Result<()>,
+    take: &mut Take<'_, T>,
 ) -> Result<Walked<T>> {
     let GetRequest {
         topic,
