@@ -100,6 +100,17 @@ fn keys_and_unique_keys_are_found_newest_first_in_their_topic_only() {
     assert_eq!(stats.dispatchers[0].name, "index");
     assert_eq!(stats.dispatchers[0].lag_bytes, 0);
     assert_eq!(stats.dispatchers[0].failures, 0);
+    // The checkpoint's index time (RocketMQ's third field) follows the index.
+    let last = store
+        .lookup_message(r.messages[0].physical_offset)
+        .unwrap()
+        .unwrap()
+        .store_timestamp;
+    store.shutdown().unwrap();
+    let cp = rocketstore::CheckpointTimes::read(&layout::checkpoint_file(dir.path()))
+        .unwrap()
+        .unwrap();
+    assert!(cp.index >= last, "index time {} < {last}", cp.index);
 }
 
 /// With one hash slot every key shares a chain; with a few, many keys collide. Every query

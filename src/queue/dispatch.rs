@@ -130,6 +130,15 @@ impl Dispatcher {
         cp.store(CheckpointTimes { logics: 0, ..times })
     }
 
+    /// Stores the key index's latest durable time in the checkpoint, after the index's
+    /// dispatcher has stopped (its last flush came after this thread's last checkpoint).
+    pub(crate) fn store_index_time(&self) -> Result<()> {
+        let mut cp = self.shared.checkpoint.lock();
+        let times = cp.times();
+        let index = self.shared.index_time.load(Ordering::Acquire);
+        cp.store(CheckpointTimes { index, ..times })
+    }
+
     /// Why dispatch is failing, while it is.
     pub(crate) fn failure(&self) -> Option<String> {
         self.shared.failure.lock().as_ref().map(|e| e.to_string())

@@ -752,6 +752,9 @@ impl MessageStore {
                 Ok(()) => result,
             });
         self.retention_thread.shutdown();
+        if let Err(e) = self.dispatcher.store_index_time() {
+            log::warn!("the checkpoint's index time: {e}");
+        }
         // Only a store whose every byte and index entry reached the disk is marked clean;
         // the queue table lets the next open check that no queue went missing.
         let unclean = if self.log.is_poisoned() {
