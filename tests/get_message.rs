@@ -496,3 +496,31 @@ fn a_broker_supplies_the_tag_code_of_delayed_messages() {
     store.shutdown().unwrap();
     assert_eq!(entry_tag("SCHEDULE_TOPIC_XXXX", 0), 1_767_225_600_000);
 }
+
+/// A queue read at first use after retention moved the log's start: a pull from its old
+/// start is told where the first stored message is, and finds it there.
+#[test]
+fn a_queue_read_at_first_use_after_retention_starts_at_its_first_stored_message() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = || {
+        config(dir.path(), sync_mode())
+            .lazy_queue_load_threshold(0)
+            .file_reserved_time(Duration::ZERO)
+    };
+    {
+        let store = MessageStore::open(cfg()).unwrap();
+        put_all(&store, "W", 1, 600);
+        store.put_message(&message("Other", 0, "o", 0)).unwrap();
+    }
+    // Reopened: the queue is read at its first use; retention deletes old log files first.
+    let store = MessageStore::open(cfg()).unwrap();
+    assert!(store.delete_expired_files().unwrap() > 0);
+    let start = store.min_physical_offset();
+    let got = store.get_message("W", 0, 0, 8).unwrap();
+    assert_eq!(got.status, GetStatus::OffsetTooSmall, "{got:?}");
+    assert!(got.next_offset > 0);
+    let g = store.get_message("W", 0, got.next_offset, 8).unwrap();
+    assert_eq!(g.status, GetStatus::Found);
+    assert!(g.messages[0].physical_offset >= start);
+    assert_eq!(g.messages[0].queue_offset, got.next_offset);
+}
