@@ -157,7 +157,7 @@ fn truncate_files(config: &StoreConfig, to: u64) -> Result<()> {
     }
     let zeros = vec![0u8; 1 << 20];
     let size = size as usize;
-    let head = (size - rel).min(BLANK_RECORD_LEN.max(8));
+    let head = (size - rel).min(BLANK_RECORD_LEN);
     file.write_all_at(&zeros[..head], to - start)
         .and_then(|()| file.sync_data())
         .map_err(|e| Error::io("write", &path, e))?;
