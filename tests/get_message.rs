@@ -405,28 +405,21 @@ fn a_tag_sharing_the_hash_of_the_filter_is_not_served() {
         );
     }
     assert!(store.wait_dispatched(last.unwrap().physical_offset, WAIT));
-    let aa = TagFilter::parse("Aa");
-    let got = store
-        .get_message_filtered("H", 0, 0, 32, Some(&aa))
-        .unwrap();
-    let tags: Vec<_> = got
-        .messages
-        .iter()
-        .map(|m| m.tags().unwrap().to_owned())
-        .collect();
-    assert_eq!(tags, ["Aa", "Aa"]);
-    assert_eq!(got.next_offset, 4);
+    let served = |expression: &str| {
+        let filter = TagFilter::parse(expression);
+        let got = store
+            .get_message_filtered("H", 0, 0, 32, Some(&filter))
+            .unwrap();
+        let tags: Vec<String> = got
+            .messages
+            .iter()
+            .map(|m| m.tags().unwrap().into())
+            .collect();
+        (tags, got.next_offset)
+    };
+    assert_eq!(served("Aa"), (vec!["Aa".into(), "Aa".into()], 4));
     // `*` inside an expression is a tag, not "everything".
-    let star = TagFilter::parse("BB || *");
-    let got = store
-        .get_message_filtered("H", 0, 0, 32, Some(&star))
-        .unwrap();
-    let tags: Vec<_> = got
-        .messages
-        .iter()
-        .map(|m| m.tags().unwrap().to_owned())
-        .collect();
-    assert_eq!(tags, ["BB", "*"]);
+    assert_eq!(served("BB || *").0, ["BB", "*"]);
 }
 
 /// Delivery time instead of the tag hash, as RocketMQ's schedule service expects.

@@ -50,6 +50,16 @@ fn fill(leader: &MessageStore, from: u64, n: u64) -> Vec<rocketstore::PutResult>
 }
 
 /// The commit-log files holding offsets below `end` are identical in both stores.
+/// Every queue of the follower ends where the leader's does.
+fn same_queues(leader: &MessageStore, follower: &MessageStore) {
+    for q in 0..3 {
+        assert_eq!(
+            follower.max_offset_in_queue("R", q),
+            leader.max_offset_in_queue("R", q)
+        );
+    }
+}
+
 fn same_files(a: &Path, b: &Path, end: u64) {
     let list = |d: &Path| {
         let mut v: Vec<_> = fs::read_dir(layout::commit_log_dir(d))
@@ -154,10 +164,6 @@ fn bad_input_is_refused_with_nothing_published() {
         follower.append_log(at + 1, &good),
         Err(Error::LogMismatch { .. })
     ));
-    let later = leader.read_log(at + good.len() as u64 / 2, 1 << 20);
-    if let Ok(later) = later {
-        assert!(follower.append_log(at, &later).is_err());
-    }
     let second = leader.read_log(puts[1].physical_offset, 1 << 20).unwrap();
     assert!(matches!(
         follower.append_log(at, &second),
@@ -173,20 +179,16 @@ fn bad_input_is_refused_with_nothing_published() {
     // A record cut short.
     assert!(follower.append_log(at, &good[..good.len() - 1]).is_err());
     unchanged(&follower);
-    // Queue offsets that do not continue: a record of another store at the same offset.
-    let (c, _) = (tempfile::tempdir().unwrap(), ());
-    let other = MessageStore::open(cfg(c.path())).unwrap();
-    for i in 0..200 {
-        other.put_message(&message("R", 0, "x", i)).unwrap();
-        if other.max_physical_offset() >= at {
-            break;
-        }
-    }
-    if let Ok(foreign) = other.read_log(at, 1 << 20)
-        && !foreign.is_empty()
-    {
-        assert!(follower.append_log(at, &foreign).is_err());
-    }
+    // Queue offsets that do not continue: the first record's queue offset moved on by
+    // one (the CRC covers only the body, so the record is otherwise valid).
+    let mut skipped = good.to_vec();
+    let at_qo = 20; // QUEUEOFFSET
+    let qo = u64::from_be_bytes(skipped[at_qo..at_qo + 8].try_into().unwrap());
+    skipped[at_qo..at_qo + 8].copy_from_slice(&(qo + 1).to_be_bytes());
+    assert!(matches!(
+        follower.append_log(at, &skipped),
+        Err(Error::Corrupted { .. })
+    ));
     unchanged(&follower);
     // The good bytes still go in.
     assert!(follower.append_log(at, &good).unwrap() > at);
@@ -229,12 +231,7 @@ fn a_diverged_tail_is_cut_and_appended_again() {
     let end = ship(&leader, &follower, 4096);
     assert_eq!(end, leader.max_physical_offset());
     assert!(follower.wait_dispatched_to(end, LONG));
-    for q in 0..3 {
-        assert_eq!(
-            follower.max_offset_in_queue("R", q),
-            leader.max_offset_in_queue("R", q)
-        );
-    }
+    same_queues(&leader, &follower);
     drop(follower);
     leader.shutdown().unwrap();
     drop(leader);
@@ -377,12 +374,7 @@ fn a_follower_killed_during_append_log_recovers_and_catches_up() {
     let follower = MessageStore::open(cfg(b.path())).unwrap();
     assert_eq!(ship(&leader, &follower, 1 << 20), end);
     assert!(follower.wait_dispatched_to(end, LONG));
-    for q in 0..3 {
-        assert_eq!(
-            follower.max_offset_in_queue("R", q),
-            leader.max_offset_in_queue("R", q)
-        );
-    }
+    same_queues(&leader, &follower);
     drop(follower);
     drop(leader);
     same_files(a.path(), b.path(), end);

@@ -591,25 +591,36 @@ impl CommitLog {
         limit: u64,
         topic_hint: Option<&Arc<str>>,
     ) -> Result<Option<StoredMessage>> {
-        // Offsets below the first file are not found by the file lookup.
-        if offset >= limit {
+        let Some((pos, _)) = self.record_in_view(cursor, offset, limit)? else {
             return Ok(None);
-        }
-        if !self.cover(cursor, offset, limit) {
-            return Ok(None);
-        }
-        let (start, bytes) = cursor.view.as_ref().expect("cover() checked it");
-        let pos = (offset - start) as usize;
-        // The peek checks the record's size fits in the view before decoding it.
-        match record::peek(&bytes[pos..], offset)? {
-            Peek::Record { .. } => {}
-            Peek::Blank | Peek::Empty => return Ok(None),
-        }
+        };
+        let (_, bytes) = cursor.view.as_ref().expect("record_in_view() covered it");
         let msg = record::decode_at(bytes, pos, offset, false, topic_hint)?;
         if msg.physical_offset != offset {
             return Err(Error::corrupted(offset, "no record starts here"));
         }
         Ok(Some(msg))
+    }
+
+    /// Points `cursor` at the readable file holding `offset` and finds the record starting
+    /// there: its position in the view and its size (the peek checks that it fits). `None`
+    /// when no record starts there below `limit`.
+    fn record_in_view(
+        &self,
+        cursor: &mut ReadCursor,
+        offset: u64,
+        limit: u64,
+    ) -> Result<Option<(usize, usize)>> {
+        // Offsets below the first file are not found by the file lookup.
+        if offset >= limit || !self.cover(cursor, offset, limit) {
+            return Ok(None);
+        }
+        let (start, bytes) = cursor.view.as_ref().expect("cover() checked it");
+        let pos = (offset - start) as usize;
+        match record::peek(&bytes[pos..], offset)? {
+            Peek::Record { size } => Ok(Some((pos, size))),
+            Peek::Blank | Peek::Empty => Ok(None),
+        }
     }
 
     /// Points `cursor` at the readable part (below `limit`) of the file holding `offset`;
@@ -640,18 +651,11 @@ impl CommitLog {
         offset: u64,
         limit: u64,
     ) -> Result<Option<bytes::Bytes>> {
-        if offset >= limit {
+        let Some((pos, size)) = self.record_in_view(cursor, offset, limit)? else {
             return Ok(None);
-        }
-        if !self.cover(cursor, offset, limit) {
-            return Ok(None);
-        }
-        let (start, bytes) = cursor.view.as_ref().expect("cover() checked it");
-        let pos = (offset - start) as usize;
-        match record::peek(&bytes[pos..], offset)? {
-            Peek::Record { size } => Ok(Some(bytes.slice(pos..pos + size))),
-            Peek::Blank | Peek::Empty => Ok(None),
-        }
+        };
+        let (_, bytes) = cursor.view.as_ref().expect("record_in_view() covered it");
+        Ok(Some(bytes.slice(pos..pos + size)))
     }
 
     /// The readable bytes from `offset` to the end of its file or to `limit`, whichever

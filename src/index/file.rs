@@ -156,13 +156,7 @@ impl IndexFile {
         let result = (|| {
             file.set_len(len)
                 .map_err(|e| Error::io("create", path, e))?;
-            let words = MappedWords::map(file, path.to_owned())?;
-            let f = IndexFile {
-                words,
-                slots,
-                entries,
-                allocated: AtomicU64::new(0),
-            };
+            let f = IndexFile::map(file, path, slots, entries)?;
             f.ensure_allocated(f.entry_end(1))?;
             f.words.store(W_COUNT, 1);
             Ok(f)
@@ -175,15 +169,7 @@ impl IndexFile {
 
     /// Opens an existing file, which must have the configured size.
     pub(crate) fn open(path: &Path, slots: u32, entries: u32) -> Result<IndexFile> {
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .open(path)
-            .map_err(|e| Error::io("open", path, e))?;
-        let len = file
-            .metadata()
-            .map_err(|e| Error::io("stat", path, e))?
-            .len();
+        let (file, len) = crate::fs::ops::open_existing(path)?;
         if len != index_file_len(slots, entries) {
             return Err(Error::BadStoreFile {
                 path: path.to_owned(),
@@ -194,16 +180,19 @@ impl IndexFile {
                 ),
             });
         }
-        let words = MappedWords::map(file, path.to_owned())?;
-        let f = IndexFile {
-            words,
+        // After a crash an allocation may not have survived: the writer allocates again
+        // (a cheap no-op where blocks exist) before it stores anywhere.
+        IndexFile::map(file, path, slots, entries)
+    }
+
+    /// Maps `file`, with nothing counted as allocated yet.
+    fn map(file: std::fs::File, path: &Path, slots: u32, entries: u32) -> Result<IndexFile> {
+        Ok(IndexFile {
+            words: MappedWords::map(file, path.to_owned())?,
             slots,
             entries,
             allocated: AtomicU64::new(0),
-        };
-        // After a crash an allocation may not have survived: the writer allocates again
-        // (a cheap no-op where blocks exist) before it stores anywhere.
-        Ok(f)
+        })
     }
 
     pub(crate) fn path(&self) -> &Path {
