@@ -423,6 +423,19 @@ impl CommitLog {
         topic: &str,
         queue_id: u32,
     ) -> Result<Appended> {
+        self.append_stamped(records, topic, queue_id, None)
+    }
+
+    /// [`CommitLog::append`] with the store time chosen by the caller (a replicated log's
+    /// leader) instead of the clock; it is still raised to the last store time, so store
+    /// times never decrease in log order.
+    pub(crate) fn append_stamped(
+        &self,
+        records: &mut [EncodedRecord],
+        topic: &str,
+        queue_id: u32,
+        store_time: Option<i64>,
+    ) -> Result<Appended> {
         self.check_poisoned()?;
         self.disk.check()?;
         if let Some(held) = self.lock_held_for().filter(|h| *h > self.busy_limit) {
@@ -442,7 +455,7 @@ impl CommitLog {
         let start = Instant::now();
         let taken_at = start.duration_since(self.epoch).as_nanos() as u64 + 1;
         self.lock_taken_at.store(taken_at, Ordering::Release);
-        let result = self.append_locked(&mut state, records, topic, queue_id, total);
+        let result = self.append_locked(&mut state, records, (topic, queue_id), total, store_time);
         self.lock_taken_at.store(0, Ordering::Release);
         drop(state);
         let took = start.elapsed();
@@ -456,9 +469,9 @@ impl CommitLog {
         &self,
         state: &mut AppendState,
         records: &mut [EncodedRecord],
-        topic: &str,
-        queue_id: u32,
+        (topic, queue_id): (&str, u32),
         total: usize,
+        store_time: Option<i64>,
     ) -> Result<Appended> {
         if state.closed {
             return Err(Error::ShutDown);
@@ -468,7 +481,9 @@ impl CommitLog {
         }
         let next_queue_offset = queue_slot(&mut state.queue_offsets, topic, queue_id);
         let queue_offset = *next_queue_offset;
-        let store_timestamp = now_ms().max(state.last_store_timestamp);
+        let store_timestamp = store_time
+            .unwrap_or_else(now_ms)
+            .max(state.last_store_timestamp);
         let physical_offset = state.writer.offset();
         let mut at = physical_offset;
         let mut next = queue_offset;

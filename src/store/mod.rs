@@ -253,6 +253,38 @@ impl MessageStore {
         self.acknowledge(appended, started)
     }
 
+    /// [`MessageStore::put_message`] with a store time chosen by the caller rather than
+    /// the clock, as a replicated log applies messages with the time its leader assigned,
+    /// so that every replica stores the same bytes. The time is raised to the last store
+    /// time when it is older: store times never decrease in log order.
+    ///
+    /// ```
+    /// use bytes::Bytes;
+    /// use rocketstore::{Message, MessageStore, StoreConfig};
+    ///
+    /// # fn main() -> rocketstore::Result<()> {
+    /// let dir = tempfile::tempdir().unwrap();
+    /// let store = MessageStore::open(StoreConfig::new(dir.path()).commit_log_file_size(1 << 20))?;
+    /// let msg = Message::new("TopicA", 0u32, Bytes::from_static(b"m0"));
+    /// let put = store.put_message_stamped(&msg, 1_700_000_000_000)?;
+    /// assert_eq!(put.store_timestamp, 1_700_000_000_000);
+    /// let earlier = store.put_message_stamped(&msg, 5)?;
+    /// assert_eq!(earlier.store_timestamp, 1_700_000_000_000);
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn put_message_stamped(&self, msg: &Message, store_timestamp: i64) -> Result<PutResult> {
+        let started = Instant::now();
+        let mut record = [self.encode(msg)?];
+        let appended = self.log.append_stamped(
+            &mut record,
+            &msg.topic,
+            msg.queue_id,
+            Some(store_timestamp),
+        )?;
+        self.acknowledge(appended, started)
+    }
+
     /// Appends a batch of messages of one topic and queue, with consecutive queue offsets,
     /// contiguously in one file. The result describes the first message; `wrote_bytes` and
     /// `message_count` cover the batch. The encoded batch may be at most

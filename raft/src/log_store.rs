@@ -1,0 +1,480 @@
+//! The durable Raft log: openraft's [`RaftLogStorage`] on segment files.
+//!
+//! ```text
+//! {dir}/log/{first index:020}   segments of frames: [len u32][crc32 u32][entry]
+//! {dir}/vote                    the vote (JSON), replaced atomically
+//! {dir}/purged                  the last purged log id (JSON), replaced atomically
+//! ```
+//!
+//! An append writes its frames into the page cache and returns; a flush thread then makes
+//! them durable with one `fdatasync` for every append waiting (group commit) and only then
+//! reports them to openraft, which counts a replica's vote for an entry only after that.
+//! A segment is synced before the next one starts, so only the last segment can end in a
+//! torn frame after a crash; it is cut there, and a damaged frame anywhere else refuses
+//! the open.
+
+use std::collections::BTreeMap;
+use std::fmt::Debug;
+use std::fs::{self, File, OpenOptions};
+use std::io;
+use std::ops::RangeBounds;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::thread;
+
+use flusher::Flush;
+use openraft::storage::{LogFlushed, LogState, RaftLogStorage};
+use openraft::{Entry, LogId, RaftLogId, RaftLogReader, StorageError, StorageIOError, Vote};
+use parking_lot::Mutex;
+
+use crate::request::{decode_entry, encode_entry};
+use crate::{NodeId, TypeConfig};
+
+/// A segment is closed and a new one started once it holds this many bytes.
+pub const SEGMENT_BYTES: u64 = 64 << 20;
+const FRAME_HEADER: usize = 8;
+
+/// openraft's log storage for one node. Cheap to clone: clones share the log.
+#[derive(Clone)]
+pub struct LogStore {
+    inner: Arc<Mutex<Inner>>,
+    flush: Arc<Flush>,
+}
+
+struct Segment {
+    first_index: u64,
+    file: Arc<File>,
+    len: u64,
+}
+
+#[derive(Clone, Copy)]
+struct Loc {
+    segment: u64,
+    offset: u64,
+    len: u32,
+    log_id: LogId<NodeId>,
+}
+
+struct Inner {
+    dir: PathBuf,
+    segments: Vec<Segment>,
+    entries: BTreeMap<u64, Loc>,
+    last_purged: Option<LogId<NodeId>>,
+    vote: Option<Vote<NodeId>>,
+}
+
+type StoreResult<T> = Result<T, StorageError<NodeId>>;
+
+fn segment_dir(dir: &Path) -> PathBuf {
+    dir.join("log")
+}
+
+fn segment_path(dir: &Path, first_index: u64) -> PathBuf {
+    segment_dir(dir).join(format!("{first_index:020}"))
+}
+
+fn sync_dir(dir: &Path) -> io::Result<()> {
+    File::open(dir)?.sync_all()
+}
+
+/// Replaces `path` with `bytes` durably: a temporary file, synced, renamed, and the
+/// directory synced.
+pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
+    let tmp = path.with_extension("tmp");
+    {
+        let file = File::create(&tmp)?;
+        file.write_all_at(bytes, 0)?;
+        file.sync_all()?;
+    }
+    fs::rename(&tmp, path)?;
+    sync_dir(path.parent().unwrap_or(Path::new(".")))
+}
+
+pub(crate) fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> io::Result<Option<T>> {
+    match fs::read(path) {
+        Ok(bytes) => serde_json::from_slice(&bytes)
+            .map(Some)
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e)),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+fn corrupt(path: &Path, what: impl std::fmt::Display) -> io::Error {
+    io::Error::new(
+        io::ErrorKind::InvalidData,
+        format!("raft log {}: {what}", path.display()),
+    )
+}
+
+impl LogStore {
+    /// Opens (or creates) the Raft log under `dir`, cutting a torn tail of its last
+    /// segment. A damaged frame before that, or entries that do not follow each other,
+    /// refuse the open.
+    pub fn open(dir: &Path) -> io::Result<LogStore> {
+        fs::create_dir_all(segment_dir(dir))?;
+        let vote = read_json(&dir.join("vote"))?;
+        let last_purged: Option<LogId<NodeId>> = read_json(&dir.join("purged"))?;
+        let mut firsts = Vec::new();
+        for item in fs::read_dir(segment_dir(dir))? {
+            let item = item?;
+            let name = item.file_name();
+            let name = name.to_string_lossy();
+            match name.parse::<u64>() {
+                Ok(first) if name.len() == 20 => firsts.push(first),
+                _ if name.ends_with(".tmp") => fs::remove_file(item.path())?,
+                _ => return Err(corrupt(&item.path(), "not a segment name")),
+            }
+        }
+        firsts.sort_unstable();
+        let mut inner = Inner {
+            dir: dir.to_path_buf(),
+            segments: Vec::new(),
+            entries: BTreeMap::new(),
+            last_purged,
+            vote,
+        };
+        let count = firsts.len();
+        for (i, first) in firsts.into_iter().enumerate() {
+            inner.load_segment(first, i + 1 == count)?;
+        }
+        Ok(LogStore {
+            inner: Arc::new(Mutex::new(inner)),
+            flush: Flush::start(),
+        })
+    }
+
+    /// The last log id present, if any (for tests and the operator).
+    pub fn last_log_id(&self) -> Option<LogId<NodeId>> {
+        let inner = self.inner.lock();
+        inner.last_log_id()
+    }
+
+    fn entries<RB: RangeBounds<u64>>(&self, range: RB) -> StoreResult<Vec<Entry<TypeConfig>>> {
+        let locs: Vec<(Loc, Arc<File>)> = {
+            let inner = self.inner.lock();
+            inner
+                .entries
+                .range(range)
+                .map(|(_, loc)| (*loc, inner.segment_file(loc.segment)))
+                .collect()
+        };
+        locs.into_iter()
+            .map(|(loc, file)| {
+                let mut buf = vec![0; loc.len as usize];
+                file.read_exact_at(&mut buf, loc.offset + FRAME_HEADER as u64)
+                    .map_err(|e| StorageIOError::read_log_at_index(loc.log_id.index, &e))?;
+                decode_entry(&buf).ok_or_else(|| {
+                    let e = corrupt(Path::new("entry"), format!("index {}", loc.log_id.index));
+                    StorageIOError::read_log_at_index(loc.log_id.index, &e).into()
+                })
+            })
+            .collect()
+    }
+}
+
+impl Inner {
+    fn last_log_id(&self) -> Option<LogId<NodeId>> {
+        self.entries
+            .last_key_value()
+            .map(|(_, loc)| loc.log_id)
+            .or(self.last_purged)
+    }
+
+    fn segment_file(&self, first_index: u64) -> Arc<File> {
+        let i = self
+            .segments
+            .binary_search_by_key(&first_index, |s| s.first_index)
+            .expect("every entry's segment is open");
+        Arc::clone(&self.segments[i].file)
+    }
+
+    fn load_segment(&mut self, first: u64, last: bool) -> io::Result<()> {
+        let path = segment_path(&self.dir, first);
+        let file = OpenOptions::new().read(true).write(true).open(&path)?;
+        let bytes = fs::read(&path)?;
+        let mut at = 0usize;
+        let mut torn = None;
+        while at < bytes.len() {
+            let Some(frame) = frame_at(&bytes, at) else {
+                torn = Some(at);
+                break;
+            };
+            let Some(entry) = decode_entry(frame) else {
+                torn = Some(at);
+                break;
+            };
+            let index = entry.log_id.index;
+            let expected = self
+                .entries
+                .last_key_value()
+                .map(|(i, _)| i + 1)
+                .unwrap_or(first);
+            if index != expected {
+                return Err(corrupt(&path, format!("index {index} follows {expected}")));
+            }
+            self.entries.insert(
+                index,
+                Loc {
+                    segment: first,
+                    offset: at as u64,
+                    len: frame.len() as u32,
+                    log_id: entry.log_id,
+                },
+            );
+            at += FRAME_HEADER + frame.len();
+        }
+        if let Some(at) = torn {
+            if !last {
+                return Err(corrupt(&path, format!("damaged frame at byte {at}")));
+            }
+            // Never synced, so never reported to openraft: safe to drop.
+            log::warn!(
+                "raft log {}: cutting a torn tail at byte {at} of {}",
+                path.display(),
+                bytes.len()
+            );
+            file.set_len(at as u64)?;
+            file.sync_all()?;
+        }
+        let purged = self.last_purged.map_or(0, |p| p.index + 1);
+        self.entries.retain(|i, _| *i >= purged);
+        self.segments.push(Segment {
+            first_index: first,
+            file: Arc::new(file),
+            len: torn.unwrap_or(bytes.len()) as u64,
+        });
+        Ok(())
+    }
+
+    /// Writes `frames` (entries from `first_index` on) at the end of the log, starting a
+    /// segment when the last one is full; returns the files to sync.
+    fn write(&mut self, frames: &[(LogId<NodeId>, Vec<u8>)]) -> io::Result<Vec<Arc<File>>> {
+        let mut touched: Vec<Arc<File>> = Vec::new();
+        for (log_id, frame) in frames {
+            let full = self.segments.last().is_none_or(|s| s.len >= SEGMENT_BYTES);
+            if full {
+                if let Some(last) = self.segments.last() {
+                    // Only the last segment may ever end torn.
+                    last.file.sync_data()?;
+                }
+                let path = segment_path(&self.dir, log_id.index);
+                let file = OpenOptions::new()
+                    .read(true)
+                    .write(true)
+                    .create_new(true)
+                    .open(&path)?;
+                sync_dir(&segment_dir(&self.dir))?;
+                self.segments.push(Segment {
+                    first_index: log_id.index,
+                    file: Arc::new(file),
+                    len: 0,
+                });
+            }
+            let segment = self
+                .segments
+                .last_mut()
+                .expect("a segment was just ensured");
+            segment.file.write_all_at(frame, segment.len)?;
+            self.entries.insert(
+                log_id.index,
+                Loc {
+                    segment: segment.first_index,
+                    offset: segment.len,
+                    len: (frame.len() - FRAME_HEADER) as u32,
+                    log_id: *log_id,
+                },
+            );
+            segment.len += frame.len() as u64;
+            if !touched.iter().any(|f| Arc::ptr_eq(f, &segment.file)) {
+                touched.push(Arc::clone(&segment.file));
+            }
+        }
+        Ok(touched)
+    }
+
+    /// Removes entries from `index` on, durably.
+    fn truncate(&mut self, index: u64) -> io::Result<()> {
+        let Some(cut) = self.entries.get(&index).copied() else {
+            return Ok(());
+        };
+        self.entries.split_off(&index);
+        while let Some(last) = self.segments.last() {
+            if last.first_index <= cut.segment {
+                break;
+            }
+            fs::remove_file(segment_path(&self.dir, last.first_index))?;
+            self.segments.pop();
+        }
+        sync_dir(&segment_dir(&self.dir))?;
+        let segment = self.segments.last_mut().expect("the cut's segment remains");
+        segment.file.set_len(cut.offset)?;
+        segment.file.sync_all()?;
+        segment.len = cut.offset;
+        Ok(())
+    }
+
+    /// Forgets entries up to `log_id`, deleting every segment that holds only those.
+    fn purge(&mut self, log_id: LogId<NodeId>) -> io::Result<()> {
+        let bytes = serde_json::to_vec(&log_id).map_err(io::Error::other)?;
+        write_atomic(&self.dir.join("purged"), &bytes)?;
+        self.last_purged = Some(log_id);
+        self.entries = self.entries.split_off(&(log_id.index + 1));
+        while self.segments.len() > 1 && self.segments[1].first_index <= log_id.index + 1 {
+            let gone = self.segments.remove(0);
+            fs::remove_file(segment_path(&self.dir, gone.first_index))?;
+        }
+        Ok(())
+    }
+}
+
+/// The payload of the frame at `at`, if a whole frame with a matching CRC is there.
+fn frame_at(bytes: &[u8], at: usize) -> Option<&[u8]> {
+    let header = bytes.get(at..at + FRAME_HEADER)?;
+    let len = u32::from_be_bytes(header[..4].try_into().ok()?) as usize;
+    let crc = u32::from_be_bytes(header[4..].try_into().ok()?);
+    let payload = bytes.get(at + FRAME_HEADER..at + FRAME_HEADER + len)?;
+    (len > 0 && crc32fast::hash(payload) == crc).then_some(payload)
+}
+
+fn frame(entry: &Entry<TypeConfig>) -> Vec<u8> {
+    let mut out = vec![0; FRAME_HEADER];
+    encode_entry(entry, &mut out);
+    let len = (out.len() - FRAME_HEADER) as u32;
+    let crc = crc32fast::hash(&out[FRAME_HEADER..]);
+    out[..4].copy_from_slice(&len.to_be_bytes());
+    out[4..8].copy_from_slice(&crc.to_be_bytes());
+    out
+}
+
+impl RaftLogReader<TypeConfig> for LogStore {
+    async fn try_get_log_entries<RB: RangeBounds<u64> + Clone + Debug>(
+        &mut self,
+        range: RB,
+    ) -> StoreResult<Vec<Entry<TypeConfig>>> {
+        self.entries(range)
+    }
+}
+
+impl RaftLogStorage<TypeConfig> for LogStore {
+    type LogReader = LogStore;
+
+    async fn get_log_state(&mut self) -> StoreResult<LogState<TypeConfig>> {
+        let inner = self.inner.lock();
+        Ok(LogState {
+            last_purged_log_id: inner.last_purged,
+            last_log_id: inner.last_log_id(),
+        })
+    }
+
+    async fn get_log_reader(&mut self) -> Self::LogReader {
+        self.clone()
+    }
+
+    async fn save_vote(&mut self, vote: &Vote<NodeId>) -> StoreResult<()> {
+        let mut inner = self.inner.lock();
+        let bytes = serde_json::to_vec(vote).map_err(|e| StorageIOError::write_vote(&e))?;
+        write_atomic(&inner.dir.join("vote"), &bytes)
+            .map_err(|e| StorageIOError::write_vote(&e))?;
+        inner.vote = Some(*vote);
+        Ok(())
+    }
+
+    async fn read_vote(&mut self) -> StoreResult<Option<Vote<NodeId>>> {
+        Ok(self.inner.lock().vote)
+    }
+
+    async fn append<I>(&mut self, entries: I, callback: LogFlushed<TypeConfig>) -> StoreResult<()>
+    where
+        I: IntoIterator<Item = Entry<TypeConfig>>,
+    {
+        let frames: Vec<_> = entries
+            .into_iter()
+            .map(|e| (*e.get_log_id(), frame(&e)))
+            .collect();
+        let files = {
+            let mut inner = self.inner.lock();
+            inner
+                .write(&frames)
+                .map_err(|e| StorageIOError::write_logs(&e))?
+        };
+        self.flush.submit(files, callback);
+        Ok(())
+    }
+
+    async fn truncate(&mut self, log_id: LogId<NodeId>) -> StoreResult<()> {
+        let mut inner = self.inner.lock();
+        inner
+            .truncate(log_id.index)
+            .map_err(|e| StorageIOError::write_logs(&e).into())
+    }
+
+    async fn purge(&mut self, log_id: LogId<NodeId>) -> StoreResult<()> {
+        let mut inner = self.inner.lock();
+        inner
+            .purge(log_id)
+            .map_err(|e| StorageIOError::write_logs(&e).into())
+    }
+}
+
+mod flusher {
+    //! The flush thread: one `fdatasync` for all appends waiting, then their callbacks.
+
+    use super::*;
+
+    type Job = (Vec<Arc<File>>, LogFlushed<TypeConfig>);
+
+    pub(super) struct Flush {
+        tx: Mutex<Option<std::sync::mpsc::Sender<Job>>>,
+    }
+
+    impl Flush {
+        pub(super) fn start() -> Arc<Flush> {
+            let (tx, rx) = std::sync::mpsc::channel::<Job>();
+            thread::Builder::new()
+                .name("raft-log-flush".into())
+                .spawn(move || {
+                    // After a failed fdatasync the kernel may have dropped the dirty pages
+                    // and a later sync can succeed without them: every flush from then on
+                    // fails.
+                    let mut failed: Option<io::ErrorKind> = None;
+                    while let Ok(first) = rx.recv() {
+                        let mut jobs = vec![first];
+                        jobs.extend(rx.try_iter());
+                        let mut files: Vec<Arc<File>> = Vec::new();
+                        for f in jobs.iter().flat_map(|(fs, _)| fs) {
+                            if !files.iter().any(|g| Arc::ptr_eq(f, g)) {
+                                files.push(Arc::clone(f));
+                            }
+                        }
+                        if failed.is_none()
+                            && let Err(e) = files.iter().try_for_each(|f| f.sync_data())
+                        {
+                            log::error!(
+                                "raft log fdatasync failed: {e}; the log refuses all further appends"
+                            );
+                            failed = Some(e.kind());
+                        }
+                        for (_, callback) in jobs {
+                            callback.log_io_completed(match failed {
+                                None => Ok(()),
+                                Some(kind) => Err(io::Error::new(kind, "an earlier raft log fdatasync failed")),
+                            });
+                        }
+                    }
+                })
+                .expect("spawn the raft log flush thread");
+            Arc::new(Flush {
+                tx: Mutex::new(Some(tx)),
+            })
+        }
+
+        pub(super) fn submit(&self, files: Vec<Arc<File>>, callback: LogFlushed<TypeConfig>) {
+            if let Some(tx) = self.tx.lock().as_ref() {
+                // The thread only stops when this sender goes, so the send cannot fail.
+                let _ = tx.send((files, callback));
+            }
+        }
+    }
+}

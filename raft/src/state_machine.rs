@@ -1,0 +1,398 @@
+//! openraft's state machine: committed puts applied to a [`MessageStore`].
+//!
+//! Each put is appended with the store time its leader chose and its Raft log id in the
+//! [`PROPERTY_RAFT_LOG_ID`] property, so the record itself says how far the store has
+//! applied the log: after a crash the last applied id is read back from the log's tail,
+//! and entries the store lost (under async flush) are applied again, into the same bytes.
+//!
+//! ```text
+//! {dir}/applied      a hint: last applied id and the log's end then (rewritten per batch, not synced)
+//! {dir}/membership   the last applied membership (the store is flushed before it is written)
+//! {dir}/snapshot     the last snapshot's meta and the log's end at it (the store is flushed first)
+//! ```
+
+use std::fs::{self, File, OpenOptions};
+use std::io;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use openraft::storage::{RaftStateMachine, Snapshot};
+use openraft::{
+    BasicNode, Entry, EntryPayload, LogId, RaftSnapshotBuilder, SnapshotMeta, StorageError,
+    StorageIOError, StoredMembership,
+};
+use parking_lot::Mutex;
+use rocketstore::{Error as StoreError, MessageStore};
+use serde::{Deserialize, Serialize};
+
+use crate::log_store::{read_json, write_atomic};
+use crate::request::{PutRequest, PutResponse, parse_log_id};
+use crate::snapshot::{self, SnapshotData};
+use crate::{NodeId, PROPERTY_RAFT_LOG_ID, TypeConfig};
+
+type StoreResult<T> = Result<T, StorageError<NodeId>>;
+type Membership = StoredMembership<NodeId, BasicNode>;
+
+/// How far the store has applied the Raft log.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+struct Applied {
+    last_applied: Option<LogId<NodeId>>,
+    membership: Membership,
+    /// The commit log's end after `last_applied`.
+    end: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct SnapshotRecord {
+    meta: SnapshotMeta<NodeId, BasicNode>,
+    end: u64,
+}
+
+/// openraft's state machine over one node's message store. Cheap to clone.
+#[derive(Clone)]
+pub struct StateMachine {
+    shared: Arc<Shared>,
+}
+
+struct Shared {
+    store: Arc<MessageStore>,
+    dir: PathBuf,
+    applied: Mutex<Applied>,
+    snapshot: Mutex<Option<SnapshotRecord>>,
+    hint: File,
+}
+
+fn io_err(e: StoreError) -> io::Error {
+    io::Error::other(e)
+}
+
+impl StateMachine {
+    /// The state machine over `store`, its files under `dir`, resuming where the store's
+    /// log says it stopped.
+    pub fn open(store: Arc<MessageStore>, dir: &Path) -> io::Result<StateMachine> {
+        fs::create_dir_all(dir)?;
+        let snapshot: Option<SnapshotRecord> = read_json(&dir.join("snapshot"))?;
+        let membership: Option<Membership> = read_json(&dir.join("membership"))?;
+        let hint = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(dir.join("applied"))?;
+        let applied = recover(&store, snapshot.as_ref(), membership, read_hint(&hint))?;
+        log::info!(
+            "raft state machine at {}: applied up to {:?}, log end {}",
+            dir.display(),
+            applied.last_applied,
+            applied.end
+        );
+        Ok(StateMachine {
+            shared: Arc::new(Shared {
+                store,
+                dir: dir.to_path_buf(),
+                applied: Mutex::new(applied),
+                snapshot: Mutex::new(snapshot),
+                hint,
+            }),
+        })
+    }
+
+    /// The store the log is applied to.
+    pub fn store(&self) -> &Arc<MessageStore> {
+        &self.shared.store
+    }
+
+    /// The last applied log id.
+    pub fn last_applied(&self) -> Option<LogId<NodeId>> {
+        self.shared.applied.lock().last_applied
+    }
+
+    async fn put(&self, req: &PutRequest, log_id: &LogId<NodeId>) -> StoreResult<PutResponse> {
+        let msg = req.to_message(log_id);
+        let mut backoff = Duration::from_millis(1);
+        loop {
+            match self
+                .shared
+                .store
+                .put_message_stamped(&msg, req.store_timestamp)
+            {
+                Ok(put) => {
+                    return Ok(PutResponse::Stored {
+                        physical_offset: put.physical_offset,
+                        queue_offset: put.queue_offset,
+                        store_timestamp: put.store_timestamp,
+                    });
+                }
+                // The message itself is at fault: every replica refuses it alike.
+                Err(
+                    e @ (StoreError::InvalidTopic { .. }
+                    | StoreError::MessageTooLarge { .. }
+                    | StoreError::RecordTooLarge { .. }
+                    | StoreError::PropertiesTooLarge { .. }
+                    | StoreError::InvalidProperty { .. }),
+                ) => return Ok(PutResponse::Rejected(e.to_string())),
+                // This node's condition, not the message's: skipping the entry here would
+                // make this replica differ from the others, so wait until it passes.
+                Err(
+                    e @ (StoreError::DiskFull { .. }
+                    | StoreError::PageCacheBusy { .. }
+                    | StoreError::DispatchStalled { .. }),
+                ) => {
+                    if backoff >= Duration::from_millis(512) {
+                        log::warn!("raft apply of {log_id} waits: {e}");
+                    }
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(1));
+                }
+                Err(e) => return Err(StorageIOError::write_state_machine(&io_err(e)).into()),
+            }
+        }
+    }
+
+    fn write_membership(&self, membership: &Membership) -> io::Result<()> {
+        // Everything applied before the change must outlive the record of it.
+        self.shared.store.flush().map_err(io_err)?;
+        let bytes = serde_json::to_vec(membership).map_err(io::Error::other)?;
+        write_atomic(&self.shared.dir.join("membership"), &bytes)
+    }
+
+    fn write_hint(&self, applied: &Applied) {
+        let mut bytes = serde_json::to_vec(applied).expect("applied state serializes");
+        let crc = crc32fast::hash(&bytes);
+        let mut framed = Vec::with_capacity(bytes.len() + 8);
+        framed.extend_from_slice(&(bytes.len() as u32).to_be_bytes());
+        framed.extend_from_slice(&crc.to_be_bytes());
+        framed.append(&mut bytes);
+        // Only a hint: a torn or stale one is detected and the log's tail is walked.
+        if let Err(e) = self.shared.hint.write_all_at(&framed, 0) {
+            log::warn!("raft state machine hint not written: {e}");
+        }
+    }
+}
+
+fn read_hint(file: &File) -> Option<Applied> {
+    let mut header = [0u8; 8];
+    file.read_exact_at(&mut header, 0).ok()?;
+    let len = u32::from_be_bytes(header[..4].try_into().ok()?) as usize;
+    let crc = u32::from_be_bytes(header[4..].try_into().ok()?);
+    let mut bytes = vec![0; len];
+    file.read_exact_at(&mut bytes, 8).ok()?;
+    (crc32fast::hash(&bytes) == crc)
+        .then(|| serde_json::from_slice(&bytes).ok())
+        .flatten()
+}
+
+/// Where the store stands in the Raft log: from the best known starting point (the
+/// hint, if it still describes the log; else the last snapshot; else the log's start),
+/// the records from there to the log's end are read for their log ids.
+fn recover(
+    store: &MessageStore,
+    snapshot: Option<&SnapshotRecord>,
+    membership: Option<Membership>,
+    hint: Option<Applied>,
+) -> io::Result<Applied> {
+    let end = store.max_physical_offset();
+    let mut base = match snapshot {
+        Some(s) if s.end > end => {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!(
+                    "the store ends at {end}, below its snapshot's end {}: it lost flushed data",
+                    s.end
+                ),
+            ));
+        }
+        Some(s) => Applied {
+            last_applied: s.meta.last_log_id,
+            membership: s.meta.last_membership.clone(),
+            end: s.end,
+        },
+        None => Applied {
+            end: store.min_physical_offset(),
+            ..Applied::default()
+        },
+    };
+    if let Some(h) = hint.filter(|h| h.end <= end && h.last_applied >= base.last_applied) {
+        base = h;
+    }
+    if let Some(m) = membership.filter(|m| m.log_id() > base.membership.log_id()) {
+        base.last_applied = base.last_applied.max(*m.log_id());
+        base.membership = m;
+    }
+    let file_size = store.config().commit_log_file_size;
+    let mut pos = base.end;
+    while pos < end {
+        match store.lookup_message(pos).map_err(io_err)? {
+            Some(m) => {
+                let id = m
+                    .properties
+                    .get(PROPERTY_RAFT_LOG_ID)
+                    .and_then(parse_log_id)
+                    .ok_or_else(|| {
+                        io::Error::new(
+                            io::ErrorKind::InvalidData,
+                            format!("the record at {pos} was not applied from the raft log"),
+                        )
+                    })?;
+                base.last_applied = base.last_applied.max(Some(id));
+                pos += u64::from(m.total_size);
+            }
+            // A file's closing blank record: the log goes on in the next file.
+            None => pos = (pos / file_size + 1) * file_size,
+        }
+    }
+    base.end = end;
+    Ok(base)
+}
+
+impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
+    async fn build_snapshot(&mut self) -> StoreResult<Snapshot<TypeConfig>> {
+        let applied = self.shared.applied.lock().clone();
+        let store = &self.shared.store;
+        // The snapshot is the log up to `end`: it must be durable before it is vouched for.
+        store
+            .flush()
+            .map_err(|e| StorageIOError::write_snapshot(None, &io_err(e)))?;
+        let id = applied
+            .last_applied
+            .map_or_else(|| "none".to_string(), |l| l.to_string());
+        let meta = SnapshotMeta {
+            last_log_id: applied.last_applied,
+            last_membership: applied.membership.clone(),
+            snapshot_id: format!("{id}@{}", applied.end),
+        };
+        let record = SnapshotRecord {
+            meta: meta.clone(),
+            end: applied.end,
+        };
+        let bytes =
+            serde_json::to_vec(&record).map_err(|e| StorageIOError::write_snapshot(None, &e))?;
+        write_atomic(&self.shared.dir.join("snapshot"), &bytes)
+            .map_err(|e| StorageIOError::write_snapshot(Some(meta.signature()), &e))?;
+        *self.shared.snapshot.lock() = Some(record);
+        Ok(Snapshot {
+            meta,
+            snapshot: Box::new(SnapshotData::source(
+                Arc::clone(store),
+                store.min_physical_offset(),
+                applied.end,
+            )),
+        })
+    }
+}
+
+impl RaftStateMachine<TypeConfig> for StateMachine {
+    type SnapshotBuilder = StateMachine;
+
+    async fn applied_state(&mut self) -> StoreResult<(Option<LogId<NodeId>>, Membership)> {
+        let applied = self.shared.applied.lock();
+        Ok((applied.last_applied, applied.membership.clone()))
+    }
+
+    async fn apply<I>(&mut self, entries: I) -> StoreResult<Vec<PutResponse>>
+    where
+        I: IntoIterator<Item = Entry<TypeConfig>>,
+    {
+        let mut responses = Vec::new();
+        for entry in entries {
+            let response = match &entry.payload {
+                EntryPayload::Blank => PutResponse::None,
+                EntryPayload::Normal(req) => self.put(req, &entry.log_id).await?,
+                EntryPayload::Membership(m) => {
+                    let membership = StoredMembership::new(Some(entry.log_id), m.clone());
+                    self.write_membership(&membership)
+                        .map_err(|e| StorageIOError::write_state_machine(&e))?;
+                    self.shared.applied.lock().membership = membership;
+                    PutResponse::None
+                }
+            };
+            let mut applied = self.shared.applied.lock();
+            applied.last_applied = Some(entry.log_id);
+            applied.end = self.shared.store.max_physical_offset();
+            responses.push(response);
+        }
+        let applied = self.shared.applied.lock().clone();
+        self.write_hint(&applied);
+        Ok(responses)
+    }
+
+    async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
+        self.clone()
+    }
+
+    async fn begin_receiving_snapshot(&mut self) -> StoreResult<Box<SnapshotData>> {
+        let path = self.shared.dir.join("snapshot-received.tmp");
+        let data = SnapshotData::receive(path)
+            .await
+            .map_err(|e| StorageIOError::write_snapshot(None, &e))?;
+        Ok(Box::new(data))
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        meta: &SnapshotMeta<NodeId, BasicNode>,
+        snapshot: Box<SnapshotData>,
+    ) -> StoreResult<()> {
+        let err = |e: io::Error| StorageIOError::read_snapshot(Some(meta.signature()), &e);
+        let SnapshotData::Received { file, path } = *snapshot else {
+            return Err(err(io::Error::other("not a received snapshot")).into());
+        };
+        drop(file);
+        let store = Arc::clone(&self.shared.store);
+        let install_path = path.clone();
+        let end = tokio::task::spawn_blocking(move || snapshot::install(&store, &install_path))
+            .await
+            .map_err(|e| err(io::Error::other(e)))?
+            .map_err(err)?;
+        let header = snapshot::read_header(&File::open(&path).map_err(err)?).map_err(err)?;
+        if end > header.end {
+            // Already past it (openraft does not send older snapshots; kept for safety).
+            log::info!(
+                "snapshot {} ends at {} and the store at {end}: kept",
+                meta.snapshot_id,
+                header.end
+            );
+            let _ = fs::remove_file(&path);
+            return Ok(());
+        }
+        self.shared.store.flush().map_err(|e| err(io_err(e)))?;
+        let record = SnapshotRecord {
+            meta: meta.clone(),
+            end,
+        };
+        let bytes = serde_json::to_vec(&record).map_err(|e| err(io::Error::other(e)))?;
+        write_atomic(&self.shared.dir.join("snapshot"), &bytes).map_err(err)?;
+        self.write_membership(&meta.last_membership).map_err(err)?;
+        let applied = Applied {
+            last_applied: meta.last_log_id,
+            membership: meta.last_membership.clone(),
+            end,
+        };
+        *self.shared.applied.lock() = applied.clone();
+        *self.shared.snapshot.lock() = Some(record);
+        self.write_hint(&applied);
+        let _ = fs::remove_file(&path);
+        log::info!(
+            "installed snapshot {}: the log now ends at {end}",
+            meta.snapshot_id
+        );
+        Ok(())
+    }
+
+    async fn get_current_snapshot(&mut self) -> StoreResult<Option<Snapshot<TypeConfig>>> {
+        let Some(record) = self.shared.snapshot.lock().clone() else {
+            return Ok(None);
+        };
+        let store = &self.shared.store;
+        Ok(Some(Snapshot {
+            meta: record.meta,
+            snapshot: Box::new(SnapshotData::source(
+                Arc::clone(store),
+                store.min_physical_offset(),
+                record.end,
+            )),
+        }))
+    }
+}

@@ -1,0 +1,233 @@
+//! An in-process cluster over the in-memory router, and ways to compare its replicas.
+#![allow(dead_code)]
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use openraft::{Config, ServerState, SnapshotPolicy};
+use rocketstore::{FlushMode, Message, MessageStore, StoreConfig, layout};
+use rocketstore_raft::network::Router;
+use rocketstore_raft::{Error, NodeId, Put, ReplicatedStore};
+use tempfile::TempDir;
+
+pub const TOPIC: &str = "RaftTopic";
+pub const QUEUES: u32 = 4;
+pub const WAIT: Duration = Duration::from_secs(30);
+
+/// What a replica holds: per (queue, queue offset), the body and store time.
+pub type Content = BTreeMap<(u32, u64), (Bytes, i64)>;
+
+pub fn raft_config(snapshot_every: Option<u64>) -> Arc<Config> {
+    let config = Config {
+        cluster_name: "test".into(),
+        heartbeat_interval: 50,
+        election_timeout_min: 200,
+        election_timeout_max: 400,
+        snapshot_policy: match snapshot_every {
+            Some(n) => SnapshotPolicy::LogsSinceLast(n),
+            None => SnapshotPolicy::Never,
+        },
+        max_in_snapshot_log_to_keep: 0,
+        purge_batch_size: 1,
+        ..Config::default()
+    };
+    Arc::new(config.validate().expect("a valid raft config"))
+}
+
+pub struct Cluster {
+    pub dir: TempDir,
+    pub router: Router,
+    pub config: Arc<Config>,
+    pub nodes: BTreeMap<NodeId, ReplicatedStore>,
+    pub members: Vec<NodeId>,
+}
+
+impl Cluster {
+    /// Starts `n` nodes (ids 1..=n) and waits for a leader.
+    pub async fn start(n: u64, config: Arc<Config>) -> Cluster {
+        let mut cluster = Cluster {
+            dir: tempfile::tempdir().expect("a temporary directory"),
+            router: Router::default(),
+            config,
+            nodes: BTreeMap::new(),
+            members: (1..=n).collect(),
+        };
+        for id in 1..=n {
+            cluster.open(id).await;
+        }
+        cluster.nodes[&1]
+            .initialize(cluster.members.iter().map(|id| (*id, format!("node-{id}"))))
+            .await
+            .expect("initialize");
+        cluster.leader().await;
+        cluster
+    }
+
+    pub fn store_root(&self, id: NodeId) -> PathBuf {
+        self.dir.path().join(format!("node-{id}/store"))
+    }
+
+    pub async fn open(&mut self, id: NodeId) {
+        let store = StoreConfig::new(self.store_root(id))
+            .commit_log_file_size(64 << 10)
+            .flush_mode(FlushMode::async_default())
+            .index_file_shape(512, 4096);
+        let node = ReplicatedStore::open(
+            id,
+            store,
+            &self.dir.path().join(format!("node-{id}/raft")),
+            Arc::clone(&self.config),
+            self.router.network(id),
+        )
+        .await
+        .expect("open a node");
+        self.router.add(id, node.raft().clone());
+        self.nodes.insert(id, node);
+    }
+
+    /// Stops node `id` cleanly; it stays a member.
+    pub async fn stop(&mut self, id: NodeId) {
+        self.router.remove(id);
+        let node = self.nodes.remove(&id).expect("a running node");
+        node.shutdown().await.expect("a clean shutdown");
+    }
+
+    /// The leader, once one running node is leader and known to a majority of running nodes.
+    pub async fn leader(&self) -> NodeId {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            // A cut-off leader may still think it leads: the newest term wins.
+            let leader = self
+                .nodes
+                .iter()
+                .map(|(id, node)| (*id, node.raft().metrics().borrow().clone()))
+                .filter(|(_, m)| m.state == ServerState::Leader)
+                .max_by_key(|(_, m)| m.current_term);
+            if let Some((id, _)) = leader {
+                return id;
+            }
+            assert!(Instant::now() < deadline, "no leader elected");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Puts through whichever node leads, retrying while leadership moves.
+    pub async fn put(&self, body: &[u8], queue: u32) -> Put {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let leader = self.leader().await;
+            let msg = Message::new(TOPIC, queue, Bytes::copy_from_slice(body));
+            match tokio::time::timeout(Duration::from_secs(5), self.nodes[&leader].put(msg)).await {
+                Ok(Ok(put)) => return put,
+                Ok(Err(Error::NotLeader { .. } | Error::Raft(_))) | Err(_) => {}
+                Ok(Err(e)) => panic!("put failed: {e}"),
+            }
+            assert!(Instant::now() < deadline, "no put succeeded");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Waits until every running node has applied what node `like` has.
+    pub async fn converge(&self) {
+        let leader = self.leader().await;
+        let target = self.nodes[&leader].raft().metrics().borrow().last_log_index;
+        for (id, node) in &self.nodes {
+            let caught_up = node
+                .raft()
+                .wait(Some(WAIT))
+                .applied_index_at_least(target, format!("node {id} catches up"))
+                .await;
+            if let Err(e) = caught_up {
+                for (id, node) in &self.nodes {
+                    let m = node.raft().metrics().borrow().clone();
+                    eprintln!("node {id}: {:?} {m}", m.running_state);
+                }
+                panic!("a node did not catch up: {e}");
+            }
+        }
+    }
+}
+
+/// Every message of the test topic on `store`, by queue and queue offset.
+pub fn content(store: &MessageStore) -> Content {
+    assert!(
+        store.wait_dispatched_to(store.max_physical_offset(), WAIT),
+        "dispatch catches up"
+    );
+    let mut all = Content::new();
+    for queue in 0..QUEUES {
+        let mut offset = 0;
+        loop {
+            let got = store
+                .get_message(TOPIC, queue, offset, 256)
+                .expect("a read");
+            if got.messages.is_empty() {
+                break;
+            }
+            for m in &got.messages {
+                assert_eq!(m.queue_offset, offset, "queue offsets follow each other");
+                all.insert((queue, offset), (m.body.clone(), m.store_timestamp));
+                offset += 1;
+            }
+        }
+    }
+    all
+}
+
+/// The bytes of every commit-log file under `root`, by name.
+pub fn commit_log_files(root: &Path) -> BTreeMap<u64, Vec<u8>> {
+    layout::data_files(&layout::commit_log_dir(root))
+        .expect("list the commit log")
+        .into_iter()
+        .map(|(offset, path)| (offset, std::fs::read(path).expect("read a log file")))
+        .collect()
+}
+
+/// Asserts that every running replica holds the same messages and the same log bytes.
+pub fn assert_replicas_identical(cluster: &Cluster) -> Content {
+    let mut first: Option<(NodeId, Content, BTreeMap<u64, Vec<u8>>)> = None;
+    for (id, node) in &cluster.nodes {
+        node.store().flush().expect("flush");
+        let c = content(node.store());
+        let files = commit_log_files(&cluster.store_root(*id));
+        match &first {
+            None => first = Some((*id, c, files)),
+            Some((fid, fc, ff)) => {
+                assert_eq!(&c, fc, "node {id} holds other messages than node {fid}");
+                assert_eq!(
+                    files.keys().collect::<Vec<_>>(),
+                    ff.keys().collect::<Vec<_>>(),
+                    "node {id}'s log files differ from node {fid}'s"
+                );
+                for (name, bytes) in &files {
+                    assert!(
+                        bytes == &ff[name],
+                        "log file {name} of node {id} differs from node {fid}'s"
+                    );
+                }
+            }
+        }
+    }
+    first.map(|(_, c, _)| c).unwrap_or_default()
+}
+
+/// A small deterministic generator for the seeded tests.
+pub struct Rng(u64);
+
+impl Rng {
+    pub fn new(seed: u64) -> Rng {
+        Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1)
+    }
+    pub fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+}
