@@ -54,22 +54,23 @@ mod state_machine;
 
 pub use log_store::{LogStore, SEGMENT_BYTES};
 pub use node::{Error, Put, ReplicatedStore};
-pub use request::{PutRequest, PutResponse};
+pub use request::{BatchPosition, BatchResponse, PutBatch, PutRequest, PutResponse};
 pub use snapshot::SnapshotData;
 pub use state_machine::StateMachine;
 
 /// A node's id in the cluster.
 pub type NodeId = u64;
 
-/// The property in which every applied message records its Raft log id
-/// (`term.node.index`): how a replica learns, from its own log, how far it has applied.
+/// The property in which every applied message records where in the Raft log it comes
+/// from ([`BatchPosition`], `term.node.index.at.of`): how a replica learns, from its own
+/// log, how far it has applied.
 pub const PROPERTY_RAFT_LOG_ID: &str = "RAFT_LOG_ID";
 
 openraft::declare_raft_types!(
     /// openraft's types for a replicated message store.
     pub TypeConfig:
-        D = PutRequest,
-        R = PutResponse,
+        D = PutBatch,
+        R = BatchResponse,
         SnapshotData = SnapshotData,
 );
 

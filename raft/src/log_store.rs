@@ -145,6 +145,13 @@ impl LogStore {
         })
     }
 
+    /// How many appends were submitted so far, and a watch of how many are flushed: a
+    /// proposer waits for the append after its proposal to be flushed before it proposes
+    /// again, since openraft handles one append at a time and each costs a sync.
+    pub(crate) fn append_progress(&self) -> (u64, tokio::sync::watch::Receiver<u64>) {
+        self.flush.progress()
+    }
+
     /// The last log id present, if any (for tests and the operator).
     pub fn last_log_id(&self) -> Option<LogId<NodeId>> {
         let inner = self.inner.lock();
@@ -427,11 +434,17 @@ mod flusher {
 
     pub(super) struct Flush {
         tx: Mutex<Option<std::sync::mpsc::Sender<Job>>>,
+        /// Appends handed to the thread.
+        submitted: std::sync::atomic::AtomicU64,
+        /// Appends whose sync has completed (or failed).
+        flushed: tokio::sync::watch::Sender<u64>,
     }
 
     impl Flush {
         pub(super) fn start() -> Arc<Flush> {
             let (tx, rx) = std::sync::mpsc::channel::<Job>();
+            let flushed = tokio::sync::watch::Sender::new(0u64);
+            let progress = flushed.clone();
             thread::Builder::new()
                 .name("raft-log-flush".into())
                 .spawn(move || {
@@ -456,21 +469,33 @@ mod flusher {
                             );
                             failed = Some(e.kind());
                         }
+                        let count = jobs.len() as u64;
                         for (_, callback) in jobs {
                             callback.log_io_completed(match failed {
                                 None => Ok(()),
                                 Some(kind) => Err(io::Error::new(kind, "an earlier raft log fdatasync failed")),
                             });
                         }
+                        progress.send_modify(|n| *n += count);
                     }
                 })
                 .expect("spawn the raft log flush thread");
             Arc::new(Flush {
                 tx: Mutex::new(Some(tx)),
+                submitted: std::sync::atomic::AtomicU64::new(0),
+                flushed,
             })
         }
 
+        /// Appends submitted so far, and a watch of those flushed.
+        pub(super) fn progress(&self) -> (u64, tokio::sync::watch::Receiver<u64>) {
+            let submitted = self.submitted.load(std::sync::atomic::Ordering::Acquire);
+            (submitted, self.flushed.subscribe())
+        }
+
         pub(super) fn submit(&self, files: Vec<Arc<File>>, callback: LogFlushed<TypeConfig>) {
+            self.submitted
+                .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
             if let Some(tx) = self.tx.lock().as_ref() {
                 // The thread only stops when this sender goes, so the send cannot fail.
                 let _ = tx.send((files, callback));

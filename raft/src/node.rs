@@ -6,12 +6,21 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use openraft::error::{ClientWriteError, RaftError};
+use openraft::error::ClientWriteError;
+use openraft::raft::ClientWriteResponse;
 use openraft::{BasicNode, LogId, RaftNetworkFactory};
 use rocketstore::{Message, MessageStore, StoreConfig};
+use tokio::sync::{mpsc, oneshot};
 
-use crate::request::{PutRequest, PutResponse};
+use crate::request::{PutBatch, PutRequest, PutResponse};
 use crate::{LogStore, NodeId, Raft, StateMachine, TypeConfig};
+
+/// A batch proposed as one Raft entry holds at most this many puts...
+pub const MAX_BATCH_PUTS: usize = 1024;
+/// ...and at most about this many bytes of bodies.
+pub const MAX_BATCH_BYTES: usize = 4 << 20;
+/// The longest the proposer waits for its last entry to reach the log.
+const PACE_LIMIT: Duration = Duration::from_millis(20);
 
 /// What can go wrong on a replicated store.
 #[derive(Debug, thiserror::Error)]
@@ -56,6 +65,105 @@ pub struct ReplicatedStore {
     store: Arc<MessageStore>,
     log: LogStore,
     state_machine: StateMachine,
+    proposals: mpsc::UnboundedSender<Pending>,
+}
+
+/// A put waiting to be proposed, and where its outcome goes.
+struct Pending {
+    req: PutRequest,
+    done: oneshot::Sender<Result<Put, Error>>,
+}
+
+/// Proposes the puts waiting, as one entry each time round: while openraft syncs its log
+/// for one entry, the next batch gathers (group commit above the Raft log). Entries go to
+/// openraft in the order their puts arrived here.
+async fn propose(raft: Raft, log: LogStore, mut pending: mpsc::UnboundedReceiver<Pending>) {
+    while let Some(first) = pending.recv().await {
+        let mut bytes = first.req.body.len();
+        let mut batch = vec![first];
+        while batch.len() < MAX_BATCH_PUTS && bytes < MAX_BATCH_BYTES {
+            match pending.try_recv() {
+                Ok(p) => {
+                    bytes += p.req.body.len();
+                    batch.push(p);
+                }
+                Err(_) => break,
+            }
+        }
+        let (puts, waiting): (Vec<_>, Vec<_>) = batch.into_iter().map(|p| (p.req, p.done)).unzip();
+        let (submitted, mut flushed) = log.append_progress();
+        match raft.client_write_ff(PutBatch { puts }).await {
+            Ok(outcome) => {
+                let (answered, mut is_answered) = tokio::sync::watch::channel(false);
+                tokio::spawn(async move {
+                    match outcome.await {
+                        Ok(outcome) => deliver(outcome, waiting),
+                        Err(_) => {
+                            for done in waiting {
+                                let _ = done.send(Err(Error::Raft("raft stopped".into())));
+                            }
+                        }
+                    }
+                    let _ = answered.send(true);
+                });
+                // Pace: let this entry reach the log (openraft syncs one append at a time)
+                // while the next batch gathers. Not past an answer (a follower refuses at
+                // once) or a short bound (the entry may go elsewhere).
+                let _ = tokio::time::timeout(PACE_LIMIT, async {
+                    tokio::select! {
+                        _ = flushed.wait_for(|f| *f > submitted) => {}
+                        _ = is_answered.wait_for(|a| *a) => {}
+                    }
+                })
+                .await;
+            }
+            Err(fatal) => {
+                for done in waiting {
+                    let _ = done.send(Err(Error::Raft(fatal.to_string())));
+                }
+            }
+        }
+    }
+}
+
+fn deliver(
+    outcome: Result<ClientWriteResponse<TypeConfig>, ClientWriteError<NodeId, BasicNode>>,
+    waiting: Vec<oneshot::Sender<Result<Put, Error>>>,
+) {
+    match outcome {
+        Ok(resp) => {
+            for (done, put) in waiting.into_iter().zip(resp.data.puts) {
+                let _ = done.send(match put {
+                    PutResponse::Stored {
+                        physical_offset,
+                        queue_offset,
+                        store_timestamp,
+                    } => Ok(Put {
+                        log_id: resp.log_id,
+                        physical_offset,
+                        queue_offset,
+                        store_timestamp,
+                    }),
+                    PutResponse::Rejected(reason) => Err(Error::Rejected(reason)),
+                    PutResponse::AlreadyApplied => {
+                        Err(Error::Raft("applied before this node restarted".into()))
+                    }
+                });
+            }
+        }
+        Err(ClientWriteError::ForwardToLeader(f)) => {
+            for done in waiting {
+                let _ = done.send(Err(Error::NotLeader {
+                    leader: f.leader_id,
+                }));
+            }
+        }
+        Err(e) => {
+            for done in waiting {
+                let _ = done.send(Err(Error::Raft(e.to_string())));
+            }
+        }
+    }
 }
 
 fn now_ms() -> i64 {
@@ -92,12 +200,15 @@ impl ReplicatedStore {
         let raft = Raft::new(id, raft_config, network, log.clone(), state_machine.clone())
             .await
             .map_err(|e| Error::Raft(e.to_string()))?;
+        let (proposals, pending) = mpsc::unbounded_channel();
+        tokio::spawn(propose(raft.clone(), log.clone(), pending));
         Ok(ReplicatedStore {
             id,
             raft,
             store,
             log,
             state_machine,
+            proposals,
         })
     }
 
@@ -163,31 +274,18 @@ impl ReplicatedStore {
 
     /// Puts `msg` through the Raft log: resolves once a majority holds it durably and
     /// this node (the leader) has applied it. The store time is chosen here, by the
-    /// leader, and every replica records it. On a follower: [`Error::NotLeader`].
+    /// leader, and every replica records it. Puts made meanwhile travel in one Raft
+    /// entry. On a follower: [`Error::NotLeader`]. An [`Error::Raft`] (a leader change
+    /// part-way, a shutdown) leaves the outcome unknown: the put may yet be applied.
     pub async fn put(&self, msg: Message) -> Result<Put, Error> {
+        let (done, outcome) = oneshot::channel();
         let req = PutRequest::new(msg, now_ms());
-        match self.raft.client_write(req).await {
-            Ok(resp) => match resp.data {
-                PutResponse::Stored {
-                    physical_offset,
-                    queue_offset,
-                    store_timestamp,
-                } => Ok(Put {
-                    log_id: resp.log_id,
-                    physical_offset,
-                    queue_offset,
-                    store_timestamp,
-                }),
-                PutResponse::Rejected(reason) => Err(Error::Rejected(reason)),
-                PutResponse::None => Err(Error::Raft("a put applied as no put".into())),
-            },
-            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
-                Err(Error::NotLeader {
-                    leader: f.leader_id,
-                })
-            }
-            Err(e) => Err(Error::Raft(e.to_string())),
-        }
+        self.proposals
+            .send(Pending { req, done })
+            .map_err(|_| Error::Raft("shut down".into()))?;
+        outcome
+            .await
+            .unwrap_or_else(|_| Err(Error::Raft("shut down".into())))
     }
 
     /// Stops openraft, then shuts the store down cleanly.

@@ -1,7 +1,9 @@
 //! What a replicated put carries through the Raft log, and its compact binary form.
 //!
-//! A put is proposed as a [`PutRequest`]: the message plus the store time the leader
-//! assigned, so every replica applies it into identical record bytes. Raft log entries
+//! A put is a [`PutRequest`]: the message plus the store time the leader assigned, so
+//! every replica applies it into identical record bytes. Puts that arrive together are
+//! proposed as one Raft entry, a [`PutBatch`]: openraft syncs its log once per entry it
+//! appends, so one entry per put would cap a leader at one put per `fdatasync`. Raft log entries
 //! are written to disk in a hand-rolled binary frame ([`encode_entry`] / [`decode_entry`])
 //! rather than JSON: bodies are raw bytes, and JSON would triple their size.
 
@@ -59,8 +61,9 @@ impl PutRequest {
         }
     }
 
-    /// The message to append, carrying `log_id` in [`crate::PROPERTY_RAFT_LOG_ID`].
-    pub(crate) fn to_message(&self, log_id: &LogId<NodeId>) -> Message {
+    /// The message to append as put `at` of `of` in the entry `log_id`, which it records
+    /// in [`crate::PROPERTY_RAFT_LOG_ID`].
+    pub(crate) fn to_message(&self, at: BatchPosition) -> Message {
         let mut msg = Message::new(self.topic.clone(), self.queue_id, self.body.clone());
         msg.flag = self.flag;
         msg.properties = self.properties.clone();
@@ -69,7 +72,67 @@ impl PutRequest {
         msg.sys_flag = self.sys_flag;
         msg.reconsume_times = self.reconsume_times;
         msg.prepared_transaction_offset = self.prepared_transaction_offset;
-        msg.with_property(crate::PROPERTY_RAFT_LOG_ID, format_log_id(log_id))
+        msg.with_property(crate::PROPERTY_RAFT_LOG_ID, at.to_string())
+    }
+}
+
+/// The puts of one Raft entry, applied in order.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PutBatch {
+    /// The puts.
+    pub puts: Vec<PutRequest>,
+}
+
+/// What applying a [`PutBatch`] gave: one response per put, in order.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct BatchResponse {
+    /// Per put.
+    pub puts: Vec<PutResponse>,
+}
+
+/// Where a stored message came from: put `at` of the `of` puts of Raft entry `log_id`.
+/// Its text form, `term.node.index.at.of`, is the value of
+/// [`crate::PROPERTY_RAFT_LOG_ID`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BatchPosition {
+    /// The entry.
+    pub log_id: LogId<NodeId>,
+    /// The put's position in the entry, from 0.
+    pub at: u32,
+    /// How many puts the entry holds.
+    pub of: u32,
+}
+
+impl BatchPosition {
+    /// Whether this is the entry's last put: the entry is then wholly applied.
+    pub fn is_last(&self) -> bool {
+        self.at + 1 >= self.of
+    }
+
+    /// Reads the text form back; `None` unless it is exactly one.
+    pub fn parse(s: &str) -> Option<BatchPosition> {
+        let mut parts = s.split('.').map(str::parse::<u64>);
+        let mut next = || parts.next()?.ok();
+        let (term, node, index, at, of) = (next()?, next()?, next()?, next()?, next()?);
+        if next().is_some() || at >= of || of > u64::from(u32::MAX) {
+            return None;
+        }
+        Some(BatchPosition {
+            log_id: LogId::new(CommittedLeaderId::new(term, node), index),
+            at: at as u32,
+            of: of as u32,
+        })
+    }
+}
+
+impl std::fmt::Display for BatchPosition {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let id = &self.log_id;
+        write!(
+            f,
+            "{}.{}.{}.{}.{}",
+            id.leader_id.term, id.leader_id.node_id, id.index, self.at, self.of
+        )
     }
 }
 
@@ -87,34 +150,12 @@ pub enum PutResponse {
     },
     /// Refused by every replica alike (an invalid topic, property or size); the reason.
     Rejected(String),
-    /// Not a put: a blank or membership entry.
-    None,
-}
-
-/// `term.node.index`, the value of [`crate::PROPERTY_RAFT_LOG_ID`].
-pub(crate) fn format_log_id(id: &LogId<NodeId>) -> String {
-    format!(
-        "{}.{}.{}",
-        id.leader_id.term, id.leader_id.node_id, id.index
-    )
-}
-
-/// Reads [`format_log_id`]'s form back.
-pub(crate) fn parse_log_id(s: &str) -> Option<LogId<NodeId>> {
-    let mut parts = s.split('.').map(str::parse::<u64>);
-    let (term, node, index) = (
-        parts.next()?.ok()?,
-        parts.next()?.ok()?,
-        parts.next()?.ok()?,
-    );
-    if parts.next().is_some() {
-        return None;
-    }
-    Some(LogId::new(CommittedLeaderId::new(term, node), index))
+    /// Applied before this node restarted; its outcome is in the store.
+    AlreadyApplied,
 }
 
 const KIND_BLANK: u8 = 0;
-const KIND_PUT: u8 = 1;
+const KIND_PUTS: u8 = 1;
 const KIND_MEMBERSHIP: u8 = 2;
 
 /// Appends the binary form of `entry` to `out`.
@@ -124,23 +165,12 @@ pub(crate) fn encode_entry(entry: &Entry<TypeConfig>, out: &mut Vec<u8>) {
     out.extend_from_slice(&entry.log_id.index.to_be_bytes());
     match &entry.payload {
         EntryPayload::Blank => out.push(KIND_BLANK),
-        EntryPayload::Normal(put) => {
-            out.push(KIND_PUT);
-            put_str(out, &put.topic);
-            out.extend_from_slice(&put.queue_id.to_be_bytes());
-            out.extend_from_slice(&put.flag.to_be_bytes());
-            out.extend_from_slice(&put.sys_flag.to_be_bytes());
-            out.extend_from_slice(&put.reconsume_times.to_be_bytes());
-            out.extend_from_slice(&put.born_timestamp.to_be_bytes());
-            out.extend_from_slice(&put.store_timestamp.to_be_bytes());
-            out.extend_from_slice(&put.prepared_transaction_offset.to_be_bytes());
-            put_str(out, &put.born_host.to_string());
-            out.extend_from_slice(&(put.properties.len() as u32).to_be_bytes());
-            for (name, value) in &put.properties {
-                put_str(out, name);
-                put_str(out, value);
+        EntryPayload::Normal(batch) => {
+            out.push(KIND_PUTS);
+            out.extend_from_slice(&(batch.puts.len() as u32).to_be_bytes());
+            for put in &batch.puts {
+                encode_put(put, out);
             }
-            put_bytes(out, &put.body);
         }
         EntryPayload::Membership(m) => {
             out.push(KIND_MEMBERSHIP);
@@ -160,35 +190,13 @@ pub(crate) fn decode_entry(bytes: &[u8]) -> Option<Entry<TypeConfig>> {
     let log_id = LogId::new(CommittedLeaderId::new(term, node), index);
     let payload = match r.u8()? {
         KIND_BLANK => EntryPayload::Blank,
-        KIND_PUT => {
-            let topic = r.string()?;
-            let queue_id = r.u32()?;
-            let flag = r.u32()? as i32;
-            let sys_flag = r.u32()? as i32;
-            let reconsume_times = r.u32()? as i32;
-            let born_timestamp = r.u64()? as i64;
-            let store_timestamp = r.u64()? as i64;
-            let prepared_transaction_offset = r.u64()? as i64;
-            let born_host = r.string()?.parse().ok()?;
+        KIND_PUTS => {
             let count = r.u32()? as usize;
-            let mut properties = Vec::with_capacity(count.min(1024));
+            let mut puts = Vec::with_capacity(count.min(4096));
             for _ in 0..count {
-                properties.push((r.string()?, r.string()?));
+                puts.push(decode_put(&mut r)?);
             }
-            let body = Bytes::copy_from_slice(r.bytes()?);
-            EntryPayload::Normal(PutRequest {
-                topic,
-                queue_id,
-                body,
-                flag,
-                properties,
-                born_timestamp,
-                born_host,
-                sys_flag,
-                reconsume_times,
-                prepared_transaction_offset,
-                store_timestamp,
-            })
+            EntryPayload::Normal(PutBatch { puts })
         }
         KIND_MEMBERSHIP => {
             let m: Membership<NodeId, openraft::BasicNode> =
@@ -201,6 +209,55 @@ pub(crate) fn decode_entry(bytes: &[u8]) -> Option<Entry<TypeConfig>> {
         return None;
     }
     Some(Entry { log_id, payload })
+}
+
+fn encode_put(put: &PutRequest, out: &mut Vec<u8>) {
+    put_str(out, &put.topic);
+    out.extend_from_slice(&put.queue_id.to_be_bytes());
+    out.extend_from_slice(&put.flag.to_be_bytes());
+    out.extend_from_slice(&put.sys_flag.to_be_bytes());
+    out.extend_from_slice(&put.reconsume_times.to_be_bytes());
+    out.extend_from_slice(&put.born_timestamp.to_be_bytes());
+    out.extend_from_slice(&put.store_timestamp.to_be_bytes());
+    out.extend_from_slice(&put.prepared_transaction_offset.to_be_bytes());
+    put_str(out, &put.born_host.to_string());
+    out.extend_from_slice(&(put.properties.len() as u32).to_be_bytes());
+    for (name, value) in &put.properties {
+        put_str(out, name);
+        put_str(out, value);
+    }
+    put_bytes(out, &put.body);
+}
+
+fn decode_put(r: &mut Reader<'_>) -> Option<PutRequest> {
+    let topic = r.string()?;
+    let queue_id = r.u32()?;
+    let flag = r.u32()? as i32;
+    let sys_flag = r.u32()? as i32;
+    let reconsume_times = r.u32()? as i32;
+    let born_timestamp = r.u64()? as i64;
+    let store_timestamp = r.u64()? as i64;
+    let prepared_transaction_offset = r.u64()? as i64;
+    let born_host = r.string()?.parse().ok()?;
+    let count = r.u32()? as usize;
+    let mut properties = Vec::with_capacity(count.min(1024));
+    for _ in 0..count {
+        properties.push((r.string()?, r.string()?));
+    }
+    let body = Bytes::copy_from_slice(r.bytes()?);
+    Some(PutRequest {
+        topic,
+        queue_id,
+        body,
+        flag,
+        properties,
+        born_timestamp,
+        born_host,
+        sys_flag,
+        reconsume_times,
+        prepared_transaction_offset,
+        store_timestamp,
+    })
 }
 
 fn put_str(out: &mut Vec<u8>, s: &str) {
@@ -267,7 +324,16 @@ mod tests {
             },
             Entry {
                 log_id: id(2, 3, 9),
-                payload: EntryPayload::Normal(PutRequest::new(msg, 1_700_000_000_123)),
+                payload: EntryPayload::Normal(PutBatch {
+                    puts: vec![
+                        PutRequest::new(msg.clone(), 1_700_000_000_123),
+                        PutRequest::new(msg.with_property("x", "y"), 7),
+                    ],
+                }),
+            },
+            Entry {
+                log_id: id(2, 3, 10),
+                payload: EntryPayload::Normal(PutBatch { puts: vec![] }),
             },
             Entry {
                 log_id: id(u64::MAX, 7, u64::MAX),
@@ -288,13 +354,27 @@ mod tests {
     }
 
     #[test]
-    fn log_ids_round_trip_through_their_property_form() {
-        let ids = [id(0, 0, 0), id(5, 2, 77), id(u64::MAX, u64::MAX, u64::MAX)];
-        for i in ids {
-            assert_eq!(parse_log_id(&format_log_id(&i)), Some(i));
+    fn batch_positions_round_trip_through_their_property_form() {
+        let positions = [
+            (id(0, 0, 0), 0, 1),
+            (id(5, 2, 77), 3, 9),
+            (id(u64::MAX, u64::MAX, u64::MAX), u32::MAX - 1, u32::MAX),
+        ];
+        for (log_id, at, of) in positions {
+            let p = BatchPosition { log_id, at, of };
+            assert_eq!(BatchPosition::parse(&p.to_string()), Some(p));
+            assert_eq!(p.is_last(), at + 1 == of);
         }
-        for bad in ["", "1.2", "1.2.3.4", "a.b.c", "1..3"] {
-            assert_eq!(parse_log_id(bad), None, "{bad:?}");
+        for bad in [
+            "",
+            "1.2.3.4",
+            "1.2.3.4.5.6",
+            "a.b.c.d.e",
+            "1..3.0.1",
+            "1.2.3.1.1",
+            "1.2.3.0.4294967296",
+        ] {
+            assert_eq!(BatchPosition::parse(bad), None, "{bad:?}");
         }
     }
 }

@@ -1,9 +1,10 @@
 //! openraft's state machine: committed puts applied to a [`MessageStore`].
 //!
-//! Each put is appended with the store time its leader chose and its Raft log id in the
-//! [`PROPERTY_RAFT_LOG_ID`] property, so the record itself says how far the store has
-//! applied the log: after a crash the last applied id is read back from the log's tail,
-//! and entries the store lost (under async flush) are applied again, into the same bytes.
+//! Each put is appended with the store time its leader chose and its place in the Raft
+//! log ([`BatchPosition`]) in the [`PROPERTY_RAFT_LOG_ID`] property, so the record itself
+//! says how far the store has applied the log: after a crash the last applied entry is
+//! read back from the log's tail, the puts the store lost (under async flush) are applied
+//! again, into the same bytes, and an entry cut part-way resumes after its last stored put.
 //!
 //! ```text
 //! {dir}/applied      a hint: last applied id and the log's end then (rewritten per batch, not synced)
@@ -28,7 +29,7 @@ use rocketstore::{Error as StoreError, MessageStore};
 use serde::{Deserialize, Serialize};
 
 use crate::log_store::{read_json, write_atomic};
-use crate::request::{PutRequest, PutResponse, parse_log_id};
+use crate::request::{BatchPosition, BatchResponse, PutBatch, PutRequest, PutResponse};
 use crate::snapshot::{self, SnapshotData};
 use crate::{NodeId, PROPERTY_RAFT_LOG_ID, TypeConfig};
 
@@ -42,6 +43,10 @@ struct Applied {
     membership: Membership,
     /// The commit log's end after `last_applied`.
     end: u64,
+    /// The entry after `last_applied` when the store holds only its first puts (the
+    /// rest were lost in a crash): its index, and how many of its puts are stored.
+    #[serde(default)]
+    partial: Option<(u64, u32)>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -109,8 +114,9 @@ impl StateMachine {
         self.shared.applied.lock().last_applied
     }
 
-    async fn put(&self, req: &PutRequest, log_id: &LogId<NodeId>) -> StoreResult<PutResponse> {
-        let msg = req.to_message(log_id);
+    async fn put(&self, req: &PutRequest, at: BatchPosition) -> StoreResult<PutResponse> {
+        let msg = req.to_message(at);
+        let log_id = at.log_id;
         let mut backoff = Duration::from_millis(1);
         loop {
             match self
@@ -149,6 +155,33 @@ impl StateMachine {
                 Err(e) => return Err(StorageIOError::write_state_machine(&io_err(e)).into()),
             }
         }
+    }
+
+    async fn apply_batch(
+        &self,
+        batch: &PutBatch,
+        log_id: LogId<NodeId>,
+    ) -> StoreResult<BatchResponse> {
+        // After a crash that kept only the first puts of this entry: skip those.
+        let stored = match self.shared.applied.lock().partial {
+            Some((index, stored)) if index == log_id.index => stored as usize,
+            _ => 0,
+        };
+        let of = batch.puts.len() as u32;
+        let mut puts = Vec::with_capacity(batch.puts.len());
+        for (i, req) in batch.puts.iter().enumerate() {
+            if i < stored {
+                puts.push(PutResponse::AlreadyApplied);
+                continue;
+            }
+            let at = BatchPosition {
+                log_id,
+                at: i as u32,
+                of,
+            };
+            puts.push(self.put(req, at).await?);
+        }
+        Ok(BatchResponse { puts })
     }
 
     fn write_membership(&self, membership: &Membership) -> io::Result<()> {
@@ -208,6 +241,7 @@ fn recover(
             last_applied: s.meta.last_log_id,
             membership: s.meta.last_membership.clone(),
             end: s.end,
+            partial: None,
         },
         None => Applied {
             end: store.min_physical_offset(),
@@ -226,17 +260,22 @@ fn recover(
     while pos < end {
         match store.lookup_message(pos).map_err(io_err)? {
             Some(m) => {
-                let id = m
+                let at = m
                     .properties
                     .get(PROPERTY_RAFT_LOG_ID)
-                    .and_then(parse_log_id)
+                    .and_then(BatchPosition::parse)
                     .ok_or_else(|| {
                         io::Error::new(
                             io::ErrorKind::InvalidData,
                             format!("the record at {pos} was not applied from the raft log"),
                         )
                     })?;
-                base.last_applied = base.last_applied.max(Some(id));
+                if at.is_last() {
+                    base.last_applied = base.last_applied.max(Some(at.log_id));
+                    base.partial = None;
+                } else {
+                    base.partial = Some((at.log_id.index, at.at + 1));
+                }
                 pos += u64::from(m.total_size);
             }
             // A file's closing blank record: the log goes on in the next file.
@@ -291,26 +330,27 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         Ok((applied.last_applied, applied.membership.clone()))
     }
 
-    async fn apply<I>(&mut self, entries: I) -> StoreResult<Vec<PutResponse>>
+    async fn apply<I>(&mut self, entries: I) -> StoreResult<Vec<BatchResponse>>
     where
         I: IntoIterator<Item = Entry<TypeConfig>>,
     {
         let mut responses = Vec::new();
         for entry in entries {
             let response = match &entry.payload {
-                EntryPayload::Blank => PutResponse::None,
-                EntryPayload::Normal(req) => self.put(req, &entry.log_id).await?,
+                EntryPayload::Blank => BatchResponse::default(),
+                EntryPayload::Normal(batch) => self.apply_batch(batch, entry.log_id).await?,
                 EntryPayload::Membership(m) => {
                     let membership = StoredMembership::new(Some(entry.log_id), m.clone());
                     self.write_membership(&membership)
                         .map_err(|e| StorageIOError::write_state_machine(&e))?;
                     self.shared.applied.lock().membership = membership;
-                    PutResponse::None
+                    BatchResponse::default()
                 }
             };
             let mut applied = self.shared.applied.lock();
             applied.last_applied = Some(entry.log_id);
             applied.end = self.shared.store.max_physical_offset();
+            applied.partial = None;
             responses.push(response);
         }
         let applied = self.shared.applied.lock().clone();
@@ -369,6 +409,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             last_applied: meta.last_log_id,
             membership: meta.last_membership.clone(),
             end,
+            partial: None,
         };
         *self.shared.applied.lock() = applied.clone();
         *self.shared.snapshot.lock() = Some(record);

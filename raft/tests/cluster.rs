@@ -174,7 +174,8 @@ async fn a_deposed_leader_truncates_its_uncommitted_divergent_tail() {
                     Message::new(TOPIC, 0u32, Bytes::from(format!("stranded-{i}"))),
                     0,
                 );
-                raft.client_write(req).await
+                let batch = rocketstore_raft::PutBatch { puts: vec![req] };
+                raft.client_write(batch).await
             })
         })
         .collect();

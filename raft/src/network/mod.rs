@@ -5,3 +5,4 @@ mod memory;
 pub mod tcp;
 
 pub use memory::{Router, RouterNetwork};
+pub use tcp::TcpNetwork;

@@ -1,1 +1,393 @@
-//! TCP transport: placeholder replaced below.
+//! A TCP transport: Raft RPCs between nodes, and a small client protocol (put, read,
+//! status, initialize) for producers and tools.
+//!
+//! Each frame is `[len u32 BE][CBOR]`. A connection carries one request at a time; a
+//! node keeps one connection per peer and reconnects after an error. CBOR rather than
+//! JSON: bodies travel as byte strings, not arrays of numbers.
+
+use std::io;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use openraft::error::{InstallSnapshotError, RPCError, RaftError, RemoteError, Unreachable};
+use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
+use openraft::raft::{
+    AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
+    VoteRequest, VoteResponse,
+};
+use openraft::{BasicNode, LogId};
+use rocketstore::{GetStatus, Message};
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+use crate::{Error, NodeId, ReplicatedStore, TypeConfig};
+
+/// Frames larger than this are refused (a snapshot chunk is at most openraft's
+/// `snapshot_max_chunk_size`, 3 MiB by default).
+pub const MAX_FRAME: usize = 64 << 20;
+
+/// A request to a node.
+#[derive(Serialize, Deserialize)]
+pub enum Request {
+    /// Raft: append entries.
+    Append(AppendEntriesRequest<TypeConfig>),
+    /// Raft: a snapshot chunk.
+    Snapshot(InstallSnapshotRequest<TypeConfig>),
+    /// Raft: a vote.
+    Vote(VoteRequest<NodeId>),
+    /// Client: put a message through this node (it must lead).
+    Put {
+        /// Topic.
+        topic: String,
+        /// Queue.
+        queue_id: u32,
+        /// Body.
+        body: Bytes,
+    },
+    /// Client: up to `max` messages of a queue from `offset`, from this replica.
+    Read {
+        /// Topic.
+        topic: String,
+        /// Queue.
+        queue_id: u32,
+        /// First queue offset.
+        offset: u64,
+        /// At most this many.
+        max: u32,
+    },
+    /// Client: this node's view of the cluster.
+    Status,
+    /// Client: make a new cluster of these members (id, address).
+    Initialize(Vec<(NodeId, String)>),
+}
+
+/// A node's answer.
+#[derive(Serialize, Deserialize)]
+pub enum Response {
+    /// To [`Request::Append`].
+    Append(Result<AppendEntriesResponse<NodeId>, RaftError<NodeId>>),
+    /// To [`Request::Snapshot`].
+    Snapshot(Result<InstallSnapshotResponse<NodeId>, RaftError<NodeId, InstallSnapshotError>>),
+    /// To [`Request::Vote`].
+    Vote(Result<VoteResponse<NodeId>, RaftError<NodeId>>),
+    /// To [`Request::Put`].
+    Put(Result<Acked, PutRefused>),
+    /// To [`Request::Read`]: (queue offset, body) pairs.
+    Read(Vec<(u64, Bytes)>),
+    /// To [`Request::Status`].
+    Status(Status),
+    /// To [`Request::Initialize`]: an error's text, if any.
+    Initialize(Option<String>),
+}
+
+/// An acknowledged put, as a client sees it.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
+pub struct Acked {
+    /// Its Raft log id.
+    pub log_id: LogId<NodeId>,
+    /// Its queue offset, on every replica.
+    pub queue_offset: u64,
+    /// Its commit-log offset, on every replica.
+    pub physical_offset: u64,
+}
+
+/// Why a put was not acknowledged.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub enum PutRefused {
+    /// This node does not lead; the leader it knows of.
+    NotLeader(Option<NodeId>),
+    /// Every replica refuses the message.
+    Rejected(String),
+    /// Anything else: the put may or may not have been committed.
+    Failed(String),
+}
+
+/// A node's view of the cluster.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Status {
+    /// The node.
+    pub id: NodeId,
+    /// The leader it knows of.
+    pub leader: Option<NodeId>,
+    /// Its current term.
+    pub term: u64,
+    /// The last log id it applied.
+    pub last_applied: Option<LogId<NodeId>>,
+}
+
+async fn write_frame<T: Serialize>(stream: &mut TcpStream, value: &T) -> io::Result<()> {
+    let mut buf = vec![0u8; 4];
+    ciborium::into_writer(value, &mut buf).map_err(io::Error::other)?;
+    let len = (buf.len() - 4) as u32;
+    buf[..4].copy_from_slice(&len.to_be_bytes());
+    stream.write_all(&buf).await
+}
+
+async fn read_frame<T: DeserializeOwned>(stream: &mut TcpStream) -> io::Result<T> {
+    let len = stream.read_u32().await? as usize;
+    if len > MAX_FRAME {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("a frame of {len} bytes"),
+        ));
+    }
+    let mut buf = vec![0; len];
+    stream.read_exact(&mut buf).await?;
+    ciborium::from_reader(&buf[..]).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
+}
+
+/// One connection to a node, reconnecting after an error.
+pub struct Client {
+    addr: String,
+    stream: Option<TcpStream>,
+}
+
+impl Client {
+    /// A client of the node at `addr` (connects at first use).
+    pub fn new(addr: impl Into<String>) -> Client {
+        Client {
+            addr: addr.into(),
+            stream: None,
+        }
+    }
+
+    /// Sends `req` and waits for the answer, at most `timeout`.
+    pub async fn call(&mut self, req: &Request, timeout: Duration) -> io::Result<Response> {
+        let result = tokio::time::timeout(timeout, self.call_inner(req)).await;
+        let result = result
+            .unwrap_or_else(|_| Err(io::Error::new(io::ErrorKind::TimedOut, "rpc timed out")));
+        if result.is_err() {
+            // The stream may hold half a frame: never reuse it.
+            self.stream = None;
+        }
+        result
+    }
+
+    async fn call_inner(&mut self, req: &Request) -> io::Result<Response> {
+        if self.stream.is_none() {
+            let stream = TcpStream::connect(&self.addr).await?;
+            stream.set_nodelay(true)?;
+            self.stream = Some(stream);
+        }
+        let stream = self.stream.as_mut().expect("connected above");
+        write_frame(stream, req).await?;
+        read_frame(stream).await
+    }
+
+    /// Puts a message through this node.
+    pub async fn put(
+        &mut self,
+        topic: &str,
+        queue_id: u32,
+        body: Bytes,
+        timeout: Duration,
+    ) -> io::Result<Result<Acked, PutRefused>> {
+        let req = Request::Put {
+            topic: topic.to_string(),
+            queue_id,
+            body,
+        };
+        match self.call(&req, timeout).await? {
+            Response::Put(r) => Ok(r),
+            _ => Err(unexpected()),
+        }
+    }
+
+    /// Up to `max` messages of a queue from `offset`, as this replica holds them.
+    pub async fn read(
+        &mut self,
+        topic: &str,
+        queue_id: u32,
+        offset: u64,
+        max: u32,
+    ) -> io::Result<Vec<(u64, Bytes)>> {
+        let req = Request::Read {
+            topic: topic.to_string(),
+            queue_id,
+            offset,
+            max,
+        };
+        match self.call(&req, Duration::from_secs(10)).await? {
+            Response::Read(r) => Ok(r),
+            _ => Err(unexpected()),
+        }
+    }
+
+    /// The node's view of the cluster.
+    pub async fn status(&mut self) -> io::Result<Status> {
+        match self.call(&Request::Status, Duration::from_secs(2)).await? {
+            Response::Status(s) => Ok(s),
+            _ => Err(unexpected()),
+        }
+    }
+
+    /// Makes a new cluster of `members`, through this node.
+    pub async fn initialize(&mut self, members: Vec<(NodeId, String)>) -> io::Result<()> {
+        match self
+            .call(&Request::Initialize(members), Duration::from_secs(10))
+            .await?
+        {
+            Response::Initialize(None) => Ok(()),
+            Response::Initialize(Some(e)) => Err(io::Error::other(e)),
+            _ => Err(unexpected()),
+        }
+    }
+}
+
+fn unexpected() -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, "an answer to another request")
+}
+
+/// Serves Raft RPCs and client requests for `node` on `listener`, until the listener
+/// fails.
+pub async fn serve(listener: TcpListener, node: Arc<ReplicatedStore>) -> io::Result<()> {
+    loop {
+        let (mut stream, _) = listener.accept().await?;
+        stream.set_nodelay(true)?;
+        let node = Arc::clone(&node);
+        tokio::spawn(async move {
+            while let Ok(req) = read_frame::<Request>(&mut stream).await {
+                let resp = handle(&node, req).await;
+                if write_frame(&mut stream, &resp).await.is_err() {
+                    break;
+                }
+            }
+        });
+    }
+}
+
+async fn handle(node: &ReplicatedStore, req: Request) -> Response {
+    let raft = node.raft();
+    match req {
+        Request::Append(r) => Response::Append(raft.append_entries(r).await),
+        Request::Snapshot(r) => Response::Snapshot(raft.install_snapshot(r).await),
+        Request::Vote(r) => Response::Vote(raft.vote(r).await),
+        Request::Put {
+            topic,
+            queue_id,
+            body,
+        } => Response::Put(match node.put(Message::new(topic, queue_id, body)).await {
+            Ok(p) => Ok(Acked {
+                log_id: p.log_id,
+                queue_offset: p.queue_offset,
+                physical_offset: p.physical_offset,
+            }),
+            Err(Error::NotLeader { leader }) => Err(PutRefused::NotLeader(leader)),
+            Err(Error::Rejected(r)) => Err(PutRefused::Rejected(r)),
+            Err(e) => Err(PutRefused::Failed(e.to_string())),
+        }),
+        Request::Read {
+            topic,
+            queue_id,
+            offset,
+            max,
+        } => {
+            let got = node
+                .store()
+                .get_message(&topic, queue_id, offset, max as usize);
+            Response::Read(match got {
+                Ok(g) if g.status == GetStatus::Found => g
+                    .messages
+                    .into_iter()
+                    .map(|m| (m.queue_offset, m.body))
+                    .collect(),
+                _ => Vec::new(),
+            })
+        }
+        Request::Status => {
+            let m = raft.metrics().borrow().clone();
+            Response::Status(Status {
+                id: m.id,
+                leader: m.current_leader,
+                term: m.current_term,
+                last_applied: m.last_applied,
+            })
+        }
+        Request::Initialize(members) => {
+            Response::Initialize(node.initialize(members).await.err().map(|e| e.to_string()))
+        }
+    }
+}
+
+/// Node-to-node Raft RPCs over TCP; peers are reached at their `BasicNode` address.
+#[derive(Clone, Default)]
+pub struct TcpNetwork;
+
+impl RaftNetworkFactory<TypeConfig> for TcpNetwork {
+    type Network = TcpPeer;
+
+    async fn new_client(&mut self, target: NodeId, node: &BasicNode) -> TcpPeer {
+        TcpPeer {
+            target,
+            client: Client::new(node.addr.clone()),
+        }
+    }
+}
+
+/// The connection to one peer.
+pub struct TcpPeer {
+    target: NodeId,
+    client: Client,
+}
+
+type RpcError<E = openraft::error::Infallible> = RPCError<NodeId, BasicNode, RaftError<NodeId, E>>;
+
+impl TcpPeer {
+    async fn rpc<T, E: std::error::Error>(
+        &mut self,
+        req: Request,
+        option: &RPCOption,
+        pick: impl FnOnce(Response) -> Option<Result<T, RaftError<NodeId, E>>>,
+    ) -> Result<T, RpcError<E>> {
+        let resp = self
+            .client
+            .call(&req, option.hard_ttl())
+            .await
+            .map_err(|e| RPCError::Unreachable(Unreachable::new(&e)))?;
+        match pick(resp) {
+            Some(r) => r.map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e))),
+            None => Err(RPCError::Unreachable(Unreachable::new(&unexpected()))),
+        }
+    }
+}
+
+impl RaftNetwork<TypeConfig> for TcpPeer {
+    async fn append_entries(
+        &mut self,
+        req: AppendEntriesRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<AppendEntriesResponse<NodeId>, RpcError> {
+        self.rpc(Request::Append(req), &option, |r| match r {
+            Response::Append(r) => Some(r),
+            _ => None,
+        })
+        .await
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        req: InstallSnapshotRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<InstallSnapshotResponse<NodeId>, RpcError<InstallSnapshotError>> {
+        self.rpc(Request::Snapshot(req), &option, |r| match r {
+            Response::Snapshot(r) => Some(r),
+            _ => None,
+        })
+        .await
+    }
+
+    async fn vote(
+        &mut self,
+        req: VoteRequest<NodeId>,
+        option: RPCOption,
+    ) -> Result<VoteResponse<NodeId>, RpcError> {
+        self.rpc(Request::Vote(req), &option, |r| match r {
+            Response::Vote(r) => Some(r),
+            _ => None,
+        })
+        .await
+    }
+}
