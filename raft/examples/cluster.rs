@@ -174,7 +174,7 @@ struct Acks {
 async fn drive(args: Args) {
     let temp = match &args.dir {
         Some(_) => None,
-        None => Some(tempfile::tempdir_in(".").expect("a temporary directory")),
+        None => Some(tempfile::tempdir().expect("a temporary directory")),
     };
     let dir = args
         .dir

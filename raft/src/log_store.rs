@@ -59,6 +59,7 @@ struct Loc {
 struct Inner {
     dir: PathBuf,
     segments: Vec<Segment>,
+    segment_bytes: u64,
     entries: BTreeMap<u64, Loc>,
     last_purged: Option<LogId<NodeId>>,
     vote: Option<Vote<NodeId>>,
@@ -113,6 +114,10 @@ impl LogStore {
     /// segment. A damaged frame before that, or entries that do not follow each other,
     /// refuse the open.
     pub fn open(dir: &Path) -> io::Result<LogStore> {
+        LogStore::open_sized(dir, SEGMENT_BYTES)
+    }
+
+    fn open_sized(dir: &Path, segment_bytes: u64) -> io::Result<LogStore> {
         fs::create_dir_all(segment_dir(dir))?;
         let vote = read_json(&dir.join("vote"))?;
         let last_purged: Option<LogId<NodeId>> = read_json(&dir.join("purged"))?;
@@ -131,6 +136,7 @@ impl LogStore {
         let mut inner = Inner {
             dir: dir.to_path_buf(),
             segments: Vec::new(),
+            segment_bytes,
             entries: BTreeMap::new(),
             last_purged,
             vote,
@@ -260,7 +266,10 @@ impl Inner {
     fn write(&mut self, frames: &[(LogId<NodeId>, Vec<u8>)]) -> io::Result<Vec<Arc<File>>> {
         let mut touched: Vec<Arc<File>> = Vec::new();
         for (log_id, frame) in frames {
-            let full = self.segments.last().is_none_or(|s| s.len >= SEGMENT_BYTES);
+            let full = self
+                .segments
+                .last()
+                .is_none_or(|s| s.len >= self.segment_bytes);
             if full {
                 if let Some(last) = self.segments.last() {
                     // Only the last segment may ever end torn.
@@ -501,5 +510,136 @@ mod flusher {
                 let _ = tx.send((files, callback));
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use openraft::{CommittedLeaderId, EntryPayload};
+
+    use super::*;
+
+    fn entry(term: u64, index: u64) -> Entry<TypeConfig> {
+        let put = crate::PutRequest::new(
+            rocketstore::Message::new("T", 0u32, format!("entry {index} of term {term}")),
+            index as i64,
+        );
+        Entry {
+            log_id: LogId::new(CommittedLeaderId::new(term, 1), index),
+            payload: EntryPayload::Normal(crate::PutBatch { puts: vec![put] }),
+        }
+    }
+
+    fn write(log: &LogStore, entries: &[Entry<TypeConfig>]) {
+        let frames: Vec<_> = entries.iter().map(|e| (e.log_id, frame(e))).collect();
+        let files = log.inner.lock().write(&frames).unwrap();
+        files.iter().for_each(|f| f.sync_data().unwrap());
+    }
+
+    fn all(log: &LogStore) -> Vec<Entry<TypeConfig>> {
+        log.entries(..).unwrap()
+    }
+
+    fn segments(dir: &Path) -> Vec<u64> {
+        let mut v: Vec<u64> = fs::read_dir(segment_dir(dir))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().parse().unwrap())
+            .collect();
+        v.sort_unstable();
+        v
+    }
+
+    const SMALL: u64 = 1024;
+
+    #[test]
+    fn entries_survive_reopen_across_segments() {
+        let dir = tempfile::tempdir().unwrap();
+        let entries: Vec<_> = (1..=60).map(|i| entry(1 + i / 20, i)).collect();
+        {
+            let log = LogStore::open_sized(dir.path(), SMALL).unwrap();
+            write(&log, &entries);
+            assert_eq!(all(&log), entries);
+        }
+        assert!(segments(dir.path()).len() > 3, "small segments roll");
+        let log = LogStore::open_sized(dir.path(), SMALL).unwrap();
+        assert_eq!(all(&log), entries);
+        assert_eq!(log.entries(10..13).unwrap(), entries[9..12].to_vec());
+        assert_eq!(log.last_log_id(), Some(entries[59].log_id));
+    }
+
+    #[test]
+    fn a_torn_last_frame_is_cut_and_damage_before_it_refuses_the_open() {
+        let dir = tempfile::tempdir().unwrap();
+        let entries: Vec<_> = (1..=30).map(|i| entry(1, i)).collect();
+        {
+            let log = LogStore::open_sized(dir.path(), SMALL).unwrap();
+            write(&log, &entries);
+        }
+        let segs = segments(dir.path());
+        let last = segment_path(dir.path(), *segs.last().unwrap());
+        let len = fs::metadata(&last).unwrap().len();
+        // A frame cut short: the last entry was never synced, so never reported.
+        let file = OpenOptions::new().write(true).open(&last).unwrap();
+        file.set_len(len - 3).unwrap();
+        let log = LogStore::open_sized(dir.path(), SMALL).unwrap();
+        assert_eq!(all(&log), entries[..29].to_vec());
+        drop(log);
+        // Appending goes on where the cut was.
+        let replacement = entry(2, 30);
+        {
+            let log = LogStore::open_sized(dir.path(), SMALL).unwrap();
+            write(&log, std::slice::from_ref(&replacement));
+        }
+        let log = LogStore::open_sized(dir.path(), SMALL).unwrap();
+        assert_eq!(all(&log).last().unwrap(), &replacement);
+        drop(log);
+        // A flipped byte in an earlier segment is damage, not a torn tail.
+        let first = segment_path(dir.path(), segs[0]);
+        let mut bytes = fs::read(&first).unwrap();
+        bytes[20] ^= 0xFF;
+        fs::write(&first, bytes).unwrap();
+        let err = LogStore::open_sized(dir.path(), SMALL)
+            .err()
+            .expect("refused");
+        assert_eq!(err.kind(), io::ErrorKind::InvalidData, "{err}");
+    }
+
+    #[test]
+    fn truncate_and_purge_are_durable() {
+        let dir = tempfile::tempdir().unwrap();
+        let entries: Vec<_> = (1..=60).map(|i| entry(1, i)).collect();
+        {
+            let log = LogStore::open_sized(dir.path(), SMALL).unwrap();
+            write(&log, &entries);
+            // Cut back into an earlier segment, then write a new term's entries there.
+            log.inner.lock().truncate(25).unwrap();
+            assert_eq!(all(&log), entries[..24].to_vec());
+            write(&log, &(25..=40).map(|i| entry(3, i)).collect::<Vec<_>>());
+            log.inner.lock().purge(entries[17].log_id).unwrap();
+        }
+        let log = LogStore::open_sized(dir.path(), SMALL).unwrap();
+        let got = all(&log);
+        assert_eq!(got.first().unwrap().log_id.index, 19);
+        assert_eq!(got.len(), 40 - 18);
+        assert!(
+            got.iter()
+                .all(|e| (e.log_id.index <= 24) == (e.log_id.leader_id.term == 1))
+        );
+        assert_eq!(log.inner.lock().last_purged, Some(entries[17].log_id));
+        let first_segment = segments(dir.path())[0];
+        assert!(
+            first_segment > 1 && first_segment <= 19,
+            "purged segments are deleted"
+        );
+    }
+
+    #[test]
+    fn entries_that_do_not_follow_each_other_refuse_the_open() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let log = LogStore::open_sized(dir.path(), 1 << 20).unwrap();
+            write(&log, &[entry(1, 1), entry(1, 2), entry(1, 4)]);
+        }
+        assert!(LogStore::open_sized(dir.path(), 1 << 20).is_err());
     }
 }
