@@ -365,6 +365,15 @@ async fn drive(args: Args) {
         );
         lost = lost.max(missing);
     }
+    // Bytes written per acknowledged message on the survivors: Raft log and commit log.
+    let (mut raft_bytes, mut log_bytes) = (0u64, 0u64);
+    for id in &alive {
+        if let Ok(s) = Client::new(addr(&args, *id)).status().await {
+            raft_bytes = raft_bytes.max(s.raft_log_bytes);
+            log_bytes = log_bytes.max(s.log_end);
+        }
+    }
+    let per = |b: u64| b as f64 / acks.acked.len().max(1) as f64;
     let mut lat = acks.latencies_us.clone();
     lat.sort_unstable();
     let p99 = lat
@@ -373,11 +382,13 @@ async fn drive(args: Args) {
         .unwrap_or(0);
     let failover_ms = failover.lock().map(|d| d.as_secs_f64() * 1e3);
     println!(
-        "{{\"acked\":{},\"lost\":{lost},\"msgs_per_s\":{:.0},\"p99_ack_ms\":{:.2},\"failover_ms\":{},\"nodes\":{},\"body\":{},\"producers\":{}}}",
+        "{{\"acked\":{},\"lost\":{lost},\"msgs_per_s\":{:.0},\"p99_ack_ms\":{:.2},\"failover_ms\":{},\"raft_log_bytes_per_msg\":{:.0},\"commit_log_bytes_per_msg\":{:.0},\"nodes\":{},\"body\":{},\"producers\":{}}}",
         acks.acked.len(),
         acks.acked.len() as f64 / elapsed.as_secs_f64(),
         p99 as f64 / 1e3,
         failover_ms.map_or("null".to_string(), |f| format!("{f:.0}")),
+        per(raft_bytes),
+        per(log_bytes),
         args.nodes,
         args.body,
         args.producers

@@ -60,6 +60,8 @@ struct Inner {
     dir: PathBuf,
     segments: Vec<Segment>,
     segment_bytes: u64,
+    /// Frame bytes appended since open.
+    bytes_written: u64,
     entries: BTreeMap<u64, Loc>,
     last_purged: Option<LogId<NodeId>>,
     vote: Option<Vote<NodeId>>,
@@ -137,6 +139,7 @@ impl LogStore {
             dir: dir.to_path_buf(),
             segments: Vec::new(),
             segment_bytes,
+            bytes_written: 0,
             entries: BTreeMap::new(),
             last_purged,
             vote,
@@ -156,6 +159,11 @@ impl LogStore {
     /// again, since openraft handles one append at a time and each costs a sync.
     pub(crate) fn append_progress(&self) -> (u64, tokio::sync::watch::Receiver<u64>) {
         self.flush.progress()
+    }
+
+    /// Bytes of frames appended since this log was opened.
+    pub fn bytes_written(&self) -> u64 {
+        self.inner.lock().bytes_written
     }
 
     /// The last log id present, if any (for tests and the operator).
@@ -303,6 +311,7 @@ impl Inner {
                 },
             );
             segment.len += frame.len() as u64;
+            self.bytes_written += frame.len() as u64;
             if !touched.iter().any(|f| Arc::ptr_eq(f, &segment.file)) {
                 touched.push(Arc::clone(&segment.file));
             }

@@ -116,6 +116,10 @@ pub struct Status {
     pub term: u64,
     /// The last log id it applied.
     pub last_applied: Option<LogId<NodeId>>,
+    /// Its commit log's end.
+    pub log_end: u64,
+    /// Bytes its Raft log appended since it started.
+    pub raft_log_bytes: u64,
 }
 
 async fn write_frame<T: Serialize>(stream: &mut TcpStream, value: &T) -> io::Result<()> {
@@ -304,6 +308,8 @@ async fn handle(node: &ReplicatedStore, req: Request) -> Response {
                 leader: m.current_leader,
                 term: m.current_term,
                 last_applied: m.last_applied,
+                log_end: node.store().max_physical_offset(),
+                raft_log_bytes: node.log().bytes_written(),
             })
         }
         Request::Initialize(members) => {
