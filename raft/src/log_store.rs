@@ -77,7 +77,7 @@ fn segment_path(dir: &Path, first_index: u64) -> PathBuf {
     segment_dir(dir).join(format!("{first_index:020}"))
 }
 
-fn sync_dir(dir: &Path) -> io::Result<()> {
+pub(crate) fn sync_dir(dir: &Path) -> io::Result<()> {
     File::open(dir)?.sync_all()
 }
 
@@ -227,11 +227,17 @@ impl Inner {
                 break;
             };
             let index = entry.log_id.index;
-            let expected = self
-                .entries
-                .last_key_value()
-                .map(|(i, _)| i + 1)
-                .unwrap_or(first);
+            let purged = self.last_purged.map(|p| p.index);
+            if purged.is_some_and(|p| index <= p) {
+                // Purged: no longer part of the log, whatever follows it.
+                at += FRAME_HEADER + frame.len();
+                continue;
+            }
+            let expected = match (self.entries.last_key_value(), purged) {
+                (Some((i, _)), _) => i + 1,
+                (None, Some(p)) => p + 1,
+                (None, None) => first,
+            };
             if index != expected {
                 return Err(corrupt(&path, format!("index {index} follows {expected}")));
             }
@@ -346,6 +352,15 @@ impl Inner {
         write_atomic(&self.dir.join("purged"), &bytes)?;
         self.last_purged = Some(log_id);
         self.entries = self.entries.split_off(&(log_id.index + 1));
+        if self.entries.is_empty() {
+            // Purged past the last entry (a snapshot installed on a follower far behind):
+            // nothing is left, and the next entry starts a segment of its own, so no
+            // segment mixes the old entries with ones that do not follow them.
+            for gone in self.segments.drain(..) {
+                fs::remove_file(segment_path(&self.dir, gone.first_index))?;
+            }
+            return sync_dir(&segment_dir(&self.dir));
+        }
         while self.segments.len() > 1 && self.segments[1].first_index <= log_id.index + 1 {
             let gone = self.segments.remove(0);
             fs::remove_file(segment_path(&self.dir, gone.first_index))?;
@@ -640,6 +655,39 @@ mod tests {
             first_segment > 1 && first_segment <= 19,
             "purged segments are deleted"
         );
+    }
+
+    #[test]
+    fn a_purge_past_the_last_entry_leaves_a_log_that_goes_on_and_reopens() {
+        let dir = tempfile::tempdir().unwrap();
+        let old: Vec<_> = (1..=22).map(|i| entry(1, i)).collect();
+        let new: Vec<_> = (221..=230).map(|i| entry(2, i)).collect();
+        {
+            let log = LogStore::open_sized(dir.path(), 1 << 20).unwrap();
+            write(&log, &old);
+            // A snapshot at 220 was installed: the log is purged past its end.
+            log.inner.lock().purge(entry(2, 220).log_id).unwrap();
+            assert!(all(&log).is_empty());
+            assert_eq!(log.last_log_id(), Some(entry(2, 220).log_id));
+            write(&log, &new);
+        }
+        let log = LogStore::open_sized(dir.path(), 1 << 20).unwrap();
+        assert_eq!(all(&log), new);
+        drop(log);
+        // A crash between recording the purge and deleting the segment left the old
+        // entries in front of the new ones in one file: they are skipped, not a gap.
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let log = LogStore::open_sized(dir.path(), 1 << 20).unwrap();
+            write(&log, &old);
+            let bytes = serde_json::to_vec(&entry(2, 220).log_id).unwrap();
+            write_atomic(&dir.path().join("purged"), &bytes).unwrap();
+            log.inner.lock().last_purged = Some(entry(2, 220).log_id);
+            log.inner.lock().entries.clear();
+            write(&log, &new);
+        }
+        let log = LogStore::open_sized(dir.path(), 1 << 20).unwrap();
+        assert_eq!(all(&log), new);
     }
 
     #[test]

@@ -188,8 +188,18 @@ impl ReplicatedStore {
     where
         N: RaftNetworkFactory<TypeConfig>,
     {
+        if store_config.read_confirmed_only {
+            // Raft decides what is committed; readers limited to a confirm offset nobody
+            // sets would see nothing, and recovery could not read the store's tail.
+            return Err(Error::Store(rocketstore::Error::InvalidConfig {
+                reason:
+                    "read_confirmed_only has no place under Raft: only committed puts are applied"
+                        .into(),
+            }));
+        }
         let dir = raft_dir.to_path_buf();
         let (store, log, state_machine) = tokio::task::spawn_blocking(move || {
+            crate::state_machine::roll_back_unfinished_install(&dir.join("state"), &store_config)?;
             let store = Arc::new(MessageStore::open(store_config)?);
             let log = LogStore::open(&dir.join("log"))?;
             let state_machine = StateMachine::open(Arc::clone(&store), &dir.join("state"))?;
@@ -274,10 +284,22 @@ impl ReplicatedStore {
 
     /// Puts `msg` through the Raft log: resolves once a majority holds it durably and
     /// this node (the leader) has applied it. The store time is chosen here, by the
-    /// leader, and every replica records it. Puts made meanwhile travel in one Raft
+    /// leader, and every replica records it. A message carrying the reserved
+    /// [`crate::PROPERTY_RAFT_LOG_ID`] property is refused ([`Error::Rejected`]). Puts
+    /// made meanwhile travel in one Raft
     /// entry. On a follower: [`Error::NotLeader`]. An [`Error::Raft`] (a leader change
     /// part-way, a shutdown) leaves the outcome unknown: the put may yet be applied.
     pub async fn put(&self, msg: Message) -> Result<Put, Error> {
+        if msg
+            .properties
+            .iter()
+            .any(|(name, _)| name == crate::PROPERTY_RAFT_LOG_ID)
+        {
+            return Err(Error::Rejected(format!(
+                "the {} property is reserved for the replication layer",
+                crate::PROPERTY_RAFT_LOG_ID
+            )));
+        }
         let (done, outcome) = oneshot::channel();
         let req = PutRequest::new(msg, now_ms());
         self.proposals

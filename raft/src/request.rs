@@ -72,6 +72,10 @@ impl PutRequest {
         msg.sys_flag = self.sys_flag;
         msg.reconsume_times = self.reconsume_times;
         msg.prepared_transaction_offset = self.prepared_transaction_offset;
+        // The property is ours: a copy a producer set (refused at the leader, but an
+        // entry may come from elsewhere) must never pass for the record's position.
+        msg.properties
+            .retain(|(name, _)| name != crate::PROPERTY_RAFT_LOG_ID);
         msg.with_property(crate::PROPERTY_RAFT_LOG_ID, at.to_string())
     }
 }
@@ -351,6 +355,36 @@ mod tests {
             buf.push(0);
             assert_eq!(decode_entry(&buf), None);
         }
+    }
+
+    #[test]
+    fn a_forged_position_never_reaches_the_record() {
+        let mut msg = Message::new("T", 0u32, Bytes::from_static(b"x"));
+        msg.properties = vec![
+            (crate::PROPERTY_RAFT_LOG_ID.into(), "1.1.1.0.1".into()),
+            ("a".into(), "b".into()),
+            (
+                crate::PROPERTY_RAFT_LOG_ID.into(),
+                "999.1.999999.0.1".into(),
+            ),
+        ];
+        let at = BatchPosition {
+            log_id: id(3, 2, 40),
+            at: 1,
+            of: 4,
+        };
+        let stored = PutRequest::new(msg, 0).to_message(at);
+        let ours: Vec<_> = stored
+            .properties
+            .iter()
+            .filter(|(n, _)| n == crate::PROPERTY_RAFT_LOG_ID)
+            .collect();
+        assert_eq!(ours.len(), 1);
+        assert_eq!(
+            stored.property(crate::PROPERTY_RAFT_LOG_ID),
+            Some("3.2.40.1.4")
+        );
+        assert_eq!(stored.property("a"), Some("b"));
     }
 
     #[test]

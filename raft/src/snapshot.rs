@@ -6,7 +6,7 @@
 //! building one costs a flush and nothing else. Its stream is
 //!
 //! ```text
-//! [b"RSSNAP01"][start u64][end u64][file size u64]   then the log's bytes [start, end)
+//! [b"RSSNAP02"][start u64][end u64][file size u64][last store time i64]   then the log's bytes [start, end)
 //! ```
 //!
 //! in log order, a file's closing blank record followed by zeros to the file's end. The
@@ -27,9 +27,9 @@ use rocketstore::MessageStore;
 use rocketstore::format::{BLANK_MAGIC, BLANK_RECORD_LEN};
 use tokio::io::{AsyncRead, AsyncSeek, AsyncWrite, ReadBuf};
 
-const MAGIC: &[u8; 8] = b"RSSNAP01";
+const MAGIC: &[u8; 8] = b"RSSNAP02";
 /// Length of the stream's header.
-pub const HEADER_LEN: u64 = 32;
+pub const HEADER_LEN: u64 = 40;
 const READ_CHUNK: usize = 1 << 20;
 const APPEND_CHUNK: usize = 4 << 20;
 
@@ -47,10 +47,17 @@ pub enum SnapshotData {
 }
 
 impl SnapshotData {
-    /// The stream of `store`'s log range `[start, end)`.
-    pub fn source(store: Arc<MessageStore>, start: u64, end: u64) -> SnapshotData {
+    /// The stream of `store`'s log range `[start, end)`, whose last record's store time
+    /// is `last_store_time`.
+    pub fn source(
+        store: Arc<MessageStore>,
+        start: u64,
+        end: u64,
+        last_store_time: i64,
+    ) -> SnapshotData {
+        let file_size = store.config().commit_log_file_size;
         SnapshotData::Source(LogStream {
-            header: header(start, end, store.config().commit_log_file_size),
+            header: header(start, end, file_size, last_store_time),
             store,
             start,
             end,
@@ -73,12 +80,13 @@ impl SnapshotData {
     }
 }
 
-fn header(start: u64, end: u64, file_size: u64) -> [u8; HEADER_LEN as usize] {
+fn header(start: u64, end: u64, file_size: u64, last_store_time: i64) -> [u8; HEADER_LEN as usize] {
     let mut h = [0u8; HEADER_LEN as usize];
     h[..8].copy_from_slice(MAGIC);
     h[8..16].copy_from_slice(&start.to_be_bytes());
     h[16..24].copy_from_slice(&end.to_be_bytes());
     h[24..32].copy_from_slice(&file_size.to_be_bytes());
+    h[32..40].copy_from_slice(&last_store_time.to_be_bytes());
     h
 }
 
@@ -140,7 +148,9 @@ impl LogStream {
         let file_end = |o: u64| (o / file_size + 1) * file_size;
         let mut from = match &self.chunk {
             Chunk::Data { at: s, bytes } if s + bytes.len() as u64 == at => {
-                if ends_with_blank(bytes) {
+                // After a closing blank record come zeros to the file's end, if any room
+                // is left (an empty chunk would read as the stream's end).
+                if ends_with_blank(bytes) && at < file_end(*s) {
                     self.chunk = Chunk::Zeros {
                         at,
                         to: file_end(*s),
@@ -182,6 +192,13 @@ impl LogStream {
             from = if blank { file_end(from) } else { next };
         }
     }
+}
+
+/// Whether `bytes`, read from the log at a record's start, are a file's closing blank
+/// record.
+pub(crate) fn is_blank(bytes: &[u8]) -> bool {
+    bytes.len() >= BLANK_RECORD_LEN
+        && u32::from_be_bytes(bytes[4..8].try_into().expect("4 bytes")) == BLANK_MAGIC
 }
 
 /// Whether `bytes`, whole records as read from the log, end with a file's closing blank
@@ -337,6 +354,8 @@ pub struct StreamHeader {
     pub end: u64,
     /// The sender's commit-log file size.
     pub file_size: u64,
+    /// The store time of the stream's last record.
+    pub last_store_time: i64,
 }
 
 fn invalid(what: impl Into<String>) -> io::Error {
@@ -355,6 +374,7 @@ pub fn read_header(file: &File) -> io::Result<StreamHeader> {
         start: word(8),
         end: word(16),
         file_size: word(24),
+        last_store_time: word(32) as i64,
     };
     if header.start > header.end || header.file_size == 0 {
         return Err(invalid(format!(

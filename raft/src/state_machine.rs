@@ -28,7 +28,7 @@ use parking_lot::Mutex;
 use rocketstore::{Error as StoreError, MessageStore};
 use serde::{Deserialize, Serialize};
 
-use crate::log_store::{read_json, write_atomic};
+use crate::log_store::{read_json, sync_dir, write_atomic};
 use crate::request::{BatchPosition, BatchResponse, PutBatch, PutRequest, PutResponse};
 use crate::snapshot::{self, SnapshotData};
 use crate::{NodeId, PROPERTY_RAFT_LOG_ID, TypeConfig};
@@ -47,12 +47,58 @@ struct Applied {
     /// rest were lost in a crash): its index, and how many of its puts are stored.
     #[serde(default)]
     partial: Option<(u64, u32)>,
+    /// The store time of the last record. Every replica raises a put's time to it
+    /// itself, rather than trusting the store's own memory of it (which a reopen whose
+    /// last file holds no record does not have), so all of them store the same time.
+    #[serde(default)]
+    last_store_time: i64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 struct SnapshotRecord {
     meta: SnapshotMeta<NodeId, BasicNode>,
     end: u64,
+    #[serde(default)]
+    last_store_time: i64,
+}
+
+/// Written before a snapshot's bytes are appended and removed once its record is: after
+/// a crash in between, [`roll_back_unfinished_install`] cuts the store back to `from`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Installing {
+    meta: SnapshotMeta<NodeId, BasicNode>,
+    from: u64,
+}
+
+/// Undoes a snapshot install a crash interrupted, on the closed store: its log is cut
+/// back to where the install began (the leader sends the snapshot again). Without this
+/// the store would hold the snapshot's records, and so claim its entries, while the
+/// membership they carry was never recorded. Call before the store opens.
+pub(crate) fn roll_back_unfinished_install(
+    dir: &Path,
+    store_config: &rocketstore::StoreConfig,
+) -> io::Result<()> {
+    let path = dir.join("installing");
+    let Some(installing) = read_json::<Installing>(&path)? else {
+        return Ok(());
+    };
+    let done = read_json::<SnapshotRecord>(&dir.join("snapshot"))?
+        .is_some_and(|s| s.meta.last_log_id >= installing.meta.last_log_id);
+    if !done {
+        log::warn!(
+            "snapshot {} was being installed when this node stopped: cutting the store back to {}",
+            installing.meta.snapshot_id,
+            installing.from
+        );
+        match MessageStore::truncate_log(store_config, installing.from) {
+            Ok(()) => {}
+            // Nothing was appended, or nothing is there yet.
+            Err(StoreError::OutOfRange { .. }) => {}
+            Err(e) => return Err(io_err(e)),
+        }
+    }
+    fs::remove_file(&path)?;
+    sync_dir(dir)
 }
 
 /// openraft's state machine over one node's message store. Cheap to clone.
@@ -117,14 +163,14 @@ impl StateMachine {
     async fn put(&self, req: &PutRequest, at: BatchPosition) -> StoreResult<PutResponse> {
         let msg = req.to_message(at);
         let log_id = at.log_id;
+        let time = req
+            .store_timestamp
+            .max(self.shared.applied.lock().last_store_time);
         let mut backoff = Duration::from_millis(1);
         loop {
-            match self
-                .shared
-                .store
-                .put_message_stamped(&msg, req.store_timestamp)
-            {
+            match self.shared.store.put_message_stamped(&msg, time) {
                 Ok(put) => {
+                    self.shared.applied.lock().last_store_time = put.store_timestamp;
                     return Ok(PutResponse::Stored {
                         physical_offset: put.physical_offset,
                         queue_offset: put.queue_offset,
@@ -242,6 +288,7 @@ fn recover(
             membership: s.meta.last_membership.clone(),
             end: s.end,
             partial: None,
+            last_store_time: s.last_store_time,
         },
         None => Applied {
             end: store.min_physical_offset(),
@@ -270,6 +317,7 @@ fn recover(
                             format!("the record at {pos} was not applied from the raft log"),
                         )
                     })?;
+                base.last_store_time = base.last_store_time.max(m.store_timestamp);
                 if at.is_last() {
                     base.last_applied = base.last_applied.max(Some(at.log_id));
                     base.partial = None;
@@ -278,8 +326,19 @@ fn recover(
                 }
                 pos += u64::from(m.total_size);
             }
-            // A file's closing blank record: the log goes on in the next file.
-            None => pos = (pos / file_size + 1) * file_size,
+            // Nothing readable: only a file's closing blank record may be there, and the
+            // log goes on in the next file. Anything else (a reader limit, damage) must
+            // not be skipped, or puts would be applied twice.
+            None => {
+                let raw = store.read_log(pos, 64).map_err(io_err)?;
+                if !crate::snapshot::is_blank(&raw) {
+                    return Err(io::Error::new(
+                        io::ErrorKind::InvalidData,
+                        format!("no record can be read at {pos}, below the log's end {end}"),
+                    ));
+                }
+                pos = (pos / file_size + 1) * file_size;
+            }
         }
     }
     base.end = end;
@@ -297,28 +356,55 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
         let id = applied
             .last_applied
             .map_or_else(|| "none".to_string(), |l| l.to_string());
-        let meta = SnapshotMeta {
-            last_log_id: applied.last_applied,
-            last_membership: applied.membership.clone(),
-            snapshot_id: format!("{id}@{}", applied.end),
-        };
         let record = SnapshotRecord {
-            meta: meta.clone(),
+            meta: SnapshotMeta {
+                last_log_id: applied.last_applied,
+                last_membership: applied.membership.clone(),
+                snapshot_id: format!("{id}@{}", applied.end),
+            },
             end: applied.end,
+            last_store_time: applied.last_store_time,
         };
-        let bytes =
-            serde_json::to_vec(&record).map_err(|e| StorageIOError::write_snapshot(None, &e))?;
-        write_atomic(&self.shared.dir.join("snapshot"), &bytes)
-            .map_err(|e| StorageIOError::write_snapshot(Some(meta.signature()), &e))?;
-        *self.shared.snapshot.lock() = Some(record);
-        Ok(Snapshot {
+        // An install may have recorded a newer snapshot meanwhile: keep the newest.
+        let record = self
+            .keep_newest(record)
+            .map_err(|e| StorageIOError::write_snapshot(None, &e))?;
+        Ok(self.snapshot_of(record))
+    }
+}
+
+impl StateMachine {
+    /// Records `record` durably unless a newer one is recorded; returns the one kept.
+    /// Builds (their own task) and installs (the state machine's) are serialised here.
+    fn keep_newest(&self, record: SnapshotRecord) -> io::Result<SnapshotRecord> {
+        let mut current = self.shared.snapshot.lock();
+        if let Some(c) = current.as_ref()
+            && c.meta.last_log_id >= record.meta.last_log_id
+        {
+            return Ok(c.clone());
+        }
+        let bytes = serde_json::to_vec(&record).map_err(io::Error::other)?;
+        write_atomic(&self.shared.dir.join("snapshot"), &bytes)?;
+        *current = Some(record.clone());
+        Ok(record)
+    }
+
+    /// The snapshot to send for `record`: the log from its first file to the record's end.
+    fn snapshot_of(&self, record: SnapshotRecord) -> Snapshot<TypeConfig> {
+        let store = &self.shared.store;
+        let start = store.min_physical_offset().min(record.end);
+        let mut meta = record.meta;
+        // The stream's bytes depend on where it starts: a resumed transfer must not mix two.
+        meta.snapshot_id = format!("{}+{start}", meta.snapshot_id);
+        Snapshot {
             meta,
             snapshot: Box::new(SnapshotData::source(
                 Arc::clone(store),
-                store.min_physical_offset(),
-                applied.end,
+                start,
+                record.end,
+                record.last_store_time,
             )),
-        })
+        }
     }
 }
 
@@ -380,39 +466,48 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             return Err(err(io::Error::other("not a received snapshot")).into());
         };
         drop(file);
+        let header = snapshot::read_header(&File::open(&path).map_err(err)?).map_err(err)?;
+        let from = self.shared.store.max_physical_offset();
+        if from > header.end {
+            // openraft sends only snapshots newer than what this node applied.
+            return Err(err(io::Error::other(format!(
+                "snapshot {} ends at {} but this store already ends at {from}",
+                meta.snapshot_id, header.end
+            )))
+            .into());
+        }
+        let installing = Installing {
+            meta: meta.clone(),
+            from,
+        };
+        let bytes = serde_json::to_vec(&installing).map_err(|e| err(io::Error::other(e)))?;
+        write_atomic(&self.shared.dir.join("installing"), &bytes).map_err(err)?;
         let store = Arc::clone(&self.shared.store);
         let install_path = path.clone();
         let end = tokio::task::spawn_blocking(move || snapshot::install(&store, &install_path))
             .await
             .map_err(|e| err(io::Error::other(e)))?
             .map_err(err)?;
-        let header = snapshot::read_header(&File::open(&path).map_err(err)?).map_err(err)?;
-        if end > header.end {
-            // Already past it (openraft does not send older snapshots; kept for safety).
-            log::info!(
-                "snapshot {} ends at {} and the store at {end}: kept",
-                meta.snapshot_id,
-                header.end
-            );
-            let _ = fs::remove_file(&path);
-            return Ok(());
-        }
         self.shared.store.flush().map_err(|e| err(io_err(e)))?;
+        let last_store_time = header
+            .last_store_time
+            .max(self.shared.applied.lock().last_store_time);
         let record = SnapshotRecord {
             meta: meta.clone(),
             end,
+            last_store_time,
         };
-        let bytes = serde_json::to_vec(&record).map_err(|e| err(io::Error::other(e)))?;
-        write_atomic(&self.shared.dir.join("snapshot"), &bytes).map_err(err)?;
+        self.keep_newest(record).map_err(err)?;
         self.write_membership(&meta.last_membership).map_err(err)?;
+        fs::remove_file(self.shared.dir.join("installing")).map_err(err)?;
         let applied = Applied {
             last_applied: meta.last_log_id,
             membership: meta.last_membership.clone(),
             end,
             partial: None,
+            last_store_time,
         };
         *self.shared.applied.lock() = applied.clone();
-        *self.shared.snapshot.lock() = Some(record);
         self.write_hint(&applied);
         let _ = fs::remove_file(&path);
         log::info!(
@@ -426,14 +521,10 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         let Some(record) = self.shared.snapshot.lock().clone() else {
             return Ok(None);
         };
-        let store = &self.shared.store;
-        Ok(Some(Snapshot {
-            meta: record.meta,
-            snapshot: Box::new(SnapshotData::source(
-                Arc::clone(store),
-                store.min_physical_offset(),
-                record.end,
-            )),
-        }))
+        if self.shared.store.min_physical_offset() > record.end {
+            // Retention deleted files the snapshot ends before: openraft builds a new one.
+            return Ok(None);
+        }
+        Ok(Some(self.snapshot_of(record)))
     }
 }

@@ -366,6 +366,24 @@ impl RaftNetwork<TypeConfig> for TcpPeer {
         req: AppendEntriesRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<NodeId>, RpcError> {
+        // A frame a peer would refuse would be retried forever: ask openraft for fewer
+        // entries instead (it sends up to 300, and one can hold 4 MiB of bodies).
+        let estimate: usize = req
+            .entries
+            .iter()
+            .map(|e| match &e.payload {
+                openraft::EntryPayload::Normal(b) => {
+                    b.puts.iter().map(|p| p.body.len() + 256).sum::<usize>()
+                }
+                _ => 256,
+            })
+            .sum();
+        if estimate > MAX_FRAME / 2 && req.entries.len() > 1 {
+            let hint = (req.entries.len() as u64 / 2).max(1);
+            return Err(RPCError::PayloadTooLarge(
+                openraft::error::PayloadTooLarge::new_entries_hint(hint),
+            ));
+        }
         self.rpc(Request::Append(req), &option, |r| match r {
             Response::Append(r) => Some(r),
             _ => None,

@@ -97,7 +97,21 @@ impl Cluster {
 
     /// The leader, once one running node is leader and known to a majority of running nodes.
     pub async fn leader(&self) -> NodeId {
-        let deadline = Instant::now() + WAIT;
+        match self.try_leader(WAIT).await {
+            Some(id) => id,
+            None => {
+                for (id, node) in &self.nodes {
+                    let m = node.raft().metrics().borrow().clone();
+                    eprintln!("node {id}: {:?} {m}", m.running_state);
+                }
+                panic!("no leader elected among {:?}", self.nodes.keys());
+            }
+        }
+    }
+
+    /// The leader, if one is elected within `wait`.
+    pub async fn try_leader(&self, wait: Duration) -> Option<NodeId> {
+        let deadline = Instant::now() + wait;
         loop {
             // A cut-off leader may still think it leads: the newest term wins.
             let leader = self
@@ -107,9 +121,11 @@ impl Cluster {
                 .filter(|(_, m)| m.state == ServerState::Leader)
                 .max_by_key(|(_, m)| m.current_term);
             if let Some((id, _)) = leader {
-                return id;
+                return Some(id);
             }
-            assert!(Instant::now() < deadline, "no leader elected");
+            if Instant::now() >= deadline {
+                return None;
+            }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
