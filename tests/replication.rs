@@ -442,3 +442,33 @@ fn a_follower_that_stopped_at_a_file_end_goes_on_in_the_next_file() {
     drop(leader);
     same_files(a.path(), b.path(), end);
 }
+
+#[test]
+fn a_store_reopened_at_a_file_end_remembers_its_last_store_time() {
+    let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let leader = MessageStore::open(cfg(a.path())).unwrap();
+    let puts = fill(&leader, 0, 600);
+    let follower = MessageStore::open(cfg(b.path())).unwrap();
+    let mut at = 0;
+    while at < common::SMALL_FILE {
+        let bytes = leader.read_log(at, 4096).unwrap();
+        at = follower.append_log(at, &bytes).unwrap();
+    }
+    let last_in_first_file = puts
+        .iter()
+        .filter(|p| p.physical_offset < common::SMALL_FILE)
+        .map(|p| p.store_timestamp)
+        .max()
+        .unwrap();
+    follower.shutdown().unwrap();
+    drop(follower);
+    // Its last file holds no record yet: the last store time is in the file before.
+    let follower = MessageStore::open(cfg(b.path())).unwrap();
+    let put = follower
+        .put_message_stamped(&message("R", 0, "late", 0), 1)
+        .unwrap();
+    assert_eq!(
+        put.store_timestamp, last_in_first_file,
+        "store times must never decrease in log order"
+    );
+}
