@@ -53,7 +53,7 @@
 
 #![warn(missing_docs)]
 #![deny(unsafe_op_in_unsafe_fn)]
-// `unsafe` compiles only in fs/mapped_file.rs and fs/mapped_words.rs.
+// `unsafe` compiles only in fs/mapped_file/ (the mapped-file layer).
 #![deny(unsafe_code)]
 // Panics are spelled `expect("why it cannot fail")`; tests may unwrap.
 #![cfg_attr(not(test), deny(clippy::unwrap_used))]

@@ -2,7 +2,9 @@
 //! - no module of `src/` imports from a module that imports it back, directly or through
 //!   others (dependencies point one way);
 //! - no file outside `src/layout.rs` spells an on-disk name: tests, benches, examples and
-//!   fuzz targets build paths through `rocketstore::layout`.
+//!   fuzz targets build paths through `rocketstore::layout`;
+//! - `unsafe` is allowed in one module only, `fs::mapped_file` (the crate root denies it,
+//!   and this checks that no other module lifts the ban).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -238,4 +240,44 @@ fn on_disk_names_are_spelled_only_in_the_layout_module() {
     // The check reads the file that must spell them.
     let layout = code(&layout);
     assert!(NAME_SPELLINGS[..2].iter().any(|s| layout.contains(s)));
+}
+
+#[test]
+fn unsafe_is_allowed_in_the_mapped_file_module_only() {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+    let mut files = Vec::new();
+    rust_files(&src, &mut files);
+    let mut allowed = Vec::new();
+    for file in &files {
+        let text = std::fs::read_to_string(file).unwrap();
+        let lines: Vec<&str> = text.lines().collect();
+        for (i, line) in lines.iter().enumerate() {
+            let line = line.split("//").next().unwrap();
+            if line.contains("allow(unsafe_code)") || line.contains("expect(unsafe_code)") {
+                let next = lines.get(i + 1).copied().unwrap_or("").trim().to_owned();
+                allowed.push(format!("{}: {next}", module_of(&src, file)));
+            }
+            let under_mapped_file = file.starts_with(src.join("fs/mapped_file"));
+            if !under_mapped_file {
+                for token in ["unsafe {", "unsafe fn", "unsafe impl"] {
+                    assert!(
+                        !line.contains(token),
+                        "{}:{}: `{token}` outside fs/mapped_file/",
+                        file.display(),
+                        i + 1
+                    );
+                }
+            }
+        }
+    }
+    assert_eq!(
+        allowed,
+        ["fs: pub(crate) mod mapped_file;"],
+        "unsafe_code allowed elsewhere"
+    );
+    let root = std::fs::read_to_string(src.join("lib.rs")).unwrap();
+    assert!(
+        root.contains("#![deny(unsafe_code)]"),
+        "the crate root must deny unsafe code"
+    );
 }

@@ -10,9 +10,9 @@ pub(crate) mod disk;
 pub(crate) mod file_queue;
 pub(crate) mod io_hook;
 pub(crate) mod lock;
+// The one module where `unsafe` compiles: mapping files (and, in `mapped_file::words`,
+// mapping them as shared atomic words).
 #[allow(unsafe_code)]
 pub(crate) mod mapped_file;
-#[allow(unsafe_code)]
-pub(crate) mod mapped_words;
 pub(crate) mod ops;
 pub(crate) mod sparse_file;

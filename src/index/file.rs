@@ -18,7 +18,7 @@ use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::error::{Error, Result};
-use crate::fs::mapped_words::MappedWords;
+use crate::fs::mapped_file::words::MappedWords;
 use crate::fs::sparse_file::next_allocation;
 
 /// Size of the header.

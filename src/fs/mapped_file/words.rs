@@ -186,7 +186,7 @@ impl MappedWords {
                 let n = (end - pos).min(buf.len() as u64) as usize;
                 let got = sparse_file::read_fully(&self.file, &mut buf[..n], pos)
                     .map_err(|e| Error::io("read", &self.path, e))?;
-                if !super::mapped_file::is_zero(&buf[..got]) {
+                if !super::is_zero(&buf[..got]) {
                     self.file
                         .write_all_at(&zeros[..n], pos)
                         .map_err(|e| Error::io("write", &self.path, e))?;

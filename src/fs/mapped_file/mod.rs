@@ -1,4 +1,5 @@
-//! One fixed-size, fully allocated file mapped into memory: the only module with `unsafe`.
+//! One fixed-size, fully allocated file mapped into memory. With [`words`] (a file mapped
+//! as shared atomic words, the key index's), the only module where `unsafe` compiles.
 //!
 //! Concurrency contract, enforced by types:
 //! - at most one [`FileWriter`] exists per file, and it only writes at or past the published
@@ -6,6 +7,8 @@
 //! - readers only build slices below the published write position, and those bytes never
 //!   change again;
 //! - every slice owns an `Arc<MappedFile>`, so the mapping outlives every reader.
+
+pub(crate) mod words;
 
 use parking_lot::Mutex;
 use std::fs::{self, File, OpenOptions};
