@@ -8,9 +8,11 @@
 //! Each node is this program started again with `--serve`. The driver initializes the
 //! cluster, runs `--producers` concurrent producers against the leader (following it when
 //! it moves), kills the leader's process once `--kill-leader-at` puts are acknowledged,
-//! and at the end reads every acknowledged message back from every surviving node. It
-//! prints progress on stderr and one JSON line on stdout: `acked`, `lost`, `msgs_per_s`,
-//! `p99_ack_ms`, `failover_ms`.
+//! and at the end reads every acknowledged message back from every surviving node. Then it
+//! restarts the killed node, waits until it has caught up, and compares every node's
+//! commit log byte for byte. It prints progress on stderr and one JSON line on stdout:
+//! `acked`, `lost`, `msgs_per_s`, `p99_ack_ms`, `failover_ms`, the bytes written per
+//! message, `restarted_rejoin_ms` and `replicas_identical`.
 
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader};
@@ -171,6 +173,98 @@ struct Acks {
     latencies_us: Vec<u64>,
 }
 
+/// Starts node `id` as a child process and waits until it listens.
+fn spawn_node(args: &Args, dir: &std::path::Path, id: NodeId) -> Child {
+    let exe = std::env::current_exe().expect("this program's path");
+    let mut cmd = Command::new(exe);
+    cmd.arg("--serve")
+        .arg(id.to_string())
+        .arg("--dir")
+        .arg(dir)
+        .arg("--base-port")
+        .arg(args.base_port.to_string())
+        .stdout(Stdio::piped());
+    if let Some(size) = args.file_size {
+        cmd.arg("--file-size").arg(size.to_string());
+    }
+    let mut child = cmd.spawn().expect("start a node");
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().expect("piped"))
+        .read_line(&mut line)
+        .expect("the node starts");
+    assert_eq!(line.trim(), "ready", "node {id} did not start");
+    child
+}
+
+/// Waits until every node in `ids` has applied the same log id; false after `limit`.
+async fn converge(args: &Args, ids: &[NodeId], limit: Duration) -> bool {
+    let deadline = Instant::now() + limit;
+    loop {
+        let mut applied = Vec::new();
+        for id in ids {
+            if let Ok(s) = Client::new(addr(args, *id)).status().await {
+                applied.push(s.last_applied);
+            }
+        }
+        if applied.len() == ids.len() && applied.windows(2).all(|w| w[0] == w[1]) {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Whether every node's commit log holds the same bytes up to its end.
+async fn logs_identical(args: &Args, dir: &std::path::Path) -> bool {
+    use std::os::unix::fs::FileExt;
+    let mut ends = Vec::new();
+    for id in 1..=args.nodes {
+        match Client::new(addr(args, id)).status().await {
+            Ok(s) => ends.push(s.log_end),
+            Err(_) => return false,
+        }
+    }
+    if ends.windows(2).any(|w| w[0] != w[1]) {
+        return false;
+    }
+    let end = ends[0];
+    let logs: Vec<Vec<(u64, PathBuf)>> = (1..=args.nodes)
+        .map(|id| {
+            let root = dir.join(format!("node-{id}/store"));
+            rocketstore::layout::data_files(&rocketstore::layout::commit_log_dir(&root))
+                .expect("list a commit log")
+        })
+        .collect();
+    for (i, (start, path)) in logs[0].iter().enumerate() {
+        if *start >= end {
+            break;
+        }
+        let len = std::fs::metadata(path).expect("a log file").len();
+        let upto = len.min(end - start);
+        let files: Vec<std::fs::File> = logs
+            .iter()
+            .map(|l| std::fs::File::open(&l[i].1).expect("open a log file"))
+            .collect();
+        let mut at = 0;
+        while at < upto {
+            let n = (upto - at).min(8 << 20) as usize;
+            let mut first = vec![0u8; n];
+            files[0].read_exact_at(&mut first, at).expect("read");
+            for f in &files[1..] {
+                let mut other = vec![0u8; n];
+                f.read_exact_at(&mut other, at).expect("read");
+                if other != first {
+                    return false;
+                }
+            }
+            at += n as u64;
+        }
+    }
+    true
+}
+
 async fn drive(args: Args) {
     let temp = match &args.dir {
         Some(_) => None,
@@ -180,27 +274,9 @@ async fn drive(args: Args) {
         .dir
         .clone()
         .unwrap_or_else(|| temp.as_ref().expect("made above").path().to_path_buf());
-    let exe = std::env::current_exe().expect("this program's path");
     let mut children = BTreeMap::new();
     for id in 1..=args.nodes {
-        let mut cmd = Command::new(&exe);
-        cmd.arg("--serve")
-            .arg(id.to_string())
-            .arg("--dir")
-            .arg(&dir)
-            .arg("--base-port")
-            .arg(args.base_port.to_string())
-            .stdout(Stdio::piped());
-        if let Some(size) = args.file_size {
-            cmd.arg("--file-size").arg(size.to_string());
-        }
-        let mut child = cmd.spawn().expect("start a node");
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().expect("piped"))
-            .read_line(&mut line)
-            .expect("the node starts");
-        assert_eq!(line.trim(), "ready", "node {id} did not start");
-        children.insert(id, child);
+        children.insert(id, spawn_node(&args, &dir, id));
     }
     let cluster = Arc::new(Cluster {
         args: args.clone(),
@@ -313,20 +389,10 @@ async fn drive(args: Args) {
 
     // Wait until every surviving node has applied the same log, then read back.
     let alive = cluster.alive();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let mut applied = Vec::new();
-        for id in &alive {
-            if let Ok(s) = Client::new(addr(&args, *id)).status().await {
-                applied.push(s.last_applied);
-            }
-        }
-        if applied.len() == alive.len() && applied.windows(2).all(|w| w[0] == w[1]) {
-            break;
-        }
-        assert!(Instant::now() < deadline, "the survivors did not converge");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    assert!(
+        converge(&args, &alive, Duration::from_secs(60)).await,
+        "the survivors did not converge"
+    );
     let acks = std::mem::replace(
         &mut *acks.lock(),
         Acks {
@@ -381,14 +447,32 @@ async fn drive(args: Args) {
         .copied()
         .unwrap_or(0);
     let failover_ms = failover.lock().map(|d| d.as_secs_f64() * 1e3);
+    // The killed node restarts: it recovers from its crash (a torn Raft log tail, a store
+    // that lost its unflushed tail), catches up, and must end byte-identical.
+    let victim = killed_at.lock().map(|(_, v)| v);
+    let rejoin_ms = match victim {
+        Some(v) => {
+            let t = Instant::now();
+            let child = spawn_node(&args, &dir, v);
+            cluster.children.lock().insert(v, child);
+            let all: Vec<NodeId> = (1..=args.nodes).collect();
+            let caught_up = converge(&args, &all, Duration::from_secs(120)).await;
+            eprintln!("node {v} restarted: caught up {caught_up}");
+            caught_up.then(|| t.elapsed().as_secs_f64() * 1e3)
+        }
+        None => None,
+    };
+    let identical = logs_identical(&args, &dir).await;
+    eprintln!("commit logs identical on every node: {identical}");
     println!(
-        "{{\"acked\":{},\"lost\":{lost},\"msgs_per_s\":{:.0},\"p99_ack_ms\":{:.2},\"failover_ms\":{},\"raft_log_bytes_per_msg\":{:.0},\"commit_log_bytes_per_msg\":{:.0},\"nodes\":{},\"body\":{},\"producers\":{}}}",
+        "{{\"acked\":{},\"lost\":{lost},\"msgs_per_s\":{:.0},\"p99_ack_ms\":{:.2},\"failover_ms\":{},\"raft_log_bytes_per_msg\":{:.0},\"commit_log_bytes_per_msg\":{:.0},\"restarted_rejoin_ms\":{},\"replicas_identical\":{identical},\"nodes\":{},\"body\":{},\"producers\":{}}}",
         acks.acked.len(),
         acks.acked.len() as f64 / elapsed.as_secs_f64(),
         p99 as f64 / 1e3,
         failover_ms.map_or("null".to_string(), |f| format!("{f:.0}")),
         per(raft_bytes),
         per(log_bytes),
+        rejoin_ms.map_or("null".to_string(), |r| format!("{r:.0}")),
         args.nodes,
         args.body,
         args.producers
