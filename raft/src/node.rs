@@ -6,7 +6,10 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use openraft::error::ClientWriteError;
+use std::collections::BTreeSet;
+
+use openraft::ChangeMembers;
+use openraft::error::{CheckIsLeaderError, ClientWriteError, RaftError};
 use openraft::raft::ClientWriteResponse;
 use openraft::{BasicNode, LogId, RaftNetworkFactory};
 use rocketstore::{Message, MessageStore, StoreConfig};
@@ -123,6 +126,15 @@ async fn propose(raft: Raft, log: LogStore, mut pending: mpsc::UnboundedReceiver
                 }
             }
         }
+    }
+}
+
+fn membership_error(e: RaftError<NodeId, ClientWriteError<NodeId, BasicNode>>) -> Error {
+    match e {
+        RaftError::APIError(ClientWriteError::ForwardToLeader(f)) => Error::NotLeader {
+            leader: f.leader_id,
+        },
+        e => Error::Raft(e.to_string()),
     }
 }
 
@@ -308,6 +320,45 @@ impl ReplicatedStore {
         outcome
             .await
             .unwrap_or_else(|_| Err(Error::Raft("shut down".into())))
+    }
+
+    /// Adds node `id`, reachable at `addr`, as a voter (on the leader): first as a
+    /// learner that catches up (by log, or by snapshot from an empty store), then in the
+    /// membership. Resolves once the change is committed.
+    pub async fn add_voter(&self, id: NodeId, addr: impl Into<String>) -> Result<(), Error> {
+        self.raft
+            .add_learner(id, BasicNode::new(addr.into()), true)
+            .await
+            .map_err(membership_error)?;
+        self.raft
+            .change_membership(ChangeMembers::AddVoterIds(BTreeSet::from([id])), false)
+            .await
+            .map_err(membership_error)?;
+        Ok(())
+    }
+
+    /// Removes node `id` from the voters and the cluster (on the leader).
+    pub async fn remove_voter(&self, id: NodeId) -> Result<(), Error> {
+        self.raft
+            .change_membership(ChangeMembers::RemoveVoters(BTreeSet::from([id])), false)
+            .await
+            .map_err(membership_error)?;
+        Ok(())
+    }
+
+    /// Waits until a read from this node's store is linearizable: this node leads, a
+    /// quorum still confirms it, and it has applied everything committed before the
+    /// call. Reads on followers (or without this) may lag the leader.
+    pub async fn read_barrier(&self) -> Result<(), Error> {
+        match self.raft.ensure_linearizable().await {
+            Ok(_) => Ok(()),
+            Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(f))) => {
+                Err(Error::NotLeader {
+                    leader: f.leader_id,
+                })
+            }
+            Err(e) => Err(Error::Raft(e.to_string())),
+        }
     }
 
     /// Stops openraft, then shuts the store down cleanly.

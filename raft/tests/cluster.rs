@@ -412,3 +412,64 @@ async fn a_replica_whose_store_lost_its_tail_applies_the_lost_puts_again() {
         assert_eq!(assert_replicas_identical(&cluster), whole, "cut at {cut}");
     }
 }
+
+/// A fourth node joins from an empty store after the leader purged its log: it is filled
+/// from a snapshot (the log from its first byte), becomes a voter, and ends identical.
+/// Reads behind a read barrier are linearizable on the leader; a follower refuses them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_node_joins_from_an_empty_store_and_reads_behind_a_barrier() {
+    let mut config = (*raft_config(Some(40))).clone();
+    config.snapshot_max_chunk_size = 32 << 10;
+    let mut cluster = Cluster::start(3, std::sync::Arc::new(config)).await;
+    let big = vec![b'y'; 2000];
+    for i in 0..150 {
+        let mut b = big.clone();
+        b.extend_from_slice(&body(i));
+        cluster.put(&b, (i % QUEUES as usize) as u32).await;
+    }
+    let leader = cluster.leader().await;
+    cluster.nodes[&leader]
+        .raft()
+        .wait(Some(WAIT))
+        .metrics(|m| m.purged.is_some(), "the leader purges its log")
+        .await
+        .expect("the leader purges");
+    cluster.open(4).await;
+    cluster.members.push(4);
+    cluster.nodes[&leader]
+        .add_voter(4, "node-4")
+        .await
+        .expect("node 4 joins");
+    let voters: Vec<u64> = cluster.nodes[&leader]
+        .raft()
+        .metrics()
+        .borrow()
+        .membership_config
+        .membership()
+        .voter_ids()
+        .collect();
+    assert_eq!(voters, [1, 2, 3, 4]);
+    let put = cluster.put(b"with four voters", 1).await;
+    cluster.converge().await;
+    let content = assert_replicas_identical(&cluster);
+    assert_eq!(content.len(), 151);
+    assert_eq!(&content[&(1, put.queue_offset)].0[..], b"with four voters");
+    // Linearizable reads: through the leader's barrier; a follower names the leader.
+    let leader = cluster.leader().await;
+    cluster.nodes[&leader]
+        .read_barrier()
+        .await
+        .expect("the leader's barrier");
+    let follower = *cluster.nodes.keys().find(|id| **id != leader).unwrap();
+    let refused = cluster.nodes[&follower].read_barrier().await;
+    assert!(
+        matches!(refused, Err(Error::NotLeader { .. })),
+        "{refused:?}"
+    );
+    // And it leaves again.
+    cluster.nodes[&leader]
+        .remove_voter(4)
+        .await
+        .expect("node 4 leaves");
+    cluster.put(b"with three again", 2).await;
+}
