@@ -75,7 +75,7 @@ mod store;
 
 pub use checkpoint::CheckpointTimes;
 pub use commit_log::flush::PutFuture;
-pub use commit_log::replicate::ReplicatedPut;
+pub use commit_log::replicate::{LogHold, ReplicatedPut};
 pub use config::{FlushMode, MIN_FILE_SIZE, StoreConfig};
 pub use dispatch::{Dispatch, DispatchError, DispatcherStats};
 pub use error::{Error, Result};

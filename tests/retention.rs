@@ -338,3 +338,27 @@ fn a_failed_unlink_leaves_no_gap_in_the_log() {
         GetStatus::Found
     );
 }
+
+#[test]
+fn a_held_log_keeps_its_files_until_the_hold_drops() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = MessageStore::open(cfg(dir.path())).unwrap();
+    let puts = fill_files(&store, 1500);
+    // Hold from the third file on: the first two may go, nothing from the third.
+    let third = 2 * SMALL_FILE;
+    let hold = store.hold_log(third).unwrap();
+    assert_eq!(hold.offset(), third);
+    assert_eq!(store.delete_expired_files().unwrap(), 2);
+    assert_eq!(store.min_physical_offset(), third);
+    let in_third = puts.iter().find(|p| p.physical_offset >= third).unwrap();
+    assert!(store.read_log(in_third.physical_offset, 4096).is_ok());
+    // Below the log's start nothing can be held.
+    assert!(matches!(
+        store.hold_log(0),
+        Err(rocketstore::Error::OutOfRange { .. })
+    ));
+    // Released: retention goes on.
+    drop(hold);
+    assert!(store.delete_expired_files().unwrap() > 0);
+    assert!(store.min_physical_offset() > third);
+}

@@ -23,8 +23,8 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
-use rocketstore::MessageStore;
 use rocketstore::format::{BLANK_MAGIC, BLANK_RECORD_LEN};
+use rocketstore::{LogHold, MessageStore};
 use tokio::io::{AsyncRead, AsyncSeek, AsyncWrite, ReadBuf};
 
 const MAGIC: &[u8; 8] = b"RSSNAP02";
@@ -47,24 +47,35 @@ pub enum SnapshotData {
 }
 
 impl SnapshotData {
-    /// The stream of `store`'s log range `[start, end)`, whose last record's store time
-    /// is `last_store_time`.
+    /// The stream of `store`'s log from its first file to `end`, whose last record's
+    /// store time is `last_store_time`. Retention keeps the files streamed until the
+    /// stream drops (a [`LogHold`]).
     pub fn source(
         store: Arc<MessageStore>,
-        start: u64,
         end: u64,
         last_store_time: i64,
-    ) -> SnapshotData {
+    ) -> io::Result<SnapshotData> {
         let file_size = store.config().commit_log_file_size;
-        SnapshotData::Source(LogStream {
+        // Retention may move the start between the look and the hold: look again.
+        let hold = loop {
+            let start = store.min_physical_offset().min(end);
+            match store.hold_log(start) {
+                Ok(hold) => break hold,
+                Err(rocketstore::Error::OutOfRange { .. }) => continue,
+                Err(e) => return Err(io::Error::other(e)),
+            }
+        };
+        let start = hold.offset();
+        Ok(SnapshotData::Source(LogStream {
             header: header(start, end, file_size, last_store_time),
+            _hold: hold,
             store,
             start,
             end,
             pos: 0,
             seek_to: None,
             chunk: Chunk::None,
-        })
+        }))
     }
 
     /// A new file at `path` to receive a stream into.
@@ -126,6 +137,8 @@ impl Chunk {
 /// The lazily read stream of a store's log range.
 pub struct LogStream {
     store: Arc<MessageStore>,
+    /// Keeps retention from deleting the files streamed.
+    _hold: LogHold,
     header: [u8; HEADER_LEN as usize],
     start: u64,
     end: u64,
@@ -136,6 +149,11 @@ pub struct LogStream {
 }
 
 impl LogStream {
+    /// Log offset of the stream's first byte after the header.
+    pub fn start(&self) -> u64 {
+        self.start
+    }
+
     fn len(&self) -> u64 {
         HEADER_LEN + self.end - self.start
     }

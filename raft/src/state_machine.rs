@@ -369,7 +369,8 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
         let record = self
             .keep_newest(record)
             .map_err(|e| StorageIOError::write_snapshot(None, &e))?;
-        Ok(self.snapshot_of(record))
+        self.snapshot_of(record)
+            .map_err(|e| StorageIOError::read_snapshot(None, &e).into())
     }
 }
 
@@ -389,22 +390,20 @@ impl StateMachine {
         Ok(record)
     }
 
-    /// The snapshot to send for `record`: the log from its first file to the record's end.
-    fn snapshot_of(&self, record: SnapshotRecord) -> Snapshot<TypeConfig> {
+    /// The snapshot to send for `record`: the log from its first file to the record's end,
+    /// held against retention while it is streamed.
+    fn snapshot_of(&self, record: SnapshotRecord) -> io::Result<Snapshot<TypeConfig>> {
         let store = &self.shared.store;
-        let start = store.min_physical_offset().min(record.end);
+        let data = SnapshotData::source(Arc::clone(store), record.end, record.last_store_time)?;
         let mut meta = record.meta;
         // The stream's bytes depend on where it starts: a resumed transfer must not mix two.
-        meta.snapshot_id = format!("{}+{start}", meta.snapshot_id);
-        Snapshot {
-            meta,
-            snapshot: Box::new(SnapshotData::source(
-                Arc::clone(store),
-                start,
-                record.end,
-                record.last_store_time,
-            )),
+        if let SnapshotData::Source(stream) = &data {
+            meta.snapshot_id = format!("{}+{}", meta.snapshot_id, stream.start());
         }
+        Ok(Snapshot {
+            meta,
+            snapshot: Box::new(data),
+        })
     }
 }
 
@@ -525,6 +524,8 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             // Retention deleted files the snapshot ends before: openraft builds a new one.
             return Ok(None);
         }
-        Ok(Some(self.snapshot_of(record)))
+        self.snapshot_of(record)
+            .map(Some)
+            .map_err(|e| StorageIOError::read_snapshot(None, &e).into())
     }
 }

@@ -107,6 +107,8 @@ pub(crate) struct CommitLog {
     disk: DiskWatch,
     /// Replication: the offset below which records are replicated to enough replicas.
     confirm: confirm::Confirm,
+    /// Offsets that retention must keep (a log being streamed), with how many hold each.
+    holds: Mutex<std::collections::BTreeMap<u64, usize>>,
 }
 
 impl CommitLog {
@@ -218,6 +220,7 @@ impl CommitLog {
             wakeup: Arc::new(Wakeup::default()),
             disk,
             confirm: confirm::Confirm::new(config.read_confirmed_only),
+            holds: Mutex::new(std::collections::BTreeMap::new()),
         })
     }
 
@@ -240,8 +243,50 @@ impl CommitLog {
         ))
     }
 
-    /// Removes the oldest file if it still ends at `end` and is not the file being written.
+    /// Keeps the files from the one holding `from` on until [`CommitLog::release`]; refused
+    /// ([`Error::OutOfRange`]) below the log's start. Checked and taken under the same
+    /// lock as a removal, so no file goes between the two.
+    pub(crate) fn hold(&self, from: u64) -> Result<()> {
+        let mut holds = self.holds.lock();
+        let start = self.min_offset();
+        if from < start {
+            return Err(Error::OutOfRange {
+                offset: from,
+                start,
+                end: self.write_offset(),
+            });
+        }
+        *holds.entry(from).or_insert(0) += 1;
+        Ok(())
+    }
+
+    /// Whether a [`CommitLog::hold`] keeps a byte below `end`.
+    pub(crate) fn is_held_below(&self, end: u64) -> bool {
+        self.holds
+            .lock()
+            .keys()
+            .next()
+            .is_some_and(|lowest| *lowest < end)
+    }
+
+    /// Ends one [`CommitLog::hold`] of `from`.
+    pub(crate) fn release(&self, from: u64) {
+        let mut holds = self.holds.lock();
+        if let Some(n) = holds.get_mut(&from) {
+            *n -= 1;
+            if *n == 0 {
+                holds.remove(&from);
+            }
+        }
+    }
+
+    /// Removes the oldest file if it still ends at `end`, is not the file being written,
+    /// and holds nothing a [`CommitLog::hold`] keeps.
     pub(crate) fn remove_oldest_file(&self, end: u64) -> Result<bool> {
+        let holds = self.holds.lock();
+        if holds.keys().next().is_some_and(|lowest| *lowest < end) {
+            return Ok(false);
+        }
         let size = self.file_size();
         let mut first = true;
         let removed = self.files.remove_front_while(1, |file| {

@@ -306,3 +306,36 @@ impl Drop for ReplicatedPut {
         self.log.confirm.deregister(self.id);
     }
 }
+
+/// Keeps retention (by age or by disk pressure) from deleting the commit-log file that
+/// holds an offset, and every later file, while it lives: for a replication layer that
+/// streams the log to a follower. Returned by
+/// [`MessageStore::hold_log`](crate::MessageStore::hold_log); released on drop.
+pub struct LogHold {
+    log: Arc<CommitLog>,
+    from: u64,
+}
+
+impl LogHold {
+    pub(crate) fn new(log: Arc<CommitLog>, from: u64) -> crate::error::Result<LogHold> {
+        log.hold(from)?;
+        Ok(LogHold { log, from })
+    }
+
+    /// The offset held.
+    pub fn offset(&self) -> u64 {
+        self.from
+    }
+}
+
+impl Drop for LogHold {
+    fn drop(&mut self) {
+        self.log.release(self.from);
+    }
+}
+
+impl std::fmt::Debug for LogHold {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LogHold").field("from", &self.from).finish()
+    }
+}

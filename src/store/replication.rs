@@ -10,7 +10,7 @@ use super::MessageStore;
 use std::os::unix::fs::FileExt;
 
 use crate::commit_log::record::{BLANK_RECORD_LEN, Records, Step};
-use crate::commit_log::replicate::ReplicatedPut;
+use crate::commit_log::replicate::{LogHold, ReplicatedPut};
 use crate::config::{FlushMode, StoreConfig};
 use crate::error::{Error, Result};
 use crate::fs::lock::StoreLock;
@@ -66,6 +66,24 @@ impl MessageStore {
             self.log.flush()?;
         }
         Ok(appended.end)
+    }
+
+    /// Keeps retention from deleting the file holding `from` and every later one until
+    /// the returned guard drops, so a leader can stream its log (a snapshot) without a
+    /// file going mid-way. Retention, by age or by disk pressure, waits meanwhile.
+    /// [`Error::OutOfRange`] when `from` is already below the log's start.
+    ///
+    /// ```
+    /// # use rocketstore::{MessageStore, StoreConfig};
+    /// # let dir = tempfile::tempdir().unwrap();
+    /// let store = MessageStore::open(StoreConfig::new(dir.path()).commit_log_file_size(1 << 20))?;
+    /// let hold = store.hold_log(store.min_physical_offset())?;
+    /// // ... stream store.read_log(..) from hold.offset() ...
+    /// drop(hold);
+    /// # Ok::<(), rocketstore::Error>(())
+    /// ```
+    pub fn hold_log(&self, from: u64) -> Result<LogHold> {
+        LogHold::new(Arc::clone(&self.log), from)
     }
 
     /// The offset below which records are replicated to enough replicas (0 at open).

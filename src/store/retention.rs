@@ -133,7 +133,9 @@ impl Retention {
                     .and_then(|t| t.elapsed().ok())
                     .is_some_and(|e| e >= age),
             };
-            if end > dispatched || !old {
+            // A replication layer streaming the log keeps the file (checked again, under
+            // the lock, by the removal itself).
+            if end > dispatched || !old || log.is_held_below(end) {
                 break;
             }
             queues.set_log_start(end);
