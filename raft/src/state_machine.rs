@@ -10,6 +10,7 @@
 //! {dir}/applied      a hint: last applied id and the log's end then (rewritten per batch, not synced)
 //! {dir}/membership   the last applied membership (the store is flushed before it is written)
 //! {dir}/snapshot     the last snapshot's meta and the log's end at it (the store is flushed first)
+//! {dir}/installing   present only while a received snapshot is being appended
 //! ```
 
 use std::fs::{self, File, OpenOptions};
