@@ -1,7 +1,7 @@
 //! The durable Raft log: openraft's [`RaftLogStorage`] on segment files.
 //!
 //! ```text
-//! {dir}/log/{first index:020}   segments of frames: [len u32][crc32 u32][entry]
+//! {dir}/log/{first index:020}   segments of frames: [len u32][!len u32][crc32 u32][entry]
 //! {dir}/vote                    the vote (JSON), replaced atomically
 //! {dir}/purged                  the last purged log id (JSON), replaced atomically
 //! ```
@@ -33,7 +33,9 @@ use crate::{NodeId, TypeConfig};
 
 /// A segment is closed and a new one started once it holds this many bytes.
 pub const SEGMENT_BYTES: u64 = 64 << 20;
-const FRAME_HEADER: usize = 8;
+/// `[len u32][!len u32][crc32 of the entry u32]`: the length is stored twice, so a damaged
+/// length is told apart from a frame a crash cut short.
+const FRAME_HEADER: usize = 12;
 
 /// openraft's log storage for one node. Cheap to clone: clones share the log.
 #[derive(Clone)]
@@ -253,10 +255,13 @@ impl Inner {
             at += FRAME_HEADER + frame.len();
         }
         if let Some(at) = torn {
-            if !last {
+            // Only a frame the end of the file cut short (or zeros to the end) is a torn
+            // write, which was never synced and so never reported to openraft. A whole
+            // frame that fails its CRC may have been acknowledged: losing it could let
+            // this node vote against entries it promised to keep, so it refuses the open.
+            if !last || !is_torn_tail(&bytes[at..]) {
                 return Err(corrupt(&path, format!("damaged frame at byte {at}")));
             }
-            // Never synced, so never reported to openraft: safe to drop.
             log::warn!(
                 "raft log {}: cutting a torn tail at byte {at} of {}",
                 path.display(),
@@ -369,13 +374,30 @@ impl Inner {
     }
 }
 
+/// Whether `rest`, from a frame that did not read back, is what a torn append leaves: a
+/// frame that runs past the end of the file, or nothing but zeros.
+fn is_torn_tail(rest: &[u8]) -> bool {
+    if rest.iter().all(|b| *b == 0) {
+        return true;
+    }
+    let Some(header) = rest.get(..FRAME_HEADER) else {
+        return true;
+    };
+    let word = |i: usize| u32::from_be_bytes(header[i..i + 4].try_into().expect("4 bytes"));
+    // A whole header whose length checks out, with the frame running past the end.
+    word(0) == !word(4) && FRAME_HEADER + word(0) as usize > rest.len()
+}
+
 /// The payload of the frame at `at`, if a whole frame with a matching CRC is there.
 fn frame_at(bytes: &[u8], at: usize) -> Option<&[u8]> {
     let header = bytes.get(at..at + FRAME_HEADER)?;
-    let len = u32::from_be_bytes(header[..4].try_into().ok()?) as usize;
-    let crc = u32::from_be_bytes(header[4..].try_into().ok()?);
-    let payload = bytes.get(at + FRAME_HEADER..at + FRAME_HEADER + len)?;
-    (len > 0 && crc32fast::hash(payload) == crc).then_some(payload)
+    let word = |i: usize| u32::from_be_bytes(header[i..i + 4].try_into().expect("4 bytes"));
+    let (len, check, crc) = (word(0), word(4), word(8));
+    if len == 0 || check != !len {
+        return None;
+    }
+    let payload = bytes.get(at + FRAME_HEADER..at + FRAME_HEADER + len as usize)?;
+    (crc32fast::hash(payload) == crc).then_some(payload)
 }
 
 fn frame(entry: &Entry<TypeConfig>) -> Vec<u8> {
@@ -384,7 +406,8 @@ fn frame(entry: &Entry<TypeConfig>) -> Vec<u8> {
     let len = (out.len() - FRAME_HEADER) as u32;
     let crc = crc32fast::hash(&out[FRAME_HEADER..]);
     out[..4].copy_from_slice(&len.to_be_bytes());
-    out[4..8].copy_from_slice(&crc.to_be_bytes());
+    out[4..8].copy_from_slice(&(!len).to_be_bytes());
+    out[8..12].copy_from_slice(&crc.to_be_bytes());
     out
 }
 
@@ -617,6 +640,17 @@ mod tests {
         let log = LogStore::open_sized(dir.path(), SMALL).unwrap();
         assert_eq!(all(&log).last().unwrap(), &replacement);
         drop(log);
+        // A flipped byte in a whole frame of the last segment is damage too: that frame
+        // may have been acknowledged.
+        let last_bytes = fs::read(&last).unwrap();
+        let mut flipped = last_bytes.clone();
+        flipped[10] ^= 0x40;
+        fs::write(&last, &flipped).unwrap();
+        let err = LogStore::open_sized(dir.path(), SMALL)
+            .err()
+            .expect("refused");
+        assert_eq!(err.kind(), io::ErrorKind::InvalidData, "{err}");
+        fs::write(&last, &last_bytes).unwrap();
         // A flipped byte in an earlier segment is damage, not a torn tail.
         let first = segment_path(dir.path(), segs[0]);
         let mut bytes = fs::read(&first).unwrap();
@@ -688,6 +722,33 @@ mod tests {
         }
         let log = LogStore::open_sized(dir.path(), 1 << 20).unwrap();
         assert_eq!(all(&log), new);
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(64))]
+        /// A last segment cut anywhere, or with any byte flipped, opens to a prefix of
+        /// what was written (never another entry, never a panic), or is refused.
+        #[test]
+        fn a_damaged_last_segment_opens_to_a_prefix(cut in 0usize..4000, flip in proptest::option::of((0usize..4000, 1u8..=255))) {
+            let dir = tempfile::tempdir().unwrap();
+            let written: Vec<_> = (1..=20).map(|i| entry(1, i)).collect();
+            {
+                let log = LogStore::open_sized(dir.path(), 1 << 20).unwrap();
+                write(&log, &written);
+            }
+            let path = segment_path(dir.path(), 1);
+            let mut bytes = fs::read(&path).unwrap();
+            bytes.truncate(cut.min(bytes.len()));
+            if let Some((at, x)) = flip && at < bytes.len() {
+                bytes[at] ^= x;
+            }
+            fs::write(&path, &bytes).unwrap();
+            if let Ok(log) = LogStore::open_sized(dir.path(), 1 << 20) {
+                let got = all(&log);
+                proptest::prop_assert!(got.len() <= written.len());
+                proptest::prop_assert_eq!(&got[..], &written[..got.len()]);
+            }
+        }
     }
 
     #[test]
