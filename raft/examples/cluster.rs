@@ -447,8 +447,9 @@ async fn drive(args: Args) {
         .copied()
         .unwrap_or(0);
     let failover_ms = failover.lock().map(|d| d.as_secs_f64() * 1e3);
-    // The killed node restarts: it recovers from its crash (a torn Raft log tail, a store
-    // that lost its unflushed tail), catches up, and must end byte-identical.
+    // The killed node restarts: it recovers from its process crash (the page cache
+    // survives a SIGKILL; the chaos test models what a power cut loses), catches up, and
+    // must end byte-identical.
     let victim = killed_at.lock().map(|(_, v)| v);
     let rejoin_ms = match victim {
         Some(v) => {

@@ -255,11 +255,11 @@ impl Inner {
             at += FRAME_HEADER + frame.len();
         }
         if let Some(at) = torn {
-            // Only a frame the end of the file cut short (or zeros to the end) is a torn
-            // write, which was never synced and so never reported to openraft. A whole
-            // frame that fails its CRC may have been acknowledged: losing it could let
-            // this node vote against entries it promised to keep, so it refuses the open.
-            if !last || !is_torn_tail(&bytes[at..]) {
+            // Only what a torn append leaves (see `is_torn_tail`) was never synced, and so
+            // never reported to openraft. A whole frame that fails its CRC may have been
+            // acknowledged: losing it could let this node vote against entries it promised
+            // to keep, so it refuses the open.
+            if !last || !is_torn_tail(&bytes[at..], at) {
                 return Err(corrupt(&path, format!("damaged frame at byte {at}")));
             }
             log::warn!(
@@ -376,16 +376,44 @@ impl Inner {
 
 /// Whether `rest`, from a frame that did not read back, is what a torn append leaves: a
 /// frame that runs past the end of the file, or nothing but zeros.
-fn is_torn_tail(rest: &[u8]) -> bool {
+///
+/// Pages of an append that was never synced may reach the disk in any order, so a torn
+/// frame may also be whole but hold a page that was never written: a zero header, or a
+/// zero run of at least a sector where a page boundary cuts it. Only a frame whose length
+/// checks out and whose pages are all there, yet fails its CRC, is damage.
+fn is_torn_tail(rest: &[u8], offset: usize) -> bool {
     if rest.iter().all(|b| *b == 0) {
         return true;
     }
     let Some(header) = rest.get(..FRAME_HEADER) else {
         return true;
     };
+    if header.iter().all(|b| *b == 0) {
+        return true;
+    }
     let word = |i: usize| u32::from_be_bytes(header[i..i + 4].try_into().expect("4 bytes"));
-    // A whole header whose length checks out, with the frame running past the end.
-    word(0) == !word(4) && FRAME_HEADER + word(0) as usize > rest.len()
+    if word(0) != !word(4) {
+        return false;
+    }
+    let end = FRAME_HEADER + word(0) as usize;
+    end > rest.len() || has_unwritten_page(&rest[..end], offset)
+}
+
+/// Whether `frame`, at file offset `offset`, has a page-bounded piece of at least a
+/// sector that is all zeros: a page of it never written.
+fn has_unwritten_page(frame: &[u8], offset: usize) -> bool {
+    const PAGE: usize = 4096;
+    const SECTOR: usize = 512;
+    let mut i = 0;
+    while i < frame.len() {
+        let next = ((offset + i) / PAGE + 1) * PAGE - offset;
+        let piece = &frame[i..next.min(frame.len())];
+        if piece.len() >= SECTOR && piece.iter().all(|b| *b == 0) {
+            return true;
+        }
+        i = next;
+    }
+    false
 }
 
 /// The payload of the frame at `at`, if a whole frame with a matching CRC is there.
@@ -660,6 +688,36 @@ mod tests {
             .err()
             .expect("refused");
         assert_eq!(err.kind(), io::ErrorKind::InvalidData, "{err}");
+    }
+
+    #[test]
+    fn a_frame_with_a_page_never_written_is_a_torn_append() {
+        let dir = tempfile::tempdir().unwrap();
+        let big = |i: u64| {
+            let put = crate::PutRequest::new(
+                rocketstore::Message::new("T", 0u32, vec![b'z'; 10_000]),
+                i as i64,
+            );
+            Entry {
+                log_id: LogId::new(CommittedLeaderId::new(1, 1), i),
+                payload: EntryPayload::Normal(crate::PutBatch { puts: vec![put] }),
+            }
+        };
+        let written: Vec<_> = (1..=5).map(big).collect();
+        {
+            let log = LogStore::open_sized(dir.path(), 1 << 20).unwrap();
+            write(&log, &written);
+        }
+        let path = segment_path(dir.path(), 1);
+        let mut bytes = fs::read(&path).unwrap();
+        // The fourth frame starts past 3 × 10,000 bytes: zero the page after that.
+        let page = (3 * 10_100 / 4096 + 2) * 4096;
+        bytes[page..page + 4096].fill(0);
+        fs::write(&path, &bytes).unwrap();
+        let log = LogStore::open_sized(dir.path(), 1 << 20).unwrap();
+        let got = all(&log);
+        assert!(got.len() == 3 || got.len() == 4, "{} entries", got.len());
+        assert_eq!(&got[..], &written[..got.len()]);
     }
 
     #[test]

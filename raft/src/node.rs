@@ -22,6 +22,8 @@ use crate::{LogStore, NodeId, Raft, StateMachine, TypeConfig};
 pub const MAX_BATCH_PUTS: usize = 1024;
 /// ...and at most about this many bytes of bodies.
 pub const MAX_BATCH_BYTES: usize = 4 << 20;
+/// The longest a read barrier waits for the store to index what is applied.
+const READ_BARRIER_WAIT: Duration = Duration::from_secs(10);
 /// The longest the proposer waits for its last entry to reach the log.
 const PACE_LIMIT: Duration = Duration::from_millis(20);
 
@@ -347,11 +349,25 @@ impl ReplicatedStore {
     }
 
     /// Waits until a read from this node's store is linearizable: this node leads, a
-    /// quorum still confirms it, and it has applied everything committed before the
-    /// call. Reads on followers (or without this) may lag the leader.
+    /// quorum still confirms it, it has applied everything committed before the call, and
+    /// the store has indexed it (reads by queue see only dispatched messages). Reads on
+    /// followers (or without this) may lag the leader.
     pub async fn read_barrier(&self) -> Result<(), Error> {
         match self.raft.ensure_linearizable().await {
-            Ok(_) => Ok(()),
+            Ok(_) => {
+                let store = Arc::clone(&self.store);
+                let indexed = tokio::task::spawn_blocking(move || {
+                    store.wait_dispatched_to(store.max_physical_offset(), READ_BARRIER_WAIT)
+                })
+                .await
+                .map_err(|e| Error::Io(io::Error::other(e)))?;
+                match indexed {
+                    true => Ok(()),
+                    false => Err(Error::Raft(format!(
+                        "the store did not index what is applied within {READ_BARRIER_WAIT:?}"
+                    ))),
+                }
+            }
             Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(f))) => {
                 Err(Error::NotLeader {
                     leader: f.leader_id,

@@ -49,19 +49,27 @@ pub enum SnapshotData {
 impl SnapshotData {
     /// The stream of `store`'s log from its first file to `end`, whose last record's
     /// store time is `last_store_time`. Retention keeps the files streamed until the
-    /// stream drops (a [`LogHold`]).
+    /// stream drops (a [`LogHold`]). [`io::ErrorKind::NotFound`] when retention already
+    /// deleted the file `end` lies in.
     pub fn source(
         store: Arc<MessageStore>,
         end: u64,
         last_store_time: i64,
     ) -> io::Result<SnapshotData> {
         let file_size = store.config().commit_log_file_size;
-        // Retention may move the start between the look and the hold: look again.
+        // Retention may be retiring the first file between the look and the hold: look
+        // again once it is gone. A log that no longer reaches back to `end` cannot serve.
         let hold = loop {
-            let start = store.min_physical_offset().min(end);
+            let start = store.min_physical_offset();
+            if start > end {
+                return Err(io::Error::new(
+                    io::ErrorKind::NotFound,
+                    format!("the log now starts at {start}, past the snapshot's end {end}"),
+                ));
+            }
             match store.hold_log(start) {
                 Ok(hold) => break hold,
-                Err(rocketstore::Error::OutOfRange { .. }) => continue,
+                Err(rocketstore::Error::OutOfRange { .. }) => std::thread::yield_now(),
                 Err(e) => return Err(io::Error::other(e)),
             }
         };

@@ -348,27 +348,8 @@ fn recover(
 
 impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
     async fn build_snapshot(&mut self) -> StoreResult<Snapshot<TypeConfig>> {
-        let applied = self.shared.applied.lock().clone();
-        let store = &self.shared.store;
-        // The snapshot is the log up to `end`: it must be durable before it is vouched for.
-        store
-            .flush()
-            .map_err(|e| StorageIOError::write_snapshot(None, &io_err(e)))?;
-        let id = applied
-            .last_applied
-            .map_or_else(|| "none".to_string(), |l| l.to_string());
-        let record = SnapshotRecord {
-            meta: SnapshotMeta {
-                last_log_id: applied.last_applied,
-                last_membership: applied.membership.clone(),
-                snapshot_id: format!("{id}@{}", applied.end),
-            },
-            end: applied.end,
-            last_store_time: applied.last_store_time,
-        };
-        // An install may have recorded a newer snapshot meanwhile: keep the newest.
         let record = self
-            .keep_newest(record)
+            .record_now()
             .map_err(|e| StorageIOError::write_snapshot(None, &e))?;
         self.snapshot_of(record)
             .map_err(|e| StorageIOError::read_snapshot(None, &e).into())
@@ -376,6 +357,26 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
 }
 
 impl StateMachine {
+    /// Flushes the store and records a snapshot of what is applied now (or keeps a newer
+    /// one an install recorded meanwhile); returns the record kept.
+    fn record_now(&self) -> io::Result<SnapshotRecord> {
+        let applied = self.shared.applied.lock().clone();
+        // The snapshot is the log up to `end`: it must be durable before it is vouched for.
+        self.shared.store.flush().map_err(io_err)?;
+        let id = applied
+            .last_applied
+            .map_or_else(|| "none".to_string(), |l| l.to_string());
+        self.keep_newest(SnapshotRecord {
+            meta: SnapshotMeta {
+                last_log_id: applied.last_applied,
+                last_membership: applied.membership.clone(),
+                snapshot_id: format!("{id}@{}", applied.end),
+            },
+            end: applied.end,
+            last_store_time: applied.last_store_time,
+        })
+    }
+
     /// Records `record` durably unless a newer one is recorded; returns the one kept.
     /// Builds (their own task) and installs (the state machine's) are serialised here.
     fn keep_newest(&self, record: SnapshotRecord) -> io::Result<SnapshotRecord> {
@@ -518,15 +519,26 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
     }
 
     async fn get_current_snapshot(&mut self) -> StoreResult<Option<Snapshot<TypeConfig>>> {
-        let Some(record) = self.shared.snapshot.lock().clone() else {
+        let Some(mut record) = self.shared.snapshot.lock().clone() else {
             return Ok(None);
         };
-        if self.shared.store.min_physical_offset() > record.end {
-            // Retention deleted files the snapshot ends before: openraft builds a new one.
-            return Ok(None);
+        // openraft 0.9 treats a missing snapshot here as fatal (it builds new ones only on
+        // its own schedule), so a snapshot whose log retention deleted is rebuilt at once:
+        // the log from its first file to its end now. No apply runs meanwhile (this is the
+        // state machine's own task), so the applied state is the one the log ends at.
+        for _ in 0..3 {
+            match self.snapshot_of(record) {
+                Ok(snapshot) => return Ok(Some(snapshot)),
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                    log::info!("snapshot {}: rebuilding, its log is gone", e);
+                    record = self
+                        .record_now()
+                        .map_err(|e| StorageIOError::write_snapshot(None, &e))?;
+                }
+                Err(e) => return Err(StorageIOError::read_snapshot(None, &e).into()),
+            }
         }
-        self.snapshot_of(record)
-            .map(Some)
-            .map_err(|e| StorageIOError::read_snapshot(None, &e).into())
+        let e = io::Error::other("retention keeps deleting the snapshot's log");
+        Err(StorageIOError::read_snapshot(None, &e).into())
     }
 }

@@ -455,11 +455,18 @@ async fn a_new_node_joins_from_an_empty_store_and_reads_behind_a_barrier() {
     assert_eq!(content.len(), 151);
     assert_eq!(&content[&(1, put.queue_offset)].0[..], b"with four voters");
     // Linearizable reads: through the leader's barrier; a follower names the leader.
+    // A put, then the barrier: the queue read that follows sees it, with no other wait.
     let leader = cluster.leader().await;
+    let put = cluster.put(b"read after the barrier", 3).await;
     cluster.nodes[&leader]
         .read_barrier()
         .await
         .expect("the leader's barrier");
+    let got = cluster.nodes[&leader]
+        .store()
+        .get_message(TOPIC, 3, put.queue_offset, 1)
+        .unwrap();
+    assert_eq!(&got.messages[0].body[..], b"read after the barrier");
     let follower = *cluster.nodes.keys().find(|id| **id != leader).unwrap();
     let refused = cluster.nodes[&follower].read_barrier().await;
     assert!(

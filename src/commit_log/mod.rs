@@ -107,8 +107,17 @@ pub(crate) struct CommitLog {
     disk: DiskWatch,
     /// Replication: the offset below which records are replicated to enough replicas.
     confirm: confirm::Confirm,
-    /// Offsets that retention must keep (a log being streamed), with how many hold each.
-    holds: Mutex<std::collections::BTreeMap<u64, usize>>,
+    /// Offsets that retention must keep (a log being streamed), and what it is retiring.
+    holds: Mutex<Holds>,
+}
+
+/// What retention must keep, and what it is retiring.
+#[derive(Default)]
+struct Holds {
+    /// Held offsets, with how many hold each.
+    offsets: std::collections::BTreeMap<u64, usize>,
+    /// While retention retires the log below this offset, no hold below it is granted.
+    retiring: u64,
 }
 
 impl CommitLog {
@@ -220,7 +229,7 @@ impl CommitLog {
             wakeup: Arc::new(Wakeup::default()),
             disk,
             confirm: confirm::Confirm::new(config.read_confirmed_only),
-            holds: Mutex::new(std::collections::BTreeMap::new()),
+            holds: Mutex::new(Holds::default()),
         })
     }
 
@@ -244,11 +253,12 @@ impl CommitLog {
     }
 
     /// Keeps the files from the one holding `from` on until [`CommitLog::release`]; refused
-    /// ([`Error::OutOfRange`]) below the log's start. Checked and taken under the same
-    /// lock as a removal, so no file goes between the two.
+    /// ([`Error::OutOfRange`]) below the log's start, or below a file retention is
+    /// retiring. Checked and taken under the lock retention retires under, so no file goes
+    /// between the two.
     pub(crate) fn hold(&self, from: u64) -> Result<()> {
         let mut holds = self.holds.lock();
-        let start = self.min_offset();
+        let start = self.min_offset().max(holds.retiring);
         if from < start {
             return Err(Error::OutOfRange {
                 offset: from,
@@ -256,37 +266,45 @@ impl CommitLog {
                 end: self.write_offset(),
             });
         }
-        *holds.entry(from).or_insert(0) += 1;
+        *holds.offsets.entry(from).or_insert(0) += 1;
         Ok(())
-    }
-
-    /// Whether a [`CommitLog::hold`] keeps a byte below `end`.
-    pub(crate) fn is_held_below(&self, end: u64) -> bool {
-        self.holds
-            .lock()
-            .keys()
-            .next()
-            .is_some_and(|lowest| *lowest < end)
     }
 
     /// Ends one [`CommitLog::hold`] of `from`.
     pub(crate) fn release(&self, from: u64) {
         let mut holds = self.holds.lock();
-        if let Some(n) = holds.get_mut(&from) {
+        if let Some(n) = holds.offsets.get_mut(&from) {
             *n -= 1;
             if *n == 0 {
-                holds.remove(&from);
+                holds.offsets.remove(&from);
             }
         }
     }
 
-    /// Removes the oldest file if it still ends at `end`, is not the file being written,
-    /// and holds nothing a [`CommitLog::hold`] keeps.
-    pub(crate) fn remove_oldest_file(&self, end: u64) -> Result<bool> {
-        let holds = self.holds.lock();
-        if holds.keys().next().is_some_and(|lowest| *lowest < end) {
-            return Ok(false);
+    /// Starts retiring the log below `end` (retention, before it moves the queues'
+    /// minimums past it): false, and nothing starts, when a hold keeps a byte below it.
+    /// From here until [`CommitLog::end_retire`] no hold below `end` is granted.
+    pub(crate) fn begin_retire(&self, end: u64) -> bool {
+        let mut holds = self.holds.lock();
+        if holds
+            .offsets
+            .keys()
+            .next()
+            .is_some_and(|lowest| *lowest < end)
+        {
+            return false;
         }
+        holds.retiring = end;
+        true
+    }
+
+    /// Ends [`CommitLog::begin_retire`], whether the file went or not.
+    pub(crate) fn end_retire(&self) {
+        self.holds.lock().retiring = 0;
+    }
+
+    /// Removes the oldest file if it still ends at `end` and is not the file being written.
+    pub(crate) fn remove_oldest_file(&self, end: u64) -> Result<bool> {
         let size = self.file_size();
         let mut first = true;
         let removed = self.files.remove_front_while(1, |file| {

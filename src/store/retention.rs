@@ -133,16 +133,19 @@ impl Retention {
                     .and_then(|t| t.elapsed().ok())
                     .is_some_and(|e| e >= age),
             };
-            // A replication layer streaming the log keeps the file (checked again, under
-            // the lock, by the removal itself).
-            if end > dispatched || !old || log.is_held_below(end) {
+            // A replication layer streaming the log keeps the file; once retiring starts,
+            // no new hold below `end` is granted, so the queues' minimums never move past
+            // records that stay.
+            if end > dispatched || !old || !log.begin_retire(end) {
                 break;
             }
             queues.set_log_start(end);
             for (_, _, q) in queues.all() {
                 q.raise_min(end);
             }
-            if !log.remove_oldest_file(end)? {
+            let gone = log.remove_oldest_file(end);
+            log.end_retire();
+            if !gone? {
                 break;
             }
             removed += 1;

@@ -47,7 +47,8 @@ pub enum Request {
         /// Body.
         body: Bytes,
     },
-    /// Client: up to `max` messages of a queue from `offset`, from this replica.
+    /// Client: up to `max` messages of a queue from `offset`, from this replica, once it
+    /// has indexed everything it applied.
     Read {
         /// Topic.
         topic: String,
@@ -289,6 +290,12 @@ async fn handle(node: &ReplicatedStore, req: Request) -> Response {
             offset,
             max,
         } => {
+            // What this replica applied, once indexed (reads by queue see only that).
+            let store = Arc::clone(node.store());
+            let _ = tokio::task::spawn_blocking(move || {
+                store.wait_dispatched_to(store.max_physical_offset(), Duration::from_secs(5))
+            })
+            .await;
             let got = node
                 .store()
                 .get_message(&topic, queue_id, offset, max as usize);
