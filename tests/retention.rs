@@ -362,3 +362,34 @@ fn a_held_log_keeps_its_files_until_the_hold_drops() {
     assert!(store.delete_expired_files().unwrap() > 0);
     assert!(store.min_physical_offset() > third);
 }
+
+#[test]
+fn no_hold_is_granted_on_a_file_retention_is_deleting() {
+    let dir = tempfile::tempdir().unwrap();
+    let hook = StallRemove::new(true);
+    let store =
+        std::sync::Arc::new(MessageStore::open(cfg(dir.path()).io_hook(hook.clone())).unwrap());
+    fill_files(&store, 1500);
+    let first = store.min_physical_offset();
+    let deleting = {
+        let store = std::sync::Arc::clone(&store);
+        std::thread::spawn(move || store.delete_expired_files())
+    };
+    hook.reached.1.recv().unwrap(); // retention is unlinking the first file
+    let holding = {
+        let store = std::sync::Arc::clone(&store);
+        std::thread::spawn(move || store.hold_log(first).map(|h| h.offset()))
+    };
+    for _ in 0..64 {
+        let _ = hook.release.0.send(());
+    }
+    assert!(deleting.join().unwrap().unwrap() > 0);
+    // The hold asked for while the file was going is refused, never granted on a
+    // file that then vanished.
+    assert!(matches!(
+        holding.join().unwrap(),
+        Err(rocketstore::Error::OutOfRange { .. })
+    ));
+    assert!(store.min_physical_offset() > first);
+    assert!(store.hold_log(store.min_physical_offset()).is_ok());
+}
