@@ -517,7 +517,7 @@ mod flusher {
     type Job = (Vec<Arc<File>>, LogFlushed<TypeConfig>);
 
     pub(super) struct Flush {
-        tx: Mutex<Option<std::sync::mpsc::Sender<Job>>>,
+        tx: std::sync::mpsc::Sender<Job>,
         /// Appends handed to the thread.
         submitted: std::sync::atomic::AtomicU64,
         /// Appends whose sync has completed (or failed).
@@ -565,7 +565,7 @@ mod flusher {
                 })
                 .expect("spawn the raft log flush thread");
             Arc::new(Flush {
-                tx: Mutex::new(Some(tx)),
+                tx,
                 submitted: std::sync::atomic::AtomicU64::new(0),
                 flushed,
             })
@@ -580,10 +580,8 @@ mod flusher {
         pub(super) fn submit(&self, files: Vec<Arc<File>>, callback: LogFlushed<TypeConfig>) {
             self.submitted
                 .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
-            if let Some(tx) = self.tx.lock().as_ref() {
-                // The thread only stops when this sender goes, so the send cannot fail.
-                let _ = tx.send((files, callback));
-            }
+            // The thread stops only once this sender is dropped: the send cannot fail.
+            let _ = self.tx.send((files, callback));
         }
     }
 }

@@ -6,7 +6,7 @@
 //! building one costs a flush and nothing else. Its stream is
 //!
 //! ```text
-//! [b"RSSNAP02"][start u64][end u64][file size u64][last store time i64]   then the log's bytes [start, end)
+//! [b"RSSNAP01"][start u64][end u64][file size u64]   then the log's bytes [start, end)
 //! ```
 //!
 //! in log order, a file's closing blank record followed by zeros to the file's end. The
@@ -27,9 +27,9 @@ use rocketstore::format::{BLANK_MAGIC, BLANK_RECORD_LEN};
 use rocketstore::{LogHold, MessageStore};
 use tokio::io::{AsyncRead, AsyncSeek, AsyncWrite, ReadBuf};
 
-const MAGIC: &[u8; 8] = b"RSSNAP02";
+const MAGIC: &[u8; 8] = b"RSSNAP01";
 /// Length of the stream's header.
-pub const HEADER_LEN: u64 = 40;
+pub const HEADER_LEN: u64 = 32;
 const READ_CHUNK: usize = 1 << 20;
 const APPEND_CHUNK: usize = 4 << 20;
 
@@ -47,15 +47,10 @@ pub enum SnapshotData {
 }
 
 impl SnapshotData {
-    /// The stream of `store`'s log from its first file to `end`, whose last record's
-    /// store time is `last_store_time`. Retention keeps the files streamed until the
+    /// The stream of `store`'s log from its first file to `end`. Retention keeps the files streamed until the
     /// stream drops (a [`LogHold`]). [`io::ErrorKind::NotFound`] when retention already
     /// deleted the file `end` lies in.
-    pub fn source(
-        store: Arc<MessageStore>,
-        end: u64,
-        last_store_time: i64,
-    ) -> io::Result<SnapshotData> {
+    pub fn source(store: Arc<MessageStore>, end: u64) -> io::Result<SnapshotData> {
         let file_size = store.config().commit_log_file_size;
         // Retention may be retiring the first file between the look and the hold: look
         // again once it is gone. A log that no longer reaches back to `end` cannot serve.
@@ -69,13 +64,16 @@ impl SnapshotData {
             }
             match store.hold_log(start) {
                 Ok(hold) => break hold,
-                Err(rocketstore::Error::OutOfRange { .. }) => std::thread::yield_now(),
+                Err(rocketstore::Error::OutOfRange { .. }) => {
+                    // Retention is retiring that file: it is gone in a moment.
+                    std::thread::sleep(std::time::Duration::from_millis(1));
+                }
                 Err(e) => return Err(io::Error::other(e)),
             }
         };
         let start = hold.offset();
         Ok(SnapshotData::Source(LogStream {
-            header: header(start, end, file_size, last_store_time),
+            header: header(start, end, file_size),
             _hold: hold,
             store,
             start,
@@ -99,13 +97,12 @@ impl SnapshotData {
     }
 }
 
-fn header(start: u64, end: u64, file_size: u64, last_store_time: i64) -> [u8; HEADER_LEN as usize] {
+fn header(start: u64, end: u64, file_size: u64) -> [u8; HEADER_LEN as usize] {
     let mut h = [0u8; HEADER_LEN as usize];
     h[..8].copy_from_slice(MAGIC);
     h[8..16].copy_from_slice(&start.to_be_bytes());
     h[16..24].copy_from_slice(&end.to_be_bytes());
     h[24..32].copy_from_slice(&file_size.to_be_bytes());
-    h[32..40].copy_from_slice(&last_store_time.to_be_bytes());
     h
 }
 
@@ -380,8 +377,6 @@ pub struct StreamHeader {
     pub end: u64,
     /// The sender's commit-log file size.
     pub file_size: u64,
-    /// The store time of the stream's last record.
-    pub last_store_time: i64,
 }
 
 fn invalid(what: impl Into<String>) -> io::Error {
@@ -400,7 +395,6 @@ pub fn read_header(file: &File) -> io::Result<StreamHeader> {
         start: word(8),
         end: word(16),
         file_size: word(24),
-        last_store_time: word(32) as i64,
     };
     if header.start > header.end || header.file_size == 0 {
         return Err(invalid(format!(

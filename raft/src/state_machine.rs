@@ -48,19 +48,12 @@ struct Applied {
     /// rest were lost in a crash): its index, and how many of its puts are stored.
     #[serde(default)]
     partial: Option<(u64, u32)>,
-    /// The store time of the last record. Every replica raises a put's time to it
-    /// itself, rather than trusting the store's own memory of it (which a reopen whose
-    /// last file holds no record does not have), so all of them store the same time.
-    #[serde(default)]
-    last_store_time: i64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 struct SnapshotRecord {
     meta: SnapshotMeta<NodeId, BasicNode>,
     end: u64,
-    #[serde(default)]
-    last_store_time: i64,
 }
 
 /// Written before a snapshot's bytes are appended and removed once its record is: after
@@ -164,14 +157,14 @@ impl StateMachine {
     async fn put(&self, req: &PutRequest, at: BatchPosition) -> StoreResult<PutResponse> {
         let msg = req.to_message(at);
         let log_id = at.log_id;
-        let time = req
-            .store_timestamp
-            .max(self.shared.applied.lock().last_store_time);
         let mut backoff = Duration::from_millis(1);
         loop {
-            match self.shared.store.put_message_stamped(&msg, time) {
+            match self
+                .shared
+                .store
+                .put_message_stamped(&msg, req.store_timestamp)
+            {
                 Ok(put) => {
-                    self.shared.applied.lock().last_store_time = put.store_timestamp;
                     return Ok(PutResponse::Stored {
                         physical_offset: put.physical_offset,
                         queue_offset: put.queue_offset,
@@ -289,7 +282,6 @@ fn recover(
             membership: s.meta.last_membership.clone(),
             end: s.end,
             partial: None,
-            last_store_time: s.last_store_time,
         },
         None => Applied {
             end: store.min_physical_offset(),
@@ -318,7 +310,6 @@ fn recover(
                             format!("the record at {pos} was not applied from the raft log"),
                         )
                     })?;
-                base.last_store_time = base.last_store_time.max(m.store_timestamp);
                 if at.is_last() {
                     base.last_applied = base.last_applied.max(Some(at.log_id));
                     base.partial = None;
@@ -373,7 +364,6 @@ impl StateMachine {
                 snapshot_id: format!("{id}@{}", applied.end),
             },
             end: applied.end,
-            last_store_time: applied.last_store_time,
         })
     }
 
@@ -396,7 +386,7 @@ impl StateMachine {
     /// held against retention while it is streamed.
     fn snapshot_of(&self, record: SnapshotRecord) -> io::Result<Snapshot<TypeConfig>> {
         let store = &self.shared.store;
-        let data = SnapshotData::source(Arc::clone(store), record.end, record.last_store_time)?;
+        let data = SnapshotData::source(Arc::clone(store), record.end)?;
         let mut meta = record.meta;
         // The stream's bytes depend on where it starts: a resumed transfer must not mix two.
         if let SnapshotData::Source(stream) = &data {
@@ -490,13 +480,9 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             .map_err(|e| err(io::Error::other(e)))?
             .map_err(err)?;
         self.shared.store.flush().map_err(|e| err(io_err(e)))?;
-        let last_store_time = header
-            .last_store_time
-            .max(self.shared.applied.lock().last_store_time);
         let record = SnapshotRecord {
             meta: meta.clone(),
             end,
-            last_store_time,
         };
         self.keep_newest(record).map_err(err)?;
         self.write_membership(&meta.last_membership).map_err(err)?;
@@ -506,7 +492,6 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             membership: meta.last_membership.clone(),
             end,
             partial: None,
-            last_store_time,
         };
         *self.shared.applied.lock() = applied.clone();
         self.write_hint(&applied);

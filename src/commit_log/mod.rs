@@ -746,7 +746,7 @@ impl CommitLog {
     }
 
     /// Refuses further puts and stops the allocation thread; the caller then flushes.
-    /// Waits for a confirm offset end (they resolve to `ShutDown`).
+    /// Puts waiting for the confirm offset are woken and resolve to `ShutDown`.
     pub(crate) fn close(&self) {
         let mut state = self.state.lock();
         state.closed = true;
