@@ -66,6 +66,7 @@ mod error;
 pub mod format;
 mod fs;
 mod index;
+pub mod inspect;
 pub mod layout;
 mod message;
 mod queue;
