@@ -1,18 +1,15 @@
 //! The store dumper: prints and checks the files of a RocketMQ-layout store, read-only, and
 //! never needs the store to have been closed cleanly. A printer over the crate's reader
 //! (`rocketstore::inspect`, which also holds every check `--verify` runs) and record codec.
-//!
-//! `cargo run --release --example dump -- <path> [options]`, where `<path>` is a store root,
-//! `commitlog/` or one of its files, a consume-queue directory or file, `index/` or one of
-//! its files, or the checkpoint.
+//! `cargo run --release --example dump -- <path> [options]`; `--help` lists them.
 
 use std::io::{self, BufWriter, Write};
 use std::ops::ControlFlow::{self, Break, Continue};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use chrono::DateTime;
-use clap::{Parser, ValueEnum};
+use chrono::{DateTime, SecondsFormat::Millis};
+use clap::Parser;
 use rocketstore::CheckpointTimes;
 use rocketstore::format::RecordView;
 use rocketstore::inspect::{self, IndexFileBytes, Item, LogFiles, Target, Totals};
@@ -21,8 +18,7 @@ use serde_json::{Value, json};
 #[derive(Parser, Debug)]
 #[command(about = "Print and verify rocketstore / RocketMQ store files (read-only)")]
 struct Args {
-    /// A store root, commitlog/ or one of its files, a consume-queue directory or file,
-    /// index/ or one of its files, or the checkpoint.
+    /// A store root, commitlog/, a consume queue, index/, one of their files, or the checkpoint.
     path: PathBuf,
     /// Show records from this commit-log offset on.
     #[arg(long)]
@@ -39,18 +35,17 @@ struct Args {
     /// Stop after this many lines.
     #[arg(long)]
     limit: Option<u64>,
-    /// Show a preview (64 bytes) of each body.
-    #[arg(long, value_enum)]
-    body: Option<BodyFormat>,
+    /// Show a preview (64 bytes) of each body, as hex or as UTF-8.
+    #[arg(long, value_parser = ["hex", "utf8"])]
+    body: Option<String>,
     /// One JSON object per line.
     #[arg(long)]
     json: bool,
     /// Per topic/queue and per file totals instead of one line per record.
     #[arg(long)]
     summary: bool,
-    /// Check every body CRC, and every consume-queue and key-index entry against the
-    /// commit log (everything under the path: the filters do not apply); print each
-    /// problem and exit 1 if there is any.
+    /// Check every record, and every queue and index entry against its record (all under the
+    /// path: filters do not apply); print each problem, exit 1 if there is any.
     #[arg(long)]
     verify: bool,
     /// Hash slots per index file (the store's `index_hash_slots`).
@@ -67,45 +62,37 @@ impl Args {
     }
 }
 
-#[derive(Clone, Copy, Debug, ValueEnum)]
-enum BodyFormat {
-    Hex,
-    Utf8,
-}
-
-/// One line of output, printed as `text` or with `--json` as `json`.
-struct Row {
-    text: String,
-    json: Value,
-}
+/// One line of output: its text, and the JSON object `--json` prints instead.
+type Row = (String, Value);
 
 /// A [`Row`] of kind `$kind` from named fields: the text is `$text` (which may use any
 /// local), the JSON object holds `kind` and the fields (`name = value`, or a local's name).
 macro_rules! row {
     ($kind:literal, $text:literal $(, $field:ident $(= $value:expr)?)* $(,)?) => {{
         $($(let $field = $value;)?)*
-        Row { text: format!($text), json: json!({"kind": $kind, $(stringify!($field): $field),*}) }
+        (format!($text), json!({"kind": $kind, $(stringify!($field): $field),*}))
     }};
 }
 
 /// Milliseconds since the epoch as ISO-8601 UTC.
 fn iso(ms: i64) -> String {
     let t = DateTime::from_timestamp_millis(ms);
-    let iso = |t: DateTime<_>| t.format("%Y-%m-%dT%H:%M:%S%.3fZ").to_string();
-    t.map_or(format!("{ms} ms"), iso)
+    t.map_or(format!("{ms} ms"), |t| t.to_rfc3339_opts(Millis, true))
 }
 
 fn main() -> ExitCode {
     let args = Args::parse();
     let out = BufWriter::new(io::stdout().lock());
+    let (shown, problems) = (0, 0);
     let mut d = Dumper {
         args: &args,
         out,
-        shown: 0,
+        shown,
+        problems,
     };
-    match d.run().and_then(|problems| Ok((problems, d.out.flush()?))) {
-        Ok((0, ())) => ExitCode::SUCCESS,
-        Ok((problems, ())) => {
+    match d.run().and_then(|()| d.out.flush()).map(|()| d.problems) {
+        Ok(0) => ExitCode::SUCCESS,
+        Ok(problems) => {
             eprintln!("{problems} problem(s) found");
             ExitCode::from(1)
         }
@@ -121,24 +108,26 @@ struct Dumper<'a, W: Write> {
     out: W,
     /// Lines counted against `--limit`.
     shown: u64,
+    /// Damage met, or with `--verify` problems found: the exit code is then 1.
+    problems: u64,
 }
 
 impl<W: Write> Dumper<'_, W> {
-    /// Prints what the path names; returns how many problems `--verify` found.
-    fn run(&mut self) -> io::Result<u64> {
+    /// Prints what the path names.
+    fn run(&mut self) -> io::Result<()> {
         let target = Target::of(&self.args.path)?;
         if self.args.verify {
-            let (shape, mut problems) = ((self.args.index_slots, self.args.index_entries), 0);
+            let shape = (self.args.index_slots, self.args.index_entries);
             let checked = inspect::verify(&target, shape, |p| {
                 let (what, at, reason) = (p.what, p.offset, p.reason);
-                problems += 1;
+                self.problems += 1;
                 self.emit(row! { "problem", "BAD {what} at {at}: {reason}", what, at, reason })
             })?;
             self.emit(row! { "verified",
                 "verified {checked} records, queue and index entries: {problems} problem(s)",
-                checked, problems
+                checked, problems = self.problems
             })?;
-            return Ok(problems);
+            return Ok(());
         }
         match target {
             Target::Store(root) => self.commit_log(&LogFiles::of_store(&root)?)?,
@@ -147,27 +136,29 @@ impl<W: Write> Dumper<'_, W> {
             Target::Queue { files, .. } => self.queue(&files)?,
             Target::Checkpoint(path) => self.checkpoint(&path)?,
         }
-        Ok(0)
+        Ok(())
     }
 
     fn emit(&mut self, row: Row) -> io::Result<()> {
         match self.args.json {
-            true => writeln!(self.out, "{}", row.json),
-            false => writeln!(self.out, "{}", row.text),
+            true => writeln!(self.out, "{}", row.1),
+            false => writeln!(self.out, "{}", row.0),
         }
     }
 
-    /// Emits a line that counts against `--limit`; breaks once the limit is reached.
+    /// Emits a line that counts against `--limit`, or breaks when the limit is reached.
     fn show(&mut self, row: Row) -> io::Result<ControlFlow<()>> {
+        if self.args.limit.is_some_and(|l| self.shown >= l) {
+            return Ok(Break(()));
+        }
         self.shown += 1;
-        self.emit(row)?;
-        let full = self.args.limit.is_some_and(|l| self.shown >= l);
-        Ok(if full { Break(()) } else { Continue(()) })
+        self.emit(row).map(Continue)
     }
 
     fn checkpoint(&mut self, path: &Path) -> io::Result<()> {
-        let t = CheckpointTimes::read(path).map_err(io::Error::other)?;
-        let t = t.ok_or_else(|| io::Error::other("too short to be a checkpoint"))?;
+        let err = |e: &dyn std::fmt::Display| io::Error::other(format!("{}: {e}", path.display()));
+        let t = CheckpointTimes::read(path).map_err(|e| err(&e))?;
+        let t = t.ok_or_else(|| err(&"too short to be a checkpoint"))?;
         let times = [t.physic, t.logics, t.index];
         for (field, ms) in ["physic", "logics", "index"].into_iter().zip(times) {
             let time = iso(ms);
@@ -198,10 +189,13 @@ impl<W: Write> Dumper<'_, W> {
                     })
                 }
                 Item::Blank { .. } => Ok(Continue(())),
-                Item::Damaged { offset, reason } => self.show(row! { "damaged",
-                    "{offset:>14} DAMAGED {reason}; the rest of the file is not read",
-                    offset, reason
-                }),
+                Item::Damaged { offset, reason } => {
+                    self.problems += 1;
+                    self.show(row! { "damaged",
+                        "{offset:>14} DAMAGED {reason}; the rest of the file is not read",
+                        offset, reason
+                    })
+                }
             })?;
             if a.summary {
                 let (path, pct) = (path.display(), used as f64 * 100.0 / len.max(1) as f64);
@@ -225,19 +219,20 @@ impl<W: Write> Dumper<'_, W> {
     fn record(&mut self, at: u64, v: &RecordView, t: &mut Totals) -> io::Result<ControlFlow<()>> {
         let a = self.args;
         let wanted = a.topic.as_deref().is_none_or(|t| t == v.topic)
-            && a.queue.is_none_or(|q| q == v.queue_id);
-        if !wanted || !a.in_range(at) || a.summary {
-            if wanted && a.in_range(at) {
-                t.add(v);
-            }
+            && a.queue.is_none_or(|q| q == v.queue_id)
+            && a.in_range(at);
+        if wanted && a.summary {
+            t.add(v);
+        }
+        if !wanted || a.summary {
             return Ok(Continue(()));
         }
         let pairs = inspect::properties(v);
         let props = Vec::from_iter(pairs.iter().map(|(k, val)| format!("{k}={val}"))).join(" ");
         let preview = &v.body_bytes()[..v.body_bytes().len().min(64)];
-        let body = a.body.map(|f| match f {
-            BodyFormat::Hex => preview.iter().map(|x| format!("{x:02x}")).collect(),
-            BodyFormat::Utf8 => String::from_utf8_lossy(preview).into_owned(),
+        let body = a.body.as_deref().map(|f| match f {
+            "hex" => preview.iter().map(|x| format!("{x:02x}")).collect(),
+            _ => String::from_utf8_lossy(preview).into_owned(),
         });
         let body_text: String = body.iter().map(|b| format!(" body: {b}")).collect();
         let crc = if v.crc_ok() { "ok" } else { "BAD" };
@@ -258,10 +253,15 @@ impl<W: Write> Dumper<'_, W> {
     fn queue(&mut self, files: &[(u64, PathBuf)]) -> io::Result<()> {
         for (start, path) in files {
             for (qo, e) in inspect::queue_entries(path, *start)? {
-                let (offset, size, tag_hash) = (e.physical_offset, e.size, e.tag_hash);
-                let row = row! { "entry",
-                    "{queue_offset:>10} offset={offset} size={size} tag_hash={tag_hash}",
-                    queue_offset = qo, offset, size, tag_hash
+                self.problems += u64::from(e.is_none());
+                let row = match e {
+                    Some(e) => row! { "entry",
+                        "{queue_offset:>10} offset={offset} size={size} tag_hash={tag_hash}",
+                        queue_offset = qo, offset = e.physical_offset, size = e.size,
+                        tag_hash = e.tag_hash
+                    },
+                    None => row! { "damaged_entry", "{queue_offset:>10} DAMAGED not an entry",
+                    queue_offset = qo },
                 };
                 if self.show(row)?.is_break() {
                     return Ok(());

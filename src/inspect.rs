@@ -105,27 +105,18 @@ pub enum Target {
 
 impl Target {
     /// What `path` names; an `InvalidInput` error when it is none of a store's parts.
+    /// The path is made absolute first, so `.` or a bare file name work from inside the
+    /// store.
     pub fn of(path: &Path) -> io::Result<Target> {
+        let path = &std::fs::canonicalize(path).map_err(|e| invalid(path, e))?;
         let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
-        let parent = path.parent().unwrap_or(Path::new("."));
-        let root_of = |p: &Path| p.parent().unwrap_or(Path::new(".")).to_path_buf();
+        let parent = path.parent().unwrap_or(Path::new("/"));
+        let root_of = |p: &Path| p.parent().unwrap_or(Path::new("/")).to_path_buf();
         Ok(if path.is_dir() && layout::commit_log_dir(path).is_dir() {
             Target::Store(path.to_path_buf())
         } else if path.is_dir() && name == layout::COMMIT_LOG_DIR {
             Target::CommitLog(LogFiles::in_dir(path)?)
-        } else if path.is_dir() && name == layout::INDEX_DIR {
-            let files = index_files(path)?;
-            Target::Index {
-                root: root_of(path),
-                files,
-            }
-        } else if parent.file_name() == Some(layout::INDEX_DIR.as_ref()) {
-            let files = vec![path.to_path_buf()];
-            Target::Index {
-                root: root_of(parent),
-                files,
-            }
-        } else if name == layout::CHECKPOINT_FILE {
+        } else if name == layout::CHECKPOINT_FILE && path.is_file() {
             Target::Checkpoint(path.to_path_buf())
         } else if let Some((root, topic, queue_id)) = layout::parse_queue_path(path) {
             let files = match path.is_dir() {
@@ -136,6 +127,18 @@ impl Target {
                 root,
                 topic,
                 queue_id,
+                files,
+            }
+        } else if path.is_dir() && name == layout::INDEX_DIR {
+            let files = index_files(path)?;
+            Target::Index {
+                root: root_of(path),
+                files,
+            }
+        } else if path.is_file() && parent.file_name() == Some(layout::INDEX_DIR.as_ref()) {
+            let files = vec![path.to_path_buf()];
+            Target::Index {
+                root: root_of(parent),
                 files,
             }
         } else if path.is_file() && layout::parse_file_name(name).is_some() {
@@ -153,7 +156,8 @@ pub struct Problem {
     /// What is wrong: `record`, `queue entry {topic}/{queue} #{queue offset}`,
     /// `index slot`, or `index entry {n} of {file}`.
     pub what: String,
-    /// The commit-log offset it concerns (the slot's number for an index slot).
+    /// The commit-log offset it concerns; for an index slot, the slot's number; for bytes
+    /// in a consume queue that are not an entry, their position in the queue.
     pub offset: u64,
     /// Why, for people; several reasons are joined by `; `.
     pub reason: String,
@@ -215,8 +219,11 @@ pub fn verify(
         Target::Checkpoint(_) => return Ok(0),
     };
     if matches!(target, Target::Store(_) | Target::CommitLog(_)) {
+        // Where each file's walk ended, when it ended on zeros before the file's end.
+        let mut zeros_at = Vec::new();
         for (start, path) in log.files() {
-            LogFiles::walk(path, *start, |item| {
+            let mut stopped = false;
+            let used = LogFiles::walk(path, *start, |item| {
                 match item {
                     Item::Record { offset, record } => {
                         checked += 1;
@@ -225,31 +232,55 @@ pub fn verify(
                     Item::Damaged { offset, reason } => {
                         let why = vec![format!("{reason}; the rest of the file is not read")];
                         report(&|| "record".into(), offset, why)?;
+                        stopped = true;
                     }
-                    Item::Blank { .. } => {}
+                    Item::Blank { .. } => stopped = true,
                 }
                 Ok(ControlFlow::Continue(()))
             })?;
+            let len = std::fs::metadata(path)?.len();
+            zeros_at.push((!stopped && used < len).then_some(start + used));
+            // Zeros end a file the log went on from: the records after them are real.
+            if used > 0 {
+                for at in zeros_at.drain(..zeros_at.len() - 1).flatten() {
+                    let why = vec![
+                        "zeros where a record or the closing blank record should be, \
+                        yet later files hold records"
+                            .to_string(),
+                    ];
+                    report(&|| "record".into(), at, why)?;
+                }
+            }
         }
     }
+    // Entries below the log's first file point at records retention deleted: readers skip
+    // them, and so does the check.
+    let log_start = log.files().first().map_or(0, |f| f.0);
     for (topic, id, files) in &queues {
         for (start, path) in files {
             for (qo, e) in queue_entries(path, *start)? {
-                checked += 1;
                 let what = || format!("queue entry {topic}/{id} #{qo}");
-                let why = log.check_queue_entry(&e, topic, *id, qo)?;
-                report(&what, e.physical_offset, why)?;
+                let Some(e) = e else {
+                    let why = vec!["not an entry: its size or offset is out of range".into()];
+                    report(&what, qo * CQ_ENTRY_LEN as u64, why)?;
+                    continue;
+                };
+                if e.physical_offset >= log_start {
+                    checked += 1;
+                    let why = log.check_queue_entry(&e, topic, *id, qo)?;
+                    report(&what, e.physical_offset, why)?;
+                }
             }
         }
     }
     for path in &index {
         let file = IndexFileBytes::read(path, index_shape.0, index_shape.1)?;
-        let count = file.header().count;
+        let count = file.header().count.min(index_shape.1);
         for (slot, v) in file.bad_slots() {
             let why = vec![format!("points at entry {v} of {count}")];
             report(&|| "index slot".into(), u64::from(slot), why)?;
         }
-        for (n, e) in file.entries() {
+        for (n, e) in file.entries().filter(|(_, e)| e.offset >= log_start) {
             checked += 1;
             let what = || format!("index entry {n} of {}", path.display());
             report(&what, e.offset, log.check_index_entry(&e, n)?)?;
@@ -292,8 +323,9 @@ impl LogFiles {
 
     /// Walks the records of the file at `path` (starting at commit-log offset `start`),
     /// oldest first, until `visit` breaks, the file's blank record, zeros, damage or the
-    /// end of the file. Returns how far the file is used: the end of the last record (or of
-    /// the blank record). Reads at most 64 MiB at a time, more only for a larger record.
+    /// end of the file. Returns how far the walk got within the file: the end of the last
+    /// record visited (or of the blank record). Reads at most 64 MiB at a time, more only
+    /// for a larger (well-formed) record.
     pub fn walk(
         path: &Path,
         start: u64,
@@ -309,7 +341,14 @@ impl LogFiles {
         mut visit: impl FnMut(Item<'_>) -> io::Result<ControlFlow<()>>,
     ) -> io::Result<u64> {
         let file = std::fs::File::open(path)?;
-        let len = file.metadata()?.len() as usize;
+        let len = file.metadata()?.len();
+        if start.checked_add(len).is_none() {
+            return Err(invalid(
+                path,
+                "its name is an offset too large for its length",
+            ));
+        }
+        let len = len as usize;
         // A window holds at least a record's header, so that each read makes progress.
         let window = window.max(format::BLANK_RECORD_LEN);
         let (mut base, mut want) = (0usize, window);
@@ -356,30 +395,41 @@ impl LogFiles {
             if last_window && pos == buf.len() {
                 return Ok(len as u64);
             }
-            // The window ends inside a record: read again from its start, whole.
-            want = window.max(size_field(&buf[pos..]).max(0) as usize);
+            // The window ends inside a record: read again from its start, whole (its size
+            // is known once its header was read whole, and then checked by cut_by_window).
+            let rest = &buf[pos..];
+            let size = match rest.len() >= format::BLANK_RECORD_LEN {
+                true => size_field(rest).max(0) as usize,
+                false => 0,
+            };
+            want = window.max(size);
             base += pos;
         }
     }
 
-    /// The bytes of the record at commit-log `offset`, or why there is none there.
+    /// The bytes of the record at commit-log `offset`, or why there is none there. Only a
+    /// header with a record's magic code, whose size fits in its file, is read further.
     pub fn record(&self, offset: u64) -> io::Result<Result<Vec<u8>, String>> {
         let Some((start, path)) = self.files.iter().rev().find(|(s, _)| *s <= offset) else {
             return Ok(Err("no commit-log file holds this offset".into()));
         };
         let file = std::fs::File::open(path)?;
-        let mut size = [0u8; 4];
-        if file.read_exact_at(&mut size, offset - start).is_err() {
+        let at = offset - start;
+        let left = file.metadata()?.len().saturating_sub(at);
+        let mut header = [0u8; format::BLANK_RECORD_LEN];
+        if file.read_exact_at(&mut header, at).is_err() {
             return Ok(Err("points past the end of its file".into()));
         }
-        let size = i32::from_be_bytes(size);
-        if size < format::MIN_RECORD_LEN as i32 {
+        let size = size_field(&header);
+        let magic = u32::from_be_bytes(header[4..].try_into().expect("4 bytes"));
+        if ![format::MAGIC_V1, format::MAGIC_V2].contains(&magic) {
+            return Ok(Err(format!("no record here (magic code {magic:#010X})")));
+        }
+        if size < format::MIN_RECORD_LEN as i32 || size as u64 > left {
             return Ok(Err(format!("no record here (size field {size})")));
         }
         let mut buf = vec![0u8; size as usize];
-        if file.read_exact_at(&mut buf, offset - start).is_err() {
-            return Ok(Err("the record runs past the end of its file".into()));
-        }
+        file.read_exact_at(&mut buf, at)?;
         Ok(Ok(buf))
     }
 
@@ -509,12 +559,14 @@ impl Totals {
 }
 
 /// The entries of the consume-queue file at `path`, which starts at byte `start` of its
-/// queue, with their queue offsets; up to the first unwritten entry.
-pub fn queue_entries(path: &Path, start: u64) -> io::Result<Vec<(u64, CqEntry)>> {
+/// queue, with their queue offsets, up to the first unwritten (all-zero) entry. `None` is
+/// 20 bytes that are written but not an entry (a size or offset out of range): damage.
+pub fn queue_entries(path: &Path, start: u64) -> io::Result<Vec<(u64, Option<CqEntry>)>> {
     let bytes = std::fs::read(path)?;
     let entries = bytes
         .chunks_exact(CQ_ENTRY_LEN)
-        .map_while(|c| CqEntry::decode(c.try_into().expect("chunks of an entry")));
+        .take_while(|c| c.iter().any(|&b| b != 0))
+        .map(|c| CqEntry::decode(c.try_into().expect("chunks of an entry")));
     Ok((start / CQ_ENTRY_LEN as u64..).zip(entries).collect())
 }
 
@@ -596,10 +648,14 @@ fn size_field(rest: &[u8]) -> i32 {
 /// Whether the bytes at a stop (`rest` of a window, `file_left` of the file) are a record
 /// the end of the window cut off, rather than damage.
 fn cut_by_window(rest: &[u8], file_left: usize) -> bool {
-    let size = size_field(rest);
-    rest.len() < format::BLANK_RECORD_LEN
-        || ((format::MIN_RECORD_LEN as i32..=file_left as i32).contains(&size)
-            && size as usize > rest.len())
+    if rest.len() < format::BLANK_RECORD_LEN {
+        return true;
+    }
+    let size = size_field(rest) as usize;
+    let magic = u32::from_be_bytes(rest[4..8].try_into().expect("4 bytes"));
+    [format::MAGIC_V1, format::MAGIC_V2].contains(&magic)
+        && (format::MIN_RECORD_LEN..=file_left).contains(&size)
+        && size > rest.len()
 }
 
 fn invalid(path: &Path, why: impl std::fmt::Display) -> io::Error {

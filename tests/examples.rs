@@ -118,6 +118,12 @@ fn dumper_lists_summarises_and_verifies_a_store() {
     assert_eq!(out.lines().count(), 5);
     assert!(out.lines().next().unwrap().contains("Dump/0 qo=0"), "{out}");
 
+    let queue = layout::queue_dir(dir.path(), "Dump", 0);
+    let (code, out) = run(&[queue.to_str().unwrap(), "--limit", "0"]);
+    assert_eq!((code, out.as_str()), (0, ""), "--limit 0 shows nothing");
+    let (code, out) = run(&[queue.to_str().unwrap(), "--limit", "2"]);
+    assert_eq!((code, out.lines().count()), (0, 2), "{out}");
+
     let (_, out) = run(&[root, "--json", "--queue", "1", "--limit", "3"]);
     for line in out.lines() {
         assert!(line.starts_with('{') && line.ends_with('}') && line.contains("\"queue\":1,"));

@@ -96,6 +96,7 @@ fn a_path_is_named_for_what_it_holds() {
             assert_eq!((topic.as_str(), queue_id), ("Insp", 1));
             let entries = inspect::queue_entries(&files[0].1, files[0].0).unwrap();
             assert_eq!(entries.len(), 150);
+            assert!(entries.iter().all(|(_, e)| e.is_some()));
         }
         other => panic!("{other:?}"),
     }
@@ -103,6 +104,14 @@ fn a_path_is_named_for_what_it_holds() {
     assert!(matches!(Target::of(&index).unwrap(), Target::Index { files, .. } if files.len() == 1));
     let cp = layout::checkpoint_file(root);
     assert!(matches!(Target::of(&cp).unwrap(), Target::Checkpoint(_)));
+    // A topic may be named like a store directory: its queue is still a queue.
+    let store = open(root, sync_mode());
+    let put = store.put_message(&message("index", 0, "i", 0)).unwrap();
+    assert!(store.wait_dispatched(put.physical_offset, std::time::Duration::from_secs(10)));
+    store.shutdown().unwrap();
+    let index_topic = layout::queue_dir(root, "index", 0);
+    let file = layout::data_files(&index_topic).unwrap()[0].1.clone();
+    assert!(matches!(Target::of(&file).unwrap(), Target::Queue { topic, .. } if topic == "index"));
     let err = Target::of(&root.join("nothing-here")).unwrap_err();
     assert_eq!(err.kind(), std::io::ErrorKind::InvalidInput);
 }
@@ -231,6 +240,77 @@ fn damage_in_the_log_is_reported_and_ends_the_walk_of_its_file() {
     assert_eq!(
         found.iter().filter(|p| p.offset == third).count(),
         1,
+        "{found:?}"
+    );
+}
+
+#[test]
+fn verify_reports_undecodable_queue_entries_and_checks_the_ones_after() {
+    let (dir, puts) = store();
+    let root = dir.path();
+    let queue_file = layout::data_files(&layout::queue_dir(root, "Insp", 0)).unwrap()[0]
+        .1
+        .clone();
+    let f = OpenOptions::new().write(true).open(&queue_file).unwrap();
+    // Entry #3: all 0xFF (a negative offset and size). Entry #7 points into a body.
+    f.write_all_at(&[0xFF; 20], 3 * format::CQ_ENTRY_LEN as u64)
+        .unwrap();
+    let inside = puts[14].physical_offset + 120;
+    f.write_all_at(&inside.to_be_bytes(), 7 * format::CQ_ENTRY_LEN as u64)
+        .unwrap();
+    let (checked, found) = problems(&Target::of(&layout::queue_dir(root, "Insp", 0)).unwrap());
+    assert_eq!(
+        checked, 149,
+        "every entry but the undecodable one: {found:?}"
+    );
+    let what: Vec<_> = found.iter().map(|p| p.what.as_str()).collect();
+    assert_eq!(
+        what,
+        ["queue entry Insp/0 #3", "queue entry Insp/0 #7"],
+        "{found:?}"
+    );
+    assert!(found[1].reason.contains("no record here"), "{found:?}");
+}
+
+#[test]
+fn verify_skips_entries_below_the_log_start() {
+    let (dir, puts) = store();
+    let root = dir.path();
+    let log = LogFiles::of_store(root).unwrap();
+    let (second_start, _) = log.files()[1].clone();
+    // Retention deleted the first file: entries pointing into it are skipped, not errors.
+    std::fs::remove_file(&log.files()[0].1).unwrap();
+    let (checked, found) = problems(&Target::of(root).unwrap());
+    assert_eq!(found, [], "entries below the log start are not problems");
+    let left = puts
+        .iter()
+        .filter(|p| p.physical_offset >= second_start)
+        .count() as u64;
+    assert!(left > 0 && left < 300);
+    assert_eq!(checked, 3 * left);
+}
+
+#[test]
+fn verify_reports_zeros_that_end_a_file_before_later_records() {
+    let (dir, puts) = store();
+    let log = LogFiles::of_store(dir.path()).unwrap();
+    let (start, path) = log.files()[0].clone();
+    let next = log.files()[1].0;
+    // The last record of the first file and the blank after it become zeros.
+    let victim = puts
+        .iter()
+        .rev()
+        .find(|p| p.physical_offset < next)
+        .unwrap();
+    let f = OpenOptions::new().write(true).open(&path).unwrap();
+    let from = victim.physical_offset - start;
+    f.write_all_at(&vec![0u8; (next - victim.physical_offset) as usize], from)
+        .unwrap();
+    let (_, found) = problems(&Target::CommitLog(log));
+    assert_eq!(found.len(), 1, "{found:?}");
+    assert_eq!(found[0].offset, victim.physical_offset);
+    assert!(
+        found[0].reason.contains("later files hold records"),
         "{found:?}"
     );
 }
