@@ -194,3 +194,87 @@ fn new_queue_directories_and_removed_queue_files_are_made_durable() {
     let synced = hook.dirs.lock().unwrap().clone();
     assert!(synced.contains(&cq.join("NewTopic/7")), "{synced:?}");
 }
+
+/// Holds the first consume-queue allocation until released, then fails every one as a
+/// full disk would while armed; counts both.
+#[derive(Default)]
+struct QueuesOutOfSpace {
+    hold: std::sync::atomic::AtomicBool,
+    armed: std::sync::atomic::AtomicBool,
+    entered: std::sync::atomic::AtomicU64,
+    failed: std::sync::atomic::AtomicU64,
+}
+
+impl IoHook for QueuesOutOfSpace {
+    fn before_allocate(&self, path: &Path) -> io::Result<()> {
+        let queue = path
+            .ancestors()
+            .any(|p| p.ends_with(layout::CONSUME_QUEUE_DIR));
+        if !queue {
+            return Ok(());
+        }
+        self.entered.fetch_add(1, Ordering::SeqCst);
+        while self.hold.load(Ordering::SeqCst) {
+            std::thread::park_timeout(std::time::Duration::from_millis(1));
+        }
+        if self.armed.load(Ordering::SeqCst) {
+            self.failed.fetch_add(1, Ordering::SeqCst);
+            return Err(io::Error::from(io::ErrorKind::StorageFull));
+        }
+        Ok(())
+    }
+}
+
+/// Waits until `done` holds, for at most 30 s.
+fn wait_until(what: &str, done: impl Fn() -> bool) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while !done() {
+        assert!(std::time::Instant::now() < deadline, "{what}");
+        std::thread::park_timeout(std::time::Duration::from_millis(1));
+    }
+}
+
+#[test]
+fn a_dispatch_round_over_many_queues_that_fails_publishes_every_queue_once_space_returns() {
+    let dir = tempfile::tempdir().unwrap();
+    let hook = Arc::new(QueuesOutOfSpace::default());
+    hook.hold.store(true, Ordering::SeqCst);
+    hook.armed.store(true, Ordering::SeqCst);
+    let store = MessageStore::open(config(dir.path(), async_mode()).io_hook(hook.clone())).unwrap();
+    // Acknowledged while dispatch is held: the next rounds touch 150 queues at once, and
+    // commit them from two threads.
+    let puts: Vec<_> = (0..300u64)
+        .map(|i| {
+            store
+                .put_message(&message("P", (i % 150) as u32, "p", i))
+                .unwrap()
+        })
+        .collect();
+    wait_until("dispatch never allocated", || {
+        hook.entered.load(Ordering::SeqCst) > 0
+    });
+    hook.hold.store(false, Ordering::SeqCst);
+    wait_until("no allocation failed", || {
+        hook.failed.load(Ordering::SeqCst) > 1
+    });
+    // No queue could write its file: none serves a message.
+    for q in 0..150u32 {
+        let r = store.get_message("P", q, 0, 8).unwrap();
+        assert!(r.messages.is_empty(), "queue {q}: {:?}", r.status);
+    }
+    hook.armed.store(false, Ordering::SeqCst);
+    for q in 0..150u32 {
+        assert!(
+            store.wait_for_message("P", q, 1, std::time::Duration::from_secs(30)),
+            "queue {q} never got its second message"
+        );
+        let r = store.get_message("P", q, 0, 8).unwrap();
+        let got: Vec<_> = r.messages.iter().map(|m| m.physical_offset).collect();
+        let want = [
+            puts[q as usize].physical_offset,
+            puts[q as usize + 150].physical_offset,
+        ];
+        assert_eq!(got, want, "queue {q}");
+    }
+    store.shutdown().unwrap();
+}

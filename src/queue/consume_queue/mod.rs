@@ -641,6 +641,12 @@ impl ConsumeQueue {
         }
     }
 
+    /// Whether the queue has no file yet: its next write creates its directory and first
+    /// file (about 120 µs of kernel time here).
+    pub(crate) fn has_no_file(&self) -> bool {
+        self.span.read().is_none()
+    }
+
     /// What a sync must cover for everything written so far to be durable, or `None` when
     /// it already is.
     pub(crate) fn unsynced(&self) -> Option<SyncPoint> {
