@@ -196,13 +196,14 @@ fn new_queue_directories_and_removed_queue_files_are_made_durable() {
 }
 
 /// Holds the first consume-queue allocation until released, then fails every one as a
-/// full disk would while armed; counts both.
+/// full disk would while armed; counts both, and notes the threads that failed.
 #[derive(Default)]
 struct QueuesOutOfSpace {
     hold: std::sync::atomic::AtomicBool,
     armed: std::sync::atomic::AtomicBool,
     entered: std::sync::atomic::AtomicU64,
     failed: std::sync::atomic::AtomicU64,
+    failed_on: std::sync::Mutex<std::collections::HashSet<std::thread::ThreadId>>,
 }
 
 impl IoHook for QueuesOutOfSpace {
@@ -219,6 +220,8 @@ impl IoHook for QueuesOutOfSpace {
         }
         if self.armed.load(Ordering::SeqCst) {
             self.failed.fetch_add(1, Ordering::SeqCst);
+            let me = std::thread::current().id();
+            self.failed_on.lock().unwrap().insert(me);
             return Err(io::Error::from(io::ErrorKind::StorageFull));
         }
         Ok(())
@@ -241,8 +244,8 @@ fn a_dispatch_round_over_many_queues_that_fails_publishes_every_queue_once_space
     hook.hold.store(true, Ordering::SeqCst);
     hook.armed.store(true, Ordering::SeqCst);
     let store = MessageStore::open(config(dir.path(), async_mode()).io_hook(hook.clone())).unwrap();
-    // Acknowledged while dispatch is held: the next rounds touch 150 queues at once, and
-    // commit them from two threads.
+    // Dispatch's first round holds at its first allocation while the puts go on, so a
+    // later round creates the other queues' files, from two threads.
     let puts: Vec<_> = (0..300u64)
         .map(|i| {
             store
@@ -254,8 +257,9 @@ fn a_dispatch_round_over_many_queues_that_fails_publishes_every_queue_once_space
         hook.entered.load(Ordering::SeqCst) > 0
     });
     hook.hold.store(false, Ordering::SeqCst);
-    wait_until("no allocation failed", || {
-        hook.failed.load(Ordering::SeqCst) > 1
+    // Failed on two threads: a round that created queues from both failed in both halves.
+    wait_until("no round failed on two threads", || {
+        hook.failed_on.lock().unwrap().len() >= 2
     });
     // No queue could write its file: none serves a message.
     for q in 0..150u32 {

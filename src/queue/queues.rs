@@ -283,14 +283,18 @@ impl ConsumeQueues {
         let results = match split.is_empty() {
             true => [commit_each(&writing), Ok(())],
             false => std::thread::scope(|s| {
-                let other = s.spawn(|| commit_each(&split));
+                // No thread to be had (a process limit): this one does both halves.
+                let other = std::thread::Builder::new()
+                    .name("rocketstore-queue-create".into())
+                    .spawn_scoped(s, || commit_each(&split));
                 let mine = commit_each(&writing);
-                [
-                    mine,
-                    other
+                let theirs = match other {
+                    Ok(other) => other
                         .join()
                         .unwrap_or_else(|panic| std::panic::resume_unwind(panic)),
-                ]
+                    Err(_) => commit_each(&split),
+                };
+                [mine, theirs]
             }),
         };
         let mut failed = None;
@@ -298,7 +302,10 @@ impl ConsumeQueues {
             if let Err((i, e)) = result {
                 // This queue and the ones after it stay in the batch for the next commit.
                 self.batch.lock().extend(queues[i..].iter().cloned());
-                failed.get_or_insert(e);
+                match &failed {
+                    None => failed = Some(e),
+                    Some(_) => log::error!("committing consume queues: {e}"),
+                }
             }
         }
         // The queues that did publish (a queue may publish part of its entries early):
