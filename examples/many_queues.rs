@@ -39,9 +39,27 @@ struct Args {
     /// Commit-log file size in bytes (default: the store's default, 1 GiB).
     #[arg(long)]
     file_size: Option<u64>,
+    /// Print the store's log (debug and above) on stderr, each line with the seconds since
+    /// the phase's process started: recovery reports its phases.
+    #[arg(long)]
+    log: bool,
     /// Internal: run one phase in --dir.
     #[arg(long, hide = true)]
     phase: Option<String>,
+}
+
+/// The `--log` logger: every record on stderr with the time since it was installed.
+struct StderrLog(std::time::Instant);
+
+impl log::Log for StderrLog {
+    fn enabled(&self, _: &log::Metadata<'_>) -> bool {
+        true
+    }
+    fn log(&self, r: &log::Record<'_>) {
+        let at = self.0.elapsed().as_secs_f64();
+        eprintln!("[{at:8.3}s] {:5} {}: {}", r.level(), r.target(), r.args());
+    }
+    fn flush(&self) {}
 }
 
 const TOPIC: &str = "ManyQueues";
@@ -95,6 +113,12 @@ fn disk_used(dir: &Path) -> u64 {
 
 fn main() {
     let args = Args::parse();
+    if args.log {
+        let logger = Box::leak(Box::new(StderrLog(std::time::Instant::now())));
+        if log::set_logger(logger).is_ok() {
+            log::set_max_level(log::LevelFilter::Debug);
+        }
+    }
     let result = match args.phase.as_deref() {
         Some("write") => write_and_crash(&args),
         Some(phase) => reopen(&args, phase),
@@ -199,6 +223,9 @@ fn run(args: &Args) -> Outcome {
         let mut child = Command::new(std::env::current_exe()?);
         if let Some(size) = args.file_size {
             child.args(["--file-size", &size.to_string()]);
+        }
+        if args.log {
+            child.arg("--log");
         }
         let status = child
             .args(["--phase", name])

@@ -128,9 +128,13 @@ pub(crate) fn recover(
     } else {
         Mode::FromCheckpoint
     };
+    // Phase timings, for whoever runs with debug logs on (`examples/many_queues.rs --log`).
+    let lap = |what: &str| log::debug!("recovery: {what} after {:?}", started.elapsed());
     let mut sink = QueueRebuild::new(config, mode, checkpoint, lazy_rows, deleted);
     let mut log = CommitLog::open(config, plan, &mut sink)?;
+    lap("queues loaded and log scanned");
     sink.commit()?;
+    lap("scanned records indexed");
     let queues = sink.queues.as_ref().expect("begin() is always called");
     queues.position_expired(table, log.min_offset())?;
     let mismatch = if let Some(why) = sink.mismatch.take() {
@@ -145,6 +149,7 @@ pub(crate) fn recover(
     } else {
         last_entries_mismatch(&log, queues)
     };
+    lap("queues checked against the log and the table");
     if let Some(why) = mismatch {
         log::warn!("{why}: rebuilding every consume queue from the commit log");
         drop(log);
@@ -184,6 +189,7 @@ pub(crate) fn recover(
         }
         q.clear_stale_tail()?;
     }
+    lap("stale tails cleared");
     let mut next = queues.next_offsets();
     for ((topic, queue_id), offset) in sink.stalled_next.drain() {
         let at = next.entry(topic).or_default().entry(queue_id).or_default();
@@ -377,6 +383,7 @@ impl RecoverySink for QueueRebuild<'_> {
             self.table,
         )?;
         queues.tag_code = self.config.tag_code.clone();
+        log::debug!("recovery: {} queues loaded", queues.all().len());
         self.queues = Some(queues);
         if self.mode != Mode::Rebuild
             && let Some(why) = self.queues.as_ref().and_then(ConsumeQueues::damaged)
