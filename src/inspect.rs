@@ -42,7 +42,8 @@ use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
 use crate::format::{self, CQ_ENTRY_LEN, CqEntry, RecordView, Records, Step};
-use crate::index::file::{ENTRY_LEN, HEADER_LEN, IndexEntry, IndexHeader, SLOT_LEN};
+use crate::fs::mapped_file::is_zero;
+use crate::index::file::{ENTRY_LEN, HEADER_LEN, IndexEntry, IndexHeader, entry_pos, slot_pos};
 use crate::layout;
 
 /// Commit-log files are read this much at a time (more when one record is larger).
@@ -420,15 +421,13 @@ impl LogFiles {
         if file.read_exact_at(&mut header, at).is_err() {
             return Ok(Err("points past the end of its file".into()));
         }
-        let size = size_field(&header);
-        let magic = u32::from_be_bytes(header[4..].try_into().expect("4 bytes"));
-        if ![format::MAGIC_V1, format::MAGIC_V2].contains(&magic) {
-            return Ok(Err(format!("no record here (magic code {magic:#010X})")));
-        }
-        if size < format::MIN_RECORD_LEN as i32 || size as u64 > left {
-            return Ok(Err(format!("no record here (size field {size})")));
-        }
-        let mut buf = vec![0u8; size as usize];
+        let Some(size) = record_size(&header).filter(|&size| size as u64 <= left) else {
+            let size = size_field(&header);
+            return Ok(Err(format!(
+                "no record here (header of size {size} and no record's magic code, or past its file)"
+            )));
+        };
+        let mut buf = vec![0u8; size];
         file.read_exact_at(&mut buf, at)?;
         Ok(Ok(buf))
     }
@@ -565,18 +564,16 @@ pub fn queue_entries(path: &Path, start: u64) -> io::Result<Vec<(u64, Option<CqE
     let bytes = std::fs::read(path)?;
     let entries = bytes
         .chunks_exact(CQ_ENTRY_LEN)
-        .take_while(|c| c.iter().any(|&b| b != 0))
+        .take_while(|c| !is_zero(c))
         .map(|c| CqEntry::decode(c.try_into().expect("chunks of an entry")));
     Ok((start / CQ_ENTRY_LEN as u64..).zip(entries).collect())
 }
 
-/// The key-index files in `dir`, oldest first (their names are their creation times).
+/// The key-index files in `dir`, oldest first (their names are their creation times); any
+/// other file there is an error, as it is to the store.
 pub fn index_files(dir: &Path) -> io::Result<Vec<PathBuf>> {
-    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)?
-        .map(|e| e.map(|e| e.path()))
-        .collect::<io::Result<_>>()?;
-    files.sort();
-    Ok(files)
+    let files = crate::index::list(dir).map_err(|e| invalid(dir, e))?;
+    Ok(files.into_iter().map(|(_, path)| path).collect())
 }
 
 /// One key-index file read whole, shaped by the store's slot and entry counts.
@@ -620,9 +617,8 @@ impl IndexFileBytes {
 
     /// The written entries with their numbers (entry 0 is never used).
     pub fn entries(&self) -> impl Iterator<Item = (u32, IndexEntry)> + '_ {
-        let first = (HEADER_LEN + SLOT_LEN * u64::from(self.slots)) as usize;
         (1..self.header().count.min(self.entries)).map(move |n| {
-            let at = first + n as usize * ENTRY_LEN as usize;
+            let at = entry_pos(self.slots, n) as usize;
             let b = &self.bytes[at..at + ENTRY_LEN as usize];
             (n, IndexEntry::decode(b.try_into().expect("20 bytes")))
         })
@@ -632,7 +628,7 @@ impl IndexFileBytes {
     pub fn bad_slots(&self) -> impl Iterator<Item = (u32, u32)> + '_ {
         let count = self.header().count.min(self.entries).max(1);
         (0..self.slots).filter_map(move |s| {
-            let at = HEADER_LEN as usize + s as usize * SLOT_LEN as usize;
+            let at = slot_pos(s) as usize;
             let v = u32::from_be_bytes(self.bytes[at..at + 4].try_into().expect("4 bytes"));
             (v >= count).then_some((s, v))
         })
@@ -648,14 +644,17 @@ fn size_field(rest: &[u8]) -> i32 {
 /// Whether the bytes at a stop (`rest` of a window, `file_left` of the file) are a record
 /// the end of the window cut off, rather than damage.
 fn cut_by_window(rest: &[u8], file_left: usize) -> bool {
-    if rest.len() < format::BLANK_RECORD_LEN {
-        return true;
-    }
-    let size = size_field(rest) as usize;
-    let magic = u32::from_be_bytes(rest[4..8].try_into().expect("4 bytes"));
-    [format::MAGIC_V1, format::MAGIC_V2].contains(&magic)
-        && (format::MIN_RECORD_LEN..=file_left).contains(&size)
-        && size > rest.len()
+    rest.len() < format::BLANK_RECORD_LEN
+        || record_size(rest).is_some_and(|size| size <= file_left && size > rest.len())
+}
+
+/// The size a record header at the start of `bytes` gives, when it is a record's: a
+/// message magic code and a size of at least a record's fixed fields.
+fn record_size(bytes: &[u8]) -> Option<usize> {
+    let magic = u32::from_be_bytes(bytes.get(4..8)?.try_into().expect("4 bytes"));
+    let size = size_field(bytes);
+    ([format::MAGIC_V1, format::MAGIC_V2].contains(&magic) && size >= format::MIN_RECORD_LEN as i32)
+        .then_some(size as usize)
 }
 
 fn invalid(path: &Path, why: impl std::fmt::Display) -> io::Error {

@@ -270,8 +270,6 @@ impl Inner {
             file.set_len(at as u64)?;
             file.sync_all()?;
         }
-        let purged = self.last_purged.map_or(0, |p| p.index + 1);
-        self.entries.retain(|i, _| *i >= purged);
         self.segments.push(Segment {
             first_index: first,
             file: Arc::new(file),

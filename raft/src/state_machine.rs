@@ -44,8 +44,9 @@ struct Applied {
     membership: Membership,
     /// The commit log's end after `last_applied`.
     end: u64,
-    /// The entry after `last_applied` when the store holds only its first puts (the
-    /// rest were lost in a crash): its index, and how many of its puts are stored.
+    /// An entry past `last_applied` of which the store holds only the first puts (the
+    /// rest were lost in a crash): its index, and how many of its puts are stored. Every
+    /// entry before it was applied whole.
     #[serde(default)]
     partial: Option<(u64, u32)>,
 }
@@ -202,9 +203,12 @@ impl StateMachine {
         batch: &PutBatch,
         log_id: LogId<NodeId>,
     ) -> StoreResult<BatchResponse> {
-        // After a crash that kept only the first puts of this entry: skip those.
+        // After a crash that kept only the first puts of this entry: skip those. A later
+        // entry's record in the store means this one was applied whole (its last puts may
+        // have been refused, which leaves no record saying it ended): skip it all.
         let stored = match self.shared.applied.lock().partial {
             Some((index, stored)) if index == log_id.index => stored as usize,
+            Some((index, _)) if index > log_id.index => batch.puts.len(),
             _ => 0,
         };
         let of = batch.puts.len() as u32;
@@ -427,7 +431,10 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             let mut applied = self.shared.applied.lock();
             applied.last_applied = Some(entry.log_id);
             applied.end = self.shared.store.max_physical_offset();
-            applied.partial = None;
+            // A partial entry further on stays known until it is applied again.
+            applied.partial = applied
+                .partial
+                .filter(|(index, _)| *index > entry.log_id.index);
             responses.push(response);
         }
         let applied = self.shared.applied.lock().clone();

@@ -413,6 +413,59 @@ async fn a_replica_whose_store_lost_its_tail_applies_the_lost_puts_again() {
     }
 }
 
+/// An entry whose last put is refused leaves no record saying it ended; a later entry
+/// whose first put is stored says it. A replica that lost the later entry's tail applies
+/// neither entry's stored puts twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_entry_ending_in_a_refused_put_is_not_applied_twice_after_a_lost_tail() {
+    let mut cluster = Cluster::start(3, raft_config(None)).await;
+    for i in 0..5 {
+        cluster.put(&body(i), 0).await;
+    }
+    let leader = cluster.leader().await;
+    let write = |puts: Vec<rocketstore_raft::PutRequest>| {
+        let raft = cluster.nodes[&leader].raft().clone();
+        async move {
+            raft.client_write(rocketstore_raft::PutBatch { puts })
+                .await
+                .expect("the batch commits")
+                .data
+                .puts
+        }
+    };
+    let put = |topic: &str, i: i64| {
+        rocketstore_raft::PutRequest::new(
+            Message::new(topic, 1u32, Bytes::from(format!("entry-{i}"))),
+            1_700_000_000_000 + i,
+        )
+    };
+    // Its last put has a topic no store accepts.
+    let first = write(vec![put(TOPIC, 0), put(TOPIC, 1), put("bad topic!", 2)]).await;
+    assert!(
+        matches!(first[2], rocketstore_raft::PutResponse::Rejected(_)),
+        "{first:?}"
+    );
+    let second = write(vec![put(TOPIC, 3), put(TOPIC, 4)]).await;
+    let rocketstore_raft::PutResponse::Stored {
+        physical_offset: cut,
+        ..
+    } = second[1]
+    else {
+        panic!("not stored: {second:?}");
+    };
+    cluster.converge().await;
+    let whole = assert_replicas_identical(&cluster);
+    let victim = *cluster.members.iter().find(|id| **id != leader).unwrap();
+    // The victim keeps the second entry's first put only.
+    cluster.stop(victim).await;
+    let config =
+        rocketstore::StoreConfig::new(cluster.store_root(victim)).commit_log_file_size(64 << 10);
+    rocketstore::MessageStore::truncate_log(&config, cut).expect("cut the store's tail");
+    cluster.open(victim).await;
+    cluster.converge().await;
+    assert_eq!(assert_replicas_identical(&cluster), whole);
+}
+
 /// A fourth node joins from an empty store after the leader purged its log: it is filled
 /// from a snapshot (the log from its first byte), becomes a voter, and ends identical.
 /// Reads behind a read barrier are linearizable on the leader; a follower refuses them.

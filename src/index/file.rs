@@ -39,7 +39,17 @@ const W_COUNT: usize = 9;
 
 /// Bytes of a file of `slots` slots and `entries` entries (entry 0 included, never used).
 pub fn index_file_len(slots: u32, entries: u32) -> u64 {
-    HEADER_LEN + SLOT_LEN * u64::from(slots) + ENTRY_LEN * u64::from(entries)
+    entry_pos(slots, entries)
+}
+
+/// Byte position of hash slot `slot`.
+pub(crate) fn slot_pos(slot: u32) -> u64 {
+    HEADER_LEN + SLOT_LEN * u64::from(slot)
+}
+
+/// Byte position of entry `n` in a file of `slots` slots.
+pub(crate) fn entry_pos(slots: u32, n: u32) -> u64 {
+    slot_pos(slots) + ENTRY_LEN * u64::from(n)
 }
 
 /// RocketMQ's key hash: Java's `String.hashCode` of `key` (over UTF-16 code units), made
@@ -221,7 +231,7 @@ impl IndexFile {
 
     /// Byte position just past entry `n`.
     fn entry_end(&self, n: u32) -> u64 {
-        HEADER_LEN + SLOT_LEN * u64::from(self.slots) + ENTRY_LEN * (u64::from(n) + 1)
+        entry_pos(self.slots, n) + ENTRY_LEN
     }
 
     fn ensure_allocated(&self, need: u64) -> Result<()> {

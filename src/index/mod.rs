@@ -321,7 +321,7 @@ fn name_of(path: &Path) -> Option<u64> {
 
 /// The index files in `dir`, oldest first. Any other file is refused: the directory is
 /// the store's.
-fn list(dir: &Path) -> Result<Vec<(u64, PathBuf)>> {
+pub(crate) fn list(dir: &Path) -> Result<Vec<(u64, PathBuf)>> {
     let mut out = Vec::new();
     let read = std::fs::read_dir(dir).map_err(|e| Error::io("list", dir, e))?;
     for entry in read {

@@ -266,13 +266,24 @@ impl ConsumeQueues {
         // when a round creates many queues, a second thread creates half of them. The
         // `mkdir`s of one topic serialise on its directory; the rest runs on both cores.
         // Rounds that create few queues (the steady state) stay on this thread.
-        let (mut creating, mut writing): (Vec<_>, Vec<_>) =
-            batch.iter().cloned().partition(|q| q.has_no_file());
-        let split = match creating.len() >= PARALLEL_CREATE {
-            true => creating.split_off(creating.len() / 2),
-            false => Vec::new(),
+        let creating = batch.iter().filter(|q| q.has_no_file()).count();
+        let (writing, split): (Vec<_>, Vec<_>) = match creating >= PARALLEL_CREATE {
+            // Every other creation goes to the second thread.
+            true => {
+                let mut nth = 0;
+                batch.iter().cloned().partition(|q| {
+                    let creates = q.has_no_file();
+                    nth += usize::from(creates);
+                    !creates || nth % 2 == 0
+                })
+            }
+            false => (Vec::new(), Vec::new()),
         };
-        writing.append(&mut creating);
+        // The steady state (few creations) commits the batch as it is: no copy of it.
+        let writing = match split.is_empty() {
+            true => &batch[..],
+            false => &writing[..],
+        };
         let commit_each = |queues: &[Arc<ConsumeQueue>]| {
             for (i, q) in queues.iter().enumerate() {
                 q.commit().map_err(|e| (i, e))?;
@@ -281,13 +292,13 @@ impl ConsumeQueues {
             Ok::<(), (usize, Error)>(())
         };
         let results = match split.is_empty() {
-            true => [commit_each(&writing), Ok(())],
+            true => [commit_each(writing), Ok(())],
             false => std::thread::scope(|s| {
                 // No thread to be had (a process limit): this one does both halves.
                 let other = std::thread::Builder::new()
                     .name("rocketstore-queue-create".into())
                     .spawn_scoped(s, || commit_each(&split));
-                let mine = commit_each(&writing);
+                let mine = commit_each(writing);
                 let theirs = match other {
                     Ok(other) => other
                         .join()
@@ -298,7 +309,7 @@ impl ConsumeQueues {
             }),
         };
         let mut failed = None;
-        for (queues, result) in [&writing, &split].into_iter().zip(results) {
+        for (queues, result) in [writing, &split[..]].into_iter().zip(results) {
             if let Err((i, e)) = result {
                 // This queue and the ones after it stay in the batch for the next commit.
                 self.batch.lock().extend(queues[i..].iter().cloned());
