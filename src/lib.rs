@@ -91,7 +91,7 @@ pub use message::{
 pub use queue::entry::TagCode;
 pub use queue::long_poll::MessageArrival;
 pub use queue::read::{BoundaryType, GetRequest, GetResult, GetStatus, RawGetResult, TagFilter};
-pub use stats::{Histogram, ROCKETMQ_PUT_BUCKETS_MS, StoreStats};
+pub use stats::{Histogram, OpenStats, ROCKETMQ_PUT_BUCKETS_MS, StoreStats};
 pub use store::MessageStore;
 
 /// Measurement hooks for `benches/limits.rs`, behind the `bench-internals` feature; not

@@ -105,6 +105,33 @@ pub struct StoreStats {
     /// Each dispatcher besides the consume queues (the key index's first, named
     /// `index`, then the broker's): how far it got, its lag and its failures.
     pub dispatchers: Vec<crate::dispatch::DispatcherStats>,
+    /// How the open found the end of the log.
+    pub open: OpenStats,
+}
+
+/// How [`MessageStore::open`](crate::MessageStore::open) found the end of the log and
+/// lined the consume queues up with it ([`StoreStats::open`]).
+///
+/// After a clean exit whose queue table is exact, the scan starts at the last record any
+/// queue indexed, so it reads a handful of records whatever the size of the log; after a
+/// crash it starts at the checkpoint and re-indexes what it reads.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct OpenStats {
+    /// The previous run ended with a clean shutdown.
+    pub clean_exit: bool,
+    /// Commit-log offset the scan started at.
+    pub scanned_from: u64,
+    /// Records the scan read.
+    pub scanned_records: u64,
+    /// Bytes of those records.
+    pub scanned_bytes: u64,
+    /// The consume queues did not line up with the log and were rebuilt from all of it
+    /// (the figures above are then the rebuild's).
+    pub rebuilt_queues: bool,
+    /// Time the recovery took (the whole open, less the store lock and the dispatchers'
+    /// start).
+    pub took: std::time::Duration,
 }
 
 #[cfg(feature = "metrics")]
@@ -311,6 +338,7 @@ impl Counters {
             dispatch_failures: load(&self.dispatch_failures),
             dispatch_error: None,
             dispatchers: Vec::new(),
+            open: OpenStats::default(),
         }
     }
 }

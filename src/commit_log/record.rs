@@ -357,43 +357,74 @@ pub struct RecordView<'a> {
 struct Cursor<'a> {
     buf: &'a [u8],
     pos: usize,
-    offset: u64,
+}
+
+/// Why a record does not parse, kept small so that the happy path of [`parse`] returns
+/// its fields in registers; turned into an [`Error`] only when a record is bad.
+enum Bad {
+    /// This field runs past the end of the record.
+    Short(&'static str),
+    Size(i32, usize),
+    Magic(u32),
+    NegativeBody,
+    Topic,
+    /// The fields end at this byte, but TOTALSIZE says otherwise.
+    End(usize, i32),
+}
+
+impl Bad {
+    #[cold]
+    fn at(self, offset: u64) -> Error {
+        let reason = match self {
+            Bad::Short(field) => format!("{field} runs past the end of the record"),
+            Bad::Size(size, len) => format!("record size {size} outside {MIN_RECORD_LEN}..={len}"),
+            Bad::Magic(magic) => format!("unknown magic code {magic:#010X}"),
+            Bad::NegativeBody => "negative body length".into(),
+            Bad::Topic => "topic is not UTF-8".into(),
+            Bad::End(pos, size) => format!("fields end at byte {pos} but TOTALSIZE is {size}"),
+        };
+        Error::corrupted(offset, reason)
+    }
 }
 
 impl<'a> Cursor<'a> {
-    fn take(&mut self, n: usize, field: &'static str) -> Result<&'a [u8]> {
-        let end = self.pos.checked_add(n).filter(|&e| e <= self.buf.len());
-        match end {
+    #[inline(always)]
+    fn take(&mut self, n: usize, field: &'static str) -> std::result::Result<&'a [u8], Bad> {
+        match self.pos.checked_add(n).filter(|&e| e <= self.buf.len()) {
             Some(end) => {
                 let s = &self.buf[self.pos..end];
                 self.pos = end;
                 Ok(s)
             }
-            None => Err(Error::corrupted(
-                self.offset,
-                format!("{field} runs past the end of the record"),
-            )),
+            None => Err(Bad::Short(field)),
         }
     }
-    fn array<const N: usize>(&mut self, field: &'static str) -> Result<[u8; N]> {
+    #[inline(always)]
+    fn array<const N: usize>(&mut self, field: &'static str) -> std::result::Result<[u8; N], Bad> {
         Ok(self.take(N, field)?.try_into().expect("length checked"))
     }
-    fn u8(&mut self, field: &'static str) -> Result<u8> {
+    #[inline(always)]
+    fn u8(&mut self, field: &'static str) -> std::result::Result<u8, Bad> {
         Ok(self.array::<1>(field)?[0])
     }
-    fn u16(&mut self, field: &'static str) -> Result<u16> {
+    #[inline(always)]
+    fn u16(&mut self, field: &'static str) -> std::result::Result<u16, Bad> {
         Ok(u16::from_be_bytes(self.array(field)?))
     }
-    fn u32(&mut self, field: &'static str) -> Result<u32> {
+    #[inline(always)]
+    fn u32(&mut self, field: &'static str) -> std::result::Result<u32, Bad> {
         Ok(u32::from_be_bytes(self.array(field)?))
     }
-    fn i32(&mut self, field: &'static str) -> Result<i32> {
+    #[inline(always)]
+    fn i32(&mut self, field: &'static str) -> std::result::Result<i32, Bad> {
         Ok(i32::from_be_bytes(self.array(field)?))
     }
-    fn i64(&mut self, field: &'static str) -> Result<i64> {
+    #[inline(always)]
+    fn i64(&mut self, field: &'static str) -> std::result::Result<i64, Bad> {
         Ok(i64::from_be_bytes(self.array(field)?))
     }
-    fn host(&mut self, v6: bool, field: &'static str) -> Result<SocketAddr> {
+    #[inline(always)]
+    fn host(&mut self, v6: bool, field: &'static str) -> std::result::Result<SocketAddr, Bad> {
         if v6 {
             let ip: [u8; 16] = self.array(field)?;
             let port = self.i32(field)?;
@@ -418,31 +449,21 @@ impl<'a> Cursor<'a> {
 /// is reported in every error. Never panics, whatever the bytes.
 #[inline]
 pub fn parse(buf: &[u8], offset: u64) -> Result<RecordView<'_>> {
-    let mut c = Cursor {
-        buf,
-        pos: 0,
-        offset,
-    };
+    parse_fields(buf).map_err(|bad| bad.at(offset))
+}
+
+#[inline(always)]
+fn parse_fields(buf: &[u8]) -> std::result::Result<RecordView<'_>, Bad> {
+    let mut c = Cursor { buf, pos: 0 };
     let total_size = c.i32("TOTALSIZE")?;
     if total_size < MIN_RECORD_LEN as i32 || total_size as usize > buf.len() {
-        return Err(Error::corrupted(
-            offset,
-            format!(
-                "record size {total_size} outside {MIN_RECORD_LEN}..={}",
-                buf.len()
-            ),
-        ));
+        return Err(Bad::Size(total_size, buf.len()));
     }
     c.buf = &buf[..total_size as usize];
     let version = match c.u32("MAGICCODE")? {
         MAGIC_V1 => 1,
         MAGIC_V2 => 2,
-        other => {
-            return Err(Error::corrupted(
-                offset,
-                format!("unknown magic code {other:#010X}"),
-            ));
-        }
+        other => return Err(Bad::Magic(other)),
     };
     let body_crc = c.u32("BODYCRC")?;
     let queue_id = c.u32("QUEUEID")?;
@@ -458,7 +479,7 @@ pub fn parse(buf: &[u8], offset: u64) -> Result<RecordView<'_>> {
     let prepared_transaction_offset = c.i64("PREPAREDTRANSACTIONOFFSET")?;
     let body_len = c.i32("BODYLENGTH")?;
     if body_len < 0 {
-        return Err(Error::corrupted(offset, "negative body length"));
+        return Err(Bad::NegativeBody);
     }
     let body_start = c.pos;
     c.take(body_len as usize, "BODY")?;
@@ -468,15 +489,11 @@ pub fn parse(buf: &[u8], offset: u64) -> Result<RecordView<'_>> {
     } else {
         usize::from(c.u8("TOPICLENGTH")?)
     };
-    let topic = str::from_utf8(c.take(topic_len, "TOPIC")?)
-        .map_err(|_| Error::corrupted(offset, "topic is not UTF-8"))?;
+    let topic = str::from_utf8(c.take(topic_len, "TOPIC")?).map_err(|_| Bad::Topic)?;
     let props_len = usize::from(c.u16("PROPERTIESLENGTH")?);
     let properties = c.take(props_len, "PROPERTIES")?;
     if c.pos != total_size as usize {
-        return Err(Error::corrupted(
-            offset,
-            format!("fields end at byte {} but TOTALSIZE is {total_size}", c.pos),
-        ));
+        return Err(Bad::End(c.pos, total_size));
     }
     Ok(RecordView {
         total_size: total_size as u32,

@@ -34,6 +34,7 @@ enum Stop {
 /// they end and why. An error of the sink ends the whole reopen.
 fn scan_file(
     file: &Arc<MappedFile>,
+    from: usize,
     sink: &mut dyn RecoverySink,
     last_ts: &mut i64,
     check_crc: bool,
@@ -41,23 +42,46 @@ fn scan_file(
     let bytes = file
         .visible_from(0)
         .expect("an opened file is fully visible");
-    let mut records = Records::new(&bytes, file.start_offset()).verified(check_crc);
+    let start = file.start_offset() + from as u64;
+    let mut records = Records::new(&bytes[from..], start).verified(check_crc);
     while let Some(step) = records.next() {
         let view = match step {
             Ok(Step::Record(view)) => view,
             Ok(Step::Blank) => return Ok((bytes.len(), Stop::FileEnd)),
-            Ok(Step::Empty) => return Ok((records.position(), Stop::Empty)),
-            Err(e) => return Ok((records.position(), Stop::Invalid(e))),
+            Ok(Step::Empty) => return Ok((from + records.position(), Stop::Empty)),
+            Err(e) => return Ok((from + records.position(), Stop::Invalid(e))),
         };
         if !sink.record(&view)? {
-            let pos = records.position() - view.total_size as usize;
+            let pos = from + records.position() - view.total_size as usize;
             let reason = "queue offset out of sequence for its queue";
             let e = Error::corrupted(view.physical_offset, reason);
             return Ok((pos, Stop::Invalid(e)));
         }
         *last_ts = (*last_ts).max(view.store_timestamp);
     }
-    Ok((records.position(), Stop::FileEnd))
+    Ok((from + records.position(), Stop::FileEnd))
+}
+
+/// Where in `file` a scan may start at commit-log offset `offset`: there when a valid
+/// record (one whose PHYSICALOFFSET names that very offset) starts there, else at the
+/// file's start.
+fn record_start(file: &Arc<MappedFile>, offset: u64) -> usize {
+    let Some(pos) = offset
+        .checked_sub(file.start_offset())
+        .filter(|&p| p < file.size() as u64)
+    else {
+        return 0;
+    };
+    let bytes = file
+        .visible_from(0)
+        .expect("an opened file is fully visible");
+    let first = Records::new(&bytes[pos as usize..], offset)
+        .verified(false)
+        .next();
+    match first {
+        Some(Ok(Step::Record(_))) => pos as usize,
+        _ => 0,
+    }
 }
 
 /// Store time of the first record of `file`, if it has a readable one.
@@ -104,6 +128,10 @@ pub(crate) struct ScanPlan {
 pub(crate) enum ScanFrom {
     /// The last file (a clean exit: everything before it is known indexed).
     LastFile,
+    /// The last file from this offset on, when a record starts there (a clean exit whose
+    /// queue table names the last record any queue indexed: the records before it were
+    /// checked when they were written); else the whole last file.
+    LastRecord(u64),
     /// The last file whose first record is older than this store time (the checkpoint),
     /// minus a slack; the first file when none is.
     Checkpoint(i64),
@@ -129,20 +157,28 @@ pub(super) fn scan_and_truncate(
     sink: &mut dyn RecoverySink,
 ) -> Result<(FileWriter, i64)> {
     let first = match plan.from {
-        ScanFrom::LastFile => files.len() - 1,
+        ScanFrom::LastFile | ScanFrom::LastRecord(_) => files.len() - 1,
         ScanFrom::Start => 0,
         ScanFrom::Checkpoint(point) => files
             .iter()
             .rposition(|f| first_timestamp(f).is_some_and(|ts| ts <= point - RECOVERY_SLACK_MS))
             .unwrap_or(0),
     };
-    sink.begin(files[first].start_offset(), files[0].start_offset())?;
+    let mut from = match plan.from {
+        ScanFrom::LastRecord(offset) => record_start(&files[first], offset),
+        _ => 0,
+    };
+    sink.begin(
+        files[first].start_offset() + from as u64,
+        files[0].start_offset(),
+    )?;
     let mut last_ts = 0i64;
     let mut end = None;
     let mut cut = false;
     for (i, file) in files.iter().enumerate().skip(first) {
         let last = i + 1 == files.len();
-        let (pos, stop) = scan_file(file, sink, &mut last_ts, plan.check_crc)?;
+        let (pos, stop) = scan_file(file, from, sink, &mut last_ts, plan.check_crc)?;
+        from = 0;
         if plan.repair {
             // What a crashed process left in the page cache becomes durable before the
             // checkpoint or any reader relies on it. After a poisoned run, what was not

@@ -20,8 +20,9 @@ use crate::queue::entry::{CQ_ENTRY_LEN, CqEntry, TagCode};
 
 type Table = HashMap<String, HashMap<u32, Arc<ConsumeQueue>>>;
 
-/// With this many queues, loading them takes two threads.
-const PARALLEL_LOAD: usize = 1024;
+/// With this many queues, loading them takes two threads (a queue costs tens of
+/// microseconds of system calls; a thread, tens in all).
+const PARALLEL_LOAD: usize = 128;
 
 /// Most consume-queue files kept open at once.
 const OPEN_FILES: usize = 256;

@@ -81,6 +81,8 @@ pub struct MessageStore {
     /// False once shutdown begins. Operations that change files hold it shared, so none
     /// runs after the store's lock is released (another process may own the files then).
     open: parking_lot::RwLock<bool>,
+    /// What the open's recovery read.
+    open_stats: crate::stats::OpenStats,
 }
 
 /// How a shutdown ended.
@@ -179,6 +181,7 @@ impl MessageStore {
             }
         };
         lock.clear_poison()?;
+        let open_stats = recovered.open;
         let log = Arc::new(recovered.log);
         log.start_preparing();
         let queues = Arc::new(recovered.queues);
@@ -214,6 +217,7 @@ impl MessageStore {
             lock,
             shutdown_outcome: parking_lot::Mutex::new(None),
             open: parking_lot::RwLock::new(true),
+            open_stats,
         })
     }
 
@@ -457,6 +461,7 @@ impl MessageStore {
         let mut stats = self.log.stats(self.dispatcher.dispatched_offset());
         stats.dispatch_error = self.dispatcher.failure();
         stats.dispatchers = self.side.iter().map(DispatcherThread::stats).collect();
+        stats.open = self.open_stats;
         stats
     }
 
