@@ -29,13 +29,18 @@ struct Shared {
     state: Mutex<State>,
     /// Wakes the flush thread: new work or shutdown.
     work: Condvar,
-    /// Wakes blocked producers after each flush.
-    done: Condvar,
     /// Wakes the timeout thread: a new future to time, or the end.
     timer: Condvar,
-    /// `State::requested`, readable without the lock: the group-commit thread looks at it
-    /// for a moment after each flush before it goes to sleep.
+    /// Highest commit-log offset a producer or a future waits for. Asking needs no lock
+    /// while the group-commit thread is awake.
     requested: AtomicU64,
+    /// The group-commit thread sleeps (or is about to) on `work`: a request must wake it.
+    sleeping: AtomicBool,
+    /// Producers blocked in `wait_durable`, each woken by the first flush that covers its
+    /// offset, without taking any lock on its way out.
+    parked: Mutex<Vec<Parked>>,
+    /// `State::stopped`, for parked producers.
+    stopped: AtomicBool,
     /// One producer at a time may spin for its flush instead of sleeping...
     spinning: AtomicBool,
     /// ...and only while few wait: with many, the core is worth more to the others.
@@ -48,14 +53,20 @@ const SPIN_WHEN_WAITING: usize = 2;
 /// How long the group-commit thread looks for a new request before sleeping: a producer
 /// that was just acknowledged usually asks again within microseconds.
 const FLUSHER_SPIN: Duration = Duration::from_micros(50);
+/// Longest a flush waits for the producers the last one released to come back.
+const MAX_GATHER: Duration = Duration::from_micros(200);
 /// How long one waiting producer spins for its flush before sleeping, saving the wake-up
 /// (tens of microseconds here) on a flush that takes a few hundred.
 const WAITER_SPIN: Duration = Duration::from_micros(1000);
 
+/// A producer blocked in `wait_durable`.
+struct Parked {
+    target: u64,
+    thread: std::thread::Thread,
+}
+
 #[derive(Default)]
 struct State {
-    /// Highest commit-log offset a producer is waiting for.
-    requested: u64,
     shutdown: bool,
     /// The thread has exited; nothing will be flushed any more.
     stopped: bool,
@@ -100,9 +111,11 @@ impl Flusher {
         let shared = Arc::new(Shared {
             state: Mutex::new(State::default()),
             work: Condvar::new(),
-            done: Condvar::new(),
             timer: Condvar::new(),
             requested: AtomicU64::new(0),
+            sleeping: AtomicBool::new(false),
+            parked: Mutex::new(Vec::new()),
+            stopped: AtomicBool::new(false),
             spinning: AtomicBool::new(false),
             waiting: AtomicUsize::new(0),
         });
@@ -155,14 +168,7 @@ impl Flusher {
             return Ok(PutStatus::Ok);
         }
         let deadline = Instant::now().checked_add(self.timeout);
-        {
-            let mut st = self.shared.state.lock();
-            if st.requested < target {
-                st.requested = target;
-                self.shared.requested.fetch_max(target, Ordering::Release);
-                self.shared.work.notify_one();
-            }
-        }
+        self.shared.request(target);
         let waiting = self.shared.waiting.fetch_add(1, Ordering::AcqRel) + 1;
         let spun = waiting <= SPIN_WHEN_WAITING && self.spin_until_durable(target);
         if spun {
@@ -170,24 +176,30 @@ impl Flusher {
             return Ok(PutStatus::Ok);
         }
         let _waiting = Waiting(&self.shared.waiting);
-        let mut st = self.shared.state.lock();
+        // Listed before the flushed offset is read: a flush that publishes past `target`
+        // after that read finds us listed and unparks us. An entry left behind (a timeout,
+        // a wake-up that raced the check) is dropped by the next flush or failure, at the
+        // price of one spurious unpark.
+        self.shared.parked.lock().push(Parked {
+            target,
+            thread: std::thread::current(),
+        });
         loop {
             if self.log.flushed_offset() >= target {
                 return Ok(PutStatus::Ok);
             }
-            if let Some(e) = self.failure(&st) {
+            if let Some(e) = self.failure() {
                 return Err(e);
             }
-            let Some(deadline) = deadline else {
-                self.shared.done.wait(&mut st);
-                continue;
-            };
-            if self.shared.done.wait_until(&mut st, deadline).timed_out() {
-                return Ok(if self.log.flushed_offset() >= target {
-                    PutStatus::Ok
-                } else {
-                    PutStatus::FlushDiskTimeout
-                });
+            match deadline {
+                None => std::thread::park(),
+                Some(deadline) => {
+                    let now = Instant::now();
+                    if now >= deadline {
+                        return Ok(PutStatus::FlushDiskTimeout);
+                    }
+                    std::thread::park_timeout(deadline - now);
+                }
             }
         }
     }
@@ -215,10 +227,10 @@ impl Flusher {
         durable
     }
 
-    fn failure(&self, st: &State) -> Option<Error> {
+    fn failure(&self) -> Option<Error> {
         if self.log.is_poisoned() {
             Some(self.log.poison_error())
-        } else if st.stopped {
+        } else if self.shared.stopped.load(Ordering::Acquire) {
             Some(Error::ShutDown)
         } else {
             None
@@ -238,7 +250,7 @@ impl Flusher {
         if self.log.flushed_offset() >= target {
             return PutFuture::ready(Ok(result));
         }
-        if let Some(e) = self.failure(&st) {
+        if let Some(e) = self.failure() {
             return PutFuture::ready(Err(e));
         }
         st.futures.push(PendingAck {
@@ -249,9 +261,8 @@ impl Flusher {
         if st.futures.len() == 1 {
             self.shared.timer.notify_one();
         }
-        st.requested = st.requested.max(target);
-        self.shared.requested.fetch_max(target, Ordering::Release);
-        self.shared.work.notify_one();
+        drop(st);
+        self.shared.request(target);
         PutFuture {
             state: FutureState::Waiting { result, slot },
         }
@@ -267,6 +278,35 @@ impl Flusher {
                 // The exit guard has poisoned the log and woken every waiter.
                 log::error!("a flush thread panicked");
             }
+        }
+    }
+}
+
+impl Shared {
+    /// Asks the group-commit thread to make `target` durable.
+    fn request(&self, target: u64) {
+        if self.requested.fetch_max(target, Ordering::SeqCst) >= target {
+            return;
+        }
+        if self.sleeping.load(Ordering::SeqCst) {
+            let _st = self.state.lock();
+            self.work.notify_one();
+        }
+    }
+
+    /// Unparks the producers waiting for an offset at or below `flushed` (all of them
+    /// with `u64::MAX`: a failure or the end, which they see once awake).
+    fn wake(&self, flushed: u64) {
+        let mut woken = Vec::new();
+        self.parked.lock().retain(|p| {
+            let covered = p.target <= flushed;
+            if covered {
+                woken.push(p.thread.clone());
+            }
+            !covered
+        });
+        for thread in woken {
+            thread.unpark();
         }
     }
 }
@@ -298,14 +338,20 @@ impl Drop for ExitGuard<'_> {
         let mut st = self.shared.state.lock();
         fail_futures(&mut st, self.log);
         st.stopped = true;
-        self.shared.done.notify_all();
+        self.shared.stopped.store(true, Ordering::Release);
         self.shared.timer.notify_all();
+        drop(st);
+        self.shared.wake(u64::MAX);
     }
 }
 
 /// Sync flush: sleep until a producer asks for an offset not yet durable, then flush
 /// everything appended so far, covering every producer that arrived meanwhile.
 fn group_commit_loop(log: &CommitLog, shared: &Shared) {
+    // Producers the last flush found waiting: most come back with their next put within
+    // microseconds, and a flush started before they do carries only a few of them.
+    let mut last_group = 0usize;
+    let mut last_took = Duration::ZERO;
     loop {
         {
             let mut st = shared.state.lock();
@@ -317,21 +363,41 @@ fn group_commit_loop(log: &CommitLog, shared: &Shared) {
                     // Poisoned elsewhere (a panicked dispatch thread): fail the futures and
                     // wake the producers blocked in `wait_durable`, who then see it.
                     fail_futures(&mut st, log);
-                    shared.done.notify_all();
+                    shared.wake(u64::MAX);
                     shared.work.wait(&mut st);
                     continue;
                 }
-                if st.requested > log.flushed_offset() {
+                if shared.requested.load(Ordering::SeqCst) > log.flushed_offset() {
+                    break;
+                }
+                // Announced, then checked again: a producer that asked before it could
+                // see the announcement is seen here; one that asks after it takes the
+                // lock (held until this thread waits) and notifies.
+                shared.sleeping.store(true, Ordering::SeqCst);
+                if shared.requested.load(Ordering::SeqCst) > log.flushed_offset() {
+                    shared.sleeping.store(false, Ordering::SeqCst);
                     break;
                 }
                 shared.work.wait(&mut st);
+                shared.sleeping.store(false, Ordering::SeqCst);
             }
         }
+        let gather_until = Instant::now() + (last_took / 2).min(MAX_GATHER);
+        while shared.waiting.load(Ordering::Acquire) < last_group && Instant::now() < gather_until {
+            std::thread::yield_now();
+        }
+        last_group = shared.waiting.load(Ordering::Acquire);
+        let started = Instant::now();
         let _ = log.flush();
+        last_took = started.elapsed();
+        shared.wake(if log.is_poisoned() {
+            u64::MAX
+        } else {
+            log.flushed_offset()
+        });
         {
             let mut st = shared.state.lock();
             settle_futures(&mut st, log);
-            shared.done.notify_all();
         }
         // A producer just acknowledged often asks again at once: look for a moment before
         // going to sleep (the loop above re-checks everything under the lock).
@@ -406,8 +472,10 @@ fn finish(log: &CommitLog, shared: &Shared) {
         p.slot.complete(Err(Error::ShutDown));
     }
     st.stopped = true;
-    shared.done.notify_all();
+    shared.stopped.store(true, Ordering::Release);
     shared.timer.notify_all();
+    drop(st);
+    shared.wake(u64::MAX);
 }
 
 /// Completes the futures whose bytes are durable (or fails all of them on poison).
