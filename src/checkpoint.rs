@@ -14,14 +14,19 @@ pub const CHECKPOINT_LEN: usize = 4096;
 pub const POS_PHYSIC_TIMESTAMP: usize = 0;
 /// Offset of the logics (consume queue) message timestamp.
 pub const POS_LOGICS_TIMESTAMP: usize = 8;
-/// Offset of the index message timestamp (kept for compatibility; no index yet).
+/// Offset of the index message timestamp.
 pub const POS_INDEX_TIMESTAMP: usize = 16;
 /// Offset of the durable commit-log offset (ours; RocketMQ keeps fields of its own at 24
 /// and 32, so ours sits clear of them). Zero in a checkpoint written by RocketMQ or by
 /// rocketstore 0.1: nothing is vouched for by offset, only by the timestamps.
 pub const POS_PHYSIC_OFFSET: usize = 64;
+/// Offset of the consume queues' durable commit-log offset (ours, after the one above).
+/// Zero where it was never written: recovery then starts from the logics timestamp.
+pub const POS_LOGICS_OFFSET: usize = 72;
+/// Bytes of the checkpoint that carry fields; the rest of its 4 KiB is zeros.
+const FIELDS_LEN: usize = POS_LOGICS_OFFSET + 8;
 
-/// The three timestamps, ms since the Unix epoch.
+/// The checkpoint's fields: three timestamps (ms since the Unix epoch) and two offsets.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct CheckpointTimes {
     /// Store time of a record such that it and every record before it are durable.
@@ -29,13 +34,18 @@ pub struct CheckpointTimes {
     /// Store time of a record such that the consume-queue entries of it and every record
     /// before it are durable.
     pub logics: i64,
-    /// Store time up to which the key index is durable (unused: there is no index yet).
+    /// Store time up to which the key index is durable (kept for RocketMQ's tools; the
+    /// index's own progress file is what recovery uses).
     pub index: i64,
     /// Commit-log offset below which every byte is durable and was valid when written: the
     /// end of the record whose store time is `physic`. Recovery after a crash may cut the
     /// log only at or past it; an invalid record below it is damage, and the open is
     /// refused.
     pub physic_offset: u64,
+    /// Commit-log offset below which every record's consume-queue entries are durable (a
+    /// record boundary; 0 when unknown). Recovery after a crash re-indexes from here, not
+    /// from a time less a slack.
+    pub logics_offset: u64,
 }
 
 impl CheckpointTimes {
@@ -65,17 +75,23 @@ impl CheckpointTimes {
             } else {
                 0
             },
+            logics_offset: if bytes.len() >= FIELDS_LEN {
+                at(POS_LOGICS_OFFSET) as u64
+            } else {
+                0
+            },
         }))
     }
 
     /// The bytes at the start of the file (the rest of its 4 KiB is zeros). Bytes 24..64
     /// are RocketMQ's other fields; ours are not meaningful there, so they stay zero.
-    fn encode(&self) -> [u8; POS_PHYSIC_OFFSET + 8] {
-        let mut b = [0u8; POS_PHYSIC_OFFSET + 8];
+    fn encode(&self) -> [u8; FIELDS_LEN] {
+        let mut b = [0u8; FIELDS_LEN];
         b[POS_PHYSIC_TIMESTAMP..8].copy_from_slice(&self.physic.to_be_bytes());
         b[POS_LOGICS_TIMESTAMP..16].copy_from_slice(&self.logics.to_be_bytes());
         b[POS_INDEX_TIMESTAMP..24].copy_from_slice(&self.index.to_be_bytes());
-        b[POS_PHYSIC_OFFSET..].copy_from_slice(&self.physic_offset.to_be_bytes());
+        b[POS_PHYSIC_OFFSET..POS_LOGICS_OFFSET].copy_from_slice(&self.physic_offset.to_be_bytes());
+        b[POS_LOGICS_OFFSET..].copy_from_slice(&self.logics_offset.to_be_bytes());
         b
     }
 
@@ -84,7 +100,7 @@ impl CheckpointTimes {
     /// the checkpoint of an open store.
     pub fn write(&self, path: &Path) -> Result<()> {
         let mut b = vec![0u8; CHECKPOINT_LEN];
-        b[..POS_PHYSIC_OFFSET + 8].copy_from_slice(&self.encode());
+        b[..FIELDS_LEN].copy_from_slice(&self.encode());
         std::fs::write(path, &b)
             .and_then(|()| std::fs::File::open(path)?.sync_all())
             .map_err(|e| Error::io("write checkpoint", path, e))
@@ -93,6 +109,15 @@ impl CheckpointTimes {
     /// The time recovery may start from: the older of the commit-log and consume-queue times.
     pub fn recovery_point(&self) -> i64 {
         self.physic.min(self.logics)
+    }
+
+    /// The offset recovery may start from, when the checkpoint names one: the lower of the
+    /// commit log's and the consume queues' durable offsets (under async flush the queues
+    /// can be durable past the log). `None` for a checkpoint that names neither, or whose
+    /// queue time was reset (a queue found damaged: everything is indexed again).
+    pub fn recovery_offset(&self) -> Option<u64> {
+        (self.logics_offset > 0 && self.physic_offset > 0 && self.logics > 0)
+            .then(|| self.physic_offset.min(self.logics_offset))
     }
 }
 

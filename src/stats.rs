@@ -126,6 +126,9 @@ pub struct OpenStats {
     pub scanned_records: u64,
     /// Bytes of those records.
     pub scanned_bytes: u64,
+    /// Records whose consume-queue entries the open wrote again: after a crash, those
+    /// past the checkpoint's consume-queue offset; none after a clean exit.
+    pub indexed_records: u64,
     /// The consume queues did not line up with the log and were rebuilt from all of it
     /// (the figures above are then the rebuild's).
     pub rebuilt_queues: bool,

@@ -186,8 +186,19 @@ fn new_queue_directories_and_removed_queue_files_are_made_durable() {
     }
     drop(store);
 
-    // A crash: recovery drops and re-creates queue files; their removal is synced too.
+    // A crash whose last checkpoint had only the first entry durable: recovery drops and
+    // re-creates the queue files past it; their removal is synced too.
     fs::write(layout::abort_file(dir.path()), b"").unwrap();
+    let cp_path = layout::checkpoint_file(dir.path());
+    let cp = rocketstore::CheckpointTimes::read(&cp_path)
+        .unwrap()
+        .unwrap();
+    rocketstore::CheckpointTimes {
+        logics_offset: put.physical_offset + u64::from(put.wrote_bytes),
+        ..cp
+    }
+    .write(&cp_path)
+    .unwrap();
     hook.dirs.lock().unwrap().clear();
     let store = MessageStore::open(cfg()).unwrap();
     assert_eq!(store.max_offset_in_queue("NewTopic", 7), 10);

@@ -103,15 +103,18 @@ fn a_damaged_record_with_lost_queues_refuses_the_open_and_deletes_nothing() {
 fn damage_below_the_checkpoint_after_a_crash_is_refused_not_cut() {
     let dir = tempfile::tempdir().unwrap();
     let puts = two_topic_store(dir.path());
-    // A record in the second file, well below what the checkpoint vouches for.
+    // A record of the file the crash recovery scans (the one holding the checkpoint's
+    // offsets), well below what the checkpoint vouches for.
+    let last_file = puts.last().unwrap().1.physical_offset / SMALL_FILE * SMALL_FILE;
+    assert!(last_file > 0);
     let (topic, victim) = puts
         .iter()
-        .find(|(_, p)| p.physical_offset >= SMALL_FILE + 4096)
+        .find(|(_, p)| p.physical_offset >= last_file + 4096)
         .unwrap()
         .clone();
-    let path = layout::commit_log_file(dir.path(), SMALL_FILE);
+    let path = layout::commit_log_file(dir.path(), last_file);
     let file = OpenOptions::new().write(true).open(&path).unwrap();
-    let at = victim.physical_offset - SMALL_FILE + u64::from(victim.wrote_bytes) - 200;
+    let at = victim.physical_offset - last_file + u64::from(victim.wrote_bytes) - 200;
     file.write_all_at(&[0xEE], at).unwrap();
     drop(file);
     let before = log_files(dir.path());

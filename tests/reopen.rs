@@ -380,3 +380,122 @@ fn a_queue_table_naming_no_record_makes_a_clean_open_read_the_whole_last_file() 
         300
     );
 }
+
+/// Rewrites the checkpoint's consume-queue offset (and marks the exit unclean), as a crash
+/// whose last checkpoint had the queues durable up to `offset` leaves it.
+fn crash_with_queues_durable_below(dir: &std::path::Path, offset: u64) {
+    let path = layout::checkpoint_file(dir);
+    let cp = rocketstore::CheckpointTimes::read(&path).unwrap().unwrap();
+    rocketstore::CheckpointTimes {
+        logics_offset: offset,
+        ..cp
+    }
+    .write(&path)
+    .unwrap();
+    fs::write(layout::abort_file(dir), b"").unwrap();
+}
+
+#[test]
+fn after_a_crash_only_records_past_the_checkpoint_are_indexed_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let puts = {
+        let store = open(dir.path(), sync_mode());
+        let puts: Vec<_> = (0..300)
+            .map(|i| {
+                store
+                    .put_message(&message("R", (i % 3) as u32, "r", i))
+                    .unwrap()
+            })
+            .collect();
+        store.shutdown().unwrap();
+        puts
+    };
+    let end = store_end(&puts);
+    let last_file = last_file_start(end);
+    // The checkpoint a clean shutdown leaves covers everything: nothing is indexed again,
+    // though the file it lies in is scanned (and checked) from its start.
+    fs::write(layout::abort_file(dir.path()), b"").unwrap();
+    let store = open(dir.path(), sync_mode());
+    let o = store.stats().open;
+    assert!(!o.clean_exit, "{o:?}");
+    assert_eq!(o.indexed_records, 0, "{o:?}");
+    assert_eq!(o.scanned_from, last_file);
+    store.shutdown().unwrap();
+
+    // Queues durable only up to the 250th record: the 50 after it are indexed again, and
+    // every queue reads back whole.
+    crash_with_queues_durable_below(dir.path(), puts[250].physical_offset);
+    let store = open(dir.path(), sync_mode());
+    let o = store.stats().open;
+    assert_eq!(o.indexed_records, 50, "{o:?}");
+    assert!(o.scanned_from <= puts[250].physical_offset && !o.rebuilt_queues);
+    for q in 0..3u32 {
+        let got = store.get_message("R", q, 0, 300).unwrap();
+        let want: Vec<_> = puts.iter().skip(q as usize).step_by(3).collect();
+        assert_eq!(got.messages.len(), want.len());
+        for (m, p) in got.messages.iter().zip(want) {
+            assert_eq!(
+                (m.physical_offset, m.queue_offset),
+                (p.physical_offset, p.queue_offset)
+            );
+        }
+    }
+    let next = store.put_message(&message("R", 1, "r", 300)).unwrap();
+    assert_eq!((next.physical_offset, next.queue_offset), (end, 100));
+    store.shutdown().unwrap();
+
+    // A checkpoint without the offset (an older store's, or RocketMQ's) falls back to its
+    // times, which (with their slack) cover every record here.
+    crash_with_queues_durable_below(dir.path(), 0);
+    let store = open(dir.path(), sync_mode());
+    let o = store.stats().open;
+    assert_eq!(o.scanned_from, 0, "{o:?}");
+    assert_eq!(o.indexed_records, 301, "{o:?}");
+}
+
+fn store_end(puts: &[PutResult]) -> u64 {
+    let last = puts.last().unwrap();
+    last.physical_offset + u64::from(last.wrote_bytes)
+}
+
+#[test]
+fn a_record_zeroed_after_a_clean_exit_is_an_error_when_read_never_a_silent_skip() {
+    let dir = tempfile::tempdir().unwrap();
+    let puts = {
+        let store = open(dir.path(), sync_mode());
+        let puts = fill(&store, 300);
+        store.shutdown().unwrap();
+        puts
+    };
+    // A record of the last file, before the last indexed one: the clean open does not
+    // read it (a bad sector returning zeros, say).
+    let last_file = last_file_start(store_end(&puts));
+    let victim = puts
+        .iter()
+        .find(|p| p.physical_offset > last_file && p.queue_offset < 299)
+        .unwrap();
+    let path = commit_log_file(dir.path(), victim.physical_offset);
+    let file = OpenOptions::new().write(true).open(&path).unwrap();
+    file.write_all_at(&[0u8; 64], victim.physical_offset % SMALL_FILE)
+        .unwrap();
+    drop(file);
+
+    let store = open(dir.path(), sync_mode());
+    let before = store
+        .get_message("R", 0, 0, victim.queue_offset as usize)
+        .unwrap();
+    assert_eq!(before.messages.len() as u64, victim.queue_offset);
+    match store.get_message("R", 0, victim.queue_offset, 32) {
+        Err(Error::Corrupted { offset, .. }) => assert_eq!(offset, victim.physical_offset),
+        other => panic!("expected Corrupted, got {other:?}"),
+    }
+    match store.get_raw(&rocketstore::GetRequest::new("R", 0, victim.queue_offset)) {
+        Err(Error::Corrupted { offset, .. }) => assert_eq!(offset, victim.physical_offset),
+        other => panic!("expected Corrupted, got {other:?}"),
+    }
+    // Past it, the queue is served.
+    let after = store
+        .get_message("R", 0, victim.queue_offset + 1, 300)
+        .unwrap();
+    assert_eq!(after.messages.len() as u64, 299 - victim.queue_offset);
+}

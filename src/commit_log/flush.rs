@@ -36,8 +36,9 @@ struct Shared {
     requested: AtomicU64,
     /// The group-commit thread sleeps (or is about to) on `work`: a request must wake it.
     sleeping: AtomicBool,
-    /// Producers blocked in `wait_durable`, each woken by the first flush that covers its
-    /// offset, without taking any lock on its way out.
+    /// Producers blocked in `wait_durable`, each woken after the first flush that covers
+    /// its offset (by the group-commit thread, after its own flush or, for a flush by
+    /// another thread, before it sleeps), without taking any lock on its way out.
     parked: Mutex<Vec<Parked>>,
     /// `State::stopped`, for parked producers.
     stopped: AtomicBool,
@@ -196,6 +197,10 @@ impl Flusher {
                 Some(deadline) => {
                     let now = Instant::now();
                     if now >= deadline {
+                        // Not left listed: with a disk stuck for long, every timed-out
+                        // put would otherwise stay in the list until a flush covers it.
+                        let me = std::thread::current().id();
+                        self.shared.parked.lock().retain(|p| p.thread.id() != me);
                         return Ok(PutStatus::FlushDiskTimeout);
                     }
                     std::thread::park_timeout(deadline - now);
@@ -370,6 +375,11 @@ fn group_commit_loop(log: &CommitLog, shared: &Shared) {
                 if shared.requested.load(Ordering::SeqCst) > log.flushed_offset() {
                     break;
                 }
+                // Nothing to flush: but another thread's flush (`MessageStore::flush`, a
+                // replicated append) may have covered waiters this thread never flushed
+                // for. They are released before it sleeps.
+                shared.wake(log.flushed_offset());
+                settle_futures(&mut st, log);
                 // Announced, then checked again: a producer that asked before it could
                 // see the announcement is seen here; one that asks after it takes the
                 // lock (held until this thread waits) and notifies.

@@ -132,6 +132,9 @@ pub(crate) enum ScanFrom {
     /// queue table names the last record any queue indexed: the records before it were
     /// checked when they were written); else the whole last file.
     LastRecord(u64),
+    /// The file holding this offset (the checkpoint's durable offsets, after a crash),
+    /// from its start; the first file when the offset lies before the log.
+    Offset(u64),
     /// The last file whose first record is older than this store time (the checkpoint),
     /// minus a slack; the first file when none is.
     Checkpoint(i64),
@@ -162,6 +165,10 @@ pub(super) fn scan_and_truncate(
         ScanFrom::Checkpoint(point) => files
             .iter()
             .rposition(|f| first_timestamp(f).is_some_and(|ts| ts <= point - RECOVERY_SLACK_MS))
+            .unwrap_or(0),
+        ScanFrom::Offset(offset) => files
+            .iter()
+            .rposition(|f| f.start_offset() <= offset)
             .unwrap_or(0),
     };
     let mut from = match plan.from {

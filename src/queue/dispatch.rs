@@ -127,7 +127,11 @@ impl Dispatcher {
     pub(crate) fn forget_queue_time(&self) -> Result<()> {
         let mut cp = self.shared.checkpoint.lock();
         let times = cp.times();
-        cp.store(CheckpointTimes { logics: 0, ..times })
+        cp.store(CheckpointTimes {
+            logics: 0,
+            logics_offset: 0,
+            ..times
+        })
     }
 
     /// Stores the key index's latest durable time in the checkpoint, after the index's
@@ -422,6 +426,7 @@ fn drop_deleted(s: &Shared, offset: u64) -> Result<()> {
 fn flush_and_checkpoint(s: &Shared, marks: &mut Marks) -> Result<()> {
     // This thread is the only one that indexes: the queues hold what is dispatched.
     let ts = s.dispatched_timestamp.load(Ordering::Acquire) as i64;
+    let dispatched = s.dispatched.load(Ordering::Acquire);
     let mut queues_durable = s.queue_sync_failed.lock().is_none();
     if queues_durable && let Err(e) = s.queues.flush() {
         log::error!(
@@ -442,11 +447,17 @@ fn flush_and_checkpoint(s: &Shared, marks: &mut Marks) -> Result<()> {
         physic = physic.max(mark_ts);
         marks.pop_front();
     }
+    let logics = queue_time(s, if queues_durable { ts } else { old.logics });
     cp.store(CheckpointTimes {
         physic,
-        logics: queue_time(s, if queues_durable { ts } else { old.logics }),
+        logics,
         index: s.index_time.load(Ordering::Acquire),
         physic_offset: old.physic_offset.max(flushed),
+        logics_offset: match (logics, queues_durable) {
+            (0, _) => 0,
+            (_, true) => dispatched,
+            (_, false) => old.logics_offset,
+        },
     })
 }
 

@@ -328,6 +328,20 @@ fn walk<T>(
     })
 }
 
+/// An entry below the readable end whose record is not there: retention removed its file
+/// since the walk began (skipped, as entries below the log's start are), or the log is
+/// damaged there (zeros or a blank record where a record was): an error, never a silent
+/// skip past an acknowledged message.
+fn missing(log: &CommitLog, entry: &CqEntry) -> Result<()> {
+    if entry.physical_offset < log.min_offset() {
+        return Ok(());
+    }
+    Err(Error::corrupted(
+        entry.physical_offset,
+        "a consume-queue entry points here, but no record starts here: the commit log is damaged",
+    ))
+}
+
 /// A damaged entry: never serve another queue's message. The next open rebuilds the
 /// queues.
 fn foreign(
@@ -363,7 +377,7 @@ pub(crate) fn get_message(
      -> Result<()> {
         let Some(msg) = log.read_with(cursor, entry.physical_offset, limit, Some(&topic_arc))?
         else {
-            return Ok(());
+            return missing(log, &entry);
         };
         if msg.queue_id != queue_id || msg.queue_offset != at || *msg.topic != *topic {
             let found = (&*msg.topic, msg.queue_id, msg.queue_offset);
@@ -403,7 +417,7 @@ pub(crate) fn get_raw(
               out: &mut Vec<bytes::Bytes>|
          -> Result<()> {
             let Some(bytes) = log.read_raw_with(cursor, entry.physical_offset, limit)? else {
-                return Ok(());
+                return missing(log, &entry);
             };
             let view = crate::commit_log::record::parse(&bytes, entry.physical_offset)?;
             if view.queue_id != queue_id || view.queue_offset != at || view.topic != topic {

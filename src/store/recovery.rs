@@ -126,8 +126,9 @@ pub(crate) fn recover(
         }
     } else {
         ScanPlan {
-            from: times.map_or(ScanFrom::Start, |t| {
-                ScanFrom::Checkpoint(t.recovery_point())
+            from: times.map_or(ScanFrom::Start, |t| match t.recovery_offset() {
+                Some(offset) => ScanFrom::Offset(offset),
+                None => ScanFrom::Checkpoint(t.recovery_point()),
             }),
             durable: vouched,
             expected_end: vouched,
@@ -146,6 +147,9 @@ pub(crate) fn recover(
     // Phase timings, for whoever runs with debug logs on (`examples/many_queues.rs --log`).
     let lap = |what: &str| log::debug!("recovery: {what} after {:?}", started.elapsed());
     let mut sink = QueueRebuild::new(config, mode, checkpoint, lazy_rows, deleted);
+    if !clean && let Some(offset) = times.and_then(|t| t.recovery_offset()) {
+        sink.index_from = offset;
+    }
     let mut log = CommitLog::open(config, plan, &mut sink)?;
     lap("queues loaded and log scanned");
     sink.commit()?;
@@ -268,6 +272,7 @@ pub(crate) fn recover(
             scanned_from: sink.start_offset,
             scanned_records: sink.records,
             scanned_bytes: sink.scanned_bytes,
+            indexed_records: sink.indexed,
             rebuilt_queues,
             took: started.elapsed(),
         },
@@ -299,9 +304,14 @@ struct QueueRebuild<'a> {
     /// Why the queues do not line up with the log, once found.
     mismatch: Option<String>,
     start_offset: u64,
+    /// After a crash, records below this offset have durable queue entries (the
+    /// checkpoint says so): the scan validates them but indexes from here on.
+    index_from: u64,
     log_start: u64,
     records: u64,
     scanned_bytes: u64,
+    /// Records indexed again.
+    indexed: u64,
     /// Verify mode: the last record of the scanned file (topic, queue id, queue offset,
     /// its entry), the buffer reused from record to record.
     last: (String, u32, u64, Option<CqEntry>),
@@ -332,9 +342,11 @@ impl<'a> QueueRebuild<'a> {
             checkpoint,
             mismatch: None,
             start_offset: 0,
+            index_from: 0,
             log_start: 0,
             records: 0,
             scanned_bytes: 0,
+            indexed: 0,
             last: (String::new(), 0, 0, None),
             committed: (0, 0),
             stalled: None,
@@ -378,13 +390,14 @@ impl<'a> QueueRebuild<'a> {
 impl RecoverySink for QueueRebuild<'_> {
     fn begin(&mut self, start_offset: u64, log_start: u64) -> Result<()> {
         self.start_offset = start_offset;
+        self.index_from = self.index_from.max(start_offset);
         self.log_start = log_start;
         // After an unclean exit, entries from the scan's start on are indexed again; a
         // rebuild starts from empty queues (entries below the log's start point at deleted
         // records and are not kept).
         let how = match self.mode {
             Mode::Verify => Load::Keep,
-            Mode::FromCheckpoint => Load::DropFrom(start_offset),
+            Mode::FromCheckpoint => Load::DropFrom(self.index_from),
             Mode::Rebuild => Load::Rebuild,
         };
         if self.mode == Mode::Rebuild {
@@ -394,10 +407,11 @@ impl RecoverySink for QueueRebuild<'_> {
             self.checkpoint.store(CheckpointTimes {
                 physic: 0,
                 logics: 0,
+                logics_offset: 0,
                 ..cp
             })?;
         }
-        self.committed = (start_offset, self.checkpoint.times().logics);
+        self.committed = (self.index_from, self.checkpoint.times().logics);
         let mut queues = ConsumeQueues::load(
             layout::consume_queue_dir(&self.config.root_dir),
             self.config.consume_queue_entries_per_file,
@@ -422,6 +436,10 @@ impl RecoverySink for QueueRebuild<'_> {
         self.records += 1;
         self.scanned_bytes += u64::from(view.total_size);
         if self.mismatch.is_some() {
+            return Ok(true);
+        }
+        if self.mode == Mode::FromCheckpoint && view.physical_offset < self.index_from {
+            // Validated by the scan; its entry is durable and kept.
             return Ok(true);
         }
         if view.is_hidden() || self.deleted.hides(view.topic, view.physical_offset) {
@@ -451,7 +469,7 @@ impl RecoverySink for QueueRebuild<'_> {
         let queues = self.queues.as_ref().expect("begin() comes first");
         if self.mode == Mode::FromCheckpoint
             && view.queue_offset > 0
-            && self.start_offset > self.log_start
+            && self.index_from > self.log_start
             && queues
                 .get(view.topic, view.queue_id)
                 .is_none_or(|q| q.is_fresh())
@@ -471,6 +489,7 @@ impl RecoverySink for QueueRebuild<'_> {
                 return Ok(true);
             }
         };
+        self.indexed += u64::from(matches!(indexed, Indexed::Appended));
         match indexed {
             Indexed::Appended | Indexed::Already => Ok(true),
             // Rebuilding from empty queues, a queue offset that does not continue its queue
@@ -518,6 +537,8 @@ impl RecoverySink for QueueRebuild<'_> {
             logics: last_store_timestamp,
             index: old.index,
             physic_offset: old.physic_offset.max(end),
+            // Entries below `index_from` were kept, durable; past it, those indexed again.
+            logics_offset: end.max(self.index_from),
         })
     }
 }
