@@ -550,8 +550,9 @@ impl RecoverySink for QueueRebuild<'_> {
 fn last_entries_mismatch(log: &CommitLog, queues: &ConsumeQueues) -> Option<String> {
     let (start, limit) = (log.min_offset(), log.write_offset());
     queues.all().into_iter().find_map(|(topic, id, q)| {
-        if !q.is_loaded() {
-            // Checked against its table row when it is loaded.
+        if !q.is_loaded() || q.indexed_since_load() {
+            // Checked against its table row when it is loaded; or its last entry was just
+            // made from its record by the scan.
             return None;
         }
         let at = q

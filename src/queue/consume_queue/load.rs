@@ -325,20 +325,23 @@ impl ConsumeQueue {
         let last_path = sparse_file::path_in(&q.dir, *last_start);
         let last_first = last_start / CQ_ENTRY_LEN as u64;
         // First unwritten entry of the last file, from `from` on: entries wholly past the
-        // file's first hole from there are unwritten.
-        let written = |from: u64| -> Result<u64> {
+        // file's first hole from there are unwritten. With it, whether every byte of the
+        // file past that entry is known to be zero (known for a small queue only).
+        let written = |from: u64| -> Result<(u64, bool)> {
             let hole = sparse_file::data_end(last, &last_path, from * CQ_ENTRY_LEN as u64)?;
             let hi = hole.div_ceil(CQ_ENTRY_LEN as u64).clamp(from, per_file);
             if hi - from <= WINDOW {
                 // A small queue: one read, searched in memory.
                 let mut buf = vec![0u8; ((hi - from) as usize) * CQ_ENTRY_LEN];
                 l.read(last_first + from, &mut buf)?;
-                return Ok(from
-                    + partition_point(0..hi - from, |i| {
-                        let at = i as usize * CQ_ENTRY_LEN;
-                        CqEntry::decode(buf[at..at + CQ_ENTRY_LEN].try_into().expect("20 bytes"))
-                            .is_some()
-                    }));
+                let end = partition_point(0..hi - from, |i| {
+                    let at = i as usize * CQ_ENTRY_LEN;
+                    CqEntry::decode(buf[at..at + CQ_ENTRY_LEN].try_into().expect("20 bytes"))
+                        .is_some()
+                });
+                let zeros_past = buf[end as usize * CQ_ENTRY_LEN..].iter().all(|&b| b == 0)
+                    && sparse_file::data_start(last, hole)?.is_none_or(|at| at >= file_size);
+                return Ok((from + end, zeros_past));
             }
             let mut failed = None;
             let end = partition_point(from..hi, |at| match l.entry(last_first + at) {
@@ -348,9 +351,10 @@ impl ConsumeQueue {
                     false
                 }
             });
-            failed.map_or(Ok(end), Err)
+            failed.map_or(Ok((end, false)), Err)
         };
-        let mut end = last_first + written(0)?;
+        let (written_to, mut zeros_past) = written(0)?;
+        let mut end = last_first + written_to;
         // A queue may begin inside its first file (rebuilt from a log whose start was
         // deleted): its first written entry is its minimum.
         let first_written = if l.entry(first)?.is_some() {
@@ -372,7 +376,8 @@ impl ConsumeQueue {
         if l.files.len() == 1 && end <= first_written {
             // The binary search assumes entries from the file's start; redo it from the
             // first written entry.
-            end = first + written(first_written - first)?;
+            let (to, zeros) = written(first_written - first)?;
+            (end, zeros_past) = (first + to, zeros);
         }
         if l.files.len() == 1 && first_written == first + per_file {
             // Its only file holds no entry (created, then a crash or a full disk before the
@@ -402,6 +407,7 @@ impl ConsumeQueue {
             return Ok(q);
         }
         let keep_below = if expired { None } else { keep_below };
+        let written_end = end;
         if let Some(limit) = keep_below {
             // First entry pointing at or past `limit` (offsets grow with queue offsets).
             let mut failed = None;
@@ -436,6 +442,14 @@ impl ConsumeQueue {
         let end_start = l.files[keep - 1].0;
         let pos = end * CQ_ENTRY_LEN as u64 - end_start;
         *q.stale_tail.get_mut() = keep_below.is_some();
+        // Past the entries found written, the file was zeros: once indexing the same
+        // records again reaches that end, no stale entry can remain.
+        q.zeros_past = if zeros_past && l.files.len() == keep {
+            written_end
+        } else {
+            u64::MAX
+        };
+        q.loaded_end = end;
         let span_end = end_start + file_size;
         *q.span.get_mut() = Some((l.files[0].0, span_end));
         q.tail.get_mut().allocated = (end_start, pos / PAGE_SIZE as u64 * PAGE_SIZE as u64);
@@ -451,9 +465,20 @@ impl ConsumeQueue {
     /// (of records the recovery cut), which would otherwise read as written at the next
     /// load. Writes only where a byte is not zero; the next sync makes it durable, before
     /// the checkpoint vouches for any entry after it.
+    /// Whether entries were indexed into this queue since it was loaded (by the recovery
+    /// that loaded it, from records it had just scanned): its last entry then points at
+    /// its record by construction.
+    pub(crate) fn indexed_since_load(&self) -> bool {
+        self.max_offset() > self.loaded_end
+    }
+
     pub(crate) fn clear_stale_tail(&self) -> Result<()> {
         let _tail = self.tail.lock();
         if !self.stale_tail.swap(false, Ordering::AcqRel) {
+            return Ok(());
+        }
+        if self.max_offset() >= self.zeros_past && self.max_offset() > self.min_offset() {
+            // Indexed again over everything the load dropped, and zeros beyond.
             return Ok(());
         }
         if self.min_offset.load(Ordering::Acquire) == self.max_offset() {

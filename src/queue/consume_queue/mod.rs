@@ -126,6 +126,11 @@ pub(crate) struct ConsumeQueue {
     names_synced: AtomicU64,
     /// Loaded after a crash: entries past the end may remain, until `clear_stale_tail`.
     stale_tail: AtomicBool,
+    /// The load found every byte of the queue's files zero past this queue offset
+    /// (`u64::MAX`: not known).
+    zeros_past: u64,
+    /// Queue offset the load ended the queue at: entries from here on were indexed since.
+    loaded_end: u64,
     /// `clear_stale_tail` zeroed bytes of the file starting here (`NONE` when not), which
     /// the next sync must make durable.
     tail_rewritten: AtomicU64,
@@ -197,6 +202,8 @@ impl ConsumeQueue {
             names_created: AtomicU64::new(0),
             names_synced: AtomicU64::new(0),
             stale_tail: AtomicBool::new(false),
+            zeros_past: u64::MAX,
+            loaded_end: 0,
             tail_rewritten: AtomicU64::new(NONE),
             damage: None,
             free_start: AtomicBool::new(true),
@@ -800,6 +807,56 @@ mod tests {
         drop(q);
         let q = ConsumeQueue::load(dir.path().join("T/0"), io(100), Load::Keep, 0).unwrap();
         assert_eq!(q.max_offset(), 8, "the dropped entries were zeroed");
+    }
+
+    #[test]
+    fn a_stale_tail_indexed_again_whole_needs_no_zeroing_unless_bytes_lie_past_a_hole() {
+        let dir = tempfile::tempdir().unwrap();
+        let size = 1000 * CQ_ENTRY_LEN as u64;
+        let path = dir.path().join("T/0");
+        let q = ConsumeQueue::new(path.clone(), io(size));
+        for i in 0..12 {
+            q.put(i, entry(i)).unwrap();
+        }
+        commit_and_sync(&q);
+        drop(q);
+        // A crash recovery re-indexing from 700 writes the same five entries again: what
+        // the load dropped is all written over, and the rest of the file was zeros.
+        let q = ConsumeQueue::load(path.clone(), io(size), Load::DropFrom(700), 0).unwrap();
+        assert_eq!(q.max_offset(), 7);
+        assert!(!q.indexed_since_load());
+        for i in 7..12 {
+            assert_eq!(q.put(i, entry(i)).unwrap(), Indexed::Appended);
+        }
+        commit_and_sync(&q);
+        assert!(q.indexed_since_load());
+        q.clear_stale_tail().unwrap();
+        assert!(q.unsynced().is_none(), "nothing was zeroed");
+        drop(q);
+
+        // Bytes past a hole (a stale block a power cut left): the load cannot vouch for
+        // the zeros past its entries, and the tail is zeroed even when re-indexed whole.
+        let file = path.join(crate::layout::file_name(0));
+        let f = std::fs::OpenOptions::new().write(true).open(&file).unwrap();
+        std::os::unix::fs::FileExt::write_all_at(&f, &[0xAB; 20], 16384).unwrap();
+        f.sync_all().unwrap();
+        drop(f);
+        let q = ConsumeQueue::load(path.clone(), io(size), Load::DropFrom(700), 0).unwrap();
+        assert_eq!(q.max_offset(), 7);
+        for i in 7..12 {
+            assert_eq!(q.put(i, entry(i)).unwrap(), Indexed::Appended);
+        }
+        commit_and_sync(&q);
+        q.clear_stale_tail().unwrap();
+        commit_and_sync(&q);
+        drop(q);
+        let bytes = std::fs::read(&file).unwrap();
+        assert!(
+            bytes[16384..16404].iter().all(|&b| b == 0),
+            "the stale block was zeroed"
+        );
+        let q = ConsumeQueue::load(path, io(size), Load::Keep, 0).unwrap();
+        assert_eq!(q.max_offset(), 12);
     }
 
     #[test]
