@@ -241,6 +241,7 @@ pub(crate) fn recover(
             crate::fs::ops::remove_file_with(&table_path, None)?;
         }
     }
+    lap("queue table written");
     // A crash may have cut the log below a deletion's cutoff: the next record of the
     // topic, at the log's end, belongs to the new topic.
     deleted.clamp_to(log.write_offset())?;

@@ -164,6 +164,11 @@ impl ConsumeQueue {
             return (end.next, end.last_physical);
         }
         let max = self.max_offset();
+        let (known_at, physical) = self.tail.lock().last;
+        if known_at == max && max > self.min_offset() {
+            // Written or loaded last: no read (with many queues, a file open each).
+            return (max, physical);
+        }
         let last = max
             .checked_sub(1)
             .and_then(|at| self.entry(at))
@@ -233,7 +238,10 @@ impl ConsumeQueue {
         if let Ok(q) = &loaded {
             // Adopt what was read (its descriptors were not cached: nothing to move).
             *self.span.write() = *q.span.read();
-            tail.allocated = q.tail.lock().allocated;
+            let loaded_tail = q.tail.lock();
+            tail.allocated = loaded_tail.allocated;
+            tail.last = loaded_tail.last;
+            drop(loaded_tail);
             self.min_offset.store(q.min_offset(), Ordering::Release);
             self.max_offset.store(q.max_offset(), Ordering::Release);
             self.flushed
@@ -453,6 +461,9 @@ impl ConsumeQueue {
         let span_end = end_start + file_size;
         *q.span.get_mut() = Some((l.files[0].0, span_end));
         q.tail.get_mut().allocated = (end_start, pos / PAGE_SIZE as u64 * PAGE_SIZE as u64);
+        if let Some(e) = last_entry.filter(|_| end == written_end) {
+            q.tail.get_mut().last = (end, e.physical_offset);
+        }
         *q.min_offset.get_mut() = first_written.max(first).min(end);
         *q.max_offset.get_mut() = end;
         *q.flushed.get_mut() = end * CQ_ENTRY_LEN as u64;

@@ -96,6 +96,9 @@ struct Tail {
     /// `(file start, bytes allocated in it)` of the file last written: blocks up to there
     /// are allocated.
     allocated: (u64, u64),
+    /// `(queue offset after it, commit-log offset)` of the last entry written or found
+    /// at load, for the queue table; stale once the end moves elsewhere.
+    last: (u64, u64),
 }
 
 /// A point a sync must reach: the bytes written, and the names created.
@@ -604,9 +607,15 @@ impl ConsumeQueue {
                 tail.allocated = (start, to.min(size));
             }
             sparse_file::write_at(&file, &path, &tail.pending[..n], pos)?;
+            let last = CqEntry::decode(
+                tail.pending[n - CQ_ENTRY_LEN..n]
+                    .try_into()
+                    .expect("20 bytes"),
+            );
             tail.pending.drain(..n);
-            self.max_offset
-                .store(at + (n / CQ_ENTRY_LEN) as u64, Ordering::Release);
+            let end = at + (n / CQ_ENTRY_LEN) as u64;
+            tail.last = (end, last.map_or(0, |e| e.physical_offset));
+            self.max_offset.store(end, Ordering::Release);
         }
         if tail.pending.capacity() > MAX_PENDING {
             tail.pending = Vec::new();
@@ -857,6 +866,28 @@ mod tests {
         );
         let q = ConsumeQueue::load(path, io(size), Load::Keep, 0).unwrap();
         assert_eq!(q.max_offset(), 12);
+    }
+
+    #[test]
+    fn the_table_end_names_the_last_entry_however_the_end_was_reached() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("T/0");
+        let q = ConsumeQueue::new(path.clone(), io(100));
+        for i in 0..7 {
+            q.put(i, entry(i)).unwrap();
+        }
+        commit_and_sync(&q);
+        assert_eq!(q.table_end(), (7, 600));
+        drop(q);
+        let q = ConsumeQueue::load(path.clone(), io(100), Load::Keep, 0).unwrap();
+        assert_eq!(q.table_end(), (7, 600));
+        drop(q);
+        // Entries dropped at load: the end is an entry the load did not keep in mind.
+        let q = ConsumeQueue::load(path.clone(), io(100), Load::DropFrom(300), 0).unwrap();
+        assert_eq!(q.table_end(), (3, 200));
+        q.put(3, entry(3)).unwrap();
+        q.commit().unwrap();
+        assert_eq!(q.table_end(), (4, 300));
     }
 
     #[test]
