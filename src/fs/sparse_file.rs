@@ -71,6 +71,17 @@ pub(crate) fn open(path: &Path, size: u64, extend_short: bool) -> Result<File> {
     Ok(file)
 }
 
+/// Opens again a file of this store whose size was checked when it was loaded or created
+/// (a descriptor cache miss): no `stat`, which with many queues is one system call in four.
+/// A file cut short since then reads as unwritten entries past its end, as a hole would.
+pub(crate) fn reopen(path: &Path) -> Result<File> {
+    std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(path)
+        .map_err(|e| Error::io("open", path, e))
+}
+
 /// Allocates the blocks of `from..to` (fallocate), so that writes there cannot fail for
 /// lack of space. Fails with `ENOSPC` on a full disk, having written nothing.
 pub(crate) fn allocate(

@@ -449,10 +449,9 @@ impl ConsumeQueue {
                 if start < first || start >= end {
                     return Ok(false);
                 }
-                let size = self.file_size();
-                self.io.cache.get_or_open((self.key, start), || {
-                    sparse_file::open(&path(), size, false)
-                })?
+                self.io
+                    .cache
+                    .get_or_open((self.key, start), || sparse_file::reopen(&path()))?
             }
         };
         match sparse_file::read_fully(&file, buf, byte - start) {
@@ -629,12 +628,10 @@ impl ConsumeQueue {
         let span = *self.span.read();
         let path = sparse_file::path_in(&self.dir, start);
         match span {
-            Some((first, end)) if first <= start && start < end => {
-                let size = self.file_size();
-                self.io
-                    .cache
-                    .get_or_open((self.key, start), || sparse_file::open(&path, size, false))
-            }
+            Some((first, end)) if first <= start && start < end => self
+                .io
+                .cache
+                .get_or_open((self.key, start), || sparse_file::reopen(&path)),
             Some((_, end)) if end != start => Err(Error::BadStoreFile {
                 path,
                 reason: format!("the queue's files end at {end}, the next one would not follow"),
@@ -712,7 +709,7 @@ impl ConsumeQueue {
                 let file = self
                     .io
                     .cache
-                    .get_or_open((self.key, start), || sparse_file::open(&path, size, false))?;
+                    .get_or_open((self.key, start), || sparse_file::reopen(&path))?;
                 sparse_file::sync_data(&file, &path, self.hook())?;
             }
         }
