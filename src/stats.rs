@@ -171,6 +171,9 @@ impl StoreStats {
         gauge!("rocketstore_flush_lag_bytes").set(self.flush_lag_bytes as f64);
         gauge!("rocketstore_dispatch_lag_bytes").set(self.dispatch_lag_bytes as f64);
         gauge!("rocketstore_roll_wait_seconds").set(self.roll_wait.as_secs_f64());
+        gauge!("rocketstore_open_seconds").set(self.open.took.as_secs_f64());
+        gauge!("rocketstore_open_scanned_bytes").set(self.open.scanned_bytes as f64);
+        gauge!("rocketstore_open_indexed_records").set(self.open.indexed_records as f64);
         let histograms = [
             ("rocketstore_put_latency_us", &self.put_latency_us),
             (
