@@ -165,8 +165,8 @@ impl<W: Write> Dumper<'_, W> {
             self.emit(row! { "checkpoint", "{field:<7} {time} ({ms} ms)", field, ms, time })?;
         }
         self.emit(row! { "durable_offset",
-            "durable offset {offset} (the log may be cut only past it)",
-            offset = t.physic_offset
+            "durable offset {offset} (the log may be cut only past it), queues to {queues}",
+            offset = t.physic_offset, queues = t.logics_offset
         })
     }
 

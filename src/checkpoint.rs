@@ -23,8 +23,12 @@ pub const POS_PHYSIC_OFFSET: usize = 64;
 /// Offset of the consume queues' durable commit-log offset (ours, after the one above).
 /// Zero where it was never written: recovery then starts from the logics timestamp.
 pub const POS_LOGICS_OFFSET: usize = 72;
+/// Offset of a CRC-32 of the bytes before it (ours). The logics offset is trusted only
+/// under a matching CRC: a checkpoint that RocketMQ or an older rocketstore rewrote in
+/// place (their fields only) leaves a stale logics offset behind, which must not count.
+pub const POS_FIELDS_CRC: usize = 80;
 /// Bytes of the checkpoint that carry fields; the rest of its 4 KiB is zeros.
-const FIELDS_LEN: usize = POS_LOGICS_OFFSET + 8;
+const FIELDS_LEN: usize = POS_FIELDS_CRC + 4;
 
 /// The checkpoint's fields: three timestamps (ms since the Unix epoch) and two offsets.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -75,10 +79,14 @@ impl CheckpointTimes {
             } else {
                 0
             },
-            logics_offset: if bytes.len() >= FIELDS_LEN {
-                at(POS_LOGICS_OFFSET) as u64
-            } else {
-                0
+            logics_offset: match bytes.get(..FIELDS_LEN) {
+                Some(fields)
+                    if crc32fast::hash(&fields[..POS_FIELDS_CRC]).to_be_bytes()
+                        == fields[POS_FIELDS_CRC..] =>
+                {
+                    at(POS_LOGICS_OFFSET) as u64
+                }
+                _ => 0,
             },
         }))
     }
@@ -91,7 +99,9 @@ impl CheckpointTimes {
         b[POS_LOGICS_TIMESTAMP..16].copy_from_slice(&self.logics.to_be_bytes());
         b[POS_INDEX_TIMESTAMP..24].copy_from_slice(&self.index.to_be_bytes());
         b[POS_PHYSIC_OFFSET..POS_LOGICS_OFFSET].copy_from_slice(&self.physic_offset.to_be_bytes());
-        b[POS_LOGICS_OFFSET..].copy_from_slice(&self.logics_offset.to_be_bytes());
+        b[POS_LOGICS_OFFSET..POS_FIELDS_CRC].copy_from_slice(&self.logics_offset.to_be_bytes());
+        let crc = crc32fast::hash(&b[..POS_FIELDS_CRC]);
+        b[POS_FIELDS_CRC..].copy_from_slice(&crc.to_be_bytes());
         b
     }
 
@@ -158,5 +168,39 @@ impl Checkpoint {
             .map_err(|e| Error::io("write checkpoint", &self.path, e))?;
         self.times = times;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_logics_offset_under_fields_rewritten_by_an_older_writer_is_not_trusted() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("checkpoint");
+        let times = CheckpointTimes {
+            physic: 10,
+            logics: 20,
+            index: 30,
+            physic_offset: 4000,
+            logics_offset: 3000,
+        };
+        times.write(&path).unwrap();
+        assert_eq!(CheckpointTimes::read(&path).unwrap(), Some(times));
+        assert_eq!(times.recovery_offset(), Some(3000));
+        // An older rocketstore rewrites its fields in place, bytes 0..72, and leaves ours.
+        let file = OpenOptions::new().write(true).open(&path).unwrap();
+        file.write_all_at(&50i64.to_be_bytes(), POS_LOGICS_TIMESTAMP as u64)
+            .unwrap();
+        drop(file);
+        let read = CheckpointTimes::read(&path).unwrap().unwrap();
+        assert_eq!((read.logics, read.physic_offset), (50, 4000));
+        assert_eq!(read.logics_offset, 0, "the stale offset is ignored");
+        assert_eq!(
+            read.recovery_offset(),
+            None,
+            "recovery falls back to the times"
+        );
     }
 }

@@ -499,3 +499,35 @@ fn a_record_zeroed_after_a_clean_exit_is_an_error_when_read_never_a_silent_skip(
         .unwrap();
     assert_eq!(after.messages.len() as u64, 299 - victim.queue_offset);
 }
+
+#[test]
+fn after_a_crash_a_queue_tail_lost_below_the_checkpoint_is_indexed_again_from_the_scanned_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let puts = {
+        let store = open(dir.path(), sync_mode());
+        let puts = fill(&store, 300);
+        store.shutdown().unwrap();
+        puts
+    };
+    assert!(
+        puts[290].physical_offset >= last_file_start(store_end(&puts)),
+        "the lost entries' records lie in the file the recovery scans"
+    );
+    // The queue's last ten entries, synced long ago, turn to zeros (a bad block), then a
+    // crash: the queue loads ten entries short, below everything the checkpoint vouches for.
+    let cq = layout::queue_dir(dir.path(), "R", 0).join(layout::file_name(0));
+    let file = OpenOptions::new().write(true).open(&cq).unwrap();
+    file.write_all_at(&[0u8; 200], 290 * 20).unwrap();
+    drop(file);
+    fs::write(layout::abort_file(dir.path()), b"").unwrap();
+
+    let store = open(dir.path(), sync_mode());
+    assert_eq!(store.max_offset_in_queue("R", 0), 300);
+    assert_eq!(store.stats().open.indexed_records, 10);
+    let got = store.get_message("R", 0, 280, 32).unwrap();
+    let offsets: Vec<_> = got.messages.iter().map(|m| m.physical_offset).collect();
+    let want: Vec<_> = puts[280..].iter().map(|p| p.physical_offset).collect();
+    assert_eq!(offsets, want);
+    let next = store.put_message(&message("R", 0, "r", 300)).unwrap();
+    assert_eq!(next.queue_offset, 300);
+}

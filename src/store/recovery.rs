@@ -439,10 +439,6 @@ impl RecoverySink for QueueRebuild<'_> {
         if self.mismatch.is_some() {
             return Ok(true);
         }
-        if self.mode == Mode::FromCheckpoint && view.physical_offset < self.index_from {
-            // Validated by the scan; its entry is durable and kept.
-            return Ok(true);
-        }
         if view.is_hidden() || self.deleted.hides(view.topic, view.physical_offset) {
             // A transaction's half or rollback record (no queue offset), or a record of a
             // deleted topic: no entry.
@@ -450,6 +446,20 @@ impl RecoverySink for QueueRebuild<'_> {
         }
         if self.stalled.is_some() {
             self.track_next(view);
+            return Ok(true);
+        }
+        if self.mode == Mode::FromCheckpoint
+            && view.physical_offset < self.index_from
+            && self
+                .queues
+                .as_ref()
+                .expect("begin() comes first")
+                .get(view.topic, view.queue_id)
+                .is_some_and(|q| view.queue_offset < q.max_offset())
+        {
+            // Validated by the scan; its entry is durable and kept. One its queue lacks
+            // (the queue's tail was damaged since it was synced: it loaded shorter) is
+            // indexed again below, as the time rule's whole-file re-index did.
             return Ok(true);
         }
         let entry = self
