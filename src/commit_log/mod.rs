@@ -82,7 +82,7 @@ struct AppendState {
 
 pub(crate) struct CommitLog {
     files: MappedFileQueue,
-    state: Mutex<AppendState>,
+    state: PutLock<AppendState>,
     /// When the current holder took the put lock, in ns since `epoch` (+1); 0 when free.
     lock_taken_at: AtomicU64,
     epoch: Instant,
@@ -209,7 +209,7 @@ impl CommitLog {
             counters,
             sync_flush: config.flush_mode.is_sync(),
             files,
-            state: Mutex::new(AppendState {
+            state: PutLock::new(AppendState {
                 writer,
                 allocator,
                 queue_offsets: HashMap::new(),
@@ -775,4 +775,27 @@ fn queue_slot<'a>(table: &'a mut QueueOffsets, topic: &str, queue_id: u32) -> &'
         .expect("inserted above")
         .entry(queue_id)
         .or_default()
+}
+
+/// The put lock: a futex-based mutex that spins briefly and then sleeps.
+///
+/// *Why not `parking_lot::Mutex`:* under contention it calls `sched_yield` up to seven
+/// times before it parks. With more runnable threads than cores (producers, dispatch, the
+/// key index, the allocation thread on two cores here), a yield hands the core away for a
+/// whole time slice: producers of the load example waited 5–84 ms after such yields
+/// (`perf sched timehist`), the source of the async put latency's maximum.
+pub(crate) struct PutLock<T>(std::sync::Mutex<T>);
+
+impl<T> PutLock<T> {
+    pub(crate) fn new(value: T) -> Self {
+        PutLock(std::sync::Mutex::new(value))
+    }
+
+    /// The lock; a panic while it was held (which poisons the log anyway) does not
+    /// make it unusable.
+    pub(crate) fn lock(&self) -> std::sync::MutexGuard<'_, T> {
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
 }
