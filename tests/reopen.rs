@@ -53,6 +53,29 @@ fn fill(store: &MessageStore, n: u64) -> Vec<PutResult> {
         .collect()
 }
 
+/// `n` puts round-robin over queues 0, 1 and 2 of topic R.
+fn fill_spread(store: &MessageStore, n: u64) -> Vec<PutResult> {
+    (0..n)
+        .map(|i| {
+            store
+                .put_message(&message("R", (i % 3) as u32, "r", i))
+                .unwrap()
+        })
+        .collect()
+}
+
+/// Queue R/0 holds exactly `puts` (all of them R/0's), and the next put continues it.
+fn assert_queue_whole(store: &MessageStore, puts: &[PutResult]) {
+    let g = store.get_message("R", 0, 0, puts.len()).unwrap();
+    assert_eq!(g.messages.len(), puts.len());
+    for (m, p) in g.messages.iter().zip(puts) {
+        assert_eq!(m.physical_offset, p.physical_offset);
+    }
+    let n = puts.len() as u64;
+    let next = store.put_message(&message("R", 0, "r", n)).unwrap();
+    assert_eq!(next.queue_offset, n);
+}
+
 fn commit_log_file(dir: &std::path::Path, offset: u64) -> std::path::PathBuf {
     layout::commit_log_file(dir, offset / SMALL_FILE * SMALL_FILE)
 }
@@ -258,18 +281,7 @@ fn lost_consume_queues_are_rebuilt_from_the_log() {
     fs::remove_dir_all(layout::consume_queue_dir(dir.path())).unwrap();
     let store = open(dir.path(), sync_mode());
     assert_eq!(store.max_offset_in_queue("R", 0), 300);
-    let g = store.get_message("R", 0, 0, 300).unwrap();
-    assert_eq!(g.messages.len(), 300);
-    for (m, p) in g.messages.iter().zip(&puts) {
-        assert_eq!(m.physical_offset, p.physical_offset);
-    }
-    assert_eq!(
-        store
-            .put_message(&message("R", 0, "r", 300))
-            .unwrap()
-            .queue_offset,
-        300
-    );
+    assert_queue_whole(&store, &puts);
 }
 
 /// The last file's first offset, for a log ending at `end`.
@@ -282,13 +294,7 @@ fn a_clean_reopen_reads_the_log_from_the_last_indexed_record_on() {
     let dir = tempfile::tempdir().unwrap();
     let (last, end) = {
         let store = open(dir.path(), sync_mode());
-        let puts: Vec<_> = (0..300)
-            .map(|i| {
-                store
-                    .put_message(&message("R", (i % 3) as u32, "r", i))
-                    .unwrap()
-            })
-            .collect();
+        let puts = fill_spread(&store, 300);
         // Two transaction halves end the log: no queue indexes them.
         let mut half = message("R", 0, "h", 0);
         half.sys_flag = 0x4;
@@ -359,7 +365,7 @@ fn a_queue_table_naming_no_record_makes_a_clean_open_read_the_whole_last_file() 
         store.shutdown().unwrap();
         puts
     };
-    let end = puts.last().unwrap().physical_offset + u64::from(puts.last().unwrap().wrote_bytes);
+    let end = store_end(&puts);
     // One byte into the record: no record starts there.
     rewrite_table_last_records(dir.path(), |last| last + 1);
     let store = open(dir.path(), sync_mode());
@@ -367,18 +373,7 @@ fn a_queue_table_naming_no_record_makes_a_clean_open_read_the_whole_last_file() 
     assert_eq!(o.scanned_from, last_file_start(end), "{o:?}");
     assert!(!o.rebuilt_queues);
     assert_eq!(store.max_physical_offset(), end);
-    let g = store.get_message("R", 0, 0, 300).unwrap();
-    assert_eq!(g.messages.len(), 300);
-    for (m, p) in g.messages.iter().zip(&puts) {
-        assert_eq!(m.physical_offset, p.physical_offset);
-    }
-    assert_eq!(
-        store
-            .put_message(&message("R", 0, "r", 300))
-            .unwrap()
-            .queue_offset,
-        300
-    );
+    assert_queue_whole(&store, &puts);
 }
 
 /// Rewrites the checkpoint's consume-queue offset (and marks the exit unclean), as a crash
@@ -400,13 +395,7 @@ fn after_a_crash_only_records_past_the_checkpoint_are_indexed_again() {
     let dir = tempfile::tempdir().unwrap();
     let puts = {
         let store = open(dir.path(), sync_mode());
-        let puts: Vec<_> = (0..300)
-            .map(|i| {
-                store
-                    .put_message(&message("R", (i % 3) as u32, "r", i))
-                    .unwrap()
-            })
-            .collect();
+        let puts = fill_spread(&store, 300);
         store.shutdown().unwrap();
         puts
     };

@@ -361,7 +361,9 @@ impl ConsumeQueue {
                     CqEntry::decode(buf[at..at + CQ_ENTRY_LEN].try_into().expect("20 bytes"))
                         .is_some()
                 });
-                let zeros_past = buf[end as usize * CQ_ENTRY_LEN..].iter().all(|&b| b == 0)
+                // Only a load that drops entries has a stale tail to vouch for.
+                let zeros_past = keep_below.is_some()
+                    && buf[end as usize * CQ_ENTRY_LEN..].iter().all(|&b| b == 0)
                     && sparse_file::data_start(last, hole)?.is_none_or(|at| at >= file_size);
                 *l.window.borrow_mut() = Some((last_first + from, buf));
                 return Ok((from + end, zeros_past, hole));
@@ -497,10 +499,6 @@ impl ConsumeQueue {
         Ok(q)
     }
 
-    /// After recovery re-indexed what a crash left: zeroes the entries still past the end
-    /// (of records the recovery cut), which would otherwise read as written at the next
-    /// load. Writes only where a byte is not zero; the next sync makes it durable, before
-    /// the checkpoint vouches for any entry after it.
     /// Whether entries were indexed into this queue since it was loaded (by the recovery
     /// that loaded it, from records it had just scanned): its last entry then points at
     /// its record by construction.
@@ -508,6 +506,10 @@ impl ConsumeQueue {
         self.max_offset() > self.loaded_end
     }
 
+    /// After recovery re-indexed what a crash left: zeroes the entries still past the end
+    /// (of records the recovery cut), which would otherwise read as written at the next
+    /// load. Writes only where a byte is not zero; the next sync makes it durable, before
+    /// the checkpoint vouches for any entry after it.
     pub(crate) fn clear_stale_tail(&self) -> Result<()> {
         let _tail = self.tail.lock();
         if !self.stale_tail.swap(false, Ordering::AcqRel) {
