@@ -193,11 +193,16 @@ fn reopen(args: &Args, phase: &str) -> Outcome {
     let store = MessageStore::open(config(dir, args))?;
     let open_secs = started.elapsed().as_secs_f64();
     let rss_open = rss_anon();
+    let o = store.stats().open;
     let (bad, read_secs) = read_all(&store, args)?;
     println!(
         "{{\"phase\":\"{phase}\",\"open_secs\":{open_secs:.3},\"read_all_secs\":{read_secs:.3},\
+         \"scanned_records\":{},\"indexed_records\":{},\"rebuilt_queues\":{},\
          \"queues_missing_messages\":{bad},\"rss_anon_mib_after_open\":{:.1},\
          \"rss_anon_mib_after_reads\":{:.1}}}",
+        o.scanned_records,
+        o.indexed_records,
+        o.rebuilt_queues,
         rss_open as f64 / f64::from(1 << 20),
         rss_anon() as f64 / f64::from(1 << 20),
     );

@@ -187,7 +187,8 @@ fn new_queue_directories_and_removed_queue_files_are_made_durable() {
     drop(store);
 
     // A crash whose last checkpoint had only the first entry durable: recovery drops and
-    // re-creates the queue files past it; their removal is synced too.
+    // re-creates the queue files past it; their removal is synced too, by the first
+    // queue flush after the open at the latest (here, the shutdown's).
     fs::write(layout::abort_file(dir.path()), b"").unwrap();
     let cp_path = layout::checkpoint_file(dir.path());
     let cp = rocketstore::CheckpointTimes::read(&cp_path)
@@ -202,6 +203,7 @@ fn new_queue_directories_and_removed_queue_files_are_made_durable() {
     hook.dirs.lock().unwrap().clear();
     let store = MessageStore::open(cfg()).unwrap();
     assert_eq!(store.max_offset_in_queue("NewTopic", 7), 10);
+    store.shutdown().unwrap();
     let synced = hook.dirs.lock().unwrap().clone();
     assert!(synced.contains(&cq.join("NewTopic/7")), "{synced:?}");
 }

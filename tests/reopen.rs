@@ -180,6 +180,44 @@ fn a_clean_reopen_reuses_the_prepared_file() {
 }
 
 #[test]
+fn a_crash_reopen_reuses_the_prepared_file_once_zeroed() {
+    use std::os::unix::fs::MetadataExt;
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let store = open(dir.path(), async_mode());
+        fill(&store, 10);
+        store.shutdown().unwrap();
+    }
+    let spare = commit_log_file(dir.path(), SMALL_FILE);
+    assert!(spare.exists(), "the next file is prepared ahead");
+    // A crash, after a power cut kept a later page of the prepared file but not its
+    // first: it looks unused, yet holds stale bytes.
+    fs::write(layout::abort_file(dir.path()), b"").unwrap();
+    let file = OpenOptions::new().write(true).open(&spare).unwrap();
+    file.write_all_at(&[0xEE; 512], 8192).unwrap();
+    drop(file);
+    let inode = fs::metadata(&spare).unwrap().ino();
+    let store = open(dir.path(), async_mode());
+    assert_eq!(
+        fs::metadata(&spare).unwrap().ino(),
+        inode,
+        "reused, not made again"
+    );
+    assert!(fs::read(&spare).unwrap().iter().all(|&b| b == 0), "zeroed");
+    let mut puts = fill(&store, 400);
+    let rolled = puts.pop().unwrap();
+    assert!(rolled.physical_offset >= SMALL_FILE);
+    assert_eq!(
+        store
+            .lookup_message(rolled.physical_offset)
+            .unwrap()
+            .unwrap()
+            .queue_offset,
+        409
+    );
+}
+
+#[test]
 fn after_a_clean_exit_a_damaged_record_refuses_the_open_instead_of_dropping_data() {
     let dir = tempfile::tempdir().unwrap();
     let puts = {
@@ -440,6 +478,76 @@ fn after_a_crash_only_records_past_the_checkpoint_are_indexed_again() {
     let o = store.stats().open;
     assert_eq!(o.scanned_from, 0, "{o:?}");
     assert_eq!(o.indexed_records, 301, "{o:?}");
+}
+
+/// Fails every sync of a consume-queue file or of `consumequeue/` while armed.
+#[derive(Default)]
+struct FailQueueSyncs {
+    armed: std::sync::atomic::AtomicBool,
+    failed: std::sync::atomic::AtomicU64,
+}
+
+impl rocketstore::IoHook for FailQueueSyncs {
+    fn before_sync(&self, path: &std::path::Path) -> std::io::Result<()> {
+        let queues = path
+            .components()
+            .any(|c| c.as_os_str() == layout::CONSUME_QUEUE_DIR);
+        if queues && self.armed.load(std::sync::atomic::Ordering::SeqCst) {
+            self.failed
+                .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            return Err(std::io::Error::other("injected queue sync failure"));
+        }
+        Ok(())
+    }
+}
+
+#[test]
+fn the_checkpoint_vouches_for_entries_recovery_indexed_only_once_they_are_synced() {
+    let dir = tempfile::tempdir().unwrap();
+    let puts = {
+        let store = open(dir.path(), sync_mode());
+        let puts = fill_spread(&store, 300);
+        store.shutdown().unwrap();
+        puts
+    };
+    let durable = puts[250].physical_offset;
+    crash_with_queues_durable_below(dir.path(), durable);
+    // Recovery indexes the 50 records past the checkpoint, but leaves syncing them to the
+    // dispatch thread, whose syncs all fail: the store opens and serves them, the
+    // checkpoint never moves past what was durable, and the shutdown reports the failure.
+    let hook = std::sync::Arc::new(FailQueueSyncs::default());
+    hook.armed.store(true, std::sync::atomic::Ordering::SeqCst);
+    let store = MessageStore::open(config(dir.path(), sync_mode()).io_hook(hook.clone())).unwrap();
+    assert_eq!(store.stats().open.indexed_records, 50);
+    let got = store.get_message("R", 1, 0, 300).unwrap();
+    assert_eq!(got.messages.len(), 100);
+    assert!(
+        store.shutdown().is_err(),
+        "a failed queue sync fails the shutdown"
+    );
+    assert!(hook.failed.load(std::sync::atomic::Ordering::SeqCst) > 0);
+    let cp = rocketstore::CheckpointTimes::read(&layout::checkpoint_file(dir.path()))
+        .unwrap()
+        .unwrap();
+    assert!(
+        cp.logics_offset <= durable,
+        "the checkpoint vouches for unsynced entries: {cp:?}"
+    );
+    // The next open indexes them again, and this time they are synced.
+    let store = open(dir.path(), sync_mode());
+    let o = store.stats().open;
+    assert!(!o.clean_exit && o.indexed_records == 50, "{o:?}");
+    for q in 0..3u32 {
+        assert_eq!(
+            store.get_message("R", q, 0, 300).unwrap().messages.len(),
+            100
+        );
+    }
+    store.shutdown().unwrap();
+    let cp = rocketstore::CheckpointTimes::read(&layout::checkpoint_file(dir.path()))
+        .unwrap()
+        .unwrap();
+    assert_eq!(cp.logics_offset, store_end(&puts));
 }
 
 fn store_end(puts: &[PutResult]) -> u64 {

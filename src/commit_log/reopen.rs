@@ -16,8 +16,8 @@ pub(crate) trait RecoverySink {
     /// false rejects the record: the log ends before it, as at an invalid record.
     fn record(&mut self, view: &RecordView<'_>) -> Result<bool>;
     /// Called after the records of each file, with the last store time seen so far and the
-    /// offset the valid records reach.
-    fn file_done(&mut self, last_store_timestamp: i64, end: u64) -> Result<()>;
+    /// offset the valid records reach; `last` for the file the log ends in.
+    fn file_done(&mut self, last_store_timestamp: i64, end: u64, last: bool) -> Result<()>;
 }
 
 /// Why the records of a file stopped.
@@ -204,7 +204,7 @@ pub(super) fn scan_and_truncate(
         let at = file.start_offset() + pos as u64;
         let invalid = match stop {
             Stop::FileEnd if !last => {
-                sink.file_done(last_ts, file.start_offset() + file.size() as u64)?;
+                sink.file_done(last_ts, file.start_offset() + file.size() as u64, false)?;
                 continue;
             }
             Stop::FileEnd | Stop::Empty if last => None,
@@ -252,7 +252,7 @@ pub(super) fn scan_and_truncate(
         break;
     }
     let (index, pos) = end.expect("the loop ends at the last file at the latest");
-    sink.file_done(last_ts, files[index].start_offset() + pos as u64)?;
+    sink.file_done(last_ts, files[index].start_offset() + pos as u64, true)?;
     let dropped = files.split_off(index + 1);
     for file in &dropped {
         log::warn!(
@@ -288,12 +288,12 @@ fn in_file(e: Error, file: &MappedFile) -> Error {
 }
 
 /// Takes the trailing files that hold nothing (prepared by the allocation thread, never
-/// written) off `files`, keeping at least one file. After a clean exit the first of them is
-/// returned for reuse; every other one is returned for removal once the scan has accepted
-/// the log (a refused open deletes nothing).
+/// written) off `files`, keeping at least one file. The first of them is returned for
+/// reuse (after a crash, once zeroed: see [`CommitLog::open`](super::CommitLog::open));
+/// every other one is returned for removal once the scan has accepted the log (a refused
+/// open deletes nothing).
 pub(super) fn split_unused_tail(
     files: &mut Vec<Arc<MappedFile>>,
-    clean: bool,
     written_below: u64,
 ) -> (Option<MappedFile>, Vec<Arc<MappedFile>>) {
     let mut unused = Vec::new();
@@ -305,11 +305,7 @@ pub(super) fn split_unused_tail(
         unused.push(files.pop().expect("len > 1"));
     }
     // `unused` runs from the last file back to the one right after the last used file.
-    let spare = if clean {
-        unused.pop().and_then(|f| Arc::try_unwrap(f).ok())
-    } else {
-        None
-    };
+    let spare = unused.pop().and_then(|f| Arc::try_unwrap(f).ok());
     (spare, unused)
 }
 
