@@ -550,6 +550,79 @@ fn the_checkpoint_vouches_for_entries_recovery_indexed_only_once_they_are_synced
     assert_eq!(cp.logics_offset, store_end(&puts));
 }
 
+#[test]
+fn the_checkpoint_never_vouches_for_queue_entries_past_a_log_cut_short() {
+    let dir = tempfile::tempdir().unwrap();
+    let puts = {
+        let store = open(dir.path(), sync_mode());
+        let puts = fill_spread(&store, 300);
+        store.shutdown().unwrap();
+        puts
+    };
+    // Under async flush dispatch runs ahead of the log's flushes: the last checkpoint had
+    // the log durable to record 100 and the queues to record 250. Then a power cut took
+    // the log from record 200 on (here: its body damaged, so it ends there).
+    let cut = puts[200];
+    let path = layout::checkpoint_file(dir.path());
+    let cp = rocketstore::CheckpointTimes::read(&path).unwrap().unwrap();
+    rocketstore::CheckpointTimes {
+        physic_offset: puts[100].physical_offset,
+        logics_offset: puts[250].physical_offset,
+        ..cp
+    }
+    .write(&path)
+    .unwrap();
+    fs::write(layout::abort_file(dir.path()), b"").unwrap();
+    // A crashed run leaves the queue table of its open, which held less.
+    fs::remove_file(layout::queue_table_file(dir.path())).unwrap();
+    let file = OpenOptions::new()
+        .write(true)
+        .open(commit_log_file(dir.path(), cut.physical_offset))
+        .unwrap();
+    let at = cut.physical_offset % SMALL_FILE + u64::from(cut.wrote_bytes) - 30;
+    file.write_all_at(&[0xEE], at).unwrap();
+    drop(file);
+    // Recovery cuts the log there; the queues' syncs fail, so nothing moves the
+    // checkpoint's queue offset but recovery itself: it must not stay past the cut.
+    let hook = std::sync::Arc::new(FailQueueSyncs::default());
+    hook.armed.store(true, std::sync::atomic::Ordering::SeqCst);
+    let store = MessageStore::open(config(dir.path(), sync_mode()).io_hook(hook.clone())).unwrap();
+    assert_eq!(store.max_physical_offset(), cut.physical_offset);
+    let cp = rocketstore::CheckpointTimes::read(&path).unwrap().unwrap();
+    assert!(
+        cp.logics_offset <= cut.physical_offset,
+        "the checkpoint vouches for queue entries of records that are gone: {cp:?}"
+    );
+    // New records take the lost ones' offsets and queue offsets; after another crash
+    // they are the ones the queues serve.
+    let new: Vec<_> = (0..30)
+        .map(|i| {
+            store
+                .put_message(&message("R", (i % 3) as u32, "new", i))
+                .unwrap()
+        })
+        .collect();
+    assert_eq!(new[0].physical_offset, cut.physical_offset);
+    assert!(store.shutdown().is_err(), "the queue syncs failed");
+    let store = open(dir.path(), sync_mode());
+    for q in 0..3u32 {
+        let got = store.get_message("R", q, 0, 300).unwrap();
+        let want: Vec<_> = puts[..200]
+            .iter()
+            .skip(q as usize)
+            .step_by(3)
+            .chain(new.iter().skip(q as usize).step_by(3))
+            .collect();
+        assert_eq!(got.messages.len(), want.len());
+        for (m, p) in got.messages.iter().zip(want) {
+            assert_eq!(
+                (m.physical_offset, m.queue_offset),
+                (p.physical_offset, p.queue_offset)
+            );
+        }
+    }
+}
+
 fn store_end(puts: &[PutResult]) -> u64 {
     let last = puts.last().unwrap();
     last.physical_offset + u64::from(last.wrote_bytes)

@@ -319,9 +319,17 @@ impl ConsumeQueues {
             if let Err((i, e)) = result {
                 // This queue and the ones after it stay in the batch for the next commit.
                 self.batch.lock().extend(queues[i..].iter().cloned());
-                match &failed {
+                // A full disk is retried; any other failure must not hide behind it.
+                match failed.take() {
                     None => failed = Some(e),
-                    Some(_) => log::error!("committing consume queues: {e}"),
+                    Some(first) if first.is_no_space() && !e.is_no_space() => {
+                        log::error!("committing consume queues: {first}");
+                        failed = Some(e);
+                    }
+                    Some(first) => {
+                        log::error!("committing consume queues: {e}");
+                        failed = Some(first);
+                    }
                 }
             }
         }

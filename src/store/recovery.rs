@@ -218,10 +218,11 @@ pub(crate) fn recover(
     log.restore_queue_offsets(next);
     let mut checkpoint = sink.checkpoint;
     let cp = checkpoint.times();
-    if cp.physic_offset > log.write_offset() {
+    if cp.physic_offset > log.write_offset() || cp.logics_offset > log.write_offset() {
         // Only the operator's override cuts below the durable point.
         checkpoint.store(CheckpointTimes {
-            physic_offset: log.write_offset(),
+            physic_offset: cp.physic_offset.min(log.write_offset()),
+            logics_offset: cp.logics_offset.min(log.write_offset()),
             ..cp
         })?;
     }
@@ -545,6 +546,12 @@ impl RecoverySink for QueueRebuild<'_> {
         let mut times = CheckpointTimes {
             physic: last_store_timestamp,
             physic_offset: old.physic_offset.max(end),
+            // The queues' old durable point may lie past where the scan cut the log (under
+            // async flush dispatch runs ahead of the log's flushes): entries past the cut
+            // point at records that are gone, and the log's next records take their
+            // offsets. It must not vouch for anything past the log's end.
+            logics: old.logics.min(last_store_timestamp),
+            logics_offset: old.logics_offset.min(end),
             ..old
         };
         if !last {

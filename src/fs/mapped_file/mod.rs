@@ -731,23 +731,30 @@ impl FileWriter {
 /// `FALLOC_FL_ZERO_RANGE` (its extents become unwritten again and their cached pages go,
 /// dirty or not, even while mapped), then a sync of the file, since the extents' state is
 /// metadata. False when the file system refuses (not supported, or out of space for
-/// splitting an extent).
+/// splitting an extent); the range is then still allocated, or this fails.
 fn zero_range_unread(path: &Path, from: usize, to: usize) -> Result<bool> {
     use rustix::fs::{FallocateFlags, fallocate};
     let file = OpenOptions::new()
         .write(true)
         .open(path)
         .map_err(|e| Error::io("open", path, e))?;
+    let (at, len) = (from as u64, (to - from) as u64);
     let flags = FallocateFlags::ZERO_RANGE | FallocateFlags::KEEP_SIZE;
-    let zeroed = fallocate(&file, flags, from as u64, (to - from) as u64);
+    let zeroed = fallocate(&file, flags, at, len);
+    if let Err(e) = zeroed {
+        log::debug!("zeroing {from}..{to} of {} in place: {e}", path.display());
+        // Some file systems free the blocks first: a failure may leave holes, which a
+        // write through the mapping on a full disk would meet as SIGBUS. They are
+        // allocated again, or the file is refused.
+        if e != rustix::io::Errno::OPNOTSUPP {
+            fallocate(&file, FallocateFlags::KEEP_SIZE, at, len)
+                .map_err(|e| Error::io("allocate", path, e.into()))?;
+        }
+    }
     // Also after a failure: what part of the range it did zero must not revert to stale
     // bytes after a power cut once a fallback has read it as zeros.
     file.sync_all().map_err(|e| Error::io("sync", path, e))?;
-    if let Err(e) = zeroed {
-        log::debug!("zeroing {from}..{to} of {} in place: {e}", path.display());
-        return Ok(false);
-    }
-    Ok(true)
+    Ok(zeroed.is_ok())
 }
 
 /// Support for `benches/limits.rs`: the machine's copy bandwidth into a fresh or a
