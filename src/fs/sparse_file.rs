@@ -106,6 +106,18 @@ pub(crate) fn allocate(
     }
 }
 
+/// What stands for [`allocate`] when the write that follows allocates its own single page
+/// (and fails with `ENOSPC` as cleanly): only the hook's `before_allocate`, so that tests
+/// can still fail it as a full disk would.
+pub(crate) fn allocated_by_write(path: &Path, hook: Option<&Arc<dyn IoHook>>) -> Result<()> {
+    match hook {
+        Some(h) => h
+            .before_allocate(path)
+            .map_err(|e| Error::io("allocate", path, e)),
+        None => Ok(()),
+    }
+}
+
 /// How far to allocate when a write must reach `need` and `allocated` bytes are allocated:
 /// the allocated size doubles (from [`FIRST_CHUNK`], by at most [`MAX_CHUNK`]), rounded to
 /// pages, never past `size`.

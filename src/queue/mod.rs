@@ -4,6 +4,7 @@
 //! wake consumers waiting for new entries.
 
 pub(crate) mod arrival;
+pub(crate) mod commit;
 pub(crate) mod consume_queue;
 pub(crate) mod deleted;
 pub(crate) mod dispatch;

@@ -15,6 +15,7 @@ use crate::fs::io_hook::IoHook;
 use crate::fs::ops;
 use crate::fs::sparse_file;
 use crate::queue::arrival::Arrivals;
+use crate::queue::commit;
 use crate::queue::consume_queue::{ConsumeQueue, Indexed, Load, QueueFiles, TableEnd};
 use crate::queue::entry::{CQ_ENTRY_LEN, CqEntry, TagCode};
 
@@ -262,81 +263,24 @@ impl ConsumeQueues {
     /// stays in the batch, with the ones after it, for the next commit.
     pub(crate) fn commit(&self) -> Result<()> {
         let batch = std::mem::take(&mut *self.batch.lock());
-        // Each queue's entries and files are its own. Creating a queue's directory and
-        // first file costs kernel time (a `mkdir` and an `open` of about 40 µs each here):
-        // when a round creates many queues, a second thread creates half of them. The
-        // `mkdir`s of one topic serialise on its directory; the rest runs on both cores.
-        // Rounds that create few queues (the steady state) stay on this thread.
-        // A batch of many more queues than files are kept open opens most of their files
-        // again (an `open` of about 25 µs each: the recovery after a crash that left
-        // 70,000 queues' entries to index again spent 1.9 s in them on one thread): it is
-        // split in two, whatever it creates.
-        let reopening = batch.len() > 2 * OPEN_FILES;
+        // Rounds that create few queues and reopen few files (the steady state) stay on
+        // this thread. A round that creates many queues, or that holds many more queues
+        // than files are kept open (so opens most of their files again: 25 µs each; the
+        // recovery after a crash that left 70,000 queues' entries to index again spent
+        // 1.9 s in them on one thread), runs on two (see `queue::commit`).
         let creating = batch.iter().filter(|q| q.has_no_file()).count();
-        let (writing, split): (Vec<_>, Vec<_>) = match reopening || creating >= PARALLEL_CREATE {
-            // Every other creation (or queue) goes to the second thread.
-            true => {
-                let mut nth = 0;
-                batch.iter().cloned().partition(|q| {
-                    let costly = reopening || q.has_no_file();
-                    nth += usize::from(costly);
-                    !costly || nth % 2 == 0
-                })
-            }
-            false => (Vec::new(), Vec::new()),
+        let left = match batch.len() > 2 * OPEN_FILES || creating >= PARALLEL_CREATE {
+            true => commit::commit_split(&batch),
+            false => commit::commit_each(&batch),
         };
-        // The steady state (few creations) commits the batch as it is: no copy of it.
-        let writing = match split.is_empty() {
-            true => &batch[..],
-            false => &writing[..],
-        };
-        let commit_each = |queues: &[Arc<ConsumeQueue>]| {
-            for (i, q) in queues.iter().enumerate() {
-                q.commit().map_err(|e| (i, e))?;
-                q.in_batch.store(false, Ordering::Release);
-            }
-            Ok::<(), (usize, Error)>(())
-        };
-        let results = match split.is_empty() {
-            true => [commit_each(writing), Ok(())],
-            false => std::thread::scope(|s| {
-                // No thread to be had (a process limit): this one does both halves.
-                let other = std::thread::Builder::new()
-                    .name("rocketstore-queue-commit".into())
-                    .spawn_scoped(s, || commit_each(&split));
-                let mine = commit_each(writing);
-                let theirs = match other {
-                    Ok(other) => other
-                        .join()
-                        .unwrap_or_else(|panic| std::panic::resume_unwind(panic)),
-                    Err(_) => commit_each(&split),
-                };
-                [mine, theirs]
-            }),
-        };
-        let mut failed = None;
-        for (queues, result) in [writing, &split[..]].into_iter().zip(results) {
-            if let Err((i, e)) = result {
-                // This queue and the ones after it stay in the batch for the next commit.
-                self.batch.lock().extend(queues[i..].iter().cloned());
-                // A full disk is retried; any other failure must not hide behind it.
-                match failed.take() {
-                    None => failed = Some(e),
-                    Some(first) if first.is_no_space() && !e.is_no_space() => {
-                        log::error!("committing consume queues: {first}");
-                        failed = Some(e);
-                    }
-                    Some(first) => {
-                        log::error!("committing consume queues: {e}");
-                        failed = Some(first);
-                    }
-                }
-            }
+        // What failed stays in the batch for the next commit.
+        if !left.queues.is_empty() {
+            self.batch.lock().extend(left.queues);
         }
         // The queues that did publish (a queue may publish part of its entries early):
         // their waiters are told either way.
         self.arrivals.committed(&batch);
-        failed.map_or(Ok(()), Err)
+        left.error.map_or(Ok(()), Err)
     }
 
     /// Removes every queue of `topic`: out of the table, then its directory, durably.
