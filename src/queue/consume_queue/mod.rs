@@ -627,9 +627,9 @@ impl ConsumeQueue {
             tail.last = (end, last.map_or(0, |e| e.physical_offset));
             self.max_offset.store(end, Ordering::Release);
         }
-        if tail.pending.capacity() > MAX_PENDING {
-            tail.pending = Vec::new();
-        }
+        // Freed, not kept: with 100,000 queues the buffers of their last commits held
+        // 9 MiB, and a busy queue allocates one per commit, beside a `pwrite`.
+        tail.pending = Vec::new();
         Ok(())
     }
 
