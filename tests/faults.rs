@@ -208,15 +208,17 @@ fn new_queue_directories_and_removed_queue_files_are_made_durable() {
     assert!(synced.contains(&cq.join("NewTopic/7")), "{synced:?}");
 }
 
-/// Holds the first consume-queue allocation until released, then fails every one as a
-/// full disk would while armed; counts both, and notes the threads that failed.
+/// Holds the first consume-queue allocation until released, then, while armed, fails
+/// every one of a queue numbered `fail_from` or above as a full disk would; counts both,
+/// and notes the names of the threads that failed.
 #[derive(Default)]
 struct QueuesOutOfSpace {
     hold: std::sync::atomic::AtomicBool,
     armed: std::sync::atomic::AtomicBool,
+    fail_from: u32,
     entered: std::sync::atomic::AtomicU64,
     failed: std::sync::atomic::AtomicU64,
-    failed_on: std::sync::Mutex<std::collections::HashSet<std::thread::ThreadId>>,
+    failed_on: std::sync::Mutex<std::collections::HashSet<String>>,
 }
 
 impl IoHook for QueuesOutOfSpace {
@@ -231,14 +233,42 @@ impl IoHook for QueuesOutOfSpace {
         while self.hold.load(Ordering::SeqCst) {
             std::thread::park_timeout(std::time::Duration::from_millis(1));
         }
-        if self.armed.load(Ordering::SeqCst) {
+        // `consumequeue/{topic}/{queue}/{file}`
+        let queue_id = path
+            .parent()
+            .and_then(|d| d.file_name())
+            .and_then(|n| n.to_str())
+            .and_then(|n| n.parse::<u32>().ok());
+        if self.armed.load(Ordering::SeqCst) && queue_id.is_some_and(|id| id >= self.fail_from) {
+            let me = std::thread::current().name().unwrap_or("").to_owned();
+            if me == "rocketstore-dispatch" {
+                // The dispatch thread's half of a two-thread round fails only once the
+                // second thread's has (bounded, in case no second thread runs).
+                wait_until_or_timeout(|| {
+                    self.failed_on
+                        .lock()
+                        .unwrap()
+                        .contains("rocketstore-queue-commit")
+                });
+            }
             self.failed.fetch_add(1, Ordering::SeqCst);
-            let me = std::thread::current().id();
             self.failed_on.lock().unwrap().insert(me);
             return Err(io::Error::from(io::ErrorKind::StorageFull));
         }
         Ok(())
     }
+}
+
+/// Waits until `done` holds, for at most 10 s; whether it does.
+fn wait_until_or_timeout(done: impl Fn() -> bool) -> bool {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !done() {
+        if std::time::Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::park_timeout(std::time::Duration::from_millis(1));
+    }
+    true
 }
 
 /// Waits until `done` holds, for at most 30 s.
@@ -253,12 +283,17 @@ fn wait_until(what: &str, done: impl Fn() -> bool) {
 #[test]
 fn a_dispatch_round_over_many_queues_that_fails_publishes_every_queue_once_space_returns() {
     let dir = tempfile::tempdir().unwrap();
-    let hook = Arc::new(QueuesOutOfSpace::default());
+    let hook = Arc::new(QueuesOutOfSpace {
+        fail_from: 75,
+        ..QueuesOutOfSpace::default()
+    });
     hook.hold.store(true, Ordering::SeqCst);
     hook.armed.store(true, Ordering::SeqCst);
     let store = MessageStore::open(config(dir.path(), async_mode()).io_hook(hook.clone())).unwrap();
     // Dispatch's first round holds at its first allocation while the puts go on, so a
-    // later round creates the other queues' files, from two threads.
+    // later round creates the other queues' files, from two threads: the dispatch thread
+    // from the front of the batch, the second one from its back, where the queues that
+    // cannot get space are.
     let puts: Vec<_> = (0..300u64)
         .map(|i| {
             store
@@ -270,12 +305,14 @@ fn a_dispatch_round_over_many_queues_that_fails_publishes_every_queue_once_space
         hook.entered.load(Ordering::SeqCst) > 0
     });
     hook.hold.store(false, Ordering::SeqCst);
-    // Failed on two threads: a round that created queues from both failed in both halves.
-    wait_until("no round failed on two threads", || {
-        hook.failed_on.lock().unwrap().len() >= 2
+    wait_until("the second thread never failed", || {
+        hook.failed_on
+            .lock()
+            .unwrap()
+            .contains("rocketstore-queue-commit")
     });
-    // No queue could write its file: none serves a message.
-    for q in 0..150u32 {
+    // No queue without space could write its file: none of them serves a message.
+    for q in 75..150u32 {
         let r = store.get_message("P", q, 0, 8).unwrap();
         assert!(r.messages.is_empty(), "queue {q}: {:?}", r.status);
     }

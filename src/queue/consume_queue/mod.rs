@@ -598,10 +598,12 @@ impl ConsumeQueue {
             };
             if need > allocated {
                 let mut to = sparse_file::next_allocation(allocated, need, size);
-                // A single page, which this write reaches: the write itself allocates it,
-                // and fails with ENOSPC as cleanly. One system call less for each new
-                // queue (10–25 µs, of about 100 µs in all).
-                let single = to - allocated <= PAGE_SIZE as u64;
+                // A file's first page, when the write lies inside it: the write itself
+                // allocates it, and fails with ENOSPC as cleanly, having written nothing
+                // (a write straddling two pages could write the first and fail on the
+                // second). One system call less for each new queue (10–25 µs, of about
+                // 100 µs in all).
+                let single = allocated == 0 && need <= PAGE_SIZE as u64;
                 let allocated_now = match single {
                     true => sparse_file::allocated_by_write(&path, self.hook()),
                     false => sparse_file::allocate(&file, &path, allocated, to, self.hook()),
