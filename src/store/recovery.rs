@@ -219,7 +219,8 @@ pub(crate) fn recover(
     let mut checkpoint = sink.checkpoint;
     let cp = checkpoint.times();
     if cp.physic_offset > log.write_offset() || cp.logics_offset > log.write_offset() {
-        // Only the operator's override cuts below the durable point.
+        // Only the operator's override cuts below the log's durable point; the queues'
+        // may lie past a torn tail (dispatch runs ahead of the log's flushes).
         checkpoint.store(CheckpointTimes {
             physic_offset: cp.physic_offset.min(log.write_offset()),
             logics_offset: cp.logics_offset.min(log.write_offset()),
@@ -550,7 +551,10 @@ impl RecoverySink for QueueRebuild<'_> {
             // async flush dispatch runs ahead of the log's flushes): entries past the cut
             // point at records that are gone, and the log's next records take their
             // offsets. It must not vouch for anything past the log's end.
-            logics: old.logics.min(last_store_timestamp),
+            logics: match old.logics_offset > end {
+                true => old.logics.min(last_store_timestamp),
+                false => old.logics,
+            },
             logics_offset: old.logics_offset.min(end),
             ..old
         };

@@ -300,7 +300,6 @@ impl MappedFile {
         Ok(ZeroAhead::Zeroed)
     }
 
-    /// Whether nothing was ever written at the start of the file.
     /// Makes the whole file read as zeros, durably, without reading it (see
     /// [`FileWriter::zero_tail`]); `&mut self` proves nobody else sees it. False when the
     /// file system cannot.
@@ -308,6 +307,7 @@ impl MappedFile {
         zero_range_unread(&self.path, 0, self.size)
     }
 
+    /// Whether nothing was ever written at the start of the file.
     pub(crate) fn is_unused(self: &Arc<Self>) -> bool {
         self.slice(0, 8).is_some_and(|b| b.iter().all(|&x| x == 0))
     }
