@@ -259,16 +259,12 @@ impl IoHook for QueuesOutOfSpace {
     }
 }
 
-/// Waits until `done` holds, for at most 10 s; whether it does.
-fn wait_until_or_timeout(done: impl Fn() -> bool) -> bool {
+/// Waits until `done` holds, for at most 10 s.
+fn wait_until_or_timeout(done: impl Fn() -> bool) {
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    while !done() {
-        if std::time::Instant::now() >= deadline {
-            return false;
-        }
+    while !done() && std::time::Instant::now() < deadline {
         std::thread::park_timeout(std::time::Duration::from_millis(1));
     }
-    true
 }
 
 /// Waits until `done` holds, for at most 30 s.

@@ -140,14 +140,34 @@ fn an_unclean_exit_drops_a_damaged_tail_and_zeroes_it() {
     }
 }
 
+/// A store of 10 records, shut down with its next file prepared ahead.
+fn store_with_a_prepared_file() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path(), async_mode());
+    fill(&store, 10);
+    store.shutdown().unwrap();
+    dir
+}
+
+/// Puts to R/0 of a store made by [`store_with_a_prepared_file`] until the log rolls into
+/// its second file, and checks the record there reads back.
+fn roll_into_the_second_file(store: &MessageStore) {
+    let mut puts = fill(store, 400);
+    let rolled = puts.pop().unwrap();
+    assert!(rolled.physical_offset >= SMALL_FILE);
+    assert_eq!(
+        store
+            .lookup_message(rolled.physical_offset)
+            .unwrap()
+            .unwrap()
+            .queue_offset,
+        409
+    );
+}
+
 #[test]
 fn a_clean_reopen_reuses_the_prepared_file() {
-    let dir = tempfile::tempdir().unwrap();
-    {
-        let store = open(dir.path(), async_mode());
-        fill(&store, 10);
-        store.shutdown().unwrap();
-    }
+    let dir = store_with_a_prepared_file();
     let names = |d: &std::path::Path| {
         let mut v: Vec<_> = fs::read_dir(layout::commit_log_dir(d))
             .unwrap()
@@ -164,30 +184,15 @@ fn a_clean_reopen_reuses_the_prepared_file() {
     );
     let store = open(dir.path(), async_mode());
     // Roll into the prepared file and check it was the one on disk, not a new one.
-    let mut puts = fill(&store, 400);
-    let rolled = puts.pop().unwrap();
-    assert!(rolled.physical_offset >= SMALL_FILE);
+    roll_into_the_second_file(&store);
     let after = names(dir.path());
     assert_eq!(&after[..2], &before[..]);
-    assert_eq!(
-        store
-            .lookup_message(rolled.physical_offset)
-            .unwrap()
-            .unwrap()
-            .queue_offset,
-        409
-    );
 }
 
 #[test]
 fn a_crash_reopen_reuses_the_prepared_file_once_zeroed() {
     use std::os::unix::fs::MetadataExt;
-    let dir = tempfile::tempdir().unwrap();
-    {
-        let store = open(dir.path(), async_mode());
-        fill(&store, 10);
-        store.shutdown().unwrap();
-    }
+    let dir = store_with_a_prepared_file();
     let spare = commit_log_file(dir.path(), SMALL_FILE);
     assert!(spare.exists(), "the next file is prepared ahead");
     // A crash, after a power cut kept a later page of the prepared file but not its
@@ -204,17 +209,7 @@ fn a_crash_reopen_reuses_the_prepared_file_once_zeroed() {
         "reused, not made again"
     );
     assert!(fs::read(&spare).unwrap().iter().all(|&b| b == 0), "zeroed");
-    let mut puts = fill(&store, 400);
-    let rolled = puts.pop().unwrap();
-    assert!(rolled.physical_offset >= SMALL_FILE);
-    assert_eq!(
-        store
-            .lookup_message(rolled.physical_offset)
-            .unwrap()
-            .unwrap()
-            .queue_offset,
-        409
-    );
+    roll_into_the_second_file(&store);
 }
 
 #[test]
