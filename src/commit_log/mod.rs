@@ -23,7 +23,7 @@ pub(crate) mod replicate;
 use crate::commit_log::record::{BLANK_RECORD_LEN, EncodedRecord, Peek};
 use crate::config::{StoreConfig, Warmup};
 use crate::error::{Error, Result};
-use crate::fs::allocate::Allocator;
+use crate::fs::allocate::{Allocator, TOUCH_AHEAD};
 use crate::fs::disk::DiskWatch;
 use crate::fs::file_queue::MappedFileQueue;
 use crate::fs::mapped_file::FileWriter;
@@ -159,13 +159,14 @@ impl CommitLog {
             ));
         }
         let (writer, last_store_timestamp) = match loaded.is_empty() {
-            // A new store. Its first file is touched (about 130 ms per GiB) when that is the
-            // warm-up, since unwarmed pages made async puts 4× slower; zeroing and flushing
-            // a whole file (seconds per GiB) is not worth stalling the open for.
+            // A new store. The start of its first file is touched when that is the warm-up
+            // (the allocation thread touches the rest ahead of the writer), since unwarmed
+            // pages made async puts 4× slower; zeroing and flushing is not worth stalling
+            // the open for.
             true => {
                 let mut first = allocator.take(0)?;
                 if config.effective_warmup() == Warmup::Touch {
-                    first.warm(Warmup::Touch, &AtomicBool::new(false))?;
+                    first.warm_until(Warmup::Touch, TOUCH_AHEAD, &|| false)?;
                 }
                 let writer =
                     FileWriter::new(Arc::new(first), 0).expect("a new file has no other owner");

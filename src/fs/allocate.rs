@@ -1,6 +1,7 @@
 //! The allocation thread: creates and warms the next commit-log file before the writer
-//! needs it, so rolling to a new file never waits on fallocate or page faults; and, with
-//! `Warmup::ZeroAndFlush`, zeroes the file being written just ahead of the writer.
+//! needs it, so rolling to a new file never waits on fallocate or page faults; and, in the
+//! file being written, zeroes (`Warmup::ZeroAndFlush`) or touches (`Warmup::Touch`) the
+//! pages just ahead of the writer.
 //!
 //! A writer never waits on a warm-up: when it needs the next file before the warm-up is
 //! done, the thread stops at the next 1 MiB and hands the file over as it is.
@@ -43,8 +44,52 @@ pub(crate) struct Allocator {
 const ZERO_AHEAD: usize = 32 << 20;
 /// ...in chunks of this size, each written and synced on its own.
 const ZERO_CHUNK: usize = 4 << 20;
-/// ...and, when nothing is to be zeroed, looks again this often.
-const ZERO_POLL: Duration = Duration::from_millis(5);
+/// Touch-ahead keeps this much of the file being written mapped writable past the
+/// writer, in chunks of `TOUCH_CHUNK`: enough for 30 ms of a 1 GB/s writer, and little
+/// for a sync of the whole filesystem to write back as zeros.
+pub(crate) const TOUCH_AHEAD: usize = 32 << 20;
+const TOUCH_CHUNK: usize = 2 << 20;
+/// When nothing is to be zeroed or touched, the thread looks again this often.
+const AHEAD_POLL: Duration = Duration::from_millis(5);
+
+/// The file being written, and the work the thread does just ahead of its writer.
+enum Ahead {
+    /// Zero-ahead, through the thread's own descriptor (see `MappedFile::zero_ahead`).
+    Zero(Arc<MappedFile>, std::fs::File),
+    Touch(Arc<MappedFile>),
+}
+
+impl Ahead {
+    fn start(file: Arc<MappedFile>, warmup: Warmup) -> Option<Ahead> {
+        match warmup {
+            Warmup::None => None,
+            Warmup::Touch => Some(Ahead::Touch(file)),
+            Warmup::ZeroAndFlush => {
+                match std::fs::OpenOptions::new().write(true).open(file.path()) {
+                    Ok(fd) => Some(Ahead::Zero(file, fd)),
+                    Err(e) => {
+                        log::warn!("no zero-ahead for {}: {e}", file.path().display());
+                        None
+                    }
+                }
+            }
+        }
+    }
+
+    fn step(&self) -> Result<ZeroAhead> {
+        match self {
+            Ahead::Zero(file, fd) => file.zero_ahead(fd, ZERO_CHUNK, ZERO_AHEAD),
+            Ahead::Touch(file) => file.touch_ahead(TOUCH_CHUNK, TOUCH_AHEAD),
+        }
+    }
+}
+
+fn warmup_name(warmup: Warmup) -> &'static str {
+    match warmup {
+        Warmup::Touch => "touch-ahead",
+        _ => "zero-ahead",
+    }
+}
 
 enum Request {
     /// Create (and warm) the file at this offset.
@@ -81,18 +126,19 @@ impl Allocator {
                 .name("rocketstore-allocate".into())
                 .spawn(move || {
                     let give_up = || stop.load(Ordering::Relaxed) || hurry.load(Ordering::Relaxed);
-                    // With zero-ahead, a new file gets its first chunks zeroed; the rest is
-                    // zeroed while it is written.
+                    // A new file gets its first chunk zeroed or touched; the rest is
+                    // done while it is written, just ahead of the writer.
                     let upto = match warmup {
                         Warmup::ZeroAndFlush => ZERO_CHUNK,
-                        _ => file_size,
+                        Warmup::Touch => TOUCH_AHEAD,
+                        Warmup::None => 0,
                     };
-                    let mut active: Option<(Arc<MappedFile>, std::fs::File)> = None;
+                    let mut active: Option<Ahead> = None;
                     let mut busy = false;
                     loop {
                         let request = match (&active, busy) {
                             (Some(_), true) => request_rx.try_recv().ok(),
-                            (Some(_), false) => match request_rx.recv_timeout(ZERO_POLL) {
+                            (Some(_), false) => match request_rx.recv_timeout(AHEAD_POLL) {
                                 Ok(r) => Some(r),
                                 Err(crossbeam_channel::RecvTimeoutError::Timeout) => None,
                                 Err(_) => break,
@@ -112,26 +158,13 @@ impl Allocator {
                                     break;
                                 }
                             }
-                            Some(Request::Active(file)) => {
-                                // Its own descriptor: see `MappedFile::zero_ahead`.
-                                let fd = std::fs::OpenOptions::new().write(true).open(file.path());
-                                active = match fd {
-                                    Ok(fd) => Some((file, fd)),
-                                    Err(e) => {
-                                        let path = file.path().display();
-                                        log::warn!("no zero-ahead for {path}: {e}");
-                                        None
-                                    }
-                                };
-                            }
+                            Some(Request::Active(file)) => active = Ahead::start(file, warmup),
                             None => {}
                         }
                         if stop.load(Ordering::Relaxed) {
                             break;
                         }
-                        let step = active
-                            .as_ref()
-                            .map(|(f, fd)| f.zero_ahead(fd, ZERO_CHUNK, ZERO_AHEAD));
+                        let step = active.as_ref().map(Ahead::step);
                         busy = match step {
                             Some(Ok(ZeroAhead::Zeroed)) => true,
                             Some(Ok(ZeroAhead::Idle)) | None => false,
@@ -140,8 +173,9 @@ impl Allocator {
                                 false
                             }
                             Some(Err(e)) => {
-                                // The next flush of the file fails on it and poisons the log.
-                                log::error!("zero-ahead stopped: {e}");
+                                // Zero-ahead: the next flush of the file fails on it and
+                                // poisons the log. Touch-ahead: the writer takes the faults.
+                                log::error!("{} stopped: {e}", warmup_name(warmup));
                                 active = None;
                                 false
                             }
@@ -228,12 +262,14 @@ impl Allocator {
         MappedFile::create(&self.dir, offset, self.file_size, self.hook.clone())
     }
 
-    /// `writer` now writes its file: with zero-ahead, the thread zeroes just ahead of it.
+    /// `writer` now writes its file: the thread zeroes or touches just ahead of it.
     pub(crate) fn activate(&mut self, writer: &mut FileWriter) {
-        if self.warmup == Warmup::ZeroAndFlush
+        if self.warmup != Warmup::None
             && let Some(w) = &self.worker
         {
-            writer.allow_zero_ahead();
+            if self.warmup == Warmup::ZeroAndFlush {
+                writer.allow_zero_ahead();
+            }
             let _ = w.requests.send(Request::Active(Arc::clone(writer.file())));
         }
     }
