@@ -23,7 +23,7 @@ pub(crate) mod replicate;
 use crate::commit_log::record::{BLANK_RECORD_LEN, EncodedRecord, Peek};
 use crate::config::{StoreConfig, Warmup};
 use crate::error::{Error, Result};
-use crate::fs::allocate::{Allocator, TOUCH_AHEAD};
+use crate::fs::allocate::{Allocator, warm_first};
 use crate::fs::disk::DiskWatch;
 use crate::fs::file_queue::MappedFileQueue;
 use crate::fs::mapped_file::FileWriter;
@@ -166,7 +166,8 @@ impl CommitLog {
             true => {
                 let mut first = allocator.take(0)?;
                 if config.effective_warmup() == Warmup::Touch {
-                    first.warm_until(Warmup::Touch, TOUCH_AHEAD, &|| false)?;
+                    let upto = warm_first(Warmup::Touch, file_size as usize);
+                    first.warm_until(Warmup::Touch, upto, &|| false)?;
                 }
                 let writer =
                     FileWriter::new(Arc::new(first), 0).expect("a new file has no other owner");
@@ -380,8 +381,8 @@ impl CommitLog {
         let mut state = self.state.lock();
         let state = &mut *state;
         let next = state.writer.file().start_offset() + self.file_size();
-        state.allocator.prepare(next);
         state.allocator.activate(&mut state.writer);
+        state.allocator.prepare(next);
     }
 
     /// The counters this log and the rest of the store keep.

@@ -1,7 +1,7 @@
-//! The allocation thread: creates and warms the next commit-log file before the writer
-//! needs it, so rolling to a new file never waits on fallocate or page faults; and, in the
-//! file being written, zeroes (`Warmup::ZeroAndFlush`) or touches (`Warmup::Touch`) the
-//! pages just ahead of the writer.
+//! The allocation threads: one creates and warms the next commit-log file before the
+//! writer needs it, so rolling to a new file never waits on fallocate or page faults; the
+//! other, in the file being written, zeroes (`Warmup::ZeroAndFlush`) or touches
+//! (`Warmup::Touch`) the pages just ahead of the writer.
 //!
 //! A writer never waits on a warm-up: when it needs the next file before the warm-up is
 //! done, the thread stops at the next 1 MiB and hands the file over as it is.
@@ -17,7 +17,7 @@ use crossbeam_channel::{Receiver, Sender};
 use crate::error::{Error, Result};
 use crate::fs::io_hook::IoHook;
 use crate::fs::mapped_file::Warmup;
-use crate::fs::mapped_file::{FileWriter, MappedFile, ZeroAhead};
+use crate::fs::mapped_file::{FileWriter, MappedFile, ZeroAhead, populate_write_supported};
 use crate::fs::ops;
 use crate::stats::Counters;
 
@@ -47,12 +47,27 @@ const ZERO_CHUNK: usize = 4 << 20;
 /// Touch-ahead keeps this much of the file being written mapped writable past the
 /// writer, in chunks of `TOUCH_CHUNK`: enough for 30 ms of a 1 GB/s writer, and little
 /// for a sync of the whole filesystem to write back as zeros.
-pub(crate) const TOUCH_AHEAD: usize = 32 << 20;
+const TOUCH_AHEAD: usize = 32 << 20;
 const TOUCH_CHUNK: usize = 2 << 20;
-/// When nothing is to be zeroed or touched, the thread looks again this often.
+/// When nothing is to be zeroed or touched, the thread looks again after this long,
+/// doubling while the writer stays put, up to `AHEAD_POLL_MAX`: an idle store costs a
+/// few wake-ups a second.
 const AHEAD_POLL: Duration = Duration::from_millis(5);
+const AHEAD_POLL_MAX: Duration = Duration::from_millis(160);
 
-/// The file being written, and the work the thread does just ahead of its writer.
+/// How much of a new file to warm before the writer is in it: the first chunk when the
+/// ahead thread does the rest while the file is written; all of it for `Touch` on a
+/// kernel without `MADV_POPULATE_WRITE`.
+pub(crate) fn warm_first(warmup: Warmup, file_size: usize) -> usize {
+    match warmup {
+        Warmup::ZeroAndFlush => ZERO_CHUNK,
+        Warmup::Touch if populate_write_supported() => TOUCH_AHEAD,
+        Warmup::Touch => file_size,
+        Warmup::None => 0,
+    }
+}
+
+/// The file being written, and the work the ahead thread does just ahead of its writer.
 enum Ahead {
     /// Zero-ahead, through the thread's own descriptor (see `MappedFile::zero_ahead`).
     Zero(Arc<MappedFile>, std::fs::File),
@@ -63,7 +78,7 @@ impl Ahead {
     fn start(file: Arc<MappedFile>, warmup: Warmup) -> Option<Ahead> {
         match warmup {
             Warmup::None => None,
-            Warmup::Touch => Some(Ahead::Touch(file)),
+            Warmup::Touch => populate_write_supported().then(|| Ahead::Touch(file)),
             Warmup::ZeroAndFlush => {
                 match std::fs::OpenOptions::new().write(true).open(file.path()) {
                     Ok(fd) => Some(Ahead::Zero(file, fd)),
@@ -84,24 +99,60 @@ impl Ahead {
     }
 }
 
-fn warmup_name(warmup: Warmup) -> &'static str {
-    match warmup {
-        Warmup::Touch => "touch-ahead",
-        _ => "zero-ahead",
+/// The ahead thread: zeroes or touches just ahead of the writer of each file it is given,
+/// until the sender is dropped or `stop` is set. It is apart from the thread preparing
+/// the next file, whose `fallocate` can take seconds under heavy write-back (block bitmaps
+/// read behind it), so that the writer's lead never stops growing meanwhile.
+fn ahead_loop(files: &Receiver<Arc<MappedFile>>, warmup: Warmup, stop: &AtomicBool) {
+    use crossbeam_channel::RecvTimeoutError;
+    let mut active: Option<Ahead> = None;
+    // Steps in a row that found nothing to do.
+    let mut idle: u32 = 0;
+    loop {
+        let next = match &active {
+            None => match files.recv() {
+                Ok(file) => Some(file),
+                Err(_) => return,
+            },
+            Some(_) if idle == 0 => files.try_recv().ok(),
+            Some(_) => {
+                let wait = (AHEAD_POLL * (1 << (idle - 1).min(5))).min(AHEAD_POLL_MAX);
+                match files.recv_timeout(wait) {
+                    Ok(file) => Some(file),
+                    Err(RecvTimeoutError::Timeout) => None,
+                    Err(RecvTimeoutError::Disconnected) => return,
+                }
+            }
+        };
+        if let Some(file) = next {
+            active = Ahead::start(file, warmup);
+            idle = 0;
+        }
+        if stop.load(Ordering::Relaxed) {
+            return;
+        }
+        let Some(ahead) = &active else { continue };
+        match ahead.step() {
+            Ok(ZeroAhead::Zeroed) => idle = 0,
+            Ok(ZeroAhead::Idle) => idle = idle.saturating_add(1),
+            Ok(ZeroAhead::Done) => active = None,
+            Err(e) => {
+                // Zero-ahead: the next flush of the file fails on it and poisons the log.
+                // Touch-ahead: the writer takes the page faults.
+                log::error!("working ahead of the writer stopped: {e}");
+                active = None;
+            }
+        }
     }
 }
 
-enum Request {
-    /// Create (and warm) the file at this offset.
-    Prepare(u64),
-    /// The writer moved to this file: zero ahead of it.
-    Active(Arc<MappedFile>),
-}
-
 struct Worker {
-    requests: Sender<Request>,
+    /// Offsets of files to prepare.
+    requests: Sender<u64>,
     ready: Receiver<Result<MappedFile>>,
-    thread: JoinHandle<()>,
+    /// The file being written, for the ahead thread (none without a warm-up).
+    ahead: Option<Sender<Arc<MappedFile>>>,
+    threads: Vec<JoinHandle<()>>,
 }
 
 impl Allocator {
@@ -118,75 +169,54 @@ impl Allocator {
         let stop = Arc::new(AtomicBool::new(false));
         let hurry = Arc::new(AtomicBool::new(false));
         let worker = if background {
-            let (requests, request_rx) = crossbeam_channel::unbounded::<Request>();
+            let (requests, request_rx) = crossbeam_channel::unbounded::<u64>();
             let (ready_tx, ready) = crossbeam_channel::bounded(1);
             let (d, h) = (dir.clone(), hook.clone());
-            let (stop, hurry) = (Arc::clone(&stop), Arc::clone(&hurry));
-            let thread = std::thread::Builder::new()
+            let (stop_prepare, hurry) = (Arc::clone(&stop), Arc::clone(&hurry));
+            let spawn_failed = |e| Error::io("spawn allocation thread", &dir, e);
+            let prepare = std::thread::Builder::new()
                 .name("rocketstore-allocate".into())
                 .spawn(move || {
-                    let give_up = || stop.load(Ordering::Relaxed) || hurry.load(Ordering::Relaxed);
-                    // A new file gets its first chunk zeroed or touched; the rest is
-                    // done while it is written, just ahead of the writer.
-                    let upto = match warmup {
-                        Warmup::ZeroAndFlush => ZERO_CHUNK,
-                        Warmup::Touch => TOUCH_AHEAD,
-                        Warmup::None => 0,
-                    };
-                    let mut active: Option<Ahead> = None;
-                    let mut busy = false;
-                    loop {
-                        let request = match (&active, busy) {
-                            (Some(_), true) => request_rx.try_recv().ok(),
-                            (Some(_), false) => match request_rx.recv_timeout(AHEAD_POLL) {
-                                Ok(r) => Some(r),
-                                Err(crossbeam_channel::RecvTimeoutError::Timeout) => None,
-                                Err(_) => break,
-                            },
-                            (None, _) => match request_rx.recv() {
-                                Ok(r) => Some(r),
-                                Err(_) => break,
-                            },
-                        };
-                        match request {
-                            Some(Request::Prepare(offset)) => {
-                                let file = MappedFile::create(&d, offset, file_size, h.clone())
-                                    .and_then(|mut f| {
-                                        f.warm_until(warmup, upto, &give_up).map(|()| f)
-                                    });
-                                if ready_tx.send(file).is_err() {
-                                    break;
-                                }
-                            }
-                            Some(Request::Active(file)) => active = Ahead::start(file, warmup),
-                            None => {}
-                        }
-                        if stop.load(Ordering::Relaxed) {
+                    let give_up =
+                        || stop_prepare.load(Ordering::Relaxed) || hurry.load(Ordering::Relaxed);
+                    let upto = warm_first(warmup, file_size);
+                    while let Ok(offset) = request_rx.recv() {
+                        let file = MappedFile::create(&d, offset, file_size, h.clone())
+                            .and_then(|mut f| f.warm_until(warmup, upto, &give_up).map(|()| f));
+                        if ready_tx.send(file).is_err() || stop_prepare.load(Ordering::Relaxed) {
                             break;
                         }
-                        let step = active.as_ref().map(Ahead::step);
-                        busy = match step {
-                            Some(Ok(ZeroAhead::Zeroed)) => true,
-                            Some(Ok(ZeroAhead::Idle)) | None => false,
-                            Some(Ok(ZeroAhead::Done)) => {
-                                active = None;
-                                false
-                            }
-                            Some(Err(e)) => {
-                                // Zero-ahead: the next flush of the file fails on it and
-                                // poisons the log. Touch-ahead: the writer takes the faults.
-                                log::error!("{} stopped: {e}", warmup_name(warmup));
-                                active = None;
-                                false
-                            }
-                        };
                     }
                 })
-                .map_err(|e| Error::io("spawn allocation thread", &dir, e))?;
+                .map_err(spawn_failed)?;
+            let mut threads = vec![prepare];
+            let ahead = match warmup {
+                Warmup::None => None,
+                _ => {
+                    let (files, files_rx) = crossbeam_channel::unbounded();
+                    let stop_ahead = Arc::clone(&stop);
+                    let spawned = std::thread::Builder::new()
+                        .name("rocketstore-ahead".into())
+                        .spawn(move || ahead_loop(&files_rx, warmup, &stop_ahead));
+                    match spawned {
+                        Ok(thread) => threads.push(thread),
+                        Err(e) => {
+                            stop.store(true, Ordering::Relaxed);
+                            drop(requests);
+                            for t in threads {
+                                let _ = t.join();
+                            }
+                            return Err(spawn_failed(e));
+                        }
+                    }
+                    Some(files)
+                }
+            };
             Some(Worker {
                 requests,
                 ready,
-                thread,
+                ahead,
+                threads,
             })
         } else {
             None
@@ -221,7 +251,7 @@ impl Allocator {
             return;
         }
         if let (Some(w), None) = (&self.worker, self.pending)
-            && w.requests.send(Request::Prepare(offset)).is_ok()
+            && w.requests.send(offset).is_ok()
         {
             self.pending = Some(offset);
         }
@@ -262,28 +292,30 @@ impl Allocator {
         MappedFile::create(&self.dir, offset, self.file_size, self.hook.clone())
     }
 
-    /// `writer` now writes its file: the thread zeroes or touches just ahead of it.
+    /// `writer` now writes its file: the ahead thread zeroes or touches just ahead of it.
     pub(crate) fn activate(&mut self, writer: &mut FileWriter) {
-        if self.warmup != Warmup::None
-            && let Some(w) = &self.worker
-        {
+        if let Some(ahead) = self.worker.as_ref().and_then(|w| w.ahead.as_ref()) {
             if self.warmup == Warmup::ZeroAndFlush {
                 writer.allow_zero_ahead();
             }
-            let _ = w.requests.send(Request::Active(Arc::clone(writer.file())));
+            let _ = ahead.send(Arc::clone(writer.file()));
         }
     }
 
-    /// Stops the thread. A file it prepared but nobody used stays on disk, empty; opening
-    /// the store removes it.
+    /// Stops the threads. A file prepared but never used stays on disk, empty; opening the
+    /// store removes it.
     pub(crate) fn shutdown(&mut self) {
         self.stop.store(true, Ordering::Relaxed);
         if let Some(w) = self.worker.take() {
             drop(w.requests);
             drop(w.ready);
-            if w.thread.join().is_err() {
-                // Harmless to the data: `take` creates files itself once the thread is gone.
-                log::error!("the allocation thread panicked");
+            drop(w.ahead);
+            for thread in w.threads {
+                if thread.join().is_err() {
+                    // Harmless to the data: `take` creates files itself once the thread is
+                    // gone, and the writer takes its own page faults.
+                    log::error!("an allocation thread panicked");
+                }
             }
         }
         self.pending = None;
