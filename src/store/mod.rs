@@ -254,7 +254,7 @@ impl MessageStore {
         let started = Instant::now();
         let mut record = [self.encode(msg)?];
         let appended = self.log.append(&mut record, &msg.topic, msg.queue_id)?;
-        self.acknowledge(appended, started)
+        self.acknowledge(appended, started, msg)
     }
 
     /// [`MessageStore::put_message`] with a store time chosen by the caller rather than
@@ -286,7 +286,7 @@ impl MessageStore {
             msg.queue_id,
             Some(store_timestamp),
         )?;
-        self.acknowledge(appended, started)
+        self.acknowledge(appended, started, msg)
     }
 
     /// Appends a batch of messages of one topic and queue, with consecutive queue offsets,
@@ -323,17 +323,33 @@ impl MessageStore {
         let appended = self
             .log
             .append(&mut records, &first.topic, first.queue_id)?;
-        self.acknowledge(appended, started)
+        self.acknowledge(appended, started, first)
     }
 
-    fn acknowledge(&self, appended: Appended, started: Instant) -> Result<PutResult> {
-        let status = match self.config.flush_mode {
-            FlushMode::Sync { .. } => self
-                .flusher
-                .wait_durable(appended.physical_offset + u64::from(appended.wrote_bytes))?,
-            FlushMode::Async { .. } => PutStatus::Ok,
+    /// Waits for the flush the mode asks for, and counts the put's latency: to the append
+    /// under async flush, to the flush under sync flush. A put slower than
+    /// `slow_put_threshold` is logged.
+    fn acknowledge(
+        &self,
+        appended: Appended,
+        started: Instant,
+        msg: &Message,
+    ) -> Result<PutResult> {
+        let (status, took) = match self.config.flush_mode {
+            FlushMode::Sync { .. } => {
+                let end = appended.physical_offset + u64::from(appended.wrote_bytes);
+                let status = self.flusher.wait_durable(end)?;
+                (status, started.elapsed())
+            }
+            FlushMode::Async { .. } => (
+                PutStatus::Ok,
+                appended.at.saturating_duration_since(started),
+            ),
         };
-        self.log.counters().put_latency(started.elapsed());
+        self.log.counters().put_latency(took);
+        if took > self.config.slow_put_threshold {
+            log::warn!("put to {}/{} took {took:?}", msg.topic, msg.queue_id);
+        }
         Ok(self.result(appended, status))
     }
 
