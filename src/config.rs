@@ -90,8 +90,8 @@ pub struct StoreConfig {
     /// When the append lock has been held this long, new puts fail at once with
     /// [`Error::PageCacheBusy`] instead of queueing. Default: 1 s.
     pub busy_limit: Duration,
-    /// A put that took longer than this is logged (warn) with its time: from the call to
-    /// its append (async flush) or to its flush (sync flush). Default: 500 ms.
+    /// A put that spent longer than this inside the append path is logged (warn) with its
+    /// time. Default: 500 ms.
     pub slow_put_threshold: Duration,
     /// Create the next commit-log file in the background before it is needed.
     /// Default: true.

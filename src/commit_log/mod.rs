@@ -27,7 +27,7 @@ use crate::fs::allocate::{Allocator, warm_first};
 use crate::fs::disk::DiskWatch;
 use crate::fs::file_queue::MappedFileQueue;
 use crate::fs::mapped_file::FileWriter;
-use crate::message::{StoredMessage, now_ms};
+use crate::message::StoredMessage;
 use crate::stats::{Counters, LogFigures, StoreStats};
 pub(crate) use reopen::{RecoverySink, ScanFrom, ScanPlan};
 
@@ -61,8 +61,8 @@ pub(crate) struct Appended {
     pub wrote_bytes: u32,
     pub store_timestamp: i64,
     pub count: u32,
-    /// When the records went in: the put lock taken (or the roll done), by the monotonic
-    /// clock; where an async put's latency ends.
+    /// When the append returned (the put lock released), by the monotonic clock: where
+    /// an async put's latency ends.
     pub at: Instant,
 }
 
@@ -88,26 +88,33 @@ struct AppendState {
 /// The wall clock in milliseconds, read as an anchor (a wall-clock reading and the
 /// monotonic instant it was taken at) plus the monotonic time since, re-anchored every
 /// `REANCHOR`: an append reads one clock instead of two (each read costs about 30 ns
-/// here, a few percent of an async put). Wall-clock steps show within `REANCHOR`, and
-/// drift between two anchors is bounded by the clock's slew rate (at most 0.05 ms).
+/// here, a few percent of an async put). Wall-clock steps show within `REANCHOR` of
+/// running time (the monotonic clock stops while the machine is suspended, so after a
+/// resume too), and drift between two anchors is bounded by the clock's slew rate (at
+/// most 0.05 ms). Kept in nanoseconds and rounded down once, so a store time is not
+/// below a wall-clock reading in milliseconds taken before it (a born time), short of
+/// that drift.
 struct WallClock {
-    anchor: Option<(Instant, i64)>,
+    anchor: Option<(Instant, u128)>,
 }
 
 impl WallClock {
     const REANCHOR: Duration = Duration::from_millis(100);
 
     fn ms_at(&mut self, now: Instant) -> i64 {
-        match self.anchor {
-            Some((at, ms)) if now.saturating_duration_since(at) < Self::REANCHOR => {
-                ms + now.saturating_duration_since(at).as_millis() as i64
+        let ns = match self.anchor {
+            Some((at, ns)) if now.saturating_duration_since(at) < Self::REANCHOR => {
+                ns + now.saturating_duration_since(at).as_nanos()
             }
             _ => {
-                let ms = now_ms();
-                self.anchor = Some((now, ms));
-                ms
+                let ns = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_nanos());
+                self.anchor = Some((now, ns));
+                ns
             }
-        }
+        };
+        (ns / 1_000_000) as i64
     }
 }
 
@@ -118,6 +125,7 @@ pub(crate) struct CommitLog {
     lock_taken_at: AtomicU64,
     epoch: Instant,
     busy_limit: Duration,
+    slow_put_threshold: Duration,
     write_offset: AtomicU64,
     flushed_offset: AtomicU64,
     /// Messages and record bytes appended since the open, counted with the write offset.
@@ -190,7 +198,7 @@ impl CommitLog {
         }
         let (writer, last_store_timestamp) = match loaded.is_empty() {
             // A new store. The start of its first file is touched when that is the warm-up
-            // (the allocation thread touches the rest ahead of the writer), since unwarmed
+            // (the ahead thread touches the rest just ahead of the writer), since unwarmed
             // pages made async puts 4× slower; zeroing and flushing is not worth stalling
             // the open for.
             true => {
@@ -263,6 +271,7 @@ impl CommitLog {
             lock_taken_at: AtomicU64::new(0),
             epoch: Instant::now(),
             busy_limit: config.busy_limit,
+            slow_put_threshold: config.slow_put_threshold,
             write_offset: AtomicU64::new(write_offset),
             flushed_offset: AtomicU64::new(write_offset),
             flush_lock: Mutex::new(()),
@@ -405,8 +414,8 @@ impl CommitLog {
         }
     }
 
-    /// Lets the allocation thread prepare the next file and zero ahead of the writer; the
-    /// store calls it once its open has succeeded.
+    /// Lets the allocation threads prepare the next file and work ahead of the writer;
+    /// the store calls it once its open has succeeded.
     pub(crate) fn start_preparing(&self) {
         let mut state = self.state.lock();
         let state = &mut *state;
@@ -569,7 +578,16 @@ impl CommitLog {
             (store_time, now),
         );
         self.lock_taken_at.store(0, Ordering::Release);
-        result
+        drop(state);
+        let end = Instant::now();
+        let took = end.saturating_duration_since(now);
+        if took > self.slow_put_threshold {
+            log::warn!("put to {topic}/{queue_id} spent {took:?} in the append path");
+        }
+        result.map(|appended| Appended {
+            at: end,
+            ..appended
+        })
     }
 
     fn append_locked(
@@ -852,13 +870,19 @@ mod tests {
 
     #[test]
     fn the_wall_clock_follows_the_monotonic_one_between_anchors() {
+        use crate::message::now_ms;
         let mut wall = WallClock { anchor: None };
         let t0 = Instant::now();
         let before = now_ms();
         let ms = wall.ms_at(t0);
         assert!(ms >= before && ms <= now_ms(), "anchored at {ms}");
+        let (_, anchor_ns) = wall.anchor.unwrap();
         // Within the anchor's reach: the anchor plus the monotonic time since.
-        assert_eq!(wall.ms_at(t0 + Duration::from_millis(42)), ms + 42);
+        let later = t0 + Duration::from_micros(42_700);
+        assert_eq!(
+            wall.ms_at(later),
+            ((anchor_ns + 42_700_000) / 1_000_000) as i64
+        );
         // An instant before the anchor (another thread's reading) never goes back.
         assert_eq!(wall.ms_at(t0 - Duration::from_millis(5)), ms);
         // Past it: a new wall-clock reading, not the anchor plus 10 minutes.
@@ -869,6 +893,18 @@ mod tests {
             reanchored >= before && reanchored <= now_ms(),
             "{reanchored}"
         );
-        assert_eq!(wall.anchor, Some((later, reanchored)));
+        assert_eq!(wall.anchor.map(|(at, _)| at), Some(later));
+    }
+
+    #[test]
+    fn a_store_time_is_never_below_a_wall_clock_reading_taken_before_it() {
+        // A message's born time is such a reading: store minus born must not go negative.
+        use crate::message::now_ms;
+        let mut wall = WallClock { anchor: None };
+        for _ in 0..200_000 {
+            let born = now_ms();
+            let stored = wall.ms_at(Instant::now());
+            assert!(stored >= born, "stored {stored} < born {born}");
+        }
     }
 }

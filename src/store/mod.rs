@@ -254,7 +254,7 @@ impl MessageStore {
         let started = Instant::now();
         let mut record = [self.encode(msg)?];
         let appended = self.log.append(&mut record, &msg.topic, msg.queue_id)?;
-        self.acknowledge(appended, started, msg)
+        self.acknowledge(appended, started)
     }
 
     /// [`MessageStore::put_message`] with a store time chosen by the caller rather than
@@ -286,7 +286,7 @@ impl MessageStore {
             msg.queue_id,
             Some(store_timestamp),
         )?;
-        self.acknowledge(appended, started, msg)
+        self.acknowledge(appended, started)
     }
 
     /// Appends a batch of messages of one topic and queue, with consecutive queue offsets,
@@ -323,18 +323,12 @@ impl MessageStore {
         let appended = self
             .log
             .append(&mut records, &first.topic, first.queue_id)?;
-        self.acknowledge(appended, started, first)
+        self.acknowledge(appended, started)
     }
 
-    /// Waits for the flush the mode asks for, and counts the put's latency: to the append
-    /// under async flush, to the flush under sync flush. A put slower than
-    /// `slow_put_threshold` is logged.
-    fn acknowledge(
-        &self,
-        appended: Appended,
-        started: Instant,
-        msg: &Message,
-    ) -> Result<PutResult> {
+    /// Waits for the flush the mode asks for, and counts the put's latency: to the end of
+    /// the append under async flush, to the flush under sync flush.
+    fn acknowledge(&self, appended: Appended, started: Instant) -> Result<PutResult> {
         let (status, took) = match self.config.flush_mode {
             FlushMode::Sync { .. } => {
                 let end = appended.physical_offset + u64::from(appended.wrote_bytes);
@@ -347,9 +341,6 @@ impl MessageStore {
             ),
         };
         self.log.counters().put_latency(took);
-        if took > self.config.slow_put_threshold {
-            log::warn!("put to {}/{} took {took:?}", msg.topic, msg.queue_id);
-        }
         Ok(self.result(appended, status))
     }
 

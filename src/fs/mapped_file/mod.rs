@@ -28,8 +28,9 @@ use crate::layout;
 
 /// How commit-log files are prepared before the writer reaches them.
 ///
-/// All of it runs on the allocation thread, off the put path, and a writer that needs the
-/// next file never waits for its warm-up to finish. See `docs/BENCHMARKS.md` for the
+/// All of it runs on the allocation threads (one prepares the next file, one works just
+/// ahead of the writer), off the put path, and a writer that needs the next file never
+/// waits for its warm-up to finish. See `docs/BENCHMARKS.md` for the
 /// measurements behind the defaults.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Warmup {
@@ -342,6 +343,13 @@ impl MappedFile {
             .map_err(|e| Error::io("touch-ahead", &self.path, e))?;
         self.touched_to.fetch_max(from + len, Ordering::AcqRel);
         Ok(ZeroAhead::Zeroed)
+    }
+
+    /// How far past the start the file is zeroed or touched ahead of its writer.
+    #[cfg(test)]
+    pub(crate) fn ahead_to(&self) -> usize {
+        let zeroed = self.zeroed_to.load(Ordering::Acquire);
+        zeroed.max(self.touched_to.load(Ordering::Acquire))
     }
 
     /// Makes the whole file read as zeros, durably, without reading it (see
