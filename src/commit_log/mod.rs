@@ -86,14 +86,14 @@ struct AppendState {
 }
 
 /// The wall clock in milliseconds, read as an anchor (a wall-clock reading and the
-/// monotonic instant it was taken at) plus the monotonic time since, re-anchored every
+/// monotonic instant just before it) plus the monotonic time since, re-anchored every
 /// `REANCHOR`: an append reads one clock instead of two (each read costs about 30 ns
-/// here, a few percent of an async put). Wall-clock steps show within `REANCHOR` of
-/// running time (the monotonic clock stops while the machine is suspended, so after a
-/// resume too), and drift between two anchors is bounded by the clock's slew rate (at
-/// most 0.05 ms). Kept in nanoseconds and rounded down once, so a store time is not
-/// below a wall-clock reading in milliseconds taken before it (a born time), short of
-/// that drift.
+/// here, a few percent of an async put). The two clocks run at the same rate (NTP slews
+/// both), so only a step of the wall clock separates them, and it shows within
+/// `REANCHOR` of running time (the monotonic clock stops while the machine is
+/// suspended: after a resume too). Kept in nanoseconds and rounded down once, and the
+/// anchor's instant is read before its wall-clock reading, so a store time is never
+/// below a wall-clock reading taken before it (a born time).
 struct WallClock {
     anchor: Option<(Instant, u128)>,
 }
@@ -107,10 +107,14 @@ impl WallClock {
                 ns + now.saturating_duration_since(at).as_nanos()
             }
             _ => {
+                // A fresh instant, not `now`: the thread may have been preempted since
+                // `now`, and pairing it with a later wall-clock reading would put every
+                // store time until the next anchor ahead by that much.
+                let at = Instant::now();
                 let ns = std::time::SystemTime::now()
                     .duration_since(std::time::UNIX_EPOCH)
                     .map_or(0, |d| d.as_nanos());
-                self.anchor = Some((now, ns));
+                self.anchor = Some((at, ns));
                 ns
             }
         };
@@ -199,8 +203,8 @@ impl CommitLog {
         let (writer, last_store_timestamp) = match loaded.is_empty() {
             // A new store. The start of its first file is touched when that is the warm-up
             // (the ahead thread touches the rest just ahead of the writer), since unwarmed
-            // pages made async puts 4× slower; zeroing and flushing is not worth stalling
-            // the open for.
+            // pages made async puts 1.2–1.7× slower; zeroing and flushing is not worth
+            // stalling the open for.
             true => {
                 let mut first = allocator.take(0)?;
                 if config.effective_warmup() == Warmup::Touch {
@@ -642,6 +646,7 @@ impl CommitLog {
             wrote_bytes: total as u32,
             store_timestamp,
             count,
+            // Replaced by `append_stamped` with its reading after the lock is released.
             at: now,
         })
     }
@@ -809,7 +814,7 @@ impl CommitLog {
         file.slice(pos, visible.checked_sub(pos)?)
     }
 
-    /// Refuses further puts and stops the allocation thread; the caller then flushes.
+    /// Refuses further puts and stops the allocation threads; the caller then flushes.
     /// Puts waiting for the confirm offset are woken and resolve to `ShutDown`.
     pub(crate) fn close(&self) {
         let mut state = self.state.lock();
@@ -876,24 +881,27 @@ mod tests {
         let before = now_ms();
         let ms = wall.ms_at(t0);
         assert!(ms >= before && ms <= now_ms(), "anchored at {ms}");
-        let (_, anchor_ns) = wall.anchor.unwrap();
+        let (at, anchor_ns) = wall.anchor.unwrap();
+        assert!(
+            at >= t0,
+            "the anchor's instant is read with its wall-clock reading"
+        );
         // Within the anchor's reach: the anchor plus the monotonic time since.
-        let later = t0 + Duration::from_micros(42_700);
+        let later = at + Duration::from_micros(42_700);
         assert_eq!(
             wall.ms_at(later),
             ((anchor_ns + 42_700_000) / 1_000_000) as i64
         );
         // An instant before the anchor (another thread's reading) never goes back.
-        assert_eq!(wall.ms_at(t0 - Duration::from_millis(5)), ms);
+        assert_eq!(wall.ms_at(t0), ms);
         // Past it: a new wall-clock reading, not the anchor plus 10 minutes.
-        let later = t0 + Duration::from_secs(600);
         let before = now_ms();
-        let reanchored = wall.ms_at(later);
+        let reanchored = wall.ms_at(t0 + Duration::from_secs(600));
         assert!(
             reanchored >= before && reanchored <= now_ms(),
             "{reanchored}"
         );
-        assert_eq!(wall.anchor.map(|(at, _)| at), Some(later));
+        assert!(wall.anchor.unwrap().1 > anchor_ns);
     }
 
     #[test]

@@ -31,7 +31,7 @@ pub(crate) struct Allocator {
     pending: Option<u64>,
     /// A file already prepared (left unused by the last run), handed out before any other.
     spare: Option<MappedFile>,
-    /// Tells the worker to cut a warm-up short: shutdown should not wait for it.
+    /// Tells the threads to stop (cutting a warm-up short): shutdown should not wait.
     stop: Arc<AtomicBool>,
     /// Tells the worker to cut a warm-up short: the writer is waiting for the file.
     hurry: Arc<AtomicBool>,
@@ -62,9 +62,18 @@ const AHEAD_POLL_MAX: Duration = Duration::from_millis(40);
 pub(crate) fn warm_first(warmup: Warmup, file_size: usize) -> usize {
     match warmup {
         Warmup::ZeroAndFlush => ZERO_CHUNK,
-        Warmup::Touch if populate_write_supported() => TOUCH_AHEAD,
+        Warmup::Touch if works_ahead(warmup) => TOUCH_AHEAD,
         Warmup::Touch => file_size,
         Warmup::None => 0,
+    }
+}
+
+/// Whether the ahead thread has work under `warmup` on this kernel.
+fn works_ahead(warmup: Warmup) -> bool {
+    match warmup {
+        Warmup::None => false,
+        Warmup::Touch => populate_write_supported(),
+        Warmup::ZeroAndFlush => true,
     }
 }
 
@@ -79,7 +88,7 @@ impl Ahead {
     fn start(file: Arc<MappedFile>, warmup: Warmup) -> Option<Ahead> {
         match warmup {
             Warmup::None => None,
-            Warmup::Touch => populate_write_supported().then(|| Ahead::Touch(file)),
+            Warmup::Touch => Some(Ahead::Touch(file)),
             Warmup::ZeroAndFlush => {
                 match std::fs::OpenOptions::new().write(true).open(file.path()) {
                     Ok(fd) => Some(Ahead::Zero(file, fd)),
@@ -157,8 +166,8 @@ struct Worker {
 }
 
 impl Allocator {
-    /// With `background`, a thread prepares files ahead with `warmup`; without, files are
-    /// created on demand with no warm-up.
+    /// With `background`, a thread prepares files ahead with `warmup` (and another works
+    /// just ahead of the writer); without, files are created on demand with no warm-up.
     pub(crate) fn new(
         dir: PathBuf,
         file_size: usize,
@@ -191,12 +200,7 @@ impl Allocator {
                 })
                 .map_err(spawn_failed)?;
             let mut threads = vec![prepare];
-            let ahead_work = match warmup {
-                Warmup::None => false,
-                Warmup::Touch => populate_write_supported(),
-                Warmup::ZeroAndFlush => true,
-            };
-            let ahead = match ahead_work {
+            let ahead = match works_ahead(warmup) {
                 false => None,
                 true => {
                     let (files, files_rx) = crossbeam_channel::unbounded();

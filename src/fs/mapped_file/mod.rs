@@ -323,8 +323,8 @@ impl MappedFile {
     ///
     /// Why not the whole next file at once: a touched page is a dirty page of zeros, and a
     /// sync of the whole filesystem (the consume queues' flush, with many queues) writes
-    /// every one of them to disk, doubling the disk's write load (measured: 4.0 GB written
-    /// for 2.2 GB of records) and stalling the next file's allocation behind it.
+    /// every one of them to disk, doubling the disk's write load (measured: 4.1–4.4 GB
+    /// written for 2.2 GB of records) and stalling the next file's allocation behind it.
     pub(crate) fn touch_ahead(&self, chunk: usize, ahead: usize) -> Result<ZeroAhead> {
         let writer = self.write_pos();
         let from = self
@@ -1011,12 +1011,16 @@ mod tests {
         };
         let in_touched = faults_writing(touched);
         let past_touched = faults_writing(size - touched);
-        // 256 pages each: the count sees the faults where nothing was touched.
+        // 256 pages each: the count sees the faults where nothing was touched (fewer
+        // where the kernel maps several pages per fault), and few where it was.
         assert!(
-            past_touched >= 200,
+            past_touched >= 32,
             "{past_touched} faults past the touched pages"
         );
-        assert!(in_touched <= 8, "{in_touched} faults in touched pages");
+        assert!(
+            in_touched * 8 <= past_touched,
+            "{in_touched} faults in touched pages, {past_touched} past them"
+        );
     }
 
     #[test]
