@@ -38,15 +38,54 @@ pub(crate) use reopen::{RecoverySink, ScanFrom, ScanPlan};
 pub(crate) struct Wakeup {
     pub(crate) sleeping: AtomicBool,
     pub(crate) thread: OnceLock<Thread>,
+    /// Threads that read new records (the dispatch thread, the key index's and broker
+    /// dispatchers' threads). While busy they look for new records every millisecond;
+    /// idle for a while, they sleep up to `DEEP_SLEEP`, counted in `deep`, and whoever
+    /// makes records readable wakes them.
+    readers: parking_lot::Mutex<Vec<Thread>>,
+    deep: std::sync::atomic::AtomicUsize,
 }
 
+/// Light polls in a row that found nothing before a reader sleeps deeply...
+pub(crate) const DEEP_AFTER: u32 = 20;
+/// ...for at most this long (an idle store's readers wake 10 times a second, not 1,000).
+pub(crate) const DEEP_SLEEP: Duration = Duration::from_millis(100);
+
 impl Wakeup {
+    /// Wakes the dispatch thread if it sleeps, and every reader sleeping deeply.
     pub(crate) fn wake(&self) {
         if self.sleeping.load(Ordering::Acquire)
             && let Some(t) = self.thread.get()
         {
             t.unpark();
         }
+        self.wake_deep();
+    }
+
+    /// Wakes the readers sleeping deeply. Callers made records readable with a SeqCst
+    /// store (or read-modify-write) before; `sleep_deep` announces a sleep with a SeqCst
+    /// increment before its SeqCst re-check, so one of the two sees the other.
+    pub(crate) fn wake_deep(&self) {
+        if self.deep.load(Ordering::SeqCst) > 0 {
+            for t in self.readers.lock().iter() {
+                t.unpark();
+            }
+        }
+    }
+
+    /// The calling thread reads records and may sleep deeply.
+    pub(crate) fn register_reader(&self) {
+        self.readers.lock().push(std::thread::current());
+    }
+
+    /// Sleeps up to `longest` ([`DEEP_SLEEP`]) unless `more()` (read with SeqCst loads
+    /// after the announcement) says records arrived meanwhile.
+    pub(crate) fn sleep_deep(&self, longest: Duration, more: impl Fn() -> bool) {
+        self.deep.fetch_add(1, Ordering::SeqCst);
+        if !more() {
+            std::thread::park_timeout(longest);
+        }
+        self.deep.fetch_sub(1, Ordering::SeqCst);
     }
 }
 
@@ -399,6 +438,13 @@ impl CommitLog {
     /// `get_message` sees the rest): the flushed offset under sync
     /// flush, so nothing a crash could take back is ever served; the written offset under
     /// async flush.
+    /// [`CommitLog::readable_offset`] with SeqCst loads, for a reader's last look before
+    /// it sleeps deeply (see `Wakeup::sleep_deep`).
+    pub(crate) fn readable_offset_before_sleep(&self) -> u64 {
+        std::sync::atomic::fence(Ordering::SeqCst);
+        self.readable_offset()
+    }
+
     pub(crate) fn readable_offset(&self) -> u64 {
         let shippable = self.shippable_offset();
         if self.confirm.limits_readers() {
@@ -583,6 +629,10 @@ impl CommitLog {
         );
         self.lock_taken_at.store(0, Ordering::Release);
         drop(state);
+        if !self.sync_flush {
+            // Under async flush records are readable once written.
+            self.wakeup.wake_deep();
+        }
         let end = Instant::now();
         let took = end.saturating_duration_since(now);
         if took > self.slow_put_threshold {
@@ -633,7 +683,13 @@ impl CommitLog {
         self.appended.fetch_add(u64::from(count), Ordering::Relaxed);
         self.appended_bytes
             .fetch_add(total as u64, Ordering::Relaxed);
-        self.write_offset.store(at, Ordering::Release);
+        // Under async flush the records are readable now, and `append_stamped` wakes
+        // the readers sleeping deeply: SeqCst, see `Wakeup::wake_deep`.
+        let readable = match self.sync_flush {
+            true => Ordering::Release,
+            false => Ordering::SeqCst,
+        };
+        self.write_offset.store(at, readable);
         state.last_store_timestamp = store_timestamp;
         *next_queue_offset = next;
         Ok(Appended {
@@ -719,7 +775,7 @@ impl CommitLog {
         let covered = messages.saturating_sub(before);
         self.counters
             .flushed(flushed - from, covered, started.elapsed());
-        self.flushed_offset.fetch_max(flushed, Ordering::AcqRel);
+        self.flushed_offset.fetch_max(flushed, Ordering::SeqCst);
         self.wakeup.wake();
         Ok(self.flushed_offset())
     }
@@ -902,6 +958,37 @@ mod tests {
             "{reanchored}"
         );
         assert!(wall.anchor.unwrap().1 > anchor_ns);
+    }
+
+    #[test]
+    fn a_reader_sleeping_deeply_is_woken_by_new_records() {
+        let wakeup = Arc::new(Wakeup::default());
+        let readable = Arc::new(AtomicU64::new(0));
+        let (tx, rx) = crossbeam_channel::bounded(1);
+        let reader = {
+            let (wakeup, readable) = (Arc::clone(&wakeup), Arc::clone(&readable));
+            std::thread::spawn(move || {
+                wakeup.register_reader();
+                // Far longer than the test waits: only a wake-up ends this sleep.
+                while readable.load(Ordering::SeqCst) == 0 {
+                    wakeup.sleep_deep(Duration::from_secs(3600), || {
+                        readable.load(Ordering::SeqCst) > 0
+                    });
+                }
+                tx.send(()).unwrap();
+            })
+        };
+        // Once it sleeps (or is about to), records arrive and the writer rings.
+        while wakeup.deep.load(Ordering::SeqCst) == 0 {
+            std::thread::yield_now();
+        }
+        readable.store(1, Ordering::SeqCst);
+        wakeup.wake();
+        assert!(
+            rx.recv_timeout(Duration::from_secs(30)).is_ok(),
+            "the reader was not woken"
+        );
+        reader.join().unwrap();
     }
 
     #[test]

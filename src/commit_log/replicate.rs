@@ -187,7 +187,8 @@ impl CommitLog {
         }
         state.writer.publish();
         let new_end = at + records_len as u64;
-        self.write_offset.store(new_end, Ordering::Release);
+        // SeqCst: see `Wakeup::wake_deep`, which `wake` below calls.
+        self.write_offset.store(new_end, Ordering::SeqCst);
         self.appended.fetch_add(u64::from(count), Ordering::Relaxed);
         self.appended_bytes
             .fetch_add(records_len as u64, Ordering::Relaxed);

@@ -9,14 +9,15 @@ use std::time::{Duration, Instant};
 
 use parking_lot::{Condvar, Mutex};
 
-use crate::commit_log::CommitLog;
 use crate::commit_log::record::{Records, Step};
+use crate::commit_log::{CommitLog, DEEP_AFTER, DEEP_SLEEP};
 use crate::dispatch::{DispatcherStats, Sink};
 use crate::error::{Error, Result};
 
 /// Pause before retrying a failed round.
 const RETRY: Duration = Duration::from_millis(100);
-/// Longest sleep while nothing is new (appends are found by polling).
+/// Longest sleep while nothing is new and the dispatcher was busy lately (appends are
+/// found by polling then; idle longer, it sleeps until woken: `Wakeup::sleep_deep`).
 const POLL: Duration = Duration::from_millis(1);
 
 struct Shared {
@@ -167,6 +168,9 @@ fn run(s: &Shared, sink: &mut dyn Sink, from: u64, timestamp: i64) {
     let mut ts = timestamp;
     let mut flushed = from;
     let mut last_flush = Instant::now();
+    // Rounds in a row that found nothing new.
+    let mut idle: u32 = 0;
+    s.log.wakeup().register_reader();
     loop {
         let stopping = s.stop.load(Ordering::Acquire);
         let result = round(s, sink, &mut at, &mut ts).and_then(|progressed| {
@@ -190,9 +194,18 @@ fn run(s: &Shared, sink: &mut dyn Sink, from: u64, timestamp: i64) {
                     return;
                 }
                 if progressed {
+                    idle = 0;
                     continue;
                 }
-                std::thread::park_timeout(POLL);
+                idle = idle.saturating_add(1);
+                // Idle for a while (and flushed): sleep until an append wakes us.
+                if idle >= DEEP_AFTER && at == flushed {
+                    s.log.wakeup().sleep_deep(DEEP_SLEEP, || {
+                        s.log.readable_offset_before_sleep() > at || s.stop.load(Ordering::SeqCst)
+                    });
+                } else {
+                    std::thread::park_timeout(POLL);
+                }
             }
             Err(e) => {
                 s.failures.fetch_add(1, Ordering::Relaxed);

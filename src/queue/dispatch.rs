@@ -14,7 +14,7 @@ use parking_lot::{Condvar, Mutex};
 
 use crate::checkpoint::{Checkpoint, CheckpointTimes};
 use crate::commit_log::record::{RecordView, Records, Step};
-use crate::commit_log::{CommitLog, Wakeup};
+use crate::commit_log::{CommitLog, DEEP_AFTER, DEEP_SLEEP, Wakeup};
 use crate::error::{Error, Result};
 use crate::queue::consume_queue::Indexed;
 use crate::queue::deleted::DeletedTopics;
@@ -276,6 +276,9 @@ type Marks = VecDeque<(u64, i64)>;
 fn run(s: &Shared) {
     let mut last_flush = Instant::now();
     let mut marks = Marks::new();
+    // Rounds in a row that found nothing to dispatch.
+    let mut idle: u32 = 0;
+    s.wakeup.register_reader();
     loop {
         let stopping = s.stop.load(Ordering::Acquire);
         let result = dispatch_available(s, &mut marks).and_then(|progressed| {
@@ -294,6 +297,7 @@ fn run(s: &Shared) {
             Ok(progressed) => {
                 s.recovered();
                 if progressed {
+                    idle = 0;
                     continue;
                 }
             }
@@ -329,13 +333,22 @@ fn run(s: &Shared) {
             }
         }
         // Nothing new: sleep until a flush or a waiting reader wakes us, or for at most
-        // POLL (appends under async flush are picked up by polling).
+        // POLL (appends under async flush are picked up by polling while busy); idle for
+        // a while, until an append wakes us (`Wakeup::sleep_deep`).
+        idle = idle.saturating_add(1);
         s.wakeup.sleeping.store(true, Ordering::Release);
         if s.log.readable_offset() <= s.dispatched.load(Ordering::Acquire)
             && !s.stop.load(Ordering::Acquire)
         {
-            let wait = s.flush_interval.saturating_sub(last_flush.elapsed());
-            std::thread::park_timeout(wait.clamp(Duration::from_micros(50), POLL));
+            if idle >= DEEP_AFTER {
+                s.wakeup.sleep_deep(DEEP_SLEEP, || {
+                    s.log.readable_offset_before_sleep() > s.dispatched.load(Ordering::Acquire)
+                        || s.stop.load(Ordering::SeqCst)
+                });
+            } else {
+                let wait = s.flush_interval.saturating_sub(last_flush.elapsed());
+                std::thread::park_timeout(wait.clamp(Duration::from_micros(50), POLL));
+            }
         }
         s.wakeup.sleeping.store(false, Ordering::Release);
     }
