@@ -31,9 +31,10 @@ use crate::message::StoredMessage;
 use crate::stats::{Counters, LogFigures, StoreStats};
 pub(crate) use reopen::{RecoverySink, ScanFrom, ScanPlan};
 
-/// Wakes the log's reader thread (dispatch) when new bytes become readable; costs one
-/// atomic load when the thread is already awake. The log rings it; the thread registers
-/// itself and says when it sleeps.
+/// Wakes the log's reader threads when new bytes become readable: the dispatch thread
+/// when it sleeps between polls (flushes, waiting readers and topic deletions ring it),
+/// and every reader sleeping deeply (see [`Wakeup::sleep_deep`]). Costs one or two
+/// atomic loads when nobody sleeps.
 #[derive(Default)]
 pub(crate) struct Wakeup {
     pub(crate) sleeping: AtomicBool,
@@ -71,6 +72,16 @@ impl Wakeup {
                 t.unpark();
             }
         }
+    }
+
+    /// Unparks the dispatch thread whether or not it says it sleeps (a spare unpark only
+    /// costs it one extra look), and every reader sleeping deeply: for work it cannot see
+    /// in the log's offsets, a topic deletion or a waiting reader.
+    pub(crate) fn ring(&self) {
+        if let Some(t) = self.thread.get() {
+            t.unpark();
+        }
+        self.wake_deep();
     }
 
     /// The calling thread reads records and may sleep deeply.
@@ -413,9 +424,10 @@ impl CommitLog {
         &self.disk
     }
 
-    /// Rung whenever bytes are flushed. Appends do not ring it: waking a sleeping thread per
-    /// put would cost a futex call and a context switch each (measured: async puts 5×
-    /// slower); the dispatch thread polls every millisecond instead.
+    /// Rung whenever bytes are flushed, replicated or confirmed. Appends under async flush
+    /// only wake readers sleeping deeply: waking a thread per put would cost a futex call
+    /// and a context switch each (measured: async puts 5× slower), so busy readers poll
+    /// every millisecond instead.
     pub(crate) fn wakeup(&self) -> &Arc<Wakeup> {
         &self.wakeup
     }
@@ -434,17 +446,17 @@ impl CommitLog {
         self.flushed_offset.load(Ordering::Acquire)
     }
 
-    /// End of what readers may see (`lookup_message`, and dispatch, through which
-    /// `get_message` sees the rest): the flushed offset under sync
-    /// flush, so nothing a crash could take back is ever served; the written offset under
-    /// async flush.
-    /// [`CommitLog::readable_offset`] with SeqCst loads, for a reader's last look before
-    /// it sleeps deeply (see `Wakeup::sleep_deep`).
+    /// [`CommitLog::readable_offset`] after a SeqCst fence, for a reader's last look
+    /// before it sleeps deeply (see `Wakeup::sleep_deep`).
     pub(crate) fn readable_offset_before_sleep(&self) -> u64 {
         std::sync::atomic::fence(Ordering::SeqCst);
         self.readable_offset()
     }
 
+    /// End of what readers may see (`lookup_message`, and dispatch, through which
+    /// `get_message` sees the rest): the flushed offset under sync
+    /// flush, so nothing a crash could take back is ever served; the written offset under
+    /// async flush.
     pub(crate) fn readable_offset(&self) -> u64 {
         let shippable = self.shippable_offset();
         if self.confirm.limits_readers() {
@@ -629,8 +641,9 @@ impl CommitLog {
         );
         self.lock_taken_at.store(0, Ordering::Release);
         drop(state);
-        if !self.sync_flush {
-            // Under async flush records are readable once written.
+        if !self.sync_flush && !self.confirm.limits_readers() {
+            // Under async flush records are readable once written (with replication
+            // limiting readers, once confirmed: the confirm move rings).
             self.wakeup.wake_deep();
         }
         let end = Instant::now();
@@ -725,8 +738,12 @@ impl CommitLog {
             }
             state.writer.fill();
             state.writer.publish();
-            self.write_offset
-                .store(state.writer.offset(), Ordering::Release);
+            // Readable now under async flush: SeqCst, as in `append_locked`.
+            let readable = match self.sync_flush {
+                true => Ordering::Release,
+                false => Ordering::SeqCst,
+            };
+            self.write_offset.store(state.writer.offset(), readable);
         }
         let next = state.writer.offset();
         let file = state.allocator.take(next)?;

@@ -179,7 +179,7 @@ impl Dispatcher {
             if self.shared.exited.load(Ordering::Acquire) {
                 return false;
             }
-            self.shared.wakeup.wake();
+            self.shared.wakeup.ring();
             match deadline {
                 Some(deadline) => {
                     if self
@@ -262,7 +262,8 @@ impl Drop for ExitGuard<'_> {
 /// Pause before retrying after a failed dispatch or queue flush.
 const RETRY: Duration = Duration::from_millis(100);
 
-/// Longest the dispatch thread sleeps while appends may be arriving unannounced.
+/// Longest the dispatch thread sleeps while it was busy lately and appends may arrive
+/// unannounced (idle longer, it sleeps until woken: `Wakeup::sleep_deep`).
 const POLL: Duration = Duration::from_millis(1);
 
 /// Most dispatch marks kept while the flush lags behind dispatch; older ones are dropped
@@ -341,7 +342,10 @@ fn run(s: &Shared) {
             && !s.stop.load(Ordering::Acquire)
         {
             if idle >= DEEP_AFTER {
-                s.wakeup.sleep_deep(DEEP_SLEEP, || {
+                // Never past the next queue flush and checkpoint.
+                let until_flush = s.flush_interval.saturating_sub(last_flush.elapsed());
+                let longest = DEEP_SLEEP.min(until_flush).max(Duration::from_micros(50));
+                s.wakeup.sleep_deep(longest, || {
                     s.log.readable_offset_before_sleep() > s.dispatched.load(Ordering::Acquire)
                         || s.stop.load(Ordering::SeqCst)
                 });

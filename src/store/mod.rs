@@ -683,7 +683,7 @@ impl MessageStore {
             .reset_topic(topic, |cutoff| deleted.record(topic, cutoff))?;
         // Recorded: a shutdown may come now (it completes the deletion as it drains).
         drop(open);
-        self.log.wakeup().wake();
+        self.log.wakeup().ring();
         if !self
             .dispatcher
             .wait_for(Duration::MAX, || deleted.is_done(topic))
