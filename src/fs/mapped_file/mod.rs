@@ -876,6 +876,36 @@ mod tests {
         assert_eq!(&s[..], b"hello", "slice outlived its file handles");
     }
 
+    /// Record `i` of [`write_records_to_the_end`]: sizes and bytes vary with `i`.
+    fn record(i: usize) -> Vec<u8> {
+        vec![(i % 251) as u8 + 1; 1000 + i % 97]
+    }
+
+    /// Writes and publishes records until under 2,000 bytes are left; returns where each
+    /// starts and where they end.
+    fn write_records_to_the_end(w: &mut FileWriter) -> (Vec<usize>, usize) {
+        let mut at = Vec::new();
+        while w.remaining() > 2000 {
+            at.push(w.offset() as usize);
+            w.write(&record(at.len() - 1)).unwrap();
+            w.publish();
+        }
+        (at, w.offset() as usize)
+    }
+
+    /// Every record of [`write_records_to_the_end`] is intact, in the mapping and on
+    /// disk, and the rest of the file reads as zeros.
+    fn assert_records_then_zeros(file: &Arc<MappedFile>, at: &[usize], end: usize) {
+        let bytes = file.slice(0, end).unwrap();
+        for (n, pos) in at.iter().enumerate() {
+            let r = record(n);
+            assert_eq!(&bytes[*pos..*pos + r.len()], &r[..], "record {n} at {pos}");
+        }
+        let on_disk = fs::read(file.path()).unwrap();
+        assert_eq!(&on_disk[..end], &bytes[..]);
+        assert!(on_disk[end..].iter().all(|&b| b == 0));
+    }
+
     #[test]
     fn zero_ahead_never_overwrites_what_the_writer_wrote() {
         // A writer racing the zeroing thread through a whole file: every record it wrote
@@ -902,28 +932,13 @@ mod tests {
                 chunks
             })
         };
-        let record = |i: usize| vec![(i % 251) as u8 + 1; 1000 + i % 97];
-        let (mut i, mut at) = (0, Vec::new());
-        while w.remaining() > 2000 {
-            at.push(w.offset() as usize);
-            w.write(&record(i)).unwrap();
-            w.publish();
-            i += 1;
-        }
-        let end = w.offset() as usize;
+        let (at, end) = write_records_to_the_end(&mut w);
         // Let the zeroer catch up with the end of the file, then stop it.
         let fd = OpenOptions::new().write(true).open(file.path()).unwrap();
         while file.zero_ahead(&fd, 64 << 10, usize::MAX).unwrap() != ZeroAhead::Done {}
         done.store(true, Ordering::Release);
         assert!(zeroer.join().unwrap() > 0, "the zeroer never ran");
-        let bytes = file.slice(0, end).unwrap();
-        for (n, pos) in at.iter().enumerate() {
-            let r = record(n);
-            assert_eq!(&bytes[*pos..*pos + r.len()], &r[..], "record {n} at {pos}");
-        }
-        let on_disk = fs::read(file.path()).unwrap();
-        assert!(on_disk[end..].iter().all(|&b| b == 0));
-        assert_eq!(&on_disk[..end], &bytes[..]);
+        assert_records_then_zeros(&file, &at, end);
     }
 
     #[test]
@@ -955,15 +970,7 @@ mod tests {
                 most_ahead
             })
         };
-        let record = |i: usize| vec![(i % 251) as u8 + 1; 1000 + i % 97];
-        let (mut i, mut at) = (0, Vec::new());
-        while w.remaining() > 2000 {
-            at.push(w.offset() as usize);
-            w.write(&record(i)).unwrap();
-            w.publish();
-            i += 1;
-        }
-        let end = w.offset() as usize;
+        let (at, end) = write_records_to_the_end(&mut w);
         while file.touch_ahead(chunk, ahead).unwrap() != ZeroAhead::Done {}
         done.store(true, Ordering::Release);
         let most_ahead = toucher.join().unwrap();
@@ -972,14 +979,7 @@ mod tests {
             "touched {most_ahead} past the writer"
         );
         assert_eq!(touched(&file), size);
-        let bytes = file.slice(0, end).unwrap();
-        for (n, pos) in at.iter().enumerate() {
-            let r = record(n);
-            assert_eq!(&bytes[*pos..*pos + r.len()], &r[..], "record {n} at {pos}");
-        }
-        let on_disk = fs::read(file.path()).unwrap();
-        assert_eq!(&on_disk[..end], &bytes[..]);
-        assert!(on_disk[end..].iter().all(|&b| b == 0));
+        assert_records_then_zeros(&file, &at, end);
     }
 
     /// Minor page faults this thread has taken.
