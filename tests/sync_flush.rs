@@ -61,6 +61,48 @@ fn a_stalled_flush_gives_flush_disk_timeout_then_recovers() {
     assert_eq!(first.body, body("t", 0));
 }
 
+/// Producers that piled up behind a stuck flush are all woken by the flush after it:
+/// more than the group-commit thread wakes itself, so the wake thread wakes the rest.
+/// A producer left asleep would still return `Ok` at its deadline (the flush did cover
+/// it), so the check is that each returns long before that deadline.
+#[test]
+fn a_flush_wakes_every_producer_it_covers() {
+    let dir = tempfile::tempdir().unwrap();
+    let hook = StallSync::new(true);
+    let mode = FlushMode::Sync {
+        timeout: Duration::from_secs(3600),
+    };
+    let config = config(dir.path(), mode).io_hook(hook.clone());
+    let store = Arc::new(MessageStore::open(config).unwrap());
+    let (done_tx, done) = crossbeam_channel::unbounded();
+    let put = |i: u64| {
+        let (store, done_tx) = (Arc::clone(&store), done_tx.clone());
+        std::thread::spawn(move || {
+            let put = store.put_message(&message("W", 0, "w", i)).unwrap();
+            done_tx.send(put).unwrap();
+        })
+    };
+    let mut threads = vec![put(0)];
+    hook.wait_stalled();
+    threads.extend((1..=8).map(put));
+    // Every record is appended (its producer waits, or is about to) before the stuck
+    // flush goes on; the next flush covers the eight.
+    while store.stats().puts < 9 {
+        std::thread::yield_now();
+    }
+    hook.release();
+    for _ in 0..9 {
+        let put = done
+            .recv_timeout(Duration::from_secs(60))
+            .expect("a producer the flush covered was left asleep");
+        assert_eq!(put.status, PutStatus::Ok);
+        assert!(put.end_offset() <= store.flushed_physical_offset());
+    }
+    for t in threads {
+        t.join().unwrap();
+    }
+}
+
 struct FailSync(AtomicBool);
 
 impl IoHook for FailSync {
