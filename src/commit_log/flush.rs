@@ -37,8 +37,9 @@ struct Shared {
     /// The group-commit thread sleeps (or is about to) on `work`: a request must wake it.
     sleeping: AtomicBool,
     /// Producers blocked in `wait_durable`, each woken after the first flush that covers
-    /// its offset (by the group-commit thread, after its own flush or, for a flush by
-    /// another thread, before it sleeps), without taking any lock on its way out.
+    /// its offset (after the group-commit thread's own flush, by it or the wake thread;
+    /// for a flush by another thread, by it before it sleeps), without taking any lock on
+    /// its way out.
     parked: Mutex<Vec<Parked>>,
     /// `State::stopped`, for parked producers.
     stopped: AtomicBool,
@@ -51,9 +52,12 @@ struct Shared {
     requests: AtomicU64,
     /// Producers a flush covered, for the wake thread to unpark (see `Shared::release`).
     to_wake: Mutex<Vec<std::thread::Thread>>,
-    /// The wake thread (sync flush only), unparked when `to_wake` has work or the
-    /// group-commit thread has stopped.
+    /// The wake thread (sync flush only), unparked when `to_wake` has work or it is to
+    /// end...
     waker: std::sync::OnceLock<std::thread::Thread>,
+    /// ...which `Flusher::shutdown` asks for (producers it has not woken by then are
+    /// woken by `finish`).
+    quit: AtomicBool,
 }
 
 /// Most producers waiting in `wait_durable` for one of them to spin.
@@ -135,8 +139,20 @@ impl Flusher {
             requests: AtomicU64::new(0),
             to_wake: Mutex::new(Vec::new()),
             waker: std::sync::OnceLock::new(),
+            quit: AtomicBool::new(false),
         });
-        let mut threads = Vec::new();
+        let (name, timeout) = match mode {
+            FlushMode::Sync { timeout } => ("rocketstore-group-commit", timeout),
+            FlushMode::Async { .. } => ("rocketstore-flush", Duration::ZERO),
+        };
+        // From here on a failure drops `flusher`, which stops and joins whatever threads
+        // it has started.
+        let flusher = Flusher {
+            log: Arc::clone(&log),
+            shared: Arc::clone(&shared),
+            threads: Mutex::new(Vec::new()),
+            timeout,
+        };
         if mode.is_sync() {
             let s = Arc::clone(&shared);
             let waker = std::thread::Builder::new()
@@ -144,13 +160,9 @@ impl Flusher {
                 .spawn(move || wake_loop(&s))
                 .map_err(|e| Error::io("spawn wake thread", "", e))?;
             let _ = shared.waker.set(waker.thread().clone());
-            threads.push(waker);
+            flusher.threads.lock().push(waker);
         }
         let (l, s) = (Arc::clone(&log), Arc::clone(&shared));
-        let (name, timeout) = match mode {
-            FlushMode::Sync { timeout } => ("rocketstore-group-commit", timeout),
-            FlushMode::Async { .. } => ("rocketstore-flush", Duration::ZERO),
-        };
         let thread = std::thread::Builder::new()
             .name(name.into())
             .spawn(move || {
@@ -168,13 +180,9 @@ impl Flusher {
                 }
                 finish(&l, &s);
             })
-            .map_err(|e| {
-                // The wake thread would otherwise wait for a group-commit thread forever.
-                shared.stopped.store(true, Ordering::Release);
-                shared.unpark_waker();
-                Error::io("spawn flush thread", "", e)
-            })?;
-        threads.insert(0, thread);
+            .map_err(|e| Error::io("spawn flush thread", "", e))?;
+        // Joined first: its last flush and `finish` come before the other threads end.
+        flusher.threads.lock().insert(0, thread);
         if mode.is_sync() {
             // Futures must time out even while a flush is stuck in the kernel, so their
             // deadlines are watched by a thread of their own.
@@ -183,14 +191,9 @@ impl Flusher {
                 .name("rocketstore-ack-timeout".into())
                 .spawn(move || timeout_loop(&s))
                 .map_err(|e| Error::io("spawn timeout thread", "", e))?;
-            threads.push(timer);
+            flusher.threads.lock().push(timer);
         }
-        Ok(Flusher {
-            log,
-            shared,
-            threads: Mutex::new(threads),
-            timeout,
-        })
+        Ok(flusher)
     }
 
     /// Blocks until `target` is durable (sync flush): `Ok` when it is, `FlushDiskTimeout`
@@ -306,9 +309,13 @@ impl Flusher {
     }
 
     /// Stops the thread after a last flush of everything appended.
+    /// Also called on drop, so that a store whose open failed leaves no thread behind;
+    /// a second call finds nothing left to do.
     pub(crate) fn shutdown(&self) {
         self.shared.state.lock().shutdown = true;
         self.shared.work.notify_all();
+        self.shared.quit.store(true, Ordering::Release);
+        self.shared.unpark_waker();
         let threads: Vec<_> = self.threads.lock().drain(..).collect();
         for t in threads {
             if t.join().is_err() {
@@ -316,6 +323,12 @@ impl Flusher {
                 log::error!("a flush thread panicked");
             }
         }
+    }
+}
+
+impl Drop for Flusher {
+    fn drop(&mut self) {
+        self.shutdown();
     }
 }
 
@@ -344,14 +357,14 @@ impl Shared {
     /// group meanwhile.
     fn release(&self, flushed: u64) {
         let mut covered = self.covered(flushed);
-        if covered.len() <= DIRECT_WAKES || self.waker.get().is_none() {
-            for thread in covered {
-                thread.unpark();
-            }
-            return;
+        if covered.len() > DIRECT_WAKES && self.waker.get().is_some() {
+            let rest = covered.split_off(DIRECT_WAKES);
+            self.to_wake.lock().extend(rest);
+            self.unpark_waker();
         }
-        self.to_wake.lock().append(&mut covered);
-        self.unpark_waker();
+        for thread in covered {
+            thread.unpark();
+        }
     }
 
     /// Takes the producers waiting for an offset at or below `flushed` off the list.
@@ -367,6 +380,14 @@ impl Shared {
         covered
     }
 
+    /// Unparks the producers handed to the wake thread.
+    fn wake_handed_over(&self) {
+        let batch = std::mem::take(&mut *self.to_wake.lock());
+        for thread in batch {
+            thread.unpark();
+        }
+    }
+
     fn unpark_waker(&self) {
         if let Some(waker) = self.waker.get() {
             waker.unpark();
@@ -374,19 +395,14 @@ impl Shared {
     }
 }
 
-/// The wake thread: unparks the producers the group-commit thread hands it, until that
-/// thread has stopped (which wakes everyone left itself).
+/// The wake thread: unparks the producers the group-commit thread hands it, until the
+/// flusher shuts down or the group-commit thread has stopped.
 fn wake_loop(shared: &Shared) {
     loop {
-        let batch = std::mem::take(&mut *shared.to_wake.lock());
-        for thread in batch {
-            thread.unpark();
-        }
-        if shared.stopped.load(Ordering::Acquire) {
-            // Handed over before the stop and not yet taken: woken too.
-            for thread in std::mem::take(&mut *shared.to_wake.lock()) {
-                thread.unpark();
-            }
+        shared.wake_handed_over();
+        if shared.quit.load(Ordering::Acquire) || shared.stopped.load(Ordering::Acquire) {
+            // Handed over before the end and not yet taken: woken too.
+            shared.wake_handed_over();
             return;
         }
         // A hand-over after the `take` above leaves the token that makes this return.
@@ -425,6 +441,7 @@ impl Drop for ExitGuard<'_> {
         self.shared.timer.notify_all();
         drop(st);
         self.shared.wake(u64::MAX);
+        self.shared.wake_handed_over();
         self.shared.unpark_waker();
     }
 }
@@ -573,6 +590,8 @@ fn finish(log: &CommitLog, shared: &Shared) {
     shared.timer.notify_all();
     drop(st);
     shared.wake(u64::MAX);
+    // The wake thread may have ended already (shutdown asks it to).
+    shared.wake_handed_over();
     shared.unpark_waker();
 }
 
