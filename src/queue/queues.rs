@@ -21,9 +21,15 @@ use crate::queue::entry::{CQ_ENTRY_LEN, CqEntry, TagCode};
 
 type Table = HashMap<String, HashMap<u32, Arc<ConsumeQueue>>>;
 
-/// With this many queues, loading them takes two threads (a queue costs tens of
-/// microseconds of system calls; a thread, tens in all).
+/// With this many queues, loading them takes `LOAD_THREADS` threads (a queue costs tens
+/// of microseconds of system calls; a thread, tens in all)...
 const PARALLEL_LOAD: usize = 128;
+/// ...more than the cores: from a cold cache a queue's load is three or four random reads
+/// (its directory's inode and block, its file's inode, its last entries), and threads
+/// waiting on them keep several reads in flight. 100,000 queues after a crash, cold
+/// cache: 21.1 s with two threads, 13.6 s with eight, 12.1 s with eight in inode order;
+/// warm, 2.1–2.6 s either way.
+const LOAD_THREADS: usize = 8;
 
 /// Most consume-queue files kept open at once.
 const OPEN_FILES: usize = 256;
@@ -90,14 +96,14 @@ impl ConsumeQueues {
         };
         let mut table = Table::new();
         let mut found = Vec::new();
-        for topic_dir in list_dirs(&root)? {
+        for (topic_dir, _) in list_dirs(&root)? {
             let topic = file_name(&topic_dir);
             validate_topic(&topic).map_err(|e| Error::BadStoreFile {
                 path: topic_dir.clone(),
                 reason: e.to_string(),
             })?;
             table.entry(topic.clone()).or_default();
-            for queue_dir in list_dirs(&topic_dir)? {
+            for (queue_dir, inode) in list_dirs(&topic_dir)? {
                 let queue_id: u32 =
                     file_name(&queue_dir)
                         .parse()
@@ -110,31 +116,41 @@ impl ConsumeQueues {
                     let queues = table.entry(topic.clone()).or_default();
                     queues.insert(queue_id, Arc::new(q));
                 } else {
-                    found.push((topic.clone(), queue_id, queue_dir));
+                    found.push((topic.clone(), queue_id, queue_dir, inode));
                 }
             }
         }
-        // Loading is mostly system calls on cached metadata: with many queues, both cores.
-        let load_all = |part: &[(String, u32, PathBuf)]| -> Vec<Result<ConsumeQueue>> {
+        // In inode order, which is about the order the queues were created in: their
+        // inodes, directory blocks and first entries were allocated in that order too, so
+        // a load from a cold cache reads the disk in order rather than at random.
+        found.sort_unstable_by_key(|(_, _, _, inode)| *inode);
+        let load_all = |part: &[(String, u32, PathBuf, u64)]| -> Vec<Result<ConsumeQueue>> {
             part.iter()
-                .map(|(_, _, dir)| ConsumeQueue::load(dir.clone(), Arc::clone(&io), how, log_start))
+                .map(|(_, _, dir, _)| {
+                    ConsumeQueue::load(dir.clone(), Arc::clone(&io), how, log_start)
+                })
                 .collect()
         };
         let loaded: Vec<Result<ConsumeQueue>> = if found.len() >= PARALLEL_LOAD {
-            let (a, b) = found.split_at(found.len() / 2);
+            let per = found.len().div_ceil(LOAD_THREADS);
             std::thread::scope(|scope| {
-                let second = scope.spawn(|| load_all(b));
-                let mut all = load_all(a);
-                match second.join() {
-                    Ok(rest) => all.extend(rest),
-                    Err(panic) => std::panic::resume_unwind(panic),
+                let parts: Vec<_> = found
+                    .chunks(per)
+                    .map(|part| scope.spawn(|| load_all(part)))
+                    .collect();
+                let mut all = Vec::with_capacity(found.len());
+                for part in parts {
+                    match part.join() {
+                        Ok(rest) => all.extend(rest),
+                        Err(panic) => std::panic::resume_unwind(panic),
+                    }
                 }
                 all
             })
         } else {
             load_all(&found)
         };
-        for ((topic, queue_id, queue_dir), loaded) in found.into_iter().zip(loaded) {
+        for ((topic, queue_id, queue_dir, _), loaded) in found.into_iter().zip(loaded) {
             let topic_dir = root.join(&topic);
             let queues = table.entry(topic).or_default();
             let q = match loaded {
@@ -514,7 +530,8 @@ fn file_name(path: &Path) -> String {
         .unwrap_or_default()
 }
 
-fn list_dirs(dir: &Path) -> Result<Vec<PathBuf>> {
+fn list_dirs(dir: &Path) -> Result<Vec<(PathBuf, u64)>> {
+    use std::os::unix::fs::DirEntryExt;
     let mut out = Vec::new();
     for entry in std::fs::read_dir(dir).map_err(|e| Error::io("list", dir, e))? {
         let entry = entry.map_err(|e| Error::io("list", dir, e))?;
@@ -530,10 +547,10 @@ fn list_dirs(dir: &Path) -> Result<Vec<PathBuf>> {
                 reason: "expected a directory in the consume-queue tree".into(),
             });
         }
-        out.push(path);
+        out.push((path, entry.ino()));
     }
     // By bytes: comparing paths component by component costs more than the listing.
-    out.sort_unstable_by(|a, b| a.as_os_str().cmp(b.as_os_str()));
+    out.sort_unstable_by(|a, b| a.0.as_os_str().cmp(b.0.as_os_str()));
     Ok(out)
 }
 
