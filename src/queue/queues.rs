@@ -26,10 +26,11 @@ type Table = HashMap<String, HashMap<u32, Arc<ConsumeQueue>>>;
 const PARALLEL_LOAD: usize = 128;
 /// ...more than the cores: from a cold cache a queue's load is three or four random reads
 /// (its directory's inode and block, its file's inode, its last entries), and threads
-/// waiting on them keep several reads in flight. 100,000 queues after a crash, cold
-/// cache: 21.1 s with two threads, 13.6 s with eight, 12.1 s with eight in inode order;
-/// warm, 2.1–2.6 s either way.
-const LOAD_THREADS: usize = 8;
+/// waiting on them keep several reads in flight. 100,000 queues at an unclean open, cold
+/// cache, the same files, in inode order: 16.4–19.3 s with two threads, 12.9–13.4 s with
+/// four, 12.1 s with eight, but eight left the heap at 75 MiB instead of 50 (each
+/// thread's allocator arena keeps what its loads allocated). Warm: 2.1–2.6 s.
+const LOAD_THREADS: usize = 4;
 
 /// Most consume-queue files kept open at once.
 const OPEN_FILES: usize = 256;
@@ -123,7 +124,8 @@ impl ConsumeQueues {
         // In inode order, which is about the order the queues were created in: their
         // inodes, directory blocks and first entries were allocated in that order too, so
         // a load from a cold cache reads the disk in order rather than at random.
-        found.sort_unstable_by_key(|(_, _, _, inode)| *inode);
+        // Stable: equal inodes (a filesystem without them) keep the listing's order.
+        found.sort_by_key(|(_, _, _, inode)| *inode);
         let load_all = |part: &[(String, u32, PathBuf, u64)]| -> Vec<Result<ConsumeQueue>> {
             part.iter()
                 .map(|(_, _, dir, _)| {
@@ -134,15 +136,22 @@ impl ConsumeQueues {
         let loaded: Vec<Result<ConsumeQueue>> = if found.len() >= PARALLEL_LOAD {
             let per = found.len().div_ceil(LOAD_THREADS);
             std::thread::scope(|scope| {
+                // A part whose thread cannot be had (a process limit) is loaded here.
                 let parts: Vec<_> = found
                     .chunks(per)
-                    .map(|part| scope.spawn(|| load_all(part)))
+                    .map(|part| {
+                        let thread = std::thread::Builder::new()
+                            .name("rocketstore-queue-load".into())
+                            .spawn_scoped(scope, || load_all(part));
+                        (part, thread)
+                    })
                     .collect();
                 let mut all = Vec::with_capacity(found.len());
-                for part in parts {
-                    match part.join() {
-                        Ok(rest) => all.extend(rest),
-                        Err(panic) => std::panic::resume_unwind(panic),
+                for (part, thread) in parts {
+                    match thread.map(|t| t.join()) {
+                        Ok(Ok(loaded)) => all.extend(loaded),
+                        Ok(Err(panic)) => std::panic::resume_unwind(panic),
+                        Err(_) => all.extend(load_all(part)),
                     }
                 }
                 all
