@@ -24,13 +24,13 @@ type Table = HashMap<String, HashMap<u32, Arc<ConsumeQueue>>>;
 /// With this many queues, loading them takes `LOAD_THREADS` threads (a queue costs tens
 /// of microseconds of system calls; a thread, tens in all)...
 const PARALLEL_LOAD: usize = 128;
-/// ...more than the cores: from a cold cache a queue's load is three or four random reads
-/// (its directory's inode and block, its file's inode, its last entries), and threads
-/// waiting on them keep several reads in flight. 100,000 queues at an unclean open, cold
-/// cache, the same files, in inode order: 16.4–19.3 s with two threads, 12.9–13.4 s with
-/// four, 12.1 s with eight, but eight left the heap at 75 MiB instead of 50 (each
-/// thread's allocator arena keeps what its loads allocated). Warm: 2.1–2.6 s.
-const LOAD_THREADS: usize = 4;
+/// ...no more: from a cold cache a queue's load is three or four random reads (its
+/// directory's inode and block, its file's inode, its last entries), and more threads
+/// keep more of them in flight (100,000 queues, the same files, cold: 16.4–19.3 s with
+/// two, 12.9–13.4 s with four), but a crash reopen with four left the heap at 79 MiB
+/// instead of 55: each thread's allocator arena keeps what its loads allocated, mixed
+/// with the queues' long-lived state.
+const LOAD_THREADS: usize = 2;
 
 /// Most consume-queue files kept open at once.
 const OPEN_FILES: usize = 256;
