@@ -155,42 +155,39 @@ impl Flusher {
         };
         if mode.is_sync() {
             let s = Arc::clone(&shared);
-            let waker = std::thread::Builder::new()
-                .name("rocketstore-ack-wake".into())
-                .spawn(move || wake_loop(&s))
-                .map_err(|e| Error::io("spawn wake thread", "", e))?;
+            let waker = spawn("rocketstore-ack-wake", "spawn wake thread", move || {
+                wake_loop(&s)
+            })?;
             let _ = shared.waker.set(waker.thread().clone());
             flusher.threads.lock().push(waker);
         }
         let (l, s) = (Arc::clone(&log), Arc::clone(&shared));
-        let thread = std::thread::Builder::new()
-            .name(name.into())
-            .spawn(move || {
-                let _exit = ExitGuard {
-                    log: &l,
-                    shared: &s,
-                };
-                match mode {
-                    FlushMode::Sync { .. } => group_commit_loop(&l, &s),
-                    FlushMode::Async {
-                        interval,
-                        least_pages,
-                        thorough_interval,
-                    } => interval_loop(&l, &s, interval, least_pages, thorough_interval),
-                }
-                finish(&l, &s);
-            })
-            .map_err(|e| Error::io("spawn flush thread", "", e))?;
+        let thread = spawn(name, "spawn flush thread", move || {
+            let _exit = ExitGuard {
+                log: &l,
+                shared: &s,
+            };
+            match mode {
+                FlushMode::Sync { .. } => group_commit_loop(&l, &s),
+                FlushMode::Async {
+                    interval,
+                    least_pages,
+                    thorough_interval,
+                } => interval_loop(&l, &s, interval, least_pages, thorough_interval),
+            }
+            finish(&l, &s);
+        })?;
         // Joined first: its last flush and `finish` come before the other threads end.
         flusher.threads.lock().insert(0, thread);
         if mode.is_sync() {
             // Futures must time out even while a flush is stuck in the kernel, so their
             // deadlines are watched by a thread of their own.
             let s = Arc::clone(&shared);
-            let timer = std::thread::Builder::new()
-                .name("rocketstore-ack-timeout".into())
-                .spawn(move || timeout_loop(&s))
-                .map_err(|e| Error::io("spawn timeout thread", "", e))?;
+            let timer = spawn(
+                "rocketstore-ack-timeout",
+                "spawn timeout thread",
+                move || timeout_loop(&s),
+            )?;
             flusher.threads.lock().push(timer);
         }
         Ok(flusher)
@@ -326,6 +323,18 @@ impl Flusher {
     }
 }
 
+/// Starts one of the flusher's threads.
+fn spawn(
+    name: &str,
+    op: &'static str,
+    run: impl FnOnce() + Send + 'static,
+) -> Result<JoinHandle<()>> {
+    std::thread::Builder::new()
+        .name(name.into())
+        .spawn(run)
+        .map_err(|e| Error::io(op, "", e))
+}
+
 impl Drop for Flusher {
     fn drop(&mut self) {
         self.shutdown();
@@ -358,8 +367,7 @@ impl Shared {
     fn release(&self, flushed: u64) {
         let mut covered = self.covered(flushed);
         if covered.len() > DIRECT_WAKES && self.waker.get().is_some() {
-            let rest = covered.split_off(DIRECT_WAKES);
-            self.to_wake.lock().extend(rest);
+            self.to_wake.lock().extend(covered.drain(DIRECT_WAKES..));
             self.unpark_waker();
         }
         for thread in covered {

@@ -657,6 +657,16 @@ impl CommitLog {
         })
     }
 
+    /// How the writer publishes the write offset. Under async flush the records are
+    /// readable once it moves, and `append_stamped` then wakes the readers sleeping
+    /// deeply: SeqCst, see `Wakeup::wake_deep`. Under sync flush the flush publishes them.
+    fn write_offset_order(&self) -> Ordering {
+        match self.sync_flush {
+            true => Ordering::Release,
+            false => Ordering::SeqCst,
+        }
+    }
+
     fn append_locked(
         &self,
         state: &mut AppendState,
@@ -696,13 +706,7 @@ impl CommitLog {
         self.appended.fetch_add(u64::from(count), Ordering::Relaxed);
         self.appended_bytes
             .fetch_add(total as u64, Ordering::Relaxed);
-        // Under async flush the records are readable now, and `append_stamped` wakes
-        // the readers sleeping deeply: SeqCst, see `Wakeup::wake_deep`.
-        let readable = match self.sync_flush {
-            true => Ordering::Release,
-            false => Ordering::SeqCst,
-        };
-        self.write_offset.store(at, readable);
+        self.write_offset.store(at, self.write_offset_order());
         state.last_store_timestamp = store_timestamp;
         *next_queue_offset = next;
         Ok(Appended {
@@ -738,12 +742,8 @@ impl CommitLog {
             }
             state.writer.fill();
             state.writer.publish();
-            // Readable now under async flush: SeqCst, as in `append_locked`.
-            let readable = match self.sync_flush {
-                true => Ordering::Release,
-                false => Ordering::SeqCst,
-            };
-            self.write_offset.store(state.writer.offset(), readable);
+            self.write_offset
+                .store(state.writer.offset(), self.write_offset_order());
         }
         let next = state.writer.offset();
         let file = state.allocator.take(next)?;
