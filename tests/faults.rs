@@ -93,6 +93,78 @@ fn a_failed_create_allocate_or_rename_fails_the_roll_and_the_store_goes_on() {
     }
 }
 
+/// Fails the allocation of one commit-log file while armed; records every file begun.
+struct FailFile {
+    path: std::path::PathBuf,
+    armed: std::sync::atomic::AtomicBool,
+    begun: std::sync::Mutex<Vec<std::path::PathBuf>>,
+}
+
+impl IoHook for FailFile {
+    fn before_create(&self, path: &Path) -> io::Result<()> {
+        self.begun.lock().unwrap().push(path.to_owned());
+        Ok(())
+    }
+    fn before_allocate(&self, path: &Path) -> io::Result<()> {
+        if self.armed.load(Ordering::SeqCst) && path == self.path {
+            return Err(io::Error::other("injected allocation failure"));
+        }
+        Ok(())
+    }
+}
+
+#[test]
+fn a_file_prepared_ahead_that_fails_leaves_no_gap_in_the_names() {
+    // The allocation thread prepares two files ahead. When the first of them fails, the
+    // second must not be made: a file past a missing one would refuse the next open.
+    let dir = tempfile::tempdir().unwrap();
+    let log = layout::commit_log_dir(dir.path());
+    let hook = Arc::new(FailFile {
+        path: log.join(layout::file_name(SMALL_FILE)),
+        armed: true.into(),
+        begun: Default::default(),
+    });
+    let cfg = config(dir.path(), sync_mode())
+        .preallocate(true)
+        .io_hook(hook.clone());
+    let store = MessageStore::open(cfg.clone()).unwrap();
+    let mut acked = Vec::new();
+    let err = loop {
+        match store.put_message(&message("G", 0, "g", acked.len() as u64)) {
+            Ok(r) => acked.push(r),
+            Err(e) => break e,
+        }
+    };
+    assert!(err.to_string().contains("injected"), "{err}");
+    let names = || -> Vec<String> {
+        let mut names: Vec<_> = fs::read_dir(&log)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        names.sort();
+        names
+    };
+    assert_eq!(names(), [layout::file_name(0)]);
+    // The failed roll collected what the thread made of both files: the second was never
+    // begun (removing it afterwards would leave a crash meanwhile with a gap).
+    let second = log.join(layout::file_name(2 * SMALL_FILE));
+    assert!(!hook.begun.lock().unwrap().contains(&second));
+    // Once the disk lets it, the writer makes the file itself and goes on through the
+    // next roll, into files the thread prepared again.
+    hook.armed.store(false, Ordering::SeqCst);
+    while acked.last().unwrap().physical_offset < 2 * SMALL_FILE {
+        let i = acked.len() as u64;
+        acked.push(store.put_message(&message("G", 0, "g", i)).unwrap());
+    }
+    store.shutdown().unwrap();
+    let store = MessageStore::open(cfg).unwrap();
+    for (i, r) in acked.iter().enumerate() {
+        let m = store.lookup_message(r.physical_offset).unwrap().unwrap();
+        assert_eq!(m.body, body("g", i as u64));
+    }
+    store.shutdown().unwrap();
+}
+
 #[test]
 fn damaged_stores_give_clear_errors_or_documented_repairs() {
     let dir = tempfile::tempdir().unwrap();

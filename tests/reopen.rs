@@ -140,13 +140,39 @@ fn an_unclean_exit_drops_a_damaged_tail_and_zeroes_it() {
     }
 }
 
-/// A store of 10 records, shut down with its next file prepared ahead.
+/// A store of 10 records, shut down with its next two files prepared ahead.
 fn store_with_a_prepared_file() -> tempfile::TempDir {
     let dir = tempfile::tempdir().unwrap();
     let store = open(dir.path(), async_mode());
     fill(&store, 10);
+    let second = commit_log_file(dir.path(), 2 * SMALL_FILE);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while !second.exists() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "never prepared two ahead"
+        );
+        std::thread::park_timeout(std::time::Duration::from_millis(1));
+    }
     store.shutdown().unwrap();
     dir
+}
+
+/// The inode of each commit-log file, by name.
+fn inodes(d: &std::path::Path) -> Vec<(String, u64)> {
+    use std::os::unix::fs::MetadataExt;
+    let mut v: Vec<_> = fs::read_dir(layout::commit_log_dir(d))
+        .unwrap()
+        .map(|e| {
+            let e = e.unwrap();
+            (
+                e.file_name().into_string().unwrap(),
+                e.metadata().unwrap().ino(),
+            )
+        })
+        .collect();
+    v.sort();
+    v
 }
 
 /// Puts to R/0 of a store made by [`store_with_a_prepared_file`] until the log rolls into
@@ -166,27 +192,15 @@ fn roll_into_the_second_file(store: &MessageStore) {
 }
 
 #[test]
-fn a_clean_reopen_reuses_the_prepared_file() {
+fn a_clean_reopen_reuses_the_prepared_files() {
     let dir = store_with_a_prepared_file();
-    let names = |d: &std::path::Path| {
-        let mut v: Vec<_> = fs::read_dir(layout::commit_log_dir(d))
-            .unwrap()
-            .map(|e| e.unwrap().file_name().into_string().unwrap())
-            .collect();
-        v.sort();
-        v
-    };
-    let before = names(dir.path());
-    assert_eq!(
-        before.len(),
-        2,
-        "the next file is prepared ahead: {before:?}"
-    );
+    let before = inodes(dir.path());
+    assert_eq!(before.len(), 3, "two files are prepared ahead: {before:?}");
     let store = open(dir.path(), async_mode());
-    // Roll into the prepared file and check it was the one on disk, not a new one.
+    // Roll into the prepared file and check both were the ones on disk, not new ones.
     roll_into_the_second_file(&store);
-    let after = names(dir.path());
-    assert_eq!(&after[..2], &before[..]);
+    let after = inodes(dir.path());
+    assert_eq!(&after[..3], &before[..]);
 }
 
 #[test]
@@ -202,6 +216,8 @@ fn a_crash_reopen_reuses_the_prepared_file_once_zeroed() {
     file.write_all_at(&[0xEE; 512], 8192).unwrap();
     drop(file);
     let inode = fs::metadata(&spare).unwrap().ino();
+    let second = commit_log_file(dir.path(), 2 * SMALL_FILE);
+    let second_inode = fs::metadata(&second).unwrap().ino();
     let store = open(dir.path(), async_mode());
     assert_eq!(
         fs::metadata(&spare).unwrap().ino(),
@@ -209,6 +225,8 @@ fn a_crash_reopen_reuses_the_prepared_file_once_zeroed() {
         "reused, not made again"
     );
     assert!(fs::read(&spare).unwrap().iter().all(|&b| b == 0), "zeroed");
+    // The second one too.
+    assert_eq!(fs::metadata(&second).unwrap().ino(), second_inode);
     roll_into_the_second_file(&store);
 }
 

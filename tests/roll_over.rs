@@ -21,6 +21,8 @@ fn walk_files(root: &Path) -> (Vec<u64>, usize) {
     names.sort();
     let mut offsets = Vec::new();
     let mut blanks = 0;
+    // Where the written log ends: every file after it must be wholly unwritten.
+    let mut first_empty: Option<u64> = None;
     for (i, name) in names.iter().enumerate() {
         let start: u64 = name.parse().unwrap();
         let bytes = fs::read(layout::commit_log_dir(root).join(name)).unwrap();
@@ -29,6 +31,7 @@ fn walk_files(root: &Path) -> (Vec<u64>, usize) {
         loop {
             match format::peek(&bytes[pos..], start + pos as u64).unwrap() {
                 Peek::Record { size } => {
+                    assert!(first_empty.is_none(), "a record past the end in {name}");
                     offsets.push(start + pos as u64);
                     pos += size;
                 }
@@ -43,7 +46,16 @@ fn walk_files(root: &Path) -> (Vec<u64>, usize) {
                     break;
                 }
                 Peek::Empty => {
-                    assert!(i + 1 >= names.len() - 1, "empty space in file {name}");
+                    // Only in the file being written and in the files prepared ahead of
+                    // it (at most two, never written).
+                    let unwritten = names.len() - 1 - i;
+                    assert!(
+                        unwritten <= 2 && (pos == 0 || first_empty.is_none()),
+                        "empty space in file {name}"
+                    );
+                    let at = start + pos as u64;
+                    assert!(first_empty.is_none_or(|e| pos == 0 && e < at));
+                    first_empty.get_or_insert(at);
                     break;
                 }
             }

@@ -288,14 +288,13 @@ fn in_file(e: Error, file: &MappedFile) -> Error {
 }
 
 /// Takes the trailing files that hold nothing (prepared by the allocation thread, never
-/// written) off `files`, keeping at least one file. The first of them is returned for
-/// reuse (after a crash, once zeroed: see [`CommitLog::open`](super::CommitLog::open));
-/// every other one is returned for removal once the scan has accepted the log (a refused
-/// open deletes nothing).
+/// written) off `files`, keeping at least one file, and returns them first to last, for
+/// reuse (after a crash, once zeroed: see [`CommitLog::open`](super::CommitLog::open)).
+/// Nothing is removed here: a refused open deletes nothing.
 pub(super) fn split_unused_tail(
     files: &mut Vec<Arc<MappedFile>>,
     written_below: u64,
-) -> (Option<MappedFile>, Vec<Arc<MappedFile>>) {
+) -> Vec<Arc<MappedFile>> {
     let mut unused = Vec::new();
     while files.len() > 1
         && files
@@ -304,9 +303,8 @@ pub(super) fn split_unused_tail(
     {
         unused.push(files.pop().expect("len > 1"));
     }
-    // `unused` runs from the last file back to the one right after the last used file.
-    let spare = unused.pop().and_then(|f| Arc::try_unwrap(f).ok());
-    (spare, unused)
+    unused.reverse();
+    unused
 }
 
 /// Removes files that lie past the end of the log, then syncs their directory.
