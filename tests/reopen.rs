@@ -217,6 +217,9 @@ fn a_crash_reopen_reuses_the_prepared_file_once_zeroed() {
     drop(file);
     let inode = fs::metadata(&spare).unwrap().ino();
     let second = commit_log_file(dir.path(), 2 * SMALL_FILE);
+    let file = OpenOptions::new().write(true).open(&second).unwrap();
+    file.write_all_at(&[0xEE; 512], 8192).unwrap();
+    drop(file);
     let second_inode = fs::metadata(&second).unwrap().ino();
     let store = open(dir.path(), async_mode());
     assert_eq!(
@@ -227,6 +230,7 @@ fn a_crash_reopen_reuses_the_prepared_file_once_zeroed() {
     assert!(fs::read(&spare).unwrap().iter().all(|&b| b == 0), "zeroed");
     // The second one too.
     assert_eq!(fs::metadata(&second).unwrap().ino(), second_inode);
+    assert!(fs::read(&second).unwrap().iter().all(|&b| b == 0), "zeroed");
     roll_into_the_second_file(&store);
 }
 

@@ -149,8 +149,10 @@ pub(crate) enum ScanFrom {
 /// The log may be cut only at a torn tail: the first invalid record (or a file that ends
 /// without its blank record) at or past `plan.durable`, after an unclean exit. Under sync
 /// flush nothing past it was acknowledged, because a put is acknowledged only once every
-/// byte before its end is durable. The files after that point are removed and the tail of
-/// the last one is zeroed, so stale bytes cannot later pass for records. An invalid record
+/// byte before its end is durable. The files after that point are returned, for the
+/// caller to remove once the open has gone through (with the unused files past them, newest
+/// first: see [`remove_files`]), and the tail of the last one is zeroed, so stale bytes
+/// cannot later pass for records. An invalid record
 /// below `plan.durable` is damage to data that was durable: the open is refused with
 /// [`Error::Corrupted`], naming the file and the offset, and nothing is changed (unless
 /// the operator's override asks to cut there).
@@ -158,7 +160,7 @@ pub(super) fn scan_and_truncate(
     files: &mut Vec<Arc<MappedFile>>,
     plan: ScanPlan,
     sink: &mut dyn RecoverySink,
-) -> Result<(FileWriter, i64)> {
+) -> Result<(FileWriter, i64, Vec<Arc<MappedFile>>)> {
     let first = match plan.from {
         ScanFrom::LastFile | ScanFrom::LastRecord(_) => files.len() - 1,
         ScanFrom::Start => 0,
@@ -260,7 +262,6 @@ pub(super) fn scan_and_truncate(
             file.path().display()
         );
     }
-    remove_files(dropped)?;
     let last = files.pop().expect("index < len");
     let mut writer = FileWriter::new(last, pos).ok_or_else(|| Error::BadStoreFile {
         path: files
@@ -273,7 +274,7 @@ pub(super) fn scan_and_truncate(
         writer.zero_tail()?;
     }
     files.push(Arc::clone(writer.file()));
-    Ok((writer, last_ts))
+    Ok((writer, last_ts, dropped))
 }
 
 /// Names the file a corruption was found in.
@@ -307,13 +308,57 @@ pub(super) fn split_unused_tail(
     unused
 }
 
-/// Removes files that lie past the end of the log, then syncs their directory.
-pub(super) fn remove_files(files: Vec<Arc<MappedFile>>) -> Result<()> {
+/// Removes files that lie past the end of the log, newest first, then syncs their
+/// directory: a failure or a crash part-way leaves the names without a gap (which would
+/// refuse every later open).
+pub(super) fn remove_files(mut files: Vec<Arc<MappedFile>>) -> Result<()> {
+    files.sort_by_key(|f| std::cmp::Reverse(f.start_offset()));
     for file in &files {
         file.remove()?;
     }
     match files.first() {
         Some(file) => file.sync_parent(),
         None => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::fs::io_hook::IoHook;
+    use std::path::Path;
+
+    /// Fails the removal of one file.
+    struct FailRemove(std::path::PathBuf);
+
+    impl IoHook for FailRemove {
+        fn before_remove(&self, path: &Path) -> std::io::Result<()> {
+            match path == self.0 {
+                true => Err(std::io::Error::other("injected")),
+                false => Ok(()),
+            }
+        }
+    }
+
+    #[test]
+    fn files_are_removed_newest_first_so_a_failure_leaves_no_gap() {
+        let dir = tempfile::tempdir().unwrap();
+        let size = 4096;
+        let name = |n: u64| crate::layout::file_name(n * size as u64);
+        let hook: Arc<dyn IoHook> = Arc::new(FailRemove(dir.path().join(name(2))));
+        let files: Vec<_> = (0..4u64)
+            .map(|n| {
+                let at = n * size as u64;
+                Arc::new(MappedFile::create(dir.path(), at, size, Some(hook.clone())).unwrap())
+            })
+            .collect();
+        // Given oldest first, as a scan finds them.
+        assert!(remove_files(files[1..].to_vec()).is_err());
+        let mut left: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        left.sort();
+        assert_eq!(left, [name(0), name(1), name(2)]);
     }
 }

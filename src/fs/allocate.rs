@@ -290,15 +290,18 @@ impl Allocator {
         }
     }
 
-    /// The file at `offset`: the first spare or the first prepared one if it is the one asked
-    /// for (waiting for it to finish if need be), else created now. When the prepared
-    /// file failed, so do the ones asked after it (the worker never prepares a file whose
-    /// predecessor is missing): they are collected, and the failure returned.
+    /// The file at `offset`: a spare or the first prepared one if it is the one asked for
+    /// (waiting for it to finish if need be), else created now. When the prepared file
+    /// failed, so did the ones asked after it (the worker never prepares a file whose
+    /// predecessor is missing): they are collected, and the file is tried once more here.
     pub(crate) fn take(&mut self, offset: u64) -> Result<MappedFile> {
-        while let Some(spare) = self.spares.pop_front() {
-            if spare.start_offset() == offset {
-                return Ok(spare);
-            }
+        if let Some(i) = self.spares.iter().position(|f| f.start_offset() == offset) {
+            self.spares.drain(..i);
+            return Ok(self.spares.pop_front().expect("found"));
+        }
+        // Spares that do not follow the writer (cannot happen while it only asks for the
+        // next file) go, newest first, so that the names never have a gap.
+        while let Some(spare) = self.spares.pop_back() {
             let _ = ops::remove_file_with(spare.path(), self.hook.as_ref());
         }
         let Some(w) = &self.worker else {
@@ -318,15 +321,29 @@ impl Allocator {
                 Err(_) => w.ready.recv(),
             };
             match ready {
-                Ok(Ok(file)) if pending == offset => return Ok(file),
+                Ok(Ok(file)) if pending == offset && file.start_offset() == offset => {
+                    return Ok(file);
+                }
                 Ok(Ok(other)) => {
                     // Not the file we need (cannot happen while the writer only asks for the
-                    // next file); remove it so it never looks like data.
+                    // next file): it and any made after it go, newest first, so that they
+                    // never look like data or leave a gap.
+                    discard(w, &mut self.pending, self.hook.as_ref());
                     let _ = ops::remove_file_with(other.path(), self.hook.as_ref());
                 }
                 Ok(Err(e)) if pending == offset => {
+                    // The failure may be old (the file was asked for a whole file ago, and
+                    // space may have been freed since): one more try, here.
                     discard(w, &mut self.pending, self.hook.as_ref());
-                    return Err(e);
+                    return MappedFile::create(
+                        &self.dir,
+                        offset,
+                        self.file_size,
+                        self.hook.clone(),
+                    )
+                    .inspect_err(|_| {
+                        log::warn!("preparing the next commit-log file failed: {e}");
+                    });
                 }
                 Ok(Err(_)) => {}
                 Err(_) => {
@@ -382,14 +399,17 @@ fn room_for_more(dir: &Path, file_size: usize) -> bool {
 /// any it prepared. Called after a preparation failed: the worker turns down the rest at
 /// once (see [`follows_a_file`]).
 fn discard(w: &Worker, pending: &mut VecDeque<u64>, hook: Option<&Arc<dyn IoHook>>) {
+    let mut made = Vec::new();
     for _ in pending.drain(..) {
         match w.ready.recv() {
-            Ok(Ok(file)) => {
-                let _ = ops::remove_file_with(file.path(), hook);
-            }
+            Ok(Ok(file)) => made.push(file),
             Ok(Err(_)) => {}
             Err(_) => break,
         }
+    }
+    // Newest first: the names never have a gap.
+    for file in made.iter().rev() {
+        let _ = ops::remove_file_with(file.path(), hook);
     }
 }
 
@@ -460,8 +480,6 @@ mod tests {
             assert_eq!(alloc.pending, [at(n + 1), at(n + 2)]);
         }
         alloc.shutdown();
-        // Files asked for are made even when the writer stops before taking them.
-        assert!(dir.path().join(crate::layout::file_name(at(5))).exists());
     }
 
     #[test]
