@@ -328,7 +328,9 @@ impl ConsumeQueue {
             .into_iter()
             .map(|start| {
                 let path = sparse_file::path_in(&dir, start);
-                sparse_file::open(&path, file_size, how != Load::Keep).map(|f| (start, f))
+                let file = sparse_file::open(&path, file_size, how != Load::Keep)?;
+                sparse_file::read_sparsely(&file);
+                Ok((start, file))
             })
             .collect::<Result<Vec<_>>>()?;
         let mut q = ConsumeQueue::new(dir, io);
