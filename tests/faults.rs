@@ -165,6 +165,94 @@ fn a_file_prepared_ahead_that_fails_leaves_no_gap_in_the_names() {
     store.shutdown().unwrap();
 }
 
+/// Fails the directory syncs the allocation thread makes while armed: its files are then
+/// renamed into place but their preparation fails. Records any moment a commit-log file
+/// is begun while the one before it is missing, or removed while the one after it exists:
+/// a crash then would leave a gap in the names.
+#[derive(Default)]
+struct FailThreadDirSync {
+    armed: std::sync::atomic::AtomicBool,
+    gaps: std::sync::Mutex<Vec<String>>,
+}
+
+impl FailThreadDirSync {
+    /// The commit-log file `delta` files after the one at `path`.
+    fn neighbour(path: &Path, delta: i64) -> Option<std::path::PathBuf> {
+        if !path.parent()?.ends_with(layout::COMMIT_LOG_DIR) {
+            return None;
+        }
+        let at: i64 = path.file_name()?.to_str()?.parse().ok()?;
+        let other = u64::try_from(at + delta * SMALL_FILE as i64).ok()?;
+        Some(path.with_file_name(layout::file_name(other)))
+    }
+}
+
+impl IoHook for FailThreadDirSync {
+    fn before_create(&self, path: &Path) -> io::Result<()> {
+        if let Some(before) = Self::neighbour(path, -1).filter(|b| !b.exists()) {
+            self.gaps
+                .lock()
+                .unwrap()
+                .push(format!("{path:?} begun, {before:?} missing"));
+        }
+        Ok(())
+    }
+    fn before_remove(&self, path: &Path) -> io::Result<()> {
+        if let Some(after) = Self::neighbour(path, 1).filter(|a| a.exists()) {
+            self.gaps
+                .lock()
+                .unwrap()
+                .push(format!("{path:?} removed, {after:?} there"));
+        }
+        Ok(())
+    }
+    fn before_sync_dir(&self, dir: &Path) -> io::Result<()> {
+        let thread = std::thread::current();
+        if self.armed.load(Ordering::SeqCst)
+            && thread.name() == Some("rocketstore-allocate")
+            && dir.ends_with(layout::COMMIT_LOG_DIR)
+        {
+            return Err(io::Error::other("injected directory sync failure"));
+        }
+        Ok(())
+    }
+}
+
+#[test]
+fn a_file_prepared_ahead_that_fails_after_its_rename_is_made_again_by_the_writer() {
+    // Every file ahead is renamed into place, then its preparation fails: the writer
+    // makes each itself when it rolls, puts never fail, and no file is ever begun past a
+    // missing one or removed before a later one.
+    let dir = tempfile::tempdir().unwrap();
+    let hook = Arc::new(FailThreadDirSync::default());
+    hook.armed.store(true, Ordering::SeqCst);
+    let cfg = config(dir.path(), sync_mode())
+        .preallocate(true)
+        .io_hook(hook.clone());
+    let store = MessageStore::open(cfg.clone()).unwrap();
+    let mut acked: Vec<rocketstore::PutResult> = Vec::new();
+    while acked
+        .last()
+        .is_none_or(|r| r.physical_offset < 3 * SMALL_FILE)
+    {
+        let i = acked.len() as u64;
+        acked.push(store.put_message(&message("H", 0, "h", i)).unwrap());
+    }
+    hook.armed.store(false, Ordering::SeqCst);
+    while acked.last().unwrap().physical_offset < 5 * SMALL_FILE {
+        let i = acked.len() as u64;
+        acked.push(store.put_message(&message("H", 0, "h", i)).unwrap());
+    }
+    store.shutdown().unwrap();
+    assert_eq!(*hook.gaps.lock().unwrap(), Vec::<String>::new());
+    let store = MessageStore::open(cfg).unwrap();
+    for (i, r) in acked.iter().enumerate() {
+        let m = store.lookup_message(r.physical_offset).unwrap().unwrap();
+        assert_eq!(m.body, body("h", i as u64));
+    }
+    store.shutdown().unwrap();
+}
+
 #[test]
 fn damaged_stores_give_clear_errors_or_documented_repairs() {
     let dir = tempfile::tempdir().unwrap();

@@ -308,18 +308,17 @@ pub(super) fn split_unused_tail(
     unused
 }
 
-/// Removes files that lie past the end of the log, newest first, then syncs their
-/// directory: a failure or a crash part-way leaves the names without a gap (which would
-/// refuse every later open).
+/// Removes files that lie past the end of the log, newest first, syncing their directory
+/// after each: a failure, a crash or a power cut part-way leaves the names without a gap
+/// (which would refuse every later open), whatever order the filesystem makes removals
+/// durable in.
 pub(super) fn remove_files(mut files: Vec<Arc<MappedFile>>) -> Result<()> {
     files.sort_by_key(|f| std::cmp::Reverse(f.start_offset()));
     for file in &files {
         file.remove()?;
+        file.sync_parent()?;
     }
-    match files.first() {
-        Some(file) => file.sync_parent(),
-        None => Ok(()),
-    }
+    Ok(())
 }
 
 #[cfg(test)]

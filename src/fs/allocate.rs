@@ -205,10 +205,14 @@ impl Allocator {
                     let give_up =
                         || stop_prepare.load(Ordering::Relaxed) || hurry.load(Ordering::Relaxed);
                     let upto = warm_first(warmup, file_size);
+                    // The last file whose preparation failed (it may exist all the same:
+                    // a warm-up or a directory sync can fail after the rename).
+                    let mut failed = None;
                     while let Ok(offset) = request_rx.recv() {
-                        let file = follows_a_file(&d, offset, file_size)
+                        let file = follows_a_file(&d, offset, file_size, failed)
                             .and_then(|()| MappedFile::create(&d, offset, file_size, h.clone()))
                             .and_then(|mut f| f.warm_until(warmup, upto, &give_up).map(|()| f));
+                        failed = file.is_err().then_some(offset);
                         if ready_tx.send(file).is_err() || stop_prepare.load(Ordering::Relaxed) {
                             break;
                         }
@@ -300,9 +304,12 @@ impl Allocator {
             return Ok(self.spares.pop_front().expect("found"));
         }
         // Spares that do not follow the writer (cannot happen while it only asks for the
-        // next file) go, newest first, so that the names never have a gap.
+        // next file) go, newest first, so that the names never have a gap: after a failed
+        // removal the older ones stay (the next open finds them unused).
         while let Some(spare) = self.spares.pop_back() {
-            let _ = ops::remove_file_with(spare.path(), self.hook.as_ref());
+            if ops::remove_file_with(spare.path(), self.hook.as_ref()).is_err() {
+                self.spares.clear();
+            }
         }
         let Some(w) = &self.worker else {
             return MappedFile::create(&self.dir, offset, self.file_size, self.hook.clone());
@@ -328,13 +335,21 @@ impl Allocator {
                     // Not the file we need (cannot happen while the writer only asks for the
                     // next file): it and any made after it go, newest first, so that they
                     // never look like data or leave a gap.
-                    discard(w, &mut self.pending, self.hook.as_ref());
-                    let _ = ops::remove_file_with(other.path(), self.hook.as_ref());
+                    if discard(w, &mut self.pending, &self.hurry, self.hook.as_ref()) {
+                        let _ = ops::remove_file_with(other.path(), self.hook.as_ref());
+                    }
                 }
                 Ok(Err(e)) if pending == offset => {
                     // The failure may be old (the file was asked for a whole file ago, and
-                    // space may have been freed since): one more try, here.
-                    discard(w, &mut self.pending, self.hook.as_ref());
+                    // space may have been freed since): one more try, here. A file the
+                    // worker renamed into place before failing (its warm-up or directory
+                    // sync) goes first, or making it again would need its space twice.
+                    if discard(w, &mut self.pending, &self.hurry, self.hook.as_ref()) {
+                        let path = self.dir.join(crate::layout::file_name(offset));
+                        if path.exists() {
+                            ops::remove_file_with(&path, self.hook.as_ref())?;
+                        }
+                    }
                     return MappedFile::create(
                         &self.dir,
                         offset,
@@ -396,10 +411,17 @@ fn room_for_more(dir: &Path, file_size: usize) -> bool {
 }
 
 /// Collects what the worker makes of every file still asked for (`pending`), removing
-/// any it prepared. Called after a preparation failed: the worker turns down the rest at
-/// once (see [`follows_a_file`]).
-fn discard(w: &Worker, pending: &mut VecDeque<u64>, hook: Option<&Arc<dyn IoHook>>) {
+/// any it prepared; returns whether every one is gone. Called after a preparation failed:
+/// the worker turns down the rest at once (see [`follows_a_file`]), and `hurry` cuts any
+/// warm-up short.
+fn discard(
+    w: &Worker,
+    pending: &mut VecDeque<u64>,
+    hurry: &AtomicBool,
+    hook: Option<&Arc<dyn IoHook>>,
+) -> bool {
     let mut made = Vec::new();
+    hurry.store(true, Ordering::Relaxed);
     for _ in pending.drain(..) {
         match w.ready.recv() {
             Ok(Ok(file)) => made.push(file),
@@ -407,30 +429,35 @@ fn discard(w: &Worker, pending: &mut VecDeque<u64>, hook: Option<&Arc<dyn IoHook
             Err(_) => break,
         }
     }
-    // Newest first: the names never have a gap.
-    for file in made.iter().rev() {
-        let _ = ops::remove_file_with(file.path(), hook);
-    }
+    hurry.store(false, Ordering::Relaxed);
+    // Newest first, stopping at a failure: the names never have a gap.
+    made.iter()
+        .rev()
+        .all(|file| ops::remove_file_with(file.path(), hook).is_ok())
 }
 
-/// Refuses to prepare the file at `offset` unless the file before it exists: the files'
-/// names must never have a gap (opening refuses one), and a file can be missing only
-/// because its own preparation failed. The writer then creates it itself.
-fn follows_a_file(dir: &Path, offset: u64, file_size: usize) -> Result<()> {
+/// Refuses to prepare the file at `offset` unless the file before it exists and its
+/// preparation did not fail (`failed`: the last offset whose preparation did): the files'
+/// names must never have a gap (opening refuses one), and the writer removes or remakes a
+/// file whose preparation failed. It then creates the file itself.
+fn follows_a_file(dir: &Path, offset: u64, file_size: usize, failed: Option<u64>) -> Result<()> {
     let Some(before) = offset.checked_sub(file_size as u64) else {
         return Ok(());
     };
     let path = dir.join(crate::layout::file_name(before));
-    match path.try_exists() {
-        Ok(true) => Ok(()),
-        Ok(false) => Err(Error::io(
+    let turned_down = |why: &str| {
+        Err(Error::io(
             "prepare",
             dir.join(crate::layout::file_name(offset)),
-            std::io::Error::new(
-                std::io::ErrorKind::NotFound,
-                "the file before it is missing (its preparation failed)",
-            ),
-        )),
+            std::io::Error::new(std::io::ErrorKind::NotFound, why.to_owned()),
+        ))
+    };
+    if failed == Some(before) {
+        return turned_down("the preparation of the file before it failed");
+    }
+    match path.try_exists() {
+        Ok(true) => Ok(()),
+        Ok(false) => turned_down("the file before it is missing (its preparation failed)"),
         Err(e) => Err(Error::io("stat", &path, e)),
     }
 }

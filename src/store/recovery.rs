@@ -178,9 +178,12 @@ pub(crate) fn recover(
         // damage and the log is only read; after a crash a torn tail may still be cut. A
         // record whose queue offset does not continue its (now empty, rebuilt) queue is
         // invalid: only damage to its header can cause that.
+        // The first pass synced the log up to where it ended and the checkpoint says so:
+        // nothing below that may be cut now (it may have been acknowledged), only refused.
         let rebuild = ScanPlan {
             from: ScanFrom::Start,
             check_crc: true,
+            durable: plan.durable.max(sink.checkpoint.times().physic_offset),
             ..plan
         };
         log = CommitLog::open(config, rebuild, &mut sink)?;
