@@ -24,13 +24,15 @@ type Table = HashMap<String, HashMap<u32, Arc<ConsumeQueue>>>;
 /// With this many queues, loading them takes `LOAD_THREADS` threads (a queue costs tens
 /// of microseconds of system calls; a thread, tens in all)...
 const PARALLEL_LOAD: usize = 128;
-/// ...no more: from a cold cache a queue's load is three or four random reads (its
-/// directory's inode and block, its file's inode, its last entries), and more threads
-/// keep more of them in flight (100,000 queues, the same files, cold: 16.4–19.3 s with
-/// two, 12.9–13.4 s with four), but a crash reopen with four left the heap at 79 MiB
-/// instead of 55: each thread's allocator arena keeps what its loads allocated, mixed
-/// with the queues' long-lived state.
-const LOAD_THREADS: usize = 2;
+/// ...no more: from a cold cache a queue's load is about two random reads (its
+/// directory's block, its file's first page, and a share of inode-table reads), and
+/// more threads keep more of them in flight (100,000 queues, cold, crash reopens of
+/// alike stores: 12.7–15.9 s with two, 11.9–13.0 s with four). A loading thread
+/// allocates nothing that outlives it (paths and result places are made by the caller):
+/// when each returned its queues in a vector of its own, a crash reopen on four threads
+/// left the heap at 79–81 MiB instead of 55, the threads' allocator arenas keeping what
+/// had been freed around those vectors.
+const LOAD_THREADS: usize = 4;
 
 /// Most consume-queue files kept open at once.
 const OPEN_FILES: usize = 256;
@@ -126,39 +128,62 @@ impl ConsumeQueues {
         // a load from a cold cache reads the disk in order rather than at random.
         // Stable: equal inodes (a filesystem without them) keep the listing's order.
         found.sort_by_key(|(_, _, _, inode)| *inode);
-        let load_all = |part: &[(String, u32, PathBuf, u64)]| -> Vec<Result<ConsumeQueue>> {
-            part.iter()
-                .map(|(_, _, dir, _)| {
-                    ConsumeQueue::load(dir.clone(), Arc::clone(&io), how, log_start)
-                })
-                .collect()
+        // Each load is given its directory's path, and its result's place, made here: a
+        // loading thread allocates nothing that outlives it, or its allocator arena stays
+        // resident, mixed with what the loads freed.
+        let mut slots: Vec<Option<Result<ConsumeQueue>>> = Vec::with_capacity(found.len());
+        slots.resize_with(found.len(), || None);
+        let load_into = |part: &[(String, u32, PathBuf, u64)],
+                         dirs: Vec<PathBuf>,
+                         out: &mut [Option<Result<ConsumeQueue>>]| {
+            debug_assert_eq!(part.len(), out.len());
+            for (dir, slot) in dirs.into_iter().zip(out) {
+                *slot = Some(ConsumeQueue::load(dir, Arc::clone(&io), how, log_start));
+            }
         };
-        let loaded: Vec<Result<ConsumeQueue>> = if found.len() >= PARALLEL_LOAD {
+        let dirs_of = |part: &[(String, u32, PathBuf, u64)]| -> Vec<PathBuf> {
+            part.iter().map(|(_, _, dir, _)| dir.clone()).collect()
+        };
+        if found.len() >= PARALLEL_LOAD {
             let per = found.len().div_ceil(LOAD_THREADS);
+            // Parts whose thread cannot be had (a process limit) are loaded here after.
+            let mut inline = Vec::new();
             std::thread::scope(|scope| {
-                // A part whose thread cannot be had (a process limit) is loaded here.
-                let parts: Vec<_> = found
+                let threads: Vec<_> = found
                     .chunks(per)
-                    .map(|part| {
-                        let thread = std::thread::Builder::new()
+                    .zip(slots.chunks_mut(per))
+                    .enumerate()
+                    .filter_map(|(i, (part, out))| {
+                        let dirs = dirs_of(part);
+                        let spawned = std::thread::Builder::new()
                             .name("rocketstore-queue-load".into())
-                            .spawn_scoped(scope, || load_all(part));
-                        (part, thread)
+                            .spawn_scoped(scope, || load_into(part, dirs, out));
+                        match spawned {
+                            Ok(thread) => Some(thread),
+                            Err(_) => {
+                                inline.push(i);
+                                None
+                            }
+                        }
                     })
                     .collect();
-                let mut all = Vec::with_capacity(found.len());
-                for (part, thread) in parts {
-                    match thread.map(|t| t.join()) {
-                        Ok(Ok(loaded)) => all.extend(loaded),
-                        Ok(Err(panic)) => std::panic::resume_unwind(panic),
-                        Err(_) => all.extend(load_all(part)),
+                for thread in threads {
+                    if let Err(panic) = thread.join() {
+                        std::panic::resume_unwind(panic);
                     }
                 }
-                all
-            })
+            });
+            for i in inline {
+                let range = i * per..((i + 1) * per).min(found.len());
+                let part = &found[range.clone()];
+                load_into(part, dirs_of(part), &mut slots[range]);
+            }
         } else {
-            load_all(&found)
-        };
+            load_into(&found, dirs_of(&found), &mut slots);
+        }
+        let loaded = slots
+            .into_iter()
+            .map(|slot| slot.expect("every queue is loaded"));
         for ((topic, queue_id, queue_dir, _), loaded) in found.into_iter().zip(loaded) {
             let topic_dir = root.join(&topic);
             let queues = table.entry(topic).or_default();
