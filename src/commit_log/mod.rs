@@ -272,11 +272,11 @@ impl CommitLog {
         // The scan accepted the log: the unused files past it are reused as the next
         // files, as long as they follow the writer's file without a gap (the scan may
         // have cut the log in an earlier file, dropping the ones between); the others go,
-        // with the dropped ones, newest first. After a crash a reused one is zeroed first: a power cut may have kept pages
-        // of it the writer had reached and lost its first, which `is_unused` reads.
-        // Zeroing in place costs about 0.1 s per GiB; removing it instead cost 0.75 s
-        // here (its warmed pages and blocks freed), and the allocation thread then made
-        // another.
+        // with the dropped ones, newest first. After a crash a reused one is zeroed
+        // first: a power cut may have kept pages of it the writer had reached and lost
+        // its first, which `is_unused` reads. Zeroing in place costs about 0.1 s per GiB;
+        // removing it instead cost 0.75 s here (its warmed pages and blocks freed), and
+        // the allocation thread then made another.
         let mut next = writer.file().start_offset() + file_size;
         let mut remove = Vec::new();
         for spare in unused {

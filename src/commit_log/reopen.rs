@@ -150,10 +150,10 @@ pub(crate) enum ScanFrom {
 /// without its blank record) at or past `plan.durable`, after an unclean exit. Under sync
 /// flush nothing past it was acknowledged, because a put is acknowledged only once every
 /// byte before its end is durable. The files after that point are returned, for the
-/// caller to remove once the open has gone through (with the unused files past them, newest
-/// first: see [`remove_files`]), and the tail of the last one is zeroed, so stale bytes
-/// cannot later pass for records. An invalid record
-/// below `plan.durable` is damage to data that was durable: the open is refused with
+/// caller to remove once the open has gone through (with the unused files past them,
+/// newest first: see [`remove_files`]), and the tail of the last one is zeroed, so stale
+/// bytes cannot later pass for records. An invalid record below `plan.durable` is damage
+/// to data that was durable: the open is refused with
 /// [`Error::Corrupted`], naming the file and the offset, and nothing is changed (unless
 /// the operator's override asks to cut there).
 pub(super) fn scan_and_truncate(

@@ -133,10 +133,8 @@ impl ConsumeQueues {
         // resident, mixed with what the loads freed.
         let mut slots: Vec<Option<Result<ConsumeQueue>>> = Vec::with_capacity(found.len());
         slots.resize_with(found.len(), || None);
-        let load_into = |part: &[(String, u32, PathBuf, u64)],
-                         dirs: Vec<PathBuf>,
-                         out: &mut [Option<Result<ConsumeQueue>>]| {
-            debug_assert_eq!(part.len(), out.len());
+        let load_into = |dirs: Vec<PathBuf>, out: &mut [Option<Result<ConsumeQueue>>]| {
+            debug_assert_eq!(dirs.len(), out.len());
             for (dir, slot) in dirs.into_iter().zip(out) {
                 *slot = Some(ConsumeQueue::load(dir, Arc::clone(&io), how, log_start));
             }
@@ -157,7 +155,7 @@ impl ConsumeQueues {
                         let dirs = dirs_of(part);
                         let spawned = std::thread::Builder::new()
                             .name("rocketstore-queue-load".into())
-                            .spawn_scoped(scope, || load_into(part, dirs, out));
+                            .spawn_scoped(scope, || load_into(dirs, out));
                         match spawned {
                             Ok(thread) => Some(thread),
                             Err(_) => {
@@ -175,11 +173,10 @@ impl ConsumeQueues {
             });
             for i in inline {
                 let range = i * per..((i + 1) * per).min(found.len());
-                let part = &found[range.clone()];
-                load_into(part, dirs_of(part), &mut slots[range]);
+                load_into(dirs_of(&found[range.clone()]), &mut slots[range]);
             }
         } else {
-            load_into(&found, dirs_of(&found), &mut slots);
+            load_into(dirs_of(&found), &mut slots);
         }
         let loaded = slots
             .into_iter()
