@@ -983,3 +983,81 @@ fn a_stale_or_damaged_queue_table_never_opens_queues_at_its_word() {
     let got = store.get_message("Q", 0, 0, 16).unwrap();
     assert_eq!(got.messages.len(), 8, "{:?}", got.status);
 }
+
+/// Fails the removal of one file while armed.
+struct FailRemoveOf {
+    path: PathBuf,
+    armed: std::sync::atomic::AtomicBool,
+}
+
+impl rocketstore::IoHook for FailRemoveOf {
+    fn before_remove(&self, path: &Path) -> std::io::Result<()> {
+        if self.armed.load(std::sync::atomic::Ordering::SeqCst) && path == self.path {
+            return Err(std::io::Error::other("injected removal failure"));
+        }
+        Ok(())
+    }
+}
+
+/// The commit-log file names, checked to have no gap.
+fn names_without_gap(dir: &Path) -> Vec<u64> {
+    let mut starts: Vec<u64> = fs::read_dir(layout::commit_log_dir(dir))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap().parse().unwrap())
+        .collect();
+    starts.sort();
+    for (i, start) in starts.iter().enumerate() {
+        assert_eq!(*start, i as u64 * SMALL_FILE, "a gap in the names: {starts:?}");
+    }
+    starts
+}
+
+#[test]
+fn a_torn_tail_in_an_earlier_file_removes_the_later_files_newest_first() {
+    // A crash tore the log in its second file; the files after it (written, then unused
+    // and prepared) must go. When a removal fails part-way the open is refused and the
+    // names keep no gap, so that the next open can finish the job.
+    let dir = tempfile::tempdir().unwrap();
+    let puts = two_topic_store(dir.path());
+    let before = names_without_gap(dir.path());
+    assert!(before.len() >= 5, "{before:?}");
+    let torn_at = puts
+        .iter()
+        .map(|(_, r)| r.physical_offset)
+        .find(|&at| at > SMALL_FILE + 4096)
+        .unwrap();
+    let file = OpenOptions::new()
+        .write(true)
+        .open(layout::commit_log_file(dir.path(), SMALL_FILE))
+        .unwrap();
+    let pos = torn_at - SMALL_FILE;
+    file.write_all_at(&vec![0u8; (SMALL_FILE - pos) as usize], pos)
+        .unwrap();
+    drop(file);
+    checkpoint_vouches_below(dir.path(), torn_at);
+    fs::write(layout::abort_file(dir.path()), b"").unwrap();
+
+    let newest = *before.last().unwrap();
+    let hook = std::sync::Arc::new(FailRemoveOf {
+        path: layout::commit_log_file(dir.path(), newest),
+        armed: true.into(),
+    });
+    let cfg = config(dir.path(), sync_mode()).io_hook(hook.clone());
+    let err = MessageStore::open(cfg.clone()).unwrap_err();
+    assert!(err.to_string().contains("injected"), "{err}");
+    names_without_gap(dir.path());
+
+    hook.armed.store(false, std::sync::atomic::Ordering::SeqCst);
+    let store = MessageStore::open(cfg).unwrap();
+    assert_eq!(store.max_physical_offset(), torn_at);
+    for (topic, r) in &puts {
+        let found = store.lookup_message(r.physical_offset).unwrap();
+        match r.physical_offset < torn_at {
+            true => assert_eq!(&*found.unwrap().topic, topic.as_str()),
+            false => assert!(found.is_none()),
+        }
+    }
+    drop(store);
+    let after = names_without_gap(dir.path());
+    assert!(after.len() <= 2 + 2, "{after:?}");
+}
