@@ -1003,11 +1003,22 @@ impl rocketstore::IoHook for FailRemoveOf {
 fn names_without_gap(dir: &Path) -> Vec<u64> {
     let mut starts: Vec<u64> = fs::read_dir(layout::commit_log_dir(dir))
         .unwrap()
-        .map(|e| e.unwrap().file_name().into_string().unwrap().parse().unwrap())
+        .map(|e| {
+            e.unwrap()
+                .file_name()
+                .into_string()
+                .unwrap()
+                .parse()
+                .unwrap()
+        })
         .collect();
     starts.sort();
     for (i, start) in starts.iter().enumerate() {
-        assert_eq!(*start, i as u64 * SMALL_FILE, "a gap in the names: {starts:?}");
+        assert_eq!(
+            *start,
+            i as u64 * SMALL_FILE,
+            "a gap in the names: {starts:?}"
+        );
     }
     starts
 }
