@@ -238,7 +238,7 @@ impl CommitLog {
             config.effective_warmup(),
             Arc::clone(&counters),
         )?;
-        let unused = reopen::split_unused_tail(&mut loaded, plan.written_below);
+        let mut unused = reopen::split_unused_tail(&mut loaded, plan.written_below);
 
         if loaded.is_empty() && plan.expected_end > 0 && !plan.truncate_damage {
             return Err(Error::corrupted(
@@ -250,7 +250,7 @@ impl CommitLog {
                 ),
             ));
         }
-        let (writer, last_store_timestamp, dropped) = match loaded.is_empty() {
+        let (writer, last_store_timestamp) = match loaded.is_empty() {
             // A new store. The start of its first file is touched when that is the warm-up
             // (the ahead thread touches the rest just ahead of the writer), since unwarmed
             // pages made async puts 1.2–1.7× slower; zeroing and flushing is not worth
@@ -265,18 +265,18 @@ impl CommitLog {
                     FileWriter::new(Arc::new(first), 0).expect("a new file has no other owner");
                 loaded.push(Arc::clone(writer.file()));
                 sink.begin(0, 0)?;
-                (writer, 0, Vec::new())
+                (writer, 0)
             }
-            false => reopen::scan_and_truncate(&mut loaded, plan, sink)?,
+            false => reopen::scan_and_truncate(&mut loaded, plan, sink, &mut unused)?,
         };
         // The scan accepted the log: the unused files past it are reused as the next
-        // files, as long as they follow the writer's file without a gap (the scan may
-        // have cut the log in an earlier file, dropping the ones between); the others go,
-        // with the dropped ones, newest first. After a crash a reused one is zeroed
-        // first: a power cut may have kept pages of it the writer had reached and lost
-        // its first, which `is_unused` reads. Zeroing in place costs about 0.1 s per GiB;
-        // removing it instead cost 0.75 s here (its warmed pages and blocks freed), and
-        // the allocation thread then made another.
+        // files, as long as they follow the writer's file without a gap (a scan that cut
+        // the log in an earlier file removed them, with the ones between); the others go,
+        // newest first. After a crash a reused one is zeroed first: a power cut may have
+        // kept pages of it the writer had reached and lost its first, which `is_unused`
+        // reads. Zeroing in place costs about 0.1 s per GiB; removing it instead cost
+        // 0.75 s here (its warmed pages and blocks freed), and the allocation thread then
+        // made another.
         let mut next = writer.file().start_offset() + file_size;
         let mut remove = Vec::new();
         for spare in unused {
@@ -298,7 +298,6 @@ impl CommitLog {
                 remove.push(Arc::new(file));
             }
         }
-        remove.extend(dropped);
         reopen::remove_files(remove)?;
         let files = MappedFileQueue::new(file_size);
         for file in loaded {

@@ -149,18 +149,18 @@ pub(crate) enum ScanFrom {
 /// The log may be cut only at a torn tail: the first invalid record (or a file that ends
 /// without its blank record) at or past `plan.durable`, after an unclean exit. Under sync
 /// flush nothing past it was acknowledged, because a put is acknowledged only once every
-/// byte before its end is durable. The files after that point are returned, for the
-/// caller to remove once the open has gone through (with the unused files past them,
-/// newest first: see [`remove_files`]), and the tail of the last one is zeroed, so stale
-/// bytes cannot later pass for records. An invalid record below `plan.durable` is damage
-/// to data that was durable: the open is refused with
+/// byte before its end is durable. The files after that point are removed, with the
+/// `unused` files past them, newest first (see [`remove_files`]), and the tail of the last
+/// one is zeroed, so stale bytes cannot later pass for records. An invalid record below
+/// `plan.durable` is damage to data that was durable: the open is refused with
 /// [`Error::Corrupted`], naming the file and the offset, and nothing is changed (unless
 /// the operator's override asks to cut there).
 pub(super) fn scan_and_truncate(
     files: &mut Vec<Arc<MappedFile>>,
     plan: ScanPlan,
     sink: &mut dyn RecoverySink,
-) -> Result<(FileWriter, i64, Vec<Arc<MappedFile>>)> {
+    unused: &mut Vec<Arc<MappedFile>>,
+) -> Result<(FileWriter, i64)> {
     let first = match plan.from {
         ScanFrom::LastFile | ScanFrom::LastRecord(_) => files.len() - 1,
         ScanFrom::Start => 0,
@@ -262,6 +262,14 @@ pub(super) fn scan_and_truncate(
             file.path().display()
         );
     }
+    if !dropped.is_empty() {
+        // Before the tail is zeroed, which on a full disk may need the space they hold;
+        // newest first with the unused files past them, which cannot follow the writer's
+        // file now.
+        let mut remove = std::mem::take(unused);
+        remove.extend(dropped);
+        remove_files(remove)?;
+    }
     let last = files.pop().expect("index < len");
     let mut writer = FileWriter::new(last, pos).ok_or_else(|| Error::BadStoreFile {
         path: files
@@ -274,7 +282,7 @@ pub(super) fn scan_and_truncate(
         writer.zero_tail()?;
     }
     files.push(Arc::clone(writer.file()));
-    Ok((writer, last_ts, dropped))
+    Ok((writer, last_ts))
 }
 
 /// Names the file a corruption was found in.
