@@ -176,34 +176,40 @@ struct FailThreadDirSync {
 }
 
 impl FailThreadDirSync {
-    /// The commit-log file `delta` files after the one at `path`.
-    fn neighbour(path: &Path, delta: i64) -> Option<std::path::PathBuf> {
-        if !path.parent()?.ends_with(layout::COMMIT_LOG_DIR) {
-            return None;
+    /// Records a gap when the commit-log file `delta` files after `path` exists (or, with
+    /// `missing`, does not).
+    fn check(&self, path: &Path, delta: i64, missing: bool, what: &str) {
+        if !path
+            .parent()
+            .is_some_and(|p| p.ends_with(layout::COMMIT_LOG_DIR))
+        {
+            return;
         }
-        let at: i64 = path.file_name()?.to_str()?.parse().ok()?;
-        let other = u64::try_from(at + delta * SMALL_FILE as i64).ok()?;
-        Some(path.with_file_name(layout::file_name(other)))
+        let Some(at) = path
+            .file_name()
+            .and_then(|n| n.to_str()?.parse::<i64>().ok())
+        else {
+            return;
+        };
+        let Ok(other) = u64::try_from(at + delta * SMALL_FILE as i64) else {
+            return;
+        };
+        let other = path.with_file_name(layout::file_name(other));
+        if other.exists() != missing {
+            let state = if missing { "missing" } else { "there" };
+            let gap = format!("{path:?} {what} while {other:?} is {state}");
+            self.gaps.lock().unwrap().push(gap);
+        }
     }
 }
 
 impl IoHook for FailThreadDirSync {
     fn before_create(&self, path: &Path) -> io::Result<()> {
-        if let Some(before) = Self::neighbour(path, -1).filter(|b| !b.exists()) {
-            self.gaps
-                .lock()
-                .unwrap()
-                .push(format!("{path:?} begun, {before:?} missing"));
-        }
+        self.check(path, -1, true, "begun");
         Ok(())
     }
     fn before_remove(&self, path: &Path) -> io::Result<()> {
-        if let Some(after) = Self::neighbour(path, 1).filter(|a| a.exists()) {
-            self.gaps
-                .lock()
-                .unwrap()
-                .push(format!("{path:?} removed, {after:?} there"));
-        }
+        self.check(path, 1, false, "removed");
         Ok(())
     }
     fn before_sync_dir(&self, dir: &Path) -> io::Result<()> {

@@ -49,13 +49,12 @@ fn walk_files(root: &Path) -> (Vec<u64>, usize) {
                     // Only in the file being written and in the files prepared ahead of
                     // it (at most two, never written).
                     let unwritten = names.len() - 1 - i;
+                    assert!(unwritten <= 2, "empty space in file {name}");
                     assert!(
-                        unwritten <= 2 && (pos == 0 || first_empty.is_none()),
-                        "empty space in file {name}"
+                        first_empty.is_none() || pos == 0,
+                        "a file past the end holds records: {name}"
                     );
-                    let at = start + pos as u64;
-                    assert!(first_empty.is_none_or(|e| pos == 0 && e < at));
-                    first_empty.get_or_insert(at);
+                    first_empty.get_or_insert(start + pos as u64);
                     break;
                 }
             }

@@ -48,7 +48,7 @@ pub(crate) struct Allocator {
 /// 2.4 s: with one file ahead the writer sometimes waited at a roll. Two give it a whole
 /// file's time more, for one more file of disk space while the disk has room for it
 /// ([`room_for_more`]).
-pub(crate) const FILES_AHEAD: usize = 2;
+const FILES_AHEAD: usize = 2;
 
 /// Files beyond the first are prepared ahead only while this many files' worth of space
 /// is free ([`room_for_more`]).
