@@ -36,9 +36,6 @@ const PARALLEL_LOAD: usize = 128;
 /// had been freed around those vectors.
 const LOAD_THREADS: usize = 32;
 
-/// A loading thread's stack: a load is a few calls deep with small frames.
-const LOAD_STACK: usize = 256 * 1024;
-
 /// Most consume-queue files kept open at once.
 const OPEN_FILES: usize = 256;
 
@@ -160,7 +157,6 @@ impl ConsumeQueues {
                         let dirs = dirs_of(part);
                         let spawned = std::thread::Builder::new()
                             .name("rocketstore-queue-load".into())
-                            .stack_size(LOAD_STACK)
                             .spawn_scoped(scope, || load_into(dirs, out));
                         match spawned {
                             Ok(thread) => Some(thread),
