@@ -18,6 +18,9 @@ pub(crate) struct IndexWriter {
     progress: ProgressFile,
     /// Files written since the last flush.
     dirty: Vec<Arc<IndexFile>>,
+    /// The file entries go to, and whether it is in `dirty`. Only this writer changes
+    /// which file is the index's last (by rolling), so it is looked up only at a roll.
+    current: Option<(Arc<IndexFile>, bool)>,
     /// The record being indexed and how many of its keys are in: a round retried after a
     /// failure skips what it already added, so no entry is ever written twice.
     done: (u64, usize),
@@ -35,21 +38,34 @@ impl IndexWriter {
             index,
             progress,
             dirty: Vec::new(),
+            current: None,
             done: (0, 0),
             durable_time,
         }
     }
 
-    fn put(&mut self, hash: u32, offset: u64, timestamp: i64) -> Result<()> {
-        loop {
+    /// The file to put entries in, in `dirty`.
+    fn file(&mut self) -> Result<&Arc<IndexFile>> {
+        if self.current.as_ref().is_none_or(|(f, _)| f.is_full()) {
             let file = match self.index.active() {
                 Some(f) if !f.is_full() => f,
                 _ => self.index.roll()?,
             };
-            if !self.dirty.iter().any(|d| Arc::ptr_eq(d, &file)) {
-                self.dirty.push(Arc::clone(&file));
+            self.current = Some((file, false));
+        }
+        let (file, listed) = self.current.as_mut().expect("set above");
+        if !*listed {
+            if !self.dirty.iter().any(|d| Arc::ptr_eq(d, file)) {
+                self.dirty.push(Arc::clone(file));
             }
-            if file.put(hash, offset, timestamp)? {
+            *listed = true;
+        }
+        Ok(file)
+    }
+
+    fn put(&mut self, hash: u32, offset: u64, timestamp: i64) -> Result<()> {
+        loop {
+            if self.file()?.put(hash, offset, timestamp)? {
                 return Ok(());
             }
         }
@@ -77,10 +93,28 @@ impl Sink for IndexWriter {
         }
         let skip = if offset == done_at { done_keys } else { 0 };
         self.done = (offset, skip);
-        for (i, key) in view.index_keys().enumerate().skip(skip) {
-            let hash = index_hash(&[view.topic, "#", key]);
-            self.put(hash, offset, view.store_timestamp)?;
-            self.done.1 = i + 1;
+        // A few keys at a time: their hash slots (random places in a 20 MB table, a
+        // cache miss each) are all read before the first entry is put, so the misses
+        // overlap instead of following one another.
+        const AT_ONCE: usize = 8;
+        let mut keys = view.index_keys().skip(skip).peekable();
+        let mut i = skip;
+        while keys.peek().is_some() {
+            let mut hashes = [0u32; AT_ONCE];
+            let mut n = 0;
+            for key in keys.by_ref().take(AT_ONCE) {
+                hashes[n] = index_hash(&[view.topic, "#", key]);
+                n += 1;
+            }
+            let file = self.file()?;
+            for &hash in &hashes[..n] {
+                file.touch_slot(hash);
+            }
+            for &hash in &hashes[..n] {
+                self.put(hash, offset, view.store_timestamp)?;
+                i += 1;
+                self.done.1 = i;
+            }
         }
         Ok(())
     }
@@ -129,7 +163,56 @@ impl IndexWriter {
             aux: [name, count | mark],
         })?;
         self.dirty.clear();
+        if let Some((_, listed)) = &mut self.current {
+            *listed = false;
+        }
         self.durable_time.store(timestamp, Ordering::Release);
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::IndexShape;
+
+    /// Every file written since the last flush is synced by the next one: the file the
+    /// writer keeps putting into is listed again after each flush, and a file it rolled
+    /// away from stays listed until then.
+    #[test]
+    fn each_flush_syncs_every_file_written_since_the_last() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut progress, none) = ProgressFile::open(dir.path().join("progress")).unwrap();
+        let shape = IndexShape {
+            slots: 4,
+            entries: 4,
+            max_files: 0,
+        };
+        let index =
+            KeyIndex::open(dir.path().join("index"), shape, &mut progress, none, (0, 0)).unwrap();
+        let mut w = IndexWriter::new(Arc::new(index), progress, Arc::new(AtomicI64::new(0)));
+        let listed =
+            |w: &IndexWriter| -> Vec<_> { w.dirty.iter().map(|f| f.path().to_owned()).collect() };
+        let active = |w: &IndexWriter| w.index.active().unwrap().path().to_owned();
+        w.put(1, 100, 1_000).unwrap();
+        assert_eq!(listed(&w), [active(&w)]);
+        w.flush(200, 1_000).unwrap();
+        assert!(listed(&w).is_empty());
+        w.put(2, 200, 1_000).unwrap();
+        assert_eq!(
+            listed(&w),
+            [active(&w)],
+            "the same file, written after the flush"
+        );
+        let first = active(&w);
+        // Three entries fit a file of four (entry 0 is never used): the fourth rolls.
+        w.put(3, 300, 1_000).unwrap();
+        assert_eq!(active(&w), first);
+        assert!(w.index.active().unwrap().is_full());
+        w.put(9, 900, 1_000).unwrap();
+        assert_ne!(active(&w), first, "rolled");
+        assert_eq!(listed(&w), [first, active(&w)]);
+        w.flush(1_000, 1_000).unwrap();
+        assert!(listed(&w).is_empty());
     }
 }
