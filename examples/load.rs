@@ -53,6 +53,11 @@ struct Args {
     /// Messages per `put_messages` batch (1: single puts).
     #[arg(long, default_value_t = 1)]
     batch: usize,
+    /// Put at most this many messages a second in all (shared evenly by the producers),
+    /// to see whether dispatch and the key index keep up with a given rate: a producer
+    /// ahead of its schedule by a millisecond or more sleeps. Unpaced when omitted.
+    #[arg(long)]
+    rate: Option<f64>,
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -225,6 +230,8 @@ fn run(args: &Args) -> Result<bool, Box<dyn std::error::Error>> {
                 args.batch.max(1),
                 args.keys,
             );
+            // Seconds per message for this producer, when paced.
+            let pace = args.rate.map(|r| f64::from(args.producers) / r);
             std::thread::spawn(move || -> Latencies {
                 let mut latencies = Latencies::new();
                 let mut pending = std::collections::VecDeque::new();
@@ -234,6 +241,13 @@ fn run(args: &Args) -> Result<bool, Box<dyn std::error::Error>> {
                     None => n < per_producer,
                 };
                 while more(n) && !failed.load(Ordering::Relaxed) {
+                    if let Some(pace) = pace {
+                        let due = started + Duration::from_secs_f64(n as f64 * pace);
+                        let ahead = due.saturating_duration_since(Instant::now());
+                        if ahead >= Duration::from_millis(1) {
+                            std::thread::sleep(ahead);
+                        }
+                    }
                     // Message n of producer p goes to queue (p + n * producers) mod queues, so
                     // even one producer writes every queue (a batch goes to one queue).
                     let queue = ((u64::from(p) + n * producers) % u64::from(queues)) as u32;
@@ -304,8 +318,15 @@ fn run(args: &Args) -> Result<bool, Box<dyn std::error::Error>> {
         .collect();
 
     let mut last = 0;
+    // The most the consume queues and the key index fell behind while the puts ran,
+    // sampled every 100 ms.
+    let (mut max_dispatch_lag, mut max_index_lag) = (0u64, 0u64);
     while producers.iter().any(|h| !h.is_finished()) {
         std::thread::sleep(Duration::from_millis(100));
+        let s = store.stats();
+        max_dispatch_lag = max_dispatch_lag.max(s.dispatch_lag_bytes);
+        let index = s.dispatchers.iter().find(|d| d.name == "index");
+        max_index_lag = max_index_lag.max(index.map_or(0, |d| d.lag_bytes));
         if started.elapsed().as_secs() > last {
             last = started.elapsed().as_secs();
             let n = done.load(Ordering::Relaxed);
@@ -405,7 +426,7 @@ fn run(args: &Args) -> Result<bool, Box<dyn std::error::Error>> {
         ok = false;
     }
     println!(
-        "{{\"messages\":{total},\"seconds\":{:.3},\"msgs_per_s\":{:.0},\"mb_per_s\":{:.1},\"p50_us\":{:.1},\"p99_us\":{:.1},\"p999_us\":{:.1},\"max_us\":{:.1},\"read_msgs_per_s\":{:.0},\"flushes\":{},\"msgs_per_flush_mean\":{:.1},\"msgs_per_flush_p50\":{},\"msgs_per_flush_p99\":{},\"flush_us_p50\":{},\"flush_us_p99\":{},\"roll_waits\":{},\"roll_wait_ms\":{:.1},\"index_lag_bytes_at_end\":{index_lag},\"index_msgs_per_s\":{:.0},\"latency_hist\":{{{}}},\"verified\":{ok}}}",
+        "{{\"messages\":{total},\"seconds\":{:.3},\"msgs_per_s\":{:.0},\"mb_per_s\":{:.1},\"p50_us\":{:.1},\"p99_us\":{:.1},\"p999_us\":{:.1},\"max_us\":{:.1},\"read_msgs_per_s\":{:.0},\"flushes\":{},\"msgs_per_flush_mean\":{:.1},\"msgs_per_flush_p50\":{},\"msgs_per_flush_p99\":{},\"flush_us_p50\":{},\"flush_us_p99\":{},\"roll_waits\":{},\"roll_wait_ms\":{:.1},\"index_lag_bytes_at_end\":{index_lag},\"max_dispatch_lag_bytes\":{max_dispatch_lag},\"max_index_lag_bytes\":{max_index_lag},\"index_msgs_per_s\":{:.0},\"latency_hist\":{{{}}},\"verified\":{ok}}}",
         took.as_secs_f64(),
         total as f64 / took.as_secs_f64(),
         total as f64 * args.size as f64 / took.as_secs_f64() / 1e6,
