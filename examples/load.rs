@@ -56,8 +56,18 @@ struct Args {
     /// Put at most this many messages a second in all (shared evenly by the producers),
     /// to see whether dispatch and the key index keep up with a given rate: a producer
     /// ahead of its schedule by a millisecond or more sleeps. Unpaced when omitted.
-    #[arg(long)]
+    #[arg(long, value_parser = positive_rate)]
     rate: Option<f64>,
+}
+
+/// A `--rate`: a finite number of messages a second, at least one.
+fn positive_rate(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(r) if r.is_finite() && r >= 1.0 => Ok(r),
+        _ => Err(format!(
+            "{s:?} is not a rate of at least one message a second"
+        )),
+    }
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]

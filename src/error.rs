@@ -214,6 +214,15 @@ impl Error {
                 || source.kind() == io::ErrorKind::QuotaExceeded)
     }
 
+    /// Whether the process (or the system) ran out of file descriptors: a load spread
+    /// over many threads may then be done again on one.
+    pub(crate) fn is_out_of_descriptors(&self) -> bool {
+        matches!(self, Error::Io { source, .. }
+            if [rustix::io::Errno::MFILE, rustix::io::Errno::NFILE]
+                .iter()
+                .any(|e| source.raw_os_error() == Some(e.raw_os_error())))
+    }
+
     pub(crate) fn corrupted(offset: u64, reason: impl Into<String>) -> Self {
         Error::Corrupted {
             offset,

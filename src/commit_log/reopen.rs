@@ -2,6 +2,7 @@
 //! queue offsets, and after an unclean exit cut the log at the first invalid record.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use crate::commit_log::record::{RecordView, Records, Step};
 use crate::error::{Error, Result};
@@ -197,18 +198,24 @@ pub(super) fn scan_and_truncate(
             })
             .collect::<Vec<_>>()
     });
+    // Once the queues are loaded the scan starts, and the prefetch stops asking (each
+    // request may wait for the disk): the scan reads the rest itself.
+    let loaded = AtomicBool::new(false);
     std::thread::scope(|scope| {
         if let Some(ranges) = prefetch.filter(|r| !r.is_empty()) {
             // A hint: without a thread the scan reads the pages itself.
+            let loaded = &loaded;
             let _ = std::thread::Builder::new()
                 .name("rocketstore-log-prefetch".into())
                 .spawn_scoped(scope, move || {
                     for (file, begin, to) in ranges {
-                        file.will_need(begin, to);
+                        file.will_need(begin, to, || loaded.load(Ordering::Acquire));
                     }
                 });
         }
-        sink.begin(scan_start, files[0].start_offset())
+        let begun = sink.begin(scan_start, files[0].start_offset());
+        loaded.store(true, Ordering::Release);
+        begun
     })?;
     let mut last_ts = 0i64;
     let mut end = None;

@@ -177,6 +177,20 @@ impl ConsumeQueues {
                 let range = i * per..((i + 1) * per).min(found.len());
                 load_into(dirs_of(&found[range.clone()]), &mut slots[range]);
             }
+            // A load holds every file of its queue open, so many threads at once can run
+            // the process out of descriptors where one would not: those queues are loaded
+            // again here, one at a time (a load done again is what a crash during it
+            // would lead to: it is made to be).
+            for (slot, (_, _, dir, _)) in slots.iter_mut().zip(&found) {
+                if matches!(slot, Some(Err(e)) if e.is_out_of_descriptors()) {
+                    *slot = Some(ConsumeQueue::load(
+                        dir.clone(),
+                        Arc::clone(&io),
+                        how,
+                        log_start,
+                    ));
+                }
+            }
         } else {
             load_into(dirs_of(&found), &mut slots);
         }

@@ -475,15 +475,16 @@ impl MappedFile {
     }
 
     /// Asks the kernel to start reading `from..to` (clamped to the file) into the page
-    /// cache, without waiting for it: a recovery scan that follows finds the pages there. A
-    /// hint only: an error is ignored, as a failed read shows where the scan reads.
-    pub(crate) fn will_need(&self, from: usize, to: usize) {
+    /// cache: a recovery scan that follows finds the pages there. A hint only: an error is
+    /// ignored, as a failed read shows where the scan reads. A request may wait for the
+    /// disk once its queue is full; `stop` is asked between requests.
+    pub(crate) fn will_need(&self, from: usize, to: usize, stop: impl Fn() -> bool) {
         // Linux reads at most the device's readahead size per call (8 MiB of a 60 MB
         // range here), so the range is asked for a chunk at a time.
         const CHUNK: usize = 4 << 20;
         let to = to.min(self.size);
         let mut at = from;
-        while at < to {
+        while at < to && !stop() {
             let len = CHUNK.min(to - at);
             let _ = self.map.advise_range(memmap2::Advice::WillNeed, at, len);
             at += len;
@@ -975,8 +976,9 @@ mod tests {
             (9000, 10),
             (size + 4096, size + 8192),
         ] {
-            file.will_need(from, to);
+            file.will_need(from, to, || false);
         }
+        file.will_need(0, size, || true);
         assert_records_then_zeros(&file, &at, end);
     }
 
