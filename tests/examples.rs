@@ -55,6 +55,38 @@ fn load_generator_verifies_what_it_wrote_in_every_mode() {
 }
 
 #[test]
+fn load_generator_paces_its_puts_at_the_rate_asked() {
+    let Some(load) = example("load") else {
+        println!("skipped: the load example is not built (run the whole `cargo test`)");
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    // 3,000 messages at 6,000 a second: the last of each producer's 1,000 is due
+    // 999 × 500 µs after the start (unpaced, a debug build took 0.1 s).
+    let out = Command::new(&load)
+        .args(["--dir", dir.path().to_str().unwrap(), "--count", "3000"])
+        .args(["--producers", "3", "--queues", "3", "--size", "100"])
+        .args(["--keys", "2", "--rate", "6000"])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    assert!(out.status.success(), "{stdout}");
+    let json = stdout.lines().last().unwrap();
+    let field = |name: &str| -> f64 {
+        let at = json.find(&format!("\"{name}\":")).unwrap() + name.len() + 3;
+        let end = json[at..].find([',', '}']).unwrap();
+        json[at..at + end].parse().unwrap()
+    };
+    assert_eq!(field("messages"), 3000.0, "{json}");
+    assert!(field("seconds") >= 0.499, "{json}");
+    assert!(field("max_index_lag_bytes") >= 0.0, "{json}");
+    assert!(json.ends_with("\"verified\":true}"), "{json}");
+
+    let out = Command::new(&load).args(["--rate", "0"]).output().unwrap();
+    assert!(!out.status.success(), "a rate of 0 is refused");
+}
+
+#[test]
 fn many_queues_reads_every_queue_back_after_a_crash_and_a_clean_reopen() {
     let Some(many) = example("many_queues") else {
         println!("skipped: the many_queues example is not built (run the whole `cargo test`)");
