@@ -179,8 +179,8 @@ impl ConsumeQueues {
             }
             // A load holds every file of its queue open, so many threads at once can run
             // the process out of descriptors where one would not: those queues are loaded
-            // again here, one at a time (a load done again is what a crash during it
-            // would lead to: it is made to be).
+            // again here, one at a time. A load opens all it uses before it changes
+            // anything (see `ConsumeQueue::load`), so the second finds the same queue.
             for (slot, (_, _, dir, _)) in slots.iter_mut().zip(&found) {
                 if matches!(slot, Some(Err(e)) if e.is_out_of_descriptors()) {
                     *slot = Some(ConsumeQueue::load(

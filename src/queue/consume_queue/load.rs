@@ -323,6 +323,10 @@ impl ConsumeQueue {
         };
         let file_size = io.file_size;
         let hook = io.hook.clone();
+        // Every descriptor the load uses is opened here, before it changes anything
+        // (drops, zeroes or removes): a load that ran out of descriptors has at most
+        // removed `.tmp` leftovers and extended short files as holes, so doing it again
+        // finds the same queue (`ConsumeQueues::load` does, one at a time). Keep it so.
         let starts = list_files(&dir, file_size, hook.as_ref())?;
         let files = starts
             .into_iter()
