@@ -98,6 +98,46 @@ fn first_timestamp(file: &Arc<MappedFile>) -> Option<i64> {
 /// reads it all anyway, and no more than this is asked for at once.
 const PREFETCH_MAX: u64 = 1 << 30;
 
+/// Runs `work` while a short-lived thread asks the kernel to read `from..to` of the log
+/// (`files` from the one holding `from`; at most `PREFETCH_MAX`) into the page cache.
+/// The thread stops asking once `work` is done (a request may wait for the disk); without
+/// a thread, `work` runs alone. A hint only: whoever reads the pages later reads them
+/// anyway.
+fn prefetched<T>(
+    files: &[Arc<MappedFile>],
+    from: u64,
+    to: u64,
+    work: impl FnOnce() -> Result<T>,
+) -> Result<T> {
+    let to = to.min(from.saturating_add(PREFETCH_MAX));
+    let ranges: Vec<_> = files
+        .iter()
+        .take_while(|f| f.start_offset() < to)
+        .map(|f| {
+            let begin = from.saturating_sub(f.start_offset()) as usize;
+            let end = (to - f.start_offset()).min(f.size() as u64) as usize;
+            (Arc::clone(f), begin, end)
+        })
+        .collect();
+    if ranges.is_empty() {
+        return work();
+    }
+    let done = AtomicBool::new(false);
+    std::thread::scope(|scope| {
+        let done = &done;
+        let _ = std::thread::Builder::new()
+            .name("rocketstore-log-prefetch".into())
+            .spawn_scoped(scope, move || {
+                for (file, begin, end) in ranges {
+                    file.will_need(begin, end, || done.load(Ordering::Acquire));
+                }
+            });
+        let result = work();
+        done.store(true, Ordering::Release);
+        result
+    })
+}
+
 /// How far before the checkpoint time recovery starts, as RocketMQ does, so records
 /// stamped in the same instant are never skipped.
 const RECOVERY_SLACK_MS: i64 = 3_000;
@@ -185,37 +225,10 @@ pub(super) fn scan_and_truncate(
     let scan_start = files[first].start_offset() + from as u64;
     // After a crash the sink loads every consume queue first (seconds with many queues,
     // all random reads): meanwhile the kernel reads the part of the log the scan will
-    // read for certain (up to the durable offset, at most `PREFETCH_MAX`).
-    let prefetch = plan.repair.then(|| {
-        let end = plan.durable.min(scan_start.saturating_add(PREFETCH_MAX));
-        files[first..]
-            .iter()
-            .take_while(|f| f.start_offset() < end)
-            .map(|f| {
-                let begin = scan_start.saturating_sub(f.start_offset()) as usize;
-                let to = (end - f.start_offset()).min(f.size() as u64) as usize;
-                (Arc::clone(f), begin, to)
-            })
-            .collect::<Vec<_>>()
-    });
-    // Once the queues are loaded the scan starts, and the prefetch stops asking (each
-    // request may wait for the disk): the scan reads the rest itself.
-    let loaded = AtomicBool::new(false);
-    std::thread::scope(|scope| {
-        if let Some(ranges) = prefetch.filter(|r| !r.is_empty()) {
-            // A hint: without a thread the scan reads the pages itself.
-            let loaded = &loaded;
-            let _ = std::thread::Builder::new()
-                .name("rocketstore-log-prefetch".into())
-                .spawn_scoped(scope, move || {
-                    for (file, begin, to) in ranges {
-                        file.will_need(begin, to, || loaded.load(Ordering::Acquire));
-                    }
-                });
-        }
-        let begun = sink.begin(scan_start, files[0].start_offset());
-        loaded.store(true, Ordering::Release);
-        begun
+    // read for certain, up to the durable offset.
+    let prefetch_to = if plan.repair { plan.durable } else { 0 };
+    prefetched(&files[first..], scan_start, prefetch_to, || {
+        sink.begin(scan_start, files[0].start_offset())
     })?;
     let mut last_ts = 0i64;
     let mut end = None;

@@ -135,10 +135,11 @@ impl ConsumeQueues {
         // resident, mixed with what the loads freed.
         let mut slots: Vec<Option<Result<ConsumeQueue>>> = Vec::with_capacity(found.len());
         slots.resize_with(found.len(), || None);
+        let load_one = |dir: PathBuf| ConsumeQueue::load(dir, Arc::clone(&io), how, log_start);
         let load_into = |dirs: Vec<PathBuf>, out: &mut [Option<Result<ConsumeQueue>>]| {
             debug_assert_eq!(dirs.len(), out.len());
             for (dir, slot) in dirs.into_iter().zip(out) {
-                *slot = Some(ConsumeQueue::load(dir, Arc::clone(&io), how, log_start));
+                *slot = Some(load_one(dir));
             }
         };
         let dirs_of = |part: &[(String, u32, PathBuf, u64)]| -> Vec<PathBuf> {
@@ -183,12 +184,7 @@ impl ConsumeQueues {
             // anything (see `ConsumeQueue::load`), so the second finds the same queue.
             for (slot, (_, _, dir, _)) in slots.iter_mut().zip(&found) {
                 if matches!(slot, Some(Err(e)) if e.is_out_of_descriptors()) {
-                    *slot = Some(ConsumeQueue::load(
-                        dir.clone(),
-                        Arc::clone(&io),
-                        how,
-                        log_start,
-                    ));
+                    *slot = Some(load_one(dir.clone()));
                 }
             }
         } else {

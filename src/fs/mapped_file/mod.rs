@@ -959,27 +959,34 @@ mod tests {
     }
 
     #[test]
-    fn will_need_takes_any_range_and_changes_no_byte() {
-        // Recovery asks for ranges derived from the checkpoint: unaligned, empty,
-        // reversed or past the file's end, none of which may fail or write.
+    fn will_need_asks_a_chunk_at_a_time_until_stopped_and_takes_any_range() {
+        // Linux reads at most its readahead size per request, so a range is asked for 4 MiB
+        // at a time, and the caller may stop it between requests. Recovery derives its
+        // ranges from the checkpoint: unaligned, empty, reversed or past the file's end,
+        // none of which may fail, write or ask for anything past the file.
         let dir = tempfile::tempdir().unwrap();
-        let size = 4 << 20;
-        let file = Arc::new(MappedFile::create(dir.path(), 0, size, None).unwrap());
-        let mut w = FileWriter::new(file, 0).unwrap();
-        let (at, end) = write_records_to_the_end(&mut w);
-        let file = Arc::clone(w.file());
-        for (from, to) in [
-            (0, size),
-            (4097, 3 * 4096 + 5),
-            (size - 1, usize::MAX),
-            (100, 100),
-            (9000, 10),
-            (size + 4096, size + 8192),
-        ] {
-            file.will_need(from, to, || false);
-        }
-        file.will_need(0, size, || true);
-        assert_records_then_zeros(&file, &at, end);
+        let size = 10 << 20;
+        let file = MappedFile::create(dir.path(), 0, size, None).unwrap();
+        // How often a walk looks at `stop`: before each request, and once more when told
+        // to stop (`stop_after` requests made).
+        let asks = |from: usize, to: usize, stop_after: usize| {
+            let looked = std::cell::Cell::new(0);
+            file.will_need(from, to, || {
+                looked.set(looked.get() + 1);
+                looked.get() > stop_after
+            });
+            looked.get()
+        };
+        assert_eq!(asks(0, size, usize::MAX), 3, "4 + 4 + 2 MiB");
+        assert_eq!(asks(0, size, 1), 2, "one request, then stopped");
+        assert_eq!(asks(4097, 4 * 4096 + 5, usize::MAX), 1);
+        assert_eq!(asks(size - 1, usize::MAX, usize::MAX), 1);
+        assert_eq!(asks(100, 100, usize::MAX), 0);
+        assert_eq!(asks(9000, 10, usize::MAX), 0);
+        assert_eq!(asks(size + 4096, size + 8192, usize::MAX), 0);
+        let bytes = std::fs::read(file.path()).unwrap();
+        assert_eq!(bytes.len(), size);
+        assert!(is_zero(&bytes), "a hint writes nothing");
     }
 
     #[test]
