@@ -934,6 +934,9 @@ mod tests {
         w.allow_zero_ahead();
         let file = Arc::clone(w.file());
         let done = Arc::new(AtomicBool::new(false));
+        // The writer starts once the zeroer has zeroed a chunk: on a busy machine the
+        // writer could otherwise fill the file before the zeroer ever ran.
+        let (started_tx, started) = crossbeam_channel::bounded(1);
         let zeroer = {
             let (file, done) = (Arc::clone(&file), Arc::clone(&done));
             std::thread::spawn(move || {
@@ -942,6 +945,7 @@ mod tests {
                 while !done.load(Ordering::Acquire) {
                     if file.zero_ahead(&fd, 64 << 10, 256 << 10).unwrap() == ZeroAhead::Zeroed {
                         chunks += 1;
+                        let _ = started_tx.try_send(());
                     } else {
                         std::thread::yield_now();
                     }
@@ -949,6 +953,9 @@ mod tests {
                 chunks
             })
         };
+        started
+            .recv_timeout(std::time::Duration::from_secs(60))
+            .expect("the zeroer zeroes the first chunk ahead of a writer that has not begun");
         let (at, end) = write_records_to_the_end(&mut w);
         // Let the zeroer catch up with the end of the file, then stop it.
         let fd = OpenOptions::new().write(true).open(file.path()).unwrap();
