@@ -61,10 +61,11 @@ fn a_stalled_flush_gives_flush_disk_timeout_then_recovers() {
     assert_eq!(first.body, body("t", 0));
 }
 
-/// Producers that piled up behind a stuck flush are all woken by the flush after it:
-/// more than the group-commit thread wakes itself, so the wake thread wakes the rest.
-/// A producer left asleep would still return `Ok` at its deadline (the flush did cover
-/// it), so the check is that each returns long before that deadline.
+/// Producers that piled up behind a stuck flush are all woken by the flush after it. They
+/// appended while the first flush was under way, so they sleep on the other futex word
+/// than the first producer, and one wake-up must reach all eight. A producer left asleep
+/// would still return `Ok` at its deadline (the flush did cover it), so the check is that
+/// each returns long before that deadline.
 #[test]
 fn a_flush_wakes_every_producer_it_covers() {
     let dir = tempfile::tempdir().unwrap();

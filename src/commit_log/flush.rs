@@ -4,7 +4,7 @@
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::task::{Context, Poll, Waker};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -36,28 +36,28 @@ struct Shared {
     requested: AtomicU64,
     /// The group-commit thread sleeps (or is about to) on `work`: a request must wake it.
     sleeping: AtomicBool,
-    /// Producers blocked in `wait_durable`, each woken after the first flush that covers
-    /// its offset (after the group-commit thread's own flush, by it or the wake thread;
-    /// for a flush by another thread, by it before it sleeps), without taking any lock on
-    /// its way out.
-    parked: Mutex<Vec<Parked>>,
-    /// `State::stopped`, for parked producers.
+    /// Where producers blocked in `wait_durable` sleep (futexes): those the group-commit
+    /// thread's flush number `n` covers on `durable_gen[n % 2]`, the others on the other
+    /// word. After flush `n` it bumps `durable_gen[n % 2]` and wakes its sleepers with one
+    /// system call, leaving asleep the producers that appended during the flush; both
+    /// words are bumped on a failure, at the end, and before it sleeps.
+    durable_gen: [AtomicU32; 2],
+    /// The number of the group-commit thread's current (or last) flush...
+    flush_seq: AtomicU64,
+    /// ...and the commit-log offset it covers at least, stored after `flush_seq`.
+    flush_cover: AtomicU64,
+    /// `State::stopped`, for waiting producers.
     stopped: AtomicBool,
     /// One producer at a time may spin for its flush instead of sleeping...
     spinning: AtomicBool,
     /// ...and only while few wait: with many, the core is worth more to the others.
     waiting: AtomicUsize,
+    /// Producers past their spin, who may sleep on a `durable_gen` word: a flush makes the
+    /// wake-up call only when there are some.
+    sleepers: AtomicUsize,
     /// Requests made in `wait_durable` so far: the group-commit thread gathers until as
     /// many new ones came as its last flush covered.
     requests: AtomicU64,
-    /// Producers a flush covered, for the wake thread to unpark (see `Shared::release`).
-    to_wake: Mutex<Vec<std::thread::Thread>>,
-    /// The wake thread (sync flush only), unparked when `to_wake` has work or it is to
-    /// end...
-    waker: std::sync::OnceLock<std::thread::Thread>,
-    /// ...which `Flusher::shutdown` asks for (producers it has not woken by then are
-    /// woken by `finish`).
-    quit: AtomicBool,
 }
 
 /// Most producers waiting in `wait_durable` for one of them to spin.
@@ -68,20 +68,9 @@ const SPIN_WHEN_WAITING: usize = 2;
 const FLUSHER_SPIN: Duration = Duration::from_micros(50);
 /// Longest a flush waits for the producers the last one released to come back.
 const MAX_GATHER: Duration = Duration::from_micros(200);
-/// Most producers a flush covered that the group-commit thread wakes itself; more are
-/// left to the wake thread. A wake-up costs about 10 µs of the waker's time here (an
-/// interrupt to the other core, which in a VM is an exit to the hypervisor): waking a
-/// dozen producers took a third of each flush cycle, during which nothing was syncing.
-const DIRECT_WAKES: usize = 2;
 /// How long one waiting producer spins for its flush before sleeping, saving the wake-up
 /// (tens of microseconds here) on a flush that takes a few hundred.
 const WAITER_SPIN: Duration = Duration::from_micros(1000);
-
-/// A producer blocked in `wait_durable`.
-struct Parked {
-    target: u64,
-    thread: std::thread::Thread,
-}
 
 #[derive(Default)]
 struct State {
@@ -132,14 +121,14 @@ impl Flusher {
             timer: Condvar::new(),
             requested: AtomicU64::new(0),
             sleeping: AtomicBool::new(false),
-            parked: Mutex::new(Vec::new()),
+            durable_gen: [AtomicU32::new(0), AtomicU32::new(0)],
+            flush_seq: AtomicU64::new(0),
+            flush_cover: AtomicU64::new(0),
             stopped: AtomicBool::new(false),
             spinning: AtomicBool::new(false),
             waiting: AtomicUsize::new(0),
+            sleepers: AtomicUsize::new(0),
             requests: AtomicU64::new(0),
-            to_wake: Mutex::new(Vec::new()),
-            waker: std::sync::OnceLock::new(),
-            quit: AtomicBool::new(false),
         });
         let (name, timeout) = match mode {
             FlushMode::Sync { timeout } => ("rocketstore-group-commit", timeout),
@@ -153,14 +142,6 @@ impl Flusher {
             threads: Mutex::new(Vec::new()),
             timeout,
         };
-        if mode.is_sync() {
-            let s = Arc::clone(&shared);
-            let waker = spawn("rocketstore-ack-wake", "spawn wake thread", move || {
-                wake_loop(&s)
-            })?;
-            let _ = shared.waker.set(waker.thread().clone());
-            flusher.threads.lock().push(waker);
-        }
         let (l, s) = (Arc::clone(&log), Arc::clone(&shared));
         let thread = spawn(name, "spawn flush thread", move || {
             let _exit = ExitGuard {
@@ -203,41 +184,34 @@ impl Flusher {
         self.shared.requests.fetch_add(1, Ordering::Relaxed);
         self.shared.request(target);
         let waiting = self.shared.waiting.fetch_add(1, Ordering::AcqRel) + 1;
-        let spun = waiting <= SPIN_WHEN_WAITING && self.spin_until_durable(target);
-        if spun {
-            self.shared.waiting.fetch_sub(1, Ordering::AcqRel);
+        let _waiting = Counted(&self.shared.waiting);
+        if waiting <= SPIN_WHEN_WAITING && self.spin_until_durable(target) {
             return Ok(PutStatus::Ok);
         }
-        let _waiting = Waiting(&self.shared.waiting);
-        // Listed before the flushed offset is read: a flush that publishes past `target`
-        // after that read finds us listed and unparks us. An entry left behind (a timeout,
-        // a wake-up that raced the check) is dropped by the next flush or failure, at the
-        // price of one spurious unpark.
-        self.shared.parked.lock().push(Parked {
-            target,
-            thread: std::thread::current(),
-        });
+        // SeqCst, as the flush thread's look at `sleepers` after it bumps a word: either it
+        // sees us counted and wakes the futex, or we see its flush below.
+        self.shared.sleepers.fetch_add(1, Ordering::SeqCst);
+        let _sleeping = Counted(&self.shared.sleepers);
         loop {
+            let word = self.shared.word_for(target);
+            // Read before the flushed offset: a flush published after this read has
+            // bumped the word by the time it wakes anyone, so the futex does not sleep on
+            // the old value.
+            let generation = word.load(Ordering::SeqCst);
             if self.log.flushed_offset() >= target {
                 return Ok(PutStatus::Ok);
             }
             if let Some(e) = self.failure() {
                 return Err(e);
             }
-            match deadline {
-                None => std::thread::park(),
-                Some(deadline) => {
-                    let now = Instant::now();
-                    if now >= deadline {
-                        // Not left listed: with a disk stuck for long, every timed-out
-                        // put would otherwise stay in the list until a flush covers it.
-                        let me = std::thread::current().id();
-                        self.shared.parked.lock().retain(|p| p.thread.id() != me);
-                        return Ok(PutStatus::FlushDiskTimeout);
-                    }
-                    std::thread::park_timeout(deadline - now);
-                }
-            }
+            let left = match deadline {
+                None => None,
+                Some(deadline) => match deadline.checked_duration_since(Instant::now()) {
+                    Some(left) if !left.is_zero() => Some(left),
+                    _ => return Ok(PutStatus::FlushDiskTimeout),
+                },
+            };
+            self.shared.sleep(word, generation, left);
         }
     }
 
@@ -311,8 +285,6 @@ impl Flusher {
     pub(crate) fn shutdown(&self) {
         self.shared.state.lock().shutdown = true;
         self.shared.work.notify_all();
-        self.shared.quit.store(true, Ordering::Release);
-        self.shared.unpark_waker();
         let threads: Vec<_> = self.threads.lock().drain(..).collect();
         for t in threads {
             if t.join().is_err() {
@@ -353,75 +325,75 @@ impl Shared {
         }
     }
 
-    /// Unparks the producers waiting for an offset at or below `flushed` (all of them
-    /// with `u64::MAX`: a failure or the end, which they see once awake).
-    fn wake(&self, flushed: u64) {
-        for thread in self.covered(flushed) {
-            thread.unpark();
-        }
+    /// The word of `durable_gen` a producer waiting for `target` sleeps on: that of the
+    /// flush in progress when it certainly covers `target`, else the other, which the next
+    /// flush bumps (or the group-commit thread before it sleeps, when no flush is needed).
+    ///
+    /// The cover is read first: if the flush number read after it is newer, the flush that
+    /// stored the cover has published its flushed offset already, and the caller sees
+    /// `target` durable before it sleeps.
+    fn word_for(&self, target: u64) -> &AtomicU32 {
+        let cover = self.flush_cover.load(Ordering::SeqCst);
+        let seq = self.flush_seq.load(Ordering::SeqCst);
+        let n = if target <= cover { seq } else { seq + 1 };
+        &self.durable_gen[(n % 2) as usize]
     }
 
-    /// [`Shared::wake`] for the group-commit thread after its own flush: it wakes a few
-    /// producers itself and leaves more to the wake thread, so that it can sync the next
-    /// group meanwhile.
-    fn release(&self, flushed: u64) {
-        let mut covered = self.covered(flushed);
-        if covered.len() > DIRECT_WAKES && self.waker.get().is_some() {
-            self.to_wake.lock().extend(covered.drain(DIRECT_WAKES..));
-            self.unpark_waker();
-        }
-        for thread in covered {
-            thread.unpark();
-        }
-    }
-
-    /// Takes the producers waiting for an offset at or below `flushed` off the list.
-    fn covered(&self, flushed: u64) -> Vec<std::thread::Thread> {
-        let mut covered = Vec::new();
-        self.parked.lock().retain(|p| {
-            let is_covered = p.target <= flushed;
-            if is_covered {
-                covered.push(p.thread.clone());
-            }
-            !is_covered
+    /// Sleeps on `word` while it still holds `generation`, for at most `left` (`None`: no
+    /// limit). Returns early on a wake-up, a signal or a spurious wake: the caller looks
+    /// again either way.
+    fn sleep(&self, word: &AtomicU32, generation: u32, left: Option<Duration>) {
+        let timeout = left.map(|d| rustix::thread::futex::Timespec {
+            tv_sec: d.as_secs().min(i64::MAX as u64) as i64,
+            tv_nsec: i64::from(d.subsec_nanos()),
         });
-        covered
+        // EAGAIN (the generation moved), EINTR and ETIMEDOUT all mean "look again".
+        let _ = rustix::thread::futex::wait(
+            word,
+            rustix::thread::futex::Flags::PRIVATE,
+            generation,
+            timeout.as_ref(),
+        );
     }
 
-    /// Unparks the producers handed to the wake thread.
-    fn wake_handed_over(&self) {
-        let batch = std::mem::take(&mut *self.to_wake.lock());
-        for thread in batch {
-            thread.unpark();
-        }
+    /// Announces the group-commit thread's next flush, which covers at least `cover`
+    /// (read from the write offset before the flush reads it again).
+    fn flush_starts(&self, cover: u64) -> u64 {
+        let seq = self.flush_seq.load(Ordering::Relaxed) + 1;
+        self.flush_seq.store(seq, Ordering::SeqCst);
+        self.flush_cover.store(cover, Ordering::SeqCst);
+        seq
     }
 
-    fn unpark_waker(&self) {
-        if let Some(waker) = self.waker.get() {
-            waker.unpark();
+    /// Wakes every producer blocked in `wait_durable` to look again at the flushed offset
+    /// and the store's state, after a flush was published or a failure or the end was
+    /// recorded (either before this call).
+    fn wake(&self) {
+        self.wake_word(0);
+        self.wake_word(1);
+    }
+
+    /// Wakes the producers sleeping on `durable_gen[n % 2]`: after flush `n` is published.
+    fn wake_word(&self, n: u64) {
+        let word = &self.durable_gen[(n % 2) as usize];
+        word.fetch_add(1, Ordering::SeqCst);
+        if self.sleepers.load(Ordering::SeqCst) > 0 {
+            // One system call however many wait: the flush thread's time between two
+            // flushes does not grow with the producers.
+            let _ = rustix::thread::futex::wake(
+                word,
+                rustix::thread::futex::Flags::PRIVATE,
+                // The kernel reads the count as an `int`: `u32::MAX` would wake one.
+                i32::MAX as u32,
+            );
         }
     }
 }
 
-/// The wake thread: unparks the producers the group-commit thread hands it, until the
-/// flusher shuts down or the group-commit thread has stopped.
-fn wake_loop(shared: &Shared) {
-    loop {
-        shared.wake_handed_over();
-        if shared.quit.load(Ordering::Acquire) || shared.stopped.load(Ordering::Acquire) {
-            // Handed over before the end and not yet taken: woken too.
-            shared.wake_handed_over();
-            return;
-        }
-        // A hand-over after the `take` above leaves the token that makes this return.
-        std::thread::park();
-    }
-}
+/// Counts a producer out of `Shared::waiting` or `Shared::sleepers` however its wait ends.
+struct Counted<'a>(&'a AtomicUsize);
 
-/// Counts a producer out of `Shared::waiting` however its wait ends.
-struct Waiting<'a>(&'a AtomicUsize);
-
-impl Drop for Waiting<'_> {
+impl Drop for Counted<'_> {
     fn drop(&mut self) {
         self.0.fetch_sub(1, Ordering::AcqRel);
     }
@@ -448,9 +420,7 @@ impl Drop for ExitGuard<'_> {
         self.shared.stopped.store(true, Ordering::Release);
         self.shared.timer.notify_all();
         drop(st);
-        self.shared.wake(u64::MAX);
-        self.shared.wake_handed_over();
-        self.shared.unpark_waker();
+        self.shared.wake();
     }
 }
 
@@ -473,7 +443,7 @@ fn group_commit_loop(log: &CommitLog, shared: &Shared) {
                     // Poisoned elsewhere (a panicked dispatch thread): fail the futures and
                     // wake the producers blocked in `wait_durable`, who then see it.
                     fail_futures(&mut st, log);
-                    shared.wake(u64::MAX);
+                    shared.wake();
                     shared.work.wait(&mut st);
                     continue;
                 }
@@ -483,7 +453,7 @@ fn group_commit_loop(log: &CommitLog, shared: &Shared) {
                 // Nothing to flush: but another thread's flush (`MessageStore::flush`, a
                 // replicated append) may have covered waiters this thread never flushed
                 // for. They are released before it sleeps.
-                shared.wake(log.flushed_offset());
+                shared.wake();
                 settle_futures(&mut st, log);
                 // Announced, then checked again: a producer that asked before it could
                 // see the announcement is seen here; one that asks after it takes the
@@ -510,12 +480,13 @@ fn group_commit_loop(log: &CommitLog, shared: &Shared) {
         last_group = new_requests();
         requests_at_last = requests_at_last.wrapping_add(last_group);
         let started = Instant::now();
+        let seq = shared.flush_starts(log.write_offset());
         let _ = log.flush();
         last_took = started.elapsed();
         if log.is_poisoned() {
-            shared.wake(u64::MAX);
+            shared.wake();
         } else {
-            shared.release(log.flushed_offset());
+            shared.wake_word(seq);
         }
         {
             let mut st = shared.state.lock();
@@ -597,10 +568,7 @@ fn finish(log: &CommitLog, shared: &Shared) {
     shared.stopped.store(true, Ordering::Release);
     shared.timer.notify_all();
     drop(st);
-    shared.wake(u64::MAX);
-    // The wake thread may have ended already (shutdown asks it to).
-    shared.wake_handed_over();
-    shared.unpark_waker();
+    shared.wake();
 }
 
 /// Completes the futures whose bytes are durable (or fails all of them on poison).
