@@ -67,6 +67,9 @@ const SPIN_WHEN_WAITING: usize = 2;
 /// that was just acknowledged usually asks again within microseconds.
 const FLUSHER_SPIN: Duration = Duration::from_micros(50);
 /// Longest a flush waits for the producers the last one released to come back.
+/// It waits at most as long as the last flush took, until three quarters of the
+/// requests that flush carried are back: at 64 producers the last few come back while
+/// the next flush runs, and waiting for them idled the disk (`docs/BENCHMARKS.md`).
 const MAX_GATHER: Duration = Duration::from_micros(200);
 /// How long one waiting producer spins for its flush before sleeping, saving the wake-up
 /// (tens of microseconds here) on a flush that takes a few hundred.
@@ -216,7 +219,7 @@ impl Flusher {
     }
 
     /// Spins (one producer at a time) for up to [`WAITER_SPIN`] until `target` is durable;
-    /// whether it is. Failures are left to the caller's locked loop.
+    /// whether it is. Failures are left to the caller's loop.
     fn spin_until_durable(&self, target: u64) -> bool {
         let spinning = &self.shared.spinning;
         if spinning
@@ -343,17 +346,28 @@ impl Shared {
     /// limit). Returns early on a wake-up, a signal or a spurious wake: the caller looks
     /// again either way.
     fn sleep(&self, word: &AtomicU32, generation: u32, left: Option<Duration>) {
-        let timeout = left.map(|d| rustix::thread::futex::Timespec {
-            tv_sec: d.as_secs().min(i64::MAX as u64) as i64,
-            tv_nsec: i64::from(d.subsec_nanos()),
-        });
-        // EAGAIN (the generation moved), EINTR and ETIMEDOUT all mean "look again".
-        let _ = rustix::thread::futex::wait(
+        // At most an hour at a time (the caller sleeps again): no timeout the kernel
+        // could refuse, however long the configured one.
+        const LONGEST: Duration = Duration::from_secs(3600);
+        let d = left.map_or(LONGEST, |left| left.min(LONGEST));
+        let timeout = rustix::thread::futex::Timespec {
+            tv_sec: d.as_secs() as i64,
+            tv_nsec: d.subsec_nanos().into(),
+        };
+        match rustix::thread::futex::wait(
             word,
             rustix::thread::futex::Flags::PRIVATE,
             generation,
-            timeout.as_ref(),
-        );
+            Some(&timeout),
+        ) {
+            // Woken, the generation moved (AGAIN), a signal, or the time is up: the
+            // caller looks again either way.
+            Ok(())
+            | Err(
+                rustix::io::Errno::AGAIN | rustix::io::Errno::INTR | rustix::io::Errno::TIMEDOUT,
+            ) => {}
+            Err(e) => debug_assert!(false, "futex wait failed: {e}"),
+        }
     }
 
     /// Announces the group-commit thread's next flush, which covers at least `cover`
@@ -450,11 +464,6 @@ fn group_commit_loop(log: &CommitLog, shared: &Shared) {
                 if shared.requested.load(Ordering::SeqCst) > log.flushed_offset() {
                     break;
                 }
-                // Nothing to flush: but another thread's flush (`MessageStore::flush`, a
-                // replicated append) may have covered waiters this thread never flushed
-                // for. They are released before it sleeps.
-                shared.wake();
-                settle_futures(&mut st, log);
                 // Announced, then checked again: a producer that asked before it could
                 // see the announcement is seen here; one that asks after it takes the
                 // lock (held until this thread waits) and notifies.
@@ -463,18 +472,26 @@ fn group_commit_loop(log: &CommitLog, shared: &Shared) {
                     shared.sleeping.store(false, Ordering::SeqCst);
                     break;
                 }
+                // Nothing to flush: but another thread's flush (`MessageStore::flush`, a
+                // replicated append) may have covered waiters this thread never flushed
+                // for. They are released after the last look at the flushed offset: a
+                // producer sleeping on a word read before this bump wakes, and one that
+                // reads it after sees every flush that look saw. (Released before the
+                // look, a producer covered by a flush in between slept to its timeout.)
+                shared.wake();
+                settle_futures(&mut st, log);
                 shared.work.wait(&mut st);
                 shared.sleeping.store(false, Ordering::SeqCst);
             }
         }
-        let gather_until = Instant::now() + (last_took / 2).min(MAX_GATHER);
+        let gather_until = Instant::now() + last_took.min(MAX_GATHER);
         let new_requests = || {
             shared
                 .requests
                 .load(Ordering::Relaxed)
                 .wrapping_sub(requests_at_last)
         };
-        while new_requests() < last_group && Instant::now() < gather_until {
+        while new_requests() < last_group * 3 / 4 && Instant::now() < gather_until {
             std::thread::yield_now();
         }
         last_group = new_requests();
