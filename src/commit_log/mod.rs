@@ -759,6 +759,11 @@ impl CommitLog {
             self.write_offset
                 .store(state.writer.offset(), self.write_offset_order());
         }
+        // Through the file, the bytes gathered for this file go in before the writer
+        // leaves it (a flush syncs files in order, each up to its visible end).
+        if let Err(e) = state.writer.commit() {
+            return Err(self.write_failed(state, e));
+        }
         let next = state.writer.offset();
         let file = state.allocator.take(next)?;
         let mut writer = FileWriter::new(Arc::new(file), 0).expect("a new file has no other owner");
@@ -780,6 +785,7 @@ impl CommitLog {
         // Checked again under the lock: a flush that failed while we waited for it may
         // have lost dirty pages, and syncing the same range again would "succeed".
         self.check_poisoned()?;
+        self.commit_staged()?;
         let target = self.write_offset();
         let messages = self.appended.load(Ordering::Relaxed);
         let from = self.flushed_offset();
@@ -809,6 +815,17 @@ impl CommitLog {
         self.flushed_offset.fetch_max(flushed, Ordering::SeqCst);
         self.wakeup.wake();
         Ok(self.flushed_offset())
+    }
+
+    /// Writes what the writer gathered through the file (sync flush), so that everything
+    /// below the write offset is in the page cache and visible. Takes the put lock
+    /// briefly; a failed write poisons the log.
+    pub(crate) fn commit_staged(&self) -> Result<()> {
+        let mut state = self.state.lock();
+        if let Err(e) = state.writer.commit() {
+            return Err(self.write_failed(&mut state, e));
+        }
+        Ok(())
     }
 
     /// The record at `offset`, if one starts there below `limit`.
