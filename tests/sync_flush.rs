@@ -246,3 +246,64 @@ fn a_poisoned_store_keeps_the_io_error_as_the_source() {
     assert!(io.to_string().contains("injected ENOSPC"), "{io}");
     assert!(store.shutdown().is_err());
 }
+
+/// The bytes of `put`, read from the commit-log file (the page cache), not the mapping.
+fn in_file(dir: &Path, put: &rocketstore::PutResult) -> Vec<u8> {
+    let log = rocketstore::layout::commit_log_dir(dir);
+    let file = std::fs::read(log.join(rocketstore::layout::file_name(0))).unwrap();
+    let at = put.physical_offset as usize;
+    file[at..at + put.wrote_bytes as usize].to_vec()
+}
+
+/// A put that times out behind a stuck flush is stored: its bytes are in the page cache
+/// (they survive a crash of the process) while the flush is still stuck, for a blocking
+/// put and for a future alike. (The first put's bytes went in with the stuck flush; those
+/// after it are gathered until their puts time out.)
+#[test]
+fn a_timed_out_put_is_in_the_page_cache_while_the_flush_is_stuck() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, hook) = open_stalled(dir.path());
+    let first = store.put_message(&message("T", 0, "t", 0)).unwrap();
+    assert_eq!(first.status, PutStatus::FlushDiskTimeout);
+    hook.wait_stalled();
+    let has = |put: &rocketstore::PutResult, i: u64| {
+        let b = body("t", i);
+        in_file(dir.path(), put).windows(b.len()).any(|w| w == b)
+    };
+    let put = store.put_message(&message("T", 0, "t", 1)).unwrap();
+    let put_in_file = has(&put, 1);
+    let later = pollster::block_on(store.put_message_async(message("T", 0, "t", 2))).unwrap();
+    let later_in_file = has(&later, 2);
+    let still_stuck = store.flushed_physical_offset() < first.end_offset();
+    // Released before asserting: a stuck flush would hang the store's shutdown.
+    hook.release();
+    assert_eq!(put.status, PutStatus::FlushDiskTimeout);
+    assert!(put_in_file, "the timed-out put is not in the file");
+    assert_eq!(later.status, PutStatus::FlushDiskTimeout);
+    assert!(
+        later_in_file,
+        "the timed-out future's put is not in the file"
+    );
+    assert!(still_stuck);
+}
+
+/// A confirm offset at a record the writer has only gathered (the flush is stuck) is
+/// where a record starts: the check sees the gathered bytes.
+#[test]
+fn a_confirm_offset_may_name_a_gathered_record() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, hook) = open_stalled(dir.path());
+    let first = store.put_message(&message("T", 0, "t", 0)).unwrap();
+    assert_eq!(first.status, PutStatus::FlushDiskTimeout);
+    hook.wait_stalled();
+    let gathered = store.put_message_async(message("T", 0, "t", 1));
+    let second_at = first.end_offset();
+    let at_record = store.set_confirm_offset(second_at);
+    let inside = store.set_confirm_offset(second_at + 3);
+    // Released before asserting: a stuck flush would hang the store's shutdown.
+    hook.release();
+    at_record.unwrap();
+    assert!(matches!(inside, Err(Error::Corrupted { .. })));
+    let second = pollster::block_on(gathered).unwrap();
+    assert_eq!(second.physical_offset, second_at);
+}

@@ -166,11 +166,11 @@ impl Flusher {
         if mode.is_sync() {
             // Futures must time out even while a flush is stuck in the kernel, so their
             // deadlines are watched by a thread of their own.
-            let s = Arc::clone(&shared);
+            let (l, s) = (Arc::clone(&log), Arc::clone(&shared));
             let timer = spawn(
                 "rocketstore-ack-timeout",
                 "spawn timeout thread",
-                move || timeout_loop(&s),
+                move || timeout_loop(&l, &s),
             )?;
             flusher.threads.lock().push(timer);
         }
@@ -211,11 +211,21 @@ impl Flusher {
                 None => None,
                 Some(deadline) => match deadline.checked_duration_since(Instant::now()) {
                     Some(left) if !left.is_zero() => Some(left),
-                    _ => return Ok(PutStatus::FlushDiskTimeout),
+                    _ => return Ok(self.timed_out()),
                 },
             };
             self.shared.sleep(word, generation, left);
         }
+    }
+
+    /// A put not confirmed in time is still stored: its bytes are written into the page
+    /// cache now rather than left gathered until the stuck flush ends, so that they survive
+    /// a crash of the process (not of the machine), as `FlushDiskTimeout` promises.
+    fn timed_out(&self) -> PutStatus {
+        if let Err(e) = self.log.commit_staged() {
+            log::warn!("writing a timed-out put into the page cache: {e}");
+        }
+        PutStatus::FlushDiskTimeout
     }
 
     /// Spins (one producer at a time) for up to [`WAITER_SPIN`] until `target` is durable;
@@ -559,9 +569,25 @@ fn interval_loop(
 
 /// Completes futures whose deadline passed with `FlushDiskTimeout`, until the flush
 /// thread has stopped. Deadlines are pushed in order, so the first is the nearest.
-fn timeout_loop(shared: &Shared) {
+fn timeout_loop(log: &CommitLog, shared: &Shared) {
     let mut st = shared.state.lock();
     while !st.stopped {
+        let now = Instant::now();
+        if st
+            .futures
+            .first()
+            .and_then(|p| p.deadline)
+            .is_some_and(|d| d <= now)
+        {
+            // As for a blocking put (`Flusher::timed_out`): the timed-out puts' bytes go
+            // into the page cache before they are reported stored. Not under the lock the
+            // group-commit thread settles futures with.
+            parking_lot::MutexGuard::unlocked(&mut st, || {
+                if let Err(e) = log.commit_staged() {
+                    log::warn!("writing timed-out puts into the page cache: {e}");
+                }
+            });
+        }
         expire_futures(&mut st);
         match st.futures.first().and_then(|p| p.deadline) {
             Some(deadline) => {

@@ -181,6 +181,9 @@ pub(crate) struct CommitLog {
     busy_limit: Duration,
     slow_put_threshold: Duration,
     write_offset: AtomicU64,
+    /// Under sync flush, the end of what the writer has made visible (see
+    /// [`CommitLog::commit_staged`]); the write offset is further while bytes are gathered.
+    committed_offset: AtomicU64,
     flushed_offset: AtomicU64,
     /// Messages and record bytes appended since the open, counted with the write offset.
     appended: AtomicU64,
@@ -341,6 +344,7 @@ impl CommitLog {
             busy_limit: config.busy_limit,
             slow_put_threshold: config.slow_put_threshold,
             write_offset: AtomicU64::new(write_offset),
+            committed_offset: AtomicU64::new(write_offset),
             flushed_offset: AtomicU64::new(write_offset),
             flush_lock: Mutex::new(()),
             poisoned: AtomicBool::new(false),
@@ -739,11 +743,15 @@ impl CommitLog {
     }
 
     /// A write into the page cache failed (through the file, under sync flush): nothing of
-    /// the append is published, and the log refuses further writes, as after a failed
-    /// flush, since the kernel's view of the file can no longer be trusted.
+    /// the append is published, nor what was gathered since the last commit (none of it
+    /// was acknowledged: only a flush that wrote and synced it does that), and the log
+    /// refuses further writes, as after a failed flush, since the kernel's view of the
+    /// file can no longer be trusted. The write offset goes back to the visible end.
     fn write_failed(&self, state: &mut AppendState, e: Error) -> Error {
         state.writer.rewind();
         self.poison_with(e.to_io("write failed"));
+        self.write_offset
+            .store(state.writer.offset(), Ordering::SeqCst);
         e
     }
 
@@ -765,6 +773,9 @@ impl CommitLog {
             return Err(self.write_failed(state, e));
         }
         let next = state.writer.offset();
+        // All of it is visible: a flush while the next file is awaited need not wait for
+        // the put lock.
+        self.committed_offset.store(next, Ordering::Release);
         let file = state.allocator.take(next)?;
         let mut writer = FileWriter::new(Arc::new(file), 0).expect("a new file has no other owner");
         if self.sync_flush {
@@ -785,9 +796,7 @@ impl CommitLog {
         // Checked again under the lock: a flush that failed while we waited for it may
         // have lost dirty pages, and syncing the same range again would "succeed".
         self.check_poisoned()?;
-        self.commit_staged()?;
-        let target = self.write_offset();
-        let messages = self.appended.load(Ordering::Relaxed);
+        let (target, messages) = self.commit_staged()?;
         let from = self.flushed_offset();
         if target <= from {
             return Ok(from);
@@ -818,14 +827,32 @@ impl CommitLog {
     }
 
     /// Writes what the writer gathered through the file (sync flush), so that everything
-    /// below the write offset is in the page cache and visible. Takes the put lock
-    /// briefly; a failed write poisons the log.
-    pub(crate) fn commit_staged(&self) -> Result<()> {
+    /// below the returned offset is in the page cache and visible, and returns it with
+    /// the count of messages appended below it. Takes the put lock, briefly, only when
+    /// something was gathered since the last commit; a failed write poisons the log.
+    pub(crate) fn commit_staged(&self) -> Result<(u64, u64)> {
+        // The message count is for the flush stats only.
+        let unlocked = || (self.write_offset(), self.appended.load(Ordering::Relaxed));
+        if !self.sync_flush {
+            return Ok(unlocked());
+        }
+        if self.write_offset() == self.committed_offset.load(Ordering::Acquire) {
+            return Ok(unlocked());
+        }
+        self.check_poisoned()?;
         let mut state = self.state.lock();
-        if let Err(e) = state.writer.commit() {
+        let now = Instant::now();
+        // Counted as a hold of the put lock (`PageCacheBusy`): a large write can be slow.
+        let taken_at = now.duration_since(self.epoch).as_nanos() as u64 + 1;
+        self.lock_taken_at.store(taken_at, Ordering::Release);
+        let committed = state.writer.commit();
+        self.lock_taken_at.store(0, Ordering::Release);
+        if let Err(e) = committed {
             return Err(self.write_failed(&mut state, e));
         }
-        Ok(())
+        let end = state.writer.offset();
+        self.committed_offset.store(end, Ordering::Release);
+        Ok((end, self.appended.load(Ordering::Relaxed)))
     }
 
     /// The record at `offset`, if one starts there below `limit`.

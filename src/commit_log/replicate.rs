@@ -222,9 +222,9 @@ impl CommitLog {
     /// Sets the confirm offset (it may move back, after a truncation), wakes the readers
     /// it limits and the puts waiting for it.
     pub(crate) fn set_confirm_offset(&self, offset: u64) -> Result<()> {
-        // Whatever the writer gathered must be visible for the check below.
-        self.commit_staged()?;
-        let end = self.write_offset();
+        // Whatever the writer gathered must be visible for the check below, which looks
+        // only up to what that commit made visible (puts may gather more meanwhile).
+        let (end, _) = self.commit_staged()?;
         if offset < end && offset > self.min_offset() {
             // Readers stop there: it must be where a record (or a file's blank) starts.
             let bytes = self.bytes_at(offset, end).unwrap_or_default();

@@ -699,7 +699,8 @@ impl FileWriter {
     }
 
     /// Writes `bytes` at the write position (not yet visible: see [`FileWriter::publish`]).
-    /// Fails only when writing through the file fails; the position is then unchanged.
+    /// Fails only when writing through the file fails; the position is then unchanged,
+    /// and the bytes gathered before are lost (the caller rewinds and the log is poisoned).
     pub(crate) fn write(&mut self, bytes: &[u8]) -> Result<()> {
         assert!(
             bytes.len() <= self.remaining(),
@@ -718,7 +719,9 @@ impl FileWriter {
             /// however many puts come between two flushes.
             const MOST_STAGED: usize = 4 << 20;
             if self.staged.len() + bytes.len() > MOST_STAGED {
-                self.commit()?;
+                // Into the page cache, not yet visible: what is visible (and so what a
+                // flush syncs) ends only where a put ended, at the next commit.
+                self.write_staged()?;
             }
             if self.staged.is_empty() {
                 self.staged_at = self.pos;
@@ -822,6 +825,13 @@ impl FileWriter {
     /// visible to readers (and to [`MappedFile::flush`]). On failure nothing gathered is
     /// kept: the caller rewinds, and the log refuses writes from then on.
     pub(crate) fn commit(&mut self) -> Result<()> {
+        self.write_staged()?;
+        self.file.write_pos.store(self.pos, Ordering::Release);
+        Ok(())
+    }
+
+    /// Writes the gathered bytes through the file without making them visible.
+    fn write_staged(&mut self) -> Result<()> {
         if let Some(file) = &self.through
             && !self.staged.is_empty()
         {
@@ -829,7 +839,6 @@ impl FileWriter {
             self.staged.clear();
             written.map_err(|e| Error::io("write", &self.file.path, e))?;
         }
-        self.file.write_pos.store(self.pos, Ordering::Release);
         Ok(())
     }
 }
