@@ -18,7 +18,7 @@ use crossbeam_channel::{Receiver, Sender};
 use crate::error::{Error, Result};
 use crate::fs::io_hook::IoHook;
 use crate::fs::mapped_file::Warmup;
-use crate::fs::mapped_file::{FileWriter, MappedFile, ZeroAhead, Zeroer, populate_write_supported};
+use crate::fs::mapped_file::{FileWriter, MappedFile, ZeroAhead, populate_write_supported};
 use crate::fs::ops;
 use crate::stats::Counters;
 
@@ -93,8 +93,8 @@ fn works_ahead(warmup: Warmup) -> bool {
 
 /// The file being written, and the work the ahead thread does just ahead of its writer.
 enum Ahead {
-    /// Zero-ahead, through the thread's own descriptors (see `MappedFile::zero_ahead`).
-    Zero(Arc<MappedFile>, Zeroer),
+    /// Zero-ahead, through the thread's own descriptor (see `MappedFile::zero_ahead`).
+    Zero(Arc<MappedFile>, std::fs::File),
     Touch(Arc<MappedFile>),
 }
 
@@ -103,13 +103,15 @@ impl Ahead {
         match warmup {
             Warmup::None => None,
             Warmup::Touch => Some(Ahead::Touch(file)),
-            Warmup::ZeroAndFlush => match Zeroer::open(file.path()) {
-                Ok(zeroer) => Some(Ahead::Zero(file, zeroer)),
-                Err(e) => {
-                    log::warn!("no zero-ahead for {}: {e}", file.path().display());
-                    None
+            Warmup::ZeroAndFlush => {
+                match std::fs::OpenOptions::new().write(true).open(file.path()) {
+                    Ok(fd) => Some(Ahead::Zero(file, fd)),
+                    Err(e) => {
+                        log::warn!("no zero-ahead for {}: {e}", file.path().display());
+                        None
+                    }
                 }
-            },
+            }
         }
     }
 

@@ -263,14 +263,10 @@ impl MappedFile {
     /// sync, and waits on the zeroing only if it catches up with the chunk being zeroed
     /// (chunks near the writer are small); a zeroer that finds the writer already in its
     /// chunk skips past it.
-    pub(crate) fn zero_ahead(
-        &self,
-        zeroer: &Zeroer,
-        chunk: usize,
-        ahead: usize,
-    ) -> Result<ZeroAhead> {
+    pub(crate) fn zero_ahead(&self, file: &File, chunk: usize, ahead: usize) -> Result<ZeroAhead> {
         /// Chunk size within this distance of the writer, to keep its possible wait short.
-        const NEAR: usize = ZERO_PIECE;
+        const NEAR: usize = 256 << 10;
+        static ZEROS: [u8; 256 << 10] = [0; 256 << 10];
         if !self.zero_ahead_allowed.load(Ordering::Acquire) {
             return Ok(ZeroAhead::Done);
         }
@@ -300,12 +296,19 @@ impl MappedFile {
         // checks the claim (both SeqCst); we published the claim and then saw its
         // reservation end at or below `from`, so it waits for the claim to clear before
         // writing past `from`. Readers never look past the write position.
-        let written = zeroer.write(from, len);
+        let mut written = Ok(());
+        for at in (from..from + len).step_by(ZEROS.len()) {
+            let n = ZEROS.len().min(from + len - at);
+            written = file.write_all_at(&ZEROS[..n], at as u64);
+            if written.is_err() {
+                break;
+            }
+        }
         self.zero_claim.store(usize::MAX, Ordering::SeqCst);
         // Like the warm-up of a new file, this sync is not a fault seam of `IoHook`: tests
         // stall and fail the syncs that make records durable. A real failure here fails
         // the file's next flush (below), and with it the store.
-        if let Err(e) = written.and_then(|how| zeroer.sync(how)) {
+        if let Err(e) = written.and_then(|()| file.sync_data()) {
             *self.zero_sync_failed.lock() = Some((e.kind(), e.to_string()));
             return Err(Error::io("zero-ahead", &self.path, e));
         }
@@ -599,95 +602,6 @@ impl AsRef<[u8]> for MappedSlice {
     }
 }
 
-/// Zeros go to the disk in writes of this size.
-const ZERO_PIECE: usize = 256 << 10;
-
-/// The zero-ahead thread's own descriptors of one file ([`MappedFile::zero_ahead`]).
-///
-/// Zeros are written with `O_DIRECT` where the file system allows it: straight from a
-/// page of zeros to the disk, with no page cache in between. Written through the page
-/// cache, each chunk cost a copy, a page per 4 KiB to allocate, dirty and write back, and
-/// the inode lock the sync writer's own `pwrite` needs: the zeroing thread took a fifth of
-/// the machine at 300,000 sync puts a second. The writer then writes into blocks that
-/// are on the disk but not in the page cache, which costs nothing as long as it writes
-/// whole pages (a partial page would be read first): a commit of gathered bytes is
-/// padded with zeros to the end of its last page ([`FileWriter::commit`]).
-pub(crate) struct Zeroer {
-    /// Always there: for pieces `O_DIRECT` refuses, and where it is not supported.
-    buffered: File,
-    /// The `O_DIRECT` descriptor and a piece's worth of zeros, page-aligned.
-    direct: Option<(File, memmap2::MmapMut)>,
-}
-
-/// Which descriptors a zeroing wrote through, for [`Zeroer::sync`].
-#[derive(Clone, Copy, Default)]
-pub(crate) struct ZeroedThrough {
-    direct: bool,
-    buffered: bool,
-}
-
-impl Zeroer {
-    /// Opens the descriptors for the file at `path`.
-    pub(crate) fn open(path: &Path) -> io::Result<Zeroer> {
-        use std::os::unix::fs::OpenOptionsExt;
-        let buffered = OpenOptions::new().write(true).open(path)?;
-        let direct = OpenOptions::new()
-            .write(true)
-            .custom_flags(rustix::fs::OFlags::DIRECT.bits() as i32)
-            .open(path)
-            .and_then(|fd| Ok((fd, memmap2::MmapMut::map_anon(ZERO_PIECE)?)));
-        if let Err(e) = &direct {
-            log::debug!("zeroing {} through the page cache: {e}", path.display());
-        }
-        Ok(Zeroer {
-            buffered,
-            direct: direct.ok(),
-        })
-    }
-
-    /// Writes zeros over `from..from + len`.
-    fn write(&self, from: usize, len: usize) -> io::Result<ZeroedThrough> {
-        static ZEROS: [u8; ZERO_PIECE] = [0; ZERO_PIECE];
-        let mut how = ZeroedThrough::default();
-        for at in (from..from + len).step_by(ZERO_PIECE) {
-            let n = ZERO_PIECE.min(from + len - at);
-            if let Some((fd, zeros)) = &self.direct
-                && at.is_multiple_of(PAGE_SIZE)
-                && n.is_multiple_of(PAGE_SIZE)
-            {
-                match fd.write_all_at(&zeros[..n], at as u64) {
-                    Ok(()) => {
-                        how.direct = true;
-                        continue;
-                    }
-                    // Alignment the device wants beyond a page: through the cache.
-                    Err(e) if e.raw_os_error() == Some(rustix::io::Errno::INVAL.raw_os_error()) => {
-                    }
-                    Err(e) => return Err(e),
-                }
-            }
-            self.buffered.write_all_at(&ZEROS[..n], at as u64)?;
-            how.buffered = true;
-        }
-        Ok(how)
-    }
-
-    /// Makes the zeros written through `how` durable, the extents' new state with them.
-    /// Each descriptor used is synced: Linux reports a write-back error to each open file
-    /// once.
-    fn sync(&self, how: ZeroedThrough) -> io::Result<()> {
-        if how.direct
-            && let Some((fd, _)) = &self.direct
-        {
-            fd.sync_data()?;
-        }
-        if how.buffered {
-            self.buffered.sync_data()?;
-        }
-        Ok(())
-    }
-}
-
 /// The single writer of one file. Owning it is the right to write past the write position.
 pub(crate) struct FileWriter {
     file: Arc<MappedFile>,
@@ -916,19 +830,11 @@ impl FileWriter {
         Ok(())
     }
 
-    /// Writes the gathered bytes through the file without making them visible, padded
-    /// with zeros to the end of their last page (see [`Zeroer`]): past the write position
-    /// the file holds zeros anyway, only this writer writes there, and the next commit
-    /// writes over them. A partial page whose blocks are on the disk but not in the page
-    /// cache would be read before the write.
+    /// Writes the gathered bytes through the file without making them visible.
     fn write_staged(&mut self) -> Result<()> {
         if let Some(file) = &self.through
             && !self.staged.is_empty()
         {
-            let len = self.staged.len();
-            let end = self.staged_at + len;
-            let padded = end.next_multiple_of(PAGE_SIZE).min(self.file.size);
-            self.staged.resize(len + (padded - end), 0);
             let written = file.write_all_at(&self.staged, self.staged_at as u64);
             self.staged.clear();
             written.map_err(|e| Error::io("write", &self.file.path, e))?;
@@ -1081,7 +987,7 @@ mod tests {
         let zeroer = {
             let (file, done) = (Arc::clone(&file), Arc::clone(&done));
             std::thread::spawn(move || {
-                let fd = Zeroer::open(file.path()).unwrap();
+                let fd = OpenOptions::new().write(true).open(file.path()).unwrap();
                 let mut chunks = 0;
                 while !done.load(Ordering::Acquire) {
                     if file.zero_ahead(&fd, 64 << 10, 256 << 10).unwrap() == ZeroAhead::Zeroed {
@@ -1099,7 +1005,7 @@ mod tests {
             .expect("the zeroer zeroes the first chunk ahead of a writer that has not begun");
         let (at, end) = write_records_to_the_end(&mut w);
         // Let the zeroer catch up with the end of the file, then stop it.
-        let fd = Zeroer::open(file.path()).unwrap();
+        let fd = OpenOptions::new().write(true).open(file.path()).unwrap();
         while file.zero_ahead(&fd, 64 << 10, usize::MAX).unwrap() != ZeroAhead::Done {}
         done.store(true, Ordering::Release);
         assert!(zeroer.join().unwrap() > 0, "the zeroer never ran");
