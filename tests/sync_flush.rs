@@ -307,3 +307,48 @@ fn a_confirm_offset_may_name_a_gathered_record() {
     let second = pollster::block_on(gathered).unwrap();
     assert_eq!(second.physical_offset, second_at);
 }
+
+/// Producers are woken whoever's flush covers them: the group-commit thread's own, or a
+/// `MessageStore::flush` from another thread racing it (whose flush the group-commit
+/// thread finds already done and must still release them for). A producer left asleep
+/// returns `FlushDiskTimeout` at its deadline, 30 s away, though its put was durable
+/// long before. (Without the release before the group-commit thread sleeps, one run in
+/// three here left a producer asleep.)
+#[test]
+fn producers_are_woken_by_flushes_from_other_threads_too() {
+    let dir = tempfile::tempdir().unwrap();
+    let mode = FlushMode::Sync {
+        timeout: Duration::from_secs(30),
+    };
+    let store = Arc::new(MessageStore::open(config(dir.path(), mode)).unwrap());
+    let stop = Arc::new(AtomicBool::new(false));
+    let flusher = {
+        let (store, stop) = (Arc::clone(&store), Arc::clone(&stop));
+        std::thread::spawn(move || {
+            let mut flushes = 0u64;
+            while !stop.load(Ordering::Acquire) {
+                store.flush().unwrap();
+                flushes += 1;
+            }
+            flushes
+        })
+    };
+    let producers: Vec<_> = (0..8)
+        .map(|p| {
+            let store = Arc::clone(&store);
+            std::thread::spawn(move || {
+                for i in 0..250 {
+                    let put = store.put_message(&message("F", p, "f", i)).unwrap();
+                    assert_eq!(put.status, PutStatus::Ok);
+                    assert!(put.end_offset() <= store.flushed_physical_offset());
+                }
+            })
+        })
+        .collect();
+    for p in producers {
+        p.join().unwrap();
+    }
+    stop.store(true, Ordering::Release);
+    assert!(flusher.join().unwrap() > 0);
+    assert_eq!(store.flushed_physical_offset(), store.max_physical_offset());
+}
