@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender};
 
@@ -91,10 +91,54 @@ fn works_ahead(warmup: Warmup) -> bool {
     }
 }
 
+/// Zero-ahead stands down while the writer goes faster than this (bytes a second)...
+///
+/// It makes a sync put's fdatasync an overwrite, which saves the extent conversion's
+/// journal commit, about 70 µs a flush here: much for the small groups of a few
+/// producers, little for the hundreds of kilobytes a flush carries at this rate. And it
+/// writes every byte twice (zeros, then records): with 1,024 sync puts in flight the
+/// syncs were what bounded the store, and without zero-ahead it went from 551k and 544k
+/// to 592k and 573k msgs/s. 64 sync producers write about 170 MB/s, 1,024 in flight
+/// 550 MB/s (`docs/BENCHMARKS.md`).
+const ZERO_AHEAD_MAX_RATE: f64 = 300e6;
+/// ...measured over at least this long.
+const RATE_WINDOW: Duration = Duration::from_millis(50);
+
+/// How fast the writer of the file being zeroed goes, over windows of `RATE_WINDOW`.
+struct WriterPace {
+    since: Instant,
+    from: usize,
+    fast: bool,
+}
+
+impl WriterPace {
+    fn new(now: Instant, at: usize) -> WriterPace {
+        WriterPace {
+            since: now,
+            from: at,
+            fast: false,
+        }
+    }
+
+    /// Whether the writer, at `at` now, went faster than `ZERO_AHEAD_MAX_RATE` over the
+    /// last whole window (the last verdict stands until a window is whole).
+    fn fast(&mut self, now: Instant, at: usize) -> bool {
+        let took = now.saturating_duration_since(self.since);
+        if took >= RATE_WINDOW {
+            let rate = at.saturating_sub(self.from) as f64 / took.as_secs_f64();
+            self.fast = rate > ZERO_AHEAD_MAX_RATE;
+            self.since = now;
+            self.from = at;
+        }
+        self.fast
+    }
+}
+
 /// The file being written, and the work the ahead thread does just ahead of its writer.
 enum Ahead {
-    /// Zero-ahead, through the thread's own descriptor (see `MappedFile::zero_ahead`).
-    Zero(Arc<MappedFile>, std::fs::File),
+    /// Zero-ahead, through the thread's own descriptor (see `MappedFile::zero_ahead`),
+    /// unless the writer goes too fast for it to pay.
+    Zero(Arc<MappedFile>, std::fs::File, WriterPace),
     Touch(Arc<MappedFile>),
 }
 
@@ -105,7 +149,10 @@ impl Ahead {
             Warmup::Touch => Some(Ahead::Touch(file)),
             Warmup::ZeroAndFlush => {
                 match std::fs::OpenOptions::new().write(true).open(file.path()) {
-                    Ok(fd) => Some(Ahead::Zero(file, fd)),
+                    Ok(fd) => {
+                        let pace = WriterPace::new(Instant::now(), file.write_pos());
+                        Some(Ahead::Zero(file, fd, pace))
+                    }
                     Err(e) => {
                         log::warn!("no zero-ahead for {}: {e}", file.path().display());
                         None
@@ -115,9 +162,14 @@ impl Ahead {
         }
     }
 
-    fn step(&self) -> Result<ZeroAhead> {
+    fn step(&mut self) -> Result<ZeroAhead> {
         match self {
-            Ahead::Zero(file, fd) => file.zero_ahead(fd, ZERO_CHUNK, ZERO_AHEAD),
+            // Standing down leaves the blocks unwritten, as without a warm-up: the
+            // writer's syncs commit their conversion. The zeroing resumes at the writer.
+            Ahead::Zero(file, fd, pace) => match pace.fast(Instant::now(), file.write_pos()) {
+                true => Ok(ZeroAhead::Idle),
+                false => file.zero_ahead(fd, ZERO_CHUNK, ZERO_AHEAD),
+            },
             Ahead::Touch(file) => file.touch_ahead(TOUCH_CHUNK, TOUCH_AHEAD),
         }
     }
@@ -155,7 +207,7 @@ fn ahead_loop(files: &Receiver<Arc<MappedFile>>, warmup: Warmup, stop: &AtomicBo
         if stop.load(Ordering::Relaxed) {
             return;
         }
-        let Some(ahead) = &active else { continue };
+        let Some(ahead) = &mut active else { continue };
         match ahead.step() {
             Ok(ZeroAhead::Zeroed) => idle = 0,
             Ok(ZeroAhead::Idle) => idle = idle.saturating_add(1),
@@ -471,7 +523,27 @@ impl Drop for Allocator {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::time::Instant;
+
+    /// The zero-ahead stands down for a fast writer and resumes for a slow one, judged
+    /// over whole windows only.
+    #[test]
+    fn zero_ahead_stands_down_while_the_writer_goes_fast() {
+        let t0 = Instant::now();
+        let at = |ms: u64| t0 + Duration::from_millis(ms);
+        let mut pace = WriterPace::new(t0, 0);
+        // 20 MB in the first 10 ms: not a whole window yet.
+        assert!(!pace.fast(at(10), 20_000_000));
+        // 40 MB in 50 ms is 800 MB/s.
+        assert!(pace.fast(at(50), 40_000_000));
+        // Still the last verdict before the next window is whole, however slow since.
+        assert!(pace.fast(at(60), 40_000_000));
+        // 1 MB in the next 50 ms is 20 MB/s: zeroing again.
+        assert!(!pace.fast(at(100), 41_000_000));
+        // Exactly at the limit is not faster than it.
+        let limit = (ZERO_AHEAD_MAX_RATE * 0.05) as usize;
+        assert!(!pace.fast(at(150), 41_000_000 + limit));
+        assert!(pace.fast(at(200), 41_000_000 + 2 * limit + 1));
+    }
 
     /// Waits (at most 30 s) until the file is zeroed or touched up to `to`.
     fn wait_ahead(file: &MappedFile, to: usize) {
