@@ -64,9 +64,9 @@ const ZERO_CHUNK: usize = 4 << 20;
 const TOUCH_AHEAD: usize = 32 << 20;
 const TOUCH_CHUNK: usize = 2 << 20;
 /// When nothing is to be zeroed or touched, the thread looks again after this long,
-/// doubling while the writer stays put, up to `AHEAD_POLL_MAX`: an idle store costs 25
-/// wake-ups a second, and a writer bursting at 1 GB/s after an idle spell outruns the
-/// 32 MiB lead for at most about 10 ms.
+/// doubling while the writer stays put (or zero-ahead stands down for it), up to
+/// `AHEAD_POLL_MAX`: an idle store costs 25 wake-ups a second, and a writer bursting at
+/// 1 GB/s after an idle spell outruns the 32 MiB lead for at most about 10 ms.
 const AHEAD_POLL: Duration = Duration::from_millis(5);
 const AHEAD_POLL_MAX: Duration = Duration::from_millis(40);
 
@@ -93,6 +93,10 @@ fn works_ahead(warmup: Warmup) -> bool {
 
 /// Zero-ahead stands down while the writer goes faster than this (bytes a second)...
 ///
+/// The rate is measured with the zeros slowing the writer, and there is no hysteresis:
+/// on a disk where records and zeros together hold the writer below the limit, it never
+/// stands down (here it does: about 490 MB/s with zeros at 1,024 sync puts in flight).
+///
 /// It makes a sync put's fdatasync an overwrite, which saves the extent conversion's
 /// journal commit, about 70 µs a flush here: much for the small groups of a few
 /// producers, little for the hundreds of kilobytes a flush carries at this rate. And it
@@ -101,7 +105,8 @@ fn works_ahead(warmup: Warmup) -> bool {
 /// to 592k and 573k msgs/s. 64 sync producers write about 170 MB/s, 1,024 in flight
 /// 550 MB/s (`docs/BENCHMARKS.md`).
 const ZERO_AHEAD_MAX_RATE: f64 = 300e6;
-/// ...measured over at least this long.
+/// ...measured over at least this long (50–90 ms: the ahead thread looks every 5–40 ms
+/// when it has nothing to do).
 const RATE_WINDOW: Duration = Duration::from_millis(50);
 
 /// How fast the writer of the file being zeroed goes, over windows of `RATE_WINDOW`.
@@ -112,11 +117,13 @@ struct WriterPace {
 }
 
 impl WriterPace {
-    fn new(now: Instant, at: usize) -> WriterPace {
+    /// Starts measuring at `at`, with `fast` as the verdict until a window is whole (the
+    /// last file's verdict for a new file: a fast writer stays fast across a roll).
+    fn new(now: Instant, at: usize, fast: bool) -> WriterPace {
         WriterPace {
             since: now,
             from: at,
-            fast: false,
+            fast,
         }
     }
 
@@ -143,14 +150,14 @@ enum Ahead {
 }
 
 impl Ahead {
-    fn start(file: Arc<MappedFile>, warmup: Warmup) -> Option<Ahead> {
+    fn start(file: Arc<MappedFile>, warmup: Warmup, fast: bool) -> Option<Ahead> {
         match warmup {
             Warmup::None => None,
             Warmup::Touch => Some(Ahead::Touch(file)),
             Warmup::ZeroAndFlush => {
                 match std::fs::OpenOptions::new().write(true).open(file.path()) {
                     Ok(fd) => {
-                        let pace = WriterPace::new(Instant::now(), file.write_pos());
+                        let pace = WriterPace::new(Instant::now(), file.write_pos(), fast);
                         Some(Ahead::Zero(file, fd, pace))
                     }
                     Err(e) => {
@@ -201,7 +208,8 @@ fn ahead_loop(files: &Receiver<Arc<MappedFile>>, warmup: Warmup, stop: &AtomicBo
             }
         };
         if let Some(file) = next {
-            active = Ahead::start(file, warmup);
+            let fast = matches!(&active, Some(Ahead::Zero(_, _, pace)) if pace.fast);
+            active = Ahead::start(file, warmup, fast);
             idle = 0;
         }
         if stop.load(Ordering::Relaxed) {
@@ -530,7 +538,7 @@ mod tests {
     fn zero_ahead_stands_down_while_the_writer_goes_fast() {
         let t0 = Instant::now();
         let at = |ms: u64| t0 + Duration::from_millis(ms);
-        let mut pace = WriterPace::new(t0, 0);
+        let mut pace = WriterPace::new(t0, 0, false);
         // 20 MB in the first 10 ms: not a whole window yet.
         assert!(!pace.fast(at(10), 20_000_000));
         // 40 MB in 50 ms is 800 MB/s.
@@ -543,6 +551,9 @@ mod tests {
         let limit = (ZERO_AHEAD_MAX_RATE * 0.05) as usize;
         assert!(!pace.fast(at(150), 41_000_000 + limit));
         assert!(pace.fast(at(200), 41_000_000 + 2 * limit + 1));
+        // A new file starts with the last file's verdict.
+        let mut next = WriterPace::new(at(200), 0, true);
+        assert!(next.fast(at(210), 0));
     }
 
     /// Waits (at most 30 s) until the file is zeroed or touched up to `to`.

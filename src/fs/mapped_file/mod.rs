@@ -44,6 +44,9 @@ pub enum Warmup {
     /// every block a record lands in was written once before: a sync put's fdatasync then
     /// overwrites data instead of converting an unwritten extent, which costs a journal
     /// commit. Zeroing keeps pace with the writer instead of zeroing whole files ahead.
+    /// It stands down while the writer goes faster than 300 MB/s: flushes are then large
+    /// enough that the conversion costs little per byte, and the zeros would double the
+    /// bytes the disk writes.
     ZeroAndFlush,
 }
 
@@ -254,7 +257,8 @@ impl MappedFile {
     /// costs several times a plain overwrite. Zeroing just ahead of the writer turns them
     /// into written blocks before any record lands there, at the pace the writer goes, so
     /// a sync put's fdatasync is an overwrite and the disk is never busy zeroing a whole
-    /// file the writer will not reach for minutes.
+    /// file the writer will not reach for minutes. (The ahead thread does not call this
+    /// while the writer goes fast: see `ZERO_AHEAD_MAX_RATE` in `fs/allocate.rs`.)
     ///
     /// The zeros go in with `pwrite` and are synced with `fdatasync`, both on the zeroing
     /// thread's own descriptor: Linux reports a write-back error once per open file, so a
@@ -578,7 +582,8 @@ fn data_ranges(path: &Path, from: usize, to: usize) -> Result<Vec<(usize, usize)
 pub(crate) enum ZeroAhead {
     /// Zeroed (touched) a chunk, or stepped past the writer: call again.
     Zeroed,
-    /// Far enough ahead of the writer for now.
+    /// Far enough ahead of the writer for now (or, for zero-ahead, standing down for a
+    /// fast writer).
     Idle,
     /// Reached the end of the file.
     Done,
