@@ -568,6 +568,13 @@ impl CommitLog {
         self.poisoned.store(true, Ordering::Release);
     }
 
+    /// Records that the put lock, just taken, is held from `since` (`None`: released), for
+    /// [`CommitLog::lock_held_for`]. Called by whoever holds it.
+    fn lock_held_from(&self, since: Option<Instant>) {
+        let taken_at = since.map_or(0, |t| t.duration_since(self.epoch).as_nanos() as u64 + 1);
+        self.lock_taken_at.store(taken_at, Ordering::Release);
+    }
+
     /// How long the current holder has held the put lock, if it is held.
     pub(crate) fn lock_held_for(&self) -> Option<Duration> {
         let taken = self.lock_taken_at.load(Ordering::Acquire);
@@ -648,8 +655,7 @@ impl CommitLog {
 
         let mut state = self.state.lock();
         let now = Instant::now();
-        let taken_at = now.duration_since(self.epoch).as_nanos() as u64 + 1;
-        self.lock_taken_at.store(taken_at, Ordering::Release);
+        self.lock_held_from(Some(now));
         let result = self.append_locked(
             &mut state,
             records,
@@ -657,7 +663,7 @@ impl CommitLog {
             total,
             (store_time, now),
         );
-        self.lock_taken_at.store(0, Ordering::Release);
+        self.lock_held_from(None);
         drop(state);
         if !self.sync_flush && !self.confirm.limits_readers() {
             // Under async flush records are readable once written (with replication
@@ -841,12 +847,10 @@ impl CommitLog {
         }
         self.check_poisoned()?;
         let mut state = self.state.lock();
-        let now = Instant::now();
         // Counted as a hold of the put lock (`PageCacheBusy`): a large write can be slow.
-        let taken_at = now.duration_since(self.epoch).as_nanos() as u64 + 1;
-        self.lock_taken_at.store(taken_at, Ordering::Release);
+        self.lock_held_from(Some(Instant::now()));
         let committed = state.writer.commit();
-        self.lock_taken_at.store(0, Ordering::Release);
+        self.lock_held_from(None);
         if let Err(e) = committed {
             return Err(self.write_failed(&mut state, e));
         }
