@@ -38,7 +38,6 @@ pub(crate) struct Allocator {
     stop: Arc<AtomicBool>,
     /// Tells the worker to cut a warm-up short: the writer is waiting for the file.
     hurry: Arc<AtomicBool>,
-    warmup: Warmup,
     /// Where waits for the next file are counted.
     counters: Arc<Counters>,
 }
@@ -146,22 +145,25 @@ enum Ahead {
     /// Zero-ahead, through the thread's own descriptor (see `MappedFile::zero_ahead`),
     /// unless the writer goes too fast for it to pay.
     Zero(Arc<MappedFile>, std::fs::File, WriterPace),
-    Touch(Arc<MappedFile>),
+    Touch(Arc<MappedFile>, std::fs::File),
 }
 
 impl Ahead {
     fn start(file: Arc<MappedFile>, warmup: Warmup, fast: bool) -> Option<Ahead> {
         match warmup {
             Warmup::None => None,
-            Warmup::Touch => Some(Ahead::Touch(file)),
-            Warmup::ZeroAndFlush => {
+            Warmup::Touch | Warmup::ZeroAndFlush => {
                 match std::fs::OpenOptions::new().write(true).open(file.path()) {
+                    Ok(fd) if warmup == Warmup::Touch => Some(Ahead::Touch(file, fd)),
                     Ok(fd) => {
                         let pace = WriterPace::new(Instant::now(), file.write_pos(), fast);
                         Some(Ahead::Zero(file, fd, pace))
                     }
                     Err(e) => {
-                        log::warn!("no zero-ahead for {}: {e}", file.path().display());
+                        log::warn!(
+                            "no work ahead of the writer of {}: {e}",
+                            file.path().display()
+                        );
                         None
                     }
                 }
@@ -177,7 +179,7 @@ impl Ahead {
                 true => Ok(ZeroAhead::Idle),
                 false => file.zero_ahead(fd, ZERO_CHUNK, ZERO_AHEAD),
             },
-            Ahead::Touch(file) => file.touch_ahead(TOUCH_CHUNK, TOUCH_AHEAD),
+            Ahead::Touch(file, fd) => file.touch_ahead(fd, TOUCH_CHUNK, TOUCH_AHEAD),
         }
     }
 }
@@ -320,7 +322,6 @@ impl Allocator {
             spares: VecDeque::new(),
             stop,
             hurry,
-            warmup,
             counters,
         })
     }
@@ -433,9 +434,7 @@ impl Allocator {
     /// `writer` now writes its file: the ahead thread zeroes or touches just ahead of it.
     pub(crate) fn activate(&mut self, writer: &mut FileWriter) {
         if let Some(ahead) = self.worker.as_ref().and_then(|w| w.ahead.as_ref()) {
-            if self.warmup == Warmup::ZeroAndFlush {
-                writer.allow_zero_ahead();
-            }
+            writer.allow_zero_ahead();
             let _ = ahead.send(Arc::clone(writer.file()));
         }
     }
