@@ -29,16 +29,19 @@ use crate::layout;
 /// How commit-log files are prepared before the writer reaches them.
 ///
 /// All of it runs on the allocation threads (one prepares the next file, one works just
-/// ahead of the writer), off the put path, and a writer that needs the next file never
-/// waits for its warm-up to finish. See `docs/BENCHMARKS.md` for the
+/// ahead of the writer), off the put path: a writer that needs the next file never waits
+/// for its warm-up to finish, and the thread working ahead keeps at least a chunk away
+/// from the writer (a writer catching up with it waits at most for one chunk's `pwrite`). See `docs/BENCHMARKS.md` for the
 /// measurements behind the defaults.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Warmup {
     /// Only allocate the file; the writer takes the page faults.
     None,
-    /// Map the pages just ahead of the writer writable (32 MiB, in 2 MiB steps) so the
-    /// writer finds them mapped and takes no page fault. Touching only ahead keeps few
-    /// dirty zero pages around for a sync of the whole filesystem to write back.
+    /// Fill the page cache just ahead of the writer with zeros (32 MiB, in aligned 2 MiB
+    /// writes, not synced) and map those pages writable, so the writer finds them mapped
+    /// and takes no page fault, and their write-back later handles whole 2 MiB folios
+    /// (see `MappedFile::touch_ahead`). Working only ahead keeps few dirty zero pages
+    /// around for a sync of the whole filesystem to write back.
     Touch,
     /// Write zeros just ahead of the writer (32 MiB, in 4 MiB chunks) and sync them, so
     /// every block a record lands in was written once before: a sync put's fdatasync then
@@ -82,18 +85,20 @@ pub(crate) struct MappedFile {
     flushed_pos: AtomicUsize,
     writer_taken: AtomicBool,
     hook: Option<Arc<dyn IoHook>>,
-    /// Zero-ahead (see [`MappedFile::zero_ahead`]): the end of the bytes the writer is
-    /// about to write, published before each copy...
+    /// Zero- and touch-ahead (see [`MappedFile::zero_ahead`]): the writer writes nothing
+    /// at or past this, which it raises before a copy that needs it, by 64 KiB steps
+    /// (`RESERVE_STEP`)...
     reserved: AtomicUsize,
-    /// ...and the start of the chunk the zeroing thread is writing zeros to (`usize::MAX`
+    /// ...and the start of the chunk the ahead thread is writing zeros to (`usize::MAX`
     /// when none). Each side publishes its own and then reads the other's, both SeqCst, so
     /// at least one of them sees the conflict: the writer waits, or the zeroer steps aside.
     zero_claim: AtomicUsize,
     /// Bytes from the writer's position up to here are written zeros, durable.
     zeroed_to: AtomicUsize,
-    /// Touch-ahead (see [`MappedFile::touch_ahead`]): pages below this are mapped writable.
+    /// Touch-ahead (see [`MappedFile::touch_ahead`]): pages below this (and past the
+    /// writer) are zeros in the page cache, mapped writable.
     touched_to: AtomicUsize,
-    /// The writer reserves its bytes before each write (`FileWriter::allow_zero_ahead`).
+    /// The writer reserves its bytes before it writes them (`FileWriter::allow_zero_ahead`).
     zero_ahead_allowed: AtomicBool,
     /// A zero-ahead sync of this file failed: the kernel may have reported (and so cleared)
     /// a write-back error of the records' pages with it, so the next flush must fail too.
@@ -218,14 +223,12 @@ impl MappedFile {
         const CHUNK: usize = 2 << 20;
         let base = self.map.as_mut_ptr();
         let upto = upto.min(self.size);
-        // Touch: zeros through a descriptor first, for large folios (see `touch_ahead`).
-        let fd = match warmup {
-            Warmup::Touch if upto > 0 => Some(
-                OpenOptions::new()
-                    .write(true)
-                    .open(&self.path)
-                    .map_err(|e| Error::io("open", &self.path, e))?,
-            ),
+        // Touch: zeros through a descriptor first, for large folios (see `touch_ahead`);
+        // where that fails, touching alone warms the file as well, only in smaller folios.
+        let mut fd = match warmup {
+            Warmup::Touch if upto > 0 && populate_write_supported() => {
+                OpenOptions::new().write(true).open(&self.path).ok()
+            }
             _ => None,
         };
         for start in (0..upto).step_by(CHUNK) {
@@ -236,9 +239,10 @@ impl MappedFile {
             match warmup {
                 Warmup::None => return Ok(()),
                 Warmup::Touch => {
-                    if let Some(fd) = &fd {
-                        write_zeros(fd, start, len)
-                            .map_err(|e| Error::io("warm-up", &self.path, e))?;
+                    let failed = fd.as_ref().and_then(|f| write_zeros(f, start, len).err());
+                    if let Some(e) = failed {
+                        log::debug!("warming {} by touching only: {e}", self.path.display());
+                        fd = None;
                     }
                     if populate_write_supported() {
                         self.map
@@ -364,17 +368,20 @@ impl MappedFile {
             return Ok(ZeroAhead::Done);
         }
         let reserved = self.reserved.load(Ordering::SeqCst);
+        // Never within a chunk of the writer: a writer reaching a claimed chunk waits for
+        // its `pwrite` under the put lock. A toucher that fell behind skips ahead and
+        // leaves the writer to fault the pages between in itself, as with no warm-up.
         let from = self
             .touched_to
             .load(Ordering::Acquire)
-            .max(reserved.next_multiple_of(PAGE_SIZE));
+            .max((reserved + chunk).next_multiple_of(chunk).min(self.size));
         if from >= self.size {
             return Ok(ZeroAhead::Done);
         }
         if from >= reserved.saturating_add(ahead) {
             return Ok(ZeroAhead::Idle);
         }
-        // Up to the next multiple of `chunk`, so that later chunks are aligned.
+        // Up to the next multiple of `chunk`, so that chunks are aligned.
         let len = (chunk - from % chunk).min(self.size - from);
         self.zero_claim.store(from, Ordering::SeqCst);
         if self.reserved.load(Ordering::SeqCst) > from {
@@ -827,6 +834,10 @@ impl FileWriter {
         self.pos = self.file.size;
         self.reserved_to = self.pos;
         self.file.reserved.store(self.pos, Ordering::SeqCst);
+        // The rest becomes visible with the next publish: no zeroing may be under way.
+        while self.file.zero_claim.load(Ordering::SeqCst) < self.pos {
+            std::thread::yield_now();
+        }
     }
 
     /// Zeroes whatever non-zero bytes lie past the write position (the torn tail of a
