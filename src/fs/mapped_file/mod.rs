@@ -30,9 +30,9 @@ use crate::layout;
 ///
 /// All of it runs on the allocation threads (one prepares the next file, one works just
 /// ahead of the writer), off the put path: a writer that needs the next file never waits
-/// for its warm-up to finish, and the thread working ahead keeps at least a chunk away
-/// from the writer (a writer catching up with it waits at most for one chunk's `pwrite`). See `docs/BENCHMARKS.md` for the
-/// measurements behind the defaults.
+/// for its warm-up to finish, and a writer that catches up with the thread working ahead
+/// of it waits at most for the chunk that thread is writing. See `docs/BENCHMARKS.md` for
+/// the measurements behind the defaults.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Warmup {
     /// Only allocate the file; the writer takes the page faults.
@@ -85,9 +85,10 @@ pub(crate) struct MappedFile {
     flushed_pos: AtomicUsize,
     writer_taken: AtomicBool,
     hook: Option<Arc<dyn IoHook>>,
-    /// Zero- and touch-ahead (see [`MappedFile::zero_ahead`]): the writer writes nothing
-    /// at or past this, which it raises before a copy that needs it, by 64 KiB steps
-    /// (`RESERVE_STEP`)...
+    /// Zero- and touch-ahead (see [`MappedFile::zero_ahead`]): once it allowed them
+    /// (`FileWriter::allow_zero_ahead`), the writer writes nothing at or past this, which
+    /// it raises before a copy that needs it, by 64 KiB steps (`RESERVE_STEP`), or to the
+    /// end of the file when it fills the rest...
     reserved: AtomicUsize,
     /// ...and the start of the chunk the ahead thread is writing zeros to (`usize::MAX`
     /// when none). Each side publishes its own and then reads the other's, both SeqCst, so
@@ -95,8 +96,9 @@ pub(crate) struct MappedFile {
     zero_claim: AtomicUsize,
     /// Bytes from the writer's position up to here are written zeros, durable.
     zeroed_to: AtomicUsize,
-    /// Touch-ahead (see [`MappedFile::touch_ahead`]): pages below this (and past the
-    /// writer) are zeros in the page cache, mapped writable.
+    /// Touch-ahead (see [`MappedFile::touch_ahead`]): how far it got. Pages below this
+    /// and at least a chunk past the writer's reservation at the time are zeros in the
+    /// page cache, mapped writable (a toucher that fell behind skips the pages nearer).
     touched_to: AtomicUsize,
     /// The writer reserves its bytes before it writes them (`FileWriter::allow_zero_ahead`).
     zero_ahead_allowed: AtomicBool,
@@ -345,9 +347,11 @@ impl MappedFile {
         Ok(ZeroAhead::Zeroed)
     }
 
-    /// Fills the next `chunk` bytes past what is touched already with zeros in the page
-    /// cache and maps them writable, unless they reach `ahead` bytes past the writer
-    /// already, so the writer's copies take no page fault. `file` is the ahead thread's own
+    /// Fills the next chunk (up to the next multiple of `chunk`) past what is touched
+    /// already, and at least past the chunk boundary after the writer's reservation plus
+    /// `chunk`, with zeros in the page cache and maps it writable, unless the touched
+    /// pages reach `ahead` bytes past the writer already, so the writer's copies take no
+    /// page fault. `file` is the ahead thread's own
     /// descriptor of this file; the writer must have allowed it
     /// ([`FileWriter::allow_zero_ahead`]): the zeros go in with `pwrite`, under the same
     /// claim as [`MappedFile::zero_ahead`], but are not synced.
@@ -392,7 +396,10 @@ impl MappedFile {
         // past `from`.
         let written = write_zeros(file, from, len);
         self.zero_claim.store(usize::MAX, Ordering::SeqCst);
-        written.map_err(|e| Error::io("touch-ahead", &self.path, e))?;
+        if let Err(e) = written {
+            // Mapping the pages still spares the writer its faults, in smaller folios.
+            log::debug!("touching {} without zeros first: {e}", self.path.display());
+        }
         // Safe beside the writer: `MADV_POPULATE_WRITE` faults pages in as a write would,
         // without changing a byte.
         self.map
@@ -1197,6 +1204,72 @@ mod tests {
     }
 
     #[test]
+    fn a_toucher_that_fell_behind_skips_past_the_writer() {
+        // The writer is 3 MiB in and the toucher has done nothing: it starts at the chunk
+        // boundary past the writer's reservation plus a chunk, never next to the writer.
+        if !populate_write_supported() {
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let (size, chunk) = (8 << 20, 2 << 20);
+        let file = Arc::new(MappedFile::create(dir.path(), 0, size, None).unwrap());
+        let mut w = FileWriter::new(file, 0).unwrap();
+        w.allow_zero_ahead();
+        let (at, end) = {
+            let mut at = Vec::new();
+            while w.offset() < 3 << 20 {
+                at.push(w.offset() as usize);
+                w.write(&record(at.len() - 1)).unwrap();
+                w.publish();
+            }
+            (at, w.offset() as usize)
+        };
+        let file = Arc::clone(w.file());
+        let fd = OpenOptions::new().write(true).open(file.path()).unwrap();
+        assert_eq!(
+            file.touch_ahead(&fd, chunk, usize::MAX).unwrap(),
+            ZeroAhead::Zeroed
+        );
+        // One chunk of at most 2 MiB reached the end: it was 6..8 MiB (the reservation
+        // ends just past 3 MiB, plus a chunk is past 5 MiB), and nothing is left.
+        assert_eq!(file.touched_to.load(Ordering::Acquire), size);
+        assert_eq!(
+            file.touch_ahead(&fd, chunk, usize::MAX).unwrap(),
+            ZeroAhead::Done
+        );
+        assert_records_then_zeros(&file, &at, end);
+    }
+
+    #[test]
+    fn filling_the_rest_of_a_file_waits_for_a_claim() {
+        // At a roll the rest of the file is published: not while zeros are being written
+        // into it.
+        let dir = tempfile::tempdir().unwrap();
+        let size = 1 << 20;
+        let file = Arc::new(MappedFile::create(dir.path(), 0, size, None).unwrap());
+        let mut w = FileWriter::new(file, 0).unwrap();
+        w.allow_zero_ahead();
+        let file = Arc::clone(w.file());
+        w.write(&[1u8; 100]).unwrap();
+        file.zero_claim.store(size / 2, Ordering::SeqCst);
+        let (filled_tx, filled) = crossbeam_channel::bounded(1);
+        let filler = std::thread::spawn(move || {
+            w.fill();
+            filled_tx.send(()).unwrap();
+            w
+        });
+        assert!(
+            filled
+                .recv_timeout(std::time::Duration::from_millis(200))
+                .is_err(),
+            "filled past a claimed chunk"
+        );
+        file.zero_claim.store(usize::MAX, Ordering::SeqCst);
+        let w = filler.join().unwrap();
+        assert_eq!(w.remaining(), 0);
+    }
+
+    #[test]
     fn a_writer_reserves_in_steps_and_waits_for_a_claim_inside_its_step() {
         // A zeroer's claim just past the writer's reservation: the next write that needs
         // more room waits for the claim to clear instead of writing under the zeros.
@@ -1261,7 +1334,9 @@ mod tests {
             }
             minor_faults() - before
         };
-        let in_touched = faults_writing(touched);
+        // The toucher keeps a chunk and more from the writer: it left the first 64 KiB.
+        faults_writing(64 << 10);
+        let in_touched = faults_writing(touched - (64 << 10));
         let past_touched = faults_writing(size - touched);
         // 256 pages each: the count sees the faults where nothing was touched (fewer
         // where the kernel maps several pages per fault), and few where it was.
