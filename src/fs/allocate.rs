@@ -20,7 +20,9 @@ use crossbeam_channel::{Receiver, Sender};
 use crate::error::{Error, Result};
 use crate::fs::io_hook::IoHook;
 use crate::fs::mapped_file::Warmup;
-use crate::fs::mapped_file::{FileWriter, MappedFile, ZeroAhead, populate_write_supported};
+use crate::fs::mapped_file::{
+    FileWriter, MappedFile, ZeroAhead, faults_give_small_folios, populate_write_supported,
+};
 use crate::fs::ops;
 use crate::stats::Counters;
 
@@ -40,6 +42,9 @@ pub(crate) struct Allocator {
     stop: Arc<AtomicBool>,
     /// Tells the worker to cut a warm-up short: the writer is waiting for the file.
     hurry: Arc<AtomicBool>,
+    warmup: Warmup,
+    /// Touch-ahead writes zeros before it maps pages (`faults_give_small_folios`).
+    touch_zeros: bool,
     /// Where waits for the next file are counted.
     counters: Arc<Counters>,
 }
@@ -148,16 +153,19 @@ enum Ahead {
     /// Zero-ahead, through the thread's own descriptor (see `MappedFile::zero_ahead`),
     /// unless the writer goes too fast for it to pay.
     Zero(Arc<MappedFile>, std::fs::File, WriterPace),
-    Touch(Arc<MappedFile>, std::fs::File),
+    /// With the thread's own descriptor when it writes zeros first (the writer allowed
+    /// it: see `Allocator::activate`).
+    Touch(Arc<MappedFile>, Option<std::fs::File>),
 }
 
 impl Ahead {
     fn start(file: Arc<MappedFile>, warmup: Warmup, fast: bool) -> Option<Ahead> {
         match warmup {
             Warmup::None => None,
+            Warmup::Touch if !file.zero_ahead_allowed() => Some(Ahead::Touch(file, None)),
             Warmup::Touch | Warmup::ZeroAndFlush => {
                 match std::fs::OpenOptions::new().write(true).open(file.path()) {
-                    Ok(fd) if warmup == Warmup::Touch => Some(Ahead::Touch(file, fd)),
+                    Ok(fd) if warmup == Warmup::Touch => Some(Ahead::Touch(file, Some(fd))),
                     Ok(fd) => {
                         let pace = WriterPace::new(Instant::now(), file.write_pos(), fast);
                         Some(Ahead::Zero(file, fd, pace))
@@ -182,7 +190,7 @@ impl Ahead {
                 true => Ok(ZeroAhead::Idle),
                 false => file.zero_ahead(fd, ZERO_CHUNK, ZERO_AHEAD),
             },
-            Ahead::Touch(file, fd) => file.touch_ahead(fd, TOUCH_CHUNK, TOUCH_AHEAD),
+            Ahead::Touch(file, fd) => file.touch_ahead(fd.as_ref(), TOUCH_CHUNK, TOUCH_AHEAD),
         }
     }
 }
@@ -256,6 +264,7 @@ impl Allocator {
         warmup: Warmup,
         counters: Arc<Counters>,
     ) -> Result<Self> {
+        let touch_zeros = warmup == Warmup::Touch && faults_give_small_folios(&dir);
         let stop = Arc::new(AtomicBool::new(false));
         let hurry = Arc::new(AtomicBool::new(false));
         let worker = if background {
@@ -325,6 +334,8 @@ impl Allocator {
             spares: VecDeque::new(),
             stop,
             hurry,
+            warmup,
+            touch_zeros,
             counters,
         })
     }
@@ -437,7 +448,11 @@ impl Allocator {
     /// `writer` now writes its file: the ahead thread zeroes or touches just ahead of it.
     pub(crate) fn activate(&mut self, writer: &mut FileWriter) {
         if let Some(ahead) = self.worker.as_ref().and_then(|w| w.ahead.as_ref()) {
-            writer.allow_zero_ahead();
+            // Touch-ahead writes zeros only where faults give small folios (see
+            // `MappedFile::touch_ahead`); the writer then reserves its bytes.
+            if self.warmup == Warmup::ZeroAndFlush || self.touch_zeros {
+                writer.allow_zero_ahead();
+            }
             let _ = ahead.send(Arc::clone(writer.file()));
         }
     }

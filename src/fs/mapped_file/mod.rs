@@ -37,9 +37,10 @@ use crate::layout;
 pub enum Warmup {
     /// Only allocate the file; the writer takes the page faults.
     None,
-    /// Fill the page cache just ahead of the writer with zeros (32 MiB, in aligned 2 MiB
-    /// writes, not synced) and map those pages writable, so the writer finds them mapped
-    /// and takes no page fault, and their write-back later handles whole 2 MiB folios
+    /// Map the pages just ahead of the writer writable (32 MiB, in aligned 2 MiB chunks)
+    /// so the writer finds them mapped and takes no page fault. Where the device's
+    /// read-ahead window is under 2 MiB, each chunk is first written as zeros into the
+    /// page cache (not synced), so that write-back later handles whole 2 MiB folios
     /// (see `MappedFile::touch_ahead`). Working only ahead keeps few dirty zero pages
     /// around for a sync of the whole filesystem to write back.
     Touch,
@@ -72,6 +73,23 @@ pub(crate) fn populate_write_supported() -> bool {
     })
 }
 
+/// Whether pages faulted in through a mapping of files in `dir` come in folios smaller
+/// than 2 MiB: the page cache reads a faulting page in with its neighbours, as much as
+/// the device's read-ahead window (`/sys/class/bdi/MAJ:MIN/read_ahead_kb`), and gives the
+/// range folios no larger. True when the window is under 2 MiB or cannot be read.
+pub(crate) fn faults_give_small_folios(dir: &Path) -> bool {
+    let Ok(st) = rustix::fs::stat(dir) else {
+        return true;
+    };
+    let dev = st.st_dev;
+    let (major, minor) = (rustix::fs::major(dev), rustix::fs::minor(dev));
+    let kb = std::fs::read_to_string(format!("/sys/class/bdi/{major}:{minor}/read_ahead_kb"));
+    match kb.ok().and_then(|kb| kb.trim().parse::<u64>().ok()) {
+        Some(kb) => kb < 2048,
+        None => true,
+    }
+}
+
 pub(crate) struct MappedFile {
     path: PathBuf,
     /// The mapping outlives the descriptor it was made from, so no descriptor is held per
@@ -96,9 +114,9 @@ pub(crate) struct MappedFile {
     zero_claim: AtomicUsize,
     /// Bytes from the writer's position up to here are written zeros, durable.
     zeroed_to: AtomicUsize,
-    /// Touch-ahead (see [`MappedFile::touch_ahead`]): how far it got. Pages below this
-    /// and at least a chunk past the writer's reservation at the time are zeros in the
-    /// page cache, mapped writable (a toucher that fell behind skips the pages nearer).
+    /// Touch-ahead (see [`MappedFile::touch_ahead`]): how far it got. The pages it
+    /// touched below this are zeros in the page cache, mapped writable; a toucher that
+    /// fell behind skips the pages nearer the writer.
     touched_to: AtomicUsize,
     /// The writer reserves its bytes before it writes them (`FileWriter::allow_zero_ahead`).
     zero_ahead_allowed: AtomicBool,
@@ -228,7 +246,11 @@ impl MappedFile {
         // Touch: zeros through a descriptor first, for large folios (see `touch_ahead`);
         // where that fails, touching alone warms the file as well, only in smaller folios.
         let mut fd = match warmup {
-            Warmup::Touch if upto > 0 && populate_write_supported() => {
+            Warmup::Touch
+                if upto > 0
+                    && populate_write_supported()
+                    && faults_give_small_folios(self.path.parent().unwrap_or(&self.path)) =>
+            {
                 OpenOptions::new().write(true).open(&self.path).ok()
             }
             _ => None,
@@ -347,38 +369,54 @@ impl MappedFile {
         Ok(ZeroAhead::Zeroed)
     }
 
-    /// Fills the next chunk (up to the next multiple of `chunk`) past what is touched
-    /// already, and at least past the chunk boundary after the writer's reservation plus
-    /// `chunk`, with zeros in the page cache and maps it writable, unless the touched
-    /// pages reach `ahead` bytes past the writer already, so the writer's copies take no
-    /// page fault. `file` is the ahead thread's own
-    /// descriptor of this file; the writer must have allowed it
-    /// ([`FileWriter::allow_zero_ahead`]): the zeros go in with `pwrite`, under the same
-    /// claim as [`MappedFile::zero_ahead`], but are not synced.
+    /// Maps the next chunk (up to the next multiple of `chunk`) past what is touched
+    /// already writable, unless the touched pages reach `ahead` bytes past the writer
+    /// already, so the writer's copies take no page fault.
     ///
-    /// Why `pwrite` first: the page cache then holds the range in folios as large as each
-    /// aligned 2 MiB write, which the mapping maps whole. Faulting the pages in through
-    /// the mapping instead (`MADV_POPULATE_WRITE` alone) gives folios as large as the
-    /// device's read-ahead window, 128 KiB by default: a write-back of the records must
-    /// then write-protect and flush the TLB page by page, which made an `msync` of 512 MiB
-    /// take 1.7 s instead of 0.3 s here, and held async puts to a third of their speed.
+    /// With `zeros` (the ahead thread's own descriptor of this file, where
+    /// [`faults_give_small_folios`]), the chunk is first filled with zeros in the page
+    /// cache by one `pwrite`, under the same claim as [`MappedFile::zero_ahead`] (the
+    /// writer must have allowed it: [`FileWriter::allow_zero_ahead`]), but not synced.
+    /// The page cache then holds it in one 2 MiB folio, which the mapping maps whole.
+    /// Faulting fresh pages in through the mapping (`MADV_POPULATE_WRITE` alone) gives
+    /// folios as large as the device's read-ahead window, 128 KiB by default: a write-back
+    /// of the records must then write-protect and flush the TLB page by page, which made
+    /// an `msync` of 512 MiB take 1.7 s instead of 0.3 s here, and held async puts to half
+    /// their speed. With zeros the toucher never claims within a chunk of the writer's
+    /// reservation (one that fell behind skips ahead), since a writer reaching a claimed
+    /// chunk waits for its `pwrite`.
+    ///
+    /// Without `zeros`, `MADV_POPULATE_WRITE` faults pages in as a write would, without
+    /// changing a byte: safe beside the writer without any claim, from the writer on.
     ///
     /// Why not the whole next file at once: a touched page is a dirty page of zeros, and a
     /// sync of the whole filesystem (the consume queues' flush, with many queues) writes
     /// every one of them to disk, doubling the disk's write load (measured: 4.1–4.4 GB
     /// written for 2.2 GB of records) and stalling the next file's allocation behind it.
-    pub(crate) fn touch_ahead(&self, file: &File, chunk: usize, ahead: usize) -> Result<ZeroAhead> {
+    pub(crate) fn touch_ahead(
+        &self,
+        zeros: Option<&File>,
+        chunk: usize,
+        ahead: usize,
+    ) -> Result<ZeroAhead> {
+        let Some(file) = zeros else {
+            return self.populate_ahead(chunk, ahead);
+        };
         if !self.zero_ahead_allowed.load(Ordering::Acquire) {
             return Ok(ZeroAhead::Done);
         }
         let reserved = self.reserved.load(Ordering::SeqCst);
-        // Never within a chunk of the writer: a writer reaching a claimed chunk waits for
-        // its `pwrite` under the put lock. A toucher that fell behind skips ahead and
-        // leaves the writer to fault the pages between in itself, as with no warm-up.
+        // Never within a chunk of the writer's reservation: a writer reaching a claimed
+        // chunk waits for its `pwrite`. A toucher that fell behind skips ahead and leaves
+        // the writer to fault the pages between in itself, as with no warm-up. (Keeping
+        // half the lead instead made the writer fault more and wait less: with four
+        // producers and 128 KiB read-ahead, 0.60–0.66 M/s against 0.71–0.75 M/s.)
+        let floor = (reserved + chunk).next_multiple_of(chunk);
         let from = self
             .touched_to
             .load(Ordering::Acquire)
-            .max((reserved + chunk).next_multiple_of(chunk).min(self.size));
+            .max(floor)
+            .min(self.size);
         if from >= self.size {
             return Ok(ZeroAhead::Done);
         }
@@ -407,6 +445,33 @@ impl MappedFile {
             .map_err(|e| Error::io("touch-ahead", &self.path, e))?;
         self.touched_to.fetch_max(from + len, Ordering::AcqRel);
         Ok(ZeroAhead::Zeroed)
+    }
+
+    /// [`MappedFile::touch_ahead`] without zeros: maps the next chunk writable, from the
+    /// writer's page on.
+    fn populate_ahead(&self, chunk: usize, ahead: usize) -> Result<ZeroAhead> {
+        let writer = self.write_pos();
+        let from = self
+            .touched_to
+            .load(Ordering::Acquire)
+            .max(writer - writer % PAGE_SIZE);
+        if from >= self.size {
+            return Ok(ZeroAhead::Done);
+        }
+        if from >= writer.saturating_add(ahead) {
+            return Ok(ZeroAhead::Idle);
+        }
+        let len = (chunk - from % chunk).min(self.size - from);
+        self.map
+            .advise_range(memmap2::Advice::PopulateWrite, from, len)
+            .map_err(|e| Error::io("touch-ahead", &self.path, e))?;
+        self.touched_to.fetch_max(from + len, Ordering::AcqRel);
+        Ok(ZeroAhead::Zeroed)
+    }
+
+    /// Whether the writer lets a thread write zeros ahead of it.
+    pub(crate) fn zero_ahead_allowed(&self) -> bool {
+        self.zero_ahead_allowed.load(Ordering::Acquire)
     }
 
     /// How far past the start the file is zeroed or touched ahead of its writer.
@@ -1140,49 +1205,64 @@ mod tests {
 
     #[test]
     fn touch_ahead_keeps_what_the_writer_wrote_and_stays_just_ahead_of_it() {
-        // The toucher writes zeros ahead of a writer racing it through a whole file: every
-        // record stays intact, and the toucher never runs further ahead than asked.
+        // The toucher works ahead of a writer racing it through a whole file, with zeros
+        // first and without: every record stays intact, and the toucher never runs
+        // further ahead than asked.
         if !populate_write_supported() {
             return;
         }
-        let dir = tempfile::tempdir().unwrap();
-        let (size, chunk, ahead) = (4 << 20, 64 << 10, 256 << 10);
-        let file = Arc::new(MappedFile::create(dir.path(), 0, size, None).unwrap());
-        let mut w = FileWriter::new(file, 0).unwrap();
-        w.allow_zero_ahead();
-        let file = Arc::clone(w.file());
-        let fd = OpenOptions::new().write(true).open(file.path()).unwrap();
-        let touched = |f: &MappedFile| f.touched_to.load(Ordering::Acquire);
-        while file.touch_ahead(&fd, chunk, ahead).unwrap() == ZeroAhead::Zeroed {}
-        assert_eq!(touched(&file), ahead, "touched before any write");
-        let done = Arc::new(AtomicBool::new(false));
-        let toucher = {
-            let (file, done) = (Arc::clone(&file), Arc::clone(&done));
-            std::thread::spawn(move || {
-                let fd = OpenOptions::new().write(true).open(file.path()).unwrap();
-                let mut most_ahead = 0;
-                while !done.load(Ordering::Acquire) {
-                    if file.touch_ahead(&fd, chunk, ahead).unwrap() != ZeroAhead::Zeroed {
-                        std::thread::yield_now();
+        for zeros in [true, false] {
+            let dir = tempfile::tempdir().unwrap();
+            let (size, chunk, ahead) = (4 << 20, 64 << 10, 256 << 10);
+            let file = Arc::new(MappedFile::create(dir.path(), 0, size, None).unwrap());
+            let mut w = FileWriter::new(file, 0).unwrap();
+            if zeros {
+                w.allow_zero_ahead();
+            }
+            let file = Arc::clone(w.file());
+            let open = |zeros: bool, f: &MappedFile| {
+                zeros.then(|| OpenOptions::new().write(true).open(f.path()).unwrap())
+            };
+            let fd = open(zeros, &file);
+            let touched = |f: &MappedFile| f.touched_to.load(Ordering::Acquire);
+            while file.touch_ahead(fd.as_ref(), chunk, ahead).unwrap() == ZeroAhead::Zeroed {}
+            assert_eq!(touched(&file), ahead, "touched before any write");
+            let done = Arc::new(AtomicBool::new(false));
+            let toucher = {
+                let (file, done) = (Arc::clone(&file), Arc::clone(&done));
+                std::thread::spawn(move || {
+                    let fd = open(zeros, &file);
+                    let mut most_ahead = 0;
+                    while !done.load(Ordering::Acquire) {
+                        if file.touch_ahead(fd.as_ref(), chunk, ahead).unwrap() != ZeroAhead::Zeroed
+                        {
+                            std::thread::yield_now();
+                        }
+                        // Read in this order: the writer only moves on.
+                        let reached = touched(&file);
+                        most_ahead = most_ahead.max(reached.saturating_sub(file.write_pos()));
                     }
-                    // Read in this order: the writer only moves on.
-                    let reached = touched(&file);
-                    most_ahead = most_ahead.max(reached.saturating_sub(file.write_pos()));
-                }
-                most_ahead
-            })
-        };
-        let (at, end) = write_records_to_the_end(&mut w);
-        while file.touch_ahead(&fd, chunk, ahead).unwrap() != ZeroAhead::Done {}
-        done.store(true, Ordering::Release);
-        let most_ahead = toucher.join().unwrap();
-        // The writer reserves up to `RESERVE_STEP` past the end of its record (at most
-        // 1,096 bytes) ahead of what it publishes.
-        assert!(
-            most_ahead <= ahead + chunk + RESERVE_STEP + 1096,
-            "touched {most_ahead} past the writer"
-        );
-        assert_records_then_zeros(&file, &at, end);
+                    most_ahead
+                })
+            };
+            let (at, end) = write_records_to_the_end(&mut w);
+            while file.touch_ahead(fd.as_ref(), chunk, ahead).unwrap() != ZeroAhead::Done {}
+            done.store(true, Ordering::Release);
+            let most_ahead = toucher.join().unwrap();
+            // The writer reserves up to `RESERVE_STEP` past the end of its record (at
+            // most 1,096 bytes) ahead of what it publishes.
+            assert!(
+                most_ahead <= ahead + chunk + RESERVE_STEP + 1096,
+                "touched {most_ahead} past the writer (zeros: {zeros})"
+            );
+            assert_records_then_zeros(&file, &at, end);
+        }
+    }
+
+    #[test]
+    fn a_device_that_cannot_be_asked_counts_as_giving_small_folios() {
+        // Zeros first is the safe choice where the read-ahead window is unknown.
+        assert!(faults_give_small_folios(Path::new("/no/such/dir")));
     }
 
     #[test]
@@ -1197,7 +1277,9 @@ mod tests {
             .open(w.file().path())
             .unwrap();
         assert_eq!(
-            w.file().touch_ahead(&fd, 64 << 10, 256 << 10).unwrap(),
+            w.file()
+                .touch_ahead(Some(&fd), 64 << 10, 256 << 10)
+                .unwrap(),
             ZeroAhead::Done
         );
         assert_eq!(w.file().touched_to.load(Ordering::Acquire), 0);
@@ -1226,15 +1308,16 @@ mod tests {
         };
         let file = Arc::clone(w.file());
         let fd = OpenOptions::new().write(true).open(file.path()).unwrap();
+        let ahead = 4 << 20;
         assert_eq!(
-            file.touch_ahead(&fd, chunk, usize::MAX).unwrap(),
+            file.touch_ahead(Some(&fd), chunk, ahead).unwrap(),
             ZeroAhead::Zeroed
         );
         // One chunk of at most 2 MiB reached the end: it was 6..8 MiB (the reservation
         // ends just past 3 MiB, plus a chunk is past 5 MiB), and nothing is left.
         assert_eq!(file.touched_to.load(Ordering::Acquire), size);
         assert_eq!(
-            file.touch_ahead(&fd, chunk, usize::MAX).unwrap(),
+            file.touch_ahead(Some(&fd), chunk, ahead).unwrap(),
             ZeroAhead::Done
         );
         assert_records_then_zeros(&file, &at, end);
@@ -1326,7 +1409,7 @@ mod tests {
         w.allow_zero_ahead();
         let file = Arc::clone(w.file());
         let fd = OpenOptions::new().write(true).open(file.path()).unwrap();
-        while file.touch_ahead(&fd, 64 << 10, touched).unwrap() == ZeroAhead::Zeroed {}
+        while file.touch_ahead(Some(&fd), 64 << 10, touched).unwrap() == ZeroAhead::Zeroed {}
         let mut faults_writing = |len: usize| {
             let before = minor_faults();
             for _ in 0..len / 1024 {
