@@ -170,11 +170,12 @@ impl Ahead {
                         let pace = WriterPace::new(Instant::now(), file.write_pos(), fast);
                         Some(Ahead::Zero(file, fd, pace))
                     }
+                    Err(e) if warmup == Warmup::Touch => {
+                        log::warn!("touching {} without zeros: {e}", file.path().display());
+                        Some(Ahead::Touch(file, None))
+                    }
                     Err(e) => {
-                        log::warn!(
-                            "no work ahead of the writer of {}: {e}",
-                            file.path().display()
-                        );
+                        log::warn!("no zero-ahead for {}: {e}", file.path().display());
                         None
                     }
                 }

@@ -39,9 +39,9 @@ pub enum Warmup {
     None,
     /// Map the pages just ahead of the writer writable (32 MiB, in aligned 2 MiB chunks)
     /// so the writer finds them mapped and takes no page fault. Where the device's
-    /// read-ahead window is under 2 MiB, each chunk is first written as zeros into the
-    /// page cache (not synced), so that write-back later handles whole 2 MiB folios
-    /// (see `MappedFile::touch_ahead`). Working only ahead keeps few dirty zero pages
+    /// read-ahead window is under 2 MiB (or unknown), each chunk is first written as zeros
+    /// into the page cache (not synced), so that write-back later handles whole 2 MiB
+    /// folios where the file system has them (see `MappedFile::touch_ahead`). Working only ahead keeps few dirty zero pages
     /// around for a sync of the whole filesystem to write back.
     Touch,
     /// Write zeros just ahead of the writer (32 MiB, in 4 MiB chunks) and sync them, so
@@ -75,19 +75,37 @@ pub(crate) fn populate_write_supported() -> bool {
 
 /// Whether pages faulted in through a mapping of files in `dir` come in folios smaller
 /// than 2 MiB: the page cache reads a faulting page in with its neighbours, as much as
-/// the device's read-ahead window (`/sys/class/bdi/MAJ:MIN/read_ahead_kb`), and gives the
-/// range folios no larger. True when the window is under 2 MiB or cannot be read.
+/// the device's read-ahead window, and gives the range folios no larger. The window is
+/// read from the block device's queue (a partition's disk for a partition), else from
+/// the file system's `bdi` (NFS, FUSE). True when it is under 2 MiB or cannot be read
+/// (overlay, tmpfs, btrfs): writing zeros first is then merely wasted where folios were
+/// large anyway, never wrong.
 pub(crate) fn faults_give_small_folios(dir: &Path) -> bool {
     let Ok(st) = rustix::fs::stat(dir) else {
         return true;
     };
-    let dev = st.st_dev;
-    let (major, minor) = (rustix::fs::major(dev), rustix::fs::minor(dev));
-    let kb = std::fs::read_to_string(format!("/sys/class/bdi/{major}:{minor}/read_ahead_kb"));
-    match kb.ok().and_then(|kb| kb.trim().parse::<u64>().ok()) {
-        Some(kb) => kb < 2048,
-        None => true,
-    }
+    let (major, minor) = (rustix::fs::major(st.st_dev), rustix::fs::minor(st.st_dev));
+    let block = format!("/sys/dev/block/{major}:{minor}");
+    let candidates = [
+        format!("{block}/queue/read_ahead_kb"),
+        format!("{block}/../queue/read_ahead_kb"),
+        format!("/sys/class/bdi/{major}:{minor}/read_ahead_kb"),
+    ];
+    // A partition has no queue of its own; its disk's is one level up. Without a
+    // `partition` file, `..` is not a disk.
+    let is_partition = Path::new(&block).join("partition").exists();
+    let window = candidates
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| *i != 1 || is_partition)
+        .find_map(|(_, path)| {
+            std::fs::read_to_string(path)
+                .ok()?
+                .trim()
+                .parse::<u64>()
+                .ok()
+        });
+    window.is_none_or(|kb| kb < 2048)
 }
 
 pub(crate) struct MappedFile {
@@ -268,11 +286,13 @@ impl MappedFile {
                         log::debug!("warming {} by touching only: {e}", self.path.display());
                         fd = None;
                     }
-                    if populate_write_supported() {
-                        self.map
+                    let populated = populate_write_supported()
+                        && self
+                            .map
                             .advise_range(memmap2::Advice::PopulateWrite, start, len)
-                            .map_err(|e| Error::io("warm-up", &self.path, e))?;
-                    } else {
+                            .inspect_err(|e| log::debug!("warming by touching: {e}"))
+                            .is_ok();
+                    if !populated {
                         for page in (start..start + len).step_by(PAGE_SIZE) {
                             // SAFETY: `page < size`, so the pointer is inside the live
                             // mapping; `&mut self` means no writer or reader exists; the
@@ -377,7 +397,9 @@ impl MappedFile {
     /// [`faults_give_small_folios`]), the chunk is first filled with zeros in the page
     /// cache by one `pwrite`, under the same claim as [`MappedFile::zero_ahead`] (the
     /// writer must have allowed it: [`FileWriter::allow_zero_ahead`]), but not synced.
-    /// The page cache then holds it in one 2 MiB folio, which the mapping maps whole.
+    /// Where the file system has large folios (XFS; ext4 since Linux 6.16; measured on
+    /// ext4 under 6.18), the page cache then holds it in one 2 MiB folio, which the
+    /// mapping maps whole; elsewhere both ways give 4 KiB pages.
     /// Faulting fresh pages in through the mapping (`MADV_POPULATE_WRITE` alone) gives
     /// folios as large as the device's read-ahead window, 128 KiB by default: a write-back
     /// of the records must then write-protect and flush the TLB page by page, which made
@@ -1402,35 +1424,40 @@ mod tests {
         if !populate_write_supported() {
             return;
         }
-        let dir = tempfile::tempdir().unwrap();
-        let (touched, size) = (1 << 20, 2 << 20);
-        let file = Arc::new(MappedFile::create(dir.path(), 0, size, None).unwrap());
-        let mut w = FileWriter::new(file, 0).unwrap();
-        w.allow_zero_ahead();
-        let file = Arc::clone(w.file());
-        let fd = OpenOptions::new().write(true).open(file.path()).unwrap();
-        while file.touch_ahead(Some(&fd), 64 << 10, touched).unwrap() == ZeroAhead::Zeroed {}
-        let mut faults_writing = |len: usize| {
-            let before = minor_faults();
-            for _ in 0..len / 1024 {
-                w.write(&[7u8; 1024]).unwrap();
+        for zeros in [true, false] {
+            let dir = tempfile::tempdir().unwrap();
+            let (touched, size) = (1 << 20, 2 << 20);
+            let file = Arc::new(MappedFile::create(dir.path(), 0, size, None).unwrap());
+            let mut w = FileWriter::new(file, 0).unwrap();
+            if zeros {
+                w.allow_zero_ahead();
             }
-            minor_faults() - before
-        };
-        // The toucher keeps a chunk and more from the writer: it left the first 64 KiB.
-        faults_writing(64 << 10);
-        let in_touched = faults_writing(touched - (64 << 10));
-        let past_touched = faults_writing(size - touched);
-        // 256 pages each: the count sees the faults where nothing was touched (fewer
-        // where the kernel maps several pages per fault), and few where it was.
-        assert!(
-            past_touched >= 32,
-            "{past_touched} faults past the touched pages"
-        );
-        assert!(
-            in_touched * 8 <= past_touched,
-            "{in_touched} faults in touched pages, {past_touched} past them"
-        );
+            let file = Arc::clone(w.file());
+            let fd = zeros.then(|| OpenOptions::new().write(true).open(file.path()).unwrap());
+            while file.touch_ahead(fd.as_ref(), 64 << 10, touched).unwrap() == ZeroAhead::Zeroed {}
+            let mut faults_writing = |len: usize| {
+                let before = minor_faults();
+                for _ in 0..len / 1024 {
+                    w.write(&[7u8; 1024]).unwrap();
+                }
+                minor_faults() - before
+            };
+            // With zeros the toucher keeps a chunk and more from the writer: it left the
+            // first 64 KiB.
+            faults_writing(64 << 10);
+            let in_touched = faults_writing(touched - (64 << 10));
+            let past_touched = faults_writing(size - touched);
+            // 256 pages past: the count sees the faults where nothing was touched (fewer
+            // where the kernel maps several pages per fault), and few where it was.
+            assert!(
+                past_touched >= 32,
+                "{past_touched} faults past the touched pages (zeros: {zeros})"
+            );
+            assert!(
+                in_touched * 8 <= past_touched,
+                "{in_touched} faults in touched pages, {past_touched} past them (zeros: {zeros})"
+            );
+        }
     }
 
     #[test]
