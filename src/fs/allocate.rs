@@ -64,10 +64,11 @@ const EXTRA_FILE_ROOM: u64 = 4;
 const ZERO_AHEAD: usize = 32 << 20;
 /// ...in chunks of this size, each written and synced on its own.
 const ZERO_CHUNK: usize = 4 << 20;
-/// Touch-ahead keeps this much of the file being written filled with zeros and mapped
-/// writable past the writer, in aligned chunks of `TOUCH_CHUNK` (the size of the page
-/// cache's largest folio, see `MappedFile::touch_ahead`): enough for 30 ms of a 1 GB/s
-/// writer, and little for a sync of the whole filesystem to write back as zeros.
+/// Touch-ahead keeps this much of the file being written mapped writable past the
+/// writer (first filled with zeros where faults give small folios), in aligned chunks of
+/// `TOUCH_CHUNK` (the size of the page cache's largest folio, see
+/// `MappedFile::touch_ahead`): enough for 30 ms of a 1 GB/s writer, and little for a
+/// sync of the whole filesystem to write back as zeros.
 const TOUCH_AHEAD: usize = 32 << 20;
 const TOUCH_CHUNK: usize = 2 << 20;
 /// When nothing is to be zeroed or touched, the thread looks again after this long,

@@ -41,8 +41,9 @@ pub enum Warmup {
     /// so the writer finds them mapped and takes no page fault. Where the device's
     /// read-ahead window is under 2 MiB (or unknown), each chunk is first written as zeros
     /// into the page cache (not synced), so that write-back later handles whole 2 MiB
-    /// folios where the file system has them (see `MappedFile::touch_ahead`). Working only ahead keeps few dirty zero pages
-    /// around for a sync of the whole filesystem to write back.
+    /// folios where the file system has them (see `MappedFile::touch_ahead`). Working
+    /// only ahead keeps few dirty zero pages around for a sync of the whole filesystem to
+    /// write back.
     Touch,
     /// Write zeros just ahead of the writer (32 MiB, in 4 MiB chunks) and sync them, so
     /// every block a record lands in was written once before: a sync put's fdatasync then
