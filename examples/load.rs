@@ -114,11 +114,17 @@ fn push_decimal(b: &mut Vec<u8>, mut v: u64) {
 /// Put latencies, in a log-linear histogram (64 sub-buckets per power of two of
 /// nanoseconds, so quantiles are within 1.6%), with the exact maximum: a fixed-size
 /// record instead of a growing list, which at millions of puts cost the producers
-/// reallocations and page faults between puts.
+/// reallocations and page faults between puts. The slowest puts are kept with when they
+/// began, to line them up with rolls, flushes or a trace taken beside the run.
 struct Latencies {
     counts: Vec<u64>,
     max: Duration,
+    /// The `SLOWEST` longest puts, longest first: (latency, start since the run began).
+    slowest: Vec<(Duration, Duration)>,
 }
+
+/// How many of the slowest puts the report lists.
+const SLOWEST: usize = 10;
 
 impl Latencies {
     const SUB: u32 = 6;
@@ -127,6 +133,7 @@ impl Latencies {
         Latencies {
             counts: vec![0; 64 << Self::SUB],
             max: Duration::ZERO,
+            slowest: Vec::with_capacity(SLOWEST + 1),
         }
     }
 
@@ -150,10 +157,20 @@ impl Latencies {
         ((mantissa + 1) << shift) - 1
     }
 
-    fn record(&mut self, d: Duration) {
+    /// Records a put that took `d` and began `at` after the run did.
+    fn record(&mut self, d: Duration, at: Duration) {
         let ns = u64::try_from(d.as_nanos()).unwrap_or(u64::MAX);
         self.counts[Self::bucket(ns)] += 1;
         self.max = self.max.max(d);
+        if self.slowest.len() < SLOWEST || d > self.slowest[SLOWEST - 1].0 {
+            self.keep_slow(d, at);
+        }
+    }
+
+    fn keep_slow(&mut self, d: Duration, at: Duration) {
+        let i = self.slowest.partition_point(|(s, _)| *s >= d);
+        self.slowest.insert(i, (d, at));
+        self.slowest.truncate(SLOWEST);
     }
 
     fn merge(&mut self, other: &Latencies) {
@@ -161,6 +178,9 @@ impl Latencies {
             *a += b;
         }
         self.max = self.max.max(other.max);
+        for &(d, at) in &other.slowest {
+            self.keep_slow(d, at);
+        }
     }
 
     fn len(&self) -> u64 {
@@ -273,7 +293,7 @@ fn run(args: &Args) -> Result<bool, Box<dyn std::error::Error>> {
                         }
                         let (begin, fut) = pending.pop_front().expect("non-empty");
                         let r = pollster::block_on(fut);
-                        latencies.record(begin.elapsed());
+                        latencies.record(begin.elapsed(), begin.duration_since(started));
                         r.map(|r| (r.status, 1))
                     } else if batch > 1 {
                         let msgs: Vec<_> = (0..batch as u64)
@@ -281,12 +301,12 @@ fn run(args: &Args) -> Result<bool, Box<dyn std::error::Error>> {
                             .collect();
                         n += batch as u64;
                         let r = store.put_messages(&msgs);
-                        latencies.record(begin.elapsed());
+                        latencies.record(begin.elapsed(), begin.duration_since(started));
                         r.map(|r| (r.status, batch as u64))
                     } else {
                         let r = store.put_message(&message(p, n, size, queue, keys));
                         n += 1;
-                        latencies.record(begin.elapsed());
+                        latencies.record(begin.elapsed(), begin.duration_since(started));
                         if check_durable
                             && let Ok(r) = &r
                             && r.status == PutStatus::Ok
@@ -320,7 +340,7 @@ fn run(args: &Args) -> Result<bool, Box<dyn std::error::Error>> {
                             failed.store(true, Ordering::Relaxed);
                         }
                     }
-                    latencies.record(begin.elapsed());
+                    latencies.record(begin.elapsed(), begin.duration_since(started));
                 }
                 latencies
             })
@@ -425,6 +445,17 @@ fn run(args: &Args) -> Result<bool, Box<dyn std::error::Error>> {
         .filter(|(_, c)| **c > 0)
         .map(|(i, c)| format!("\"<{}us\":{c}", 1u64 << i))
         .collect();
+    let slowest: Vec<String> = latencies
+        .slowest
+        .iter()
+        .map(|(d, at)| {
+            format!(
+                "{{\"at_ms\":{:.1},\"us\":{:.1}}}",
+                at.as_secs_f64() * 1e3,
+                d.as_secs_f64() * 1e6
+            )
+        })
+        .collect();
     let group = |q: f64| stats.messages_per_flush.quantile(q).unwrap_or(0);
     let flush_us = |q: f64| stats.flush_latency_us.quantile(q).unwrap_or(0);
     if !index_caught_up {
@@ -436,7 +467,7 @@ fn run(args: &Args) -> Result<bool, Box<dyn std::error::Error>> {
         ok = false;
     }
     println!(
-        "{{\"messages\":{total},\"seconds\":{:.3},\"msgs_per_s\":{:.0},\"mb_per_s\":{:.1},\"p50_us\":{:.1},\"p99_us\":{:.1},\"p999_us\":{:.1},\"max_us\":{:.1},\"read_msgs_per_s\":{:.0},\"flushes\":{},\"msgs_per_flush_mean\":{:.1},\"msgs_per_flush_p50\":{},\"msgs_per_flush_p99\":{},\"flush_us_p50\":{},\"flush_us_p99\":{},\"roll_waits\":{},\"roll_wait_ms\":{:.1},\"index_lag_bytes_at_end\":{index_lag},\"max_dispatch_lag_bytes\":{max_dispatch_lag},\"max_index_lag_bytes\":{max_index_lag},\"index_msgs_per_s\":{:.0},\"latency_hist\":{{{}}},\"verified\":{ok}}}",
+        "{{\"messages\":{total},\"seconds\":{:.3},\"msgs_per_s\":{:.0},\"mb_per_s\":{:.1},\"p50_us\":{:.1},\"p99_us\":{:.1},\"p999_us\":{:.1},\"max_us\":{:.1},\"read_msgs_per_s\":{:.0},\"flushes\":{},\"msgs_per_flush_mean\":{:.1},\"msgs_per_flush_p50\":{},\"msgs_per_flush_p99\":{},\"flush_us_p50\":{},\"flush_us_p99\":{},\"roll_waits\":{},\"roll_wait_ms\":{:.1},\"index_lag_bytes_at_end\":{index_lag},\"max_dispatch_lag_bytes\":{max_dispatch_lag},\"max_index_lag_bytes\":{max_index_lag},\"index_msgs_per_s\":{:.0},\"latency_hist\":{{{}}},\"slowest\":[{}],\"verified\":{ok}}}",
         took.as_secs_f64(),
         total as f64 / took.as_secs_f64(),
         total as f64 * args.size as f64 / took.as_secs_f64() / 1e6,
@@ -455,6 +486,7 @@ fn run(args: &Args) -> Result<bool, Box<dyn std::error::Error>> {
         stats.roll_wait.as_secs_f64() * 1e3,
         total as f64 / index_took.as_secs_f64(),
         hist.join(","),
+        slowest.join(","),
     );
     store.shutdown()?;
     Ok(ok)
