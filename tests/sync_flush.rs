@@ -12,16 +12,15 @@ use std::time::Duration;
 use common::*;
 use rocketstore::{Error, FlushMode, IoHook, MessageStore, PutStatus};
 
-#[test]
-fn an_acknowledged_put_is_within_the_flushed_offset() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = Arc::new(open(dir.path(), sync_mode()));
-    let threads: Vec<_> = (0..4)
-        .map(|t| {
-            let store = Arc::clone(&store);
+/// `producers` threads each put `each` messages to `topic` (queue = producer), checking
+/// that every acknowledged put is within the flushed offset.
+fn put_durably(store: &Arc<MessageStore>, producers: u32, each: u64, topic: &'static str) {
+    let threads: Vec<_> = (0..producers)
+        .map(|p| {
+            let store = Arc::clone(store);
             std::thread::spawn(move || {
-                for i in 0..300 {
-                    let put = store.put_message(&message("S", t, "s", i)).unwrap();
+                for i in 0..each {
+                    let put = store.put_message(&message(topic, p, "k", i)).unwrap();
                     assert_eq!(put.status, PutStatus::Ok);
                     assert!(put.end_offset() <= store.flushed_physical_offset());
                 }
@@ -31,6 +30,13 @@ fn an_acknowledged_put_is_within_the_flushed_offset() {
     for t in threads {
         t.join().unwrap();
     }
+}
+
+#[test]
+fn an_acknowledged_put_is_within_the_flushed_offset() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(open(dir.path(), sync_mode()));
+    put_durably(&store, 4, 300, "S");
     assert_eq!(store.flushed_physical_offset(), store.max_physical_offset());
 }
 
@@ -333,21 +339,7 @@ fn producers_are_woken_by_flushes_from_other_threads_too() {
             flushes
         })
     };
-    let producers: Vec<_> = (0..8)
-        .map(|p| {
-            let store = Arc::clone(&store);
-            std::thread::spawn(move || {
-                for i in 0..250 {
-                    let put = store.put_message(&message("F", p, "f", i)).unwrap();
-                    assert_eq!(put.status, PutStatus::Ok);
-                    assert!(put.end_offset() <= store.flushed_physical_offset());
-                }
-            })
-        })
-        .collect();
-    for p in producers {
-        p.join().unwrap();
-    }
+    put_durably(&store, 8, 250, "F");
     stop.store(true, Ordering::Release);
     assert!(flusher.join().unwrap() > 0);
     assert_eq!(store.flushed_physical_offset(), store.max_physical_offset());

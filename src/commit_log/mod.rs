@@ -262,7 +262,7 @@ impl CommitLog {
                 let mut first = allocator.take(0)?;
                 if config.effective_warmup() == Warmup::Touch {
                     let upto = warm_first(Warmup::Touch, file_size as usize);
-                    first.warm_until(Warmup::Touch, upto, &|| false)?;
+                    first.warm_until(Warmup::Touch, allocator.touch_zeros(), upto, &|| false)?;
                 }
                 let writer =
                     FileWriter::new(Arc::new(first), 0).expect("a new file has no other owner");

@@ -287,7 +287,10 @@ impl Allocator {
                     while let Ok(offset) = request_rx.recv() {
                         let file = follows_a_file(&d, offset, file_size, failed)
                             .and_then(|()| MappedFile::create(&d, offset, file_size, h.clone()))
-                            .and_then(|mut f| f.warm_until(warmup, upto, &give_up).map(|()| f));
+                            .and_then(|mut f| {
+                                f.warm_until(warmup, touch_zeros, upto, &give_up)
+                                    .map(|()| f)
+                            });
                         failed = file.is_err().then_some(offset);
                         if ready_tx.send(file).is_err() || stop_prepare.load(Ordering::Relaxed) {
                             break;
@@ -445,6 +448,12 @@ impl Allocator {
             }
         }
         MappedFile::create(&self.dir, offset, self.file_size, self.hook.clone())
+    }
+
+    /// Whether touch-ahead (and the warm-up of a new file) writes zeros before it maps
+    /// pages (see `MappedFile::touch_ahead`).
+    pub(crate) fn touch_zeros(&self) -> bool {
+        self.touch_zeros
     }
 
     /// `writer` now writes its file: the ahead thread zeroes or touches just ahead of it.

@@ -252,24 +252,23 @@ impl MappedFile {
     }
 
     /// Warms the first `upto` bytes of the file as `warmup` says, giving up at the next
-    /// 2 MiB once `give_up` says so.
+    /// 2 MiB once `give_up` says so. With `zeros`, `Touch` writes each chunk's zeros
+    /// through a descriptor before it maps the chunk, as [`MappedFile::touch_ahead`] does
+    /// and for the same reason (the caller decides: [`faults_give_small_folios`]).
     pub(crate) fn warm_until(
         &mut self,
         warmup: Warmup,
+        zeros: bool,
         upto: usize,
         give_up: &dyn Fn() -> bool,
     ) -> Result<()> {
         const CHUNK: usize = 2 << 20;
         let base = self.map.as_mut_ptr();
         let upto = upto.min(self.size);
-        // Touch: zeros through a descriptor first, for large folios (see `touch_ahead`);
-        // where that fails, touching alone warms the file as well, only in smaller folios.
+        // Where writing zeros fails, touching alone warms the file as well, only in
+        // smaller folios.
         let mut fd = match warmup {
-            Warmup::Touch
-                if upto > 0
-                    && populate_write_supported()
-                    && faults_give_small_folios(self.path.parent().unwrap_or(&self.path)) =>
-            {
+            Warmup::Touch if zeros && upto > 0 && populate_write_supported() => {
                 OpenOptions::new().write(true).open(&self.path).ok()
             }
             _ => None,
@@ -1079,7 +1078,9 @@ pub mod probe {
     ) -> Result<Duration> {
         let mut file = MappedFile::create(dir, 0, size, None)?;
         if touched {
-            file.warm_until(Warmup::Touch, size, &|| false)?;
+            file.warm_until(Warmup::Touch, faults_give_small_folios(dir), size, &|| {
+                false
+            })?;
         }
         let mut writer = FileWriter::new(Arc::new(file), 0).expect("a new file has no other owner");
         let started = Instant::now();
@@ -1131,13 +1132,32 @@ mod tests {
     /// Writes and publishes records until under 2,000 bytes are left; returns where each
     /// starts and where they end.
     fn write_records_to_the_end(w: &mut FileWriter) -> (Vec<usize>, usize) {
+        let end = w.offset() as usize + w.remaining() - 2000;
+        write_records_up_to(w, end)
+    }
+
+    /// Writes and publishes records until the writer is at `end` or past it (a record is
+    /// at most 1,096 bytes); returns where each starts and where they end.
+    fn write_records_up_to(w: &mut FileWriter, end: usize) -> (Vec<usize>, usize) {
         let mut at = Vec::new();
-        while w.remaining() > 2000 {
+        while (w.offset() as usize) < end {
             at.push(w.offset() as usize);
             w.write(&record(at.len() - 1)).unwrap();
             w.publish();
         }
         (at, w.offset() as usize)
+    }
+
+    /// A new file of `size` bytes at offset 0 in `dir`, its writer (letting a zeroing
+    /// thread work ahead of it when `zeros`) and the file.
+    fn new_writer(dir: &Path, size: usize, zeros: bool) -> (FileWriter, Arc<MappedFile>) {
+        let file = Arc::new(MappedFile::create(dir, 0, size, None).unwrap());
+        let mut w = FileWriter::new(file, 0).unwrap();
+        if zeros {
+            w.allow_zero_ahead();
+        }
+        let file = Arc::clone(w.file());
+        (w, file)
     }
 
     /// Every record of [`write_records_to_the_end`] is intact, in the mapping and on
@@ -1159,10 +1179,7 @@ mod tests {
         // is intact, and the bytes past the writer end up zero.
         let dir = tempfile::tempdir().unwrap();
         let size = 4 << 20;
-        let file = Arc::new(MappedFile::create(dir.path(), 0, size, None).unwrap());
-        let mut w = FileWriter::new(file, 0).unwrap();
-        w.allow_zero_ahead();
-        let file = Arc::clone(w.file());
+        let (mut w, file) = new_writer(dir.path(), size, true);
         let done = Arc::new(AtomicBool::new(false));
         // The writer starts once the zeroer has zeroed a chunk: on a busy machine the
         // writer could otherwise fill the file before the zeroer ever ran.
@@ -1237,12 +1254,7 @@ mod tests {
         for zeros in [true, false] {
             let dir = tempfile::tempdir().unwrap();
             let (size, chunk, ahead) = (4 << 20, 64 << 10, 256 << 10);
-            let file = Arc::new(MappedFile::create(dir.path(), 0, size, None).unwrap());
-            let mut w = FileWriter::new(file, 0).unwrap();
-            if zeros {
-                w.allow_zero_ahead();
-            }
-            let file = Arc::clone(w.file());
+            let (mut w, file) = new_writer(dir.path(), size, zeros);
             let open = |zeros: bool, f: &MappedFile| {
                 zeros.then(|| OpenOptions::new().write(true).open(f.path()).unwrap())
             };
@@ -1293,19 +1305,13 @@ mod tests {
         // Without the writer's reservations the zeros could land on its records: the
         // toucher does nothing.
         let dir = tempfile::tempdir().unwrap();
-        let file = Arc::new(MappedFile::create(dir.path(), 0, 1 << 20, None).unwrap());
-        let w = FileWriter::new(file, 0).unwrap();
-        let fd = OpenOptions::new()
-            .write(true)
-            .open(w.file().path())
-            .unwrap();
+        let (_w, file) = new_writer(dir.path(), 1 << 20, false);
+        let fd = OpenOptions::new().write(true).open(file.path()).unwrap();
         assert_eq!(
-            w.file()
-                .touch_ahead(Some(&fd), 64 << 10, 256 << 10)
-                .unwrap(),
+            file.touch_ahead(Some(&fd), 64 << 10, 256 << 10).unwrap(),
             ZeroAhead::Done
         );
-        assert_eq!(w.file().touched_to.load(Ordering::Acquire), 0);
+        assert_eq!(file.touched_to.load(Ordering::Acquire), 0);
     }
 
     #[test]
@@ -1317,19 +1323,8 @@ mod tests {
         }
         let dir = tempfile::tempdir().unwrap();
         let (size, chunk) = (8 << 20, 2 << 20);
-        let file = Arc::new(MappedFile::create(dir.path(), 0, size, None).unwrap());
-        let mut w = FileWriter::new(file, 0).unwrap();
-        w.allow_zero_ahead();
-        let (at, end) = {
-            let mut at = Vec::new();
-            while w.offset() < 3 << 20 {
-                at.push(w.offset() as usize);
-                w.write(&record(at.len() - 1)).unwrap();
-                w.publish();
-            }
-            (at, w.offset() as usize)
-        };
-        let file = Arc::clone(w.file());
+        let (mut w, file) = new_writer(dir.path(), size, true);
+        let (at, end) = write_records_up_to(&mut w, 3 << 20);
         let fd = OpenOptions::new().write(true).open(file.path()).unwrap();
         let ahead = 4 << 20;
         assert_eq!(
@@ -1352,10 +1347,7 @@ mod tests {
         // into it.
         let dir = tempfile::tempdir().unwrap();
         let size = 1 << 20;
-        let file = Arc::new(MappedFile::create(dir.path(), 0, size, None).unwrap());
-        let mut w = FileWriter::new(file, 0).unwrap();
-        w.allow_zero_ahead();
-        let file = Arc::clone(w.file());
+        let (mut w, file) = new_writer(dir.path(), size, true);
         w.write(&[1u8; 100]).unwrap();
         file.zero_claim.store(size / 2, Ordering::SeqCst);
         let (filled_tx, filled) = crossbeam_channel::bounded(1);
@@ -1380,10 +1372,7 @@ mod tests {
         // A zeroer's claim just past the writer's reservation: the next write that needs
         // more room waits for the claim to clear instead of writing under the zeros.
         let dir = tempfile::tempdir().unwrap();
-        let file = Arc::new(MappedFile::create(dir.path(), 0, 1 << 20, None).unwrap());
-        let mut w = FileWriter::new(file, 0).unwrap();
-        w.allow_zero_ahead();
-        let file = Arc::clone(w.file());
+        let (mut w, file) = new_writer(dir.path(), 1 << 20, true);
         w.write(&[1u8; 100]).unwrap();
         assert_eq!(file.reserved.load(Ordering::SeqCst), RESERVE_STEP);
         w.write(&[2u8; 100]).unwrap();
@@ -1428,12 +1417,7 @@ mod tests {
         for zeros in [true, false] {
             let dir = tempfile::tempdir().unwrap();
             let (touched, size) = (1 << 20, 2 << 20);
-            let file = Arc::new(MappedFile::create(dir.path(), 0, size, None).unwrap());
-            let mut w = FileWriter::new(file, 0).unwrap();
-            if zeros {
-                w.allow_zero_ahead();
-            }
-            let file = Arc::clone(w.file());
+            let (mut w, file) = new_writer(dir.path(), size, zeros);
             let fd = zeros.then(|| OpenOptions::new().write(true).open(file.path()).unwrap());
             while file.touch_ahead(fd.as_ref(), 64 << 10, touched).unwrap() == ZeroAhead::Zeroed {}
             let mut faults_writing = |len: usize| {
@@ -1608,7 +1592,7 @@ mod tests {
     fn flush_advances_flushed_position() {
         let dir = tempfile::tempdir().unwrap();
         let mut f = MappedFile::create(dir.path(), 0, 65536, None).unwrap();
-        f.warm_until(Warmup::Touch, 65536, &|| false).unwrap();
+        f.warm_until(Warmup::Touch, true, 65536, &|| false).unwrap();
         let mut w = FileWriter::new(Arc::new(f), 0).unwrap();
         w.write(&[7u8; 5000]).unwrap();
         w.publish();
