@@ -1065,7 +1065,7 @@ pub mod probe {
     use std::time::{Duration, Instant};
 
     use super::Warmup;
-    use super::{FileWriter, MappedFile};
+    use super::{FileWriter, MappedFile, faults_give_small_folios};
     use crate::error::Result;
 
     /// Creates a `size`-byte mapped file in `dir` (touching its pages first when `touched`)
