@@ -115,6 +115,10 @@ pub struct StoreConfig {
     pub delete_hour: u8,
     /// Above this used fraction of the filesystem, expired files are deleted at once
     /// instead of waiting for the hour. Default: 0.75.
+    ///
+    /// Every disk ratio is the used fraction as `df` shows it (and RocketMQ computes it):
+    /// used blocks over used plus available ones, leaving out the blocks the filesystem
+    /// reserves for root.
     pub disk_clean_ratio: f64,
     /// Above this used fraction, the oldest files are deleted whatever their age, one per
     /// disk sample. Default: 0.85.
