@@ -210,6 +210,115 @@ impl Latencies {
     }
 }
 
+/// CPU time while the puts ran, read from procfs: the machine's (all processes, the
+/// kernel's write-back threads included) and this process's, by thread. The store's
+/// threads live through the run; the producers have ended by the second reading, so their
+/// time is what the process spent beyond the threads still listed. Linux only: elsewhere
+/// the report leaves it out.
+struct CpuTimes {
+    /// `/proc/stat`'s first line: (busy, all) in clock ticks.
+    machine: Option<(u64, u64)>,
+    /// `/proc/self/stat`: (user, system) ticks of the process, ended threads included.
+    process: Option<(u64, u64)>,
+    /// `/proc/self/task/*/stat`: thread id, name, (user, system) ticks.
+    threads: Vec<(u32, String, (u64, u64))>,
+}
+
+/// Clock ticks per second in procfs (`USER_HZ`, fixed at 100 by the kernel's ABI).
+const TICKS: f64 = 100.0;
+
+impl CpuTimes {
+    fn now() -> CpuTimes {
+        let machine = std::fs::read_to_string("/proc/stat").ok().and_then(|s| {
+            let ticks: Vec<u64> = s
+                .lines()
+                .next()?
+                .split_whitespace()
+                .skip(1)
+                .filter_map(|v| v.parse().ok())
+                .collect();
+            // user nice system idle iowait irq softirq steal: idle and iowait are not busy.
+            let all: u64 = ticks.iter().take(8).sum();
+            let idle = ticks.get(3)? + ticks.get(4)?;
+            Some((all - idle, all))
+        });
+        let threads = std::fs::read_dir("/proc/self/task")
+            .map(|dir| {
+                dir.filter_map(|e| {
+                    let e = e.ok()?;
+                    let tid = e.file_name().to_str()?.parse().ok()?;
+                    let (name, ticks) = Self::stat(&e.path().join("stat"))?;
+                    Some((tid, name, ticks))
+                })
+                .collect()
+            })
+            .unwrap_or_default();
+        CpuTimes {
+            machine,
+            process: Self::stat(std::path::Path::new("/proc/self/stat")).map(|(_, t)| t),
+            threads,
+        }
+    }
+
+    /// A `stat` file's command name and (user, system) ticks, fields 14 and 15.
+    fn stat(path: &std::path::Path) -> Option<(String, (u64, u64))> {
+        let s = std::fs::read_to_string(path).ok()?;
+        let (open, close) = (s.find('(')?, s.rfind(')')?);
+        let name = s[open + 1..close].to_string();
+        let fields: Vec<&str> = s[close + 1..].split_whitespace().collect();
+        // Fields after the name start at field 3 (the state).
+        let field = |n: usize| fields.get(n - 3)?.parse::<u64>().ok();
+        Some((name, (field(14)?, field(15)?)))
+    }
+
+    /// The report from `start` to `self`, as a JSON object: the machine's busy share of
+    /// all its CPUs, and seconds of user and system time by thread name.
+    fn report_since(&self, start: &CpuTimes) -> String {
+        let secs = |ticks: u64| ticks as f64 / TICKS;
+        let pair = |(u, s): (u64, u64)| format!("[{:.2},{:.2}]", secs(u), secs(s));
+        let mut parts = Vec::new();
+        if let (Some((b1, a1)), Some((b0, a0))) = (self.machine, start.machine) {
+            let busy = (b1 - b0) as f64 / (a1 - a0).max(1) as f64;
+            parts.push(format!("\"machine_busy\":{busy:.3}"));
+        }
+        let (Some(p1), Some(p0)) = (self.process, start.process) else {
+            return format!("{{{}}}", parts.join(","));
+        };
+        let process = (p1.0 - p0.0, p1.1 - p0.1);
+        parts.push(format!("\"process_s\":{}", pair(process)));
+        // Live threads by name (the store's threads have distinct names, but for the
+        // dispatchers' shared prefix), summed where names repeat.
+        let mut by_name: Vec<(String, (u64, u64))> = Vec::new();
+        let mut listed = (0, 0);
+        for (tid, name, (u, s)) in &self.threads {
+            let (u0, s0) = start
+                .threads
+                .iter()
+                .find(|(t, _, _)| t == tid)
+                .map_or((0, 0), |(_, _, t)| *t);
+            let d = (u.saturating_sub(u0), s.saturating_sub(s0));
+            listed = (listed.0 + d.0, listed.1 + d.1);
+            match by_name.iter_mut().find(|(n, _)| n == name) {
+                Some((_, t)) => *t = (t.0 + d.0, t.1 + d.1),
+                None => by_name.push((name.clone(), d)),
+            }
+        }
+        by_name.retain(|(_, (u, s))| u + s > 0);
+        by_name.sort_by_key(|(_, (u, s))| std::cmp::Reverse(u + s));
+        let mut threads: Vec<String> = by_name
+            .iter()
+            .map(|(n, t)| format!("\"{n}\":{}", pair(*t)))
+            .collect();
+        let ended = (
+            process.0.saturating_sub(listed.0),
+            process.1.saturating_sub(listed.1),
+        );
+        threads.push(format!("\"producers (ended)\":{}", pair(ended)));
+        parts.push(format!("\"threads_s\":{{{}}}", threads.join(",")));
+        format!("{{{}}}", parts.join(","))
+    }
+}
+
 fn main() {
     let args = Args::parse();
     match run(&args) {
@@ -244,6 +353,7 @@ fn run(args: &Args) -> Result<bool, Box<dyn std::error::Error>> {
         .seconds
         .map(|s| Instant::now() + Duration::from_secs(s));
     let per_producer = args.count.div_ceil(u64::from(args.producers));
+    let cpu_at_start = CpuTimes::now();
     let started = Instant::now();
 
     let producers: Vec<_> = (0..args.producers)
@@ -372,6 +482,7 @@ fn run(args: &Args) -> Result<bool, Box<dyn std::error::Error>> {
         latencies.merge(&h.join().map_err(|_| "a producer panicked")?);
     }
     let took = started.elapsed();
+    let cpu = CpuTimes::now().report_since(&cpu_at_start);
     let total = done.load(Ordering::Relaxed);
     // The key index's lag when the puts ended, and how long it then took to catch up.
     let end = store.max_physical_offset();
@@ -467,7 +578,7 @@ fn run(args: &Args) -> Result<bool, Box<dyn std::error::Error>> {
         ok = false;
     }
     println!(
-        "{{\"messages\":{total},\"seconds\":{:.3},\"msgs_per_s\":{:.0},\"mb_per_s\":{:.1},\"p50_us\":{:.1},\"p99_us\":{:.1},\"p999_us\":{:.1},\"max_us\":{:.1},\"read_msgs_per_s\":{:.0},\"flushes\":{},\"msgs_per_flush_mean\":{:.1},\"msgs_per_flush_p50\":{},\"msgs_per_flush_p99\":{},\"flush_us_p50\":{},\"flush_us_p99\":{},\"roll_waits\":{},\"roll_wait_ms\":{:.1},\"index_lag_bytes_at_end\":{index_lag},\"max_dispatch_lag_bytes\":{max_dispatch_lag},\"max_index_lag_bytes\":{max_index_lag},\"index_msgs_per_s\":{:.0},\"latency_hist\":{{{}}},\"slowest\":[{}],\"verified\":{ok}}}",
+        "{{\"messages\":{total},\"seconds\":{:.3},\"msgs_per_s\":{:.0},\"mb_per_s\":{:.1},\"p50_us\":{:.1},\"p99_us\":{:.1},\"p999_us\":{:.1},\"max_us\":{:.1},\"read_msgs_per_s\":{:.0},\"flushes\":{},\"msgs_per_flush_mean\":{:.1},\"msgs_per_flush_p50\":{},\"msgs_per_flush_p99\":{},\"flush_us_p50\":{},\"flush_us_p99\":{},\"roll_waits\":{},\"roll_wait_ms\":{:.1},\"index_lag_bytes_at_end\":{index_lag},\"max_dispatch_lag_bytes\":{max_dispatch_lag},\"max_index_lag_bytes\":{max_index_lag},\"index_msgs_per_s\":{:.0},\"latency_hist\":{{{}}},\"slowest\":[{}],\"cpu\":{cpu},\"verified\":{ok}}}",
         took.as_secs_f64(),
         total as f64 / took.as_secs_f64(),
         total as f64 * args.size as f64 / took.as_secs_f64() / 1e6,

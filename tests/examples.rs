@@ -81,6 +81,24 @@ fn load_generator_paces_its_puts_at_the_rate_asked() {
     assert!(field("seconds") >= 0.499, "{json}");
     assert!(field("max_index_lag_bytes") >= 0.0, "{json}");
     assert!(json.ends_with("\"verified\":true}"), "{json}");
+    // The report is one JSON object, with the CPU time the puts took.
+    let report: serde_json::Value = serde_json::from_str(json).unwrap();
+    let cpu = &report["cpu"];
+    let busy = cpu["machine_busy"].as_f64().unwrap();
+    assert!((0.0..=1.0).contains(&busy), "{cpu}");
+    let process = cpu["process_s"].as_array().unwrap();
+    assert_eq!(process.len(), 2, "user and system seconds: {cpu}");
+    let threads = cpu["threads_s"].as_object().unwrap();
+    // The producers did the puts: 3,000 paced ones, whose CPU time may round to zero.
+    assert!(threads.contains_key("producers (ended)"), "{cpu}");
+    let total = |v: &serde_json::Value| -> f64 {
+        v.as_array().unwrap().iter().map(|s| s.as_f64().unwrap()).sum()
+    };
+    let by_thread: f64 = threads.values().map(total).sum();
+    assert!(
+        (by_thread - total(&cpu["process_s"])).abs() < 0.011,
+        "the threads add up to the process: {cpu}"
+    );
 
     let out = Command::new(&load).args(["--rate", "0"]).output().unwrap();
     assert!(!out.status.success(), "a rate of 0 is refused");
