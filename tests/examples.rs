@@ -92,7 +92,11 @@ fn load_generator_paces_its_puts_at_the_rate_asked() {
     // The producers did the puts: 3,000 paced ones, whose CPU time may round to zero.
     assert!(threads.contains_key("producers (ended)"), "{cpu}");
     let total = |v: &serde_json::Value| -> f64 {
-        v.as_array().unwrap().iter().map(|s| s.as_f64().unwrap()).sum()
+        v.as_array()
+            .unwrap()
+            .iter()
+            .map(|s| s.as_f64().unwrap())
+            .sum()
     };
     let by_thread: f64 = threads.values().map(total).sum();
     assert!(
