@@ -664,6 +664,24 @@ pub(crate) fn is_zero(bytes: &[u8]) -> bool {
         .all(|chunk| chunk == &ZEROS[..chunk.len()])
 }
 
+/// Asks the CPU to bring the cache line holding `bytes[at]` into its caches, without
+/// waiting for it; nothing when `at` is outside `bytes` or the CPU has no such hint. The
+/// log's readers (the dispatchers) walk records whose header and tail lie a kilobyte
+/// apart, each a cache miss when read in turn; hinted a few records ahead, the misses
+/// overlap with the work on the records before them.
+#[inline(always)]
+pub(crate) fn prefetch(bytes: &[u8], at: usize) {
+    #[cfg(target_arch = "x86_64")]
+    if let Some(byte) = bytes.get(at) {
+        use std::arch::x86_64::{_MM_HINT_T0, _mm_prefetch};
+        // SAFETY: `_mm_prefetch` needs SSE, which every x86_64 CPU has. It is a hint that
+        // never faults and writes nothing, and the pointer is to a byte of a live slice.
+        unsafe { _mm_prefetch::<_MM_HINT_T0>(std::ptr::from_ref(byte).cast::<i8>()) };
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = (bytes, at);
+}
+
 /// Allocates `len` bytes of real disk blocks; falls back to writing zeros where the
 /// filesystem has no fallocate.
 fn allocate(file: &File, len: u64) -> io::Result<()> {
@@ -1094,6 +1112,16 @@ pub mod probe {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn prefetch_takes_any_position_and_changes_nothing() {
+        let bytes: Vec<u8> = (0..=255).collect();
+        for at in [0, 63, 64, 255, 256, 4096, usize::MAX] {
+            prefetch(&bytes, at);
+        }
+        prefetch(&[], 0);
+        assert!(bytes.iter().enumerate().all(|(i, &b)| b == i as u8));
+    }
 
     #[test]
     fn create_allocates_and_names_the_file() {
