@@ -224,6 +224,12 @@ struct CpuTimes {
     threads: Vec<(u32, String, (u64, u64))>,
 }
 
+/// `s` as a JSON string: thread names come from the executable's name, which may hold
+/// quotes or backslashes.
+fn json_string(s: &str) -> String {
+    serde_json::to_string(s).expect("a string serialises")
+}
+
 /// Clock ticks per second in procfs (`USER_HZ`, fixed at 100 by the kernel's ABI).
 const TICKS: f64 = 100.0;
 
@@ -262,7 +268,7 @@ impl CpuTimes {
 
     /// A `stat` file's command name and (user, system) ticks, fields 14 and 15.
     fn stat(path: &std::path::Path) -> Option<(String, (u64, u64))> {
-        let s = std::fs::read_to_string(path).ok()?;
+        let s = String::from_utf8_lossy(&std::fs::read(path).ok()?).into_owned();
         let (open, close) = (s.find('(')?, s.rfind(')')?);
         let name = s[open + 1..close].to_string();
         let fields: Vec<&str> = s[close + 1..].split_whitespace().collect();
@@ -278,13 +284,15 @@ impl CpuTimes {
         let pair = |(u, s): (u64, u64)| format!("[{:.2},{:.2}]", secs(u), secs(s));
         let mut parts = Vec::new();
         if let (Some((b1, a1)), Some((b0, a0))) = (self.machine, start.machine) {
-            let busy = (b1 - b0) as f64 / (a1 - a0).max(1) as f64;
+            // Idle and iowait may go back a little (proc(5)): never below 0 or above 1.
+            let busy = b1.saturating_sub(b0) as f64 / a1.saturating_sub(a0).max(1) as f64;
+            let busy = busy.clamp(0.0, 1.0);
             parts.push(format!("\"machine_busy\":{busy:.3}"));
         }
         let (Some(p1), Some(p0)) = (self.process, start.process) else {
             return format!("{{{}}}", parts.join(","));
         };
-        let process = (p1.0 - p0.0, p1.1 - p0.1);
+        let process = (p1.0.saturating_sub(p0.0), p1.1.saturating_sub(p0.1));
         parts.push(format!("\"process_s\":{}", pair(process)));
         // Live threads by name (the store's threads have distinct names, but for the
         // dispatchers' shared prefix), summed where names repeat.
@@ -307,7 +315,7 @@ impl CpuTimes {
         by_name.sort_by_key(|(_, (u, s))| std::cmp::Reverse(u + s));
         let mut threads: Vec<String> = by_name
             .iter()
-            .map(|(n, t)| format!("\"{n}\":{}", pair(*t)))
+            .map(|(n, t)| format!("{}:{}", json_string(n), pair(*t)))
             .collect();
         let ended = (
             process.0.saturating_sub(listed.0),

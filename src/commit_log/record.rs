@@ -657,9 +657,10 @@ impl<'a> Records<'a> {
         let view = parse(&rest[..size], offset)?;
         // The header and the tail (topic, properties) of the record `PREFETCH_AHEAD`
         // records on, if the records are this size, are cache misses when its turn comes.
-        let ahead = self.pos + size * PREFETCH_AHEAD;
+        // (Saturating: on a 32-bit target a huge record could overflow the guess.)
+        let ahead = size.saturating_mul(PREFETCH_AHEAD).saturating_add(self.pos);
         crate::fs::mapped_file::prefetch(self.bytes, ahead);
-        crate::fs::mapped_file::prefetch(self.bytes, ahead + view.body.1);
+        crate::fs::mapped_file::prefetch(self.bytes, ahead.saturating_add(view.body.1));
         if self.verify {
             if self.check_crc && !view.crc_ok() {
                 return Err(Error::corrupted(offset, "body CRC mismatch"));
