@@ -147,29 +147,30 @@ struct AppendState {
 /// anchor's instant is read before its wall-clock reading, so a store time is never
 /// below a wall-clock reading taken before it (a born time).
 struct WallClock {
-    anchor: Option<(Instant, u128)>,
+    /// The anchor's instant and its wall-clock time in ns since the epoch (u64 lasts
+    /// until 2554; 64-bit arithmetic keeps a 128-bit division off every put).
+    anchor: Option<(Instant, u64)>,
 }
 
 impl WallClock {
     const REANCHOR: Duration = Duration::from_millis(100);
 
     fn ms_at(&mut self, now: Instant) -> i64 {
-        let ns = match self.anchor {
-            Some((at, ns)) if now.saturating_duration_since(at) < Self::REANCHOR => {
-                ns + now.saturating_duration_since(at).as_nanos()
+        if let Some((at, ns)) = self.anchor {
+            let since = now.saturating_duration_since(at);
+            if since < Self::REANCHOR {
+                // Below 100 ms: the nanoseconds fit in u64 many times over.
+                return ((ns + since.as_nanos() as u64) / 1_000_000) as i64;
             }
-            _ => {
-                // A fresh instant, not `now`: the thread may have been preempted since
-                // `now`, and pairing it with a later wall-clock reading would put every
-                // store time until the next anchor ahead by that much.
-                let at = Instant::now();
-                let ns = std::time::SystemTime::now()
-                    .duration_since(std::time::UNIX_EPOCH)
-                    .map_or(0, |d| d.as_nanos());
-                self.anchor = Some((at, ns));
-                ns
-            }
-        };
+        }
+        // A fresh instant, not `now`: the thread may have been preempted since `now`, and
+        // pairing it with a later wall-clock reading would put every store time until the
+        // next anchor ahead by that much.
+        let at = Instant::now();
+        let ns = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX));
+        self.anchor = Some((at, ns));
         (ns / 1_000_000) as i64
     }
 }
