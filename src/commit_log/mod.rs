@@ -6,6 +6,7 @@
 //! - `flushed_offset`: end of the durable records, published by whoever flushes (under the
 //!   flush lock).
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::thread::Thread;
@@ -100,10 +101,7 @@ impl Wakeup {
 }
 
 /// The next queue offset of every topic/queue.
-/// Next queue offset by topic and queue. Looked up on every put under the put lock, so
-/// hashed with foldhash rather than SipHash (three lookups a put; SipHash took 9% of a
-/// producer's time at 100 B bodies). Its seeds are random per process.
-pub(crate) type QueueOffsets = foldhash::HashMap<String, foldhash::HashMap<u32, u64>>;
+pub(crate) type QueueOffsets = HashMap<String, HashMap<u32, u64>>;
 
 /// Where a put (of one record or a batch) landed.
 #[derive(Debug, Clone, Copy)]
@@ -337,7 +335,7 @@ impl CommitLog {
             state: PutLock::new(AppendState {
                 writer,
                 allocator,
-                queue_offsets: QueueOffsets::default(),
+                queue_offsets: HashMap::new(),
                 last_store_timestamp,
                 wall: WallClock { anchor: None },
                 closed: false,
@@ -975,7 +973,7 @@ fn through_file(writer: &mut FileWriter) {
 /// The next-queue-offset slot of a topic/queue, created at 0.
 fn queue_slot<'a>(table: &'a mut QueueOffsets, topic: &str, queue_id: u32) -> &'a mut u64 {
     if !table.contains_key(topic) {
-        table.insert(topic.to_owned(), Default::default());
+        table.insert(topic.to_owned(), HashMap::new());
     }
     table
         .get_mut(topic)

@@ -19,9 +19,7 @@ use crate::queue::commit;
 use crate::queue::consume_queue::{ConsumeQueue, Indexed, Load, QueueFiles, TableEnd};
 use crate::queue::entry::{CQ_ENTRY_LEN, CqEntry, TagCode};
 
-/// Consume queues by topic and queue: looked up for every record dispatched, so hashed
-/// with foldhash (random seeds per process) rather than SipHash.
-type Table = foldhash::HashMap<String, foldhash::HashMap<u32, Arc<ConsumeQueue>>>;
+type Table = HashMap<String, HashMap<u32, Arc<ConsumeQueue>>>;
 
 /// With this many queues, loading them takes `LOAD_THREADS` threads (a queue costs tens
 /// of microseconds of system calls; a thread, tens in all)...
@@ -101,7 +99,7 @@ impl ConsumeQueues {
         } else {
             HashMap::new()
         };
-        let mut table = Table::default();
+        let mut table = Table::new();
         let mut found = Vec::new();
         for (topic_dir, _) in list_dirs(&root)? {
             let topic = file_name(&topic_dir);
