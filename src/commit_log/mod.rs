@@ -158,7 +158,7 @@ impl WallClock {
             let since = now.saturating_duration_since(at);
             if since < Self::REANCHOR {
                 // Below 100 ms: the nanoseconds fit in u64 many times over.
-                return ((ns + since.as_nanos() as u64) / 1_000_000) as i64;
+                return (ns.saturating_add(since.as_nanos() as u64) / 1_000_000) as i64;
             }
         }
         // A fresh instant, not `now`: the thread may have been preempted since `now`, and

@@ -682,15 +682,18 @@ pub(crate) fn prefetch(bytes: &[u8], at: usize) {
     let _ = (bytes, at);
 }
 
-/// [`prefetch`] with intent to write, for a pointer into a mapping: the line comes in
-/// owned, so a store to it does not wait for a read for ownership.
+/// [`prefetch`] with intent to write, for a pointer into a mapping. A build whose target
+/// has `prfchw` emits `PREFETCHW`, which brings the line in owned; the default x86_64
+/// target has not, and the compiler emits a read prefetch, which brings in owned
+/// (exclusive) a line no other cache holds, as the lines ahead of the writer are: either
+/// way a store to it does not wait for a read for ownership.
 #[inline(always)]
 fn prefetch_write(at: *const u8) {
     #[cfg(target_arch = "x86_64")]
     {
         use std::arch::x86_64::{_MM_HINT_ET0, _mm_prefetch};
-        // SAFETY: as in `prefetch`: a hint that never faults, reads or writes memory,
-        // whatever the address (on a CPU without PREFETCHW it is a read prefetch).
+        // SAFETY: as in `prefetch`: a prefetch (whichever instruction the target gets) is
+        // a hint that never faults and changes no memory, whatever the address.
         unsafe { _mm_prefetch::<_MM_HINT_ET0>(at.cast::<i8>()) };
     }
     #[cfg(not(target_arch = "x86_64"))]
@@ -822,7 +825,7 @@ pub(crate) struct FileWriter {
 }
 
 /// How far ahead of its position the writer hints the CPU to fetch the mapping's cache
-/// lines for writing. The pages were zeroed long before (by the ahead thread) and their
+/// lines (see [`prefetch_write`]). The pages were zeroed long before (by the ahead thread) and their
 /// lines have left the caches: without the hint each line of a record is a read for
 /// ownership that the copy waits for, and the put lock's atomic publish waits on in turn.
 const WRITE_PREFETCH_LEAD: usize = 4 << 10;
