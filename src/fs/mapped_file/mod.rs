@@ -825,9 +825,10 @@ pub(crate) struct FileWriter {
 }
 
 /// How far ahead of its position the writer hints the CPU to fetch the mapping's cache
-/// lines (see [`prefetch_write`]). The pages were zeroed long before (by the ahead thread) and their
-/// lines have left the caches: without the hint each line of a record is a read for
-/// ownership that the copy waits for, and the put lock's atomic publish waits on in turn.
+/// lines (see [`prefetch_write`]). The pages were zeroed long before (by the ahead
+/// thread) and their lines have left the caches: without the hint each line of a record
+/// is a read for ownership that the copy waits for, and the put lock's atomic publish
+/// waits on in turn.
 const WRITE_PREFETCH_LEAD: usize = 4 << 10;
 
 /// How far a writer reserves at once, past the end of the write that needs it: most puts
