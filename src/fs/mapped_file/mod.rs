@@ -339,7 +339,6 @@ impl MappedFile {
     pub(crate) fn zero_ahead(&self, file: &File, chunk: usize, ahead: usize) -> Result<ZeroAhead> {
         /// Chunk size within this distance of the writer, to keep its possible wait short.
         const NEAR: usize = 256 << 10;
-        static ZEROS: [u8; 256 << 10] = [0; 256 << 10];
         if !self.zero_ahead_allowed.load(Ordering::Acquire) {
             return Ok(ZeroAhead::Done);
         }
@@ -369,14 +368,7 @@ impl MappedFile {
         // checks the claim (both SeqCst); we published the claim and then saw its
         // reservation end at or below `from`, so it waits for the claim to clear before
         // writing past `from`. Readers never look past the write position.
-        let mut written = Ok(());
-        for at in (from..from + len).step_by(ZEROS.len()) {
-            let n = ZEROS.len().min(from + len - at);
-            written = file.write_all_at(&ZEROS[..n], at as u64);
-            if written.is_err() {
-                break;
-            }
-        }
+        let written = write_zeros(file, from, len);
         self.zero_claim.store(usize::MAX, Ordering::SeqCst);
         // Like the warm-up of a new file, this sync is not a fault seam of `IoHook`: tests
         // stall and fail the syncs that make records durable. A real failure here fails
@@ -1425,22 +1417,33 @@ mod tests {
         let size = 1 << 20;
         let (mut w, file) = new_writer(dir.path(), size, true);
         w.write(&[1u8; 100]).unwrap();
-        file.zero_claim.store(size / 2, Ordering::SeqCst);
-        let (filled_tx, filled) = crossbeam_channel::bounded(1);
-        let filler = std::thread::spawn(move || {
-            w.fill();
-            filled_tx.send(()).unwrap();
+        let w = waits_for_claim(&file, size / 2, w, |w| w.fill());
+        assert_eq!(w.remaining(), 0);
+    }
+
+    /// Claims the chunk at `at` for a zeroing thread, runs `op` on `w` on another thread,
+    /// and checks that `op` waits (200 ms here) until the claim is cleared; returns `w`.
+    fn waits_for_claim(
+        file: &MappedFile,
+        at: usize,
+        w: FileWriter,
+        op: impl FnOnce(&mut FileWriter) + Send + 'static,
+    ) -> FileWriter {
+        file.zero_claim.store(at, Ordering::SeqCst);
+        let (done_tx, done) = crossbeam_channel::bounded(1);
+        let worker = std::thread::spawn(move || {
+            let mut w = w;
+            op(&mut w);
+            done_tx.send(()).unwrap();
             w
         });
         assert!(
-            filled
-                .recv_timeout(std::time::Duration::from_millis(200))
+            done.recv_timeout(std::time::Duration::from_millis(200))
                 .is_err(),
-            "filled past a claimed chunk"
+            "went past a claimed chunk"
         );
         file.zero_claim.store(usize::MAX, Ordering::SeqCst);
-        let w = filler.join().unwrap();
-        assert_eq!(w.remaining(), 0);
+        worker.join().unwrap()
     }
 
     #[test]
@@ -1457,22 +1460,11 @@ mod tests {
             RESERVE_STEP,
             "inside the step: nothing published"
         );
-        file.zero_claim.store(RESERVE_STEP, Ordering::SeqCst);
-        let (wrote_tx, wrote) = crossbeam_channel::bounded(1);
-        let writer = std::thread::spawn(move || {
+        let w = waits_for_claim(&file, RESERVE_STEP, w, |w| {
             w.write(&vec![3u8; RESERVE_STEP]).unwrap();
-            wrote_tx.send(()).unwrap();
-            w
         });
-        assert!(
-            wrote
-                .recv_timeout(std::time::Duration::from_millis(200))
-                .is_err(),
-            "wrote into a claimed chunk"
-        );
+        // The write reserved the next step.
         assert_eq!(file.reserved.load(Ordering::SeqCst), 2 * RESERVE_STEP);
-        file.zero_claim.store(usize::MAX, Ordering::SeqCst);
-        let w = writer.join().unwrap();
         assert_eq!(w.offset() as usize, 200 + RESERVE_STEP);
     }
 
