@@ -620,24 +620,37 @@ impl CommitLog {
 
     /// Appends already-encoded records of one topic/queue, all in one file, assigning
     /// consecutive queue offsets. Only this runs under the put lock.
+    ///
+    /// `started` is the caller's reading of the clock, taken after the messages' born
+    /// times and before it encoded them: when the put lock is free, it stands for the
+    /// moment the lock was taken (see [`CommitLog::append_stamped`]).
     pub(crate) fn append(
         &self,
         records: &mut [EncodedRecord],
         topic: &str,
         queue_id: u32,
+        started: Instant,
     ) -> Result<Appended> {
-        self.append_stamped(records, topic, queue_id, None)
+        self.append_stamped(records, topic, queue_id, None, started)
     }
 
     /// [`CommitLog::append`] with the store time chosen by the caller (a replicated log's
     /// leader) instead of the clock; it is still raised to the last store time, so store
     /// times never decrease in log order.
+    ///
+    /// When the put lock is free, the caller's `started` stands for the moment it was
+    /// taken, which saves a reading of the clock (about 20 ns of an async put's 400-500
+    /// here): the store time and the lock hold that `PageCacheBusy` measures then start
+    /// at most the encoding of the records earlier (under a millisecond for the largest
+    /// message), and a store time is still never below a born time read before `started`.
+    /// A put that waited for the lock reads the clock once it has it.
     pub(crate) fn append_stamped(
         &self,
         records: &mut [EncodedRecord],
         topic: &str,
         queue_id: u32,
         store_time: Option<i64>,
+        started: Instant,
     ) -> Result<Appended> {
         self.check_poisoned()?;
         self.disk.check()?;
@@ -654,8 +667,13 @@ impl CommitLog {
             return Err(Error::RecordTooLarge { size: total, max });
         }
 
-        let mut state = self.state.lock();
-        let now = Instant::now();
+        let (mut state, now) = match self.state.try_lock() {
+            Some(state) => (state, started),
+            None => {
+                let state = self.state.lock();
+                (state, Instant::now())
+            }
+        };
         self.lock_held_from(Some(now));
         let result = self.append_locked(
             &mut state,
@@ -1002,6 +1020,16 @@ impl<T> PutLock<T> {
         self.0
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// The lock if it is free now, without waiting; like [`PutLock::lock`], a panic while
+    /// it was held does not make it unusable.
+    pub(crate) fn try_lock(&self) -> Option<std::sync::MutexGuard<'_, T>> {
+        match self.0.try_lock() {
+            Ok(guard) => Some(guard),
+            Err(std::sync::TryLockError::Poisoned(p)) => Some(p.into_inner()),
+            Err(std::sync::TryLockError::WouldBlock) => None,
+        }
     }
 }
 

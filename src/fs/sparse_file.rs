@@ -140,10 +140,16 @@ pub(crate) fn next_allocation(allocated: u64, need: u64, size: u64) -> u64 {
         .min(size)
 }
 
-/// Writes all of `bytes` at `pos`.
-pub(crate) fn write_at(file: &File, path: &Path, bytes: &[u8], pos: u64) -> Result<()> {
+/// Writes all of `bytes` at `pos`. `path` names the file in an error: it is built only
+/// then, which keeps a path's allocation off the consume queues' commits.
+pub(crate) fn write_at(
+    file: &File,
+    path: impl FnOnce() -> PathBuf,
+    bytes: &[u8],
+    pos: u64,
+) -> Result<()> {
     file.write_all_at(bytes, pos)
-        .map_err(|e| Error::io("write", path, e))
+        .map_err(|e| Error::io("write", path(), e))
 }
 
 /// Reads `buf.len()` bytes at `pos`; fewer only at the end of the file.
@@ -303,7 +309,7 @@ mod tests {
         let to = next_allocation(0, 20, 6_000_000);
         assert_eq!(to, FIRST_CHUNK);
         allocate(&file, &path, 0, to, None).unwrap();
-        write_at(&file, &path, &[7; 20], 0).unwrap();
+        write_at(&file, || path.clone(), &[7; 20], 0).unwrap();
         let blocks = file.metadata().unwrap().blocks() * 512;
         assert!(
             blocks <= 16 * 1024,

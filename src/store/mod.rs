@@ -253,7 +253,9 @@ impl MessageStore {
     pub fn put_message(&self, msg: &Message) -> Result<PutResult> {
         let started = Instant::now();
         let mut record = [self.encode(msg)?];
-        let appended = self.log.append(&mut record, &msg.topic, msg.queue_id)?;
+        let appended = self
+            .log
+            .append(&mut record, &msg.topic, msg.queue_id, started)?;
         self.acknowledge(appended, started)
     }
 
@@ -285,6 +287,7 @@ impl MessageStore {
             &msg.topic,
             msg.queue_id,
             Some(store_timestamp),
+            started,
         )?;
         self.acknowledge(appended, started)
     }
@@ -322,7 +325,7 @@ impl MessageStore {
         }
         let appended = self
             .log
-            .append(&mut records, &first.topic, first.queue_id)?;
+            .append(&mut records, &first.topic, first.queue_id, started)?;
         self.acknowledge(appended, started)
     }
 
@@ -349,9 +352,10 @@ impl MessageStore {
     /// blocking: many puts can be in flight while the group commit makes them durable.
     /// Works under any executor (or none: the flush thread wakes the future).
     pub fn put_message_async(&self, msg: Message) -> PutFuture {
+        let started = Instant::now();
         let appended = match self
             .encode(&msg)
-            .and_then(|r| self.log.append(&mut [r], &msg.topic, msg.queue_id))
+            .and_then(|r| self.log.append(&mut [r], &msg.topic, msg.queue_id, started))
         {
             Ok(a) => a,
             Err(e) => return PutFuture::ready(Err(e)),

@@ -134,7 +134,7 @@ fn zero_tail(file: &File, path: &Path, pos: u64, size: u64) -> Result<bool> {
             let n = sparse_file::read_at(file, path, &mut buf[..len], at)?;
             if !is_zero(&buf[..n]) {
                 buf[..n].fill(0);
-                sparse_file::write_at(file, path, &buf[..n], at)?;
+                sparse_file::write_at(file, || path.to_owned(), &buf[..n], at)?;
                 dirty = true;
             }
             if n < len {

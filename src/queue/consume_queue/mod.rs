@@ -588,7 +588,9 @@ impl ConsumeQueue {
             let pos = byte - start;
             let n = (tail.pending.len() as u64).min(size - pos) as usize;
             let file = self.writable(start)?;
-            let path = sparse_file::path_in(&self.dir, start);
+            // Named only for an allocation or an error: building it on every commit cost
+            // the dispatch thread a twentieth of its time with 100 B records.
+            let path = || sparse_file::path_in(&self.dir, start);
             let need = pos + n as u64;
             let (alloc_file, allocated) = tail.allocated;
             let allocated = if alloc_file == start {
@@ -604,6 +606,7 @@ impl ConsumeQueue {
                 // second). One system call less for each new queue (26 µs on average
                 // under `perf trace`, of about 190 µs of system calls in all).
                 let single = allocated == 0 && need <= PAGE_SIZE as u64;
+                let path = path();
                 let allocated_now = match single {
                     true => sparse_file::allocated_by_write(&path, self.hook()),
                     false => sparse_file::allocate(&file, &path, allocated, to, self.hook()),
@@ -618,7 +621,7 @@ impl ConsumeQueue {
                 }
                 tail.allocated = (start, to.min(size));
             }
-            sparse_file::write_at(&file, &path, &tail.pending[..n], pos)?;
+            sparse_file::write_at(&file, path, &tail.pending[..n], pos)?;
             let last = CqEntry::decode(
                 tail.pending[n - CQ_ENTRY_LEN..n]
                     .try_into()
