@@ -384,6 +384,9 @@ fn run(args: &Args) -> Result<bool, Box<dyn std::error::Error>> {
                 let mut latencies = Latencies::new();
                 let mut pending = std::collections::VecDeque::new();
                 let mut n = 0u64;
+                // A blocking put begins when the last one ended: one reading of the clock
+                // a put instead of two (the latency then counts building the message).
+                let mut last_end: Option<Instant> = None;
                 let more = |n: u64| match deadline {
                     Some(d) => Instant::now() < d,
                     None => n < per_producer,
@@ -394,12 +397,13 @@ fn run(args: &Args) -> Result<bool, Box<dyn std::error::Error>> {
                         let ahead = due.saturating_duration_since(Instant::now());
                         if ahead >= Duration::from_millis(1) {
                             std::thread::sleep(ahead);
+                            last_end = None;
                         }
                     }
                     // Message n of producer p goes to queue (p + n * producers) mod queues, so
                     // even one producer writes every queue (a batch goes to one queue).
                     let queue = ((u64::from(p) + n * producers) % u64::from(queues)) as u32;
-                    let begin = Instant::now();
+                    let begin = last_end.take().unwrap_or_else(Instant::now);
                     let result = if inflight > 0 {
                         pending.push_back((
                             begin,
@@ -419,12 +423,16 @@ fn run(args: &Args) -> Result<bool, Box<dyn std::error::Error>> {
                             .collect();
                         n += batch as u64;
                         let r = store.put_messages(&msgs);
-                        latencies.record(begin.elapsed(), begin.duration_since(started));
+                        let end = Instant::now();
+                        latencies.record(end - begin, begin.duration_since(started));
+                        last_end = Some(end);
                         r.map(|r| (r.status, batch as u64))
                     } else {
                         let r = store.put_message(&message(p, n, size, queue, keys));
                         n += 1;
-                        latencies.record(begin.elapsed(), begin.duration_since(started));
+                        let end = Instant::now();
+                        latencies.record(end - begin, begin.duration_since(started));
+                        last_end = Some(end);
                         if check_durable
                             && let Ok(r) = &r
                             && r.status == PutStatus::Ok
