@@ -925,6 +925,11 @@ fn a_queue_read_at_first_use_and_found_short_goes_on_at_its_offsets() {
         assert_eq!(store.max_offset_in_queue("S", 0), 5, "the table's end");
         let got = store.get_message("S", 0, 0, 8).unwrap();
         assert_eq!(got.messages.len(), 3, "served no further than intact");
+        assert_eq!(got.next_offset, 3);
+        // Where the damage is, an error: never a skip past the two lost entries, whose
+        // messages the log still holds.
+        let err = store.get_message("S", 0, 3, 8).unwrap_err();
+        assert!(matches!(err, Error::BadStoreFile { .. }), "{err}");
         // Dispatch goes on at the queue's offsets: no gap, no conflict.
         let next = store.put_message(&message("S", 0, "s", 5)).unwrap();
         assert_eq!(next.queue_offset, 5);

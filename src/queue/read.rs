@@ -274,9 +274,13 @@ fn walk<T>(
     let mut next = offset;
     'outer: while next < max && items.len() < max_count && next - offset < scan as u64 {
         let want = (scan as u64 - (next - offset)) as usize;
-        // An I/O error is the caller's to retry; only an entry that is not there (a
-        // missing file, damage) moves the consumer on.
-        let entries = queue.entries(next, want)?;
+        // An I/O error or a damaged entry is the caller's: only an entry whose file is
+        // not there (removed by retention) moves the consumer on. Past what this call
+        // already walked, the walk ends there, and the next call meets the error.
+        let entries = match queue.entries(next, want) {
+            Err(_) if next > offset => break,
+            entries => entries?,
+        };
         if entries.is_empty() {
             if next == offset {
                 // Unreadable right where the consumer is: move it to the next file rather

@@ -508,10 +508,29 @@ impl ConsumeQueue {
         if !self.read_checked(queue_offset * CQ_ENTRY_LEN as u64, &mut buf, false)? {
             return Ok(Vec::new());
         }
-        Ok(buf
+        let entries: Vec<_> = buf
             .chunks_exact(CQ_ENTRY_LEN)
             .map_while(|c| CqEntry::decode(c.try_into().expect("20 bytes")))
-            .collect())
+            .collect();
+        if entries.is_empty() {
+            // Below the queue's end, in a file that is there, yet no entry: damage (or
+            // an entry lost while the queue was believed durable). An error rather than
+            // an empty answer, which a reader would take for a missing file and skip past
+            // messages the log still holds; the next open rebuilds the queue from the log.
+            if !self.io.suspect.swap(true, Ordering::AcqRel) {
+                log::error!("a consume queue is damaged: the next open checks and rebuilds them");
+            }
+            return Err(Error::BadStoreFile {
+                path: sparse_file::path_in(
+                    &self.dir,
+                    queue_offset / per_file * per_file * CQ_ENTRY_LEN as u64,
+                ),
+                reason: format!(
+                    "entry {queue_offset} is not a valid entry (below the queue's end {end})"
+                ),
+            });
+        }
+        Ok(entries)
     }
 
     /// Indexes `entry` at `queue_offset`, in the pending batch ([`ConsumeQueue::commit`]
