@@ -133,6 +133,13 @@ pub struct StoreConfig {
     /// crash; this adds bit-rot detection at the price of reading every body of the last
     /// file (about 200 ms per GiB here). Default: false.
     pub verify_crc_on_clean_open: bool,
+    /// Check the body CRC of every message read (`get_message`, `get_raw`,
+    /// `lookup_message`, `query_message`): a body damaged on disk is then an
+    /// [`Error::Corrupted`](crate::Error::Corrupted), never a changed message served as
+    /// found. It costs about 90 ns per KiB of body here (`cargo bench --bench get`:
+    /// 32 bodies of 1 KiB in 8.2 µs instead of 5.4 µs, from the page cache); a broker
+    /// whose consumers check the CRC themselves can turn it off. Default: true.
+    pub verify_crc_on_read: bool,
     /// After a clean exit, when the queue table lists at least this many queues, each
     /// queue's files are read at its first use instead of at open: opening 100,000 queues
     /// then reads none of them. A queue is checked against its table row when it is read;
@@ -199,6 +206,7 @@ impl fmt::Debug for StoreConfig {
             )
             .field("max_transfer_bytes", &self.max_transfer_bytes)
             .field("verify_crc_on_clean_open", &self.verify_crc_on_clean_open)
+            .field("verify_crc_on_read", &self.verify_crc_on_read)
             .field("lazy_queue_load_threshold", &self.lazy_queue_load_threshold)
             .field("truncate_damaged_log", &self.truncate_damaged_log)
             .field("file_delete_interval", &self.file_delete_interval)
@@ -240,6 +248,7 @@ impl StoreConfig {
             consume_queue_flush_interval: Duration::from_secs(1),
             max_transfer_bytes: 256 * 1024,
             verify_crc_on_clean_open: false,
+            verify_crc_on_read: true,
             lazy_queue_load_threshold: 10_000,
             truncate_damaged_log: false,
             file_delete_interval: Duration::from_millis(100),
@@ -392,6 +401,12 @@ impl StoreConfig {
     /// Sets [`StoreConfig::verify_crc_on_clean_open`].
     pub fn verify_crc_on_clean_open(mut self, on: bool) -> Self {
         self.verify_crc_on_clean_open = on;
+        self
+    }
+
+    /// Sets [`StoreConfig::verify_crc_on_read`].
+    pub fn verify_crc_on_read(mut self, on: bool) -> Self {
+        self.verify_crc_on_read = on;
         self
     }
 

@@ -362,7 +362,7 @@ fn a_pull_takes_a_byte_limit_of_its_own_and_raw_records_as_stored() {
 }
 
 #[test]
-fn an_unreadable_entry_moves_the_consumer_to_the_next_queue_file() {
+fn a_damaged_entry_is_an_error_and_the_entries_around_it_are_served() {
     let dir = tempfile::tempdir().unwrap();
     let store =
         MessageStore::open(config(dir.path(), sync_mode()).consume_queue_entries_per_file(10))
@@ -384,15 +384,28 @@ fn an_unreadable_entry_moves_the_consumer_to_the_next_queue_file() {
         (3, 3),
         "served up to the damage"
     );
-    let got = store.get_message("D", 0, 3, 32).unwrap();
-    assert_eq!(got.status, GetStatus::OffsetFoundNull);
-    assert_eq!(
-        got.next_offset, 10,
-        "on to the next queue file, not the same offset again"
-    );
-    let got = store.get_message("D", 0, got.next_offset, 32).unwrap();
+    // Never a skip past the rest of the file (entries 4 to 9 are intact): an error, again
+    // and again, until the broker moves on knowingly or a reopen rebuilds the queue.
+    for _ in 0..2 {
+        let err = store.get_message("D", 0, 3, 32).unwrap_err();
+        assert!(
+            matches!(err, rocketstore::Error::BadStoreFile { .. }),
+            "{err}"
+        );
+    }
+    let got = store.get_message("D", 0, 4, 32).unwrap();
     assert_eq!(got.status, GetStatus::Found);
-    assert_eq!(got.messages[0].queue_offset, 10);
+    assert_eq!(got.messages[0].queue_offset, 4);
+    assert_eq!(got.messages.len(), 21);
+    assert!(
+        store.shutdown().is_err(),
+        "left for the next open to rebuild"
+    );
+    let store =
+        MessageStore::open(config(dir.path(), sync_mode()).consume_queue_entries_per_file(10))
+            .unwrap();
+    let got = store.get_message("D", 0, 0, 32).unwrap();
+    assert_eq!(got.messages.len(), 25, "rebuilt from the log");
 }
 
 #[test]

@@ -235,6 +235,57 @@ fn a_crash_reopen_reuses_the_prepared_file_once_zeroed() {
 }
 
 #[test]
+fn a_damaged_body_is_never_served_and_the_store_goes_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let puts = {
+        let store = open(dir.path(), sync_mode());
+        fill(&store, 50)
+    };
+    let victim = puts[20];
+    let path = commit_log_file(dir.path(), victim.physical_offset);
+    let file = OpenOptions::new().write(true).open(&path).unwrap();
+    let at = victim.physical_offset % SMALL_FILE + u64::from(victim.wrote_bytes) - 30;
+    file.write_all_at(&[0xEE], at).unwrap();
+    drop(file);
+
+    // A clean open trusts bodies by default (no CRC pass over the log): reads check them.
+    let store = open(dir.path(), sync_mode());
+    let corrupted_at_victim = |e: Error| match e {
+        Error::Corrupted { offset, .. } => assert_eq!(offset, victim.physical_offset),
+        other => panic!("unexpected {other}"),
+    };
+    corrupted_at_victim(store.get_message("R", 0, 20, 1).unwrap_err());
+    corrupted_at_victim(store.lookup_message(victim.physical_offset).unwrap_err());
+    corrupted_at_victim(
+        store
+            .get_raw(&rocketstore::GetRequest::new("R", 0, 20).max_count(1))
+            .unwrap_err(),
+    );
+    // A batch serves what lies before the damage and stops there.
+    let before = store.get_message("R", 0, 0, 50).unwrap();
+    assert_eq!(before.messages.len(), 20);
+    assert_eq!(before.next_offset, 20);
+    let raw = store
+        .get_raw(&rocketstore::GetRequest::new("R", 0, 0).max_count(50))
+        .unwrap();
+    assert_eq!((raw.records.len(), raw.next_offset), (20, 20));
+    // Past it, and for new puts, the store goes on.
+    let after = store.get_message("R", 0, 21, 50).unwrap();
+    assert_eq!(after.messages.len(), 29);
+    let next = store.put_message(&message("R", 0, "r", 50)).unwrap();
+    assert_eq!(next.queue_offset, 50);
+    assert!(store.wait_dispatched(next.physical_offset, std::time::Duration::from_secs(30)));
+    let got = store.get_message("R", 0, 50, 1).unwrap();
+    assert_eq!(got.messages[0].physical_offset, next.physical_offset);
+    drop(store);
+    // Turned off, the read trusts the body: the caller checks it (`crc_ok`).
+    let store =
+        MessageStore::open(config(dir.path(), sync_mode()).verify_crc_on_read(false)).unwrap();
+    let got = store.get_message("R", 0, 20, 1).unwrap();
+    assert!(!got.messages[0].crc_ok());
+}
+
+#[test]
 fn after_a_clean_exit_a_damaged_record_refuses_the_open_instead_of_dropping_data() {
     let dir = tempfile::tempdir().unwrap();
     let puts = {

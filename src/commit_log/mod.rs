@@ -194,6 +194,8 @@ pub(crate) struct CommitLog {
     counters: Arc<Counters>,
     /// Sync flush: readers see only flushed bytes, and records go in through the file.
     sync_flush: bool,
+    /// Reads check each body's CRC (`StoreConfig::verify_crc_on_read`).
+    verify_crc_on_read: bool,
     flush_lock: Mutex<()>,
     poisoned: AtomicBool,
     poison_cause: Mutex<Option<Arc<std::io::Error>>>,
@@ -331,6 +333,7 @@ impl CommitLog {
             flushed_messages: AtomicU64::new(0),
             counters,
             sync_flush: config.flush_mode.is_sync(),
+            verify_crc_on_read: config.verify_crc_on_read,
             files,
             state: PutLock::new(AppendState {
                 writer,
@@ -896,11 +899,33 @@ impl CommitLog {
             return Ok(None);
         };
         let (_, bytes) = cursor.view.as_ref().expect("record_in_view() covered it");
-        let msg = record::decode_at(bytes, pos, offset, false, topic_hint)?;
+        // The body's CRC is checked on every read unless turned off: a clean open does
+        // not check bodies (`verify_crc_on_clean_open`), and a byte damaged on disk
+        // since must come back as an error, never as a changed message.
+        let msg = record::decode_at(bytes, pos, offset, self.verify_crc_on_read, topic_hint)?;
         if msg.physical_offset != offset {
             return Err(Error::corrupted(offset, "no record starts here"));
         }
         Ok(Some(msg))
+    }
+
+    /// Whether reads check bodies' CRCs (`StoreConfig::verify_crc_on_read`).
+    pub(crate) fn verifies_reads(&self) -> bool {
+        self.verify_crc_on_read
+    }
+
+    /// The store time of the record at `offset`, if one starts there below `limit`: read
+    /// from its header alone (the body's CRC does not cover it, and is not checked).
+    pub(crate) fn store_time_at(&self, offset: u64, limit: u64) -> Result<Option<i64>> {
+        let mut cursor = ReadCursor::default();
+        let Some(bytes) = self.read_raw_with(&mut cursor, offset, limit)? else {
+            return Ok(None);
+        };
+        let view = record::parse(&bytes, offset)?;
+        if view.physical_offset != offset {
+            return Err(Error::corrupted(offset, "no record starts here"));
+        }
+        Ok(Some(view.store_timestamp))
     }
 
     /// Points `cursor` at the readable file holding `offset` and finds the record starting

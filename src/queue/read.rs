@@ -29,8 +29,10 @@ pub enum GetStatus {
     /// The entries read point at records retention has deleted (below the log's start);
     /// `next_offset` is past them.
     MessageWasRemoving,
-    /// The entry at the offset could not be read (a damaged or missing consume-queue
-    /// file); `next_offset` is the start of the next queue file, so a consumer moves on.
+    /// The consume-queue file holding the offset is not there (removed since the read
+    /// began); `next_offset` is the start of the next queue file, so a consumer moves on.
+    /// A damaged entry is an error instead ([`Error::BadStoreFile`](crate::Error)), never
+    /// a reason to move past messages the log still holds.
     OffsetFoundNull,
     /// No longer returned: an unknown queue answers [`GetStatus::NoMessageInQueue`].
     NoMatchedLogicQueue,
@@ -310,7 +312,15 @@ fn walk<T>(
                 continue;
             }
             let before = items.len();
-            take(&mut cursor, entry, next - 1, limit, &mut items)?;
+            if let Err(e) = take(&mut cursor, entry, next - 1, limit, &mut items) {
+                if items.is_empty() {
+                    return Err(e);
+                }
+                // Serve what came before the damaged (or unreadable) record; the next
+                // call, from it, meets the error.
+                next -= 1;
+                break 'outer;
+            }
             if items.len() > before {
                 bytes += entry.size as usize;
             }
@@ -424,6 +434,10 @@ pub(crate) fn get_raw(
                 return missing(log, &entry);
             };
             let view = crate::commit_log::record::parse(&bytes, entry.physical_offset)?;
+            // As `CommitLog::read_with` does for decoded messages.
+            if log.verifies_reads() && !view.crc_ok() {
+                return Err(Error::corrupted(entry.physical_offset, "body CRC mismatch"));
+            }
             if view.queue_id != queue_id || view.queue_offset != at || view.topic != topic {
                 let found = (view.topic, view.queue_id, view.queue_offset);
                 return Err(foreign(queues, (topic, queue_id, at), &entry, found));
@@ -473,9 +487,7 @@ pub(crate) fn offset_by_time(
     let first_at_or_after = |ts: i64| {
         try_partition_point(min..max, |at| {
             let stored = match queue.entry(at) {
-                Some(e) => log
-                    .read(e.physical_offset, limit)?
-                    .map(|m| m.store_timestamp),
+                Some(e) => log.store_time_at(e.physical_offset, limit)?,
                 None => None,
             };
             Ok(stored.is_some_and(|stored| stored < ts))
@@ -510,6 +522,6 @@ pub(crate) fn locate(
     if entry.physical_offset < log.min_offset() {
         return Ok(None);
     }
-    let stored = log.read(entry.physical_offset, log.readable_offset())?;
-    Ok(stored.map(|m| (entry.physical_offset, m.store_timestamp)))
+    let stored = log.store_time_at(entry.physical_offset, log.readable_offset())?;
+    Ok(stored.map(|ts| (entry.physical_offset, ts)))
 }
