@@ -93,6 +93,39 @@ fn a_failed_create_allocate_or_rename_fails_the_roll_and_the_store_goes_on() {
     }
 }
 
+#[test]
+fn after_a_failed_roll_under_sync_flush_the_file_end_is_flushed_and_dispatched() {
+    let dir = tempfile::tempdir().unwrap();
+    let hook = Arc::new(FailStep::default());
+    let store = MessageStore::open(
+        config(dir.path(), sync_mode())
+            .preallocate(false)
+            .io_hook(hook.clone()),
+    )
+    .unwrap();
+    hook.armed.store(ALLOCATE, Ordering::SeqCst);
+    let mut i = 0;
+    while store.put_message(&message("F", 0, "f", i)).is_ok() {
+        i += 1;
+    }
+    // The failed put ended the first file with a blank record. No put follows (a disk
+    // that stays full): the blank must still become durable, or readers and dispatch
+    // stop short of the log's end, and whoever waits for it (a topic deletion, a caller
+    // of wait_dispatched_to) waits forever.
+    let end = store.max_physical_offset();
+    assert_eq!(end, SMALL_FILE);
+    assert!(
+        store.wait_dispatched_to(end, std::time::Duration::from_secs(10)),
+        "dispatch stopped at {} of {end}",
+        store.flushed_physical_offset()
+    );
+    assert_eq!(store.flushed_physical_offset(), end);
+    store.delete_topic("F").unwrap();
+    hook.armed.store(0, Ordering::SeqCst);
+    let next = store.put_message(&message("F", 0, "f", 0)).unwrap();
+    assert_eq!((next.physical_offset, next.queue_offset), (SMALL_FILE, 0));
+}
+
 /// Fails the allocation of one commit-log file while armed; records every file begun.
 struct FailFile {
     path: std::path::PathBuf,

@@ -261,6 +261,11 @@ impl Flusher {
         }
     }
 
+    /// Asks the group-commit thread to make `target` durable, without waiting for it.
+    pub(crate) fn request_flush(&self, target: u64) {
+        self.shared.request(target);
+    }
+
     /// A future resolving once `target` is durable, carrying `result` with its status.
     pub(crate) fn ack_future(&self, result: PutResult) -> PutFuture {
         let target = result.end_offset();

@@ -230,6 +230,22 @@ impl MessageStore {
         record::encode(msg, &self.config.store_host, self.config.max_message_size)
     }
 
+    /// Passes an append's outcome on. A failed append under sync flush may still have
+    /// moved the log's end: a roll ends the full file with a blank record before it
+    /// takes the next file, and that can fail (a full disk). No producer waits for the
+    /// blank, so the flush is asked for here; otherwise readers and dispatch stop short
+    /// of the log's end until some later put succeeds, and whoever waits for the end (a
+    /// topic deletion) waits as long.
+    fn after_append(&self, appended: Result<Appended>) -> Result<Appended> {
+        if appended.is_err() && self.config.flush_mode.is_sync() {
+            let end = self.log.write_offset();
+            if end > self.log.flushed_offset() {
+                self.flusher.request_flush(end);
+            }
+        }
+        appended
+    }
+
     fn result(&self, a: Appended, status: PutStatus) -> PutResult {
         PutResult {
             status,
@@ -253,9 +269,11 @@ impl MessageStore {
     pub fn put_message(&self, msg: &Message) -> Result<PutResult> {
         let started = Instant::now();
         let mut record = [self.encode(msg)?];
-        let appended = self
-            .log
-            .append(&mut record, &msg.topic, msg.queue_id, started)?;
+        let appended =
+            self.after_append(
+                self.log
+                    .append(&mut record, &msg.topic, msg.queue_id, started),
+            )?;
         self.acknowledge(appended, started)
     }
 
@@ -282,13 +300,13 @@ impl MessageStore {
     pub fn put_message_stamped(&self, msg: &Message, store_timestamp: i64) -> Result<PutResult> {
         let started = Instant::now();
         let mut record = [self.encode(msg)?];
-        let appended = self.log.append_stamped(
+        let appended = self.after_append(self.log.append_stamped(
             &mut record,
             &msg.topic,
             msg.queue_id,
             Some(store_timestamp),
             started,
-        )?;
+        ))?;
         self.acknowledge(appended, started)
     }
 
@@ -323,9 +341,12 @@ impl MessageStore {
                 max: self.config.max_message_size,
             });
         }
-        let appended = self
-            .log
-            .append(&mut records, &first.topic, first.queue_id, started)?;
+        let appended = self.after_append(self.log.append(
+            &mut records,
+            &first.topic,
+            first.queue_id,
+            started,
+        ))?;
         self.acknowledge(appended, started)
     }
 
@@ -353,10 +374,9 @@ impl MessageStore {
     /// Works under any executor (or none: the flush thread wakes the future).
     pub fn put_message_async(&self, msg: Message) -> PutFuture {
         let started = Instant::now();
-        let appended = match self
-            .encode(&msg)
-            .and_then(|r| self.log.append(&mut [r], &msg.topic, msg.queue_id, started))
-        {
+        let appended = match self.encode(&msg).and_then(|r| {
+            self.after_append(self.log.append(&mut [r], &msg.topic, msg.queue_id, started))
+        }) {
             Ok(a) => a,
             Err(e) => return PutFuture::ready(Err(e)),
         };
