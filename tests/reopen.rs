@@ -235,6 +235,36 @@ fn a_crash_reopen_reuses_the_prepared_file_once_zeroed() {
 }
 
 #[test]
+fn a_damaged_store_time_in_the_future_does_not_become_every_later_store_time() {
+    let dir = tempfile::tempdir().unwrap();
+    let puts = {
+        let store = open(dir.path(), sync_mode());
+        fill(&store, 3)
+    };
+    // STORETIMESTAMP is outside the body CRC: its top byte damaged, the last record says
+    // it was stored thousands of years from now.
+    let last = puts[2];
+    let path = commit_log_file(dir.path(), last.physical_offset);
+    let at = last.physical_offset % SMALL_FILE + (format::POS_BORN_HOST + 8) as u64;
+    let file = OpenOptions::new().write(true).open(&path).unwrap();
+    file.write_all_at(&[0x10], at).unwrap();
+    drop(file);
+    let store = open(dir.path(), sync_mode());
+    let damaged = store.lookup_message(last.physical_offset).unwrap().unwrap();
+    assert!(damaged.store_timestamp > last.store_timestamp + 1_000_000_000_000);
+    let before = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64;
+    let next = store.put_message(&message("R", 0, "r", 3)).unwrap();
+    assert!(
+        (before..before + 60_000).contains(&next.store_timestamp),
+        "stored at {} at {before}",
+        next.store_timestamp
+    );
+}
+
+#[test]
 fn a_damaged_body_is_never_served_and_the_store_goes_on() {
     let dir = tempfile::tempdir().unwrap();
     let puts = {

@@ -173,6 +173,25 @@ impl WallClock {
     }
 }
 
+/// How far ahead of the wall clock the log's last store time may be and still hold later
+/// store times up: a clock stepped back by less keeps store times rising in log order.
+const MAX_STORE_TIME_AHEAD_MS: i64 = 24 * 3600 * 1000;
+
+/// The store time later records are raised to, from the latest one a reopen scanned.
+/// STORETIMESTAMP lies outside the body's CRC: a damaged one far in the future would
+/// otherwise become the store time of every later record, for good (each carries it
+/// on), and time lookups and the checkpoint's times with it.
+fn store_time_floor(scanned: i64, now_ms: i64) -> i64 {
+    if scanned > now_ms.saturating_add(MAX_STORE_TIME_AHEAD_MS) {
+        log::warn!(
+            "the log's latest store time {scanned} is more than a day past the clock \
+             ({now_ms}): damaged, not a floor for later store times"
+        );
+        return now_ms;
+    }
+    scanned
+}
+
 pub(crate) struct CommitLog {
     files: MappedFileQueue,
     state: PutLock<AppendState>,
@@ -273,7 +292,11 @@ impl CommitLog {
                 sink.begin(0, 0)?;
                 (writer, 0)
             }
-            false => reopen::scan_and_truncate(&mut loaded, plan, sink, &mut unused)?,
+            false => {
+                let (writer, scanned) =
+                    reopen::scan_and_truncate(&mut loaded, plan, sink, &mut unused)?;
+                (writer, store_time_floor(scanned, crate::message::now_ms()))
+            }
         };
         // The scan accepted the log: the unused files past it are reused as the next
         // files, as long as they follow the writer's file without a gap (a scan that cut
@@ -728,6 +751,10 @@ impl CommitLog {
             self.roll(state)?;
             now = Instant::now();
         }
+        // Again under the lock (and after a roll, which can take long): a failed flush
+        // poisons the log while puts wait for the lock, and every put that writes after
+        // it must fail, under async flush too, where nothing else would fail it.
+        self.check_poisoned()?;
         let next_queue_offset = queue_slot(&mut state.queue_offsets, topic, queue_id);
         let queue_offset = *next_queue_offset;
         let store_timestamp = store_time

@@ -88,6 +88,10 @@ const NONE: u64 = u64::MAX;
 /// A batch is written out once it holds this many bytes, whoever commits it.
 const MAX_PENDING: usize = 64 * 1024;
 
+/// The largest queue offset an entry can have: its byte offset in the queue's files
+/// must fit RocketMQ's signed 64-bit file offsets (and ours, in u64 arithmetic).
+pub(crate) const MAX_QUEUE_OFFSET: u64 = i64::MAX as u64 / CQ_ENTRY_LEN as u64;
+
 /// Room a queue's pending buffer gets for a round's first entry: 16 entries, 320 bytes
 /// (32 MB for a round that touches 100,000 queues, freed at its commit).
 const FIRST_PENDING: usize = 16 * CQ_ENTRY_LEN;
@@ -553,6 +557,13 @@ impl ConsumeQueue {
             self.free_start.store(false, Ordering::Release);
             self.restartable.store(false, Ordering::Release);
         }
+        if queue_offset > MAX_QUEUE_OFFSET {
+            // Read from a damaged header: no queue file could hold it.
+            return Ok(Indexed::Gap(format!(
+                "consume queue {}: queue offset {queue_offset} is past any queue file",
+                self.dir.display()
+            )));
+        }
         let max = self.max_offset();
         let mut next = max + (tail.pending.len() / CQ_ENTRY_LEN) as u64;
         if queue_offset < next {
@@ -820,6 +831,26 @@ mod tests {
             q.sync(point).unwrap();
         }
         assert!(q.unsynced().is_none());
+    }
+
+    #[test]
+    fn a_queue_offset_past_any_queue_file_is_refused_not_wrapped() {
+        // A damaged QUEUEOFFSET (the CRC covers only the body) read by a rebuild: as a
+        // fresh queue's first entry it must not become the queue's start, whose byte
+        // offset would overflow (a panic in debug builds, a wrap into file 0 in release).
+        let dir = tempfile::tempdir().unwrap();
+        let q = ConsumeQueue::new(dir.path().join("T/0"), io(5 * CQ_ENTRY_LEN as u64));
+        for damaged in [1u64 << 63 | 3, u64::MAX, MAX_QUEUE_OFFSET + 1] {
+            assert!(
+                matches!(q.put(damaged, entry(3)).unwrap(), Indexed::Gap(_)),
+                "{damaged}"
+            );
+        }
+        q.commit().unwrap();
+        assert_eq!((q.min_offset(), q.max_offset()), (0, 0));
+        assert_eq!(q.put(0, entry(0)).unwrap(), Indexed::Appended);
+        q.commit().unwrap();
+        assert_eq!(q.max_offset(), 1);
     }
 
     #[test]
