@@ -85,6 +85,74 @@ fn shutdown_does_not_deadlock_with_a_reader_waiting_for_dispatch() {
     assert!(!layout::abort_file(dir.path()).exists());
 }
 
+/// Stalls the allocation of every commit-log file after the first until released.
+struct StallNextFile {
+    stalled: (Sender<()>, Receiver<()>),
+    release: (Sender<()>, Receiver<()>),
+}
+
+impl IoHook for StallNextFile {
+    fn before_allocate(&self, path: &Path) -> io::Result<()> {
+        let commit_log = path
+            .parent()
+            .is_some_and(|p| p.ends_with(layout::COMMIT_LOG_DIR));
+        let first = path
+            .file_name()
+            .is_some_and(|n| n.to_string_lossy().starts_with(&layout::file_name(0)));
+        if commit_log && !first {
+            let _ = self.stalled.0.send(());
+            let _ = self.release.1.recv();
+        }
+        Ok(())
+    }
+}
+
+#[test]
+fn shutdown_does_not_hold_the_put_lock_while_an_allocation_thread_finishes() {
+    let dir = tempfile::tempdir().unwrap();
+    let hook = Arc::new(StallNextFile {
+        stalled: unbounded(),
+        release: unbounded(),
+    });
+    // Files large enough that the puts below never roll (a roll would wait for the
+    // stalled file, under the put lock, as it should).
+    let store = Arc::new(
+        MessageStore::open(
+            config(dir.path(), async_mode())
+                .commit_log_file_size(64 << 20)
+                .io_hook(hook.clone()),
+        )
+        .unwrap(),
+    );
+    // The allocation thread is stuck preparing the next file (a slow fallocate).
+    hook.stalled.1.recv().unwrap();
+    let s = Arc::clone(&store);
+    let shutter = std::thread::spawn(move || s.shutdown());
+    // Puts go on until the shutdown refuses them: at once, not once the allocation
+    // thread is done.
+    let (tx, rx) = unbounded();
+    let s = Arc::clone(&store);
+    let putter = std::thread::spawn(move || {
+        let mut i = 0;
+        let refused = loop {
+            match s.put_message(&message("P", 0, "p", i)) {
+                Ok(_) => i += 1,
+                Err(e) => break e,
+            }
+        };
+        tx.send(matches!(refused, Error::ShutDown)).unwrap();
+    });
+    let refused = rx.recv_timeout(Duration::from_secs(10));
+    hook.release.0.send(()).unwrap();
+    assert_eq!(
+        refused,
+        Ok(true),
+        "a put waited for the allocation thread behind the shutdown"
+    );
+    putter.join().unwrap();
+    shutter.join().unwrap().unwrap();
+}
+
 #[test]
 fn a_second_concurrent_shutdown_waits_for_the_first_and_shares_its_outcome() {
     let dir = tempfile::tempdir().unwrap();

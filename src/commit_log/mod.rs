@@ -1025,8 +1025,10 @@ impl CommitLog {
     pub(crate) fn close(&self) {
         let mut state = self.state.lock();
         state.closed = true;
-        state.allocator.shutdown();
+        let stopping = state.allocator.stop();
         drop(state);
+        // Joined without the put lock (see `Allocator::stop`).
+        stopping.join();
         self.confirm.close();
     }
 }

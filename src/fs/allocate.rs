@@ -468,23 +468,41 @@ impl Allocator {
         }
     }
 
-    /// Stops the threads. A file prepared but never used stays on disk, empty; opening the
-    /// store removes it.
+    /// Stops the threads and waits for them. A file prepared but never used stays on
+    /// disk, empty; opening the store removes it.
     pub(crate) fn shutdown(&mut self) {
+        self.stop().join();
+    }
+
+    /// Tells the threads to stop and hands them over, to be joined outside the put lock:
+    /// one may be inside a slow `fallocate` or a 4 MiB zero write and its sync, and every
+    /// put, flush and timed-out producer needs the lock meanwhile.
+    pub(crate) fn stop(&mut self) -> Stopping {
         self.stop.store(true, Ordering::Relaxed);
-        if let Some(w) = self.worker.take() {
+        self.pending.clear();
+        Stopping(self.worker.take().map_or_else(Vec::new, |w| {
             drop(w.requests);
             drop(w.ready);
             drop(w.ahead);
-            for thread in w.threads {
-                if thread.join().is_err() {
-                    // Harmless to the data: `take` creates files itself once the thread is
-                    // gone, and the writer takes its own page faults.
-                    log::error!("an allocation thread panicked");
-                }
+            w.threads
+        }))
+    }
+}
+
+/// The allocation threads of a stopped [`Allocator`], still to be joined.
+#[must_use = "join the threads"]
+pub(crate) struct Stopping(Vec<JoinHandle<()>>);
+
+impl Stopping {
+    /// Waits for the threads to end.
+    pub(crate) fn join(self) {
+        for thread in self.0 {
+            if thread.join().is_err() {
+                // Harmless to the data: `take` creates files itself once the thread is
+                // gone, and the writer takes its own page faults.
+                log::error!("an allocation thread panicked");
             }
         }
-        self.pending.clear();
     }
 }
 
