@@ -126,6 +126,33 @@ fn after_a_failed_roll_under_sync_flush_the_file_end_is_flushed_and_dispatched()
     assert_eq!((next.physical_offset, next.queue_offset), (SMALL_FILE, 0));
 }
 
+/// Records the directories synced.
+#[derive(Default)]
+struct SyncedDirs(std::sync::Mutex<Vec<std::path::PathBuf>>);
+
+impl IoHook for SyncedDirs {
+    fn before_sync_dir(&self, dir: &Path) -> io::Result<()> {
+        self.0.lock().unwrap().push(dir.to_owned());
+        Ok(())
+    }
+}
+
+#[test]
+fn a_new_store_directory_is_durable_in_its_parent() {
+    // Without a sync of the parent, a power cut may take the new root (and every
+    // acknowledged put in it) away: a directory entry is durable only once its directory
+    // is synced.
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("a").join("store");
+    let hook = Arc::new(SyncedDirs::default());
+    let store = MessageStore::open(config(&root, sync_mode()).io_hook(hook.clone())).unwrap();
+    store.put_message(&message("D", 0, "d", 0)).unwrap();
+    let synced = hook.0.lock().unwrap().clone();
+    for parent in [dir.path().to_owned(), dir.path().join("a")] {
+        assert!(synced.contains(&parent), "{parent:?} not in {synced:?}");
+    }
+}
+
 /// Fails the allocation of one commit-log file while armed; records every file begun.
 struct FailFile {
     path: std::path::PathBuf,

@@ -129,8 +129,9 @@ impl MessageStore {
                 });
             }
         }
-        std::fs::create_dir_all(config.root())
-            .map_err(|e| Error::io("create directory", config.root(), e))?;
+        // Durably: a new root's name must reach the disk in its parent before anything
+        // acknowledged is stored below it.
+        crate::fs::ops::create_dir_durable(config.root(), config.io_hook.as_ref())?;
         let lock = StoreLock::acquire(config.root())?;
         if !lock.last_exit_clean() {
             log::warn!(
