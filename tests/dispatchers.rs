@@ -168,6 +168,59 @@ fn a_slow_dispatcher_does_not_hold_up_the_consume_queues() {
 }
 
 #[test]
+fn retention_never_deletes_records_a_lagging_dispatcher_has_not_seen() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut rec, seen) = Recorder::new("slow");
+    let (entered_tx, entered) = bounded(0);
+    let (go, go_rx) = bounded(0);
+    rec.gate = Some((entered_tx, go_rx));
+    let store = MessageStore::open_with(
+        config(dir.path(), sync_mode()).file_reserved_time(Duration::ZERO),
+        vec![Box::new(rec)],
+    )
+    .unwrap();
+    // Bound after the store, so dropped before it when a check fails: the gate then
+    // fails the blocked dispatcher instead of holding the store's shutdown for ever.
+    let go = go;
+    let mut offsets = Vec::new();
+    offsets.push(
+        store
+            .put_message(&message("T", 0, "s", 0))
+            .unwrap()
+            .physical_offset,
+    );
+    entered.recv_timeout(LONG).unwrap(); // the dispatcher holds the first record
+    // Three files' worth: every file but the last is old enough to go.
+    let mut i = 1;
+    while store.max_physical_offset() < 3 * common::SMALL_FILE {
+        offsets.push(
+            store
+                .put_message(&message("T", 0, "s", i))
+                .unwrap()
+                .physical_offset,
+        );
+        i += 1;
+    }
+    assert!(store.wait_dispatched_to(store.max_physical_offset(), LONG));
+    assert!(store.wait_dispatcher("index", store.max_physical_offset(), LONG));
+    assert_eq!(
+        store.delete_expired_files().unwrap(),
+        0,
+        "the slow one has seen none"
+    );
+    assert_eq!(store.min_physical_offset(), 0);
+    let releaser =
+        std::thread::spawn(move || while go.send(()).is_ok() && entered.recv().is_ok() {});
+    assert!(store.wait_dispatcher("slow", store.max_physical_offset(), LONG));
+    // Seen by all: now the old files go.
+    assert!(store.delete_expired_files().unwrap() >= 2);
+    store.shutdown().unwrap();
+    drop(store);
+    releaser.join().unwrap();
+    assert_eq!(seen.lock().unwrap().offsets, offsets);
+}
+
+#[test]
 fn a_failing_dispatcher_is_counted_and_retried() {
     let dir = tempfile::tempdir().unwrap();
     let (mut rec, seen) = Recorder::new("flaky");

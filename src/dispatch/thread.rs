@@ -30,6 +30,8 @@ struct Shared {
     error: Mutex<Option<String>>,
     stop: AtomicBool,
     exited: AtomicBool,
+    /// The thread panicked: it will never move again.
+    panicked: AtomicBool,
     progress: Mutex<()>,
     progressed: Condvar,
 }
@@ -59,6 +61,7 @@ impl DispatcherThread {
             error: Mutex::new(None),
             stop: AtomicBool::new(false),
             exited: AtomicBool::new(false),
+            panicked: AtomicBool::new(false),
             progress: Mutex::new(()),
             progressed: Condvar::new(),
         });
@@ -78,6 +81,11 @@ impl DispatcherThread {
 
     pub(crate) fn name(&self) -> &str {
         &self.shared.name
+    }
+
+    /// Where the dispatcher stands, for retention.
+    pub(crate) fn position(&self) -> Position {
+        Position(Arc::clone(&self.shared))
     }
 
     pub(crate) fn stats(&self) -> DispatcherStats {
@@ -140,6 +148,22 @@ impl DispatcherThread {
     }
 }
 
+/// A dispatcher's position, as retention sees it: it deletes no file the dispatcher has
+/// not wholly seen.
+pub(crate) struct Position(Arc<Shared>);
+
+impl Position {
+    /// Every record below the offset returned is dispatched; `None` once the thread has
+    /// panicked (it will never move again, and holding the log for it would fill the
+    /// disk). A thread stopped by shutdown still holds its place.
+    pub(crate) fn holds(&self) -> Option<u64> {
+        if self.0.panicked.load(Ordering::Acquire) {
+            return None;
+        }
+        Some(self.0.dispatched.load(Ordering::Acquire))
+    }
+}
+
 impl Shared {
     /// A round or flush succeeded: any failure is over (cleared before waiters are told).
     fn succeeded(&self) {
@@ -156,6 +180,7 @@ impl Drop for ExitGuard<'_> {
         let s = self.0;
         if std::thread::panicking() {
             *s.error.lock() = Some("the dispatcher thread panicked".into());
+            s.panicked.store(true, Ordering::Release);
         }
         let _guard = s.progress.lock();
         s.exited.store(true, Ordering::Release);

@@ -29,7 +29,7 @@ mod replication;
 mod retention;
 
 use recovery::recover;
-use retention::{Retention, RetentionThread};
+use retention::{Readers, Retention, RetentionThread};
 
 /// An embedded RocketMQ-style message store: one commit log of fixed-size mapped files,
 /// made durable by a sync (group-commit) or async flush thread.
@@ -65,6 +65,8 @@ pub struct MessageStore {
     log: Arc<CommitLog>,
     queues: Arc<ConsumeQueues>,
     retention: Arc<Retention>,
+    /// Where every dispatcher stands: retention deletes only below all of them.
+    readers: Arc<Readers>,
     retention_thread: RetentionThread,
     flusher: Flusher,
     dispatcher: Dispatcher,
@@ -197,13 +199,17 @@ impl MessageStore {
             index_time,
             Arc::clone(&deleted),
         )?;
+        let (index, side) = prepared.spawn(&log, &config)?;
+        let readers = Arc::new(Readers {
+            queues: dispatcher.dispatched_handle(),
+            others: side.iter().map(DispatcherThread::position).collect(),
+        });
         let retention_thread = RetentionThread::start(
             Arc::clone(&retention),
             Arc::clone(&log),
             Arc::clone(&queues),
-            dispatcher.dispatched_handle(),
+            Arc::clone(&readers),
         )?;
-        let (index, side) = prepared.spawn(&log, &config)?;
         Ok(MessageStore {
             index,
             side,
@@ -212,6 +218,7 @@ impl MessageStore {
             log,
             queues,
             retention,
+            readers,
             retention_thread,
             flusher,
             dispatcher,
@@ -746,9 +753,8 @@ impl MessageStore {
         if !*open {
             return Err(Error::ShutDown);
         }
-        let dispatched = self.dispatcher.dispatched_offset();
         self.retention
-            .delete_expired(&self.log, &self.queues, dispatched)
+            .delete_expired(&self.log, &self.queues, self.readers.floor())
     }
 
     /// Whether puts are being refused with [`Error::DiskFull`]: the store's filesystem was

@@ -23,8 +23,29 @@ use parking_lot::Mutex;
 
 use crate::commit_log::CommitLog;
 use crate::config::StoreConfig;
+use crate::dispatch::thread::Position;
 use crate::error::Result;
 use crate::queue::queues::ConsumeQueues;
+
+/// Everyone who reads the log in order: the consume queues' dispatch thread and the
+/// other dispatchers (the key index, the broker's). Retention deletes only files wholly
+/// below all of them, as DESIGN promises each dispatcher every record. One that lags
+/// holds the log's start, and on a full disk puts are refused (`DiskFull`) rather than
+/// its records deleted unseen; one whose thread panicked holds nothing.
+pub(crate) struct Readers {
+    pub(crate) queues: Arc<AtomicU64>,
+    pub(crate) others: Vec<Position>,
+}
+
+impl Readers {
+    /// The offset below which every reader has seen every record.
+    pub(crate) fn floor(&self) -> u64 {
+        self.others
+            .iter()
+            .filter_map(Position::holds)
+            .fold(self.queues.load(Ordering::Acquire), u64::min)
+    }
+}
 
 pub(crate) struct Retention {
     reserved: Duration,
@@ -56,7 +77,7 @@ impl Retention {
 
     /// Applies the rules after a disk sample (`used`: used fraction of the filesystem),
     /// one file at a time, pausing `pace` after each deletion. Only files wholly below
-    /// `dispatched` may go: the dispatch thread still reads the rest.
+    /// `dispatched` may go: the dispatchers still read the rest (see [`Readers`]).
     pub(crate) fn maybe_clean(
         &self,
         log: &CommitLog,
@@ -175,7 +196,7 @@ impl RetentionThread {
         retention: Arc<Retention>,
         log: Arc<CommitLog>,
         queues: Arc<ConsumeQueues>,
-        dispatched: Arc<AtomicU64>,
+        readers: Arc<Readers>,
     ) -> crate::Result<RetentionThread> {
         let stop = Arc::new((parking_lot::Mutex::new(false), parking_lot::Condvar::new()));
         let st = Arc::clone(&stop);
@@ -193,7 +214,7 @@ impl RetentionThread {
                 loop {
                     if let Some(used) = log.disk().maybe_sample() {
                         let mut pace = || pause(retention.delete_interval);
-                        let dispatched = dispatched.load(Ordering::Acquire);
+                        let dispatched = readers.floor();
                         if let Err(e) =
                             retention.maybe_clean(&log, &queues, used, dispatched, &mut pace)
                         {
