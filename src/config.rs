@@ -150,8 +150,11 @@ pub struct StoreConfig {
     /// The operator's override for a damaged log: when recovery meets an invalid record the
     /// store had made durable (below the checkpoint's durable offset, or anywhere after a
     /// clean exit), cut the log there, losing every record after it, instead of refusing
-    /// the open with [`Error::Corrupted`](crate::Error::Corrupted). Set it only after
-    /// deciding that the loss is acceptable (save a copy of the store first). Default: false.
+    /// the open with [`Error::Corrupted`](crate::Error::Corrupted); and when the log's
+    /// first files are missing (it starts past the start retention recorded), open what
+    /// is left instead of refusing with [`Error::BadStoreFile`](crate::Error::BadStoreFile).
+    /// Set it only after deciding that the loss is acceptable (save a copy of the store
+    /// first). Default: false.
     pub truncate_damaged_log: bool,
     /// Pause between two commit-log file deletions by retention, so deleting many files
     /// does not become one burst of I/O. Default: 100 ms (RocketMQ's

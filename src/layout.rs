@@ -40,6 +40,8 @@ pub const QUEUE_TABLE_FILE: &str = "queue_table";
 pub const TAG_CODE_FILE: &str = "tag_code";
 /// Topics deleted by `delete_topic`, with their cutoffs.
 pub const DELETED_TOPICS_FILE: &str = "deleted_topics";
+/// Where the commit log starts, recorded before retention deletes a file.
+pub const LOG_START_FILE: &str = "log_start";
 /// Directory of the key index's files.
 pub const INDEX_DIR: &str = "index";
 /// Directory of the dispatchers' progress files.
@@ -143,6 +145,12 @@ pub fn tag_code_file(root: &Path) -> PathBuf {
 /// `{root}/deleted_topics`.
 pub fn deleted_topics_file(root: &Path) -> PathBuf {
     root.join(DELETED_TOPICS_FILE)
+}
+
+/// `{root}/log_start`: the commit log's first offset (8 bytes, big-endian) and a CRC-32
+/// of it, so that an open tells a file deleted by retention from one gone missing.
+pub fn log_start_file(root: &Path) -> PathBuf {
+    root.join(LOG_START_FILE)
 }
 
 /// `{root}/index/`: the key index's files, each named by its creation time

@@ -392,3 +392,71 @@ fn no_hold_is_granted_on_a_file_retention_is_deleting() {
     assert!(store.min_physical_offset() > first);
     assert!(store.hold_log(store.min_physical_offset()).is_ok());
 }
+
+#[test]
+fn a_first_file_gone_missing_is_refused_and_one_retention_deleted_is_not() {
+    let dir = tempfile::tempdir().unwrap();
+    let fill = |store: &MessageStore, from: u64| {
+        let mut i = from;
+        while store.max_physical_offset() < (4 + from / 1000) * SMALL_FILE {
+            store.put_message(&message("M", 0, "m", i)).unwrap();
+            i += 1;
+        }
+    };
+    {
+        let store = MessageStore::open(cfg(dir.path())).unwrap();
+        fill(&store, 0);
+        assert!(store.wait_dispatched_to(store.max_physical_offset(), Duration::from_secs(30)));
+        // Retention deletes the first file: the log now starts at the second.
+        assert!(store.delete_expired_files().unwrap() >= 1);
+        store.shutdown().unwrap();
+    }
+    let start = {
+        let store = MessageStore::open(cfg(dir.path())).unwrap();
+        let start = store.min_physical_offset();
+        assert!(start >= SMALL_FILE);
+        store.shutdown().unwrap();
+        start
+    };
+    // Now the log's first file disappears (an operator's mistake, a damaged directory):
+    // the open must not take it for retention and drop its acknowledged messages.
+    fs::remove_file(layout::commit_log_file(dir.path(), start)).unwrap();
+    let err = MessageStore::open(cfg(dir.path())).unwrap_err();
+    assert!(
+        matches!(&err, rocketstore::Error::BadStoreFile { reason, .. } if reason.contains("missing")),
+        "{err}"
+    );
+    // Refused again, unchanged; the operator's override accepts the loss.
+    assert!(MessageStore::open(cfg(dir.path())).is_err());
+    let store = MessageStore::open(cfg(dir.path()).truncate_damaged_log(true)).unwrap();
+    assert_eq!(store.min_physical_offset(), start + SMALL_FILE);
+    store.shutdown().unwrap();
+    drop(store);
+    // Accepted once: the next open is a plain one.
+    let store = MessageStore::open(cfg(dir.path())).unwrap();
+    assert_eq!(store.min_physical_offset(), start + SMALL_FILE);
+}
+
+#[test]
+fn a_crash_between_recording_the_start_and_deleting_keeps_the_file() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let store = MessageStore::open(cfg(dir.path())).unwrap();
+        while store.max_physical_offset() < 2 * SMALL_FILE {
+            store.put_message(&message("K", 0, "k", 0)).unwrap();
+        }
+    }
+    // Retention recorded the new start, then the process died before the unlink.
+    let start = SMALL_FILE.to_be_bytes();
+    let mut record = start.to_vec();
+    record.extend_from_slice(&crc32fast::hash(&start).to_be_bytes());
+    fs::write(layout::log_start_file(dir.path()), record).unwrap();
+    let store = MessageStore::open(cfg(dir.path())).unwrap();
+    assert_eq!(
+        store.min_physical_offset(),
+        0,
+        "the file below stays readable"
+    );
+    let got = store.get_message("K", 0, 0, 1).unwrap();
+    assert_eq!(got.messages[0].physical_offset, 0);
+}

@@ -19,6 +19,7 @@ pub(crate) mod flush;
 pub(crate) mod record;
 mod reopen;
 pub(crate) mod replicate;
+mod start;
 
 use crate::commit_log::record::{BLANK_RECORD_LEN, EncodedRecord, Peek};
 use crate::config::{StoreConfig, Warmup};
@@ -215,6 +216,8 @@ pub(crate) struct CommitLog {
     sync_flush: bool,
     /// Reads check each body's CRC (`StoreConfig::verify_crc_on_read`).
     verify_crc_on_read: bool,
+    /// Where the log starts, recorded before retention deletes a file (`start`).
+    log_start: Mutex<start::LogStart>,
     flush_lock: Mutex<()>,
     poisoned: AtomicBool,
     poison_cause: Mutex<Option<Arc<std::io::Error>>>,
@@ -254,6 +257,25 @@ impl CommitLog {
                 .into_iter()
                 .map(Arc::new)
                 .collect::<Vec<_>>();
+        // Files below the recorded start went by retention; a first file past it means
+        // the files between are missing, and their acknowledged records with them.
+        let log_start = start::LogStart::open(
+            crate::layout::log_start_file(config.root()),
+            config.io_hook.clone(),
+        )?;
+        if let (Some(first), Some(recorded)) = (loaded.first(), log_start.recorded())
+            && first.start_offset() > recorded
+        {
+            let reason = format!(
+                "the commit-log files from offset {recorded} to {} are missing: retention \
+                 deleted the log below {recorded} only (`truncate_damaged_log` accepts the loss)",
+                first.start_offset()
+            );
+            if !config.truncate_damaged_log {
+                return Err(Error::BadStoreFile { path: dir, reason });
+            }
+            log::error!("{reason}; accepted, as configured");
+        }
         let counters = Arc::new(Counters::default());
         let mut allocator = Allocator::new(
             dir.clone(),
@@ -357,6 +379,7 @@ impl CommitLog {
             counters,
             sync_flush: config.flush_mode.is_sync(),
             verify_crc_on_read: config.verify_crc_on_read,
+            log_start: Mutex::new(log_start),
             files,
             state: PutLock::new(AppendState {
                 writer,
@@ -454,9 +477,21 @@ impl CommitLog {
         self.holds.lock().retiring = 0;
     }
 
+    /// Records where the log starts, once an open has succeeded (see `start`).
+    pub(crate) fn record_start(&self) -> Result<()> {
+        self.log_start.lock().record(self.min_offset())
+    }
+
     /// Removes the oldest file if it still ends at `end` and is not the file being written.
+    /// The new start is recorded first: a crash between the two leaves a file below the
+    /// recorded start, which the next open keeps; the other order could leave a file
+    /// missing above it, which the next open would refuse.
     pub(crate) fn remove_oldest_file(&self, end: u64) -> Result<bool> {
         let size = self.file_size();
+        if self.min_offset() + size != end || self.write_offset() < end {
+            return Ok(false);
+        }
+        self.log_start.lock().record(end)?;
         let mut first = true;
         let removed = self.files.remove_front_while(1, |file| {
             std::mem::take(&mut first) && file.start_offset() + size == end

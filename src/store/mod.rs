@@ -186,6 +186,7 @@ impl MessageStore {
         lock.clear_poison()?;
         let open_stats = recovered.open;
         let log = Arc::new(recovered.log);
+        log.record_start()?;
         log.start_preparing();
         let queues = Arc::new(recovered.queues);
         let flusher = Flusher::start(Arc::clone(&log), config.flush_mode)?;
