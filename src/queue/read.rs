@@ -352,7 +352,7 @@ fn missing(log: &CommitLog, entry: &CqEntry) -> Result<()> {
     }
     Err(Error::corrupted(
         entry.physical_offset,
-        "a consume-queue entry points here, but no record starts here: the commit log is damaged",
+        "a consume-queue entry points here, but no record starts here: the entry or the commit log is damaged",
     ))
 }
 
