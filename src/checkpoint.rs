@@ -91,6 +91,17 @@ impl CheckpointTimes {
         }))
     }
 
+    /// Whether the checkpoint at `path` is intact as rocketstore last wrote it (its fields'
+    /// CRC matches): no other writer (RocketMQ, rocketstore 0.1), which rewrites its own
+    /// fields only, has run on the store since.
+    pub(crate) fn intact(path: &Path) -> bool {
+        std::fs::read(path).is_ok_and(|bytes| {
+            bytes.get(..FIELDS_LEN).is_some_and(|fields| {
+                crc32fast::hash(&fields[..POS_FIELDS_CRC]).to_be_bytes() == fields[POS_FIELDS_CRC..]
+            })
+        })
+    }
+
     /// The bytes at the start of the file (the rest of its 4 KiB is zeros). Bytes 24..64
     /// are RocketMQ's other fields; ours are not meaningful there, so they stay zero.
     fn encode(&self) -> [u8; FIELDS_LEN] {

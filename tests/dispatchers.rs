@@ -221,6 +221,50 @@ fn retention_never_deletes_records_a_lagging_dispatcher_has_not_seen() {
 }
 
 #[test]
+fn under_disk_pressure_retention_does_not_wait_for_a_stuck_dispatcher() {
+    // A dispatcher stuck for good must not keep the disk full and every put refused:
+    // above the clean ratio only the consume queues hold the log.
+    let dir = tempfile::tempdir().unwrap();
+    let (mut rec, seen) = Recorder::new("stuck");
+    let (entered_tx, entered) = bounded(0);
+    let (go, go_rx) = bounded(0);
+    rec.gate = Some((entered_tx, go_rx));
+    let store = MessageStore::open_with(
+        config(dir.path(), sync_mode())
+            .file_reserved_time(Duration::ZERO)
+            .disk_clean_ratios(0.0, 1.0)
+            .disk_check_interval(Duration::from_millis(10)),
+        vec![Box::new(rec)],
+    )
+    .unwrap();
+    let go = go; // dropped before the store if a check fails (see above)
+    store.put_message(&message("T", 0, "s", 0)).unwrap();
+    entered.recv_timeout(LONG).unwrap();
+    let mut i = 1;
+    while store.max_physical_offset() < 3 * common::SMALL_FILE {
+        store.put_message(&message("T", 0, "s", i)).unwrap();
+        i += 1;
+    }
+    let deadline = std::time::Instant::now() + LONG;
+    while store.min_physical_offset() == 0 && std::time::Instant::now() < deadline {
+        std::thread::yield_now();
+    }
+    let start = store.min_physical_offset();
+    let releaser =
+        std::thread::spawn(move || while go.send(()).is_ok() && entered.recv().is_ok() {});
+    assert!(start > 0, "retention waited for the stuck dispatcher");
+    assert!(store.wait_dispatcher("stuck", store.max_physical_offset(), LONG));
+    store.shutdown().unwrap();
+    drop(store);
+    releaser.join().unwrap();
+    // It saw its first record (held when retention ran), then went on from the log's
+    // new start: the records between were deleted unseen, and it was told (logged).
+    let offsets = seen.lock().unwrap().offsets.clone();
+    assert_eq!(offsets[0], 0);
+    assert!(offsets[1] >= start, "{} < {start}", offsets[1]);
+}
+
+#[test]
 fn a_failing_dispatcher_is_counted_and_retried() {
     let dir = tempfile::tempdir().unwrap();
     let (mut rec, seen) = Recorder::new("flaky");

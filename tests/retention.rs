@@ -459,4 +459,33 @@ fn a_crash_between_recording_the_start_and_deleting_keeps_the_file() {
     );
     let got = store.get_message("K", 0, 0, 1).unwrap();
     assert_eq!(got.messages[0].physical_offset, 0);
+    // And the open recorded the start it accepted.
+    let recorded = fs::read(layout::log_start_file(dir.path())).unwrap();
+    assert_eq!(recorded[..8], 0u64.to_be_bytes());
+}
+
+#[test]
+fn a_start_recorded_before_another_writer_ran_is_not_believed() {
+    // RocketMQ's store, or an older rocketstore, run on the directory: their retention
+    // deletes files without recording the start. Their checkpoint writes (their fields
+    // only) break the checkpoint's CRC, which tells the next open so.
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let store = MessageStore::open(cfg(dir.path())).unwrap();
+        while store.max_physical_offset() < 3 * SMALL_FILE {
+            store.put_message(&message("O", 0, "o", 0)).unwrap();
+        }
+    }
+    // The other writer: its checkpoint write, then its retention.
+    let checkpoint = layout::checkpoint_file(dir.path());
+    let file = fs::OpenOptions::new()
+        .write(true)
+        .open(&checkpoint)
+        .unwrap();
+    std::os::unix::fs::FileExt::write_all_at(&file, &1_900_000_000_000i64.to_be_bytes(), 0)
+        .unwrap();
+    drop(file);
+    fs::remove_file(layout::commit_log_file(dir.path(), 0)).unwrap();
+    let store = MessageStore::open(cfg(dir.path())).unwrap();
+    assert_eq!(store.min_physical_offset(), SMALL_FILE);
 }

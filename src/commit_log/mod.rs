@@ -174,25 +174,6 @@ impl WallClock {
     }
 }
 
-/// How far ahead of the wall clock the log's last store time may be and still hold later
-/// store times up: a clock stepped back by less keeps store times rising in log order.
-const MAX_STORE_TIME_AHEAD_MS: i64 = 24 * 3600 * 1000;
-
-/// The store time later records are raised to, from the latest one a reopen scanned.
-/// STORETIMESTAMP lies outside the body's CRC: a damaged one far in the future would
-/// otherwise become the store time of every later record, for good (each carries it
-/// on), and time lookups and the checkpoint's times with it.
-fn store_time_floor(scanned: i64, now_ms: i64) -> i64 {
-    if scanned > now_ms.saturating_add(MAX_STORE_TIME_AHEAD_MS) {
-        log::warn!(
-            "the log's latest store time {scanned} is more than a day past the clock \
-             ({now_ms}): damaged, not a floor for later store times"
-        );
-        return now_ms;
-    }
-    scanned
-}
-
 pub(crate) struct CommitLog {
     files: MappedFileQueue,
     state: PutLock<AppendState>,
@@ -265,6 +246,7 @@ impl CommitLog {
         )?;
         if let (Some(first), Some(recorded)) = (loaded.first(), log_start.recorded())
             && first.start_offset() > recorded
+            && plan.trust_log_start
         {
             let reason = format!(
                 "the commit-log files from offset {recorded} to {} are missing: retention \
@@ -314,11 +296,7 @@ impl CommitLog {
                 sink.begin(0, 0)?;
                 (writer, 0)
             }
-            false => {
-                let (writer, scanned) =
-                    reopen::scan_and_truncate(&mut loaded, plan, sink, &mut unused)?;
-                (writer, store_time_floor(scanned, crate::message::now_ms()))
-            }
+            false => reopen::scan_and_truncate(&mut loaded, plan, sink, &mut unused)?,
         };
         // The scan accepted the log: the unused files past it are reused as the next
         // files, as long as they follow the writer's file without a gap (a scan that cut
@@ -477,9 +455,13 @@ impl CommitLog {
         self.holds.lock().retiring = 0;
     }
 
-    /// Records where the log starts, once an open has succeeded (see `start`).
-    pub(crate) fn record_start(&self) -> Result<()> {
-        self.log_start.lock().record(self.min_offset())
+    /// Records where the log starts, once an open has succeeded (see `start`). Best
+    /// effort: an open does not fail for it (say, no room on a full disk for the file);
+    /// until it is recorded, a missing first file is not told from retention.
+    pub(crate) fn record_start(&self) {
+        if let Err(e) = self.log_start.lock().record(self.min_offset()) {
+            log::warn!("recording where the log starts: {e}");
+        }
     }
 
     /// Removes the oldest file if it still ends at `end` and is not the file being written.
@@ -782,14 +764,15 @@ impl CommitLog {
         if state.closed {
             return Err(Error::ShutDown);
         }
-        if total + BLANK_RECORD_LEN > state.writer.remaining() {
-            self.roll(state)?;
-            now = Instant::now();
-        }
         // Again under the lock (and after a roll, which can take long): a failed flush
         // poisons the log while puts wait for the lock, and every put that writes after
         // it must fail, under async flush too, where nothing else would fail it.
         self.check_poisoned()?;
+        if total + BLANK_RECORD_LEN > state.writer.remaining() {
+            self.roll(state)?;
+            now = Instant::now();
+            self.check_poisoned()?;
+        }
         let next_queue_offset = queue_slot(&mut state.queue_offsets, topic, queue_id);
         let queue_offset = *next_queue_offset;
         let store_timestamp = store_time

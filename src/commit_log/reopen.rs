@@ -37,7 +37,7 @@ fn scan_file(
     file: &Arc<MappedFile>,
     from: usize,
     sink: &mut dyn RecoverySink,
-    last_ts: &mut i64,
+    times: &mut StoreTimes,
     check_crc: bool,
 ) -> Result<(usize, Stop)> {
     let bytes = file
@@ -58,7 +58,7 @@ fn scan_file(
             let e = Error::corrupted(view.physical_offset, reason);
             return Ok((pos, Stop::Invalid(e)));
         }
-        *last_ts = (*last_ts).max(view.store_timestamp);
+        times.see(view.store_timestamp);
     }
     Ok((from + records.position(), Stop::FileEnd))
 }
@@ -166,6 +166,57 @@ pub(crate) struct ScanPlan {
     /// The last run was poisoned by a failed flush with this flushed offset: what lies
     /// past it is written again before it is synced.
     pub rewrite_from: Option<u64>,
+    /// Whether `{root}/log_start` is to be believed: the checkpoint is intact as this store
+    /// last wrote it, so no other writer (RocketMQ, an older rocketstore), whose retention
+    /// does not record the start, ran since.
+    pub trust_log_start: bool,
+    /// A store time the log is known to have reached (the checkpoint's; 0 when none): the
+    /// reference for the first record scanned (see [`StoreTimes`]).
+    pub known_store_time: i64,
+}
+
+/// How far a store time may jump past the one before it (and past the clock) and still
+/// count: more is damage.
+const MAX_STORE_TIME_JUMP_MS: i64 = 24 * 3600 * 1000;
+
+/// The store times a scan reads, for the floor later store times are raised to (they
+/// never decrease in log order). STORETIMESTAMP lies outside the body's CRC: a damaged one
+/// far in the future would otherwise become the store time of every later record, for
+/// good (each carries it on), and the checkpoint's times and time lookups with it. A time
+/// counts unless it jumps more than a day past both the record before it (for the first
+/// record scanned, the checkpoint's time) and the clock: a clock that is behind (reset
+/// before NTP ran) leaves sound times standing, and store times keep rising.
+pub(crate) struct StoreTimes {
+    /// The latest sound store time seen: the floor.
+    pub floor: i64,
+    /// The last sound time seen, or the checkpoint's (0: none yet).
+    reference: i64,
+    now: i64,
+}
+
+impl StoreTimes {
+    pub(crate) fn new(known: i64, now: i64) -> Self {
+        StoreTimes {
+            floor: 0,
+            reference: known.max(0),
+            now,
+        }
+    }
+
+    pub(crate) fn see(&mut self, ts: i64) {
+        let jumps_from = |from: i64| ts > from.saturating_add(MAX_STORE_TIME_JUMP_MS);
+        if self.reference > 0 && jumps_from(self.reference) && jumps_from(self.now) {
+            log::warn!(
+                "a record's store time {ts} is more than a day past the one before it \
+                 ({}) and the clock ({}): damaged, not a floor for later store times",
+                self.reference,
+                self.now
+            );
+            return;
+        }
+        self.floor = self.floor.max(ts);
+        self.reference = ts;
+    }
 }
 
 /// The first file a reopen scan reads.
@@ -230,12 +281,12 @@ pub(super) fn scan_and_truncate(
     prefetched(&files[first..], scan_start, prefetch_to, || {
         sink.begin(scan_start, files[0].start_offset())
     })?;
-    let mut last_ts = 0i64;
+    let mut times = StoreTimes::new(plan.known_store_time, crate::message::now_ms());
     let mut end = None;
     let mut cut = false;
     for (i, file) in files.iter().enumerate().skip(first) {
         let last = i + 1 == files.len();
-        let (pos, stop) = scan_file(file, from, sink, &mut last_ts, plan.check_crc)?;
+        let (pos, stop) = scan_file(file, from, sink, &mut times, plan.check_crc)?;
         from = 0;
         if plan.repair {
             // What a crashed process left in the page cache becomes durable before the
@@ -255,7 +306,7 @@ pub(super) fn scan_and_truncate(
         let at = file.start_offset() + pos as u64;
         let invalid = match stop {
             Stop::FileEnd if !last => {
-                sink.file_done(last_ts, file.start_offset() + file.size() as u64, false)?;
+                sink.file_done(times.floor, file.start_offset() + file.size() as u64, false)?;
                 continue;
             }
             Stop::FileEnd | Stop::Empty if last => None,
@@ -303,7 +354,7 @@ pub(super) fn scan_and_truncate(
         break;
     }
     let (index, pos) = end.expect("the loop ends at the last file at the latest");
-    sink.file_done(last_ts, files[index].start_offset() + pos as u64, true)?;
+    sink.file_done(times.floor, files[index].start_offset() + pos as u64, true)?;
     let dropped = files.split_off(index + 1);
     for file in &dropped {
         log::warn!(
@@ -331,7 +382,7 @@ pub(super) fn scan_and_truncate(
         writer.zero_tail()?;
     }
     files.push(Arc::clone(writer.file()));
-    Ok((writer, last_ts))
+    Ok((writer, times.floor))
 }
 
 /// Names the file a corruption was found in.
@@ -416,5 +467,35 @@ mod tests {
             .collect();
         left.sort();
         assert_eq!(left, [name(0), name(1), name(2)]);
+    }
+
+    #[test]
+    fn a_store_time_far_past_the_one_before_and_the_clock_is_not_a_floor() {
+        const DAY: i64 = 24 * 3600 * 1000;
+        let now = 1_800_000_000_000;
+        // The clock right: a damaged time years ahead is left out, sound ones count.
+        let mut t = StoreTimes::new(now - 5_000, now);
+        t.see(now - 4_000);
+        t.see(now + 400 * DAY);
+        assert_eq!(t.floor, now - 4_000);
+        t.see(now - 3_000);
+        assert_eq!(t.floor, now - 3_000);
+        // The clock a year behind (reset before NTP ran): sound times still count, so
+        // store times keep rising.
+        let behind = now - 365 * DAY;
+        let mut t = StoreTimes::new(now - 5_000, behind);
+        t.see(now - 4_000);
+        assert_eq!(t.floor, now - 4_000);
+        // Damaged and the clock behind: past both, left out.
+        t.see(now + 400 * DAY);
+        assert_eq!(t.floor, now - 4_000);
+        // No checkpoint time: the first record counts whatever it says.
+        let mut t = StoreTimes::new(0, now);
+        t.see(now + DAY / 2);
+        assert_eq!(t.floor, now + DAY / 2);
+        // A store idle for days is no jump to doubt while the clock agrees.
+        let mut t = StoreTimes::new(now - 10 * DAY, now);
+        t.see(now - 1_000);
+        assert_eq!(t.floor, now - 1_000);
     }
 }

@@ -162,6 +162,10 @@ impl Position {
         }
         Some(self.0.dispatched.load(Ordering::Acquire))
     }
+
+    pub(crate) fn name(&self) -> &str {
+        &self.0.name
+    }
 }
 
 impl Shared {

@@ -48,7 +48,12 @@ pub(crate) fn create_dir_durable(dir: &Path, hook: Hook<'_>) -> Result<()> {
     fs::create_dir_all(dir).map_err(|e| Error::io("create directory", dir, e))?;
     // Outermost first: each new name is durable before anything is created below it.
     for created in missing.iter().rev() {
-        if let Some(parent) = created.parent().filter(|p| !p.as_os_str().is_empty()) {
+        if let Some(parent) = created.parent() {
+            // A relative name's parent may be empty: the current directory.
+            let parent = match parent.as_os_str().is_empty() {
+                true => Path::new("."),
+                false => parent,
+            };
             sync_dir_with(parent, hook)?;
         }
     }

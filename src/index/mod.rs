@@ -287,9 +287,14 @@ impl KeyIndex {
                         out.messages.push(m);
                     }
                     Ok(_) => {}
-                    // A record deleted or damaged since: not an answer, and not a reason
-                    // to fail the query (it is logged when nothing was found).
-                    Err(e) => failure = Some(e),
+                    // A record deleted or damaged since (its body's CRC included): not an
+                    // answer, and not a reason to fail the query. Damage is logged.
+                    Err(e) => {
+                        if matches!(e, Error::Corrupted { .. }) {
+                            log::warn!("query {full}: a candidate is damaged: {e}");
+                        }
+                        failure = Some(e);
+                    }
                 }
                 out.messages.len() < max
             });

@@ -186,7 +186,7 @@ impl MessageStore {
         lock.clear_poison()?;
         let open_stats = recovered.open;
         let log = Arc::new(recovered.log);
-        log.record_start()?;
+        log.record_start();
         log.start_preparing();
         let queues = Arc::new(recovered.queues);
         let flusher = Flusher::start(Arc::clone(&log), config.flush_mode)?;
@@ -205,12 +205,22 @@ impl MessageStore {
             queues: dispatcher.dispatched_handle(),
             others: side.iter().map(DispatcherThread::position).collect(),
         });
-        let retention_thread = RetentionThread::start(
+        let retention_thread = match RetentionThread::start(
             Arc::clone(&retention),
             Arc::clone(&log),
             Arc::clone(&queues),
             Arc::clone(&readers),
-        )?;
+        ) {
+            Ok(thread) => thread,
+            Err(e) => {
+                // A refused open leaves no thread behind: the dispatchers started above
+                // have no `Drop` that stops them.
+                for d in &side {
+                    let _ = d.shutdown();
+                }
+                return Err(e);
+            }
+        };
         Ok(MessageStore {
             index,
             side,

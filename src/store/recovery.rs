@@ -57,6 +57,8 @@ pub(crate) fn recover(
     }
     let path = layout::checkpoint_file(&config.root_dir);
     let times = CheckpointTimes::read(&path)?;
+    // Read before anything rewrites the checkpoint (see `ScanPlan::trust_log_start`).
+    let trust_log_start = CheckpointTimes::intact(&path);
     let checkpoint = Checkpoint::open(path, times.unwrap_or_default())?;
     let vouched = times.map_or(0, |t| t.physic_offset);
     let table_path = layout::queue_table_file(&config.root_dir);
@@ -123,6 +125,8 @@ pub(crate) fn recover(
             truncate_damage: config.truncate_damaged_log,
             written_below: vouched,
             rewrite_from: poisoned_at,
+            known_store_time: times.map_or(0, |t| t.physic),
+            trust_log_start,
         }
     } else {
         ScanPlan {
@@ -137,6 +141,8 @@ pub(crate) fn recover(
             truncate_damage: config.truncate_damaged_log,
             written_below: vouched,
             rewrite_from: poisoned_at,
+            known_store_time: times.map_or(0, |t| t.physic),
+            trust_log_start,
         }
     };
     let mode = if clean {

@@ -28,22 +28,40 @@ use crate::error::Result;
 use crate::queue::queues::ConsumeQueues;
 
 /// Everyone who reads the log in order: the consume queues' dispatch thread and the
-/// other dispatchers (the key index, the broker's). Retention deletes only files wholly
-/// below all of them, as DESIGN promises each dispatcher every record. One that lags
-/// holds the log's start, and on a full disk puts are refused (`DiskFull`) rather than
-/// its records deleted unseen; one whose thread panicked holds nothing.
+/// other dispatchers (the key index, the broker's). The consume queues hold the log's
+/// start always. The others hold it against the age rule and the operator's call, so a
+/// dispatcher that lags (or fails for a while) sees every record; under disk pressure
+/// (above the clean ratio) they do not, since a dispatcher stuck for good (failing each
+/// round, or needing space only retention can free) would otherwise keep the disk full
+/// and every put refused. Deleting records a dispatcher has not seen is logged as an
+/// error, and the dispatcher reports the gap when it reaches it. A dispatcher whose
+/// thread panicked holds nothing.
 pub(crate) struct Readers {
     pub(crate) queues: Arc<AtomicU64>,
     pub(crate) others: Vec<Position>,
 }
 
 impl Readers {
+    /// The offset below which the consume queues have indexed every record.
+    fn queues(&self) -> u64 {
+        self.queues.load(Ordering::Acquire)
+    }
+
     /// The offset below which every reader has seen every record.
     pub(crate) fn floor(&self) -> u64 {
         self.others
             .iter()
             .filter_map(Position::holds)
-            .fold(self.queues.load(Ordering::Acquire), u64::min)
+            .fold(self.queues(), u64::min)
+    }
+
+    /// The dispatchers that have not seen everything below `offset`.
+    fn behind(&self, offset: u64) -> Vec<&str> {
+        self.others
+            .iter()
+            .filter(|p| p.holds().is_some_and(|at| at < offset))
+            .map(Position::name)
+            .collect()
     }
 }
 
@@ -83,9 +101,15 @@ impl Retention {
         log: &CommitLog,
         queues: &ConsumeQueues,
         used: f64,
-        dispatched: u64,
+        readers: &Readers,
         pace: &mut dyn FnMut() -> bool,
     ) -> Result<usize> {
+        // Under disk pressure only the consume queues hold the log (see `Readers`).
+        let pressed = used > self.clean_ratio;
+        let dispatched = match pressed {
+            true => readers.queues(),
+            false => readers.floor(),
+        };
         // The configured hour is local time, as RocketMQ's `deleteWhen`.
         let local = chrono::Local::now();
         let (day, hour) = (
@@ -111,6 +135,18 @@ impl Retention {
         }
         if used > self.force_ratio {
             removed += self.delete_files(log, queues, None, dispatched, 1)?;
+        }
+        if removed > 0 && pressed {
+            let behind = readers.behind(log.min_offset());
+            if !behind.is_empty() {
+                log::error!(
+                    "the disk is {:.0}% used: retention deleted records below {} that the \
+                     {} dispatcher(s) had not seen",
+                    used * 100.0,
+                    log.min_offset(),
+                    behind.join(", ")
+                );
+            }
         }
         Ok(removed)
     }
@@ -214,9 +250,8 @@ impl RetentionThread {
                 loop {
                     if let Some(used) = log.disk().maybe_sample() {
                         let mut pace = || pause(retention.delete_interval);
-                        let dispatched = readers.floor();
                         if let Err(e) =
-                            retention.maybe_clean(&log, &queues, used, dispatched, &mut pace)
+                            retention.maybe_clean(&log, &queues, used, &readers, &mut pace)
                         {
                             log::error!("retention failed: {e}");
                         }

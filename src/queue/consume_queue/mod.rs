@@ -92,8 +92,7 @@ const MAX_PENDING: usize = 64 * 1024;
 /// must fit RocketMQ's signed 64-bit file offsets (and ours, in u64 arithmetic).
 pub(crate) const MAX_QUEUE_OFFSET: u64 = i64::MAX as u64 / CQ_ENTRY_LEN as u64;
 
-/// Room a queue's pending buffer gets for a round's first entry: 16 entries, 320 bytes
-/// (32 MB for a round that touches 100,000 queues, freed at its commit).
+/// Room a queue's pending buffer gets at a round's second entry: 16 entries, 320 bytes.
 const FIRST_PENDING: usize = 16 * CQ_ENTRY_LEN;
 
 /// The writer's side of a queue.
@@ -517,6 +516,13 @@ impl ConsumeQueue {
             .map_while(|c| CqEntry::decode(c.try_into().expect("20 bytes")))
             .collect();
         if entries.is_empty() {
+            // Gone since the read began: the topic dropped (a new queue may have made a
+            // file of the same name, zeros below its start), or the queue restarted or
+            // trimmed past the offset. Not damage: the reader moves on, as for a file
+            // that is not there.
+            if self.dropped.load(Ordering::Acquire) || queue_offset < self.min_offset() {
+                return Ok(Vec::new());
+            }
             // Below the queue's end, in a file that is there, yet no entry: damage (or
             // an entry lost while the queue was believed durable). An error rather than
             // an empty answer, which a reader would take for a missing file and skip past
@@ -543,6 +549,14 @@ impl ConsumeQueue {
     /// says so; an error is an I/O failure (writing out a full batch).
     pub(crate) fn put(&self, queue_offset: u64, entry: CqEntry) -> Result<Indexed> {
         self.try_load()?;
+        if queue_offset > MAX_QUEUE_OFFSET {
+            // Read from a damaged header: no queue file could hold it. Checked before
+            // anything moves, a restart below included.
+            return Ok(Indexed::Gap(format!(
+                "consume queue {}: queue offset {queue_offset} is past any queue file",
+                self.dir.display()
+            )));
+        }
         let mut tail = self.tail.lock();
         if self.restartable.load(Ordering::Acquire) {
             // A rebuild kept this queue as expired, yet the log holds a record of it (or, at
@@ -556,13 +570,6 @@ impl ConsumeQueue {
             self.max_offset.store(queue_offset, Ordering::Release);
             self.free_start.store(false, Ordering::Release);
             self.restartable.store(false, Ordering::Release);
-        }
-        if queue_offset > MAX_QUEUE_OFFSET {
-            // Read from a damaged header: no queue file could hold it.
-            return Ok(Indexed::Gap(format!(
-                "consume queue {}: queue offset {queue_offset} is past any queue file",
-                self.dir.display()
-            )));
         }
         let max = self.max_offset();
         let mut next = max + (tail.pending.len() / CQ_ENTRY_LEN) as u64;
@@ -598,10 +605,11 @@ impl ConsumeQueue {
                 self.dir.display()
             )));
         }
-        if tail.pending.capacity() == 0 {
-            // A round's first entry: room for more, rather than growing through four
-            // reallocations from one entry (the buffer is freed at each commit).
-            tail.pending.reserve(FIRST_PENDING);
+        if tail.pending.len() == CQ_ENTRY_LEN {
+            // A round's second entry: room for more, rather than growing through four
+            // reallocations (the buffer is freed at each commit). Not at the first: a
+            // rebuild that gives a million queues one entry each would hold 320 MB.
+            tail.pending.reserve(FIRST_PENDING - CQ_ENTRY_LEN);
         }
         tail.pending.extend_from_slice(&entry.encode());
         self.free_start.store(false, Ordering::Release);
@@ -851,6 +859,15 @@ mod tests {
         assert_eq!(q.put(0, entry(0)).unwrap(), Indexed::Appended);
         q.commit().unwrap();
         assert_eq!(q.max_offset(), 1);
+        // A queue a rebuild kept as expired restarts at its next record: not at this one,
+        // and its files stay.
+        q.restartable.store(true, Ordering::Release);
+        assert!(matches!(
+            q.put(u64::MAX, entry(9)).unwrap(),
+            Indexed::Gap(_)
+        ));
+        assert_eq!((q.min_offset(), q.max_offset()), (0, 1));
+        assert_eq!(q.entries(0, 1).unwrap(), [entry(0)]);
     }
 
     #[test]
