@@ -154,8 +154,8 @@ impl Target {
 /// Something [`verify`] found wrong.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Problem {
-    /// What is wrong: `record`, `queue entry {topic}/{queue} #{queue offset}`,
-    /// `index slot`, or `index entry {n} of {file}`.
+    /// What is wrong: `record`, `commit log` (files missing at its start), `queue entry
+    /// {topic}/{queue} #{queue offset}`, `index slot`, or `index entry {n} of {file}`.
     pub what: String,
     /// The commit-log offset it concerns; for an index slot, the slot's number; for bytes
     /// in a consume queue that are not an entry, their position in the queue.
@@ -257,6 +257,22 @@ pub fn verify(
     // Entries below the log's first file point at records retention deleted: readers skip
     // them, and so does the check.
     let log_start = log.files().first().map_or(0, |f| f.0);
+    if let Target::Store(root) = target {
+        // As the open checks: files below the start retention recorded are missing, not
+        // deleted (believed only while the checkpoint is rocketstore's own).
+        let recorded = crate::commit_log::start::read(&layout::log_start_file(root))
+            .map_err(|e| invalid(root, e))?;
+        if let Some(recorded) = recorded
+            && log_start > recorded
+            && crate::checkpoint::CheckpointTimes::intact(&layout::checkpoint_file(root))
+        {
+            let why = vec![format!(
+                "the commit-log files from {recorded} to {log_start} are missing: retention \
+                 recorded the log's start at {recorded} (the open refuses the store)"
+            )];
+            report(&|| "commit log".into(), recorded, why)?;
+        }
+    }
     for (topic, id, files) in &queues {
         for (start, path) in files {
             for (qo, e) in queue_entries(path, *start)? {

@@ -19,7 +19,7 @@ pub(crate) mod flush;
 pub(crate) mod record;
 mod reopen;
 pub(crate) mod replicate;
-mod start;
+pub(crate) mod start;
 
 use crate::commit_log::record::{BLANK_RECORD_LEN, EncodedRecord, Peek};
 use crate::config::{StoreConfig, Warmup};

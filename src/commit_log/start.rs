@@ -76,7 +76,8 @@ impl LogStart {
     }
 }
 
-fn read(path: &Path) -> Result<Option<u64>> {
+/// The recorded start, if any (`None` too for a damaged record, logged).
+pub(crate) fn read(path: &Path) -> Result<Option<u64>> {
     let bytes = match std::fs::read(path) {
         Ok(b) => b,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
