@@ -486,6 +486,30 @@ fn a_start_recorded_before_another_writer_ran_is_not_believed() {
         .unwrap();
     drop(file);
     fs::remove_file(layout::commit_log_file(dir.path(), 0)).unwrap();
+    // An open refused late (here by a dispatcher's start) after it had rewritten the
+    // checkpoint, whose CRC then vouches again: the start it accepted is recorded anyway,
+    // or every later open would refuse the store.
+    struct Refuses;
+    impl rocketstore::Dispatch for Refuses {
+        fn name(&self) -> &str {
+            "refuses"
+        }
+        fn start(&mut self, _from: u64) -> Result<(), rocketstore::DispatchError> {
+            Err("not today".into())
+        }
+        fn dispatch(
+            &mut self,
+            _: &rocketstore::format::RecordView<'_>,
+        ) -> Result<(), rocketstore::DispatchError> {
+            Ok(())
+        }
+        fn flush(&mut self) -> Result<(), rocketstore::DispatchError> {
+            Ok(())
+        }
+    }
+    assert!(MessageStore::open_with(cfg(dir.path()), vec![Box::new(Refuses)]).is_err());
+    let recorded = fs::read(layout::log_start_file(dir.path())).unwrap();
+    assert_eq!(recorded[..8], SMALL_FILE.to_be_bytes());
     let store = MessageStore::open(cfg(dir.path())).unwrap();
     assert_eq!(store.min_physical_offset(), SMALL_FILE);
 }

@@ -240,23 +240,34 @@ impl CommitLog {
                 .collect::<Vec<_>>();
         // Files below the recorded start went by retention; a first file past it means
         // the files between are missing, and their acknowledged records with them.
-        let log_start = start::LogStart::open(
-            crate::layout::log_start_file(config.root()),
-            config.io_hook.clone(),
-        )?;
+        let log_start_path = crate::layout::log_start_file(config.root());
+        let mut log_start = start::LogStart::open(log_start_path.clone(), config.io_hook.clone())?;
         if let (Some(first), Some(recorded)) = (loaded.first(), log_start.recorded())
-            && first.start_offset() > recorded
-            && plan.trust_log_start
+            && first.start_offset() != recorded
         {
-            let reason = format!(
-                "the commit-log files from offset {recorded} to {} are missing: retention \
-                 deleted the log below {recorded} only (`truncate_damaged_log` accepts the loss)",
-                first.start_offset()
-            );
-            if !config.truncate_damaged_log {
-                return Err(Error::BadStoreFile { path: dir, reason });
+            let first = first.start_offset();
+            if !plan.trust_log_start {
+                // Another writer ran since (see `ScanPlan::trust_log_start`): the files are
+                // taken as they are, and their start recorded now, before this open (or a
+                // later one) rewrites the checkpoint with a CRC that would vouch for the
+                // stale record.
+                log::warn!(
+                    "another writer ran on the store: its log starts at {first}, not at the \
+                     recorded {recorded}"
+                );
+                log_start.record(first)?;
+            } else if first > recorded {
+                let reason = format!(
+                    "the commit-log files from offset {recorded} to {first} are missing: \
+                     retention deleted the log below {recorded} only (to accept the loss, \
+                     remove {} or set `truncate_damaged_log`)",
+                    log_start_path.display()
+                );
+                if !config.truncate_damaged_log {
+                    return Err(Error::BadStoreFile { path: dir, reason });
+                }
+                log::error!("{reason}; accepted, as configured");
             }
-            log::error!("{reason}; accepted, as configured");
         }
         let counters = Arc::new(Counters::default());
         let mut allocator = Allocator::new(
@@ -456,8 +467,10 @@ impl CommitLog {
     }
 
     /// Records where the log starts, once an open has succeeded (see `start`). Best
-    /// effort: an open does not fail for it (say, no room on a full disk for the file);
-    /// until it is recorded, a missing first file is not told from retention.
+    /// effort: an open does not fail for it (say, no room on a full disk for the file).
+    /// A failure leaves the record as it was: absent (no protection yet), above the first
+    /// file (kept, as after a crash between a record and its deletion), or below it after
+    /// the operator's override (the next open refuses again).
     pub(crate) fn record_start(&self) {
         if let Err(e) = self.log_start.lock().record(self.min_offset()) {
             log::warn!("recording where the log starts: {e}");

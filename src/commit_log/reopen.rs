@@ -183,13 +183,15 @@ const MAX_STORE_TIME_JUMP_MS: i64 = 24 * 3600 * 1000;
 /// never decrease in log order). STORETIMESTAMP lies outside the body's CRC: a damaged one
 /// far in the future would otherwise become the store time of every later record, for
 /// good (each carries it on), and the checkpoint's times and time lookups with it. A time
-/// counts unless it jumps more than a day past both the record before it (for the first
-/// record scanned, the checkpoint's time) and the clock: a clock that is behind (reset
-/// before NTP ran) leaves sound times standing, and store times keep rising.
+/// is left out when it jumps more than a day past the clock and past the time before it
+/// (the record before, or for the first record scanned the checkpoint's time; the clock
+/// alone when there is neither). A clock that is behind (reset before NTP ran) leaves
+/// sound times standing; a store idle for more than a day while the clock is behind loses
+/// only the first time after the gap (the next is judged against it, not the floor).
 pub(crate) struct StoreTimes {
     /// The latest sound store time seen: the floor.
     pub floor: i64,
-    /// The last sound time seen, or the checkpoint's (0: none yet).
+    /// The time before the next record's: the last one read, sound or not (0: none).
     reference: i64,
     now: i64,
 }
@@ -205,17 +207,16 @@ impl StoreTimes {
 
     pub(crate) fn see(&mut self, ts: i64) {
         let jumps_from = |from: i64| ts > from.saturating_add(MAX_STORE_TIME_JUMP_MS);
-        if self.reference > 0 && jumps_from(self.reference) && jumps_from(self.now) {
+        let before = std::mem::replace(&mut self.reference, ts);
+        if jumps_from(self.now) && (before <= 0 || jumps_from(before)) {
             log::warn!(
-                "a record's store time {ts} is more than a day past the one before it \
-                 ({}) and the clock ({}): damaged, not a floor for later store times",
-                self.reference,
+                "a record's store time {ts} is more than a day past the clock ({}) and the \
+                 time before it ({before}): damaged, not a floor for later store times",
                 self.now
             );
             return;
         }
         self.floor = self.floor.max(ts);
-        self.reference = ts;
     }
 }
 
@@ -489,7 +490,10 @@ mod tests {
         // Damaged and the clock behind: past both, left out.
         t.see(now + 400 * DAY);
         assert_eq!(t.floor, now - 4_000);
-        // No checkpoint time: the first record counts whatever it says.
+        // No checkpoint time: the clock alone judges the first record.
+        let mut t = StoreTimes::new(0, now);
+        t.see(now + 400 * DAY);
+        assert_eq!(t.floor, 0);
         let mut t = StoreTimes::new(0, now);
         t.see(now + DAY / 2);
         assert_eq!(t.floor, now + DAY / 2);
@@ -497,5 +501,19 @@ mod tests {
         let mut t = StoreTimes::new(now - 10 * DAY, now);
         t.see(now - 1_000);
         assert_eq!(t.floor, now - 1_000);
+        // Idle for days and the clock behind: only the first time after the gap is left
+        // out; the next is judged against it, and the floor goes on rising.
+        let mut t = StoreTimes::new(now - 10 * DAY, behind);
+        t.see(now - 10 * DAY + 1);
+        t.see(now - 5_000);
+        assert_eq!(t.floor, now - 10 * DAY + 1);
+        t.see(now - 4_000);
+        t.see(now - 3_000);
+        assert_eq!(t.floor, now - 3_000);
+        // A damaged time in the middle: the record after it counts again.
+        let mut t = StoreTimes::new(now - 5_000, now);
+        t.see(now + 400 * DAY);
+        t.see(now - 2_000);
+        assert_eq!(t.floor, now - 2_000);
     }
 }

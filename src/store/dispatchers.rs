@@ -85,15 +85,24 @@ impl Prepared {
         log: &Arc<CommitLog>,
         config: &StoreConfig,
     ) -> Result<(Option<Arc<KeyIndex>>, Vec<DispatcherThread>)> {
-        let mut threads = Vec::new();
+        let mut threads: Vec<DispatcherThread> = Vec::new();
         for (sink, from, timestamp) in self.sinks {
-            threads.push(DispatcherThread::start(
+            match DispatcherThread::start(
                 Arc::clone(log),
                 sink,
                 from,
                 timestamp,
                 config.consume_queue_flush_interval,
-            )?);
+            ) {
+                Ok(thread) => threads.push(thread),
+                Err(e) => {
+                    // No thread left behind by a refused open.
+                    for t in &threads {
+                        let _ = t.shutdown();
+                    }
+                    return Err(e);
+                }
+            }
         }
         Ok((self.index, threads))
     }

@@ -200,7 +200,15 @@ impl MessageStore {
             index_time,
             Arc::clone(&deleted),
         )?;
-        let (index, side) = prepared.spawn(&log, &config)?;
+        let (index, side) = match prepared.spawn(&log, &config) {
+            Ok(spawned) => spawned,
+            Err(e) => {
+                // A refused open leaves no thread behind (the dispatch threads have no
+                // `Drop` that stops them).
+                let _ = dispatcher.shutdown();
+                return Err(e);
+            }
+        };
         let readers = Arc::new(Readers {
             queues: dispatcher.dispatched_handle(),
             others: side.iter().map(DispatcherThread::position).collect(),
@@ -218,6 +226,7 @@ impl MessageStore {
                 for d in &side {
                     let _ = d.shutdown();
                 }
+                let _ = dispatcher.shutdown();
                 return Err(e);
             }
         };
