@@ -477,16 +477,21 @@ impl CommitLog {
         }
     }
 
-    /// Removes the oldest file if it still ends at `end` and is not the file being written.
-    /// The new start is recorded first: a crash between the two leaves a file below the
-    /// recorded start, which the next open keeps; the other order could leave a file
-    /// missing above it, which the next open would refuse.
+    /// Records `end` as the log's start, before retention removes the oldest file (which
+    /// must end there, below the writer's file): a crash between the two leaves a file
+    /// below the recorded start, which the next open keeps; the other order could leave a
+    /// file missing above it, which the next open would refuse.
+    pub(crate) fn record_start_at(&self, end: u64) -> Result<()> {
+        if self.min_offset() + self.file_size() != end || self.write_offset() < end {
+            return Ok(());
+        }
+        self.log_start.lock().record(end)
+    }
+
+    /// Removes the oldest file if it still ends at `end` and is not the file being written
+    /// (retention records the new start first: [`CommitLog::record_start_at`]).
     pub(crate) fn remove_oldest_file(&self, end: u64) -> Result<bool> {
         let size = self.file_size();
-        if self.min_offset() + size != end || self.write_offset() < end {
-            return Ok(false);
-        }
-        self.log_start.lock().record(end)?;
         let mut first = true;
         let removed = self.files.remove_front_while(1, |file| {
             std::mem::take(&mut first) && file.start_offset() + size == end

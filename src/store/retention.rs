@@ -196,6 +196,12 @@ impl Retention {
             if end > dispatched || !old || !log.begin_retire(end) {
                 break;
             }
+            // The new start is durable before anything moves past the file: a failed
+            // record leaves the queues' minimums where they were, and the file in place.
+            if let Err(e) = log.record_start_at(end) {
+                log.end_retire();
+                return Err(e);
+            }
             queues.set_log_start(end);
             for (_, _, q) in queues.all() {
                 q.raise_min(end);
