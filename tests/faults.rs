@@ -126,6 +126,41 @@ fn after_a_failed_roll_under_sync_flush_the_file_end_is_flushed_and_dispatched()
     assert_eq!((next.physical_offset, next.queue_offset), (SMALL_FILE, 0));
 }
 
+/// Fails every allocation of a consume-queue file while armed.
+#[derive(Default)]
+struct FailQueueAllocate(std::sync::atomic::AtomicBool);
+
+impl IoHook for FailQueueAllocate {
+    fn before_allocate(&self, path: &Path) -> io::Result<()> {
+        let queue = path
+            .components()
+            .any(|c| c.as_os_str() == layout::CONSUME_QUEUE_DIR);
+        if queue && self.0.load(Ordering::SeqCst) {
+            return Err(io::Error::other("injected queue allocation failure"));
+        }
+        Ok(())
+    }
+}
+
+#[test]
+fn a_reader_waiting_on_a_failing_dispatch_does_not_make_it_spin() {
+    // Dispatch retries a failed round after a pause. A reader waiting for it rings it
+    // awake, and the failed round wakes the reader: each must not cut the other's wait
+    // short, or the two spin on both cores for as long as the failure lasts (a full disk).
+    let dir = tempfile::tempdir().unwrap();
+    let hook = Arc::new(FailQueueAllocate::default());
+    let store = MessageStore::open(config(dir.path(), sync_mode()).io_hook(hook.clone())).unwrap();
+    hook.0.store(true, Ordering::SeqCst);
+    let put = store.put_message(&message("W", 0, "w", 0)).unwrap();
+    let before = store.stats().dispatch_failures;
+    assert!(!store.wait_dispatched(put.physical_offset, std::time::Duration::from_secs(1)));
+    let rounds = store.stats().dispatch_failures - before;
+    // One retry per 100 ms: about ten in the second; before the fix, thousands.
+    assert!(rounds <= 40, "{rounds} failed rounds in one second");
+    hook.0.store(false, Ordering::SeqCst);
+    assert!(store.wait_dispatched(put.physical_offset, std::time::Duration::from_secs(30)));
+}
+
 /// Records the directories synced.
 #[derive(Default)]
 struct SyncedDirs(std::sync::Mutex<Vec<std::path::PathBuf>>);

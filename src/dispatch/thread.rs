@@ -14,8 +14,6 @@ use crate::commit_log::{CommitLog, DEEP_AFTER, DEEP_SLEEP};
 use crate::dispatch::{DispatcherStats, Sink};
 use crate::error::{Error, Result};
 
-/// Pause before retrying a failed round.
-const RETRY: Duration = Duration::from_millis(100);
 /// Longest sleep while nothing is new and the dispatcher was busy lately (appends are
 /// found by polling then; idle longer, it sleeps until woken: `Wakeup::sleep_deep`).
 const POLL: Duration = Duration::from_millis(1);
@@ -250,7 +248,7 @@ fn run(s: &Shared, sink: &mut dyn Sink, from: u64, timestamp: i64) {
                 if stopping {
                     return;
                 }
-                std::thread::park_timeout(RETRY);
+                pause_after_failure(&s.stop);
             }
         }
     }
@@ -306,3 +304,22 @@ fn round(s: &Shared, sink: &mut dyn Sink, at: &mut u64, ts: &mut i64) -> Result<
     }
     Ok(*at != start)
 }
+
+/// The pause before a dispatcher retries a failed round: `RETRY`, whatever wakes the
+/// thread meanwhile (until `stop`). A reader waiting for dispatch rings the thread, and a
+/// failed round wakes the readers: were either to cut the other's wait short, the two
+/// would spin on both cores for as long as the failure lasts (23,000 failed rounds a
+/// second here while a reader waited on a full disk).
+pub(crate) fn pause_after_failure(stop: &AtomicBool) {
+    let until = Instant::now() + RETRY;
+    while !stop.load(Ordering::Acquire) {
+        let left = until.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            break;
+        }
+        std::thread::park_timeout(left);
+    }
+}
+
+/// Pause before a dispatcher retries a failed round or flush.
+pub(crate) const RETRY: Duration = Duration::from_millis(100);

@@ -15,6 +15,7 @@ use parking_lot::{Condvar, Mutex};
 use crate::checkpoint::{Checkpoint, CheckpointTimes};
 use crate::commit_log::record::{RecordView, Records, Step};
 use crate::commit_log::{CommitLog, DEEP_AFTER, DEEP_SLEEP, Wakeup};
+use crate::dispatch::thread::{RETRY, pause_after_failure};
 use crate::error::{Error, Result};
 use crate::queue::consume_queue::Indexed;
 use crate::queue::deleted::DeletedTopics;
@@ -259,9 +260,6 @@ impl Drop for ExitGuard<'_> {
     }
 }
 
-/// Pause before retrying after a failed dispatch or queue flush.
-const RETRY: Duration = Duration::from_millis(100);
-
 /// Longest the dispatch thread sleeps while it was busy lately and appends may arrive
 /// unannounced (idle longer, it sleeps until woken: `Wakeup::sleep_deep`).
 const POLL: Duration = Duration::from_millis(1);
@@ -329,7 +327,7 @@ fn run(s: &Shared) {
                 if stopping {
                     return;
                 }
-                std::thread::park_timeout(RETRY);
+                pause_after_failure(&s.stop);
                 continue;
             }
         }
