@@ -79,14 +79,9 @@ impl CheckpointTimes {
             } else {
                 0
             },
-            logics_offset: match bytes.get(..FIELDS_LEN) {
-                Some(fields)
-                    if crc32fast::hash(&fields[..POS_FIELDS_CRC]).to_be_bytes()
-                        == fields[POS_FIELDS_CRC..] =>
-                {
-                    at(POS_LOGICS_OFFSET) as u64
-                }
-                _ => 0,
+            logics_offset: match fields_intact(&bytes) {
+                true => at(POS_LOGICS_OFFSET) as u64,
+                false => 0,
             },
         }))
     }
@@ -95,11 +90,7 @@ impl CheckpointTimes {
     /// CRC matches): no other writer (RocketMQ, rocketstore 0.1), which rewrites its own
     /// fields only, has run on the store since.
     pub(crate) fn intact(path: &Path) -> bool {
-        std::fs::read(path).is_ok_and(|bytes| {
-            bytes.get(..FIELDS_LEN).is_some_and(|fields| {
-                crc32fast::hash(&fields[..POS_FIELDS_CRC]).to_be_bytes() == fields[POS_FIELDS_CRC..]
-            })
-        })
+        std::fs::read(path).is_ok_and(|bytes| fields_intact(&bytes))
     }
 
     /// The bytes at the start of the file (the rest of its 4 KiB is zeros). Bytes 24..64
@@ -140,6 +131,13 @@ impl CheckpointTimes {
         (self.logics_offset > 0 && self.physic_offset > 0 && self.logics > 0)
             .then(|| self.physic_offset.min(self.logics_offset))
     }
+}
+
+/// Whether a checkpoint's bytes hold our fields under a matching CRC.
+fn fields_intact(bytes: &[u8]) -> bool {
+    bytes.get(..FIELDS_LEN).is_some_and(|fields| {
+        crc32fast::hash(&fields[..POS_FIELDS_CRC]).to_be_bytes() == fields[POS_FIELDS_CRC..]
+    })
 }
 
 /// The open checkpoint file, rewritten in place.

@@ -80,6 +80,35 @@ impl Dispatch for Recorder {
     }
 }
 
+/// The test's end of a gated [`Recorder`]: the dispatcher announces each record on
+/// `entered` and waits for a send on `go`.
+struct Gate {
+    entered: Receiver<()>,
+    go: Sender<()>,
+}
+
+impl Recorder {
+    fn gated(name: &'static str) -> (Recorder, Arc<Mutex<Seen>>, Gate) {
+        let (mut rec, seen) = Recorder::new(name);
+        let (entered_tx, entered) = bounded(0);
+        let (go, go_rx) = bounded(0);
+        rec.gate = Some((entered_tx, go_rx));
+        (rec, seen, Gate { entered, go })
+    }
+}
+
+impl Gate {
+    /// Waits until the dispatcher holds a record.
+    fn held(&self) {
+        self.entered.recv_timeout(LONG).unwrap();
+    }
+
+    /// Lets every record through, from a thread of its own.
+    fn release(self) -> std::thread::JoinHandle<()> {
+        std::thread::spawn(move || while self.go.send(()).is_ok() && self.entered.recv().is_ok() {})
+    }
+}
+
 #[test]
 fn a_dispatcher_sees_every_record_in_order_and_resumes_after_its_progress() {
     let dir = tempfile::tempdir().unwrap();
@@ -125,14 +154,14 @@ fn a_dispatcher_sees_every_record_in_order_and_resumes_after_its_progress() {
 #[test]
 fn a_slow_dispatcher_does_not_hold_up_the_consume_queues() {
     let dir = tempfile::tempdir().unwrap();
-    let (mut rec, seen) = Recorder::new("slow");
-    let (entered_tx, entered) = bounded(0);
-    let (go, go_rx) = bounded(0);
-    rec.gate = Some((entered_tx, go_rx));
+    let (rec, seen, gate) = Recorder::gated("slow");
     let store =
         MessageStore::open_with(config(dir.path(), sync_mode()), vec![Box::new(rec)]).unwrap();
+    // Bound after the store, so dropped before it when a check fails: the gate then
+    // fails the blocked dispatcher instead of holding the store's shutdown for ever.
+    let gate = gate;
     let first = store.put_message(&message("T", 0, "s", 0)).unwrap();
-    entered.recv_timeout(LONG).unwrap(); // the dispatcher holds the first record
+    gate.held(); // the dispatcher holds the first record
     for i in 1..50 {
         store.put_message(&message("T", 0, "s", i)).unwrap();
     }
@@ -152,10 +181,7 @@ fn a_slow_dispatcher_does_not_hold_up_the_consume_queues() {
     assert!(slow.lag_bytes > 0);
     assert!(seen.lock().unwrap().offsets.is_empty());
     // Let it go: it catches up.
-    let releaser = std::thread::spawn(move || {
-        // It waits on the first record already; then each record announces itself.
-        while go.send(()).is_ok() && entered.recv().is_ok() {}
-    });
+    let releaser = gate.release();
     assert!(store.wait_dispatcher("slow", store.max_physical_offset(), LONG));
     store.shutdown().unwrap();
     drop(store);
@@ -170,18 +196,13 @@ fn a_slow_dispatcher_does_not_hold_up_the_consume_queues() {
 #[test]
 fn retention_never_deletes_records_a_lagging_dispatcher_has_not_seen() {
     let dir = tempfile::tempdir().unwrap();
-    let (mut rec, seen) = Recorder::new("slow");
-    let (entered_tx, entered) = bounded(0);
-    let (go, go_rx) = bounded(0);
-    rec.gate = Some((entered_tx, go_rx));
+    let (rec, seen, gate) = Recorder::gated("slow");
     let store = MessageStore::open_with(
         config(dir.path(), sync_mode()).file_reserved_time(Duration::ZERO),
         vec![Box::new(rec)],
     )
     .unwrap();
-    // Bound after the store, so dropped before it when a check fails: the gate then
-    // fails the blocked dispatcher instead of holding the store's shutdown for ever.
-    let go = go;
+    let gate = gate; // dropped before the store if a check fails (see above)
     let mut offsets = Vec::new();
     offsets.push(
         store
@@ -189,7 +210,7 @@ fn retention_never_deletes_records_a_lagging_dispatcher_has_not_seen() {
             .unwrap()
             .physical_offset,
     );
-    entered.recv_timeout(LONG).unwrap(); // the dispatcher holds the first record
+    gate.held(); // the dispatcher holds the first record
     // Three files' worth: every file but the last is old enough to go.
     let mut i = 1;
     while store.max_physical_offset() < 3 * common::SMALL_FILE {
@@ -209,8 +230,7 @@ fn retention_never_deletes_records_a_lagging_dispatcher_has_not_seen() {
         "the slow one has seen none"
     );
     assert_eq!(store.min_physical_offset(), 0);
-    let releaser =
-        std::thread::spawn(move || while go.send(()).is_ok() && entered.recv().is_ok() {});
+    let releaser = gate.release();
     assert!(store.wait_dispatcher("slow", store.max_physical_offset(), LONG));
     // Seen by all: now the old files go.
     assert!(store.delete_expired_files().unwrap() >= 2);
@@ -225,10 +245,7 @@ fn under_disk_pressure_retention_does_not_wait_for_a_stuck_dispatcher() {
     // A dispatcher stuck for good must not keep the disk full and every put refused:
     // above the clean ratio only the consume queues hold the log.
     let dir = tempfile::tempdir().unwrap();
-    let (mut rec, seen) = Recorder::new("stuck");
-    let (entered_tx, entered) = bounded(0);
-    let (go, go_rx) = bounded(0);
-    rec.gate = Some((entered_tx, go_rx));
+    let (rec, seen, gate) = Recorder::gated("stuck");
     let store = MessageStore::open_with(
         config(dir.path(), sync_mode())
             .file_reserved_time(Duration::ZERO)
@@ -237,9 +254,9 @@ fn under_disk_pressure_retention_does_not_wait_for_a_stuck_dispatcher() {
         vec![Box::new(rec)],
     )
     .unwrap();
-    let go = go; // dropped before the store if a check fails (see above)
+    let gate = gate; // dropped before the store if a check fails (see above)
     store.put_message(&message("T", 0, "s", 0)).unwrap();
-    entered.recv_timeout(LONG).unwrap();
+    gate.held();
     let mut i = 1;
     while store.max_physical_offset() < 3 * common::SMALL_FILE {
         store.put_message(&message("T", 0, "s", i)).unwrap();
@@ -250,8 +267,7 @@ fn under_disk_pressure_retention_does_not_wait_for_a_stuck_dispatcher() {
         std::thread::yield_now();
     }
     let start = store.min_physical_offset();
-    let releaser =
-        std::thread::spawn(move || while go.send(()).is_ok() && entered.recv().is_ok() {});
+    let releaser = gate.release();
     assert!(start > 0, "retention waited for the stuck dispatcher");
     assert!(store.wait_dispatcher("stuck", store.max_physical_offset(), LONG));
     store.shutdown().unwrap();

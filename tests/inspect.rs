@@ -285,10 +285,7 @@ fn verify_skips_entries_below_the_log_start() {
     assert_eq!((found[0].what.as_str(), found[0].offset), ("commit log", 0));
     // Retention deleted the first file (it records the start first): entries pointing
     // into it are skipped, not errors.
-    let start = second_start.to_be_bytes();
-    let mut record = start.to_vec();
-    record.extend_from_slice(&crc32fast::hash(&start).to_be_bytes());
-    std::fs::write(layout::log_start_file(root), record).unwrap();
+    write_log_start(root, second_start);
     let (checked, found) = problems(&Target::of(root).unwrap());
     assert_eq!(found, [], "entries below the log start are not problems");
     let left = puts

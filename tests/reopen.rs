@@ -53,6 +53,31 @@ fn fill(store: &MessageStore, n: u64) -> Vec<PutResult> {
         .collect()
 }
 
+/// A sync store of `n` puts of R/0 ([`fill`]), closed: its directory and the puts.
+fn closed_store(n: u64) -> (tempfile::TempDir, Vec<PutResult>) {
+    let dir = tempfile::tempdir().unwrap();
+    let puts = fill(&open(dir.path(), sync_mode()), n);
+    (dir, puts)
+}
+
+/// Overwrites the commit log with `bytes` at log offset `at` (within one file).
+fn damage_log(dir: &std::path::Path, at: u64, bytes: &[u8]) {
+    let file = OpenOptions::new()
+        .write(true)
+        .open(commit_log_file(dir, at))
+        .unwrap();
+    file.write_all_at(bytes, at % SMALL_FILE).unwrap();
+}
+
+/// Flips a byte inside the body of `put`'s record: its CRC no longer matches.
+fn flip_body_byte(dir: &std::path::Path, put: &PutResult) {
+    damage_log(
+        dir,
+        put.physical_offset + u64::from(put.wrote_bytes) - 30,
+        &[0xEE],
+    );
+}
+
 /// `n` puts round-robin over queues 0, 1 and 2 of topic R.
 fn fill_spread(store: &MessageStore, n: u64) -> Vec<PutResult> {
     (0..n)
@@ -116,11 +141,8 @@ fn an_unclean_exit_drops_a_damaged_tail_and_zeroes_it() {
         };
         let last = *puts.last().unwrap();
         let path = commit_log_file(dir.path(), last.end_offset());
-        let bytes = damage(&last);
         let at = last.end_offset() % SMALL_FILE;
-        let file = OpenOptions::new().write(true).open(&path).unwrap();
-        file.write_all_at(&bytes, at).unwrap();
-        drop(file);
+        damage_log(dir.path(), last.end_offset(), &damage(&last));
         fs::write(layout::abort_file(dir.path()), b"").unwrap();
 
         let store = open(dir.path(), sync_mode());
@@ -236,19 +258,12 @@ fn a_crash_reopen_reuses_the_prepared_file_once_zeroed() {
 
 #[test]
 fn a_damaged_store_time_in_the_future_does_not_become_every_later_store_time() {
-    let dir = tempfile::tempdir().unwrap();
-    let puts = {
-        let store = open(dir.path(), sync_mode());
-        fill(&store, 3)
-    };
+    let (dir, puts) = closed_store(3);
     // STORETIMESTAMP is outside the body CRC: its top byte damaged, the last record says
     // it was stored thousands of years from now.
     let last = puts[2];
-    let path = commit_log_file(dir.path(), last.physical_offset);
-    let at = last.physical_offset % SMALL_FILE + (format::POS_BORN_HOST + 8) as u64;
-    let file = OpenOptions::new().write(true).open(&path).unwrap();
-    file.write_all_at(&[0x10], at).unwrap();
-    drop(file);
+    let at = last.physical_offset + (format::POS_BORN_HOST + 8) as u64;
+    damage_log(dir.path(), at, &[0x10]);
     let store = open(dir.path(), sync_mode());
     let damaged = store.lookup_message(last.physical_offset).unwrap().unwrap();
     assert!(damaged.store_timestamp > last.store_timestamp + 1_000_000_000_000);
@@ -266,17 +281,9 @@ fn a_damaged_store_time_in_the_future_does_not_become_every_later_store_time() {
 
 #[test]
 fn a_damaged_body_is_never_served_and_the_store_goes_on() {
-    let dir = tempfile::tempdir().unwrap();
-    let puts = {
-        let store = open(dir.path(), sync_mode());
-        fill(&store, 50)
-    };
+    let (dir, puts) = closed_store(50);
     let victim = puts[20];
-    let path = commit_log_file(dir.path(), victim.physical_offset);
-    let file = OpenOptions::new().write(true).open(&path).unwrap();
-    let at = victim.physical_offset % SMALL_FILE + u64::from(victim.wrote_bytes) - 30;
-    file.write_all_at(&[0xEE], at).unwrap();
-    drop(file);
+    flip_body_byte(dir.path(), &victim);
 
     // A clean open trusts bodies by default (no CRC pass over the log): reads check them.
     let store = open(dir.path(), sync_mode());
@@ -317,18 +324,9 @@ fn a_damaged_body_is_never_served_and_the_store_goes_on() {
 
 #[test]
 fn after_a_clean_exit_a_damaged_record_refuses_the_open_instead_of_dropping_data() {
-    let dir = tempfile::tempdir().unwrap();
-    let puts = {
-        let store = open(dir.path(), sync_mode());
-        fill(&store, 50)
-    };
+    let (dir, puts) = closed_store(50);
     let victim = puts[20];
-    let path = commit_log_file(dir.path(), victim.physical_offset);
-    let file = OpenOptions::new().write(true).open(&path).unwrap();
-    // Flip a byte inside the body: the CRC no longer matches.
-    let at = victim.physical_offset % SMALL_FILE + u64::from(victim.wrote_bytes) - 30;
-    file.write_all_at(&[0xEE], at).unwrap();
-    drop(file);
+    flip_body_byte(dir.path(), &victim);
 
     // Without the CRC check a clean reopen trusts bodies; with it, it refuses the open.
     let err = MessageStore::open(config(dir.path(), sync_mode()).verify_crc_on_clean_open(true))
@@ -361,11 +359,7 @@ fn after_a_clean_exit_a_damaged_record_refuses_the_open_instead_of_dropping_data
 
 #[test]
 fn after_an_unclean_exit_a_missing_blank_record_ends_the_log_there() {
-    let dir = tempfile::tempdir().unwrap();
-    let puts = {
-        let store = open(dir.path(), sync_mode());
-        fill(&store, 400)
-    };
+    let (dir, puts) = closed_store(400);
     let first_in_second = puts
         .iter()
         .position(|p| p.physical_offset >= SMALL_FILE)
@@ -409,11 +403,7 @@ fn after_an_unclean_exit_a_missing_blank_record_ends_the_log_there() {
 
 #[test]
 fn lost_consume_queues_are_rebuilt_from_the_log() {
-    let dir = tempfile::tempdir().unwrap();
-    let puts = {
-        let store = open(dir.path(), sync_mode());
-        fill(&store, 300)
-    };
+    let (dir, puts) = closed_store(300);
     fs::remove_dir_all(layout::consume_queue_dir(dir.path())).unwrap();
     let store = open(dir.path(), sync_mode());
     assert_eq!(store.max_offset_in_queue("R", 0), 300);
@@ -673,13 +663,7 @@ fn the_checkpoint_never_vouches_for_queue_entries_past_a_log_cut_short() {
     fs::write(layout::abort_file(dir.path()), b"").unwrap();
     // A crashed run leaves the queue table of its open, which held less.
     fs::remove_file(layout::queue_table_file(dir.path())).unwrap();
-    let file = OpenOptions::new()
-        .write(true)
-        .open(commit_log_file(dir.path(), cut.physical_offset))
-        .unwrap();
-    let at = cut.physical_offset % SMALL_FILE + u64::from(cut.wrote_bytes) - 30;
-    file.write_all_at(&[0xEE], at).unwrap();
-    drop(file);
+    flip_body_byte(dir.path(), &cut);
     // Recovery cuts the log there; the queues' syncs fail, so nothing moves the
     // checkpoint's queue offset but recovery itself: it must not stay past the cut.
     let hook = std::sync::Arc::new(FailQueueSyncs::default());
@@ -742,11 +726,7 @@ fn a_record_zeroed_after_a_clean_exit_is_an_error_when_read_never_a_silent_skip(
         .iter()
         .find(|p| p.physical_offset > last_file && p.queue_offset < 299)
         .unwrap();
-    let path = commit_log_file(dir.path(), victim.physical_offset);
-    let file = OpenOptions::new().write(true).open(&path).unwrap();
-    file.write_all_at(&[0u8; 64], victim.physical_offset % SMALL_FILE)
-        .unwrap();
-    drop(file);
+    damage_log(dir.path(), victim.physical_offset, &[0u8; 64]);
 
     let store = open(dir.path(), sync_mode());
     let before = store

@@ -396,16 +396,9 @@ fn no_hold_is_granted_on_a_file_retention_is_deleting() {
 #[test]
 fn a_first_file_gone_missing_is_refused_and_one_retention_deleted_is_not() {
     let dir = tempfile::tempdir().unwrap();
-    let fill = |store: &MessageStore, from: u64| {
-        let mut i = from;
-        while store.max_physical_offset() < (4 + from / 1000) * SMALL_FILE {
-            store.put_message(&message("M", 0, "m", i)).unwrap();
-            i += 1;
-        }
-    };
     {
         let store = MessageStore::open(cfg(dir.path())).unwrap();
-        fill(&store, 0);
+        fill_log_files(&store, "M", 4);
         assert!(store.wait_dispatched_to(store.max_physical_offset(), Duration::from_secs(30)));
         // Retention deletes the first file: the log now starts at the second.
         assert!(store.delete_expired_files().unwrap() >= 1);
@@ -440,17 +433,9 @@ fn a_first_file_gone_missing_is_refused_and_one_retention_deleted_is_not() {
 #[test]
 fn a_crash_between_recording_the_start_and_deleting_keeps_the_file() {
     let dir = tempfile::tempdir().unwrap();
-    {
-        let store = MessageStore::open(cfg(dir.path())).unwrap();
-        while store.max_physical_offset() < 2 * SMALL_FILE {
-            store.put_message(&message("K", 0, "k", 0)).unwrap();
-        }
-    }
+    fill_log_files(&MessageStore::open(cfg(dir.path())).unwrap(), "K", 2);
     // Retention recorded the new start, then the process died before the unlink.
-    let start = SMALL_FILE.to_be_bytes();
-    let mut record = start.to_vec();
-    record.extend_from_slice(&crc32fast::hash(&start).to_be_bytes());
-    fs::write(layout::log_start_file(dir.path()), record).unwrap();
+    write_log_start(dir.path(), SMALL_FILE);
     let store = MessageStore::open(cfg(dir.path())).unwrap();
     assert_eq!(
         store.min_physical_offset(),
@@ -470,12 +455,7 @@ fn a_start_recorded_before_another_writer_ran_is_not_believed() {
     // deletes files without recording the start. Their checkpoint writes (their fields
     // only) break the checkpoint's CRC, which tells the next open so.
     let dir = tempfile::tempdir().unwrap();
-    {
-        let store = MessageStore::open(cfg(dir.path())).unwrap();
-        while store.max_physical_offset() < 3 * SMALL_FILE {
-            store.put_message(&message("O", 0, "o", 0)).unwrap();
-        }
-    }
+    fill_log_files(&MessageStore::open(cfg(dir.path())).unwrap(), "O", 3);
     // The other writer: its checkpoint write, then its retention.
     let checkpoint = layout::checkpoint_file(dir.path());
     let file = fs::OpenOptions::new()

@@ -18,20 +18,27 @@ use crossbeam_channel::{Receiver, Sender, unbounded};
 use rocketstore::layout;
 use rocketstore::{Error, IoHook, MessageStore};
 
-/// Stalls the creation of consume-queue files of one topic until released.
-struct StallQueueCreate {
-    topic: &'static str,
+/// Stalls a file operation (`before_create` or `before_allocate`) on the paths `stalls`
+/// picks, until released.
+struct Stall {
+    on_allocate: bool,
+    stalls: fn(&Path) -> bool,
     stalled: (Sender<()>, Receiver<()>),
     release: (Sender<()>, Receiver<()>),
 }
 
-impl IoHook for StallQueueCreate {
-    fn before_create(&self, path: &Path) -> io::Result<()> {
-        if path.to_string_lossy().contains(&format!(
-            "{}/{}/",
-            layout::CONSUME_QUEUE_DIR,
-            self.topic
-        )) {
+impl Stall {
+    fn new(on_allocate: bool, stalls: fn(&Path) -> bool) -> Arc<Stall> {
+        Arc::new(Stall {
+            on_allocate,
+            stalls,
+            stalled: unbounded(),
+            release: unbounded(),
+        })
+    }
+
+    fn maybe_stall(&self, path: &Path) -> io::Result<()> {
+        if (self.stalls)(path) {
             let _ = self.stalled.0.send(());
             let _ = self.release.1.recv();
         }
@@ -39,13 +46,28 @@ impl IoHook for StallQueueCreate {
     }
 }
 
+impl IoHook for Stall {
+    fn before_create(&self, path: &Path) -> io::Result<()> {
+        match self.on_allocate {
+            true => Ok(()),
+            false => self.maybe_stall(path),
+        }
+    }
+    fn before_allocate(&self, path: &Path) -> io::Result<()> {
+        match self.on_allocate {
+            true => self.maybe_stall(path),
+            false => Ok(()),
+        }
+    }
+}
+
 #[test]
 fn shutdown_does_not_deadlock_with_a_reader_waiting_for_dispatch() {
     let dir = tempfile::tempdir().unwrap();
-    let hook = Arc::new(StallQueueCreate {
-        topic: "Stalled",
-        stalled: unbounded(),
-        release: unbounded(),
+    // The creation of topic Stalled's consume-queue files.
+    let hook = Stall::new(false, |path| {
+        path.to_string_lossy()
+            .contains(&format!("{}/Stalled/", layout::CONSUME_QUEUE_DIR))
     });
     let store = Arc::new(
         MessageStore::open(config(dir.path(), async_mode()).io_hook(hook.clone())).unwrap(),
@@ -85,34 +107,18 @@ fn shutdown_does_not_deadlock_with_a_reader_waiting_for_dispatch() {
     assert!(!layout::abort_file(dir.path()).exists());
 }
 
-/// Stalls the allocation of every commit-log file after the first until released.
-struct StallNextFile {
-    stalled: (Sender<()>, Receiver<()>),
-    release: (Sender<()>, Receiver<()>),
-}
-
-impl IoHook for StallNextFile {
-    fn before_allocate(&self, path: &Path) -> io::Result<()> {
+#[test]
+fn shutdown_does_not_hold_the_put_lock_while_an_allocation_thread_finishes() {
+    let dir = tempfile::tempdir().unwrap();
+    // The allocation of every commit-log file after the first.
+    let hook = Stall::new(true, |path| {
         let commit_log = path
             .parent()
             .is_some_and(|p| p.ends_with(layout::COMMIT_LOG_DIR));
         let first = path
             .file_name()
             .is_some_and(|n| n.to_string_lossy().starts_with(&layout::file_name(0)));
-        if commit_log && !first {
-            let _ = self.stalled.0.send(());
-            let _ = self.release.1.recv();
-        }
-        Ok(())
-    }
-}
-
-#[test]
-fn shutdown_does_not_hold_the_put_lock_while_an_allocation_thread_finishes() {
-    let dir = tempfile::tempdir().unwrap();
-    let hook = Arc::new(StallNextFile {
-        stalled: unbounded(),
-        release: unbounded(),
+        commit_log && !first
     });
     // Files large enough that the puts below never roll (a roll would wait for the
     // stalled file, under the put lock, as it should).

@@ -238,9 +238,7 @@ impl ConsumeQueues {
 
     /// A queue was found damaged at run time: see [`ConsumeQueues::suspect`].
     pub(crate) fn mark_suspect(&self) {
-        if !self.io.suspect.swap(true, Ordering::AcqRel) {
-            log::error!("a consume queue is damaged: the next open checks and rebuilds them");
-        }
+        self.io.mark_suspect();
     }
 
     pub(crate) fn get(&self, topic: &str, queue_id: u32) -> Option<Arc<ConsumeQueue>> {

@@ -64,6 +64,25 @@ pub fn message(topic: &str, queue: u32, tag: &str, i: u64) -> Message {
     Message::new(topic, queue, body(tag, i)).with_keys([format!("k{i}")])
 }
 
+/// Puts messages of `topic`/0 until the log spans `files` commit-log files of
+/// [`SMALL_FILE`] (the last one begun).
+pub fn fill_log_files(store: &MessageStore, topic: &str, files: u64) {
+    let mut i = 0;
+    while store.max_physical_offset() < files * SMALL_FILE {
+        store.put_message(&message(topic, 0, "f", i)).unwrap();
+        i += 1;
+    }
+}
+
+/// Writes `{root}/log_start` as retention records it (FORMAT.md: the offset, big-endian,
+/// then a CRC-32 of those 8 bytes).
+pub fn write_log_start(root: &Path, start: u64) {
+    let offset = start.to_be_bytes();
+    let mut record = offset.to_vec();
+    record.extend_from_slice(&crc32fast::hash(&offset).to_be_bytes());
+    std::fs::write(layout::log_start_file(root), record).unwrap();
+}
+
 /// Blocks every commit-log or consume-queue sync while armed, until released.
 pub struct StallSync {
     armed: std::sync::atomic::AtomicBool,

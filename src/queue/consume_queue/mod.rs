@@ -77,6 +77,14 @@ impl QueueFiles {
             suspect: AtomicBool::new(false),
         }
     }
+
+    /// A queue was found damaged at run time: the store is not marked clean, and the next
+    /// open checks and rebuilds the queues.
+    pub(crate) fn mark_suspect(&self) {
+        if !self.suspect.swap(true, Ordering::AcqRel) {
+            log::error!("a consume queue is damaged: the next open checks and rebuilds them");
+        }
+    }
 }
 
 /// Entries a load reads at once when it searches a file's end.
@@ -527,9 +535,7 @@ impl ConsumeQueue {
             // an entry lost while the queue was believed durable). An error rather than
             // an empty answer, which a reader would take for a missing file and skip past
             // messages the log still holds; the next open rebuilds the queue from the log.
-            if !self.io.suspect.swap(true, Ordering::AcqRel) {
-                log::error!("a consume queue is damaged: the next open checks and rebuilds them");
-            }
+            self.io.mark_suspect();
             return Err(Error::BadStoreFile {
                 path: sparse_file::path_in(
                     &self.dir,
