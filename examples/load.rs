@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use clap::{Parser, ValueEnum};
-use rocketstore::{FlushMode, GetStatus, Message, MessageStore, PutStatus, StoreConfig};
+use rocketstore::{FlushMode, GetStatus, Message, MessageStore, PutStatus, StoreConfig, Warmup};
 
 #[derive(Parser, Debug)]
 #[command(about = "Put load on a rocketstore and verify it reads back")]
@@ -44,6 +44,10 @@ struct Args {
     /// Flush mode.
     #[arg(long, value_enum, default_value_t = Flush::Async)]
     flush: Flush,
+    /// How new commit-log files are prepared (default: the store's choice for the flush
+    /// mode).
+    #[arg(long, value_enum)]
+    warmup: Option<WarmupArg>,
     /// Outstanding `put_message_async` futures per producer (0: blocking puts).
     #[arg(long, default_value_t = 0)]
     inflight: usize,
@@ -74,6 +78,13 @@ fn positive_rate(s: &str) -> Result<f64, String> {
 enum Flush {
     Sync,
     Async,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum WarmupArg {
+    None,
+    Touch,
+    ZeroAndFlush,
 }
 
 /// Message `n` of producer `p` to `queue`, with `keys` keys.
@@ -349,6 +360,13 @@ fn run(args: &Args) -> Result<bool, Box<dyn std::error::Error>> {
     let mut config = StoreConfig::new(&dir).flush_mode(mode);
     if let Some(size) = args.file_size {
         config = config.commit_log_file_size(size);
+    }
+    if let Some(w) = args.warmup {
+        config = config.warmup(match w {
+            WarmupArg::None => Warmup::None,
+            WarmupArg::Touch => Warmup::Touch,
+            WarmupArg::ZeroAndFlush => Warmup::ZeroAndFlush,
+        });
     }
     let store = Arc::new(MessageStore::open(config)?);
     let not_durable = Arc::new(AtomicU64::new(0));
