@@ -305,6 +305,53 @@ fn a_failing_dispatcher_is_counted_and_retried() {
     );
 }
 
+/// A crash cut the log below a dispatcher's progress, and the next run was opened without
+/// that dispatcher. That run's open still takes its progress back to the log: when the
+/// dispatcher returns it resumes at the cut, is told so, and sees every record written
+/// since, instead of resuming at its old point, past records it never saw.
+#[test]
+fn a_dispatcher_left_out_of_the_run_after_a_cut_resumes_at_the_cut() {
+    let dir = tempfile::tempdir().unwrap();
+    let (rec, seen) = Recorder::new("audit");
+    let store =
+        MessageStore::open_with(config(dir.path(), sync_mode()), vec![Box::new(rec)]).unwrap();
+    let offsets: Vec<u64> = (0..40)
+        .map(|i| {
+            store
+                .put_message(&message("T", 0, "d", i))
+                .unwrap()
+                .physical_offset
+        })
+        .collect();
+    assert!(store.wait_dispatcher("audit", store.max_physical_offset(), LONG));
+    store.shutdown().unwrap();
+    drop(store);
+    assert_eq!(seen.lock().unwrap().offsets, offsets);
+    let cut = offsets[30];
+    common::tear_log_at(dir.path(), cut);
+
+    // Without the dispatcher.
+    let store = MessageStore::open(config(dir.path(), sync_mode())).unwrap();
+    assert_eq!(store.max_physical_offset(), cut);
+    let later: Vec<u64> = (100..120)
+        .map(|i| {
+            store
+                .put_message(&message("T", 0, "d", i))
+                .unwrap()
+                .physical_offset
+        })
+        .collect();
+    store.shutdown().unwrap();
+    drop(store);
+
+    let (rec, seen) = Recorder::new("audit");
+    let store =
+        MessageStore::open_with(config(dir.path(), sync_mode()), vec![Box::new(rec)]).unwrap();
+    assert!(store.wait_dispatcher("audit", store.max_physical_offset(), LONG));
+    assert_eq!(seen.lock().unwrap().starts, [cut]);
+    assert_eq!(seen.lock().unwrap().offsets, later);
+}
+
 #[test]
 fn dispatcher_names_are_checked() {
     let dir = tempfile::tempdir().unwrap();

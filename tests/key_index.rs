@@ -394,14 +394,7 @@ fn when_the_log_is_cut_below_the_index_the_index_follows_it_across_crashes() {
 
     // Records 30.. are torn: zeroed, and past what the checkpoint vouches for.
     let cut = puts[30].physical_offset;
-    common::checkpoint_vouches_below(dir.path(), cut);
-    let log = std::fs::OpenOptions::new()
-        .write(true)
-        .open(layout::commit_log_file(dir.path(), 0))
-        .unwrap();
-    use std::os::unix::fs::FileExt;
-    log.write_all_at(&[0u8; 64], cut).unwrap();
-    fs::write(layout::abort_file(dir.path()), b"").unwrap();
+    common::tear_log_at(dir.path(), cut);
 
     let store = MessageStore::open(cfg()).unwrap();
     assert_eq!(store.max_physical_offset(), cut);
@@ -425,4 +418,51 @@ fn when_the_log_is_cut_below_the_index_the_index_follows_it_across_crashes() {
     assert_eq!(bodies(&store, "T", "k102", 8), ["m102"]);
     assert!(bodies(&store, "T", "k31", 8).is_empty());
     assert_eq!(bodies(&store, "T", "k29", 8), ["m29"]);
+}
+
+/// The same cut, with a run between that leaves the index out (`index_enabled(false)`):
+/// that run's open must still take the index back to the log, or the run after it resumes
+/// the index at a point inside a record the middle run wrote, fails every round, and never
+/// indexes another key.
+#[test]
+fn a_run_without_the_index_after_a_cut_still_takes_it_back_to_the_log() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = || config(dir.path(), sync_mode()).index_file_shape(8, 400);
+    let store = MessageStore::open(cfg()).unwrap();
+    let mut puts = Vec::new();
+    for i in 0..40 {
+        puts.push(
+            store
+                .put_message(&keyed("T", &format!("m{i}"), &[&format!("k{i}"), "all"]))
+                .unwrap(),
+        );
+    }
+    indexed(&store);
+    store.shutdown().unwrap();
+    drop(store);
+
+    let cut = puts[30].physical_offset;
+    common::tear_log_at(dir.path(), cut);
+
+    // Without the index: records of other sizes, so the old boundaries fall inside them.
+    let store = MessageStore::open(cfg().index_enabled(false)).unwrap();
+    assert_eq!(store.max_physical_offset(), cut);
+    for i in 100..140 {
+        store
+            .put_message(&keyed("T", &format!("n{i}"), &[&format!("k{i}"), "all"]))
+            .unwrap();
+    }
+    assert!(store.max_physical_offset() > puts[39].physical_offset);
+    store.shutdown().unwrap();
+    drop(store);
+
+    let store = MessageStore::open(cfg()).unwrap();
+    indexed(&store);
+    let index = store.stats().dispatchers;
+    let index = index.iter().find(|d| d.name == "index").unwrap();
+    assert_eq!(index.error, None, "{index:?}");
+    assert_eq!(bodies(&store, "T", "k120", 8), ["n120"]);
+    assert_eq!(bodies(&store, "T", "k29", 8), ["m29"]);
+    assert!(bodies(&store, "T", "k35", 8).is_empty());
+    assert_eq!(bodies(&store, "T", "all", 1000).len(), 70);
 }

@@ -72,10 +72,67 @@ pub(super) fn prepare(
         }
         sinks.push((Box::new(external), from, timestamp));
     }
+    let names: Vec<&str> = sinks.iter().map(|(s, _, _)| s.name()).collect();
+    take_back_absent(root, log, &names)?;
     for (sink, from, _) in &mut sinks {
         sink.start(*from)?;
     }
     Ok(Prepared { index, sinks })
+}
+
+/// Takes the progress of every dispatcher left out of this run (a broker dispatcher not
+/// passed to the open, or the key index while disabled) back to the log, where the log no
+/// longer reaches it: otherwise, when the dispatcher returns, it resumes at its old point,
+/// which this run's records may have covered, past records it never saw or inside one.
+/// A broker dispatcher's progress moves to the log's end (it is told at its next `start`
+/// that anything past it is stale). The key index's is removed instead: its entries past
+/// the cut would have to be forgotten too, so it is rebuilt from the log's start when it
+/// is next enabled.
+fn take_back_absent(root: &std::path::Path, log: &CommitLog, registered: &[&str]) -> Result<()> {
+    let dir = root.join(layout::DISPATCH_DIR);
+    let entries = match std::fs::read_dir(&dir) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(crate::error::Error::io("list", &dir, e)),
+    };
+    let end = log.write_offset();
+    for entry in entries {
+        let entry = entry.map_err(|e| crate::error::Error::io("list", &dir, e))?;
+        let Some(name) = entry.file_name().to_str().map(str::to_owned) else {
+            continue;
+        };
+        if registered.contains(&name.as_str())
+            || crate::dispatch::validate_name(&name).is_err()
+            || !entry.file_type().is_ok_and(|t| t.is_file())
+        {
+            continue;
+        }
+        let (mut file, progress) = ProgressFile::open(entry.path())?;
+        let Some(p) = progress.filter(|p| p.offset > end) else {
+            continue;
+        };
+        log::warn!(
+            "dispatcher {name:?} (not running) had progress {} past the log's end {end}: {}",
+            p.offset,
+            if name == INDEX_NAME {
+                "the key index will be rebuilt from the log's start when next enabled"
+            } else {
+                "it resumes at the log's end"
+            }
+        );
+        if name == INDEX_NAME {
+            drop(file);
+            crate::fs::ops::remove_file_with(&entry.path(), None)?;
+            crate::fs::ops::sync_dir(&dir)?;
+        } else {
+            file.store(Progress {
+                offset: end,
+                timestamp: log.last_store_timestamp(),
+                aux: p.aux,
+            })?;
+        }
+    }
+    Ok(())
 }
 
 impl Prepared {

@@ -172,3 +172,18 @@ pub fn checkpoint_vouches_below(dir: &Path, offset: u64) {
     .write(&path)
     .unwrap();
 }
+
+/// Tears the log of a closed store at `offset` (in its first file) as a crash would: the
+/// record there zeroed, the checkpoint vouching for nothing from there on, and `abort`
+/// left behind. The next open cuts the log at `offset`.
+pub fn tear_log_at(dir: &Path, offset: u64) {
+    use std::os::unix::fs::FileExt;
+    checkpoint_vouches_below(dir, offset);
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(layout::commit_log_file(dir, 0))
+        .unwrap()
+        .write_all_at(&[0u8; 64], offset)
+        .unwrap();
+    std::fs::write(layout::abort_file(dir), b"").unwrap();
+}
