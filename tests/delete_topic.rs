@@ -172,6 +172,26 @@ fn a_long_poll_on_a_deleted_queue_ends() {
     assert_eq!(pulled.status, GetStatus::NoMessageInQueue);
 }
 
+/// The consumer pulled up to the queue's end, then the topic was deleted, then it began
+/// its long poll there: the wait ends at once, as the waits the deletion released did,
+/// instead of sleeping out its timeout while the topic starts over. A wait at the new
+/// queue's start still waits, and one at the old end is told when the queue is back.
+#[test]
+fn a_long_poll_begun_just_after_the_deletion_ends_too() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = MessageStore::open(cfg(dir.path())).unwrap();
+    for i in 0..3 {
+        store.put_message(&message("Gone", 0, "old", i)).unwrap();
+    }
+    assert!(store.wait_dispatched_to(store.max_physical_offset(), LONG));
+    store.delete_topic("Gone").unwrap();
+    assert!(store.wait_for_message("Gone", 0, 3, Duration::from_secs(2)));
+    assert!(!store.wait_for_message("Gone", 0, 0, Duration::from_millis(50)));
+    store.put_message(&message("Gone", 0, "new", 0)).unwrap();
+    assert!(store.wait_dispatched_to(store.max_physical_offset(), LONG));
+    assert!(!store.wait_for_message("Gone", 0, 3, Duration::from_millis(50)));
+}
+
 /// The file `delete_topic` keeps, written by hand (FORMAT.md, "Deleted topics").
 fn write_deleted(dir: &std::path::Path, rows: &str) {
     let mut text = format!("rocketstore-deleted-topics-v1\n{rows}");

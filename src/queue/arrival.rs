@@ -41,9 +41,17 @@ struct Registry {
     /// Waiters whose queue was deleted: their wait ends (the consumer pulls again and
     /// finds the topic as it is now).
     released: std::collections::HashSet<u64>,
+    /// Queues removed with their topic and not created again, with the end each had: a
+    /// wait registered after the removal, at an offset the old queue had reached, came
+    /// from a pull before it and ends at once, like the waits the removal released.
+    removed: HashMap<(String, u32), u64>,
     /// The store shut down (or dispatch ended): every wait ends, unsatisfied.
     closed: bool,
 }
+
+/// Most removed queues remembered; past it they are forgotten (a wait that raced their
+/// removal then ends at its timeout instead of at once).
+const REMOVED_KEPT: usize = 65_536;
 
 /// Who waits for which queue.
 #[derive(Default)]
@@ -85,6 +93,14 @@ impl Arrivals {
         // A queue created from now on finds the waiter among the unborn (creation looks
         // after publishing the queue); one created before is found here.
         let Some(q) = lookup() else {
+            let key = (topic.to_owned(), queue_id);
+            if reg
+                .removed
+                .get(&key)
+                .is_some_and(|&end| offset > 0 && offset <= end)
+            {
+                return Registered::Arrived;
+            }
             reg.unborn
                 .entry((topic.to_owned(), queue_id))
                 .or_default()
@@ -125,6 +141,9 @@ impl Arrivals {
     /// A queue was just created: waiters that came before it now watch it.
     pub(crate) fn created(&self, topic: &str, queue_id: u32, q: &Arc<ConsumeQueue>) {
         let mut reg = self.registry.lock();
+        if !reg.removed.is_empty() {
+            reg.removed.remove(&(topic.to_owned(), queue_id));
+        }
         if reg.unborn.is_empty() {
             return;
         }
@@ -177,11 +196,20 @@ impl Arrivals {
     /// Queues were removed (their topic deleted): their waiters are woken and their waits
     /// end, as if a message had come: the consumer pulls again and finds the topic as it
     /// is now.
-    pub(crate) fn dropped<'a>(&self, queues: impl Iterator<Item = &'a Arc<ConsumeQueue>>) {
+    pub(crate) fn dropped<'a>(
+        &self,
+        topic: &str,
+        queues: impl Iterator<Item = (&'a u32, &'a Arc<ConsumeQueue>)>,
+    ) {
         let mut woken = Vec::new();
         {
             let mut reg = self.registry.lock();
-            for q in queues {
+            for (&queue_id, q) in queues {
+                if reg.removed.len() >= REMOVED_KEPT {
+                    reg.removed.clear();
+                }
+                reg.removed
+                    .insert((topic.to_owned(), queue_id), q.max_offset());
                 if let Some((_, waiters)) = reg.by_queue.remove(&q.key()) {
                     q.watched.store(false, Ordering::SeqCst);
                     for w in &waiters {

@@ -350,7 +350,7 @@ impl ConsumeQueues {
             q.forget_cached();
         }
         if let Some(qs) = &removed {
-            self.arrivals.dropped(qs.values());
+            self.arrivals.dropped(topic, qs.iter());
         }
         remove_topic_dir(&self.root, topic, self.io.hook.as_ref())
     }
