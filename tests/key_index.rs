@@ -466,3 +466,54 @@ fn a_run_without_the_index_after_a_cut_still_takes_it_back_to_the_log() {
     assert!(bodies(&store, "T", "k35", 8).is_empty());
     assert_eq!(bodies(&store, "T", "all", 1000).len(), 70);
 }
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64
+}
+
+/// Entry times are seconds after the file's begin time. A file whose begin time tells
+/// nothing (its first message stamped at the epoch, as a replicated or imported record
+/// can be) or is damaged still answers a query with a time window: its entries are all
+/// candidates, each checked against its message's own store time, and nothing overflows.
+#[test]
+fn a_file_whose_begin_time_tells_nothing_still_answers_windowed_queries() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = || config(dir.path(), sync_mode()).index_file_shape(8, 4);
+    let store = MessageStore::open(cfg()).unwrap();
+    store
+        .put_message_stamped(&keyed("T", "epoch", &["old"]), 0)
+        .unwrap();
+    for i in 0..8 {
+        store
+            .put_message(&keyed("T", &format!("m{i}"), &[&format!("k{i}")]))
+            .unwrap();
+    }
+    indexed(&store);
+    let since = now_ms() - 60_000;
+    let windowed = |store: &MessageStore, key: &str| -> Vec<Bytes> {
+        let r = store.query_message("T", key, 8, since, i64::MAX).unwrap();
+        r.messages.into_iter().map(|m| m.body).collect()
+    };
+    assert_eq!(windowed(&store, "k1"), ["m1"]);
+    assert!(windowed(&store, "old").is_empty(), "outside the window");
+    assert_eq!(bodies(&store, "T", "old", 8), ["epoch"]);
+    store.shutdown().unwrap();
+    drop(store);
+
+    // A damaged begin time in the oldest file's header.
+    let oldest = index_files(dir.path()).remove(0);
+    let f = std::fs::OpenOptions::new()
+        .write(true)
+        .open(oldest)
+        .unwrap();
+    use std::os::unix::fs::FileExt;
+    f.write_all_at(&0x7FFF_FFFF_FFFF_FF00u64.to_be_bytes(), 0)
+        .unwrap();
+    let store = MessageStore::open(cfg()).unwrap();
+    assert_eq!(windowed(&store, "k1"), ["m1"]);
+    assert_eq!(bodies(&store, "T", "k0", 8), ["m0"]);
+    assert_eq!(windowed(&store, "k7"), ["m7"]);
+}

@@ -94,6 +94,14 @@ pub struct IndexHeader {
 }
 
 impl IndexHeader {
+    /// Whether the entries' times can be told from the header: the file's begin time is
+    /// positive and not after its end time. Entry times are seconds after the begin time,
+    /// and a file whose first message was stamped at or before the epoch (or whose header
+    /// is damaged) gives them none.
+    pub(crate) fn times_usable(&self) -> bool {
+        self.begin_timestamp > 0 && self.begin_timestamp <= self.end_timestamp
+    }
+
     /// Reads a header from the first [`HEADER_LEN`] bytes of a file.
     pub fn decode(b: &[u8; HEADER_LEN as usize]) -> IndexHeader {
         let i64_at = |at: usize| i64::from_be_bytes(b[at..at + 8].try_into().expect("8 bytes"));
@@ -332,16 +340,20 @@ impl IndexFile {
         end_ms: i64,
         mut visit: impl FnMut(u64) -> bool,
     ) {
-        let begin_ts = self.header().begin_timestamp;
+        let h = self.header();
+        let timed = h.times_usable();
         let mut n = self.slot(hash % self.slots);
         while n > 0 && n < self.entries {
             let e = self.entry(n);
-            // Entry times are whole seconds after the file's begin time.
-            let from = begin_ts + i64::from(e.time_diff) * 1000;
-            if from + 999 < begin_ms {
+            // Entry times are whole seconds after the file's begin time. Without a usable
+            // begin time every entry is a candidate: the caller checks each message's own.
+            let from = h
+                .begin_timestamp
+                .saturating_add(i64::from(e.time_diff) * 1000);
+            if timed && from.saturating_add(999) < begin_ms {
                 break;
             }
-            if e.hash == hash && from <= end_ms && !visit(e.offset) {
+            if e.hash == hash && (!timed || from <= end_ms) && !visit(e.offset) {
                 return;
             }
             if e.prev >= n {
@@ -388,7 +400,9 @@ impl IndexFile {
         if count > 1 {
             let last = self.entry(count - 1);
             let begin = w.load_u64_aligned(W_BEGIN_TS) as i64;
-            let end = begin + i64::from(last.time_diff) * 1000 + 999;
+            let end = begin
+                .saturating_add(i64::from(last.time_diff) * 1000)
+                .saturating_add(999);
             w.store_u64_aligned(W_END_TS, end as u64);
             w.store_u64_aligned(W_END_OFFSET, last.offset);
         } else {

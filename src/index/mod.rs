@@ -272,7 +272,8 @@ impl KeyIndex {
                 break;
             }
             let h = f.header();
-            if h.count <= 1 || h.end_timestamp < begin_ms || h.begin_timestamp > end_ms {
+            let outside = h.end_timestamp < begin_ms || h.begin_timestamp > end_ms;
+            if h.count <= 1 || (h.times_usable() && outside) {
                 continue;
             }
             f.walk(hash, begin_ms, end_ms, |offset| {
