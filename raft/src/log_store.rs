@@ -27,6 +27,7 @@ use flusher::Flush;
 use openraft::storage::{LogFlushed, LogState, RaftLogStorage};
 use openraft::{Entry, LogId, RaftLogId, RaftLogReader, StorageError, StorageIOError, Vote};
 use parking_lot::Mutex;
+use tokio::sync::watch;
 
 use crate::request::{decode_entry, encode_entry};
 use crate::{NodeId, TypeConfig};
@@ -42,6 +43,19 @@ const FRAME_HEADER: usize = 12;
 pub struct LogStore {
     inner: Arc<Mutex<Inner>>,
     flush: Arc<Flush>,
+    /// What the state machine has durably snapshotted, for purges to wait on.
+    purge_gate: Arc<Mutex<Option<watch::Receiver<Covered>>>>,
+}
+
+/// How far the state machine's durably recorded snapshot reaches, published for the Raft
+/// log's purges: a purge waits until the entries it forgets are covered, so that a node
+/// never holds a log purged past what its state machine can recover to.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct Covered {
+    /// Index of the last entry the recorded snapshot holds.
+    pub upto: Option<u64>,
+    /// A snapshot install failed: no purge waiting for it may go ahead.
+    pub failed: bool,
 }
 
 struct Segment {
@@ -153,7 +167,17 @@ impl LogStore {
         Ok(LogStore {
             inner: Arc::new(Mutex::new(inner)),
             flush: Flush::start(),
+            purge_gate: Arc::new(Mutex::new(None)),
         })
+    }
+
+    /// From now on a purge waits until `covered` reaches the entries it forgets.
+    /// openraft queues a received snapshot's install and the purge of the log up to it
+    /// together, and runs the purge at once: without the wait, a crash or a failure
+    /// during the install leaves the log purged past what the state machine holds, and
+    /// the node can never apply its next entry.
+    pub(crate) fn gate_purges(&self, covered: watch::Receiver<Covered>) {
+        *self.purge_gate.lock() = Some(covered);
     }
 
     /// How many appends were submitted so far, and a watch of how many are flushed: a
@@ -500,6 +524,19 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn purge(&mut self, log_id: LogId<NodeId>) -> StoreResult<()> {
+        let gate = self.purge_gate.lock().clone();
+        if let Some(mut covered) = gate {
+            let reached = covered
+                .wait_for(|c| c.failed || c.upto >= Some(log_id.index))
+                .await
+                .map(|c| !c.failed);
+            if !matches!(reached, Ok(true)) {
+                let e = io::Error::other(format!(
+                    "not purging the raft log up to {log_id}: the snapshot covering it was not recorded"
+                ));
+                return Err(StorageIOError::write_logs(&e).into());
+            }
+        }
         let mut inner = self.inner.lock();
         inner
             .purge(log_id)

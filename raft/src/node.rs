@@ -213,10 +213,27 @@ impl ReplicatedStore {
         }
         let dir = raft_dir.to_path_buf();
         let (store, log, state_machine) = tokio::task::spawn_blocking(move || {
-            crate::state_machine::roll_back_unfinished_install(&dir.join("state"), &store_config)?;
-            let store = Arc::new(MessageStore::open(store_config)?);
+            let state = dir.join("state");
+            let unfinished = crate::state_machine::unfinished_install(&state, &store_config)?;
+            let mut store = MessageStore::open(store_config.clone())?;
+            if let Some(installing) = unfinished
+                && let Err(e) =
+                    crate::state_machine::finish_unfinished_install(&store, &state, &installing)
+            {
+                log::warn!("the interrupted snapshot install could not be finished: {e}");
+                store.shutdown()?;
+                drop(store);
+                crate::state_machine::roll_back_unfinished_install(
+                    &state,
+                    &store_config,
+                    &installing,
+                )?;
+                store = MessageStore::open(store_config)?;
+            }
+            let store = Arc::new(store);
             let log = LogStore::open(&dir.join("log"))?;
-            let state_machine = StateMachine::open(Arc::clone(&store), &dir.join("state"))?;
+            let state_machine = StateMachine::open(Arc::clone(&store), &state)?;
+            log.gate_purges(state_machine.covered());
             Ok::<_, Error>((store, log, state_machine))
         })
         .await

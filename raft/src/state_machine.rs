@@ -28,8 +28,9 @@ use openraft::{
 use parking_lot::Mutex;
 use rocketstore::{Error as StoreError, MessageStore};
 use serde::{Deserialize, Serialize};
+use tokio::sync::watch;
 
-use crate::log_store::{read_json, sync_dir, write_atomic};
+use crate::log_store::{Covered, read_json, sync_dir, write_atomic};
 use crate::request::{BatchPosition, BatchResponse, PutBatch, PutRequest, PutResponse};
 use crate::snapshot::{self, SnapshotData};
 use crate::{NodeId, PROPERTY_RAFT_LOG_ID, TypeConfig};
@@ -58,42 +59,117 @@ struct SnapshotRecord {
 }
 
 /// Written before a snapshot's bytes are appended and removed once its record is: after
-/// a crash in between, [`roll_back_unfinished_install`] cuts the store back to `from`.
+/// a crash in between, the next open finishes the install from the received stream
+/// ([`finish_unfinished_install`]), or, when the stream cannot be used, cuts the store
+/// back to `from` ([`roll_back_unfinished_install`]).
 #[derive(Debug, Clone, Serialize, Deserialize)]
-struct Installing {
+pub(crate) struct Installing {
     meta: SnapshotMeta<NodeId, BasicNode>,
     from: u64,
+    /// The received stream's file name in the state directory, synced before this
+    /// record was written (absent in records of versions that did not keep it).
+    #[serde(default)]
+    stream: Option<String>,
 }
 
-/// Undoes a snapshot install a crash interrupted, on the closed store: its log is cut
-/// back to where the install began (the leader sends the snapshot again). Without this
-/// the store would hold the snapshot's records, and so claim its entries, while the
-/// membership they carry was never recorded. Call before the store opens.
-pub(crate) fn roll_back_unfinished_install(
+/// Prefix of the files received snapshot streams are written to.
+const RECEIVED: &str = "snapshot-received-";
+
+/// Looks at a snapshot install a crash interrupted, on the closed store. When its
+/// received stream is still whole, returns it, to be finished once the store is open:
+/// openraft may have purged its log up to the snapshot as soon as the install was
+/// queued, so the entries the snapshot stands for can no longer be applied one by one,
+/// and a node that dropped the install would stop at its next commit. Otherwise the
+/// install is rolled back ([`roll_back_unfinished_install`]). Call before the store opens.
+pub(crate) fn unfinished_install(
     dir: &Path,
     store_config: &rocketstore::StoreConfig,
-) -> io::Result<()> {
-    let path = dir.join("installing");
-    let Some(installing) = read_json::<Installing>(&path)? else {
-        return Ok(());
+) -> io::Result<Option<Installing>> {
+    let Some(installing) = read_json::<Installing>(&dir.join("installing"))? else {
+        return Ok(None);
     };
     let done = read_json::<SnapshotRecord>(&dir.join("snapshot"))?
         .is_some_and(|s| s.meta.last_log_id >= installing.meta.last_log_id);
-    if !done {
-        log::warn!(
-            "snapshot {} was being installed when this node stopped: cutting the store back to {}",
-            installing.meta.snapshot_id,
-            installing.from
-        );
-        match MessageStore::truncate_log(store_config, installing.from) {
-            Ok(()) => {}
-            // Nothing was appended, or nothing is there yet.
-            Err(StoreError::OutOfRange { .. }) => {}
-            Err(e) => return Err(io_err(e)),
-        }
+    if done {
+        forget_install(dir, &installing)?;
+        return Ok(None);
     }
-    fs::remove_file(&path)?;
-    sync_dir(dir)
+    let usable = installing.stream.as_ref().is_some_and(|name| {
+        File::open(dir.join(name))
+            .and_then(|f| snapshot::read_header(&f))
+            .is_ok_and(|h| h.file_size == store_config.commit_log_file_size)
+    });
+    if usable {
+        return Ok(Some(installing));
+    }
+    roll_back_unfinished_install(dir, store_config, &installing)?;
+    Ok(None)
+}
+
+/// Undoes an interrupted install on the closed store: its log is cut back to where the
+/// install began (the leader sends the snapshot again). Without this the store would hold
+/// part of the snapshot's records, and so claim its entries, while the membership they
+/// carry was never recorded.
+pub(crate) fn roll_back_unfinished_install(
+    dir: &Path,
+    store_config: &rocketstore::StoreConfig,
+    installing: &Installing,
+) -> io::Result<()> {
+    log::warn!(
+        "snapshot {} was being installed when this node stopped: cutting the store back to {}",
+        installing.meta.snapshot_id,
+        installing.from
+    );
+    match MessageStore::truncate_log(store_config, installing.from) {
+        Ok(()) => {}
+        // Nothing was appended, or nothing is there yet.
+        Err(StoreError::OutOfRange { .. }) => {}
+        Err(e) => return Err(io_err(e)),
+    }
+    forget_install(dir, installing)
+}
+
+/// Finishes an interrupted install on the open store, from its received stream: appends
+/// what the store lacks of it (the store's end after the crash lies between the install's
+/// start and the stream's end, in the stream's own bytes), then records the snapshot and
+/// its membership as the install would have.
+pub(crate) fn finish_unfinished_install(
+    store: &MessageStore,
+    dir: &Path,
+    installing: &Installing,
+) -> io::Result<()> {
+    let name = installing
+        .stream
+        .as_deref()
+        .expect("checked by unfinished_install");
+    log::warn!(
+        "snapshot {} was being installed when this node stopped: finishing it",
+        installing.meta.snapshot_id
+    );
+    let end = snapshot::install(store, &dir.join(name))?;
+    store.flush().map_err(io_err)?;
+    let record = SnapshotRecord {
+        meta: installing.meta.clone(),
+        end,
+    };
+    write_atomic(
+        &dir.join("snapshot"),
+        &serde_json::to_vec(&record).map_err(io::Error::other)?,
+    )?;
+    let membership =
+        serde_json::to_vec(&installing.meta.last_membership).map_err(io::Error::other)?;
+    write_atomic(&dir.join("membership"), &membership)?;
+    forget_install(dir, installing)
+}
+
+/// Removes the install's record, durably, then its stream.
+fn forget_install(dir: &Path, installing: &Installing) -> io::Result<()> {
+    fs::remove_file(dir.join("installing"))?;
+    sync_dir(dir)?;
+    if let Some(name) = &installing.stream {
+        let _ = fs::remove_file(dir.join(name));
+    }
+    Ok(())
 }
 
 /// openraft's state machine over one node's message store. Cheap to clone.
@@ -108,6 +184,11 @@ struct Shared {
     applied: Mutex<Applied>,
     snapshot: Mutex<Option<SnapshotRecord>>,
     hint: File,
+    /// How far the recorded snapshot reaches, for the Raft log's purges to wait on.
+    covered: watch::Sender<Covered>,
+    /// Number of the next received stream's file: each stream has its own, so that a
+    /// transfer begun while an install still reads the last one cannot truncate it.
+    streams: std::sync::atomic::AtomicU64,
 }
 
 fn io_err(e: StoreError) -> io::Error {
@@ -127,6 +208,21 @@ impl StateMachine {
             .create(true)
             .truncate(false)
             .open(dir.join("applied"))?;
+        // Streams of transfers a stop interrupted (an unfinished install was resolved
+        // before the store opened).
+        for entry in fs::read_dir(dir)? {
+            let entry = entry?;
+            if entry.file_name().to_string_lossy().starts_with(RECEIVED) {
+                fs::remove_file(entry.path())?;
+            }
+        }
+        let (covered, _) = watch::channel(Covered {
+            upto: snapshot
+                .as_ref()
+                .and_then(|s| s.meta.last_log_id)
+                .map(|l| l.index),
+            failed: false,
+        });
         let applied = recover(&store, snapshot.as_ref(), membership, read_hint(&hint))?;
         log::info!(
             "raft state machine at {}: applied up to {:?}, log end {}",
@@ -141,6 +237,8 @@ impl StateMachine {
                 applied: Mutex::new(applied),
                 snapshot: Mutex::new(snapshot),
                 hint,
+                streams: std::sync::atomic::AtomicU64::new(0),
+                covered,
             }),
         })
     }
@@ -153,6 +251,11 @@ impl StateMachine {
     /// The last applied log id.
     pub fn last_applied(&self) -> Option<LogId<NodeId>> {
         self.shared.applied.lock().last_applied
+    }
+
+    /// How far the recorded snapshot reaches, as it moves (see `LogStore::gate_purges`).
+    pub(crate) fn covered(&self) -> watch::Receiver<Covered> {
+        self.shared.covered.subscribe()
     }
 
     async fn put(&self, req: &PutRequest, at: BatchPosition) -> StoreResult<PutResponse> {
@@ -300,7 +403,10 @@ fn recover(
         base.membership = m;
     }
     let file_size = store.config().commit_log_file_size;
-    let mut pos = base.end;
+    // Retention may have deleted the files the snapshot ended in: the walk starts at the
+    // first record left. Entries are applied in log order, so the records from there on
+    // still name the last one applied.
+    let mut pos = base.end.max(store.min_physical_offset());
     while pos < end {
         match store.lookup_message(pos).map_err(io_err)? {
             Some(m) => {
@@ -383,6 +489,10 @@ impl StateMachine {
         let bytes = serde_json::to_vec(&record).map_err(io::Error::other)?;
         write_atomic(&self.shared.dir.join("snapshot"), &bytes)?;
         *current = Some(record.clone());
+        let upto = record.meta.last_log_id.map(|l| l.index);
+        self.shared
+            .covered
+            .send_modify(|c| c.upto = c.upto.max(upto));
         Ok(record)
     }
 
@@ -447,7 +557,11 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
     }
 
     async fn begin_receiving_snapshot(&mut self) -> StoreResult<Box<SnapshotData>> {
-        let path = self.shared.dir.join("snapshot-received.tmp");
+        let n = self
+            .shared
+            .streams
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let path = self.shared.dir.join(format!("{RECEIVED}{n}.tmp"));
         let data = SnapshotData::receive(path)
             .await
             .map_err(|e| StorageIOError::write_snapshot(None, &e))?;
@@ -459,12 +573,60 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         meta: &SnapshotMeta<NodeId, BasicNode>,
         snapshot: Box<SnapshotData>,
     ) -> StoreResult<()> {
+        let installed = self.install(meta, snapshot).await;
+        if installed.is_err() {
+            // The purge queued with this install must not go ahead.
+            self.shared.covered.send_modify(|c| c.failed = true);
+        }
+        installed
+    }
+
+    async fn get_current_snapshot(&mut self) -> StoreResult<Option<Snapshot<TypeConfig>>> {
+        let Some(mut record) = self.shared.snapshot.lock().clone() else {
+            return Ok(None);
+        };
+        // openraft 0.9 treats a missing snapshot here as fatal (it builds new ones only on
+        // its own schedule), so a snapshot whose log retention deleted is rebuilt at once:
+        // the log from its first file to its end now. No apply runs meanwhile (this is the
+        // state machine's own task), so the applied state is the one the log ends at.
+        for _ in 0..3 {
+            match self.snapshot_of(record) {
+                Ok(snapshot) => return Ok(Some(snapshot)),
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                    log::info!("snapshot {}: rebuilding, its log is gone", e);
+                    record = self
+                        .record_now()
+                        .map_err(|e| StorageIOError::write_snapshot(None, &e))?;
+                }
+                Err(e) => return Err(StorageIOError::read_snapshot(None, &e).into()),
+            }
+        }
+        let e = io::Error::other("retention keeps deleting the snapshot's log");
+        Err(StorageIOError::read_snapshot(None, &e).into())
+    }
+}
+
+impl StateMachine {
+    /// Appends a received snapshot's stream to the store and records it (the body of
+    /// `install_snapshot`).
+    async fn install(
+        &self,
+        meta: &SnapshotMeta<NodeId, BasicNode>,
+        snapshot: Box<SnapshotData>,
+    ) -> StoreResult<()> {
         let err = |e: io::Error| StorageIOError::read_snapshot(Some(meta.signature()), &e);
         let SnapshotData::Received { file, path } = *snapshot else {
             return Err(err(io::Error::other("not a received snapshot")).into());
         };
+        // The stream is kept durably until the install is recorded: a crash in between
+        // finishes the install from it at the next open.
+        file.sync_all().await.map_err(err)?;
         drop(file);
+        sync_dir(&self.shared.dir).map_err(err)?;
         let header = snapshot::read_header(&File::open(&path).map_err(err)?).map_err(err)?;
+        // What the store holds before the install is durable before the install's start
+        // is recorded, so that a roll-back to it cuts nothing the store lost.
+        self.shared.store.flush().map_err(|e| err(io_err(e)))?;
         let from = self.shared.store.max_physical_offset();
         if from > header.end {
             // openraft sends only snapshots newer than what this node applied.
@@ -477,6 +639,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         let installing = Installing {
             meta: meta.clone(),
             from,
+            stream: path.file_name().map(|n| n.to_string_lossy().into_owned()),
         };
         let bytes = serde_json::to_vec(&installing).map_err(|e| err(io::Error::other(e)))?;
         write_atomic(&self.shared.dir.join("installing"), &bytes).map_err(err)?;
@@ -508,29 +671,5 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             meta.snapshot_id
         );
         Ok(())
-    }
-
-    async fn get_current_snapshot(&mut self) -> StoreResult<Option<Snapshot<TypeConfig>>> {
-        let Some(mut record) = self.shared.snapshot.lock().clone() else {
-            return Ok(None);
-        };
-        // openraft 0.9 treats a missing snapshot here as fatal (it builds new ones only on
-        // its own schedule), so a snapshot whose log retention deleted is rebuilt at once:
-        // the log from its first file to its end now. No apply runs meanwhile (this is the
-        // state machine's own task), so the applied state is the one the log ends at.
-        for _ in 0..3 {
-            match self.snapshot_of(record) {
-                Ok(snapshot) => return Ok(Some(snapshot)),
-                Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                    log::info!("snapshot {}: rebuilding, its log is gone", e);
-                    record = self
-                        .record_now()
-                        .map_err(|e| StorageIOError::write_snapshot(None, &e))?;
-                }
-                Err(e) => return Err(StorageIOError::read_snapshot(None, &e).into()),
-            }
-        }
-        let e = io::Error::other("retention keeps deleting the snapshot's log");
-        Err(StorageIOError::read_snapshot(None, &e).into())
     }
 }

@@ -164,6 +164,127 @@ async fn a_follower_behind_a_purged_log_catches_up_by_snapshot() {
     assert_eq!(assert_replicas_identical(&cluster).len(), 222);
 }
 
+/// Holds the first commit-log sync after it is armed until released, then fails it.
+#[derive(Default)]
+struct FailOneSync {
+    armed: std::sync::atomic::AtomicBool,
+    entered: std::sync::Mutex<Option<std::sync::mpsc::Sender<()>>>,
+    release: std::sync::Mutex<Option<std::sync::mpsc::Receiver<()>>>,
+}
+
+impl rocketstore::IoHook for FailOneSync {
+    fn before_sync(&self, path: &std::path::Path) -> std::io::Result<()> {
+        let commit_log = path.components().any(|c| c.as_os_str() == "commitlog");
+        if !commit_log || !self.armed.swap(false, std::sync::atomic::Ordering::SeqCst) {
+            return Ok(());
+        }
+        if let Some(entered) = self.entered.lock().unwrap().take() {
+            let _ = entered.send(());
+        }
+        if let Some(release) = self.release.lock().unwrap().take() {
+            let _ = release.recv();
+        }
+        Err(std::io::Error::other("injected: the disk failed a sync"))
+    }
+}
+
+/// openraft queues a received snapshot's install and the purge of the Raft log up to it
+/// together. The purge must wait for the install to be recorded: here the install stalls
+/// on a sync and then fails, and the node is restarted. Had the log been purged, the
+/// node could never apply its next entry (the entries the snapshot stands for are gone
+/// from its log, and its store does not hold them); instead it finishes the install, or
+/// takes the snapshot again, and catches up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_snapshot_install_that_fails_leaves_the_log_unpurged_and_the_node_recovers() {
+    let mut config = (*raft_config(Some(40))).clone();
+    config.snapshot_max_chunk_size = 16 << 10;
+    let mut cluster = Cluster::start(3, std::sync::Arc::new(config)).await;
+    for i in 0..20 {
+        cluster.put(&body(i), 0).await;
+    }
+    let leader = cluster.leader().await;
+    let follower = *cluster.members.iter().find(|id| **id != leader).unwrap();
+    cluster.converge().await;
+    cluster.stop(follower).await;
+    let hook = std::sync::Arc::new(FailOneSync::default());
+    let (entered_tx, entered) = std::sync::mpsc::channel();
+    let (release, release_rx) = std::sync::mpsc::channel();
+    *hook.entered.lock().unwrap() = Some(entered_tx);
+    *hook.release.lock().unwrap() = Some(release_rx);
+    cluster
+        .open_with(
+            follower,
+            Some(hook.clone() as std::sync::Arc<dyn rocketstore::IoHook>),
+        )
+        .await;
+    cluster.router.isolate(follower);
+    let big = vec![b'x'; 3000];
+    for i in 0..200 {
+        let mut b = big.clone();
+        b.extend_from_slice(&body(i));
+        cluster.put(&b, (i % QUEUES as usize) as u32).await;
+    }
+    cluster.nodes[&leader]
+        .raft()
+        .wait(Some(WAIT))
+        .metrics(
+            |m| m.purged.is_some_and(|p| p.index > 30),
+            "the leader purges its log",
+        )
+        .await
+        .expect("the leader purges");
+    let applied_before = cluster.nodes[&follower]
+        .raft()
+        .metrics()
+        .borrow()
+        .last_applied
+        .map(|l| l.index);
+    hook.armed.store(true, std::sync::atomic::Ordering::SeqCst);
+    cluster.router.heal(follower);
+    // The install's appends reach the stalled sync.
+    tokio::task::spawn_blocking(move || entered.recv_timeout(WAIT))
+        .await
+        .unwrap()
+        .expect("the install syncs the store");
+    // While the install is stalled, the follower's log is not purged past what it applied.
+    let purged_early = cluster.nodes[&follower]
+        .raft()
+        .wait(Some(std::time::Duration::from_secs(3)))
+        .metrics(
+            |m| m.purged.map(|p| p.index) > applied_before,
+            "the follower purges its log",
+        )
+        .await;
+    assert!(
+        purged_early.is_err(),
+        "purged before the install was recorded"
+    );
+    release.send(()).unwrap();
+    // The install fails (the store is poisoned); the node is stopped the hard way.
+    cluster.router.remove(follower);
+    let node = cluster.nodes.remove(&follower).unwrap();
+    let _ = node.raft().shutdown().await;
+    drop(node);
+    // The install had begun (its appends stalled): the reopen finishes it from the
+    // stream it kept.
+    let state = cluster
+        .dir
+        .path()
+        .join(format!("node-{follower}/raft/state"));
+    assert!(state.join("installing").exists());
+    cluster.open(follower).await;
+    assert!(!state.join("installing").exists());
+    let record: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(state.join("snapshot")).unwrap()).unwrap();
+    let installed = record["meta"]["last_log_id"]["index"].as_u64();
+    assert!(installed > applied_before.map(|a| a + 100), "{record}");
+    cluster.converge().await;
+    assert_eq!(assert_replicas_identical(&cluster).len(), 220);
+    cluster.put(b"after the restart", 1).await;
+    cluster.converge().await;
+    assert_eq!(assert_replicas_identical(&cluster).len(), 221);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_deposed_leader_truncates_its_uncommitted_divergent_tail() {
     let mut cluster = Cluster::start(3, raft_config(None)).await;

@@ -71,10 +71,18 @@ impl Cluster {
     }
 
     pub async fn open(&mut self, id: NodeId) {
-        let store = StoreConfig::new(self.store_root(id))
+        self.open_with(id, None).await;
+    }
+
+    /// Opens node `id`, its store's file operations through `hook` if one is given.
+    pub async fn open_with(&mut self, id: NodeId, hook: Option<Arc<dyn rocketstore::IoHook>>) {
+        let mut store = StoreConfig::new(self.store_root(id))
             .commit_log_file_size(64 << 10)
             .flush_mode(FlushMode::async_default())
             .index_file_shape(512, 4096);
+        if let Some(hook) = hook {
+            store = store.io_hook(hook);
+        }
         let node = ReplicatedStore::open(
             id,
             store,
