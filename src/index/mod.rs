@@ -177,6 +177,11 @@ impl KeyIndex {
         })
     }
 
+    /// The index's directory.
+    pub(crate) fn dir(&self) -> &Path {
+        &self.dir
+    }
+
     /// The file being written, if any.
     pub(crate) fn active(&self) -> Option<Arc<IndexFile>> {
         self.files.read().last().cloned()

@@ -9,7 +9,8 @@ use std::sync::atomic::{AtomicI64, Ordering};
 use crate::commit_log::record::RecordView;
 use crate::dispatch::progress::{Progress, ProgressFile};
 use crate::dispatch::{INDEX_NAME, Sink};
-use crate::error::Result;
+use crate::error::{Error, Result};
+use crate::fs::io_hook::IoHook;
 use crate::index::file::{IndexFile, index_hash};
 use crate::index::{CLOSED_CLEANLY, KeyIndex};
 
@@ -26,6 +27,13 @@ pub(crate) struct IndexWriter {
     done: (u64, usize),
     /// Store time up to which the index is durable, for the checkpoint's index field.
     durable_time: Arc<AtomicI64>,
+    /// Fault seam for the index files' syncs.
+    hook: Option<Arc<dyn IoHook>>,
+    /// A sync of an index file failed: its pages may never reach the disk, and a later
+    /// sync would not say so (Linux reports a failed write-back once), so no progress
+    /// is recorded again in this run. The next open cuts the index back to the last
+    /// progress recorded and indexes again from there.
+    sync_failed: Option<String>,
 }
 
 impl IndexWriter {
@@ -33,6 +41,7 @@ impl IndexWriter {
         index: Arc<KeyIndex>,
         progress: ProgressFile,
         durable_time: Arc<AtomicI64>,
+        hook: Option<Arc<dyn IoHook>>,
     ) -> IndexWriter {
         IndexWriter {
             index,
@@ -41,6 +50,8 @@ impl IndexWriter {
             current: None,
             done: (0, 0),
             durable_time,
+            hook,
+            sync_failed: None,
         }
     }
 
@@ -144,8 +155,29 @@ impl IndexWriter {
     /// record below `offset` is indexed, in the active file's first entries up to its
     /// count (with `mark`: whether the writer closed cleanly).
     fn record(&mut self, offset: u64, timestamp: i64, mark: u64) -> Result<()> {
+        if let Some(e) = &self.sync_failed {
+            return Err(Error::io(
+                "sync",
+                self.index.dir(),
+                std::io::Error::other(format!(
+                    "an earlier sync of the key index failed ({e}): its progress is not \
+                     recorded again in this run; the next open indexes again from the last \
+                     progress recorded"
+                )),
+            ));
+        }
         for f in &self.dirty {
-            f.sync()?;
+            let synced = match &self.hook {
+                Some(h) => h
+                    .before_sync(f.path())
+                    .map_err(|e| Error::io("sync", f.path(), e)),
+                None => Ok(()),
+            }
+            .and_then(|()| f.sync());
+            if let Err(e) = synced {
+                self.sync_failed = Some(e.to_string());
+                return Err(e);
+            }
         }
         let active = self.index.active();
         let (name, count) = active.map_or((0, 0), |f| {
@@ -190,7 +222,7 @@ mod tests {
         };
         let index =
             KeyIndex::open(dir.path().join("index"), shape, &mut progress, none, (0, 0)).unwrap();
-        let mut w = IndexWriter::new(Arc::new(index), progress, Arc::new(AtomicI64::new(0)));
+        let mut w = IndexWriter::new(Arc::new(index), progress, Arc::new(AtomicI64::new(0)), None);
         let listed =
             |w: &IndexWriter| -> Vec<_> { w.dirty.iter().map(|f| f.path().to_owned()).collect() };
         let active = |w: &IndexWriter| w.index.active().unwrap().path().to_owned();

@@ -58,7 +58,12 @@ pub(super) fn prepare(
             progress,
             (from, timestamp),
         )?);
-        let writer = IndexWriter::new(Arc::clone(&key_index), progress_file, index_time);
+        let writer = IndexWriter::new(
+            Arc::clone(&key_index),
+            progress_file,
+            index_time,
+            config.io_hook.clone(),
+        );
         sinks.push((Box::new(writer), from, timestamp));
         index = Some(key_index);
     }
