@@ -401,7 +401,8 @@ impl Inner {
 ///
 /// Pages of an append that was never synced may reach the disk in any order, so a torn
 /// frame may also be whole but hold a page that was never written: a zero header, or a
-/// zero run of at least a sector where a page boundary cuts it. Only a frame whose length
+/// page that reads as zeros from where the frame enters it (see `has_unwritten_page`),
+/// the header's own second half included. Only a frame whose length
 /// checks out and whose pages are all there, yet fails its CRC, is damage.
 fn is_torn_tail(rest: &[u8], offset: usize) -> bool {
     if rest.iter().all(|b| *b == 0) {
@@ -415,25 +416,27 @@ fn is_torn_tail(rest: &[u8], offset: usize) -> bool {
     }
     let word = |i: usize| u32::from_be_bytes(header[i..i + 4].try_into().expect("4 bytes"));
     if word(0) != !word(4) {
-        return false;
+        // A header cut by a page boundary whose second page was never written.
+        return has_unwritten_page(rest, FRAME_HEADER, offset);
     }
     let end = FRAME_HEADER + word(0) as usize;
-    end > rest.len() || has_unwritten_page(&rest[..end], offset)
+    end > rest.len() || has_unwritten_page(rest, end, offset)
 }
 
-/// Whether `frame`, at file offset `offset`, has a page-bounded piece of at least a
-/// sector that is all zeros: a page of it never written.
-fn has_unwritten_page(frame: &[u8], offset: usize) -> bool {
+/// Whether the frame `rest[..end]`, at file offset `offset`, lies partly in a page that
+/// was never written: one whose bytes are all zeros, from where the frame enters it to
+/// the page's end (or the end of the file). A written page holds the frame's bytes there,
+/// and a page the frame shares with the frame before it holds that frame's bytes: only a
+/// page never written reads as zeros throughout, however little of the frame it holds.
+fn has_unwritten_page(rest: &[u8], end: usize, offset: usize) -> bool {
     const PAGE: usize = 4096;
-    const SECTOR: usize = 512;
     let mut i = 0;
-    while i < frame.len() {
-        let next = ((offset + i) / PAGE + 1) * PAGE - offset;
-        let piece = &frame[i..next.min(frame.len())];
-        if piece.len() >= SECTOR && piece.iter().all(|b| *b == 0) {
+    while i < end.min(rest.len()) {
+        let page_end = (((offset + i) / PAGE + 1) * PAGE - offset).min(rest.len());
+        if rest[i..page_end].iter().all(|b| *b == 0) {
             return true;
         }
-        i = next;
+        i = page_end;
     }
     false
 }
@@ -751,6 +754,51 @@ mod tests {
         let got = all(&log);
         assert!(got.len() == 3 || got.len() == 4, "{} entries", got.len());
         assert_eq!(&got[..], &written[..got.len()]);
+    }
+
+    /// A torn append whose last page was never written, where the frame holds only a few
+    /// bytes of that page (under a sector): still a torn tail, cut, not damage that
+    /// refuses the open.
+    #[test]
+    fn a_frame_with_only_a_few_bytes_in_a_page_never_written_is_a_torn_append() {
+        let dir = tempfile::tempdir().unwrap();
+        let put = |i: u64, len: usize| {
+            let put = crate::PutRequest::new(
+                rocketstore::Message::new("T", 0u32, vec![b'z'; len]),
+                i as i64,
+            );
+            Entry {
+                log_id: LogId::new(CommittedLeaderId::new(1, 1), i),
+                payload: EntryPayload::Normal(crate::PutBatch { puts: vec![put] }),
+            }
+        };
+        let frame_len = |bytes: &[u8], at: usize| {
+            FRAME_HEADER + u32::from_be_bytes(bytes[at..at + 4].try_into().unwrap()) as usize
+        };
+        let path = segment_path(dir.path(), 1);
+        // Two frames, then a third sized to end 100 bytes into a page.
+        let first: Vec<_> = (1..=2).map(|i| put(i, 10_000)).collect();
+        {
+            let log = LogStore::open_sized(dir.path(), 1 << 20).unwrap();
+            write(&log, &first);
+        }
+        let bytes = fs::read(&path).unwrap();
+        let overhead = frame_len(&bytes, 0) - 10_000;
+        let start = bytes.len();
+        let target_end = (start + overhead + 8_000).next_multiple_of(4096) + 100;
+        let third = put(3, target_end - start - overhead);
+        {
+            let log = LogStore::open_sized(dir.path(), 1 << 20).unwrap();
+            write(&log, std::slice::from_ref(&third));
+        }
+        let mut bytes = fs::read(&path).unwrap();
+        assert_eq!(start + frame_len(&bytes, start), target_end);
+        // The last page never reached the disk.
+        let page = target_end - 100;
+        bytes[page..].fill(0);
+        fs::write(&path, &bytes).unwrap();
+        let log = LogStore::open_sized(dir.path(), 1 << 20).unwrap();
+        assert_eq!(all(&log), first);
     }
 
     #[test]
