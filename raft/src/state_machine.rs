@@ -407,6 +407,8 @@ fn recover(
     // first record left. Entries are applied in log order, so the records from there on
     // still name the last one applied.
     let mut pos = base.end.max(store.min_physical_offset());
+    // Where the partial entry's first stored put begins.
+    let mut partial_start = pos;
     while pos < end {
         match store.lookup_message(pos).map_err(io_err)? {
             Some(m) => {
@@ -424,6 +426,12 @@ fn recover(
                     base.last_applied = base.last_applied.max(Some(at.log_id));
                     base.partial = None;
                 } else {
+                    if base
+                        .partial
+                        .is_none_or(|(index, _)| index != at.log_id.index)
+                    {
+                        partial_start = pos;
+                    }
                     base.partial = Some((at.log_id.index, at.at + 1));
                 }
                 pos += u64::from(m.total_size);
@@ -443,7 +451,13 @@ fn recover(
             }
         }
     }
-    base.end = end;
+    // The applied state ends where the last whole entry does: a snapshot taken before the
+    // partial entry is applied again must not hold its first puts, or a replica that
+    // installs it would store them twice.
+    base.end = match base.partial {
+        Some(_) => partial_start,
+        None => end,
+    };
     Ok(base)
 }
 

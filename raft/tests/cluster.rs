@@ -534,6 +534,61 @@ async fn a_replica_whose_store_lost_its_tail_applies_the_lost_puts_again() {
     }
 }
 
+/// A replica recovered with an entry only partly stored (its tail lost) takes a snapshot
+/// before it applies that entry again: the snapshot must end before the entry's stored
+/// puts, or a restart from it (or a replica installing it) applies them twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_snapshot_taken_while_an_entry_is_partly_stored_leaves_its_puts_out() {
+    let mut cluster = Cluster::start(3, raft_config(None)).await;
+    for i in 0..10 {
+        cluster.put(&body(i), 0).await;
+    }
+    let leader = cluster.leader().await;
+    let puts = (0..10)
+        .map(|i| {
+            rocketstore_raft::PutRequest::new(
+                Message::new(TOPIC, 3u32, Bytes::from(format!("batched-{i}"))),
+                1_700_000_000_000 + i,
+            )
+        })
+        .collect();
+    let batch = cluster.nodes[&leader]
+        .raft()
+        .client_write(rocketstore_raft::PutBatch { puts })
+        .await
+        .expect("the batch commits");
+    let cut = match &batch.data.puts[3] {
+        rocketstore_raft::PutResponse::Stored {
+            physical_offset, ..
+        } => *physical_offset,
+        other => panic!("not stored: {other:?}"),
+    };
+    cluster.converge().await;
+    let whole = assert_replicas_identical(&cluster);
+    let victim = *cluster.members.iter().find(|id| **id != leader).unwrap();
+    cluster.stop(victim).await;
+    let config =
+        rocketstore::StoreConfig::new(cluster.store_root(victim)).commit_log_file_size(64 << 10);
+    rocketstore::MessageStore::truncate_log(&config, cut).expect("cut the store's tail");
+    // Reopened cut off from the others, so the entry is not applied again; a snapshot now.
+    cluster.router.isolate(victim);
+    cluster.open(victim).await;
+    let raft = cluster.nodes[&victim].raft().clone();
+    raft.trigger().snapshot().await.expect("trigger a snapshot");
+    raft.wait(Some(WAIT))
+        .metrics(|m| m.snapshot.is_some(), "the victim takes a snapshot")
+        .await
+        .expect("a snapshot");
+    // Restart from the snapshot alone (the applied hint gone).
+    cluster.stop(victim).await;
+    let state = cluster.dir.path().join(format!("node-{victim}/raft/state"));
+    std::fs::remove_file(state.join("applied")).unwrap();
+    cluster.router.heal(victim);
+    cluster.open(victim).await;
+    cluster.converge().await;
+    assert_eq!(assert_replicas_identical(&cluster), whole);
+}
+
 /// An entry whose last put is refused leaves no record saying it ended; a later entry
 /// whose first put is stored says it. A replica that lost the later entry's tail applies
 /// neither entry's stored puts twice.
