@@ -84,12 +84,12 @@ struct Pending {
 /// openraft in the order their puts arrived here.
 async fn propose(raft: Raft, log: LogStore, mut pending: mpsc::UnboundedReceiver<Pending>) {
     while let Some(first) = pending.recv().await {
-        let mut bytes = first.req.body.len();
+        let mut bytes = first.req.encoded_len_estimate();
         let mut batch = vec![first];
         while batch.len() < MAX_BATCH_PUTS && bytes < MAX_BATCH_BYTES {
             match pending.try_recv() {
                 Ok(p) => {
-                    bytes += p.req.body.len();
+                    bytes += p.req.encoded_len_estimate();
                     batch.push(p);
                 }
                 Err(_) => break,

@@ -61,6 +61,18 @@ impl PutRequest {
         }
     }
 
+    /// About how many bytes the put takes encoded, in an entry or on the wire: its body,
+    /// topic and properties, and room for the fixed fields. What batches and network
+    /// frames are sized by.
+    pub fn encoded_len_estimate(&self) -> usize {
+        let properties: usize = self
+            .properties
+            .iter()
+            .map(|(k, v)| k.len() + v.len() + 8)
+            .sum();
+        self.body.len() + self.topic.len() + properties + 128
+    }
+
     /// The message to append as put `at` of `of` in the entry `log_id`, which it records
     /// in [`crate::PROPERTY_RAFT_LOG_ID`].
     pub(crate) fn to_message(&self, at: BatchPosition) -> Message {
@@ -310,6 +322,42 @@ mod tests {
 
     fn id(term: u64, node: u64, index: u64) -> LogId<NodeId> {
         LogId::new(CommittedLeaderId::new(term, node), index)
+    }
+
+    /// Batches and network frames are sized by the estimate: it must not fall short of
+    /// the encoded size, properties included (a put can carry far more of them than body).
+    #[test]
+    fn the_size_estimate_covers_the_encoded_put() {
+        for (body, props) in [(0usize, 0usize), (100, 0), (10, 200), (5, 32 << 10)] {
+            let mut msg = Message::new("TopicA", 1u32, Bytes::from(vec![b'b'; body]));
+            for i in 0..props / 100 {
+                msg = msg.with_property(format!("p{i}"), "v".repeat(95));
+            }
+            let put = PutRequest::new(msg, 1_700_000_000_000);
+            let estimate = put.encoded_len_estimate();
+            let mut one = Vec::new();
+            encode_entry(
+                &Entry {
+                    log_id: id(1, 1, 1),
+                    payload: EntryPayload::Normal(PutBatch { puts: vec![] }),
+                },
+                &mut one,
+            );
+            let mut buf = Vec::new();
+            encode_entry(
+                &Entry {
+                    log_id: id(1, 1, 1),
+                    payload: EntryPayload::Normal(PutBatch { puts: vec![put] }),
+                },
+                &mut buf,
+            );
+            let encoded = buf.len() - one.len();
+            assert!(
+                estimate >= encoded,
+                "{body} B body, {props} B properties: {estimate} < {encoded}"
+            );
+            assert!(estimate <= encoded + 256, "{estimate} against {encoded}");
+        }
     }
 
     #[test]

@@ -379,9 +379,11 @@ impl RaftNetwork<TypeConfig> for TcpPeer {
             .entries
             .iter()
             .map(|e| match &e.payload {
-                openraft::EntryPayload::Normal(b) => {
-                    b.puts.iter().map(|p| p.body.len() + 256).sum::<usize>()
-                }
+                openraft::EntryPayload::Normal(b) => b
+                    .puts
+                    .iter()
+                    .map(|p| p.encoded_len_estimate())
+                    .sum::<usize>(),
                 _ => 256,
             })
             .sum();
