@@ -233,7 +233,6 @@ impl ReplicatedStore {
             let store = Arc::new(store);
             let log = LogStore::open(&dir.join("log"))?;
             let state_machine = StateMachine::open(Arc::clone(&store), &state)?;
-            log.gate_purges(state_machine.covered());
             Ok::<_, Error>((store, log, state_machine))
         })
         .await
@@ -241,6 +240,9 @@ impl ReplicatedStore {
         let raft = Raft::new(id, raft_config, network, log.clone(), state_machine.clone())
             .await
             .map_err(|e| Error::Raft(e.to_string()))?;
+        // Armed after the start: openraft's own purge at startup goes up to the last entry
+        // applied, which the store holds (its recovery read it back from the store).
+        log.gate_purges(state_machine.covered());
         let (proposals, pending) = mpsc::unbounded_channel();
         tokio::spawn(propose(raft.clone(), log.clone(), pending));
         Ok(ReplicatedStore {

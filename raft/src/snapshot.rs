@@ -41,9 +41,39 @@ pub enum SnapshotData {
     Received {
         /// Where the bytes are written.
         file: tokio::fs::File,
-        /// The file's path.
-        path: PathBuf,
+        /// The file's path; the file goes when this drops, unless an install took it.
+        path: ReceivedPath,
     },
+}
+
+/// The path of a received stream's file, which is removed when this drops unless an
+/// install took it ([`ReceivedPath::keep`]): openraft drops a transfer replaced by another
+/// (a new leader, a rebuilt snapshot) without a word, and each stream has a file of its
+/// own, up to the size of the whole log.
+pub struct ReceivedPath {
+    path: PathBuf,
+    kept: bool,
+}
+
+impl ReceivedPath {
+    /// The file's path.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Takes the file over: it is no longer removed on drop.
+    pub fn keep(mut self) -> PathBuf {
+        self.kept = true;
+        std::mem::take(&mut self.path)
+    }
+}
+
+impl Drop for ReceivedPath {
+    fn drop(&mut self) {
+        if !self.kept {
+            let _ = std::fs::remove_file(&self.path);
+        }
+    }
 }
 
 impl SnapshotData {
@@ -93,7 +123,10 @@ impl SnapshotData {
             .truncate(true)
             .open(&path)
             .await?;
-        Ok(SnapshotData::Received { file, path })
+        Ok(SnapshotData::Received {
+            file,
+            path: ReceivedPath { path, kept: false },
+        })
     }
 }
 
@@ -478,4 +511,28 @@ pub fn install(store: &MessageStore, path: &Path) -> io::Result<u64> {
         pos = store.append_log(pos, &bytes).map_err(io::Error::other)?;
     }
     Ok(pos)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A transfer openraft drops (replaced by another) takes its file with it; one an
+    /// install took over stays until the install removes it.
+    #[tokio::test]
+    async fn a_dropped_transfer_removes_its_file_and_a_kept_one_stays() {
+        let dir = tempfile::tempdir().unwrap();
+        let dropped = dir.path().join("a");
+        drop(SnapshotData::receive(dropped.clone()).await.unwrap());
+        assert!(!dropped.exists());
+        let kept = dir.path().join("b");
+        let SnapshotData::Received { file, path } =
+            SnapshotData::receive(kept.clone()).await.unwrap()
+        else {
+            unreachable!("a received stream")
+        };
+        drop(file);
+        assert_eq!(path.keep(), kept);
+        assert!(kept.exists());
+    }
 }

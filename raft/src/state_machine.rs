@@ -115,6 +115,13 @@ pub(crate) fn roll_back_unfinished_install(
     store_config: &rocketstore::StoreConfig,
     installing: &Installing,
 ) -> io::Result<()> {
+    // A finish that recorded the snapshot and then failed (writing the membership, say)
+    // is not undone: the store holds what the record says.
+    if read_json::<SnapshotRecord>(&dir.join("snapshot"))?
+        .is_some_and(|s| s.meta.last_log_id >= installing.meta.last_log_id)
+    {
+        return forget_install(dir, installing);
+    }
     log::warn!(
         "snapshot {} was being installed when this node stopped: cutting the store back to {}",
         installing.meta.snapshot_id,
@@ -406,9 +413,11 @@ fn recover(
     // Retention may have deleted the files the snapshot ended in: the walk starts at the
     // first record left. Entries are applied in log order, so the records from there on
     // still name the last one applied.
+    let skipped = base.end < store.min_physical_offset();
     let mut pos = base.end.max(store.min_physical_offset());
     // Where the partial entry's first stored put begins.
     let mut partial_start = pos;
+    let mut found = false;
     while pos < end {
         match store.lookup_message(pos).map_err(io_err)? {
             Some(m) => {
@@ -422,6 +431,7 @@ fn recover(
                             format!("the record at {pos} was not applied from the raft log"),
                         )
                     })?;
+                found = true;
                 if at.is_last() {
                     base.last_applied = base.last_applied.max(Some(at.log_id));
                     base.partial = None;
@@ -450,6 +460,20 @@ fn recover(
                 pos = (pos / file_size + 1) * file_size;
             }
         }
+    }
+    if skipped && !found {
+        // Retention deleted what followed the recorded state, and left no record that
+        // names an entry: the last one applied cannot be known, and guessing low would
+        // apply entries the store holds twice.
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!(
+                "the store starts at {} past the recorded state's end {}, and holds no \
+                 record naming the last entry applied",
+                store.min_physical_offset(),
+                base.end
+            ),
+        ));
     }
     // The applied state ends where the last whole entry does: a snapshot taken before the
     // partial entry is applied again must not hold its first puts, or a replica that
@@ -587,11 +611,19 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         meta: &SnapshotMeta<NodeId, BasicNode>,
         snapshot: Box<SnapshotData>,
     ) -> StoreResult<()> {
-        let installed = self.install(meta, snapshot).await;
-        if installed.is_err() {
-            // The purge queued with this install must not go ahead.
-            self.shared.covered.send_modify(|c| c.failed = true);
+        /// Fails the purge queued with this install unless the install succeeded (a
+        /// panic included).
+        struct FailUnlessDone<'a>(&'a watch::Sender<Covered>, bool);
+        impl Drop for FailUnlessDone<'_> {
+            fn drop(&mut self) {
+                if !self.1 {
+                    self.0.send_modify(|c| c.failed = true);
+                }
+            }
         }
+        let mut guard = FailUnlessDone(&self.shared.covered, false);
+        let installed = self.install(meta, snapshot).await;
+        guard.1 = installed.is_ok();
         installed
     }
 
@@ -632,24 +664,33 @@ impl StateMachine {
         let SnapshotData::Received { file, path } = *snapshot else {
             return Err(err(io::Error::other("not a received snapshot")).into());
         };
-        // The stream is kept durably until the install is recorded: a crash in between
-        // finishes the install from it at the next open.
-        file.sync_all().await.map_err(err)?;
-        drop(file);
-        sync_dir(&self.shared.dir).map_err(err)?;
-        let header = snapshot::read_header(&File::open(&path).map_err(err)?).map_err(err)?;
+        let header = snapshot::read_header(&File::open(path.path()).map_err(err)?).map_err(err)?;
         // What the store holds before the install is durable before the install's start
         // is recorded, so that a roll-back to it cuts nothing the store lost.
         self.shared.store.flush().map_err(|e| err(io_err(e)))?;
         let from = self.shared.store.max_physical_offset();
-        if from > header.end {
-            // openraft sends only snapshots newer than what this node applied.
+        if from > header.end || from < header.start {
+            // openraft sends only snapshots newer than what this node applied; one that
+            // starts past this store's end cannot be appended to it.
             return Err(err(io::Error::other(format!(
-                "snapshot {} ends at {} but this store already ends at {from}",
-                meta.snapshot_id, header.end
+                "snapshot {} holds the log from {} to {}, this store ends at {from}{}",
+                meta.snapshot_id,
+                header.start,
+                header.end,
+                if from < header.start {
+                    ": copy the leader's files to catch up"
+                } else {
+                    ""
+                }
             )))
             .into());
         }
+        // The stream is kept durably until the install is recorded: a crash in between
+        // finishes the install from it at the next open.
+        file.sync_all().await.map_err(err)?;
+        drop(file);
+        let path = path.keep();
+        sync_dir(&self.shared.dir).map_err(err)?;
         let installing = Installing {
             meta: meta.clone(),
             from,
