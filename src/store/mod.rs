@@ -697,6 +697,11 @@ impl MessageStore {
         let index = self.index.as_ref().ok_or_else(|| Error::InvalidConfig {
             reason: "the key index is disabled (StoreConfig::index_enabled)".into(),
         })?;
+        if key.is_empty() {
+            // No message has an empty key (a KEYS value with two spaces in a row does not
+            // give it one).
+            return Ok(QueryResult::default());
+        }
         index.query(
             &self.log,
             &self.deleted,

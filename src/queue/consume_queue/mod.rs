@@ -460,6 +460,11 @@ impl ConsumeQueue {
                 // Opened under the tail lock, which every removal holds: the descriptor
                 // cached is never one of a removed file.
                 let _tail = (!tail_held).then(|| self.tail.lock());
+                // A queue whose topic is being deleted holds nothing: its files may
+                // already be gone, or belong to the topic started again.
+                if self.dropped.load(Ordering::Acquire) {
+                    return Ok(false);
+                }
                 let span = *self.span.read();
                 let Some((first, end)) = span else {
                     return Ok(false);
