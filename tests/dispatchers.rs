@@ -305,6 +305,18 @@ fn a_failing_dispatcher_is_counted_and_retried() {
     );
 }
 
+/// Puts messages `range` to T/0; returns where each was stored.
+fn put_to_queue_0(store: &MessageStore, range: std::ops::Range<u64>) -> Vec<u64> {
+    range
+        .map(|i| {
+            store
+                .put_message(&message("T", 0, "d", i))
+                .unwrap()
+                .physical_offset
+        })
+        .collect()
+}
+
 /// A crash cut the log below a dispatcher's progress, and the next run was opened without
 /// that dispatcher. That run's open still takes its progress back to the log: when the
 /// dispatcher returns it resumes at the cut, is told so, and sees every record written
@@ -315,14 +327,7 @@ fn a_dispatcher_left_out_of_the_run_after_a_cut_resumes_at_the_cut() {
     let (rec, seen) = Recorder::new("audit");
     let store =
         MessageStore::open_with(config(dir.path(), sync_mode()), vec![Box::new(rec)]).unwrap();
-    let offsets: Vec<u64> = (0..40)
-        .map(|i| {
-            store
-                .put_message(&message("T", 0, "d", i))
-                .unwrap()
-                .physical_offset
-        })
-        .collect();
+    let offsets = put_to_queue_0(&store, 0..40);
     assert!(store.wait_dispatcher("audit", store.max_physical_offset(), LONG));
     store.shutdown().unwrap();
     drop(store);
@@ -333,14 +338,7 @@ fn a_dispatcher_left_out_of_the_run_after_a_cut_resumes_at_the_cut() {
     // Without the dispatcher.
     let store = MessageStore::open(config(dir.path(), sync_mode())).unwrap();
     assert_eq!(store.max_physical_offset(), cut);
-    let later: Vec<u64> = (100..120)
-        .map(|i| {
-            store
-                .put_message(&message("T", 0, "d", i))
-                .unwrap()
-                .physical_offset
-        })
-        .collect();
+    let later = put_to_queue_0(&store, 100..120);
     store.shutdown().unwrap();
     drop(store);
 

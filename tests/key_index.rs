@@ -370,6 +370,26 @@ fn a_disabled_index_refuses_queries_and_bad_shapes_are_refused_at_open() {
     assert_eq!(bodies(&store, "T", "k", 8), ["m"]);
 }
 
+/// Puts forty messages keyed `k{i}` and `all` into a new store, indexes them, closes it,
+/// then tears the log at the thirtieth as a crash would (zeroed, past what the checkpoint
+/// vouches for). Returns where the log is cut, and where the last record began.
+fn forty_keyed_then_torn_at_the_thirtieth(dir: &std::path::Path, cfg: StoreConfig) -> (u64, u64) {
+    let store = MessageStore::open(cfg).unwrap();
+    let puts: Vec<_> = (0..40)
+        .map(|i| {
+            store
+                .put_message(&keyed("T", &format!("m{i}"), &[&format!("k{i}"), "all"]))
+                .unwrap()
+        })
+        .collect();
+    indexed(&store);
+    store.shutdown().unwrap();
+    drop(store);
+    let cut = puts[30].physical_offset;
+    common::tear_log_at(dir, cut);
+    (cut, puts[39].physical_offset)
+}
+
 /// A crash cut the log below what the index had recorded (as under async flush, where the
 /// index sees records the log then loses; simulated here by tearing a synced tail). The
 /// index forgets their entries, records its new point before anything else, and neither a
@@ -379,22 +399,7 @@ fn a_disabled_index_refuses_queries_and_bad_shapes_are_refused_at_open() {
 fn when_the_log_is_cut_below_the_index_the_index_follows_it_across_crashes() {
     let dir = tempfile::tempdir().unwrap();
     let cfg = || config(dir.path(), sync_mode()).index_file_shape(8, 400);
-    let store = MessageStore::open(cfg()).unwrap();
-    let mut puts = Vec::new();
-    for i in 0..40 {
-        puts.push(
-            store
-                .put_message(&keyed("T", &format!("m{i}"), &[&format!("k{i}"), "all"]))
-                .unwrap(),
-        );
-    }
-    indexed(&store);
-    store.shutdown().unwrap();
-    drop(store);
-
-    // Records 30.. are torn: zeroed, and past what the checkpoint vouches for.
-    let cut = puts[30].physical_offset;
-    common::tear_log_at(dir.path(), cut);
+    let (cut, _) = forty_keyed_then_torn_at_the_thirtieth(dir.path(), cfg());
 
     let store = MessageStore::open(cfg()).unwrap();
     assert_eq!(store.max_physical_offset(), cut);
@@ -428,21 +433,7 @@ fn when_the_log_is_cut_below_the_index_the_index_follows_it_across_crashes() {
 fn a_run_without_the_index_after_a_cut_still_takes_it_back_to_the_log() {
     let dir = tempfile::tempdir().unwrap();
     let cfg = || config(dir.path(), sync_mode()).index_file_shape(8, 400);
-    let store = MessageStore::open(cfg()).unwrap();
-    let mut puts = Vec::new();
-    for i in 0..40 {
-        puts.push(
-            store
-                .put_message(&keyed("T", &format!("m{i}"), &[&format!("k{i}"), "all"]))
-                .unwrap(),
-        );
-    }
-    indexed(&store);
-    store.shutdown().unwrap();
-    drop(store);
-
-    let cut = puts[30].physical_offset;
-    common::tear_log_at(dir.path(), cut);
+    let (cut, last) = forty_keyed_then_torn_at_the_thirtieth(dir.path(), cfg());
 
     // Without the index: records of other sizes, so the old boundaries fall inside them.
     let store = MessageStore::open(cfg().index_enabled(false)).unwrap();
@@ -452,7 +443,7 @@ fn a_run_without_the_index_after_a_cut_still_takes_it_back_to_the_log() {
             .put_message(&keyed("T", &format!("n{i}"), &[&format!("k{i}"), "all"]))
             .unwrap();
     }
-    assert!(store.max_physical_offset() > puts[39].physical_offset);
+    assert!(store.max_physical_offset() > last);
     store.shutdown().unwrap();
     drop(store);
 

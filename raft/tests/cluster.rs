@@ -119,30 +119,34 @@ async fn a_partitioned_follower_catches_up_by_log() {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_follower_behind_a_purged_log_catches_up_by_snapshot() {
-    // Snapshot every 40 entries and keep no log behind it: a follower that misses more
-    // than that must take the snapshot (the log files themselves) to catch up. Small
-    // chunks make the leader resend through the lazily read stream.
+/// Three nodes that snapshot every 40 entries and keep no log behind it, with 20 puts
+/// replicated everywhere; returns the cluster, its leader and a follower. Small chunks
+/// make a leader resend through the lazily read stream.
+async fn snapshotting_cluster() -> (Cluster, u64, u64) {
     let mut config = (*raft_config(Some(40))).clone();
     config.snapshot_max_chunk_size = 16 << 10;
-    let mut cluster = Cluster::start(3, std::sync::Arc::new(config)).await;
+    let cluster = Cluster::start(3, std::sync::Arc::new(config)).await;
     for i in 0..20 {
         cluster.put(&body(i), 0).await;
     }
     let leader = cluster.leader().await;
     let follower = *cluster.members.iter().find(|id| **id != leader).unwrap();
     cluster.converge().await;
-    cluster.router.isolate(follower);
-    // Enough bytes to roll the 64 KiB log files a few times, with blank ends.
+    (cluster, leader, follower)
+}
+
+/// Puts 200 messages of 3 KB (enough to roll the 64 KiB log files a few times, with blank
+/// ends), and waits until the leader has purged its log past what an isolated follower
+/// holds.
+async fn put_until_the_leader_purges(cluster: &Cluster, leader: u64) {
     let big = vec![b'x'; 3000];
     for i in 0..200 {
         let mut b = big.clone();
         b.extend_from_slice(&body(i));
         cluster.put(&b, (i % QUEUES as usize) as u32).await;
     }
-    let leader_raft = cluster.nodes[&leader].raft().clone();
-    leader_raft
+    cluster.nodes[&leader]
+        .raft()
         .wait(Some(WAIT))
         .metrics(
             |m| m.purged.is_some_and(|p| p.index > 30),
@@ -150,6 +154,15 @@ async fn a_follower_behind_a_purged_log_catches_up_by_snapshot() {
         )
         .await
         .expect("the leader purges");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_follower_behind_a_purged_log_catches_up_by_snapshot() {
+    // A follower that misses more than the leader keeps must take the snapshot (the log
+    // files themselves) to catch up.
+    let (mut cluster, leader, follower) = snapshotting_cluster().await;
+    cluster.router.isolate(follower);
+    put_until_the_leader_purges(&cluster, leader).await;
     cluster.router.heal(follower);
     cluster.converge().await;
     // The leader purged what the follower lacked, so only a snapshot could bring it here.
@@ -196,15 +209,7 @@ impl rocketstore::IoHook for FailOneSync {
 /// takes the snapshot again, and catches up.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_snapshot_install_that_fails_leaves_the_log_unpurged_and_the_node_recovers() {
-    let mut config = (*raft_config(Some(40))).clone();
-    config.snapshot_max_chunk_size = 16 << 10;
-    let mut cluster = Cluster::start(3, std::sync::Arc::new(config)).await;
-    for i in 0..20 {
-        cluster.put(&body(i), 0).await;
-    }
-    let leader = cluster.leader().await;
-    let follower = *cluster.members.iter().find(|id| **id != leader).unwrap();
-    cluster.converge().await;
+    let (mut cluster, leader, follower) = snapshotting_cluster().await;
     cluster.stop(follower).await;
     let hook = std::sync::Arc::new(FailOneSync::default());
     let (entered_tx, entered) = std::sync::mpsc::channel();
@@ -218,21 +223,7 @@ async fn a_snapshot_install_that_fails_leaves_the_log_unpurged_and_the_node_reco
         )
         .await;
     cluster.router.isolate(follower);
-    let big = vec![b'x'; 3000];
-    for i in 0..200 {
-        let mut b = big.clone();
-        b.extend_from_slice(&body(i));
-        cluster.put(&b, (i % QUEUES as usize) as u32).await;
-    }
-    cluster.nodes[&leader]
-        .raft()
-        .wait(Some(WAIT))
-        .metrics(
-            |m| m.purged.is_some_and(|p| p.index > 30),
-            "the leader purges its log",
-        )
-        .await
-        .expect("the leader purges");
+    put_until_the_leader_purges(&cluster, leader).await;
     let applied_before = cluster.nodes[&follower]
         .raft()
         .metrics()
@@ -483,14 +474,9 @@ async fn random_partitions_and_restarts_lose_nothing_acknowledged() {
 /// The store of a replica lost its tail in a crash (async flush), part-way through a
 /// batch entry and across several entries: on restart it applies again, from the Raft
 /// log, exactly the puts it lost, and its files come out byte-identical to the others'.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_replica_whose_store_lost_its_tail_applies_the_lost_puts_again() {
-    let mut cluster = Cluster::start(3, raft_config(None)).await;
-    for i in 0..20 {
-        cluster.put(&body(i), (i % 2) as u32).await;
-    }
-    // One entry of ten puts.
-    let leader = cluster.leader().await;
+/// Puts ten messages to queue 3 in one Raft entry through `leader`; returns where each
+/// was stored.
+async fn put_ten_in_one_entry(cluster: &Cluster, leader: u64) -> Vec<u64> {
     let puts = (0..10)
         .map(|i| {
             rocketstore_raft::PutRequest::new(
@@ -504,7 +490,7 @@ async fn a_replica_whose_store_lost_its_tail_applies_the_lost_puts_again() {
         .client_write(rocketstore_raft::PutBatch { puts })
         .await
         .expect("the batch commits");
-    let offsets: Vec<u64> = batch
+    batch
         .data
         .puts
         .iter()
@@ -514,7 +500,24 @@ async fn a_replica_whose_store_lost_its_tail_applies_the_lost_puts_again() {
             } => *physical_offset,
             other => panic!("not stored: {other:?}"),
         })
-        .collect();
+        .collect()
+}
+
+/// Cuts the stopped node `id`'s store at `cut`, as a lost tail.
+fn cut_store(cluster: &Cluster, id: u64, cut: u64) {
+    let config =
+        rocketstore::StoreConfig::new(cluster.store_root(id)).commit_log_file_size(64 << 10);
+    rocketstore::MessageStore::truncate_log(&config, cut).expect("cut the store's tail");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_whose_store_lost_its_tail_applies_the_lost_puts_again() {
+    let mut cluster = Cluster::start(3, raft_config(None)).await;
+    for i in 0..20 {
+        cluster.put(&body(i), (i % 2) as u32).await;
+    }
+    let leader = cluster.leader().await;
+    let offsets = put_ten_in_one_entry(&cluster, leader).await;
     for i in 20..30 {
         cluster.put(&body(i), (i % 2) as u32).await;
     }
@@ -525,9 +528,7 @@ async fn a_replica_whose_store_lost_its_tail_applies_the_lost_puts_again() {
     // the ten and nothing after.
     for cut in [offsets[3], offsets[0]] {
         cluster.stop(victim).await;
-        let config = rocketstore::StoreConfig::new(cluster.store_root(victim))
-            .commit_log_file_size(64 << 10);
-        rocketstore::MessageStore::truncate_log(&config, cut).expect("cut the store's tail");
+        cut_store(&cluster, victim, cut);
         cluster.open(victim).await;
         cluster.converge().await;
         assert_eq!(assert_replicas_identical(&cluster), whole, "cut at {cut}");
@@ -544,32 +545,12 @@ async fn a_snapshot_taken_while_an_entry_is_partly_stored_leaves_its_puts_out() 
         cluster.put(&body(i), 0).await;
     }
     let leader = cluster.leader().await;
-    let puts = (0..10)
-        .map(|i| {
-            rocketstore_raft::PutRequest::new(
-                Message::new(TOPIC, 3u32, Bytes::from(format!("batched-{i}"))),
-                1_700_000_000_000 + i,
-            )
-        })
-        .collect();
-    let batch = cluster.nodes[&leader]
-        .raft()
-        .client_write(rocketstore_raft::PutBatch { puts })
-        .await
-        .expect("the batch commits");
-    let cut = match &batch.data.puts[3] {
-        rocketstore_raft::PutResponse::Stored {
-            physical_offset, ..
-        } => *physical_offset,
-        other => panic!("not stored: {other:?}"),
-    };
+    let cut = put_ten_in_one_entry(&cluster, leader).await[3];
     cluster.converge().await;
     let whole = assert_replicas_identical(&cluster);
     let victim = *cluster.members.iter().find(|id| **id != leader).unwrap();
     cluster.stop(victim).await;
-    let config =
-        rocketstore::StoreConfig::new(cluster.store_root(victim)).commit_log_file_size(64 << 10);
-    rocketstore::MessageStore::truncate_log(&config, cut).expect("cut the store's tail");
+    cut_store(&cluster, victim, cut);
     // Reopened cut off from the others, so the entry is not applied again; a snapshot now.
     cluster.router.isolate(victim);
     cluster.open(victim).await;
