@@ -565,13 +565,7 @@ impl MappedFile {
     /// fdatasync of that range) and returns the new flushed position. Callers serialise
     /// flushes of one file (the commit log's flush lock).
     pub(crate) fn flush(&self) -> Result<usize> {
-        if let Some((kind, why)) = self.zero_sync_failed.lock().clone() {
-            let e = io::Error::new(
-                kind,
-                format!("a zero-ahead sync of this file failed: {why}"),
-            );
-            return Err(Error::io("sync", &self.path, e));
-        }
+        self.check_zero_syncs()?;
         let write = self.write_pos();
         let flushed = self.flushed_pos();
         if write > flushed {
@@ -582,9 +576,26 @@ impl MappedFile {
             self.map
                 .flush_range(flushed, write - flushed)
                 .map_err(|e| Error::io("sync", &self.path, e))?;
+            // A zero-ahead sync that failed while this one ran may have written back (and
+            // failed on) record pages this sync then found clean.
+            self.check_zero_syncs()?;
             self.flushed_pos.store(write, Ordering::Release);
         }
         Ok(write.max(flushed))
+    }
+
+    /// The failure of a zero-ahead sync of this file, if one failed.
+    fn check_zero_syncs(&self) -> Result<()> {
+        match self.zero_sync_failed.lock().clone() {
+            None => Ok(()),
+            Some((kind, why)) => {
+                let e = io::Error::new(
+                    kind,
+                    format!("a zero-ahead sync of this file failed: {why}"),
+                );
+                Err(Error::io("sync", &self.path, e))
+            }
+        }
     }
 }
 
@@ -1521,6 +1532,33 @@ mod tests {
         w.write(b"record").unwrap();
         w.publish();
         *w.file().zero_sync_failed.lock() = Some((io::ErrorKind::Other, "EIO".into()));
+        let err = w.file().flush().unwrap_err();
+        assert!(err.to_string().contains("zero-ahead sync"), "{err}");
+        assert_eq!(w.file().flushed_pos(), 0);
+    }
+
+    /// The zeroing thread's sync fails while a flush's own sync runs: the flush must not
+    /// vouch for its range either.
+    #[test]
+    fn a_zero_ahead_sync_failing_during_a_flush_fails_that_flush() {
+        struct FailZeroingMeanwhile(std::sync::OnceLock<Arc<MappedFile>>);
+        impl IoHook for FailZeroingMeanwhile {
+            fn before_sync(&self, _: &Path) -> io::Result<()> {
+                let file = self.0.get().expect("set");
+                *file.zero_sync_failed.lock() = Some((io::ErrorKind::Other, "EIO".into()));
+                Ok(())
+            }
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let hook = Arc::new(FailZeroingMeanwhile(std::sync::OnceLock::new()));
+        let file = Arc::new(
+            MappedFile::create(dir.path(), 0, 65536, Some(hook.clone() as Arc<dyn IoHook>))
+                .unwrap(),
+        );
+        let mut w = FileWriter::new(file, 0).unwrap();
+        let _ = hook.0.set(Arc::clone(w.file()));
+        w.write(b"record").unwrap();
+        w.publish();
         let err = w.file().flush().unwrap_err();
         assert!(err.to_string().contains("zero-ahead sync"), "{err}");
         assert_eq!(w.file().flushed_pos(), 0);
