@@ -949,6 +949,40 @@ fn a_queue_read_at_first_use_and_found_short_goes_on_at_its_offsets() {
     }
 }
 
+/// A queue read at first use whose files cannot be loaded (here a stray file in its
+/// directory) goes on at the table's end with no file listed. Its reads must fail, not
+/// answer as if its files were deleted by retention: a consumer would skip every message,
+/// which the log still holds. The next open rebuilds it.
+#[test]
+fn a_queue_whose_files_fail_to_load_at_first_use_is_an_error_not_a_skip() {
+    let dir = tempfile::tempdir().unwrap();
+    let puts: Vec<_> = {
+        let store = MessageStore::open(lazy(dir.path())).unwrap();
+        let puts = (0..5)
+            .map(|i| store.put_message(&message("S", 0, "s", i)).unwrap())
+            .collect();
+        store.put_message(&message("S", 1, "s", 0)).unwrap();
+        puts
+    };
+    std::fs::write(layout::queue_dir(dir.path(), "S", 0).join("stray"), b"").unwrap();
+    {
+        let store = MessageStore::open(lazy(dir.path())).unwrap();
+        let err = store.get_message("S", 0, 0, 8).unwrap_err();
+        assert!(matches!(err, Error::BadStoreFile { .. }), "{err}");
+        assert_eq!(store.max_offset_in_queue("S", 0), 5);
+        assert!(
+            store.shutdown().is_err(),
+            "left for the next open to rebuild"
+        );
+    }
+    std::fs::remove_file(layout::queue_dir(dir.path(), "S", 0).join("stray")).unwrap();
+    let store = MessageStore::open(lazy(dir.path())).unwrap();
+    let got = store.get_message("S", 0, 0, 8).unwrap();
+    let offsets: Vec<_> = got.messages.iter().map(|m| m.physical_offset).collect();
+    let want: Vec<_> = puts.iter().map(|p| p.physical_offset).collect();
+    assert_eq!(offsets, want);
+}
+
 #[test]
 fn a_stale_or_damaged_queue_table_never_opens_queues_at_its_word() {
     let dir = tempfile::tempdir().unwrap();

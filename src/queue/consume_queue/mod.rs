@@ -521,13 +521,17 @@ impl ConsumeQueue {
         let per_file = self.entries_per_file();
         let n = (end - queue_offset).min(per_file - queue_offset % per_file) as usize;
         let mut buf = vec![0u8; n * CQ_ENTRY_LEN];
-        if !self.read_checked(queue_offset * CQ_ENTRY_LEN as u64, &mut buf, false)? {
-            return Ok(Vec::new());
-        }
-        let entries: Vec<_> = buf
-            .chunks_exact(CQ_ENTRY_LEN)
-            .map_while(|c| CqEntry::decode(c.try_into().expect("20 bytes")))
-            .collect();
+        let found = self.read_checked(queue_offset * CQ_ENTRY_LEN as u64, &mut buf, false)?;
+        let entries: Vec<_> = match found {
+            true => buf
+                .chunks_exact(CQ_ENTRY_LEN)
+                .map_while(|c| CqEntry::decode(c.try_into().expect("20 bytes")))
+                .collect(),
+            // No file there. Retention removes files only below the minimum, so above it
+            // this is a file lost on disk (or one a read at first use could not load),
+            // whose messages the log still holds: the same error as damage below.
+            false => Vec::new(),
+        };
         if entries.is_empty() {
             // Gone since the read began: the topic dropped (a new queue may have made a
             // file of the same name, zeros below its start), or the queue restarted or
@@ -574,11 +578,13 @@ impl ConsumeQueue {
             // run time, its next message arrives): the log wins. The dead entries go and
             // the queue goes on from this record. Each step can be retried after a failure;
             // readers meanwhile see the queue as it was (its entries are all dead).
+            // Emptied for readers before its files go: a reader between the two finds
+            // nothing to read, rather than entries whose file is missing.
+            self.min_offset.store(queue_offset, Ordering::Release);
+            self.max_offset.store(queue_offset, Ordering::Release);
             self.remove_all_files(true)?;
             self.flushed
                 .store(queue_offset * CQ_ENTRY_LEN as u64, Ordering::Release);
-            self.min_offset.store(queue_offset, Ordering::Release);
-            self.max_offset.store(queue_offset, Ordering::Release);
             self.free_start.store(false, Ordering::Release);
             self.restartable.store(false, Ordering::Release);
         }
