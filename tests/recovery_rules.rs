@@ -983,6 +983,84 @@ fn a_queue_whose_files_fail_to_load_at_first_use_is_an_error_not_a_skip() {
     assert_eq!(offsets, want);
 }
 
+/// The head of a queue lost on disk (its first entries zeroed, or its first file gone)
+/// is not taken for retention while the commit log still starts at 0: the queue is
+/// rebuilt from the log, and its minimum stays at 0 with every message readable.
+#[test]
+fn a_queue_that_lost_its_head_is_rebuilt_while_the_log_starts_at_zero() {
+    for lose_file in [false, true] {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = || config(dir.path(), sync_mode()).consume_queue_entries_per_file(4);
+        let puts: Vec<_> = {
+            let store = MessageStore::open(cfg()).unwrap();
+            let puts: Vec<_> = (0..10)
+                .map(|i| store.put_message(&message("S", 0, "s", i)).unwrap())
+                .collect();
+            store.put_message(&message("S", 1, "s", 0)).unwrap();
+            puts
+        };
+        let first = layout::queue_dir(dir.path(), "S", 0).join(layout::file_name(0));
+        if lose_file {
+            std::fs::remove_file(first).unwrap();
+        } else {
+            OpenOptions::new()
+                .write(true)
+                .open(first)
+                .unwrap()
+                .write_all_at(&[0u8; 20], 0)
+                .unwrap();
+        }
+        let store = MessageStore::open(cfg()).unwrap();
+        assert_eq!(
+            store.min_offset_in_queue("S", 0),
+            0,
+            "lose file: {lose_file}"
+        );
+        let mut got = Vec::new();
+        let mut at = 0;
+        while at < 10 {
+            let r = store.get_message("S", 0, at, 8).unwrap();
+            assert!(!r.messages.is_empty(), "at {at}: {:?}", r.status);
+            got.extend(r.messages.iter().map(|m| m.physical_offset));
+            at = r.next_offset;
+        }
+        let want: Vec<_> = puts.iter().map(|p| p.physical_offset).collect();
+        assert_eq!(got, want, "lose file: {lose_file}");
+    }
+}
+
+/// The same loss met by a read at first use: the read fails (and the next open rebuilds)
+/// instead of answering `OffsetTooSmall`, which moves the consumer past the lost head.
+#[test]
+fn a_queue_read_at_first_use_that_lost_its_head_fails_the_read() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let store = MessageStore::open(lazy(dir.path())).unwrap();
+        for i in 0..5 {
+            store.put_message(&message("S", 0, "s", i)).unwrap();
+        }
+        store.put_message(&message("S", 1, "s", 0)).unwrap();
+    }
+    let first = layout::queue_dir(dir.path(), "S", 0).join(layout::file_name(0));
+    OpenOptions::new()
+        .write(true)
+        .open(first)
+        .unwrap()
+        .write_all_at(&[0u8; 20], 0)
+        .unwrap();
+    let store = MessageStore::open(lazy(dir.path())).unwrap();
+    let err = store.get_message("S", 0, 0, 8).unwrap_err();
+    assert!(matches!(err, Error::BadStoreFile { .. }), "{err}");
+    assert_eq!(store.min_offset_in_queue("S", 0), 0);
+    assert!(
+        store.shutdown().is_err(),
+        "left for the next open to rebuild"
+    );
+    drop(store);
+    let store = MessageStore::open(lazy(dir.path())).unwrap();
+    assert_eq!(store.get_message("S", 0, 0, 8).unwrap().messages.len(), 5);
+}
+
 #[test]
 fn a_stale_or_damaged_queue_table_never_opens_queues_at_its_word() {
     let dir = tempfile::tempdir().unwrap();

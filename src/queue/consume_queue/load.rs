@@ -423,7 +423,19 @@ impl ConsumeQueue {
             None => None,
         };
         // Checked in every mode: a damaged last entry can look like an expired one.
-        let damage = l.check(first_written.min(end), end)?;
+        // Only retention starts a queue past entry 0, and only by deleting the log's first
+        // files: with the log still starting at 0, a queue whose first entries are
+        // missing (its first file gone, or its first sectors zeroed) lost them. Its
+        // minimum stays at 0, so that reads there fail instead of moving consumers on.
+        let head_lost = log_start == 0 && first_written.min(end) > 0;
+        let damage = l.check(first_written.min(end), end)?.or_else(|| {
+            head_lost.then(|| {
+                format!(
+                    "its first entry is {}, yet the commit log still starts at 0",
+                    first_written.min(end)
+                )
+            })
+        });
         let expired =
             how == Load::Rebuild && last_entry.is_some_and(|e| e.physical_offset < log_start);
         if expired && damage.is_some() {
@@ -497,7 +509,10 @@ impl ConsumeQueue {
         if let Some(e) = last_entry.filter(|_| end == written_end) {
             q.tail.get_mut().last = (end, e.physical_offset);
         }
-        *q.min_offset.get_mut() = first_written.max(first).min(end);
+        *q.min_offset.get_mut() = match head_lost {
+            true => 0,
+            false => first_written.max(first).min(end),
+        };
         *q.max_offset.get_mut() = end;
         *q.flushed.get_mut() = end * CQ_ENTRY_LEN as u64;
         *q.free_start.get_mut() = false;
