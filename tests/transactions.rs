@@ -149,3 +149,45 @@ fn a_batch_may_mix_hidden_and_visible_records() {
         ],
     );
 }
+
+/// Overwrites entry `n` of queue Tx/0 of the running store: physical offset and size.
+fn point_entry(dir: &std::path::Path, n: u64, physical_offset: u64, size: u32) {
+    use std::os::unix::fs::FileExt;
+    let file = fs::OpenOptions::new()
+        .write(true)
+        .open(layout::queue_dir(dir, "Tx", 0).join(layout::file_name(0)))
+        .unwrap();
+    let mut b = [0u8; 12];
+    b[..8].copy_from_slice(&physical_offset.to_be_bytes());
+    b[8..].copy_from_slice(&size.to_be_bytes());
+    file.write_all_at(&b, n * 20).unwrap();
+}
+
+/// A consume-queue entry damaged (after the open) to point at a transaction's half of the
+/// same queue, which carries queue offset 0 like the entry: an error, never the half; and
+/// one damaged to point past everything the log holds: an error, not a "nothing yet" that
+/// would hold the consumer there for good.
+#[test]
+fn a_damaged_entry_never_serves_a_half_nor_stalls_the_consumer() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = MessageStore::open(config(dir.path(), sync_mode())).unwrap();
+    let half = store
+        .put_message(&flagged(0, TRANSACTION_PREPARED))
+        .unwrap();
+    for i in 1..4 {
+        store.put_message(&flagged(i, 0)).unwrap();
+    }
+    assert!(store.wait_dispatched_to(store.max_physical_offset(), Duration::from_secs(30)));
+    assert_eq!(store.get_message("Tx", 0, 0, 8).unwrap().messages.len(), 3);
+
+    point_entry(dir.path(), 0, half.physical_offset, half.wrote_bytes);
+    let err = store.get_message("Tx", 0, 0, 8).unwrap_err();
+    assert!(matches!(err, rocketstore::Error::Corrupted { .. }), "{err}");
+
+    point_entry(dir.path(), 2, store.max_physical_offset() + (1 << 20), 200);
+    let err = store.get_message("Tx", 0, 2, 8).unwrap_err();
+    assert!(matches!(err, rocketstore::Error::Corrupted { .. }), "{err}");
+    // What comes before it is served; the next pull meets the error.
+    let got = store.get_message("Tx", 0, 1, 8).unwrap();
+    assert_eq!((got.messages.len(), got.next_offset), (1, 2));
+}

@@ -300,6 +300,23 @@ fn walk<T>(
                 break 'outer;
             }
             if entry.physical_offset >= limit {
+                if entry.physical_offset >= log.write_offset() {
+                    // Past everything ever appended: damage, not a record yet to be
+                    // confirmed. Answering "not yet" would stall the consumer there for
+                    // good, silently.
+                    if items.is_empty() {
+                        queues.mark_suspect();
+                        return Err(Error::corrupted(
+                            entry.physical_offset,
+                            format!(
+                                "consume queue {topic}/{queue_id} entry {next} points past the \
+                                 log's end {}",
+                                log.write_offset()
+                            ),
+                        ));
+                    }
+                    break 'outer;
+                }
                 beyond = true;
                 break 'outer;
             }
@@ -356,6 +373,14 @@ fn missing(log: &CommitLog, entry: &CqEntry) -> Result<()> {
     ))
 }
 
+/// Whether `entry` can be the entry of a record of `size` bytes with `sys_flag`: the
+/// sizes agree, and the record is one dispatch indexes (a transaction's half or
+/// rollback never is; such records carry queue offset 0, so a damaged entry 0 could
+/// otherwise pass for theirs).
+fn indexes(entry: &CqEntry, size: u32, sys_flag: i32) -> bool {
+    entry.size == size && !crate::message::is_transaction_hidden(sys_flag)
+}
+
 /// A damaged entry: never serve another queue's message. The next open rebuilds the
 /// queues.
 fn foreign(
@@ -393,7 +418,11 @@ pub(crate) fn get_message(
         else {
             return missing(log, &entry);
         };
-        if msg.queue_id != queue_id || msg.queue_offset != at || *msg.topic != *topic {
+        if msg.queue_id != queue_id
+            || msg.queue_offset != at
+            || *msg.topic != *topic
+            || !indexes(&entry, msg.total_size, msg.sys_flag)
+        {
             let found = (&*msg.topic, msg.queue_id, msg.queue_offset);
             return Err(foreign(queues, (topic, queue_id, at), &entry, found));
         }
@@ -438,7 +467,11 @@ pub(crate) fn get_raw(
             if log.verifies_reads() && !view.crc_ok() {
                 return Err(Error::corrupted(entry.physical_offset, "body CRC mismatch"));
             }
-            if view.queue_id != queue_id || view.queue_offset != at || view.topic != topic {
+            if view.queue_id != queue_id
+                || view.queue_offset != at
+                || view.topic != topic
+                || !indexes(&entry, view.total_size, view.sys_flag)
+            {
                 let found = (view.topic, view.queue_id, view.queue_offset);
                 return Err(foreign(queues, (topic, queue_id, at), &entry, found));
             }
