@@ -535,3 +535,40 @@ fn a_queue_read_at_first_use_after_retention_starts_at_its_first_stored_message(
     assert!(g.messages[0].physical_offset >= start);
     assert_eq!(g.messages[0].queue_offset, got.next_offset);
 }
+
+/// An entry damaged after the open, met by the time search or by `locate`: an error, not
+/// a probe taken for "not older" that turns the search's answer into a wrong offset.
+#[test]
+fn offset_by_time_over_a_damaged_entry_is_an_error_not_a_wrong_offset() {
+    use std::os::unix::fs::FileExt;
+    let dir = tempfile::tempdir().unwrap();
+    let store = MessageStore::open(config(dir.path(), sync_mode())).unwrap();
+    let puts: Vec<_> = (0..10)
+        .map(|i| {
+            store
+                .put_message_stamped(&message("Time", 0, "t", i), 1_000_000 + i as i64 * 1000)
+                .unwrap()
+        })
+        .collect();
+    assert!(store.wait_dispatched_to(store.max_physical_offset(), Duration::from_secs(30)));
+    assert_eq!(
+        store
+            .offset_by_time("Time", 0, puts[8].store_timestamp)
+            .unwrap(),
+        8
+    );
+    // Entry 5, the search's first probe, zeroed.
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(layout::queue_dir(dir.path(), "Time", 0).join(layout::file_name(0)))
+        .unwrap()
+        .write_all_at(&[0u8; 20], 5 * 20)
+        .unwrap();
+    let got = store.offset_by_time("Time", 0, puts[8].store_timestamp);
+    assert!(got.is_err(), "{got:?}");
+    assert!(store.message_store_time("Time", 0, 5).is_err());
+    assert_eq!(
+        store.message_store_time("Time", 0, 6).unwrap(),
+        Some(puts[6].store_timestamp)
+    );
+}

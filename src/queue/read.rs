@@ -275,7 +275,9 @@ fn walk<T>(
     let (mut bytes, mut removed, mut beyond) = (0usize, 0u64, false);
     let mut next = offset;
     'outer: while next < max && items.len() < max_count && next - offset < scan as u64 {
-        let want = (scan as u64 - (next - offset)) as usize;
+        // In windows: a caller's huge count must not make one call read and decode a
+        // whole queue file before the byte limit ends the walk.
+        let want = ((scan as u64 - (next - offset)) as usize).min(READ_WINDOW);
         // An I/O error or a damaged entry is the caller's: only an entry whose file is
         // not there (removed by retention) moves the consumer on. Past what this call
         // already walked, the walk ends there, and the next call meets the error.
@@ -372,6 +374,9 @@ fn missing(log: &CommitLog, entry: &CqEntry) -> Result<()> {
         "a consume-queue entry points here, but no record starts here: the entry or the commit log is damaged",
     ))
 }
+
+/// Most entries read from a queue file at once by a walk.
+const READ_WINDOW: usize = 1024;
 
 /// Whether `entry` can be the entry of a record of `size` bytes with `sys_flag`: the
 /// sizes agree, and the record is one dispatch indexes (a transaction's half or
@@ -519,7 +524,9 @@ pub(crate) fn offset_by_time(
     let (min, max) = (queue.min_offset(), queue.max_offset());
     let first_at_or_after = |ts: i64| {
         try_partition_point(min..max, |at| {
-            let stored = match queue.entry(at) {
+            // An entry that cannot be read is an error, as for `get`: taken for "not
+            // older", it would turn the search's answer into a wrong offset.
+            let stored = match queue.entries(at, 1)?.first() {
                 Some(e) => log.store_time_at(e.physical_offset, limit)?,
                 None => None,
             };
@@ -549,7 +556,7 @@ pub(crate) fn locate(
     if queue_offset < queue.min_offset() {
         return Ok(None);
     }
-    let Some(entry) = queue.entry(queue_offset) else {
+    let Some(&entry) = queue.entries(queue_offset, 1)?.first() else {
         return Ok(None);
     };
     if entry.physical_offset < log.min_offset() {

@@ -413,7 +413,9 @@ impl ConsumeQueue {
             }
             let mut buf = [0u8; CQ_ENTRY_LEN];
             match self.read_checked(at * CQ_ENTRY_LEN as u64, &mut buf, tail_held) {
-                Ok(true) => CqEntry::decode(&buf).is_none_or(|e| e.physical_offset < min_physical),
+                // An entry that does not decode is damage, not a dead entry: counted
+                // live, like one that cannot be read.
+                Ok(true) => CqEntry::decode(&buf).is_some_and(|e| e.physical_offset < min_physical),
                 // Its file is gone: retention removed it.
                 Ok(false) => true,
                 Err(e) => {
