@@ -536,6 +536,41 @@ fn a_queue_read_at_first_use_after_retention_starts_at_its_first_stored_message(
     assert_eq!(g.messages[0].queue_offset, got.next_offset);
 }
 
+/// Retention removed a queue's first files in one run; the next, reading queues at first
+/// use, loads it starting past entry 0, as retention left it: not damage (the log's start
+/// moved too), its minimum where its first stored entry is, and the store closed clean.
+#[test]
+fn a_queue_trimmed_by_retention_loads_at_first_use_without_a_rebuild() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = || {
+        config(dir.path(), sync_mode())
+            .lazy_queue_load_threshold(0)
+            .consume_queue_entries_per_file(100)
+            .file_reserved_time(Duration::ZERO)
+    };
+    let min = {
+        let store = MessageStore::open(cfg()).unwrap();
+        put_all(&store, "W", 1, 600);
+        store.put_message(&message("Other", 0, "o", 0)).unwrap();
+        assert!(store.wait_dispatched_to(store.max_physical_offset(), Duration::from_secs(30)));
+        assert!(store.delete_expired_files().unwrap() > 0);
+        let min = store.min_offset_in_queue("W", 0);
+        assert!(min >= 100, "the queue's first file went: {min}");
+        assert!(
+            !layout::queue_dir(dir.path(), "W", 0)
+                .join(layout::file_name(0))
+                .exists()
+        );
+        store.shutdown().unwrap();
+        min
+    };
+    let store = MessageStore::open(cfg()).unwrap();
+    let got = store.get_message("W", 0, min, 8).unwrap();
+    assert_eq!(got.status, GetStatus::Found, "{got:?}");
+    assert_eq!(store.min_offset_in_queue("W", 0), min);
+    store.shutdown().expect("closed clean: nothing to rebuild");
+}
+
 /// An entry damaged after the open, met by the time search or by `locate`: an error, not
 /// a probe taken for "not older" that turns the search's answer into a wrong offset.
 #[test]

@@ -211,11 +211,13 @@ impl ConsumeQueue {
         let Some(end) = *unloaded else {
             return Ok(());
         };
-        let loaded = match ConsumeQueue::load(self.dir.clone(), Arc::clone(&self.io), Load::Keep, 0)
-        {
-            Err(e @ Error::Io { .. }) => return Err(e),
-            other => other,
-        };
+        // The log's start as retention left it: a queue it trimmed starts past entry 0.
+        let start = self.io.log_start.load(Ordering::SeqCst);
+        let loaded =
+            match ConsumeQueue::load(self.dir.clone(), Arc::clone(&self.io), Load::Keep, start) {
+                Err(e @ Error::Io { .. }) => return Err(e),
+                other => other,
+            };
         let mut tail = self.tail.lock();
         let log_start = self.io.log_start.load(Ordering::SeqCst);
         // A queue kept only as a position (its files removed, its row naming no live
