@@ -54,7 +54,11 @@ pub struct LogStore {
 pub(crate) struct Covered {
     /// Index of the last entry the recorded snapshot holds.
     pub upto: Option<u64>,
-    /// A snapshot install failed: no purge waiting for it may go ahead.
+    /// Index of the last entry of a snapshot whose install is recorded as begun, its
+    /// stream synced: a restart finishes it, or refuses to open while it cannot.
+    pub recoverable: Option<u64>,
+    /// A snapshot install failed before it was recorded: no purge waiting for it may go
+    /// ahead.
     pub failed: bool,
 }
 
@@ -171,11 +175,18 @@ impl LogStore {
         })
     }
 
+    /// Index of the last entry purged, if any.
+    pub(crate) fn last_purged_index(&self) -> Option<u64> {
+        self.inner.lock().last_purged.map(|l| l.index)
+    }
+
     /// From now on a purge waits until `covered` reaches the entries it forgets.
     /// openraft queues a received snapshot's install and the purge of the log up to it
     /// together, and runs the purge at once: without the wait, a crash or a failure
     /// during the install leaves the log purged past what the state machine holds, and
-    /// the node can never apply its next entry.
+    /// the node can never apply its next entry. The wait ends once the install is
+    /// recorded as begun (its stream synced; a restart finishes it), not when it ends:
+    /// openraft waits for the purge on its core task, which serves nothing else meanwhile.
     pub(crate) fn gate_purges(&self, covered: watch::Receiver<Covered>) {
         *self.purge_gate.lock() = Some(covered);
     }
@@ -530,7 +541,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         let gate = self.purge_gate.lock().clone();
         if let Some(mut covered) = gate {
             let reached = covered
-                .wait_for(|c| c.failed || c.upto >= Some(log_id.index))
+                .wait_for(|c| c.failed || c.upto.max(c.recoverable) >= Some(log_id.index))
                 .await
                 .map(|c| !c.failed);
             if !matches!(reached, Ok(true)) {

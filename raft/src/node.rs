@@ -214,7 +214,10 @@ impl ReplicatedStore {
         let dir = raft_dir.to_path_buf();
         let (store, log, state_machine) = tokio::task::spawn_blocking(move || {
             let state = dir.join("state");
-            let unfinished = crate::state_machine::unfinished_install(&state, &store_config)?;
+            let log = LogStore::open(&dir.join("log"))?;
+            let purged = log.last_purged_index();
+            let unfinished =
+                crate::state_machine::unfinished_install(&state, &store_config, purged)?;
             let mut store = MessageStore::open(store_config.clone())?;
             if let Some(installing) = unfinished
                 && let Err(e) =
@@ -223,6 +226,7 @@ impl ReplicatedStore {
                 log::warn!("the interrupted snapshot install could not be finished: {e}");
                 store.shutdown()?;
                 drop(store);
+                crate::state_machine::refuse_if_purged(&installing, purged, &e.to_string())?;
                 crate::state_machine::roll_back_unfinished_install(
                     &state,
                     &store_config,
@@ -231,7 +235,6 @@ impl ReplicatedStore {
                 store = MessageStore::open(store_config)?;
             }
             let store = Arc::new(store);
-            let log = LogStore::open(&dir.join("log"))?;
             let state_machine = StateMachine::open(Arc::clone(&store), &state)?;
             Ok::<_, Error>((store, log, state_machine))
         })

@@ -84,6 +84,7 @@ const RECEIVED: &str = "snapshot-received-";
 pub(crate) fn unfinished_install(
     dir: &Path,
     store_config: &rocketstore::StoreConfig,
+    purged: Option<u64>,
 ) -> io::Result<Option<Installing>> {
     let Some(installing) = read_json::<Installing>(&dir.join("installing"))? else {
         return Ok(None);
@@ -102,8 +103,34 @@ pub(crate) fn unfinished_install(
     if usable {
         return Ok(Some(installing));
     }
+    refuse_if_purged(
+        &installing,
+        purged,
+        "its received stream is gone or damaged",
+    )?;
     roll_back_unfinished_install(dir, store_config, &installing)?;
     Ok(None)
+}
+
+/// An interrupted install that cannot be finished may be rolled back only while the Raft
+/// log still holds the entries the snapshot stands for: once it is purged past them, a
+/// rolled-back node could never apply its next entry. The open is then refused, and the
+/// install's record and stream kept for the next try.
+pub(crate) fn refuse_if_purged(
+    installing: &Installing,
+    purged: Option<u64>,
+    why: &str,
+) -> io::Result<()> {
+    let index = installing.meta.last_log_id.map(|l| l.index);
+    if purged.is_some() && purged >= index {
+        return Err(io::Error::other(format!(
+            "snapshot {} was being installed when this node stopped, and cannot be finished \
+             ({why}); the Raft log is purged up to it, so it cannot be rolled back either: \
+             fix the cause and reopen, or replace this node",
+            installing.meta.snapshot_id
+        )));
+    }
+    Ok(())
 }
 
 /// Undoes an interrupted install on the closed store: its log is cut back to where the
@@ -228,6 +255,7 @@ impl StateMachine {
                 .as_ref()
                 .and_then(|s| s.meta.last_log_id)
                 .map(|l| l.index),
+            recoverable: None,
             failed: false,
         });
         let applied = recover(&store, snapshot.as_ref(), membership, read_hint(&hint))?;
@@ -698,6 +726,11 @@ impl StateMachine {
         };
         let bytes = serde_json::to_vec(&installing).map_err(|e| err(io::Error::other(e)))?;
         write_atomic(&self.shared.dir.join("installing"), &bytes).map_err(err)?;
+        // From here a restart finishes the install: the purge queued with it may go on.
+        let index = meta.last_log_id.map(|l| l.index);
+        self.shared
+            .covered
+            .send_modify(|c| c.recoverable = c.recoverable.max(index));
         let store = Arc::clone(&self.shared.store);
         let install_path = path.clone();
         let end = tokio::task::spawn_blocking(move || snapshot::install(&store, &install_path))

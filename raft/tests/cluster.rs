@@ -201,14 +201,12 @@ impl rocketstore::IoHook for FailOneSync {
     }
 }
 
-/// openraft queues a received snapshot's install and the purge of the Raft log up to it
-/// together. The purge must wait for the install to be recorded: here the install stalls
-/// on a sync and then fails, and the node is restarted. Had the log been purged, the
-/// node could never apply its next entry (the entries the snapshot stands for are gone
-/// from its log, and its store does not hold them); instead it finishes the install, or
-/// takes the snapshot again, and catches up.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_snapshot_install_that_fails_leaves_the_log_unpurged_and_the_node_recovers() {
+/// A follower far behind takes a snapshot whose install stalls on a sync and then fails;
+/// the node is then dropped the hard way. openraft queues the install and the purge of the
+/// Raft log up to it together: the purge goes ahead once the install is recorded as begun
+/// (its stream synced), and no sooner. Returns the cluster, the follower, its state
+/// directory and the last entry it had applied before.
+async fn fail_an_install() -> (Cluster, u64, std::path::PathBuf, Option<u64>) {
     let (mut cluster, leader, follower) = snapshotting_cluster().await;
     cluster.stop(follower).await;
     let hook = std::sync::Arc::new(FailOneSync::default());
@@ -237,32 +235,47 @@ async fn a_snapshot_install_that_fails_leaves_the_log_unpurged_and_the_node_reco
         .await
         .unwrap()
         .expect("the install syncs the store");
-    // While the install is stalled, the follower's log is not purged past what it applied.
-    let purged_early = cluster.nodes[&follower]
-        .raft()
-        .wait(Some(std::time::Duration::from_secs(3)))
-        .metrics(
-            |m| m.purged.map(|p| p.index) > applied_before,
-            "the follower purges its log",
-        )
-        .await;
-    assert!(
-        purged_early.is_err(),
-        "purged before the install was recorded"
-    );
-    release.send(()).unwrap();
-    // The install fails (the store is poisoned); the node is stopped the hard way.
-    cluster.router.remove(follower);
-    let node = cluster.nodes.remove(&follower).unwrap();
-    let _ = node.raft().shutdown().await;
-    drop(node);
-    // The install had begun (its appends stalled): the reopen finishes it from the
-    // stream it kept.
     let state = cluster
         .dir
         .path()
         .join(format!("node-{follower}/raft/state"));
     assert!(state.join("installing").exists());
+    // Recorded as begun: the follower's log is purged up to the snapshot meanwhile.
+    cluster.nodes[&follower]
+        .raft()
+        .wait(Some(WAIT))
+        .metrics(
+            |m| m.purged.map(|p| p.index) > applied_before,
+            "the follower purges its log while the install is stalled",
+        )
+        .await
+        .expect("the purge goes ahead");
+    release.send(()).unwrap();
+    // The install fails (the store is poisoned), which stops the node's Raft; then the node
+    // is dropped the hard way.
+    cluster.nodes[&follower]
+        .raft()
+        .wait(Some(WAIT))
+        .metrics(
+            |m| m.running_state.is_err(),
+            "the failed install stops raft",
+        )
+        .await
+        .expect("raft stops");
+    cluster.router.remove(follower);
+    let node = cluster.nodes.remove(&follower).unwrap();
+    let _ = node.raft().shutdown().await;
+    drop(node);
+    (cluster, follower, state, applied_before)
+}
+
+/// The restart finishes the failed install from the stream it kept: rolled back, the node
+/// could never apply its next entry (the entries the snapshot stands for are gone from
+/// its log, and its store does not hold them).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_snapshot_install_that_fails_is_finished_at_the_restart() {
+    let (mut cluster, follower, state, applied_before) = fail_an_install().await;
+    // The reopen finishes the install from the stream it kept.
     cluster.open(follower).await;
     assert!(!state.join("installing").exists());
     let record: serde_json::Value =
@@ -274,6 +287,20 @@ async fn a_snapshot_install_that_fails_leaves_the_log_unpurged_and_the_node_reco
     cluster.put(b"after the restart", 1).await;
     cluster.converge().await;
     assert_eq!(assert_replicas_identical(&cluster).len(), 221);
+}
+
+/// When the failed install cannot be finished (its stream gone) and the log is purged up
+/// to it, the node refuses to open, keeping the install's record, rather than roll back
+/// to a state it could never go on from.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unfinishable_install_past_the_purge_refuses_the_open() {
+    let (mut cluster, follower, state, _) = fail_an_install().await;
+    let installing: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(state.join("installing")).unwrap()).unwrap();
+    std::fs::remove_file(state.join(installing["stream"].as_str().unwrap())).unwrap();
+    let err = cluster.try_open_with(follower, None).await.unwrap_err();
+    assert!(err.to_string().contains("cannot be rolled back"), "{err}");
+    assert!(state.join("installing").exists());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -76,6 +76,15 @@ impl Cluster {
 
     /// Opens node `id`, its store's file operations through `hook` if one is given.
     pub async fn open_with(&mut self, id: NodeId, hook: Option<Arc<dyn rocketstore::IoHook>>) {
+        self.try_open_with(id, hook).await.expect("open a node");
+    }
+
+    /// [`Cluster::open_with`], returning the error of an open that fails.
+    pub async fn try_open_with(
+        &mut self,
+        id: NodeId,
+        hook: Option<Arc<dyn rocketstore::IoHook>>,
+    ) -> Result<(), Error> {
         let mut store = StoreConfig::new(self.store_root(id))
             .commit_log_file_size(64 << 10)
             .flush_mode(FlushMode::async_default())
@@ -90,10 +99,10 @@ impl Cluster {
             Arc::clone(&self.config),
             self.router.network(id),
         )
-        .await
-        .expect("open a node");
+        .await?;
         self.router.add(id, node.raft().clone());
         self.nodes.insert(id, node);
+        Ok(())
     }
 
     /// Stops node `id` cleanly; it stays a member.
