@@ -41,10 +41,11 @@ struct Registry {
     /// Waiters whose queue was deleted: their wait ends (the consumer pulls again and
     /// finds the topic as it is now).
     released: std::collections::HashSet<u64>,
-    /// Queues removed with their topic and not created again, with the end each had: a
-    /// wait registered after the removal, at an offset the old queue had reached, came
-    /// from a pull before it and ends at once, like the waits the removal released.
-    removed: HashMap<(String, u32), u64>,
+    /// Queues removed with their topic and not created again, with the end each had and
+    /// when: a wait registered soon after the removal, at an offset the old queue had
+    /// reached, came from a pull before it and ends at once, like the waits the removal
+    /// released. Only soon after: a consumer that keeps waiting there later would spin.
+    removed: HashMap<(String, u32), (u64, std::time::Instant)>,
     /// The store shut down (or dispatch ended): every wait ends, unsatisfied.
     closed: bool,
 }
@@ -52,6 +53,10 @@ struct Registry {
 /// Most removed queues remembered; past it they are forgotten (a wait that raced their
 /// removal then ends at its timeout instead of at once).
 const REMOVED_KEPT: usize = 65_536;
+
+/// How long after a queue's removal a wait on it past 0 still ends at once: far longer
+/// than a pull takes to turn into a wait.
+const REMOVED_GRACE: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// Who waits for which queue.
 #[derive(Default)]
@@ -94,11 +99,9 @@ impl Arrivals {
         // after publishing the queue); one created before is found here.
         let Some(q) = lookup() else {
             let key = (topic.to_owned(), queue_id);
-            if reg
-                .removed
-                .get(&key)
-                .is_some_and(|&end| offset > 0 && offset <= end)
-            {
+            if reg.removed.get(&key).is_some_and(|&(end, at)| {
+                offset > 0 && offset <= end && at.elapsed() < REMOVED_GRACE
+            }) {
                 return Registered::Arrived;
             }
             reg.unborn
@@ -204,12 +207,15 @@ impl Arrivals {
         let mut woken = Vec::new();
         {
             let mut reg = self.registry.lock();
+            let now = std::time::Instant::now();
+            reg.removed
+                .retain(|_, (_, at)| at.elapsed() < REMOVED_GRACE);
             for (&queue_id, q) in queues {
                 if reg.removed.len() >= REMOVED_KEPT {
                     reg.removed.clear();
                 }
                 reg.removed
-                    .insert((topic.to_owned(), queue_id), q.max_offset());
+                    .insert((topic.to_owned(), queue_id), (q.max_offset(), now));
                 if let Some((_, waiters)) = reg.by_queue.remove(&q.key()) {
                     q.watched.store(false, Ordering::SeqCst);
                     for w in &waiters {

@@ -425,9 +425,10 @@ impl ConsumeQueue {
                 }
             }
         };
+        // Below the first file there is nothing to read, whatever the probes find.
+        self.min_offset.fetch_max(from, Ordering::AcqRel);
         if from >= max || !dead(from) {
             // The usual case, checked with one read: no entry to skip.
-            self.min_offset.fetch_max(from, Ordering::AcqRel);
             return;
         }
         let first_live = partition_point(from..max, dead);
