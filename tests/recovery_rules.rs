@@ -900,26 +900,34 @@ fn a_queue_read_at_first_use_never_serves_another_queues_message_and_is_rebuilt_
     assert_eq!(got.messages[0].physical_offset, a[4].physical_offset);
 }
 
-#[test]
-fn a_queue_read_at_first_use_and_found_short_goes_on_at_its_offsets() {
-    let dir = tempfile::tempdir().unwrap();
-    let puts: Vec<_> = {
-        let store = MessageStore::open(lazy(dir.path())).unwrap();
-        let puts = (0..5)
-            .map(|i| store.put_message(&message("S", 0, "s", i)).unwrap())
-            .collect();
-        // The log's last record is another queue's: the clean open reads that one.
-        store.put_message(&message("S", 1, "s", 0)).unwrap();
-        puts
-    };
-    // The last two entries lost on disk.
-    let file = layout::queue_dir(dir.path(), "S", 0).join(layout::file_name(0));
+/// Puts `n` messages to S/0 and then one to S/1 (so that the log's last record is another
+/// queue's, and a clean open reads that one), in a store opened with `cfg`, and closes it.
+fn put_to_s0_then_s1(cfg: rocketstore::StoreConfig, n: u64) -> Vec<PutResult> {
+    let store = MessageStore::open(cfg).unwrap();
+    let puts = (0..n)
+        .map(|i| store.put_message(&message("S", 0, "s", i)).unwrap())
+        .collect();
+    store.put_message(&message("S", 1, "s", 0)).unwrap();
+    puts
+}
+
+/// Zeroes `len` bytes at `at` of S/0's first queue file.
+fn zero_s0_file0(dir: &Path, at: u64, len: usize) {
+    let file = layout::queue_dir(dir, "S", 0).join(layout::file_name(0));
     OpenOptions::new()
         .write(true)
         .open(file)
         .unwrap()
-        .write_all_at(&[0u8; 40], 3 * 20)
+        .write_all_at(&vec![0u8; len], at)
         .unwrap();
+}
+
+#[test]
+fn a_queue_read_at_first_use_and_found_short_goes_on_at_its_offsets() {
+    let dir = tempfile::tempdir().unwrap();
+    let puts = put_to_s0_then_s1(lazy(dir.path()), 5);
+    // The last two entries lost on disk.
+    zero_s0_file0(dir.path(), 3 * 20, 40);
     {
         let store = MessageStore::open(lazy(dir.path())).unwrap();
         assert_eq!(store.max_offset_in_queue("S", 0), 5, "the table's end");
@@ -956,14 +964,7 @@ fn a_queue_read_at_first_use_and_found_short_goes_on_at_its_offsets() {
 #[test]
 fn a_queue_whose_files_fail_to_load_at_first_use_is_an_error_not_a_skip() {
     let dir = tempfile::tempdir().unwrap();
-    let puts: Vec<_> = {
-        let store = MessageStore::open(lazy(dir.path())).unwrap();
-        let puts = (0..5)
-            .map(|i| store.put_message(&message("S", 0, "s", i)).unwrap())
-            .collect();
-        store.put_message(&message("S", 1, "s", 0)).unwrap();
-        puts
-    };
+    let puts = put_to_s0_then_s1(lazy(dir.path()), 5);
     std::fs::write(layout::queue_dir(dir.path(), "S", 0).join("stray"), b"").unwrap();
     {
         let store = MessageStore::open(lazy(dir.path())).unwrap();
@@ -991,24 +992,12 @@ fn a_queue_that_lost_its_head_is_rebuilt_while_the_log_starts_at_zero() {
     for lose_file in [false, true] {
         let dir = tempfile::tempdir().unwrap();
         let cfg = || config(dir.path(), sync_mode()).consume_queue_entries_per_file(4);
-        let puts: Vec<_> = {
-            let store = MessageStore::open(cfg()).unwrap();
-            let puts: Vec<_> = (0..10)
-                .map(|i| store.put_message(&message("S", 0, "s", i)).unwrap())
-                .collect();
-            store.put_message(&message("S", 1, "s", 0)).unwrap();
-            puts
-        };
-        let first = layout::queue_dir(dir.path(), "S", 0).join(layout::file_name(0));
+        let puts = put_to_s0_then_s1(cfg(), 10);
         if lose_file {
+            let first = layout::queue_dir(dir.path(), "S", 0).join(layout::file_name(0));
             std::fs::remove_file(first).unwrap();
         } else {
-            OpenOptions::new()
-                .write(true)
-                .open(first)
-                .unwrap()
-                .write_all_at(&[0u8; 20], 0)
-                .unwrap();
+            zero_s0_file0(dir.path(), 0, 20);
         }
         let store = MessageStore::open(cfg()).unwrap();
         assert_eq!(
@@ -1034,20 +1023,8 @@ fn a_queue_that_lost_its_head_is_rebuilt_while_the_log_starts_at_zero() {
 #[test]
 fn a_queue_read_at_first_use_that_lost_its_head_fails_the_read() {
     let dir = tempfile::tempdir().unwrap();
-    {
-        let store = MessageStore::open(lazy(dir.path())).unwrap();
-        for i in 0..5 {
-            store.put_message(&message("S", 0, "s", i)).unwrap();
-        }
-        store.put_message(&message("S", 1, "s", 0)).unwrap();
-    }
-    let first = layout::queue_dir(dir.path(), "S", 0).join(layout::file_name(0));
-    OpenOptions::new()
-        .write(true)
-        .open(first)
-        .unwrap()
-        .write_all_at(&[0u8; 20], 0)
-        .unwrap();
+    put_to_s0_then_s1(lazy(dir.path()), 5);
+    zero_s0_file0(dir.path(), 0, 20);
     let store = MessageStore::open(lazy(dir.path())).unwrap();
     let err = store.get_message("S", 0, 0, 8).unwrap_err();
     assert!(matches!(err, Error::BadStoreFile { .. }), "{err}");
