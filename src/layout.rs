@@ -162,7 +162,12 @@ pub fn index_dir(root: &Path) -> PathBuf {
 /// `{root}/dispatch/{name}`: the durable progress of the dispatcher `name` (`index` for
 /// the key index).
 pub fn dispatch_progress_file(root: &Path, name: &str) -> PathBuf {
-    root.join(DISPATCH_DIR).join(name)
+    dispatch_dir(root).join(name)
+}
+
+/// `{root}/dispatch/`: the dispatchers' progress files.
+pub fn dispatch_dir(root: &Path) -> PathBuf {
+    root.join(DISPATCH_DIR)
 }
 
 /// What a path inside `consumequeue/` names, parsed back: the store root, topic and queue

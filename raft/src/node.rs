@@ -224,7 +224,11 @@ impl ReplicatedStore {
                     crate::state_machine::finish_unfinished_install(&store, &state, &installing)
             {
                 log::warn!("the interrupted snapshot install could not be finished: {e}");
-                store.shutdown()?;
+                // A store the failure poisoned does not close clean; dropped, it still
+                // releases its lock, and what follows only needs that.
+                if let Err(e) = store.shutdown() {
+                    log::warn!("closing the store after the failed install: {e}");
+                }
                 drop(store);
                 crate::state_machine::refuse_if_purged(&installing, purged, &e.to_string())?;
                 crate::state_machine::roll_back_unfinished_install(

@@ -220,8 +220,8 @@ struct Shared {
     hint: File,
     /// How far the recorded snapshot reaches, for the Raft log's purges to wait on.
     covered: watch::Sender<Covered>,
-    /// Number of the next received stream's file: each stream has its own, so that a
-    /// transfer begun while an install still reads the last one cannot truncate it.
+    /// Number of the next received stream's file: each stream has its own, which an
+    /// interrupted install keeps for the next open while a new transfer writes another.
     streams: std::sync::atomic::AtomicU64,
 }
 

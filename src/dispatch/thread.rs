@@ -14,6 +14,8 @@ use crate::commit_log::{CommitLog, DEEP_AFTER, DEEP_SLEEP};
 use crate::dispatch::{DispatcherStats, Sink};
 use crate::error::{Error, Result};
 
+/// Pause before a dispatcher retries a failed round or flush.
+pub(crate) const RETRY: Duration = Duration::from_millis(100);
 /// Longest sleep while nothing is new and the dispatcher was busy lately (appends are
 /// found by polling then; idle longer, it sleeps until woken: `Wakeup::sleep_deep`).
 const POLL: Duration = Duration::from_millis(1);
@@ -320,6 +322,3 @@ pub(crate) fn pause_after_failure(stop: &AtomicBool) {
         std::thread::park_timeout(left);
     }
 }
-
-/// Pause before a dispatcher retries a failed round or flush.
-pub(crate) const RETRY: Duration = Duration::from_millis(100);

@@ -104,10 +104,7 @@ impl Arrivals {
             }) {
                 return Registered::Arrived;
             }
-            reg.unborn
-                .entry((topic.to_owned(), queue_id))
-                .or_default()
-                .push(waiter);
+            reg.unborn.entry(key).or_default().push(waiter);
             reg.places
                 .insert(id, Place::Unborn(topic.to_owned(), queue_id));
             return Registered::Waiting;

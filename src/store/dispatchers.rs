@@ -13,7 +13,7 @@ use crate::config::StoreConfig;
 use crate::dispatch::progress::{Progress, ProgressFile};
 use crate::dispatch::thread::DispatcherThread;
 use crate::dispatch::{Dispatch, External, INDEX_NAME, Sink};
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::index::KeyIndex;
 use crate::index::writer::IndexWriter;
 use crate::layout;
@@ -94,15 +94,15 @@ pub(super) fn prepare(
 /// the cut would have to be forgotten too, so it is rebuilt from the log's start when it
 /// is next enabled.
 fn take_back_absent(root: &std::path::Path, log: &CommitLog, registered: &[&str]) -> Result<()> {
-    let dir = root.join(layout::DISPATCH_DIR);
+    let dir = layout::dispatch_dir(root);
     let entries = match std::fs::read_dir(&dir) {
         Ok(entries) => entries,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
-        Err(e) => return Err(crate::error::Error::io("list", &dir, e)),
+        Err(e) => return Err(Error::io("list", &dir, e)),
     };
     let end = log.write_offset();
     for entry in entries {
-        let entry = entry.map_err(|e| crate::error::Error::io("list", &dir, e))?;
+        let entry = entry.map_err(|e| Error::io("list", &dir, e))?;
         let Some(name) = entry.file_name().to_str().map(str::to_owned) else {
             continue;
         };

@@ -579,10 +579,10 @@ impl ConsumeQueue {
         if self.restartable.load(Ordering::Acquire) {
             // A rebuild kept this queue as expired, yet the log holds a record of it (or, at
             // run time, its next message arrives): the log wins. The dead entries go and
-            // the queue goes on from this record. Each step can be retried after a failure;
-            // readers meanwhile see the queue as it was (its entries are all dead).
-            // Emptied for readers before its files go: a reader between the two finds
-            // nothing to read, rather than entries whose file is missing.
+            // the queue goes on from this record. Each step can be retried after a failure.
+            // It is emptied for readers before its files go (its entries are all dead): a
+            // reader between the two finds nothing to read, not entries whose file is
+            // missing.
             self.min_offset.store(queue_offset, Ordering::Release);
             self.max_offset.store(queue_offset, Ordering::Release);
             self.remove_all_files(true)?;
