@@ -57,8 +57,8 @@ pub(crate) struct Covered {
     /// Index of the last entry of a snapshot whose install is recorded as begun, its
     /// stream synced: a restart finishes it, or refuses to open while it cannot.
     pub recoverable: Option<u64>,
-    /// A snapshot install failed before it was recorded: no purge waiting for it may go
-    /// ahead.
+    /// A snapshot install failed before it was recorded, or the node is stopping: no
+    /// purge waiting may go ahead.
     pub failed: bool,
 }
 

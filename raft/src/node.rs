@@ -405,6 +405,8 @@ impl ReplicatedStore {
 
     /// Stops openraft, then shuts the store down cleanly.
     pub async fn shutdown(self) -> Result<(), Error> {
+        // A purge waiting for an install holds openraft's core, which must be free to stop.
+        self.state_machine.refuse_purges();
         self.raft
             .shutdown()
             .await

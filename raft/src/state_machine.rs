@@ -288,6 +288,11 @@ impl StateMachine {
         self.shared.applied.lock().last_applied
     }
 
+    /// Ends every purge waiting for an install, with an error: the node is stopping.
+    pub(crate) fn refuse_purges(&self) {
+        self.shared.covered.send_modify(|c| c.failed = true);
+    }
+
     /// How far the recorded snapshot reaches, as it moves (see `LogStore::gate_purges`).
     pub(crate) fn covered(&self) -> watch::Receiver<Covered> {
         self.shared.covered.subscribe()
