@@ -236,7 +236,8 @@ fn ahead_loop(files: &Receiver<Arc<MappedFile>>, warmup: Warmup, stop: &AtomicBo
             Ok(ZeroAhead::Idle) => idle = idle.saturating_add(1),
             Ok(ZeroAhead::Done) => active = None,
             Err(e) => {
-                // Zero-ahead: the next flush of the file fails on it and poisons the log.
+                // Zero-ahead: a failed sync fails the file's next flush and poisons the
+                // log; after a failed write the writer fills unwritten blocks itself.
                 // Touch-ahead: the writer takes the page faults.
                 log::error!("working ahead of the writer stopped: {e}");
                 active = None;

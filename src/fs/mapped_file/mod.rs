@@ -370,10 +370,13 @@ impl MappedFile {
         // writing past `from`. Readers never look past the write position.
         let written = write_zeros(file, from, len);
         self.zero_claim.store(usize::MAX, Ordering::SeqCst);
+        // Zeros that did not go in leave the file as it was: the ahead thread stops
+        // zeroing it, and the writer's own syncs see any write-back error of its pages.
+        written.map_err(|e| Error::io("zero-ahead write", &self.path, e))?;
         // Like the warm-up of a new file, this sync is not a fault seam of `IoHook`: tests
         // stall and fail the syncs that make records durable. A real failure here fails
         // the file's next flush (below), and with it the store.
-        if let Err(e) = written.and_then(|()| file.sync_data()) {
+        if let Err(e) = file.sync_data() {
             *self.zero_sync_failed.lock() = Some((e.kind(), e.to_string()));
             return Err(Error::io("zero-ahead", &self.path, e));
         }
@@ -1535,6 +1538,31 @@ mod tests {
         let err = w.file().flush().unwrap_err();
         assert!(err.to_string().contains("zero-ahead sync"), "{err}");
         assert_eq!(w.file().flushed_pos(), 0);
+    }
+
+    /// Zeros that could not be written leave nothing for a flush to doubt: zero-ahead
+    /// stops with an error, and the records' flushes go on.
+    #[test]
+    fn a_failed_zero_ahead_write_stops_zeroing_without_failing_flushes() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut w, file) = new_writer(dir.path(), 1 << 20, true);
+        // A descriptor open for reading only: every pwrite of zeros fails (EBADF).
+        let read_only = File::open(file.path()).unwrap();
+        let err = file
+            .zero_ahead(&read_only, 64 << 10, 256 << 10)
+            .unwrap_err();
+        assert!(err.to_string().contains("zero-ahead"), "{err}");
+        w.write(b"record").unwrap();
+        w.publish();
+        assert_eq!(file.flush().unwrap(), 6);
+        assert_eq!(file.flushed_pos(), 6);
+        // Nothing was vouched for as zeroed, and a later step may try again.
+        assert_eq!(file.zeroed_to.load(Ordering::Acquire), 0);
+        let fd = OpenOptions::new().write(true).open(file.path()).unwrap();
+        assert_eq!(
+            file.zero_ahead(&fd, 64 << 10, 256 << 10).unwrap(),
+            ZeroAhead::Zeroed
+        );
     }
 
     /// The zeroing thread's sync fails while a flush's own sync runs: the flush must not
