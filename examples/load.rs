@@ -612,7 +612,7 @@ fn run(args: &Args) -> Result<bool, Box<dyn std::error::Error>> {
         ok = false;
     }
     println!(
-        "{{\"messages\":{total},\"seconds\":{:.3},\"msgs_per_s\":{:.0},\"mb_per_s\":{:.1},\"p50_us\":{:.1},\"p99_us\":{:.1},\"p999_us\":{:.1},\"max_us\":{:.1},\"read_msgs_per_s\":{:.0},\"flushes\":{},\"msgs_per_flush_mean\":{:.1},\"msgs_per_flush_p50\":{},\"msgs_per_flush_p99\":{},\"flush_us_p50\":{},\"flush_us_p99\":{},\"roll_waits\":{},\"roll_wait_ms\":{:.1},\"index_lag_bytes_at_end\":{index_lag},\"max_dispatch_lag_bytes\":{max_dispatch_lag},\"max_index_lag_bytes\":{max_index_lag},\"index_msgs_per_s\":{:.0},\"latency_hist\":{{{}}},\"slowest\":[{}],\"cpu\":{cpu},\"verified\":{ok}}}",
+        "{{\"messages\":{total},\"seconds\":{:.3},\"msgs_per_s\":{:.0},\"mb_per_s\":{:.1},\"p50_us\":{:.1},\"p99_us\":{:.1},\"p999_us\":{:.1},\"max_us\":{:.1},\"read_msgs_per_s\":{:.0},\"flushes\":{},\"msgs_per_flush_mean\":{:.1},\"msgs_per_flush_p50\":{},\"msgs_per_flush_p99\":{},\"flush_us_p50\":{},\"flush_us_p99\":{},\"roll_waits\":{},\"roll_wait_ms\":{:.1},\"ahead_waits\":{},\"ahead_wait_ms\":{:.1},\"index_lag_bytes_at_end\":{index_lag},\"max_dispatch_lag_bytes\":{max_dispatch_lag},\"max_index_lag_bytes\":{max_index_lag},\"index_msgs_per_s\":{:.0},\"latency_hist\":{{{}}},\"slowest\":[{}],\"cpu\":{cpu},\"verified\":{ok}}}",
         took.as_secs_f64(),
         total as f64 / took.as_secs_f64(),
         total as f64 * args.size as f64 / took.as_secs_f64() / 1e6,
@@ -629,6 +629,8 @@ fn run(args: &Args) -> Result<bool, Box<dyn std::error::Error>> {
         flush_us(0.99),
         stats.roll_waits,
         stats.roll_wait.as_secs_f64() * 1e3,
+        stats.ahead_waits,
+        stats.ahead_wait.as_secs_f64() * 1e3,
         total as f64 / index_took.as_secs_f64(),
         hist.join(","),
         slowest.join(","),

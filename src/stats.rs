@@ -92,6 +92,11 @@ pub struct StoreStats {
     pub roll_waits: u64,
     /// Time those rolls waited.
     pub roll_wait: Duration,
+    /// Appends that waited for the thread working ahead of the writer in the file being
+    /// written (it was writing zeros where the writer had reached).
+    pub ahead_waits: u64,
+    /// Time those appends waited.
+    pub ahead_wait: Duration,
     /// `get_message` calls that found messages.
     pub get_hits: u64,
     /// `get_message` calls that found none.
@@ -158,6 +163,7 @@ impl StoreStats {
             ("rocketstore_flushed_messages_total", self.flushed_messages),
             ("rocketstore_page_cache_busy_total", self.page_cache_busy),
             ("rocketstore_roll_waits_total", self.roll_waits),
+            ("rocketstore_ahead_waits_total", self.ahead_waits),
             ("rocketstore_get_hits_total", self.get_hits),
             ("rocketstore_get_misses_total", self.get_misses),
             (
@@ -171,6 +177,7 @@ impl StoreStats {
         gauge!("rocketstore_flush_lag_bytes").set(self.flush_lag_bytes as f64);
         gauge!("rocketstore_dispatch_lag_bytes").set(self.dispatch_lag_bytes as f64);
         gauge!("rocketstore_roll_wait_seconds").set(self.roll_wait.as_secs_f64());
+        gauge!("rocketstore_ahead_wait_seconds").set(self.ahead_wait.as_secs_f64());
         gauge!("rocketstore_open_seconds").set(self.open.took.as_secs_f64());
         gauge!("rocketstore_open_scanned_bytes").set(self.open.scanned_bytes as f64);
         gauge!("rocketstore_open_indexed_records").set(self.open.indexed_records as f64);
@@ -239,6 +246,8 @@ pub(crate) struct Counters {
     page_cache_busy: AtomicU64,
     roll_waits: AtomicU64,
     roll_wait_ns: AtomicU64,
+    ahead_waits: AtomicU64,
+    ahead_wait_ns: AtomicU64,
     get_hits: AtomicU64,
     get_misses: AtomicU64,
     dispatch_failures: AtomicU64,
@@ -257,6 +266,8 @@ impl Default for Counters {
             page_cache_busy: AtomicU64::new(0),
             roll_waits: AtomicU64::new(0),
             roll_wait_ns: AtomicU64::new(0),
+            ahead_waits: AtomicU64::new(0),
+            ahead_wait_ns: AtomicU64::new(0),
             get_hits: AtomicU64::new(0),
             get_misses: AtomicU64::new(0),
             dispatch_failures: AtomicU64::new(0),
@@ -296,6 +307,13 @@ impl Counters {
         self.roll_waits.fetch_add(1, Ordering::Relaxed);
         let ns = took.as_nanos().min(u128::from(u64::MAX)) as u64;
         self.roll_wait_ns.fetch_add(ns, Ordering::Relaxed);
+    }
+
+    pub(crate) fn ahead_waited(&self, waits: u32, took: Duration) {
+        self.ahead_waits
+            .fetch_add(u64::from(waits), Ordering::Relaxed);
+        let ns = took.as_nanos().min(u128::from(u64::MAX)) as u64;
+        self.ahead_wait_ns.fetch_add(ns, Ordering::Relaxed);
     }
 
     pub(crate) fn dispatch_failed(&self) {
@@ -339,6 +357,8 @@ impl Counters {
             page_cache_busy: load(&self.page_cache_busy),
             roll_waits: load(&self.roll_waits),
             roll_wait: Duration::from_nanos(load(&self.roll_wait_ns)),
+            ahead_waits: load(&self.ahead_waits),
+            ahead_wait: Duration::from_nanos(load(&self.ahead_wait_ns)),
             get_hits: load(&self.get_hits),
             get_misses: load(&self.get_misses),
             dispatch_failures: load(&self.dispatch_failures),

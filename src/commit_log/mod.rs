@@ -811,6 +811,7 @@ impl CommitLog {
             at += record.len() as u64;
         }
         state.writer.publish();
+        self.count_ahead_waits(&mut state.writer);
         let count = records.len() as u32;
         self.appended.fetch_add(u64::from(count), Ordering::Relaxed);
         self.appended_bytes
@@ -846,6 +847,14 @@ impl CommitLog {
         e
     }
 
+    /// Counts the writer's waits for the thread working ahead of it, if any.
+    #[inline]
+    fn count_ahead_waits(&self, writer: &mut FileWriter) {
+        if let Some((waits, took)) = writer.take_ahead_waits() {
+            self.counters.ahead_waited(waits, took);
+        }
+    }
+
     /// Ends the current file with a blank record and continues in the next one.
     fn roll(&self, state: &mut AppendState) -> Result<()> {
         let left = state.writer.remaining();
@@ -855,6 +864,7 @@ impl CommitLog {
             }
             state.writer.fill();
             state.writer.publish();
+            self.count_ahead_waits(&mut state.writer);
             self.write_offset
                 .store(state.writer.offset(), self.write_offset_order());
         }

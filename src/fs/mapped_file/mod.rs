@@ -17,6 +17,7 @@ use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use memmap2::{MmapOptions, MmapRaw};
@@ -828,6 +829,10 @@ pub(crate) struct FileWriter {
     /// The mapping's bytes up to here have been hinted to the CPU for writing
     /// (`WRITE_PREFETCH_LEAD` ahead of the position).
     prefetched_to: usize,
+    /// Writes that waited for the zeroing thread's claim, and how long, since the last
+    /// [`FileWriter::take_ahead_waits`].
+    ahead_waits: u32,
+    ahead_wait: Duration,
 }
 
 /// How far ahead of its position the writer hints the CPU to fetch the mapping's cache
@@ -867,6 +872,8 @@ impl FileWriter {
             zeroer: false,
             reserved_to: pos,
             prefetched_to: pos,
+            ahead_waits: 0,
+            ahead_wait: Duration::ZERO,
         })
     }
 
@@ -938,10 +945,7 @@ impl FileWriter {
         if self.zeroer && end > self.reserved_to {
             let to = end.next_multiple_of(RESERVE_STEP).min(self.file.size);
             self.file.reserved.store(to, Ordering::SeqCst);
-            while self.file.zero_claim.load(Ordering::SeqCst) < to {
-                // The zeroing thread is writing a chunk we reached: one short write.
-                std::thread::yield_now();
-            }
+            self.wait_for_claims_below(to);
             self.reserved_to = to;
         }
         if self.through.is_some() {
@@ -1001,9 +1005,32 @@ impl FileWriter {
         self.reserved_to = self.pos;
         self.file.reserved.store(self.pos, Ordering::SeqCst);
         // The rest becomes visible with the next publish: no zeroing may be under way.
-        while self.file.zero_claim.load(Ordering::SeqCst) < self.pos {
+        self.wait_for_claims_below(self.pos);
+    }
+
+    /// Waits until the zeroing thread claims nothing below `to` (it is writing a chunk
+    /// the writer reached: one short write), counting the wait.
+    fn wait_for_claims_below(&mut self, to: usize) {
+        if self.file.zero_claim.load(Ordering::SeqCst) >= to {
+            return;
+        }
+        let started = Instant::now();
+        while self.file.zero_claim.load(Ordering::SeqCst) < to {
             std::thread::yield_now();
         }
+        self.ahead_waits += 1;
+        self.ahead_wait += started.elapsed();
+    }
+
+    /// How many writes waited for the zeroing thread, and for how long, since the last
+    /// call (`None` when none did).
+    pub(crate) fn take_ahead_waits(&mut self) -> Option<(u32, Duration)> {
+        if self.ahead_waits == 0 {
+            return None;
+        }
+        let waited = (self.ahead_waits, self.ahead_wait);
+        (self.ahead_waits, self.ahead_wait) = (0, Duration::ZERO);
+        Some(waited)
     }
 
     /// Zeroes whatever non-zero bytes lie past the write position (the torn tail of a
@@ -1480,6 +1507,17 @@ mod tests {
         // The write reserved the next step.
         assert_eq!(file.reserved.load(Ordering::SeqCst), 2 * RESERVE_STEP);
         assert_eq!(w.offset() as usize, 200 + RESERVE_STEP);
+        // The wait was counted (at least the 200 ms the claim was held), once.
+        let mut w = w;
+        let (waits, waited) = w.take_ahead_waits().expect("the wait counted");
+        assert_eq!(waits, 1);
+        assert!(
+            waited >= std::time::Duration::from_millis(200),
+            "{waited:?}"
+        );
+        assert_eq!(w.take_ahead_waits(), None);
+        w.write(&[4u8; 100]).unwrap();
+        assert_eq!(w.take_ahead_waits(), None, "no claim, no wait");
     }
 
     /// Minor page faults this thread has taken.
