@@ -76,7 +76,7 @@ pub struct StoreStats {
     pub flushes: u64,
     /// Bytes those flushes made durable.
     pub flushed_bytes: u64,
-    /// Messages those flushes made durable.
+    /// Messages those flushes made durable; never more than `puts` in one snapshot.
     pub flushed_messages: u64,
     /// Messages made durable per flush (the group-commit group size), power-of-two buckets.
     pub messages_per_flush: Histogram,
@@ -293,8 +293,10 @@ impl Counters {
 
     pub(crate) fn flushed(&self, bytes: u64, messages: u64, took: Duration) {
         self.flushes.fetch_add(1, Ordering::Relaxed);
+        // Release: a snapshot that sees these counts sees the puts they count (see
+        // `Counters::snapshot`).
         self.flushed_bytes.fetch_add(bytes, Ordering::Relaxed);
-        self.flushed_messages.fetch_add(messages, Ordering::Relaxed);
+        self.flushed_messages.fetch_add(messages, Ordering::Release);
         self.messages_per_flush.record(messages);
         self.flush_latency_us.record(micros(took));
     }
@@ -331,14 +333,19 @@ impl Counters {
 
     /// The counters as they are now, with what the log knows itself: what it stored and
     /// how far behind its flush and dispatch are.
-    pub(crate) fn snapshot(&self, log: LogFigures) -> StoreStats {
+    /// The counters, with the log's figures from `log`, read after the flush counts: the
+    /// messages a flush counted were put before, so `flushed_messages <= puts` in every
+    /// snapshot (an exporter may subtract them).
+    pub(crate) fn snapshot(&self, log: impl FnOnce() -> LogFigures) -> StoreStats {
         let load = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        let flushed_bytes = self.flushed_bytes.load(Ordering::Relaxed);
+        let flushed_messages = self.flushed_messages.load(Ordering::Acquire);
         let LogFigures {
             puts,
             put_bytes,
             flush_lag_bytes,
             dispatch_lag_bytes,
-        } = log;
+        } = log();
         StoreStats {
             puts,
             put_bytes,
@@ -348,8 +355,8 @@ impl Counters {
                 counts: self.put_latency_rocketmq.iter().map(load).collect(),
             },
             flushes: load(&self.flushes),
-            flushed_bytes: load(&self.flushed_bytes),
-            flushed_messages: load(&self.flushed_messages),
+            flushed_bytes,
+            flushed_messages,
             messages_per_flush: self.messages_per_flush.snapshot(),
             flush_latency_us: self.flush_latency_us.snapshot(),
             flush_lag_bytes,
@@ -389,7 +396,7 @@ mod tests {
             c.put_latency(Duration::from_millis(ms));
         }
         c.put_latency(Duration::from_micros(300));
-        let h = c.snapshot(figures()).put_latency_rocketmq_ms;
+        let h = c.snapshot(figures).put_latency_rocketmq_ms;
         // <=0ms: 0 and 300 µs; 0~10: 9; 10~50: 10, 49; 50~100: 50; 500ms~1s: 999;
         // 1~2s: 1000; 10s~: 10000 and 60000.
         assert_eq!(h.counts, [2, 1, 2, 1, 0, 0, 1, 1, 0, 0, 0, 0, 2]);

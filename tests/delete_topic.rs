@@ -272,3 +272,26 @@ fn a_crash_that_cuts_the_log_below_a_deletion_moves_its_cutoff_down() {
     );
     assert_eq!(seen(&store, "Gone", 0, "k3").1, 0, "old ones stay deleted");
 }
+
+/// A deletion that could not be written (here its temporary file cannot be created) is
+/// known not to be on disk: the call fails, and the store goes on as if it was never
+/// asked, without poisoning itself; the deletion succeeds once it can be written.
+#[test]
+fn a_deletion_that_cannot_be_written_fails_without_poisoning_the_store() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = MessageStore::open(cfg(dir.path())).unwrap();
+    for i in 0..3 {
+        store.put_message(&message("Gone", 0, "old", i)).unwrap();
+    }
+    let tmp = layout::deleted_topics_file(dir.path()).with_extension("tmp");
+    fs::create_dir(&tmp).unwrap();
+    assert!(store.delete_topic("Gone").is_err());
+    // Nothing was deleted: puts continue the topic's offsets.
+    let put = store.put_message(&message("Gone", 0, "old", 3)).unwrap();
+    assert_eq!(put.queue_offset, 3);
+    fs::remove_dir(&tmp).unwrap();
+    store.delete_topic("Gone").unwrap();
+    let put = store.put_message(&message("Gone", 0, "new", 0)).unwrap();
+    assert_eq!(put.queue_offset, 0);
+    store.shutdown().unwrap();
+}

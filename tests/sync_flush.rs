@@ -3,6 +3,7 @@
 
 mod common;
 
+use std::future::Future;
 use std::io;
 use std::path::Path;
 use std::sync::Arc;
@@ -343,4 +344,179 @@ fn producers_are_woken_by_flushes_from_other_threads_too() {
     stop.store(true, Ordering::Release);
     assert!(flusher.join().unwrap() > 0);
     assert_eq!(store.flushed_physical_offset(), store.max_physical_offset());
+}
+
+/// Stalls commit-log syncs (`stall`, armed) and fails syncs of the store's root directory
+/// once `fail_root` is set (a topic deletion then poisons the store after its rename).
+struct StallLogFailRoot {
+    root: std::path::PathBuf,
+    stall: Arc<StallSync>,
+    fail_root: AtomicBool,
+}
+
+impl IoHook for StallLogFailRoot {
+    fn before_sync(&self, path: &Path) -> io::Result<()> {
+        if path.starts_with(rocketstore::layout::commit_log_dir(&self.root)) {
+            return self.stall.before_sync(path);
+        }
+        Ok(())
+    }
+    fn before_sync_dir(&self, dir: &Path) -> io::Result<()> {
+        if self.fail_root.load(Ordering::SeqCst) && dir == self.root {
+            return Err(io::Error::other("injected EIO"));
+        }
+        Ok(())
+    }
+}
+
+/// The store is poisoned while a flush is stuck (so the flush thread cannot fail the
+/// waiting futures): a future whose deadline passes then must fail, not report its put
+/// stored with `FlushDiskTimeout`. A gathered put's bytes never reach the file once the
+/// log refuses writes, and the next open gives its offset to another message.
+#[test]
+fn a_future_timing_out_on_a_poisoned_store_fails() {
+    let dir = tempfile::tempdir().unwrap();
+    let hook = Arc::new(StallLogFailRoot {
+        root: dir.path().to_path_buf(),
+        stall: StallSync::new(true),
+        fail_root: AtomicBool::new(false),
+    });
+    let mode = FlushMode::Sync {
+        timeout: Duration::from_millis(200),
+    };
+    let store = MessageStore::open(config(dir.path(), mode).io_hook(hook.clone())).unwrap();
+    let first = store.put_message_async(message("T", 0, "t", 0));
+    hook.stall.wait_stalled();
+    let gathered = store.put_message_async(message("T", 0, "t", 1));
+    hook.fail_root.store(true, Ordering::SeqCst);
+    let deleted = store.delete_topic("X");
+    let first = pollster::block_on(first);
+    let gathered = pollster::block_on(gathered);
+    // Released before asserting: a stuck flush would hang the store's shutdown.
+    hook.stall.release();
+    assert!(deleted.is_err());
+    assert!(
+        matches!(gathered, Err(Error::Poisoned { .. })),
+        "{gathered:?}"
+    );
+    assert!(matches!(first, Err(Error::Poisoned { .. })), "{first:?}");
+    assert!(store.shutdown().is_err());
+}
+
+/// Stalls commit-log syncs (`log`) and syncs of the deleted-topics file (`deletion`, which
+/// `delete_topic` writes under the put lock).
+struct StallLogAndDeletion {
+    root: std::path::PathBuf,
+    log: Arc<StallSync>,
+    deletion: Arc<StallSync>,
+}
+
+impl IoHook for StallLogAndDeletion {
+    fn before_sync(&self, path: &Path) -> io::Result<()> {
+        if path.starts_with(rocketstore::layout::commit_log_dir(&self.root)) {
+            return self.log.before_sync(path);
+        }
+        if path.starts_with(&self.root) && path.extension().is_some_and(|e| e == "tmp") {
+            return self.deletion.before_sync(path);
+        }
+        Ok(())
+    }
+}
+
+/// While another thread holds the put lock in the kernel, futures whose bytes are in the
+/// page cache still time out on time; one whose bytes are only gathered times out once
+/// they can be written.
+#[test]
+fn futures_time_out_while_the_put_lock_is_held_in_the_kernel() {
+    let dir = tempfile::tempdir().unwrap();
+    let hook = Arc::new(StallLogAndDeletion {
+        root: dir.path().to_path_buf(),
+        log: StallSync::new(true),
+        deletion: StallSync::new(true),
+    });
+    let mode = FlushMode::Sync {
+        timeout: Duration::from_millis(100),
+    };
+    let store =
+        Arc::new(MessageStore::open(config(dir.path(), mode).io_hook(hook.clone())).unwrap());
+    // In the page cache: the stuck flush wrote it before its sync.
+    let written = store.put_message_async(message("T", 0, "t", 0));
+    hook.log.wait_stalled();
+    let gathered = store.put_message_async(message("T", 0, "t", 1));
+    let deleting = {
+        let store = Arc::clone(&store);
+        std::thread::spawn(move || store.delete_topic("X"))
+    };
+    hook.deletion.wait_stalled();
+    let resolve = |f: rocketstore::PutFuture| {
+        let (tx, rx) = crossbeam_channel::bounded(1);
+        std::thread::spawn(move || tx.send(pollster::block_on(f)).unwrap());
+        rx
+    };
+    let (written, gathered) = (resolve(written), resolve(gathered));
+    let written = written.recv_timeout(Duration::from_secs(10));
+    let gathered_early = gathered.try_recv().is_ok();
+    // Released before asserting: stuck syncs would hang the store's shutdown.
+    hook.deletion.release();
+    let gathered = gathered.recv_timeout(Duration::from_secs(10));
+    hook.log.release();
+    let written = written.expect("timed out on time").unwrap();
+    assert_eq!(written.status, PutStatus::FlushDiskTimeout);
+    assert!(
+        !gathered_early,
+        "a gathered put reported stored before it was written"
+    );
+    assert_eq!(
+        gathered.unwrap().unwrap().status,
+        PutStatus::FlushDiskTimeout
+    );
+    deleting.join().unwrap().unwrap();
+    Arc::try_unwrap(store).ok().unwrap().shutdown().unwrap();
+}
+
+/// A waker that puts again at once, on whatever thread wakes it.
+struct PutAgain {
+    store: Arc<MessageStore>,
+    done: crossbeam_channel::Sender<()>,
+}
+
+impl std::task::Wake for PutAgain {
+    fn wake(self: Arc<Self>) {
+        let again = self.store.put_message_async(message("T", 0, "t", 1));
+        drop(again);
+        let _ = self.done.send(());
+    }
+}
+
+/// A future's waker runs on the store's flush thread: one that puts again at once must
+/// not find the store's locks held (it would deadlock the flush thread).
+#[test]
+fn a_waker_that_puts_again_does_not_deadlock_the_flush_thread() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, hook) = open_stalled(dir.path());
+    let store = Arc::new(store);
+    let mut future = Box::pin(store.put_message_async(message("T", 0, "t", 0)));
+    hook.wait_stalled();
+    let (done, woken) = crossbeam_channel::bounded(2);
+    let waker = std::task::Waker::from(Arc::new(PutAgain {
+        store: Arc::clone(&store),
+        done,
+    }));
+    let polled = future
+        .as_mut()
+        .poll(&mut std::task::Context::from_waker(&waker));
+    assert!(polled.is_pending());
+    drop(waker);
+    hook.release();
+    assert!(
+        woken.recv_timeout(Duration::from_secs(10)).is_ok(),
+        "the waker's put never returned"
+    );
+    assert_eq!(
+        store
+            .put_message(&message("T", 0, "t", 2))
+            .unwrap()
+            .queue_offset,
+        2
+    );
 }

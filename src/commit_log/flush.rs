@@ -104,14 +104,23 @@ struct AckInner {
 }
 
 impl AckSlot {
-    fn complete(&self, outcome: Result<PutStatus>) {
-        let waker = {
-            let mut inner = self.inner.lock();
-            inner.outcome = Some(outcome);
-            inner.waker.take()
-        };
-        if let Some(w) = waker {
-            w.wake();
+    /// Leaves the outcome, returning the waker to wake: the caller wakes it once it holds
+    /// no lock of ours ([`wake_all`]).
+    #[must_use]
+    fn complete(&self, outcome: Result<PutStatus>) -> Option<Waker> {
+        let mut inner = self.inner.lock();
+        inner.outcome = Some(outcome);
+        inner.waker.take()
+    }
+}
+
+/// Wakes the tasks of completed futures. Never under `Shared::state`: a waker may poll its
+/// task at once, and the task may put again (which takes that lock); one that panics is
+/// logged, so it cannot stop a store thread.
+fn wake_all(wakers: Vec<Waker>) {
+    for w in wakers {
+        if std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| w.wake())).is_err() {
+            log::error!("a put future's waker panicked");
         }
     }
 }
@@ -211,7 +220,7 @@ impl Flusher {
                 None => None,
                 Some(deadline) => match deadline.checked_duration_since(Instant::now()) {
                     Some(left) if !left.is_zero() => Some(left),
-                    _ => return Ok(self.timed_out()),
+                    _ => return self.timed_out(target),
                 },
             };
             self.shared.sleep(word, generation, left);
@@ -220,12 +229,21 @@ impl Flusher {
 
     /// A put not confirmed in time is still stored: its bytes are written into the page
     /// cache now rather than left gathered until the stuck flush ends, so that they survive
-    /// a crash of the process (not of the machine), as `FlushDiskTimeout` promises.
-    fn timed_out(&self) -> PutStatus {
-        if let Err(e) = self.log.commit_staged() {
-            log::warn!("writing a timed-out put into the page cache: {e}");
+    /// a crash of the process (not of the machine), as `FlushDiskTimeout` promises. When
+    /// they cannot be (the log is poisoned), the put fails instead.
+    fn timed_out(&self, target: u64) -> Result<PutStatus> {
+        if self.log.committed_offset() < target {
+            // Waits for the put lock: the bytes must be in the page cache before the put
+            // is reported stored.
+            self.log.commit_staged()?;
         }
-        PutStatus::FlushDiskTimeout
+        if self.log.flushed_offset() >= target {
+            return Ok(PutStatus::Ok);
+        }
+        match self.failure() {
+            Some(e) => Err(e),
+            None => Ok(PutStatus::FlushDiskTimeout),
+        }
     }
 
     /// Spins (one producer at a time) for up to [`WAITER_SPIN`] until `target` is durable;
@@ -444,11 +462,12 @@ impl Drop for ExitGuard<'_> {
         let cause = std::io::Error::other("the flush thread panicked");
         self.log.poison_with(std::sync::Arc::new(cause));
         let mut st = self.shared.state.lock();
-        fail_futures(&mut st, self.log);
+        let wakers = settle_futures(&mut st, self.log);
         st.stopped = true;
         self.shared.stopped.store(true, Ordering::Release);
         self.shared.timer.notify_all();
         drop(st);
+        wake_all(wakers);
         self.shared.wake();
     }
 }
@@ -471,8 +490,13 @@ fn group_commit_loop(log: &CommitLog, shared: &Shared) {
                 if log.is_poisoned() {
                     // Poisoned elsewhere (a panicked dispatch thread): fail the futures and
                     // wake the producers blocked in `wait_durable`, who then see it.
-                    fail_futures(&mut st, log);
+                    let wakers = settle_futures(&mut st, log);
                     shared.wake();
+                    if !wakers.is_empty() {
+                        // Looks at everything again once they are woken.
+                        parking_lot::MutexGuard::unlocked(&mut st, || wake_all(wakers));
+                        continue;
+                    }
                     shared.work.wait(&mut st);
                     continue;
                 }
@@ -494,7 +518,14 @@ fn group_commit_loop(log: &CommitLog, shared: &Shared) {
                 // reads it after sees every flush that look saw. (Released before the
                 // look, a producer covered by a flush in between slept to its timeout.)
                 shared.wake();
-                settle_futures(&mut st, log);
+                let wakers = settle_futures(&mut st, log);
+                if !wakers.is_empty() {
+                    // A request made meanwhile finds `sleeping` and notifies nobody: the
+                    // loop looks at everything again.
+                    parking_lot::MutexGuard::unlocked(&mut st, || wake_all(wakers));
+                    shared.sleeping.store(false, Ordering::SeqCst);
+                    continue;
+                }
                 shared.work.wait(&mut st);
                 shared.sleeping.store(false, Ordering::SeqCst);
             }
@@ -520,10 +551,8 @@ fn group_commit_loop(log: &CommitLog, shared: &Shared) {
         } else {
             shared.wake_word(seq);
         }
-        {
-            let mut st = shared.state.lock();
-            settle_futures(&mut st, log);
-        }
+        let wakers = settle_futures(&mut shared.state.lock(), log);
+        wake_all(wakers);
         // A producer just acknowledged often asks again at once: look for a moment before
         // going to sleep (the loop above re-checks everything under the lock).
         let started = Instant::now();
@@ -574,27 +603,45 @@ fn interval_loop(
 
 /// Completes futures whose deadline passed with `FlushDiskTimeout`, until the flush
 /// thread has stopped. Deadlines are pushed in order, so the first is the nearest.
+///
+/// Like a blocking put (`Flusher::timed_out`), a timed-out put is reported stored only
+/// once its bytes are in the page cache, and fails if the log is poisoned first. This
+/// thread never waits for the put lock: while another thread holds it (a flush's write
+/// stuck in the kernel), the futures whose bytes are in the page cache time out on time
+/// and the others are looked at again every `RETRY`.
 fn timeout_loop(log: &CommitLog, shared: &Shared) {
+    const RETRY: Duration = Duration::from_millis(1);
     let mut st = shared.state.lock();
     while !st.stopped {
         let now = Instant::now();
-        if st
+        let expired_end = st
             .futures
-            .first()
-            .and_then(|p| p.deadline)
-            .is_some_and(|d| d <= now)
-        {
-            // As for a blocking put (`Flusher::timed_out`): the timed-out puts' bytes go
-            // into the page cache before they are reported stored. Not under the lock the
-            // group-commit thread settles futures with.
-            parking_lot::MutexGuard::unlocked(&mut st, || {
-                if let Err(e) = log.commit_staged() {
-                    log::warn!("writing timed-out puts into the page cache: {e}");
-                }
+            .iter()
+            .take_while(|p| p.deadline.is_some_and(|d| d <= now))
+            .map(|p| p.target)
+            .max();
+        let mut lock_busy = false;
+        if expired_end.is_some_and(|end| end > log.committed_offset()) {
+            // Not under the lock the group-commit thread settles futures with.
+            parking_lot::MutexGuard::unlocked(&mut st, || match log.try_commit_staged() {
+                None => lock_busy = true,
+                Some(Err(e)) => log::warn!("writing timed-out puts into the page cache: {e}"),
+                Some(Ok(_)) => {}
             });
         }
-        expire_futures(&mut st);
+        let wakers = match log.is_poisoned() {
+            true => settle_futures(&mut st, log),
+            false => expire_futures(&mut st, now, log.committed_offset()),
+        };
+        if !wakers.is_empty() {
+            // Looks at everything again once they are woken: `stopped` may be set meanwhile.
+            parking_lot::MutexGuard::unlocked(&mut st, || wake_all(wakers));
+            continue;
+        }
         match st.futures.first().and_then(|p| p.deadline) {
+            Some(deadline) if lock_busy || deadline <= now => {
+                shared.timer.wait_for(&mut st, RETRY);
+            }
             Some(deadline) => {
                 shared.timer.wait_until(&mut st, deadline);
             }
@@ -607,51 +654,54 @@ fn timeout_loop(log: &CommitLog, shared: &Shared) {
 fn finish(log: &CommitLog, shared: &Shared) {
     let _ = log.flush();
     let mut st = shared.state.lock();
-    settle_futures(&mut st, log);
+    let mut wakers = settle_futures(&mut st, log);
     let left = std::mem::take(&mut st.futures);
-    for p in left {
-        p.slot.complete(Err(Error::ShutDown));
-    }
+    wakers.extend(
+        left.into_iter()
+            .filter_map(|p| p.slot.complete(Err(Error::ShutDown))),
+    );
     st.stopped = true;
     shared.stopped.store(true, Ordering::Release);
     shared.timer.notify_all();
     drop(st);
+    wake_all(wakers);
     shared.wake();
 }
 
-/// Completes the futures whose bytes are durable (or fails all of them on poison).
-fn settle_futures(st: &mut State, log: &CommitLog) {
-    if log.is_poisoned() {
-        fail_futures(st, log);
-        return;
-    }
+/// Completes the futures whose bytes are durable, and fails the others if the log is
+/// poisoned; returns the wakers to wake.
+fn settle_futures(st: &mut State, log: &CommitLog) -> Vec<Waker> {
+    // Read before the poison: a flush that made bytes durable published them first.
     let flushed = log.flushed_offset();
+    let poisoned = log.is_poisoned();
+    let mut wakers = Vec::new();
     st.futures.retain(|p| {
-        if p.target <= flushed {
-            p.slot.complete(Ok(PutStatus::Ok));
+        let outcome = if p.target <= flushed {
+            Ok(PutStatus::Ok)
+        } else if poisoned {
+            Err(log.poison_error())
+        } else {
+            return true;
+        };
+        wakers.extend(p.slot.complete(outcome));
+        false
+    });
+    wakers
+}
+
+/// Completes with `FlushDiskTimeout` the futures whose deadline passed by `now` and
+/// whose bytes are in the page cache (below `committed`); returns the wakers to wake.
+fn expire_futures(st: &mut State, now: Instant, committed: u64) -> Vec<Waker> {
+    let mut wakers = Vec::new();
+    st.futures.retain(|p| {
+        if p.deadline.is_some_and(|d| d <= now) && p.target <= committed {
+            wakers.extend(p.slot.complete(Ok(PutStatus::FlushDiskTimeout)));
             false
         } else {
             true
         }
     });
-}
-
-fn fail_futures(st: &mut State, log: &CommitLog) {
-    for p in st.futures.drain(..) {
-        p.slot.complete(Err(log.poison_error()));
-    }
-}
-
-fn expire_futures(st: &mut State) {
-    let now = Instant::now();
-    st.futures.retain(|p| {
-        if p.deadline.is_some_and(|d| d <= now) {
-            p.slot.complete(Ok(PutStatus::FlushDiskTimeout));
-            false
-        } else {
-            true
-        }
-    });
+    wakers
 }
 
 /// The acknowledgement of [`MessageStore::put_message_async`](crate::MessageStore::put_message_async).

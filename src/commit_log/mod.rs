@@ -28,6 +28,7 @@ use crate::fs::allocate::{Allocator, warm_first};
 use crate::fs::disk::DiskWatch;
 use crate::fs::file_queue::MappedFileQueue;
 use crate::fs::mapped_file::FileWriter;
+use crate::fs::ops::ReplaceFailed;
 use crate::message::StoredMessage;
 use crate::stats::{Counters, LogFigures, StoreStats};
 pub(crate) use reopen::{RecoverySink, ScanFrom, ScanPlan};
@@ -580,12 +581,14 @@ impl CommitLog {
     }
 
     pub(crate) fn stats(&self, dispatched: u64) -> StoreStats {
-        let (flushed, written) = (self.flushed_offset(), self.write_offset());
-        self.counters.snapshot(LogFigures {
-            puts: self.appended.load(Ordering::Relaxed),
-            put_bytes: self.appended_bytes.load(Ordering::Relaxed),
-            flush_lag_bytes: written.saturating_sub(flushed),
-            dispatch_lag_bytes: self.readable_offset().saturating_sub(dispatched),
+        self.counters.snapshot(|| {
+            let (flushed, written) = (self.flushed_offset(), self.write_offset());
+            LogFigures {
+                puts: self.appended.load(Ordering::Relaxed),
+                put_bytes: self.appended_bytes.load(Ordering::Relaxed),
+                flush_lag_bytes: written.saturating_sub(flushed),
+                dispatch_lag_bytes: self.readable_offset().saturating_sub(dispatched),
+            }
         })
     }
 
@@ -655,11 +658,12 @@ impl CommitLog {
     /// first with the offset the next record will get at the earliest (the caller makes
     /// the deletion durable there), then the topic's next queue offsets are forgotten. No
     /// record of the topic is appended between the two. Returns the cutoff. A failure of
-    /// `before` poisons the log.
+    /// `before` that may have left the deletion on disk poisons the log; one known to
+    /// have left nothing (before the rename) leaves the topic as it was.
     pub(crate) fn reset_topic(
         &self,
         topic: &str,
-        before: impl FnOnce(u64) -> Result<()>,
+        before: impl FnOnce(u64) -> std::result::Result<(), ReplaceFailed>,
     ) -> Result<u64> {
         self.check_poisoned()?;
         let mut state = self.state.lock();
@@ -667,13 +671,24 @@ impl CommitLog {
             return Err(Error::ShutDown);
         }
         let cutoff = state.writer.offset();
-        if let Err(e) = before(cutoff) {
-            // Whether the deletion reached the disk is unknown (a failed directory sync
-            // after the rename): a put that continued the old offsets could then meet a
-            // deletion at the next open. The log refuses writes until it is reopened,
-            // which reads whichever state the disk holds.
-            self.poison_with(e.to_io("recording a topic deletion"));
-            return Err(e);
+        // Counted as a hold of the put lock (`PageCacheBusy`): the record is synced.
+        self.lock_held_from(Some(Instant::now()));
+        let recorded = before(cutoff);
+        self.lock_held_from(None);
+        match recorded {
+            Ok(()) => {}
+            Err(ReplaceFailed {
+                error,
+                maybe_replaced: false,
+            }) => return Err(error),
+            Err(ReplaceFailed { error, .. }) => {
+                // Whether the deletion reached the disk is unknown (a failed directory
+                // sync after the rename): a put that continued the old offsets could
+                // then meet a deletion at the next open. The log refuses writes until it
+                // is reopened, which reads whichever state the disk holds.
+                self.poison_with(error.to_io("recording a topic deletion"));
+                return Err(error);
+            }
         }
         state.queue_offsets.remove(topic);
         Ok(cutoff)
@@ -932,26 +947,52 @@ impl CommitLog {
     /// the count of messages appended below it. Takes the put lock, briefly, only when
     /// something was gathered since the last commit; a failed write poisons the log.
     pub(crate) fn commit_staged(&self) -> Result<(u64, u64)> {
+        self.commit_staged_with(|| Some(self.state.lock()))
+            .expect("a blocking lock is always taken")
+    }
+
+    /// [`CommitLog::commit_staged`] only if the put lock is free (`None` when it is
+    /// not): for a thread that must not wait behind a put or a flush's write.
+    pub(crate) fn try_commit_staged(&self) -> Option<Result<(u64, u64)>> {
+        self.commit_staged_with(|| self.state.try_lock())
+    }
+
+    fn commit_staged_with<'a>(
+        &'a self,
+        lock: impl FnOnce() -> Option<std::sync::MutexGuard<'a, AppendState>>,
+    ) -> Option<Result<(u64, u64)>> {
         // The message count is for the flush stats only.
         let unlocked = || (self.write_offset(), self.appended.load(Ordering::Relaxed));
         if !self.sync_flush {
-            return Ok(unlocked());
+            return Some(Ok(unlocked()));
         }
-        if self.write_offset() == self.committed_offset.load(Ordering::Acquire) {
-            return Ok(unlocked());
+        if self.write_offset() == self.committed_offset() {
+            return Some(Ok(unlocked()));
         }
-        self.check_poisoned()?;
-        let mut state = self.state.lock();
+        if let Err(e) = self.check_poisoned() {
+            return Some(Err(e));
+        }
+        let mut state = lock()?;
+        Some(self.commit_locked(&mut state))
+    }
+
+    fn commit_locked(&self, state: &mut AppendState) -> Result<(u64, u64)> {
         // Counted as a hold of the put lock (`PageCacheBusy`): a large write can be slow.
         self.lock_held_from(Some(Instant::now()));
         let committed = state.writer.commit();
         self.lock_held_from(None);
         if let Err(e) = committed {
-            return Err(self.write_failed(&mut state, e));
+            return Err(self.write_failed(state, e));
         }
         let end = state.writer.offset();
         self.committed_offset.store(end, Ordering::Release);
         Ok((end, self.appended.load(Ordering::Relaxed)))
+    }
+
+    /// Under sync flush, the end of the records in the page cache (visible); gathered
+    /// records lie past it.
+    pub(crate) fn committed_offset(&self) -> u64 {
+        self.committed_offset.load(Ordering::Acquire)
     }
 
     /// The record at `offset`, if one starts there below `limit`.

@@ -2,9 +2,10 @@
 //! remove and sync of files and directories. Each consults the [`IoHook`] first, so a test
 //! can fail or stall any of them.
 //!
-//! The hook covers the data files (commit log, consume queues) and their directories. The
-//! control files (the lock, the abort marker, the checkpoint and the queue table) pass
-//! `None`: a test that stalls every sync of the data must still be able to open a store.
+//! The hook covers the data files (commit log, consume queues) and their directories, and
+//! the deleted-topics file. The other control files (the lock, the abort marker, the
+//! checkpoint and the queue table) pass `None`: a test that stalls every sync of the data
+//! must still be able to open a store.
 
 use std::fs::{self, File};
 use std::io::{self, Write};
@@ -110,10 +111,45 @@ fn remove(
 /// Replaces `path` with `bytes` atomically and durably: a synced `.tmp` sibling renamed over
 /// it, then the directory synced. A crash leaves the old file or the new one, never a mix.
 pub(crate) fn replace_file(path: &Path, bytes: &[u8], hook: Hook<'_>) -> Result<()> {
+    replace_file_telling(path, bytes, hook).map_err(|f| f.error)
+}
+
+/// A failed [`replace_file_telling`].
+#[derive(Debug)]
+pub(crate) struct ReplaceFailed {
+    pub(crate) error: Error,
+    /// The rename was done (or tried): the new file may be on disk. When false, the old
+    /// one is there unchanged.
+    pub(crate) maybe_replaced: bool,
+}
+
+impl From<ReplaceFailed> for Error {
+    fn from(f: ReplaceFailed) -> Error {
+        f.error
+    }
+}
+
+/// [`replace_file`], telling a failure before the rename (the old file stands, and the
+/// temporary file is removed) from one at or after it (which file a crash would leave is
+/// unknown until the directory is synced).
+pub(crate) fn replace_file_telling(
+    path: &Path,
+    bytes: &[u8],
+    hook: Hook<'_>,
+) -> std::result::Result<(), ReplaceFailed> {
     let tmp = path.with_extension("tmp");
+    let before_rename = |error: Error| {
+        if tmp.is_file() {
+            let _ = fs::remove_file(&tmp);
+        }
+        ReplaceFailed {
+            error,
+            maybe_replaced: false,
+        }
+    };
     if let Some(h) = hook {
         h.before_create(&tmp)
-            .map_err(|e| Error::io("create", &tmp, e))?;
+            .map_err(|e| before_rename(Error::io("create", &tmp, e)))?;
     }
     let write = || -> io::Result<()> {
         let mut f = File::create(&tmp)?;
@@ -123,12 +159,16 @@ pub(crate) fn replace_file(path: &Path, bytes: &[u8], hook: Hook<'_>) -> Result<
         }
         f.sync_all()
     };
-    write().map_err(|e| Error::io("write", &tmp, e))?;
+    write().map_err(|e| before_rename(Error::io("write", &tmp, e)))?;
     if let Some(h) = hook {
         h.before_rename(path)
-            .map_err(|e| Error::io("rename", path, e))?;
+            .map_err(|e| before_rename(Error::io("rename", path, e)))?;
     }
-    fs::rename(&tmp, path).map_err(|e| Error::io("rename", path, e))?;
+    let after_rename = |error: Error| ReplaceFailed {
+        error,
+        maybe_replaced: true,
+    };
+    fs::rename(&tmp, path).map_err(|e| after_rename(Error::io("rename", path, e)))?;
     let dir = path.parent().filter(|d| !d.as_os_str().is_empty());
-    sync_dir_with(dir.unwrap_or(Path::new(".")), hook)
+    sync_dir_with(dir.unwrap_or(Path::new(".")), hook).map_err(after_rename)
 }

@@ -13,12 +13,14 @@
 
 use std::collections::HashMap;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use parking_lot::RwLock;
 
 use crate::error::{Error, Result};
-use crate::fs::ops;
+use crate::fs::io_hook::IoHook;
+use crate::fs::ops::{self, ReplaceFailed};
 
 const HEADER: &str = "rocketstore-deleted-topics-v1";
 
@@ -30,6 +32,8 @@ pub(crate) struct Tombstone {
 
 pub(crate) struct DeletedTopics {
     path: PathBuf,
+    /// Writes of the file go through it (`IoHook`).
+    hook: Option<Arc<dyn IoHook>>,
     topics: RwLock<HashMap<String, Tombstone>>,
     /// The lowest cutoff of a deletion not done yet (`u64::MAX` when none): dispatch checks
     /// each record's offset against it, one load.
@@ -41,7 +45,7 @@ pub(crate) struct DeletedTopics {
 impl DeletedTopics {
     /// Reads the file at `path` (none: nothing deleted). A damaged file refuses the open:
     /// forgetting a deletion would bring the topic's old messages back.
-    pub(crate) fn open(path: PathBuf) -> Result<DeletedTopics> {
+    pub(crate) fn open(path: PathBuf, hook: Option<Arc<dyn IoHook>>) -> Result<DeletedTopics> {
         let topics = match std::fs::read_to_string(&path) {
             Ok(text) => parse(&text).ok_or_else(|| Error::BadStoreFile {
                 path: path.clone(),
@@ -52,6 +56,7 @@ impl DeletedTopics {
         };
         let d = DeletedTopics {
             path,
+            hook,
             topics: RwLock::new(topics),
             next_cutoff: AtomicU64::new(u64::MAX),
             any: std::sync::atomic::AtomicBool::new(false),
@@ -72,7 +77,10 @@ impl DeletedTopics {
         self.any.store(!topics.is_empty(), Ordering::SeqCst);
     }
 
-    fn persist(&self, topics: &HashMap<String, Tombstone>) -> Result<()> {
+    fn persist(
+        &self,
+        topics: &HashMap<String, Tombstone>,
+    ) -> std::result::Result<(), ReplaceFailed> {
         let mut rows: Vec<_> = topics.iter().collect();
         rows.sort_by(|a, b| a.0.cmp(b.0));
         let mut text = format!("{HEADER}\n");
@@ -81,13 +89,17 @@ impl DeletedTopics {
         }
         let crc = crc32fast::hash(text.as_bytes());
         text.push_str(&format!("crc {crc}\n"));
-        ops::replace_file(&self.path, text.as_bytes(), None)
+        ops::replace_file_telling(&self.path, text.as_bytes(), self.hook.as_ref())
     }
 
     /// Records durably that `topic`'s records below `cutoff` are deleted (a deletion not
     /// done yet). An earlier deletion of the topic is replaced: its records lie below the
-    /// new cutoff too.
-    pub(crate) fn record(&self, topic: &str, cutoff: u64) -> Result<()> {
+    /// new cutoff too. A failure says whether the deletion may have reached the disk.
+    pub(crate) fn record(
+        &self,
+        topic: &str,
+        cutoff: u64,
+    ) -> std::result::Result<(), ReplaceFailed> {
         let mut topics = self.topics.write();
         let mut next = topics.clone();
         next.insert(
@@ -230,7 +242,7 @@ mod tests {
     fn deletions_persist_and_a_damaged_file_is_refused() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("deleted_topics");
-        let d = DeletedTopics::open(path.clone()).unwrap();
+        let d = DeletedTopics::open(path.clone(), None).unwrap();
         assert!(!d.hides("T", 0));
         d.record("T", 100).unwrap();
         assert!(d.hides("T", 99) && !d.hides("T", 100) && !d.hides("U", 0));
@@ -240,7 +252,7 @@ mod tests {
         );
         d.mark_done("T").unwrap();
         assert_eq!(d.next_cutoff(), u64::MAX);
-        let d = DeletedTopics::open(path.clone()).unwrap();
+        let d = DeletedTopics::open(path.clone(), None).unwrap();
         assert!(d.hides("T", 99) && d.is_done("T"));
         d.retire_below(100).unwrap();
         assert!(!d.hides("T", 99));
@@ -248,7 +260,7 @@ mod tests {
         let text = std::fs::read_to_string(&path).unwrap();
         std::fs::write(&path, text.replace("T 7", "T 8")).unwrap();
         assert!(matches!(
-            DeletedTopics::open(path),
+            DeletedTopics::open(path, None),
             Err(Error::BadStoreFile { .. })
         ));
     }

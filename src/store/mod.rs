@@ -145,7 +145,8 @@ impl MessageStore {
             let _ = lock.release(lock.last_exit_clean());
             return Err(e);
         }
-        let deleted = match DeletedTopics::open(layout::deleted_topics_file(config.root())) {
+        let deleted_file = layout::deleted_topics_file(config.root());
+        let deleted = match DeletedTopics::open(deleted_file, config.io_hook.clone()) {
             Ok(d) => Arc::new(d),
             Err(e) => {
                 let _ = lock.release(lock.last_exit_clean());

@@ -1507,14 +1507,12 @@ mod tests {
         // The write reserved the next step.
         assert_eq!(file.reserved.load(Ordering::SeqCst), 2 * RESERVE_STEP);
         assert_eq!(w.offset() as usize, 200 + RESERVE_STEP);
-        // The wait was counted (at least the 200 ms the claim was held), once.
+        // The wait was counted, once (for however much of the 200 ms the claim was held
+        // the writer's thread was already running).
         let mut w = w;
         let (waits, waited) = w.take_ahead_waits().expect("the wait counted");
         assert_eq!(waits, 1);
-        assert!(
-            waited >= std::time::Duration::from_millis(200),
-            "{waited:?}"
-        );
+        assert!(!waited.is_zero());
         assert_eq!(w.take_ahead_waits(), None);
         w.write(&[4u8; 100]).unwrap();
         assert_eq!(w.take_ahead_waits(), None, "no claim, no wait");
