@@ -209,3 +209,40 @@ fn a_poisoning_is_recorded_for_the_next_open_which_writes_the_tail_again() {
         .unwrap();
     assert_eq!(m.body, body("f", 0));
 }
+
+/// A crash recovery whose sync of the log fails may leave the crashed run's pages marked
+/// clean without being on disk: the failed open records a poisoning at no more than what
+/// the checkpoint vouched for, so that the next open (same boot) writes those bytes again
+/// instead of trusting the page cache, then serves every message.
+#[test]
+fn a_recovery_whose_sync_fails_records_a_poisoning_for_the_next_open() {
+    let dir = tempfile::tempdir().unwrap();
+    let puts: Vec<_> = {
+        let store = open(dir.path(), sync_mode());
+        let puts = (0..10)
+            .map(|i| store.put_message(&message("F", 0, "f", i)).unwrap())
+            .collect();
+        store.shutdown().unwrap();
+        puts
+    };
+    checkpoint_vouches_below(dir.path(), puts[5].physical_offset);
+    let abort = layout::abort_file(dir.path());
+    std::fs::write(&abort, b"").unwrap();
+    let hook = FailFirstSync::new(layout::COMMIT_LOG_DIR, false);
+    assert!(MessageStore::open(config(dir.path(), sync_mode()).io_hook(hook)).is_err());
+    let recorded = std::fs::read_to_string(&abort).unwrap();
+    let at: u64 = recorded
+        .trim()
+        .strip_prefix("poisoned at flushed offset ")
+        .unwrap_or_else(|| panic!("no poisoning recorded: {recorded:?}"))
+        .parse()
+        .unwrap();
+    assert!(at <= puts[5].physical_offset, "{at}");
+
+    let store = open(dir.path(), sync_mode());
+    assert_eq!(std::fs::read_to_string(&abort).unwrap(), "");
+    for (i, put) in puts.iter().enumerate() {
+        let m = store.lookup_message(put.physical_offset).unwrap().unwrap();
+        assert_eq!(m.body, body("f", i as u64));
+    }
+}

@@ -51,10 +51,21 @@ impl StoreLock {
             Err(e) => return Err(Error::io("lock", &path, e.into())),
         }
         let abort = layout::abort_file(root);
-        let last_exit_clean = !abort.exists();
-        let poisoned_at = std::fs::read_to_string(&abort)
-            .ok()
-            .and_then(|text| text.trim().strip_prefix(POISON_PREFIX)?.parse().ok());
+        // Errors refuse the open: taken for "no marker", they would open a crashed store
+        // as a clean one (its tail unchecked, its marker then removed), or forget a
+        // recorded poisoning.
+        let (last_exit_clean, poisoned_at) = match std::fs::read(&abort) {
+            Ok(bytes) => {
+                let text = String::from_utf8_lossy(&bytes);
+                let at = text
+                    .trim()
+                    .strip_prefix(POISON_PREFIX)
+                    .and_then(|n| n.parse().ok());
+                (false, at)
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => (true, None),
+            Err(e) => return Err(Error::io("read", &abort, e)),
+        };
         // Kept as it is when present: a poisoning it records is cleared only once an open
         // has acted on it.
         OpenOptions::new()

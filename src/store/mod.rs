@@ -161,6 +161,9 @@ impl MessageStore {
         ) {
             Ok(r) => r,
             Err(e) => {
+                if !lock.last_exit_clean() {
+                    recovery_failed(&config, &lock);
+                }
                 // A refused open must not turn a clean store into a crashed one: the next
                 // attempt would then recover by cutting the log instead of refusing again.
                 let _ = lock.release(lock.last_exit_clean());
@@ -904,6 +907,24 @@ impl Drop for MessageStore {
         if let Err(e) = self.shutdown() {
             log::error!("shutdown on drop: {e}");
         }
+    }
+}
+
+/// A crash recovery failed, perhaps in a sync of the log: after a failed fsync the kernel
+/// may mark the crashed run's pages clean without writing them, and the next open in the
+/// same boot would read them back from the page cache and vouch for them. So the failure
+/// is recorded as a poisoning at the offset the checkpoint vouches for (which advances
+/// only past files synced), or the one recorded before if lower: the next open writes
+/// everything past it again before it trusts a sync.
+fn recovery_failed(config: &StoreConfig, lock: &StoreLock) {
+    let checkpoint = layout::checkpoint_file(config.root());
+    let vouched = crate::checkpoint::CheckpointTimes::read(&checkpoint)
+        .ok()
+        .flatten()
+        .map_or(0, |t| t.physic_offset);
+    let at = lock.poisoned_at().map_or(vouched, |p| p.min(vouched));
+    if let Err(e) = crate::fs::lock::record_poison(&layout::abort_file(config.root()), at) {
+        log::error!("recording a failed recovery at offset {at}: {e}");
     }
 }
 
