@@ -327,3 +327,54 @@ fn a_disk_filled_by_queue_creation_leaves_a_store_that_opens_and_serves_every_ac
     drop(store);
     drop(fs);
 }
+
+/// A store with no recorded start (written before `log_start` existed, or the file
+/// removed) on a full disk: the record cannot be created, and retention must still free
+/// space. Nothing recorded means nothing to protect: the next open takes the start from
+/// the files, as this one did.
+#[test]
+fn retention_frees_a_full_disk_where_no_start_was_recorded() {
+    let Some(fs) = SmallFs::mount_or_skip("4m") else {
+        return;
+    };
+    let root = fs.path().join("store");
+    let cfg = || {
+        config(&root, sync_mode())
+            .consume_queue_entries_per_file(64)
+            .file_reserved_time(Duration::ZERO)
+            .disk_full_ratio(1.0)
+            .disk_clean_ratios(1.0, 1.0)
+    };
+    let puts: Vec<_> = {
+        let store = MessageStore::open(cfg()).unwrap();
+        let puts: Vec<_> = (0..1200u64)
+            .map(|i| store.put_message(&message("T", 0, "t", i)).unwrap())
+            .collect();
+        store.shutdown().unwrap();
+        puts
+    };
+    assert!(puts.last().unwrap().physical_offset > 3 * SMALL_FILE);
+    std::fs::remove_file(layout::log_start_file(&root)).unwrap();
+    {
+        use std::io::Write;
+        let mut filler = std::fs::File::create(fs.path().join("filler")).unwrap();
+        let block = vec![1u8; 4096];
+        while filler.write_all(&block).is_ok() {}
+    }
+    let store = MessageStore::open(cfg()).unwrap();
+    let last = puts.last().unwrap();
+    assert!(store.wait_dispatched(last.physical_offset, Duration::from_secs(30)));
+    let removed = store.delete_expired_files();
+    assert!(
+        removed.as_ref().is_ok_and(|n| *n > 0),
+        "retention freed nothing: {removed:?}"
+    );
+    let min = store.min_physical_offset();
+    let m = store.lookup_message(last.physical_offset).unwrap().unwrap();
+    assert_eq!(m.body, body("t", 1199));
+    store.shutdown().unwrap();
+    std::fs::remove_file(fs.path().join("filler")).unwrap();
+    let store = MessageStore::open(cfg()).unwrap();
+    assert_eq!(store.min_physical_offset(), min);
+    store.shutdown().unwrap();
+}

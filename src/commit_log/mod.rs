@@ -482,11 +482,23 @@ impl CommitLog {
     /// must end there, below the writer's file): a crash between the two leaves a file
     /// below the recorded start, which the next open keeps; the other order could leave a
     /// file missing above it, which the next open would refuse.
+    ///
+    /// Where no start is recorded (a store written before the record existed, or one
+    /// whose record was lost), a failure to create it does not stop the deletion: nothing
+    /// recorded protects nothing, and the next open takes the start from the files, as
+    /// this one did. On a full disk the record's first block may be what is missing.
     pub(crate) fn record_start_at(&self, end: u64) -> Result<()> {
         if self.min_offset() + self.file_size() != end || self.write_offset() < end {
             return Ok(());
         }
-        self.log_start.lock().record(end)
+        let mut start = self.log_start.lock();
+        match start.record(end) {
+            Err(e) if start.recorded().is_none() => {
+                log::warn!("deleting the log's first file without recording its start: {e}");
+                Ok(())
+            }
+            recorded => recorded,
+        }
     }
 
     /// Removes the oldest file if it still ends at `end` and is not the file being written
