@@ -295,3 +295,50 @@ fn a_deletion_that_cannot_be_written_fails_without_poisoning_the_store() {
     assert_eq!(put.queue_offset, 0);
     store.shutdown().unwrap();
 }
+
+/// Fails the first sync of `dir` once armed, counting every sync of it.
+struct FailFirstDirSync {
+    dir: std::path::PathBuf,
+    armed: std::sync::atomic::AtomicBool,
+    syncs: std::sync::atomic::AtomicUsize,
+}
+
+impl rocketstore::IoHook for FailFirstDirSync {
+    fn before_sync_dir(&self, dir: &std::path::Path) -> std::io::Result<()> {
+        use std::sync::atomic::Ordering::SeqCst;
+        if dir != self.dir || !self.armed.load(SeqCst) {
+            return Ok(());
+        }
+        if self.syncs.fetch_add(1, SeqCst) == 0 {
+            return Err(std::io::Error::other("injected EIO"));
+        }
+        Ok(())
+    }
+}
+
+/// The removal of a deleted topic's queues whose directory sync failed is retried: the
+/// retry finds the directory gone, and must still sync its parent before the deletion
+/// is recorded done (a power cut could otherwise bring the old queues back, done).
+#[test]
+fn a_failed_sync_of_a_deleted_topics_queues_is_synced_again_before_done() {
+    let dir = tempfile::tempdir().unwrap();
+    let hook = std::sync::Arc::new(FailFirstDirSync {
+        dir: layout::consume_queue_dir(dir.path()),
+        armed: false.into(),
+        syncs: 0.into(),
+    });
+    let store = MessageStore::open(cfg(dir.path()).io_hook(hook.clone())).unwrap();
+    let last = (0..3)
+        .map(|i| store.put_message(&message("Gone", 0, "old", i)).unwrap())
+        .last()
+        .unwrap();
+    assert!(store.wait_dispatched(last.physical_offset, LONG));
+    hook.armed.store(true, std::sync::atomic::Ordering::SeqCst);
+    store.delete_topic("Gone").unwrap();
+    assert!(!layout::queue_dir(dir.path(), "Gone", 0).exists());
+    assert!(
+        hook.syncs.load(std::sync::atomic::Ordering::SeqCst) >= 2,
+        "recorded done without a directory sync after the failed one"
+    );
+    store.shutdown().unwrap();
+}

@@ -595,16 +595,21 @@ fn list_dirs(dir: &Path) -> Result<Vec<(PathBuf, u64)>> {
     Ok(out)
 }
 
-/// Removes `{root}/{topic}/` (a deleted topic's consume queues) and syncs `root`.
+/// Removes `{root}/{topic}/` (a deleted topic's consume queues) and syncs `root`. Synced
+/// even when the directory is gone already: a retry after a failed sync must not record
+/// the deletion done over a removal a power cut could still undo.
 pub(crate) fn remove_topic_dir(
     root: &Path,
     topic: &str,
     hook: Option<&Arc<dyn IoHook>>,
 ) -> Result<()> {
     let dir = root.join(topic);
-    if !dir.exists() {
+    if dir.exists() {
+        ops::remove_dir_all(&dir, hook)?;
+    }
+    if !root.exists() {
+        // No queue was ever written: nothing to remove or sync.
         return Ok(());
     }
-    ops::remove_dir_all(&dir, hook)?;
     ops::sync_dir_with(root, hook)
 }
