@@ -110,11 +110,22 @@ impl CheckpointTimes {
     /// Writes a whole checkpoint file and syncs it: for tools and tests that prepare a
     /// store (say, a copy that should be recovered from an earlier point). Never call it on
     /// the checkpoint of an open store.
+    ///
+    /// Written in place (created if missing), never truncated first: a crash midway
+    /// leaves the old checkpoint or the new one, not an empty file, which would vouch
+    /// for nothing and let the next open cut damage anywhere as a torn tail.
     pub fn write(&self, path: &Path) -> Result<()> {
         let mut b = vec![0u8; CHECKPOINT_LEN];
         b[..FIELDS_LEN].copy_from_slice(&self.encode());
-        std::fs::write(path, &b)
-            .and_then(|()| std::fs::File::open(path)?.sync_all())
+        OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(path)
+            .and_then(|f| {
+                f.write_all_at(&b, 0)?;
+                f.sync_all()
+            })
             .map_err(|e| Error::io("write checkpoint", path, e))
     }
 

@@ -472,3 +472,35 @@ fn a_store_reopened_at_a_file_end_remembers_its_last_store_time() {
         "store times must never decrease in log order"
     );
 }
+
+/// Another writer ran on the store (its checkpoint fields rewritten in place, breaking
+/// our CRC) and its retention deleted the first file without recording the start: the
+/// stale record is not trusted. Cutting the log must not make it trusted again by
+/// rewriting the checkpoint with a fresh CRC.
+#[test]
+fn a_cut_does_not_make_a_stale_log_start_trusted() {
+    use std::os::unix::fs::FileExt;
+    let dir = tempfile::tempdir().unwrap();
+    let puts = {
+        let store = MessageStore::open(cfg(dir.path())).unwrap();
+        let puts = fill(&store, 0, 1000);
+        store.shutdown().unwrap();
+        puts
+    };
+    assert!(puts.last().unwrap().physical_offset > 3 * common::SMALL_FILE);
+    // The other writer: a time rewritten in place, and the first file deleted.
+    let cp = fs::OpenOptions::new()
+        .write(true)
+        .open(layout::checkpoint_file(dir.path()))
+        .unwrap();
+    // RocketMQ's checkpoint: the consume queues' time at bytes 8..16.
+    cp.write_all_at(&1i64.to_be_bytes(), 8).unwrap();
+    drop(cp);
+    fs::remove_file(layout::commit_log_file(dir.path(), 0)).unwrap();
+    let cut = puts.last().unwrap().physical_offset;
+    MessageStore::truncate_log(&cfg(dir.path()), cut).unwrap();
+    let store = MessageStore::open(cfg(dir.path())).unwrap();
+    assert_eq!(store.min_physical_offset(), common::SMALL_FILE);
+    assert_eq!(store.max_physical_offset(), cut);
+    store.shutdown().unwrap();
+}

@@ -167,6 +167,13 @@ fn truncate_files(config: &StoreConfig, to: u64) -> Result<()> {
     // (synced): from here a crash leaves a log the next open ends at `to` by itself.
     let cp_path = layout::checkpoint_file(config.root());
     if let Some(times) = crate::checkpoint::CheckpointTimes::read(&cp_path)? {
+        if !crate::checkpoint::CheckpointTimes::intact(&cp_path) {
+            // Another writer ran since (see `ScanPlan::trust_log_start`), so the recorded
+            // start is not trusted; the rewrite below gives the checkpoint a CRC that
+            // would vouch for it. It goes first: the next open records the files' start.
+            ops::remove_file_with(&layout::log_start_file(config.root()), None)?;
+            ops::sync_dir(config.root())?;
+        }
         crate::checkpoint::CheckpointTimes {
             physic_offset: times.physic_offset.min(to),
             ..times
@@ -182,11 +189,13 @@ fn truncate_files(config: &StoreConfig, to: u64) -> Result<()> {
     // The queue table describes queues about to shrink.
     ops::remove_file_with(&layout::queue_table_file(config.root()), None)?;
     ops::sync_dir(config.root())?;
-    // Later files go, newest first; then the rest of `to`'s file is zeroed and synced.
+    // Later files go, newest first, each removal synced before the next (a file system
+    // that reorders them could otherwise leave a gap, which the next open refuses); then
+    // the rest of `to`'s file is zeroed and synced.
     for (_, p) in files.iter().rev().filter(|(s, _)| *s > start) {
         ops::remove_file_with(p, config.io_hook.as_ref())?;
+        ops::sync_dir(&dir)?;
     }
-    ops::sync_dir(&dir)?;
     let mut at = rel + head;
     let mut buf = vec![0u8; zeros.len()];
     while at < size {
