@@ -378,3 +378,101 @@ fn retention_frees_a_full_disk_where_no_start_was_recorded() {
     assert_eq!(store.min_physical_offset(), min);
     store.shutdown().unwrap();
 }
+
+/// Removes `ballast` when the first commit-log file is removed: space comes back in the
+/// middle of a series of deletions retention began for lack of it.
+struct FreeOnFirstRemoval {
+    log_dir: PathBuf,
+    ballast: PathBuf,
+}
+
+impl rocketstore::IoHook for FreeOnFirstRemoval {
+    fn before_remove(&self, path: &Path) -> std::io::Result<()> {
+        if path.starts_with(&self.log_dir) && self.ballast.exists() {
+            std::fs::remove_file(&self.ballast)?;
+        }
+        Ok(())
+    }
+}
+
+/// Space freed during a paced series of deletions is seen at the next step: puts are
+/// accepted again then, and the series, begun for lack of space, stops there instead
+/// of deleting every expired file first.
+#[test]
+fn space_freed_during_retention_ends_the_refusal_and_the_series() {
+    let Some(fs) = SmallFs::mount_or_skip("4m") else {
+        return;
+    };
+    let root = fs.path().join("store");
+    let ballast = fs.path().join("ballast");
+    let hook = std::sync::Arc::new(FreeOnFirstRemoval {
+        log_dir: layout::commit_log_dir(&root),
+        ballast: ballast.clone(),
+    });
+    // Never the daily hour: only the disk's state starts a series.
+    let hour = (utc_hour() + 12) % 24;
+    let cfg = || {
+        config(&root, sync_mode())
+            .consume_queue_entries_per_file(64)
+            .file_reserved_time(Duration::ZERO)
+            .delete_hour(hour)
+            .disk_full_ratio(0.9)
+            .disk_clean_ratios(0.85, 1.0)
+            .disk_check_interval(Duration::from_millis(20))
+            .file_delete_interval(Duration::from_millis(50))
+    };
+    // Filled while closed (and retention wanted nothing: the disk had room), then the
+    // filesystem filled by another writer.
+    {
+        let store = MessageStore::open(cfg().disk_clean_ratios(1.0, 1.0)).unwrap();
+        for i in 0..2400u64 {
+            store.put_message(&message("T", 0, "t", i)).unwrap();
+        }
+        store.shutdown().unwrap();
+    }
+    let files = || {
+        std::fs::read_dir(layout::commit_log_dir(&root))
+            .unwrap()
+            .count()
+    };
+    let before = files();
+    assert!(before >= 8, "{before} files");
+    {
+        use std::io::Write;
+        let mut filler = std::fs::File::create(&ballast).unwrap();
+        let block = vec![1u8; 4096];
+        while filler.write_all(&block).is_ok() {}
+    }
+    let store = MessageStore::open(cfg().io_hook(hook)).unwrap();
+    // Refused for lack of space, then (the first deletion freed the ballast) accepted.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let mut refused = false;
+    loop {
+        match store.put_message(&message("T", 0, "t", 0)) {
+            Err(Error::DiskFull { .. }) => refused = true,
+            Err(e) if is_full_refusal(&e) => refused = true,
+            Ok(_) if refused => break,
+            Ok(_) => {}
+            Err(e) => panic!("{e}"),
+        }
+        assert!(std::time::Instant::now() < deadline, "never accepted again");
+        std::thread::yield_now();
+    }
+    let after = files();
+    store.shutdown().unwrap();
+    assert!(!ballast.exists(), "the ballast was never freed");
+    assert!(
+        after + 3 >= before,
+        "{before} files before, {after} when puts were accepted again"
+    );
+}
+
+/// The hour of the day in UTC (the store's daily hour is local time: twelve hours from
+/// this one is far from it wherever the zone is less than twelve hours away).
+fn utc_hour() -> u8 {
+    let secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    ((secs / 3600) % 24) as u8
+}

@@ -45,6 +45,12 @@ impl DiskWatch {
             }
             *last = Some(Instant::now());
         }
+        self.sample()
+    }
+
+    /// Samples the filesystem now (retention, between two deletions of a series): updates
+    /// the disk-full refusal and returns the used fraction (`None` if it cannot be read).
+    pub(crate) fn sample(&self) -> Option<f64> {
         let st = rustix::fs::statvfs(&self.dir).ok()?;
         let used = used_ratio(st.f_blocks, st.f_bfree, st.f_bavail)?;
         self.used.store(used.to_bits(), Ordering::Relaxed);

@@ -105,11 +105,12 @@ impl Retention {
         pace: &mut dyn FnMut() -> bool,
     ) -> Result<usize> {
         // Under disk pressure only the consume queues hold the log (see `Readers`).
-        let pressed = used > self.clean_ratio;
-        let dispatched = match pressed {
+        let mut pressed = used > self.clean_ratio;
+        let floor = |pressed: bool| match pressed {
             true => readers.queues(),
             false => readers.floor(),
         };
+        let mut dispatched = floor(pressed);
         // The configured hour is local time, as RocketMQ's `deleteWhen`.
         let local = chrono::Local::now();
         let (day, hour) = (
@@ -123,12 +124,24 @@ impl Retention {
             due
         };
         let mut removed = 0;
-        if daily || used > self.clean_ratio {
-            // One expired file per step, paced, until none is left (or we are stopped).
+        let was_pressed = pressed;
+        if daily || pressed {
+            // One expired file per step, paced, until none is left (or we are stopped, or
+            // the pressure that started the series is gone).
             loop {
                 let n = self.delete_files(log, queues, Some(self.reserved), dispatched, 1)?;
                 removed += n;
                 if n == 0 || !pace() {
+                    break;
+                }
+                // Sampled again after each step: the disk-full refusal ends as soon as
+                // there is room, and the dispatchers hold the log again once the pressure
+                // is gone.
+                if let Some(now) = log.disk().sample() {
+                    pressed = now > self.clean_ratio;
+                    dispatched = floor(pressed);
+                }
+                if !daily && !pressed {
                     break;
                 }
             }
@@ -136,7 +149,7 @@ impl Retention {
         if used > self.force_ratio {
             removed += self.delete_files(log, queues, None, dispatched, 1)?;
         }
-        if removed > 0 && pressed {
+        if removed > 0 && was_pressed {
             let behind = readers.behind(log.min_offset());
             if !behind.is_empty() {
                 log::error!(
