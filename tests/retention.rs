@@ -493,3 +493,45 @@ fn a_start_recorded_before_another_writer_ran_is_not_believed() {
     let store = MessageStore::open(cfg(dir.path())).unwrap();
     assert_eq!(store.min_physical_offset(), SMALL_FILE);
 }
+
+/// A queue left unread since a clean open (many queues open lazily) still has its files
+/// below the log's new start deleted by retention, though nobody reads or writes it.
+#[test]
+fn retention_trims_a_queue_nobody_used_since_a_lazy_open() {
+    let dir = tempfile::tempdir().unwrap();
+    let lazy = || cfg(dir.path()).lazy_queue_load_threshold(1);
+    let idle = {
+        let store = MessageStore::open(lazy()).unwrap();
+        for i in 0..300u64 {
+            store.put_message(&message("Idle", 0, "i", i)).unwrap();
+        }
+        for i in 0..600u64 {
+            store.put_message(&message("Busy", 0, "b", i)).unwrap();
+        }
+        // One entry of the idle queue stays in the log after retention.
+        let last = store.put_message(&message("Idle", 0, "i", 300)).unwrap();
+        // The log's last record is another queue's: an open reads that one's files.
+        store.put_message(&message("Busy", 0, "b", 600)).unwrap();
+        store.shutdown().unwrap();
+        last
+    };
+    let idle_dir = layout::queue_dir(dir.path(), "Idle", 0);
+    let files_before = count(&idle_dir);
+    assert!(files_before >= 5, "{files_before} files");
+    // Reopened (clean: the queues load at first use), and every file but the writer's,
+    // which holds the idle queue's last message, deleted.
+    let store = MessageStore::open(lazy()).unwrap();
+    assert!(store.delete_expired_files().unwrap() > 0);
+    assert!(store.min_physical_offset() > 0);
+    assert!(store.min_physical_offset() <= idle.physical_offset);
+    let files_after = count(&idle_dir);
+    assert!(
+        files_after < files_before,
+        "the idle queue kept its {files_before} files"
+    );
+    // Its last message is still served, at its offset.
+    let got = store.get_message("Idle", 0, 300, 1).unwrap();
+    assert_eq!(got.messages.len(), 1);
+    assert_eq!(got.messages[0].body, body("i", 300));
+    store.shutdown().unwrap();
+}

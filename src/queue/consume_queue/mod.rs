@@ -352,9 +352,31 @@ impl ConsumeQueue {
     /// start), keeping the file being written, and moves the minimum offset to the first
     /// entry still pointing into the log. Returns how many files went.
     pub(crate) fn delete_below(&self, min_physical: u64) -> Result<usize> {
-        if !self.is_loaded() || self.dropped.load(Ordering::Acquire) {
-            // Its minimum follows the log's start when it is loaded; its files go then.
+        if self.dropped.load(Ordering::Acquire) {
             return Ok(0);
+        }
+        if !self.is_loaded() {
+            // Not read since a lazy open. One that never filled a file keeps only the file
+            // being written, and its minimum follows the log's start when it loads; one
+            // that did is read now, or an idle queue would keep every file for good.
+            let entries_per_file = self.file_size() / CQ_ENTRY_LEN as u64;
+            if self
+                .unloaded
+                .lock()
+                .is_none_or(|end| end.next <= entries_per_file)
+            {
+                return Ok(0);
+            }
+            if let Err(e) = self.try_load() {
+                log::warn!(
+                    "reading consume queue {} to trim it: {e}",
+                    self.dir.display()
+                );
+                return Ok(0);
+            }
+            if !self.is_loaded() {
+                return Ok(0);
+            }
         }
         let _tail = self.tail.lock();
         let mut removed = 0;
