@@ -232,10 +232,15 @@ impl Flusher {
     /// a crash of the process (not of the machine), as `FlushDiskTimeout` promises. When
     /// they cannot be (the log is poisoned), the put fails instead.
     fn timed_out(&self, target: u64) -> Result<PutStatus> {
-        if self.log.committed_offset() < target {
-            // Waits for the put lock: the bytes must be in the page cache before the put
-            // is reported stored.
-            self.log.commit_staged()?;
+        if self.log.committed_offset() < target
+            && let Err(e) = self.log.commit_staged()
+        {
+            // Waited for the put lock: the bytes must be in the page cache before the put
+            // is reported stored. A flush may have made them durable meanwhile.
+            return match self.log.flushed_offset() >= target {
+                true => Ok(PutStatus::Ok),
+                false => Err(e),
+            };
         }
         if self.log.flushed_offset() >= target {
             return Ok(PutStatus::Ok);
@@ -637,6 +642,11 @@ fn timeout_loop(log: &CommitLog, shared: &Shared) {
             // Looks at everything again once they are woken: `stopped` may be set meanwhile.
             parking_lot::MutexGuard::unlocked(&mut st, || wake_all(wakers));
             continue;
+        }
+        // Looked at again under the lock held from here into the wait: the flush thread
+        // may have stopped (and notified nobody) while the lock was released above.
+        if st.stopped {
+            break;
         }
         match st.futures.first().and_then(|p| p.deadline) {
             Some(deadline) if lock_busy || deadline <= now => {
