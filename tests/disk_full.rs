@@ -53,6 +53,14 @@ impl Drop for SmallFs {
     }
 }
 
+/// Writes `path` until the filesystem has no room left (another writer filling the disk).
+fn fill_up(path: impl AsRef<Path>) {
+    use std::io::Write;
+    let mut filler = std::fs::File::create(path).unwrap();
+    let block = vec![1u8; 4096];
+    while filler.write_all(&block).is_ok() {}
+}
+
 fn is_no_space(e: &Error) -> bool {
     matches!(e, Error::Io { source, .. } if source.raw_os_error() == Some(28))
 }
@@ -206,12 +214,7 @@ fn a_clean_store_opens_and_shuts_down_cleanly_on_a_full_disk() {
             .collect()
     };
     // Another writer fills the filesystem.
-    {
-        use std::io::Write;
-        let mut filler = std::fs::File::create(fs.path().join("filler")).unwrap();
-        let block = vec![1u8; 4096];
-        while filler.write_all(&block).is_ok() {}
-    }
+    fill_up(fs.path().join("filler"));
     for round in 0..2 {
         let store = MessageStore::open(cfg()).unwrap_or_else(|e| panic!("round {round}: {e}"));
         for p in &puts {
@@ -355,12 +358,7 @@ fn retention_frees_a_full_disk_where_no_start_was_recorded() {
     };
     assert!(puts.last().unwrap().physical_offset > 3 * SMALL_FILE);
     std::fs::remove_file(layout::log_start_file(&root)).unwrap();
-    {
-        use std::io::Write;
-        let mut filler = std::fs::File::create(fs.path().join("filler")).unwrap();
-        let block = vec![1u8; 4096];
-        while filler.write_all(&block).is_ok() {}
-    }
+    fill_up(fs.path().join("filler"));
     let store = MessageStore::open(cfg()).unwrap();
     let last = puts.last().unwrap();
     assert!(store.wait_dispatched(last.physical_offset, Duration::from_secs(30)));
@@ -437,12 +435,7 @@ fn space_freed_during_retention_ends_the_refusal_and_the_series() {
     };
     let before = files();
     assert!(before >= 8, "{before} files");
-    {
-        use std::io::Write;
-        let mut filler = std::fs::File::create(&ballast).unwrap();
-        let block = vec![1u8; 4096];
-        while filler.write_all(&block).is_ok() {}
-    }
+    fill_up(&ballast);
     let store = MessageStore::open(cfg().io_hook(hook)).unwrap();
     // Refused for lack of space, then (the first deletion freed the ballast) accepted.
     let deadline = std::time::Instant::now() + Duration::from_secs(30);

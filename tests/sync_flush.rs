@@ -346,18 +346,35 @@ fn producers_are_woken_by_flushes_from_other_threads_too() {
     assert_eq!(store.flushed_physical_offset(), store.max_physical_offset());
 }
 
-/// Stalls commit-log syncs (`stall`, armed) and fails syncs of the store's root directory
-/// once `fail_root` is set (a topic deletion then poisons the store after its rename).
-struct StallLogFailRoot {
+/// The deletion tests' hook: stalls commit-log syncs (`log`, armed), stalls syncs of the
+/// deleted-topics file (which `delete_topic` writes under the put lock) while
+/// `deletion` is armed, and fails syncs of the store's root directory once `fail_root`
+/// is set (a deletion then poisons the store after its rename).
+struct DeletionHook {
     root: std::path::PathBuf,
-    stall: Arc<StallSync>,
+    log: Arc<StallSync>,
+    deletion: Arc<StallSync>,
     fail_root: AtomicBool,
 }
 
-impl IoHook for StallLogFailRoot {
+impl DeletionHook {
+    fn new(root: &Path, stall_deletion: bool) -> Arc<Self> {
+        Arc::new(DeletionHook {
+            root: root.to_path_buf(),
+            log: StallSync::new(true),
+            deletion: StallSync::new(stall_deletion),
+            fail_root: AtomicBool::new(false),
+        })
+    }
+}
+
+impl IoHook for DeletionHook {
     fn before_sync(&self, path: &Path) -> io::Result<()> {
         if path.starts_with(rocketstore::layout::commit_log_dir(&self.root)) {
-            return self.stall.before_sync(path);
+            return self.log.before_sync(path);
+        }
+        if path.starts_with(&self.root) && path.extension().is_some_and(|e| e == "tmp") {
+            return self.deletion.before_sync(path);
         }
         Ok(())
     }
@@ -376,24 +393,20 @@ impl IoHook for StallLogFailRoot {
 #[test]
 fn a_future_timing_out_on_a_poisoned_store_fails() {
     let dir = tempfile::tempdir().unwrap();
-    let hook = Arc::new(StallLogFailRoot {
-        root: dir.path().to_path_buf(),
-        stall: StallSync::new(true),
-        fail_root: AtomicBool::new(false),
-    });
+    let hook = DeletionHook::new(dir.path(), false);
     let mode = FlushMode::Sync {
         timeout: Duration::from_millis(200),
     };
     let store = MessageStore::open(config(dir.path(), mode).io_hook(hook.clone())).unwrap();
     let first = store.put_message_async(message("T", 0, "t", 0));
-    hook.stall.wait_stalled();
+    hook.log.wait_stalled();
     let gathered = store.put_message_async(message("T", 0, "t", 1));
     hook.fail_root.store(true, Ordering::SeqCst);
     let deleted = store.delete_topic("X");
     let first = pollster::block_on(first);
     let gathered = pollster::block_on(gathered);
     // Released before asserting: a stuck flush would hang the store's shutdown.
-    hook.stall.release();
+    hook.log.release();
     assert!(deleted.is_err());
     assert!(
         matches!(gathered, Err(Error::Poisoned { .. })),
@@ -403,37 +416,13 @@ fn a_future_timing_out_on_a_poisoned_store_fails() {
     assert!(store.shutdown().is_err());
 }
 
-/// Stalls commit-log syncs (`log`) and syncs of the deleted-topics file (`deletion`, which
-/// `delete_topic` writes under the put lock).
-struct StallLogAndDeletion {
-    root: std::path::PathBuf,
-    log: Arc<StallSync>,
-    deletion: Arc<StallSync>,
-}
-
-impl IoHook for StallLogAndDeletion {
-    fn before_sync(&self, path: &Path) -> io::Result<()> {
-        if path.starts_with(rocketstore::layout::commit_log_dir(&self.root)) {
-            return self.log.before_sync(path);
-        }
-        if path.starts_with(&self.root) && path.extension().is_some_and(|e| e == "tmp") {
-            return self.deletion.before_sync(path);
-        }
-        Ok(())
-    }
-}
-
 /// While another thread holds the put lock in the kernel, futures whose bytes are in the
 /// page cache still time out on time; one whose bytes are only gathered times out once
 /// they can be written.
 #[test]
 fn futures_time_out_while_the_put_lock_is_held_in_the_kernel() {
     let dir = tempfile::tempdir().unwrap();
-    let hook = Arc::new(StallLogAndDeletion {
-        root: dir.path().to_path_buf(),
-        log: StallSync::new(true),
-        deletion: StallSync::new(true),
-    });
+    let hook = DeletionHook::new(dir.path(), true);
     let mode = FlushMode::Sync {
         timeout: Duration::from_millis(100),
     };

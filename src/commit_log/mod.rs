@@ -985,20 +985,16 @@ impl CommitLog {
             return Some(Err(e));
         }
         let mut state = lock()?;
-        Some(self.commit_locked(&mut state))
-    }
-
-    fn commit_locked(&self, state: &mut AppendState) -> Result<(u64, u64)> {
         // Counted as a hold of the put lock (`PageCacheBusy`): a large write can be slow.
         self.lock_held_from(Some(Instant::now()));
         let committed = state.writer.commit();
         self.lock_held_from(None);
         if let Err(e) = committed {
-            return Err(self.write_failed(state, e));
+            return Some(Err(self.write_failed(&mut state, e)));
         }
         let end = state.writer.offset();
         self.committed_offset.store(end, Ordering::Release);
-        Ok((end, self.appended.load(Ordering::Relaxed)))
+        Some(Ok((end, self.appended.load(Ordering::Relaxed))))
     }
 
     /// Under sync flush, the end of the records in the page cache (visible); gathered
