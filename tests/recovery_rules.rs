@@ -396,6 +396,64 @@ fn a_rebuild_that_fails_halfway_is_done_again_by_the_next_open() {
     assert_eq!(got.messages[0].physical_offset, puts[0].physical_offset);
 }
 
+/// The gap a clean open's failed rebuild used to leave: nothing else tells the next clean
+/// open that the queues were emptied when there is no queue table (a store written by
+/// RocketMQ or 0.1) and the last file holds no indexed record to check.
+#[test]
+fn a_clean_open_whose_rebuild_fails_leaves_the_rebuild_to_the_next_open() {
+    let dir = tempfile::tempdir().unwrap();
+    let puts: Vec<_> = {
+        let store = open(dir.path(), sync_mode());
+        let puts: Vec<_> = (0..40)
+            .map(|i| {
+                let msg = Message::new("T", 0u32, kib_body("T", i));
+                store.put_message(&msg).unwrap()
+            })
+            .collect();
+        // Then only transaction halves (never indexed), until the last file holds nothing
+        // but them.
+        let mut i = 0;
+        while store.max_physical_offset() < SMALL_FILE + 4096 {
+            let mut half = Message::new("T", 0u32, kib_body("half", i));
+            half.sys_flag = rocketstore::TRANSACTION_PREPARED;
+            store.put_message(&half).unwrap();
+            i += 1;
+        }
+        store.shutdown().unwrap();
+        puts
+    };
+    assert!(puts.last().unwrap().end_offset() < SMALL_FILE);
+    fs::remove_file(layout::queue_table_file(dir.path())).unwrap();
+    // The queue's last entry points at its first record: a rebuild is due; it fails once
+    // it has emptied the queue.
+    patch_entry(
+        dir.path(),
+        "T",
+        0,
+        39,
+        puts[0].physical_offset,
+        puts[0].wrote_bytes,
+    );
+    let hook = QueueFaults::new();
+    hook.fail_create
+        .store(true, std::sync::atomic::Ordering::SeqCst);
+    let cfg = || config(dir.path(), sync_mode());
+    assert!(MessageStore::open(cfg().io_hook(hook.clone())).is_err());
+    assert!(hook.failed.1.try_recv().is_ok(), "the rebuild did not run");
+
+    let store = MessageStore::open(cfg()).unwrap();
+    assert_eq!(
+        store.max_offset_in_queue("T", 0),
+        40,
+        "the queue was left empty"
+    );
+    assert!(store.stats().open.rebuilt_queues);
+    let got = store.get_message("T", 0, 0, 64).unwrap();
+    let offsets: Vec<_> = got.messages.iter().map(|m| m.physical_offset).collect();
+    let want: Vec<_> = puts.iter().map(|p| p.physical_offset).collect();
+    assert_eq!(offsets, want);
+}
+
 #[test]
 fn after_a_failed_queue_sync_the_durable_offset_still_follows_the_log() {
     let dir = tempfile::tempdir().unwrap();

@@ -164,6 +164,15 @@ pub(crate) fn recover(
     queues.position_expired(table, log.min_offset())?;
     let mismatch = if let Some(why) = sink.mismatch.take() {
         Some(why)
+    } else if clean && times.is_some_and(|t| t.logics == 0) && log.write_offset() > log.min_offset()
+    {
+        // Every run that indexed a record leaves a queue time; 0 over a log that holds
+        // records means a rebuild began (it stores 0 before it empties the queues) and was
+        // not finished, or a queue was found damaged. A refused open still releases the
+        // store as cleanly shut down, and the checks of a clean open need not see empty
+        // queues (they read the last file, and the table, which a store written by others
+        // lacks).
+        Some("the checkpoint's queue time is 0: the consume queues are not known whole".into())
     } else if sink.stalled.is_some() {
         // The queues are short by design: dispatch finishes them once space is found.
         None
