@@ -18,11 +18,12 @@ pub enum FlushMode {
     Sync {
         /// How long a put waits for its flush before returning
         /// [`PutStatus::FlushDiskTimeout`](crate::PutStatus::FlushDiskTimeout). Default: 5 s.
+        /// Must not be zero.
         timeout: Duration,
     },
     /// A put returns after the copy into the page cache; a background thread flushes.
     Async {
-        /// How often the flush thread wakes. Default: 500 ms.
+        /// How often the flush thread wakes. Default: 500 ms. Must not be zero.
         interval: Duration,
         /// Flush only when at least this many 4 KiB pages are dirty. Default: 4.
         least_pages: u32,
@@ -102,7 +103,8 @@ pub struct StoreConfig {
     /// Entries per consume-queue file (20 bytes each). Default: 300,000 (6,000,000 bytes).
     pub consume_queue_entries_per_file: u32,
     /// How often consume queues and the checkpoint are flushed, and how often the key
-    /// index and broker dispatchers flush and record their progress. Default: 1 s.
+    /// index and broker dispatchers flush and record their progress. Default: 1 s. Must
+    /// not be zero.
     pub consume_queue_flush_interval: Duration,
     /// Most message bytes one `get`/`get_raw`/`get_message` call returns when the request
     /// sets no `max_bytes` of its own (at least one message is always returned), like
@@ -118,15 +120,16 @@ pub struct StoreConfig {
     ///
     /// Every disk ratio is the used fraction as `df` shows it (and RocketMQ computes it):
     /// used blocks over used plus available ones, leaving out the blocks the filesystem
-    /// reserves for root.
+    /// reserves for root. Must be within 0..=1: 1 turns it off, 0 deletes expired files
+    /// at any hour.
     pub disk_clean_ratio: f64,
     /// Above this used fraction, the oldest files are deleted whatever their age, one per
-    /// disk sample. Default: 0.85.
+    /// disk sample. Default: 0.85. Must be above 0 and at most 1 (which turns it off).
     pub disk_force_clean_ratio: f64,
     /// Above this used fraction of the store's filesystem, puts are refused with
     /// [`Error::DiskFull`] until space is freed. Default: 0.90.
     pub disk_full_ratio: f64,
-    /// How often disk usage is sampled. Default: 1 s.
+    /// How often disk usage is sampled. Default: 1 s. Must not be zero.
     pub disk_check_interval: Duration,
     /// Check the body CRC of the last file's records when reopening after a clean exit.
     /// Structure and consume-queue agreement are always checked, and CRCs always after a
@@ -491,6 +494,34 @@ impl StoreConfig {
                 "disk_full_ratio {} must be in (0, 1]",
                 self.disk_full_ratio
             ));
+        }
+        // A force ratio of 0 (meant as "off") would delete the oldest file, whatever its
+        // age, at every disk sample; RocketMQ's percentages (75, 85) would never clean.
+        // 1.0 turns either off; a clean ratio of 0 deletes expired files at any hour.
+        let clean = self.disk_clean_ratio;
+        if !(0.0..=1.0).contains(&clean) {
+            return bad(format!("disk_clean_ratio {clean} must be in [0, 1]"));
+        }
+        let force = self.disk_force_clean_ratio;
+        if !(force > 0.0 && force <= 1.0) {
+            return bad(format!(
+                "disk_force_clean_ratio {force} must be in (0, 1] (1 turns it off)"
+            ));
+        }
+        // A zero interval would make its thread spin.
+        let intervals = [
+            (
+                "consume_queue_flush_interval",
+                self.consume_queue_flush_interval,
+            ),
+            ("disk_check_interval", self.disk_check_interval),
+            match self.flush_mode {
+                FlushMode::Sync { timeout } => ("the sync flush timeout", timeout),
+                FlushMode::Async { interval, .. } => ("the async flush interval", interval),
+            },
+        ];
+        if let Some((name, _)) = intervals.iter().find(|(_, d)| d.is_zero()) {
+            return bad(format!("{name} must not be zero"));
         }
         if self.root_dir.as_os_str().is_empty() {
             return bad("root_dir is empty".into());

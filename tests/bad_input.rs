@@ -12,7 +12,7 @@ use bytes::Bytes;
 use common::*;
 use crossbeam_channel::{Receiver, Sender};
 use rocketstore::layout;
-use rocketstore::{Error, IoHook, Message, MessageStore, PutStatus, StoreConfig};
+use rocketstore::{Error, FlushMode, IoHook, Message, MessageStore, PutStatus, StoreConfig};
 
 fn assert_still_works(store: &MessageStore, expected_queue_offset: u64) {
     let put = store.put_message(&message("Good", 0, "g", 0)).unwrap();
@@ -171,6 +171,56 @@ fn invalid_configs_and_offsets_are_refused() {
     ));
     assert!(store.lookup_message(put.end_offset()).unwrap().is_none());
     assert!(store.lookup_message(u64::MAX).unwrap().is_none());
+}
+
+/// Settings that would delete unexpired files or spin a thread are refused at open, with
+/// the setting named.
+#[test]
+fn ratios_out_of_range_and_zero_intervals_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let base = || StoreConfig::new(dir.path()).commit_log_file_size(SMALL_FILE);
+    let zero = Duration::ZERO;
+    let async_zero = FlushMode::Async {
+        interval: zero,
+        least_pages: 4,
+        thorough_interval: Duration::from_secs(1),
+    };
+    let cases: Vec<(&str, StoreConfig)> = vec![
+        // 0 as "off" would delete the oldest file, whatever its age, at every sample.
+        (
+            "disk_force_clean_ratio",
+            base().disk_clean_ratios(0.75, 0.0),
+        ),
+        // RocketMQ's percentages.
+        ("disk_clean_ratio", base().disk_clean_ratios(75.0, 85.0)),
+        (
+            "disk_force_clean_ratio",
+            base().disk_clean_ratios(0.75, 85.0),
+        ),
+        ("disk_clean_ratio", base().disk_clean_ratios(f64::NAN, 0.85)),
+        ("disk_clean_ratio", base().disk_clean_ratios(-0.1, 0.85)),
+        ("interval", base().flush_mode(async_zero)),
+        (
+            "timeout",
+            base().flush_mode(FlushMode::Sync { timeout: zero }),
+        ),
+        ("disk_check_interval", base().disk_check_interval(zero)),
+        (
+            "consume_queue_flush_interval",
+            base().consume_queue_flush_interval(zero),
+        ),
+    ];
+    for (field, cfg) in cases {
+        match MessageStore::open(cfg) {
+            Err(Error::InvalidConfig { reason }) => {
+                assert!(reason.contains(field), "{field}: {reason}")
+            }
+            other => panic!("{field}: {:?}", other.map(|_| "opened")),
+        }
+    }
+    // The bounds themselves are accepted.
+    let store = MessageStore::open(base().disk_clean_ratios(0.0, 1.0)).unwrap();
+    store.shutdown().unwrap();
 }
 
 /// Stalls the creation of the next commit-log file until released, so a roll holds the
