@@ -275,3 +275,30 @@ fn a_panicked_dispatch_thread_poisons_the_store() {
     assert_eq!(got.messages.len(), 1);
     assert_eq!(got.messages[0].physical_offset, put.physical_offset);
 }
+
+/// A handle kept by request threads after its shutdown must not touch the files: another
+/// open (in this process or another) owns them once the lock is released. A queue read at
+/// first use is where a read used to change files (its load removes `.tmp` leftovers and
+/// files past the queue's end).
+#[test]
+fn a_read_after_shutdown_changes_no_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = || config(dir.path(), sync_mode()).lazy_queue_load_threshold(0);
+    {
+        let store = MessageStore::open(cfg()).unwrap();
+        store.put_message(&message("T", 0, "t", 0)).unwrap();
+        // The last record's queue is read at open, to check it.
+        store.put_message(&message("T", 1, "t", 1)).unwrap();
+        store.shutdown().unwrap();
+    }
+    let store = MessageStore::open(cfg()).unwrap();
+    store.shutdown().unwrap();
+    // As if the next owner were creating the queue's next file.
+    let queue = layout::queue_dir(dir.path(), "T", 0);
+    let theirs = queue.join(format!("{}.tmp", layout::file_name(6_000_000)));
+    std::fs::write(&theirs, b"the next owner's").unwrap();
+    let read = store.get_message("T", 0, 0, 1);
+    let _ = store.min_offset_in_queue("T", 0);
+    assert!(theirs.exists(), "a read after shutdown removed a file");
+    assert!(matches!(read, Err(Error::ShutDown)), "{read:?}");
+}

@@ -236,6 +236,12 @@ impl ConsumeQueues {
         self.io.suspect.load(Ordering::Acquire)
     }
 
+    /// No queue is read from its files from now on (the store is shutting down and
+    /// another open may soon own them); waits for the reads running.
+    pub(crate) fn close(&self) {
+        self.io.close();
+    }
+
     /// A queue was found damaged at run time: see [`ConsumeQueues::suspect`].
     pub(crate) fn mark_suspect(&self) {
         self.io.mark_suspect();

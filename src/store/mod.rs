@@ -816,7 +816,9 @@ impl MessageStore {
 
     /// Refuses further puts, stops the threads, flushes everything and releases the
     /// store's lock, so it can be opened again. Reads keep working until the handle is
-    /// dropped. Also run on drop.
+    /// dropped, except from a queue not read since the open (past
+    /// [`StoreConfig::lazy_queue_load_threshold`](crate::StoreConfig::lazy_queue_load_threshold)
+    /// queues), which fails with [`Error::ShutDown`]. Also run on drop.
     ///
     /// Idempotent: a second call, even a concurrent one, waits until the first is done and
     /// returns the same outcome. Fails when the store could not be marked clean: the store
@@ -877,7 +879,10 @@ impl MessageStore {
         } else {
             None
         };
-        // Checked last: a reader may find a damaged queue until the very end.
+        // Checked last: a reader may find a damaged queue until the very end. From here
+        // on a read loads no queue (a load changes files, and the next owner may be
+        // writing them once the lock is released).
+        self.queues.close();
         let unclean = if self.queues.suspect() {
             let why = "a consume queue was found damaged";
             log::error!("{why}: leaving the store for the next open to rebuild the queues");

@@ -196,16 +196,24 @@ impl ConsumeQueue {
     /// and makes the store's next open check and rebuild the queues. Never called with
     /// the tail locked.
     pub(super) fn ensure_loaded(&self) {
-        if let Err(e) = self.try_load() {
-            log::error!("reading consume queue {}: {e}", self.dir.display());
+        match self.try_load() {
+            Ok(()) | Err(Error::ShutDown) => {}
+            Err(e) => log::error!("reading consume queue {}: {e}", self.dir.display()),
         }
     }
 
     /// [`ConsumeQueue::ensure_loaded`], failing on an I/O error, which leaves the queue
     /// unread (nothing served from it, nothing appended to it) for the next use to retry.
+    /// After the store's shutdown it fails with [`Error::ShutDown`] and reads nothing: a
+    /// load changes files (it removes leftovers and files past the end), and another open
+    /// may own them by then.
     pub(super) fn try_load(&self) -> Result<()> {
         if !self.is_unloaded.load(Ordering::Acquire) || self.dropped.load(Ordering::Acquire) {
             return Ok(());
+        }
+        let open = self.io.open.read();
+        if !*open {
+            return Err(Error::ShutDown);
         }
         let mut unloaded = self.unloaded.lock();
         let Some(end) = *unloaded else {

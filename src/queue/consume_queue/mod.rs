@@ -64,6 +64,9 @@ pub(crate) struct QueueFiles {
     /// A queue loaded after the open did not match the queue table: the store must not be
     /// marked clean, so that the next open checks and rebuilds the queues.
     pub suspect: AtomicBool,
+    /// False once the store's shutdown has released the queues; held shared by a queue's
+    /// load (which changes files) for as long as it runs.
+    pub open: parking_lot::RwLock<bool>,
 }
 
 impl QueueFiles {
@@ -75,7 +78,13 @@ impl QueueFiles {
             next_key: AtomicU64::new(0),
             log_start: AtomicU64::new(0),
             suspect: AtomicBool::new(false),
+            open: parking_lot::RwLock::new(true),
         }
+    }
+
+    /// No queue loads from now on (each fails with `ShutDown`); waits for those running.
+    pub(crate) fn close(&self) {
+        *self.open.write() = false;
     }
 
     /// A queue was found damaged at run time: the store is not marked clean, and the next
