@@ -607,3 +607,38 @@ fn offset_by_time_over_a_damaged_entry_is_an_error_not_a_wrong_offset() {
         Some(puts[6].store_timestamp)
     );
 }
+
+/// Entries rise with queue offsets, so an entry below the log's start after (or right
+/// behind) a live one is damage: never a "removed" message to step over.
+#[test]
+fn an_entry_damaged_to_point_below_the_log_start_is_an_error_not_a_skip() {
+    use std::os::unix::fs::FileExt;
+    let dir = tempfile::tempdir().unwrap();
+    let store =
+        MessageStore::open(config(dir.path(), sync_mode()).file_reserved_time(Duration::ZERO))
+            .unwrap();
+    let puts = put_all(&store, "W", 1, 1500);
+    assert!(store.delete_expired_files().unwrap() > 0);
+    let start = store.min_physical_offset();
+    let k = 1490u64;
+    assert!(puts[k as usize - 2].2.physical_offset >= start);
+    // Entry k points at offset 0, long deleted; its size and tag stay.
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(layout::queue_dir(dir.path(), "W", 0).join(layout::file_name(0)))
+        .unwrap()
+        .write_all_at(&[0u8; 8], k * 20)
+        .unwrap();
+    let got = store.get_message("W", 0, k - 2, 8).unwrap();
+    let offsets: Vec<_> = got.messages.iter().map(|m| m.queue_offset).collect();
+    assert_eq!(offsets, [k - 2, k - 1], "served past the damaged entry");
+    assert_eq!(got.next_offset, k);
+    // From the damaged entry itself (its predecessor is live): an error, every time.
+    for _ in 0..2 {
+        let err = store.get_message("W", 0, k, 8).unwrap_err();
+        assert!(matches!(err, rocketstore::Error::Corrupted { .. }), "{err}");
+    }
+    // The messages after it are still served.
+    let got = store.get_message("W", 0, k + 1, 8).unwrap();
+    assert_eq!(got.messages[0].queue_offset, k + 1);
+}

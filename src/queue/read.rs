@@ -272,7 +272,7 @@ fn walk<T>(
     let (limit, log_start) = (log.readable_offset(), log.min_offset());
     let mut cursor = ReadCursor::default();
     let mut items = Vec::with_capacity(max_count.min(64));
-    let (mut bytes, mut removed, mut beyond) = (0usize, 0u64, false);
+    let (mut bytes, mut removed, mut beyond, mut seen_live) = (0usize, 0u64, false, false);
     let mut next = offset;
     'outer: while next < max && items.len() < max_count && next - offset < scan as u64 {
         // In windows: a caller's huge count must not make one call read and decode a
@@ -323,11 +323,37 @@ fn walk<T>(
                 break 'outer;
             }
             next += 1;
-            if filter.is_some_and(|f| !f.matches_hash(entry.tag_hash)) {
+            if entry.physical_offset < log_start {
+                // Entries rise with queue offsets: one below the start after a live one,
+                // in this walk or right behind it, is damage, not a removed message.
+                let at = next - 1;
+                let behind_live = seen_live
+                    || (at == offset
+                        && at > queue.min_offset()
+                        && queue
+                            .entry(at - 1)
+                            .is_some_and(|prev| prev.physical_offset >= log_start));
+                if behind_live {
+                    if items.is_empty() {
+                        queues.mark_suspect();
+                        return Err(Error::corrupted(
+                            entry.physical_offset,
+                            format!(
+                                "consume queue {topic}/{queue_id} entry {at} points below \
+                                 the log's start {log_start}, after a live entry"
+                            ),
+                        ));
+                    }
+                    next -= 1;
+                    break 'outer;
+                }
+                if filter.is_none_or(|f| f.matches_hash(entry.tag_hash)) {
+                    removed += 1;
+                }
                 continue;
             }
-            if entry.physical_offset < log_start {
-                removed += 1;
+            seen_live = true;
+            if filter.is_some_and(|f| !f.matches_hash(entry.tag_hash)) {
                 continue;
             }
             let before = items.len();
