@@ -211,8 +211,24 @@ impl Arrivals {
                 if reg.removed.len() >= REMOVED_KEPT {
                     reg.removed.clear();
                 }
-                reg.removed
-                    .insert((topic.to_owned(), queue_id), (q.max_offset(), now));
+                let end = q.max_offset();
+                let key = (topic.to_owned(), queue_id);
+                // Registered after the queue left the table and before this: kept by
+                // name. Released by the rule `register` applies from now on.
+                if let Some(unborn) = reg.unborn.get_mut(&key) {
+                    let gone: Vec<Waiter> = unborn
+                        .extract_if(.., |w| w.offset > 0 && w.offset <= end)
+                        .collect();
+                    if unborn.is_empty() {
+                        reg.unborn.remove(&key);
+                    }
+                    for w in &gone {
+                        reg.places.remove(&w.id);
+                        reg.released.insert(w.id);
+                    }
+                    woken.extend(gone);
+                }
+                reg.removed.insert(key, (end, now));
                 if let Some((_, waiters)) = reg.by_queue.remove(&q.key()) {
                     q.watched.store(false, Ordering::SeqCst);
                     for w in &waiters {
@@ -268,5 +284,61 @@ fn remove(reg: &mut Registry, id: u64) {
             }
         }
         None => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::AtomicUsize;
+    use std::task::Wake;
+
+    use super::*;
+    use crate::queue::consume_queue::QueueFiles;
+    use crate::queue::entry::CqEntry;
+
+    struct Count(AtomicUsize);
+    impl Wake for Count {
+        fn wake(self: Arc<Self>) {
+            self.0.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+
+    /// A wait registered while the topic is being deleted (out of the table, its removal
+    /// not yet recorded) is kept by name; the deletion must release it as it releases
+    /// the waits on its queues, or it waits out its timeout (a future, for ever).
+    #[test]
+    fn a_wait_registered_during_a_deletion_is_released_by_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let io = Arc::new(QueueFiles::new(1000 * 20, None, 4));
+        let q = Arc::new(ConsumeQueue::new(dir.path().join("T/0"), io));
+        for i in 0..10 {
+            let e = CqEntry {
+                physical_offset: 100 * i,
+                size: 100,
+                tag_hash: 0,
+            };
+            q.put(i, e).unwrap();
+        }
+        q.commit().unwrap();
+        let arrivals = Arrivals::default();
+        let count = Arc::new(Count(AtomicUsize::new(0)));
+        let waker = Waker::from(Arc::clone(&count));
+        let (gone, past_end) = (arrivals.new_id(), arrivals.new_id());
+        // The topic is already out of the table: the lookup finds nothing.
+        for (id, offset) in [(gone, 5), (past_end, 11)] {
+            let found = arrivals.register(&|| None, id, ("T", 0, offset), &waker);
+            assert!(matches!(found, Registered::Waiting));
+        }
+        arrivals.dropped("T", [(&0u32, &q)].into_iter());
+        assert_eq!(
+            count.0.load(Ordering::SeqCst),
+            1,
+            "the wait below the end was not woken"
+        );
+        let again = arrivals.register(&|| None, gone, ("T", 0, 5), &waker);
+        assert!(matches!(again, Registered::Arrived));
+        // A wait past the old end is for the topic's next queue: it goes on waiting.
+        let other = arrivals.register(&|| None, past_end, ("T", 0, 11), &waker);
+        assert!(matches!(other, Registered::Waiting));
     }
 }
