@@ -642,3 +642,87 @@ fn an_entry_damaged_to_point_below_the_log_start_is_an_error_not_a_skip() {
     let got = store.get_message("W", 0, k + 1, 8).unwrap();
     assert_eq!(got.messages[0].queue_offset, k + 1);
 }
+
+/// Time searches and point lookups read the record an entry names with the checks `get`
+/// makes: a record zeroed in the log, or one of another queue, is `Corrupted`, never
+/// "not stored" nor a wrong offset.
+#[test]
+fn time_lookups_over_a_damaged_or_foreign_record_are_errors() {
+    use std::os::unix::fs::FileExt;
+    let dir = tempfile::tempdir().unwrap();
+    let store = MessageStore::open(config(dir.path(), sync_mode())).unwrap();
+    let puts: Vec<_> = (0..100)
+        .map(|i| {
+            let ts = 1_000_000 + i as i64 * 1000;
+            let other = store
+                .put_message_stamped(&message("Other", 0, "o", i), ts)
+                .unwrap();
+            let mine = store
+                .put_message_stamped(&message("Time", 0, "t", i), ts)
+                .unwrap();
+            (mine, other)
+        })
+        .collect();
+    assert!(store.wait_dispatched_to(store.max_physical_offset(), Duration::from_secs(30)));
+    let at = |i: usize| puts[i].0.store_timestamp;
+    assert_eq!(store.offset_by_time("Time", 0, at(80)).unwrap(), 80);
+    let log = layout::commit_log_file(dir.path(), 0);
+    let log = std::fs::OpenOptions::new().write(true).open(log).unwrap();
+    // Record 50 (the search's first probe) zeroed where it starts.
+    log.write_all_at(&[0u8; 8], puts[50].0.physical_offset)
+        .unwrap();
+    fn corrupted<T>(r: rocketstore::Result<T>) -> bool {
+        matches!(r, Err(rocketstore::Error::Corrupted { .. }))
+    }
+    assert!(corrupted(store.offset_by_time("Time", 0, at(80))));
+    assert!(corrupted(store.message_store_time("Time", 0, 50)));
+    assert!(corrupted(store.commit_log_offset_in_queue("Time", 0, 50)));
+    // Entry 60 pointed at the other queue's record 60 (same size, same time).
+    let entry = layout::queue_dir(dir.path(), "Time", 0).join(layout::file_name(0));
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(entry)
+        .unwrap()
+        .write_all_at(&puts[60].1.physical_offset.to_be_bytes(), 60 * 20)
+        .unwrap();
+    assert!(corrupted(store.message_store_time("Time", 0, 60)));
+    assert!(corrupted(store.commit_log_offset_in_queue("Time", 0, 60)));
+    // The intact ones still answer.
+    assert_eq!(
+        store.commit_log_offset_in_queue("Time", 0, 70).unwrap(),
+        Some(puts[70].0.physical_offset)
+    );
+}
+
+/// A damaged entry pointing at a copy of a record carried inside another message's body:
+/// the copy names the offset it was copied from, not where it lies, so neither `get`
+/// nor `get_raw` serves it.
+#[test]
+fn a_record_copied_inside_a_body_is_served_by_neither_get_nor_get_raw() {
+    use std::os::unix::fs::FileExt;
+    let dir = tempfile::tempdir().unwrap();
+    let store = MessageStore::open(config(dir.path(), sync_mode())).unwrap();
+    store.put_message(&message("T", 0, "t", 0)).unwrap();
+    assert!(store.wait_dispatched_to(store.max_physical_offset(), Duration::from_secs(30)));
+    let raw = store.get_raw(&GetRequest::new("T", 0, 0)).unwrap().records[0].clone();
+    let carrier = store
+        .put_message(&Message::new("Carrier", 0u32, raw.clone()))
+        .unwrap();
+    let bytes = std::fs::read(layout::commit_log_file(dir.path(), 0)).unwrap();
+    let from = carrier.physical_offset as usize;
+    let inner = from
+        + bytes[from..]
+            .windows(raw.len())
+            .position(|w| w == &raw[..])
+            .unwrap();
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(layout::queue_dir(dir.path(), "T", 0).join(layout::file_name(0)))
+        .unwrap()
+        .write_all_at(&(inner as u64).to_be_bytes(), 0)
+        .unwrap();
+    let corrupted = |e: &rocketstore::Error| matches!(e, rocketstore::Error::Corrupted { .. });
+    assert!(corrupted(&store.get_message("T", 0, 0, 1).unwrap_err()));
+    let raw_got = store.get_raw(&GetRequest::new("T", 0, 0));
+    assert!(raw_got.as_ref().is_err_and(corrupted), "{raw_got:?}");
+}

@@ -1036,20 +1036,6 @@ impl CommitLog {
         self.verify_crc_on_read
     }
 
-    /// The store time of the record at `offset`, if one starts there below `limit`: read
-    /// from its header alone (the body's CRC does not cover it, and is not checked).
-    pub(crate) fn store_time_at(&self, offset: u64, limit: u64) -> Result<Option<i64>> {
-        let mut cursor = ReadCursor::default();
-        let Some(bytes) = self.read_raw_with(&mut cursor, offset, limit)? else {
-            return Ok(None);
-        };
-        let view = record::parse(&bytes, offset)?;
-        if view.physical_offset != offset {
-            return Err(Error::corrupted(offset, "no record starts here"));
-        }
-        Ok(Some(view.store_timestamp))
-    }
-
     /// Points `cursor` at the readable file holding `offset` and finds the record starting
     /// there: its position in the view and its size (the peek checks that it fits). `None`
     /// when no record starts there below `limit`.

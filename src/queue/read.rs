@@ -494,7 +494,14 @@ pub(crate) fn get_raw(
                 return missing(log, &entry);
             };
             let view = crate::commit_log::record::parse(&bytes, entry.physical_offset)?;
-            // As `CommitLog::read_with` does for decoded messages.
+            // As `CommitLog::read_with` does for decoded messages: a record written inside
+            // another's body names an offset other than where it was found.
+            if view.physical_offset != entry.physical_offset {
+                return Err(Error::corrupted(
+                    entry.physical_offset,
+                    "no record starts here",
+                ));
+            }
             if log.verifies_reads() && !view.crc_ok() {
                 return Err(Error::corrupted(entry.physical_offset, "body CRC mismatch"));
             }
@@ -553,7 +560,7 @@ pub(crate) fn offset_by_time(
             // An entry that cannot be read is an error, as for `get`: taken for "not
             // older", it would turn the search's answer into a wrong offset.
             let stored = match queue.entries(at, 1)?.first() {
-                Some(e) => log.store_time_at(e.physical_offset, limit)?,
+                Some(e) => store_time_of(log, queues, (topic, queue_id, at), e, limit)?,
                 None => None,
             };
             Ok(stored.is_some_and(|stored| stored < ts))
@@ -585,9 +592,43 @@ pub(crate) fn locate(
     let Some(&entry) = queue.entries(queue_offset, 1)?.first() else {
         return Ok(None);
     };
-    if entry.physical_offset < log.min_offset() {
+    let at = (topic, queue_id, queue_offset);
+    let stored = store_time_of(log, queues, at, &entry, log.readable_offset())?;
+    Ok(stored.map(|ts| (entry.physical_offset, ts)))
+}
+
+/// The store time of the record `entry` (entry `at` of its queue) names, checked as `get`
+/// checks it: `None` when the record was removed or is not readable yet (at or past
+/// `limit`); `Corrupted` when no record starts there or it is another queue's. Read from
+/// the header alone: the body's CRC does not cover it, and is not checked.
+fn store_time_of(
+    log: &CommitLog,
+    queues: &ConsumeQueues,
+    (topic, queue_id, at): (&str, u32, u64),
+    entry: &CqEntry,
+    limit: u64,
+) -> Result<Option<i64>> {
+    if entry.physical_offset < log.min_offset() || entry.physical_offset >= limit {
         return Ok(None);
     }
-    let stored = log.store_time_at(entry.physical_offset, log.readable_offset())?;
-    Ok(stored.map(|ts| (entry.physical_offset, ts)))
+    let mut cursor = ReadCursor::default();
+    let Some(bytes) = log.read_raw_with(&mut cursor, entry.physical_offset, limit)? else {
+        return missing(log, entry).map(|()| None);
+    };
+    let view = crate::commit_log::record::parse(&bytes, entry.physical_offset)?;
+    if view.physical_offset != entry.physical_offset {
+        return Err(Error::corrupted(
+            entry.physical_offset,
+            "no record starts here",
+        ));
+    }
+    if view.queue_id != queue_id
+        || view.queue_offset != at
+        || view.topic != topic
+        || !indexes(entry, view.total_size, view.sys_flag)
+    {
+        let found = (view.topic, view.queue_id, view.queue_offset);
+        return Err(foreign(queues, (topic, queue_id, at), entry, found));
+    }
+    Ok(Some(view.store_timestamp))
 }
