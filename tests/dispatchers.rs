@@ -232,12 +232,41 @@ fn retention_never_deletes_records_a_lagging_dispatcher_has_not_seen() {
     assert_eq!(store.min_physical_offset(), 0);
     let releaser = gate.release();
     assert!(store.wait_dispatcher("slow", store.max_physical_offset(), LONG));
-    // Seen by all: now the old files go.
+    // Seen by all, and recorded: now the old files go.
+    assert!(store.wait_dispatcher_durable("slow", store.max_physical_offset(), LONG));
     assert!(store.delete_expired_files().unwrap() >= 2);
     store.shutdown().unwrap();
     drop(store);
     releaser.join().unwrap();
     assert_eq!(seen.lock().unwrap().offsets, offsets);
+}
+
+/// After a crash a dispatcher is given again every record past its recorded progress:
+/// retention must not delete records it has seen but not yet recorded.
+#[test]
+fn retention_keeps_records_a_dispatcher_has_seen_but_not_recorded() {
+    let dir = tempfile::tempdir().unwrap();
+    let (rec, _seen) = Recorder::new("rec");
+    let store = MessageStore::open_with(
+        config(dir.path(), sync_mode())
+            .file_reserved_time(Duration::ZERO)
+            // Its progress is recorded only at shutdown.
+            .consume_queue_flush_interval(Duration::from_secs(3600)),
+        vec![Box::new(rec)],
+    )
+    .unwrap();
+    let mut i = 0;
+    while store.max_physical_offset() < 3 * common::SMALL_FILE {
+        store.put_message(&message("T", 0, "s", i)).unwrap();
+        i += 1;
+    }
+    let end = store.max_physical_offset();
+    assert!(store.wait_dispatched_to(end, LONG));
+    assert!(store.wait_dispatcher("index", end, LONG));
+    assert!(store.wait_dispatcher("rec", end, LONG));
+    assert_eq!(store.delete_expired_files().unwrap(), 0);
+    assert_eq!(store.min_physical_offset(), 0);
+    store.shutdown().unwrap();
 }
 
 #[test]

@@ -104,17 +104,27 @@ impl DispatcherThread {
     /// Waits until every record below `end` is dispatched; false on timeout, or once the
     /// thread has ended.
     pub(crate) fn wait_to(&self, end: u64, timeout: Duration) -> bool {
+        self.wait_until(&self.shared.dispatched, end, timeout)
+    }
+
+    /// Waits until the dispatcher's progress past every record below `end` is durable
+    /// (its flush ran); false on timeout, or once the thread has ended.
+    pub(crate) fn wait_durable_to(&self, end: u64, timeout: Duration) -> bool {
+        self.wait_until(&self.shared.durable, end, timeout)
+    }
+
+    fn wait_until(&self, at: &AtomicU64, end: u64, timeout: Duration) -> bool {
         let s = &self.shared;
         let deadline = Instant::now().checked_add(timeout);
         let mut guard = s.progress.lock();
-        while s.dispatched.load(Ordering::Acquire) < end {
+        while at.load(Ordering::Acquire) < end {
             if s.exited.load(Ordering::Acquire) {
                 return false;
             }
             match deadline {
                 Some(d) => {
                     if s.progressed.wait_until(&mut guard, d).timed_out() {
-                        return s.dispatched.load(Ordering::Acquire) >= end;
+                        return at.load(Ordering::Acquire) >= end;
                     }
                 }
                 None => s.progressed.wait(&mut guard),
@@ -153,14 +163,21 @@ impl DispatcherThread {
 pub(crate) struct Position(Arc<Shared>);
 
 impl Position {
-    /// Every record below the offset returned is dispatched; `None` once the thread has
-    /// panicked (it will never move again, and holding the log for it would fill the
-    /// disk). A thread stopped by shutdown still holds its place.
+    /// Every record below the offset returned is dispatched, and for a broker's
+    /// dispatcher its progress past them is durable (after a crash it is given again
+    /// every record past its recorded progress, so those must still be there; the key
+    /// index needs no record it has indexed again). `None` once the thread has panicked
+    /// (it will never move again, and holding the log for it would fill the disk). A
+    /// thread stopped by shutdown still holds its place.
     pub(crate) fn holds(&self) -> Option<u64> {
         if self.0.panicked.load(Ordering::Acquire) {
             return None;
         }
-        Some(self.0.dispatched.load(Ordering::Acquire))
+        let at = match self.0.name == crate::dispatch::INDEX_NAME {
+            true => &self.0.dispatched,
+            false => &self.0.durable,
+        };
+        Some(at.load(Ordering::Acquire))
     }
 
     pub(crate) fn name(&self) -> &str {
@@ -207,6 +224,8 @@ fn run(s: &Shared, sink: &mut dyn Sink, from: u64, timestamp: i64) {
                 sink.flush(at, ts)?;
                 flushed = at;
                 s.durable.store(at, Ordering::Release);
+                drop(s.progress.lock());
+                s.progressed.notify_all();
                 sink.maintain(s.log.min_offset());
                 last_flush = Instant::now();
             }

@@ -26,7 +26,16 @@ fn resume_point(log: &CommitLog, progress: Option<Progress>) -> (u64, i64) {
     match progress {
         Some(p) if p.offset >= start && p.offset <= end => (p.offset, p.timestamp),
         Some(p) if p.offset > end => (end, log.last_store_timestamp()),
-        _ => (start, 0),
+        Some(p) => {
+            log::warn!(
+                "a dispatcher's progress {} lies below the log's start {start}: the records \
+                 between were deleted before it recorded them (disk pressure, or the \
+                 operator's override)",
+                p.offset
+            );
+            (start, 0)
+        }
+        None => (start, 0),
     }
 }
 

@@ -767,6 +767,18 @@ impl MessageStore {
             .is_some_and(|d| d.wait_to(end, timeout))
     }
 
+    /// Waits until the dispatcher `name` has recorded, durably, that it dispatched every
+    /// record below `end` (its flush ran, every `consume_queue_flush_interval`): a crash
+    /// from then on does not give it those records again, and retention may delete them.
+    /// False when `timeout` passes first, when its thread has ended, or when no
+    /// dispatcher has that name.
+    pub fn wait_dispatcher_durable(&self, name: &str, end: u64, timeout: Duration) -> bool {
+        self.side
+            .iter()
+            .find(|d| d.name() == name)
+            .is_some_and(|d| d.wait_durable_to(end, timeout))
+    }
+
     /// Whether puts are being refused with [`Error::PageCacheBusy`] right now: the append
     /// lock has been held longer than [`StoreConfig::busy_limit`].
     pub fn is_page_cache_busy(&self) -> bool {
