@@ -504,3 +504,47 @@ fn a_cut_does_not_make_a_stale_log_start_trusted() {
     assert_eq!(store.max_physical_offset(), cut);
     store.shutdown().unwrap();
 }
+
+/// Dispatch stops at the confirm offset: a clean shutdown then leaves the records past it
+/// for the next open to index (not a rebuild of every queue), and a topic deletion still
+/// waiting for them is not written into the queue table as if it were done (the next
+/// open, which completes it, refused the store as damaged).
+#[test]
+fn a_shutdown_with_unconfirmed_records_reopens_without_a_rebuild_or_refusal() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg_c = || cfg(dir.path()).read_confirmed_only(true);
+    {
+        let store = MessageStore::open(cfg_c()).unwrap();
+        for i in 0..3 {
+            store.put_message(&message("T", 0, "t", i)).unwrap();
+        }
+        store
+            .set_confirm_offset(store.max_physical_offset())
+            .unwrap();
+        assert!(store.wait_dispatched_to(store.max_physical_offset(), LONG));
+        // Never confirmed: the deletion's cutoff lies past the confirm offset.
+        store.put_message(&message("U", 0, "u", 0)).unwrap();
+        std::thread::scope(|s| {
+            let deleting = s.spawn(|| store.delete_topic("T"));
+            let file = layout::deleted_topics_file(dir.path());
+            let deadline = std::time::Instant::now() + LONG;
+            while !fs::read_to_string(&file).is_ok_and(|t| t.contains("\nT ")) {
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "the deletion was not recorded"
+                );
+                std::thread::yield_now();
+            }
+            store.put_message(&message("V", 0, "v", 0)).unwrap();
+            store.shutdown().unwrap();
+            assert!(matches!(deleting.join().unwrap(), Err(Error::ShutDown)));
+        });
+    }
+    let store = MessageStore::open(cfg_c()).unwrap();
+    let open = store.stats().open;
+    assert!(!open.rebuilt_queues, "{open:?}");
+    assert_eq!(store.max_offset_in_queue("T", 0), 0);
+    assert_eq!(store.max_offset_in_queue("U", 0), 1);
+    assert_eq!(store.max_offset_in_queue("V", 0), 1);
+    store.shutdown().unwrap();
+}

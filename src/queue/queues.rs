@@ -427,10 +427,16 @@ impl ConsumeQueues {
     /// The header records `log_end`, the commit log's end when it was written: a table is
     /// known exact for a store whose log still ends there (see [`QueueTable::exact_at`]).
     /// The last line is a CRC of everything before it.
-    pub(crate) fn write_table(&self, path: &Path, log_end: u64) -> Result<()> {
+    pub(crate) fn write_table(
+        &self,
+        path: &Path,
+        log_end: u64,
+        leave_out: &[String],
+    ) -> Result<()> {
         let mut rows: Vec<_> = self
             .all()
             .into_iter()
+            .filter(|(t, _, _)| !leave_out.contains(t))
             .map(|(t, id, q)| {
                 let (max, last) = q.table_end();
                 (t, id, max, last)

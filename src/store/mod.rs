@@ -883,6 +883,9 @@ impl MessageStore {
         } else if let Err(e) = self.queues.write_table(
             &layout::queue_table_file(self.config.root()),
             self.log.write_offset(),
+            // Their rows describe queues the next open removes first (the deletion waits
+            // for a dispatch that stopped short: the confirm offset).
+            &self.deleted.not_done(),
         ) {
             // A full disk must not turn a clean shutdown into a crash: the table of the last
             // open stays, and is still a lower bound (queues only grow while the store runs).
@@ -905,7 +908,19 @@ impl MessageStore {
         } else {
             unclean
         };
-        if let Err(e) = self.lock.release(unclean.is_none()) {
+        // Under `read_confirmed_only` dispatch stops at the confirm offset, and the queues
+        // do not cover the log: the next open indexes the rest from the checkpoint, as after
+        // a crash (a clean open takes the queues for whole, and would rebuild them all).
+        let covered = self.dispatcher.dispatched_offset() >= self.log.write_offset();
+        if unclean.is_none() && !covered {
+            log::info!(
+                "the consume queues end at {} (the confirm offset), the log at {}: the next \
+                 open indexes the rest",
+                self.dispatcher.dispatched_offset(),
+                self.log.write_offset()
+            );
+        }
+        if let Err(e) = self.lock.release(unclean.is_none() && covered) {
             log::error!("releasing the store lock: {e}");
             return Outcome::Unclean(e.to_io("releasing the store lock"));
         }

@@ -253,7 +253,7 @@ pub(crate) fn recover(
         table.len() != queues.all().len() || table.iter().any(|row| have(&queues, row) != row.next);
     if (changed || !table_path.exists())
         && sink.stalled.is_none()
-        && let Err(e) = queues.write_table(&table_path, log.write_offset())
+        && let Err(e) = queues.write_table(&table_path, log.write_offset(), &[])
     {
         let shrank = table.iter().any(|row| have(&queues, row) < row.next);
         log::warn!("the queue table could not be written: {e}");
