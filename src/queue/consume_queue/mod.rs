@@ -633,7 +633,14 @@ impl ConsumeQueue {
                         .expect("20 bytes"),
                 )
             } else {
-                self.entry_in(queue_offset, true)
+                // A failure to read is not a different entry: it is returned (and the
+                // round retried) rather than reported as damage.
+                let mut buf = [0u8; CQ_ENTRY_LEN];
+                let byte = queue_offset * CQ_ENTRY_LEN as u64;
+                match self.read_checked(byte, &mut buf, true)? {
+                    true => CqEntry::decode(&buf),
+                    false => None,
+                }
             };
             return match have {
                 Some(e) if e == entry => Ok(Indexed::Already),
