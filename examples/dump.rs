@@ -177,7 +177,7 @@ impl<W: Write> Dumper<'_, W> {
             let len = std::fs::metadata(path)?.len();
             if a.limit.is_some_and(|l| self.shown >= l) || a.to.is_some_and(|to| *start >= to) {
                 break;
-            } else if a.from.is_some_and(|from| start + len <= from) {
+            } else if a.from.is_some_and(|from| start.saturating_add(len) <= from) {
                 continue;
             }
             let used = LogFiles::walk(path, *start, |item| match item {

@@ -279,7 +279,7 @@ pub fn verify(
                 let what = || format!("queue entry {topic}/{id} #{qo}");
                 let Some(e) = e else {
                     let why = vec!["not an entry: its size or offset is out of range".into()];
-                    report(&what, qo * CQ_ENTRY_LEN as u64, why)?;
+                    report(&what, qo.saturating_mul(CQ_ENTRY_LEN as u64), why)?;
                     continue;
                 };
                 if e.physical_offset >= log_start {
@@ -357,8 +357,8 @@ impl LogFiles {
         window: usize,
         mut visit: impl FnMut(Item<'_>) -> io::Result<ControlFlow<()>>,
     ) -> io::Result<u64> {
+        let len = regular_file_len(path)?;
         let file = std::fs::File::open(path)?;
-        let len = file.metadata()?.len();
         if start.checked_add(len).is_none() {
             return Err(invalid(
                 path,
@@ -577,12 +577,26 @@ impl Totals {
 /// queue, with their queue offsets, up to the first unwritten (all-zero) entry. `None` is
 /// 20 bytes that are written but not an entry (a size or offset out of range): damage.
 pub fn queue_entries(path: &Path, start: u64) -> io::Result<Vec<(u64, Option<CqEntry>)>> {
+    // No consume-queue file is larger (`consume_queue_entries_per_file` is bounded so).
+    if regular_file_len(path)? > i32::MAX as u64 {
+        return Err(invalid(path, "larger than any consume-queue file"));
+    }
     let bytes = std::fs::read(path)?;
     let entries = bytes
         .chunks_exact(CQ_ENTRY_LEN)
         .take_while(|c| !is_zero(c))
         .map(|c| CqEntry::decode(c.try_into().expect("chunks of an entry")));
     Ok((start / CQ_ENTRY_LEN as u64..).zip(entries).collect())
+}
+
+/// The length of the regular file at `path`; an `InvalidInput` error for anything else
+/// (a FIFO would block the open for ever, a device has no end).
+fn regular_file_len(path: &Path) -> io::Result<u64> {
+    let meta = std::fs::metadata(path)?;
+    if !meta.is_file() {
+        return Err(invalid(path, "not a regular file"));
+    }
+    Ok(meta.len())
 }
 
 /// The key-index files in `dir`, oldest first (their names are their creation times); any
@@ -605,15 +619,19 @@ impl IndexFileBytes {
     /// `slots` hash slots and `entries` entries (the store's `index_hash_slots` and
     /// `index_entries`).
     pub fn read(path: &Path, slots: u32, entries: u32) -> io::Result<IndexFileBytes> {
-        let bytes = std::fs::read(path)?;
         let expected = format::index_file_len(slots, entries);
-        if bytes.len() as u64 != expected {
+        // Checked before reading: any file under a directory named `index` comes here.
+        let len = regular_file_len(path)?;
+        if len != expected {
             let why = format!(
-                "{} bytes, not {expected}: not an index file of {slots} slots and {entries} \
-                 entries (the store's index_hash_slots and index_entries)",
-                bytes.len()
+                "{len} bytes, not {expected}: not an index file of {slots} slots and {entries} \
+                 entries (the store's index_hash_slots and index_entries)"
             );
             return Err(invalid(path, why));
+        }
+        let bytes = std::fs::read(path)?;
+        if bytes.len() as u64 != expected {
+            return Err(invalid(path, "its length changed while it was read"));
         }
         Ok(IndexFileBytes {
             bytes,

@@ -320,3 +320,31 @@ fn verify_reports_zeros_that_end_a_file_before_later_records() {
         "{found:?}"
     );
 }
+
+/// A FIFO where a store file should be: the walk reports it instead of blocking for ever
+/// in its open (nothing writes the other end).
+#[test]
+fn a_fifo_in_place_of_a_store_file_is_reported_not_waited_on() {
+    let (dir, _) = store();
+    let file = layout::queue_dir(dir.path(), "Insp", 0).join(layout::file_name(0));
+    std::fs::remove_file(&file).unwrap();
+    rustix::fs::mknodat(
+        rustix::fs::CWD,
+        &file,
+        rustix::fs::FileType::Fifo,
+        rustix::fs::Mode::from_raw_mode(0o644),
+        0,
+    )
+    .unwrap();
+    let target = Target::of(dir.path()).unwrap();
+    let (tx, rx) = crossbeam_channel::bounded(1);
+    std::thread::spawn(move || {
+        let result = inspect::verify(&target, SHAPE, |_| Ok(()));
+        let _ = tx.send(result.map_err(|e| e.to_string()));
+    });
+    let result = rx
+        .recv_timeout(std::time::Duration::from_secs(30))
+        .expect("verify blocked on the FIFO");
+    let err = result.unwrap_err();
+    assert!(err.contains("not a regular file"), "{err}");
+}
