@@ -187,6 +187,11 @@ impl Message {
     }
 
     /// Sets the keys (the `KEYS` property, keys joined by a space).
+    ///
+    /// As in RocketMQ, the space is the separator and nothing escapes it: a key that holds
+    /// a space is stored, indexed and returned by [`keys`](crate::StoredMessage::keys) as
+    /// two keys, and `query_message` finds the message by each part, not by the whole.
+    /// Empty keys are dropped the same way.
     pub fn with_keys<I, S>(self, keys: I) -> Self
     where
         I: IntoIterator<Item = S>,
