@@ -238,6 +238,10 @@ fn walk<T>(
             max: 0,
         });
     };
+    // A queue not read since a lazy open is read first: its minimum is 0 until then, and
+    // an answer built on it (a skip past a missing file) could move the consumer past
+    // stored messages. A failure to read it is the caller's, to retry.
+    queue.try_load()?;
     let (min, max) = (queue.min_offset(), queue.max_offset());
     let answer = |status, next| {
         Ok(Walked {

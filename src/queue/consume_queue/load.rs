@@ -207,7 +207,7 @@ impl ConsumeQueue {
     /// After the store's shutdown it fails with [`Error::ShutDown`] and reads nothing: a
     /// load changes files (it removes leftovers and files past the end), and another open
     /// may own them by then.
-    pub(super) fn try_load(&self) -> Result<()> {
+    pub(crate) fn try_load(&self) -> Result<()> {
         if !self.is_unloaded.load(Ordering::Acquire) || self.dropped.load(Ordering::Acquire) {
             return Ok(());
         }
