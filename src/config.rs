@@ -121,7 +121,8 @@ pub struct StoreConfig {
     /// Every disk ratio is the used fraction as `df` shows it (and RocketMQ computes it):
     /// used blocks over used plus available ones, leaving out the blocks the filesystem
     /// reserves for root. Must be within 0..=1: 1 turns it off, 0 deletes expired files
-    /// at any hour.
+    /// at any hour, as under disk pressure (the key index and broker dispatchers then do
+    /// not hold the log; see `docs/DESIGN.md`, "Retention").
     pub disk_clean_ratio: f64,
     /// Above this used fraction, the oldest files are deleted whatever their age, one per
     /// disk sample. Default: 0.85. Must be above 0 and at most 1 (which turns it off).

@@ -396,62 +396,78 @@ fn a_rebuild_that_fails_halfway_is_done_again_by_the_next_open() {
     assert_eq!(got.messages[0].physical_offset, puts[0].physical_offset);
 }
 
+/// Fails the creation of the first consume-queue file of one topic's queues.
+struct FailTopicCreate(&'static str, crossbeam_channel::Sender<()>);
+
+impl rocketstore::IoHook for FailTopicCreate {
+    fn before_create(&self, path: &Path) -> std::io::Result<()> {
+        let queue = path.parent().and_then(Path::parent);
+        if queue.is_some_and(|t| t.ends_with(self.0)) && path.ends_with(layout::file_name(0)) {
+            let _ = self.1.send(());
+            return Err(std::io::Error::other("injected queue-file failure"));
+        }
+        Ok(())
+    }
+}
+
 /// The gap a clean open's failed rebuild used to leave: nothing else tells the next clean
 /// open that the queues were emptied when there is no queue table (a store written by
-/// RocketMQ or 0.1) and the last file holds no indexed record to check.
+/// RocketMQ or 0.1) and the last file holds no indexed record to check. The rebuild
+/// fails in its second file, after the first was done.
 #[test]
 fn a_clean_open_whose_rebuild_fails_leaves_the_rebuild_to_the_next_open() {
     let dir = tempfile::tempdir().unwrap();
-    let puts: Vec<_> = {
+    let (t, u) = {
         let store = open(dir.path(), sync_mode());
-        let puts: Vec<_> = (0..40)
-            .map(|i| {
-                let msg = Message::new("T", 0u32, kib_body("T", i));
-                store.put_message(&msg).unwrap()
-            })
-            .collect();
+        let put = |topic: &str, i: u64| {
+            let msg = Message::new(topic, 0u32, kib_body(topic, i));
+            store.put_message(&msg).unwrap()
+        };
+        let t: Vec<_> = (0..40).map(|i| put("T", i)).collect();
+        // U's records all lie in the second file.
+        while store.max_physical_offset() < SMALL_FILE {
+            put("Pad", 0);
+        }
+        let u: Vec<_> = (0..20).map(|i| put("U", i)).collect();
         // Then only transaction halves (never indexed), until the last file holds nothing
         // but them.
         let mut i = 0;
-        while store.max_physical_offset() < SMALL_FILE + 4096 {
+        while store.max_physical_offset() < 2 * SMALL_FILE + 4096 {
             let mut half = Message::new("T", 0u32, kib_body("half", i));
             half.sys_flag = rocketstore::TRANSACTION_PREPARED;
             store.put_message(&half).unwrap();
             i += 1;
         }
         store.shutdown().unwrap();
-        puts
+        (t, u)
     };
-    assert!(puts.last().unwrap().end_offset() < SMALL_FILE);
+    assert!(u[0].physical_offset >= SMALL_FILE && u[19].end_offset() < 2 * SMALL_FILE);
     fs::remove_file(layout::queue_table_file(dir.path())).unwrap();
-    // The queue's last entry points at its first record: a rebuild is due; it fails once
-    // it has emptied the queue.
+    // T's last entry points at its first record: a rebuild is due; it fails once it has
+    // emptied the queues and rebuilt those of the first file.
     patch_entry(
         dir.path(),
         "T",
         0,
         39,
-        puts[0].physical_offset,
-        puts[0].wrote_bytes,
+        t[0].physical_offset,
+        t[0].wrote_bytes,
     );
-    let hook = QueueFaults::new();
-    hook.fail_create
-        .store(true, std::sync::atomic::Ordering::SeqCst);
+    let (tx, failed) = crossbeam_channel::unbounded();
     let cfg = || config(dir.path(), sync_mode());
-    assert!(MessageStore::open(cfg().io_hook(hook.clone())).is_err());
-    assert!(hook.failed.1.try_recv().is_ok(), "the rebuild did not run");
+    let hook = std::sync::Arc::new(FailTopicCreate("U", tx));
+    assert!(MessageStore::open(cfg().io_hook(hook)).is_err());
+    assert!(failed.try_recv().is_ok(), "the rebuild did not reach U");
 
     let store = MessageStore::open(cfg()).unwrap();
-    assert_eq!(
-        store.max_offset_in_queue("T", 0),
-        40,
-        "the queue was left empty"
-    );
+    assert_eq!(store.max_offset_in_queue("U", 0), 20, "U was left empty");
     assert!(store.stats().open.rebuilt_queues);
-    let got = store.get_message("T", 0, 0, 64).unwrap();
-    let offsets: Vec<_> = got.messages.iter().map(|m| m.physical_offset).collect();
-    let want: Vec<_> = puts.iter().map(|p| p.physical_offset).collect();
-    assert_eq!(offsets, want);
+    for (topic, puts) in [("T", &t), ("U", &u)] {
+        let got = store.get_message(topic, 0, 0, 64).unwrap();
+        let offsets: Vec<_> = got.messages.iter().map(|m| m.physical_offset).collect();
+        let want: Vec<_> = puts.iter().map(|p| p.physical_offset).collect();
+        assert_eq!(offsets, want, "{topic}");
+    }
 }
 
 #[test]

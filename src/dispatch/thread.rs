@@ -180,6 +180,15 @@ impl Position {
         Some(at.load(Ordering::Acquire))
     }
 
+    /// Every record below the offset returned is dispatched (recorded or not); `None`
+    /// once the thread has panicked.
+    pub(crate) fn seen(&self) -> Option<u64> {
+        if self.0.panicked.load(Ordering::Acquire) {
+            return None;
+        }
+        Some(self.0.dispatched.load(Ordering::Acquire))
+    }
+
     pub(crate) fn name(&self) -> &str {
         &self.0.name
     }

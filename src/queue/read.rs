@@ -564,6 +564,9 @@ pub(crate) fn offset_by_time(
             // An entry that cannot be read is an error, as for `get`: taken for "not
             // older", it would turn the search's answer into a wrong offset.
             let stored = match queue.entries(at, 1)?.first() {
+                // Removed by retention since `min` was read: older than anything stored,
+                // so the search stays monotone and moves past it.
+                Some(e) if e.physical_offset < log.min_offset() => return Ok(true),
                 Some(e) => store_time_of(log, queues, (topic, queue_id, at), e, limit)?,
                 None => None,
             };
@@ -603,7 +606,8 @@ pub(crate) fn locate(
 
 /// The store time of the record `entry` (entry `at` of its queue) names, checked as `get`
 /// checks it: `None` when the record was removed or is not readable yet (at or past
-/// `limit`); `Corrupted` when no record starts there or it is another queue's. Read from
+/// `limit`); `Corrupted` when no record starts there, it is another queue's, or the entry
+/// points past everything appended. Read from
 /// the header alone: the body's CRC does not cover it, and is not checked.
 fn store_time_of(
     log: &CommitLog,
@@ -612,6 +616,17 @@ fn store_time_of(
     entry: &CqEntry,
     limit: u64,
 ) -> Result<Option<i64>> {
+    if entry.physical_offset >= log.write_offset() {
+        // Past everything ever appended: damage, as `get` says.
+        queues.mark_suspect();
+        return Err(Error::corrupted(
+            entry.physical_offset,
+            format!(
+                "consume queue {topic}/{queue_id} entry {at} points past the log's end {}",
+                log.write_offset()
+            ),
+        ));
+    }
     if entry.physical_offset < log.min_offset() || entry.physical_offset >= limit {
         return Ok(None);
     }

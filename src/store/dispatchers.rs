@@ -28,9 +28,9 @@ fn resume_point(log: &CommitLog, progress: Option<Progress>) -> (u64, i64) {
         Some(p) if p.offset > end => (end, log.last_store_timestamp()),
         Some(p) => {
             log::warn!(
-                "a dispatcher's progress {} lies below the log's start {start}: the records \
-                 between were deleted before it recorded them (disk pressure, or the \
-                 operator's override)",
+                "a dispatcher's recorded progress {} lies below the log's start {start}: it \
+                 resumes there, and the records between, deleted by retention, are not \
+                 given to it again",
                 p.offset
             );
             (start, 0)

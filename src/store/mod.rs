@@ -828,9 +828,11 @@ impl MessageStore {
 
     /// Refuses further puts, stops the threads, flushes everything and releases the
     /// store's lock, so it can be opened again. Reads keep working until the handle is
-    /// dropped, except from a queue not read since the open (past
+    /// dropped, except through a queue not read since the open (past
     /// [`StoreConfig::lazy_queue_load_threshold`](crate::StoreConfig::lazy_queue_load_threshold)
-    /// queues), which fails with [`Error::ShutDown`]. Also run on drop.
+    /// queues): `get_message` and the other reads of its entries fail with
+    /// [`Error::ShutDown`], and its offsets are what the queue table says (its minimum 0).
+    /// Also run on drop.
     ///
     /// Idempotent: a second call, even a concurrent one, waits until the first is done and
     /// returns the same outcome. Fails when the store could not be marked clean: the store

@@ -576,9 +576,11 @@ impl RecoverySink for QueueRebuild<'_> {
             logics_offset: old.logics_offset.min(end),
             ..old
         };
-        if !last {
+        if !last && self.mode != Mode::Rebuild {
             // Progress through a long log survives a crash during recovery: the next one
-            // starts here.
+            // starts here. Not a rebuild's: its queue time stays 0 until it is done (the
+            // dispatch thread's first flush), so that a rebuild that fails or crashes at
+            // any file is done again by the next open, clean or not.
             self.queues.as_ref().expect("begin() comes first").flush()?;
             times.logics = last_store_timestamp;
             // Entries below `index_from` were kept, durable; past it, those indexed again.

@@ -59,7 +59,7 @@ impl Readers {
     fn behind(&self, offset: u64) -> Vec<&str> {
         self.others
             .iter()
-            .filter(|p| p.holds().is_some_and(|at| at < offset))
+            .filter(|p| p.seen().is_some_and(|at| at < offset))
             .map(Position::name)
             .collect()
     }
