@@ -607,8 +607,8 @@ pub(crate) fn locate(
 /// The store time of the record `entry` (entry `at` of its queue) names, checked as `get`
 /// checks it: `None` when the record was removed or is not readable yet (at or past
 /// `limit`); `Corrupted` when no record starts there, it is another queue's, or the entry
-/// points past everything appended. Read from
-/// the header alone: the body's CRC does not cover it, and is not checked.
+/// points past everything appended. Read from the header alone: the body's CRC does not
+/// cover it, and is not checked.
 fn store_time_of(
     log: &CommitLog,
     queues: &ConsumeQueues,
