@@ -170,23 +170,20 @@ impl Position {
     /// (it will never move again, and holding the log for it would fill the disk). A
     /// thread stopped by shutdown still holds its place.
     pub(crate) fn holds(&self) -> Option<u64> {
-        if self.0.panicked.load(Ordering::Acquire) {
-            return None;
+        match self.0.name == crate::dispatch::INDEX_NAME {
+            true => self.unless_panicked(&self.0.dispatched),
+            false => self.unless_panicked(&self.0.durable),
         }
-        let at = match self.0.name == crate::dispatch::INDEX_NAME {
-            true => &self.0.dispatched,
-            false => &self.0.durable,
-        };
-        Some(at.load(Ordering::Acquire))
     }
 
     /// Every record below the offset returned is dispatched (recorded or not); `None`
     /// once the thread has panicked.
     pub(crate) fn seen(&self) -> Option<u64> {
-        if self.0.panicked.load(Ordering::Acquire) {
-            return None;
-        }
-        Some(self.0.dispatched.load(Ordering::Acquire))
+        self.unless_panicked(&self.0.dispatched)
+    }
+
+    fn unless_panicked(&self, at: &AtomicU64) -> Option<u64> {
+        (!self.0.panicked.load(Ordering::Acquire)).then(|| at.load(Ordering::Acquire))
     }
 
     pub(crate) fn name(&self) -> &str {

@@ -1,6 +1,6 @@
 //! The read path: messages by topic, queue and queue offset, through the consume queues.
 
-use crate::commit_log::record::find_tags;
+use crate::commit_log::record::{RecordView, find_tags};
 use crate::commit_log::{CommitLog, ReadCursor};
 use crate::error::{Error, Result};
 use crate::message::StoredMessage;
@@ -311,15 +311,7 @@ fn walk<T>(
                     // confirmed. Answering "not yet" would stall the consumer there for
                     // good, silently.
                     if items.is_empty() {
-                        queues.mark_suspect();
-                        return Err(Error::corrupted(
-                            entry.physical_offset,
-                            format!(
-                                "consume queue {topic}/{queue_id} entry {next} points past the \
-                                 log's end {}",
-                                log.write_offset()
-                            ),
-                        ));
+                        return Err(past_the_end(log, queues, (topic, queue_id, next), &entry));
                     }
                     break 'outer;
                 }
@@ -497,25 +489,10 @@ pub(crate) fn get_raw(
             let Some(bytes) = log.read_raw_with(cursor, entry.physical_offset, limit)? else {
                 return missing(log, &entry);
             };
-            let view = crate::commit_log::record::parse(&bytes, entry.physical_offset)?;
-            // As `CommitLog::read_with` does for decoded messages: a record written inside
-            // another's body names an offset other than where it was found.
-            if view.physical_offset != entry.physical_offset {
-                return Err(Error::corrupted(
-                    entry.physical_offset,
-                    "no record starts here",
-                ));
-            }
+            let view = parse_owned(queues, &bytes, &entry, (topic, queue_id, at))?;
+            // As `CommitLog::read_with` does for decoded messages.
             if log.verifies_reads() && !view.crc_ok() {
                 return Err(Error::corrupted(entry.physical_offset, "body CRC mismatch"));
-            }
-            if view.queue_id != queue_id
-                || view.queue_offset != at
-                || view.topic != topic
-                || !indexes(&entry, view.total_size, view.sys_flag)
-            {
-                let found = (view.topic, view.queue_id, view.queue_offset);
-                return Err(foreign(queues, (topic, queue_id, at), &entry, found));
             }
             if filter.is_none_or(|f| f.matches(find_tags(view.properties))) {
                 out.push(bytes.clone());
@@ -618,14 +595,7 @@ fn store_time_of(
 ) -> Result<Option<i64>> {
     if entry.physical_offset >= log.write_offset() {
         // Past everything ever appended: damage, as `get` says.
-        queues.mark_suspect();
-        return Err(Error::corrupted(
-            entry.physical_offset,
-            format!(
-                "consume queue {topic}/{queue_id} entry {at} points past the log's end {}",
-                log.write_offset()
-            ),
-        ));
+        return Err(past_the_end(log, queues, (topic, queue_id, at), entry));
     }
     if entry.physical_offset < log.min_offset() || entry.physical_offset >= limit {
         return Ok(None);
@@ -634,7 +604,21 @@ fn store_time_of(
     let Some(bytes) = log.read_raw_with(&mut cursor, entry.physical_offset, limit)? else {
         return missing(log, entry).map(|()| None);
     };
-    let view = crate::commit_log::record::parse(&bytes, entry.physical_offset)?;
+    let view = parse_owned(queues, &bytes, entry, (topic, queue_id, at))?;
+    Ok(Some(view.store_timestamp))
+}
+
+/// The record `entry` (entry `at` of `topic`/`queue_id`) names, parsed from `bytes` read
+/// at the entry's offset, and checked as `get` checks a message: it starts where the entry
+/// says (a record copied inside another's body names the offset it was copied from), and
+/// it is that queue's record at that queue offset.
+fn parse_owned<'a>(
+    queues: &ConsumeQueues,
+    bytes: &'a [u8],
+    entry: &CqEntry,
+    (topic, queue_id, at): (&str, u32, u64),
+) -> Result<RecordView<'a>> {
+    let view = crate::commit_log::record::parse(bytes, entry.physical_offset)?;
     if view.physical_offset != entry.physical_offset {
         return Err(Error::corrupted(
             entry.physical_offset,
@@ -649,5 +633,23 @@ fn store_time_of(
         let found = (view.topic, view.queue_id, view.queue_offset);
         return Err(foreign(queues, (topic, queue_id, at), entry, found));
     }
-    Ok(Some(view.store_timestamp))
+    Ok(view)
+}
+
+/// An entry pointing past everything ever appended: damage (never a record yet to come).
+/// The next open rebuilds the queues.
+fn past_the_end(
+    log: &CommitLog,
+    queues: &ConsumeQueues,
+    (topic, queue_id, at): (&str, u32, u64),
+    entry: &CqEntry,
+) -> Error {
+    queues.mark_suspect();
+    Error::corrupted(
+        entry.physical_offset,
+        format!(
+            "consume queue {topic}/{queue_id} entry {at} points past the log's end {}",
+            log.write_offset()
+        ),
+    )
 }

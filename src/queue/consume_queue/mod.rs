@@ -468,21 +468,9 @@ impl ConsumeQueue {
         }
     }
 
-    /// Reads `buf.len()` bytes at file-space position `byte`, all in one file; `None` when
-    /// the file is gone (deleted by retention meanwhile) or cannot be read. `tail_held`:
-    /// the caller holds the tail lock.
-    fn read(&self, byte: u64, buf: &mut [u8], tail_held: bool) -> Option<()> {
-        match self.read_checked(byte, buf, tail_held) {
-            Ok(found) => found.then_some(()),
-            Err(e) => {
-                log::error!("reading consume queue {}: {e}", self.dir.display());
-                None
-            }
-        }
-    }
-
-    /// [`ConsumeQueue::read`] that tells a file that is not there (`Ok(false)`: deleted by
-    /// retention, or not created yet) from a failure to read one.
+    /// Reads `buf.len()` bytes at file-space position `byte`, all in one file: `Ok(false)`
+    /// when the file is not there (deleted by retention meanwhile, or not created yet), an
+    /// error when it cannot be read. `tail_held`: the caller holds the tail lock.
     fn read_checked(&self, byte: u64, buf: &mut [u8], tail_held: bool) -> Result<bool> {
         let start = byte / self.file_size() * self.file_size();
         // The path is built only to open the file or to name it in an error: a cached
@@ -528,12 +516,21 @@ impl ConsumeQueue {
     }
 
     fn entry_in(&self, queue_offset: u64, tail_held: bool) -> Option<CqEntry> {
+        self.entry_checked(queue_offset, tail_held)
+            .unwrap_or_else(|e| {
+                log::error!("reading consume queue {}: {e}", self.dir.display());
+                None
+            })
+    }
+
+    /// [`ConsumeQueue::entry_in`], telling a failure to read from an entry not there.
+    fn entry_checked(&self, queue_offset: u64, tail_held: bool) -> Result<Option<CqEntry>> {
         if queue_offset >= self.max_offset() {
-            return None;
+            return Ok(None);
         }
         let mut buf = [0u8; CQ_ENTRY_LEN];
-        self.read(queue_offset * CQ_ENTRY_LEN as u64, &mut buf, tail_held)?;
-        CqEntry::decode(&buf)
+        let found = self.read_checked(queue_offset * CQ_ENTRY_LEN as u64, &mut buf, tail_held)?;
+        Ok(found.then(|| CqEntry::decode(&buf)).flatten())
     }
 
     /// Entries per file.
@@ -635,12 +632,7 @@ impl ConsumeQueue {
             } else {
                 // A failure to read is not a different entry: it is returned (and the
                 // round retried) rather than reported as damage.
-                let mut buf = [0u8; CQ_ENTRY_LEN];
-                let byte = queue_offset * CQ_ENTRY_LEN as u64;
-                match self.read_checked(byte, &mut buf, true)? {
-                    true => CqEntry::decode(&buf),
-                    false => None,
-                }
+                self.entry_checked(queue_offset, true)?
             };
             return match have {
                 Some(e) if e == entry => Ok(Indexed::Already),
