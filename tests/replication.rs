@@ -49,9 +49,12 @@ fn fill(leader: &MessageStore, from: u64, n: u64) -> Vec<rocketstore::PutResult>
     puts
 }
 
-/// The commit-log files holding offsets below `end` are identical in both stores.
-/// Every queue of the follower ends where the leader's does.
+/// Every queue of the follower ends where the leader's does, once both stores have
+/// indexed all they hold (dispatch runs behind the put on each).
 fn same_queues(leader: &MessageStore, follower: &MessageStore) {
+    for store in [leader, follower] {
+        assert!(store.wait_dispatched_to(store.max_physical_offset(), LONG));
+    }
     for q in 0..3 {
         assert_eq!(
             follower.max_offset_in_queue("R", q),
@@ -60,6 +63,7 @@ fn same_queues(leader: &MessageStore, follower: &MessageStore) {
     }
 }
 
+/// The commit-log files holding offsets below `end` are identical in both stores.
 fn same_files(a: &Path, b: &Path, end: u64) {
     let list = |d: &Path| {
         let mut v: Vec<_> = fs::read_dir(layout::commit_log_dir(d))
@@ -98,13 +102,9 @@ fn a_follower_fed_by_read_log_holds_byte_identical_files() {
     assert!(end > 4 * common::SMALL_FILE, "several files");
     assert_eq!(follower.max_physical_offset(), end);
     // The follower's queues and index are built from the bytes.
-    assert!(follower.wait_dispatched_to(end, LONG));
     assert!(follower.wait_dispatcher("index", end, LONG));
+    same_queues(&leader, &follower);
     for q in 0..3 {
-        assert_eq!(
-            follower.max_offset_in_queue("R", q),
-            leader.max_offset_in_queue("R", q)
-        );
         let (l, f) = (
             leader.get_message("R", q, 10, 20).unwrap(),
             follower.get_message("R", q, 10, 20).unwrap(),
