@@ -1240,3 +1240,35 @@ fn a_torn_tail_in_an_earlier_file_removes_the_later_files_newest_first() {
     let after = names_without_gap(dir.path());
     assert!(after.len() <= 2 + 2, "{after:?}");
 }
+
+#[test]
+fn a_checkpoint_time_damaged_to_the_lowest_value_scans_everything_after_a_crash() {
+    let dir = tempfile::tempdir().unwrap();
+    let puts = two_topic_store(dir.path());
+    // A crash, a queue lost, and a checkpoint whose queue time was reset (0: index
+    // everything again) and whose log time reads as i64::MIN (a damaged sign byte).
+    fs::write(layout::abort_file(dir.path()), b"").unwrap();
+    fs::remove_dir_all(layout::queue_dir(dir.path(), "TopicB", 0)).unwrap();
+    let path = layout::checkpoint_file(dir.path());
+    let cp = CheckpointTimes::read(&path).unwrap().unwrap();
+    CheckpointTimes {
+        physic: i64::MIN,
+        logics: 0,
+        logics_offset: 0,
+        ..cp
+    }
+    .write(&path)
+    .unwrap();
+
+    let store = open(dir.path(), sync_mode());
+    for topic in ["TopicA", "TopicB"] {
+        let want: Vec<_> = puts
+            .iter()
+            .filter(|(t, _)| t == topic)
+            .map(|(_, p)| p.physical_offset)
+            .collect();
+        let got = store.get_message(topic, 0, 0, 1000).unwrap();
+        let got: Vec<_> = got.messages.iter().map(|m| m.physical_offset).collect();
+        assert_eq!(got, want, "{topic}");
+    }
+}

@@ -435,10 +435,10 @@ pub fn read_header(file: &File) -> io::Result<StreamHeader> {
         )));
     }
     let len = file.metadata()?.len();
-    if len != HEADER_LEN + header.end - header.start {
+    let want = (header.end - header.start).checked_add(HEADER_LEN);
+    if want != Some(len) {
         return Err(invalid(format!(
-            "a snapshot of {len} bytes, its header says {}",
-            HEADER_LEN + header.end - header.start
+            "a snapshot of {len} bytes, its header says {header:?}"
         )));
     }
     Ok(header)
@@ -534,5 +534,20 @@ mod tests {
         drop(file);
         assert_eq!(path.keep(), kept);
         assert!(kept.exists());
+    }
+
+    /// A header from a peer or a damaged kept stream is refused, whatever its numbers.
+    #[test]
+    fn a_header_with_extreme_offsets_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s");
+        for (start, end) in [(u64::MAX - 1, u64::MAX - 1), (0, u64::MAX), (5, 4)] {
+            let mut bytes = header(start, end, 1 << 20).to_vec();
+            bytes.push(0);
+            std::fs::write(&path, bytes).unwrap();
+            let file = File::open(&path).unwrap();
+            let err = read_header(&file).unwrap_err();
+            assert_eq!(err.kind(), io::ErrorKind::InvalidData, "{start}..{end}");
+        }
     }
 }

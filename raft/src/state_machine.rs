@@ -397,6 +397,11 @@ fn read_hint(file: &File) -> Option<Applied> {
     file.read_exact_at(&mut header, 0).ok()?;
     let len = u32::from_be_bytes(header[..4].try_into().ok()?) as usize;
     let crc = u32::from_be_bytes(header[4..].try_into().ok()?);
+    // A torn or damaged length must not size the buffer: it can name up to 4 GiB.
+    let stored = file.metadata().ok()?.len().saturating_sub(8);
+    if len as u64 > stored {
+        return None;
+    }
     let mut bytes = vec![0; len];
     file.read_exact_at(&mut bytes, 8).ok()?;
     (crc32fast::hash(&bytes) == crc)

@@ -263,7 +263,9 @@ pub(super) fn scan_and_truncate(
         ScanFrom::Start => 0,
         ScanFrom::Checkpoint(point) => files
             .iter()
-            .rposition(|f| first_timestamp(f).is_some_and(|ts| ts <= point - RECOVERY_SLACK_MS))
+            .rposition(|f| {
+                first_timestamp(f).is_some_and(|ts| ts <= point.saturating_sub(RECOVERY_SLACK_MS))
+            })
             .unwrap_or(0),
         ScanFrom::Offset(offset) => files
             .iter()

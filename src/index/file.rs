@@ -309,7 +309,7 @@ impl IndexFile {
         let diff = if begin <= 0 {
             0
         } else {
-            ((timestamp - begin) / 1000).clamp(0, i64::from(i32::MAX)) as i32
+            (timestamp.saturating_sub(begin) / 1000).clamp(0, i64::from(i32::MAX)) as i32
         };
         let slot = hash % self.slots;
         let prev = self.slot(slot);
@@ -322,7 +322,7 @@ impl IndexFile {
         // Published: a query that loads the slot sees the entry.
         w.store(self.slot_word(slot), n);
         if prev == 0 {
-            w.store(W_SLOTS_USED, w.load(W_SLOTS_USED) + 1);
+            w.store(W_SLOTS_USED, w.load(W_SLOTS_USED).saturating_add(1));
         }
         w.store_u64_aligned(W_END_TS, timestamp as u64);
         w.store_u64_aligned(W_END_OFFSET, offset);
@@ -501,6 +501,22 @@ mod tests {
         assert_eq!(found(&f, 1), vec![50, 40, 10]);
         let reopened = IndexFile::open(f.path(), 4, 20).unwrap();
         assert_eq!(found(&reopened, 1), vec![50, 40, 10]);
+    }
+
+    #[test]
+    fn extreme_store_times_and_a_damaged_slot_count_are_indexed_without_overflow() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = file(dir.path(), 4, 10);
+        // Store times come from records a follower appends as they are (and from damaged
+        // bytes outside the body's CRC); the header's slot count from the file.
+        f.put(1, 0, 1_000_000).unwrap();
+        f.words.store(W_SLOTS_USED, u32::MAX);
+        f.put(2, 10, i64::MIN).unwrap();
+        f.put(3, 20, i64::MAX).unwrap();
+        assert_eq!(f.entry(2).time_diff, 0, "earlier than the file's begin");
+        assert_eq!(f.entry(3).time_diff, i32::MAX, "clamped");
+        assert_eq!(f.header().slots_used, u32::MAX);
+        assert_eq!(found(&f, 2), vec![10]);
     }
 
     #[test]
