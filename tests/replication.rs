@@ -548,3 +548,46 @@ fn a_shutdown_with_unconfirmed_records_reopens_without_a_rebuild_or_refusal() {
     assert_eq!(store.max_offset_in_queue("V", 0), 1);
     store.shutdown().unwrap();
 }
+
+/// Fails the removal of the queue table.
+struct KeepQueueTable;
+
+impl rocketstore::IoHook for KeepQueueTable {
+    fn before_remove(&self, path: &Path) -> std::io::Result<()> {
+        if path.file_name().is_some_and(|n| n == "queue_table") {
+            return Err(std::io::Error::other("injected removal failure"));
+        }
+        Ok(())
+    }
+}
+
+#[test]
+fn a_truncation_stopped_before_the_queue_table_goes_leaves_a_store_that_opens() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = MessageStore::open(cfg(dir.path())).unwrap();
+    let puts = fill(&store, 0, 300);
+    let end = store.max_physical_offset();
+    drop(store);
+    assert!(layout::queue_table_file(dir.path()).exists());
+    // The truncation stops where the table should go (as a crash there would): the
+    // queues the table describes must still be what the log holds.
+    let cut = puts[200].physical_offset;
+    let hooked = cfg(dir.path()).io_hook(std::sync::Arc::new(KeepQueueTable));
+    assert!(matches!(
+        MessageStore::truncate_log(&hooked, cut),
+        Err(Error::Io { .. })
+    ));
+    let store = MessageStore::open(cfg(dir.path())).unwrap();
+    assert_eq!(store.max_physical_offset(), end, "nothing was cut");
+    assert!(store.wait_dispatched_to(end, LONG));
+    let last = puts.last().unwrap();
+    let got = store
+        .get_message("R", 2, last.queue_offset, 1)
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(got.messages[0].physical_offset, last.physical_offset);
+    drop(store);
+    // Done again without the failure, the cut takes.
+    MessageStore::truncate_log(&cfg(dir.path()), cut).unwrap();
+    let store = MessageStore::open(cfg(dir.path())).unwrap();
+    assert_eq!(store.max_physical_offset(), cut);
+}

@@ -163,7 +163,16 @@ fn truncate_files(config: &StoreConfig, to: u64) -> Result<()> {
     if records.offset() != to {
         return Err(Error::corrupted(to, "inside a record"));
     }
-    // First the checkpoint vouches for nothing past the cut, and the record at `to` goes
+    // The queue table goes first: it describes queues about to shrink, and an open that
+    // found it over a cut log would refuse the store (queues shorter than the table with
+    // no records left to fill them). Without it the next open checks every queue against
+    // the log. Nothing else has changed yet when its removal fails.
+    ops::remove_file_with(
+        &layout::queue_table_file(config.root()),
+        config.io_hook.as_ref(),
+    )?;
+    ops::sync_dir(config.root())?;
+    // Then the checkpoint vouches for nothing past the cut, and the record at `to` goes
     // (synced): from here a crash leaves a log the next open ends at `to` by itself.
     let cp_path = layout::checkpoint_file(config.root());
     if let Some(times) = crate::checkpoint::CheckpointTimes::read(&cp_path)? {
@@ -186,9 +195,6 @@ fn truncate_files(config: &StoreConfig, to: u64) -> Result<()> {
     file.write_all_at(&zeros[..head], to - start)
         .and_then(|()| file.sync_data())
         .map_err(|e| Error::io("write", &path, e))?;
-    // The queue table describes queues about to shrink.
-    ops::remove_file_with(&layout::queue_table_file(config.root()), None)?;
-    ops::sync_dir(config.root())?;
     // Later files go, newest first, each removal synced before the next (a file system
     // that reorders them could otherwise leave a gap, which the next open refuses); then
     // the rest of `to`'s file is zeroed and synced.
