@@ -23,8 +23,7 @@ fn put_all(store: &MessageStore, topic: &str, queues: u32, n: u64) -> Vec<(u32, 
             (q, i, store.put_message(&m).unwrap())
         })
         .collect();
-    let last = puts.last().unwrap().2;
-    assert!(store.wait_dispatched(last.physical_offset, WAIT));
+    settled(store);
     puts
 }
 
@@ -552,7 +551,7 @@ fn a_queue_trimmed_by_retention_loads_at_first_use_without_a_rebuild() {
         let store = MessageStore::open(cfg()).unwrap();
         put_all(&store, "W", 1, 600);
         store.put_message(&message("Other", 0, "o", 0)).unwrap();
-        assert!(store.wait_dispatched_to(store.max_physical_offset(), Duration::from_secs(30)));
+        settled(&store);
         assert!(store.delete_expired_files().unwrap() > 0);
         let min = store.min_offset_in_queue("W", 0);
         assert!(min >= 100, "the queue's first file went: {min}");

@@ -532,6 +532,7 @@ fn a_rebuild_after_retention_and_lost_queue_entries_never_cuts_the_log() {
         .store(true, std::sync::atomic::Ordering::SeqCst);
     puts.extend((270..300).map(put));
     hook.failed.1.recv().unwrap(); // a queue sync failed: those entries may be lost
+    settled(&store); // retention deletes only what the queues and the index have seen
     assert!(store.delete_expired_files().unwrap() > 0);
     // The log now starts after entry 270: the lost entries lie below its start.
     assert!(store.min_physical_offset() > puts[270].physical_offset);
@@ -709,11 +710,10 @@ fn store_with_a_stale_table_row(dir: &Path) -> rocketstore::StoreConfig {
         for i in 5..10 {
             put(&store, "T", i);
         }
-        let mut last = None;
         for i in 0..150 {
-            last = Some(put(&store, "F", i));
+            put(&store, "F", i);
         }
-        assert!(store.wait_dispatched(last.unwrap().physical_offset, Duration::from_secs(30)));
+        settled(&store);
         assert!(store.delete_expired_files().unwrap() > 0);
         assert_eq!(store.min_offset_in_queue("T", 0), 10, "T 0..10 all expired");
         for i in 10..13 {
@@ -790,7 +790,7 @@ fn a_damaged_entry_that_makes_a_live_queue_look_expired_is_rebuilt_from_the_log(
             );
         }
         let last = last.unwrap();
-        assert!(store.wait_dispatched(last.physical_offset, Duration::from_secs(30)));
+        settled(&store);
         assert!(store.delete_expired_files().unwrap() > 0);
         (last, store.min_physical_offset())
     };
@@ -893,15 +893,12 @@ fn a_live_queue_whose_last_entry_looks_expired_is_checked_and_rebuilt() {
     let cfg = || retention_config(dir.path());
     let puts: Vec<_> = {
         let store = MessageStore::open(cfg()).unwrap();
-        let mut last = None;
         for i in 0..150 {
-            last = Some(
-                store
-                    .put_message(&Message::new("F", 0u32, kib_body("F", i)))
-                    .unwrap(),
-            );
+            store
+                .put_message(&Message::new("F", 0u32, kib_body("F", i)))
+                .unwrap();
         }
-        assert!(store.wait_dispatched(last.unwrap().physical_offset, Duration::from_secs(30)));
+        settled(&store);
         assert!(store.delete_expired_files().unwrap() > 0);
         let puts = (0..10)
             .map(|i| store.put_message(&message("T", 0, "t", i)).unwrap())
@@ -934,15 +931,12 @@ fn store_with_an_expired_queue(dir: &Path, new: u64) -> MessageStore {
             .put_message(&Message::new("Old", 0u32, kib_body("Old", i)))
             .unwrap();
     }
-    let mut last = None;
     for i in 0..new {
-        last = Some(
-            store
-                .put_message(&Message::new("New", 0u32, kib_body("New", i)))
-                .unwrap(),
-        );
+        store
+            .put_message(&Message::new("New", 0u32, kib_body("New", i)))
+            .unwrap();
     }
-    assert!(store.wait_dispatched(last.unwrap().physical_offset, Duration::from_secs(30)));
+    settled(&store);
     assert!(store.delete_expired_files().unwrap() > 0);
     store
 }

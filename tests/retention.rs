@@ -35,7 +35,7 @@ fn expired_files_go_and_everything_after_them_stays_readable() {
         })
         .collect();
     let last = puts.last().unwrap();
-    assert!(store.wait_dispatched(last.physical_offset, Duration::from_secs(30)));
+    settled(&store);
     let held = store
         .lookup_message(puts[0].physical_offset)
         .unwrap()
@@ -131,6 +131,7 @@ fn fresh_files_are_kept() {
     }
     assert_eq!(store.delete_expired_files().unwrap(), 0);
     assert_eq!(store.min_physical_offset(), 0);
+    settled(&store);
     assert_eq!(
         store.get_message("Keep", 0, 0, 1).unwrap().status,
         GetStatus::Found
@@ -217,8 +218,7 @@ fn fill_files(store: &MessageStore, n: u64) -> Vec<rocketstore::PutResult> {
     let puts: Vec<_> = (0..n)
         .map(|i| store.put_message(&message("Ret", 0, "r", i)).unwrap())
         .collect();
-    let last = puts.last().unwrap();
-    assert!(store.wait_dispatched(last.physical_offset, Duration::from_secs(30)));
+    settled(store);
     puts
 }
 
@@ -399,7 +399,7 @@ fn a_first_file_gone_missing_is_refused_and_one_retention_deleted_is_not() {
     {
         let store = MessageStore::open(cfg(dir.path())).unwrap();
         fill_log_files(&store, "M", 4);
-        assert!(store.wait_dispatched_to(store.max_physical_offset(), Duration::from_secs(30)));
+        settled(&store);
         // Retention deletes the first file: the log now starts at the second.
         assert!(store.delete_expired_files().unwrap() >= 1);
         store.shutdown().unwrap();

@@ -406,6 +406,9 @@ fn dispatch_available(s: &Shared, marks: &mut Marks) -> Result<bool> {
         }
         marks.push_back((at, ts));
         drop_deleted(s, at)?;
+        // A failure ends before the progress is published: a producer that waited for
+        // dispatch and then puts must not still be refused as stalled.
+        s.recovered();
         s.dispatched.store(at, Ordering::Release);
         let _guard = s.progress.lock();
         s.progressed.notify_all();

@@ -47,6 +47,19 @@ pub fn hour_far_from_now() -> u8 {
     ((chrono::Local::now().hour() + 12) % 24) as u8
 }
 
+/// Waits until the consume queues and the key index hold every record the store has:
+/// both hold retention's floor, and reads see only what they hold. For stores with the
+/// key index on (the default).
+pub fn settled(store: &MessageStore) {
+    let end = store.max_physical_offset();
+    let long = Duration::from_secs(30);
+    assert!(store.wait_dispatched_to(end, long), "queues behind {end}");
+    assert!(
+        store.wait_dispatcher("index", end, long),
+        "index behind {end}"
+    );
+}
+
 pub fn open(dir: &Path, mode: FlushMode) -> MessageStore {
     MessageStore::open(config(dir, mode)).expect("open store")
 }
@@ -83,14 +96,12 @@ pub fn write_log_start(root: &Path, start: u64) {
     std::fs::write(layout::log_start_file(root), record).unwrap();
 }
 
-/// Blocks every commit-log or consume-queue sync while armed, until released.
+/// Blocks every sync while armed (of the commit log, the consume queues, the key index:
+/// any thread's), until released: a release lets every stuck sync go on.
 pub struct StallSync {
-    armed: std::sync::atomic::AtomicBool,
+    armed: std::sync::Mutex<bool>,
+    disarmed: std::sync::Condvar,
     stalled: (
-        crossbeam_channel::Sender<()>,
-        crossbeam_channel::Receiver<()>,
-    ),
-    release: (
         crossbeam_channel::Sender<()>,
         crossbeam_channel::Receiver<()>,
     ),
@@ -99,14 +110,14 @@ pub struct StallSync {
 impl StallSync {
     pub fn new(armed: bool) -> std::sync::Arc<Self> {
         std::sync::Arc::new(StallSync {
-            armed: std::sync::atomic::AtomicBool::new(armed),
+            armed: std::sync::Mutex::new(armed),
+            disarmed: std::sync::Condvar::new(),
             stalled: crossbeam_channel::unbounded(),
-            release: crossbeam_channel::unbounded(),
         })
     }
 
     pub fn arm(&self) {
-        self.armed.store(true, std::sync::atomic::Ordering::SeqCst);
+        *self.armed.lock().unwrap() = true;
     }
 
     /// Waits until a sync is stuck in the hook.
@@ -114,18 +125,21 @@ impl StallSync {
         self.stalled.1.recv().unwrap();
     }
 
-    /// Disarms the hook and lets the stuck sync go on.
+    /// Disarms the hook and lets every stuck sync go on.
     pub fn release(&self) {
-        self.armed.store(false, std::sync::atomic::Ordering::SeqCst);
-        self.release.0.send(()).unwrap();
+        *self.armed.lock().unwrap() = false;
+        self.disarmed.notify_all();
     }
 }
 
 impl rocketstore::IoHook for StallSync {
     fn before_sync(&self, _path: &Path) -> std::io::Result<()> {
-        if self.armed.load(std::sync::atomic::Ordering::SeqCst) {
+        let mut armed = self.armed.lock().unwrap();
+        if *armed {
             let _ = self.stalled.0.send(());
-            let _ = self.release.1.recv();
+            while *armed {
+                armed = self.disarmed.wait(armed).unwrap();
+            }
         }
         Ok(())
     }

@@ -1472,12 +1472,16 @@ mod tests {
     ) -> FileWriter {
         file.zero_claim.store(at, Ordering::SeqCst);
         let (done_tx, done) = crossbeam_channel::bounded(1);
+        let (started_tx, started) = crossbeam_channel::bounded(1);
         let worker = std::thread::spawn(move || {
             let mut w = w;
+            started_tx.send(()).unwrap();
             op(&mut w);
             done_tx.send(()).unwrap();
             w
         });
+        // However late the worker is scheduled, it meets the claim within the probe.
+        started.recv().unwrap();
         assert!(
             done.recv_timeout(std::time::Duration::from_millis(200))
                 .is_err(),
