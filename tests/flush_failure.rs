@@ -246,3 +246,53 @@ fn a_recovery_whose_sync_fails_records_a_poisoning_for_the_next_open() {
         assert_eq!(m.body, body("f", i as u64));
     }
 }
+
+/// Fails the first commit-log sync (as `FailFirstSync`) and every replacement of the abort
+/// marker (a full disk).
+struct FailLogSyncAndMarker(Arc<FailFirstSync>);
+
+impl IoHook for FailLogSyncAndMarker {
+    fn before_sync(&self, path: &Path) -> io::Result<()> {
+        self.0.before_sync(path)
+    }
+
+    fn before_create(&self, path: &Path) -> io::Result<()> {
+        if path.file_name().is_some_and(|n| n == "abort.tmp") {
+            return Err(io::Error::from_raw_os_error(28));
+        }
+        Ok(())
+    }
+}
+
+/// A poisoning recorded by an earlier run survives a failed attempt to record a new one:
+/// the marker is replaced whole or not at all, never left empty (an empty marker would
+/// let the next open trust pages a failed sync may have left unwritten).
+#[test]
+fn a_poisoning_record_that_cannot_be_rewritten_keeps_the_one_before() {
+    let dir = tempfile::tempdir().unwrap();
+    let puts: Vec<_> = {
+        let store = open(dir.path(), sync_mode());
+        let puts = (0..10)
+            .map(|i| store.put_message(&message("F", 0, "f", i)).unwrap())
+            .collect();
+        store.shutdown().unwrap();
+        puts
+    };
+    checkpoint_vouches_below(dir.path(), puts[5].physical_offset);
+    let abort = layout::abort_file(dir.path());
+    let before = format!("poisoned at flushed offset {}\n", puts[8].physical_offset);
+    std::fs::write(&abort, &before).unwrap();
+    let hook = Arc::new(FailLogSyncAndMarker(FailFirstSync::new(
+        layout::COMMIT_LOG_DIR,
+        false,
+    )));
+    assert!(MessageStore::open(config(dir.path(), sync_mode()).io_hook(hook)).is_err());
+    assert_eq!(std::fs::read_to_string(&abort).unwrap(), before);
+    // The next open acts on it and serves every message.
+    let store = open(dir.path(), sync_mode());
+    assert_eq!(std::fs::read_to_string(&abort).unwrap(), "");
+    for (i, put) in puts.iter().enumerate() {
+        let m = store.lookup_message(put.physical_offset).unwrap().unwrap();
+        assert_eq!(m.body, body("f", i as u64));
+    }
+}

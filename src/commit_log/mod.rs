@@ -205,6 +205,7 @@ pub(crate) struct CommitLog {
     poison_cause: Mutex<Option<Arc<std::io::Error>>>,
     /// The abort marker, where a poisoning is recorded for the next open.
     abort_path: std::path::PathBuf,
+    io_hook: Option<Arc<dyn crate::IoHook>>,
     wakeup: Arc<Wakeup>,
     disk: DiskWatch,
     /// Replication: the offset below which records are replicated to enough replicas.
@@ -390,6 +391,7 @@ impl CommitLog {
             poisoned: AtomicBool::new(false),
             poison_cause: Mutex::new(None),
             abort_path: crate::layout::abort_file(config.root()),
+            io_hook: config.io_hook.clone(),
             wakeup: Arc::new(Wakeup::default()),
             disk,
             confirm: confirm::Confirm::new(config.read_confirmed_only),
@@ -637,7 +639,9 @@ impl CommitLog {
         if slot.is_none() {
             log::error!("refusing further writes: {cause}");
             *slot = Some(cause);
-            if let Err(e) = crate::fs::lock::record_poison(&self.abort_path, self.flushed_offset())
+            let flushed = self.flushed_offset();
+            if let Err(e) =
+                crate::fs::lock::record_poison(&self.abort_path, flushed, self.io_hook.as_ref())
             {
                 log::error!("could not record the poisoning for the next open: {e}");
             }

@@ -17,10 +17,13 @@ const POISON_PREFIX: &str = "poisoned at flushed offset ";
 /// flushed offset, so that the next open writes everything past it again before trusting a
 /// sync: after a failed fsync the kernel may mark dirty pages clean without writing them,
 /// and a reopen in the same boot would read them back from the page cache.
-pub(crate) fn record_poison(abort: &Path, flushed: u64) -> Result<()> {
-    std::fs::write(abort, format!("{POISON_PREFIX}{flushed}\n"))
-        .and_then(|()| File::open(abort)?.sync_all())
-        .map_err(|e| Error::io("write", abort, e))
+///
+/// The marker is replaced whole (a temporary file renamed over it), never truncated and
+/// written again: a failure or crash between the two would leave it empty, and an empty
+/// marker forgets a poisoning recorded before (a full disk, which often causes the
+/// poisoning, fails exactly that write).
+pub(crate) fn record_poison(abort: &Path, flushed: u64, hook: ops::Hook<'_>) -> Result<()> {
+    ops::replace_file(abort, format!("{POISON_PREFIX}{flushed}\n").as_bytes(), hook)
 }
 
 pub(crate) struct StoreLock {

@@ -957,7 +957,8 @@ fn recovery_failed(config: &StoreConfig, lock: &StoreLock) {
         .flatten()
         .map_or(0, |t| t.physic_offset);
     let at = lock.poisoned_at().map_or(vouched, |p| p.min(vouched));
-    if let Err(e) = crate::fs::lock::record_poison(&layout::abort_file(config.root()), at) {
+    let abort = layout::abort_file(config.root());
+    if let Err(e) = crate::fs::lock::record_poison(&abort, at, config.io_hook.as_ref()) {
         log::error!("recording a failed recovery at offset {at}: {e}");
     }
 }

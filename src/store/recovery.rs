@@ -258,7 +258,9 @@ pub(crate) fn recover(
         let shrank = table.iter().any(|row| have(&queues, row) < row.next);
         log::warn!("the queue table could not be written: {e}");
         if shrank {
-            crate::fs::ops::remove_file_with(&table_path, None)?;
+            // Durably: a table that came back would refuse the next open.
+            crate::fs::ops::remove_file_with(&table_path, config.io_hook.as_ref())?;
+            crate::fs::ops::sync_dir(config.root())?;
         }
     }
     lap("queue table written");
