@@ -591,3 +591,26 @@ fn a_truncation_stopped_before_the_queue_table_goes_leaves_a_store_that_opens() 
     let store = MessageStore::open(cfg(dir.path())).unwrap();
     assert_eq!(store.max_physical_offset(), cut);
 }
+
+/// A confirm offset set past the log's end (a follower told the leader's before it holds
+/// those bytes) confirms only what the log holds: records put or appended later are not
+/// taken as replicated by it, nor served under `read_confirmed_only`.
+#[test]
+fn a_confirm_offset_past_the_end_confirms_only_what_the_log_holds() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = MessageStore::open(cfg(dir.path()).read_confirmed_only(true)).unwrap();
+    let first = store.put_message(&message("C", 0, "c", 0)).unwrap();
+    let end = store.max_physical_offset();
+    store.set_confirm_offset(end + 5000).unwrap();
+    assert_eq!(store.confirm_offset(), end);
+    assert!(store.lookup_message(first.physical_offset).unwrap().is_some());
+    let later = store.put_message(&message("C", 0, "c", 1)).unwrap();
+    assert!(store.lookup_message(later.physical_offset).unwrap().is_none());
+    assert!(store.wait_dispatched_to(end, LONG));
+    assert_eq!(store.get_message("C", 0, 0, 8).unwrap().messages.len(), 1);
+    // Confirmed again once it is held.
+    store
+        .set_confirm_offset(store.max_physical_offset())
+        .unwrap();
+    assert!(store.lookup_message(later.physical_offset).unwrap().is_some());
+}

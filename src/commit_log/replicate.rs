@@ -220,11 +220,14 @@ impl CommitLog {
     }
 
     /// Sets the confirm offset (it may move back, after a truncation), wakes the readers
-    /// it limits and the puts waiting for it.
+    /// it limits and the puts waiting for it. An offset past the log's end is taken as
+    /// the end: it cannot vouch for records not yet held (a later local put would be
+    /// taken as replicated, and readers would stop inside a record).
     pub(crate) fn set_confirm_offset(&self, offset: u64) -> Result<()> {
         // Whatever the writer gathered must be visible for the check below, which looks
         // only up to what that commit made visible (puts may gather more meanwhile).
         let (end, _) = self.commit_staged()?;
+        let offset = offset.min(end);
         if offset < end && offset > self.min_offset() {
             // Readers stop there: it must be where a record (or a file's blank) starts.
             let bytes = self.bytes_at(offset, end).unwrap_or_default();

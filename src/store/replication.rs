@@ -93,8 +93,10 @@ impl MessageStore {
 
     /// Sets the confirm offset (the replication layer's commit point; it may move back
     /// after a truncation). It must be where a record starts, or at or past the log's end
-    /// ([`Error::Corrupted`] otherwise). With [`StoreConfig::read_confirmed_only`], readers see only
-    /// records below it; puts from
+    /// ([`Error::Corrupted`] otherwise). An offset past the end is taken as the end, as
+    /// RocketMQ's HA client takes the smaller of the master's and its own: records
+    /// appended or put later are confirmed only when it is set again. With
+    /// [`StoreConfig::read_confirmed_only`], readers see only records below it; puts from
     /// [`put_message_replicated`](Self::put_message_replicated) resolve once it passes them.
     pub fn set_confirm_offset(&self, offset: u64) -> Result<()> {
         self.log.set_confirm_offset(offset)
