@@ -257,7 +257,7 @@ impl IoHook for FailLogSyncAndMarker {
     }
 
     fn before_create(&self, path: &Path) -> io::Result<()> {
-        if path.file_name().is_some_and(|n| n == "abort.tmp") {
+        if path.ends_with(layout::abort_file(Path::new("")).with_extension("tmp")) {
             return Err(io::Error::from_raw_os_error(28));
         }
         Ok(())

@@ -554,7 +554,7 @@ struct KeepQueueTable;
 
 impl rocketstore::IoHook for KeepQueueTable {
     fn before_remove(&self, path: &Path) -> std::io::Result<()> {
-        if path.file_name().is_some_and(|n| n == "queue_table") {
+        if path.ends_with(layout::queue_table_file(Path::new(""))) {
             return Err(std::io::Error::other("injected removal failure"));
         }
         Ok(())
@@ -603,14 +603,58 @@ fn a_confirm_offset_past_the_end_confirms_only_what_the_log_holds() {
     let end = store.max_physical_offset();
     store.set_confirm_offset(end + 5000).unwrap();
     assert_eq!(store.confirm_offset(), end);
-    assert!(store.lookup_message(first.physical_offset).unwrap().is_some());
+    assert!(
+        store
+            .lookup_message(first.physical_offset)
+            .unwrap()
+            .is_some()
+    );
     let later = store.put_message(&message("C", 0, "c", 1)).unwrap();
-    assert!(store.lookup_message(later.physical_offset).unwrap().is_none());
+    assert!(
+        store
+            .lookup_message(later.physical_offset)
+            .unwrap()
+            .is_none()
+    );
     assert!(store.wait_dispatched_to(end, LONG));
     assert_eq!(store.get_message("C", 0, 0, 8).unwrap().messages.len(), 1);
     // Confirmed again once it is held.
     store
         .set_confirm_offset(store.max_physical_offset())
         .unwrap();
-    assert!(store.lookup_message(later.physical_offset).unwrap().is_some());
+    assert!(
+        store
+            .lookup_message(later.physical_offset)
+            .unwrap()
+            .is_some()
+    );
+}
+
+/// A handle shut down but not dropped still serves reads from its mappings: truncating
+/// under it would change what it returns (records past the cut, or new bytes in their
+/// place). Refused until it is dropped, and the refusal changes nothing.
+#[test]
+fn truncation_waits_for_every_handle_of_the_store_to_be_dropped() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = MessageStore::open(cfg(dir.path())).unwrap();
+    let puts = fill(&store, 0, 200);
+    let kept = store.lookup_message(puts[150].physical_offset).unwrap();
+    store.shutdown().unwrap();
+    let cut = puts[100].physical_offset;
+    assert!(matches!(
+        MessageStore::truncate_log(&cfg(dir.path()), cut),
+        Err(Error::StoreLocked { .. })
+    ));
+    assert!(
+        !layout::abort_file(dir.path()).exists(),
+        "still marked clean"
+    );
+    assert_eq!(
+        store.lookup_message(puts[150].physical_offset).unwrap(),
+        kept
+    );
+    drop(store);
+    MessageStore::truncate_log(&cfg(dir.path()), cut).unwrap();
+    let store = MessageStore::open(cfg(dir.path())).unwrap();
+    assert_eq!(store.max_physical_offset(), cut);
 }

@@ -23,7 +23,11 @@ const POISON_PREFIX: &str = "poisoned at flushed offset ";
 /// marker forgets a poisoning recorded before (a full disk, which often causes the
 /// poisoning, fails exactly that write).
 pub(crate) fn record_poison(abort: &Path, flushed: u64, hook: ops::Hook<'_>) -> Result<()> {
-    ops::replace_file(abort, format!("{POISON_PREFIX}{flushed}\n").as_bytes(), hook)
+    ops::replace_file(
+        abort,
+        format!("{POISON_PREFIX}{flushed}\n").as_bytes(),
+        hook,
+    )
 }
 
 pub(crate) struct StoreLock {
@@ -32,6 +36,44 @@ pub(crate) struct StoreLock {
     root: PathBuf,
     last_exit_clean: bool,
     poisoned_at: Option<u64>,
+    /// Counted in [`HOLDERS`] until dropped, released or not.
+    holder: Holder,
+}
+
+/// The roots (by device and inode) of every [`StoreLock`] alive in this process, once
+/// per lock. A store's lock outlives the OS lock: after `shutdown` the handle still serves
+/// reads from its mappings until it is dropped, so an operation that rewrites files in
+/// place (`truncate_log`) must wait for every such handle, not only for the OS lock.
+static HOLDERS: Mutex<Vec<(u64, u64)>> = Mutex::new(Vec::new());
+
+struct Holder(Option<(u64, u64)>);
+
+impl Holder {
+    fn new(root: &Path) -> Holder {
+        use std::os::unix::fs::MetadataExt;
+        let id = std::fs::metadata(root).ok().map(|m| (m.dev(), m.ino()));
+        if let Some(id) = id {
+            HOLDERS.lock().push(id);
+        }
+        Holder(id)
+    }
+
+    /// How many locks of this root are alive, this one included.
+    fn count(&self) -> usize {
+        self.0
+            .map_or(1, |id| HOLDERS.lock().iter().filter(|h| **h == id).count())
+    }
+}
+
+impl Drop for Holder {
+    fn drop(&mut self) {
+        if let Some(id) = self.0 {
+            let mut holders = HOLDERS.lock();
+            if let Some(at) = holders.iter().position(|h| *h == id) {
+                holders.swap_remove(at);
+            }
+        }
+    }
 }
 
 impl StoreLock {
@@ -84,7 +126,14 @@ impl StoreLock {
             root: root.to_owned(),
             last_exit_clean,
             poisoned_at,
+            holder: Holder::new(root),
         })
+    }
+
+    /// Whether another handle of this process still has the store: open, or shut down
+    /// but not dropped (its reads go on from its mappings).
+    pub(crate) fn held_elsewhere(&self) -> bool {
+        self.holder.count() > 1
     }
 
     /// Whether the previous run shut down cleanly (no abort marker was found).

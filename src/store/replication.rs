@@ -115,10 +115,20 @@ impl MessageStore {
     /// from a new leader. Everything from `to` on is removed durably; the next open then
     /// recovers as after a crash, which cuts every consume queue, the key index and the
     /// dispatchers' progress back to the log. Refused ([`Error::StoreLocked`]) while the
-    /// store is open, and ([`Error::Corrupted`]) at an offset inside a record.
+    /// store is open, or shut down but not yet dropped in this process (such a handle
+    /// still serves reads from the files this rewrites), and ([`Error::Corrupted`]) at an
+    /// offset inside a record.
     pub fn truncate_log(config: &StoreConfig, to: u64) -> Result<()> {
         config.validate()?;
         let lock = StoreLock::acquire(config.root())?;
+        if lock.held_elsewhere() {
+            // A handle shut down but not dropped still reads the files this would
+            // rewrite in place. Nothing was changed: the marker is left as it was found.
+            let _ = lock.release(lock.last_exit_clean());
+            return Err(Error::StoreLocked {
+                path: layout::lock_file(config.root()),
+            });
+        }
         let result = truncate_files(config, to);
         // Unclean whatever happened: the next open checks and cuts everything to the log.
         let _ = lock.release(false);
