@@ -46,6 +46,9 @@ pub(crate) struct StoreLock {
 /// place (`truncate_log`) must wait for every such handle, not only for the OS lock.
 static HOLDERS: Mutex<Vec<(u64, u64)>> = Mutex::new(Vec::new());
 
+/// Told whenever a lock leaves [`HOLDERS`].
+static HOLDER_GONE: parking_lot::Condvar = parking_lot::Condvar::new();
+
 struct Holder(Option<(u64, u64)>);
 
 impl Holder {
@@ -58,10 +61,22 @@ impl Holder {
         Holder(id)
     }
 
-    /// How many locks of this root are alive, this one included.
-    fn count(&self) -> usize {
-        self.0
-            .map_or(1, |id| HOLDERS.lock().iter().filter(|h| **h == id).count())
+    /// Whether this is the only lock of its root alive, waiting up to `grace` for the
+    /// others to be dropped.
+    fn alone_within(&self, grace: std::time::Duration) -> bool {
+        let Some(id) = self.0 else {
+            return true;
+        };
+        let deadline = std::time::Instant::now() + grace;
+        let mut holders = HOLDERS.lock();
+        loop {
+            if holders.iter().filter(|h| **h == id).count() <= 1 {
+                return true;
+            }
+            if HOLDER_GONE.wait_until(&mut holders, deadline).timed_out() {
+                return holders.iter().filter(|h| **h == id).count() <= 1;
+            }
+        }
     }
 }
 
@@ -72,6 +87,7 @@ impl Drop for Holder {
             if let Some(at) = holders.iter().position(|h| *h == id) {
                 holders.swap_remove(at);
             }
+            HOLDER_GONE.notify_all();
         }
     }
 }
@@ -130,10 +146,11 @@ impl StoreLock {
         })
     }
 
-    /// Whether another handle of this process still has the store: open, or shut down
-    /// but not dropped (its reads go on from its mappings).
-    pub(crate) fn held_elsewhere(&self) -> bool {
-        self.holder.count() > 1
+    /// Whether another handle of this process still has the store after `grace`: open,
+    /// or shut down but not dropped (its reads go on from its mappings). Handles being
+    /// dropped (a task finishing after a shutdown) are waited for, up to `grace`.
+    pub(crate) fn held_elsewhere(&self, grace: std::time::Duration) -> bool {
+        !self.holder.alone_within(grace)
     }
 
     /// Whether the previous run shut down cleanly (no abort marker was found).

@@ -115,13 +115,13 @@ impl MessageStore {
     /// from a new leader. Everything from `to` on is removed durably; the next open then
     /// recovers as after a crash, which cuts every consume queue, the key index and the
     /// dispatchers' progress back to the log. Refused ([`Error::StoreLocked`]) while the
-    /// store is open, or shut down but not yet dropped in this process (such a handle
-    /// still serves reads from the files this rewrites), and ([`Error::Corrupted`]) at an
-    /// offset inside a record.
+    /// store is open, or shut down and not dropped within 5 s in this process (such a
+    /// handle still serves reads from the files this rewrites), and ([`Error::Corrupted`])
+    /// at an offset inside a record.
     pub fn truncate_log(config: &StoreConfig, to: u64) -> Result<()> {
         config.validate()?;
         let lock = StoreLock::acquire(config.root())?;
-        if lock.held_elsewhere() {
+        if lock.held_elsewhere(DROP_GRACE) {
             // A handle shut down but not dropped still reads the files this would
             // rewrite in place. Nothing was changed: the marker is left as it was found.
             let _ = lock.release(lock.last_exit_clean());
@@ -135,6 +135,10 @@ impl MessageStore {
         result
     }
 }
+
+/// How long `truncate_log` waits for shut-down handles of the store to be dropped (a
+/// task still finishing with one, say) before it refuses.
+const DROP_GRACE: std::time::Duration = std::time::Duration::from_secs(5);
 
 fn truncate_files(config: &StoreConfig, to: u64) -> Result<()> {
     let dir = layout::commit_log_dir(config.root());
