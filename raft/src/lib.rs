@@ -32,7 +32,7 @@
 //! .await?;
 //! router.add(1, node.raft().clone());
 //! node.initialize([(1, "node-1".to_string())]).await?;
-//! node.wait_leader(std::time::Duration::from_secs(5)).await?;
+//! node.wait_leader(std::time::Duration::from_secs(30)).await?;
 //! let put = node.put(Message::new("TopicA", 0u32, &b"replicated"[..])).await?;
 //! assert_eq!(put.queue_offset, 0);
 //! node.shutdown().await?;

@@ -9,7 +9,6 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use common::*;
-use openraft::ServerState;
 use rocketstore::Message;
 use rocketstore_raft::Error;
 
@@ -205,7 +204,7 @@ impl rocketstore::IoHook for FailOneSync {
 /// the node is then dropped the hard way. openraft queues the install and the purge of the
 /// Raft log up to it together: the purge goes ahead once the install is recorded as begun
 /// (its stream synced), and no sooner. Returns the cluster, the follower, its state
-/// directory and the last entry it had applied before.
+/// directory and the Raft log index its log was purged to meanwhile.
 async fn fail_an_install() -> (Cluster, u64, std::path::PathBuf, Option<u64>) {
     let (mut cluster, leader, follower) = snapshotting_cluster().await;
     cluster.stop(follower).await;
@@ -241,7 +240,7 @@ async fn fail_an_install() -> (Cluster, u64, std::path::PathBuf, Option<u64>) {
         .join(format!("node-{follower}/raft/state"));
     assert!(state.join("installing").exists());
     // Recorded as begun: the follower's log is purged up to the snapshot meanwhile.
-    cluster.nodes[&follower]
+    let purged = cluster.nodes[&follower]
         .raft()
         .wait(Some(WAIT))
         .metrics(
@@ -249,7 +248,9 @@ async fn fail_an_install() -> (Cluster, u64, std::path::PathBuf, Option<u64>) {
             "the follower purges its log while the install is stalled",
         )
         .await
-        .expect("the purge goes ahead");
+        .expect("the purge goes ahead")
+        .purged
+        .map(|p| p.index);
     release.send(()).unwrap();
     // The install fails (the store is poisoned), which stops the node's Raft; then the node
     // is dropped the hard way.
@@ -266,7 +267,7 @@ async fn fail_an_install() -> (Cluster, u64, std::path::PathBuf, Option<u64>) {
     let node = cluster.nodes.remove(&follower).unwrap();
     let _ = node.raft().shutdown().await;
     drop(node);
-    (cluster, follower, state, applied_before)
+    (cluster, follower, state, purged)
 }
 
 /// The restart finishes the failed install from the stream it kept: rolled back, the node
@@ -274,14 +275,15 @@ async fn fail_an_install() -> (Cluster, u64, std::path::PathBuf, Option<u64>) {
 /// its log, and its store does not hold them).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_snapshot_install_that_fails_is_finished_at_the_restart() {
-    let (mut cluster, follower, state, applied_before) = fail_an_install().await;
+    let (mut cluster, follower, state, purged) = fail_an_install().await;
     // The reopen finishes the install from the stream it kept.
     cluster.open(follower).await;
     assert!(!state.join("installing").exists());
     let record: serde_json::Value =
         serde_json::from_slice(&std::fs::read(state.join("snapshot")).unwrap()).unwrap();
     let installed = record["meta"]["last_log_id"]["index"].as_u64();
-    assert!(installed > applied_before.map(|a| a + 100), "{record}");
+    // The snapshot the purge waited for, or a later one.
+    assert!(installed >= purged, "{record}");
     cluster.converge().await;
     assert_eq!(assert_replicas_identical(&cluster).len(), 220);
     cluster.put(b"after the restart", 1).await;
@@ -311,6 +313,7 @@ async fn a_deposed_leader_truncates_its_uncommitted_divergent_tail() {
     }
     cluster.converge().await;
     let old = cluster.leader().await;
+    let old_term = cluster.nodes[&old].raft().metrics().borrow().current_term;
     // Cut the leader off; it still takes puts into its own log, which can never commit.
     cluster.router.isolate(old);
     let stranded: Vec<_> = (0..5)
@@ -359,10 +362,8 @@ async fn a_deposed_leader_truncates_its_uncommitted_divergent_tail() {
         let r = handle.await.unwrap();
         assert!(r.is_err(), "a stranded put was acknowledged: {r:?}");
     }
-    assert_eq!(
-        cluster.nodes[&old].raft().metrics().borrow().state,
-        ServerState::Follower
-    );
+    // Deposed: it took the newer term (whatever it has become since, on a busy machine).
+    assert!(cluster.nodes[&old].raft().metrics().borrow().current_term > old_term);
     let content = assert_replicas_identical(&cluster);
     assert_eq!(content.len(), 18);
     assert!(content.values().all(|(b, _)| !b.starts_with(b"stranded")));
@@ -390,7 +391,7 @@ async fn a_deposed_leader_truncates_its_uncommitted_divergent_tail() {
 /// the same bytes as every other.
 async fn chaos(seed: u64, steps: usize) {
     let mut rng = Rng::new(seed);
-    let mut cluster = Cluster::start(3, raft_config(Some(60))).await;
+    let mut cluster = Cluster::start(3, raft_config_fast_elections(Some(60))).await;
     let mut acked: BTreeMap<(u32, u64), Vec<u8>> = BTreeMap::new();
     let mut offsets: Vec<u64> = Vec::new();
     let mut n = 0usize;

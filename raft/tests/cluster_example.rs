@@ -19,8 +19,10 @@ fn a_killed_leader_loses_nothing_and_rejoins_byte_identical() {
         return;
     };
     let dir = tempfile::tempdir().unwrap();
-    // Ports of their own, so that runs side by side do not meet.
-    let base_port = (20_000 + std::process::id() % 20_000 * 2).to_string();
+    // Ports of their own (the nodes take base + 1 to base + 3), so that runs side by side
+    // do not meet, below the range the kernel hands out for outgoing connections (from
+    // 32768), where a client socket could hold a restarted node's port.
+    let base_port = (10_000 + std::process::id() % 5_000 * 4).to_string();
     let out = Command::new(cluster)
         .args([
             "--nodes",

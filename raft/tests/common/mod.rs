@@ -21,11 +21,28 @@ pub const WAIT: Duration = Duration::from_secs(30);
 pub type Content = BTreeMap<(u32, u64), (Bytes, i64)>;
 
 pub fn raft_config(snapshot_every: Option<u64>) -> Arc<Config> {
+    // Elections only when a test stops or cuts off a leader: a busy CI machine can stall
+    // a leader's heartbeats for a few hundred milliseconds, and a test whose leader
+    // changed under it would fail for no fault of the code.
+    raft_config_timed(snapshot_every, 100, 800..1600)
+}
+
+/// Fast elections, for tests built to ride through leader changes (the chaos test, whose
+/// partitions and restarts wait for many elections).
+pub fn raft_config_fast_elections(snapshot_every: Option<u64>) -> Arc<Config> {
+    raft_config_timed(snapshot_every, 50, 200..400)
+}
+
+fn raft_config_timed(
+    snapshot_every: Option<u64>,
+    heartbeat_ms: u64,
+    election_ms: std::ops::Range<u64>,
+) -> Arc<Config> {
     let config = Config {
         cluster_name: "test".into(),
-        heartbeat_interval: 50,
-        election_timeout_min: 200,
-        election_timeout_max: 400,
+        heartbeat_interval: heartbeat_ms,
+        election_timeout_min: election_ms.start,
+        election_timeout_max: election_ms.end,
         snapshot_policy: match snapshot_every {
             Some(n) => SnapshotPolicy::LogsSinceLast(n),
             None => SnapshotPolicy::Never,
@@ -147,23 +164,31 @@ impl Cluster {
         }
     }
 
-    /// Puts through whichever node leads, retrying while leadership moves.
+    /// Puts through whichever node leads, retrying while leadership moves. A put is sent
+    /// again only once the node it went to no longer leads: a slow put on a leader that
+    /// still leads may yet commit, and sending it again would store it twice.
     pub async fn put(&self, body: &[u8], queue: u32) -> Put {
         let deadline = Instant::now() + WAIT;
         loop {
             let leader = self.leader().await;
             let msg = Message::new(TOPIC, queue, Bytes::copy_from_slice(body));
-            match tokio::time::timeout(Duration::from_secs(5), self.nodes[&leader].put(msg)).await {
-                Ok(Ok(put)) => return put,
-                Ok(Err(Error::NotLeader { .. } | Error::Raft(_))) | Err(_) => {}
-                Ok(Err(e)) => panic!("put failed: {e}"),
+            let mut put = Box::pin(self.nodes[&leader].put(msg));
+            loop {
+                match tokio::time::timeout(Duration::from_secs(1), &mut put).await {
+                    Ok(Ok(put)) => return put,
+                    Ok(Err(Error::NotLeader { .. } | Error::Raft(_))) => break,
+                    Ok(Err(e)) => panic!("put failed: {e}"),
+                    Err(_) if self.leader().await == leader => {}
+                    Err(_) => break,
+                }
+                assert!(Instant::now() < deadline, "no put succeeded");
             }
             assert!(Instant::now() < deadline, "no put succeeded");
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
 
-    /// Waits until every running node has applied what node `like` has.
+    /// Waits until every running node has applied what the leader has logged.
     pub async fn converge(&self) {
         let leader = self.leader().await;
         let target = self.nodes[&leader].raft().metrics().borrow().last_log_index;
