@@ -25,14 +25,14 @@ struct Args {
     /// Messages to put in all (ignored with --seconds).
     #[arg(long, default_value_t = 200_000)]
     count: u64,
-    /// Put for this many seconds instead of a count.
-    #[arg(long)]
+    /// Put for this many seconds instead of a count (at most ten years).
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..=315_360_000))]
     seconds: Option<u64>,
     /// Producer threads.
-    #[arg(long, default_value_t = 4)]
+    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..))]
     producers: u32,
     /// Queues of the topic; every producer spreads its messages over all of them.
-    #[arg(long, default_value_t = 8)]
+    #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u32).range(1..))]
     queues: u32,
     /// Commit-log file size in bytes (default: the store's default, 1 GiB).
     #[arg(long)]
@@ -55,13 +55,21 @@ struct Args {
     #[arg(long, default_value_t = 0)]
     keys: u32,
     /// Messages per `put_messages` batch (1: single puts).
-    #[arg(long, default_value_t = 1)]
+    #[arg(long, default_value_t = 1, value_parser = at_least_one)]
     batch: usize,
     /// Put at most this many messages a second in all (shared evenly by the producers),
     /// to see whether dispatch and the key index keep up with a given rate: a producer
     /// ahead of its schedule by a millisecond or more sleeps. Unpaced when omitted.
     #[arg(long, value_parser = positive_rate)]
     rate: Option<f64>,
+}
+
+/// A count that must be at least one.
+fn at_least_one(s: &str) -> Result<usize, String> {
+    match s.parse::<usize>() {
+        Ok(n) if n >= 1 => Ok(n),
+        _ => Err(format!("{s:?} is not a whole number of at least one")),
+    }
 }
 
 /// A `--rate`: a finite number of messages a second, at least one.

@@ -113,6 +113,19 @@ fn load_generator_paces_its_puts_at_the_rate_asked() {
 
     let out = Command::new(&load).args(["--rate", "0"]).output().unwrap();
     assert!(!out.status.success(), "a rate of 0 is refused");
+    // So are counts that would divide by zero or overflow a deadline: refused with a
+    // message, never a panic.
+    for bad in [
+        ["--producers", "0"],
+        ["--queues", "0"],
+        ["--batch", "0"],
+        ["--seconds", "18446744073709551615"],
+    ] {
+        let out = Command::new(&load).args(bad).output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{bad:?}: {stderr}");
+        assert!(stderr.contains("invalid value"), "{bad:?}: {stderr}");
+    }
 }
 
 #[test]

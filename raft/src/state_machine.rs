@@ -233,7 +233,7 @@ impl StateMachine {
     /// The state machine over `store`, its files under `dir`, resuming where the store's
     /// log says it stopped.
     pub fn open(store: Arc<MessageStore>, dir: &Path) -> io::Result<StateMachine> {
-        fs::create_dir_all(dir)?;
+        crate::log_store::create_dir_durable(dir)?;
         let snapshot: Option<SnapshotRecord> = read_json(&dir.join("snapshot"))?;
         let membership: Option<Membership> = read_json(&dir.join("membership"))?;
         let hint = OpenOptions::new()
