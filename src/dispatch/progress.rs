@@ -1,10 +1,13 @@
 //! `{root}/dispatch/{name}`: how far a dispatcher's work is durable, so that after a crash
 //! it is replayed from there and no further back.
 //!
-//! Two 512-byte slots, written in turn, each one sector holding a sequence number, the
-//! offset, the store time before it, two words the dispatcher keeps for itself, and a CRC.
-//! A write goes to the older slot and is synced: a torn write damages only that slot, and
-//! the other still holds the last progress.
+//! Two slots 4 KiB apart, written in turn, each holding a sequence number, the offset,
+//! the store time before it, two words the dispatcher keeps for itself, and a CRC. A write
+//! goes to the older slot and is synced: a torn write damages only that slot, and the
+//! other still holds the last progress. The slots lie in different 4 KiB blocks, so that
+//! a drive that tears a whole physical sector (a 512e drive) cannot damage both. Files
+//! written before 0.2 have their second slot at 512; it is read too, and the higher
+//! sequence number of the two layouts wins (writes go to the new places only).
 
 use std::fs::{File, OpenOptions};
 use std::os::unix::fs::FileExt;
@@ -13,7 +16,10 @@ use std::path::PathBuf;
 use crate::error::{Error, Result};
 use crate::fs::ops;
 
-const SLOT: u64 = 512;
+const SLOT: u64 = 4096;
+
+/// Where the second slot was before 0.2.
+const OLD_SLOT: u64 = 512;
 const RECORD: usize = 8 * 5 + 4;
 
 /// A dispatcher's durable progress.
@@ -53,9 +59,9 @@ impl ProgressFile {
             ops::sync_dir(dir)?;
         }
         let mut best: Option<(u64, Progress)> = None;
-        for slot in 0..2 {
+        for at in [0, OLD_SLOT, SLOT] {
             let mut b = [0u8; RECORD];
-            let n = crate::fs::sparse_file::read_fully(&file, &mut b, slot * SLOT)
+            let n = crate::fs::sparse_file::read_fully(&file, &mut b, at)
                 .map_err(|e| Error::io("read", &path, e))?;
             if n < RECORD {
                 continue;
@@ -158,5 +164,48 @@ mod tests {
         file.write_all_at(&[0xFF; 4], SLOT + 10).unwrap();
         let (_, last) = ProgressFile::open(path.clone()).unwrap();
         assert_eq!(last, Some(p(20)));
+    }
+
+    fn at(offset: u64) -> Progress {
+        Progress {
+            offset,
+            timestamp: 7,
+            aux: [1, 2],
+        }
+    }
+
+    /// A drive that tears a whole 4 KiB physical sector (a 512e drive's read-modify-write)
+    /// damages only one slot: the slots lie in different blocks.
+    #[test]
+    fn a_torn_first_block_leaves_the_other_slot() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("dispatch").join("d");
+        let (mut f, _) = ProgressFile::open(path.clone()).unwrap();
+        f.store(at(10)).unwrap(); // sequence 1: the second slot
+        f.store(at(20)).unwrap(); // sequence 2: the first slot
+        drop(f);
+        let file = OpenOptions::new().write(true).open(&path).unwrap();
+        file.write_all_at(&[0xA5; 4096], 0).unwrap();
+        let (_, last) = ProgressFile::open(path.clone()).unwrap();
+        assert_eq!(last, Some(at(10)));
+    }
+
+    /// A file written with 512-byte slots (before 0.2) is read, and its progress goes on.
+    #[test]
+    fn a_file_with_the_old_slot_size_is_read_and_superseded() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("dispatch").join("d");
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        let mut bytes = vec![0u8; 512 + RECORD];
+        bytes[..RECORD].copy_from_slice(&encode(4, &at(40)));
+        bytes[512..].copy_from_slice(&encode(5, &at(50)));
+        std::fs::write(&path, bytes).unwrap();
+        let (mut f, last) = ProgressFile::open(path.clone()).unwrap();
+        assert_eq!(last, Some(at(50)));
+        f.store(at(60)).unwrap();
+        f.store(at(70)).unwrap();
+        drop(f);
+        let (_, last) = ProgressFile::open(path.clone()).unwrap();
+        assert_eq!(last, Some(at(70)));
     }
 }
