@@ -108,9 +108,9 @@ pub(crate) fn create_dir_durable(dir: &Path) -> io::Result<()> {
     let missing: Vec<&Path> = dir.ancestors().take_while(|d| !d.exists()).collect();
     fs::create_dir_all(dir)?;
     for created in missing.iter().rev() {
-        if let Some(parent) = created.parent().filter(|p| !p.as_os_str().is_empty()) {
-            sync_dir(parent)?;
-        }
+        // A relative name with no parent lives in the current directory.
+        let parent = created.parent().filter(|p| !p.as_os_str().is_empty());
+        sync_dir(parent.unwrap_or(Path::new(".")))?;
     }
     Ok(())
 }

@@ -58,7 +58,7 @@ impl ProgressFile {
             file.sync_all().map_err(|e| Error::io("sync", &path, e))?;
             ops::sync_dir(dir)?;
         }
-        let mut best: Option<(u64, Progress)> = None;
+        let mut best: Option<(u64, Progress, u64)> = None;
         for at in [0, OLD_SLOT, SLOT] {
             let mut b = [0u8; RECORD];
             let n = crate::fs::sparse_file::read_fully(&file, &mut b, at)
@@ -67,9 +67,9 @@ impl ProgressFile {
                 continue;
             }
             if let Some((seq, p)) = decode(&b)
-                && best.is_none_or(|(s, _)| seq > s)
+                && best.is_none_or(|(s, _, _)| seq > s)
             {
-                best = Some((seq, p));
+                best = Some((seq, p, at));
             }
         }
         if existed && best.is_none() {
@@ -78,8 +78,10 @@ impl ProgressFile {
                 path.display()
             );
         }
-        let seq = best.map_or(0, |(s, _)| s);
-        let last = best.map(|(_, p)| p);
+        // After an old-layout slot, a sequence number is skipped so that the next write
+        // goes to the slot at 4096, not into the block that holds the newest record.
+        let seq = best.map_or(0, |(s, _, at)| if at == OLD_SLOT { s + 1 } else { s });
+        let last = best.map(|(_, p, _)| p);
         Ok((
             ProgressFile {
                 path,
@@ -203,6 +205,13 @@ mod tests {
         let (mut f, last) = ProgressFile::open(path.clone()).unwrap();
         assert_eq!(last, Some(at(50)));
         f.store(at(60)).unwrap();
+        drop(f);
+        // The first write went outside the block of the newest old record: a torn first
+        // block leaves it.
+        let file = OpenOptions::new().write(true).open(&path).unwrap();
+        file.write_all_at(&[0xA5; 4096], 0).unwrap();
+        let (mut f, last) = ProgressFile::open(path.clone()).unwrap();
+        assert_eq!(last, Some(at(60)));
         f.store(at(70)).unwrap();
         drop(f);
         let (_, last) = ProgressFile::open(path.clone()).unwrap();

@@ -49,40 +49,61 @@ static HOLDERS: Mutex<Vec<(u64, u64)>> = Mutex::new(Vec::new());
 /// Told whenever a lock leaves [`HOLDERS`].
 static HOLDER_GONE: parking_lot::Condvar = parking_lot::Condvar::new();
 
-struct Holder(Option<(u64, u64)>);
+/// A root's entry in [`HOLDERS`], with the root directory held open: its inode number
+/// cannot be given to another directory while the entry stands (a root removed and made
+/// again would otherwise pass for the old one).
+struct Holder(Option<((u64, u64), File)>);
+
+/// The identity of the directory `root`.
+fn root_id(root: &Path) -> Option<((u64, u64), File)> {
+    use std::os::unix::fs::MetadataExt;
+    let dir = File::open(root).ok()?;
+    let m = dir.metadata().ok()?;
+    Some(((m.dev(), m.ino()), dir))
+}
+
+/// Waits up to `grace` until at most `allowed` locks of `id` are alive; whether they are.
+fn wait_for_holders(id: (u64, u64), allowed: usize, grace: std::time::Duration) -> bool {
+    let deadline = std::time::Instant::now() + grace;
+    let mut holders = HOLDERS.lock();
+    loop {
+        if holders.iter().filter(|h| **h == id).count() <= allowed {
+            return true;
+        }
+        if HOLDER_GONE.wait_until(&mut holders, deadline).timed_out() {
+            return holders.iter().filter(|h| **h == id).count() <= allowed;
+        }
+    }
+}
+
+/// Waits up to `grace` for every handle of the store at `root` alive in this process
+/// (open, or shut down and not dropped) to be dropped; whether none is left. Called
+/// before taking the OS lock, so that opens are not refused meanwhile.
+pub(crate) fn wait_unheld(root: &Path, grace: std::time::Duration) -> bool {
+    root_id(root).is_none_or(|(id, _)| wait_for_holders(id, 0, grace))
+}
 
 impl Holder {
     fn new(root: &Path) -> Holder {
-        use std::os::unix::fs::MetadataExt;
-        let id = std::fs::metadata(root).ok().map(|m| (m.dev(), m.ino()));
-        if let Some(id) = id {
-            HOLDERS.lock().push(id);
+        let held = root_id(root);
+        if let Some((id, _)) = &held {
+            HOLDERS.lock().push(*id);
         }
-        Holder(id)
+        Holder(held)
     }
 
-    /// Whether this is the only lock of its root alive, waiting up to `grace` for the
-    /// others to be dropped.
-    fn alone_within(&self, grace: std::time::Duration) -> bool {
-        let Some(id) = self.0 else {
-            return true;
-        };
-        let deadline = std::time::Instant::now() + grace;
-        let mut holders = HOLDERS.lock();
-        loop {
-            if holders.iter().filter(|h| **h == id).count() <= 1 {
-                return true;
-            }
-            if HOLDER_GONE.wait_until(&mut holders, deadline).timed_out() {
-                return holders.iter().filter(|h| **h == id).count() <= 1;
-            }
-        }
+    /// Whether this is the only lock of its root alive.
+    fn alone(&self) -> bool {
+        self.0
+            .as_ref()
+            .is_none_or(|(id, _)| wait_for_holders(*id, 1, std::time::Duration::ZERO))
     }
 }
 
 impl Drop for Holder {
     fn drop(&mut self) {
-        if let Some(id) = self.0 {
+        if let Some((id, _)) = &self.0 {
+            let id = *id;
             let mut holders = HOLDERS.lock();
             if let Some(at) = holders.iter().position(|h| *h == id) {
                 holders.swap_remove(at);
@@ -146,11 +167,10 @@ impl StoreLock {
         })
     }
 
-    /// Whether another handle of this process still has the store after `grace`: open,
-    /// or shut down but not dropped (its reads go on from its mappings). Handles being
-    /// dropped (a task finishing after a shutdown) are waited for, up to `grace`.
-    pub(crate) fn held_elsewhere(&self, grace: std::time::Duration) -> bool {
-        !self.holder.alone_within(grace)
+    /// Whether another handle of this process still has the store: open, or shut down
+    /// but not dropped (its reads go on from its mappings).
+    pub(crate) fn held_elsewhere(&self) -> bool {
+        !self.holder.alone()
     }
 
     /// Whether the previous run shut down cleanly (no abort marker was found).

@@ -120,14 +120,21 @@ impl MessageStore {
     /// at an offset inside a record.
     pub fn truncate_log(config: &StoreConfig, to: u64) -> Result<()> {
         config.validate()?;
+        // Handles being dropped (a task finishing after a shutdown) are waited for before
+        // the OS lock is taken, so that opens meanwhile are not refused; checked again
+        // under the lock.
+        let lock_file = || Error::StoreLocked {
+            path: layout::lock_file(config.root()),
+        };
+        if !crate::fs::lock::wait_unheld(config.root(), DROP_GRACE) {
+            return Err(lock_file());
+        }
         let lock = StoreLock::acquire(config.root())?;
-        if lock.held_elsewhere(DROP_GRACE) {
+        if lock.held_elsewhere() {
             // A handle shut down but not dropped still reads the files this would
             // rewrite in place. Nothing was changed: the marker is left as it was found.
             let _ = lock.release(lock.last_exit_clean());
-            return Err(Error::StoreLocked {
-                path: layout::lock_file(config.root()),
-            });
+            return Err(lock_file());
         }
         let result = truncate_files(config, to);
         // Unclean whatever happened: the next open checks and cuts everything to the log.
