@@ -210,6 +210,32 @@ fn a_poisoning_is_recorded_for_the_next_open_which_writes_the_tail_again() {
     assert_eq!(m.body, body("f", 0));
 }
 
+/// Ten puts, a clean shutdown, and a checkpoint that vouches only below the sixth (as
+/// after a crash that left the rest past the durable point).
+fn ten_puts_vouched_below_the_sixth(dir: &Path) -> Vec<rocketstore::PutResult> {
+    let puts: Vec<_> = {
+        let store = open(dir, sync_mode());
+        let puts = (0..10)
+            .map(|i| store.put_message(&message("F", 0, "f", i)).unwrap())
+            .collect();
+        store.shutdown().unwrap();
+        puts
+    };
+    checkpoint_vouches_below(dir, puts[5].physical_offset);
+    puts
+}
+
+/// The next open acts on the recorded poisoning (and forgets it), then serves every put.
+fn reopens_clean_and_serves(dir: &Path, puts: &[rocketstore::PutResult]) {
+    let store = open(dir, sync_mode());
+    let abort = layout::abort_file(dir);
+    assert_eq!(std::fs::read_to_string(&abort).unwrap(), "");
+    for (i, put) in puts.iter().enumerate() {
+        let m = store.lookup_message(put.physical_offset).unwrap().unwrap();
+        assert_eq!(m.body, body("f", i as u64));
+    }
+}
+
 /// A crash recovery whose sync of the log fails may leave the crashed run's pages marked
 /// clean without being on disk: the failed open records a poisoning at no more than what
 /// the checkpoint vouched for, so that the next open (same boot) writes those bytes again
@@ -217,15 +243,7 @@ fn a_poisoning_is_recorded_for_the_next_open_which_writes_the_tail_again() {
 #[test]
 fn a_recovery_whose_sync_fails_records_a_poisoning_for_the_next_open() {
     let dir = tempfile::tempdir().unwrap();
-    let puts: Vec<_> = {
-        let store = open(dir.path(), sync_mode());
-        let puts = (0..10)
-            .map(|i| store.put_message(&message("F", 0, "f", i)).unwrap())
-            .collect();
-        store.shutdown().unwrap();
-        puts
-    };
-    checkpoint_vouches_below(dir.path(), puts[5].physical_offset);
+    let puts = ten_puts_vouched_below_the_sixth(dir.path());
     let abort = layout::abort_file(dir.path());
     std::fs::write(&abort, b"").unwrap();
     let hook = FailFirstSync::new(layout::COMMIT_LOG_DIR, false);
@@ -238,13 +256,7 @@ fn a_recovery_whose_sync_fails_records_a_poisoning_for_the_next_open() {
         .parse()
         .unwrap();
     assert!(at <= puts[5].physical_offset, "{at}");
-
-    let store = open(dir.path(), sync_mode());
-    assert_eq!(std::fs::read_to_string(&abort).unwrap(), "");
-    for (i, put) in puts.iter().enumerate() {
-        let m = store.lookup_message(put.physical_offset).unwrap().unwrap();
-        assert_eq!(m.body, body("f", i as u64));
-    }
+    reopens_clean_and_serves(dir.path(), &puts);
 }
 
 /// Fails the first commit-log sync (as `FailFirstSync`) and every replacement of the abort
@@ -270,15 +282,7 @@ impl IoHook for FailLogSyncAndMarker {
 #[test]
 fn a_poisoning_record_that_cannot_be_rewritten_keeps_the_one_before() {
     let dir = tempfile::tempdir().unwrap();
-    let puts: Vec<_> = {
-        let store = open(dir.path(), sync_mode());
-        let puts = (0..10)
-            .map(|i| store.put_message(&message("F", 0, "f", i)).unwrap())
-            .collect();
-        store.shutdown().unwrap();
-        puts
-    };
-    checkpoint_vouches_below(dir.path(), puts[5].physical_offset);
+    let puts = ten_puts_vouched_below_the_sixth(dir.path());
     let abort = layout::abort_file(dir.path());
     let before = format!("poisoned at flushed offset {}\n", puts[8].physical_offset);
     std::fs::write(&abort, &before).unwrap();
@@ -288,11 +292,5 @@ fn a_poisoning_record_that_cannot_be_rewritten_keeps_the_one_before() {
     )));
     assert!(MessageStore::open(config(dir.path(), sync_mode()).io_hook(hook)).is_err());
     assert_eq!(std::fs::read_to_string(&abort).unwrap(), before);
-    // The next open acts on it and serves every message.
-    let store = open(dir.path(), sync_mode());
-    assert_eq!(std::fs::read_to_string(&abort).unwrap(), "");
-    for (i, put) in puts.iter().enumerate() {
-        let m = store.lookup_message(put.physical_offset).unwrap().unwrap();
-        assert_eq!(m.body, body("f", i as u64));
-    }
+    reopens_clean_and_serves(dir.path(), &puts);
 }
