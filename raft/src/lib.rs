@@ -50,6 +50,7 @@ pub mod network;
 mod node;
 mod request;
 mod snapshot;
+mod state_file;
 mod state_machine;
 
 pub use log_store::{LogStore, SEGMENT_BYTES};

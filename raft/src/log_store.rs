@@ -2,8 +2,8 @@
 //!
 //! ```text
 //! {dir}/log/{first index:020}   segments of frames: [len u32][!len u32][crc32 u32][entry]
-//! {dir}/vote                    the vote (JSON), replaced atomically
-//! {dir}/purged                  the last purged log id (JSON), replaced atomically
+//! {dir}/vote                    the vote (a state file: JSON and its CRC)
+//! {dir}/purged                  the last purged log id (a state file)
 //! ```
 //!
 //! An append writes its frames into the page cache and returns; a flush thread then makes
@@ -30,6 +30,7 @@ use parking_lot::Mutex;
 use tokio::sync::watch;
 
 use crate::request::{decode_entry, encode_entry};
+use crate::state_file::{read_state, write_state};
 use crate::{NodeId, TypeConfig};
 
 /// A segment is closed and a new one started once it holds this many bytes.
@@ -115,29 +116,6 @@ pub(crate) fn create_dir_durable(dir: &Path) -> io::Result<()> {
     Ok(())
 }
 
-/// Replaces `path` with `bytes` durably: a temporary file, synced, renamed, and the
-/// directory synced.
-pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
-    let tmp = path.with_extension("tmp");
-    {
-        let file = File::create(&tmp)?;
-        file.write_all_at(bytes, 0)?;
-        file.sync_all()?;
-    }
-    fs::rename(&tmp, path)?;
-    sync_dir(path.parent().unwrap_or(Path::new(".")))
-}
-
-pub(crate) fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> io::Result<Option<T>> {
-    match fs::read(path) {
-        Ok(bytes) => serde_json::from_slice(&bytes)
-            .map(Some)
-            .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e)),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
-        Err(e) => Err(e),
-    }
-}
-
 fn corrupt(path: &Path, what: impl std::fmt::Display) -> io::Error {
     io::Error::new(
         io::ErrorKind::InvalidData,
@@ -155,8 +133,8 @@ impl LogStore {
 
     fn open_sized(dir: &Path, segment_bytes: u64) -> io::Result<LogStore> {
         create_dir_durable(&segment_dir(dir))?;
-        let vote = read_json(&dir.join("vote"))?;
-        let last_purged: Option<LogId<NodeId>> = read_json(&dir.join("purged"))?;
+        let vote = read_state(&dir.join("vote"))?;
+        let last_purged: Option<LogId<NodeId>> = read_state(&dir.join("purged"))?;
         let mut firsts = Vec::new();
         for item in fs::read_dir(segment_dir(dir))? {
             let item = item?;
@@ -400,8 +378,7 @@ impl Inner {
 
     /// Forgets entries up to `log_id`, deleting every segment that holds only those.
     fn purge(&mut self, log_id: LogId<NodeId>) -> io::Result<()> {
-        let bytes = serde_json::to_vec(&log_id).map_err(io::Error::other)?;
-        write_atomic(&self.dir.join("purged"), &bytes)?;
+        write_state(&self.dir.join("purged"), &log_id)?;
         self.last_purged = Some(log_id);
         self.entries = self.entries.split_off(&(log_id.index + 1));
         if self.entries.is_empty() {
@@ -515,9 +492,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 
     async fn save_vote(&mut self, vote: &Vote<NodeId>) -> StoreResult<()> {
         let mut inner = self.inner.lock();
-        let bytes = serde_json::to_vec(vote).map_err(|e| StorageIOError::write_vote(&e))?;
-        write_atomic(&inner.dir.join("vote"), &bytes)
-            .map_err(|e| StorageIOError::write_vote(&e))?;
+        write_state(&inner.dir.join("vote"), vote).map_err(|e| StorageIOError::write_vote(&e))?;
         inner.vote = Some(*vote);
         Ok(())
     }
@@ -867,6 +842,33 @@ mod tests {
         );
     }
 
+    /// A purge point damaged into another valid one (a digit of its index) would skip
+    /// committed entries: it refuses the open instead.
+    #[test]
+    fn a_purge_point_with_a_damaged_digit_refuses_the_open() {
+        let dir = tempfile::tempdir().unwrap();
+        let entries: Vec<_> = (1..=30).map(|i| entry(1, i)).collect();
+        {
+            let log = LogStore::open_sized(dir.path(), SMALL).unwrap();
+            write(&log, &entries);
+            log.inner.lock().purge(entries[11].log_id).unwrap();
+        }
+        let path = dir.path().join("purged");
+        let text = fs::read_to_string(&path).unwrap();
+        let json = text.lines().next().unwrap();
+        assert!(json.contains(r#""index":12"#), "{text}");
+        fs::write(&path, text.replacen(r#""index":12"#, r#""index":19"#, 1)).unwrap();
+        let err = LogStore::open_sized(dir.path(), SMALL)
+            .err()
+            .expect("refused");
+        assert_eq!(err.kind(), io::ErrorKind::InvalidData);
+        assert!(err.to_string().contains("purged"), "{err}");
+        // Put back, it opens with every entry past the purge.
+        fs::write(&path, &text).unwrap();
+        let log = LogStore::open_sized(dir.path(), SMALL).unwrap();
+        assert_eq!(all(&log), entries[12..].to_vec());
+    }
+
     #[test]
     fn a_purge_past_the_last_entry_leaves_a_log_that_goes_on_and_reopens() {
         let dir = tempfile::tempdir().unwrap();
@@ -890,8 +892,7 @@ mod tests {
         {
             let log = LogStore::open_sized(dir.path(), 1 << 20).unwrap();
             write(&log, &old);
-            let bytes = serde_json::to_vec(&entry(2, 220).log_id).unwrap();
-            write_atomic(&dir.path().join("purged"), &bytes).unwrap();
+            write_state(&dir.path().join("purged"), &entry(2, 220).log_id).unwrap();
             log.inner.lock().last_purged = Some(entry(2, 220).log_id);
             log.inner.lock().entries.clear();
             write(&log, &new);

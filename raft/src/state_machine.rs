@@ -30,9 +30,10 @@ use rocketstore::{Error as StoreError, MessageStore};
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
-use crate::log_store::{Covered, read_json, sync_dir, write_atomic};
+use crate::log_store::{Covered, sync_dir};
 use crate::request::{BatchPosition, BatchResponse, PutBatch, PutRequest, PutResponse};
 use crate::snapshot::{self, SnapshotData};
+use crate::state_file::{read_state, write_state};
 use crate::{NodeId, PROPERTY_RAFT_LOG_ID, TypeConfig};
 
 type StoreResult<T> = Result<T, StorageError<NodeId>>;
@@ -86,10 +87,10 @@ pub(crate) fn unfinished_install(
     store_config: &rocketstore::StoreConfig,
     purged: Option<u64>,
 ) -> io::Result<Option<Installing>> {
-    let Some(installing) = read_json::<Installing>(&dir.join("installing"))? else {
+    let Some(installing) = read_state::<Installing>(&dir.join("installing"))? else {
         return Ok(None);
     };
-    let done = read_json::<SnapshotRecord>(&dir.join("snapshot"))?
+    let done = read_state::<SnapshotRecord>(&dir.join("snapshot"))?
         .is_some_and(|s| s.meta.last_log_id >= installing.meta.last_log_id);
     if done {
         forget_install(dir, &installing)?;
@@ -144,7 +145,7 @@ pub(crate) fn roll_back_unfinished_install(
 ) -> io::Result<()> {
     // A finish that recorded the snapshot and then failed (writing the membership, say)
     // is not undone: the store holds what the record says.
-    if read_json::<SnapshotRecord>(&dir.join("snapshot"))?
+    if read_state::<SnapshotRecord>(&dir.join("snapshot"))?
         .is_some_and(|s| s.meta.last_log_id >= installing.meta.last_log_id)
     {
         return forget_install(dir, installing);
@@ -186,13 +187,8 @@ pub(crate) fn finish_unfinished_install(
         meta: installing.meta.clone(),
         end,
     };
-    write_atomic(
-        &dir.join("snapshot"),
-        &serde_json::to_vec(&record).map_err(io::Error::other)?,
-    )?;
-    let membership =
-        serde_json::to_vec(&installing.meta.last_membership).map_err(io::Error::other)?;
-    write_atomic(&dir.join("membership"), &membership)?;
+    write_state(&dir.join("snapshot"), &record)?;
+    write_state(&dir.join("membership"), &installing.meta.last_membership)?;
     forget_install(dir, installing)
 }
 
@@ -234,8 +230,8 @@ impl StateMachine {
     /// log says it stopped.
     pub fn open(store: Arc<MessageStore>, dir: &Path) -> io::Result<StateMachine> {
         crate::log_store::create_dir_durable(dir)?;
-        let snapshot: Option<SnapshotRecord> = read_json(&dir.join("snapshot"))?;
-        let membership: Option<Membership> = read_json(&dir.join("membership"))?;
+        let snapshot: Option<SnapshotRecord> = read_state(&dir.join("snapshot"))?;
+        let membership: Option<Membership> = read_state(&dir.join("membership"))?;
         let hint = OpenOptions::new()
             .read(true)
             .write(true)
@@ -374,8 +370,7 @@ impl StateMachine {
     fn write_membership(&self, membership: &Membership) -> io::Result<()> {
         // Everything applied before the change must outlive the record of it.
         self.shared.store.flush().map_err(io_err)?;
-        let bytes = serde_json::to_vec(membership).map_err(io::Error::other)?;
-        write_atomic(&self.shared.dir.join("membership"), &bytes)
+        write_state(&self.shared.dir.join("membership"), membership)
     }
 
     fn write_hint(&self, applied: &Applied) {
@@ -562,8 +557,7 @@ impl StateMachine {
         {
             return Ok(c.clone());
         }
-        let bytes = serde_json::to_vec(&record).map_err(io::Error::other)?;
-        write_atomic(&self.shared.dir.join("snapshot"), &bytes)?;
+        write_state(&self.shared.dir.join("snapshot"), &record)?;
         *current = Some(record.clone());
         let upto = record.meta.last_log_id.map(|l| l.index);
         self.shared
@@ -734,8 +728,7 @@ impl StateMachine {
             from,
             stream: path.file_name().map(|n| n.to_string_lossy().into_owned()),
         };
-        let bytes = serde_json::to_vec(&installing).map_err(|e| err(io::Error::other(e)))?;
-        write_atomic(&self.shared.dir.join("installing"), &bytes).map_err(err)?;
+        write_state(&self.shared.dir.join("installing"), &installing).map_err(err)?;
         // From here a restart finishes the install: the purge queued with it may go on.
         let index = meta.last_log_id.map(|l| l.index);
         self.shared

@@ -279,8 +279,7 @@ async fn a_snapshot_install_that_fails_is_finished_at_the_restart() {
     // The reopen finishes the install from the stream it kept.
     cluster.open(follower).await;
     assert!(!state.join("installing").exists());
-    let record: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(state.join("snapshot")).unwrap()).unwrap();
+    let record = state_file(&state.join("snapshot")).expect("the install is recorded");
     let installed = record["meta"]["last_log_id"]["index"].as_u64();
     // The snapshot the purge waited for, or a later one.
     assert!(installed >= purged, "{record}");
@@ -297,8 +296,7 @@ async fn a_snapshot_install_that_fails_is_finished_at_the_restart() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_unfinishable_install_past_the_purge_refuses_the_open() {
     let (mut cluster, follower, state, _) = fail_an_install().await;
-    let installing: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(state.join("installing")).unwrap()).unwrap();
+    let installing = state_file(&state.join("installing")).expect("the install's record");
     std::fs::remove_file(state.join(installing["stream"].as_str().unwrap())).unwrap();
     let err = cluster.try_open_with(follower, None).await.unwrap_err();
     assert!(err.to_string().contains("cannot be rolled back"), "{err}");
@@ -472,11 +470,7 @@ fn lose_store_tail(cluster: &Cluster, id: u64, cut: u64) {
         .dir
         .path()
         .join(format!("node-{id}/raft/state/snapshot"));
-    let snapshot_end = std::fs::read(state)
-        .ok()
-        .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
-        .and_then(|v| v["end"].as_u64())
-        .unwrap_or(0);
+    let snapshot_end = state_file(&state).map_or(0, |v| v["end"].as_u64().expect("an end"));
     if cut < snapshot_end {
         return;
     }

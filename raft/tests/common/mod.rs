@@ -235,6 +235,18 @@ pub fn content(store: &MessageStore) -> Content {
     all
 }
 
+/// The value in one of a node's small state files (`snapshot`, `installing`, ...): its
+/// first line is JSON, its second the CRC; `None` when the file does not exist.
+pub fn state_file(path: &Path) -> Option<serde_json::Value> {
+    let bytes = match std::fs::read(path) {
+        Ok(bytes) => bytes,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return None,
+        Err(e) => panic!("read {}: {e}", path.display()),
+    };
+    let json = bytes.split(|b| *b == b'\n').next().unwrap_or_default();
+    Some(serde_json::from_slice(json).expect("a state file's first line is JSON"))
+}
+
 /// The bytes of every commit-log file under `root`, by name.
 pub fn commit_log_files(root: &Path) -> BTreeMap<u64, Vec<u8>> {
     layout::data_files(&layout::commit_log_dir(root))
