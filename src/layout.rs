@@ -19,6 +19,7 @@
 //! );
 //! assert_eq!(layout::parse_file_name("00000000001073741824"), Some(1 << 30));
 //! assert_eq!(layout::parse_file_name("notes.txt"), None);
+//! assert_eq!(layout::parse_file_name("18446744073709551615"), None); // past i64::MAX
 //! ```
 
 use std::path::{Path, PathBuf};
@@ -63,12 +64,16 @@ pub fn tmp_file_name(offset: u64) -> String {
     format!("{}{TMP_SUFFIX}", file_name(offset))
 }
 
-/// The offset a data file's name stands for; `None` for any other name.
+/// The offset a data file's name stands for; `None` for any other name, and for an
+/// offset past `i64::MAX`: RocketMQ's offsets are signed 64-bit numbers, and a file named
+/// so far up could not be ended or followed without overflowing.
 pub fn parse_file_name(name: &str) -> Option<u64> {
     if name.len() != NAME_DIGITS || !name.bytes().all(|b| b.is_ascii_digit()) {
         return None;
     }
-    name.parse().ok()
+    name.parse()
+        .ok()
+        .filter(|offset| *offset <= i64::MAX as u64)
 }
 
 /// Whether `name` is a file left half-built by an interrupted allocation.

@@ -169,8 +169,9 @@ pub(crate) fn list_files(
             path: path.clone(),
             reason,
         };
-        let offset = layout::parse_file_name(&name)
-            .ok_or_else(|| bad("not a data file name (20 decimal digits)".into()))?;
+        let offset = layout::parse_file_name(&name).ok_or_else(|| {
+            bad("not a data file name (20 decimal digits, at most i64::MAX)".into())
+        })?;
         if !offset.is_multiple_of(file_size) {
             return Err(bad(format!(
                 "offset {offset} is not a multiple of the file size {file_size}"
@@ -227,6 +228,17 @@ mod tests {
         fs::write(dir.path().join(layout::file_name(100)), b"x").unwrap();
         let err = MappedFileQueue::load_files(dir.path(), 65536, None, false).unwrap_err();
         assert!(err.to_string().contains("multiple"), "{err}");
+
+        // A name past RocketMQ's signed offsets, a multiple of the file size within one
+        // file of u64::MAX: its end would overflow.
+        let dir = tempfile::tempdir().unwrap();
+        fs::write(
+            dir.path().join(layout::file_name(u64::MAX / 65536 * 65536)),
+            b"x",
+        )
+        .unwrap();
+        let err = MappedFileQueue::load_files(dir.path(), 65536, None, false).unwrap_err();
+        assert!(err.to_string().contains("i64::MAX"), "{err}");
     }
 
     #[test]
