@@ -61,6 +61,10 @@ struct Args {
     /// Where the nodes keep their files (default: a temporary directory, removed after).
     #[arg(long)]
     dir: Option<PathBuf>,
+    /// Give up after this many seconds: kill every node and exit with an error (default:
+    /// no limit). A run that cannot elect a leader, or never converges, otherwise waits.
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..=86_400))]
+    deadline_secs: Option<u64>,
     /// Run as node N (started by the driver).
     #[arg(long, hide = true)]
     serve: Option<NodeId>,
@@ -283,6 +287,25 @@ async fn drive(args: Args) {
         children: Mutex::new(children),
         leader: AtomicU64::new(0),
     });
+    let Some(limit) = args.deadline_secs.map(Duration::from_secs) else {
+        return run(args, dir, cluster).await;
+    };
+    if tokio::time::timeout(limit, run(args, dir, Arc::clone(&cluster)))
+        .await
+        .is_err()
+    {
+        // Tasks still running hold the cluster: its nodes are killed here, not by its drop.
+        for id in cluster.alive() {
+            cluster.kill(id);
+        }
+        eprintln!("gave up: the run did not finish within {limit:?}");
+        drop(temp);
+        std::process::exit(2);
+    }
+}
+
+/// The driver's run, on a cluster whose nodes are up.
+async fn run(args: Args, dir: PathBuf, cluster: Arc<Cluster>) {
     let members = (1..=args.nodes).map(|id| (id, addr(&args, id))).collect();
     Client::new(addr(&args, 1))
         .initialize(members)

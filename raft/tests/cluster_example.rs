@@ -43,6 +43,9 @@ fn a_killed_leader_loses_nothing_and_rejoins_byte_identical() {
         .args([
             "--base-port",
             &base_port,
+            // A hang fails the test instead of holding CI: the run takes seconds.
+            "--deadline-secs",
+            "300",
             "--dir",
             dir.path().to_str().unwrap(),
         ])
