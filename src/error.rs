@@ -95,8 +95,10 @@ pub enum Error {
         /// The failure dispatch met.
         reason: String,
     },
-    /// An earlier flush failed; the store refuses writes because a retried fsync can falsely
-    /// report success. Reopen the store to recover.
+    /// An earlier flush failed (or a background thread panicked); the store refuses writes
+    /// because a retried fsync can falsely report success. Reopen the store to recover.
+    /// Also what [`MessageStore::shutdown`](crate::MessageStore::shutdown) returns when it
+    /// could not mark the store clean, for any cause.
     #[error("store is poisoned by an earlier failure ({cause}); reopen it")]
     Poisoned {
         /// What poisoned the store: the failed I/O (its kind kept, its text naming the

@@ -21,9 +21,13 @@ const POW2_BUCKETS: usize = 32;
 
 /// A histogram: `counts[i]` values were at most `upper_bounds[i]` (and above the bound
 /// before it); the last count, one more than there are bounds, is everything larger.
+/// [`StoreStats::put_latency_rocketmq_ms`] is the exception: its buckets are RocketMQ's,
+/// below each bound (a 10 ms put counts under 50), but for the first, 0, which holds what
+/// rounds down to 0 ms.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Histogram {
-    /// Inclusive upper bound of each bucket but the last.
+    /// Upper bound of each bucket but the last: inclusive, or exclusive for RocketMQ's
+    /// buckets (see above).
     pub upper_bounds: Vec<u64>,
     /// Values per bucket; `upper_bounds.len() + 1` of them.
     pub counts: Vec<u64>,
@@ -70,7 +74,8 @@ pub struct StoreStats {
     /// (acknowledged), in microseconds, power-of-two buckets.
     pub put_latency_us: Histogram,
     /// The same latencies in RocketMQ's buckets, in milliseconds
-    /// ([`ROCKETMQ_PUT_BUCKETS_MS`]).
+    /// ([`ROCKETMQ_PUT_BUCKETS_MS`]): each bucket counts puts below its bound (RocketMQ's
+    /// `10~50ms` is the bucket labelled 50), the first those that round down to 0 ms.
     pub put_latency_rocketmq_ms: Histogram,
     /// Flushes of the commit log that wrote something.
     pub flushes: u64,
@@ -86,7 +91,7 @@ pub struct StoreStats {
     pub flush_lag_bytes: u64,
     /// Bytes readable in the log but not yet in the consume queues.
     pub dispatch_lag_bytes: u64,
-    /// Puts refused with `PutStatus::OsPageCacheBusy`.
+    /// Puts refused with [`Error::PageCacheBusy`](crate::Error::PageCacheBusy).
     pub page_cache_busy: u64,
     /// Rolls to a new commit-log file that had to wait for the allocation thread.
     pub roll_waits: u64,
@@ -147,7 +152,12 @@ impl StoreStats {
     /// Publishes this snapshot through the [`metrics`] facade, to whatever recorder the
     /// broker installed (Prometheus, StatsD, ...): counts as counters (`absolute`), lags
     /// as gauges, and each histogram bucket as a counter labelled with its upper bound
-    /// (`bucket`, `"+Inf"` for the last). Buckets are not cumulative. Call it on a timer:
+    /// (`bucket`, `"+Inf"` for the last). Buckets are not cumulative. Each dispatcher
+    /// (the key index, a broker's) gives `rocketstore_dispatcher_lag_bytes` and
+    /// `rocketstore_dispatcher_failures_total`, labelled with its name (`dispatcher`); the
+    /// open gives whether the last run ended cleanly (`rocketstore_open_clean_exit`, 0 or
+    /// 1), its time and what it scanned. Texts (the last dispatch error) are not exported.
+    /// Call it on a timer:
     ///
     /// ```no_run
     /// # let store: rocketstore::MessageStore = unimplemented!();
@@ -181,6 +191,13 @@ impl StoreStats {
         gauge!("rocketstore_open_seconds").set(self.open.took.as_secs_f64());
         gauge!("rocketstore_open_scanned_bytes").set(self.open.scanned_bytes as f64);
         gauge!("rocketstore_open_indexed_records").set(self.open.indexed_records as f64);
+        gauge!("rocketstore_open_clean_exit").set(f64::from(u8::from(self.open.clean_exit)));
+        for d in &self.dispatchers {
+            gauge!("rocketstore_dispatcher_lag_bytes", "dispatcher" => d.name.clone())
+                .set(d.lag_bytes as f64);
+            counter!("rocketstore_dispatcher_failures_total", "dispatcher" => d.name.clone())
+                .absolute(d.failures);
+        }
         let histograms = [
             ("rocketstore_put_latency_us", &self.put_latency_us),
             (

@@ -835,9 +835,14 @@ impl MessageStore {
     /// Also run on drop.
     ///
     /// Idempotent: a second call, even a concurrent one, waits until the first is done and
-    /// returns the same outcome. Fails when the store could not be marked clean: the store
-    /// is poisoned (a flush failed, or a background thread panicked), or the consume queues
-    /// could not be made durable. The next open then recovers as after a crash.
+    /// returns the same outcome. Fails with [`Error::Poisoned`] when the store could not be
+    /// marked clean, its cause saying why: the store is poisoned (a flush failed, or a
+    /// background thread panicked), the consume queues or the key index could not be made
+    /// durable, a consume queue was found damaged, or the lock's marker could not be
+    /// removed. The next open then recovers as after a crash. Under
+    /// [`StoreConfig::read_confirmed_only`](crate::StoreConfig::read_confirmed_only), a
+    /// store whose queues stop at the confirm offset, short of the log's end, returns `Ok`
+    /// but is also left for the next open to index the rest, as after a crash.
     pub fn shutdown(&self) -> Result<()> {
         let mut outcome = self.shutdown_outcome.lock();
         if outcome.is_none() {
