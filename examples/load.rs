@@ -37,8 +37,8 @@ struct Args {
     /// Commit-log file size in bytes (default: the store's default, 1 GiB).
     #[arg(long)]
     file_size: Option<u64>,
-    /// After each acknowledged sync put, check that the store's flushed offset covers it;
-    /// report the group-commit group sizes.
+    /// After each acknowledged blocking sync put, check that the store's flushed offset
+    /// covers it (single puts only: not with --inflight or --batch).
     #[arg(long)]
     check_durable: bool,
     /// Flush mode.

@@ -94,8 +94,10 @@ pub struct StoreConfig {
     /// A put that spent longer than this inside the append path is logged (warn) with its
     /// time. Default: 500 ms.
     pub slow_put_threshold: Duration,
-    /// Create the next commit-log file in the background before it is needed.
-    /// Default: true.
+    /// Create the next commit-log files in the background before they are needed.
+    /// Default: true. With `false` there is no background worker: each file is created
+    /// when the writer reaches it, and [`warmup`](Self::warmup) is not applied (only a
+    /// new store's first file has its start touched).
     pub preallocate: bool,
     /// How new files are prepared; `None` picks the measured best for the flush mode:
     /// [`Warmup::ZeroAndFlush`] for sync, [`Warmup::Touch`] for async. Default: `None`.
@@ -446,7 +448,8 @@ impl StoreConfig {
         crate::layout::commit_log_dir(&self.root_dir)
     }
 
-    /// The warm-up actually used: the configured one or the flush mode's default.
+    /// The warm-up chosen: the configured one or the flush mode's default. It is applied
+    /// only with [`preallocate`](Self::preallocate) on.
     pub fn effective_warmup(&self) -> Warmup {
         self.warmup.unwrap_or(if self.flush_mode.is_sync() {
             Warmup::ZeroAndFlush

@@ -189,8 +189,8 @@ fn now_ms() -> i64 {
 impl ReplicatedStore {
     /// Opens node `id`: its message store with `store_config`, its Raft log and state
     /// under `raft_dir`, and openraft over them, talking through `network`. Every replica
-    /// must use the same commit-log file size and message limits, so that they apply
-    /// puts into the same bytes. The store's flush mode may be async: the Raft log is what
+    /// must use the same commit-log file size, message limits and `store_host` (written
+    /// into every record), so that they apply puts into the same bytes; nothing checks it. The store's flush mode may be async: the Raft log is what
     /// makes a put durable, and puts the store lost in a crash are applied again.
     pub async fn open<N>(
         id: NodeId,

@@ -23,7 +23,9 @@ use std::path::Path;
 /// # let _ = config;
 /// ```
 pub trait IoHook: Send + Sync + 'static {
-    /// Before a commit-log file is created and allocated.
+    /// Before a file is created: a commit-log or consume-queue file, or the temporary
+    /// file a small metadata file (the deleted-topics record, the abort marker's poison
+    /// record) is replaced through.
     fn before_create(&self, path: &Path) -> io::Result<()> {
         let _ = path;
         Ok(())

@@ -786,7 +786,8 @@ impl MessageStore {
     }
 
     /// Deletes now every commit-log file older than [`StoreConfig::file_reserved_time`]
-    /// (never the one being written, nor one the dispatch thread has not finished indexing)
+    /// (never the one being written, nor one the dispatch thread, the key index or a
+    /// broker's dispatcher has not finished with)
     /// and the consume-queue files wholly below the log's new start; returns how many commit-log files went. Readers holding messages from a
     /// deleted file keep them valid until they drop them.
     pub fn delete_expired_files(&self) -> Result<usize> {

@@ -24,7 +24,8 @@ impl MessageStore {
     /// bytes a leader ships to a follower's [`append_log`](Self::append_log). A file's
     /// closing blank record is shipped too (alone at the end), so the follower moves to its
     /// next file where the leader did. Under sync flush only durable bytes are shipped.
-    /// Empty at the log's end; [`Error::OutOfRange`] below its start.
+    /// Empty at the log's end (under sync flush, at its flushed end);
+    /// [`Error::OutOfRange`] below its start or past its end (the asker diverged).
     ///
     /// ```
     /// # use rocketstore::{Message, MessageStore, StoreConfig};
