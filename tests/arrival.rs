@@ -158,3 +158,35 @@ fn waiting_for_the_logs_end_means_everything_written_so_far() {
     // The per-record wait needs a record starting at its offset: at the end there is none.
     assert!(!store.wait_dispatched(end, Duration::from_millis(50)));
 }
+
+/// A waker that panics, as a broken executor's might.
+struct PanickingWaker;
+
+impl Wake for PanickingWaker {
+    fn wake(self: Arc<Self>) {
+        panic!("a broken waker");
+    }
+}
+
+/// A long poll's waker runs on the dispatch thread: one that panics is logged and must
+/// not stop dispatch (which would poison the store and refuse every later put), nor abort
+/// the process when the store then shuts down and wakes the others.
+#[test]
+fn a_panicking_long_poll_waker_does_not_stop_the_store() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = MessageStore::open(config(dir.path(), sync_mode())).unwrap();
+    let waker = Waker::from(Arc::new(PanickingWaker));
+    let mut first = store.message_arrival("T", 0, 0);
+    let mut second = store.message_arrival("T", 1, 0);
+    assert_eq!(poll(&mut first, &waker), Poll::Pending);
+    assert_eq!(poll(&mut second, &waker), Poll::Pending);
+    store.put_message(&message("T", 0, "a", 0)).unwrap();
+    assert!(store.wait_dispatched_to(store.max_physical_offset(), LONG));
+    assert!(poll(&mut first, &waker).is_ready());
+    // Dispatch goes on: the next put is accepted and indexed.
+    store.put_message(&message("T", 0, "a", 1)).unwrap();
+    assert!(store.wait_dispatched_to(store.max_physical_offset(), LONG));
+    assert_eq!(store.get_message("T", 0, 0, 10).unwrap().messages.len(), 2);
+    // The shutdown wakes the other wait with the same waker, and is clean.
+    store.shutdown().unwrap();
+}

@@ -116,11 +116,11 @@ impl AckSlot {
 
 /// Wakes the tasks of completed futures. Never under `Shared::state`: a waker may poll its
 /// task at once, and the task may put again (which takes that lock); one that panics is
-/// logged, so it cannot stop a store thread.
-fn wake_all(wakers: Vec<Waker>) {
+/// logged, so it cannot stop a store thread. The long polls' wakers go through it too.
+pub(crate) fn wake_all(wakers: impl IntoIterator<Item = Waker>) {
     for w in wakers {
         if std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| w.wake())).is_err() {
-            log::error!("a put future's waker panicked");
+            log::error!("a waker panicked (a future of this store: a put or a long poll)");
         }
     }
 }

@@ -17,6 +17,7 @@ use std::task::Waker;
 
 use parking_lot::Mutex;
 
+use crate::commit_log::flush::wake_all;
 use crate::queue::consume_queue::ConsumeQueue;
 
 struct Waiter {
@@ -188,9 +189,7 @@ impl Arrivals {
             }
             woken.extend(arrived);
         }
-        for w in woken {
-            w.waker.wake();
-        }
+        wake_all(woken.into_iter().map(|w| w.waker));
     }
 
     /// Queues were removed (their topic deleted): their waiters are woken and their waits
@@ -239,9 +238,7 @@ impl Arrivals {
                 }
             }
         }
-        for w in woken {
-            w.waker.wake();
-        }
+        wake_all(woken.into_iter().map(|w| w.waker));
     }
 
     /// Ends every wait: the store is shutting down, or nothing will be dispatched any more.
@@ -257,9 +254,7 @@ impl Arrivals {
             }
             woken.extend(reg.unborn.drain().flat_map(|(_, v)| v));
         }
-        for w in woken {
-            w.waker.wake();
-        }
+        wake_all(woken.into_iter().map(|w| w.waker));
     }
 }
 
