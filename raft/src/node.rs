@@ -71,6 +71,28 @@ pub struct ReplicatedStore {
     log: LogStore,
     state_machine: StateMachine,
     proposals: mpsc::UnboundedSender<Pending>,
+    /// `{raft_dir}/lock`, locked (`flock`) while this node is open; released last.
+    _lock: std::fs::File,
+}
+
+/// Locks `{dir}/lock` for a node's life: a second open of the same node, in this process
+/// or another, is refused with `StoreLocked` before it reads or repairs anything.
+fn lock_node(dir: &Path) -> Result<std::fs::File, Error> {
+    crate::log_store::create_dir_durable(dir)?;
+    let path = dir.join("lock");
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(&path)?;
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(std::fs::TryLockError::WouldBlock) => {
+            Err(Error::Store(rocketstore::Error::StoreLocked { path }))
+        }
+        Err(std::fs::TryLockError::Error(e)) => Err(Error::Io(e)),
+    }
 }
 
 /// A put waiting to be proposed, and where its outcome goes.
@@ -212,7 +234,10 @@ impl ReplicatedStore {
             }));
         }
         let dir = raft_dir.to_path_buf();
-        let (store, log, state_machine) = tokio::task::spawn_blocking(move || {
+        let (lock, store, log, state_machine) = tokio::task::spawn_blocking(move || {
+            // Before anything is read: the Raft log's open cuts a torn tail, and a second
+            // open of a running node would take the append in flight for one.
+            let lock = lock_node(&dir)?;
             let state = dir.join("state");
             let log = LogStore::open(&dir.join("log"))?;
             let purged = log.last_purged_index();
@@ -240,7 +265,7 @@ impl ReplicatedStore {
             }
             let store = Arc::new(store);
             let state_machine = StateMachine::open(Arc::clone(&store), &state)?;
-            Ok::<_, Error>((store, log, state_machine))
+            Ok::<_, Error>((lock, store, log, state_machine))
         })
         .await
         .map_err(|e| Error::Io(io::Error::other(e)))??;
@@ -259,6 +284,7 @@ impl ReplicatedStore {
             log,
             state_machine,
             proposals,
+            _lock: lock,
         })
     }
 

@@ -712,3 +712,44 @@ async fn a_new_node_joins_from_an_empty_store_and_reads_behind_a_barrier() {
         .expect("node 4 leaves");
     cluster.put(b"with three again", 2).await;
 }
+
+/// A second open of a running node is refused before it reads anything: the Raft log's
+/// open cuts what looks like a torn tail, and an append in flight on the running node
+/// looks like one (it would then finish past a cut, and its acknowledged entries be lost
+/// at the next restart).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_open_of_a_running_node_is_refused_and_changes_nothing() {
+    use std::io::Write;
+    let mut cluster = Cluster::start(1, raft_config(None)).await;
+    for i in 0..5 {
+        cluster.put(&body(i), 0).await;
+    }
+    let segments = cluster.dir.path().join("node-1/raft/log/log");
+    let last = std::fs::read_dir(&segments)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .max()
+        .expect("a segment");
+    // The first bytes of an append in flight: a frame header whose length runs past the
+    // end of the file.
+    let len: u32 = 4096;
+    let mut header = len.to_be_bytes().to_vec();
+    header.extend_from_slice(&(!len).to_be_bytes());
+    std::fs::OpenOptions::new()
+        .append(true)
+        .open(&last)
+        .unwrap()
+        .write_all(&header)
+        .unwrap();
+    let size = std::fs::metadata(&last).unwrap().len();
+    let err = cluster.try_open_with(1, None).await.unwrap_err();
+    assert!(
+        matches!(err, Error::Store(rocketstore::Error::StoreLocked { .. })),
+        "{err}"
+    );
+    assert_eq!(
+        std::fs::metadata(&last).unwrap().len(),
+        size,
+        "nothing was cut"
+    );
+}
