@@ -328,10 +328,10 @@ fn a_failed_sync_of_a_deleted_topics_queues_is_synced_again_before_done() {
         syncs: 0.into(),
     });
     let store = MessageStore::open(cfg(dir.path()).io_hook(hook.clone())).unwrap();
-    let last = (0..3)
+    let mut puts: Vec<_> = (0..3)
         .map(|i| store.put_message(&message("Gone", 0, "old", i)).unwrap())
-        .last()
-        .unwrap();
+        .collect();
+    let last = puts.pop().unwrap();
     assert!(store.wait_dispatched(last.physical_offset, LONG));
     hook.armed.store(true, std::sync::atomic::Ordering::SeqCst);
     store.delete_topic("Gone").unwrap();

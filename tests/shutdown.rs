@@ -302,3 +302,143 @@ fn a_read_after_shutdown_changes_no_file() {
     assert!(theirs.exists(), "a read after shutdown removed a file");
     assert!(matches!(read, Err(Error::ShutDown)), "{read:?}");
 }
+
+/// A waker that runs caller code on whatever store thread wakes it: it drops the store
+/// handle it holds (perhaps the last), or shuts the store down, and reports what it saw.
+struct OnWake {
+    store: std::sync::Mutex<Option<Arc<MessageStore>>>,
+    shut_down: bool,
+    done: Sender<(String, Option<rocketstore::Result<()>>)>,
+}
+
+impl std::task::Wake for OnWake {
+    fn wake(self: Arc<Self>) {
+        let thread = std::thread::current().name().unwrap_or("").to_owned();
+        let store = self.store.lock().unwrap().take();
+        let outcome = match (self.shut_down, store) {
+            (true, Some(store)) => Some(store.shutdown()),
+            (_, store) => {
+                drop(store);
+                None
+            }
+        };
+        let _ = self.done.send((thread, outcome));
+    }
+}
+
+/// Puts one message whose acknowledgement is held at a stalled sync, with `on_wake` as its
+/// waker; returns the future (pending) once the flush thread is stuck on its sync.
+fn put_held_at_the_sync(
+    store: &MessageStore,
+    hook: &StallSync,
+    on_wake: OnWake,
+) -> std::pin::Pin<Box<rocketstore::PutFuture>> {
+    hook.arm();
+    let mut future = Box::pin(store.put_message_async(message("T", 0, "held", 1)));
+    hook.wait_stalled();
+    let waker = std::task::Waker::from(Arc::new(on_wake));
+    let polled = future
+        .as_mut()
+        .poll(&mut std::task::Context::from_waker(&waker));
+    assert!(polled.is_pending());
+    future
+}
+
+/// The last handle dropped on one of the store's own threads (a waker that polls its
+/// task there, as some executors do): the shutdown cannot join that thread, so it runs on
+/// a thread of its own, to the end: the store reopens clean. (It panicked on the join;
+/// the store's lock went while its other threads ran on.)
+#[test]
+fn the_last_handle_dropped_on_a_store_thread_still_shuts_it_down_cleanly() {
+    let dir = tempfile::tempdir().unwrap();
+    let hook = StallSync::new(false);
+    let store = Arc::new(
+        MessageStore::open(config(dir.path(), sync_mode()).io_hook(hook.clone())).unwrap(),
+    );
+    store.put_message(&message("T", 0, "before", 0)).unwrap();
+    let (done, woken) = unbounded();
+    let _future = put_held_at_the_sync(
+        &store,
+        &hook,
+        OnWake {
+            store: std::sync::Mutex::new(Some(Arc::clone(&store))),
+            shut_down: false,
+            done,
+        },
+    );
+    drop(store);
+    hook.release();
+    let (thread, _) = woken
+        .recv_timeout(Duration::from_secs(30))
+        .expect("the flush wakes the put");
+    assert!(thread.starts_with("rocketstore-"), "woken on {thread}");
+    // The shutdown finishes on its own thread; until then the store is locked.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let reopened = loop {
+        match MessageStore::open(config(dir.path(), sync_mode())) {
+            Err(Error::StoreLocked { .. }) if std::time::Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            other => break other.expect("the store reopens"),
+        }
+    };
+    assert!(reopened.stats().open.clean_exit, "the shutdown completed");
+    assert_eq!(
+        reopened.get_message("T", 0, 0, 10).unwrap().messages.len(),
+        2
+    );
+}
+
+/// A waker that calls `shutdown` on a store thread while another thread's shutdown is
+/// joining that thread: it returns `ShutDown` at once instead of waiting for a lock the
+/// other holds (a deadlock: that one waited for this thread to end).
+#[test]
+fn shutdown_called_on_a_store_thread_during_a_shutdown_does_not_deadlock() {
+    let dir = tempfile::tempdir().unwrap();
+    let hook = StallSync::new(false);
+    let store = Arc::new(
+        MessageStore::open(config(dir.path(), sync_mode()).io_hook(hook.clone())).unwrap(),
+    );
+    let (done, woken) = unbounded();
+    let _future = put_held_at_the_sync(
+        &store,
+        &hook,
+        OnWake {
+            store: std::sync::Mutex::new(Some(Arc::clone(&store))),
+            shut_down: true,
+            done,
+        },
+    );
+    let closing = {
+        let store = Arc::clone(&store);
+        std::thread::spawn(move || store.shutdown())
+    };
+    // The shutdown has begun (and holds its outcome) once puts are refused. A probe that
+    // is accepted waits at the stalled sync like the first; it is never polled again.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let mut probes = Vec::new();
+    loop {
+        let mut probe = Box::pin(store.put_message_async(message("T", 1, "probe", 0)));
+        let polled = probe
+            .as_mut()
+            .poll(&mut std::task::Context::from_waker(std::task::Waker::noop()));
+        if matches!(polled, std::task::Poll::Ready(Err(Error::ShutDown))) {
+            break;
+        }
+        probes.push(probe);
+        assert!(std::time::Instant::now() < deadline, "the shutdown began");
+        std::thread::yield_now();
+    }
+    hook.release();
+    let Ok((thread, outcome)) = woken.recv_timeout(Duration::from_secs(30)) else {
+        // Dropping the store would join the deadlocked threads: fail instead.
+        std::mem::forget(store);
+        panic!("the waker's shutdown never returned");
+    };
+    assert!(thread.starts_with("rocketstore-"), "woken on {thread}");
+    assert!(matches!(outcome, Some(Err(Error::ShutDown))), "{outcome:?}");
+    closing
+        .join()
+        .unwrap()
+        .expect("the first shutdown is clean");
+}

@@ -323,6 +323,15 @@ impl Flusher {
     /// Stops the thread after a last flush of everything appended.
     /// Also called on drop, so that a store whose open failed leaves no thread behind;
     /// a second call finds nothing left to do.
+    /// The flusher's threads (group commit and ack timeouts, or the async flush).
+    pub(crate) fn thread_ids(&self) -> Vec<std::thread::ThreadId> {
+        self.threads
+            .lock()
+            .iter()
+            .map(|t| t.thread().id())
+            .collect()
+    }
+
     pub(crate) fn shutdown(&self) {
         self.shared.state.lock().shutdown = true;
         self.shared.work.notify_all();

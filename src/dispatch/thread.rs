@@ -42,6 +42,11 @@ pub(crate) struct DispatcherThread {
 }
 
 impl DispatcherThread {
+    /// The dispatcher's thread, while it runs.
+    pub(crate) fn thread_id(&self) -> Option<std::thread::ThreadId> {
+        self.thread.lock().as_ref().map(|t| t.thread().id())
+    }
+
     /// Runs `sink` (already started, see `Sink::start`) from commit-log offset `from` (a
     /// record boundary; `timestamp` is the store time of the record before it).
     pub(crate) fn start(

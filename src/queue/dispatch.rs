@@ -76,6 +76,11 @@ pub(crate) struct Dispatcher {
 }
 
 impl Dispatcher {
+    /// The dispatch thread, while it runs.
+    pub(crate) fn thread_id(&self) -> Option<std::thread::ThreadId> {
+        self.thread.lock().as_ref().map(|t| t.thread().id())
+    }
+
     /// Starts dispatching at the end of `log` (recovery has indexed everything before it)
     /// or, when recovery could not index everything for lack of space, at `resume`:
     /// `(offset of the first record not indexed, store time before it)`.

@@ -61,6 +61,13 @@ use retention::{Readers, Retention, RetentionThread};
 /// # }
 /// ```
 pub struct MessageStore {
+    inner: Arc<Inner>,
+}
+
+/// The store's parts. A [`MessageStore`] holds them through an `Arc` so that a shutdown
+/// that cannot run on the thread dropping the store (one of the store's own threads,
+/// which it must join) can run on a thread of its own.
+struct Inner {
     config: StoreConfig,
     log: Arc<CommitLog>,
     queues: Arc<ConsumeQueues>,
@@ -85,6 +92,9 @@ pub struct MessageStore {
     open: parking_lot::RwLock<bool>,
     /// What the open's recovery read.
     open_stats: crate::stats::OpenStats,
+    /// The store's long-lived threads that can run a caller's code (wakers, broker
+    /// dispatchers): a shutdown there cannot join them.
+    own_threads: Vec<std::thread::ThreadId>,
 }
 
 /// How a shutdown ended.
@@ -99,9 +109,9 @@ enum Outcome {
 impl std::fmt::Debug for MessageStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("MessageStore")
-            .field("root_dir", &self.config.root_dir)
-            .field("write_offset", &self.log.write_offset())
-            .field("flushed_offset", &self.log.flushed_offset())
+            .field("root_dir", &self.inner.config.root_dir)
+            .field("write_offset", &self.inner.log.write_offset())
+            .field("flushed_offset", &self.inner.log.flushed_offset())
             .finish()
     }
 }
@@ -234,7 +244,15 @@ impl MessageStore {
                 return Err(e);
             }
         };
-        Ok(MessageStore {
+        let own_threads = flusher
+            .thread_ids()
+            .into_iter()
+            .chain(dispatcher.thread_id())
+            .chain(side.iter().filter_map(DispatcherThread::thread_id))
+            .chain(retention_thread.thread_id())
+            .collect();
+        let inner = Inner {
+            own_threads,
             index,
             side,
             deleted,
@@ -250,16 +268,23 @@ impl MessageStore {
             shutdown_outcome: parking_lot::Mutex::new(None),
             open: parking_lot::RwLock::new(true),
             open_stats,
+        };
+        Ok(MessageStore {
+            inner: Arc::new(inner),
         })
     }
 
     /// The configuration the store was opened with.
     pub fn config(&self) -> &StoreConfig {
-        &self.config
+        &self.inner.config
     }
 
     fn encode(&self, msg: &Message) -> Result<EncodedRecord> {
-        record::encode(msg, &self.config.store_host, self.config.max_message_size)
+        record::encode(
+            msg,
+            &self.inner.config.store_host,
+            self.inner.config.max_message_size,
+        )
     }
 
     /// Passes an append's outcome on. A failed append under sync flush may still have
@@ -269,10 +294,10 @@ impl MessageStore {
     /// of the log's end until some later put succeeds, and whoever waits for the end (a
     /// topic deletion) waits as long.
     fn after_append(&self, appended: Result<Appended>) -> Result<Appended> {
-        if appended.is_err() && self.config.flush_mode.is_sync() {
-            let end = self.log.write_offset();
-            if end > self.log.flushed_offset() {
-                self.flusher.request_flush(end);
+        if appended.is_err() && self.inner.config.flush_mode.is_sync() {
+            let end = self.inner.log.write_offset();
+            if end > self.inner.log.flushed_offset() {
+                self.inner.flusher.request_flush(end);
             }
         }
         appended
@@ -286,7 +311,7 @@ impl MessageStore {
             wrote_bytes: a.wrote_bytes,
             store_timestamp: a.store_timestamp,
             msg_id: MessageId {
-                store_host: self.config.store_host,
+                store_host: self.inner.config.store_host,
                 physical_offset: a.physical_offset,
             },
             message_count: a.count,
@@ -301,11 +326,12 @@ impl MessageStore {
     pub fn put_message(&self, msg: &Message) -> Result<PutResult> {
         let started = Instant::now();
         let mut record = [self.encode(msg)?];
-        let appended =
-            self.after_append(
-                self.log
-                    .append(&mut record, &msg.topic, msg.queue_id, started),
-            )?;
+        let appended = self.after_append(self.inner.log.append(
+            &mut record,
+            &msg.topic,
+            msg.queue_id,
+            started,
+        ))?;
         self.acknowledge(appended, started)
     }
 
@@ -332,7 +358,7 @@ impl MessageStore {
     pub fn put_message_stamped(&self, msg: &Message, store_timestamp: i64) -> Result<PutResult> {
         let started = Instant::now();
         let mut record = [self.encode(msg)?];
-        let appended = self.after_append(self.log.append_stamped(
+        let appended = self.after_append(self.inner.log.append_stamped(
             &mut record,
             &msg.topic,
             msg.queue_id,
@@ -367,13 +393,13 @@ impl MessageStore {
             .map(|m| self.encode(m))
             .collect::<Result<Vec<_>>>()?;
         let size: usize = records.iter().map(EncodedRecord::len).sum();
-        if size > self.config.max_message_size {
+        if size > self.inner.config.max_message_size {
             return Err(Error::BatchTooLarge {
                 size,
-                max: self.config.max_message_size,
+                max: self.inner.config.max_message_size,
             });
         }
-        let appended = self.after_append(self.log.append(
+        let appended = self.after_append(self.inner.log.append(
             &mut records,
             &first.topic,
             first.queue_id,
@@ -385,10 +411,10 @@ impl MessageStore {
     /// Waits for the flush the mode asks for, and counts the put's latency: to the end of
     /// the append under async flush, to the flush under sync flush.
     fn acknowledge(&self, appended: Appended, started: Instant) -> Result<PutResult> {
-        let (status, took) = match self.config.flush_mode {
+        let (status, took) = match self.inner.config.flush_mode {
             FlushMode::Sync { .. } => {
                 let end = appended.physical_offset + u64::from(appended.wrote_bytes);
-                let status = self.flusher.wait_durable(end)?;
+                let status = self.inner.flusher.wait_durable(end)?;
                 (status, started.elapsed())
             }
             FlushMode::Async { .. } => (
@@ -396,7 +422,7 @@ impl MessageStore {
                 appended.at.saturating_duration_since(started),
             ),
         };
-        self.log.counters().put_latency(took);
+        self.inner.log.counters().put_latency(took);
         Ok(self.result(appended, status))
     }
 
@@ -407,14 +433,18 @@ impl MessageStore {
     pub fn put_message_async(&self, msg: Message) -> PutFuture {
         let started = Instant::now();
         let appended = match self.encode(&msg).and_then(|r| {
-            self.after_append(self.log.append(&mut [r], &msg.topic, msg.queue_id, started))
+            self.after_append(
+                self.inner
+                    .log
+                    .append(&mut [r], &msg.topic, msg.queue_id, started),
+            )
         }) {
             Ok(a) => a,
             Err(e) => return PutFuture::ready(Err(e)),
         };
         let result = self.result(appended, PutStatus::Ok);
-        match self.config.flush_mode {
-            FlushMode::Sync { .. } => self.flusher.ack_future(result),
+        match self.inner.config.flush_mode {
+            FlushMode::Sync { .. } => self.inner.flusher.ack_future(result),
             FlushMode::Async { .. } => PutFuture::ready(Ok(result)),
         }
     }
@@ -422,7 +452,9 @@ impl MessageStore {
     /// The message whose record starts at `physical_offset`, or `None` when nothing
     /// readable is there. An offset inside a record is refused with [`Error::Corrupted`].
     pub fn lookup_message(&self, physical_offset: u64) -> Result<Option<StoredMessage>> {
-        self.log.read(physical_offset, self.log.readable_offset())
+        self.inner
+            .log
+            .read(physical_offset, self.inner.log.readable_offset())
     }
 
     /// Up to `max_count` messages of `topic`/`queue_id` from queue offset `offset`, capped
@@ -479,8 +511,16 @@ impl MessageStore {
     /// 64 KiB / 8 when it is on disk; this store does not tell the two apart: the caller's
     /// limits (or [`StoreConfig::max_transfer_bytes`]) hold either way.
     pub fn get(&self, req: &GetRequest<'_>) -> Result<GetResult> {
-        let got = read::get_message(&self.log, &self.queues, req, self.config.max_transfer_bytes)?;
-        self.log.counters().got(got.status == GetStatus::Found);
+        let got = read::get_message(
+            &self.inner.log,
+            &self.inner.queues,
+            req,
+            self.inner.config.max_transfer_bytes,
+        )?;
+        self.inner
+            .log
+            .counters()
+            .got(got.status == GetStatus::Found);
         Ok(got)
     }
 
@@ -501,8 +541,16 @@ impl MessageStore {
     /// assert_eq!(view.body_bytes(), b"raw");
     /// ```
     pub fn get_raw(&self, req: &GetRequest<'_>) -> Result<RawGetResult> {
-        let got = read::get_raw(&self.log, &self.queues, req, self.config.max_transfer_bytes)?;
-        self.log.counters().got(got.status == GetStatus::Found);
+        let got = read::get_raw(
+            &self.inner.log,
+            &self.inner.queues,
+            req,
+            self.inner.config.max_transfer_bytes,
+        )?;
+        self.inner
+            .log
+            .counters()
+            .got(got.status == GetStatus::Found);
         Ok(got)
     }
 
@@ -521,23 +569,33 @@ impl MessageStore {
     /// assert_eq!(stats.put_latency_us.total(), 1);
     /// ```
     pub fn stats(&self) -> StoreStats {
-        let mut stats = self.log.stats(self.dispatcher.dispatched_offset());
-        stats.dispatch_error = self.dispatcher.failure();
-        stats.dispatchers = self.side.iter().map(DispatcherThread::stats).collect();
-        stats.open = self.open_stats;
+        let mut stats = self
+            .inner
+            .log
+            .stats(self.inner.dispatcher.dispatched_offset());
+        stats.dispatch_error = self.inner.dispatcher.failure();
+        stats.dispatchers = self
+            .inner
+            .side
+            .iter()
+            .map(DispatcherThread::stats)
+            .collect();
+        stats.open = self.inner.open_stats;
         stats
     }
 
     /// First queue offset of `topic`/`queue_id` still stored (0 for an unknown queue).
     pub fn min_offset_in_queue(&self, topic: &str, queue_id: u32) -> u64 {
-        self.queues
+        self.inner
+            .queues
             .get(topic, queue_id)
             .map_or(0, |q| q.min_offset())
     }
 
     /// One past the last indexed queue offset of `topic`/`queue_id` (0 for an unknown queue).
     pub fn max_offset_in_queue(&self, topic: &str, queue_id: u32) -> u64 {
-        self.queues
+        self.inner
+            .queues
             .get(topic, queue_id)
             .map_or(0, |q| q.max_offset())
     }
@@ -559,8 +617,8 @@ impl MessageStore {
         boundary: BoundaryType,
     ) -> Result<u64> {
         read::offset_by_time(
-            &self.log,
-            &self.queues,
+            &self.inner.log,
+            &self.inner.queues,
             (topic, queue_id),
             timestamp_ms,
             boundary,
@@ -571,7 +629,10 @@ impl MessageStore {
     /// an empty or unknown queue.
     pub fn earliest_message_time(&self, topic: &str, queue_id: u32) -> Result<Option<i64>> {
         let min = self.min_offset_in_queue(topic, queue_id);
-        Ok(read::locate(&self.log, &self.queues, (topic, queue_id), min)?.map(|(_, t)| t))
+        Ok(
+            read::locate(&self.inner.log, &self.inner.queues, (topic, queue_id), min)?
+                .map(|(_, t)| t),
+        )
     }
 
     /// Store time of the message at `queue_offset` of `topic`/`queue_id`, if stored.
@@ -581,7 +642,13 @@ impl MessageStore {
         queue_id: u32,
         queue_offset: u64,
     ) -> Result<Option<i64>> {
-        Ok(read::locate(&self.log, &self.queues, (topic, queue_id), queue_offset)?.map(|(_, t)| t))
+        Ok(read::locate(
+            &self.inner.log,
+            &self.inner.queues,
+            (topic, queue_id),
+            queue_offset,
+        )?
+        .map(|(_, t)| t))
     }
 
     /// Commit-log offset of the message at `queue_offset` of `topic`/`queue_id`, if
@@ -592,12 +659,18 @@ impl MessageStore {
         queue_id: u32,
         queue_offset: u64,
     ) -> Result<Option<u64>> {
-        Ok(read::locate(&self.log, &self.queues, (topic, queue_id), queue_offset)?.map(|(o, _)| o))
+        Ok(read::locate(
+            &self.inner.log,
+            &self.inner.queues,
+            (topic, queue_id),
+            queue_offset,
+        )?
+        .map(|(o, _)| o))
     }
 
     /// Commit-log offset up to which every record is indexed in its consume queue.
     pub fn dispatched_physical_offset(&self) -> u64 {
-        self.dispatcher.dispatched_offset()
+        self.inner.dispatcher.dispatched_offset()
     }
 
     /// Waits until the record that starts at `physical_offset` is indexed and so readable
@@ -609,7 +682,9 @@ impl MessageStore {
     /// [`wait_dispatched_to`](Self::wait_dispatched_to) instead: no record starts there,
     /// so this method would wait for the next put.
     pub fn wait_dispatched(&self, physical_offset: u64, timeout: Duration) -> bool {
-        self.dispatcher.wait_dispatched(physical_offset, timeout)
+        self.inner
+            .dispatcher
+            .wait_dispatched(physical_offset, timeout)
     }
 
     /// Waits until every record that starts below `end` is indexed. Any offset is
@@ -629,7 +704,7 @@ impl MessageStore {
     /// assert_eq!(store.max_offset_in_queue("T", 1), 5);
     /// ```
     pub fn wait_dispatched_to(&self, end: u64, timeout: Duration) -> bool {
-        self.dispatcher.wait_dispatched_to(end, timeout)
+        self.inner.dispatcher.wait_dispatched_to(end, timeout)
     }
 
     /// Blocks until `topic`/`queue_id` holds a message at queue offset `offset` (its max
@@ -666,7 +741,7 @@ impl MessageStore {
     /// form of [`wait_for_message`](Self::wait_for_message). It has no timeout; race it
     /// against your runtime's timer, and drop it to cancel the wait.
     pub fn message_arrival(&self, topic: &str, queue_id: u32, offset: u64) -> MessageArrival {
-        MessageArrival::new(Arc::clone(&self.queues), topic, queue_id, offset)
+        MessageArrival::new(Arc::clone(&self.inner.queues), topic, queue_id, offset)
     }
 
     /// Up to `max` messages of `topic` whose key is `key` (a word of the `KEYS` property,
@@ -698,17 +773,21 @@ impl MessageStore {
         begin_ms: i64,
         end_ms: i64,
     ) -> Result<QueryResult> {
-        let index = self.index.as_ref().ok_or_else(|| Error::InvalidConfig {
-            reason: "the key index is disabled (StoreConfig::index_enabled)".into(),
-        })?;
+        let index = self
+            .inner
+            .index
+            .as_ref()
+            .ok_or_else(|| Error::InvalidConfig {
+                reason: "the key index is disabled (StoreConfig::index_enabled)".into(),
+            })?;
         if key.is_empty() {
             // No message has an empty key (a KEYS value with two spaces in a row does not
             // give it one).
             return Ok(QueryResult::default());
         }
         index.query(
-            &self.log,
-            &self.deleted,
+            &self.inner.log,
+            &self.inner.deleted,
             (topic, key),
             max,
             (begin_ms, end_ms),
@@ -735,21 +814,24 @@ impl MessageStore {
     /// ```
     pub fn delete_topic(&self, topic: &str) -> Result<()> {
         crate::commit_log::record::validate_topic(topic)?;
-        let open = self.open.read();
+        let open = self.inner.open.read();
         if !*open {
             return Err(Error::ShutDown);
         }
-        let deleted = &self.deleted;
-        self.log
+        let deleted = &self.inner.deleted;
+        self.inner
+            .log
             .reset_topic(topic, |cutoff| deleted.record(topic, cutoff))?;
         // Recorded: a shutdown may come now (it completes the deletion as it drains).
         drop(open);
-        self.log.wakeup().ring();
+        self.inner.log.wakeup().ring();
         if !self
+            .inner
             .dispatcher
             .wait_for(Duration::MAX, || deleted.is_done(topic))
         {
             return Err(self
+                .inner
                 .dispatcher
                 .failure()
                 .map_or(Error::ShutDown, |reason| Error::DispatchStalled { reason }));
@@ -761,7 +843,8 @@ impl MessageStore {
     /// [`Dispatch`]) has dispatched every record below `end`. False when `timeout` passes
     /// first, when its thread has ended, or when no dispatcher has that name.
     pub fn wait_dispatcher(&self, name: &str, end: u64, timeout: Duration) -> bool {
-        self.side
+        self.inner
+            .side
             .iter()
             .find(|d| d.name() == name)
             .is_some_and(|d| d.wait_to(end, timeout))
@@ -773,7 +856,8 @@ impl MessageStore {
     /// False when `timeout` passes first, when its thread has ended, or when no
     /// dispatcher has that name.
     pub fn wait_dispatcher_durable(&self, name: &str, end: u64, timeout: Duration) -> bool {
-        self.side
+        self.inner
+            .side
             .iter()
             .find(|d| d.name() == name)
             .is_some_and(|d| d.wait_durable_to(end, timeout))
@@ -782,7 +866,7 @@ impl MessageStore {
     /// Whether puts are being refused with [`Error::PageCacheBusy`] right now: the append
     /// lock has been held longer than [`StoreConfig::busy_limit`].
     pub fn is_page_cache_busy(&self) -> bool {
-        self.log.is_busy()
+        self.inner.log.is_busy()
     }
 
     /// Deletes now every commit-log file older than [`StoreConfig::file_reserved_time`]
@@ -791,40 +875,43 @@ impl MessageStore {
     /// and the consume-queue files wholly below the log's new start; returns how many commit-log files went. Readers holding messages from a
     /// deleted file keep them valid until they drop them.
     pub fn delete_expired_files(&self) -> Result<usize> {
-        let open = self.open.read();
+        let open = self.inner.open.read();
         if !*open {
             return Err(Error::ShutDown);
         }
-        self.retention
-            .delete_expired(&self.log, &self.queues, self.readers.floor())
+        self.inner.retention.delete_expired(
+            &self.inner.log,
+            &self.inner.queues,
+            self.inner.readers.floor(),
+        )
     }
 
     /// Whether puts are being refused with [`Error::DiskFull`]: the store's filesystem was
     /// fuller than [`StoreConfig::disk_full_ratio`] at the last sample.
     pub fn is_disk_full(&self) -> bool {
-        self.log.disk().is_full()
+        self.inner.log.disk().is_full()
     }
 
     /// Flushes everything appended so far and returns the flushed offset. A failure
     /// poisons the store.
     pub fn flush(&self) -> Result<u64> {
-        self.log.flush()
+        self.inner.log.flush()
     }
 
     /// End of the commit log: the offset the next record will get (or the start of the
     /// next file when this one is full).
     pub fn max_physical_offset(&self) -> u64 {
-        self.log.write_offset()
+        self.inner.log.write_offset()
     }
 
     /// First commit-log offset still stored.
     pub fn min_physical_offset(&self) -> u64 {
-        self.log.min_offset()
+        self.inner.log.min_offset()
     }
 
     /// End of the durable part of the commit log.
     pub fn flushed_physical_offset(&self) -> u64 {
-        self.log.flushed_offset()
+        self.inner.log.flushed_offset()
     }
 
     /// Refuses further puts, stops the threads, flushes everything and releases the
@@ -844,15 +931,69 @@ impl MessageStore {
     /// [`StoreConfig::read_confirmed_only`](crate::StoreConfig::read_confirmed_only), a
     /// store whose queues stop at the confirm offset, short of the log's end, returns `Ok`
     /// but is also left for the next open to index the rest, as after a crash.
+    ///
+    /// Called from one of the store's own threads (a future's waker that polls its task
+    /// there, a broker's [`Dispatch`](crate::Dispatch)), it cannot wait for those threads
+    /// to stop: it starts the shutdown on a thread of its own and returns
+    /// [`Error::ShutDown`] at once; a call from any other thread waits for the outcome.
+    /// Dropping the last handle there does the same.
     pub fn shutdown(&self) -> Result<()> {
+        match self.inner.on_own_thread() {
+            false => self.inner.shutdown(),
+            true => {
+                if let Some(outcome) = self.inner.finished() {
+                    return outcome;
+                }
+                Inner::shut_down_elsewhere(Arc::clone(&self.inner));
+                Err(Error::ShutDown)
+            }
+        }
+    }
+}
+
+impl Inner {
+    /// Shuts down here, or waits for the shutdown another thread is running.
+    fn shutdown(&self) -> Result<()> {
         let mut outcome = self.shutdown_outcome.lock();
         if outcome.is_none() {
             *outcome = Some(self.shut_down_now());
         }
-        match outcome.as_ref().expect("set above") {
+        self.result(outcome.as_ref().expect("set above"))
+    }
+
+    fn result(&self, outcome: &Outcome) -> Result<()> {
+        match outcome {
             Outcome::Clean => Ok(()),
             Outcome::Unclean(_) if self.log.is_poisoned() => Err(self.log.poison_error()),
             Outcome::Unclean(cause) => Err(Error::poisoned(cause)),
+        }
+    }
+
+    /// The outcome of a shutdown that has finished; `None` while none has, or one is
+    /// running (its thread holds the outcome's lock).
+    fn finished(&self) -> Option<Result<()>> {
+        let outcome = self.shutdown_outcome.try_lock()?;
+        outcome.as_ref().map(|o| self.result(o))
+    }
+
+    /// Whether this is one of the store's own threads, which a shutdown joins.
+    fn on_own_thread(&self) -> bool {
+        self.own_threads.contains(&std::thread::current().id())
+    }
+
+    /// Runs the shutdown on a thread of its own, which holds the store until it is done.
+    fn shut_down_elsewhere(inner: Arc<Inner>) {
+        let spawned = std::thread::Builder::new()
+            .name("rocketstore-shutdown".into())
+            .spawn(move || {
+                if let Err(e) = inner.shutdown() {
+                    log::error!("shutdown: {e}");
+                }
+            });
+        if let Err(e) = spawned {
+            // Nothing else can stop the threads without joining the current one: the store
+            // stays open, unclean, until the process ends (the next open recovers it).
+            log::error!("the store could not start its shutdown thread: {e}");
         }
     }
 
@@ -944,7 +1085,13 @@ impl MessageStore {
 
 impl Drop for MessageStore {
     fn drop(&mut self) {
-        if let Err(e) = self.shutdown() {
+        if self.inner.on_own_thread() {
+            // The shutdown joins this thread: it runs on one of its own, once this thread
+            // has returned from the caller's code it was running.
+            if self.inner.finished().is_none() {
+                Inner::shut_down_elsewhere(Arc::clone(&self.inner));
+            }
+        } else if let Err(e) = self.inner.shutdown() {
             log::error!("shutdown on drop: {e}");
         }
     }

@@ -44,8 +44,8 @@ impl MessageStore {
     /// # Ok::<(), rocketstore::Error>(())
     /// ```
     pub fn read_log(&self, from: u64, max_bytes: usize) -> Result<Bytes> {
-        let limit = self.log.shippable_offset();
-        self.log.read_raw_range(from, max_bytes, limit)
+        let limit = self.inner.log.shippable_offset();
+        self.inner.log.read_raw_range(from, max_bytes, limit)
     }
 
     /// Appends `bytes`, read from a leader with [`read_log`](Self::read_log) at `at`, to
@@ -58,13 +58,13 @@ impl MessageStore {
     /// builds its consume queues and key index. Under sync flush the bytes are durable when
     /// this returns. Returns the log's new end.
     pub fn append_log(&self, at: u64, bytes: &[u8]) -> Result<u64> {
-        let open = self.open.read();
+        let open = self.inner.open.read();
         if !*open {
             return Err(Error::ShutDown);
         }
-        let appended = self.log.append_raw(at, bytes)?;
-        if matches!(self.config.flush_mode, FlushMode::Sync { .. }) {
-            self.log.flush()?;
+        let appended = self.inner.log.append_raw(at, bytes)?;
+        if matches!(self.inner.config.flush_mode, FlushMode::Sync { .. }) {
+            self.inner.log.flush()?;
         }
         Ok(appended.end)
     }
@@ -84,12 +84,12 @@ impl MessageStore {
     /// # Ok::<(), rocketstore::Error>(())
     /// ```
     pub fn hold_log(&self, from: u64) -> Result<LogHold> {
-        LogHold::new(Arc::clone(&self.log), from)
+        LogHold::new(Arc::clone(&self.inner.log), from)
     }
 
     /// The offset below which records are replicated to enough replicas (0 at open).
     pub fn confirm_offset(&self) -> u64 {
-        self.log.confirm_offset()
+        self.inner.log.confirm_offset()
     }
 
     /// Sets the confirm offset (the replication layer's commit point; it may move back
@@ -100,7 +100,7 @@ impl MessageStore {
     /// [`StoreConfig::read_confirmed_only`], readers see only records below it; puts from
     /// [`put_message_replicated`](Self::put_message_replicated) resolve once it passes them.
     pub fn set_confirm_offset(&self, offset: u64) -> Result<()> {
-        self.log.set_confirm_offset(offset)
+        self.inner.log.set_confirm_offset(offset)
     }
 
     /// [`put_message_async`](Self::put_message_async), resolving only once the message is
@@ -108,7 +108,7 @@ impl MessageStore {
     /// confirm offset: a producer acknowledged by it is acknowledged only after
     /// replication. Resolves to [`Error::ShutDown`] if the store shuts down first.
     pub fn put_message_replicated(&self, msg: Message) -> ReplicatedPut {
-        ReplicatedPut::new(self.put_message_async(msg), Arc::clone(&self.log))
+        ReplicatedPut::new(self.put_message_async(msg), Arc::clone(&self.inner.log))
     }
 
     /// Cuts the commit log of the closed store at `config.root_dir` back to `to`, which

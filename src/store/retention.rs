@@ -247,6 +247,11 @@ pub(crate) struct RetentionThread {
 }
 
 impl RetentionThread {
+    /// The retention thread, while it runs.
+    pub(crate) fn thread_id(&self) -> Option<std::thread::ThreadId> {
+        self.thread.lock().as_ref().map(|t| t.thread().id())
+    }
+
     pub(crate) fn start(
         retention: Arc<Retention>,
         log: Arc<CommitLog>,
