@@ -497,9 +497,12 @@ pub fn install(store: &MessageStore, path: &Path) -> io::Result<u64> {
             len += size;
         }
         let bytes = if len == 0 {
-            // One record larger than the window.
+            // One record larger than the window. No record is larger than the largest body
+            // with its header, topic and properties: a damaged size must not size the
+            // buffer (up to a whole commit-log file, at every retry of the install).
             let size = u32::from_be_bytes(window[..4].try_into().expect("4")) as u64;
-            if size == 0 || pos + size > h.end.min(file_end) {
+            let largest = store.config().max_message_size as u64 + (64 << 10);
+            if size == 0 || size > largest || pos + size > h.end.min(file_end) {
                 return Err(invalid(format!(
                     "a damaged record at {pos} in the snapshot"
                 )));
@@ -534,6 +537,34 @@ mod tests {
         drop(file);
         assert_eq!(path.keep(), kept);
         assert!(kept.exists());
+    }
+
+    /// A record size damaged in a kept stream is refused before it sizes a buffer: it
+    /// could name up to a whole commit-log file, read again at every retry.
+    #[test]
+    fn a_damaged_record_size_larger_than_any_record_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let file_size = 256 << 20;
+        let store = MessageStore::open(
+            rocketstore::StoreConfig::new(dir.path().join("store"))
+                .commit_log_file_size(file_size)
+                .preallocate(false),
+        )
+        .unwrap();
+        let path = dir.path().join("s");
+        let mut bytes = header(0, 200 << 20, file_size).to_vec();
+        // A record of 150 MiB by its size field: within the stream's claimed end and the
+        // file, far past the largest record.
+        bytes.extend_from_slice(&(150u32 << 20).to_be_bytes());
+        bytes.extend_from_slice(&[0xAB; 60]);
+        std::fs::write(&path, bytes).unwrap();
+        // As long as its header says (sparse: the rest reads as zeros).
+        let stream = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
+        stream.set_len(HEADER_LEN + (200 << 20)).unwrap();
+        let err = install(&store, &path).unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::InvalidData, "{err}");
+        assert!(err.to_string().contains("damaged record"), "{err}");
+        assert_eq!(store.max_physical_offset(), 0, "nothing appended");
     }
 
     /// A header from a peer or a damaged kept stream is refused, whatever its numbers.
