@@ -442,3 +442,29 @@ fn shutdown_called_on_a_store_thread_during_a_shutdown_does_not_deadlock() {
         .unwrap()
         .expect("the first shutdown is clean");
 }
+
+/// A replicated put waits for the confirm offset; the shutdown wakes it on the thread
+/// that runs the shutdown. A waker that shuts the store down there (or drops what is
+/// then the last handle) must not wait for the outcome that very thread is producing.
+#[test]
+fn a_waker_woken_by_the_shutdown_that_shuts_down_again_does_not_deadlock() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(MessageStore::open(config(dir.path(), async_mode())).unwrap());
+    let mut pending = Box::pin(store.put_message_replicated(message("T", 0, "r", 0)));
+    let (done, woken) = unbounded();
+    let waker = std::task::Waker::from(Arc::new(OnWake {
+        store: std::sync::Mutex::new(Some(Arc::clone(&store))),
+        shut_down: true,
+        done,
+    }));
+    let polled = pending
+        .as_mut()
+        .poll(&mut std::task::Context::from_waker(&waker));
+    assert!(polled.is_pending(), "nothing confirms it");
+    let closing = std::thread::spawn(move || store.shutdown());
+    let Ok((_, outcome)) = woken.recv_timeout(Duration::from_secs(30)) else {
+        panic!("the waker's shutdown never returned");
+    };
+    assert!(matches!(outcome, Some(Err(Error::ShutDown))), "{outcome:?}");
+    closing.join().unwrap().expect("the shutdown is clean");
+}

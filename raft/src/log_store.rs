@@ -46,6 +46,8 @@ pub struct LogStore {
     flush: Arc<Flush>,
     /// What the state machine has durably snapshotted, for purges to wait on.
     purge_gate: Arc<Mutex<Option<watch::Receiver<Covered>>>>,
+    /// The node's lock file, held until the node shuts down or the last clone goes.
+    node_lock: Arc<Mutex<Option<File>>>,
 }
 
 /// How far the state machine's durably recorded snapshot reaches, published for the Raft
@@ -164,7 +166,20 @@ impl LogStore {
             inner: Arc::new(Mutex::new(inner)),
             flush: Flush::start(),
             purge_gate: Arc::new(Mutex::new(None)),
+            node_lock: Arc::new(Mutex::new(None)),
         })
+    }
+
+    /// Keeps the node's lock file (locked) until [`release_lock`](Self::release_lock) or
+    /// until the last clone of this log is dropped: openraft's core holds clones, and may
+    /// run on after the node's handle is dropped without a shutdown.
+    pub(crate) fn hold_lock(&self, lock: File) {
+        *self.node_lock.lock() = Some(lock);
+    }
+
+    /// Releases the node's lock: the node has shut down.
+    pub(crate) fn release_lock(&self) {
+        self.node_lock.lock().take();
     }
 
     /// Index of the last entry purged, if any.

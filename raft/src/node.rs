@@ -71,15 +71,15 @@ pub struct ReplicatedStore {
     log: LogStore,
     state_machine: StateMachine,
     proposals: mpsc::UnboundedSender<Pending>,
-    /// `{raft_dir}/lock`, locked (`flock`) while this node is open; released last.
-    _lock: std::fs::File,
 }
 
-/// Locks `{dir}/lock` for a node's life: a second open of the same node, in this process
-/// or another, is refused with `StoreLocked` before it reads or repairs anything.
+/// Locks `{dir}/raft.lock` for a node's life (held by its Raft log, see
+/// [`LogStore::hold_lock`]): a second open of the same node, in this process or another,
+/// is refused with `StoreLocked` before it reads or repairs anything. (Not `lock`: the
+/// directory may be the store's root, whose own lock that is.)
 fn lock_node(dir: &Path) -> Result<std::fs::File, Error> {
     crate::log_store::create_dir_durable(dir)?;
-    let path = dir.join("lock");
+    let path = dir.join("raft.lock");
     let file = std::fs::OpenOptions::new()
         .read(true)
         .write(true)
@@ -234,12 +234,15 @@ impl ReplicatedStore {
             }));
         }
         let dir = raft_dir.to_path_buf();
-        let (lock, store, log, state_machine) = tokio::task::spawn_blocking(move || {
+        let (store, log, state_machine) = tokio::task::spawn_blocking(move || {
             // Before anything is read: the Raft log's open cuts a torn tail, and a second
             // open of a running node would take the append in flight for one.
             let lock = lock_node(&dir)?;
             let state = dir.join("state");
             let log = LogStore::open(&dir.join("log"))?;
+            // Held by every clone of the log, openraft's core's included: a node dropped
+            // without `shutdown` keeps it while its core still runs.
+            log.hold_lock(lock);
             let purged = log.last_purged_index();
             let unfinished =
                 crate::state_machine::unfinished_install(&state, &store_config, purged)?;
@@ -265,7 +268,7 @@ impl ReplicatedStore {
             }
             let store = Arc::new(store);
             let state_machine = StateMachine::open(Arc::clone(&store), &state)?;
-            Ok::<_, Error>((lock, store, log, state_machine))
+            Ok::<_, Error>((store, log, state_machine))
         })
         .await
         .map_err(|e| Error::Io(io::Error::other(e)))??;
@@ -284,7 +287,6 @@ impl ReplicatedStore {
             log,
             state_machine,
             proposals,
-            _lock: lock,
         })
     }
 
@@ -441,6 +443,9 @@ impl ReplicatedStore {
         tokio::task::spawn_blocking(move || store.shutdown())
             .await
             .map_err(|e| Error::Io(io::Error::other(e)))??;
+        // Not left to the clones' drops: the proposer task holds one until it sees its
+        // channel closed, and a reopen right after this must find the node unlocked.
+        self.log.release_lock();
         Ok(())
     }
 }

@@ -47,10 +47,10 @@ struct Applied {
     /// The commit log's end after `last_applied`.
     end: u64,
     /// An entry past `last_applied` of which the store holds only the first puts (the
-    /// rest were lost in a crash): its index, and how many of its puts are stored. Every
-    /// entry before it was applied whole.
+    /// rest were lost in a crash): its id, and how many of its puts are stored. Every
+    /// entry before it was applied whole, and `end` is where its first stored put begins.
     #[serde(default)]
-    partial: Option<(u64, u32)>,
+    partial: Option<(LogId<NodeId>, u32)>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -346,8 +346,8 @@ impl StateMachine {
         // entry's record in the store means this one was applied whole (its last puts may
         // have been refused, which leaves no record saying it ended): skip it all.
         let stored = match self.shared.applied.lock().partial {
-            Some((index, stored)) if index == log_id.index => stored as usize,
-            Some((index, _)) if index > log_id.index => batch.puts.len(),
+            Some((id, stored)) if id.index == log_id.index => stored as usize,
+            Some((id, _)) if id.index > log_id.index => batch.puts.len(),
             _ => 0,
         };
         let of = batch.puts.len() as u32;
@@ -437,6 +437,9 @@ fn recover(
     };
     if let Some(h) = hint.filter(|h| h.end <= end && h.last_applied >= base.last_applied) {
         base = h;
+        // Its end is where a partial entry began: the walk from there finds what of it is
+        // still stored (a later crash may have lost more).
+        base.partial = None;
     }
     if let Some(m) = membership.filter(|m| m.log_id() > base.membership.log_id()) {
         base.last_applied = base.last_applied.max(*m.log_id());
@@ -465,17 +468,27 @@ fn recover(
                         )
                     })?;
                 found = true;
+                let done = base
+                    .last_applied
+                    .is_some_and(|l| at.log_id.index <= l.index);
                 if at.is_last() {
                     base.last_applied = base.last_applied.max(Some(at.log_id));
                     base.partial = None;
-                } else {
-                    if base
-                        .partial
-                        .is_none_or(|(index, _)| index != at.log_id.index)
-                    {
-                        partial_start = pos;
+                } else if !done {
+                    // (A `done` entry is recorded as applied, by the membership file past
+                    // the hint, say, and its last puts were refused: whole, not partial.)
+                    match base.partial {
+                        Some((id, _)) if id.index == at.log_id.index => {}
+                        // A record of a later entry: the partial one was applied whole
+                        // (its last puts refused, which leaves no record saying it ended).
+                        earlier => {
+                            if let Some((id, _)) = earlier {
+                                base.last_applied = base.last_applied.max(Some(id));
+                            }
+                            partial_start = pos;
+                        }
                     }
-                    base.partial = Some((at.log_id.index, at.at + 1));
+                    base.partial = Some((at.log_id, at.at + 1));
                 }
                 pos += u64::from(m.total_size);
             }
@@ -610,11 +623,14 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             };
             let mut applied = self.shared.applied.lock();
             applied.last_applied = Some(entry.log_id);
-            applied.end = self.shared.store.max_physical_offset();
-            // A partial entry further on stays known until it is applied again.
+            // A partial entry further on stays known until it is applied again, and the
+            // end stays where it begins: this entry, before it, stored nothing now.
             applied.partial = applied
                 .partial
-                .filter(|(index, _)| *index > entry.log_id.index);
+                .filter(|(id, _)| id.index > entry.log_id.index);
+            if applied.partial.is_none() {
+                applied.end = self.shared.store.max_physical_offset();
+            }
             responses.push(response);
         }
         let applied = self.shared.applied.lock().clone();

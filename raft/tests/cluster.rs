@@ -592,11 +592,22 @@ async fn a_snapshot_taken_while_an_entry_is_partly_stored_leaves_its_puts_out() 
     assert_eq!(assert_replicas_identical(&cluster), whole);
 }
 
-/// An entry whose last put is refused leaves no record saying it ended; a later entry
-/// whose first put is stored says it. A replica that lost the later entry's tail applies
-/// neither entry's stored puts twice.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_entry_ending_in_a_refused_put_is_not_applied_twice_after_a_lost_tail() {
+/// What [`an_entry_ending_in_a_refused_put`] leaves.
+struct RefusedTail {
+    cluster: Cluster,
+    /// A follower whose store lost the second entry's second put.
+    victim: u64,
+    /// Every message, before the loss.
+    whole: Content,
+    /// The Raft index of the entry whose last put was refused.
+    first_index: u64,
+    /// Where the second entry's first put is stored.
+    second_start: u64,
+}
+
+/// Commits an entry whose last put is refused, then an entry of two puts, and stops a
+/// follower with the second entry's second put cut from its store.
+async fn an_entry_ending_in_a_refused_put() -> RefusedTail {
     let mut cluster = Cluster::start(3, raft_config(None)).await;
     for i in 0..5 {
         cluster.put(&body(i), 0).await;
@@ -605,11 +616,11 @@ async fn an_entry_ending_in_a_refused_put_is_not_applied_twice_after_a_lost_tail
     let write = |puts: Vec<rocketstore_raft::PutRequest>| {
         let raft = cluster.nodes[&leader].raft().clone();
         async move {
-            raft.client_write(rocketstore_raft::PutBatch { puts })
+            let r = raft
+                .client_write(rocketstore_raft::PutBatch { puts })
                 .await
-                .expect("the batch commits")
-                .data
-                .puts
+                .expect("the batch commits");
+            (r.log_id.index, r.data.puts)
         }
     };
     let put = |topic: &str, i: i64| {
@@ -618,20 +629,20 @@ async fn an_entry_ending_in_a_refused_put_is_not_applied_twice_after_a_lost_tail
             1_700_000_000_000 + i,
         )
     };
+    let stored = |r: &rocketstore_raft::PutResponse| match r {
+        rocketstore_raft::PutResponse::Stored {
+            physical_offset, ..
+        } => *physical_offset,
+        other => panic!("not stored: {other:?}"),
+    };
     // Its last put has a topic no store accepts.
-    let first = write(vec![put(TOPIC, 0), put(TOPIC, 1), put("bad topic!", 2)]).await;
+    let (first_index, first) =
+        write(vec![put(TOPIC, 0), put(TOPIC, 1), put("bad topic!", 2)]).await;
     assert!(
         matches!(first[2], rocketstore_raft::PutResponse::Rejected(_)),
         "{first:?}"
     );
-    let second = write(vec![put(TOPIC, 3), put(TOPIC, 4)]).await;
-    let rocketstore_raft::PutResponse::Stored {
-        physical_offset: cut,
-        ..
-    } = second[1]
-    else {
-        panic!("not stored: {second:?}");
-    };
+    let (_, second) = write(vec![put(TOPIC, 3), put(TOPIC, 4)]).await;
     cluster.converge().await;
     let whole = assert_replicas_identical(&cluster);
     let victim = *cluster.members.iter().find(|id| **id != leader).unwrap();
@@ -639,10 +650,62 @@ async fn an_entry_ending_in_a_refused_put_is_not_applied_twice_after_a_lost_tail
     cluster.stop(victim).await;
     let config =
         rocketstore::StoreConfig::new(cluster.store_root(victim)).commit_log_file_size(64 << 10);
-    rocketstore::MessageStore::truncate_log(&config, cut).expect("cut the store's tail");
+    rocketstore::MessageStore::truncate_log(&config, stored(&second[1]))
+        .expect("cut the store's tail");
+    RefusedTail {
+        cluster,
+        victim,
+        whole,
+        first_index,
+        second_start: stored(&second[0]),
+    }
+}
+
+/// An entry whose last put is refused leaves no record saying it ended; a later entry
+/// whose first put is stored says it. A replica that lost the later entry's tail applies
+/// neither entry's stored puts twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_entry_ending_in_a_refused_put_is_not_applied_twice_after_a_lost_tail() {
+    let RefusedTail {
+        mut cluster,
+        victim,
+        whole,
+        ..
+    } = an_entry_ending_in_a_refused_put().await;
     cluster.open(victim).await;
     cluster.converge().await;
     assert_eq!(assert_replicas_identical(&cluster), whole);
+}
+
+/// A snapshot taken there claims the entry whose last put was refused, since it holds
+/// that entry's puts, and ends where the partly stored entry begins: a replica that
+/// installed it would otherwise store the first entry's puts again (it claimed only the
+/// entry before them).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_snapshot_next_to_a_partly_stored_entry_claims_what_it_holds() {
+    let RefusedTail {
+        mut cluster,
+        victim,
+        first_index,
+        second_start,
+        ..
+    } = an_entry_ending_in_a_refused_put().await;
+    // Reopened cut off from the others (the entry is not applied again), the applied hint
+    // gone so that the log's tail is walked; a snapshot now.
+    let state = cluster.dir.path().join(format!("node-{victim}/raft/state"));
+    std::fs::remove_file(state.join("applied")).unwrap();
+    cluster.router.isolate(victim);
+    cluster.open(victim).await;
+    let raft = cluster.nodes[&victim].raft().clone();
+    raft.trigger().snapshot().await.expect("trigger a snapshot");
+    raft.wait(Some(WAIT))
+        .metrics(|m| m.snapshot.is_some(), "the victim takes a snapshot")
+        .await
+        .expect("a snapshot");
+    let record = state_file(&state.join("snapshot")).expect("the snapshot is recorded");
+    let claimed = record["meta"]["last_log_id"]["index"].as_u64();
+    assert_eq!(claimed, Some(first_index), "{record}");
+    assert_eq!(record["end"].as_u64(), Some(second_start), "{record}");
 }
 
 /// A fourth node joins from an empty store after the leader purged its log: it is filled
@@ -742,6 +805,19 @@ async fn a_second_open_of_a_running_node_is_refused_and_changes_nothing() {
         .write_all(&header)
         .unwrap();
     let size = std::fs::metadata(&last).unwrap().len();
+    let err = cluster.try_open_with(1, None).await.unwrap_err();
+    assert!(
+        matches!(err, Error::Store(rocketstore::Error::StoreLocked { .. })),
+        "{err}"
+    );
+    assert_eq!(
+        std::fs::metadata(&last).unwrap().len(),
+        size,
+        "nothing was cut"
+    );
+    // Nor once its handle is dropped without a shutdown while its Raft runs on (the
+    // router holds it): the lock goes with the last user of its log.
+    drop(cluster.nodes.remove(&1));
     let err = cluster.try_open_with(1, None).await.unwrap_err();
     assert!(
         matches!(err, Error::Store(rocketstore::Error::StoreLocked { .. })),

@@ -44,7 +44,7 @@ impl Confirm {
                 .extract_if(.., |(end, _, _)| *end <= offset)
                 .collect()
         };
-        woken.into_iter().for_each(|(_, _, w)| w.wake());
+        super::flush::wake_all(woken.into_iter().map(|(_, _, w)| w));
     }
 
     pub(crate) fn new_id(&self) -> u64 {
@@ -71,6 +71,6 @@ impl Confirm {
     pub(crate) fn close(&self) {
         self.closed.store(true, Ordering::SeqCst);
         let woken: Vec<_> = std::mem::take(&mut *self.waiters.lock());
-        woken.into_iter().for_each(|(_, _, w)| w.wake());
+        super::flush::wake_all(woken.into_iter().map(|(_, _, w)| w));
     }
 }

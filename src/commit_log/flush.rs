@@ -320,9 +320,6 @@ impl Flusher {
         }
     }
 
-    /// Stops the thread after a last flush of everything appended.
-    /// Also called on drop, so that a store whose open failed leaves no thread behind;
-    /// a second call finds nothing left to do.
     /// The flusher's threads (group commit and ack timeouts, or the async flush).
     pub(crate) fn thread_ids(&self) -> Vec<std::thread::ThreadId> {
         self.threads
@@ -332,6 +329,9 @@ impl Flusher {
             .collect()
     }
 
+    /// Stops the thread after a last flush of everything appended.
+    /// Also called on drop, so that a store whose open failed leaves no thread behind;
+    /// a second call finds nothing left to do.
     pub(crate) fn shutdown(&self) {
         self.shared.state.lock().shutdown = true;
         self.shared.work.notify_all();

@@ -940,6 +940,8 @@ impl MessageStore {
     pub fn shutdown(&self) -> Result<()> {
         match self.inner.on_own_thread() {
             false => self.inner.shutdown(),
+            // This thread is running a shutdown already (a waker it woke calls this).
+            _ if SHUTTING_DOWN.get() => Err(Error::ShutDown),
             true => {
                 if let Some(outcome) = self.inner.finished() {
                     return outcome;
@@ -951,12 +953,21 @@ impl MessageStore {
     }
 }
 
+thread_local! {
+    /// Set while this thread runs a store's shutdown: the wakers the shutdown wakes run
+    /// here, and one that drops the last handle or calls `shutdown` must not wait for the
+    /// outcome this thread is producing (its lock is not reentrant).
+    static SHUTTING_DOWN: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
 impl Inner {
     /// Shuts down here, or waits for the shutdown another thread is running.
     fn shutdown(&self) -> Result<()> {
         let mut outcome = self.shutdown_outcome.lock();
         if outcome.is_none() {
+            let outer = SHUTTING_DOWN.replace(true);
             *outcome = Some(self.shut_down_now());
+            SHUTTING_DOWN.set(outer);
         }
         self.result(outcome.as_ref().expect("set above"))
     }
@@ -976,13 +987,15 @@ impl Inner {
         outcome.as_ref().map(|o| self.result(o))
     }
 
-    /// Whether this is one of the store's own threads, which a shutdown joins.
+    /// Whether this is one of the store's own threads, which a shutdown joins, or a thread
+    /// running a shutdown (of this store or another) already.
     fn on_own_thread(&self) -> bool {
-        self.own_threads.contains(&std::thread::current().id())
+        SHUTTING_DOWN.get() || self.own_threads.contains(&std::thread::current().id())
     }
 
     /// Runs the shutdown on a thread of its own, which holds the store until it is done.
     fn shut_down_elsewhere(inner: Arc<Inner>) {
+        let kept = Arc::clone(&inner);
         let spawned = std::thread::Builder::new()
             .name("rocketstore-shutdown".into())
             .spawn(move || {
@@ -990,10 +1003,15 @@ impl Inner {
                     log::error!("shutdown: {e}");
                 }
             });
-        if let Err(e) = spawned {
-            // Nothing else can stop the threads without joining the current one: the store
-            // stays open, unclean, until the process ends (the next open recovers it).
-            log::error!("the store could not start its shutdown thread: {e}");
+        match spawned {
+            Ok(_) => drop(kept),
+            Err(e) => {
+                // Nothing else can stop the threads without joining the current one: the
+                // store is leaked, open (its lock held) and unclean, until the process ends;
+                // dropped here, its lock would go while its threads ran on.
+                log::error!("the store could not start its shutdown thread: {e}");
+                std::mem::forget(kept);
+            }
         }
     }
 
