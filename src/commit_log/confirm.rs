@@ -6,6 +6,8 @@ use std::task::Waker;
 
 use parking_lot::Mutex;
 
+use crate::commit_log::wake::wake_all;
+
 /// The confirm offset and who waits for it.
 pub(crate) struct Confirm {
     offset: AtomicU64,
@@ -44,7 +46,7 @@ impl Confirm {
                 .extract_if(.., |(end, _, _)| *end <= offset)
                 .collect()
         };
-        super::flush::wake_all(woken.into_iter().map(|(_, _, w)| w));
+        wake_all(woken.into_iter().map(|(_, _, w)| w));
     }
 
     pub(crate) fn new_id(&self) -> u64 {
@@ -71,6 +73,6 @@ impl Confirm {
     pub(crate) fn close(&self) {
         self.closed.store(true, Ordering::SeqCst);
         let woken: Vec<_> = std::mem::take(&mut *self.waiters.lock());
-        super::flush::wake_all(woken.into_iter().map(|(_, _, w)| w));
+        wake_all(woken.into_iter().map(|(_, _, w)| w));
     }
 }

@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 use parking_lot::{Condvar, Mutex};
 
 use crate::commit_log::CommitLog;
+use crate::commit_log::wake::wake_all;
 use crate::config::FlushMode;
 use crate::error::{Error, Result};
 use crate::fs::mapped_file::PAGE_SIZE;
@@ -111,17 +112,6 @@ impl AckSlot {
         let mut inner = self.inner.lock();
         inner.outcome = Some(outcome);
         inner.waker.take()
-    }
-}
-
-/// Wakes the tasks of completed futures. Never under `Shared::state`: a waker may poll its
-/// task at once, and the task may put again (which takes that lock); one that panics is
-/// logged, so it cannot stop a store thread. The long polls' wakers go through it too.
-pub(crate) fn wake_all(wakers: impl IntoIterator<Item = Waker>) {
-    for w in wakers {
-        if std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| w.wake())).is_err() {
-            log::error!("a waker panicked (a future of this store: a put or a long poll)");
-        }
     }
 }
 

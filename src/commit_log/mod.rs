@@ -20,6 +20,7 @@ pub(crate) mod record;
 mod reopen;
 pub(crate) mod replicate;
 pub(crate) mod start;
+pub(crate) mod wake;
 
 use crate::commit_log::record::{BLANK_RECORD_LEN, EncodedRecord, Peek};
 use crate::config::{StoreConfig, Warmup};

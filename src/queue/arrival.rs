@@ -17,7 +17,7 @@ use std::task::Waker;
 
 use parking_lot::Mutex;
 
-use crate::commit_log::flush::wake_all;
+use crate::commit_log::wake::wake_all;
 use crate::queue::consume_queue::ConsumeQueue;
 
 struct Waiter {
