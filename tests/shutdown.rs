@@ -326,22 +326,43 @@ impl std::task::Wake for OnWake {
     }
 }
 
-/// Puts one message whose acknowledgement is held at a stalled sync, with `on_wake` as its
-/// waker; returns the future (pending) once the flush thread is stuck on its sync.
-fn put_held_at_the_sync(
-    store: &MessageStore,
-    hook: &StallSync,
-    on_wake: OnWake,
-) -> std::pin::Pin<Box<rocketstore::PutFuture>> {
+/// What [`held_put`] made.
+struct Held {
+    store: Arc<MessageStore>,
+    hook: Arc<StallSync>,
+    /// The put, pending; its waker holds a handle of the store.
+    _future: std::pin::Pin<Box<rocketstore::PutFuture>>,
+    /// What the waker saw, when it ran.
+    woken: Receiver<(String, Option<rocketstore::Result<()>>)>,
+}
+
+/// Opens a sync store at `dir` whose syncs can be stalled, and puts one message whose
+/// acknowledgement is held at a stalled sync (the flush thread stuck there), with an
+/// [`OnWake`] waker holding a handle of the store (shutting it down if `shut_down`).
+fn held_put(dir: &Path, shut_down: bool) -> Held {
+    let hook = StallSync::new(false);
+    let store =
+        Arc::new(MessageStore::open(config(dir, sync_mode()).io_hook(hook.clone())).unwrap());
+    store.put_message(&message("T", 0, "before", 0)).unwrap();
     hook.arm();
     let mut future = Box::pin(store.put_message_async(message("T", 0, "held", 1)));
     hook.wait_stalled();
-    let waker = std::task::Waker::from(Arc::new(on_wake));
+    let (done, woken) = unbounded();
+    let waker = std::task::Waker::from(Arc::new(OnWake {
+        store: std::sync::Mutex::new(Some(Arc::clone(&store))),
+        shut_down,
+        done,
+    }));
     let polled = future
         .as_mut()
         .poll(&mut std::task::Context::from_waker(&waker));
     assert!(polled.is_pending());
-    future
+    Held {
+        store,
+        hook,
+        _future: future,
+        woken,
+    }
 }
 
 /// The last handle dropped on one of the store's own threads (a waker that polls its
@@ -351,21 +372,12 @@ fn put_held_at_the_sync(
 #[test]
 fn the_last_handle_dropped_on_a_store_thread_still_shuts_it_down_cleanly() {
     let dir = tempfile::tempdir().unwrap();
-    let hook = StallSync::new(false);
-    let store = Arc::new(
-        MessageStore::open(config(dir.path(), sync_mode()).io_hook(hook.clone())).unwrap(),
-    );
-    store.put_message(&message("T", 0, "before", 0)).unwrap();
-    let (done, woken) = unbounded();
-    let _future = put_held_at_the_sync(
-        &store,
-        &hook,
-        OnWake {
-            store: std::sync::Mutex::new(Some(Arc::clone(&store))),
-            shut_down: false,
-            done,
-        },
-    );
+    let Held {
+        store,
+        hook,
+        _future,
+        woken,
+    } = held_put(dir.path(), false);
     drop(store);
     hook.release();
     let (thread, _) = woken
@@ -395,20 +407,12 @@ fn the_last_handle_dropped_on_a_store_thread_still_shuts_it_down_cleanly() {
 #[test]
 fn shutdown_called_on_a_store_thread_during_a_shutdown_does_not_deadlock() {
     let dir = tempfile::tempdir().unwrap();
-    let hook = StallSync::new(false);
-    let store = Arc::new(
-        MessageStore::open(config(dir.path(), sync_mode()).io_hook(hook.clone())).unwrap(),
-    );
-    let (done, woken) = unbounded();
-    let _future = put_held_at_the_sync(
-        &store,
-        &hook,
-        OnWake {
-            store: std::sync::Mutex::new(Some(Arc::clone(&store))),
-            shut_down: true,
-            done,
-        },
-    );
+    let Held {
+        store,
+        hook,
+        _future,
+        woken,
+    } = held_put(dir.path(), true);
     let closing = {
         let store = Arc::clone(&store);
         std::thread::spawn(move || store.shutdown())

@@ -940,8 +940,8 @@ impl MessageStore {
     pub fn shutdown(&self) -> Result<()> {
         match self.inner.on_own_thread() {
             false => self.inner.shutdown(),
-            // This thread is running a shutdown already (a waker it woke calls this).
-            _ if SHUTTING_DOWN.get() => Err(Error::ShutDown),
+            // A store thread, or one running a shutdown already (of this store, whose
+            // outcome it holds the lock of, or of another whose waker called this).
             true => {
                 if let Some(outcome) = self.inner.finished() {
                     return outcome;
