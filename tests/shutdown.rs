@@ -372,11 +372,12 @@ fn held_put(dir: &Path, shut_down: bool) -> Held {
 #[test]
 fn the_last_handle_dropped_on_a_store_thread_still_shuts_it_down_cleanly() {
     let dir = tempfile::tempdir().unwrap();
+    // The future is kept (its drop would take the waker back).
     let Held {
         store,
         hook,
-        _future,
         woken,
+        _future,
     } = held_put(dir.path(), false);
     drop(store);
     hook.release();
@@ -407,11 +408,12 @@ fn the_last_handle_dropped_on_a_store_thread_still_shuts_it_down_cleanly() {
 #[test]
 fn shutdown_called_on_a_store_thread_during_a_shutdown_does_not_deadlock() {
     let dir = tempfile::tempdir().unwrap();
+    // The future is kept (its drop would take the waker back).
     let Held {
         store,
         hook,
-        _future,
         woken,
+        _future,
     } = held_put(dir.path(), true);
     let closing = {
         let store = Arc::clone(&store);

@@ -574,14 +574,7 @@ async fn a_snapshot_taken_while_an_entry_is_partly_stored_leaves_its_puts_out() 
     cluster.stop(victim).await;
     cut_store(&cluster, victim, cut);
     // Reopened cut off from the others, so the entry is not applied again; a snapshot now.
-    cluster.router.isolate(victim);
-    cluster.open(victim).await;
-    let raft = cluster.nodes[&victim].raft().clone();
-    raft.trigger().snapshot().await.expect("trigger a snapshot");
-    raft.wait(Some(WAIT))
-        .metrics(|m| m.snapshot.is_some(), "the victim takes a snapshot")
-        .await
-        .expect("a snapshot");
+    snapshot_cut_off(&mut cluster, victim).await;
     // Restart from the snapshot alone (the applied hint gone).
     cluster.stop(victim).await;
     let state = cluster.dir.path().join(format!("node-{victim}/raft/state"));
@@ -590,6 +583,19 @@ async fn a_snapshot_taken_while_an_entry_is_partly_stored_leaves_its_puts_out() 
     cluster.open(victim).await;
     cluster.converge().await;
     assert_eq!(assert_replicas_identical(&cluster), whole);
+}
+
+/// Reopens the stopped node `victim` cut off from the others (so that nothing is applied
+/// to it again) and has it take a snapshot of what it holds.
+async fn snapshot_cut_off(cluster: &mut Cluster, victim: u64) {
+    cluster.router.isolate(victim);
+    cluster.open(victim).await;
+    let raft = cluster.nodes[&victim].raft().clone();
+    raft.trigger().snapshot().await.expect("trigger a snapshot");
+    raft.wait(Some(WAIT))
+        .metrics(|m| m.snapshot.is_some(), "the victim takes a snapshot")
+        .await
+        .expect("a snapshot");
 }
 
 /// What [`an_entry_ending_in_a_refused_put`] leaves.
@@ -694,14 +700,7 @@ async fn a_snapshot_next_to_a_partly_stored_entry_claims_what_it_holds() {
     // gone so that the log's tail is walked; a snapshot now.
     let state = cluster.dir.path().join(format!("node-{victim}/raft/state"));
     std::fs::remove_file(state.join("applied")).unwrap();
-    cluster.router.isolate(victim);
-    cluster.open(victim).await;
-    let raft = cluster.nodes[&victim].raft().clone();
-    raft.trigger().snapshot().await.expect("trigger a snapshot");
-    raft.wait(Some(WAIT))
-        .metrics(|m| m.snapshot.is_some(), "the victim takes a snapshot")
-        .await
-        .expect("a snapshot");
+    snapshot_cut_off(&mut cluster, victim).await;
     let record = state_file(&state.join("snapshot")).expect("the snapshot is recorded");
     let claimed = record["meta"]["last_log_id"]["index"].as_u64();
     assert_eq!(claimed, Some(first_index), "{record}");
