@@ -82,19 +82,26 @@ pub fn is_tmp_file_name(name: &str) -> bool {
 }
 
 /// The data files (commit-log or consume-queue files) of `dir`, with the offset each one's
-/// name stands for, in offset order. Other names, such as unfinished `.tmp` files, are
-/// left out.
+/// name stands for, in offset order. Unfinished `.tmp` files are left out (an open removes
+/// them). Any other name is refused with [`std::io::ErrorKind::InvalidData`], naming the
+/// file, as the store's open refuses it: a tool listing a directory the store would not
+/// open must not show it as whole.
 pub fn data_files(dir: &Path) -> std::io::Result<Vec<(u64, PathBuf)>> {
     let mut files = Vec::new();
     for entry in std::fs::read_dir(dir)? {
         let path = entry?.path();
-        if let Some(offset) = path
-            .file_name()
-            .and_then(|n| n.to_str())
-            .and_then(parse_file_name)
-        {
-            files.push((offset, path));
+        let name = path.file_name().map(|n| n.to_string_lossy().into_owned());
+        let name = name.unwrap_or_default();
+        if is_tmp_file_name(&name) {
+            continue;
         }
+        let Some(offset) = parse_file_name(&name) else {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                format!("{name:?}: not a data file name (20 decimal digits, at most i64::MAX)"),
+            ));
+        };
+        files.push((offset, path));
     }
     files.sort();
     Ok(files)

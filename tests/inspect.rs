@@ -348,3 +348,30 @@ fn a_fifo_in_place_of_a_store_file_is_reported_not_waited_on() {
     let err = result.unwrap_err();
     assert!(err.contains("not a regular file"), "{err}");
 }
+
+#[test]
+fn a_file_name_the_open_refuses_is_refused_by_the_tools_too() {
+    let (dir, _) = store();
+    let log_dir = layout::commit_log_dir(dir.path());
+    // An unfinished allocation is left out, as the open removes it.
+    std::fs::write(log_dir.join(layout::tmp_file_name(1 << 40)), b"").unwrap();
+    let files = LogFiles::of_store(dir.path()).unwrap().files().len();
+    assert!(files > 1);
+    // A name of 20 digits past i64::MAX, and a name that is no offset at all.
+    for stray in ["18446744073709551615", "notes.txt"] {
+        let path = log_dir.join(stray);
+        std::fs::write(&path, b"").unwrap();
+        let err = LogFiles::of_store(dir.path()).unwrap_err();
+        assert!(err.to_string().contains(stray), "{err}");
+        let target = Target::of(dir.path()).unwrap();
+        let err = inspect::verify(&target, SHAPE, |_| Ok(())).unwrap_err();
+        assert!(err.to_string().contains(stray), "{err}");
+        let open = rocketstore::MessageStore::open(config(dir.path(), sync_mode()));
+        assert!(
+            matches!(open, Err(rocketstore::Error::BadStoreFile { .. })),
+            "the open refuses it too"
+        );
+        std::fs::remove_file(&path).unwrap();
+    }
+    assert_eq!(LogFiles::of_store(dir.path()).unwrap().files().len(), files);
+}

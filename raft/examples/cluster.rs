@@ -61,8 +61,9 @@ struct Args {
     /// Where the nodes keep their files (default: a temporary directory, removed after).
     #[arg(long)]
     dir: Option<PathBuf>,
-    /// Give up after this many seconds: kill every node and exit with an error (default:
-    /// no limit). A run that cannot elect a leader, or never converges, otherwise waits.
+    /// Give up after this many seconds, counted from before the nodes start: kill every
+    /// node and exit with status 2 (default: no limit). A node that hangs at start-up, a
+    /// run that cannot elect a leader, or one that never converges, otherwise waits.
     #[arg(long, value_parser = clap::value_parser!(u64).range(1..=86_400))]
     deadline_secs: Option<u64>,
     /// Run as node N (started by the driver).
@@ -177,8 +178,11 @@ struct Acks {
     latencies_us: Vec<u64>,
 }
 
-/// Starts node `id` as a child process and waits until it listens.
-fn spawn_node(args: &Args, dir: &std::path::Path, id: NodeId) -> Child {
+/// Starts node `id` as a child process, hands it to the cluster (so that a deadline or a
+/// drop kills it), and waits until it listens. The wait for its "ready" line runs off the
+/// runtime's threads, so the deadline can still fire while a node hangs at start-up.
+async fn start_node(cluster: &Cluster, dir: &std::path::Path, id: NodeId) {
+    let args = &cluster.args;
     let exe = std::env::current_exe().expect("this program's path");
     let mut cmd = Command::new(exe);
     cmd.arg("--serve")
@@ -192,12 +196,16 @@ fn spawn_node(args: &Args, dir: &std::path::Path, id: NodeId) -> Child {
         cmd.arg("--file-size").arg(size.to_string());
     }
     let mut child = cmd.spawn().expect("start a node");
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().expect("piped"))
-        .read_line(&mut line)
-        .expect("the node starts");
+    let stdout = child.stdout.take().expect("piped");
+    cluster.children.lock().insert(id, child);
+    let line = tokio::task::spawn_blocking(move || {
+        let mut line = String::new();
+        BufReader::new(stdout).read_line(&mut line).map(|_| line)
+    })
+    .await
+    .expect("the reading task ends");
+    let line = line.expect("read the node's first line");
     assert_eq!(line.trim(), "ready", "node {id} did not start");
-    child
 }
 
 /// Waits until every node in `ids` has applied the same log id; false after `limit`.
@@ -278,22 +286,16 @@ async fn drive(args: Args) {
         .dir
         .clone()
         .unwrap_or_else(|| temp.as_ref().expect("made above").path().to_path_buf());
-    let mut children = BTreeMap::new();
-    for id in 1..=args.nodes {
-        children.insert(id, spawn_node(&args, &dir, id));
-    }
     let cluster = Arc::new(Cluster {
         args: args.clone(),
-        children: Mutex::new(children),
+        children: Mutex::new(BTreeMap::new()),
         leader: AtomicU64::new(0),
     });
     let Some(limit) = args.deadline_secs.map(Duration::from_secs) else {
-        return run(args, dir, cluster).await;
+        return start_and_run(args, dir, cluster).await;
     };
-    if tokio::time::timeout(limit, run(args, dir, Arc::clone(&cluster)))
-        .await
-        .is_err()
-    {
+    let run = start_and_run(args, dir, Arc::clone(&cluster));
+    if tokio::time::timeout(limit, run).await.is_err() {
         // Tasks still running hold the cluster: its nodes are killed here, not by its drop.
         for id in cluster.alive() {
             cluster.kill(id);
@@ -302,6 +304,14 @@ async fn drive(args: Args) {
         drop(temp);
         std::process::exit(2);
     }
+}
+
+/// Starts every node, then runs.
+async fn start_and_run(args: Args, dir: PathBuf, cluster: Arc<Cluster>) {
+    for id in 1..=args.nodes {
+        start_node(&cluster, &dir, id).await;
+    }
+    run(args, dir, cluster).await;
 }
 
 /// The driver's run, on a cluster whose nodes are up.
@@ -477,8 +487,7 @@ async fn run(args: Args, dir: PathBuf, cluster: Arc<Cluster>) {
     let rejoin_ms = match victim {
         Some(v) => {
             let t = Instant::now();
-            let child = spawn_node(&args, &dir, v);
-            cluster.children.lock().insert(v, child);
+            start_node(&cluster, &dir, v).await;
             let all: Vec<NodeId> = (1..=args.nodes).collect();
             let caught_up = converge(&args, &all, Duration::from_secs(120)).await;
             eprintln!("node {v} restarted: caught up {caught_up}");
