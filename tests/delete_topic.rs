@@ -8,7 +8,7 @@ use std::fs;
 use std::time::Duration;
 
 use rocketstore::layout;
-use rocketstore::{GetStatus, MessageStore, StoreConfig};
+use rocketstore::{Error, GetStatus, MessageStore, StoreConfig};
 
 use common::{checkpoint_vouches_below, config, message, sync_mode};
 
@@ -341,4 +341,35 @@ fn a_failed_sync_of_a_deleted_topics_queues_is_synced_again_before_done() {
         "recorded done without a directory sync after the failed one"
     );
     store.shutdown().unwrap();
+}
+
+/// A deleted-topics row is a directory the open removes. One whose CRC matches but whose
+/// topic is `..` named the store's root (`consumequeue/..`): the open emptied it and came
+/// up with no messages.
+#[test]
+fn a_row_naming_the_root_refuses_the_open_and_removes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = MessageStore::open(cfg(dir.path())).unwrap();
+    for i in 0..20 {
+        store.put_message(&message("Kept", 0, "kept", i)).unwrap();
+    }
+    let end = store.max_physical_offset();
+    store.shutdown().unwrap();
+    drop(store);
+    for topic in ["..", ""] {
+        write_deleted(dir.path(), &format!("{topic} 0 0\n"));
+        fs::write(layout::abort_file(dir.path()), b"").unwrap();
+        let open = MessageStore::open(cfg(dir.path()));
+        assert!(
+            matches!(open, Err(Error::BadStoreFile { .. })),
+            "{topic:?}: {:?}",
+            open.map(|s| s.max_physical_offset())
+        );
+        assert!(layout::commit_log_file(dir.path(), 0).exists());
+        assert!(layout::queue_dir(dir.path(), "Kept", 0).exists());
+    }
+    fs::remove_file(layout::deleted_topics_file(dir.path())).unwrap();
+    let store = MessageStore::open(cfg(dir.path())).unwrap();
+    assert_eq!(store.max_physical_offset(), end);
+    assert_eq!(seen(&store, "Kept", 0, "k3").0.len(), 20);
 }

@@ -18,6 +18,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use parking_lot::RwLock;
 
+use crate::commit_log::record::validate_topic;
 use crate::error::{Error, Result};
 use crate::fs::io_hook::IoHook;
 use crate::fs::ops::{self, ReplaceFailed};
@@ -223,13 +224,18 @@ fn parse(text: &str) -> Option<HashMap<String, Tombstone>> {
     for line in lines {
         let mut f = line.split(' ');
         let topic = f.next()?.to_owned();
+        // The topic names a directory an open removes: `..` or an empty name would reach
+        // past it, whatever the CRC says.
+        validate_topic(&topic).ok()?;
         let cutoff = f.next()?.parse().ok()?;
         let done = match f.next()? {
             "0" => false,
             "1" => true,
             _ => return None,
         };
-        topics.insert(topic, Tombstone { cutoff, done });
+        if f.next().is_some() || topics.insert(topic, Tombstone { cutoff, done }).is_some() {
+            return None;
+        }
     }
     Some(topics)
 }
@@ -260,8 +266,35 @@ mod tests {
         let text = std::fs::read_to_string(&path).unwrap();
         std::fs::write(&path, text.replace("T 7", "T 8")).unwrap();
         assert!(matches!(
-            DeletedTopics::open(path, None),
+            DeletedTopics::open(path.clone(), None),
             Err(Error::BadStoreFile { .. })
         ));
+    }
+
+    /// Rows whose CRC matches but whose topic would take the open's removal of old queues
+    /// out of `consumequeue/` (or to all of it), or which are ambiguous, are refused.
+    #[test]
+    fn a_row_naming_no_topic_is_refused_whatever_its_crc() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("deleted_topics");
+        let sound = "T 5 0\n".to_owned();
+        let mut cases = vec![
+            sound.clone(),
+            "T 5 0\nT 6 1\n".into(),
+            "T 5 0 extra\n".into(),
+        ];
+        cases.extend(["..", "../..", "", "/etc", "a/b", "."].map(|t| format!("{t} 5 0\n")));
+        for rows in cases {
+            let body = format!("{HEADER}\n{rows}");
+            let text = format!("{body}crc {}\n", crc32fast::hash(body.as_bytes()));
+            std::fs::write(&path, text).unwrap();
+            let opened = DeletedTopics::open(path.clone(), None);
+            if rows == sound {
+                assert!(opened.unwrap().hides("T", 4), "a sound row");
+            } else {
+                let refused = matches!(opened, Err(Error::BadStoreFile { .. }));
+                assert!(refused, "{rows:?} was taken");
+            }
+        }
     }
 }

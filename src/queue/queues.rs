@@ -16,7 +16,9 @@ use crate::fs::ops;
 use crate::fs::sparse_file;
 use crate::queue::arrival::Arrivals;
 use crate::queue::commit;
-use crate::queue::consume_queue::{ConsumeQueue, Indexed, Load, QueueFiles, TableEnd};
+use crate::queue::consume_queue::{
+    ConsumeQueue, Indexed, Load, MAX_QUEUE_OFFSET, QueueFiles, TableEnd,
+};
 use crate::queue::entry::{CQ_ENTRY_LEN, CqEntry, TagCode};
 
 type Table = HashMap<String, HashMap<u32, Arc<ConsumeQueue>>>;
@@ -525,6 +527,15 @@ impl ConsumeQueues {
                     (Some(topic), Some(queue_id), Some(next), Some(last_physical))
                         if f.next().is_none() =>
                     {
+                        // A row names a directory and an offset the queue goes on from:
+                        // a topic that is no topic, or an offset no queue can reach, is
+                        // damage, whatever the CRC says.
+                        if validate_topic(&topic).is_err() {
+                            return Err(bad("a queue-table row names no valid topic"));
+                        }
+                        if next > MAX_QUEUE_OFFSET {
+                            return Err(bad("a queue-table row's next offset is out of range"));
+                        }
                         Ok(TableRow {
                             topic,
                             queue_id,
@@ -615,6 +626,8 @@ pub(crate) fn remove_topic_dir(
     topic: &str,
     hook: Option<&Arc<dyn IoHook>>,
 ) -> Result<()> {
+    // The name comes from a file: `..` or an empty name would reach past the topic.
+    validate_topic(topic)?;
     let dir = root.join(topic);
     if dir.exists() {
         ops::remove_dir_all(&dir, hook)?;
@@ -624,4 +637,47 @@ pub(crate) fn remove_topic_dir(
         return Ok(());
     }
     ops::sync_dir_with(root, hook)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn table(rows: &str) -> String {
+        let count = rows.lines().count();
+        let body = format!("{TABLE_HEADER} {count} 0\n{rows}");
+        format!("{body}crc {}\n", crc32fast::hash(body.as_bytes()))
+    }
+
+    /// A row names a queue directory and the offset its queue goes on from: rows whose
+    /// CRC matches but whose topic leaves `consumequeue/`, or whose offset no queue can
+    /// reach (its byte position overflows), are damage and the table is ignored.
+    #[test]
+    fn rows_naming_no_topic_or_an_unreachable_offset_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("queue_table");
+        std::fs::write(&path, table("T 0 5 0\n")).unwrap();
+        let read = ConsumeQueues::read_table(&path).unwrap().unwrap();
+        assert_eq!((read.rows[0].topic.as_str(), read.rows[0].next), ("T", 5));
+        let max = MAX_QUEUE_OFFSET;
+        for rows in [
+            "../x 0 5 0\n".to_owned(),
+            "a/b 0 5 0\n".to_owned(),
+            "T 0 5 0\n.. 1 5 0\n".to_owned(),
+            format!("T 0 {} 0\n", max + 1),
+            format!("T 0 {} 0\n", u64::MAX),
+        ] {
+            std::fs::write(&path, table(&rows)).unwrap();
+            assert!(
+                matches!(
+                    ConsumeQueues::parse_table(&path),
+                    Err(Error::BadStoreFile { .. })
+                ),
+                "{rows:?}"
+            );
+            assert!(ConsumeQueues::read_table(&path).unwrap().is_none());
+        }
+        std::fs::write(&path, table(&format!("T 0 {max} 0\n"))).unwrap();
+        assert!(ConsumeQueues::read_table(&path).unwrap().is_some());
+    }
 }
