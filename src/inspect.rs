@@ -394,6 +394,16 @@ impl LogFiles {
                     }
                     Ok(Step::Blank) => {
                         let unused = (len - at) as u64;
+                        let declared = size_field(rest);
+                        // As the open takes it: a blank that does not fill the rest of
+                        // its file is damage (a damaged magic code), not the file's end.
+                        if u64::try_from(declared) != Ok(unused) {
+                            let reason = format!(
+                                "a blank record of {declared} bytes, {unused} before the file's end"
+                            );
+                            let _ = visit(Item::Damaged { offset, reason })?;
+                            return Ok(at as u64);
+                        }
                         let _ = visit(Item::Blank { offset, unused })?;
                         return Ok((at + format::BLANK_RECORD_LEN) as u64);
                     }

@@ -209,39 +209,42 @@ fn an_index_file_of_another_shape_is_refused() {
 
 #[test]
 fn damage_in_the_log_is_reported_and_ends_the_walk_of_its_file() {
-    let (dir, puts) = store();
-    let log = LogFiles::of_store(dir.path()).unwrap();
-    let (start, path) = log.files()[0].clone();
-    // The magic code of the third record.
-    let third = puts[2].physical_offset;
-    OpenOptions::new()
-        .write(true)
-        .open(&path)
-        .unwrap()
-        .write_all_at(&[0, 0, 0, 0], third - start + 4)
+    // The magic code of the third record zeroed, or damaged into the blank record's (a
+    // blank that does not fill the rest of its file is damage, not the file's end).
+    for magic in [[0; 4], format::BLANK_MAGIC.to_be_bytes()] {
+        let (dir, puts) = store();
+        let log = LogFiles::of_store(dir.path()).unwrap();
+        let (start, path) = log.files()[0].clone();
+        let third = puts[2].physical_offset;
+        OpenOptions::new()
+            .write(true)
+            .open(&path)
+            .unwrap()
+            .write_all_at(&magic, third - start + 4)
+            .unwrap();
+        let mut items = Vec::new();
+        LogFiles::walk(&path, start, |item| {
+            items.push(match item {
+                Item::Record { offset, .. } => ("record", offset),
+                Item::Blank { offset, .. } => ("blank", offset),
+                Item::Damaged { offset, .. } => ("damaged", offset),
+            });
+            Ok(ControlFlow::Continue(()))
+        })
         .unwrap();
-    let mut items = Vec::new();
-    LogFiles::walk(&path, start, |item| {
-        items.push(match item {
-            Item::Record { offset, .. } => ("record", offset),
-            Item::Blank { offset, .. } => ("blank", offset),
-            Item::Damaged { offset, .. } => ("damaged", offset),
-        });
-        Ok(ControlFlow::Continue(()))
-    })
-    .unwrap();
-    let want = [
-        ("record", puts[0].physical_offset),
-        ("record", puts[1].physical_offset),
-        ("damaged", third),
-    ];
-    assert_eq!(items, want);
-    let (_, found) = problems(&Target::CommitLog(log));
-    assert_eq!(
-        found.iter().filter(|p| p.offset == third).count(),
-        1,
-        "{found:?}"
-    );
+        let want = [
+            ("record", puts[0].physical_offset),
+            ("record", puts[1].physical_offset),
+            ("damaged", third),
+        ];
+        assert_eq!(items, want, "{magic:?}");
+        let (_, found) = problems(&Target::CommitLog(log));
+        assert_eq!(
+            found.iter().filter(|p| p.offset == third).count(),
+            1,
+            "{found:?}"
+        );
+    }
 }
 
 #[test]

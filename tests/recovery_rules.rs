@@ -129,6 +129,39 @@ fn damage_below_the_checkpoint_after_a_crash_is_refused_not_cut() {
     let _ = topic;
 }
 
+/// A record whose magic code is damaged into the blank record's, below what the
+/// checkpoint vouches for: taken for the file's end, it hid every record after it in the
+/// file (the scan never checked them, and a crash's re-indexing dropped them). A blank
+/// record says how many bytes it fills; one that does not fill the rest of its file is
+/// damage.
+#[test]
+fn a_blank_record_that_does_not_end_its_file_is_damage_not_an_end() {
+    let dir = tempfile::tempdir().unwrap();
+    let puts = two_topic_store(dir.path());
+    let last_file = puts.last().unwrap().1.physical_offset / SMALL_FILE * SMALL_FILE;
+    let in_last: Vec<_> = puts
+        .iter()
+        .filter(|(_, p)| p.physical_offset >= last_file)
+        .collect();
+    assert!(in_last.len() >= 3);
+    let victim = in_last[1].1;
+    let path = layout::commit_log_file(dir.path(), last_file);
+    let file = OpenOptions::new().write(true).open(&path).unwrap();
+    let at = victim.physical_offset - last_file;
+    file.write_all_at(&rocketstore::format::BLANK_MAGIC.to_be_bytes(), at + 4)
+        .unwrap();
+    drop(file);
+    let before = log_files(dir.path());
+    fs::write(layout::abort_file(dir.path()), b"").unwrap();
+
+    let err = MessageStore::open(config(dir.path(), sync_mode())).unwrap_err();
+    match &err {
+        Error::Corrupted { offset, .. } => assert_eq!(*offset, victim.physical_offset, "{err}"),
+        other => panic!("expected Corrupted, got {other}"),
+    }
+    assert!(log_files(dir.path()) == before, "log changed");
+}
+
 #[test]
 fn a_lost_queue_of_another_topic_is_rebuilt_after_a_clean_exit() {
     let dir = tempfile::tempdir().unwrap();

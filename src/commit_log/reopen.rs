@@ -48,7 +48,22 @@ fn scan_file(
     while let Some(step) = records.next() {
         let view = match step {
             Ok(Step::Record(view)) => view,
-            Ok(Step::Blank) => return Ok((bytes.len(), Stop::FileEnd)),
+            Ok(Step::Blank) => {
+                // A blank record fills the rest of its file and says how much that is
+                // (RocketMQ's too): one that does not is damage, not an end. Taken on its
+                // magic alone, a damaged record there would hide the rest of the file.
+                let pos = from + records.position();
+                let declared = i32::from_be_bytes(bytes[pos..pos + 4].try_into().expect("4"));
+                if usize::try_from(declared) != Ok(bytes.len() - pos) {
+                    let reason = format!(
+                        "a blank record of {declared} bytes, {} before the file's end",
+                        bytes.len() - pos
+                    );
+                    let e = Error::corrupted(records.offset(), reason);
+                    return Ok((pos, Stop::Invalid(e)));
+                }
+                return Ok((bytes.len(), Stop::FileEnd));
+            }
             Ok(Step::Empty) => return Ok((from + records.position(), Stop::Empty)),
             Err(e) => return Ok((from + records.position(), Stop::Invalid(e))),
         };
