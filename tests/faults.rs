@@ -589,3 +589,80 @@ fn a_dispatch_round_over_many_queues_that_fails_publishes_every_queue_once_space
     }
     store.shutdown().unwrap();
 }
+
+/// Fails the allocation of one queue's files as a full disk would, while armed.
+struct QueueDirFull {
+    dir: std::path::PathBuf,
+    armed: std::sync::atomic::AtomicBool,
+}
+
+impl IoHook for QueueDirFull {
+    fn before_allocate(&self, path: &Path) -> io::Result<()> {
+        if self.armed.load(Ordering::SeqCst) && path.starts_with(&self.dir) {
+            return Err(io::Error::from(io::ErrorKind::StorageFull));
+        }
+        Ok(())
+    }
+}
+
+/// Once a full disk stops crash recovery's indexing, the scan goes on to find the log's
+/// end and notes each queue's next offset from its records, which the put path then
+/// continues. QUEUEOFFSET is not under the body CRC: a damaged one was believed there,
+/// and the queue's next put was numbered from it (2^40 on). It must continue its queue.
+#[test]
+fn a_damaged_queue_offset_after_recovery_stalls_on_a_full_disk_is_refused() {
+    use std::os::unix::fs::FileExt;
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = || config(dir.path(), sync_mode());
+    let puts: Vec<_> = {
+        let store = MessageStore::open(cfg()).unwrap();
+        let first = store.put_message(&message("A", 1, "a", 0)).unwrap();
+        // Queue 0's records in the next file: the stall comes at the first file's end.
+        fill_log_files(&store, "B", 1);
+        let rest: Vec<_> = (0..6)
+            .map(|i| store.put_message(&message("A", 0, "a", i)).unwrap())
+            .collect();
+        store.shutdown().unwrap();
+        std::iter::once(first).chain(rest).collect()
+    };
+    // A crash whose queues vouch for nothing, queue 1's files lost: the scan indexes from
+    // the log's start, and its first record needs a file the disk has no room for.
+    assert!(puts[1].physical_offset >= SMALL_FILE);
+    let path = layout::checkpoint_file(dir.path());
+    let cp = rocketstore::CheckpointTimes::read(&path).unwrap().unwrap();
+    let cp = rocketstore::CheckpointTimes {
+        logics_offset: 0,
+        ..cp
+    };
+    cp.write(&path).unwrap();
+    let _ = fs::remove_file(layout::queue_table_file(dir.path()));
+    fs::remove_dir_all(layout::queue_dir(dir.path(), "A", 1)).unwrap();
+    fs::write(layout::abort_file(dir.path()), b"").unwrap();
+    // Queue 0's fourth record says it is 2^40 in its queue.
+    let victim = puts[4];
+    assert_eq!(victim.queue_offset, 3);
+    fs::OpenOptions::new()
+        .write(true)
+        .open(layout::commit_log_file(dir.path(), SMALL_FILE))
+        .unwrap()
+        .write_all_at(
+            &(1u64 << 40).to_be_bytes(),
+            victim.physical_offset - SMALL_FILE + rocketstore::format::POS_QUEUE_OFFSET as u64,
+        )
+        .unwrap();
+    let hook = Arc::new(QueueDirFull {
+        dir: layout::queue_dir(dir.path(), "A", 1),
+        armed: true.into(),
+    });
+    // Below what the checkpoint vouches for: refused, not cut and not believed.
+    match MessageStore::open(cfg().io_hook(hook)) {
+        Err(Error::Corrupted { offset, .. }) => assert_eq!(offset, victim.physical_offset),
+        Err(e) => panic!("expected Corrupted, got {e}"),
+        Ok(store) => panic!(
+            "opened; queue 0's next put: {:?}",
+            store
+                .put_message(&message("A", 0, "a", 9))
+                .map(|p| p.queue_offset)
+        ),
+    }
+}

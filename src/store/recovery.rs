@@ -7,7 +7,7 @@ use crate::commit_log::{CommitLog, RecoverySink, ScanFrom, ScanPlan};
 use crate::config::StoreConfig;
 use crate::error::{Error, Result};
 use crate::layout;
-use crate::queue::consume_queue::{Indexed, Load};
+use crate::queue::consume_queue::{Indexed, Load, MAX_QUEUE_OFFSET};
 use crate::queue::deleted::DeletedTopics;
 use crate::queue::entry::CqEntry;
 use crate::queue::queues::{ConsumeQueues, TableRow, remove_topic_dir};
@@ -401,12 +401,26 @@ impl<'a> QueueRebuild<'a> {
         }
     }
 
-    fn track_next(&mut self, view: &RecordView<'_>) {
-        let next = self
-            .stalled_next
-            .entry((view.topic.to_owned(), view.queue_id))
-            .or_default();
-        *next = (*next).max(view.queue_offset + 1);
+    /// Notes the queue offset after `view`'s, for a queue that indexing no longer reaches;
+    /// false when the record's queue offset cannot be its queue's (QUEUEOFFSET is not under
+    /// the body CRC): past any queue's reach, or not continuing the queue's records since
+    /// the stall. A damaged offset taken here would move its queue's next offset far on.
+    fn track_next(&mut self, view: &RecordView<'_>) -> bool {
+        if view.queue_offset > MAX_QUEUE_OFFSET {
+            return false;
+        }
+        let key = (view.topic.to_owned(), view.queue_id);
+        match self.stalled_next.get_mut(&key) {
+            Some(next) if *next != view.queue_offset => false,
+            Some(next) => {
+                *next += 1;
+                true
+            }
+            None => {
+                self.stalled_next.insert(key, view.queue_offset + 1);
+                true
+            }
+        }
     }
 }
 
@@ -467,8 +481,7 @@ impl RecoverySink for QueueRebuild<'_> {
             return Ok(true);
         }
         if self.stalled.is_some() {
-            self.track_next(view);
-            return Ok(true);
+            return Ok(self.track_next(view));
         }
         if self.mode == Mode::FromCheckpoint
             && view.physical_offset < self.index_from
@@ -518,8 +531,7 @@ impl RecoverySink for QueueRebuild<'_> {
             Ok(indexed) => indexed,
             Err(e) => {
                 self.stall(e)?;
-                self.track_next(view);
-                return Ok(true);
+                return Ok(self.track_next(view));
             }
         };
         self.indexed += u64::from(matches!(indexed, Indexed::Appended));
