@@ -143,7 +143,9 @@ impl LogStore {
             let name = item.file_name();
             let name = name.to_string_lossy();
             match name.parse::<u64>() {
-                Ok(first) if name.len() == 20 => firsts.push(first),
+                Ok(first) if name.len() == 20 && name.bytes().all(|b| b.is_ascii_digit()) => {
+                    firsts.push(first)
+                }
                 _ if name.ends_with(".tmp") => fs::remove_file(item.path())?,
                 _ => return Err(corrupt(&item.path(), "not a segment name")),
             }

@@ -127,8 +127,13 @@ impl BatchPosition {
 
     /// Reads the text form back; `None` unless it is exactly one.
     pub fn parse(s: &str) -> Option<BatchPosition> {
-        let mut parts = s.split('.').map(str::parse::<u64>);
-        let mut next = || parts.next()?.ok();
+        // Digits only: `u64::from_str` also takes a leading `+`, a second spelling.
+        let number = |p: &str| match p.bytes().all(|b| b.is_ascii_digit()) {
+            true => p.parse::<u64>().ok(),
+            false => None,
+        };
+        let mut parts = s.split('.').map(number);
+        let mut next = || parts.next()?;
         let (term, node, index, at, of) = (next()?, next()?, next()?, next()?, next()?);
         if next().is_some() || at >= of || of > u64::from(u32::MAX) {
             return None;
@@ -504,6 +509,9 @@ mod tests {
             "1..3.0.1",
             "1.2.3.1.1",
             "1.2.3.0.4294967296",
+            "+1.2.3.0.1",
+            "1.2.3.+0.1",
+            " 1.2.3.0.1",
         ] {
             assert_eq!(BatchPosition::parse(bad), None, "{bad:?}");
         }

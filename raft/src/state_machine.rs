@@ -76,6 +76,23 @@ pub(crate) struct Installing {
 /// Prefix of the files received snapshot streams are written to.
 const RECEIVED: &str = "snapshot-received-";
 
+impl Installing {
+    /// The stream is read, then removed: a name that is not one of ours (a path out of the
+    /// state directory, say) refuses the open rather than be read or removed.
+    fn check_stream_name(&self, dir: &Path) -> io::Result<()> {
+        match &self.stream {
+            Some(name) if !name.starts_with(RECEIVED) || name.contains('/') => Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!(
+                    "{}: the stream {name:?} is not a received snapshot's file name",
+                    dir.join("installing").display()
+                ),
+            )),
+            _ => Ok(()),
+        }
+    }
+}
+
 /// Looks at a snapshot install a crash interrupted, on the closed store. When its
 /// received stream is still whole, returns it, to be finished once the store is open:
 /// openraft may have purged its log up to the snapshot as soon as the install was
@@ -90,6 +107,7 @@ pub(crate) fn unfinished_install(
     let Some(installing) = read_state::<Installing>(&dir.join("installing"))? else {
         return Ok(None);
     };
+    installing.check_stream_name(dir)?;
     let done = read_state::<SnapshotRecord>(&dir.join("snapshot"))?
         .is_some_and(|s| s.meta.last_log_id >= installing.meta.last_log_id);
     if done {
@@ -778,5 +796,34 @@ impl StateMachine {
             meta.snapshot_id
         );
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An install record whose stream names a file out of the state directory (its CRC
+    /// whole) refuses the open, and that file is neither read nor removed.
+    #[test]
+    fn an_install_record_naming_a_file_elsewhere_refuses_the_open() {
+        let base = tempfile::tempdir().unwrap();
+        let dir = base.path().join("state");
+        fs::create_dir(&dir).unwrap();
+        let victim = base.path().join("victim");
+        let store = rocketstore::StoreConfig::new(base.path().join("store"));
+        for stream in ["../victim".to_owned(), victim.display().to_string()] {
+            fs::write(&victim, b"keep").unwrap();
+            let installing = Installing {
+                meta: SnapshotMeta::default(),
+                from: 0,
+                stream: Some(stream.clone()),
+            };
+            write_state(&dir.join("installing"), &installing).unwrap();
+            let err = unfinished_install(&dir, &store, None).unwrap_err();
+            assert_eq!(err.kind(), io::ErrorKind::InvalidData, "{stream}: {err}");
+            assert_eq!(fs::read(&victim).unwrap(), b"keep", "{stream}");
+            assert!(dir.join("installing").exists());
+        }
     }
 }

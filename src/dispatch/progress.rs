@@ -122,11 +122,16 @@ fn encode(seq: u64, p: &Progress) -> [u8; RECORD] {
     b
 }
 
+/// The highest sequence number a slot may hold.
+const MAX_SEQ: u64 = 1 << 62;
+
 fn decode(b: &[u8; RECORD]) -> Option<(u64, Progress)> {
     let word = |at: usize| u64::from_be_bytes(b[at..at + 8].try_into().expect("8 bytes"));
     let crc = u32::from_be_bytes(b[40..44].try_into().expect("4 bytes"));
     let seq = word(0);
-    if seq == 0 || crc32fast::hash(&b[..40]) != crc {
+    // A sequence number past 2^62 was never written (one a nanosecond would take 146
+    // years to get there) and could not be counted on from without overflowing.
+    if seq == 0 || seq > MAX_SEQ || crc32fast::hash(&b[..40]) != crc {
         return None;
     }
     Some((
@@ -166,6 +171,24 @@ mod tests {
         file.write_all_at(&[0xFF; 4], SLOT + 10).unwrap();
         let (_, last) = ProgressFile::open(path.clone()).unwrap();
         assert_eq!(last, Some(p(20)));
+    }
+
+    /// A slot whose CRC is whole but whose sequence number could not be counted on from
+    /// (past 2^62) is not taken: the other slot holds, and the next store goes on.
+    #[test]
+    fn a_sequence_number_out_of_range_is_not_taken() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("dispatch").join("d");
+        let (mut f, _) = ProgressFile::open(path.clone()).unwrap();
+        f.store(at(10)).unwrap(); // sequence 1: the second slot
+        drop(f);
+        let file = OpenOptions::new().write(true).open(&path).unwrap();
+        file.write_all_at(&encode(u64::MAX, &at(99)), 0).unwrap();
+        let (mut f, last) = ProgressFile::open(path.clone()).unwrap();
+        assert_eq!(last, Some(at(10)));
+        f.store(at(20)).unwrap();
+        drop(f);
+        assert_eq!(ProgressFile::open(path).unwrap().1, Some(at(20)));
     }
 
     fn at(offset: u64) -> Progress {

@@ -82,6 +82,10 @@ impl KeyIndex {
         (from, timestamp): (u64, i64),
     ) -> Result<KeyIndex> {
         ops::create_dir_durable(&dir, None)?;
+        // A recorded active file whose name has more than 17 digits was never written (the
+        // next name would be one the next open refuses): the progress is damaged, and the
+        // files are not trusted, as without any.
+        let progress = progress.filter(|p| p.aux[0] < 10u64.pow(NAME_LEN as u32));
         let names = list(&dir)?;
         let floor = names.iter().map(|(n, _)| *n).max().unwrap_or(0);
         let (active, kept, clean) = progress.map_or((0, 0, false), |p| {

@@ -208,6 +208,45 @@ mod tests {
     use super::*;
     use crate::config::IndexShape;
 
+    /// A progress record whose active file has a name of more than 17 digits (its CRC
+    /// whole) would make the next file's name one the next open refuses: it is taken as
+    /// no progress, and the index starts again with a name an open takes.
+    #[test]
+    fn a_recorded_file_name_past_17_digits_is_not_taken() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut progress, _) = ProgressFile::open(dir.path().join("progress")).unwrap();
+        let shape = IndexShape {
+            slots: 4,
+            entries: 4,
+            max_files: 0,
+        };
+        let damaged = Progress {
+            offset: 0,
+            timestamp: 0,
+            aux: [10u64.pow(17), 0],
+        };
+        let index = KeyIndex::open(
+            dir.path().join("index"),
+            shape,
+            &mut progress,
+            Some(damaged),
+            (0, 0),
+        )
+        .unwrap();
+        let file = index.roll().unwrap();
+        let name = file
+            .path()
+            .file_name()
+            .unwrap()
+            .to_str()
+            .unwrap()
+            .to_owned();
+        assert_eq!(name.len(), 17, "{name}");
+        drop((file, index));
+        let (mut progress, last) = ProgressFile::open(dir.path().join("progress")).unwrap();
+        KeyIndex::open(dir.path().join("index"), shape, &mut progress, last, (0, 0)).unwrap();
+    }
+
     /// Every file written since the last flush is synced by the next one: the file the
     /// writer keeps putting into is listed again after each flush, and a file it rolled
     /// away from stays listed until then.
