@@ -15,7 +15,7 @@ use openraft::{BasicNode, LogId, RaftNetworkFactory};
 use rocketstore::{Message, MessageStore, StoreConfig};
 use tokio::sync::{mpsc, oneshot};
 
-use crate::request::{PutBatch, PutRequest, PutResponse};
+use crate::request::{BatchPosition, PutBatch, PutRequest, PutResponse};
 use crate::{LogStore, NodeId, Raft, StateMachine, TypeConfig};
 
 /// A batch proposed as one Raft entry holds at most this many puts...
@@ -353,9 +353,9 @@ impl ReplicatedStore {
     /// Puts `msg` through the Raft log: resolves once a majority holds it durably and
     /// this node (the leader) has applied it. The store time is chosen here, by the
     /// leader, and every replica records it. A message carrying the reserved
-    /// [`crate::PROPERTY_RAFT_LOG_ID`] property is refused ([`Error::Rejected`]). Puts
-    /// made meanwhile travel in one Raft
-    /// entry. On a follower: [`Error::NotLeader`]. An [`Error::Raft`] (a leader change
+    /// [`crate::PROPERTY_RAFT_LOG_ID`] property, or one the store would refuse once that
+    /// property is added (its topic, body or properties), is refused before it is
+    /// proposed ([`Error::Rejected`]). Puts made meanwhile travel in one Raft entry. On a follower: [`Error::NotLeader`]. An [`Error::Raft`] (a leader change
     /// part-way, a shutdown) leaves the outcome unknown: the put may yet be applied.
     pub async fn put(&self, msg: Message) -> Result<Put, Error> {
         if msg
@@ -368,8 +368,17 @@ impl ReplicatedStore {
                 crate::PROPERTY_RAFT_LOG_ID
             )));
         }
-        let (done, outcome) = oneshot::channel();
         let req = PutRequest::new(msg, now_ms());
+        // What every replica would refuse is refused here, before it takes a place in a
+        // majority's Raft logs: the record as applied, with the longest position.
+        let config = self.store.config();
+        let applied = req.to_message(BatchPosition::longest());
+        if let Err(e) =
+            rocketstore::format::encode(&applied, &config.store_host, config.max_message_size)
+        {
+            return Err(Error::Rejected(e.to_string()));
+        }
+        let (done, outcome) = oneshot::channel();
         self.proposals
             .send(Pending { req, done })
             .map_err(|_| Error::Raft("shut down".into()))?;

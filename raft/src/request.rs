@@ -120,6 +120,15 @@ pub struct BatchPosition {
 }
 
 impl BatchPosition {
+    /// The position whose text form is the longest.
+    pub(crate) fn longest() -> BatchPosition {
+        BatchPosition {
+            log_id: LogId::new(CommittedLeaderId::new(u64::MAX, u64::MAX), u64::MAX),
+            at: u32::MAX - 1,
+            of: u32::MAX,
+        }
+    }
+
     /// Whether this is the entry's last put: the entry is then wholly applied.
     pub fn is_last(&self) -> bool {
         self.at + 1 >= self.of

@@ -46,11 +46,27 @@ async fn a_leader_is_elected_and_every_replica_stores_the_same_bytes() {
         matches!(refused, Err(Error::NotLeader { leader: Some(l) }) if l == leader),
         "{refused:?}"
     );
-    // A message every replica refuses is refused to the producer, and nothing is stored.
+    // A message every replica refuses is refused to the producer before it is proposed:
+    // a topic no store takes, or properties that leave no room for the replication
+    // layer's own. Nothing reaches the Raft log.
+    let log_index = || {
+        let raft = cluster.nodes[&leader].raft().clone();
+        move || raft.metrics().borrow().last_log_index
+    };
+    let before = log_index()();
     let bad = cluster.nodes[&leader]
         .put(Message::new("bad topic!", 0u32, Bytes::from_static(b"x")))
         .await;
     assert!(matches!(bad, Err(Error::Rejected(_))), "{bad:?}");
+    let full = Message::new(TOPIC, 0u32, Bytes::from_static(b"x")).with_property(
+        "P",
+        "v".repeat(rocketstore::format::MAX_PROPERTIES_LEN - 10),
+    );
+    rocketstore::format::encode(&full, &"127.0.0.1:1".parse().unwrap(), 1 << 20)
+        .expect("a store takes it as it is");
+    let full = cluster.nodes[&leader].put(full).await;
+    assert!(matches!(full, Err(Error::Rejected(_))), "{full:?}");
+    assert_eq!(log_index()(), before, "a refused put was proposed");
     // A producer cannot pass off a position in the Raft log as its own property.
     let forged = Message::new(TOPIC, 0u32, Bytes::from_static(b"x"))
         .with_property(rocketstore_raft::PROPERTY_RAFT_LOG_ID, "999.1.999999.0.1");
