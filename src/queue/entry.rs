@@ -5,7 +5,8 @@ use crate::commit_log::record::{RecordView, find_tags};
 
 /// Supplies the tag code a record's consume-queue entry stores instead of its tag hash:
 /// for RocketMQ's delayed messages (`SCHEDULE_TOPIC_XXXX`) a broker puts the delivery
-/// time there, which its schedule service reads back. Set with
+/// time there, which its schedule service reads back
+/// ([`MessageStore::queue_entries`](crate::MessageStore::queue_entries)). Set with
 /// [`StoreConfig::tag_code`](crate::StoreConfig::tag_code).
 ///
 /// ```

@@ -651,6 +651,42 @@ impl MessageStore {
         .map(|(_, t)| t))
     }
 
+    /// Up to `max` consume-queue entries of `topic`/`queue_id` from `queue_offset`: each
+    /// message's commit-log offset, record size and tag code (the tag hash, or the code a
+    /// [`TagCode`](crate::TagCode) chose, such as a delayed message's delivery time, which
+    /// a schedule service reads here without reading the message). Fewer than `max` at
+    /// the end of a queue file (ask again from the next offset); empty below the queue's
+    /// [`min_offset_in_queue`](Self::min_offset_in_queue), at or past its
+    /// [`max_offset_in_queue`](Self::max_offset_in_queue), and for an unknown queue.
+    ///
+    /// ```
+    /// use bytes::Bytes;
+    /// use rocketstore::{Message, MessageStore, StoreConfig, format};
+    ///
+    /// # fn main() -> rocketstore::Result<()> {
+    /// let dir = tempfile::tempdir().unwrap();
+    /// let store = MessageStore::open(StoreConfig::new(dir.path()).commit_log_file_size(1 << 20))?;
+    /// let put = store.put_message(&Message::new("T", 0u32, Bytes::from_static(b"m")).with_tags("A"))?;
+    /// store.wait_dispatched(put.physical_offset, std::time::Duration::from_secs(5));
+    /// let entries = store.queue_entries("T", 0, 0, 32)?;
+    /// assert_eq!(entries[0].physical_offset, put.physical_offset);
+    /// assert_eq!(entries[0].tag_hash, format::tag_hash(Some("A")));
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn queue_entries(
+        &self,
+        topic: &str,
+        queue_id: u32,
+        queue_offset: u64,
+        max: usize,
+    ) -> Result<Vec<crate::format::CqEntry>> {
+        match self.inner.queues.get(topic, queue_id) {
+            Some(q) if queue_offset >= q.min_offset() => q.entries(queue_offset, max),
+            _ => Ok(Vec::new()),
+        }
+    }
+
     /// Commit-log offset of the message at `queue_offset` of `topic`/`queue_id`, if
     /// stored (RocketMQ's `getCommitLogOffsetInQueue`).
     pub fn commit_log_offset_in_queue(
