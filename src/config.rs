@@ -81,7 +81,8 @@ pub struct StoreConfig {
     /// Size of each commit-log file in bytes; a multiple of 4096, at least 64 KiB.
     /// Default: 1 GiB.
     pub commit_log_file_size: u64,
-    /// Largest body accepted, in bytes; also the largest encoded batch. Default: 4 MiB.
+    /// Largest body accepted, in bytes; also the most body bytes of one batch (so a batch
+    /// of one message takes what a single put takes). Default: 4 MiB.
     pub max_message_size: usize,
     /// Sync or async flush. Default: [`FlushMode::Async`] with RocketMQ's settings.
     pub flush_mode: FlushMode,
@@ -89,7 +90,8 @@ pub struct StoreConfig {
     /// Default: `127.0.0.1:10911`.
     pub store_host: SocketAddr,
     /// When the append lock has been held this long, new puts fail at once with
-    /// [`Error::PageCacheBusy`] instead of queueing. Default: 1 s.
+    /// [`Error::PageCacheBusy`] instead of queueing. Default: 1 s. Must not be zero (a
+    /// long limit turns it off).
     pub busy_limit: Duration,
     /// A put that spent longer than this inside the append path is logged (warn) with its
     /// time. Default: 500 ms.
@@ -512,8 +514,10 @@ impl StoreConfig {
                 "disk_force_clean_ratio {force} must be in (0, 1] (1 turns it off)"
             ));
         }
-        // A zero interval would make its thread spin.
+        // A zero interval would make its thread spin; a zero busy limit would refuse every
+        // put that found the append lock held at all (not "off": a long one is).
         let intervals = [
+            ("busy_limit", self.busy_limit),
             (
                 "consume_queue_flush_interval",
                 self.consume_queue_flush_interval,

@@ -21,6 +21,13 @@ pub enum Error {
         /// Why it was refused.
         reason: &'static str,
     },
+    /// The queue id is past `i32::MAX`: RocketMQ reads the field as a signed 32-bit
+    /// number, and its tools could not read the queue's directory name.
+    #[error("invalid queue id {queue_id}: at most {}", i32::MAX)]
+    InvalidQueueId {
+        /// The queue id as given.
+        queue_id: u32,
+    },
     /// The body is larger than the configured maximum message size.
     #[error("message body of {size} bytes exceeds the maximum of {max} bytes")]
     MessageTooLarge {
@@ -59,10 +66,10 @@ pub enum Error {
         /// Why it was refused.
         reason: String,
     },
-    /// The encoded batch is larger than the maximum message size.
-    #[error("batch of {size} bytes exceeds the maximum of {max} bytes")]
+    /// The bodies of a batch add up to more than the maximum message size.
+    #[error("batch bodies of {size} bytes exceed the maximum of {max} bytes")]
     BatchTooLarge {
-        /// Encoded batch size in bytes.
+        /// The batch's body bytes.
         size: usize,
         /// The limit in bytes.
         max: usize,

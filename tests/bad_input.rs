@@ -63,6 +63,11 @@ fn each_bad_input_is_refused_and_the_next_good_put_succeeds() {
     check(put(Message::new("../etc", 0u32, Bytes::new())), |e| {
         matches!(e, Error::InvalidTopic { .. })
     });
+    // RocketMQ reads the queue id as a signed 32-bit number.
+    check(
+        put(Message::new("T", 1u32 << 31, Bytes::new())),
+        |e| matches!(e, Error::InvalidQueueId { queue_id } if *queue_id == 1 << 31),
+    );
     check(put(Message::new("T", 0u32, vec![0u8; 1025])), |e| {
         matches!(
             e,
@@ -105,6 +110,9 @@ fn each_bad_input_is_refused_and_the_next_good_put_succeeds() {
     check(store.put_messages(&big_batch).unwrap_err(), |e| {
         matches!(e, Error::BatchTooLarge { max: 1024, .. })
     });
+    // A batch of one message takes what a single put takes.
+    let one = [Message::new("T", 0u32, vec![2u8; 1024])];
+    assert_eq!(store.put_messages(&one).unwrap().message_count, 1);
     // A topic of 128..=255 bytes is valid and uses record version 2.
     let long = store
         .put_message(&Message::new("L".repeat(255), 0u32, Bytes::new()))
@@ -186,6 +194,8 @@ fn ratios_out_of_range_and_zero_intervals_are_refused() {
         thorough_interval: Duration::from_secs(1),
     };
     let cases: Vec<(&str, StoreConfig)> = vec![
+        // 0 as "off" would refuse every put that found the append lock held.
+        ("busy_limit", base().busy_limit(zero)),
         // 0 as "off" would delete the oldest file, whatever its age, at every sample.
         (
             "disk_force_clean_ratio",

@@ -170,9 +170,15 @@ impl EncodedRecord {
 }
 
 /// Encodes `msg` as a commit-log record, leaving queue offset, physical offset and store
-/// time at zero for [`EncodedRecord::assign`]. Validates topic, body size and properties.
+/// time at zero for [`EncodedRecord::assign`]. Validates topic, queue id (at most
+/// `i32::MAX`), body size and properties.
 pub fn encode(msg: &Message, store_host: &SocketAddr, max_body: usize) -> Result<EncodedRecord> {
     validate_topic(&msg.topic)?;
+    if msg.queue_id > i32::MAX as u32 {
+        return Err(Error::InvalidQueueId {
+            queue_id: msg.queue_id,
+        });
+    }
     if msg.body.len() > max_body {
         return Err(Error::MessageTooLarge {
             size: msg.body.len(),

@@ -370,8 +370,8 @@ impl MessageStore {
 
     /// Appends a batch of messages of one topic and queue, with consecutive queue offsets,
     /// contiguously in one file. The result describes the first message; `wrote_bytes` and
-    /// `message_count` cover the batch. The encoded batch may be at most
-    /// [`StoreConfig::max_message_size`] bytes.
+    /// `message_count` cover the batch. Its bodies may add up to at most
+    /// [`StoreConfig::max_message_size`] bytes, and its records must fit in one file.
     pub fn put_messages(&self, msgs: &[Message]) -> Result<PutResult> {
         let started = Instant::now();
         let first = msgs.first().ok_or_else(|| Error::InvalidBatch {
@@ -392,7 +392,7 @@ impl MessageStore {
             .iter()
             .map(|m| self.encode(m))
             .collect::<Result<Vec<_>>>()?;
-        let size: usize = records.iter().map(EncodedRecord::len).sum();
+        let size: usize = msgs.iter().map(|m| m.body.len()).sum();
         if size > self.inner.config.max_message_size {
             return Err(Error::BatchTooLarge {
                 size,
@@ -866,6 +866,11 @@ impl MessageStore {
             .dispatcher
             .wait_for(Duration::MAX, || deleted.is_done(topic))
         {
+            // A dispatch thread that panicked poisoned the store: say so, not "stalled"
+            // (which is for lack of space, and passes).
+            if self.inner.log.is_poisoned() {
+                return Err(self.inner.log.poison_error());
+            }
             return Err(self
                 .inner
                 .dispatcher
