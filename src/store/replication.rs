@@ -169,24 +169,7 @@ fn truncate_files(config: &StoreConfig, to: u64) -> Result<()> {
         .open(&path)
         .map_err(|e| Error::io("open", &path, e))?;
     let rel = (to - start) as usize;
-    let mut bytes = vec![0u8; rel];
-    file.read_exact_at(&mut bytes, 0)
-        .map_err(|e| Error::io("read", &path, e))?;
-    let mut records = Records::new(&bytes, start);
-    while records.offset() < to {
-        match records.next() {
-            Some(Ok(Step::Record(_))) => {}
-            _ => {
-                return Err(Error::corrupted(
-                    to,
-                    "not where a record starts or the log ends",
-                ));
-            }
-        }
-    }
-    if records.offset() != to {
-        return Err(Error::corrupted(to, "inside a record"));
-    }
+    check_boundary(&file, &path, (start, to), 4 << 20)?;
     // The queue table goes first: it describes queues about to shrink, and an open that
     // found it over a cut log would refuse the store (queues shorter than the table with
     // no records left to fill them). Without it the next open checks every queue against
@@ -239,4 +222,96 @@ fn truncate_files(config: &StoreConfig, to: u64) -> Result<()> {
         at += n;
     }
     file.sync_all().map_err(|e| Error::io("sync", &path, e))
+}
+
+/// Checks that `to` is a record boundary of the file at `path` (first offset `start`):
+/// the records from the file's start end exactly there. Read in windows of `window` bytes
+/// (a record larger than one is read whole), not up to `to` at once: that could be a
+/// whole file, 1 GiB by default.
+fn check_boundary(
+    file: &std::fs::File,
+    path: &std::path::Path,
+    (start, to): (u64, u64),
+    window: usize,
+) -> Result<()> {
+    let rel = (to - start) as usize;
+    let not_a_boundary = || Error::corrupted(to, "not where a record starts or the log ends");
+    let mut base = 0;
+    let mut buf = Vec::new();
+    while base < rel {
+        // The record at `base` may be larger than a window: its size field says.
+        let mut header = [0u8; 4];
+        file.read_exact_at(&mut header, base as u64)
+            .map_err(|e| Error::io("read", path, e))?;
+        let size = usize::try_from(i32::from_be_bytes(header)).unwrap_or(0);
+        if base + size > rel {
+            return Err(not_a_boundary());
+        }
+        buf.resize(window.max(size).min(rel - base), 0);
+        file.read_exact_at(&mut buf, base as u64)
+            .map_err(|e| Error::io("read", path, e))?;
+        let mut records = Records::new(&buf, start + base as u64);
+        loop {
+            let pos = records.position();
+            let rest = &buf[pos..];
+            if rest.is_empty() {
+                break;
+            }
+            // A record the window cuts short is read again from its start.
+            let cut = match rest.get(..4) {
+                Some(b) => {
+                    let size = i32::from_be_bytes(b.try_into().expect("4 bytes"));
+                    usize::try_from(size).is_ok_and(|s| s > rest.len())
+                }
+                None => true,
+            };
+            if cut && base + buf.len() < rel {
+                break;
+            }
+            match records.next() {
+                Some(Ok(Step::Record(_))) => {}
+                _ => return Err(not_a_boundary()),
+            }
+        }
+        base += records.position();
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every record start (and the end of the last record) is a boundary, whatever the
+    /// window, smaller than a record or not; every other offset is not.
+    #[test]
+    fn boundaries_are_found_across_windows() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = StoreConfig::new(dir.path()).commit_log_file_size(1 << 16);
+        let store = MessageStore::open(config).unwrap();
+        let mut starts = Vec::new();
+        for i in 0..40usize {
+            let body = vec![b'x'; 10 + i * 37 % 500];
+            let msg = crate::Message::new("T", 0u32, body);
+            starts.push(store.put_message(&msg).unwrap().physical_offset);
+        }
+        let end = store.max_physical_offset();
+        drop(store);
+        starts.push(end);
+        let path = layout::commit_log_file(dir.path(), 0);
+        let file = std::fs::File::open(&path).unwrap();
+        for window in [8, 100, 333, 4096, 1 << 20] {
+            for (i, &at) in starts.iter().enumerate() {
+                let ok = check_boundary(&file, &path, (0, at), window);
+                assert!(ok.is_ok(), "window {window}, record {i}: {ok:?}");
+                if at > 0 {
+                    let inside = check_boundary(&file, &path, (0, at - 1), window);
+                    assert!(
+                        matches!(inside, Err(Error::Corrupted { .. })),
+                        "{window} {i}"
+                    );
+                }
+            }
+        }
+    }
 }
