@@ -66,10 +66,11 @@ pub enum Error {
         /// Why it was refused.
         reason: String,
     },
-    /// The bodies of a batch add up to more than the maximum message size.
-    #[error("batch bodies of {size} bytes exceed the maximum of {max} bytes")]
+    /// The bodies of a batch add up to more than the maximum message size, or its records
+    /// to more than that plus 64 KiB.
+    #[error("batch of {size} bytes exceeds the maximum of {max} bytes")]
     BatchTooLarge {
-        /// The batch's body bytes.
+        /// The batch's body bytes, or its records' bytes when those are over.
         size: usize,
         /// The limit in bytes.
         max: usize,

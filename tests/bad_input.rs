@@ -110,6 +110,14 @@ fn each_bad_input_is_refused_and_the_next_good_put_succeeds() {
     check(store.put_messages(&big_batch).unwrap_err(), |e| {
         matches!(e, Error::BatchTooLarge { max: 1024, .. })
     });
+    // Small bodies with large properties: the records, not the bodies, are over.
+    let props: Vec<_> = (0..3)
+        .map(|_| Message::new("T", 0u32, vec![1u8; 10]).with_property("p", "v".repeat(30_000)))
+        .collect();
+    check(
+        store.put_messages(&props).unwrap_err(),
+        |e| matches!(e, Error::BatchTooLarge { max, .. } if *max == 1024 + (64 << 10)),
+    );
     // A batch of one message takes what a single put takes.
     let one = [Message::new("T", 0u32, vec![2u8; 1024])];
     assert_eq!(store.put_messages(&one).unwrap().message_count, 1);

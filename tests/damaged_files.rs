@@ -12,7 +12,7 @@ use std::fs;
 use std::path::{Path, PathBuf};
 
 use common::*;
-use rocketstore::{MessageStore, layout};
+use rocketstore::{Error, MessageStore, layout};
 
 const QUEUES: u32 = 2;
 
@@ -122,7 +122,16 @@ fn every_damaged_byte_of_a_small_file_is_refused_or_harmless() {
                         check(&store, &acked, &what);
                         opened += 1;
                     }
-                    Err(_) => refused += 1,
+                    Err(e) => {
+                        // A refusal names the damage: never an I/O error, a panic caught as
+                        // poison, or a refusal of a file that is only derived data.
+                        let damage =
+                            matches!(e, Error::BadStoreFile { .. } | Error::Corrupted { .. });
+                        assert!(damage, "{what}: {e:?}");
+                        let derived = path == layout::queue_table_file(&dir);
+                        assert!(!derived, "{what}: the queue table is derived data: {e}");
+                        refused += 1;
+                    }
                 }
                 fs::remove_dir_all(&dir).unwrap();
             }

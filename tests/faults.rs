@@ -611,6 +611,14 @@ impl IoHook for QueueDirFull {
 /// and the queue's next put was numbered from it (2^40 on). It must continue its queue.
 #[test]
 fn a_damaged_queue_offset_after_recovery_stalls_on_a_full_disk_is_refused() {
+    // Queue 0's first record after the stall (its queue on disk, or lost with it), and its
+    // fourth.
+    for (victim_at, queue_lost) in [(1, false), (1, true), (4, false)] {
+        stalled_recovery_meets_a_damaged_queue_offset(victim_at, queue_lost);
+    }
+}
+
+fn stalled_recovery_meets_a_damaged_queue_offset(victim_at: usize, queue_lost: bool) {
     use std::os::unix::fs::FileExt;
     let dir = tempfile::tempdir().unwrap();
     let cfg = || config(dir.path(), sync_mode());
@@ -637,10 +645,12 @@ fn a_damaged_queue_offset_after_recovery_stalls_on_a_full_disk_is_refused() {
     cp.write(&path).unwrap();
     let _ = fs::remove_file(layout::queue_table_file(dir.path()));
     fs::remove_dir_all(layout::queue_dir(dir.path(), "A", 1)).unwrap();
+    if queue_lost {
+        fs::remove_dir_all(layout::queue_dir(dir.path(), "A", 0)).unwrap();
+    }
     fs::write(layout::abort_file(dir.path()), b"").unwrap();
-    // Queue 0's fourth record says it is 2^40 in its queue.
-    let victim = puts[4];
-    assert_eq!(victim.queue_offset, 3);
+    // The victim says it is 2^40 in its queue.
+    let victim = puts[victim_at];
     fs::OpenOptions::new()
         .write(true)
         .open(layout::commit_log_file(dir.path(), SMALL_FILE))
@@ -655,11 +665,14 @@ fn a_damaged_queue_offset_after_recovery_stalls_on_a_full_disk_is_refused() {
         armed: true.into(),
     });
     // Below what the checkpoint vouches for: refused, not cut and not believed.
+    let case = format!("record {victim_at}, queue lost: {queue_lost}");
     match MessageStore::open(cfg().io_hook(hook)) {
-        Err(Error::Corrupted { offset, .. }) => assert_eq!(offset, victim.physical_offset),
-        Err(e) => panic!("expected Corrupted, got {e}"),
+        Err(Error::Corrupted { offset, .. }) => {
+            assert_eq!(offset, victim.physical_offset, "{case}")
+        }
+        Err(e) => panic!("{case}: expected Corrupted, got {e}"),
         Ok(store) => panic!(
-            "opened; queue 0's next put: {:?}",
+            "{case}: opened; queue 0's next put: {:?}",
             store
                 .put_message(&message("A", 0, "a", 9))
                 .map(|p| p.queue_offset)

@@ -190,7 +190,8 @@ fn arb_host() -> impl Strategy<Value = SocketAddr> {
 fn arb_message() -> impl Strategy<Value = Message> {
     (
         "[a-zA-Z0-9_%|-]{1,255}",
-        any::<u32>(),
+        // RocketMQ's queue ids are signed: the encoder refuses the upper half.
+        0..=i32::MAX as u32,
         proptest::collection::vec(any::<u8>(), 0..2048),
         proptest::collection::vec(("[a-zA-Z]{1,12}", "[^\u{1}\u{2}]{0,40}"), 0..6),
         arb_host(),

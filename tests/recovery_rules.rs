@@ -162,6 +162,42 @@ fn a_blank_record_that_does_not_end_its_file_is_damage_not_an_end() {
     assert!(log_files(dir.path()) == before, "log changed");
 }
 
+/// A real blank record whose size field alone is damaged (nothing but zeros after it)
+/// still ends its file: the recovery scan that meets it takes every record after it.
+#[test]
+fn a_blank_record_whose_size_alone_is_damaged_still_ends_its_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let puts = two_topic_store(dir.path());
+    let blank_at = puts
+        .iter()
+        .filter(|(_, p)| p.physical_offset < SMALL_FILE)
+        .map(|(_, p)| p.end_offset())
+        .max()
+        .unwrap();
+    assert!(blank_at < SMALL_FILE);
+    let path = layout::commit_log_file(dir.path(), 0);
+    let file = OpenOptions::new().write(true).open(&path).unwrap();
+    file.write_all_at(&[0x7F, 0x7F], blank_at).unwrap();
+    drop(file);
+    // A crash whose queues vouch for nothing: the scan reads the first file again.
+    let cp_path = layout::checkpoint_file(dir.path());
+    let cp = CheckpointTimes::read(&cp_path).unwrap().unwrap();
+    CheckpointTimes {
+        logics_offset: 0,
+        ..cp
+    }
+    .write(&cp_path)
+    .unwrap();
+    fs::remove_file(layout::queue_table_file(dir.path())).unwrap();
+    fs::write(layout::abort_file(dir.path()), b"").unwrap();
+    let store = MessageStore::open(config(dir.path(), sync_mode())).unwrap();
+    for topic in ["TopicA", "TopicB"] {
+        assert_eq!(store.max_offset_in_queue(topic, 0), 150, "{topic}");
+    }
+    let last = puts.last().unwrap().1;
+    assert_eq!(store.max_physical_offset(), last.end_offset());
+}
+
 #[test]
 fn a_lost_queue_of_another_topic_is_rebuilt_after_a_clean_exit() {
     let dir = tempfile::tempdir().unwrap();

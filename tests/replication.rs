@@ -662,3 +662,27 @@ fn truncation_waits_for_every_handle_of_the_store_to_be_dropped() {
     let store = MessageStore::open(cfg(dir.path())).unwrap();
     assert_eq!(store.max_physical_offset(), cut);
 }
+
+/// Under `read_confirmed_only` a reopened store's queues hold entries its confirm offset
+/// (0 until the broker sets it) does not cover yet: `queue_entries` serves none of them,
+/// as `get_message` does not.
+#[test]
+fn queue_entries_stop_at_the_confirm_offset() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg_c = || cfg(dir.path()).read_confirmed_only(true);
+    let store = MessageStore::open(cfg_c()).unwrap();
+    let put = store.put_message(&message("C", 0, "c", 0)).unwrap();
+    store.set_confirm_offset(put.end_offset()).unwrap();
+    assert!(store.wait_dispatched_to(put.end_offset(), LONG));
+    assert_eq!(store.queue_entries("C", 0, 0, 8).unwrap().len(), 1);
+    store.shutdown().unwrap();
+    drop(store);
+    let store = MessageStore::open(cfg_c()).unwrap();
+    assert_eq!(store.max_offset_in_queue("C", 0), 1);
+    assert!(store.queue_entries("C", 0, 0, 8).unwrap().is_empty());
+    assert!(store.get_message("C", 0, 0, 8).unwrap().messages.is_empty());
+    store.set_confirm_offset(put.end_offset()).unwrap();
+    let entries = store.queue_entries("C", 0, 0, 8).unwrap();
+    assert_eq!(entries.len(), 1);
+    assert_eq!(entries[0].physical_offset, put.physical_offset);
+}

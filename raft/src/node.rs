@@ -373,9 +373,15 @@ impl ReplicatedStore {
         // majority's Raft logs: the record as applied, with the longest position.
         let config = self.store.config();
         let applied = req.to_message(BatchPosition::longest());
-        if let Err(e) =
-            rocketstore::format::encode(&applied, &config.store_host, config.max_message_size)
-        {
+        let len =
+            rocketstore::format::encoded_len(&applied, &config.store_host, config.max_message_size)
+                .map_err(|e| Error::Rejected(e.to_string()))?;
+        let fits = config.commit_log_file_size as usize - rocketstore::format::BLANK_RECORD_LEN;
+        if len > fits {
+            let e = rocketstore::Error::RecordTooLarge {
+                size: len,
+                max: fits,
+            };
             return Err(Error::Rejected(e.to_string()));
         }
         let (done, outcome) = oneshot::channel();

@@ -332,6 +332,7 @@ impl StateMachine {
                 // The message itself is at fault: every replica refuses it alike.
                 Err(
                     e @ (StoreError::InvalidTopic { .. }
+                    | StoreError::InvalidQueueId { .. }
                     | StoreError::MessageTooLarge { .. }
                     | StoreError::RecordTooLarge { .. }
                     | StoreError::PropertiesTooLarge { .. }

@@ -66,7 +66,27 @@ async fn a_leader_is_elected_and_every_replica_stores_the_same_bytes() {
         .expect("a store takes it as it is");
     let full = cluster.nodes[&leader].put(full).await;
     assert!(matches!(full, Err(Error::Rejected(_))), "{full:?}");
+    // A record larger than a commit-log file (64 KiB here), its body within the limit.
+    let wide = Message::new(TOPIC, 0u32, vec![b'w'; 100 << 10]);
+    let wide = cluster.nodes[&leader].put(wide).await;
+    assert!(matches!(wide, Err(Error::Rejected(_))), "{wide:?}");
     assert_eq!(log_index()(), before, "a refused put was proposed");
+    // One that reaches the log all the same (proposed by other means, or before the check
+    // existed) is refused by every replica's apply alike, and the replicas go on.
+    let raft = cluster.nodes[&leader].raft().clone();
+    let wide = Message::new(TOPIC, 1u32 << 31, Bytes::from_static(b"x"));
+    let batch = rocketstore_raft::PutBatch {
+        puts: vec![rocketstore_raft::PutRequest::new(wide, 0)],
+    };
+    let written = raft.client_write(batch).await.expect("the entry commits");
+    assert!(
+        matches!(
+            written.data.puts[0],
+            rocketstore_raft::PutResponse::Rejected(_)
+        ),
+        "{:?}",
+        written.data.puts
+    );
     // A producer cannot pass off a position in the Raft log as its own property.
     let forged = Message::new(TOPIC, 0u32, Bytes::from_static(b"x"))
         .with_property(rocketstore_raft::PROPERTY_RAFT_LOG_ID, "999.1.999999.0.1");

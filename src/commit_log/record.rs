@@ -169,10 +169,26 @@ impl EncodedRecord {
     }
 }
 
-/// Encodes `msg` as a commit-log record, leaving queue offset, physical offset and store
-/// time at zero for [`EncodedRecord::assign`]. Validates topic, queue id (at most
-/// `i32::MAX`), body size and properties.
-pub fn encode(msg: &Message, store_host: &SocketAddr, max_body: usize) -> Result<EncodedRecord> {
+/// The length of the record [`encode`] makes of `msg`, after the same checks (topic,
+/// queue id at most `i32::MAX`, body size, properties), without encoding it.
+///
+/// ```
+/// use bytes::Bytes;
+/// use rocketstore::{Error, Message, format};
+///
+/// let host = "127.0.0.1:10911".parse().unwrap();
+/// let msg = Message::new("TopicA", 0u32, Bytes::from_static(b"hello"));
+/// let len = format::encoded_len(&msg, &host, 1024).unwrap();
+/// assert_eq!(len, format::encode(&msg, &host, 1024).unwrap().len());
+/// let bad = Message::new("no spaces", 0u32, Bytes::new());
+/// assert!(matches!(format::encoded_len(&bad, &host, 1024), Err(Error::InvalidTopic { .. })));
+/// ```
+pub fn encoded_len(msg: &Message, store_host: &SocketAddr, max_body: usize) -> Result<usize> {
+    Ok(checked_len(msg, store_host, max_body)?.0)
+}
+
+/// The record's length and its properties' length, after the checks.
+fn checked_len(msg: &Message, store_host: &SocketAddr, max_body: usize) -> Result<(usize, usize)> {
     validate_topic(&msg.topic)?;
     if msg.queue_id > i32::MAX as u32 {
         return Err(Error::InvalidQueueId {
@@ -186,10 +202,11 @@ pub fn encode(msg: &Message, store_host: &SocketAddr, max_body: usize) -> Result
         });
     }
     let props_len = properties_len(&msg.properties)?;
-    let v2 = msg.topic.len() > MAX_TOPIC_LEN_V1;
-    let topic_len_field = if v2 { 2 } else { 1 };
-    let born_len = host_len(&msg.born_host);
-    let store_len = host_len(store_host);
+    let topic_len_field = if msg.topic.len() > MAX_TOPIC_LEN_V1 {
+        2
+    } else {
+        1
+    };
     let total = 4
         + 4
         + 4
@@ -199,9 +216,9 @@ pub fn encode(msg: &Message, store_host: &SocketAddr, max_body: usize) -> Result
         + 8
         + 4
         + 8
-        + born_len
+        + host_len(&msg.born_host)
         + 8
-        + store_len
+        + host_len(store_host)
         + 4
         + 8
         + 4
@@ -210,6 +227,17 @@ pub fn encode(msg: &Message, store_host: &SocketAddr, max_body: usize) -> Result
         + msg.topic.len()
         + 2
         + props_len;
+    Ok((total, props_len))
+}
+
+/// Encodes `msg` as a commit-log record, leaving queue offset, physical offset and store
+/// time at zero for [`EncodedRecord::assign`]. Validates topic, queue id (at most
+/// `i32::MAX`), body size and properties.
+pub fn encode(msg: &Message, store_host: &SocketAddr, max_body: usize) -> Result<EncodedRecord> {
+    let (total, props_len) = checked_len(msg, store_host, max_body)?;
+    let v2 = msg.topic.len() > MAX_TOPIC_LEN_V1;
+    let born_len = host_len(&msg.born_host);
+    let store_len = host_len(store_host);
 
     let mut sys_flag = msg.sys_flag & !(SYSFLAG_BORN_HOST_V6 | SYSFLAG_STORE_HOST_V6);
     if born_len == IPV6_HOST_LEN {

@@ -4,7 +4,7 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use crate::commit_log::record::{RecordView, Records, Step};
+use crate::commit_log::record::{BLANK_RECORD_LEN, RecordView, Records, Step};
 use crate::error::{Error, Result};
 use crate::fs::mapped_file::{FileWriter, MappedFile};
 
@@ -54,7 +54,17 @@ fn scan_file(
                 // magic alone, a damaged record there would hide the rest of the file.
                 let pos = from + records.position();
                 let declared = i32::from_be_bytes(bytes[pos..pos + 4].try_into().expect("4"));
-                if usize::try_from(declared) != Ok(bytes.len() - pos) {
+                let rest_zero = || bytes[pos + BLANK_RECORD_LEN..].iter().all(|&b| b == 0);
+                if usize::try_from(declared) != Ok(bytes.len() - pos) && rest_zero() {
+                    // Only the size damaged: nothing follows it but the zeros a blank
+                    // leaves. Still the file's end.
+                    log::warn!(
+                        "{}: the blank record at {} says it fills {declared} bytes, not the                          {} left, but only zeros follow it: taken for the file's end",
+                        file.path().display(),
+                        records.offset(),
+                        bytes.len() - pos
+                    );
+                } else if usize::try_from(declared) != Ok(bytes.len() - pos) {
                     let reason = format!(
                         "a blank record of {declared} bytes, {} before the file's end",
                         bytes.len() - pos

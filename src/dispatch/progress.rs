@@ -122,7 +122,7 @@ fn encode(seq: u64, p: &Progress) -> [u8; RECORD] {
     b
 }
 
-/// The highest sequence number a slot may hold.
+/// Sequence numbers stay below it.
 const MAX_SEQ: u64 = 1 << 62;
 
 fn decode(b: &[u8; RECORD]) -> Option<(u64, Progress)> {
@@ -131,7 +131,7 @@ fn decode(b: &[u8; RECORD]) -> Option<(u64, Progress)> {
     let seq = word(0);
     // A sequence number past 2^62 was never written (one a nanosecond would take 146
     // years to get there) and could not be counted on from without overflowing.
-    if seq == 0 || seq > MAX_SEQ || crc32fast::hash(&b[..40]) != crc {
+    if seq == 0 || seq >= MAX_SEQ || crc32fast::hash(&b[..40]) != crc {
         return None;
     }
     Some((

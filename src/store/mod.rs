@@ -371,7 +371,9 @@ impl MessageStore {
     /// Appends a batch of messages of one topic and queue, with consecutive queue offsets,
     /// contiguously in one file. The result describes the first message; `wrote_bytes` and
     /// `message_count` cover the batch. Its bodies may add up to at most
-    /// [`StoreConfig::max_message_size`] bytes, and its records must fit in one file.
+    /// [`StoreConfig::max_message_size`] bytes, its records to at most 64 KiB more (as one
+    /// message's record, with its headers and properties, is), and they must fit in one
+    /// file.
     pub fn put_messages(&self, msgs: &[Message]) -> Result<PutResult> {
         let started = Instant::now();
         let first = msgs.first().ok_or_else(|| Error::InvalidBatch {
@@ -392,12 +394,17 @@ impl MessageStore {
             .iter()
             .map(|m| self.encode(m))
             .collect::<Result<Vec<_>>>()?;
+        let max = self.inner.config.max_message_size;
         let size: usize = msgs.iter().map(|m| m.body.len()).sum();
-        if size > self.inner.config.max_message_size {
-            return Err(Error::BatchTooLarge {
-                size,
-                max: self.inner.config.max_message_size,
-            });
+        if size > max {
+            return Err(Error::BatchTooLarge { size, max });
+        }
+        // Nor may small bodies with large properties make a batch the put lock would copy
+        // for long: its records are bounded as one message's are, body and all.
+        let encoded: usize = records.iter().map(EncodedRecord::len).sum();
+        let max = max.saturating_add(BATCH_RECORD_SLACK);
+        if encoded > max {
+            return Err(Error::BatchTooLarge { size: encoded, max });
         }
         let appended = self.after_append(self.inner.log.append(
             &mut records,
@@ -655,7 +662,9 @@ impl MessageStore {
     /// message's commit-log offset, record size and tag code (the tag hash, or the code a
     /// [`TagCode`](crate::TagCode) chose, such as a delayed message's delivery time, which
     /// a schedule service reads here without reading the message). Fewer than `max` at
-    /// the end of a queue file (ask again from the next offset); empty below the queue's
+    /// the end of a queue file (ask again from the next offset) and before the first
+    /// message not readable yet (under [`StoreConfig::read_confirmed_only`], past the
+    /// confirm offset); empty below the queue's
     /// [`min_offset_in_queue`](Self::min_offset_in_queue), at or past its
     /// [`max_offset_in_queue`](Self::max_offset_in_queue), and for an unknown queue.
     ///
@@ -681,10 +690,16 @@ impl MessageStore {
         queue_offset: u64,
         max: usize,
     ) -> Result<Vec<crate::format::CqEntry>> {
-        match self.inner.queues.get(topic, queue_id) {
-            Some(q) if queue_offset >= q.min_offset() => q.entries(queue_offset, max),
-            _ => Ok(Vec::new()),
+        let mut entries = match self.inner.queues.get(topic, queue_id) {
+            Some(q) if queue_offset >= q.min_offset() => q.entries(queue_offset, max)?,
+            _ => return Ok(Vec::new()),
+        };
+        // As reads do: nothing at or past what may be read (`read_confirmed_only`).
+        let readable = self.inner.log.readable_offset();
+        if let Some(cut) = entries.iter().position(|e| e.physical_offset >= readable) {
+            entries.truncate(cut);
         }
+        Ok(entries)
     }
 
     /// Commit-log offset of the message at `queue_offset` of `topic`/`queue_id`, if
@@ -993,6 +1008,10 @@ impl MessageStore {
         }
     }
 }
+
+/// How far a batch's records may exceed `max_message_size`: no single message's record
+/// exceeds its body by more (32 KiB of properties, a 255-byte topic, the header).
+const BATCH_RECORD_SLACK: usize = 64 << 10;
 
 thread_local! {
     /// Set while this thread runs a store's shutdown: the wakers the shutdown wakes run

@@ -417,6 +417,19 @@ impl<'a> QueueRebuild<'a> {
                 true
             }
             None => {
+                // A queue's first record since the stall continues what was indexed of it
+                // (or one of its entries indexed already, seen again); a queue nothing was
+                // indexed of starts at 0 when the scan began at the log's very start.
+                // Otherwise (a queue whose records lay below the scan) it cannot be told.
+                let queues = self.queues.as_ref().expect("begin() comes first");
+                let at_most = match queues.get(view.topic, view.queue_id) {
+                    Some(q) => q.next_offset(),
+                    None if self.start_offset == 0 => 0,
+                    None => MAX_QUEUE_OFFSET,
+                };
+                if view.queue_offset > at_most {
+                    return false;
+                }
                 self.stalled_next.insert(key, view.queue_offset + 1);
                 true
             }

@@ -9,7 +9,7 @@ use bytes::Bytes;
 use super::MessageStore;
 use std::os::unix::fs::FileExt;
 
-use crate::commit_log::record::{BLANK_RECORD_LEN, Records, Step};
+use crate::commit_log::record::{BLANK_RECORD_LEN, MAGIC_V1, MAGIC_V2, Records, Step};
 use crate::commit_log::replicate::{LogHold, ReplicatedPut};
 use crate::config::{FlushMode, StoreConfig};
 use crate::error::{Error, Result};
@@ -239,11 +239,17 @@ fn check_boundary(
     let mut base = 0;
     let mut buf = Vec::new();
     while base < rel {
-        // The record at `base` may be larger than a window: its size field says.
-        let mut header = [0u8; 4];
+        // The record at `base` may be larger than a window: its size field says, once its
+        // magic code says it is a record (a damaged header must not size the read).
+        let mut header = [0u8; 8];
         file.read_exact_at(&mut header, base as u64)
             .map_err(|e| Error::io("read", path, e))?;
-        let size = usize::try_from(i32::from_be_bytes(header)).unwrap_or(0);
+        let magic = u32::from_be_bytes(header[4..].try_into().expect("4 bytes"));
+        if magic != MAGIC_V1 && magic != MAGIC_V2 {
+            return Err(not_a_boundary());
+        }
+        let size = i32::from_be_bytes(header[..4].try_into().expect("4 bytes"));
+        let size = usize::try_from(size).unwrap_or(0);
         if base + size > rel {
             return Err(not_a_boundary());
         }

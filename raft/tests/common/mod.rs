@@ -93,7 +93,20 @@ impl Cluster {
 
     /// Opens node `id`, its store's file operations through `hook` if one is given.
     pub async fn open_with(&mut self, id: NodeId, hook: Option<Arc<dyn rocketstore::IoHook>>) {
-        self.try_open_with(id, hook).await.expect("open a node");
+        // A node dropped the hard way keeps its lock until openraft's tasks that still
+        // hold its Raft log have ended (they outlive `Raft::shutdown` briefly): wait for
+        // them, as a restarting process would.
+        let deadline = Instant::now() + WAIT;
+        loop {
+            match self.try_open_with(id, hook.clone()).await {
+                Err(Error::Store(rocketstore::Error::StoreLocked { .. }))
+                    if Instant::now() < deadline =>
+                {
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+                result => return result.expect("open a node"),
+            }
+        }
     }
 
     /// [`Cluster::open_with`], returning the error of an open that fails.
