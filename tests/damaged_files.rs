@@ -39,19 +39,6 @@ fn template(dir: &Path) -> Acked {
     acked
 }
 
-fn copy_dir(from: &Path, to: &Path) {
-    fs::create_dir_all(to).unwrap();
-    for entry in fs::read_dir(from).unwrap() {
-        let entry = entry.unwrap();
-        let target = to.join(entry.file_name());
-        if entry.file_type().unwrap().is_dir() {
-            copy_dir(&entry.path(), &target);
-        } else {
-            fs::copy(entry.path(), target).unwrap();
-        }
-    }
-}
-
 /// An opened store holds exactly what was acknowledged, and goes on.
 fn check(store: &MessageStore, acked: &Acked, what: &str) {
     for q in 0..QUEUES {

@@ -117,16 +117,20 @@ fn damage_below_the_checkpoint_after_a_crash_is_refused_not_cut() {
     let at = victim.physical_offset - last_file + u64::from(victim.wrote_bytes) - 200;
     file.write_all_at(&[0xEE], at).unwrap();
     drop(file);
-    let before = log_files(dir.path());
-    fs::write(layout::abort_file(dir.path()), b"").unwrap();
+    crash_refuses_at(dir.path(), victim.physical_offset);
+    let _ = topic;
+}
 
-    let err = MessageStore::open(config(dir.path(), sync_mode())).unwrap_err();
+/// After a crash, the open refuses with `Corrupted` at `offset` and changes no log file.
+fn crash_refuses_at(dir: &Path, offset: u64) {
+    let before = log_files(dir);
+    fs::write(layout::abort_file(dir), b"").unwrap();
+    let err = MessageStore::open(config(dir, sync_mode())).unwrap_err();
     match &err {
-        Error::Corrupted { offset, .. } => assert_eq!(*offset, victim.physical_offset, "{err}"),
+        Error::Corrupted { offset: at, .. } => assert_eq!(*at, offset, "{err}"),
         other => panic!("expected Corrupted, got {other}"),
     }
-    assert!(log_files(dir.path()) == before, "log changed");
-    let _ = topic;
+    assert!(log_files(dir) == before, "log changed");
 }
 
 /// A record whose magic code is damaged into the blank record's, below what the
@@ -151,15 +155,7 @@ fn a_blank_record_that_does_not_end_its_file_is_damage_not_an_end() {
     file.write_all_at(&rocketstore::format::BLANK_MAGIC.to_be_bytes(), at + 4)
         .unwrap();
     drop(file);
-    let before = log_files(dir.path());
-    fs::write(layout::abort_file(dir.path()), b"").unwrap();
-
-    let err = MessageStore::open(config(dir.path(), sync_mode())).unwrap_err();
-    match &err {
-        Error::Corrupted { offset, .. } => assert_eq!(*offset, victim.physical_offset, "{err}"),
-        other => panic!("expected Corrupted, got {other}"),
-    }
-    assert!(log_files(dir.path()) == before, "log changed");
+    crash_refuses_at(dir.path(), victim.physical_offset);
 }
 
 /// A real blank record whose size field alone is damaged (nothing but zeros after it)

@@ -20,19 +20,6 @@ fn cfg(dir: &Path) -> StoreConfig {
     config(dir, sync_mode()).consume_queue_entries_per_file(256)
 }
 
-fn copy_dir(from: &Path, to: &Path) {
-    fs::create_dir_all(to).unwrap();
-    for entry in fs::read_dir(from).unwrap() {
-        let entry = entry.unwrap();
-        let target = to.join(entry.file_name());
-        if entry.file_type().unwrap().is_dir() {
-            copy_dir(&entry.path(), &target);
-        } else {
-            fs::copy(entry.path(), target).unwrap();
-        }
-    }
-}
-
 #[derive(Debug, Clone, Copy)]
 enum Damage {
     Truncate,

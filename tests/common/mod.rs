@@ -201,3 +201,17 @@ pub fn tear_log_at(dir: &Path, offset: u64) {
         .unwrap();
     std::fs::write(layout::abort_file(dir), b"").unwrap();
 }
+
+/// Copies the directory tree `from` to `to` (a store, to damage a copy of it).
+pub fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let target = to.join(entry.file_name());
+        if entry.file_type().unwrap().is_dir() {
+            copy_dir(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), target).unwrap();
+        }
+    }
+}
