@@ -59,7 +59,8 @@ fn scan_file(
                     // Only the size damaged: nothing follows it but the zeros a blank
                     // leaves. Still the file's end.
                     log::warn!(
-                        "{}: the blank record at {} says it fills {declared} bytes, not the                          {} left, but only zeros follow it: taken for the file's end",
+                        "{}: the blank record at {} says it fills {declared} bytes, not the {} \
+                         left, but only zeros follow it: taken for the file's end",
                         file.path().display(),
                         records.offset(),
                         bytes.len() - pos
