@@ -407,10 +407,11 @@ impl LogFiles {
                     }
                     Ok(Step::Blank) => {
                         let unused = (len - at) as u64;
-                        let declared = size_field(rest);
                         // As the open takes it: a blank that does not fill the rest of
                         // its file is damage (a damaged magic code), not the file's end.
-                        if u64::try_from(declared) != Ok(unused) {
+                        let (declared, fills) =
+                            crate::commit_log::record::blank_fills(rest, len - at);
+                        if !fills {
                             let reason = format!(
                                 "a blank record of {declared} bytes, {unused} before the file's end"
                             );

@@ -679,3 +679,67 @@ fn stalled_recovery_meets_a_damaged_queue_offset(victim_at: usize, queue_lost: b
         ),
     }
 }
+
+/// The same stall where nothing in the log is damaged but a queue lost the tail of its
+/// file (derived data), its lost entries' records before the scan's start. That is the
+/// queues' fault, not the log's: they are rebuilt (here before the stall: the rebuild
+/// meets the stall, and the queue's records after it continue what it indexed), and
+/// nothing is refused or cut.
+#[test]
+fn a_queue_short_on_disk_when_recovery_stalls_is_rebuilt_not_taken_for_damage() {
+    use std::os::unix::fs::FileExt;
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = || config(dir.path(), sync_mode());
+    let (end, next) = {
+        let store = MessageStore::open(cfg()).unwrap();
+        for i in 0..6 {
+            store.put_message(&message("A", 0, "a", i)).unwrap();
+        }
+        fill_log_files(&store, "B", 1);
+        // The record whose indexing stalls, then the file ends.
+        store.put_message(&message("A", 1, "a", 0)).unwrap();
+        fill_log_files(&store, "B", 2);
+        let next = store.put_message(&message("A", 0, "a", 6)).unwrap();
+        assert_eq!(next.queue_offset, 6);
+        store.shutdown().unwrap();
+        (store.max_physical_offset(), next)
+    };
+    // A crash whose queues vouch for the first file: the scan starts at the second.
+    let path = layout::checkpoint_file(dir.path());
+    let cp = rocketstore::CheckpointTimes::read(&path).unwrap().unwrap();
+    rocketstore::CheckpointTimes {
+        logics_offset: SMALL_FILE,
+        ..cp
+    }
+    .write(&path)
+    .unwrap();
+    let _ = fs::remove_file(layout::queue_table_file(dir.path()));
+    fs::remove_dir_all(layout::queue_dir(dir.path(), "A", 1)).unwrap();
+    // Queue 0 lost entries 3 to 5 (their records are in the first file).
+    let queue_file = layout::queue_dir(dir.path(), "A", 0).join(layout::file_name(0));
+    fs::OpenOptions::new()
+        .write(true)
+        .open(queue_file)
+        .unwrap()
+        .write_all_at(&[0u8; 60], 60)
+        .unwrap();
+    fs::write(layout::abort_file(dir.path()), b"").unwrap();
+    let hook = Arc::new(QueueDirFull {
+        dir: layout::queue_dir(dir.path(), "A", 1),
+        armed: true.into(),
+    });
+    let store = MessageStore::open(cfg().io_hook(hook.clone())).expect("opens");
+    assert_eq!(store.max_physical_offset(), end, "nothing cut");
+    hook.armed.store(false, Ordering::SeqCst);
+    let put = store.put_message(&message("A", 0, "a", 7)).unwrap();
+    assert_eq!(
+        put.queue_offset, 7,
+        "the queue goes on after {}",
+        next.queue_offset
+    );
+    assert!(store.wait_dispatched_to(
+        store.max_physical_offset(),
+        std::time::Duration::from_secs(30)
+    ));
+    assert_eq!(store.get_message("A", 0, 0, 16).unwrap().messages.len(), 8);
+}

@@ -295,6 +295,13 @@ pub fn blank_record(bytes_left: usize) -> [u8; BLANK_RECORD_LEN] {
     b
 }
 
+/// The size a blank record starting `at_blank` declares, and whether it is `left`: a
+/// blank fills the rest of its file, and says how much that is.
+pub(crate) fn blank_fills(at_blank: &[u8], left: usize) -> (i32, bool) {
+    let declared = i32::from_be_bytes(at_blank[..4].try_into().expect("a blank's 8 bytes"));
+    (declared, usize::try_from(declared) == Ok(left))
+}
+
 /// What the first eight bytes at a position say is there.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Peek {

@@ -4,7 +4,7 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use crate::commit_log::record::{BLANK_RECORD_LEN, RecordView, Records, Step};
+use crate::commit_log::record::{BLANK_RECORD_LEN, RecordView, Records, Step, blank_fills};
 use crate::error::{Error, Result};
 use crate::fs::mapped_file::{FileWriter, MappedFile};
 
@@ -53,9 +53,9 @@ fn scan_file(
                 // (RocketMQ's too): one that does not is damage, not an end. Taken on its
                 // magic alone, a damaged record there would hide the rest of the file.
                 let pos = from + records.position();
-                let declared = i32::from_be_bytes(bytes[pos..pos + 4].try_into().expect("4"));
+                let (declared, fills) = blank_fills(&bytes[pos..], bytes.len() - pos);
                 let rest_zero = || bytes[pos + BLANK_RECORD_LEN..].iter().all(|&b| b == 0);
-                if usize::try_from(declared) != Ok(bytes.len() - pos) && rest_zero() {
+                if !fills && rest_zero() {
                     // Only the size damaged: nothing follows it but the zeros a blank
                     // leaves. Still the file's end.
                     log::warn!(
@@ -65,7 +65,7 @@ fn scan_file(
                         records.offset(),
                         bytes.len() - pos
                     );
-                } else if usize::try_from(declared) != Ok(bytes.len() - pos) {
+                } else if !fills {
                     let reason = format!(
                         "a blank record of {declared} bytes, {} before the file's end",
                         bytes.len() - pos

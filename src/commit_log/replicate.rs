@@ -14,7 +14,7 @@ use bytes::Bytes;
 
 use super::{CommitLog, queue_slot};
 use crate::commit_log::flush::PutFuture;
-use crate::commit_log::record::{BLANK_RECORD_LEN, Peek, Records, Step, peek};
+use crate::commit_log::record::{BLANK_RECORD_LEN, Peek, Records, Step, blank_fills, peek};
 use crate::error::{Error, Result};
 use crate::message::PutResult;
 
@@ -152,9 +152,8 @@ impl CommitLog {
                 }
                 Step::Blank => {
                     let pos = records.position();
-                    let declared =
-                        i32::from_be_bytes(bytes[pos..pos + 4].try_into().expect("4 bytes"));
-                    if pos + BLANK_RECORD_LEN != bytes.len() || declared as usize != room - pos {
+                    let (declared, fills) = blank_fills(&bytes[pos..], room - pos);
+                    if pos + BLANK_RECORD_LEN != bytes.len() || !fills {
                         return Err(Error::corrupted(
                             records.offset(),
                             format!(

@@ -401,39 +401,53 @@ impl<'a> QueueRebuild<'a> {
         }
     }
 
-    /// Notes the queue offset after `view`'s, for a queue that indexing no longer reaches;
-    /// false when the record's queue offset cannot be its queue's (QUEUEOFFSET is not under
-    /// the body CRC): past any queue's reach, or not continuing the queue's records since
-    /// the stall. A damaged offset taken here would move its queue's next offset far on.
+    /// Notes the queue offset after `view`'s, for a queue that indexing no longer reaches.
+    /// A queue offset that cannot be its queue's (QUEUEOFFSET is not under the body CRC)
+    /// is treated as indexing treats it: from empty queues, a damaged record (false); from
+    /// the checkpoint, a sign that the queues may be what is wrong (a queue file's tail
+    /// lost), so the queues are rebuilt, which decides. Taken as it is, a damaged offset
+    /// would move its queue's next offset far on.
     fn track_next(&mut self, view: &RecordView<'_>) -> bool {
-        if view.queue_offset > MAX_QUEUE_OFFSET {
+        let Err(reason) = self.next_after_stall(view) else {
+            return true;
+        };
+        if self.mode == Mode::Rebuild {
             return false;
         }
-        let key = (view.topic.to_owned(), view.queue_id);
-        match self.stalled_next.get_mut(&key) {
-            Some(next) if *next != view.queue_offset => false,
-            Some(next) => {
-                *next += 1;
-                true
-            }
-            None => {
-                // A queue's first record since the stall continues what was indexed of it
-                // (or one of its entries indexed already, seen again); a queue nothing was
-                // indexed of starts at 0 when the scan began at the log's very start.
-                // Otherwise (a queue whose records lay below the scan) it cannot be told.
-                let queues = self.queues.as_ref().expect("begin() comes first");
-                let at_most = match queues.get(view.topic, view.queue_id) {
-                    Some(q) => q.next_offset(),
-                    None if self.start_offset == 0 => 0,
-                    None => MAX_QUEUE_OFFSET,
-                };
-                if view.queue_offset > at_most {
-                    return false;
-                }
-                self.stalled_next.insert(key, view.queue_offset + 1);
-                true
-            }
+        self.mismatch = Some(reason);
+        true
+    }
+
+    /// Records `view`'s queue offset as its queue's last since the stall, if it can be:
+    /// in range, continuing the queue's records since the stall, and the first of them at
+    /// most what was indexed of the queue (an entry indexed already, seen again, is
+    /// lower); for a queue nothing was indexed of, 0 when the scan began at the log's very
+    /// start (otherwise its records may lie below the scan: it cannot be told).
+    fn next_after_stall(&mut self, view: &RecordView<'_>) -> std::result::Result<(), String> {
+        let (topic, id, at) = (view.topic, view.queue_id, view.queue_offset);
+        let key = (topic.to_owned(), id);
+        let expected = match self.stalled_next.get(&key) {
+            Some(next) => Some(*next),
+            None => match self
+                .queues
+                .as_ref()
+                .expect("begin() comes first")
+                .get(topic, id)
+            {
+                Some(q) => (at > q.next_offset()).then(|| q.next_offset()),
+                None if self.start_offset == 0 => (at > 0).then_some(0),
+                None => None,
+            },
+        };
+        let fits = at <= MAX_QUEUE_OFFSET && expected.is_none_or(|e| e == at);
+        if !fits {
+            let want = expected.map_or("a queue offset in range".into(), |e| e.to_string());
+            return Err(format!(
+                "{topic}/{id}: queue offset {at} where {want} was due"
+            ));
         }
+        self.stalled_next.insert(key, at + 1);
+        Ok(())
     }
 }
 
