@@ -20,14 +20,26 @@ use openraft::{BasicNode, LogId};
 use rocketstore::{GetStatus, Message};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
 use crate::{Error, NodeId, ReplicatedStore, TypeConfig};
 
 /// Frames larger than this are refused (a snapshot chunk is at most openraft's
-/// `snapshot_max_chunk_size`, 3 MiB by default).
+/// `snapshot_max_chunk_size`, 3 MiB by default). The buffer grows as the bytes arrive,
+/// so a length alone reserves no memory.
 pub const MAX_FRAME: usize = 64 << 20;
+
+/// A served connection that starts no request for this long is closed. Peers and
+/// clients reconnect: a [`Client`] checks that its connection is still open before it
+/// sends on it.
+pub const IDLE_TIMEOUT: Duration = Duration::from_secs(300);
+
+/// A frame that has started must arrive whole within this long.
+pub const FRAME_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// The first reservation for a frame's bytes; the rest grows as they arrive.
+const FIRST_RESERVE: usize = 64 << 10;
 
 /// A request to a node.
 #[derive(Serialize, Deserialize)]
@@ -131,17 +143,50 @@ async fn write_frame<T: Serialize>(stream: &mut TcpStream, value: &T) -> io::Res
     stream.write_all(&buf).await
 }
 
-async fn read_frame<T: DeserializeOwned>(stream: &mut TcpStream) -> io::Result<T> {
+async fn read_frame<T: DeserializeOwned>(stream: &mut (impl AsyncRead + Unpin)) -> io::Result<T> {
     let len = stream.read_u32().await? as usize;
+    read_body(stream, len).await
+}
+
+/// The frame whose length was read: its bytes, decoded.
+async fn read_body<T: DeserializeOwned>(
+    stream: &mut (impl AsyncRead + Unpin),
+    len: usize,
+) -> io::Result<T> {
     if len > MAX_FRAME {
         return Err(io::Error::new(
             io::ErrorKind::InvalidData,
             format!("a frame of {len} bytes"),
         ));
     }
-    let mut buf = vec![0; len];
-    stream.read_exact(&mut buf).await?;
+    // Reserve only what has a chance of arriving: a peer that announces 64 MiB and
+    // sends nothing costs one small buffer, not the whole frame.
+    let mut buf = Vec::with_capacity(len.min(FIRST_RESERVE));
+    let got = stream.take(len as u64).read_to_end(&mut buf).await?;
+    if got < len {
+        return Err(io::Error::new(
+            io::ErrorKind::UnexpectedEof,
+            format!("a frame of {len} bytes ended after {got}"),
+        ));
+    }
     ciborium::from_reader(&buf[..]).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
+}
+
+/// The next request on a served connection: `None` once the peer is gone or silent for
+/// `idle`, or its frame is damaged or slower than `frame`.
+async fn next_request(
+    stream: &mut (impl AsyncRead + Unpin),
+    idle: Duration,
+    frame: Duration,
+) -> Option<Request> {
+    let len = tokio::time::timeout(idle, stream.read_u32())
+        .await
+        .ok()?
+        .ok()? as usize;
+    tokio::time::timeout(frame, read_body(stream, len))
+        .await
+        .ok()?
+        .ok()
 }
 
 /// One connection to a node, reconnecting after an error.
@@ -172,6 +217,11 @@ impl Client {
     }
 
     async fn call_inner(&mut self, req: &Request) -> io::Result<Response> {
+        if self.stream.as_ref().is_some_and(|s| !still_open(s)) {
+            // Closed by the node (idle, or restarted): a request sent on it would be
+            // lost with no way to tell whether it was served.
+            self.stream = None;
+        }
         if self.stream.is_none() {
             let stream = TcpStream::connect(&self.addr).await?;
             stream.set_nodelay(true)?;
@@ -242,6 +292,13 @@ impl Client {
     }
 }
 
+/// Whether a connection with no request in flight is still open: the node sends nothing
+/// unasked, so anything readable (its end of stream, or stray bytes) means it is not.
+fn still_open(stream: &TcpStream) -> bool {
+    let mut byte = [0u8; 1];
+    matches!(stream.try_read(&mut byte), Err(e) if e.kind() == io::ErrorKind::WouldBlock)
+}
+
 fn unexpected() -> io::Error {
     io::Error::new(io::ErrorKind::InvalidData, "an answer to another request")
 }
@@ -254,7 +311,7 @@ pub async fn serve(listener: TcpListener, node: Arc<ReplicatedStore>) -> io::Res
         stream.set_nodelay(true)?;
         let node = Arc::clone(&node);
         tokio::spawn(async move {
-            while let Ok(req) = read_frame::<Request>(&mut stream).await {
+            while let Some(req) = next_request(&mut stream, IDLE_TIMEOUT, FRAME_TIMEOUT).await {
                 let resp = handle(&node, req).await;
                 if write_frame(&mut stream, &resp).await.is_err() {
                     break;
@@ -422,5 +479,117 @@ impl RaftNetwork<TypeConfig> for TcpPeer {
             _ => None,
         })
         .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn status() -> Status {
+        Status {
+            id: 7,
+            leader: None,
+            term: 3,
+            last_applied: None,
+            log_end: 0,
+            raft_log_bytes: 0,
+        }
+    }
+
+    #[tokio::test]
+    async fn a_frame_announced_longer_than_what_arrives_is_refused() {
+        let (mut ours, mut theirs) = tokio::io::duplex(1 << 20);
+        ours.write_u32(MAX_FRAME as u32).await.unwrap();
+        ours.write_all(&[0xa0; 10]).await.unwrap();
+        drop(ours);
+        let err = read_frame::<Request>(&mut theirs).await.err().unwrap();
+        assert_eq!(err.kind(), io::ErrorKind::UnexpectedEof);
+        assert!(err.to_string().contains("ended after 10"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn a_frame_longer_than_the_limit_is_refused_before_its_bytes() {
+        let (mut ours, mut theirs) = tokio::io::duplex(64);
+        ours.write_u32(MAX_FRAME as u32 + 1).await.unwrap();
+        let err = read_frame::<Request>(&mut theirs).await.err().unwrap();
+        assert_eq!(err.kind(), io::ErrorKind::InvalidData);
+    }
+
+    #[tokio::test]
+    async fn a_frame_larger_than_the_first_reservation_arrives_whole() {
+        let (mut ours, mut theirs) = tokio::io::duplex(4096);
+        let body = Bytes::from(vec![0x5a; 3 * FIRST_RESERVE + 17]);
+        let req = Request::Put {
+            topic: "t".into(),
+            queue_id: 1,
+            body: body.clone(),
+        };
+        let mut buf = vec![0u8; 4];
+        ciborium::into_writer(&req, &mut buf).unwrap();
+        let len = (buf.len() - 4) as u32;
+        buf[..4].copy_from_slice(&len.to_be_bytes());
+        let writer = tokio::spawn(async move { ours.write_all(&buf).await });
+        match read_frame::<Request>(&mut theirs).await.unwrap() {
+            Request::Put { body: got, .. } => assert_eq!(got, body),
+            _ => panic!("another request"),
+        }
+        writer.await.unwrap().unwrap();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_silent_connection_is_given_up_after_the_idle_timeout() {
+        let (_ours, mut theirs) = tokio::io::duplex(64);
+        let started = tokio::time::Instant::now();
+        assert!(
+            next_request(&mut theirs, IDLE_TIMEOUT, FRAME_TIMEOUT)
+                .await
+                .is_none()
+        );
+        assert!(started.elapsed() >= IDLE_TIMEOUT);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_frame_that_stops_arriving_is_given_up_after_the_frame_timeout() {
+        let (mut ours, mut theirs) = tokio::io::duplex(64);
+        ours.write_u32(1000).await.unwrap();
+        ours.write_all(&[0; 10]).await.unwrap();
+        let started = tokio::time::Instant::now();
+        assert!(
+            next_request(&mut theirs, IDLE_TIMEOUT, FRAME_TIMEOUT)
+                .await
+                .is_none()
+        );
+        let waited = started.elapsed();
+        assert!(
+            waited >= FRAME_TIMEOUT && waited < IDLE_TIMEOUT,
+            "{waited:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_client_reconnects_when_the_node_closed_its_connection() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        // A node that answers one request per connection, then closes it (as an idle
+        // close would between requests).
+        let node = tokio::spawn(async move {
+            for _ in 0..2 {
+                let (mut stream, _) = listener.accept().await.unwrap();
+                let req: Request = read_frame(&mut stream).await.unwrap();
+                assert!(matches!(req, Request::Status));
+                write_frame(&mut stream, &Response::Status(status()))
+                    .await
+                    .unwrap();
+                stream.shutdown().await.unwrap();
+            }
+        });
+        let mut client = Client::new(addr);
+        assert_eq!(client.status().await.unwrap().id, 7);
+        // The node has closed the first connection: wait until the client can see it.
+        let stream = client.stream.as_ref().unwrap();
+        stream.readable().await.unwrap();
+        assert_eq!(client.status().await.unwrap().term, 3);
+        node.await.unwrap();
     }
 }
