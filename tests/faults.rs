@@ -715,13 +715,15 @@ fn a_queue_short_on_disk_when_recovery_stalls_is_rebuilt_not_taken_for_damage() 
     .unwrap();
     let _ = fs::remove_file(layout::queue_table_file(dir.path()));
     fs::remove_dir_all(layout::queue_dir(dir.path(), "A", 1)).unwrap();
-    // Queue 0 lost entries 3 to 5 (their records are in the first file).
+    // Queue 0 lost its tail from entry 3 (records 3 to 5 are in the first file, below
+    // the scan): it loads whole but short, so only the stalled scan can meet the misfit,
+    // when record 6 comes where 3 is due.
     let queue_file = layout::queue_dir(dir.path(), "A", 0).join(layout::file_name(0));
     fs::OpenOptions::new()
         .write(true)
         .open(queue_file)
         .unwrap()
-        .write_all_at(&[0u8; 60], 60)
+        .write_all_at(&[0u8; 80], 60)
         .unwrap();
     fs::write(layout::abort_file(dir.path()), b"").unwrap();
     let hook = Arc::new(QueueDirFull {
