@@ -20,7 +20,7 @@ use openraft::{BasicNode, LogId};
 use rocketstore::{GetStatus, Message};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
 use crate::{Error, NodeId, ReplicatedStore, TypeConfig};
@@ -31,15 +31,20 @@ use crate::{Error, NodeId, ReplicatedStore, TypeConfig};
 pub const MAX_FRAME: usize = 64 << 20;
 
 /// A served connection that starts no request for this long is closed. Peers and
-/// clients reconnect: a [`Client`] checks that its connection is still open before it
-/// sends on it.
+/// clients reconnect: a [`Client`] does not reuse a connection idle for half of this,
+/// and checks that one it reuses is still open.
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(300);
 
-/// A frame that has started must arrive whole within this long.
+/// A frame that has started must arrive whole within this long, and an answer must be
+/// taken by the peer within this long.
 pub const FRAME_TIMEOUT: Duration = Duration::from_secs(60);
 
-/// The first reservation for a frame's bytes; the rest grows as they arrive.
-const FIRST_RESERVE: usize = 64 << 10;
+/// At most this many connections are served at once; more wait to be accepted.
+pub const MAX_CONNECTIONS: usize = 1024;
+
+/// The first reservation for a frame's bytes; it doubles as they arrive, never past the
+/// frame's length.
+const FIRST_RESERVE: usize = 16 << 10;
 
 /// A request to a node.
 #[derive(Serialize, Deserialize)]
@@ -135,7 +140,10 @@ pub struct Status {
     pub raft_log_bytes: u64,
 }
 
-async fn write_frame<T: Serialize>(stream: &mut TcpStream, value: &T) -> io::Result<()> {
+async fn write_frame<T: Serialize>(
+    stream: &mut (impl AsyncWrite + Unpin),
+    value: &T,
+) -> io::Result<()> {
     let mut buf = vec![0u8; 4];
     ciborium::into_writer(value, &mut buf).map_err(io::Error::other)?;
     let len = (buf.len() - 4) as u32;
@@ -153,23 +161,35 @@ async fn read_body<T: DeserializeOwned>(
     stream: &mut (impl AsyncRead + Unpin),
     len: usize,
 ) -> io::Result<T> {
+    let buf = read_bytes(stream, len).await?;
+    ciborium::from_reader(&buf[..]).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
+}
+
+/// `len` bytes. Memory is reserved only for what has a chance of arriving: a peer that
+/// announces 64 MiB and sends nothing costs one small buffer, and the buffer never grows
+/// past `len`.
+async fn read_bytes(stream: &mut (impl AsyncRead + Unpin), len: usize) -> io::Result<Vec<u8>> {
     if len > MAX_FRAME {
         return Err(io::Error::new(
             io::ErrorKind::InvalidData,
             format!("a frame of {len} bytes"),
         ));
     }
-    // Reserve only what has a chance of arriving: a peer that announces 64 MiB and
-    // sends nothing costs one small buffer, not the whole frame.
-    let mut buf = Vec::with_capacity(len.min(FIRST_RESERVE));
-    let got = stream.take(len as u64).read_to_end(&mut buf).await?;
-    if got < len {
-        return Err(io::Error::new(
-            io::ErrorKind::UnexpectedEof,
-            format!("a frame of {len} bytes ended after {got}"),
-        ));
+    let mut buf = Vec::new();
+    while buf.len() < len {
+        if buf.len() == buf.capacity() {
+            let grown = (2 * buf.capacity()).max(FIRST_RESERVE).min(len);
+            buf.reserve_exact(grown - buf.len());
+        }
+        let room = (buf.capacity().min(len) - buf.len()) as u64;
+        if stream.take(room).read_buf(&mut buf).await? == 0 {
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                format!("a frame of {len} bytes ended after {}", buf.len()),
+            ));
+        }
     }
-    ciborium::from_reader(&buf[..]).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
+    Ok(buf)
 }
 
 /// The next request on a served connection: `None` once the peer is gone or silent for
@@ -192,7 +212,11 @@ async fn next_request(
 /// One connection to a node, reconnecting after an error.
 pub struct Client {
     addr: String,
-    stream: Option<TcpStream>,
+    /// The connection and when its last answer came. Taken out while a request is in
+    /// flight, and put back only once its answer is read: a call given up half way (its
+    /// future dropped by a caller's own timeout, as openraft's are) leaves no connection
+    /// whose next bytes are the old answer.
+    stream: Option<(TcpStream, tokio::time::Instant)>,
 }
 
 impl Client {
@@ -204,32 +228,36 @@ impl Client {
         }
     }
 
-    /// Sends `req` and waits for the answer, at most `timeout`.
+    /// Sends `req` and waits for the answer, at most `timeout`. An answer of another kind
+    /// than the request's is an error.
     pub async fn call(&mut self, req: &Request, timeout: Duration) -> io::Result<Response> {
         let result = tokio::time::timeout(timeout, self.call_inner(req)).await;
-        let result = result
-            .unwrap_or_else(|_| Err(io::Error::new(io::ErrorKind::TimedOut, "rpc timed out")));
-        if result.is_err() {
-            // The stream may hold half a frame: never reuse it.
-            self.stream = None;
-        }
-        result
+        result.unwrap_or_else(|_| Err(io::Error::new(io::ErrorKind::TimedOut, "rpc timed out")))
     }
 
     async fn call_inner(&mut self, req: &Request) -> io::Result<Response> {
-        if self.stream.as_ref().is_some_and(|s| !still_open(s)) {
-            // Closed by the node (idle, or restarted): a request sent on it would be
-            // lost with no way to tell whether it was served.
-            self.stream = None;
+        // Closed by the node (idle, or restarted), or idle long enough that the node may
+        // be closing it: a request sent on it could be lost with no way to tell whether
+        // it was served.
+        let reusable = |(stream, used): &(TcpStream, tokio::time::Instant)| {
+            used.elapsed() < IDLE_TIMEOUT / 2 && still_open(stream)
+        };
+        let mut stream = match self.stream.take().filter(reusable) {
+            Some((stream, _)) => stream,
+            None => {
+                let stream = TcpStream::connect(&self.addr).await?;
+                stream.set_nodelay(true)?;
+                stream
+            }
+        };
+        write_frame(&mut stream, req).await?;
+        let resp: Response = read_frame(&mut stream).await?;
+        if !answers(req, &resp) {
+            // Whatever put it there, the connection is out of step: drop it.
+            return Err(unexpected());
         }
-        if self.stream.is_none() {
-            let stream = TcpStream::connect(&self.addr).await?;
-            stream.set_nodelay(true)?;
-            self.stream = Some(stream);
-        }
-        let stream = self.stream.as_mut().expect("connected above");
-        write_frame(stream, req).await?;
-        read_frame(stream).await
+        self.stream = Some((stream, tokio::time::Instant::now()));
+        Ok(resp)
     }
 
     /// Puts a message through this node.
@@ -299,25 +327,68 @@ fn still_open(stream: &TcpStream) -> bool {
     matches!(stream.try_read(&mut byte), Err(e) if e.kind() == io::ErrorKind::WouldBlock)
 }
 
+/// Whether `resp` is of the kind that answers `req`.
+fn answers(req: &Request, resp: &Response) -> bool {
+    matches!(
+        (req, resp),
+        (Request::Append(_), Response::Append(_))
+            | (Request::Snapshot(_), Response::Snapshot(_))
+            | (Request::Vote(_), Response::Vote(_))
+            | (Request::Put { .. }, Response::Put(_))
+            | (Request::Read { .. }, Response::Read(_))
+            | (Request::Status, Response::Status(_))
+            | (Request::Initialize(_), Response::Initialize(_))
+    )
+}
+
 fn unexpected() -> io::Error {
     io::Error::new(io::ErrorKind::InvalidData, "an answer to another request")
 }
 
-/// Serves Raft RPCs and client requests for `node` on `listener`, until the listener
-/// fails.
+/// Serves Raft RPCs and client requests for `node` on `listener`, for ever: at most
+/// [`MAX_CONNECTIONS`] at once. A failed accept (out of file descriptors, say) is logged
+/// and retried after a pause.
 pub async fn serve(listener: TcpListener, node: Arc<ReplicatedStore>) -> io::Result<()> {
+    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
     loop {
-        let (mut stream, _) = listener.accept().await?;
-        stream.set_nodelay(true)?;
+        let slot = Arc::clone(&slots)
+            .acquire_owned()
+            .await
+            .expect("the semaphore is never closed");
+        let stream = match listener.accept().await {
+            Ok((stream, _)) => stream,
+            Err(e) => {
+                log::warn!("accept: {e}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        // Only latency depends on it.
+        let _ = stream.set_nodelay(true);
         let node = Arc::clone(&node);
         tokio::spawn(async move {
-            while let Some(req) = next_request(&mut stream, IDLE_TIMEOUT, FRAME_TIMEOUT).await {
-                let resp = handle(&node, req).await;
-                if write_frame(&mut stream, &resp).await.is_err() {
-                    break;
-                }
-            }
+            serve_connection(stream, &node).await;
+            drop(slot);
         });
+    }
+}
+
+/// One connection's requests, one at a time, until the peer goes, falls silent, or takes
+/// too long to send a request or take an answer.
+async fn serve_connection(mut stream: TcpStream, node: &ReplicatedStore) {
+    while let Some(req) = next_request(&mut stream, IDLE_TIMEOUT, FRAME_TIMEOUT).await {
+        // A peer sends nothing while its request is served: anything readable meanwhile
+        // (its end of stream, most likely: it gave up) ends the work for it. A put already
+        // proposed goes on without it.
+        let mut byte = [0u8; 1];
+        let resp = tokio::select! {
+            resp = handle(node, req) => resp,
+            _ = stream.peek(&mut byte) => break,
+        };
+        match tokio::time::timeout(FRAME_TIMEOUT, write_frame(&mut stream, &resp)).await {
+            Ok(Ok(())) => {}
+            _ => break,
+        }
     }
 }
 
@@ -568,6 +639,95 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_frame_buffer_grows_no_further_than_its_length() {
+        let (mut ours, mut theirs) = tokio::io::duplex(4096);
+        let len = 3 * FIRST_RESERVE + 17;
+        let writer = tokio::spawn(async move { ours.write_all(&vec![7u8; len]).await });
+        let got = read_bytes(&mut theirs, len).await.unwrap();
+        assert_eq!((got.len(), got.capacity()), (len, len));
+        assert!(got.iter().all(|b| *b == 7));
+        writer.await.unwrap().unwrap();
+    }
+
+    /// A node on `listener` that answers each connection's requests with `Status`
+    /// answers numbered in order, holding the first answer until `release` fires.
+    fn numbering_node(
+        listener: TcpListener,
+        release: Arc<tokio::sync::Notify>,
+    ) -> tokio::task::JoinHandle<()> {
+        tokio::spawn(async move {
+            let mut number = 0;
+            loop {
+                let Ok((mut stream, _)) = listener.accept().await else {
+                    return;
+                };
+                while let Ok(req) = read_frame::<Request>(&mut stream).await {
+                    assert!(matches!(req, Request::Status));
+                    number += 1;
+                    if number == 1 {
+                        release.notified().await;
+                    }
+                    let answer = Status {
+                        id: number,
+                        ..status()
+                    };
+                    if write_frame(&mut stream, &Response::Status(answer))
+                        .await
+                        .is_err()
+                    {
+                        break;
+                    }
+                }
+            }
+        })
+    }
+
+    #[tokio::test]
+    async fn a_call_given_up_by_its_caller_leaves_no_answer_for_the_next() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let mut client = Client::new(listener.local_addr().unwrap().to_string());
+        let release = Arc::new(tokio::sync::Notify::new());
+        let node = numbering_node(listener, Arc::clone(&release));
+        // The caller's own deadline (openraft's, around every RPC) ends the call before
+        // the client's: the node holds the answer until after it.
+        let call = client.call(&Request::Status, Duration::from_secs(60));
+        let given_up = tokio::time::timeout(Duration::from_millis(50), call).await;
+        assert!(given_up.is_err());
+        release.notify_one();
+        // The late answer (number 1) must not be taken for this call's.
+        assert_eq!(client.status().await.unwrap().id, 2);
+        node.abort();
+    }
+
+    #[tokio::test]
+    async fn an_answer_of_another_kind_is_refused_and_its_connection_dropped() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let mut client = Client::new(listener.local_addr().unwrap().to_string());
+        let node = tokio::spawn(async move {
+            let (mut stream, _) = listener.accept().await.unwrap();
+            let _: Request = read_frame(&mut stream).await.unwrap();
+            write_frame(&mut stream, &Response::Read(Vec::new()))
+                .await
+                .unwrap();
+            // Then the right answer, which a kept connection would give the next call.
+            write_frame(&mut stream, &Response::Status(status()))
+                .await
+                .unwrap();
+            let (mut fresh, _) = listener.accept().await.unwrap();
+            let _: Request = read_frame(&mut fresh).await.unwrap();
+            let answer = Status { id: 8, ..status() };
+            write_frame(&mut fresh, &Response::Status(answer))
+                .await
+                .unwrap();
+            stream
+        });
+        let err = client.status().await.unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::InvalidData);
+        assert_eq!(client.status().await.unwrap().id, 8);
+        drop(node.await.unwrap());
+    }
+
+    #[tokio::test]
     async fn a_client_reconnects_when_the_node_closed_its_connection() {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap().to_string();
@@ -586,9 +746,9 @@ mod tests {
         });
         let mut client = Client::new(addr);
         assert_eq!(client.status().await.unwrap().id, 7);
-        // The node has closed the first connection: wait until the client can see it.
-        let stream = client.stream.as_ref().unwrap();
-        stream.readable().await.unwrap();
+        // Wait until the client's end has the node's end of stream.
+        let (stream, _) = client.stream.as_ref().unwrap();
+        assert_eq!(stream.peek(&mut [0u8; 1]).await.unwrap(), 0);
         assert_eq!(client.status().await.unwrap().term, 3);
         node.await.unwrap();
     }
