@@ -391,3 +391,65 @@ fn dispatcher_names_are_checked() {
         assert!(matches!(e, Err(Error::InvalidConfig { .. })), "{names:?}");
     }
 }
+
+/// Rewrites the progress file at `path` so that its winning slot says `offset`: the
+/// newest valid slot's fields with the offset changed, a higher sequence number and a
+/// matching CRC (FORMAT.md, "Dispatcher progress"), as no run would write it.
+fn forge_progress(path: &std::path::Path, offset: u64) {
+    let mut file = std::fs::read(path).unwrap();
+    let slot = [0usize, 4096]
+        .into_iter()
+        .filter(|&at| file.len() >= at + 44)
+        .filter(|&at| crc32fast::hash(&file[at..at + 40]).to_be_bytes() == file[at + 40..at + 44])
+        .max_by_key(|&at| u64::from_be_bytes(file[at..at + 8].try_into().unwrap()))
+        .expect("a valid slot");
+    let mut fields = file[slot..slot + 40].to_vec();
+    let seq = u64::from_be_bytes(fields[..8].try_into().unwrap());
+    fields[..8].copy_from_slice(&(seq + 1).to_be_bytes());
+    fields[8..16].copy_from_slice(&offset.to_be_bytes());
+    let other = if slot == 0 { 4096 } else { 0 };
+    file.resize(file.len().max(other + 44), 0);
+    file[other..other + 40].copy_from_slice(&fields);
+    let crc = crc32fast::hash(&fields).to_be_bytes();
+    file[other + 40..other + 44].copy_from_slice(&crc);
+    std::fs::write(path, file).unwrap();
+}
+
+#[test]
+fn a_progress_inside_a_record_is_refused_and_nothing_is_changed() {
+    let dir = tempfile::tempdir().unwrap();
+    let (rec, _) = Recorder::new("audit");
+    let store =
+        MessageStore::open_with(config(dir.path(), sync_mode()), vec![Box::new(rec)]).unwrap();
+    let offsets = put_to_queue_0(&store, 0..20);
+    let end = store.max_physical_offset();
+    assert!(store.wait_dispatcher("audit", end, LONG));
+    assert!(store.wait_dispatcher("index", end, LONG));
+    store.shutdown().unwrap();
+    drop(store);
+    for name in ["audit", "index"] {
+        let path = rocketstore::layout::dispatch_progress_file(dir.path(), name);
+        let good = std::fs::read(&path).unwrap();
+        // A record's start is accepted; one byte past it is not.
+        for (at, refused) in [(offsets[7], false), (offsets[7] + 1, true)] {
+            forge_progress(&path, at);
+            let (rec, seen) = Recorder::new("audit");
+            let opened =
+                MessageStore::open_with(config(dir.path(), sync_mode()), vec![Box::new(rec)]);
+            match opened {
+                Err(Error::BadStoreFile { path: named, .. }) if refused => assert_eq!(named, path),
+                Ok(store) if !refused => {
+                    if name == "audit" {
+                        assert_eq!(seen.lock().unwrap().starts, [at]);
+                    }
+                    store.shutdown().unwrap();
+                }
+                other => panic!("{name} at {at}: {:?}", other.map(|_| ())),
+            }
+            std::fs::write(&path, &good).unwrap();
+        }
+    }
+    let store = MessageStore::open(config(dir.path(), sync_mode())).unwrap();
+    assert_eq!(store.max_physical_offset(), end);
+    assert_eq!(store.get_message("T", 0, 0, 64).unwrap().messages.len(), 20);
+}

@@ -1106,6 +1106,16 @@ impl CommitLog {
         file.slice(pos, visible.checked_sub(pos)?)
     }
 
+    /// Whether a record or a file's blank starts at `offset` (below `limit`), by its size
+    /// and magic.
+    pub(crate) fn starts_record(&self, offset: u64, limit: u64) -> bool {
+        let bytes = self.bytes_at(offset, limit).unwrap_or_default();
+        matches!(
+            record::peek(&bytes, offset),
+            Ok(record::Peek::Record { .. } | record::Peek::Blank)
+        )
+    }
+
     /// Refuses further puts and stops the allocation threads; the caller then flushes.
     /// Puts waiting for the confirm offset are woken and resolve to `ShutDown`.
     pub(crate) fn close(&self) {

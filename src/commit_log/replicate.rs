@@ -229,10 +229,8 @@ impl CommitLog {
         let offset = offset.min(end);
         if offset < end && offset > self.min_offset() {
             // Readers stop there: it must be where a record (or a file's blank) starts.
-            let bytes = self.bytes_at(offset, end).unwrap_or_default();
-            match peek(&bytes, offset) {
-                Ok(Peek::Record { .. } | Peek::Blank) => {}
-                _ => return Err(Error::corrupted(offset, "not where a record starts")),
+            if !self.starts_record(offset, end) {
+                return Err(Error::corrupted(offset, "not where a record starts"));
             }
         }
         self.confirm.set(offset);

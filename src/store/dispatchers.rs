@@ -18,12 +18,27 @@ use crate::index::KeyIndex;
 use crate::index::writer::IndexWriter;
 use crate::layout;
 
-/// Where a dispatcher with `progress` resumes in `log`, and the store time before it:
-/// its progress, unless the log no longer reaches there (a crash cut the log's tail below
-/// it, or retention deleted the log's start above it). Without progress: the log's start.
-fn resume_point(log: &CommitLog, progress: Option<Progress>) -> (u64, i64) {
+/// Where a dispatcher with `progress` (read from `path`) resumes in `log`, and the store
+/// time before it: its progress, unless the log no longer reaches there (a crash cut the
+/// log's tail below it, or retention deleted the log's start above it). Without progress:
+/// the log's start. A progress inside the log that is not where a record starts is
+/// refused: no run records one, and the dispatcher would be handed a record's middle.
+fn resume_point(
+    log: &CommitLog,
+    progress: Option<Progress>,
+    path: &std::path::Path,
+) -> Result<(u64, i64)> {
     let (start, end) = (log.min_offset(), log.write_offset());
-    match progress {
+    Ok(match progress {
+        Some(p) if p.offset > start && p.offset < end && !log.starts_record(p.offset, end) => {
+            return Err(Error::BadStoreFile {
+                path: path.to_owned(),
+                reason: format!(
+                    "its progress {} is not where a record starts in the commit log",
+                    p.offset
+                ),
+            });
+        }
         Some(p) if p.offset >= start && p.offset <= end => (p.offset, p.timestamp),
         Some(p) if p.offset > end => (end, log.last_store_timestamp()),
         Some(p) => {
@@ -36,7 +51,7 @@ fn resume_point(log: &CommitLog, progress: Option<Progress>) -> (u64, i64) {
             (start, 0)
         }
         None => (start, 0),
-    }
+    })
 }
 
 /// The dispatchers, ready to run.
@@ -57,9 +72,9 @@ pub(super) fn prepare(
     let mut sinks: Vec<(Box<dyn Sink>, u64, i64)> = Vec::new();
     let mut index = None;
     if config.index_enabled {
-        let (mut progress_file, progress) =
-            ProgressFile::open(layout::dispatch_progress_file(root, INDEX_NAME))?;
-        let (from, timestamp) = resume_point(log, progress);
+        let path = layout::dispatch_progress_file(root, INDEX_NAME);
+        let (mut progress_file, progress) = ProgressFile::open(path.clone())?;
+        let (from, timestamp) = resume_point(log, progress, &path)?;
         let key_index = Arc::new(KeyIndex::open(
             layout::index_dir(root),
             config.index_shape(),
@@ -78,7 +93,8 @@ pub(super) fn prepare(
     }
     for d in broker {
         let (mut external, progress) = External::new(d, root)?;
-        let (from, timestamp) = resume_point(log, progress);
+        let path = layout::dispatch_progress_file(root, external.name());
+        let (from, timestamp) = resume_point(log, progress, &path)?;
         if progress.is_some_and(|p| p.offset != from) {
             // Recorded before `start` is told: a crash now must not bring the old point
             // back, past records the dispatcher was told to forget.
