@@ -517,6 +517,16 @@ fn a_broker_supplies_the_tag_code_of_delayed_messages() {
         MessageStore::open(other),
         Err(rocketstore::Error::InvalidConfig { .. })
     ));
+    // A recorded name that is not text is a damaged file, refused as one.
+    let recorded = rocketstore::layout::tag_code_file(dir.path());
+    let name = std::fs::read(&recorded).unwrap();
+    std::fs::write(&recorded, b"\xffdelay\n").unwrap();
+    let damaged = MessageStore::open(cfg());
+    assert!(
+        matches!(damaged, Err(rocketstore::Error::BadStoreFile { .. })),
+        "{damaged:?}"
+    );
+    std::fs::write(&recorded, name).unwrap();
     let store = MessageStore::open(cfg()).unwrap();
     store.shutdown().unwrap();
     assert_eq!(entry_tag("SCHEDULE_TOPIC_XXXX", 0), 1_767_225_600_000);

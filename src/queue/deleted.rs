@@ -53,6 +53,12 @@ impl DeletedTopics {
                 reason: "not a valid deleted-topics file (header, rows or CRC)".into(),
             })?,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => HashMap::new(),
+            Err(e) if e.kind() == std::io::ErrorKind::InvalidData => {
+                return Err(Error::BadStoreFile {
+                    path,
+                    reason: "the deleted-topics file is not text".into(),
+                });
+            }
             Err(e) => return Err(Error::io("read", &path, e)),
         };
         let d = DeletedTopics {
@@ -267,6 +273,19 @@ mod tests {
         std::fs::write(&path, text.replace("T 7", "T 8")).unwrap();
         assert!(matches!(
             DeletedTopics::open(path.clone(), None),
+            Err(Error::BadStoreFile { .. })
+        ));
+    }
+
+    /// Bytes that are not text (found by the `small_files` fuzz target) are a damaged
+    /// file, not an I/O error.
+    #[test]
+    fn a_file_that_is_not_text_is_a_bad_store_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("deleted_topics");
+        std::fs::write(&path, b"rocketstore-deleted-topics-v1\n\xff 5 0\n").unwrap();
+        assert!(matches!(
+            DeletedTopics::open(path, None),
             Err(Error::BadStoreFile { .. })
         ));
     }

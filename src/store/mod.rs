@@ -1201,6 +1201,12 @@ fn check_tag_code(config: &StoreConfig) -> Result<()> {
     let recorded = match std::fs::read_to_string(&path) {
         Ok(name) => Some(name.trim_end().to_owned()),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+        Err(e) if e.kind() == std::io::ErrorKind::InvalidData => {
+            return Err(Error::BadStoreFile {
+                path,
+                reason: "the tag code's name is not text".into(),
+            });
+        }
         Err(e) => return Err(Error::io("read", &path, e)),
     };
     let wanted = config.tag_code.as_ref().map(|c| c.name().to_owned());
