@@ -18,27 +18,38 @@ use crate::index::KeyIndex;
 use crate::index::writer::IndexWriter;
 use crate::layout;
 
-/// Where a dispatcher with `progress` (read from `path`) resumes in `log`, and the store
-/// time before it: its progress, unless the log no longer reaches there (a crash cut the
+/// The progress taken, where a dispatcher with `progress` (read from `path`) resumes in
+/// `log`, and the store time before it: its progress, unless the log no longer reaches there (a crash cut the
 /// log's tail below it, or retention deleted the log's start above it). Without progress:
-/// the log's start. A progress inside the log that is not where a record starts is
-/// refused: no run records one, and the dispatcher would be handed a record's middle.
+/// the log's start. A progress inside the log that is not where a record starts would
+/// hand the dispatcher a record's middle, and no run records one: it is refused (a
+/// broker's dispatcher cannot be told what to forget), unless `rebuild` may take it as
+/// absent (the key index, which then starts again from the log's start).
 fn resume_point(
     log: &CommitLog,
     progress: Option<Progress>,
     path: &std::path::Path,
-) -> Result<(u64, i64)> {
+    rebuild: bool,
+) -> Result<(Option<Progress>, u64, i64)> {
     let (start, end) = (log.min_offset(), log.write_offset());
-    Ok(match progress {
+    let progress = match progress {
         Some(p) if p.offset > start && p.offset < end && !log.starts_record(p.offset, end) => {
-            return Err(Error::BadStoreFile {
-                path: path.to_owned(),
-                reason: format!(
-                    "its progress {} is not where a record starts in the commit log",
-                    p.offset
-                ),
-            });
+            let reason = format!(
+                "its progress {} is not where a record starts in the commit log",
+                p.offset
+            );
+            if !rebuild {
+                return Err(Error::BadStoreFile {
+                    path: path.to_owned(),
+                    reason: format!("{reason} (remove the file to dispatch from the log's start)"),
+                });
+            }
+            log::warn!("{}: {reason}: taken as absent", path.display());
+            None
         }
+        other => other,
+    };
+    let (from, timestamp) = match progress {
         Some(p) if p.offset >= start && p.offset <= end => (p.offset, p.timestamp),
         Some(p) if p.offset > end => (end, log.last_store_timestamp()),
         Some(p) => {
@@ -51,7 +62,8 @@ fn resume_point(
             (start, 0)
         }
         None => (start, 0),
-    })
+    };
+    Ok((progress, from, timestamp))
 }
 
 /// The dispatchers, ready to run.
@@ -74,7 +86,8 @@ pub(super) fn prepare(
     if config.index_enabled {
         let path = layout::dispatch_progress_file(root, INDEX_NAME);
         let (mut progress_file, progress) = ProgressFile::open(path.clone())?;
-        let (from, timestamp) = resume_point(log, progress, &path)?;
+        // Progress taken as absent rebuilds the key index: its files are removed.
+        let (progress, from, timestamp) = resume_point(log, progress, &path, true)?;
         let key_index = Arc::new(KeyIndex::open(
             layout::index_dir(root),
             config.index_shape(),
@@ -94,7 +107,7 @@ pub(super) fn prepare(
     for d in broker {
         let (mut external, progress) = External::new(d, root)?;
         let path = layout::dispatch_progress_file(root, external.name());
-        let (from, timestamp) = resume_point(log, progress, &path)?;
+        let (progress, from, timestamp) = resume_point(log, progress, &path, false)?;
         if progress.is_some_and(|p| p.offset != from) {
             // Recorded before `start` is told: a crash now must not bring the old point
             // back, past records the dispatcher was told to forget.

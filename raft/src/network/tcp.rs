@@ -377,13 +377,23 @@ pub async fn serve(listener: TcpListener, node: Arc<ReplicatedStore>) -> io::Res
 /// too long to send a request or take an answer.
 async fn serve_connection(mut stream: TcpStream, node: &ReplicatedStore) {
     while let Some(req) = next_request(&mut stream, IDLE_TIMEOUT, FRAME_TIMEOUT).await {
-        // A peer sends nothing while its request is served: anything readable meanwhile
-        // (its end of stream, most likely: it gave up) ends the work for it. A put already
-        // proposed goes on without it.
+        // A client sends nothing while its request is served: anything readable meanwhile
+        // (its end of stream, most likely: it gave up) ends the wait for it. A put is
+        // proposed before it is waited for, and goes on without it. Raft's requests always
+        // run to their end: openraft writes a snapshot chunk inside the request, and one
+        // dropped half way would leave the received stream out of step with its offset.
+        let raft = matches!(
+            req,
+            Request::Append(_) | Request::Snapshot(_) | Request::Vote(_)
+        );
         let mut byte = [0u8; 1];
-        let resp = tokio::select! {
-            resp = handle(node, req) => resp,
-            _ = stream.peek(&mut byte) => break,
+        let resp = if raft {
+            handle(node, req).await
+        } else {
+            tokio::select! {
+                resp = handle(node, req) => resp,
+                _ = stream.peek(&mut byte) => break,
+            }
         };
         match tokio::time::timeout(FRAME_TIMEOUT, write_frame(&mut stream, &resp)).await {
             Ok(Ok(())) => {}
