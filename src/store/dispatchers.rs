@@ -19,9 +19,9 @@ use crate::index::writer::IndexWriter;
 use crate::layout;
 
 /// The progress taken, where a dispatcher with `progress` (read from `path`) resumes in
-/// `log`, and the store time before it: its progress, unless the log no longer reaches there (a crash cut the
-/// log's tail below it, or retention deleted the log's start above it). Without progress:
-/// the log's start. A progress inside the log that is not where a record starts would
+/// `log`, and the store time before it: its progress, unless the log no longer reaches
+/// there (a crash cut the log's tail below it, or retention deleted the log's start
+/// above it). Without progress: the log's start. A progress inside the log that is not where a record starts would
 /// hand the dispatcher a record's middle, and no run records one: it is refused (a
 /// broker's dispatcher cannot be told what to forget), unless `rebuild` may take it as
 /// absent (the key index, which then starts again from the log's start).

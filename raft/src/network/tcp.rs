@@ -27,7 +27,7 @@ use crate::{Error, NodeId, ReplicatedStore, TypeConfig};
 
 /// Frames larger than this are refused (a snapshot chunk is at most openraft's
 /// `snapshot_max_chunk_size`, 3 MiB by default). The buffer grows as the bytes arrive,
-/// so a length alone reserves no memory.
+/// so a length alone reserves at most 16 KiB.
 pub const MAX_FRAME: usize = 64 << 20;
 
 /// A served connection that starts no request for this long is closed. Peers and
