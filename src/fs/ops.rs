@@ -61,6 +61,20 @@ pub(crate) fn create_dir_durable(dir: &Path, hook: Hook<'_>) -> Result<()> {
     Ok(())
 }
 
+/// A small text file's content, `None` if there is no such file. Bytes that are not
+/// UTF-8 are damage to the file (`BadStoreFile`), not an I/O error.
+pub(crate) fn read_text(path: &Path) -> Result<Option<String>> {
+    match fs::read_to_string(path) {
+        Ok(text) => Ok(Some(text)),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+        Err(e) if e.kind() == io::ErrorKind::InvalidData => Err(Error::BadStoreFile {
+            path: path.to_owned(),
+            reason: "not UTF-8 text".into(),
+        }),
+        Err(e) => Err(Error::io("read", path, e)),
+    }
+}
+
 /// Opens an existing store file for reading and writing, with its length.
 pub(crate) fn open_existing(path: &Path) -> Result<(File, u64)> {
     let file = fs::OpenOptions::new()

@@ -47,19 +47,12 @@ impl DeletedTopics {
     /// Reads the file at `path` (none: nothing deleted). A damaged file refuses the open:
     /// forgetting a deletion would bring the topic's old messages back.
     pub(crate) fn open(path: PathBuf, hook: Option<Arc<dyn IoHook>>) -> Result<DeletedTopics> {
-        let topics = match std::fs::read_to_string(&path) {
-            Ok(text) => parse(&text).ok_or_else(|| Error::BadStoreFile {
+        let topics = match crate::fs::ops::read_text(&path)? {
+            Some(text) => parse(&text).ok_or_else(|| Error::BadStoreFile {
                 path: path.clone(),
                 reason: "not a valid deleted-topics file (header, rows or CRC)".into(),
             })?,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => HashMap::new(),
-            Err(e) if e.kind() == std::io::ErrorKind::InvalidData => {
-                return Err(Error::BadStoreFile {
-                    path,
-                    reason: "the deleted-topics file is not text".into(),
-                });
-            }
-            Err(e) => return Err(Error::io("read", &path, e)),
+            None => HashMap::new(),
         };
         let d = DeletedTopics {
             path,

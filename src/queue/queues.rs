@@ -468,16 +468,8 @@ impl ConsumeQueues {
     }
 
     fn parse_table(path: &Path) -> Result<Option<QueueTable>> {
-        let text = match std::fs::read_to_string(path) {
-            Ok(t) => t,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-            Err(e) if e.kind() == std::io::ErrorKind::InvalidData => {
-                return Err(Error::BadStoreFile {
-                    path: path.to_owned(),
-                    reason: "the queue table is not text".into(),
-                });
-            }
-            Err(e) => return Err(Error::io("read", path, e)),
+        let Some(text) = crate::fs::ops::read_text(path)? else {
+            return Ok(None);
         };
         let bad = |reason: &str| Error::BadStoreFile {
             path: path.to_owned(),

@@ -1198,17 +1198,7 @@ fn recovery_failed(config: &StoreConfig, lock: &StoreLock) {
 /// [`TagCode::name`](crate::TagCode::name)); records the name when a store first gets one.
 fn check_tag_code(config: &StoreConfig) -> Result<()> {
     let path = layout::tag_code_file(config.root());
-    let recorded = match std::fs::read_to_string(&path) {
-        Ok(name) => Some(name.trim_end().to_owned()),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
-        Err(e) if e.kind() == std::io::ErrorKind::InvalidData => {
-            return Err(Error::BadStoreFile {
-                path,
-                reason: "the tag code's name is not text".into(),
-            });
-        }
-        Err(e) => return Err(Error::io("read", &path, e)),
-    };
+    let recorded = crate::fs::ops::read_text(&path)?.map(|name| name.trim_end().to_owned());
     let wanted = config.tag_code.as_ref().map(|c| c.name().to_owned());
     match (recorded, wanted) {
         (None, None) => Ok(()),
