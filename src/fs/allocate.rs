@@ -62,8 +62,15 @@ const EXTRA_FILE_ROOM: u64 = 4;
 
 /// Zero-ahead keeps this much of the file being written zeroed past the writer...
 const ZERO_AHEAD: usize = 32 << 20;
-/// ...in chunks of this size, each written and synced on its own.
-const ZERO_CHUNK: usize = 4 << 20;
+/// ...in chunks of this size, each written and synced on its own. Small, because a sync
+/// put's fdatasync queues behind the chunk's on the disk: 4 MiB chunks (about 3 ms to
+/// write here) held 16 and 64 sync producers' p99 at 1.0–1.4 and 3.4–4.3 ms, 256 KiB
+/// chunks at 0.8–1.0 and 1.3–1.5 ms, with as many puts a second (`docs/BENCHMARKS.md`,
+/// twentieth session).
+const ZERO_CHUNK: usize = 256 << 10;
+/// How much of a new file the allocation thread zeroes before the writer is in it: the
+/// writer starts well ahead of a zeroer that has only just turned to the file.
+const ZERO_FIRST: usize = 4 << 20;
 /// Touch-ahead keeps this much of the file being written mapped writable past the
 /// writer (first filled with zeros where faults give small folios), in aligned chunks of
 /// `TOUCH_CHUNK` (the size of the page cache's largest folio, see
@@ -83,7 +90,7 @@ const AHEAD_POLL_MAX: Duration = Duration::from_millis(40);
 /// kernel without `MADV_POPULATE_WRITE`.
 pub(crate) fn warm_first(warmup: Warmup, file_size: usize) -> usize {
     match warmup {
-        Warmup::ZeroAndFlush => ZERO_CHUNK,
+        Warmup::ZeroAndFlush => ZERO_FIRST,
         Warmup::Touch if works_ahead(warmup) => TOUCH_AHEAD,
         Warmup::Touch => file_size,
         Warmup::None => 0,

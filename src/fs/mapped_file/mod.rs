@@ -335,11 +335,10 @@ impl MappedFile {
     /// sync through the mapping's file here could take the report of a failed write-back
     /// of records away from the flush that must see it. The writer never waits on the
     /// sync, and waits on the zeroing only if it catches up with the chunk being zeroed
-    /// (chunks near the writer are small); a zeroer that finds the writer already in its
-    /// chunk skips past it.
+    /// (the caller keeps chunks small, which also keeps the writer's syncs from queueing
+    /// long behind theirs); a zeroer that finds the writer already in its chunk skips
+    /// past it.
     pub(crate) fn zero_ahead(&self, file: &File, chunk: usize, ahead: usize) -> Result<ZeroAhead> {
-        /// Chunk size within this distance of the writer, to keep its possible wait short.
-        const NEAR: usize = 256 << 10;
         if !self.zero_ahead_allowed.load(Ordering::Acquire) {
             return Ok(ZeroAhead::Done);
         }
@@ -354,11 +353,7 @@ impl MappedFile {
         if from >= reserved.saturating_add(ahead) {
             return Ok(ZeroAhead::Idle);
         }
-        let len = match from - reserved < 2 * NEAR {
-            true => NEAR,
-            false => chunk,
-        }
-        .min(self.size - from);
+        let len = chunk.min(self.size - from);
         self.zero_claim.store(from, Ordering::SeqCst);
         if self.reserved.load(Ordering::SeqCst) > from {
             // The writer got here first: start again past it.
