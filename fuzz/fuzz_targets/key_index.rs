@@ -13,12 +13,15 @@
 //! - the index goes on working: a message put after the open is found by its key.
 #![no_main]
 
+mod common;
+
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 use std::time::Duration;
 
 use bytes::Bytes;
+use common::copy_dir;
 use libfuzzer_sys::fuzz_target;
 use rocketstore::{Error, FlushMode, Message, MessageStore, StoreConfig, layout};
 
@@ -74,19 +77,6 @@ fn template() -> &'static Template {
     })
 }
 
-fn copy_dir(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for entry in std::fs::read_dir(from).unwrap() {
-        let entry = entry.unwrap();
-        let target = to.join(entry.file_name());
-        if entry.file_type().unwrap().is_dir() {
-            copy_dir(&entry.path(), &target);
-        } else {
-            std::fs::copy(entry.path(), target).unwrap();
-        }
-    }
-}
-
 /// Queries `key` and checks every answer: the topic, the key, an intact body, no
 /// message twice. Returns the bodies.
 fn query(store: &MessageStore, key: &str) -> Vec<Bytes> {
@@ -121,11 +111,11 @@ fuzz_target!(|data: &[u8]| {
     let path = &files[usize::from(*pick) % files.len()];
     let mut bytes = std::fs::read(path).unwrap();
     let mut patches = rest;
-    if how & 2 == 2 {
-        if let [a, b, more @ ..] = rest {
-            bytes.resize(usize::from(u16::from_be_bytes([*a, *b])) * 4, 0);
-            patches = more;
-        }
+    if how & 2 == 2
+        && let [a, b, more @ ..] = rest
+    {
+        bytes.resize(usize::from(u16::from_be_bytes([*a, *b])) * 4, 0);
+        patches = more;
     }
     if !bytes.is_empty() {
         for patch in patches.chunks_exact(3) {

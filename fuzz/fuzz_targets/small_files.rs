@@ -11,10 +11,13 @@
 //! written, such as a deletion of the other topic, so only the first promise holds then.
 #![no_main]
 
+mod common;
+
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
 use bytes::Bytes;
+use common::copy_dir;
 use libfuzzer_sys::fuzz_target;
 use rocketstore::{Error, FlushMode, Message, MessageStore, StoreConfig, layout};
 
@@ -70,19 +73,6 @@ fn template() -> &'static Template {
             acked,
         }
     })
-}
-
-fn copy_dir(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for entry in std::fs::read_dir(from).unwrap() {
-        let entry = entry.unwrap();
-        let target = to.join(entry.file_name());
-        if entry.file_type().unwrap().is_dir() {
-            copy_dir(&entry.path(), &target);
-        } else {
-            std::fs::copy(entry.path(), target).unwrap();
-        }
-    }
 }
 
 /// The text files' CRC line: CRC-32 of every byte before it, in decimal.
@@ -188,7 +178,11 @@ fuzz_target!(|data: &[u8]| {
         }
     }
     if !forge {
-        assert_eq!(store.max_offset_in_queue("Gone", 0), 0, "deletion forgotten");
+        assert_eq!(
+            store.max_offset_in_queue("Gone", 0),
+            0,
+            "deletion forgotten"
+        );
     }
     store.put_message(&message("Kept", 0, 99)).unwrap();
     store.shutdown().unwrap();
