@@ -15,3 +15,19 @@ pub fn copy_dir(from: &Path, to: &Path) {
         }
     }
 }
+
+/// Opens a store after damage: `None` when the open refused it, which must be with
+/// `BadStoreFile` or `Corrupted` (damage named as such, never an I/O error or a panic).
+pub fn open_or_refused(config: rocketstore::StoreConfig) -> Option<rocketstore::MessageStore> {
+    use rocketstore::Error;
+    match rocketstore::MessageStore::open(config) {
+        Ok(store) => Some(store),
+        Err(e) => {
+            assert!(
+                matches!(e, Error::BadStoreFile { .. } | Error::Corrupted { .. }),
+                "{e:?}"
+            );
+            None
+        }
+    }
+}
