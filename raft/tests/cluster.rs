@@ -334,7 +334,7 @@ async fn an_unfinishable_install_past_the_purge_refuses_the_open() {
     let (mut cluster, follower, state, _) = fail_an_install().await;
     let installing = state_file(&state.join("installing")).expect("the install's record");
     std::fs::remove_file(state.join(installing["stream"].as_str().unwrap())).unwrap();
-    let err = cluster.try_open_with(follower, None).await.unwrap_err();
+    let err = cluster.reopen_with(follower, None).await.unwrap_err();
     assert!(err.to_string().contains("cannot be rolled back"), "{err}");
     assert!(state.join("installing").exists());
 }

@@ -1107,18 +1107,18 @@ impl CommitLog {
     }
 
     /// Whether a record or a file's blank starts at `offset` (below `limit`): a record
-    /// that parses and names `offset` as its own (a body's bytes can look like a size and
-    /// a magic, not like that), or a blank that fills the rest of its file.
+    /// that passes recovery's checks, its PHYSICALOFFSET naming `offset` (a body's bytes
+    /// can look like a size and a magic, not like that), or a blank that fills the rest
+    /// of its file.
     pub(crate) fn starts_record(&self, offset: u64, limit: u64) -> bool {
         let Some(file) = self.files.find(offset) else {
             return false;
         };
         let left = file.size() - (offset - file.start_offset()) as usize;
         let bytes = self.bytes_at(offset, limit).unwrap_or_default();
-        match record::peek(&bytes, offset) {
-            Ok(record::Peek::Record { size }) => record::parse(&bytes[..size], offset)
-                .is_ok_and(|view| view.physical_offset == offset),
-            Ok(record::Peek::Blank) => record::blank_fills(&bytes, left).1,
+        match record::Records::new(&bytes, offset).verified(false).next() {
+            Some(Ok(record::Step::Record(_))) => true,
+            Some(Ok(record::Step::Blank)) => record::blank_fills(&bytes, left).1,
             _ => false,
         }
     }

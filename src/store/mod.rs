@@ -390,22 +390,30 @@ impl MessageStore {
                 ),
             });
         }
-        let mut records = msgs
+        // Checked before anything is copied: each message (as `encode` checks it), the
+        // bodies' sum, and the records' sum (small bodies with large properties must not
+        // make a batch the put lock would copy for long: its records are bounded as one
+        // message's are, body and all).
+        let (host, max) = (
+            &self.inner.config.store_host,
+            self.inner.config.max_message_size,
+        );
+        let encoded = msgs
             .iter()
-            .map(|m| self.encode(m))
-            .collect::<Result<Vec<_>>>()?;
-        let max = self.inner.config.max_message_size;
+            .map(|m| record::encoded_len(m, host, max))
+            .sum::<Result<usize>>()?;
         let size: usize = msgs.iter().map(|m| m.body.len()).sum();
         if size > max {
             return Err(Error::BatchTooLarge { size, max });
         }
-        // Nor may small bodies with large properties make a batch the put lock would copy
-        // for long: its records are bounded as one message's are, body and all.
-        let encoded: usize = records.iter().map(EncodedRecord::len).sum();
         let max = max.saturating_add(BATCH_RECORD_SLACK);
         if encoded > max {
             return Err(Error::BatchTooLarge { size: encoded, max });
         }
+        let mut records = msgs
+            .iter()
+            .map(|m| self.encode(m))
+            .collect::<Result<Vec<_>>>()?;
         let appended = self.after_append(self.inner.log.append(
             &mut records,
             &first.topic,
@@ -1025,9 +1033,15 @@ impl Inner {
     fn shutdown(&self) -> Result<()> {
         let mut outcome = self.shutdown_outcome.lock();
         if outcome.is_none() {
-            let outer = SHUTTING_DOWN.replace(true);
+            /// Puts the flag back as it was, even when the shutdown panics.
+            struct Restore(bool);
+            impl Drop for Restore {
+                fn drop(&mut self) {
+                    SHUTTING_DOWN.set(self.0);
+                }
+            }
+            let _restore = Restore(SHUTTING_DOWN.replace(true));
             *outcome = Some(self.shut_down_now());
-            SHUTTING_DOWN.set(outer);
         }
         self.result(outcome.as_ref().expect("set above"))
     }

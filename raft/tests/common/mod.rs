@@ -93,9 +93,17 @@ impl Cluster {
 
     /// Opens node `id`, its store's file operations through `hook` if one is given.
     pub async fn open_with(&mut self, id: NodeId, hook: Option<Arc<dyn rocketstore::IoHook>>) {
-        // A node dropped the hard way keeps its lock until openraft's tasks that still
-        // hold its Raft log have ended (they outlive `Raft::shutdown` briefly): wait for
-        // them, as a restarting process would.
+        self.reopen_with(id, hook).await.expect("open a node");
+    }
+
+    /// [`Cluster::try_open_with`] for a node dropped the hard way, which keeps its lock
+    /// until openraft's tasks that still hold its Raft log have ended (they outlive
+    /// `Raft::shutdown` briefly): waits for them, as a restarting process would.
+    pub async fn reopen_with(
+        &mut self,
+        id: NodeId,
+        hook: Option<Arc<dyn rocketstore::IoHook>>,
+    ) -> Result<(), Error> {
         let deadline = Instant::now() + WAIT;
         loop {
             match self.try_open_with(id, hook.clone()).await {
@@ -104,7 +112,7 @@ impl Cluster {
                 {
                     tokio::time::sleep(Duration::from_millis(10)).await;
                 }
-                result => return result.expect("open a node"),
+                result => return result,
             }
         }
     }
