@@ -5,8 +5,8 @@
 
 use bytes::Bytes;
 use libfuzzer_sys::fuzz_target;
-use rocketstore::{Message, MessageStore, StoreConfig};
 use rocketstore::layout;
+use rocketstore::{Message, MessageStore, StoreConfig};
 
 fn config(dir: &std::path::Path) -> StoreConfig {
     StoreConfig::new(dir)
@@ -16,12 +16,16 @@ fn config(dir: &std::path::Path) -> StoreConfig {
 }
 
 fuzz_target!(|data: &[u8]| {
-    let Some((&crashed, data)) = data.split_first() else { return };
+    let Some((&crashed, data)) = data.split_first() else {
+        return;
+    };
     let dir = tempfile::tempdir().unwrap();
     {
         let store = MessageStore::open(config(dir.path())).unwrap();
         for i in 0..5u8 {
-            store.put_message(&Message::new("Q", 0u32, Bytes::from(vec![i; 30]))).unwrap();
+            store
+                .put_message(&Message::new("Q", 0u32, Bytes::from(vec![i; 30])))
+                .unwrap();
         }
     }
     let path = layout::queue_dir(dir.path(), "Q", 0).join(layout::file_name(0));
@@ -32,11 +36,15 @@ fuzz_target!(|data: &[u8]| {
     if crashed & 1 == 1 {
         std::fs::write(layout::abort_file(dir.path()), b"").unwrap();
     }
-    let Ok(store) = MessageStore::open(config(dir.path())) else { return };
+    let Ok(store) = MessageStore::open(config(dir.path())) else {
+        return;
+    };
     let max = store.max_offset_in_queue("Q", 0);
     let mut offset = store.min_offset_in_queue("Q", 0);
     while offset < max {
-        let Ok(g) = store.get_message("Q", 0, offset, 8) else { return };
+        let Ok(g) = store.get_message("Q", 0, offset, 8) else {
+            return;
+        };
         for m in &g.messages {
             assert!(m.crc_ok());
         }

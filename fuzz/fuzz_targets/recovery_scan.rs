@@ -4,8 +4,8 @@
 
 use bytes::Bytes;
 use libfuzzer_sys::fuzz_target;
-use rocketstore::{FlushMode, Message, MessageStore, StoreConfig};
 use rocketstore::layout;
+use rocketstore::{FlushMode, Message, MessageStore, StoreConfig};
 
 const FILE: u64 = 64 * 1024;
 
@@ -23,7 +23,9 @@ fuzz_target!(|data: &[u8]| {
     let end = {
         let store = MessageStore::open(config(dir.path())).unwrap();
         for i in 0..3u32 {
-            store.put_message(&Message::new("Fuzz", i % 2, Bytes::from(vec![i as u8; 40]))).unwrap();
+            store
+                .put_message(&Message::new("Fuzz", i % 2, Bytes::from(vec![i as u8; 40])))
+                .unwrap();
         }
         store.max_physical_offset()
     };
@@ -49,5 +51,7 @@ fuzz_target!(|data: &[u8]| {
             offset = g.next_offset;
         }
     }
-    store.put_message(&Message::new("Fuzz", 0u32, Bytes::from_static(b"after"))).unwrap();
+    store
+        .put_message(&Message::new("Fuzz", 0u32, Bytes::from_static(b"after")))
+        .unwrap();
 });
