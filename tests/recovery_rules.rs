@@ -1331,3 +1331,49 @@ fn a_checkpoint_time_damaged_to_the_lowest_value_scans_everything_after_a_crash(
         assert_eq!(got, want, "{topic}");
     }
 }
+
+/// A queue found damaged at first use keeps its minimum through retention: deleting an
+/// older commit-log file must not move the minimum past messages the log still holds
+/// (the damaged queue's files no longer say where its entries begin).
+#[test]
+fn retention_never_moves_a_damaged_queue_past_messages_the_log_holds() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = || lazy(dir.path()).file_reserved_time(Duration::ZERO);
+    let puts = {
+        let store = MessageStore::open(cfg()).unwrap();
+        fill_log_files(&store, "F", 2);
+        let puts: Vec<_> = (0..5)
+            .map(|i| store.put_message(&message("S", 0, "s", i)).unwrap())
+            .collect();
+        store.put_message(&message("S", 1, "s", 0)).unwrap();
+        puts
+    };
+    assert!(puts[0].physical_offset >= 2 * SMALL_FILE);
+    fs::write(layout::queue_dir(dir.path(), "S", 0).join("stray"), b"").unwrap();
+    {
+        let store = MessageStore::open(cfg()).unwrap();
+        let err = store.get_message("S", 0, 0, 8).unwrap_err();
+        assert!(matches!(err, Error::BadStoreFile { .. }), "{err}");
+        assert!(store.delete_expired_files().unwrap() > 0);
+        assert!(store.min_physical_offset() > 0);
+        assert_eq!(store.min_offset_in_queue("S", 0), 0);
+        match store.get_message("S", 0, 0, 8) {
+            Err(e) => assert!(matches!(e, Error::BadStoreFile { .. }), "{e}"),
+            Ok(got) => {
+                let offsets: Vec<_> = got.messages.iter().map(|m| m.physical_offset).collect();
+                let want: Vec<_> = puts.iter().map(|p| p.physical_offset).collect();
+                assert_eq!(offsets, want, "{:?}", got.status);
+            }
+        }
+        assert!(
+            store.shutdown().is_err(),
+            "left for the next open to rebuild"
+        );
+    }
+    fs::remove_file(layout::queue_dir(dir.path(), "S", 0).join("stray")).unwrap();
+    let store = MessageStore::open(cfg()).unwrap();
+    let got = store.get_message("S", 0, 0, 8).unwrap();
+    let offsets: Vec<_> = got.messages.iter().map(|m| m.physical_offset).collect();
+    let want: Vec<_> = puts.iter().map(|p| p.physical_offset).collect();
+    assert_eq!(offsets, want);
+}

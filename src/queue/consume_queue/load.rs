@@ -295,6 +295,8 @@ impl ConsumeQueue {
         }
         drop(tail);
         let damaged = why.is_some();
+        // Published before the queue is seen loaded: retention then leaves it alone.
+        self.found_damaged.store(damaged, Ordering::Release);
         // The minimum follows the log's start before anyone sees the queue loaded;
         // retention stores the start (SeqCst) before it skips unloaded queues, and the
         // start is read again after the SeqCst store below, so one of the two sees the

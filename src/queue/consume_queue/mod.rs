@@ -185,6 +185,11 @@ pub(crate) struct ConsumeQueue {
     /// files are read at first use ([`ConsumeQueue::ensure_loaded`]).
     unloaded: Mutex<Option<TableEnd>>,
     is_unloaded: AtomicBool,
+    /// Found not to match the queue table when first read (see
+    /// [`ConsumeQueue::try_load`]): its files may not say where its entries begin, so
+    /// retention neither raises its minimum nor removes its files; the next open rebuilds
+    /// it from the log.
+    pub(super) found_damaged: AtomicBool,
 }
 
 /// A queue's end as the queue table records it.
@@ -243,6 +248,7 @@ impl ConsumeQueue {
             dropped: AtomicBool::new(false),
             unloaded: Mutex::new(None),
             is_unloaded: AtomicBool::new(false),
+            found_damaged: AtomicBool::new(false),
         }
     }
 
@@ -364,6 +370,9 @@ impl ConsumeQueue {
         if self.dropped.load(Ordering::Acquire) {
             return Ok(0);
         }
+        if self.found_damaged.load(Ordering::Acquire) {
+            return Ok(0);
+        }
         if !self.is_loaded() {
             // Not read since a lazy open. One that never filled a file keeps only the file
             // being written, and its minimum follows the log's start when it loads; one
@@ -423,6 +432,11 @@ impl ConsumeQueue {
         // A queue not loaded yet applies the log's start when it loads (the caller stored
         // it in `QueueFiles::log_start` first, SeqCst, as the load reads it).
         if self.is_unloaded.load(Ordering::SeqCst) {
+            return;
+        }
+        // A queue found damaged at first use: a reader must never be sent past messages
+        // the log still holds, and its files no longer say where they begin.
+        if self.found_damaged.load(Ordering::Acquire) {
             return;
         }
         self.raise_min_in(min_physical, false);
