@@ -686,3 +686,34 @@ fn queue_entries_stop_at_the_confirm_offset() {
     assert_eq!(entries.len(), 1);
     assert_eq!(entries[0].physical_offset, put.physical_offset);
 }
+
+/// Records that would leave fewer bytes in the file than a blank record takes are
+/// refused: no writer leaves such a tail, and the next put could not close the file.
+#[test]
+fn records_leaving_a_tail_too_short_for_a_blank_are_refused() {
+    use rocketstore::format;
+    let dir = tempfile::tempdir().unwrap();
+    let follower = MessageStore::open(cfg(dir.path())).unwrap();
+    let host = follower.config().store_host;
+    let sized = |body_len: usize| {
+        let msg = rocketstore::Message::new("T", 0u32, bytes::Bytes::from(vec![7u8; body_len]));
+        format::encoded_len(&msg, &host, usize::MAX).unwrap()
+    };
+    let size = follower.config().commit_log_file_size as usize;
+    for left in [1, format::BLANK_RECORD_LEN - 1] {
+        let body_len = size - left - sized(0);
+        let msg = rocketstore::Message::new("T", 0u32, bytes::Bytes::from(vec![7u8; body_len]));
+        let mut record = format::encode(&msg, &host, usize::MAX).unwrap();
+        assert_eq!(record.len(), size - left);
+        record.assign(0, 0, 1_700_000_000_000);
+        let refused = follower.append_log(0, record.as_bytes());
+        assert!(
+            matches!(refused, Err(Error::Corrupted { .. })),
+            "{refused:?}"
+        );
+        assert_eq!(follower.max_physical_offset(), 0, "nothing was published");
+    }
+    // The store goes on: a put, and then records that leave room for the blank.
+    let put = follower.put_message(&message("T", 0, "t", 0)).unwrap();
+    assert_eq!(put.physical_offset, 0);
+}

@@ -650,11 +650,14 @@ impl CommitLog {
         self.poisoned.store(true, Ordering::Release);
     }
 
-    /// Records that the put lock, just taken, is held from `since` (`None`: released), for
-    /// [`CommitLog::lock_held_for`]. Called by whoever holds it.
-    fn lock_held_from(&self, since: Option<Instant>) {
-        let taken_at = since.map_or(0, |t| t.duration_since(self.epoch).as_nanos() as u64 + 1);
+    /// Marks the put lock, just taken, as held from `since` until the mark drops, for
+    /// [`CommitLog::lock_held_for`]. Called by whoever holds it. A panic under the mark
+    /// clears it too (the lock stays usable, and puts must not read as page-cache busy
+    /// for good), and poisons the log: the writer's state may no longer match its file.
+    fn mark_held(&self, since: Instant) -> HeldMark<'_> {
+        let taken_at = since.duration_since(self.epoch).as_nanos() as u64 + 1;
         self.lock_taken_at.store(taken_at, Ordering::Release);
+        HeldMark(self)
     }
 
     /// How long the current holder has held the put lock, if it is held.
@@ -689,9 +692,9 @@ impl CommitLog {
         }
         let cutoff = state.writer.offset();
         // Counted as a hold of the put lock (`PageCacheBusy`): the record is synced.
-        self.lock_held_from(Some(Instant::now()));
+        let mark = self.mark_held(Instant::now());
         let recorded = before(cutoff);
-        self.lock_held_from(None);
+        drop(mark);
         match recorded {
             Ok(()) => {}
             Err(ReplaceFailed {
@@ -767,7 +770,7 @@ impl CommitLog {
                 (state, Instant::now())
             }
         };
-        self.lock_held_from(Some(now));
+        let mark = self.mark_held(now);
         let result = self.append_locked(
             &mut state,
             records,
@@ -775,7 +778,7 @@ impl CommitLog {
             total,
             (store_time, now),
         );
-        self.lock_held_from(None);
+        drop(mark);
         drop(state);
         if !self.sync_flush && !self.confirm.limits_readers() {
             // Under async flush records are readable once written (with replication
@@ -890,6 +893,13 @@ impl CommitLog {
     /// Ends the current file with a blank record and continues in the next one.
     fn roll(&self, state: &mut AppendState) -> Result<()> {
         let left = state.writer.remaining();
+        if left > 0 && left < BLANK_RECORD_LEN {
+            // Only a damaged or foreign file ends so: no writer here leaves such a tail.
+            return Err(Error::corrupted(
+                state.writer.offset(),
+                format!("{left} bytes left in the file, too few for its closing blank"),
+            ));
+        }
         if left > 0 {
             if let Err(e) = state.writer.write(&record::blank_record(left)) {
                 return Err(self.write_failed(state, e));
@@ -991,9 +1001,9 @@ impl CommitLog {
         }
         let mut state = lock()?;
         // Counted as a hold of the put lock (`PageCacheBusy`): a large write can be slow.
-        self.lock_held_from(Some(Instant::now()));
+        let mark = self.mark_held(Instant::now());
         let committed = state.writer.commit();
-        self.lock_held_from(None);
+        drop(mark);
         if let Err(e) = committed {
             return Some(Err(self.write_failed(&mut state, e)));
         }
@@ -1157,6 +1167,20 @@ fn queue_slot<'a>(table: &'a mut QueueOffsets, topic: &str, queue_id: u32) -> &'
         .or_default()
 }
 
+/// The put lock's hold as `lock_held_for` sees it; see [`CommitLog::mark_held`].
+struct HeldMark<'a>(&'a CommitLog);
+
+impl Drop for HeldMark<'_> {
+    fn drop(&mut self) {
+        self.0.lock_taken_at.store(0, Ordering::Release);
+        if std::thread::panicking() {
+            self.0.poison_with(Arc::new(std::io::Error::other(
+                "a panic under the put lock",
+            )));
+        }
+    }
+}
+
 /// The put lock: a futex-based mutex that spins briefly and then sleeps.
 ///
 /// *Why not `parking_lot::Mutex`:* under contention it calls `sched_yield` up to seven
@@ -1171,8 +1195,8 @@ impl<T> PutLock<T> {
         PutLock(std::sync::Mutex::new(value))
     }
 
-    /// The lock; a panic while it was held (which poisons the log anyway) does not
-    /// make it unusable.
+    /// The lock; a panic while it was held (which poisons the log where the hold is
+    /// marked, see [`CommitLog::mark_held`]) does not make it unusable.
     pub(crate) fn lock(&self) -> std::sync::MutexGuard<'_, T> {
         self.0
             .lock()
@@ -1223,6 +1247,33 @@ mod tests {
             "{reanchored}"
         );
         assert!(wall.anchor.unwrap().1 > anchor_ns);
+    }
+
+    /// A panic while the put lock's hold is marked clears the mark (puts must not read
+    /// as page-cache busy for good) and poisons the log (puts get a typed error).
+    #[test]
+    fn a_panic_under_the_put_lock_poisons_the_log_and_clears_the_busy_mark() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = crate::StoreConfig::new(dir.path()).commit_log_file_size(1 << 16);
+        let store = crate::MessageStore::open(config).unwrap();
+        let msg = crate::Message::new("T", 0u32, b"body".to_vec());
+        store.put_message(&msg).unwrap();
+        let log = store.commit_log();
+        let panicked = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            let _state = log.state.lock();
+            let _mark = log.mark_held(Instant::now());
+            assert!(log.lock_held_for().is_some());
+            panic!("inside the append");
+        }));
+        assert!(panicked.is_err());
+        assert!(log.lock_held_for().is_none());
+        assert!(!log.is_busy());
+        let refused = store.put_message(&msg);
+        assert!(
+            matches!(refused, Err(Error::Poisoned { .. })),
+            "{refused:?}"
+        );
+        assert_eq!(store.get_message("T", 0, 0, 1).unwrap().messages.len(), 1);
     }
 
     #[test]

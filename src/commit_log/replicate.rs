@@ -84,7 +84,8 @@ impl CommitLog {
     /// which must be `at`. Every record is checked first: format, body CRC, its physical
     /// offset equal to its position, a valid topic, and queue offsets that continue each
     /// queue (0 for a transaction's half or rollback). A blank record may only end the
-    /// bytes, and must close the file exactly as it closes here. Nothing is written unless
+    /// bytes, and must close the file exactly as it closes here; without one, the records
+    /// must leave room for it (or fill the file). Nothing is written unless
     /// everything passes. Store times are kept as the leader stamped them.
     pub(crate) fn append_raw(&self, at: u64, bytes: &[u8]) -> Result<AppendedRaw> {
         self.check_poisoned()?;
@@ -178,6 +179,16 @@ impl CommitLog {
             return Err(Error::corrupted(
                 records.offset(),
                 "the bytes end inside a record",
+            ));
+        }
+        let left = room - records_len;
+        if blank_at.is_none() && left > 0 && left < BLANK_RECORD_LEN {
+            // No writer leaves such a tail: the blank record that closes a file would not fit.
+            return Err(Error::corrupted(
+                at + records_len as u64,
+                format!(
+                    "the records leave {left} bytes in the file, too few for its closing blank"
+                ),
             ));
         }
         // Write, publish, and move the queues on.

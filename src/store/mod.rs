@@ -973,6 +973,12 @@ impl MessageStore {
         self.inner.log.min_offset()
     }
 
+    /// The commit log itself, for the crate's unit tests.
+    #[cfg(test)]
+    pub(crate) fn commit_log(&self) -> &CommitLog {
+        &self.inner.log
+    }
+
     /// End of the durable part of the commit log.
     pub fn flushed_physical_offset(&self) -> u64 {
         self.inner.log.flushed_offset()
