@@ -745,3 +745,56 @@ fn a_queue_short_on_disk_when_recovery_stalls_is_rebuilt_not_taken_for_damage() 
     ));
     assert_eq!(store.get_message("A", 0, 0, 16).unwrap().messages.len(), 8);
 }
+
+/// A rebuild that stalls on a full disk, after retention deleted the log's head, meets a
+/// record of a queue it emptied (all the queue's entries pointed into the log, the first
+/// of them at a deleted record): the queue starts where its first remaining record is,
+/// as indexing would start it, and the intact record is neither refused nor cut.
+#[test]
+fn a_stalled_rebuild_takes_an_emptied_queue_from_its_first_remaining_record() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = || config(dir.path(), sync_mode()).file_reserved_time(std::time::Duration::ZERO);
+    let puts = {
+        let store = MessageStore::open(cfg()).unwrap();
+        let mut puts = vec![
+            store.put_message(&message("C", 0, "c", 0)).unwrap(),
+            store.put_message(&message("C", 0, "c", 1)).unwrap(),
+        ];
+        fill_log_files(&store, "B", 1);
+        let end = store.max_physical_offset();
+        let long = std::time::Duration::from_secs(30);
+        assert!(store.wait_dispatched_to(end, long));
+        assert!(store.wait_dispatcher_durable("index", end, long));
+        assert_eq!(store.delete_expired_files().unwrap(), 1);
+        // The stall comes at the end of file 1, past X's record; C's follows in file 2.
+        puts.push(store.put_message(&message("X", 0, "x", 0)).unwrap());
+        fill_log_files(&store, "B", 2);
+        puts.push(store.put_message(&message("C", 0, "c", 2)).unwrap());
+        store.shutdown().unwrap();
+        puts
+    };
+    assert_eq!(puts[3].queue_offset, 2);
+    assert!(puts[2].physical_offset < 2 * SMALL_FILE);
+    assert!(puts[3].physical_offset >= 2 * SMALL_FILE);
+    // A lost queue directory makes the open rebuild the queues from the log's start.
+    fs::remove_dir_all(layout::queue_dir(dir.path(), "B", 0)).unwrap();
+    let hook = Arc::new(QueueDirFull {
+        dir: layout::queue_dir(dir.path(), "X", 0),
+        armed: true.into(),
+    });
+    let store = MessageStore::open(cfg().io_hook(hook.clone())).unwrap();
+    for put in &puts[2..] {
+        let m = store.lookup_message(put.physical_offset).unwrap().unwrap();
+        assert_eq!(m.queue_offset, put.queue_offset);
+    }
+    assert!(store.max_physical_offset() > puts[3].physical_offset);
+    // With room again, the queue goes on from its record.
+    hook.armed.store(false, Ordering::SeqCst);
+    assert_eq!(
+        store
+            .put_message(&message("C", 0, "c", 3))
+            .unwrap()
+            .queue_offset,
+        3
+    );
+}

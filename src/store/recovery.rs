@@ -421,8 +421,9 @@ impl<'a> QueueRebuild<'a> {
     /// Records `view`'s queue offset as its queue's last since the stall, if it can be:
     /// in range, continuing the queue's records since the stall, and the first of them at
     /// most what was indexed of the queue (an entry indexed already, seen again, is
-    /// lower); for a queue nothing was indexed of, 0 when the scan began at the log's very
-    /// start (otherwise its records may lie below the scan: it cannot be told).
+    /// lower); for a queue nothing was indexed of (absent, or empty and fresh: emptied by a
+    /// rebuild), 0 when the scan began at the log's very start (otherwise its records may
+    /// lie below the scan: it cannot be told); for one kept expired, any.
     fn next_after_stall(&mut self, view: &RecordView<'_>) -> std::result::Result<(), String> {
         let (topic, id, at) = (view.topic, view.queue_id, view.queue_offset);
         let key = (topic.to_owned(), id);
@@ -434,9 +435,12 @@ impl<'a> QueueRebuild<'a> {
                 .expect("begin() comes first")
                 .get(topic, id)
             {
-                Some(q) => (at > q.next_offset()).then(|| q.next_offset()),
-                None if self.start_offset == 0 => (at > 0).then_some(0),
-                None => None,
+                // Emptied by a rebuild (or new), or kept expired: indexing starts such a
+                // queue at its first record's offset (see `ConsumeQueue::index`).
+                Some(q) if q.is_restartable() => None,
+                Some(q) if !q.is_fresh() => (at > q.next_offset()).then(|| q.next_offset()),
+                _ if self.start_offset == 0 => (at > 0).then_some(0),
+                _ => None,
             },
         };
         let fits = at <= MAX_QUEUE_OFFSET && expected.is_none_or(|e| e == at);

@@ -275,6 +275,12 @@ impl ConsumeQueue {
         self.free_start.load(Ordering::Acquire)
     }
 
+    /// Whether a rebuild kept the queue as expired (every entry points below the log's
+    /// start): a record of it in the log starts it again at that record's offset.
+    pub(crate) fn is_restartable(&self) -> bool {
+        self.restartable.load(Ordering::Acquire)
+    }
+
     /// Makes a queue that holds nothing, or only entries of deleted records and fewer than
     /// `next`, continue exactly at `next`: its earlier messages are gone from the log.
     pub(crate) fn position(&self, next: u64) -> Result<()> {
