@@ -212,6 +212,11 @@ impl LogStore {
         self.inner.lock().bytes_written
     }
 
+    /// The id of the entry at `index`, if the log holds it.
+    pub(crate) fn log_id_at(&self, index: u64) -> Option<LogId<NodeId>> {
+        self.inner.lock().entries.get(&index).map(|loc| loc.log_id)
+    }
+
     /// The last log id present, if any (for tests and the operator).
     pub fn last_log_id(&self) -> Option<LogId<NodeId>> {
         let inner = self.inner.lock();

@@ -268,6 +268,7 @@ impl ReplicatedStore {
             }
             let store = Arc::new(store);
             let state_machine = StateMachine::open(Arc::clone(&store), &state)?;
+            state_machine.check_log(&log)?;
             Ok::<_, Error>((store, log, state_machine))
         })
         .await

@@ -297,6 +297,44 @@ impl StateMachine {
         &self.shared.store
     }
 
+    /// Checks what recovery found applied against the Raft log, which `open` does not
+    /// see: the last entry applied (and the entry partly stored, if any) must be one the
+    /// log holds with the same id, purged from it, or the recorded snapshot's or
+    /// membership's. The entry ids in stored records are not under their CRC, and one
+    /// past the log's end would have openraft purge the whole log at its start (and
+    /// make the node's log look newer than every other's).
+    pub(crate) fn check_log(&self, log: &crate::LogStore) -> io::Result<()> {
+        let applied = self.shared.applied.lock().clone();
+        let snapshot = self
+            .shared
+            .snapshot
+            .lock()
+            .as_ref()
+            .and_then(|s| s.meta.last_log_id);
+        let recorded = [snapshot, *applied.membership.log_id()];
+        let purged = log.last_purged_index();
+        let partial = applied.partial.map(|(id, _)| id);
+        for id in [applied.last_applied, partial].into_iter().flatten() {
+            let vouched = match log.log_id_at(id.index) {
+                Some(held) => held == id,
+                None => purged.is_some_and(|p| id.index <= p) || recorded.contains(&Some(id)),
+            };
+            if !vouched {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    format!(
+                        "the store names entry {id} as applied, but the raft log (ending at \
+                         {:?}) holds {:?} at its index, and no snapshot or membership \
+                         record names it",
+                        log.last_log_id(),
+                        log.log_id_at(id.index)
+                    ),
+                ));
+            }
+        }
+        Ok(())
+    }
+
     /// The last applied log id.
     pub fn last_applied(&self) -> Option<LogId<NodeId>> {
         self.shared.applied.lock().last_applied
@@ -473,6 +511,8 @@ fn recover(
     // Where the partial entry's first stored put begins.
     let mut partial_start = pos;
     let mut found = false;
+    // The position the record before named: puts are stored in the order they are applied.
+    let mut before: Option<BatchPosition> = None;
     while pos < end {
         match store.lookup_message(pos).map_err(io_err)? {
             Some(m) => {
@@ -486,6 +526,19 @@ fn recover(
                             format!("the record at {pos} was not applied from the raft log"),
                         )
                     })?;
+                // The property is not under the record's CRC: a damaged digit must not
+                // become the last entry applied (see `StateMachine::check_log`).
+                if let Some(b) =
+                    before.filter(|b| (b.log_id.index, b.at) >= (at.log_id.index, at.at))
+                {
+                    return Err(io::Error::new(
+                        io::ErrorKind::InvalidData,
+                        format!(
+                            "the record at {pos} names put {at}, not after the record before it ({b})"
+                        ),
+                    ));
+                }
+                before = Some(at);
                 found = true;
                 let done = base
                     .last_applied

@@ -857,3 +857,82 @@ async fn a_second_open_of_a_running_node_is_refused_and_changes_nothing() {
         assert_eq!(now, size, "node {running}: nothing was cut");
     }
 }
+
+/// Rewrites, in node `id`'s stopped store, the entry index named by the `nth` record from
+/// the end (0: the last) to `index` (the same number of digits): the RAFT_LOG_ID property
+/// is not under the record's CRC, so nothing in the store notices.
+fn forge_applied_index(cluster: &Cluster, id: u64, nth: usize, index: &str) {
+    let root = cluster.store_root(id);
+    let needle = format!("{}\u{1}", rocketstore_raft::PROPERTY_RAFT_LOG_ID).into_bytes();
+    let mut found = Vec::new();
+    for (start, bytes) in commit_log_files(&root) {
+        let mut from = 0;
+        while let Some(i) = bytes[from..]
+            .windows(needle.len())
+            .position(|w| w == needle.as_slice())
+        {
+            let value_at = from + i + needle.len();
+            let len = bytes[value_at..].iter().position(|b| *b == 2).unwrap();
+            let value = std::str::from_utf8(&bytes[value_at..value_at + len]).unwrap();
+            found.push((start, value_at, value.to_owned()));
+            from = value_at + len;
+        }
+    }
+    let (start, value_at, value) = found[found.len() - 1 - nth].clone();
+    // term.node.index.at.of: the third part is the index.
+    let parts: Vec<&str> = value.split('.').collect();
+    assert_eq!(parts[2].len(), index.len(), "{value}");
+    let skip: usize = parts[..2].iter().map(|p| p.len() + 1).sum();
+    let path = rocketstore::layout::commit_log_file(&root, start);
+    let mut bytes = std::fs::read(&path).unwrap();
+    bytes[value_at + skip..value_at + skip + index.len()].copy_from_slice(index.as_bytes());
+    std::fs::write(&path, bytes).unwrap();
+}
+
+/// A damaged entry index in a stored record (not under its CRC) must not become the
+/// replica's last applied entry: past the Raft log's end it would purge the whole log at
+/// the start, and make the node's log look newer than every other's; out of order it
+/// would skip entries. The open is refused instead, and the node opens again once the
+/// record is repaired.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_damaged_entry_index_in_a_stored_record_refuses_the_open() {
+    let mut cluster = Cluster::start(3, raft_config(None)).await;
+    for i in 0..30 {
+        cluster.put(&body(i), 0).await;
+    }
+    cluster.converge().await;
+    let leader = cluster.leader().await;
+    let victim = *cluster.members.iter().find(|id| **id != leader).unwrap();
+    let last = cluster.nodes[&victim].log().last_log_id().unwrap().index;
+    assert!((10..99).contains(&last), "{last}");
+    cluster.stop(victim).await;
+    let state = cluster.dir.path().join(format!("node-{victim}/raft/state"));
+    std::fs::remove_file(state.join("applied")).unwrap();
+    let pristine = commit_log_files(&cluster.store_root(victim));
+    // The last record says it came from an entry past the log's end; then a record in
+    // the middle says it came from the last record's entry (in the log, but out of order).
+    for (nth, index) in [(0, "99".to_owned()), (10, last.to_string())] {
+        forge_applied_index(&cluster, victim, nth, &index);
+        match cluster.reopen_with(victim, None).await {
+            Err(Error::Io(e)) => assert_eq!(e.kind(), std::io::ErrorKind::InvalidData, "{e}"),
+            Err(e) => panic!("record {nth}: expected InvalidData, got {e}"),
+            Ok(()) => panic!(
+                "record {nth}: opened, applied up to {:?}, log ends at {:?}",
+                cluster.nodes[&victim].last_applied(),
+                cluster.nodes[&victim].log().last_log_id()
+            ),
+        }
+        for (start, bytes) in &pristine {
+            let path = rocketstore::layout::commit_log_file(&cluster.store_root(victim), *start);
+            std::fs::write(path, bytes).unwrap();
+        }
+    }
+    assert_eq!(
+        cluster.nodes.len(),
+        2,
+        "the refused opens left the node closed"
+    );
+    cluster.open(victim).await;
+    cluster.converge().await;
+    assert_replicas_identical(&cluster);
+}
