@@ -54,7 +54,7 @@ mod state_file;
 mod state_machine;
 
 pub use log_store::{LogStore, SEGMENT_BYTES};
-pub use node::{Error, Put, ReplicatedStore};
+pub use node::{Error, MAX_BATCH_BYTES, MAX_BATCH_PUTS, MAX_PUT_BYTES, Put, ReplicatedStore};
 pub use request::{BatchPosition, BatchResponse, PutBatch, PutRequest, PutResponse};
 pub use snapshot::SnapshotData;
 pub use state_machine::StateMachine;

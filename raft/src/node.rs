@@ -20,8 +20,14 @@ use crate::{LogStore, NodeId, Raft, StateMachine, TypeConfig};
 
 /// A batch proposed as one Raft entry holds at most this many puts...
 pub const MAX_BATCH_PUTS: usize = 1024;
-/// ...and at most about this many bytes of bodies.
+/// ...and at most this many bytes of puts ([`PutRequest::encoded_len_estimate`]), unless
+/// its one put is larger.
 pub const MAX_BATCH_BYTES: usize = 4 << 20;
+/// A put larger than this ([`PutRequest::encoded_len_estimate`]) is refused
+/// ([`Error::Rejected`]), whatever the store's `max_message_size`: the entry carrying it
+/// must fit a frame of the TCP transport ([`crate::network::tcp::MAX_FRAME`]), or no
+/// follower could ever receive it and every later put would wait behind it.
+pub const MAX_PUT_BYTES: usize = crate::network::tcp::MAX_FRAME / 2;
 /// The longest a read barrier waits for the store to index what is applied.
 const READ_BARRIER_WAIT: Duration = Duration::from_secs(10);
 /// The longest the proposer waits for its last entry to reach the log.
@@ -105,11 +111,24 @@ struct Pending {
 /// for one entry, the next batch gathers (group commit above the Raft log). Entries go to
 /// openraft in the order their puts arrived here.
 async fn propose(raft: Raft, log: LogStore, mut pending: mpsc::UnboundedReceiver<Pending>) {
-    while let Some(first) = pending.recv().await {
+    // A put that would have taken the last batch past its bytes: the next batch's first.
+    let mut carried: Option<Pending> = None;
+    loop {
+        let first = match carried.take() {
+            Some(p) => p,
+            None => match pending.recv().await {
+                Some(p) => p,
+                None => break,
+            },
+        };
         let mut bytes = first.req.encoded_len_estimate();
         let mut batch = vec![first];
-        while batch.len() < MAX_BATCH_PUTS && bytes < MAX_BATCH_BYTES {
+        while batch.len() < MAX_BATCH_PUTS {
             match pending.try_recv() {
+                Ok(p) if bytes + p.req.encoded_len_estimate() > MAX_BATCH_BYTES => {
+                    carried = Some(p);
+                    break;
+                }
                 Ok(p) => {
                     bytes += p.req.encoded_len_estimate();
                     batch.push(p);
@@ -356,8 +375,13 @@ impl ReplicatedStore {
     /// leader, and every replica records it. A message carrying the reserved
     /// [`crate::PROPERTY_RAFT_LOG_ID`] property, or one the store would refuse once that
     /// property is added (its topic, body or properties), is refused before it is
-    /// proposed ([`Error::Rejected`]). Puts made meanwhile travel in one Raft entry. On a follower: [`Error::NotLeader`]. An [`Error::Raft`] (a leader change
-    /// part-way, a shutdown) leaves the outcome unknown: the put may yet be applied.
+    /// proposed ([`Error::Rejected`]), and so is one larger than [`MAX_PUT_BYTES`]. Puts
+    /// made meanwhile travel in one Raft entry. On a follower: [`Error::NotLeader`]. On a
+    /// leader whose store refuses puts for lack of space, that refusal
+    /// ([`rocketstore::Error::DiskFull`] or `DispatchStalled`, in [`Error::Store`]): the
+    /// put is not proposed, since committed entries the store cannot apply would pile up
+    /// in memory. An [`Error::Raft`] (a leader change part-way, a shutdown) leaves the
+    /// outcome unknown: the put may yet be applied.
     pub async fn put(&self, msg: Message) -> Result<Put, Error> {
         if msg
             .properties
@@ -370,6 +394,15 @@ impl ReplicatedStore {
             )));
         }
         let req = PutRequest::new(msg, now_ms());
+        if req.encoded_len_estimate() > MAX_PUT_BYTES {
+            return Err(Error::Rejected(format!(
+                "a put of about {} bytes is larger than the {MAX_PUT_BYTES} a Raft entry may carry",
+                req.encoded_len_estimate()
+            )));
+        }
+        if self.current_leader() == Some(self.id) {
+            self.store.check_space()?;
+        }
         // What every replica would refuse is refused here, before it takes a place in a
         // majority's Raft logs: the record as applied, with the longest position.
         let config = self.store.config();

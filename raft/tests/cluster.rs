@@ -936,3 +936,47 @@ async fn a_damaged_entry_index_in_a_stored_record_refuses_the_open() {
     cluster.converge().await;
     assert_replicas_identical(&cluster);
 }
+
+/// A leader whose store refuses puts for lack of space refuses them up front, with the
+/// store's typed error, instead of committing entries it cannot apply (they would pile
+/// up in memory behind the stalled apply).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leader_whose_disk_is_full_refuses_puts_before_proposing_them() {
+    let cluster = Cluster::start_tweaked(3, raft_config(None), |c| c.disk_full_ratio(1e-9)).await;
+    let leader = cluster.leader().await;
+    let node = &cluster.nodes[&leader];
+    assert!(node.store().is_disk_full());
+    let before = node.log().last_log_id();
+    let msg = Message::new(TOPIC, 0u32, Bytes::from(body(0)));
+    let put = tokio::time::timeout(WAIT, node.put(msg))
+        .await
+        .expect("refused at once, not proposed");
+    assert!(
+        matches!(put, Err(Error::Store(rocketstore::Error::DiskFull { .. }))),
+        "{put:?}"
+    );
+    assert_eq!(node.log().last_log_id(), before, "nothing was proposed");
+}
+
+/// A put the store would take but no Raft entry may carry (larger than a TCP frame
+/// allows) is refused, not proposed: no follower could receive it, and every later put
+/// would wait behind it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_put_larger_than_an_entry_may_carry_is_refused() {
+    let cluster = Cluster::start_tweaked(3, raft_config(None), |c| {
+        c.commit_log_file_size(128 << 20).max_message_size(96 << 20)
+    })
+    .await;
+    let leader = cluster.leader().await;
+    let node = &cluster.nodes[&leader];
+    let before = node.log().last_log_id();
+    let huge = Bytes::from(vec![7u8; rocketstore_raft::MAX_PUT_BYTES + 1]);
+    let put = tokio::time::timeout(WAIT, node.put(Message::new(TOPIC, 0u32, huge)))
+        .await
+        .expect("refused at once, not proposed");
+    match put {
+        Err(Error::Rejected(why)) => assert!(why.contains("Raft entry"), "{why}"),
+        other => panic!("expected Rejected, got {other:?}"),
+    }
+    assert_eq!(node.log().last_log_id(), before, "nothing was proposed");
+}

@@ -956,6 +956,13 @@ impl MessageStore {
         self.inner.log.disk().is_full()
     }
 
+    /// The refusal a put would get now for lack of space ([`Error::DiskFull`] or
+    /// [`Error::DispatchStalled`]), if any: a layer that queues work for the store (a
+    /// replication log) can refuse it up front instead of piling it up.
+    pub fn check_space(&self) -> Result<()> {
+        self.inner.log.disk().check()
+    }
+
     /// Flushes everything appended so far and returns the flushed offset. A failure
     /// poisons the store.
     pub fn flush(&self) -> Result<u64> {

@@ -60,17 +60,29 @@ pub struct Cluster {
     pub config: Arc<Config>,
     pub nodes: BTreeMap<NodeId, ReplicatedStore>,
     pub members: Vec<NodeId>,
+    /// Applied to every node's store config as it opens.
+    pub tweak: fn(StoreConfig) -> StoreConfig,
 }
 
 impl Cluster {
     /// Starts `n` nodes (ids 1..=n) and waits for a leader.
     pub async fn start(n: u64, config: Arc<Config>) -> Cluster {
+        Cluster::start_tweaked(n, config, |c| c).await
+    }
+
+    /// [`Cluster::start`] with every store's config passed through `tweak`.
+    pub async fn start_tweaked(
+        n: u64,
+        config: Arc<Config>,
+        tweak: fn(StoreConfig) -> StoreConfig,
+    ) -> Cluster {
         let mut cluster = Cluster {
             dir: tempfile::tempdir().expect("a temporary directory"),
             router: Router::default(),
             config,
             nodes: BTreeMap::new(),
             members: (1..=n).collect(),
+            tweak,
         };
         for id in 1..=n {
             cluster.open(id).await;
@@ -130,6 +142,7 @@ impl Cluster {
         if let Some(hook) = hook {
             store = store.io_hook(hook);
         }
+        let store = (self.tweak)(store);
         let node = ReplicatedStore::open(
             id,
             store,
