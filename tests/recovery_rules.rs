@@ -1377,3 +1377,32 @@ fn retention_never_moves_a_damaged_queue_past_messages_the_log_holds() {
     let want: Vec<_> = puts.iter().map(|p| p.physical_offset).collect();
     assert_eq!(offsets, want);
 }
+
+/// A queue whose files are lost on disk, read at first use, is an error even when its
+/// last record is the log's very first (at offset 0, which the queue table also writes
+/// for "none"): it is not taken for a queue retention emptied.
+#[test]
+fn a_queue_that_lost_its_files_is_an_error_even_when_its_record_is_at_offset_0() {
+    let dir = tempfile::tempdir().unwrap();
+    let put = {
+        let store = MessageStore::open(lazy(dir.path())).unwrap();
+        let put = store.put_message(&message("T", 0, "t", 0)).unwrap();
+        store.put_message(&message("U", 0, "u", 0)).unwrap();
+        put
+    };
+    assert_eq!(put.physical_offset, 0);
+    let queue = layout::queue_dir(dir.path(), "T", 0);
+    for file in fs::read_dir(&queue).unwrap() {
+        fs::remove_file(file.unwrap().path()).unwrap();
+    }
+    {
+        let store = MessageStore::open(lazy(dir.path())).unwrap();
+        let got = store.get_message("T", 0, 0, 8);
+        assert!(matches!(got, Err(Error::BadStoreFile { .. })), "{got:?}");
+        assert!(store.shutdown().is_err(), "left for the next open to rebuild");
+    }
+    let store = MessageStore::open(lazy(dir.path())).unwrap();
+    let got = store.get_message("T", 0, 0, 8).unwrap();
+    assert_eq!(got.messages.len(), 1);
+    assert_eq!(got.messages[0].physical_offset, 0);
+}

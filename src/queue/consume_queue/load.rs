@@ -229,9 +229,11 @@ impl ConsumeQueue {
         let mut tail = self.tail.lock();
         let log_start = self.io.log_start.load(Ordering::SeqCst);
         // A queue kept only as a position (its files removed, its row naming no live
-        // record): nothing to read, and it goes on at the row's offset.
+        // record): nothing to read, and it goes on at the row's offset. Only retention
+        // leaves one, so the log no longer starts at 0; a row's 0 there names the log's
+        // first record (or that its last entry could not be read), never "no record".
         let position_only = matches!(&loaded, Ok(q) if q.span.read().is_none())
-            && (end.last_physical == 0 || end.last_physical < log_start);
+            && end.last_physical < log_start;
         let why = match &loaded {
             _ if position_only => None,
             Ok(q) if q.damage().is_some() => q.damage().map(str::to_owned),
