@@ -450,6 +450,35 @@ impl rocketstore::TagCode for DelayAt {
     }
 }
 
+/// A tag filter on a topic whose entries hold a broker's code (not the tag hash) still
+/// finds the messages with its tags: the hash is no guide there, the record's tag is.
+#[test]
+fn a_tag_filter_finds_messages_whose_entries_hold_a_code() {
+    let dir = tempfile::tempdir().unwrap();
+    let store =
+        MessageStore::open(config(dir.path(), sync_mode()).tag_code(std::sync::Arc::new(DelayAt)))
+            .unwrap();
+    let topic = "SCHEDULE_TOPIC_XXXX";
+    let put = |tag: &str, at: &str| {
+        let msg = Message::new(topic, 0, Bytes::from_static(b"later"))
+            .with_tags(tag)
+            .with_property("DELAY_AT", at);
+        store.put_message(&msg).unwrap()
+    };
+    let a = put("A", "1767225600000");
+    let b = put("B", "1767225600001");
+    assert!(store.wait_dispatched(b.physical_offset, WAIT));
+    for (expression, want) in [("A", vec![a]), ("B", vec![b]), ("A || B", vec![a, b])] {
+        let filter = rocketstore::TagFilter::parse(expression);
+        let got = store
+            .get_message_filtered(topic, 0, 0, 8, Some(&filter))
+            .unwrap();
+        let got: Vec<_> = got.messages.iter().map(|m| m.physical_offset).collect();
+        let want: Vec<_> = want.iter().map(|p| p.physical_offset).collect();
+        assert_eq!(got, want, "{expression}");
+    }
+}
+
 #[test]
 fn a_broker_supplies_the_tag_code_of_delayed_messages() {
     let dir = tempfile::tempdir().unwrap();

@@ -1399,7 +1399,10 @@ fn a_queue_that_lost_its_files_is_an_error_even_when_its_record_is_at_offset_0()
         let store = MessageStore::open(lazy(dir.path())).unwrap();
         let got = store.get_message("T", 0, 0, 8);
         assert!(matches!(got, Err(Error::BadStoreFile { .. })), "{got:?}");
-        assert!(store.shutdown().is_err(), "left for the next open to rebuild");
+        assert!(
+            store.shutdown().is_err(),
+            "left for the next open to rebuild"
+        );
     }
     let store = MessageStore::open(lazy(dir.path())).unwrap();
     let got = store.get_message("T", 0, 0, 8).unwrap();

@@ -27,6 +27,10 @@ use crate::commit_log::record::{RecordView, find_tags};
 /// let config = StoreConfig::new("/tmp/store").tag_code(Arc::new(DeliveryTime));
 /// # let _ = config;
 /// ```
+///
+/// With a tag code configured, a tag-filtered read ([`crate::TagFilter`]) cannot trust
+/// the entries' hashes (a code may stand in for one on any topic), so it reads each
+/// record in range and compares its tags: filtered reads cost more, on every topic.
 pub trait TagCode: Send + Sync + 'static {
     /// The code to store for `record`, or `None` for its tag hash. It must depend on the
     /// record's bytes only: recovery computes it again and compares.

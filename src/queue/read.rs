@@ -229,6 +229,10 @@ fn walk<T>(
         filter,
     } = *req;
     let max_bytes = max_bytes.unwrap_or(default_max_bytes);
+    // The entries' tag hashes pick the records worth reading, unless a broker's tag code
+    // may stand in their place (on any topic it chooses): then every record is read, and
+    // its tag decides.
+    let by_hash = filter.filter(|_| queues.tag_code.is_none());
     let Some(queue) = queues.get(topic, queue_id) else {
         return Ok(Walked {
             status: GetStatus::NoMessageInQueue,
@@ -343,13 +347,13 @@ fn walk<T>(
                     next -= 1;
                     break 'outer;
                 }
-                if filter.is_none_or(|f| f.matches_hash(entry.tag_hash)) {
+                if by_hash.is_none_or(|f| f.matches_hash(entry.tag_hash)) {
                     removed += 1;
                 }
                 continue;
             }
             seen_live = true;
-            if filter.is_some_and(|f| !f.matches_hash(entry.tag_hash)) {
+            if by_hash.is_some_and(|f| !f.matches_hash(entry.tag_hash)) {
                 continue;
             }
             let before = items.len();

@@ -232,8 +232,8 @@ impl ConsumeQueue {
         // record): nothing to read, and it goes on at the row's offset. Only retention
         // leaves one, so the log no longer starts at 0; a row's 0 there names the log's
         // first record (or that its last entry could not be read), never "no record".
-        let position_only = matches!(&loaded, Ok(q) if q.span.read().is_none())
-            && end.last_physical < log_start;
+        let position_only =
+            matches!(&loaded, Ok(q) if q.span.read().is_none()) && end.last_physical < log_start;
         let why = match &loaded {
             _ if position_only => None,
             Ok(q) if q.damage().is_some() => q.damage().map(str::to_owned),
