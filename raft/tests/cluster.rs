@@ -980,3 +980,62 @@ async fn a_put_larger_than_an_entry_may_carry_is_refused() {
     }
     assert_eq!(node.log().last_log_id(), before, "nothing was proposed");
 }
+
+/// A node served over TCP can be stopped and shut down: `serve_until` ends its
+/// connections (an idle client's included) and lets go of the node, and the node
+/// reopens with what it acknowledged.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_served_over_tcp_stops_serving_and_shuts_down() {
+    use rocketstore_raft::network::tcp;
+    let dir = tempfile::tempdir().unwrap();
+    let store = || {
+        rocketstore::StoreConfig::new(dir.path().join("store"))
+            .commit_log_file_size(64 << 10)
+            .index_file_shape(512, 4096)
+    };
+    let raft_dir = dir.path().join("raft");
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    let open = || {
+        rocketstore_raft::ReplicatedStore::open(
+            1,
+            store(),
+            &raft_dir,
+            raft_config(None),
+            tcp::TcpNetwork,
+        )
+    };
+    let node = open().await.unwrap();
+    node.initialize([(1, addr.clone())]).await.unwrap();
+    node.wait_leader(WAIT).await.unwrap();
+    let node = std::sync::Arc::new(node);
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(tcp::serve_until(
+        listener,
+        std::sync::Arc::clone(&node),
+        async {
+            let _ = stopped.await;
+        },
+    ));
+    let mut client = tcp::Client::new(addr);
+    let acked = client
+        .put(TOPIC, 0, Bytes::from(body(0)), WAIT)
+        .await
+        .unwrap()
+        .unwrap();
+    // The client stays connected (idle) while the node stops.
+    stop.send(()).unwrap();
+    tokio::time::timeout(WAIT, server)
+        .await
+        .expect("serving ends")
+        .unwrap()
+        .unwrap();
+    let node = std::sync::Arc::into_inner(node).expect("the server let go of the node");
+    node.shutdown().await.unwrap();
+    drop(client);
+    let node = open().await.unwrap();
+    let got = node.store().get_message(TOPIC, 0, 0, 8).unwrap();
+    assert_eq!(got.messages.len(), 1);
+    assert_eq!(got.messages[0].physical_offset, acked.physical_offset);
+    node.shutdown().await.unwrap();
+}

@@ -347,30 +347,74 @@ fn unexpected() -> io::Error {
 
 /// Serves Raft RPCs and client requests for `node` on `listener`, for ever: at most
 /// [`MAX_CONNECTIONS`] at once. A failed accept (out of file descriptors, say) is logged
-/// and retried after a pause.
+/// and retried after a pause. To stop serving (and shut the node down), use
+/// [`serve_until`].
 pub async fn serve(listener: TcpListener, node: Arc<ReplicatedStore>) -> io::Result<()> {
+    serve_until(listener, node, std::future::pending()).await
+}
+
+/// [`serve`] until `stop` resolves: then stops accepting, ends every connection (a
+/// request being served is dropped; a client's put may still be applied, as after any
+/// lost answer), and returns once none is left, so that no clone of `node` remains here
+/// and the caller can take it back and shut it down:
+///
+/// ```no_run
+/// # async fn run(node: rocketstore_raft::ReplicatedStore, listener: tokio::net::TcpListener) {
+/// use std::sync::Arc;
+/// let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+/// let node = Arc::new(node);
+/// let server = tokio::spawn(rocketstore_raft::network::tcp::serve_until(
+///     listener,
+///     Arc::clone(&node),
+///     async { let _ = stopped.await; },
+/// ));
+/// // ... until the broker stops:
+/// let _ = stop.send(());
+/// server.await.unwrap().unwrap();
+/// let node = Arc::into_inner(node).expect("nothing else holds the node");
+/// node.shutdown().await.unwrap();
+/// # }
+/// ```
+pub async fn serve_until(
+    listener: TcpListener,
+    node: Arc<ReplicatedStore>,
+    stop: impl std::future::Future<Output = ()>,
+) -> io::Result<()> {
     let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
+    let mut connections = tokio::task::JoinSet::new();
+    tokio::pin!(stop);
     loop {
-        let slot = Arc::clone(&slots)
-            .acquire_owned()
-            .await
-            .expect("the semaphore is never closed");
-        let stream = match listener.accept().await {
+        // Connections that ended: their tasks are not kept.
+        while connections.try_join_next().is_some() {}
+        let slot = tokio::select! {
+            _ = &mut stop => break,
+            slot = Arc::clone(&slots).acquire_owned() => slot.expect("the semaphore is never closed"),
+        };
+        let accepted = tokio::select! {
+            _ = &mut stop => break,
+            accepted = listener.accept() => accepted,
+        };
+        let stream = match accepted {
             Ok((stream, _)) => stream,
             Err(e) => {
                 log::warn!("accept: {e}");
-                tokio::time::sleep(Duration::from_millis(100)).await;
+                tokio::select! {
+                    _ = &mut stop => break,
+                    _ = tokio::time::sleep(Duration::from_millis(100)) => {}
+                }
                 continue;
             }
         };
         // Only latency depends on it.
         let _ = stream.set_nodelay(true);
         let node = Arc::clone(&node);
-        tokio::spawn(async move {
+        connections.spawn(async move {
             serve_connection(stream, &node).await;
             drop(slot);
         });
     }
+    connections.shutdown().await;
+    Ok(())
 }
 
 /// One connection's requests, one at a time, until the peer goes, falls silent, or takes
