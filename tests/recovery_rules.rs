@@ -1409,3 +1409,37 @@ fn a_queue_that_lost_its_files_is_an_error_even_when_its_record_is_at_offset_0()
     assert_eq!(got.messages.len(), 1);
     assert_eq!(got.messages[0].physical_offset, 0);
 }
+
+/// The same damage found first by retention (no reader came first): the trim reads the
+/// queue, finds it damaged, and then leaves it alone too.
+#[test]
+fn retention_that_first_reads_a_damaged_queue_leaves_it_alone() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = || {
+        lazy(dir.path())
+            .file_reserved_time(Duration::ZERO)
+            .consume_queue_entries_per_file(4)
+    };
+    let puts = {
+        let store = MessageStore::open(cfg()).unwrap();
+        fill_log_files(&store, "F", 2);
+        let puts: Vec<_> = (0..10)
+            .map(|i| store.put_message(&message("S", 0, "s", i)).unwrap())
+            .collect();
+        store.put_message(&message("S", 1, "s", 0)).unwrap();
+        puts
+    };
+    fs::write(layout::queue_dir(dir.path(), "S", 0).join("stray"), b"").unwrap();
+    let store = MessageStore::open(cfg()).unwrap();
+    assert!(store.delete_expired_files().unwrap() > 0);
+    assert!(store.min_physical_offset() > 0);
+    assert_eq!(store.min_offset_in_queue("S", 0), 0);
+    match store.get_message("S", 0, 0, 16) {
+        Err(e) => assert!(matches!(e, Error::BadStoreFile { .. }), "{e}"),
+        Ok(got) => {
+            let offsets: Vec<_> = got.messages.iter().map(|m| m.physical_offset).collect();
+            let want: Vec<_> = puts.iter().map(|p| p.physical_offset).collect();
+            assert_eq!(offsets, want, "{:?}", got.status);
+        }
+    }
+}

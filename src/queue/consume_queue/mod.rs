@@ -398,7 +398,7 @@ impl ConsumeQueue {
                 );
                 return Ok(0);
             }
-            if !self.is_loaded() {
+            if !self.is_loaded() || self.found_damaged.load(Ordering::Acquire) {
                 return Ok(0);
             }
         }
