@@ -657,7 +657,12 @@ impl CommitLog {
     fn mark_held(&self, since: Instant) -> HeldMark<'_> {
         let taken_at = since.duration_since(self.epoch).as_nanos() as u64 + 1;
         self.lock_taken_at.store(taken_at, Ordering::Release);
-        HeldMark(self)
+        HeldMark {
+            log: self,
+            // A put from a destructor during another panic's unwind is not a panic
+            // under the lock.
+            unwinding: std::thread::panicking(),
+        }
     }
 
     /// How long the current holder has held the put lock, if it is held.
@@ -1168,13 +1173,17 @@ fn queue_slot<'a>(table: &'a mut QueueOffsets, topic: &str, queue_id: u32) -> &'
 }
 
 /// The put lock's hold as `lock_held_for` sees it; see [`CommitLog::mark_held`].
-struct HeldMark<'a>(&'a CommitLog);
+struct HeldMark<'a> {
+    log: &'a CommitLog,
+    /// The thread was already unwinding when the mark was taken.
+    unwinding: bool,
+}
 
 impl Drop for HeldMark<'_> {
     fn drop(&mut self) {
-        self.0.lock_taken_at.store(0, Ordering::Release);
-        if std::thread::panicking() {
-            self.0.poison_with(Arc::new(std::io::Error::other(
+        self.log.lock_taken_at.store(0, Ordering::Release);
+        if std::thread::panicking() && !self.unwinding {
+            self.log.poison_with(Arc::new(std::io::Error::other(
                 "a panic under the put lock",
             )));
         }
