@@ -376,9 +376,6 @@ impl ConsumeQueue {
         if self.dropped.load(Ordering::Acquire) {
             return Ok(0);
         }
-        if self.found_damaged.load(Ordering::Acquire) {
-            return Ok(0);
-        }
         if !self.is_loaded() {
             // Not read since a lazy open. One that never filled a file keeps only the file
             // being written, and its minimum follows the log's start when it loads; one
@@ -398,9 +395,13 @@ impl ConsumeQueue {
                 );
                 return Ok(0);
             }
-            if !self.is_loaded() || self.found_damaged.load(Ordering::Acquire) {
+            if !self.is_loaded() {
                 return Ok(0);
             }
+        }
+        // Found damaged when it was read (here or before): see `raise_min`.
+        if self.found_damaged.load(Ordering::Acquire) {
+            return Ok(0);
         }
         let _tail = self.tail.lock();
         let mut removed = 0;
