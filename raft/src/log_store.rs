@@ -8,7 +8,9 @@
 //!
 //! An append writes its frames into the page cache and returns; a flush thread then makes
 //! them durable with one `fdatasync` for every append waiting (group commit) and only then
-//! reports them to openraft, which counts a replica's vote for an entry only after that.
+//! reports them to openraft, which counts a replica's vote for an entry only after that;
+//! the state machine applies nothing until every append submitted is synced, so a
+//! store's record never outlives its entry's frame.
 //! A segment is synced before the next one starts, so only the last segment can end in a
 //! torn frame after a crash; it is cut there, and a damaged frame anywhere else refuses
 //! the open.
@@ -24,6 +26,7 @@ use std::sync::Arc;
 use std::thread;
 
 use flusher::Flush;
+pub(crate) use flusher::{AppendProgress, Synced};
 use openraft::storage::{LogFlushed, LogState, RaftLogStorage};
 use openraft::{Entry, LogId, RaftLogId, RaftLogReader, StorageError, StorageIOError, Vote};
 use parking_lot::Mutex;
@@ -200,10 +203,11 @@ impl LogStore {
         *self.purge_gate.lock() = Some(covered);
     }
 
-    /// How many appends were submitted so far, and a watch of how many are flushed: a
-    /// proposer waits for the append after its proposal to be flushed before it proposes
-    /// again, since openraft handles one append at a time and each costs a sync.
-    pub(crate) fn append_progress(&self) -> (u64, tokio::sync::watch::Receiver<u64>) {
+    /// How many appends were submitted so far, and a watch of how many are synced: a
+    /// proposer waits for the append after its proposal to be synced before it proposes
+    /// again, since openraft handles one append at a time and each costs a sync; the
+    /// state machine waits for every append submitted to be synced before it applies.
+    pub(crate) fn append_progress(&self) -> AppendProgress {
         self.flush.progress()
     }
 
@@ -572,23 +576,81 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 mod flusher {
     //! The flush thread: one `fdatasync` for all appends waiting, then their callbacks.
 
+    use std::sync::atomic::{AtomicU64, Ordering};
+
     use super::*;
 
     type Job = (Vec<Arc<File>>, LogFlushed<TypeConfig>);
 
+    /// How far the flush thread has come.
+    #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+    pub(crate) struct Synced {
+        /// Appends whose sync has completed (or failed).
+        pub count: u64,
+        /// A sync failed: no append from then on is durable.
+        pub failed: bool,
+    }
+
+    /// Where the log's appends stand: how many were handed to the flush thread, and a
+    /// watch of how many it has synced. Cheap to clone.
+    #[derive(Clone)]
+    pub(crate) struct AppendProgress {
+        submitted: Arc<AtomicU64>,
+        synced: watch::Receiver<Synced>,
+    }
+
+    impl AppendProgress {
+        /// Progress made of these parts (tests drive them by hand).
+        #[cfg(test)]
+        pub(crate) fn from_parts(
+            submitted: Arc<AtomicU64>,
+            synced: watch::Receiver<Synced>,
+        ) -> AppendProgress {
+            AppendProgress { submitted, synced }
+        }
+
+        /// Appends handed to the flush thread so far.
+        pub(crate) fn submitted(&self) -> u64 {
+            self.submitted.load(Ordering::Acquire)
+        }
+
+        /// A watch of the flush thread's progress.
+        pub(crate) fn synced(&self) -> watch::Receiver<Synced> {
+            self.synced.clone()
+        }
+
+        /// Waits until every append submitted before the call is durable. An error if a
+        /// sync failed, or the flush thread is gone.
+        pub(crate) async fn all_synced(&self) -> io::Result<()> {
+            let target = self.submitted();
+            let mut synced = self.synced();
+            let reached = synced
+                .wait_for(|s| s.failed || s.count >= target)
+                .await
+                .map(|s| *s)
+                .map_err(|_| io::Error::other("the raft log's flush thread stopped"))?;
+            if reached.failed {
+                return Err(io::Error::other(
+                    "a raft log fdatasync failed: its appends are not durable",
+                ));
+            }
+            Ok(())
+        }
+    }
+
     pub(super) struct Flush {
         tx: std::sync::mpsc::Sender<Job>,
         /// Appends handed to the thread.
-        submitted: std::sync::atomic::AtomicU64,
-        /// Appends whose sync has completed (or failed).
-        flushed: tokio::sync::watch::Sender<u64>,
+        submitted: Arc<AtomicU64>,
+        /// The thread's progress.
+        synced: watch::Sender<Synced>,
     }
 
     impl Flush {
         pub(super) fn start() -> Arc<Flush> {
             let (tx, rx) = std::sync::mpsc::channel::<Job>();
-            let flushed = tokio::sync::watch::Sender::new(0u64);
-            let progress = flushed.clone();
+            let synced = watch::Sender::new(Synced::default());
+            let progress = synced.clone();
             thread::Builder::new()
                 .name("raft-log-flush".into())
                 .spawn(move || {
@@ -620,26 +682,30 @@ mod flusher {
                                 Some(kind) => Err(io::Error::new(kind, "an earlier raft log fdatasync failed")),
                             });
                         }
-                        progress.send_modify(|n| *n += count);
+                        progress.send_modify(|s| {
+                            s.count += count;
+                            s.failed = failed.is_some();
+                        });
                     }
                 })
                 .expect("spawn the raft log flush thread");
             Arc::new(Flush {
                 tx,
-                submitted: std::sync::atomic::AtomicU64::new(0),
-                flushed,
+                submitted: Arc::new(AtomicU64::new(0)),
+                synced,
             })
         }
 
-        /// Appends submitted so far, and a watch of those flushed.
-        pub(super) fn progress(&self) -> (u64, tokio::sync::watch::Receiver<u64>) {
-            let submitted = self.submitted.load(std::sync::atomic::Ordering::Acquire);
-            (submitted, self.flushed.subscribe())
+        /// Appends submitted so far, and a watch of those synced.
+        pub(super) fn progress(&self) -> AppendProgress {
+            AppendProgress {
+                submitted: Arc::clone(&self.submitted),
+                synced: self.synced.subscribe(),
+            }
         }
 
         pub(super) fn submit(&self, files: Vec<Arc<File>>, callback: LogFlushed<TypeConfig>) {
-            self.submitted
-                .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+            self.submitted.fetch_add(1, Ordering::AcqRel);
             // The thread stops only once this sender is dropped: the send cannot fail.
             let _ = self.tx.send((files, callback));
         }

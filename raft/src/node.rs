@@ -137,7 +137,9 @@ async fn propose(raft: Raft, log: LogStore, mut pending: mpsc::UnboundedReceiver
             }
         }
         let (puts, waiting): (Vec<_>, Vec<_>) = batch.into_iter().map(|p| (p.req, p.done)).unzip();
-        let (submitted, mut flushed) = log.append_progress();
+        let progress = log.append_progress();
+        let submitted = progress.submitted();
+        let mut synced = progress.synced();
         match raft.client_write_ff(PutBatch { puts }).await {
             Ok(outcome) => {
                 let (answered, mut is_answered) = tokio::sync::watch::channel(false);
@@ -157,7 +159,7 @@ async fn propose(raft: Raft, log: LogStore, mut pending: mpsc::UnboundedReceiver
                 // once) or a short bound (the entry may go elsewhere).
                 let _ = tokio::time::timeout(PACE_LIMIT, async {
                     tokio::select! {
-                        _ = flushed.wait_for(|f| *f > submitted) => {}
+                        _ = synced.wait_for(|s| s.count > submitted) => {}
                         _ = is_answered.wait_for(|a| *a) => {}
                     }
                 })
@@ -288,6 +290,7 @@ impl ReplicatedStore {
             let store = Arc::new(store);
             let state_machine = StateMachine::open(Arc::clone(&store), &state)?;
             state_machine.check_log(&log)?;
+            state_machine.apply_after_log_syncs(log.append_progress());
             Ok::<_, Error>((store, log, state_machine))
         })
         .await

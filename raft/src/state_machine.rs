@@ -30,7 +30,7 @@ use rocketstore::{Error as StoreError, MessageStore};
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
-use crate::log_store::{Covered, sync_dir};
+use crate::log_store::{AppendProgress, Covered, sync_dir};
 use crate::request::{BatchPosition, BatchResponse, PutBatch, PutRequest, PutResponse};
 use crate::snapshot::{self, SnapshotData};
 use crate::state_file::{read_state, write_state};
@@ -237,6 +237,9 @@ struct Shared {
     /// Number of the next received stream's file: each stream has its own, which an
     /// interrupted install keeps for the next open while a new transfer writes another.
     streams: std::sync::atomic::AtomicU64,
+    /// The node's Raft log, whose appends an apply waits to be durable (see
+    /// [`StateMachine::apply_after_log_syncs`]).
+    log_syncs: Mutex<Option<AppendProgress>>,
 }
 
 fn io_err(e: StoreError) -> io::Error {
@@ -288,6 +291,7 @@ impl StateMachine {
                 hint,
                 streams: std::sync::atomic::AtomicU64::new(0),
                 covered,
+                log_syncs: Mutex::new(None),
             }),
         })
     }
@@ -333,6 +337,18 @@ impl StateMachine {
             }
         }
         Ok(())
+    }
+
+    /// From now on an apply first waits until every append submitted to the node's Raft
+    /// log is durable. openraft 0.9 may apply an entry this node has appended but not yet
+    /// synced (the others made it committed): a power cut could then keep the store's
+    /// record of it and lose the log's frame, and the next open would find the store
+    /// ahead of its own log ([`check_log`](Self::check_log) refuses such a node). An
+    /// entry is readable for apply only once its append was submitted, so waiting for
+    /// every submitted append covers it; the wait is short, since the flush thread syncs
+    /// all waiting appends at once, and usually none, since the entry was committed.
+    pub(crate) fn apply_after_log_syncs(&self, progress: AppendProgress) {
+        *self.shared.log_syncs.lock() = Some(progress);
     }
 
     /// The last applied log id.
@@ -680,6 +696,13 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
     where
         I: IntoIterator<Item = Entry<TypeConfig>>,
     {
+        let log_syncs = self.shared.log_syncs.lock().clone();
+        if let Some(progress) = log_syncs {
+            progress
+                .all_synced()
+                .await
+                .map_err(|e| StorageIOError::write_state_machine(&e))?;
+        }
         let mut responses = Vec::new();
         for entry in entries {
             let response = match &entry.payload {
@@ -879,5 +902,66 @@ mod tests {
             assert_eq!(fs::read(&victim).unwrap(), b"keep", "{stream}");
             assert!(dir.join("installing").exists());
         }
+    }
+
+    /// An apply waits until every append submitted to the node's Raft log is synced: a
+    /// record in the store must never outlive, on a power cut, the log's frame of its
+    /// entry. A failed sync fails the apply, and nothing is stored.
+    #[tokio::test]
+    async fn an_apply_waits_for_the_raft_log_to_sync_its_appends() {
+        use std::future::Future;
+        use std::sync::atomic::AtomicU64;
+        use std::task::{Context, Poll, Waker};
+
+        use openraft::CommittedLeaderId;
+
+        use crate::log_store::Synced;
+
+        fn entry(index: u64) -> Entry<TypeConfig> {
+            let msg = rocketstore::Message::new("T", 0u32, format!("entry {index}"));
+            Entry {
+                log_id: LogId::new(CommittedLeaderId::new(1, 1), index),
+                payload: EntryPayload::Normal(PutBatch {
+                    puts: vec![PutRequest::new(msg, 1_700_000_000_000)],
+                }),
+            }
+        }
+
+        let base = tempfile::tempdir().unwrap();
+        let config =
+            rocketstore::StoreConfig::new(base.path().join("store")).commit_log_file_size(64 << 10);
+        let store = Arc::new(MessageStore::open(config).unwrap());
+        let sm = StateMachine::open(Arc::clone(&store), &base.path().join("state")).unwrap();
+        let submitted = Arc::new(AtomicU64::new(1));
+        let (synced, watching) = watch::channel(Synced::default());
+        sm.apply_after_log_syncs(AppendProgress::from_parts(Arc::clone(&submitted), watching));
+
+        // One append submitted, none synced: the apply stores nothing yet.
+        let mut cx = Context::from_waker(Waker::noop());
+        {
+            let mut applier = sm.clone();
+            let mut applying = std::pin::pin!(applier.apply(vec![entry(1)]));
+            assert!(applying.as_mut().poll(&mut cx).is_pending());
+            assert_eq!(store.max_physical_offset(), 0);
+            assert_eq!(sm.last_applied(), None);
+            synced.send_modify(|s| s.count = 1);
+            let Poll::Ready(applied) = applying.as_mut().poll(&mut cx) else {
+                panic!("the apply still waits once its append is synced");
+            };
+            assert_eq!(applied.unwrap().len(), 1);
+        }
+        assert!(store.max_physical_offset() > 0);
+        assert_eq!(sm.last_applied().map(|l| l.index), Some(1));
+
+        // A sync fails: the apply fails and stores nothing.
+        let end = store.max_physical_offset();
+        submitted.store(2, std::sync::atomic::Ordering::Release);
+        synced.send_modify(|s| {
+            s.count = 2;
+            s.failed = true;
+        });
+        assert!(sm.clone().apply(vec![entry(2)]).await.is_err());
+        assert_eq!(store.max_physical_offset(), end);
+        assert_eq!(sm.last_applied().map(|l| l.index), Some(1));
     }
 }
