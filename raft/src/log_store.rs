@@ -25,8 +25,10 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::thread;
 
+pub(crate) use flusher::AppendProgress;
 use flusher::Flush;
-pub(crate) use flusher::{AppendProgress, Synced};
+#[cfg(test)]
+pub(crate) use flusher::Synced;
 use openraft::storage::{LogFlushed, LogState, RaftLogStorage};
 use openraft::{Entry, LogId, RaftLogId, RaftLogReader, StorageError, StorageIOError, Vote};
 use parking_lot::Mutex;
