@@ -8,9 +8,10 @@
 //!
 //! An append writes its frames into the page cache and returns; a flush thread then makes
 //! them durable with one `fdatasync` for every append waiting (group commit) and only then
-//! reports them to openraft, which counts a replica's vote for an entry only after that;
-//! the state machine applies nothing until every append submitted is synced, so a
-//! store's record never outlives its entry's frame.
+//! reports them to openraft, which counts a replica's vote for an entry only after that.
+//! The open syncs the last segment it read (a killed process's unsynced frames are still
+//! in the page cache), and the state machine applies nothing until every append submitted
+//! is synced, so a store's record never outlives its entry's frame.
 //! A segment is synced before the next one starts, so only the last segment can end in a
 //! torn frame after a crash; it is cut there, and a damaged frame anywhere else refuses
 //! the open.
@@ -123,6 +124,18 @@ pub(crate) fn create_dir_durable(dir: &Path) -> io::Result<()> {
     Ok(())
 }
 
+/// Syncs the last segment as the open found it. A process killed before its flush thread
+/// synced an append leaves the frame in the page cache, where the next open, in the same
+/// boot, reads it back as if it were durable: openraft then counts it, answers the
+/// leader that it holds the entry, and applies it once committed, so the store's record
+/// of it could reach the disk while the frame is lost on a power cut. Earlier segments
+/// were synced before the next one began.
+fn sync_loaded(file: &File) -> io::Result<()> {
+    #[cfg(test)]
+    tests::LOADED_SYNCS.with(|n| n.set(n.get() + 1));
+    file.sync_data()
+}
+
 fn corrupt(path: &Path, what: impl std::fmt::Display) -> io::Error {
     io::Error::new(
         io::ErrorKind::InvalidData,
@@ -168,6 +181,9 @@ impl LogStore {
         let count = firsts.len();
         for (i, first) in firsts.into_iter().enumerate() {
             inner.load_segment(first, i + 1 == count)?;
+        }
+        if let Some(last) = inner.segments.last() {
+            sync_loaded(&last.file)?;
         }
         Ok(LogStore {
             inner: Arc::new(Mutex::new(inner)),
@@ -622,7 +638,7 @@ mod flusher {
         }
 
         /// Waits until every append submitted before the call is durable. An error if a
-        /// sync failed, or the flush thread is gone.
+        /// sync failed, or the flush thread panicked.
         pub(crate) async fn all_synced(&self) -> io::Result<()> {
             let target = self.submitted();
             let mut synced = self.synced();
@@ -630,7 +646,7 @@ mod flusher {
                 .wait_for(|s| s.failed || s.count >= target)
                 .await
                 .map(|s| *s)
-                .map_err(|_| io::Error::other("the raft log's flush thread stopped"))?;
+                .map_err(|_| io::Error::other("the raft log was closed"))?;
             if reached.failed {
                 return Err(io::Error::other(
                     "a raft log fdatasync failed: its appends are not durable",
@@ -656,6 +672,17 @@ mod flusher {
             thread::Builder::new()
                 .name("raft-log-flush".into())
                 .spawn(move || {
+                    /// A panic ends the thread with appends waiting: whoever waits
+                    /// for them (an apply) is told the log failed, not left waiting.
+                    struct FailOnPanic(watch::Sender<Synced>);
+                    impl Drop for FailOnPanic {
+                        fn drop(&mut self) {
+                            if thread::panicking() {
+                                self.0.send_modify(|s| s.failed = true);
+                            }
+                        }
+                    }
+                    let progress = FailOnPanic(progress);
                     // After a failed fdatasync the kernel may have dropped the dirty pages
                     // and a later sync can succeed without them: every flush from then on
                     // fails.
@@ -684,7 +711,7 @@ mod flusher {
                                 Some(kind) => Err(io::Error::new(kind, "an earlier raft log fdatasync failed")),
                             });
                         }
-                        progress.send_modify(|s| {
+                        progress.0.send_modify(|s| {
                             s.count += count;
                             s.failed = failed.is_some();
                         });
@@ -763,6 +790,37 @@ mod tests {
     }
 
     const SMALL: u64 = 1024;
+
+    thread_local! {
+        /// Syncs of a loaded last segment made by opens on this thread.
+        pub(super) static LOADED_SYNCS: std::cell::Cell<u32> = const { std::cell::Cell::new(0) };
+    }
+
+    /// Frames a killed process wrote and never synced are read back by the next open as
+    /// if durable (the page cache still holds them): the open syncs them before openraft
+    /// can count or apply them.
+    #[test]
+    fn the_open_syncs_what_it_read_of_the_last_segment() {
+        let dir = tempfile::tempdir().unwrap();
+        let entries: Vec<_> = (1..=30).map(|i| entry(1, i)).collect();
+        {
+            let log = LogStore::open_sized(dir.path(), SMALL).unwrap();
+            write(&log, &entries[..20]);
+            // The last appends reach the page cache only: the process dies before its
+            // flush thread syncs them.
+            let frames: Vec<_> = entries[20..].iter().map(|e| (e.log_id, frame(e))).collect();
+            log.inner.lock().write(&frames).unwrap();
+        }
+        assert!(segments(dir.path()).len() > 1);
+        let before = LOADED_SYNCS.with(|n| n.get());
+        let log = LogStore::open_sized(dir.path(), SMALL).unwrap();
+        assert_eq!(all(&log), entries);
+        assert_eq!(LOADED_SYNCS.with(|n| n.get()), before + 1);
+        // An empty log has nothing to sync.
+        let empty = tempfile::tempdir().unwrap();
+        LogStore::open_sized(empty.path(), SMALL).unwrap();
+        assert_eq!(LOADED_SYNCS.with(|n| n.get()), before + 1);
+    }
 
     #[test]
     fn entries_survive_reopen_across_segments() {

@@ -340,13 +340,14 @@ impl StateMachine {
     }
 
     /// From now on an apply first waits until every append submitted to the node's Raft
-    /// log is durable. openraft 0.9 may apply an entry this node has appended but not yet
-    /// synced (the others made it committed): a power cut could then keep the store's
-    /// record of it and lose the log's frame, and the next open would find the store
-    /// ahead of its own log ([`check_log`](Self::check_log) refuses such a node). An
-    /// entry is readable for apply only once its append was submitted, so waiting for
-    /// every submitted append covers it; the wait is short, since the flush thread syncs
-    /// all waiting appends at once, and usually none, since the entry was committed.
+    /// log is durable, so that a store's record never reaches the disk before its
+    /// entry's frame (after a power cut [`check_log`](Self::check_log) would refuse the
+    /// node). openraft 0.9.25 already waits for an append's sync before it reads the
+    /// entries for apply, and the log's open syncs what it loaded; this wait keeps the
+    /// rule whatever openraft's ordering (later versions submit appends without waiting).
+    /// An entry is readable for apply only once its append was submitted or it was
+    /// loaded at the open, so waiting for every submitted append covers it. It costs
+    /// nothing measurable: the flush thread syncs every waiting append at once.
     pub(crate) fn apply_after_log_syncs(&self, progress: AppendProgress) {
         *self.shared.log_syncs.lock() = Some(progress);
     }
