@@ -608,3 +608,29 @@ fn after_a_failed_index_sync_no_progress_is_recorded_until_the_next_open() {
     }
     assert_eq!(index_stats(&store).failures, 0);
 }
+
+/// The index's files removed by hand while its progress stays (an operator clearing
+/// space, say): the progress names a file that is gone, so the index is rebuilt from the
+/// log's start instead of resuming where it was, with every earlier key lost for good.
+#[test]
+fn an_index_whose_files_were_removed_is_rebuilt_from_the_log() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = || config(dir.path(), sync_mode()).index_file_shape(8, 400);
+    let store = MessageStore::open(cfg()).unwrap();
+    for i in 0..20 {
+        store
+            .put_message(&keyed("T", &format!("m{i}"), &[&format!("k{i}")]))
+            .unwrap();
+    }
+    indexed(&store);
+    store.shutdown().unwrap();
+    drop(store);
+    assert!(!index_files(dir.path()).is_empty());
+    fs::remove_dir_all(layout::index_dir(dir.path())).unwrap();
+
+    let store = MessageStore::open(cfg()).unwrap();
+    store.put_message(&keyed("T", "m20", &["k20"])).unwrap();
+    indexed(&store);
+    assert_eq!(bodies(&store, "T", "k3", 8), ["m3"]);
+    assert_eq!(bodies(&store, "T", "k20", 8), ["m20"]);
+}

@@ -334,6 +334,16 @@ fn name_of(path: &Path) -> Option<u64> {
         .flatten()
 }
 
+/// Whether `progress` names, as the file written last, one that is not in `dir`: the
+/// index's files were removed (by hand, since retention never removes the last one),
+/// and resuming from it would leave every earlier key unfindable for good.
+pub(crate) fn progress_file_is_gone(dir: &Path, progress: &Progress) -> bool {
+    let active = progress.aux[0];
+    active != 0
+        && active < 10u64.pow(NAME_LEN as u32)
+        && !dir.join(format!("{active:0NAME_LEN$}")).exists()
+}
+
 /// The index files in `dir`, oldest first. Any other file is refused: the directory is
 /// the store's.
 pub(crate) fn list(dir: &Path) -> Result<Vec<(u64, PathBuf)>> {

@@ -86,10 +86,22 @@ pub(super) fn prepare(
     if config.index_enabled {
         let path = layout::dispatch_progress_file(root, INDEX_NAME);
         let (mut progress_file, progress) = ProgressFile::open(path.clone())?;
+        let dir = layout::index_dir(root);
+        let progress = progress.filter(|p| {
+            let gone = crate::index::progress_file_is_gone(&dir, p);
+            if gone {
+                log::warn!(
+                    "{}: the key index's last file is gone: the index is rebuilt from the \
+                     log's start",
+                    path.display()
+                );
+            }
+            !gone
+        });
         // Progress taken as absent rebuilds the key index: its files are removed.
         let (progress, from, timestamp) = resume_point(log, progress, &path, true)?;
         let key_index = Arc::new(KeyIndex::open(
-            layout::index_dir(root),
+            dir,
             config.index_shape(),
             &mut progress_file,
             progress,
