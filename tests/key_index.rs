@@ -220,10 +220,24 @@ fn files_roll_over_and_the_cap_removes_the_oldest() {
 
 #[test]
 fn index_files_go_with_the_commit_log_files_they_point_into() {
+    index_files_go_with_the_log(false);
+}
+
+/// A failed sync fails every later flush of the index in that run; its files of deleted
+/// commit-log files still go (on a full disk above all), or they pile up to
+/// `index_max_files`.
+#[test]
+fn index_files_go_with_the_log_even_while_the_index_cannot_sync() {
+    index_files_go_with_the_log(true);
+}
+
+fn index_files_go_with_the_log(failing_syncs: bool) {
     let dir = tempfile::tempdir().unwrap();
+    let hook = std::sync::Arc::new(FailIndexSync::default());
     let cfg = config(dir.path(), sync_mode())
         .index_file_shape(16, 11)
-        .file_reserved_time(Duration::ZERO);
+        .file_reserved_time(Duration::ZERO)
+        .io_hook(hook.clone());
     let store = MessageStore::open(cfg).unwrap();
     let big = "x".repeat(6000);
     for i in 0..60 {
@@ -232,6 +246,8 @@ fn index_files_go_with_the_commit_log_files_they_point_into() {
             .unwrap();
     }
     indexed(&store);
+    hook.armed
+        .store(failing_syncs, std::sync::atomic::Ordering::SeqCst);
     let before = index_files(dir.path()).len();
     assert!(before >= 5);
     assert!(store.delete_expired_files().unwrap() > 0);

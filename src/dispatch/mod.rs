@@ -131,7 +131,8 @@ pub(crate) trait Sink: Send + 'static {
         let _ = (offset, timestamp);
         Ok(())
     }
-    /// Housekeeping after a flush, given the log's first offset still stored.
+    /// Housekeeping after each flush, whether it succeeded or not, given the log's first
+    /// offset still stored.
     fn maintain(&mut self, log_start: u64) {
         let _ = log_start;
     }
