@@ -803,6 +803,34 @@ fn a_stale_table_row_never_positions_a_queue_that_has_records_in_the_log() {
     assert_eq!(got.messages.len(), 3);
 }
 
+/// After a crash, an expired queue (every entry points below the log's start) keeps its
+/// files: its next offset must not live only in the queue table, which a crash before
+/// the open rewrote it, or `truncate_log` (which removes it), or a full disk, leaves
+/// stale or absent; the queue would restart lower and give its offsets again.
+#[test]
+fn an_expired_queue_keeps_its_files_through_a_crash_open() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = || retention_config(dir.path());
+    drop(store_with_an_expired_queue(dir.path(), 300));
+    fs::write(layout::abort_file(dir.path()), b"").unwrap();
+    {
+        let store = MessageStore::open(cfg()).unwrap();
+        assert_eq!(store.max_offset_in_queue("Old", 0), 5);
+    }
+    // The state a crash of that open leaves before it wrote the queue table.
+    fs::remove_file(layout::queue_table_file(dir.path())).unwrap();
+    fs::write(layout::abort_file(dir.path()), b"").unwrap();
+    let store = MessageStore::open(cfg()).unwrap();
+    assert_eq!(store.max_offset_in_queue("Old", 0), 5);
+    let next = store
+        .put_message(&Message::new("Old", 0u32, kib_body("Old", 5)))
+        .unwrap();
+    assert_eq!(
+        next.queue_offset, 5,
+        "an expired queue restarted its offsets"
+    );
+}
+
 #[test]
 fn an_expired_queue_with_a_damaged_tail_keeps_its_offsets() {
     let dir = tempfile::tempdir().unwrap();

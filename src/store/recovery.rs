@@ -217,15 +217,17 @@ pub(crate) fn recover(
         }
     }
     let queues = sink.queues.expect("begin() is always called");
-    // Queues reopened after retention start at their first entry still in the log; entries
-    // a crash left past a queue's end go.
+    // Entries a crash left past a queue's end go; queues reopened after retention start at
+    // their first entry still in the log. In that order: a queue whose entries all point
+    // below the log's start keeps its files (and so its next offset), where raising its
+    // minimum first would make it look as if the load had kept nothing.
     let log_start = log.min_offset();
     queues.set_log_start(log_start);
     for (_, _, q) in queues.all() {
+        q.clear_stale_tail()?;
         if log_start > 0 {
             q.delete_below(log_start)?;
         }
-        q.clear_stale_tail()?;
     }
     lap("stale tails cleared");
     let mut next = queues.next_offsets();
