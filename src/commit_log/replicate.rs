@@ -54,6 +54,16 @@ impl CommitLog {
             });
         }
         let Some(bytes) = self.bytes_at(from, limit) else {
+            // Retention may have deleted `from`'s file since the check above: that is not
+            // the log's end, which empty means.
+            let start = self.min_offset();
+            if from < start {
+                return Err(Error::OutOfRange {
+                    offset: from,
+                    start,
+                    end: limit,
+                });
+            }
             return Ok(Bytes::new());
         };
         let mut pos = 0usize;
