@@ -443,6 +443,37 @@ fn a_follower_that_stopped_at_a_file_end_goes_on_in_the_next_file() {
     same_files(a.path(), b.path(), end);
 }
 
+/// A cut at the log's end is a no-op, also when that end is a file's end and the next
+/// file was never made (a rolled-back snapshot install cuts back to where it began).
+#[test]
+fn a_cut_at_a_file_end_with_no_next_file_changes_nothing() {
+    let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let leader = MessageStore::open(cfg(a.path())).unwrap();
+    fill(&leader, 0, 600);
+    let follower = MessageStore::open(cfg(b.path())).unwrap();
+    let mut at = 0;
+    while at < common::SMALL_FILE {
+        let bytes = leader.read_log(at, 4096).unwrap();
+        at = follower.append_log(at, &bytes).unwrap();
+    }
+    follower.shutdown().unwrap();
+    drop(follower);
+    let dir = layout::commit_log_dir(b.path());
+    for (start, path) in layout::data_files(&dir).unwrap() {
+        if start >= common::SMALL_FILE {
+            fs::remove_file(path).unwrap();
+        }
+    }
+    MessageStore::truncate_log(&cfg(b.path()), common::SMALL_FILE).unwrap();
+    let follower = MessageStore::open(cfg(b.path())).unwrap();
+    assert_eq!(follower.max_physical_offset(), common::SMALL_FILE);
+    let end = ship(&leader, &follower, 4096);
+    assert_eq!(end, leader.max_physical_offset());
+    drop(follower);
+    drop(leader);
+    same_files(a.path(), b.path(), end);
+}
+
 #[test]
 fn a_store_reopened_at_a_file_end_remembers_its_last_store_time() {
     let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
