@@ -464,6 +464,16 @@ fn a_cut_at_a_file_end_with_no_next_file_changes_nothing() {
             fs::remove_file(path).unwrap();
         }
     }
+    // Torn (its last record and blank gone): the file ends below the cut, refused.
+    let first = layout::data_files(&dir).unwrap()[0].1.clone();
+    let whole = fs::read(&first).unwrap();
+    let mut torn = whole.clone();
+    let len = torn.len();
+    torn[len - 2048..].fill(0);
+    fs::write(&first, &torn).unwrap();
+    let err = MessageStore::truncate_log(&cfg(b.path()), common::SMALL_FILE).unwrap_err();
+    assert!(matches!(err, Error::Corrupted { .. }), "{err}");
+    fs::write(&first, &whole).unwrap();
     MessageStore::truncate_log(&cfg(b.path()), common::SMALL_FILE).unwrap();
     let follower = MessageStore::open(cfg(b.path())).unwrap();
     assert_eq!(follower.max_physical_offset(), common::SMALL_FILE);

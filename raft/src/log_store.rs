@@ -130,10 +130,10 @@ pub(crate) fn create_dir_durable(dir: &Path) -> io::Result<()> {
 /// leader that it holds the entry, and applies it once committed, so the store's record
 /// of it could reach the disk while the frame is lost on a power cut. Earlier segments
 /// were synced before the next one began.
-fn sync_loaded(file: &File) -> io::Result<()> {
+fn sync_loaded(segment: &Segment) -> io::Result<()> {
     #[cfg(test)]
-    tests::LOADED_SYNCS.with(|n| n.set(n.get() + 1));
-    file.sync_data()
+    tests::LOADED_SYNCS.with(|s| s.borrow_mut().push(segment.first_index));
+    segment.file.sync_data()
 }
 
 fn corrupt(path: &Path, what: impl std::fmt::Display) -> io::Error {
@@ -183,7 +183,7 @@ impl LogStore {
             inner.load_segment(first, i + 1 == count)?;
         }
         if let Some(last) = inner.segments.last() {
-            sync_loaded(&last.file)?;
+            sync_loaded(last)?;
         }
         Ok(LogStore {
             inner: Arc::new(Mutex::new(inner)),
@@ -553,12 +553,12 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             .into_iter()
             .map(|e| (*e.get_log_id(), frame(&e)))
             .collect();
-        let files = {
-            let mut inner = self.inner.lock();
-            inner
-                .write(&frames)
-                .map_err(|e| StorageIOError::write_logs(&e))?
-        };
+        let mut inner = self.inner.lock();
+        let files = inner
+            .write(&frames)
+            .map_err(|e| StorageIOError::write_logs(&e))?;
+        // Counted before the entries can be read (the lock is let go): an apply that reads
+        // them waits for this append's sync.
         self.flush.submit(files, callback);
         Ok(())
     }
@@ -792,8 +792,8 @@ mod tests {
     const SMALL: u64 = 1024;
 
     thread_local! {
-        /// Syncs of a loaded last segment made by opens on this thread.
-        pub(super) static LOADED_SYNCS: std::cell::Cell<u32> = const { std::cell::Cell::new(0) };
+        /// The first indexes of loaded segments synced by opens on this thread.
+        pub(super) static LOADED_SYNCS: std::cell::RefCell<Vec<u64>> = const { std::cell::RefCell::new(Vec::new()) };
     }
 
     /// Frames a killed process wrote and never synced are read back by the next open as
@@ -811,15 +811,16 @@ mod tests {
             let frames: Vec<_> = entries[20..].iter().map(|e| (e.log_id, frame(e))).collect();
             log.inner.lock().write(&frames).unwrap();
         }
-        assert!(segments(dir.path()).len() > 1);
-        let before = LOADED_SYNCS.with(|n| n.get());
+        let last = *segments(dir.path()).last().unwrap();
+        assert!(last > 1, "the entries span segments");
+        LOADED_SYNCS.with(|s| s.borrow_mut().clear());
         let log = LogStore::open_sized(dir.path(), SMALL).unwrap();
         assert_eq!(all(&log), entries);
-        assert_eq!(LOADED_SYNCS.with(|n| n.get()), before + 1);
+        assert_eq!(LOADED_SYNCS.with(|s| s.borrow().clone()), [last]);
         // An empty log has nothing to sync.
         let empty = tempfile::tempdir().unwrap();
         LogStore::open_sized(empty.path(), SMALL).unwrap();
-        assert_eq!(LOADED_SYNCS.with(|n| n.get()), before + 1);
+        assert_eq!(LOADED_SYNCS.with(|s| s.borrow().clone()), [last]);
     }
 
     #[test]

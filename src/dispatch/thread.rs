@@ -232,15 +232,17 @@ fn run(s: &Shared, sink: &mut dyn Sink, from: u64, timestamp: i64) {
         let stopping = s.stop.load(Ordering::Acquire);
         let result = round(s, sink, &mut at, &mut ts).and_then(|progressed| {
             if (stopping || last_flush.elapsed() >= s.flush_interval) && at != flushed {
-                let made_durable = sink.flush(at, ts);
-                // Even when the flush failed (a failed sync fails every later one in the
-                // run): files of deleted log files still go, on a full disk above all.
-                sink.maintain(s.log.min_offset());
-                made_durable?;
+                if let Err(e) = sink.flush(at, ts) {
+                    // Even then (a failed sync fails every later flush in the run): files
+                    // of deleted log files still go, on a full disk above all.
+                    sink.maintain(s.log.min_offset());
+                    return Err(e);
+                }
                 flushed = at;
                 s.durable.store(at, Ordering::Release);
                 drop(s.progress.lock());
                 s.progressed.notify_all();
+                sink.maintain(s.log.min_offset());
                 last_flush = Instant::now();
             }
             Ok(progressed)

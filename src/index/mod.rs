@@ -334,14 +334,21 @@ fn name_of(path: &Path) -> Option<u64> {
         .flatten()
 }
 
-/// Whether `progress` names, as the file written last, one that is not in `dir`: the
-/// index's files were removed (by hand, since retention never removes the last one),
-/// and resuming from it would leave every earlier key unfindable for good.
+/// Whether `progress` names, as the file written last, one that is not in `dir`, and no
+/// newer file is there: the index's files were removed by hand, and resuming from the
+/// progress would leave every earlier key unfindable for good. Retention and the file
+/// cap remove only older files, never the newest: after them a newer file remains (the
+/// progress may name a removed file while its next record is not yet made), and the
+/// open resumes as usual.
 pub(crate) fn progress_file_is_gone(dir: &Path, progress: &Progress) -> bool {
     let active = progress.aux[0];
-    active != 0
-        && active < 10u64.pow(NAME_LEN as u32)
-        && !dir.join(format!("{active:0NAME_LEN$}")).exists()
+    if active == 0 || active >= 10u64.pow(NAME_LEN as u32) {
+        return false;
+    }
+    if dir.join(format!("{active:0NAME_LEN$}")).exists() {
+        return false;
+    }
+    !list(dir).is_ok_and(|names| names.iter().any(|(name, _)| *name > active))
 }
 
 /// The index files in `dir`, oldest first. Any other file is refused: the directory is

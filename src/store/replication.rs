@@ -9,7 +9,9 @@ use bytes::Bytes;
 use super::MessageStore;
 use std::os::unix::fs::FileExt;
 
-use crate::commit_log::record::{BLANK_RECORD_LEN, MAGIC_V1, MAGIC_V2, Records, Step};
+use crate::commit_log::record::{
+    BLANK_MAGIC, BLANK_RECORD_LEN, MAGIC_V1, MAGIC_V2, Records, Step, blank_fills,
+};
 use crate::commit_log::replicate::{LogHold, ReplicatedPut};
 use crate::config::{FlushMode, StoreConfig};
 use crate::error::{Error, Result};
@@ -161,8 +163,10 @@ fn truncate_files(config: &StoreConfig, to: u64) -> Result<()> {
     };
     if to == start + size && files.last().is_some_and(|(last, _)| *last == start) {
         // The log's end is this file's end and the next file was never made: nothing
-        // lies at or past `to` (the next open checks the file, as after any cut).
-        return Ok(());
+        // lies at or past `to`, provided the file's records (and its closing blank)
+        // reach its end; a torn file ends below `to`.
+        let file = std::fs::File::open(&path).map_err(|e| Error::io("open", &path, e))?;
+        return check_boundary(&file, &path, (start, to), 4 << 20, true);
     }
     if to >= start + size {
         return Err(Error::corrupted(to, "past the end of its file"));
@@ -174,7 +178,7 @@ fn truncate_files(config: &StoreConfig, to: u64) -> Result<()> {
         .open(&path)
         .map_err(|e| Error::io("open", &path, e))?;
     let rel = (to - start) as usize;
-    check_boundary(&file, &path, (start, to), 4 << 20)?;
+    check_boundary(&file, &path, (start, to), 4 << 20, false)?;
     // The queue table goes first: it describes queues about to shrink, and an open that
     // found it over a cut log would refuse the store (queues shorter than the table with
     // no records left to fill them). Without it the next open checks every queue against
@@ -238,9 +242,17 @@ fn check_boundary(
     path: &std::path::Path,
     (start, to): (u64, u64),
     window: usize,
+    ends_file: bool,
 ) -> Result<()> {
     let rel = (to - start) as usize;
     let not_a_boundary = || Error::corrupted(to, "not where a record starts or the log ends");
+    // With `ends_file`, `to` is the file's end: the file's closing blank reaches it.
+    let blank_closes = |at_blank: &[u8], at: usize| {
+        ends_file
+            && at_blank.len() >= BLANK_RECORD_LEN
+            && at_blank[4..8] == BLANK_MAGIC.to_be_bytes()
+            && blank_fills(at_blank, rel - at).1
+    };
     let mut base = 0;
     let mut buf = Vec::new();
     while base < rel {
@@ -249,6 +261,9 @@ fn check_boundary(
         let mut header = [0u8; 8];
         file.read_exact_at(&mut header, base as u64)
             .map_err(|e| Error::io("read", path, e))?;
+        if blank_closes(&header, base) {
+            return Ok(());
+        }
         let magic = u32::from_be_bytes(header[4..].try_into().expect("4 bytes"));
         if magic != MAGIC_V1 && magic != MAGIC_V2 {
             return Err(not_a_boundary());
@@ -278,6 +293,9 @@ fn check_boundary(
             };
             if cut && base + buf.len() < rel {
                 break;
+            }
+            if blank_closes(rest, base + pos) {
+                return Ok(());
             }
             match records.next() {
                 Some(Ok(Step::Record(_))) => {}
@@ -313,10 +331,10 @@ mod tests {
         let file = std::fs::File::open(&path).unwrap();
         for window in [8, 100, 333, 4096, 1 << 20] {
             for (i, &at) in starts.iter().enumerate() {
-                let ok = check_boundary(&file, &path, (0, at), window);
+                let ok = check_boundary(&file, &path, (0, at), window, false);
                 assert!(ok.is_ok(), "window {window}, record {i}: {ok:?}");
                 if at > 0 {
-                    let inside = check_boundary(&file, &path, (0, at - 1), window);
+                    let inside = check_boundary(&file, &path, (0, at - 1), window, false);
                     assert!(
                         matches!(inside, Err(Error::Corrupted { .. })),
                         "{window} {i}"
