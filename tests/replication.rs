@@ -418,19 +418,23 @@ fn confirm_offsets_readers_and_ends_are_checked() {
     assert_eq!(store.get_message("C", 0, 0, 8).unwrap().messages.len(), 2);
 }
 
-#[test]
-fn a_follower_that_stopped_at_a_file_end_goes_on_in_the_next_file() {
-    let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
-    let leader = MessageStore::open(cfg(a.path())).unwrap();
-    fill(&leader, 0, 600);
-    let follower = MessageStore::open(cfg(b.path())).unwrap();
-    // Ship exactly the first file, its closing blank included.
+/// Ships exactly the leader's first file, its closing blank included.
+fn ship_the_first_file(leader: &MessageStore, follower: &MessageStore) {
     let mut at = 0;
     while at < common::SMALL_FILE {
         let bytes = leader.read_log(at, 4096).unwrap();
         at = follower.append_log(at, &bytes).unwrap();
     }
     assert_eq!(at, common::SMALL_FILE);
+}
+
+#[test]
+fn a_follower_that_stopped_at_a_file_end_goes_on_in_the_next_file() {
+    let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let leader = MessageStore::open(cfg(a.path())).unwrap();
+    fill(&leader, 0, 600);
+    let follower = MessageStore::open(cfg(b.path())).unwrap();
+    ship_the_first_file(&leader, &follower);
     follower.shutdown().unwrap();
     drop(follower);
     // Reopened right at the file's end: the next append goes into the next file.
@@ -451,11 +455,7 @@ fn a_cut_at_a_file_end_with_no_next_file_changes_nothing() {
     let leader = MessageStore::open(cfg(a.path())).unwrap();
     fill(&leader, 0, 600);
     let follower = MessageStore::open(cfg(b.path())).unwrap();
-    let mut at = 0;
-    while at < common::SMALL_FILE {
-        let bytes = leader.read_log(at, 4096).unwrap();
-        at = follower.append_log(at, &bytes).unwrap();
-    }
+    ship_the_first_file(&leader, &follower);
     follower.shutdown().unwrap();
     drop(follower);
     let dir = layout::commit_log_dir(b.path());

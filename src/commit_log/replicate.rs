@@ -45,6 +45,9 @@ impl CommitLog {
         if from >= limit {
             return Ok(Bytes::new());
         }
+        let bytes = self.bytes_at(from, limit);
+        // The start is read after the bytes: retention may delete `from`'s file meanwhile,
+        // and finding no file then is not the log's end, which empty means.
         let start = self.min_offset();
         if from < start {
             return Err(Error::OutOfRange {
@@ -53,17 +56,7 @@ impl CommitLog {
                 end: limit,
             });
         }
-        let Some(bytes) = self.bytes_at(from, limit) else {
-            // Retention may have deleted `from`'s file since the check above: that is not
-            // the log's end, which empty means.
-            let start = self.min_offset();
-            if from < start {
-                return Err(Error::OutOfRange {
-                    offset: from,
-                    start,
-                    end: limit,
-                });
-            }
+        let Some(bytes) = bytes else {
             return Ok(Bytes::new());
         };
         let mut pos = 0usize;
