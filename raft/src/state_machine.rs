@@ -239,7 +239,7 @@ struct Shared {
     streams: std::sync::atomic::AtomicU64,
     /// The node's Raft log, whose appends an apply waits to be durable (see
     /// [`StateMachine::apply_after_log_syncs`]).
-    log_syncs: Mutex<Option<AppendProgress>>,
+    log_syncs: std::sync::OnceLock<AppendProgress>,
 }
 
 fn io_err(e: StoreError) -> io::Error {
@@ -291,7 +291,7 @@ impl StateMachine {
                 hint,
                 streams: std::sync::atomic::AtomicU64::new(0),
                 covered,
-                log_syncs: Mutex::new(None),
+                log_syncs: std::sync::OnceLock::new(),
             }),
         })
     }
@@ -349,7 +349,8 @@ impl StateMachine {
     /// loaded at the open, so waiting for every submitted append covers it. It costs
     /// nothing measurable: the flush thread syncs every waiting append at once.
     pub(crate) fn apply_after_log_syncs(&self, progress: AppendProgress) {
-        *self.shared.log_syncs.lock() = Some(progress);
+        // Set once, by the node's open.
+        let _ = self.shared.log_syncs.set(progress);
     }
 
     /// The last applied log id.
@@ -697,8 +698,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
     where
         I: IntoIterator<Item = Entry<TypeConfig>>,
     {
-        let log_syncs = self.shared.log_syncs.lock().clone();
-        if let Some(progress) = log_syncs {
+        if let Some(progress) = self.shared.log_syncs.get() {
             progress
                 .all_synced()
                 .await

@@ -34,6 +34,13 @@ use file::{IndexFile, key_hash};
 
 /// Length of an index file's name: its creation time, `yyyyMMddHHmmssSSS`.
 const NAME_LEN: usize = 17;
+/// Every name is below this (17 digits).
+const NAME_LIMIT: u64 = 10u64.pow(NAME_LEN as u32);
+
+/// The path of the index file named `name` in `dir`.
+fn path_of(dir: &Path, name: u64) -> PathBuf {
+    dir.join(format!("{name:0NAME_LEN$}"))
+}
 
 /// What [`MessageStore::query_message`](crate::MessageStore::query_message) found.
 #[derive(Debug, Clone, Default)]
@@ -85,7 +92,7 @@ impl KeyIndex {
         // A recorded active file whose name has more than 17 digits was never written (the
         // next name would be one the next open refuses): the progress is damaged, and the
         // files are not trusted, as without any.
-        let progress = progress.filter(|p| p.aux[0] < 10u64.pow(NAME_LEN as u32));
+        let progress = progress.filter(|p| p.aux[0] < NAME_LIMIT);
         let names = list(&dir)?;
         let floor = names.iter().map(|(n, _)| *n).max().unwrap_or(0);
         let (active, kept, clean) = progress.map_or((0, 0, false), |p| {
@@ -200,7 +207,7 @@ impl KeyIndex {
             .parse()
             .expect("17 digits");
         let name = now.max(self.floor.load(Ordering::Relaxed) + 1);
-        let path = self.dir.join(format!("{name:0NAME_LEN$}"));
+        let path = path_of(&self.dir, name);
         let f = Arc::new(IndexFile::create(
             &path,
             self.shape.slots,
@@ -342,10 +349,7 @@ fn name_of(path: &Path) -> Option<u64> {
 /// open resumes as usual.
 pub(crate) fn progress_file_is_gone(dir: &Path, progress: &Progress) -> bool {
     let active = progress.aux[0];
-    if active == 0 || active >= 10u64.pow(NAME_LEN as u32) {
-        return false;
-    }
-    if dir.join(format!("{active:0NAME_LEN$}")).exists() {
+    if active == 0 || active >= NAME_LIMIT || path_of(dir, active).exists() {
         return false;
     }
     !list(dir).is_ok_and(|names| names.iter().any(|(name, _)| *name > active))
