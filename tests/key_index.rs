@@ -650,3 +650,60 @@ fn an_index_whose_files_were_removed_is_rebuilt_from_the_log() {
     assert_eq!(bodies(&store, "T", "k3", 8), ["m3"]);
     assert_eq!(bodies(&store, "T", "k20", 8), ["m20"]);
 }
+
+/// A damaged header of a full, older index file (a zeroed first block; a count that
+/// went wrong) says nothing of its entries, which were synced before the next file was
+/// started: the open keeps them all and repairs the header, instead of cutting the file
+/// to what the header counts (and zeroing every key it held).
+#[test]
+fn a_damaged_header_of_an_older_index_file_loses_no_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = || config(dir.path(), sync_mode()).index_file_shape(16, 11);
+    let store = MessageStore::open(cfg()).unwrap();
+    // Ten entries per file: three full files and one more.
+    for i in 0..35 {
+        store
+            .put_message(&keyed("T", &format!("m{i}"), &[&format!("k{i}")]))
+            .unwrap();
+    }
+    indexed(&store);
+    store.shutdown().unwrap();
+    drop(store);
+    let files = index_files(dir.path());
+    assert_eq!(files.len(), 4);
+    let header = |path: &std::path::Path| {
+        IndexHeader::decode(fs::read(path).unwrap()[..40].try_into().unwrap())
+    };
+    let before = header(&files[1]);
+    let mut bytes = fs::read(&files[0]).unwrap();
+    bytes[..40].fill(0);
+    fs::write(&files[0], &bytes).unwrap();
+    let mut bytes = fs::read(&files[1]).unwrap();
+    bytes[36..40].copy_from_slice(&3u32.to_be_bytes());
+    fs::write(&files[1], &bytes).unwrap();
+
+    for crash in [false, true] {
+        if crash {
+            fs::write(layout::abort_file(dir.path()), b"").unwrap();
+        }
+        let store = MessageStore::open(cfg()).unwrap();
+        indexed(&store);
+        for i in 0..35 {
+            assert_eq!(
+                bodies(&store, "T", &format!("k{i}"), 8),
+                [format!("m{i}")],
+                "k{i} (crash open: {crash})"
+            );
+        }
+        assert_eq!(index_files(dir.path()), files);
+        let repaired = header(&files[1]);
+        assert_eq!(
+            (repaired.count, repaired.begin_offset, repaired.end_offset),
+            (before.count, before.begin_offset, before.end_offset)
+        );
+        let first = header(&files[0]);
+        assert_eq!(first.count, 11, "{first:?}");
+        assert!(first.end_offset < before.begin_offset, "{first:?}");
+        store.shutdown().unwrap();
+    }
+}

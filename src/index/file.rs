@@ -363,6 +363,36 @@ impl IndexFile {
         }
     }
 
+    /// How many entries the file holds, told from the entries themselves: the number of
+    /// the last one not all zeros. Past the last entry written a file holds only zeros
+    /// (it was created sparse, and a cut zeroes past what it keeps), so this is right
+    /// whatever the header says. Quick when the header's count agrees; a scan of the
+    /// entries otherwise.
+    pub(crate) fn written(&self) -> u32 {
+        let is_written = |n: u32| {
+            let e = self.entry(n);
+            e.hash != 0 || e.offset != 0 || e.time_diff != 0 || e.prev != 0
+        };
+        let count = self.header().count;
+        if (2..=self.entries).contains(&count)
+            && is_written(count - 1)
+            && (count == self.entries || !is_written(count))
+        {
+            return count - 1;
+        }
+        (1..self.entries)
+            .rev()
+            .find(|&n| is_written(n))
+            .unwrap_or(0)
+    }
+
+    /// Forgets the header's begin time: its entries' times are then unknown, and every
+    /// entry is a candidate for any time window (a query checks each message's own
+    /// time). For a header found damaged, whose begin time cannot be trusted either.
+    pub(crate) fn forget_times(&self) {
+        self.words.store_u64_aligned(W_BEGIN_TS, 0);
+    }
+
     /// After a crash: keeps entries `1..=keep` (the ones synced when the index last
     /// recorded its progress) and forgets the rest: slots that point past them are pointed
     /// back at the newest kept entry of their chain, the header is rewritten, and whatever
@@ -400,10 +430,15 @@ impl IndexFile {
         if count > 1 {
             let last = self.entry(count - 1);
             let begin = w.load_u64_aligned(W_BEGIN_TS) as i64;
-            let end = begin
-                .saturating_add(i64::from(last.time_diff) * 1000)
-                .saturating_add(999);
+            let end = if begin > 0 {
+                begin
+                    .saturating_add(i64::from(last.time_diff) * 1000)
+                    .saturating_add(999)
+            } else {
+                0
+            };
             w.store_u64_aligned(W_END_TS, end as u64);
+            w.store_u64_aligned(W_BEGIN_OFFSET, self.entry(1).offset);
             w.store_u64_aligned(W_END_OFFSET, last.offset);
         } else {
             for word in [W_BEGIN_TS, W_END_TS, W_BEGIN_OFFSET, W_END_OFFSET] {

@@ -102,6 +102,8 @@ impl KeyIndex {
         // The plan: the files kept, each with the entries it keeps.
         let mut doomed = Vec::new();
         let mut kept_files: Vec<(u64, IndexFile, u32)> = Vec::new();
+        // Older files whose header disagrees with their entries: damaged.
+        let mut damaged = HashSet::new();
         for (name, path) in names {
             if progress.is_none() || name > active {
                 log::warn!(
@@ -113,11 +115,22 @@ impl KeyIndex {
             }
             let f = IndexFile::open(&path, shape.slots, shape.entries)?;
             // The file written at the last record keeps what it counts; older ones were
-            // complete and synced before it was started.
+            // complete and synced before it was started, and keep every entry they hold,
+            // whatever their header says (a damaged header must not cut them).
             let count = if name == active {
                 kept.min(shape.entries - 1)
             } else {
-                f.header().count.clamp(1, shape.entries) - 1
+                let written = f.written();
+                if f.header().count != written + 1 {
+                    log::warn!(
+                        "{}: the header counts {} entries, the file holds {written}; \
+                         keeping them all and rewriting the header",
+                        path.display(),
+                        i64::from(f.header().count) - 1,
+                    );
+                    damaged.insert(name);
+                }
+                written
             };
             kept_files.push((name, f, count));
         }
@@ -172,7 +185,11 @@ impl KeyIndex {
         }
         let mut files = Vec::new();
         for (name, f, count) in kept_files {
-            if name == new_active && !unchanged {
+            if damaged.contains(&name) {
+                // Its begin time is no more trusted than its count.
+                f.forget_times();
+                f.cut(count)?;
+            } else if name == new_active && !unchanged {
                 f.cut(count)?;
             } else if f.header().count != count + 1 {
                 // An older file the log's cut reaches into.
