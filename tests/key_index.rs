@@ -707,3 +707,106 @@ fn a_damaged_header_of_an_older_index_file_loses_no_key() {
         store.shutdown().unwrap();
     }
 }
+
+/// Refuses, once armed, every creation and allocation of a key-index file, as a full
+/// disk does (`ENOSPC`); counts the refusals.
+#[derive(Default)]
+struct FullIndexDisk {
+    armed: std::sync::atomic::AtomicBool,
+    refused: std::sync::atomic::AtomicU64,
+}
+
+impl FullIndexDisk {
+    fn check(&self, path: &std::path::Path) -> std::io::Result<()> {
+        use std::sync::atomic::Ordering::SeqCst;
+        let index = path.components().any(|c| c.as_os_str() == "index");
+        if index && self.armed.load(SeqCst) {
+            self.refused.fetch_add(1, SeqCst);
+            return Err(std::io::Error::from_raw_os_error(28));
+        }
+        Ok(())
+    }
+}
+
+impl rocketstore::IoHook for FullIndexDisk {
+    fn before_create(&self, path: &std::path::Path) -> std::io::Result<()> {
+        self.check(path)
+    }
+    fn before_allocate(&self, path: &std::path::Path) -> std::io::Result<()> {
+        self.check(path)
+    }
+}
+
+/// A disk too full for the key index's next blocks stalls only the index: puts and reads
+/// by queue go on, and once space is back the index catches up, each key once, even for
+/// the record whose keys the failure cut in two.
+#[test]
+fn a_full_disk_stalls_only_the_index_which_then_catches_up_without_duplicates() {
+    // 20 slots and 300 entries: the first page allocated holds entries 1..=197, so the
+    // 66th record's third key needs the next blocks; a file takes 99⅔ records.
+    index_on_a_full_disk(300, &[300, 152]);
+}
+
+/// The same when a new index file cannot be made: the whole file fits the first
+/// allocation, and the 50th record's third key needs the next file.
+#[test]
+fn a_full_disk_that_refuses_a_new_index_file_stalls_only_the_index() {
+    index_on_a_full_disk(150, &[150, 150, 150, 4]);
+}
+
+/// 150 records of three keys each, into index files of 20 slots and `entries` entries,
+/// with the disk refusing the index from the eleventh record until all are put; then the
+/// index files' header counts.
+fn index_on_a_full_disk(entries: u32, counts: &[u32]) {
+    use std::sync::atomic::Ordering::SeqCst;
+    let dir = tempfile::tempdir().unwrap();
+    let hook = std::sync::Arc::new(FullIndexDisk::default());
+    let cfg = config(dir.path(), sync_mode())
+        .index_file_shape(20, entries)
+        .io_hook(hook.clone());
+    let store = MessageStore::open(cfg).unwrap();
+    let put = |i: usize| {
+        let keys = [format!("k{i}"), format!("a{i}"), format!("b{i}")];
+        let m = keyed("T", &format!("m{i}"), &[&keys[0], &keys[1], &keys[2]]);
+        store.put_message(&m).unwrap()
+    };
+    for i in 0..10 {
+        put(i);
+    }
+    indexed(&store);
+    hook.armed.store(true, SeqCst);
+    let mut last = None;
+    for i in 10..150 {
+        last = Some(put(i));
+    }
+    let last = last.unwrap();
+    // The index is refused, and retries; the queue is not.
+    let deadline = std::time::Instant::now() + LONG;
+    while hook.refused.load(SeqCst) < 2 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the index never asked"
+        );
+        std::thread::park_timeout(Duration::from_millis(5));
+    }
+    assert!(store.wait_dispatched(last.physical_offset, LONG));
+    let got = store.get_message("T", 0, 140, 32).unwrap();
+    assert_eq!(got.messages.len(), 10);
+    assert!(bodies(&store, "T", "k120", 8).is_empty(), "not indexed yet");
+    assert_eq!(bodies(&store, "T", "a40", 8), ["m40"]);
+
+    hook.armed.store(false, SeqCst);
+    indexed(&store);
+    for i in 0..150 {
+        for key in [format!("k{i}"), format!("a{i}"), format!("b{i}")] {
+            assert_eq!(bodies(&store, "T", &key, 8), [format!("m{i}")], "{key}");
+        }
+    }
+    // Each key once (450 entries), and no other file.
+    let files = index_files(dir.path());
+    let found: Vec<u32> = files
+        .iter()
+        .map(|path| IndexHeader::decode(fs::read(path).unwrap()[..40].try_into().unwrap()).count)
+        .collect();
+    assert_eq!(found, counts, "{files:?}");
+}

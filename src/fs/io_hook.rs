@@ -23,16 +23,17 @@ use std::path::Path;
 /// # let _ = config;
 /// ```
 pub trait IoHook: Send + Sync + 'static {
-    /// Before a file is created: a commit-log or consume-queue file, or the temporary
-    /// file a small metadata file (the deleted-topics record, the abort marker's poison
-    /// record) is replaced through.
+    /// Before a file is created: a commit-log, consume-queue or key-index file, or the
+    /// temporary file a small metadata file (the deleted-topics record, the abort
+    /// marker's poison record) is replaced through.
     fn before_create(&self, path: &Path) -> io::Result<()> {
         let _ = path;
         Ok(())
     }
 
-    /// Before the blocks of a new file are allocated (fallocate); `path` is the file's final
-    /// name.
+    /// Before blocks of a file are allocated (fallocate): a new commit-log file whole, a
+    /// consume-queue or key-index file a chunk at a time as it fills. `path` is the file's
+    /// final name.
     fn before_allocate(&self, path: &Path) -> io::Result<()> {
         let _ = path;
         Ok(())

@@ -15,9 +15,11 @@
 
 use std::fs::OpenOptions;
 use std::path::Path;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::error::{Error, Result};
+use crate::fs::io_hook::IoHook;
 use crate::fs::mapped_file::words::MappedWords;
 use crate::fs::sparse_file::next_allocation;
 
@@ -149,6 +151,8 @@ pub(crate) struct IndexFile {
     entries: u32,
     /// Bytes allocated on disk from the start of the file (the writer's).
     allocated: AtomicU64,
+    /// Fault seam for the file's creation and allocations.
+    hook: Option<Arc<dyn IoHook>>,
 }
 
 impl std::fmt::Debug for IndexFile {
@@ -163,7 +167,15 @@ impl std::fmt::Debug for IndexFile {
 impl IndexFile {
     /// Creates `path`, sized for `slots` and `entries`, with its header and slots
     /// allocated on disk. The caller syncs the directory.
-    pub(crate) fn create(path: &Path, slots: u32, entries: u32) -> Result<IndexFile> {
+    pub(crate) fn create(
+        path: &Path,
+        (slots, entries): (u32, u32),
+        hook: Option<Arc<dyn IoHook>>,
+    ) -> Result<IndexFile> {
+        if let Some(h) = &hook {
+            h.before_create(path)
+                .map_err(|e| Error::io("create", path, e))?;
+        }
         let file = OpenOptions::new()
             .read(true)
             .write(true)
@@ -174,7 +186,7 @@ impl IndexFile {
         let result = (|| {
             file.set_len(len)
                 .map_err(|e| Error::io("create", path, e))?;
-            let f = IndexFile::map(file, path, slots, entries)?;
+            let f = IndexFile::map(file, path, (slots, entries), hook)?;
             f.ensure_allocated(f.entry_end(1))?;
             f.words.store(W_COUNT, 1);
             Ok(f)
@@ -186,7 +198,11 @@ impl IndexFile {
     }
 
     /// Opens an existing file, which must have the configured size.
-    pub(crate) fn open(path: &Path, slots: u32, entries: u32) -> Result<IndexFile> {
+    pub(crate) fn open(
+        path: &Path,
+        (slots, entries): (u32, u32),
+        hook: Option<Arc<dyn IoHook>>,
+    ) -> Result<IndexFile> {
         let (file, len) = crate::fs::ops::open_existing(path)?;
         if len != index_file_len(slots, entries) {
             return Err(Error::BadStoreFile {
@@ -200,16 +216,22 @@ impl IndexFile {
         }
         // After a crash an allocation may not have survived: the writer allocates again
         // (a cheap no-op where blocks exist) before it stores anywhere.
-        IndexFile::map(file, path, slots, entries)
+        IndexFile::map(file, path, (slots, entries), hook)
     }
 
     /// Maps `file`, with nothing counted as allocated yet.
-    fn map(file: std::fs::File, path: &Path, slots: u32, entries: u32) -> Result<IndexFile> {
+    fn map(
+        file: std::fs::File,
+        path: &Path,
+        (slots, entries): (u32, u32),
+        hook: Option<Arc<dyn IoHook>>,
+    ) -> Result<IndexFile> {
         Ok(IndexFile {
             words: MappedWords::map(file, path.to_owned())?,
             slots,
             entries,
             allocated: AtomicU64::new(0),
+            hook,
         })
     }
 
@@ -249,6 +271,10 @@ impl IndexFile {
         }
         let size = index_file_len(self.slots, self.entries);
         let to = next_allocation(have, need, size);
+        if let Some(h) = &self.hook {
+            h.before_allocate(self.path())
+                .map_err(|e| Error::io("allocate", self.path(), e))?;
+        }
         let end = match self.words.allocate(have, to) {
             Ok(()) => to,
             // A doubled step may not fit where the exact need still does.
@@ -477,7 +503,7 @@ mod tests {
     }
 
     fn file(dir: &Path, slots: u32, entries: u32) -> IndexFile {
-        IndexFile::create(&dir.join("idx"), slots, entries).unwrap()
+        IndexFile::create(&dir.join("idx"), (slots, entries), None).unwrap()
     }
 
     fn found(f: &IndexFile, hash: u32) -> Vec<u64> {
@@ -534,7 +560,7 @@ mod tests {
         // Writing goes on after the cut.
         f.put(1, 50, 1_000_000).unwrap();
         assert_eq!(found(&f, 1), vec![50, 40, 10]);
-        let reopened = IndexFile::open(f.path(), 4, 20).unwrap();
+        let reopened = IndexFile::open(f.path(), (4, 20), None).unwrap();
         assert_eq!(found(&reopened, 1), vec![50, 40, 10]);
     }
 
@@ -559,7 +585,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let f = file(dir.path(), 4, 20);
         assert!(matches!(
-            IndexFile::open(f.path(), 8, 20),
+            IndexFile::open(f.path(), (8, 20), None),
             Err(Error::BadStoreFile { .. })
         ));
     }

@@ -27,6 +27,7 @@ use crate::commit_log::CommitLog;
 use crate::config::IndexShape;
 use crate::dispatch::progress::{Progress, ProgressFile};
 use crate::error::{Error, Result};
+use crate::fs::io_hook::IoHook;
 use crate::fs::ops;
 use crate::message::{PROPERTY_KEYS, PROPERTY_UNIQ_KEY, StoredMessage};
 use crate::queue::deleted::DeletedTopics;
@@ -62,6 +63,8 @@ pub(crate) struct KeyIndex {
     /// The highest file name ever seen or recorded: a new name is higher (the clock may
     /// go back).
     floor: AtomicU64,
+    /// Fault seam for the files' creation, allocations and syncs.
+    hook: Option<Arc<dyn IoHook>>,
 }
 
 /// Set in the second progress word when the writer closed cleanly: every entry counted
@@ -87,6 +90,7 @@ impl KeyIndex {
         progress_file: &mut ProgressFile,
         progress: Option<Progress>,
         (from, timestamp): (u64, i64),
+        hook: Option<Arc<dyn IoHook>>,
     ) -> Result<KeyIndex> {
         ops::create_dir_durable(&dir, None)?;
         // A recorded active file whose name has more than 17 digits was never written (the
@@ -113,7 +117,7 @@ impl KeyIndex {
                 doomed.push(path);
                 continue;
             }
-            let f = IndexFile::open(&path, shape.slots, shape.entries)?;
+            let f = IndexFile::open(&path, (shape.slots, shape.entries), hook.clone())?;
             // The file written at the last record keeps what it counts; older ones were
             // complete and synced before it was started, and keep every entry they hold,
             // whatever their header says (a damaged header must not cut them).
@@ -202,12 +206,18 @@ impl KeyIndex {
             shape,
             files: RwLock::new(files),
             floor: AtomicU64::new(floor.max(active)),
+            hook,
         })
     }
 
     /// The index's directory.
     pub(crate) fn dir(&self) -> &Path {
         &self.dir
+    }
+
+    /// The fault seam the index's files go through.
+    pub(crate) fn hook(&self) -> Option<&Arc<dyn IoHook>> {
+        self.hook.as_ref()
     }
 
     /// The file being written, if any.
@@ -227,10 +237,10 @@ impl KeyIndex {
         let path = path_of(&self.dir, name);
         let f = Arc::new(IndexFile::create(
             &path,
-            self.shape.slots,
-            self.shape.entries,
+            (self.shape.slots, self.shape.entries),
+            self.hook.clone(),
         )?);
-        if let Err(e) = ops::sync_dir(&self.dir) {
+        if let Err(e) = ops::sync_dir_with(&self.dir, self.hook.as_ref()) {
             let _ = std::fs::remove_file(&path);
             return Err(e);
         }

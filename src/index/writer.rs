@@ -10,7 +10,6 @@ use crate::commit_log::record::RecordView;
 use crate::dispatch::progress::{Progress, ProgressFile};
 use crate::dispatch::{INDEX_NAME, Sink};
 use crate::error::{Error, Result};
-use crate::fs::io_hook::IoHook;
 use crate::index::file::{IndexFile, index_hash};
 use crate::index::{CLOSED_CLEANLY, KeyIndex};
 
@@ -27,8 +26,6 @@ pub(crate) struct IndexWriter {
     done: (u64, usize),
     /// Store time up to which the index is durable, for the checkpoint's index field.
     durable_time: Arc<AtomicI64>,
-    /// Fault seam for the index files' syncs.
-    hook: Option<Arc<dyn IoHook>>,
     /// A sync of an index file failed: its pages may never reach the disk, and a later
     /// sync would not say so (Linux reports a failed write-back once), so no progress
     /// is recorded again in this run. The next open cuts the index back to the last
@@ -41,7 +38,6 @@ impl IndexWriter {
         index: Arc<KeyIndex>,
         progress: ProgressFile,
         durable_time: Arc<AtomicI64>,
-        hook: Option<Arc<dyn IoHook>>,
     ) -> IndexWriter {
         IndexWriter {
             index,
@@ -50,7 +46,6 @@ impl IndexWriter {
             current: None,
             done: (0, 0),
             durable_time,
-            hook,
             sync_failed: None,
         }
     }
@@ -167,7 +162,7 @@ impl IndexWriter {
             ));
         }
         for f in &self.dirty {
-            let synced = match &self.hook {
+            let synced = match self.index.hook() {
                 Some(h) => h
                     .before_sync(f.path())
                     .map_err(|e| Error::io("sync", f.path(), e)),
@@ -231,6 +226,7 @@ mod tests {
             &mut progress,
             Some(damaged),
             (0, 0),
+            None,
         )
         .unwrap();
         let file = index.roll().unwrap();
@@ -244,7 +240,15 @@ mod tests {
         assert_eq!(name.len(), 17, "{name}");
         drop((file, index));
         let (mut progress, last) = ProgressFile::open(dir.path().join("progress")).unwrap();
-        KeyIndex::open(dir.path().join("index"), shape, &mut progress, last, (0, 0)).unwrap();
+        KeyIndex::open(
+            dir.path().join("index"),
+            shape,
+            &mut progress,
+            last,
+            (0, 0),
+            None,
+        )
+        .unwrap();
     }
 
     /// Every file written since the last flush is synced by the next one: the file the
@@ -259,9 +263,16 @@ mod tests {
             entries: 4,
             max_files: 0,
         };
-        let index =
-            KeyIndex::open(dir.path().join("index"), shape, &mut progress, none, (0, 0)).unwrap();
-        let mut w = IndexWriter::new(Arc::new(index), progress, Arc::new(AtomicI64::new(0)), None);
+        let index = KeyIndex::open(
+            dir.path().join("index"),
+            shape,
+            &mut progress,
+            none,
+            (0, 0),
+            None,
+        )
+        .unwrap();
+        let mut w = IndexWriter::new(Arc::new(index), progress, Arc::new(AtomicI64::new(0)));
         let listed =
             |w: &IndexWriter| -> Vec<_> { w.dirty.iter().map(|f| f.path().to_owned()).collect() };
         let active = |w: &IndexWriter| w.index.active().unwrap().path().to_owned();

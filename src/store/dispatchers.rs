@@ -106,13 +106,9 @@ pub(super) fn prepare(
             &mut progress_file,
             progress,
             (from, timestamp),
-        )?);
-        let writer = IndexWriter::new(
-            Arc::clone(&key_index),
-            progress_file,
-            index_time,
             config.io_hook.clone(),
-        );
+        )?);
+        let writer = IndexWriter::new(Arc::clone(&key_index), progress_file, index_time);
         sinks.push((Box::new(writer), from, timestamp));
         index = Some(key_index);
     }
