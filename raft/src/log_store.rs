@@ -27,7 +27,7 @@ use std::sync::Arc;
 use std::thread;
 
 pub(crate) use flusher::AppendProgress;
-use flusher::Flush;
+type Flush = flusher::Flush<LogFlushed<TypeConfig>>;
 #[cfg(test)]
 pub(crate) use flusher::Synced;
 use openraft::storage::{LogFlushed, LogState, RaftLogStorage};
@@ -598,7 +598,18 @@ mod flusher {
 
     use super::*;
 
-    type Job = (Vec<Arc<File>>, LogFlushed<TypeConfig>);
+    /// What is told when an append's sync is done: openraft's callback.
+    pub(crate) trait Completion: Send + 'static {
+        fn completed(self, result: io::Result<()>);
+    }
+
+    impl Completion for LogFlushed<TypeConfig> {
+        fn completed(self, result: io::Result<()>) {
+            self.log_io_completed(result);
+        }
+    }
+
+    type Job<C> = (Vec<Arc<File>>, C);
 
     /// How far the flush thread has come.
     #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -656,17 +667,17 @@ mod flusher {
         }
     }
 
-    pub(super) struct Flush {
-        tx: std::sync::mpsc::Sender<Job>,
+    pub(crate) struct Flush<C> {
+        tx: std::sync::mpsc::Sender<Job<C>>,
         /// Appends handed to the thread.
         submitted: Arc<AtomicU64>,
         /// The thread's progress.
         synced: watch::Sender<Synced>,
     }
 
-    impl Flush {
-        pub(super) fn start() -> Arc<Flush> {
-            let (tx, rx) = std::sync::mpsc::channel::<Job>();
+    impl<C: Completion> Flush<C> {
+        pub(crate) fn start() -> Arc<Flush<C>> {
+            let (tx, rx) = std::sync::mpsc::channel::<Job<C>>();
             let synced = watch::Sender::new(Synced::default());
             let progress = synced.clone();
             thread::Builder::new()
@@ -706,7 +717,7 @@ mod flusher {
                         }
                         let count = jobs.len() as u64;
                         for (_, callback) in jobs {
-                            callback.log_io_completed(match failed {
+                            callback.completed(match failed {
                                 None => Ok(()),
                                 Some(kind) => Err(io::Error::new(kind, "an earlier raft log fdatasync failed")),
                             });
@@ -726,14 +737,14 @@ mod flusher {
         }
 
         /// Appends submitted so far, and a watch of those synced.
-        pub(super) fn progress(&self) -> AppendProgress {
+        pub(crate) fn progress(&self) -> AppendProgress {
             AppendProgress {
                 submitted: Arc::clone(&self.submitted),
                 synced: self.synced.subscribe(),
             }
         }
 
-        pub(super) fn submit(&self, files: Vec<Arc<File>>, callback: LogFlushed<TypeConfig>) {
+        pub(crate) fn submit(&self, files: Vec<Arc<File>>, callback: C) {
             self.submitted.fetch_add(1, Ordering::AcqRel);
             // The thread stops only once this sender is dropped: the send cannot fail.
             let _ = self.tx.send((files, callback));
@@ -1085,5 +1096,42 @@ mod tests {
             write(&log, &[entry(1, 1), entry(1, 2), entry(1, 4)]);
         }
         assert!(LogStore::open_sized(dir.path(), 1 << 20).is_err());
+    }
+
+    /// Tells a channel it was called, or panics (a bug in the completion, or anywhere in
+    /// the flush thread's round).
+    enum Probe {
+        Tell(std::sync::mpsc::Sender<bool>),
+        Panic,
+    }
+
+    impl flusher::Completion for Probe {
+        fn completed(self, result: io::Result<()>) {
+            match self {
+                Probe::Tell(tx) => tx.send(result.is_ok()).unwrap(),
+                Probe::Panic => panic!("injected: the flush thread panics"),
+            }
+        }
+    }
+
+    /// A flush thread that panics ends every wait for its appends with an error (an
+    /// apply waiting on them fails instead of hanging for good), appends synced before
+    /// the panic included in the count.
+    #[tokio::test]
+    async fn a_panic_of_the_flush_thread_fails_the_waits_instead_of_hanging_them() {
+        let flush = flusher::Flush::<Probe>::start();
+        let progress = flush.progress();
+        let (tx, rx) = std::sync::mpsc::channel();
+        flush.submit(Vec::new(), Probe::Tell(tx));
+        assert!(rx.recv().unwrap());
+        progress.all_synced().await.unwrap();
+        assert_eq!(progress.synced().borrow().count, 1);
+
+        flush.submit(Vec::new(), Probe::Panic);
+        let waited =
+            tokio::time::timeout(std::time::Duration::from_secs(30), progress.all_synced()).await;
+        let err = waited.expect("the wait ends").unwrap_err();
+        assert!(err.to_string().contains("not durable"), "{err}");
+        assert!(progress.synced().borrow().failed);
     }
 }

@@ -353,6 +353,12 @@ impl StateMachine {
         let _ = self.shared.log_syncs.set(progress);
     }
 
+    /// Whether an apply waits for the Raft log's syncs (a node's state machine must).
+    #[cfg(test)]
+    pub(crate) fn waits_for_log_syncs(&self) -> bool {
+        self.shared.log_syncs.get().is_some()
+    }
+
     /// The last applied log id.
     pub fn last_applied(&self) -> Option<LogId<NodeId>> {
         self.shared.applied.lock().last_applied
