@@ -193,6 +193,15 @@ pub struct StoreConfig {
     /// also go with the commit-log files they point into. Default: 64 (about 27 GB at the
     /// default file size).
     pub index_max_files: usize,
+    /// Most candidates one [`MessageStore::query_message`](crate::MessageStore::query_message)
+    /// reads back from the log that turn out not to be answers: index entries whose hash
+    /// equals the key's but whose message has another key (or lies outside the time
+    /// window, or was deleted). Past it the query returns what it found, marked
+    /// [`QueryResult::incomplete`](crate::QueryResult). It bounds the query's cost when
+    /// many messages carry keys that collide with the one asked for (Java's
+    /// `String.hashCode` collides easily: `"Aa"` and `"BB"`); the answers themselves are
+    /// bounded by the query's `max`. 0: no cap. Default: 10,000.
+    pub index_query_max_mismatches: usize,
 }
 
 impl fmt::Debug for StoreConfig {
@@ -234,6 +243,10 @@ impl fmt::Debug for StoreConfig {
             .field("index_hash_slots", &self.index_hash_slots)
             .field("index_entries", &self.index_entries)
             .field("index_max_files", &self.index_max_files)
+            .field(
+                "index_query_max_mismatches",
+                &self.index_query_max_mismatches,
+            )
             .finish()
     }
 }
@@ -276,6 +289,7 @@ impl StoreConfig {
             index_hash_slots: 5_000_000,
             index_entries: 20_000_000,
             index_max_files: 64,
+            index_query_max_mismatches: 10_000,
         }
     }
 
@@ -309,6 +323,12 @@ impl StoreConfig {
     /// Sets [`StoreConfig::index_max_files`].
     pub fn index_max_files(mut self, files: usize) -> Self {
         self.index_max_files = files;
+        self
+    }
+
+    /// Sets [`StoreConfig::index_query_max_mismatches`].
+    pub fn index_query_max_mismatches(mut self, candidates: usize) -> Self {
+        self.index_query_max_mismatches = candidates;
         self
     }
 

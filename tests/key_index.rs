@@ -810,3 +810,54 @@ fn index_on_a_full_disk(entries: u32, counts: &[u32]) {
         .collect();
     assert_eq!(found, counts, "{files:?}");
 }
+
+/// Keys whose `topic#key` hashes collide (Java's `String.hashCode`: "Aa" and "BB" hash
+/// alike, and so does every word made of them) make every one of their messages a
+/// candidate for each other's queries. A query reads at most the configured number of
+/// candidates that are not answers, and says when it stopped there; answers are bounded
+/// by the query's own `max`.
+#[test]
+fn a_query_reads_at_most_its_cap_of_colliding_candidates_and_says_so() {
+    let dir = tempfile::tempdir().unwrap();
+    let colliding: Vec<String> = (0..64u32)
+        .map(|bits| {
+            (0..6)
+                .map(|i| if bits >> i & 1 == 0 { "Aa" } else { "BB" })
+                .collect()
+        })
+        .collect();
+    let hash = |key: &str| rocketstore::format::key_hash(&format!("T#{key}"));
+    assert!(colliding.iter().all(|k| hash(k) == hash(&colliding[0])));
+    let cfg = |cap: usize| config(dir.path(), sync_mode()).index_query_max_mismatches(cap);
+    let store = MessageStore::open(cfg(10)).unwrap();
+    // The oldest holds the key asked for; twenty newer ones collide with it.
+    for (i, key) in colliding.iter().take(21).enumerate() {
+        store
+            .put_message(&keyed("T", &format!("m{i}"), &[key, "plain"]))
+            .unwrap();
+    }
+    indexed(&store);
+    let query =
+        |store: &MessageStore, key: &str| store.query_message("T", key, 8, 0, i64::MAX).unwrap();
+    let capped = query(&store, &colliding[0]);
+    assert!(capped.messages.is_empty() && capped.incomplete);
+    // The newest colliding key is found, and the rest of its chain was not all read.
+    let newest = query(&store, &colliding[20]);
+    assert_eq!(newest.messages.len(), 1);
+    assert!(newest.incomplete);
+    // A key without colliding messages reads only its own, however many.
+    let plain = query(&store, "plain");
+    assert_eq!(plain.messages.len(), 8);
+    assert!(!plain.incomplete);
+    let all = store.query_message("T", "plain", 21, 0, i64::MAX).unwrap();
+    assert_eq!((all.messages.len(), all.incomplete), (21, false));
+    store.shutdown().unwrap();
+    drop(store);
+
+    // Without a cap, every candidate is read.
+    let store = MessageStore::open(cfg(0)).unwrap();
+    let whole = query(&store, &colliding[0]);
+    assert_eq!(whole.messages.len(), 1);
+    assert_eq!(&whole.messages[0].body[..], b"m0");
+    assert!(!whole.incomplete);
+}

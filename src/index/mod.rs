@@ -53,6 +53,11 @@ pub struct QueryResult {
     pub index_last_update_timestamp: i64,
     /// Commit-log offset of the last message indexed (`indexLastUpdatePhyoffset`).
     pub index_last_update_offset: u64,
+    /// The query read as many candidates that were not answers as
+    /// [`StoreConfig::index_query_max_mismatches`](crate::StoreConfig::index_query_max_mismatches)
+    /// allows, and stopped there with fewer messages than asked for: older messages with
+    /// the key may exist. A narrower time window reaches further back.
+    pub incomplete: bool,
 }
 
 pub(crate) struct KeyIndex {
@@ -290,15 +295,21 @@ impl KeyIndex {
 
     /// Up to `max` messages of `topic` with `key` (a word of `KEYS`, or the `UNIQ_KEY`)
     /// stored within `begin_ms..=end_ms`, newest first. Each candidate is read back from
-    /// the log and checked.
+    /// the log and checked; at most `mismatches` that are not answers are (0: no cap).
     pub(crate) fn query(
         &self,
         log: &CommitLog,
         deleted: &DeletedTopics,
         (topic, key): (&str, &str),
-        max: usize,
+        (max, mismatches): (usize, usize),
         (begin_ms, end_ms): (i64, i64),
     ) -> Result<QueryResult> {
+        let mismatches = if mismatches == 0 {
+            usize::MAX
+        } else {
+            mismatches
+        };
+        let mut missed = 0usize;
         let full = format!("{topic}#{key}");
         let hash = key_hash(&full);
         let limit = log.readable_offset();
@@ -311,7 +322,7 @@ impl KeyIndex {
         let mut seen = HashSet::new();
         let mut failure = None;
         for f in self.newest_first() {
-            if out.messages.len() >= max {
+            if out.messages.len() >= max || out.incomplete {
                 break;
             }
             let h = f.header();
@@ -320,9 +331,14 @@ impl KeyIndex {
                 continue;
             }
             f.walk(hash, begin_ms, end_ms, |offset| {
-                if offset < log.min_offset() || !seen.insert(offset) {
+                if offset < log.min_offset() || seen.contains(&offset) {
                     return true;
                 }
+                if missed == mismatches {
+                    out.incomplete = true;
+                    return false;
+                }
+                seen.insert(offset);
                 match log.read(offset, limit) {
                     Ok(Some(m))
                         if matches(&m, topic, key, begin_ms, end_ms)
@@ -330,13 +346,14 @@ impl KeyIndex {
                     {
                         out.messages.push(m);
                     }
-                    Ok(_) => {}
+                    Ok(_) => missed += 1,
                     // A record deleted or damaged since (its body's CRC included): not an
                     // answer, and not a reason to fail the query. Damage is logged.
                     Err(e) => {
                         if matches!(e, Error::Corrupted { .. }) {
                             log::warn!("query {full}: a candidate is damaged: {e}");
                         }
+                        missed += 1;
                         failure = Some(e);
                     }
                 }

@@ -808,7 +808,9 @@ impl MessageStore {
     /// key index. Every candidate the index gives is read back and checked, so a hash
     /// collision never returns another key's or another topic's message. A message is
     /// found once the index has dispatched it (see
-    /// [`wait_dispatcher`](Self::wait_dispatcher) with `"index"`). Fails with
+    /// [`wait_dispatcher`](Self::wait_dispatcher) with `"index"`). At most
+    /// [`StoreConfig::index_query_max_mismatches`] candidates that are not answers are
+    /// read: past them the result is marked [`incomplete`](QueryResult::incomplete). Fails with
     /// [`Error::InvalidConfig`] when the index is disabled.
     ///
     /// ```
@@ -848,7 +850,7 @@ impl MessageStore {
             &self.inner.log,
             &self.inner.deleted,
             (topic, key),
-            max,
+            (max, self.inner.config.index_query_max_mismatches),
             (begin_ms, end_ms),
         )
     }
