@@ -651,10 +651,11 @@ fn an_index_whose_files_were_removed_is_rebuilt_from_the_log() {
     assert_eq!(bodies(&store, "T", "k20", 8), ["m20"]);
 }
 
-/// A damaged header of a full, older index file (a zeroed first block; a count that
-/// went wrong) says nothing of its entries, which were synced before the next file was
-/// started: the open keeps them all and repairs the header, instead of cutting the file
-/// to what the header counts (and zeroing every key it held).
+/// A damaged header of a full, older index file (a zeroed first block, its hash slots
+/// with it; a count that went wrong) says nothing of its entries, which were synced
+/// before any progress naming a later file: the open keeps them all and rebuilds the
+/// header and slots from them, instead of cutting the file to what the header counts
+/// (and zeroing every key it held).
 #[test]
 fn a_damaged_header_of_an_older_index_file_loses_no_key() {
     let dir = tempfile::tempdir().unwrap();
@@ -675,8 +676,10 @@ fn a_damaged_header_of_an_older_index_file_loses_no_key() {
         IndexHeader::decode(fs::read(path).unwrap()[..40].try_into().unwrap())
     };
     let before = header(&files[1]);
+    // Header and slots: the whole first block of a file of the default shape holds only
+    // those.
     let mut bytes = fs::read(&files[0]).unwrap();
-    bytes[..40].fill(0);
+    bytes[..(INDEX_HEADER_LEN + 16 * INDEX_SLOT_LEN) as usize].fill(0);
     fs::write(&files[0], &bytes).unwrap();
     let mut bytes = fs::read(&files[1]).unwrap();
     bytes[36..40].copy_from_slice(&3u32.to_be_bytes());

@@ -57,8 +57,8 @@ pub trait IoHook: Send + Sync + 'static {
         Ok(())
     }
 
-    /// Before a commit-log or consume-queue file is removed (retention, or recovery cutting
-    /// files past the end of the log).
+    /// Before a commit-log, consume-queue or key-index file is removed (retention, the
+    /// index's file cap, or recovery cutting files past the end of the log).
     fn before_remove(&self, path: &Path) -> io::Result<()> {
         let _ = path;
         Ok(())

@@ -389,20 +389,21 @@ impl IndexFile {
         }
     }
 
-    /// How many entries the file holds, told from the entries themselves: the number of
-    /// the last one not all zeros. Past the last entry written a file holds only zeros
-    /// (it was created sparse, and a cut zeroes past what it keeps), so this is right
-    /// whatever the header says. Quick when the header's count agrees; a scan of the
-    /// entries otherwise.
+    /// How many entries the file holds, told from the entries themselves where the
+    /// header may be wrong: the number of the last one not all zeros. Past the last
+    /// entry written a file holds only zeros (it was created sparse, and a cut zeroes
+    /// past what it keeps). A header that counts the file full is taken as it is (an
+    /// older file is always full, and its last entry can be all zeros: the log's first
+    /// message, for a key of hash 0); any other count is checked against the entries
+    /// around it, and the entries are scanned when it disagrees.
     pub(crate) fn written(&self) -> u32 {
         let is_written = |n: u32| {
             let e = self.entry(n);
             e.hash != 0 || e.offset != 0 || e.time_diff != 0 || e.prev != 0
         };
         let count = self.header().count;
-        if (2..=self.entries).contains(&count)
-            && is_written(count - 1)
-            && (count == self.entries || !is_written(count))
+        if count == self.entries
+            || ((2..self.entries).contains(&count) && is_written(count - 1) && !is_written(count))
         {
             return count - 1;
         }
@@ -412,11 +413,23 @@ impl IndexFile {
             .unwrap_or(0)
     }
 
-    /// Forgets the header's begin time: its entries' times are then unknown, and every
-    /// entry is a candidate for any time window (a query checks each message's own
-    /// time). For a header found damaged, whose begin time cannot be trusted either.
-    pub(crate) fn forget_times(&self) {
+    /// Rebuilds the header and hash slots of a file whose header was found damaged (a
+    /// zeroed first block takes slots with it) from its first `count` entries: each slot
+    /// points at the newest entry of its hash, and the begin time is forgotten, since
+    /// it cannot be told from the entries (every entry is then a candidate for any time
+    /// window; a query checks each message's own time). The rest of the header and the
+    /// zeros past the entries come from the [`cut`](Self::cut) that follows.
+    pub(crate) fn rebuild_slots(&self, count: u32) -> Result<()> {
+        self.ensure_allocated(self.entry_end(0))?;
+        let mut newest = vec![0u32; self.slots as usize];
+        for n in 1..=count.min(self.entries - 1) {
+            newest[(self.entry(n).hash % self.slots) as usize] = n;
+        }
+        for (slot, n) in newest.into_iter().enumerate() {
+            self.words.store(self.slot_word(slot as u32), n);
+        }
         self.words.store_u64_aligned(W_BEGIN_TS, 0);
+        Ok(())
     }
 
     /// After a crash: keeps entries `1..=keep` (the ones synced when the index last
@@ -474,12 +487,16 @@ impl IndexFile {
         // Whatever the crashed run wrote past the cut goes, so that past the last entry
         // there are only zeros (or entries of this run) whenever the next cut looks.
         self.words.zero_from(self.entry_end(count - 1))?;
-        self.words.sync()?;
+        self.sync()?;
         Ok(count - 1)
     }
 
     /// Makes every entry and slot written so far durable.
     pub(crate) fn sync(&self) -> Result<()> {
+        if let Some(h) = &self.hook {
+            h.before_sync(self.path())
+                .map_err(|e| Error::io("sync", self.path(), e))?;
+        }
         self.words.sync()
     }
 }

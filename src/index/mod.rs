@@ -97,7 +97,7 @@ impl KeyIndex {
         (from, timestamp): (u64, i64),
         hook: Option<Arc<dyn IoHook>>,
     ) -> Result<KeyIndex> {
-        ops::create_dir_durable(&dir, None)?;
+        ops::create_dir_durable(&dir, hook.as_ref())?;
         // A recorded active file whose name has more than 17 digits was never written (the
         // next name would be one the next open refuses): the progress is damaged, and the
         // files are not trusted, as without any.
@@ -123,9 +123,10 @@ impl KeyIndex {
                 continue;
             }
             let f = IndexFile::open(&path, (shape.slots, shape.entries), hook.clone())?;
-            // The file written at the last record keeps what it counts; older ones were
-            // complete and synced before it was started, and keep every entry they hold,
-            // whatever their header says (a damaged header must not cut them).
+            // The file written at the last record keeps what it counts. Older ones were
+            // full, and synced before any progress naming a later file was recorded: they
+            // keep every entry they hold, whatever their header says (a damaged header
+            // must not cut them).
             let count = if name == active {
                 kept.min(shape.entries - 1)
             } else {
@@ -133,7 +134,7 @@ impl KeyIndex {
                 if f.header().count != written + 1 {
                     log::warn!(
                         "{}: the header counts {} entries, the file holds {written}; \
-                         keeping them all and rewriting the header",
+                         keeping them all and rebuilding the header and hash slots",
                         path.display(),
                         i64::from(f.header().count) - 1,
                     );
@@ -187,16 +188,15 @@ impl KeyIndex {
             aux: [new_active, u64::from(new_count)],
         })?;
         for path in &doomed {
-            ops::remove_file_with(path, None)?;
+            ops::remove_file_with(path, hook.as_ref())?;
         }
         if !doomed.is_empty() {
-            ops::sync_dir(&dir)?;
+            ops::sync_dir_with(&dir, hook.as_ref())?;
         }
         let mut files = Vec::new();
         for (name, f, count) in kept_files {
             if damaged.contains(&name) {
-                // Its begin time is no more trusted than its count.
-                f.forget_times();
+                f.rebuild_slots(count)?;
                 f.cut(count)?;
             } else if name == new_active && !unchanged {
                 f.cut(count)?;
@@ -218,11 +218,6 @@ impl KeyIndex {
     /// The index's directory.
     pub(crate) fn dir(&self) -> &Path {
         &self.dir
-    }
-
-    /// The fault seam the index's files go through.
-    pub(crate) fn hook(&self) -> Option<&Arc<dyn IoHook>> {
-        self.hook.as_ref()
     }
 
     /// The file being written, if any.
@@ -262,7 +257,7 @@ impl KeyIndex {
                 old.path().display(),
                 old.header().end_offset
             );
-            if let Err(e) = std::fs::remove_file(old.path()) {
+            if let Err(e) = self.remove(old.path()) {
                 log::error!("removing {}: {e}", old.path().display());
             }
         }
@@ -280,12 +275,20 @@ impl KeyIndex {
                 break;
             }
             let old = files.remove(0);
-            match std::fs::remove_file(old.path()) {
+            match self.remove(old.path()) {
                 Ok(()) => gone += 1,
                 Err(e) => log::error!("removing {}: {e}", old.path().display()),
             }
         }
         gone
+    }
+
+    /// Removes one of the index's files, through the fault seam.
+    fn remove(&self, path: &Path) -> std::io::Result<()> {
+        if let Some(h) = &self.hook {
+            h.before_remove(path)?;
+        }
+        std::fs::remove_file(path)
     }
 
     /// Files, newest first.

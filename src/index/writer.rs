@@ -162,14 +162,7 @@ impl IndexWriter {
             ));
         }
         for f in &self.dirty {
-            let synced = match self.index.hook() {
-                Some(h) => h
-                    .before_sync(f.path())
-                    .map_err(|e| Error::io("sync", f.path(), e)),
-                None => Ok(()),
-            }
-            .and_then(|()| f.sync());
-            if let Err(e) = synced {
+            if let Err(e) = f.sync() {
                 self.sync_failed = Some(e.to_string());
                 return Err(e);
             }
