@@ -277,7 +277,11 @@ impl<W: Write> Dumper<'_, W> {
         for path in files {
             let file = IndexFileBytes::read(path, a.index_slots, a.index_entries)?;
             let (h, shown) = (file.header(), path.display().to_string());
-            let [first, last] = [h.begin_timestamp, h.end_timestamp].map(iso);
+            // A first store time of 0 or less: the entries' times are unknown (FORMAT.md).
+            let [first, last] = match h.begin_timestamp > 0 {
+                true => [h.begin_timestamp, h.end_timestamp].map(iso),
+                false => ["unknown".to_owned(), "unknown".to_owned()],
+            };
             self.emit(row! { "index",
                 "index {path}: {entries} entries, {slots_used} slots used, offsets {lo}..={hi}, stored {first} .. {last}",
                 path = &shown, entries = h.count.saturating_sub(1), slots_used = h.slots_used,
