@@ -194,13 +194,15 @@ pub struct StoreConfig {
     /// default file size).
     pub index_max_files: usize,
     /// Most candidates one [`MessageStore::query_message`](crate::MessageStore::query_message)
-    /// reads back from the log that turn out not to be answers: index entries whose hash
-    /// equals the key's but whose message has another key (or lies outside the time
-    /// window, or was deleted). Past it the query returns what it found, marked
+    /// reads back from the log that turn out to be another key's or topic's message (or
+    /// damaged, or gone): index entries whose hash equals the key's. Past it the query
+    /// returns what it found, marked
     /// [`QueryResult::incomplete`](crate::QueryResult). It bounds the query's cost when
     /// many messages carry keys that collide with the one asked for (Java's
     /// `String.hashCode` collides easily: `"Aa"` and `"BB"`); the answers themselves are
-    /// bounded by the query's `max`. 0: no cap. Default: 10,000.
+    /// bounded by the query's `max`, and the key's own messages outside the time window
+    /// do not count. 0: no cap. Default: 1,000 (natural keys almost never collide: a
+    /// key's expected colliding entries in a full default index file are about 0.01).
     pub index_query_max_mismatches: usize,
 }
 
@@ -289,7 +291,7 @@ impl StoreConfig {
             index_hash_slots: 5_000_000,
             index_entries: 20_000_000,
             index_max_files: 64,
-            index_query_max_mismatches: 10_000,
+            index_query_max_mismatches: 1_000,
         }
     }
 

@@ -831,7 +831,12 @@ fn a_query_reads_at_most_its_cap_of_colliding_candidates_and_says_so() {
         .collect();
     let hash = |key: &str| rocketstore::format::key_hash(&format!("T#{key}"));
     assert!(colliding.iter().all(|k| hash(k) == hash(&colliding[0])));
-    let cfg = |cap: usize| config(dir.path(), sync_mode()).index_query_max_mismatches(cap);
+    // Eleven entries a file: the candidates, and the cap, run across files.
+    let cfg = |cap: usize| {
+        config(dir.path(), sync_mode())
+            .index_file_shape(16, 12)
+            .index_query_max_mismatches(cap)
+    };
     let store = MessageStore::open(cfg(10)).unwrap();
     // The oldest holds the key asked for; twenty newer ones collide with it.
     for (i, key) in colliding.iter().take(21).enumerate() {
@@ -863,4 +868,40 @@ fn a_query_reads_at_most_its_cap_of_colliding_candidates_and_says_so() {
     assert_eq!(whole.messages.len(), 1);
     assert_eq!(&whole.messages[0].body[..], b"m0");
     assert!(!whole.incomplete);
+}
+
+/// The cap counts other keys' messages only: the key's own messages just past the time
+/// window (entry times are whole seconds, so they are candidates) do not count, and a
+/// deleted topic's old messages end the walk unread.
+#[test]
+fn a_query_s_cap_counts_neither_its_own_key_outside_the_window_nor_a_deleted_topic() {
+    let dir = tempfile::tempdir().unwrap();
+    let store =
+        MessageStore::open(config(dir.path(), sync_mode()).index_query_max_mismatches(5)).unwrap();
+    // A whole second, ahead of every stamp so far: the file's first entry.
+    let t0 = (now_ms() / 1000 + 10) * 1000;
+    store
+        .put_message_stamped(&keyed("T", "answer", &["hot"]), t0)
+        .unwrap();
+    for i in 0..20 {
+        let m = keyed("T", &format!("later{i}"), &["hot"]);
+        store.put_message_stamped(&m, t0 + 100 + i).unwrap();
+    }
+    for i in 0..20 {
+        store
+            .put_message(&keyed("D", &format!("old{i}"), &["k"]))
+            .unwrap();
+    }
+    store.delete_topic("D").unwrap();
+    store.put_message(&keyed("D", "new", &["k"])).unwrap();
+    indexed(&store);
+
+    let window = store.query_message("T", "hot", 8, t0, t0 + 50).unwrap();
+    let found: Vec<_> = window.messages.iter().map(|m| m.body.clone()).collect();
+    assert_eq!(found, ["answer"]);
+    assert!(!window.incomplete);
+    let after = store.query_message("D", "k", 8, 0, i64::MAX).unwrap();
+    let found: Vec<_> = after.messages.iter().map(|m| m.body.clone()).collect();
+    assert_eq!(found, ["new"]);
+    assert!(!after.incomplete);
 }

@@ -648,6 +648,12 @@ mod flusher {
             self.synced.clone()
         }
 
+        /// Whether both are the progress of the same log.
+        #[cfg(test)]
+        pub(crate) fn is_of_same_log(&self, other: &AppendProgress) -> bool {
+            Arc::ptr_eq(&self.submitted, &other.submitted)
+        }
+
         /// Waits until every append submitted before the call is durable. An error if a
         /// sync failed, or the flush thread panicked.
         pub(crate) async fn all_synced(&self) -> io::Result<()> {
@@ -746,8 +752,14 @@ mod flusher {
 
         pub(crate) fn submit(&self, files: Vec<Arc<File>>, callback: C) {
             self.submitted.fetch_add(1, Ordering::AcqRel);
-            // The thread stops only once this sender is dropped: the send cannot fail.
-            let _ = self.tx.send((files, callback));
+            // The thread stops only once this sender is dropped, or by a panic: the
+            // append is then told it failed, not left waiting for good.
+            if let Err(std::sync::mpsc::SendError((_, callback))) = self.tx.send((files, callback))
+            {
+                callback.completed(Err(io::Error::other(
+                    "the raft log's flush thread is gone (it panicked)",
+                )));
+            }
         }
     }
 }
@@ -1133,5 +1145,9 @@ mod tests {
         let err = waited.expect("the wait ends").unwrap_err();
         assert!(err.to_string().contains("not durable"), "{err}");
         assert!(progress.synced().borrow().failed);
+        // An append submitted after the panic is told it failed.
+        let (tx, rx) = std::sync::mpsc::channel();
+        flush.submit(Vec::new(), Probe::Tell(tx));
+        assert!(!rx.recv().unwrap());
     }
 }

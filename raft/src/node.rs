@@ -521,7 +521,8 @@ mod tests {
         )
         .await
         .unwrap();
-        assert!(node.state_machine.waits_for_log_syncs());
+        let waits_on = node.state_machine.log_syncs().expect("an apply waits");
+        assert!(waits_on.is_of_same_log(&node.log.append_progress()));
         node.shutdown().await.unwrap();
     }
 }

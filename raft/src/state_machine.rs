@@ -353,10 +353,10 @@ impl StateMachine {
         let _ = self.shared.log_syncs.set(progress);
     }
 
-    /// Whether an apply waits for the Raft log's syncs (a node's state machine must).
+    /// The Raft log's progress an apply waits on (a node's state machine has its log's).
     #[cfg(test)]
-    pub(crate) fn waits_for_log_syncs(&self) -> bool {
-        self.shared.log_syncs.get().is_some()
+    pub(crate) fn log_syncs(&self) -> Option<&AppendProgress> {
+        self.shared.log_syncs.get()
     }
 
     /// The last applied log id.

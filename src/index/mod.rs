@@ -53,10 +53,11 @@ pub struct QueryResult {
     pub index_last_update_timestamp: i64,
     /// Commit-log offset of the last message indexed (`indexLastUpdatePhyoffset`).
     pub index_last_update_offset: u64,
-    /// The query read as many candidates that were not answers as
+    /// Fewer messages than asked for were found, and more may exist: the query read as
+    /// many candidates of other keys (hash collisions) as
     /// [`StoreConfig::index_query_max_mismatches`](crate::StoreConfig::index_query_max_mismatches)
-    /// allows, and stopped there with fewer messages than asked for: older messages with
-    /// the key may exist. A narrower time window reaches further back.
+    /// allows and stopped there, or a candidate could not be read (an error other than
+    /// damage, logged).
     pub incomplete: bool,
 }
 
@@ -324,8 +325,10 @@ impl KeyIndex {
         }
         let mut seen = HashSet::new();
         let mut failure = None;
+        // The walk stopped for good: the cap was reached, or the topic's deletion.
+        let mut stopped = false;
         for f in self.newest_first() {
-            if out.messages.len() >= max || out.incomplete {
+            if out.messages.len() >= max || stopped {
                 break;
             }
             let h = f.header();
@@ -337,24 +340,36 @@ impl KeyIndex {
                 if offset < log.min_offset() || seen.contains(&offset) {
                     return true;
                 }
+                if deleted.hides(topic, offset) {
+                    // Candidates come newest first: every one from here on lies below
+                    // the topic's deletion too, and none can be an answer.
+                    stopped = true;
+                    return false;
+                }
                 if missed == mismatches {
                     out.incomplete = true;
+                    stopped = true;
                     return false;
                 }
                 seen.insert(offset);
                 match log.read(offset, limit) {
-                    Ok(Some(m))
-                        if matches(&m, topic, key, begin_ms, end_ms)
-                            && !deleted.hides(topic, offset) =>
-                    {
-                        out.messages.push(m);
+                    Ok(Some(m)) if is_of(&m, topic, key) => {
+                        // The key's own message: an answer if in the window. One outside
+                        // it (entry times are whole seconds) is not a collision, and does
+                        // not count towards the cap.
+                        if (begin_ms..=end_ms).contains(&m.store_timestamp) {
+                            out.messages.push(m);
+                        }
                     }
                     Ok(_) => missed += 1,
                     // A record deleted or damaged since (its body's CRC included): not an
-                    // answer, and not a reason to fail the query. Damage is logged.
+                    // answer, and not a reason to fail the query. Damage is logged; any
+                    // other failure may hide an answer.
                     Err(e) => {
                         if matches!(e, Error::Corrupted { .. }) {
                             log::warn!("query {full}: a candidate is damaged: {e}");
+                        } else {
+                            out.incomplete = true;
                         }
                         missed += 1;
                         failure = Some(e);
@@ -370,11 +385,10 @@ impl KeyIndex {
     }
 }
 
-/// Whether `m` is a message of `topic` with `key`, stored in the window, and visible.
-fn matches(m: &StoredMessage, topic: &str, key: &str, begin_ms: i64, end_ms: i64) -> bool {
+/// Whether `m` is a visible message of `topic` with `key`.
+fn is_of(m: &StoredMessage, topic: &str, key: &str) -> bool {
     *m.topic == *topic
         && !crate::message::is_transaction_hidden(m.sys_flag)
-        && (begin_ms..=end_ms).contains(&m.store_timestamp)
         && (m.property(PROPERTY_UNIQ_KEY) == Some(key)
             || m.property(PROPERTY_KEYS)
                 .is_some_and(|keys| keys.split(crate::message::KEY_SEPARATOR).any(|k| k == key)))

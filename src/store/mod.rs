@@ -809,8 +809,9 @@ impl MessageStore {
     /// collision never returns another key's or another topic's message. A message is
     /// found once the index has dispatched it (see
     /// [`wait_dispatcher`](Self::wait_dispatcher) with `"index"`). At most
-    /// [`StoreConfig::index_query_max_mismatches`] candidates that are not answers are
-    /// read: past them the result is marked [`incomplete`](QueryResult::incomplete). Fails with
+    /// [`StoreConfig::index_query_max_mismatches`] candidates of other keys (hash
+    /// collisions) are read: past them the result is marked
+    /// [`incomplete`](QueryResult::incomplete). Fails with
     /// [`Error::InvalidConfig`] when the index is disabled.
     ///
     /// ```
