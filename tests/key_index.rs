@@ -625,6 +625,19 @@ fn after_a_failed_index_sync_no_progress_is_recorded_until_the_next_open() {
     assert_eq!(index_stats(&store).failures, 0);
 }
 
+/// Puts `m{i}` with key `k{i}` for each `i` below `n` into a store opened with `cfg`,
+/// waits until the index holds them all, and shuts the store down cleanly.
+fn put_keyed_and_close(cfg: StoreConfig, n: usize) {
+    let store = MessageStore::open(cfg).unwrap();
+    for i in 0..n {
+        store
+            .put_message(&keyed("T", &format!("m{i}"), &[&format!("k{i}")]))
+            .unwrap();
+    }
+    indexed(&store);
+    store.shutdown().unwrap();
+}
+
 /// The index's files removed by hand while its progress stays (an operator clearing
 /// space, say): the progress names a file that is gone, so the index is rebuilt from the
 /// log's start instead of resuming where it was, with every earlier key lost for good.
@@ -632,15 +645,7 @@ fn after_a_failed_index_sync_no_progress_is_recorded_until_the_next_open() {
 fn an_index_whose_files_were_removed_is_rebuilt_from_the_log() {
     let dir = tempfile::tempdir().unwrap();
     let cfg = || config(dir.path(), sync_mode()).index_file_shape(8, 400);
-    let store = MessageStore::open(cfg()).unwrap();
-    for i in 0..20 {
-        store
-            .put_message(&keyed("T", &format!("m{i}"), &[&format!("k{i}")]))
-            .unwrap();
-    }
-    indexed(&store);
-    store.shutdown().unwrap();
-    drop(store);
+    put_keyed_and_close(cfg(), 20);
     assert!(!index_files(dir.path()).is_empty());
     fs::remove_dir_all(layout::index_dir(dir.path())).unwrap();
 
@@ -660,16 +665,8 @@ fn an_index_whose_files_were_removed_is_rebuilt_from_the_log() {
 fn a_damaged_header_of_an_older_index_file_loses_no_key() {
     let dir = tempfile::tempdir().unwrap();
     let cfg = || config(dir.path(), sync_mode()).index_file_shape(16, 11);
-    let store = MessageStore::open(cfg()).unwrap();
     // Ten entries per file: three full files and one more.
-    for i in 0..35 {
-        store
-            .put_message(&keyed("T", &format!("m{i}"), &[&format!("k{i}")]))
-            .unwrap();
-    }
-    indexed(&store);
-    store.shutdown().unwrap();
-    drop(store);
+    put_keyed_and_close(cfg(), 35);
     let files = index_files(dir.path());
     assert_eq!(files.len(), 4);
     let header = |path: &std::path::Path| {
