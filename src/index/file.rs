@@ -151,7 +151,7 @@ pub(crate) struct IndexFile {
     entries: u32,
     /// Bytes allocated on disk from the start of the file (the writer's).
     allocated: AtomicU64,
-    /// Fault seam for the file's creation and allocations.
+    /// Fault seam for the file's creation, allocations and syncs.
     hook: Option<Arc<dyn IoHook>>,
 }
 

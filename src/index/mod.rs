@@ -69,7 +69,7 @@ pub(crate) struct KeyIndex {
     /// The highest file name ever seen or recorded: a new name is higher (the clock may
     /// go back).
     floor: AtomicU64,
-    /// Fault seam for the files' creation, allocations and syncs.
+    /// Fault seam for the files' creation, allocations, syncs and removals.
     hook: Option<Arc<dyn IoHook>>,
 }
 
@@ -299,7 +299,7 @@ impl KeyIndex {
 
     /// Up to `max` messages of `topic` with `key` (a word of `KEYS`, or the `UNIQ_KEY`)
     /// stored within `begin_ms..=end_ms`, newest first. Each candidate is read back from
-    /// the log and checked; at most `mismatches` that are not answers are (0: no cap).
+    /// the log and checked; at most `mismatches` of other keys or topics are (0: no cap).
     pub(crate) fn query(
         &self,
         log: &CommitLog,
