@@ -673,8 +673,11 @@ mod flusher {
         }
     }
 
+    /// The way to the flush thread; `None` once the thread has panicked.
+    type Sending<C> = Arc<Mutex<Option<std::sync::mpsc::Sender<Job<C>>>>>;
+
     pub(crate) struct Flush<C> {
-        tx: std::sync::mpsc::Sender<Job<C>>,
+        tx: Sending<C>,
         /// Appends handed to the thread.
         submitted: Arc<AtomicU64>,
         /// The thread's progress.
@@ -684,22 +687,48 @@ mod flusher {
     impl<C: Completion> Flush<C> {
         pub(crate) fn start() -> Arc<Flush<C>> {
             let (tx, rx) = std::sync::mpsc::channel::<Job<C>>();
+            let tx: Sending<C> = Arc::new(Mutex::new(Some(tx)));
+            // Weak: the thread must not keep its own channel open (it stops once the
+            // `Flush` goes).
+            let closing = Arc::downgrade(&tx);
             let synced = watch::Sender::new(Synced::default());
             let progress = synced.clone();
             thread::Builder::new()
                 .name("raft-log-flush".into())
                 .spawn(move || {
                     /// A panic ends the thread with appends waiting: whoever waits
-                    /// for them (an apply) is told the log failed, not left waiting.
-                    struct FailOnPanic(watch::Sender<Synced>);
-                    impl Drop for FailOnPanic {
+                    /// for them (an apply) is told the log failed, and every append
+                    /// queued or submitted from then on is told it failed, none left
+                    /// waiting for good.
+                    struct FailOnPanic<C: Completion> {
+                        progress: watch::Sender<Synced>,
+                        closing: std::sync::Weak<Mutex<Option<std::sync::mpsc::Sender<Job<C>>>>>,
+                        rx: std::sync::mpsc::Receiver<Job<C>>,
+                    }
+                    impl<C: Completion> Drop for FailOnPanic<C> {
                         fn drop(&mut self) {
-                            if thread::panicking() {
-                                self.0.send_modify(|s| s.failed = true);
+                            if !thread::panicking() {
+                                return;
+                            }
+                            self.progress.send_modify(|s| s.failed = true);
+                            // No send from here on (`submit` fails those itself), then
+                            // every one before is answered.
+                            if let Some(tx) = self.closing.upgrade() {
+                                tx.lock().take();
+                            }
+                            while let Ok((_, callback)) = self.rx.try_recv() {
+                                callback.completed(Err(io::Error::other(
+                                    "the raft log's flush thread panicked",
+                                )));
                             }
                         }
                     }
-                    let progress = FailOnPanic(progress);
+                    let guard = FailOnPanic {
+                        progress,
+                        closing,
+                        rx,
+                    };
+                    let (progress, rx) = (&guard.progress, &guard.rx);
                     // After a failed fdatasync the kernel may have dropped the dirty pages
                     // and a later sync can succeed without them: every flush from then on
                     // fails.
@@ -728,7 +757,7 @@ mod flusher {
                                 Some(kind) => Err(io::Error::new(kind, "an earlier raft log fdatasync failed")),
                             });
                         }
-                        progress.0.send_modify(|s| {
+                        progress.send_modify(|s| {
                             s.count += count;
                             s.failed = failed.is_some();
                         });
@@ -752,10 +781,16 @@ mod flusher {
 
         pub(crate) fn submit(&self, files: Vec<Arc<File>>, callback: C) {
             self.submitted.fetch_add(1, Ordering::AcqRel);
-            // The thread stops only once this sender is dropped, or by a panic: the
-            // append is then told it failed, not left waiting for good.
-            if let Err(std::sync::mpsc::SendError((_, callback))) = self.tx.send((files, callback))
-            {
+            // The thread stops only once this sender is dropped, or by a panic, which
+            // takes the sender away under this lock: the append is then told it failed,
+            // not left waiting for good.
+            let sending = self.tx.lock();
+            let refused = match sending.as_ref() {
+                Some(tx) => tx.send((files, callback)).err().map(|e| e.0.1),
+                None => Some(callback),
+            };
+            drop(sending);
+            if let Some(callback) = refused {
                 callback.completed(Err(io::Error::other(
                     "the raft log's flush thread is gone (it panicked)",
                 )));
