@@ -674,10 +674,10 @@ mod flusher {
     }
 
     /// The way to the flush thread; `None` once the thread has panicked.
-    type Sending<C> = Arc<Mutex<Option<std::sync::mpsc::Sender<Job<C>>>>>;
+    type Way<C> = Mutex<Option<std::sync::mpsc::Sender<Job<C>>>>;
 
     pub(crate) struct Flush<C> {
-        tx: Sending<C>,
+        tx: Arc<Way<C>>,
         /// Appends handed to the thread.
         submitted: Arc<AtomicU64>,
         /// The thread's progress.
@@ -687,7 +687,7 @@ mod flusher {
     impl<C: Completion> Flush<C> {
         pub(crate) fn start() -> Arc<Flush<C>> {
             let (tx, rx) = std::sync::mpsc::channel::<Job<C>>();
-            let tx: Sending<C> = Arc::new(Mutex::new(Some(tx)));
+            let tx: Arc<Way<C>> = Arc::new(Mutex::new(Some(tx)));
             // Weak: the thread must not keep its own channel open (it stops once the
             // `Flush` goes).
             let closing = Arc::downgrade(&tx);
@@ -698,11 +698,13 @@ mod flusher {
                 .spawn(move || {
                     /// A panic ends the thread with appends waiting: whoever waits
                     /// for them (an apply) is told the log failed, and every append
-                    /// queued or submitted from then on is told it failed, none left
-                    /// waiting for good.
+                    /// queued or submitted from then on is answered with the panic as
+                    /// its error (openraft 0.9.25 also fails an append whose callback
+                    /// is dropped, but without the reason; the round's own appends,
+                    /// dropped by the unwind, still go that way).
                     struct FailOnPanic<C: Completion> {
                         progress: watch::Sender<Synced>,
-                        closing: std::sync::Weak<Mutex<Option<std::sync::mpsc::Sender<Job<C>>>>>,
+                        closing: std::sync::Weak<Way<C>>,
                         rx: std::sync::mpsc::Receiver<Job<C>>,
                     }
                     impl<C: Completion> Drop for FailOnPanic<C> {
@@ -782,8 +784,8 @@ mod flusher {
         pub(crate) fn submit(&self, files: Vec<Arc<File>>, callback: C) {
             self.submitted.fetch_add(1, Ordering::AcqRel);
             // The thread stops only once this sender is dropped, or by a panic, which
-            // takes the sender away under this lock: the append is then told it failed,
-            // not left waiting for good.
+            // takes the sender away under this lock: the append is then told why it
+            // failed.
             let sending = self.tx.lock();
             let refused = match sending.as_ref() {
                 Some(tx) => tx.send((files, callback)).err().map(|e| e.0.1),
